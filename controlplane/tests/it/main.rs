@@ -1,0 +1,3 @@
+//! Integration tests of the control-plane crate's binaries.
+
+mod rapctl;
