@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The one command that runs every check and test, exactly as CI does
+# (.ci/run calls this and nothing else):
+#
+#   scripts/test.sh
+#
+# 1. installs what is missing: PostgreSQL server binaries (the tests start
+#    their own private server; nothing needs to be running), rustfmt/clippy;
+# 2. cargo fmt --check;
+# 3. cargo clippy --workspace --all-targets -- -D warnings;
+# 4. cargo test --workspace (its summary is the last thing printed).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+have_pg_server() {
+  if [ -n "${RAP_PG_BINDIR:-}" ] && [ -x "$RAP_PG_BINDIR/initdb" ]; then return 0; fi
+  command -v initdb >/dev/null 2>&1 && return 0
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+
+if ! have_pg_server; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "PostgreSQL server binaries missing: installing the postgresql package"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "PostgreSQL server binaries (initdb, pg_ctl) are missing." >&2
+    echo "Install them:  sudo apt-get update && sudo apt-get install -y postgresql" >&2
+    exit 1
+  fi
+fi
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+  # initdb refuses to run as root; the harness drops to this user.
+  say "creating the postgres system user"
+  useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    say "installing the $component component"
+    rustup component add "$component"
+  fi
+done
+
+if [ "${CI:-}" = "true" ]; then
+  # A clean clone builds everything once: incremental state is pure cost.
+  export CARGO_INCREMENTAL=0
+fi
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "cargo test --workspace"
+cargo test --workspace --locked
