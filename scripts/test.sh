@@ -8,7 +8,8 @@
 #    their own private server; nothing needs to be running), rustfmt/clippy;
 # 2. cargo fmt --check;
 # 3. cargo clippy --workspace --all-targets -- -D warnings;
-# 4. cargo test --workspace (its summary is the last thing printed).
+# 4. cargo test --workspace, then one closing line that totals cargo's
+#    per-binary "test result:" lines ("summary: N passed, N failed, N skipped").
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -58,4 +59,18 @@ say "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo test --workspace"
-cargo test --workspace --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+# cargo ends with the doc-tests of the last crate, often "0 passed"; total
+# every binary's result line so the run closes with the whole count.
+awk '/^test result:/ {
+       for (i = 1; i <= NF; i++) {
+         if ($(i+1) ~ /^passed/) passed += $i
+         if ($(i+1) ~ /^failed/) failed += $i
+         if ($(i+1) ~ /^ignored/) ignored += $i
+       }
+     }
+     END { printf "summary: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
+exit "$status"
