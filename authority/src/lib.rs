@@ -1,10 +1,28 @@
 //! `rap-authority`: the per-cluster openraft group (DESIGN.md §3, §5).
 //!
-//! This crate will hold the openraft type configuration, the redb log store
-//! and state machine, the Raft transport over tonic, fencing-token grants,
-//! the partition view and promotion. It is the only crate that grants
-//! fencing tokens.
+//! One group per cluster runs on that cluster's storage nodes. It holds the
+//! authority term, grants fencing tokens through committed entries,
+//! verifies and stores signed snapshot shards, refuses writes fast in a
+//! minority, and is re-formed from the best survivor on promotion. It is
+//! the only crate that grants fencing tokens.
 //!
-//! Status: an empty boundary. Nothing here is implemented yet; the authority
-//! group is the next issue after the foundation. The wire contracts it will
-//! serve (`AuthorityService`, `RaftService`) already live in `rap-proto`.
+//! * [`typ`]: the openraft type configuration.
+//! * [`request`]: log entries and their results; [`state`]: the replicated
+//!   state and its deterministic `apply`; [`fence`]: fencing tokens.
+//! * [`store`]: redb log store and state machine.
+//! * [`network`]: Raft RPCs over tonic with cluster/term headers; [`tls`]:
+//!   mTLS and the development CA.
+//! * [`limits`], [`error`].
+
+pub mod error;
+pub mod fence;
+pub mod limits;
+pub mod network;
+pub mod request;
+pub mod state;
+pub mod store;
+pub mod tls;
+pub mod typ;
+
+pub use error::{Error, Result};
+pub use fence::Fence;

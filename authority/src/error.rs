@@ -1,0 +1,171 @@
+//! The authority crate's error type: typed refusals with stable codes and
+//! their gRPC mapping (`NO_QUORUM` is `UNAVAILABLE` with the reachable
+//! voter count in the details).
+
+use rap_proto::ids::{AuthorityTerm, ClusterId};
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the authority group can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// This node cannot reach a quorum of voters: writes are refused.
+    #[error("no quorum: {reachable_voters}/{total_voters} voters reachable")]
+    NoQuorum {
+        /// Voters this node can reach (itself included).
+        reachable_voters: u32,
+        /// Voters in the group.
+        total_voters: u32,
+    },
+    /// This node is not the leader and could not forward the request.
+    #[error("not the leader; leader is {}", leader.as_deref().unwrap_or("unknown"))]
+    NotLeader {
+        /// The leader's RAP node id, when known.
+        leader: Option<String>,
+    },
+    /// The state machine refused the entry (deterministically).
+    #[error("{code}: {message}")]
+    Refused {
+        /// Stable code from the state machine (e.g. `STALE_FENCE`).
+        code: String,
+        /// Detail.
+        message: String,
+    },
+    /// A request or RPC for another cluster.
+    #[error("wrong cluster: this group serves {expected}, got {got:?}")]
+    WrongCluster {
+        /// Our cluster.
+        expected: ClusterId,
+        /// Theirs, shortened.
+        got: String,
+    },
+    /// An RPC from a lower authority term: the sender is fenced.
+    #[error("stale authority term: ours is {ours}, the request carries {theirs}")]
+    StaleTerm {
+        /// Our term.
+        ours: AuthorityTerm,
+        /// The sender's.
+        theirs: AuthorityTerm,
+    },
+    /// An RPC from a higher authority term than ours: we are fenced until
+    /// an operator rejoins us.
+    #[error("fenced: authority term {theirs} exists, this node is at {ours}")]
+    Fenced {
+        /// Our term.
+        ours: AuthorityTerm,
+        /// The higher term seen.
+        theirs: AuthorityTerm,
+    },
+    /// Malformed or out-of-range input.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Input over a named limit.
+    #[error("{what} too large: {got} > limit {limit}")]
+    Oversize {
+        /// What.
+        what: &'static str,
+        /// Limit.
+        limit: usize,
+        /// Seen.
+        got: usize,
+    },
+    /// A promotion or rejoin order that is forged, stale or not for us.
+    #[error("order refused: {0}")]
+    OrderRefused(String),
+    /// Durable storage failed or is corrupt.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// Raft failed in a way that is not a refusal (shutdown, fatal).
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A wire-contract error (ids, envelopes, trust roots).
+    #[error(transparent)]
+    Proto(#[from] rap_proto::Error),
+}
+
+impl Error {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &str {
+        match self {
+            Error::NoQuorum { .. } => "NO_QUORUM",
+            Error::NotLeader { .. } => "NOT_LEADER",
+            Error::Refused { code, .. } => code,
+            Error::WrongCluster { .. } => "WRONG_CLUSTER",
+            Error::StaleTerm { .. } => "STALE_TERM",
+            Error::Fenced { .. } => "FENCED",
+            Error::InvalidRequest(_) => "INVALID_REQUEST",
+            Error::Oversize { .. } => "OVERSIZE",
+            Error::OrderRefused(_) => "ORDER_REFUSED",
+            Error::Storage(_) => "STORAGE",
+            Error::Raft(_) => "RAFT",
+            Error::Proto(e) => e.code(),
+        }
+    }
+
+    /// Whether the same call may succeed later unchanged.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::NoQuorum { .. } | Error::NotLeader { .. } | Error::Raft(_) => true,
+            Error::Storage(_) => true,
+            Error::Refused { .. }
+            | Error::WrongCluster { .. }
+            | Error::StaleTerm { .. }
+            | Error::Fenced { .. }
+            | Error::InvalidRequest(_)
+            | Error::Oversize { .. }
+            | Error::OrderRefused(_) => false,
+            Error::Proto(e) => e.is_retryable(),
+        }
+    }
+
+    fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Error::NoQuorum { .. } | Error::NotLeader { .. } | Error::Raft(_) => Code::Unavailable,
+            Error::Refused { .. } | Error::StaleTerm { .. } | Error::Fenced { .. } => {
+                Code::FailedPrecondition
+            }
+            Error::WrongCluster { .. } | Error::InvalidRequest(_) => Code::InvalidArgument,
+            Error::Oversize { .. } => Code::OutOfRange,
+            Error::OrderRefused(_) => Code::PermissionDenied,
+            Error::Storage(_) => Code::Internal,
+            Error::Proto(e) => e.grpc_code(),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        use prost::Message;
+        let mut detail = rap_proto::pb::ErrorDetail {
+            code: error.code().to_string(),
+            message: error.to_string(),
+            ..Default::default()
+        };
+        match &error {
+            Error::NoQuorum {
+                reachable_voters,
+                total_voters,
+            } => {
+                detail.reachable_voters = *reachable_voters;
+                detail.total_voters = *total_voters;
+            }
+            Error::StaleTerm { ours, .. } | Error::Fenced { ours, .. } => {
+                detail.authority_term = ours.0;
+            }
+            _ => {}
+        }
+        tonic::Status::with_details(
+            error.grpc_code(),
+            format!("{}: {}", error.code(), error),
+            detail.encode_to_vec().into(),
+        )
+    }
+}
+
+/// Reads the machine-readable detail back out of a status (client side).
+pub fn error_detail(status: &tonic::Status) -> Option<rap_proto::pb::ErrorDetail> {
+    use prost::Message;
+    rap_proto::pb::ErrorDetail::decode(status.details()).ok()
+}

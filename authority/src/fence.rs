@@ -1,0 +1,29 @@
+//! Fencing tokens: granted only by a committed `AcquireFence` entry.
+
+use rap_proto::ids::{AuthorityTerm, ClusterId, FenceSeq, LogIndex};
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+
+/// A fencing token `{cluster_id, authority_term, seq, log_index}`.
+///
+/// Fences are ordered by `(authority_term, seq)`: `seq` strictly increases
+/// within a term, and any fence of a higher term is newer than every fence
+/// of a lower one. `log_index` is the index of the entry that granted it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    /// The cluster whose group granted it.
+    pub cluster_id: ClusterId,
+    /// The authority term it was granted in.
+    pub authority_term: AuthorityTerm,
+    /// Its sequence number within the term (≥ 1).
+    pub seq: FenceSeq,
+    /// Raft log index of the granting entry.
+    pub log_index: LogIndex,
+}
+
+impl Fence {
+    /// Compares two fences of the same cluster by `(authority_term, seq)`.
+    pub fn order(&self, other: &Fence) -> Ordering {
+        (self.authority_term, self.seq).cmp(&(other.authority_term, other.seq))
+    }
+}

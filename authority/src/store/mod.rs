@@ -1,0 +1,1 @@
+//! redb-backed Raft log store and state machine (being written).

@@ -1,0 +1,1 @@
+//! mTLS for storage nodes and a development CA (being written).
