@@ -167,5 +167,8 @@ impl From<Error> for tonic::Status {
 /// Reads the machine-readable detail back out of a status (client side).
 pub fn error_detail(status: &tonic::Status) -> Option<rap_proto::pb::ErrorDetail> {
     use prost::Message;
+    if status.details().is_empty() {
+        return None;
+    }
     rap_proto::pb::ErrorDetail::decode(status.details()).ok()
 }

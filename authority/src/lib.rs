@@ -17,8 +17,13 @@
 pub mod error;
 pub mod fence;
 pub mod limits;
+pub mod metrics;
 pub mod network;
+pub mod node;
+pub mod partition;
+pub mod placement;
 pub mod request;
+pub mod service;
 pub mod state;
 pub mod store;
 pub mod tls;

@@ -1,8 +1,17 @@
 //! `rap-configstore`: the storage/config node (DESIGN.md §5).
 //!
-//! It will host the cluster's authority group (`rap-authority`), serve
-//! get-by-scope / watch-by-scope / list-own-scopes over `ShardService`, and
-//! keep cache replicas placed across failure domains. It never talks to
+//! It hosts its cluster's authority group (`rap-authority`): it serves
+//! `RaftService` and `AuthorityService` on one gRPC listener and
+//! `/metrics`, `/healthz`, `/readyz` on an HTTP listener. It never talks to
 //! PostgreSQL and never accepts writes from nodes.
 //!
-//! Status: an empty boundary; nothing here is implemented yet.
+//! * [`config`]: the TOML configuration and its validation.
+//! * [`server`]: start a node, serve it, shut it down.
+//! * [`http`]: the metrics and health endpoints.
+//!
+//! Shard reads for agents (`ShardService`) and cache replicas arrive with
+//! the agent issue.
+
+pub mod config;
+pub mod http;
+pub mod server;

@@ -1,0 +1,818 @@
+//! One storage node's member of its cluster's authority group: the Raft
+//! instance with its redb storage and tonic transport, the fast-refusing
+//! write path, the partition view, and group lifecycle (bootstrap, add and
+//! remove voters).
+//!
+//! The write path never hangs: a fenced node refuses at once; a leader
+//! whose quorum lease has run out refuses before proposing; a follower that
+//! cannot reach a quorum refuses at once; anything else gets at most
+//! [`Timing::write_budget`] (2 × the minimum election timeout) and then
+//! `NO_QUORUM`.
+
+use crate::error::{Error, Result};
+use crate::fence::Fence;
+use crate::metrics::{AuthorityMetrics, Gauges};
+use crate::network::{NetworkConfig, NetworkFactory, Reachability, TermGuard};
+use crate::partition::{self, PartitionView};
+use crate::placement::{Candidate, Tolerance, failure_tolerance};
+use crate::request::{PublishedShard, Request, Response};
+use crate::store::{self, StateView};
+use crate::tls::TlsFiles;
+use crate::typ::{Member, Raft, RaftMetrics, RaftNodeId, raft_id_of};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId};
+use serde_bytes::ByteBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Raft log entries between snapshots.
+pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 5_000;
+
+/// Log entries kept behind a snapshot, so a slightly lagging follower
+/// catches up from the log instead of a snapshot.
+pub const LOGS_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
+
+/// How many election timeouts `bootstrap` waits for the first leader.
+pub const BOOTSTRAP_ELECTION_TIMEOUTS_MAX: u32 = 20;
+
+/// Raft timing of one node.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Minimum election timeout.
+    pub election_timeout_min: Duration,
+    /// Maximum election timeout.
+    pub election_timeout_max: Duration,
+    /// Quorum lease (≤ `election_timeout_min`).
+    pub lease: Duration,
+    /// HTTP/2 keepalive interval of every channel.
+    pub keepalive: Duration,
+}
+
+impl Timing {
+    /// Refuses timing that cannot work.
+    pub fn validate(&self) -> Result<()> {
+        if self.election_timeout_min <= self.heartbeat * 3 {
+            return Err(Error::InvalidRequest(format!(
+                "election timeout {:?} must be more than 3 × heartbeat {:?}",
+                self.election_timeout_min, self.heartbeat
+            )));
+        }
+        if self.election_timeout_max <= self.election_timeout_min {
+            return Err(Error::InvalidRequest(
+                "maximum election timeout must exceed the minimum".into(),
+            ));
+        }
+        if self.lease.is_zero() || self.lease > self.election_timeout_min {
+            return Err(Error::InvalidRequest(format!(
+                "lease {:?} must be in (0, election timeout {:?}]",
+                self.lease, self.election_timeout_min
+            )));
+        }
+        Ok(())
+    }
+
+    /// The longest a write may take before it is refused with `NO_QUORUM`.
+    pub fn write_budget(&self) -> Duration {
+        self.election_timeout_min * 2
+    }
+
+    /// How often a node probes the other voters.
+    pub fn probe_interval(&self) -> Duration {
+        self.heartbeat * 3
+    }
+
+    /// How recent a contact must be for a voter to count as reachable.
+    pub fn reach_window(&self) -> Duration {
+        self.lease.max(self.probe_interval() * 3)
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// The cluster.
+    pub cluster_id: ClusterId,
+    /// This node.
+    pub node_id: NodeId,
+    /// `host:port` other nodes dial (gRPC).
+    pub advertise: String,
+    /// Failure-domain labels: region, zone, host.
+    pub region: String,
+    /// Zone label.
+    pub zone: String,
+    /// Host label.
+    pub host: String,
+    /// Where `raft.redb` lives.
+    pub data_dir: PathBuf,
+    /// Raft timing.
+    pub timing: Timing,
+    /// mTLS files; `None` runs plaintext (development only).
+    pub tls: Option<TlsFiles>,
+}
+
+impl NodeOptions {
+    /// This node as a group member.
+    pub fn member(&self) -> Member {
+        Member {
+            node_id: self.node_id.to_string(),
+            address: self.advertise.clone(),
+            region: self.region.clone(),
+            zone: self.zone.clone(),
+            host: self.host.clone(),
+        }
+    }
+}
+
+/// What `Status` reports about one voter.
+#[derive(Clone, Debug)]
+pub struct VoterReport {
+    /// The member.
+    pub member: Member,
+    /// Whether this node heard from it recently (itself: always).
+    pub reachable: bool,
+    /// Time since the last successful contact, if any.
+    pub last_contact_age: Option<Duration>,
+    /// Whether it is the leader this node knows.
+    pub is_leader: bool,
+}
+
+/// A node's view of its group.
+#[derive(Clone, Debug)]
+pub struct StatusReport {
+    /// Leader's RAP node id, if known.
+    pub leader: Option<String>,
+    /// Raft term.
+    pub raft_term: u64,
+    /// Authority term.
+    pub authority_term: AuthorityTerm,
+    /// Applied index.
+    pub applied_index: u64,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Last fence sequence granted.
+    pub last_fence_seq: u64,
+    /// The partition view.
+    pub view: PartitionView,
+    /// Voters reachable, this node included.
+    pub reachable_voters: usize,
+    /// The voters.
+    pub voters: Vec<VoterReport>,
+}
+
+/// One node of a cluster's authority group.
+pub struct AuthorityNode {
+    options: NodeOptions,
+    raft_id: RaftNodeId,
+    raft: Raft,
+    guard: Arc<TermGuard>,
+    reach: Arc<Reachability>,
+    view: StateView,
+    metrics: Arc<AuthorityMetrics>,
+    network: NetworkConfig,
+}
+
+impl std::fmt::Debug for AuthorityNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorityNode")
+            .field("cluster_id", &self.options.cluster_id)
+            .field("node_id", &self.options.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthorityNode {
+    /// Opens the node's storage and starts its Raft instance and
+    /// background tasks (term tracking, voter probing). Serving the gRPC
+    /// services is the caller's job ([`crate::service`]).
+    pub async fn start(options: NodeOptions) -> Result<Arc<Self>> {
+        options.timing.validate()?;
+        crate::tls::install_crypto_provider();
+        let (log, state_machine) = store::open(&options.data_dir)?;
+        let view = state_machine.view();
+        if let Some(stored) = view.cluster_id()
+            && stored != options.cluster_id
+        {
+            return Err(Error::WrongCluster {
+                expected: options.cluster_id.clone(),
+                got: stored.to_string(),
+            });
+        }
+        let guard = Arc::new(TermGuard::new(
+            options.cluster_id.clone(),
+            options.node_id.clone(),
+            view.authority_term(),
+        ));
+        let reach = Arc::new(Reachability::new());
+        let network = NetworkConfig {
+            keepalive_interval: options.timing.keepalive,
+            tls: match &options.tls {
+                Some(files) => Some(files.client_config()?),
+                None => None,
+            },
+            ..NetworkConfig::default()
+        };
+        let factory = NetworkFactory::new(network.clone(), guard.clone(), reach.clone())?;
+        let config = openraft::Config {
+            cluster_name: options.cluster_id.to_string(),
+            heartbeat_interval: millis(options.timing.heartbeat),
+            election_timeout_min: millis(options.timing.election_timeout_min),
+            election_timeout_max: millis(options.timing.election_timeout_max),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_LOGS_SINCE_LAST),
+            max_in_snapshot_log_to_keep: LOGS_KEPT_BEHIND_SNAPSHOT,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| Error::InvalidRequest(format!("raft config: {e}")))?;
+        let raft_id = raft_id_of(options.node_id.as_str());
+        let raft = Raft::new(raft_id, Arc::new(config), factory, log, state_machine)
+            .await
+            .map_err(|e| Error::Raft(format!("start raft: {e}")))?;
+        let node = Arc::new(AuthorityNode {
+            options,
+            raft_id,
+            raft,
+            guard,
+            reach,
+            view,
+            metrics: Arc::new(AuthorityMetrics::default()),
+            network,
+        });
+        tokio::spawn(track_term(Arc::downgrade(&node)));
+        tokio::spawn(probe_voters(Arc::downgrade(&node)));
+        tracing::info!(
+            cluster_id = %node.options.cluster_id,
+            node_id = %node.options.node_id,
+            raft_id = node.raft_id,
+            "authority node started"
+        );
+        Ok(node)
+    }
+
+    /// The node's options.
+    pub fn options(&self) -> &NodeOptions {
+        &self.options
+    }
+
+    /// The Raft handle (for the RaftService server).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The term guard shared with the transport.
+    pub fn guard(&self) -> &Arc<TermGuard> {
+        &self.guard
+    }
+
+    /// Reachability shared with the transport.
+    pub fn reachability(&self) -> &Arc<Reachability> {
+        &self.reach
+    }
+
+    /// The applied state.
+    pub fn state(&self) -> &StateView {
+        &self.view
+    }
+
+    /// Counters and histograms.
+    pub fn metrics(&self) -> &Arc<AuthorityMetrics> {
+        &self.metrics
+    }
+
+    /// Network settings (for clients that dial other nodes).
+    pub fn network(&self) -> &NetworkConfig {
+        &self.network
+    }
+
+    fn raft_metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    fn voters(metrics: &RaftMetrics) -> BTreeMap<RaftNodeId, Member> {
+        let membership = metrics.membership_config.membership();
+        let ids: BTreeSet<RaftNodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .filter(|(id, _)| ids.contains(id))
+            .map(|(id, member)| (*id, member.clone()))
+            .collect()
+    }
+
+    /// Voters reachable from here, this node included.
+    fn reachable_voters(&self, voters: &BTreeMap<RaftNodeId, Member>) -> usize {
+        let others: Vec<RaftNodeId> = voters
+            .keys()
+            .copied()
+            .filter(|id| *id != self.raft_id)
+            .collect();
+        let me = usize::from(voters.contains_key(&self.raft_id));
+        me + self
+            .reach
+            .reachable_count(others, self.options.timing.reach_window())
+    }
+
+    fn no_quorum(&self, voters: &BTreeMap<RaftNodeId, Member>) -> Error {
+        Error::NoQuorum {
+            reachable_voters: u32::try_from(self.reachable_voters(voters)).unwrap_or(u32::MAX),
+            total_voters: u32::try_from(voters.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The leader as a member, when this node knows one it heard from
+    /// within the lease.
+    pub fn fresh_leader(&self) -> Option<Member> {
+        let metrics = self.raft_metrics();
+        let leader = metrics.current_leader?;
+        if leader == self.raft_id {
+            return None;
+        }
+        let age = self.reach.last_leader_contact_age()?;
+        if age > self.options.timing.lease {
+            return None;
+        }
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+    }
+
+    /// Proposes `request` through Raft within the write budget. Returns
+    /// `NotLeader` (with the leader) when another node leads and was heard
+    /// from within the lease: the service layer forwards to it.
+    pub async fn propose(&self, request: Request) -> Result<Response> {
+        self.propose_within(request, self.options.timing.write_budget())
+            .await
+    }
+
+    async fn propose_within(&self, request: Request, budget: Duration) -> Result<Response> {
+        self.guard.ensure_not_fenced()?;
+        let deadline = Instant::now() + budget;
+        let lease = self.options.timing.lease;
+        loop {
+            let metrics = self.raft_metrics();
+            let voters = Self::voters(&metrics);
+            if voters.is_empty() {
+                return Err(Error::Refused {
+                    code: "NOT_INITIALIZED".into(),
+                    message: "this node is not part of a bootstrapped group".into(),
+                });
+            }
+            match metrics.current_leader {
+                Some(leader) if leader == self.raft_id => {
+                    if !partition::leader_lease_valid(metrics.millis_since_quorum_ack, lease) {
+                        return Err(self.no_quorum(&voters));
+                    }
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(remaining, self.raft.client_write(request.clone()))
+                        .await
+                    {
+                        Err(_elapsed) => return Err(self.no_quorum(&voters)),
+                        Ok(Ok(written)) => return Ok(written.data),
+                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                            // Lost leadership mid-write; look again.
+                        }
+                        Ok(Err(e)) => return Err(Error::Raft(format!("client write: {e}"))),
+                    }
+                }
+                Some(_) => {
+                    if let Some(leader) = self.fresh_leader() {
+                        return Err(Error::NotLeader {
+                            leader: Some(leader.node_id),
+                        });
+                    }
+                    if self.reachable_voters(&voters) < partition::quorum(voters.len()) {
+                        return Err(self.no_quorum(&voters));
+                    }
+                }
+                None => {
+                    if self.reachable_voters(&voters) < partition::quorum(voters.len()) {
+                        return Err(self.no_quorum(&voters));
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.no_quorum(&voters));
+            }
+            tokio::time::sleep(self.options.timing.heartbeat.min(deadline - Instant::now())).await;
+        }
+    }
+
+    /// Grants a fence (leader only; see [`AuthorityNode::propose`]).
+    pub async fn acquire_fence(
+        &self,
+        purpose: &str,
+        expected_term: AuthorityTerm,
+    ) -> Result<Fence> {
+        let response = self
+            .propose(Request::AcquireFence {
+                purpose: purpose.to_string(),
+                expected_term,
+            })
+            .await?;
+        match response {
+            Response::Fence(fence) => {
+                self.metrics.fence_granted();
+                Ok(fence)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Publishes envelopes under `fence` (leader only).
+    pub async fn publish(
+        &self,
+        fence: Fence,
+        envelopes: Vec<Vec<u8>>,
+    ) -> Result<Vec<PublishedShard>> {
+        let response = self
+            .propose(Request::PublishShards {
+                fence,
+                envelopes: envelopes.into_iter().map(ByteBuf::from).collect(),
+                proposed_at_ms: rap_proto::time::UnixMillis::now().0,
+            })
+            .await?;
+        match response {
+            Response::Published(shards) => {
+                self.metrics.shards_published(shards.len());
+                Ok(shards)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Initializes a new group on this node with `voters` (this node must
+    /// be one), waits for a leader, and commits the genesis entry.
+    pub async fn bootstrap(
+        &self,
+        voters: Vec<Member>,
+        trust_root: Vec<u8>,
+        allow_single_voter: bool,
+    ) -> Result<(AuthorityTerm, Tolerance)> {
+        let minimum = if allow_single_voter { 1 } else { 3 };
+        if voters.len() < minimum {
+            return Err(Error::InvalidRequest(format!(
+                "{} voter(s) given; a group needs at least 3 (use --allow-single-voter for development)",
+                voters.len()
+            )));
+        }
+        if voters.len() > crate::limits::VOTERS_MAX {
+            return Err(Error::Oversize {
+                what: "voters",
+                limit: crate::limits::VOTERS_MAX,
+                got: voters.len(),
+            });
+        }
+        let mut members = BTreeMap::new();
+        for member in &voters {
+            NodeId::new(member.node_id.as_str())?;
+            if members
+                .insert(raft_id_of(&member.node_id), member.clone())
+                .is_some()
+            {
+                return Err(Error::InvalidRequest(format!(
+                    "voter {} is listed twice (or its raft id collides)",
+                    member.node_id
+                )));
+            }
+        }
+        if !members.contains_key(&self.raft_id) {
+            return Err(Error::InvalidRequest(format!(
+                "bootstrap must be sent to one of the voters; {} is not listed",
+                self.options.node_id
+            )));
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => {}
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                return Err(Error::Refused {
+                    code: "ALREADY_INITIALIZED".into(),
+                    message: "this node already belongs to a group".into(),
+                });
+            }
+            Err(e) => return Err(Error::Raft(format!("initialize: {e}"))),
+        }
+        let budget = self.options.timing.election_timeout_max * BOOTSTRAP_ELECTION_TIMEOUTS_MAX;
+        let genesis = Request::Genesis {
+            cluster_id: self.options.cluster_id.clone(),
+            trust_root: ByteBuf::from(trust_root),
+        };
+        let deadline = Instant::now() + budget;
+        loop {
+            match self.propose_within(genesis.clone(), budget).await {
+                Ok(Response::Done) => break,
+                Ok(other) => return Err(unexpected(other)),
+                Err(Error::NotLeader { .. }) | Err(Error::NoQuorum { .. })
+                    if Instant::now() < deadline =>
+                {
+                    // Another voter won the first election: it proposes
+                    // nothing by itself, so wait until genesis is applied
+                    // there, or propose once it is us.
+                    if self.view.cluster_id().is_some() {
+                        break;
+                    }
+                    if let Some(leader) = self.fresh_leader() {
+                        self.forward_genesis(&leader, &genesis).await?;
+                        break;
+                    }
+                    tokio::time::sleep(self.options.timing.heartbeat).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let candidates: Vec<Candidate> = voters.iter().map(candidate).collect();
+        Ok((AuthorityTerm(1), failure_tolerance(&candidates)))
+    }
+
+    async fn forward_genesis(&self, leader: &Member, genesis: &Request) -> Result<()> {
+        // The leader's Bootstrap handler proposes the genesis entry when
+        // the group is initialized but has no cluster yet.
+        let Request::Genesis { trust_root, .. } = genesis else {
+            return Err(Error::InvalidRequest("not a genesis request".into()));
+        };
+        let mut client = crate::service::authority_client(&self.network, &leader.address)?;
+        let metrics = self.raft_metrics();
+        let voters = Self::voters(&metrics)
+            .into_values()
+            .map(|m| crate::service::voter_spec(&m))
+            .collect();
+        client
+            .bootstrap(rap_proto::pb::BootstrapGroupRequest {
+                cluster_id: self.options.cluster_id.to_string(),
+                voters,
+                trust_root: trust_root.to_vec(),
+                allow_single_voter: true,
+            })
+            .await
+            .map(|_| ())
+            .map_err(|status| {
+                Error::Raft(format!("forward genesis to {}: {status}", leader.node_id))
+            })
+    }
+
+    /// Proposes genesis on a group that is initialized but has no cluster
+    /// yet (the leader's side of a forwarded bootstrap).
+    pub async fn complete_genesis(&self, trust_root: Vec<u8>) -> Result<()> {
+        if self.view.cluster_id().is_some() {
+            return Ok(());
+        }
+        match self
+            .propose(Request::Genesis {
+                cluster_id: self.options.cluster_id.clone(),
+                trust_root: ByteBuf::from(trust_root),
+            })
+            .await?
+        {
+            Response::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Whether Raft already has a membership (the group was initialized).
+    pub fn is_initialized(&self) -> bool {
+        !Self::voters(&self.raft_metrics()).is_empty()
+    }
+
+    /// Adds a voter: first as a learner (caught up), then promoted.
+    pub async fn add_voter(&self, member: Member) -> Result<()> {
+        NodeId::new(member.node_id.as_str())?;
+        self.require_leader()?;
+        let id = raft_id_of(&member.node_id);
+        self.raft
+            .add_learner(id, member, true)
+            .await
+            .map_err(|e| Error::Raft(format!("add learner: {e}")))?;
+        let mut voters: BTreeSet<RaftNodeId> =
+            Self::voters(&self.raft_metrics()).into_keys().collect();
+        if voters.len() >= crate::limits::VOTERS_MAX {
+            return Err(Error::Oversize {
+                what: "voters",
+                limit: crate::limits::VOTERS_MAX,
+                got: voters.len() + 1,
+            });
+        }
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| Error::Raft(format!("promote learner: {e}")))?;
+        Ok(())
+    }
+
+    /// Removes a voter.
+    pub async fn remove_voter(&self, node_id: &NodeId) -> Result<()> {
+        self.require_leader()?;
+        let id = raft_id_of(node_id.as_str());
+        let mut voters: BTreeSet<RaftNodeId> =
+            Self::voters(&self.raft_metrics()).into_keys().collect();
+        if !voters.remove(&id) {
+            return Err(Error::InvalidRequest(format!("{node_id} is not a voter")));
+        }
+        if voters.is_empty() {
+            return Err(Error::InvalidRequest("cannot remove the last voter".into()));
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| Error::Raft(format!("remove voter: {e}")))?;
+        self.reach.forget(id);
+        Ok(())
+    }
+
+    fn require_leader(&self) -> Result<()> {
+        let metrics = self.raft_metrics();
+        if metrics.current_leader == Some(self.raft_id) {
+            return Ok(());
+        }
+        let leader = metrics
+            .current_leader
+            .and_then(|id| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .cloned()
+            })
+            .map(|m| m.node_id);
+        Err(Error::NotLeader { leader })
+    }
+
+    /// This node's view of its group.
+    pub fn status(&self) -> StatusReport {
+        let metrics = self.raft_metrics();
+        let voters = Self::voters(&metrics);
+        let reachable = self.reachable_voters(&voters);
+        let is_leader = metrics.current_leader == Some(self.raft_id);
+        let mut view = partition::view(self.guard.is_fenced(), voters.len(), reachable);
+        if is_leader
+            && view != PartitionView::Fenced
+            && !partition::leader_lease_valid(
+                metrics.millis_since_quorum_ack,
+                self.options.timing.lease,
+            )
+        {
+            view = PartitionView::Minority;
+        }
+        let window = self.options.timing.reach_window();
+        let reports = voters
+            .iter()
+            .map(|(id, member)| {
+                let me = *id == self.raft_id;
+                VoterReport {
+                    member: member.clone(),
+                    reachable: me || self.reach.is_reachable(*id, window),
+                    last_contact_age: if me {
+                        Some(Duration::ZERO)
+                    } else {
+                        self.reach.last_contact_age(*id)
+                    },
+                    is_leader: metrics.current_leader == Some(*id),
+                }
+            })
+            .collect();
+        StatusReport {
+            leader: metrics
+                .current_leader
+                .and_then(|id| voters.get(&id).map(|m| m.node_id.clone())),
+            raft_term: metrics.current_term,
+            authority_term: self.view.authority_term(),
+            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            last_fence_seq: self.view.last_fence_seq().0,
+            view,
+            reachable_voters: reachable,
+            voters: reports,
+        }
+    }
+
+    /// The metrics exposition of this node.
+    pub fn render_metrics(&self) -> String {
+        let status = self.status();
+        let gauges = Gauges {
+            raft_term: status.raft_term,
+            is_leader: status.leader.as_deref() == Some(self.options.node_id.as_str()),
+            last_log_index: status.last_log_index,
+            applied_index: status.applied_index,
+            authority_term: status.authority_term.0,
+            last_fence_seq: status.last_fence_seq,
+            reachable_voters: status.reachable_voters as u64,
+            total_voters: status.voters.len() as u64,
+            partition_view: status.view.as_str(),
+        };
+        self.metrics.render(
+            self.options.cluster_id.as_str(),
+            self.options.node_id.as_str(),
+            &gauges,
+        )
+    }
+
+    /// Stops Raft. Storage is consistent at every commit, so this is only
+    /// a courtesy to peers.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| Error::Raft(format!("shutdown: {e}")))
+    }
+}
+
+fn candidate(member: &Member) -> Candidate {
+    Candidate {
+        node_id: member.node_id.clone(),
+        region: member.region.clone(),
+        zone: member.zone.clone(),
+        host: member.host.clone(),
+    }
+}
+
+fn unexpected(response: Response) -> Error {
+    match response {
+        Response::Refused(refusal) => Error::Refused {
+            code: refusal.code,
+            message: refusal.message,
+        },
+        other => Error::Raft(format!("unexpected state machine response {other:?}")),
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Keeps the transport's authority term equal to the applied state's.
+async fn track_term(node: std::sync::Weak<AuthorityNode>) {
+    let Some(mut changes) = node.upgrade().map(|n| n.raft.metrics()) else {
+        return;
+    };
+    while changes.changed().await.is_ok() {
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        let applied = node.view.authority_term();
+        if applied > node.guard.term() {
+            tracing::info!(
+                cluster_id = %node.options.cluster_id,
+                node_id = %node.options.node_id,
+                term = applied.0,
+                "authority term applied"
+            );
+            node.guard.set_term(applied);
+        }
+    }
+}
+
+/// Probes every other voter's `Status` now and then, so every node (not
+/// only the leader) knows which voters it can reach.
+async fn probe_voters(node: std::sync::Weak<AuthorityNode>) {
+    let Some(interval) = node.upgrade().map(|n| n.options.timing.probe_interval()) else {
+        return;
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clients = BTreeMap::new();
+    loop {
+        ticker.tick().await;
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        let voters = AuthorityNode::voters(&node.raft_metrics());
+        let timeout = interval.max(node.options.timing.heartbeat * 2);
+        let mut probes = Vec::new();
+        for (id, member) in voters {
+            if id == node.raft_id {
+                continue;
+            }
+            let client = match clients.get(&member.address) {
+                Some(client) => client,
+                None => match crate::service::authority_client(&node.network, &member.address) {
+                    Ok(client) => clients.entry(member.address.clone()).or_insert(client),
+                    Err(_) => {
+                        node.reach.record_failure(id);
+                        continue;
+                    }
+                },
+            };
+            let mut client = client.clone();
+            let cluster_id = node.options.cluster_id.to_string();
+            probes.push(async move {
+                let request = rap_proto::pb::AuthorityStatusRequest { cluster_id };
+                let ok = matches!(
+                    tokio::time::timeout(timeout, client.status(request)).await,
+                    Ok(Ok(_))
+                );
+                (id, ok)
+            });
+        }
+        for (id, ok) in futures::future::join_all(probes).await {
+            if ok {
+                node.reach.record_success(id);
+            } else {
+                node.reach.record_failure(id);
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The integration tests of `rap-authority`: one binary, one module per area.
+
+mod network;
+mod store;
+mod tls;

@@ -1,0 +1,262 @@
+//! The storage node's configuration: a TOML file, overridden by flags and
+//! `RAP_*` environment variables (see `rap-configstore serve --help`).
+//!
+//! ```toml
+//! node-id = "s1"
+//! cluster-id = "c1"
+//! listen = "127.0.0.1:7001"        # gRPC: RaftService + AuthorityService
+//! http-listen = "127.0.0.1:9001"   # /metrics /healthz /readyz
+//! data-dir = "/var/lib/rap/s1"
+//!
+//! [labels]
+//! region = "eu"
+//! zone = "eu-1"
+//! host = "rack3-7"
+//!
+//! [timing]
+//! heartbeat-ms = 100
+//! election-timeout-min-ms = 500
+//! election-timeout-max-ms = 1000
+//!
+//! [tls]                            # mTLS between storage nodes and clients
+//! ca = "/etc/rap/ca.pem"
+//! cert = "/etc/rap/node.pem"
+//! key = "/etc/rap/node.key"
+//! ```
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Longest accepted config file (64 KiB): it is a handful of keys.
+pub const CONFIG_BYTES_MAX: u64 = 64 * 1024;
+
+/// A config that does not make sense, with what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config: {0}")]
+pub struct ConfigError(pub String);
+
+/// The whole configuration of one storage node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// This node's RAP node id.
+    pub node_id: String,
+    /// The cluster whose authority group this node serves.
+    pub cluster_id: String,
+    /// gRPC listen address (RaftService + AuthorityService).
+    pub listen: SocketAddr,
+    /// Address other nodes dial; defaults to `listen`.
+    pub advertise: Option<String>,
+    /// HTTP listen address for `/metrics`, `/healthz`, `/readyz`.
+    pub http_listen: SocketAddr,
+    /// Directory of the Raft log and state machine (`raft.redb`).
+    pub data_dir: PathBuf,
+    /// Failure-domain labels.
+    pub labels: Labels,
+    /// Raft timing.
+    pub timing: Timing,
+    /// mTLS files; required unless `insecure-plaintext` is set.
+    pub tls: Option<Tls>,
+    /// Development only: serve and dial without TLS.
+    pub insecure_plaintext: bool,
+    /// Log format: `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+/// Failure-domain labels of this node.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Labels {
+    /// Region, e.g. `eu`.
+    pub region: String,
+    /// Zone within the region, e.g. `eu-1`.
+    pub zone: String,
+    /// Host (or rack) within the zone.
+    pub host: String,
+}
+
+/// Raft timing. `validate` enforces election timeout > 3 × heartbeat.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Timing {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Quorum lease: a leader not acknowledged by a quorum for this long
+    /// refuses writes before proposing. Defaults to the minimum election
+    /// timeout.
+    pub lease_ms: Option<u64>,
+    /// HTTP/2 keepalive interval of every Raft channel.
+    pub keepalive_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            lease_ms: None,
+            keepalive_ms: 1000,
+        }
+    }
+}
+
+impl Timing {
+    /// The effective quorum lease.
+    pub fn lease_ms(&self) -> u64 {
+        self.lease_ms.unwrap_or(self.election_timeout_min_ms)
+    }
+}
+
+/// Paths of the PEM files for mTLS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Tls {
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: String::new(),
+            cluster_id: String::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            advertise: None,
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            data_dir: PathBuf::new(),
+            labels: Labels::default(),
+            timing: Timing::default(),
+            tls: None,
+            insecure_plaintext: false,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// The address other nodes dial.
+    pub fn advertise(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// Refuses combinations that cannot work, saying what to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        rap_proto::ids::NodeId::new(self.node_id.as_str())
+            .map_err(|e| ConfigError(format!("node-id: {e}")))?;
+        rap_proto::ids::ClusterId::new(self.cluster_id.as_str())
+            .map_err(|e| ConfigError(format!("cluster-id: {e}")))?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError("data-dir is required".into()));
+        }
+        let t = &self.timing;
+        if t.heartbeat_ms == 0 {
+            return Err(ConfigError("timing.heartbeat-ms must be > 0".into()));
+        }
+        if t.election_timeout_min_ms <= 3 * t.heartbeat_ms {
+            return Err(ConfigError(format!(
+                "timing.election-timeout-min-ms ({}) must be more than 3 × heartbeat-ms ({})",
+                t.election_timeout_min_ms, t.heartbeat_ms
+            )));
+        }
+        if t.election_timeout_max_ms <= t.election_timeout_min_ms {
+            return Err(ConfigError(format!(
+                "timing.election-timeout-max-ms ({}) must exceed election-timeout-min-ms ({})",
+                t.election_timeout_max_ms, t.election_timeout_min_ms
+            )));
+        }
+        if t.lease_ms() == 0 || t.lease_ms() > t.election_timeout_min_ms {
+            return Err(ConfigError(format!(
+                "timing.lease-ms ({}) must be in 1..=election-timeout-min-ms ({}): a longer lease would outlive a new leader's election",
+                t.lease_ms(),
+                t.election_timeout_min_ms
+            )));
+        }
+        if t.keepalive_ms == 0 {
+            return Err(ConfigError("timing.keepalive-ms must be > 0".into()));
+        }
+        match (&self.tls, self.insecure_plaintext) {
+            (Some(_), true) => Err(ConfigError(
+                "set either [tls] or insecure-plaintext = true, not both".into(),
+            )),
+            (None, false) => Err(ConfigError(
+                "[tls] ca/cert/key are required (or insecure-plaintext = true for development; `rap-configstore dev-ca` makes a development CA)".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> &'static str {
+        "node-id = \"s1\"\ncluster-id = \"c1\"\ndata-dir = \"/tmp/s1\"\ninsecure-plaintext = true\n"
+    }
+
+    // Goal: a minimal file parses with defaults and validates; unknown keys
+    // are refused. Method: parse, validate, then add a typo'd key.
+    #[test]
+    fn parses_with_defaults_and_refuses_unknown_keys() {
+        let config = Config::from_toml(base()).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.timing.lease_ms(), 500);
+        assert!(Config::from_toml(&format!("{}heartbeat = 5\n", base())).is_err());
+    }
+
+    // Goal: validate() refuses timing that cannot work and a missing TLS
+    // choice, naming the keys. Method: one bad setting at a time.
+    #[test]
+    fn refuses_bad_combinations() {
+        let bad = [
+            "[timing]\nheartbeat-ms = 200\nelection-timeout-min-ms = 500\n",
+            "[timing]\nelection-timeout-min-ms = 500\nelection-timeout-max-ms = 500\n",
+            "[timing]\nlease-ms = 900\n",
+        ];
+        for extra in bad {
+            let config = Config::from_toml(&format!("{}{extra}", base())).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("timing."), "{extra}: {err}");
+        }
+        let no_tls =
+            Config::from_toml("node-id = \"s1\"\ncluster-id = \"c1\"\ndata-dir = \"/x\"\n")
+                .unwrap();
+        assert!(no_tls.validate().unwrap_err().to_string().contains("[tls]"));
+        let bad_id = Config::from_toml(&base().replace("s1", "S 1")).unwrap();
+        assert!(
+            bad_id
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("node-id")
+        );
+    }
+}

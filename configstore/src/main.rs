@@ -1,0 +1,556 @@
+//! `rap-configstore`: run a storage/config node, or talk to one.
+//!
+//! `serve` runs the node. `dev-ca` makes a development CA and node
+//! certificates. `bootstrap`, `status`, `fence`, `add-voter` and
+//! `remove-voter` are small clients of a node's `AuthorityService` (the
+//! control plane's `rapctl` takes these over later).
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use rap_authority::network::NetworkConfig;
+use rap_authority::service::authority_client;
+use rap_authority::tls::{DevCa, TlsFiles};
+use rap_configstore::config::{CONFIG_BYTES_MAX, Config, LogFormat};
+use rap_proto::ids::{ClusterId, NodeId};
+use rap_proto::pb;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// `println!` that does not panic when stdout is closed (`... | head`).
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// RAP storage/config node: hosts its cluster's authority group.
+#[derive(Parser, Debug)]
+#[command(name = "rap-configstore", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the node (Raft + AuthorityService on gRPC, metrics/health on HTTP).
+    Serve(ServeArgs),
+    /// Create a development CA and certificates for the given nodes.
+    DevCa(DevCaArgs),
+    /// Initialize a new group on running nodes (send to one of the voters).
+    Bootstrap(BootstrapArgs),
+    /// Show a node's view of its group.
+    Status(ClientArgs),
+    /// Acquire a fencing token (for tests and benchmarks).
+    Fence(FenceArgs),
+    /// Add a voter (learner first, then promoted).
+    AddVoter(AddVoterArgs),
+    /// Remove a voter.
+    RemoveVoter(RemoveVoterArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML config file; flags and RAP_* environment variables override it.
+    #[arg(long, env = "RAP_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id.
+    #[arg(long, env = "RAP_NODE_ID")]
+    node_id: Option<String>,
+    /// The cluster this node serves.
+    #[arg(long, env = "RAP_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// gRPC listen address (RaftService + AuthorityService).
+    #[arg(long, env = "RAP_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address other nodes dial (default: --listen).
+    #[arg(long, env = "RAP_ADVERTISE")]
+    advertise: Option<String>,
+    /// HTTP listen address for /metrics, /healthz, /readyz.
+    #[arg(long, env = "RAP_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// Directory of the Raft log and state machine.
+    #[arg(long, env = "RAP_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Failure-domain label: region.
+    #[arg(long, env = "RAP_REGION")]
+    region: Option<String>,
+    /// Failure-domain label: zone.
+    #[arg(long, env = "RAP_ZONE")]
+    zone: Option<String>,
+    /// Failure-domain label: host.
+    #[arg(long, env = "RAP_HOST")]
+    host: Option<String>,
+    /// Directory with ca.pem, node.pem, node.key (as `dev-ca` writes them).
+    #[arg(long, env = "RAP_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Development only: no TLS.
+    #[arg(long, env = "RAP_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
+    /// Leader heartbeat interval in milliseconds.
+    #[arg(long, env = "RAP_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    /// Minimum election timeout in milliseconds (> 3 × heartbeat).
+    #[arg(long, env = "RAP_ELECTION_TIMEOUT_MIN_MS")]
+    election_timeout_min_ms: Option<u64>,
+    /// Maximum election timeout in milliseconds.
+    #[arg(long, env = "RAP_ELECTION_TIMEOUT_MAX_MS")]
+    election_timeout_max_ms: Option<u64>,
+    /// Log format.
+    #[arg(long, env = "RAP_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Args, Debug)]
+struct DevCaArgs {
+    /// The cluster.
+    #[arg(long)]
+    cluster: String,
+    /// Directory for the CA (ca.pem, ca.key) and one sub-directory per node.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Node ids to issue certificates for (repeatable).
+    #[arg(long = "node")]
+    nodes: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ClientArgs {
+    /// A node's gRPC address (host:port).
+    #[arg(long, env = "RAP_ENDPOINT")]
+    endpoint: String,
+    /// The cluster.
+    #[arg(long, env = "RAP_CLUSTER_ID")]
+    cluster: String,
+    /// Directory with ca.pem, node.pem, node.key for mTLS.
+    #[arg(long, env = "RAP_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Development only: no TLS.
+    #[arg(long, env = "RAP_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct BootstrapArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// A voter: <node-id>=<host:port>[,region=..][,zone=..][,host=..] (repeatable).
+    #[arg(long = "voter", required = true)]
+    voters: Vec<String>,
+    /// The cluster's genesis trust root (`rapctl snapshot keygen` writes it).
+    #[arg(long)]
+    trust_root: PathBuf,
+    /// Development only: permit fewer than 3 voters.
+    #[arg(long)]
+    allow_single_voter: bool,
+}
+
+#[derive(Args, Debug)]
+struct FenceArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Why the fence is taken.
+    #[arg(long, default_value = "manual")]
+    purpose: String,
+    /// The authority term you expect (default: ask the node).
+    #[arg(long)]
+    expected_term: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct AddVoterArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// <node-id>=<host:port>[,region=..][,zone=..][,host=..]
+    #[arg(long)]
+    voter: String,
+}
+
+#[derive(Args, Debug)]
+struct RemoveVoterArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The voter's node id.
+    #[arg(long)]
+    node: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::DevCa(args) => dev_ca(args),
+        Command::Bootstrap(args) => bootstrap(args).await,
+        Command::Status(args) => status(args).await,
+        Command::Fence(args) => fence(args).await,
+        Command::AddVoter(args) => add_voter(args).await,
+        Command::RemoveVoter(args) => remove_voter(args).await,
+    }
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let mut text = String::new();
+            std::fs::File::open(path)
+                .with_context(|| format!("open {}", path.display()))?
+                .take(CONFIG_BYTES_MAX + 1)
+                .read_to_string(&mut text)
+                .with_context(|| format!("read {}", path.display()))?;
+            if text.len() as u64 > CONFIG_BYTES_MAX {
+                bail!("{} is larger than {CONFIG_BYTES_MAX} bytes", path.display());
+            }
+            Config::from_toml(&text).with_context(|| format!("parse {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(v) = &args.node_id {
+        config.node_id = v.clone();
+    }
+    if let Some(v) = &args.cluster_id {
+        config.cluster_id = v.clone();
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = &args.advertise {
+        config.advertise = Some(v.clone());
+    }
+    if let Some(v) = args.http_listen {
+        config.http_listen = v;
+    }
+    if let Some(v) = &args.data_dir {
+        config.data_dir = v.clone();
+    }
+    if let Some(v) = &args.region {
+        config.labels.region = v.clone();
+    }
+    if let Some(v) = &args.zone {
+        config.labels.zone = v.clone();
+    }
+    if let Some(v) = &args.host {
+        config.labels.host = v.clone();
+    }
+    if let Some(dir) = &args.tls_dir {
+        config.tls = Some(rap_configstore::config::Tls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("node.pem"),
+            key: dir.join("node.key"),
+        });
+    }
+    if args.insecure_plaintext {
+        config.insecure_plaintext = true;
+    }
+    if let Some(v) = args.heartbeat_ms {
+        config.timing.heartbeat_ms = v;
+    }
+    if let Some(v) = args.election_timeout_min_ms {
+        config.timing.election_timeout_min_ms = v;
+    }
+    if let Some(v) = args.election_timeout_max_ms {
+        config.timing.election_timeout_max_ms = v;
+    }
+    if let Some(v) = args.log_format {
+        config.log_format = v;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(
+            "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off",
+        ));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let config = load_config(&args)?;
+    init_logging(config.log_format);
+    rap_configstore::server::serve(config, async {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
+    .await
+}
+
+fn dev_ca(args: DevCaArgs) -> Result<()> {
+    rap_authority::tls::install_crypto_provider();
+    let cluster = ClusterId::new(args.cluster.as_str())?;
+    let ca = DevCa::create(&args.dir, &cluster)?;
+    for node in &args.nodes {
+        let node_id = NodeId::new(node.as_str())?;
+        let files = ca.issue_node(&args.dir.join(node), &node_id)?;
+        println!("{node}: {}", files.cert.display());
+    }
+    println!("CA: {}", args.dir.join("ca.pem").display());
+    Ok(())
+}
+
+fn network(args: &ClientArgs) -> Result<NetworkConfig> {
+    rap_authority::tls::install_crypto_provider();
+    let tls = match (&args.tls_dir, args.insecure_plaintext) {
+        (Some(dir), false) => Some(TlsFiles::in_dir(dir).client_config()?),
+        (None, true) => None,
+        _ => bail!("say how to connect: --tls-dir <dir> or --insecure-plaintext"),
+    };
+    Ok(NetworkConfig {
+        tls,
+        ..NetworkConfig::default()
+    })
+}
+
+fn parse_voter(text: &str) -> Result<pb::VoterSpec> {
+    let (node_id, rest) = text
+        .split_once('=')
+        .context("a voter is <node-id>=<host:port>[,region=..][,zone=..][,host=..]")?;
+    let mut parts = rest.split(',');
+    let address = parts.next().unwrap_or_default().to_string();
+    let mut domain = pb::FailureDomain::default();
+    for part in parts {
+        match part.split_once('=') {
+            Some(("region", v)) => domain.region = v.to_string(),
+            Some(("zone", v)) => domain.zone = v.to_string(),
+            Some(("host", v)) => domain.host = v.to_string(),
+            _ => bail!("unknown voter label {part:?}: use region=, zone=, host="),
+        }
+    }
+    NodeId::new(node_id)?;
+    Ok(pb::VoterSpec {
+        node_id: node_id.to_string(),
+        address,
+        domain: Some(domain),
+    })
+}
+
+fn print_status(status: &pb::AuthorityStatusResponse, json: bool) {
+    let view = pb::PartitionView::try_from(status.partition_view)
+        .map(|v| {
+            v.as_str_name()
+                .trim_start_matches("PARTITION_VIEW_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| "unknown".into());
+    if json {
+        let voters: Vec<_> = status
+            .voters
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "node_id": v.node_id, "address": v.address, "reachable": v.reachable,
+                    "last_contact_age_ms": v.last_contact_age_ms, "is_leader": v.is_leader,
+                })
+            })
+            .collect();
+        println!(
+            "{:#}",
+            serde_json::json!({
+                "cluster_id": status.cluster_id, "node_id": status.node_id,
+                "leader_id": status.leader_id, "raft_term": status.raft_term,
+                "authority_term": status.authority_term, "applied_index": status.applied_index,
+                "last_fence_seq": status.last_fence_seq, "partition_view": view, "voters": voters,
+            })
+        );
+        return;
+    }
+    println!("CLUSTER         {}", status.cluster_id);
+    println!("NODE            {}", status.node_id);
+    println!(
+        "LEADER          {}",
+        if status.leader_id.is_empty() {
+            "-"
+        } else {
+            &status.leader_id
+        }
+    );
+    println!("RAFT TERM       {}", status.raft_term);
+    println!("AUTHORITY TERM  {}", status.authority_term);
+    println!("APPLIED INDEX   {}", status.applied_index);
+    println!("LAST FENCE SEQ  {}", status.last_fence_seq);
+    println!("PARTITION VIEW  {view}");
+    println!("\nVOTER         ADDRESS                REACHABLE  LAST CONTACT  LEADER");
+    for v in &status.voters {
+        println!(
+            "{:<13} {:<22} {:<10} {:<13} {}",
+            v.node_id,
+            v.address,
+            if v.reachable { "yes" } else { "no" },
+            format!("{} ms", v.last_contact_age_ms),
+            if v.is_leader { "*" } else { "" }
+        );
+    }
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}
+
+async fn bootstrap(args: BootstrapArgs) -> Result<()> {
+    let net = network(&args.client)?;
+    let voters = args
+        .voters
+        .iter()
+        .map(|v| parse_voter(v))
+        .collect::<Result<Vec<_>>>()?;
+    let trust_root = std::fs::read(&args.trust_root)
+        .with_context(|| format!("read {}", args.trust_root.display()))?;
+    let mut client = authority_client(&net, &args.client.endpoint)?;
+    let response = client
+        .bootstrap(pb::BootstrapGroupRequest {
+            cluster_id: args.client.cluster.clone(),
+            voters,
+            trust_root,
+            allow_single_voter: args.allow_single_voter,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.client.json {
+        println!(
+            "{:#}",
+            serde_json::json!({"authority_term": response.authority_term, "leader_id": response.leader_id, "failure_tolerance": response.failure_tolerance})
+        );
+    } else {
+        println!(
+            "bootstrapped cluster {} at authority term {}; leader {}; {}",
+            args.client.cluster,
+            response.authority_term,
+            if response.leader_id.is_empty() {
+                "-"
+            } else {
+                &response.leader_id
+            },
+            response.failure_tolerance
+        );
+    }
+    Ok(())
+}
+
+async fn status(args: ClientArgs) -> Result<()> {
+    let net = network(&args)?;
+    let mut client = authority_client(&net, &args.endpoint)?;
+    let response = client
+        .status(pb::AuthorityStatusRequest {
+            cluster_id: args.cluster.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_status(&response, args.json);
+    Ok(())
+}
+
+async fn fence(args: FenceArgs) -> Result<()> {
+    let net = network(&args.client)?;
+    let mut client = authority_client(&net, &args.client.endpoint)?;
+    let expected_term = match args.expected_term {
+        Some(term) => term,
+        None => {
+            client
+                .status(pb::AuthorityStatusRequest {
+                    cluster_id: args.client.cluster.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .authority_term
+        }
+    };
+    let fence = client
+        .acquire_fence(pb::AcquireFenceRequest {
+            cluster_id: args.client.cluster.clone(),
+            purpose: args.purpose,
+            expected_term,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .fence
+        .context("the node answered without a fence")?;
+    if args.client.json {
+        println!(
+            "{:#}",
+            serde_json::json!({"cluster_id": fence.cluster_id, "authority_term": fence.authority_term, "seq": fence.seq, "log_index": fence.log_index})
+        );
+    } else {
+        println!(
+            "fence cluster={} term={} seq={} log_index={}",
+            fence.cluster_id, fence.authority_term, fence.seq, fence.log_index
+        );
+    }
+    Ok(())
+}
+
+async fn add_voter(args: AddVoterArgs) -> Result<()> {
+    let net = network(&args.client)?;
+    let mut client = authority_client(&net, &args.client.endpoint)?;
+    let response = client
+        .add_voter(pb::AddVoterRequest {
+            cluster_id: args.client.cluster.clone(),
+            voter: Some(parse_voter(&args.voter)?),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_status(&response, args.client.json);
+    Ok(())
+}
+
+async fn remove_voter(args: RemoveVoterArgs) -> Result<()> {
+    let net = network(&args.client)?;
+    let mut client = authority_client(&net, &args.client.endpoint)?;
+    let response = client
+        .remove_voter(pb::RemoveVoterRequest {
+            cluster_id: args.client.cluster.clone(),
+            node_id: args.node,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_status(&response, args.client.json);
+    Ok(())
+}
