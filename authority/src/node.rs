@@ -12,7 +12,7 @@
 use crate::error::{Error, Result};
 use crate::fence::Fence;
 use crate::metrics::{AuthorityMetrics, Gauges};
-use crate::network::{NetworkConfig, NetworkFactory, Reachability, TermGuard};
+use crate::network::{Connector, NetworkConfig, NetworkFactory, Reachability, TermGuard};
 use crate::partition::{self, PartitionView};
 use crate::placement::{Candidate, Tolerance, failure_tolerance};
 use crate::request::{PublishedShard, Request, Response};
@@ -93,7 +93,7 @@ impl Timing {
 }
 
 /// Everything a node needs to start.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeOptions {
     /// The cluster.
     pub cluster_id: ClusterId,
@@ -113,6 +113,23 @@ pub struct NodeOptions {
     pub timing: Timing,
     /// mTLS files; `None` runs plaintext (development only).
     pub tls: Option<TlsFiles>,
+    /// How channels to other nodes are dialled; `None` is plain TCP. The
+    /// simulation dials through turmoil.
+    pub connector: Option<Connector>,
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("cluster_id", &self.cluster_id)
+            .field("node_id", &self.node_id)
+            .field("advertise", &self.advertise)
+            .field("data_dir", &self.data_dir)
+            .field("timing", &self.timing)
+            .field("tls", &self.tls.is_some())
+            .field("custom_connector", &self.connector.is_some())
+            .finish()
+    }
 }
 
 impl NodeOptions {
@@ -216,7 +233,10 @@ impl AuthorityNode {
             },
             ..NetworkConfig::default()
         };
-        let factory = NetworkFactory::new(network.clone(), guard.clone(), reach.clone())?;
+        let mut factory = NetworkFactory::new(network.clone(), guard.clone(), reach.clone())?;
+        if let Some(connector) = &options.connector {
+            factory = factory.with_connector(connector.clone());
+        }
         let config = openraft::Config {
             cluster_name: options.cluster_id.to_string(),
             heartbeat_interval: millis(options.timing.heartbeat),
@@ -286,6 +306,21 @@ impl AuthorityNode {
     /// Network settings (for clients that dial other nodes).
     pub fn network(&self) -> &NetworkConfig {
         &self.network
+    }
+
+    /// A client of another node's `AuthorityService`, dialled the way this
+    /// node dials its Raft peers.
+    pub fn authority_client(
+        &self,
+        address: &str,
+    ) -> Result<
+        rap_proto::pb::authority_service_client::AuthorityServiceClient<tonic::transport::Channel>,
+    > {
+        crate::service::authority_client_via(
+            &self.network,
+            address,
+            self.options.connector.as_ref(),
+        )
     }
 
     fn raft_metrics(&self) -> RaftMetrics {
@@ -534,7 +569,7 @@ impl AuthorityNode {
         let Request::Genesis { trust_root, .. } = genesis else {
             return Err(Error::InvalidRequest("not a genesis request".into()));
         };
-        let mut client = crate::service::authority_client(&self.network, &leader.address)?;
+        let mut client = self.authority_client(&leader.address)?;
         let metrics = self.raft_metrics();
         let voters = Self::voters(&metrics)
             .into_values()
@@ -788,7 +823,7 @@ async fn probe_voters(node: std::sync::Weak<AuthorityNode>) {
             }
             let client = match clients.get(&member.address) {
                 Some(client) => client,
-                None => match crate::service::authority_client(&node.network, &member.address) {
+                None => match node.authority_client(&member.address) {
                     Ok(client) => clients.entry(member.address.clone()).or_insert(client),
                     Err(_) => {
                         node.reach.record_failure(id);

@@ -5,8 +5,8 @@
 
 use crate::error::{Error, Result};
 use crate::fence::Fence;
-use crate::network::NetworkConfig;
 use crate::network::client::endpoint;
+use crate::network::{Connector, NetworkConfig};
 use crate::node::AuthorityNode;
 use crate::typ::Member;
 use rap_proto::ids::{AuthorityTerm, ClusterId, FenceSeq, LogIndex, NodeId};
@@ -28,7 +28,20 @@ pub fn authority_client(
     network: &NetworkConfig,
     address: &str,
 ) -> Result<AuthorityServiceClient<Channel>> {
-    let channel = endpoint(network, address)?.connect_lazy();
+    authority_client_via(network, address, None)
+}
+
+/// Like [`authority_client`], dialling through `connector` when given.
+pub fn authority_client_via(
+    network: &NetworkConfig,
+    address: &str,
+    connector: Option<&Connector>,
+) -> Result<AuthorityServiceClient<Channel>> {
+    let endpoint = endpoint(network, address)?;
+    let channel = match connector {
+        Some(connector) => connector(&endpoint),
+        None => endpoint.connect_lazy(),
+    };
     Ok(AuthorityServiceClient::new(channel)
         .max_decoding_message_size(crate::limits::RAFT_RPC_BYTES_MAX)
         .max_encoding_message_size(crate::limits::RAFT_RPC_BYTES_MAX))
@@ -148,7 +161,9 @@ impl AuthorityApi {
         let result = match local.await {
             Err(Error::NotLeader { leader }) if !forwarded => match self.node.fresh_leader() {
                 Some(member) => {
-                    let client = authority_client(self.node.network(), &member.address)
+                    let client = self
+                        .node
+                        .authority_client(&member.address)
                         .map_err(|e| self.refuse(method, e))?;
                     let budget = self.node.options().timing.write_budget();
                     match tokio::time::timeout(budget, forward(client)).await {

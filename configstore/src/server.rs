@@ -33,6 +33,7 @@ pub fn node_options(config: &Config) -> Result<NodeOptions> {
             cert: tls.cert.clone(),
             key: tls.key.clone(),
         }),
+        connector: None,
     })
 }
 
