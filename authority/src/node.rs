@@ -207,6 +207,16 @@ impl AuthorityNode {
     /// background tasks (term tracking, voter probing). Serving the gRPC
     /// services is the caller's job ([`crate::service`]).
     pub async fn start(options: NodeOptions) -> Result<Arc<Self>> {
+        Self::start_with(options, None).await
+    }
+
+    /// Like [`AuthorityNode::start`], keeping the term guard and
+    /// reachability of a previous incarnation of this node (promotion and
+    /// rejoin restart the node on fresh storage at a new term).
+    pub async fn start_with(
+        options: NodeOptions,
+        carried: Option<(Arc<TermGuard>, Arc<Reachability>)>,
+    ) -> Result<Arc<Self>> {
         options.timing.validate()?;
         crate::tls::install_crypto_provider();
         let (log, state_machine) = store::open(&options.data_dir)?;
@@ -219,12 +229,22 @@ impl AuthorityNode {
                 got: stored.to_string(),
             });
         }
-        let guard = Arc::new(TermGuard::new(
-            options.cluster_id.clone(),
-            options.node_id.clone(),
-            view.authority_term(),
-        ));
-        let reach = Arc::new(Reachability::new());
+        let (guard, reach) = match carried {
+            Some((guard, reach)) => {
+                if view.authority_term() > guard.term() {
+                    guard.set_term(view.authority_term());
+                }
+                (guard, reach)
+            }
+            None => (
+                Arc::new(TermGuard::new(
+                    options.cluster_id.clone(),
+                    options.node_id.clone(),
+                    view.authority_term(),
+                )),
+                Arc::new(Reachability::new()),
+            ),
+        };
         let network = NetworkConfig {
             keepalive_interval: options.timing.keepalive,
             tls: match &options.tls {

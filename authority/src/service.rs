@@ -8,6 +8,7 @@ use crate::fence::Fence;
 use crate::network::client::endpoint;
 use crate::network::{Connector, NetworkConfig};
 use crate::node::AuthorityNode;
+use crate::slot::NodeSlot;
 use crate::typ::Member;
 use rap_proto::ids::{AuthorityTerm, ClusterId, FenceSeq, LogIndex, NodeId};
 use rap_proto::pb;
@@ -102,13 +103,24 @@ pub fn fence_from_pb(fence: &pb::FencingToken) -> Result<Fence> {
 /// The `AuthorityService` of one node.
 #[derive(Clone, Debug)]
 pub struct AuthorityApi {
-    node: Arc<AuthorityNode>,
+    slot: Arc<NodeSlot>,
 }
 
 impl AuthorityApi {
-    /// Serves `node`.
+    /// Serves `node` (promotion swaps it within its own slot).
     pub fn new(node: Arc<AuthorityNode>) -> Self {
-        AuthorityApi { node }
+        AuthorityApi {
+            slot: NodeSlot::new(node),
+        }
+    }
+
+    /// Serves whichever node `slot` holds.
+    pub fn with_slot(slot: Arc<NodeSlot>) -> Self {
+        AuthorityApi { slot }
+    }
+
+    fn node(&self) -> Arc<AuthorityNode> {
+        self.slot.get()
     }
 
     /// The tonic service, with message limits.
@@ -119,7 +131,8 @@ impl AuthorityApi {
     }
 
     fn check_cluster(&self, cluster_id: &str) -> Result<()> {
-        let ours = &self.node.options().cluster_id;
+        let node = self.node();
+        let ours = &node.options().cluster_id;
         if cluster_id != ours.as_str() {
             return Err(Error::WrongCluster {
                 expected: ours.clone(),
@@ -131,8 +144,9 @@ impl AuthorityApi {
 
     /// Counts and logs a refusal, and turns it into a status.
     fn refuse(&self, method: &str, error: Error) -> Status {
-        self.node.metrics().refused(error.code());
-        let options = self.node.options();
+        self.node().metrics().refused(error.code());
+        let node = self.node();
+        let options = node.options();
         tracing::debug!(
             cluster_id = %options.cluster_id,
             node_id = %options.node_id,
@@ -159,17 +173,17 @@ impl AuthorityApi {
     {
         let started = Instant::now();
         let result = match local.await {
-            Err(Error::NotLeader { leader }) if !forwarded => match self.node.fresh_leader() {
+            Err(Error::NotLeader { leader }) if !forwarded => match self.node().fresh_leader() {
                 Some(member) => {
                     let client = self
-                        .node
+                        .node()
                         .authority_client(&member.address)
                         .map_err(|e| self.refuse(method, e))?;
-                    let budget = self.node.options().timing.write_budget();
+                    let budget = self.node().options().timing.write_budget();
                     match tokio::time::timeout(budget, forward(client)).await {
                         Ok(result) => result,
                         Err(_) => {
-                            let status = self.node.status();
+                            let status = self.node().status();
                             Err(self.refuse(
                                 method,
                                 Error::NoQuorum {
@@ -185,7 +199,7 @@ impl AuthorityApi {
             Err(e) => Err(self.refuse(method, e)),
             Ok(value) => Ok(value),
         };
-        self.node.metrics().observe(method, started.elapsed());
+        self.node().metrics().observe(method, started.elapsed());
         result
     }
 }
@@ -223,7 +237,7 @@ impl AuthorityService for AuthorityApi {
                 },
             ));
         }
-        let node = self.node.clone();
+        let node = self.node();
         let forward_message = message.clone();
         let fence = self
             .write(
@@ -278,7 +292,7 @@ impl AuthorityService for AuthorityApi {
                 },
             ));
         }
-        let node = self.node.clone();
+        let node = self.node();
         let forward_message = message.clone();
         let published = self
             .write(
@@ -315,8 +329,9 @@ impl AuthorityService for AuthorityApi {
         let message = request.into_inner();
         self.check_cluster(&message.cluster_id)
             .map_err(|e| self.refuse("Status", e))?;
-        let status = self.node.status();
-        let options = self.node.options();
+        let status = self.node().status();
+        let node = self.node();
+        let options = node.options();
         Ok(Response::new(pb::AuthorityStatusResponse {
             cluster_id: options.cluster_id.to_string(),
             node_id: options.node_id.to_string(),
@@ -346,22 +361,37 @@ impl AuthorityService for AuthorityApi {
 
     async fn promote(
         &self,
-        _request: Request<pb::PromoteRequest>,
+        request: Request<pb::PromoteRequest>,
     ) -> std::result::Result<Response<pb::PromoteResponse>, Status> {
-        self.node.metrics().refused("UNIMPLEMENTED");
-        Err(Status::unimplemented(
-            "UNIMPLEMENTED: promotion (loss-of-quorum recovery) is not implemented yet",
-        ))
+        let started = Instant::now();
+        let message = request.into_inner();
+        let outcome = self.slot.promote(&message).await;
+        self.node().metrics().observe("Promote", started.elapsed());
+        let outcome = outcome.map_err(|e| self.refuse("Promote", e))?;
+        for (id, reason) in &outcome.not_added {
+            tracing::warn!(survivor = %id, "promotion: survivor not added yet: {reason}");
+        }
+        let status = self.node().status();
+        Ok(Response::new(pb::PromoteResponse {
+            authority_term: outcome.authority_term.0,
+            leader_id: status.leader.unwrap_or_default(),
+            seeded_from_index: outcome.seeded_from_index,
+            seeded_from_node_id: outcome.seeded_from_node_id,
+        }))
     }
 
     async fn rejoin(
         &self,
-        _request: Request<pb::RejoinRequest>,
+        request: Request<pb::RejoinRequest>,
     ) -> std::result::Result<Response<pb::RejoinResponse>, Status> {
-        self.node.metrics().refused("UNIMPLEMENTED");
-        Err(Status::unimplemented(
-            "UNIMPLEMENTED: rejoin after promotion is not implemented yet",
-        ))
+        let started = Instant::now();
+        let message = request.into_inner();
+        let term = self.slot.rejoin(&message).await;
+        self.node().metrics().observe("Rejoin", started.elapsed());
+        let term = term.map_err(|e| self.refuse("Rejoin", e))?;
+        Ok(Response::new(pb::RejoinResponse {
+            authority_term: term.0,
+        }))
     }
 
     async fn bootstrap(
@@ -372,10 +402,10 @@ impl AuthorityService for AuthorityApi {
         let message = request.into_inner();
         self.check_cluster(&message.cluster_id)
             .map_err(|e| self.refuse("Bootstrap", e))?;
-        let result = if self.node.is_initialized() {
+        let result = if self.node().is_initialized() {
             // Either a repeated bootstrap, or a voter that won the first
             // election being asked by another to commit genesis.
-            self.node
+            self.node()
                 .complete_genesis(message.trust_root)
                 .await
                 .and_then(|()| {
@@ -388,16 +418,18 @@ impl AuthorityService for AuthorityApi {
             let voters: Result<Vec<Member>> = message.voters.iter().map(member_of).collect();
             match voters {
                 Ok(voters) => {
-                    self.node
+                    self.node()
                         .bootstrap(voters, message.trust_root, message.allow_single_voter)
                         .await
                 }
                 Err(e) => Err(e),
             }
         };
-        self.node.metrics().observe("Bootstrap", started.elapsed());
+        self.node()
+            .metrics()
+            .observe("Bootstrap", started.elapsed());
         let (term, tolerance) = result.map_err(|e| self.refuse("Bootstrap", e))?;
-        let status = self.node.status();
+        let status = self.node().status();
         Ok(Response::new(pb::BootstrapGroupResponse {
             authority_term: term.0,
             leader_id: status.leader.unwrap_or_default(),
@@ -419,7 +451,7 @@ impl AuthorityService for AuthorityApi {
             .ok_or_else(|| Error::InvalidRequest("add-voter without a voter".into()))
             .and_then(member_of)
             .map_err(|e| self.refuse("AddVoter", e))?;
-        let node = self.node.clone();
+        let node = self.node();
         let forward_message = message.clone();
         self.write(
             "AddVoter",
@@ -449,7 +481,7 @@ impl AuthorityService for AuthorityApi {
             .map_err(|e| self.refuse("RemoveVoter", e))?;
         let node_id = NodeId::new(message.node_id.as_str())
             .map_err(|e| self.refuse("RemoveVoter", e.into()))?;
-        let node = self.node.clone();
+        let node = self.node();
         let forward_message = message.clone();
         self.write(
             "RemoveVoter",

@@ -6,24 +6,25 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use rap_authority::node::AuthorityNode;
 use rap_authority::partition::PartitionView;
+use rap_authority::slot::NodeSlot;
 use std::sync::Arc;
 
 /// The HTTP routes of one node.
-pub fn router(node: Arc<AuthorityNode>) -> Router {
+pub fn router(slot: Arc<NodeSlot>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(node)
+        .with_state(slot)
 }
 
-async fn metrics(State(node): State<Arc<AuthorityNode>>) -> String {
-    node.render_metrics()
+async fn metrics(State(slot): State<Arc<NodeSlot>>) -> String {
+    slot.get().render_metrics()
 }
 
-async fn ready(State(node): State<Arc<AuthorityNode>>) -> (StatusCode, String) {
+async fn ready(State(slot): State<Arc<NodeSlot>>) -> (StatusCode, String) {
+    let node = slot.get();
     if !node.is_initialized() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

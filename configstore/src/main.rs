@@ -50,6 +50,43 @@ enum Command {
     AddVoter(AddVoterArgs),
     /// Remove a voter.
     RemoveVoter(RemoveVoterArgs),
+    /// Loss-of-quorum recovery: re-form the group from the survivors at the
+    /// next authority term (signed with the cluster's signing key).
+    Promote(PromoteArgs),
+    /// Bring an old (fenced) member back: wipe its Raft state and add it to
+    /// the current group as a learner, then a voter.
+    Rejoin(RejoinArgs),
+}
+
+#[derive(Args, Debug)]
+struct PromoteArgs {
+    /// The cluster.
+    #[arg(long, env = "RAP_CLUSTER_ID")]
+    cluster: String,
+    /// A surviving voter: <node-id>=<host:port> (repeatable; every survivor).
+    #[arg(long = "survivor", required = true)]
+    survivors: Vec<String>,
+    /// The cluster's snapshot-signing key file (signs the order).
+    #[arg(long)]
+    key: PathBuf,
+    /// Directory with ca.pem, node.pem, node.key for mTLS.
+    #[arg(long, env = "RAP_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Development only: no TLS.
+    #[arg(long, env = "RAP_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
+}
+
+#[derive(Args, Debug)]
+struct RejoinArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The old member: <node-id>=<host:port>[,region=..][,zone=..][,host=..]
+    #[arg(long)]
+    node: String,
+    /// The cluster's snapshot-signing key file (signs the order).
+    #[arg(long)]
+    key: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -211,6 +248,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Fence(args) => fence(args).await,
         Command::AddVoter(args) => add_voter(args).await,
         Command::RemoveVoter(args) => remove_voter(args).await,
+        Command::Promote(args) => promote(args).await,
+        Command::Rejoin(args) => rejoin(args).await,
     }
 }
 
@@ -547,6 +586,152 @@ async fn remove_voter(args: RemoveVoterArgs) -> Result<()> {
         .remove_voter(pb::RemoveVoterRequest {
             cluster_id: args.client.cluster.clone(),
             node_id: args.node,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_status(&response, args.client.json);
+    Ok(())
+}
+
+async fn promote(args: PromoteArgs) -> Result<()> {
+    let client_args = ClientArgs {
+        endpoint: String::new(),
+        cluster: args.cluster.clone(),
+        tls_dir: args.tls_dir.clone(),
+        insecure_plaintext: args.insecure_plaintext,
+        json: false,
+    };
+    let net = network(&client_args)?;
+    let key = rap_proto::envelope::SnapshotSigner::read_key_file(&args.key)?;
+    let mut survivors = Vec::new();
+    for text in &args.survivors {
+        let spec = parse_voter(text)?;
+        let mut client = authority_client(&net, &spec.address)?;
+        let status = client
+            .status(pb::AuthorityStatusRequest {
+                cluster_id: args.cluster.clone(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("status of survivor {}: {}", spec.node_id, s.message()))?
+            .into_inner();
+        if status.node_id != spec.node_id {
+            bail!(
+                "{} answers as {}, not {}",
+                spec.address,
+                status.node_id,
+                spec.node_id
+            );
+        }
+        let view = pb::PartitionView::try_from(status.partition_view).unwrap_or_default();
+        if matches!(
+            view,
+            pb::PartitionView::Healthy | pb::PartitionView::Degraded
+        ) {
+            bail!(
+                "survivor {} still sees a quorum ({}); promotion is only for loss of quorum",
+                spec.node_id,
+                view.as_str_name()
+            );
+        }
+        survivors.push((spec, status));
+    }
+    let term = survivors[0].1.authority_term;
+    if let Some((spec, status)) = survivors.iter().find(|(_, s)| s.authority_term != term) {
+        bail!(
+            "survivors disagree on the authority term ({} is at {}, {} at {term})",
+            spec.node_id,
+            status.authority_term,
+            survivors[0].0.node_id
+        );
+    }
+    // Seed from the highest applied index; ties go to the smallest id.
+    let Some((seed, seed_status)) = survivors.iter().max_by(|a, b| {
+        a.1.applied_index
+            .cmp(&b.1.applied_index)
+            .then(b.0.node_id.cmp(&a.0.node_id))
+    }) else {
+        bail!("no survivors given");
+    };
+    let now = rap_proto::time::UnixMillis::now().0;
+    let order = pb::PromotionOrder {
+        cluster_id: args.cluster.clone(),
+        current_term: term,
+        new_term: term + 1,
+        survivors: survivors.iter().map(|(s, _)| s.node_id.clone()).collect(),
+        seed: rap_proto::envelope::Digest::of(format!("{now}/{}", std::process::id()).as_bytes())
+            .0
+            .to_vec(),
+        issued_at_unix_ms: now,
+        seed_node_id: seed.node_id.clone(),
+        seed_applied_index: seed_status.applied_index,
+    };
+    let request = rap_proto::orders::sign_promotion(&order, &key);
+    println!(
+        "promoting cluster {} to authority term {} from {} (applied index {})",
+        args.cluster,
+        term + 1,
+        seed.node_id,
+        seed_status.applied_index
+    );
+    // The others first: they restart empty and wait for the seed to add them.
+    for (spec, _) in survivors.iter().filter(|(s, _)| s.node_id != seed.node_id) {
+        let mut client = authority_client(&net, &spec.address)?;
+        client
+            .promote(request.clone())
+            .await
+            .map_err(|s| anyhow::anyhow!("survivor {}: {}", spec.node_id, s.message()))?;
+        println!("  {}: restarted at term {}", spec.node_id, term + 1);
+    }
+    let mut client = authority_client(&net, &seed.address)?;
+    let response = client
+        .promote(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("seed {}: {}", seed.node_id, s.message()))?
+        .into_inner();
+    println!(
+        "  {}: new group formed at term {}, leader {}",
+        seed.node_id,
+        response.authority_term,
+        if response.leader_id.is_empty() {
+            "-"
+        } else {
+            &response.leader_id
+        }
+    );
+    Ok(())
+}
+
+async fn rejoin(args: RejoinArgs) -> Result<()> {
+    let net = network(&args.client)?;
+    let key = rap_proto::envelope::SnapshotSigner::read_key_file(&args.key)?;
+    let spec = parse_voter(&args.node)?;
+    let mut leader = authority_client(&net, &args.client.endpoint)?;
+    let status = leader
+        .status(pb::AuthorityStatusRequest {
+            cluster_id: args.client.cluster.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let order = pb::RejoinOrder {
+        cluster_id: args.client.cluster.clone(),
+        authority_term: status.authority_term,
+        node_id: spec.node_id.clone(),
+        issued_at_unix_ms: rap_proto::time::UnixMillis::now().0,
+    };
+    let mut old = authority_client(&net, &spec.address)?;
+    old.rejoin(rap_proto::orders::sign_rejoin(&order, &key))
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", spec.node_id, s.message()))?;
+    println!(
+        "{}: raft state retired, restarted empty at term {}",
+        spec.node_id, status.authority_term
+    );
+    let response = leader
+        .add_voter(pb::AddVoterRequest {
+            cluster_id: args.client.cluster.clone(),
+            voter: Some(spec),
         })
         .await
         .map_err(status_error)?

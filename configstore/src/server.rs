@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use rap_authority::network::{PeerAuth, RaftServer};
 use rap_authority::node::{AuthorityNode, NodeOptions, Timing};
 use rap_authority::service::AuthorityApi;
+use rap_authority::slot::NodeSlot;
 use rap_authority::tls::TlsFiles;
 use rap_proto::ids::{ClusterId, NodeId};
 use std::future::Future;
@@ -55,14 +56,18 @@ pub async fn serve(
     } else {
         PeerAuth::Plaintext
     };
+    // Promotion and rejoin swap the node inside the slot; the term guard
+    // and reachability are carried from one incarnation to the next.
+    let slot = NodeSlot::new(node.clone());
     let raft_service = RaftServer::new(
-        node.raft().clone(),
+        slot.clone(),
         node.guard().clone(),
         node.reachability().clone(),
         auth,
     )
     .into_service();
-    let authority_service = AuthorityApi::new(node.clone()).into_service();
+    let authority_service = AuthorityApi::with_slot(slot.clone()).into_service();
+    drop(node);
 
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(options.timing.keepalive))
@@ -98,14 +103,14 @@ pub async fn serve(
             },
         );
     let mut http_stop = stop_rx.clone();
-    let http = axum::serve(http_listener, crate::http::router(node.clone()))
+    let http = axum::serve(http_listener, crate::http::router(slot.clone()))
         .with_graceful_shutdown(async move {
             let _ = http_stop.wait_for(|stop| *stop).await;
         });
     let (grpc_result, http_result) = tokio::join!(grpc, http);
     grpc_result.context("serve gRPC")?;
     http_result.context("serve HTTP")?;
-    node.shutdown().await.context("stop raft")?;
+    slot.get().shutdown().await.context("stop raft")?;
     tracing::info!("stopped");
     Ok(())
 }

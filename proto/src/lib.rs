@@ -9,12 +9,14 @@
 //!   envelope, trust roots with rotation, and the [`envelope::Verifier`]
 //!   that refuses forged, tampered, stale, rolled-back and oversized shards.
 //! * [`limits`]: every size and count limit, as named constants.
+//! * [`orders`]: signed promotion and rejoin orders to storage nodes.
 //! * [`error`]: the crate's error type, with stable machine-readable codes.
 
 pub mod envelope;
 pub mod error;
 pub mod ids;
 pub mod limits;
+pub mod orders;
 pub mod time;
 
 mod convert;

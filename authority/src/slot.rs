@@ -1,0 +1,61 @@
+//! The node a storage-node process currently runs. Promotion and rejoin
+//! replace it with a new incarnation on fresh storage at a new authority
+//! term; the gRPC services look the node up per request, so they keep
+//! serving across the swap.
+
+use crate::network::codec;
+use crate::network::server::RaftHandler;
+use crate::node::AuthorityNode;
+use std::sync::{Arc, RwLock};
+
+/// The current [`AuthorityNode`] of this process.
+#[derive(Debug)]
+pub struct NodeSlot {
+    current: RwLock<Arc<AuthorityNode>>,
+    /// Held while a promotion or rejoin replaces the node.
+    pub(crate) reforming: tokio::sync::Mutex<()>,
+}
+
+impl NodeSlot {
+    /// A slot holding `node`.
+    pub fn new(node: Arc<AuthorityNode>) -> Arc<Self> {
+        Arc::new(NodeSlot {
+            current: RwLock::new(node),
+            reforming: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The current node.
+    pub fn get(&self) -> Arc<AuthorityNode> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the current node.
+    pub(crate) fn replace(&self, node: Arc<AuthorityNode>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = node;
+    }
+}
+
+/// Raft RPCs go to whichever node is current.
+impl RaftHandler for Arc<NodeSlot> {
+    async fn append_entries(&self, rpc: codec::AppendEntriesRequest) -> codec::AppendEntriesReply {
+        let node = self.get();
+        node.raft().append_entries(rpc).await
+    }
+
+    async fn vote(&self, rpc: codec::VoteRequest) -> codec::VoteReply {
+        let node = self.get();
+        node.raft().vote(rpc).await
+    }
+
+    async fn install_snapshot(
+        &self,
+        rpc: codec::InstallSnapshotRequest,
+    ) -> codec::InstallSnapshotReply {
+        let node = self.get();
+        node.raft().install_snapshot(rpc).await
+    }
+}
