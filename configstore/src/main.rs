@@ -50,12 +50,24 @@ enum Command {
     AddVoter(AddVoterArgs),
     /// Remove a voter.
     RemoveVoter(RemoveVoterArgs),
+    /// Choose voters across failure domains and report the tolerance.
+    Place(PlaceArgs),
     /// Loss-of-quorum recovery: re-form the group from the survivors at the
     /// next authority term (signed with the cluster's signing key).
     Promote(PromoteArgs),
     /// Bring an old (fenced) member back: wipe its Raft state and add it to
     /// the current group as a learner, then a voter.
     Rejoin(RejoinArgs),
+}
+
+#[derive(Args, Debug)]
+struct PlaceArgs {
+    /// A candidate: <node-id>=<host:port>,region=..,zone=..,host=.. (repeatable).
+    #[arg(long = "candidate", required = true)]
+    candidates: Vec<String>,
+    /// How many voters to choose (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    voters: usize,
 }
 
 #[derive(Args, Debug)]
@@ -248,6 +260,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Fence(args) => fence(args).await,
         Command::AddVoter(args) => add_voter(args).await,
         Command::RemoveVoter(args) => remove_voter(args).await,
+        Command::Place(args) => place(args),
         Command::Promote(args) => promote(args).await,
         Command::Rejoin(args) => rejoin(args).await,
     }
@@ -737,5 +750,39 @@ async fn rejoin(args: RejoinArgs) -> Result<()> {
         .map_err(status_error)?
         .into_inner();
     print_status(&response, args.client.json);
+    Ok(())
+}
+
+fn place(args: PlaceArgs) -> Result<()> {
+    use rap_authority::placement::{Candidate, choose_voters, failure_tolerance};
+    let mut specs = Vec::new();
+    for text in &args.candidates {
+        specs.push(parse_voter(text)?);
+    }
+    let candidates: Vec<Candidate> = specs
+        .iter()
+        .map(|s| {
+            let d = s.domain.clone().unwrap_or_default();
+            Candidate {
+                node_id: s.node_id.clone(),
+                region: d.region,
+                zone: d.zone,
+                host: d.host,
+            }
+        })
+        .collect();
+    let chosen = choose_voters(&candidates, args.voters)?;
+    for voter in &chosen {
+        let address = specs
+            .iter()
+            .find(|s| s.node_id == voter.node_id)
+            .map(|s| s.address.as_str())
+            .unwrap_or_default();
+        println!(
+            "--voter {}={address},region={},zone={},host={}",
+            voter.node_id, voter.region, voter.zone, voter.host
+        );
+    }
+    println!("# {}", failure_tolerance(&chosen));
     Ok(())
 }
