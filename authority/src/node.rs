@@ -389,6 +389,14 @@ impl AuthorityNode {
         if age > self.options.timing.lease {
             return None;
         }
+        // Our own probe or a failed forward saw it unreachable since.
+        if self
+            .reach
+            .peer(leader)
+            .is_some_and(|contact| contact.consecutive_failures > 0)
+        {
+            return None;
+        }
         metrics
             .membership_config
             .membership()
@@ -419,7 +427,12 @@ impl AuthorityNode {
             }
             match metrics.current_leader {
                 Some(leader) if leader == self.raft_id => {
-                    if !partition::leader_lease_valid(metrics.millis_since_quorum_ack, lease) {
+                    // Refuse before proposing when the lease ran out, or
+                    // when this leader's own contacts (heartbeats, probes)
+                    // already show fewer than a quorum of voters.
+                    if !partition::leader_lease_valid(metrics.millis_since_quorum_ack, lease)
+                        || self.reachable_voters(&voters) < partition::quorum(voters.len())
+                    {
                         return Err(self.no_quorum(&voters));
                     }
                     let remaining = deadline.saturating_duration_since(Instant::now());

@@ -215,6 +215,12 @@ impl NodeSlot {
             .map_err(|e| Error::Raft(format!("initialize the new group: {e}")))?;
         let budget = timing.election_timeout_max * BOOTSTRAP_ELECTION_TIMEOUTS_MAX;
         let deadline = tokio::time::Instant::now() + budget;
+        fresh
+            .raft()
+            .wait(Some(budget))
+            .current_leader(raft_id_of(me), "the seed leads its new group")
+            .await
+            .map_err(|e| Error::Raft(format!("wait for the new group's leader: {e}")))?;
         loop {
             match fresh
                 .propose(Request::Reseed {

@@ -9,7 +9,7 @@ use crate::network::client::endpoint;
 use crate::network::{Connector, NetworkConfig};
 use crate::node::AuthorityNode;
 use crate::slot::NodeSlot;
-use crate::typ::Member;
+use crate::typ::{Member, raft_id_of};
 use rap_proto::ids::{AuthorityTerm, ClusterId, FenceSeq, LogIndex, NodeId};
 use rap_proto::pb;
 use rap_proto::pb::authority_service_client::AuthorityServiceClient;
@@ -181,6 +181,23 @@ impl AuthorityApi {
                         .map_err(|e| self.refuse(method, e))?;
                     let budget = self.node().options().timing.write_budget();
                     match tokio::time::timeout(budget, forward(client)).await {
+                        Ok(Err(status)) if crate::error::error_detail(&status).is_none() => {
+                            // The hop itself failed (leader died, connection
+                            // cut): say so in a typed, retryable refusal.
+                            self.node()
+                                .reachability()
+                                .record_failure(raft_id_of(&member.node_id));
+                            Err(self.refuse(
+                                method,
+                                Error::NotLeader {
+                                    leader: Some(format!(
+                                        "{} (unreachable: {})",
+                                        member.node_id,
+                                        status.message()
+                                    )),
+                                },
+                            ))
+                        }
                         Ok(result) => result,
                         Err(_) => {
                             let status = self.node().status();
