@@ -427,12 +427,10 @@ impl AuthorityNode {
             }
             match metrics.current_leader {
                 Some(leader) if leader == self.raft_id => {
-                    // Refuse before proposing when the lease ran out, or
-                    // when this leader's own contacts (heartbeats, probes)
-                    // already show fewer than a quorum of voters.
-                    if !partition::leader_lease_valid(metrics.millis_since_quorum_ack, lease)
-                        || self.reachable_voters(&voters) < partition::quorum(voters.len())
-                    {
+                    // The quorum acknowledgement age is authoritative; the
+                    // reachability tracker can lag behind a restarted peer,
+                    // so it never refuses a leader's write by itself.
+                    if !partition::leader_lease_valid(metrics.millis_since_quorum_ack, lease) {
                         return Err(self.no_quorum(&voters));
                     }
                     let remaining = deadline.saturating_duration_since(Instant::now());
