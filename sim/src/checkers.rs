@@ -1,0 +1,572 @@
+//! The oracle: invariants checked over a run's event log (DESIGN.md §9).
+//!
+//! * [`fences_unique_and_increasing`] (invariant 1): no two calls get the
+//!   same `(authority_term, seq)` or log index; in log order fences
+//!   strictly increase; a call that started after another ended gets a
+//!   larger fence (grants are linearizable).
+//! * [`no_minority_grant`] (invariant 2): a call whose node could not
+//!   exchange messages with any quorum-holding leader during the whole call
+//!   (per the fault [`Timeline`]) must not be granted.
+//! * [`one_leader_per_raft_term`]: no two nodes lead, or are named leader,
+//!   in one Raft term.
+//! * [`minority_refusal`]: such a minority call ends within the node's
+//!   write budget (2 × its election timeout) plus network slack, and, once
+//!   the partition has settled, is refused with `NO_QUORUM`.
+//! * [`minority_view`]: a node answering a settled minority call reports
+//!   its partition view as `minority`.
+//! * [`no_call_hangs`]: no call, anywhere, runs into the client's own
+//!   deadline (writes never hang).
+//! * [`acknowledged_fences_survive`]: after heal every node has applied
+//!   every acknowledged fence, and all report the same state.
+
+use crate::events::{Event, FenceCall, NodeIndex, Outcome, Role, node_name};
+use crate::faults::Timeline;
+use crate::harness::ClusterSpec;
+use rap_authority::partition::PartitionView;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+/// One broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Which check found it.
+    pub invariant: &'static str,
+    /// Simulated time it concerns.
+    pub at: Duration,
+    /// What exactly.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{}] at {}ms: {}",
+            self.invariant,
+            self.at.as_millis(),
+            self.detail
+        )
+    }
+}
+
+/// What the checkers need to know about the cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckConfig {
+    /// Voters.
+    pub nodes: usize,
+    /// How long after a fault a minority counts as settled (old leases
+    /// and contacts expired): then refusals must be `NO_QUORUM`.
+    pub settle: Duration,
+    /// Network and scheduling allowance added to the refusal bound: the
+    /// client's round trip to the node plus a few ticks.
+    pub slack: Duration,
+    /// Widening of every call's window on each side, for the one-tick
+    /// uncertainty between the harness's and a host's clock.
+    pub margin: Duration,
+}
+
+impl CheckConfig {
+    /// The configuration for `spec`: settle = 2 × the largest election
+    /// timeout; slack = 2 × the largest latency + 10 ticks; margin = 2
+    /// ticks.
+    pub fn for_cluster(spec: &ClusterSpec) -> Self {
+        CheckConfig {
+            nodes: spec.voters,
+            settle: spec.write_budget_max(),
+            slack: spec.latency_max * 2 + spec.tick * 10,
+            margin: spec.tick * 2,
+        }
+    }
+}
+
+/// Runs every check.
+pub fn check_all(events: &[Event], config: &CheckConfig) -> Vec<Violation> {
+    let timeline = Timeline::from_events(config.nodes, events);
+    let mut violations = Vec::new();
+    violations.extend(fences_unique_and_increasing(events));
+    violations.extend(no_minority_grant(events, &timeline, config));
+    violations.extend(one_leader_per_raft_term(events));
+    violations.extend(minority_refusal(events, &timeline, config));
+    violations.extend(minority_view(events, &timeline, config));
+    violations.extend(no_call_hangs(events));
+    violations.extend(acknowledged_fences_survive(events));
+    violations
+}
+
+fn calls(events: &[Event]) -> impl Iterator<Item = &FenceCall> {
+    events.iter().filter_map(|e| match e {
+        Event::Fence(call) => Some(call),
+        _ => None,
+    })
+}
+
+fn describe(call: &FenceCall) -> String {
+    format!(
+        "call via {} sent at {}ms, answered at {}ms: {:?}",
+        node_name(call.node),
+        call.started.as_millis(),
+        call.ended.as_millis(),
+        call.outcome
+    )
+}
+
+/// Invariant 1: fences are unique and strictly increasing, in log order
+/// and in real-time order.
+pub fn fences_unique_and_increasing(events: &[Event]) -> Vec<Violation> {
+    const NAME: &str = "fences-unique-increasing";
+    let mut violations = Vec::new();
+    let granted: Vec<(&FenceCall, (u64, u64, u64))> = calls(events)
+        .filter_map(|c| c.granted().map(|f| (c, f)))
+        .collect();
+
+    let mut by_fence: BTreeMap<(u64, u64), &FenceCall> = BTreeMap::new();
+    let mut by_index: BTreeMap<u64, (&FenceCall, (u64, u64))> = BTreeMap::new();
+    for (call, (term, seq, index)) in &granted {
+        if let Some(first) = by_fence.insert((*term, *seq), call) {
+            violations.push(Violation {
+                invariant: NAME,
+                at: call.ended,
+                detail: format!(
+                    "fence (term {term}, seq {seq}) granted twice: {} and {}",
+                    describe(first),
+                    describe(call)
+                ),
+            });
+        }
+        if let Some((first, _)) = by_index.insert(*index, (call, (*term, *seq))) {
+            violations.push(Violation {
+                invariant: NAME,
+                at: call.ended,
+                detail: format!(
+                    "log index {index} granted two fences: {} and {}",
+                    describe(first),
+                    describe(call)
+                ),
+            });
+        }
+    }
+    // In log order, (term, seq) strictly increases.
+    let mut previous: Option<(u64, (u64, u64))> = None;
+    for (index, (call, fence)) in &by_index {
+        if let Some((previous_index, previous_fence)) = previous
+            && *fence <= previous_fence
+        {
+            violations.push(Violation {
+                invariant: NAME,
+                at: call.ended,
+                detail: format!(
+                    "fence {fence:?} at log index {index} is not above {previous_fence:?} at index {previous_index}"
+                ),
+            });
+        }
+        previous = Some((*index, *fence));
+    }
+    // Real-time order: a call that started after another was answered
+    // gets a larger fence.
+    let mut by_end: Vec<(Duration, (u64, u64))> = granted
+        .iter()
+        .map(|(c, (t, s, _))| (c.ended, (*t, *s)))
+        .collect();
+    by_end.sort();
+    let mut by_start: Vec<&(&FenceCall, (u64, u64, u64))> = granted.iter().collect();
+    by_start.sort_by_key(|(c, _)| c.started);
+    let mut highest_answered: Option<(u64, u64)> = None;
+    let mut next = 0;
+    for (call, (term, seq, _)) in by_start {
+        while next < by_end.len() && by_end[next].0 < call.started {
+            highest_answered = highest_answered.max(Some(by_end[next].1));
+            next += 1;
+        }
+        if let Some(highest) = highest_answered
+            && (*term, *seq) <= highest
+        {
+            violations.push(Violation {
+                invariant: NAME,
+                at: call.ended,
+                detail: format!(
+                    "{} got (term {term}, seq {seq}), not above {highest:?} answered before it was sent",
+                    describe(call)
+                ),
+            });
+        }
+    }
+    violations
+}
+
+/// The calls whose node could not have had a fence granted at any moment
+/// of the call: neither it nor any node it exchanged messages with both
+/// ways had a two-way quorum.
+fn minority_calls<'a>(
+    events: &'a [Event],
+    timeline: &'a Timeline,
+    config: &'a CheckConfig,
+) -> impl Iterator<Item = &'a FenceCall> + 'a {
+    calls(events).filter(move |call| {
+        let from = call.started.saturating_sub(config.margin);
+        let to = call.ended + config.margin;
+        !timeline.union_over(from, to).can_grant_via(call.node)
+    })
+}
+
+/// Invariant 2: no fence is granted through a minority.
+pub fn no_minority_grant(
+    events: &[Event],
+    timeline: &Timeline,
+    config: &CheckConfig,
+) -> Vec<Violation> {
+    minority_calls(events, timeline, config)
+        .filter(|call| call.granted().is_some())
+        .map(|call| Violation {
+            invariant: "no-minority-grant",
+            at: call.ended,
+            detail: format!(
+                "{}: granted although the node had no quorum-holding leader within reach for the whole call",
+                describe(call)
+            ),
+        })
+        .collect()
+}
+
+/// At most one leader per Raft term: neither two nodes claiming it, nor
+/// nodes naming different leaders for one term.
+pub fn one_leader_per_raft_term(events: &[Event]) -> Vec<Violation> {
+    let mut leaders: BTreeMap<u64, BTreeSet<NodeIndex>> = BTreeMap::new();
+    let mut first_seen: BTreeMap<u64, Duration> = BTreeMap::new();
+    for event in events {
+        if let Event::Raft {
+            at,
+            node,
+            term,
+            leader,
+            role,
+        } = event
+        {
+            let named = if *role == Role::Leader {
+                Some(*node)
+            } else {
+                *leader
+            };
+            if let Some(named) = named {
+                leaders.entry(*term).or_default().insert(named);
+                first_seen.entry(*term).or_insert(*at);
+            }
+        }
+    }
+    leaders
+        .into_iter()
+        .filter(|(_, nodes)| nodes.len() > 1)
+        .map(|(term, nodes)| Violation {
+            invariant: "one-leader-per-raft-term",
+            at: first_seen.get(&term).copied().unwrap_or_default(),
+            detail: format!(
+                "raft term {term} has leaders {:?}",
+                nodes.iter().map(|n| node_name(*n)).collect::<Vec<_>>()
+            ),
+        })
+        .collect()
+}
+
+/// The election timeout of the incarnation of `node` running at `at`.
+fn election_timeout_at(events: &[Event], node: NodeIndex, at: Duration) -> Option<Duration> {
+    events.iter().rev().find_map(|e| match e {
+        Event::Boot {
+            at: booted,
+            node: n,
+            election_timeout,
+        } if *n == node && *booted <= at => Some(*election_timeout),
+        _ => None,
+    })
+}
+
+fn crashed_during(timeline: &Timeline, node: NodeIndex, from: Duration, to: Duration) -> bool {
+    timeline.crashed_at_some_point(node, from, to)
+}
+
+fn settled(timeline: &Timeline, config: &CheckConfig, call: &FenceCall) -> bool {
+    call.started >= timeline.last_change_before(call.started) + config.settle
+        && timeline.last_change_before(call.ended + config.margin)
+            == timeline.last_change_before(call.started)
+}
+
+/// A minority call ends within the bound; once settled, it is refused
+/// with `NO_QUORUM`. Calls to a node that crashed during the call are
+/// left out (a dead process answers nothing).
+pub fn minority_refusal(
+    events: &[Event],
+    timeline: &Timeline,
+    config: &CheckConfig,
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for call in minority_calls(events, timeline, config) {
+        if crashed_during(timeline, call.node, call.started, call.ended) {
+            continue;
+        }
+        let took = call.ended.saturating_sub(call.started);
+        let budget = election_timeout_at(events, call.node, call.started)
+            .map(|timeout| timeout * 2)
+            .unwrap_or_default();
+        let bound = budget + config.slack;
+        if took > bound || call.outcome == Outcome::TimedOut {
+            violations.push(Violation {
+                invariant: "minority-refusal-bound",
+                at: call.ended,
+                detail: format!(
+                    "{}: took {}ms, bound is {}ms (2 × election timeout {}ms + slack {}ms)",
+                    describe(call),
+                    took.as_millis(),
+                    bound.as_millis(),
+                    (budget / 2).as_millis(),
+                    config.slack.as_millis()
+                ),
+            });
+            continue;
+        }
+        if !settled(timeline, config, call) {
+            continue;
+        }
+        let no_quorum = matches!(
+            &call.outcome,
+            Outcome::Refused { code, grpc } if code == "NO_QUORUM" && *grpc == tonic::Code::Unavailable
+        );
+        if !no_quorum && call.granted().is_none() {
+            violations.push(Violation {
+                invariant: "minority-refusal-code",
+                at: call.ended,
+                detail: format!(
+                    "{}: a settled minority must refuse with NO_QUORUM (UNAVAILABLE)",
+                    describe(call)
+                ),
+            });
+        }
+    }
+    violations
+}
+
+/// A node answering a settled minority call says `minority` (or `fenced`)
+/// in its partition view.
+pub fn minority_view(
+    events: &[Event],
+    timeline: &Timeline,
+    config: &CheckConfig,
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for call in minority_calls(events, timeline, config) {
+        if !settled(timeline, config, call)
+            || crashed_during(timeline, call.node, call.started, call.ended)
+        {
+            continue;
+        }
+        let view = events.iter().rev().find_map(|e| match e {
+            Event::View { at, node, view } if *node == call.node && *at <= call.started => {
+                Some(*view)
+            }
+            _ => None,
+        });
+        if !matches!(view, Some(PartitionView::Minority | PartitionView::Fenced)) {
+            violations.push(Violation {
+                invariant: "minority-view",
+                at: call.started,
+                detail: format!(
+                    "{} reports view {:?} while in a settled minority",
+                    node_name(call.node),
+                    view.map(PartitionView::as_str)
+                ),
+            });
+        }
+    }
+    violations
+}
+
+/// No call runs into the client's deadline: a write is answered (granted
+/// or refused) in bounded time wherever it is sent.
+pub fn no_call_hangs(events: &[Event]) -> Vec<Violation> {
+    calls(events)
+        .filter(|call| call.outcome == Outcome::TimedOut)
+        .map(|call| Violation {
+            invariant: "no-call-hangs",
+            at: call.ended,
+            detail: format!("{}: no answer before the client's deadline", describe(call)),
+        })
+        .collect()
+}
+
+/// After heal, every node has applied every acknowledged fence, and all
+/// report the same leader, applied index and last fence.
+pub fn acknowledged_fences_survive(events: &[Event]) -> Vec<Violation> {
+    let finals: Vec<(Duration, NodeIndex, &crate::events::FinalStatus)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Final { at, node, status } => Some((*at, *node, status)),
+            _ => None,
+        })
+        .collect();
+    let Some(highest) = calls(events).filter_map(FenceCall::granted).max() else {
+        return Vec::new();
+    };
+    let mut violations = Vec::new();
+    for (at, node, status) in &finals {
+        if (status.authority_term, status.last_fence_seq) < (highest.0, highest.1) {
+            violations.push(Violation {
+                invariant: "acknowledged-fences-survive",
+                at: *at,
+                detail: format!(
+                    "{} ends at (term {}, seq {}) but (term {}, seq {}) was acknowledged",
+                    node_name(*node),
+                    status.authority_term,
+                    status.last_fence_seq,
+                    highest.0,
+                    highest.1
+                ),
+            });
+        }
+    }
+    if let Some((at, _, first)) = finals.first()
+        && finals.iter().any(|(_, _, s)| s != first)
+    {
+        violations.push(Violation {
+            invariant: "acknowledged-fences-survive",
+            at: *at,
+            detail: format!(
+                "final statuses differ: {:?}",
+                finals.iter().map(|(_, _, s)| s).collect::<Vec<_>>()
+            ),
+        });
+    }
+    violations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::Applied;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn grant(node: NodeIndex, started: u64, ended: u64, seq: u64, index: u64) -> Event {
+        Event::Fence(FenceCall {
+            worker: 0,
+            node,
+            started: ms(started),
+            ended: ms(ended),
+            outcome: Outcome::Granted {
+                authority_term: 1,
+                seq,
+                log_index: index,
+            },
+        })
+    }
+
+    fn config() -> CheckConfig {
+        CheckConfig {
+            nodes: 3,
+            settle: ms(2_000),
+            slack: ms(50),
+            margin: ms(2),
+        }
+    }
+
+    // Goal: duplicate fences, out-of-order fences and real-time inversions
+    // are caught; a clean history passes. Method: hand-written histories.
+    #[test]
+    fn fence_order() {
+        let clean = vec![
+            grant(0, 0, 10, 1, 5),
+            grant(1, 5, 20, 2, 6),
+            grant(2, 30, 40, 3, 7),
+        ];
+        assert!(fences_unique_and_increasing(&clean).is_empty());
+        let duplicate = vec![grant(0, 0, 10, 1, 5), grant(1, 20, 30, 1, 6)];
+        assert!(!fences_unique_and_increasing(&duplicate).is_empty());
+        let inverted = vec![grant(0, 0, 10, 2, 6), grant(1, 20, 30, 1, 5)];
+        let found = fences_unique_and_increasing(&inverted);
+        assert!(found.iter().any(|v| v.detail.contains("answered before")));
+    }
+
+    // Goal: a grant through an isolated node is a violation, one through
+    // the majority is not, and a slow or non-NO_QUORUM refusal in a
+    // settled minority is caught. Method: partition node-1 at 1 s.
+    #[test]
+    fn minority_rules() {
+        let partition = Event::Fault {
+            at: ms(1_000),
+            fault: Applied::Partition {
+                a: vec![0],
+                b: vec![1, 2],
+            },
+        };
+        let boot = |node| Event::Boot {
+            at: ms(0),
+            node,
+            election_timeout: ms(500),
+        };
+        let events = vec![
+            boot(0),
+            boot(1),
+            boot(2),
+            partition,
+            grant(0, 1_500, 1_600, 9, 20),
+            grant(1, 1_500, 1_600, 10, 21),
+            Event::Fence(FenceCall {
+                worker: 0,
+                node: 0,
+                started: ms(3_500),
+                ended: ms(3_510),
+                outcome: Outcome::Refused {
+                    code: "NOT_LEADER".into(),
+                    grpc: tonic::Code::Unavailable,
+                },
+            }),
+            Event::Fence(FenceCall {
+                worker: 0,
+                node: 0,
+                started: ms(4_000),
+                ended: ms(6_000),
+                outcome: Outcome::Refused {
+                    code: "NO_QUORUM".into(),
+                    grpc: tonic::Code::Unavailable,
+                },
+            }),
+        ];
+        let timeline = Timeline::from_events(3, &events);
+        let grants = no_minority_grant(&events, &timeline, &config());
+        assert_eq!(grants.len(), 1, "{grants:?}");
+        let refusals = minority_refusal(&events, &timeline, &config());
+        assert!(
+            refusals
+                .iter()
+                .any(|v| v.invariant == "minority-refusal-code")
+        );
+        assert!(
+            refusals
+                .iter()
+                .any(|v| v.invariant == "minority-refusal-bound")
+        );
+        let views = minority_view(&events, &timeline, &config());
+        assert!(!views.is_empty(), "no view was ever reported");
+    }
+
+    // Goal: two leaders in one raft term are caught. Method: two claims.
+    #[test]
+    fn two_leaders() {
+        let claim = |node, role, leader| Event::Raft {
+            at: ms(1),
+            node,
+            term: 4,
+            leader,
+            role,
+        };
+        let fine = vec![
+            claim(0, Role::Leader, Some(0)),
+            claim(1, Role::Follower, Some(0)),
+        ];
+        assert!(one_leader_per_raft_term(&fine).is_empty());
+        let split = vec![
+            claim(0, Role::Leader, Some(0)),
+            claim(1, Role::Leader, Some(1)),
+        ];
+        assert_eq!(one_leader_per_raft_term(&split).len(), 1);
+    }
+}

@@ -1,0 +1,361 @@
+//! The event log: everything a run did and saw, in the order it happened,
+//! stamped with simulated time. The checkers read nothing else, and two
+//! runs of one seed are compared line by line ([`EventLog::lines`]).
+//!
+//! Who writes what: the harness writes [`Event::Fault`] when it applies a
+//! fault; each storage-node host writes [`Event::Boot`], [`Event::Raft`]
+//! (on every change of its Raft term, leader or role) and [`Event::View`]
+//! (on every change of its partition view); the client host writes
+//! [`Event::Phase`], [`Event::Fence`] (one per `AcquireFence` call) and
+//! [`Event::Final`].
+
+use crate::faults::Applied;
+use rap_authority::partition::PartitionView;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// A storage node's index in the cluster (`0..voters`); its host name is
+/// [`node_name`]`(index)`.
+pub type NodeIndex = usize;
+
+/// The host name (and RAP node id) of node `index`: `node-1`, `node-2`, ...
+pub fn node_name(index: NodeIndex) -> String {
+    format!("node-{}", index + 1)
+}
+
+/// A node's Raft role, as its metrics report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Leader of its term.
+    Leader,
+    /// Candidate in an election.
+    Candidate,
+    /// Follower.
+    Follower,
+    /// Learner (not a voter).
+    Learner,
+    /// Raft stopped.
+    Shutdown,
+}
+
+impl Role {
+    /// The role of openraft's `ServerState`.
+    pub fn of(state: openraft::ServerState) -> Role {
+        match state {
+            openraft::ServerState::Leader => Role::Leader,
+            openraft::ServerState::Candidate => Role::Candidate,
+            openraft::ServerState::Follower => Role::Follower,
+            openraft::ServerState::Learner => Role::Learner,
+            openraft::ServerState::Shutdown => Role::Shutdown,
+        }
+    }
+}
+
+/// Phases of the client's script.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The group is bootstrapped (genesis committed).
+    Bootstrapped,
+    /// A first fence was granted: the workload and the fault schedule
+    /// start now (fault offsets count from here).
+    WorkloadStarted,
+    /// The workers stopped; every fault must be healed by now.
+    WorkloadEnded,
+    /// Every node agrees on leader, applied index and last fence.
+    Converged,
+}
+
+/// How one `AcquireFence` call ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A fence was granted.
+    Granted {
+        /// Authority term of the fence.
+        authority_term: u64,
+        /// Its sequence number.
+        seq: u64,
+        /// The log index of the entry that granted it.
+        log_index: u64,
+    },
+    /// Refused with a gRPC status.
+    Refused {
+        /// The `ErrorDetail` code (`NO_QUORUM`, ...), or `-` when the status
+        /// carries none (a transport failure).
+        code: String,
+        /// The gRPC status code.
+        grpc: tonic::Code,
+    },
+    /// No answer before the client's deadline.
+    TimedOut,
+}
+
+/// One `AcquireFence` call of a client worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FenceCall {
+    /// The worker that made it (`usize::MAX` for the client's own setup
+    /// and final calls).
+    pub worker: usize,
+    /// The node it was sent to.
+    pub node: NodeIndex,
+    /// When it was sent.
+    pub started: Duration,
+    /// When its answer (or the client's deadline) came.
+    pub ended: Duration,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+impl FenceCall {
+    /// The fence, when one was granted: `(authority_term, seq, log_index)`.
+    pub fn granted(&self) -> Option<(u64, u64, u64)> {
+        match self.outcome {
+            Outcome::Granted {
+                authority_term,
+                seq,
+                log_index,
+            } => Some((authority_term, seq, log_index)),
+            _ => None,
+        }
+    }
+}
+
+/// A node's state at the end of a run, from its `Status` answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinalStatus {
+    /// The leader it names (empty: none).
+    pub leader: String,
+    /// Its Raft term.
+    pub raft_term: u64,
+    /// Its authority term.
+    pub authority_term: u64,
+    /// Its applied index.
+    pub applied_index: u64,
+    /// The last fence sequence it has applied.
+    pub last_fence_seq: u64,
+}
+
+/// One entry of the log.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A storage node (re)started, with the election timeout it drew.
+    Boot {
+        /// Simulated time.
+        at: Duration,
+        /// The node.
+        node: NodeIndex,
+        /// Its election timeout for this incarnation.
+        election_timeout: Duration,
+    },
+    /// The client's script moved on.
+    Phase {
+        /// Simulated time.
+        at: Duration,
+        /// The phase entered.
+        phase: Phase,
+    },
+    /// The harness applied a fault (resolved to concrete nodes).
+    Fault {
+        /// Simulated time.
+        at: Duration,
+        /// What was done to the network or the hosts.
+        fault: Applied,
+    },
+    /// A node's Raft metrics changed term, leader or role.
+    Raft {
+        /// Simulated time.
+        at: Duration,
+        /// The node.
+        node: NodeIndex,
+        /// Its Raft term.
+        term: u64,
+        /// The leader it knows, if any.
+        leader: Option<NodeIndex>,
+        /// Its role.
+        role: Role,
+    },
+    /// A node's partition view changed.
+    View {
+        /// Simulated time.
+        at: Duration,
+        /// The node.
+        node: NodeIndex,
+        /// The new view.
+        view: PartitionView,
+    },
+    /// An `AcquireFence` call finished.
+    Fence(FenceCall),
+    /// A node's final status (after convergence).
+    Final {
+        /// Simulated time.
+        at: Duration,
+        /// The node.
+        node: NodeIndex,
+        /// What it reported.
+        status: FinalStatus,
+    },
+}
+
+impl Event {
+    /// When the event happened (a fence call: when it ended).
+    pub fn at(&self) -> Duration {
+        match self {
+            Event::Boot { at, .. }
+            | Event::Phase { at, .. }
+            | Event::Fault { at, .. }
+            | Event::Raft { at, .. }
+            | Event::View { at, .. }
+            | Event::Final { at, .. } => *at,
+            Event::Fence(call) => call.ended,
+        }
+    }
+}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:>7}ms ", millis(self.at()))?;
+        match self {
+            Event::Boot {
+                node,
+                election_timeout,
+                ..
+            } => write!(
+                f,
+                "boot {} election_timeout={}ms",
+                node_name(*node),
+                millis(*election_timeout)
+            ),
+            Event::Phase { phase, .. } => write!(f, "phase {phase:?}"),
+            Event::Fault { fault, .. } => write!(f, "fault {fault}"),
+            Event::Raft {
+                node,
+                term,
+                leader,
+                role,
+                ..
+            } => write!(
+                f,
+                "raft {} term={term} role={role:?} leader={}",
+                node_name(*node),
+                leader.map(node_name).unwrap_or_else(|| "-".into())
+            ),
+            Event::View { node, view, .. } => {
+                write!(f, "view {} {}", node_name(*node), view.as_str())
+            }
+            Event::Fence(call) => {
+                let worker = if call.worker == usize::MAX {
+                    "client".to_string()
+                } else {
+                    format!("w{}", call.worker)
+                };
+                write!(
+                    f,
+                    "fence {worker} via {} sent={}ms took={}ms ",
+                    node_name(call.node),
+                    millis(call.started),
+                    millis(call.ended.saturating_sub(call.started))
+                )?;
+                match &call.outcome {
+                    Outcome::Granted {
+                        authority_term,
+                        seq,
+                        log_index,
+                    } => write!(
+                        f,
+                        "granted term={authority_term} seq={seq} index={log_index}"
+                    ),
+                    Outcome::Refused { code, grpc } => write!(f, "refused {code} ({grpc:?})"),
+                    Outcome::TimedOut => write!(f, "timed out"),
+                }
+            }
+            Event::Final { node, status, .. } => write!(
+                f,
+                "final {} leader={} raft_term={} authority_term={} applied={} last_fence_seq={}",
+                node_name(*node),
+                if status.leader.is_empty() {
+                    "-"
+                } else {
+                    &status.leader
+                },
+                status.raft_term,
+                status.authority_term,
+                status.applied_index,
+                status.last_fence_seq
+            ),
+        }
+    }
+}
+
+/// The shared, append-only event log of one run. Cloning shares it.
+#[derive(Clone, Debug, Default)]
+pub struct EventLog {
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+/// Most events one run may log: a runaway loop fails the run instead of
+/// eating the machine's memory.
+pub const EVENTS_MAX: usize = 200_000;
+
+impl EventLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `event`. Past [`EVENTS_MAX`] events the log stops growing
+    /// and the run is failed by [`EventLog::overflowed`].
+    pub fn push(&self, event: Event) {
+        let mut events = self.lock();
+        if events.len() <= EVENTS_MAX {
+            events.push(event);
+        }
+    }
+
+    /// Whether more than [`EVENTS_MAX`] events were pushed.
+    pub fn overflowed(&self) -> bool {
+        self.lock().len() > EVENTS_MAX
+    }
+
+    /// A copy of the events so far.
+    pub fn snapshot(&self) -> Vec<Event> {
+        self.lock().clone()
+    }
+
+    /// The events rendered one per line (what determinism compares).
+    pub fn lines(&self) -> Vec<String> {
+        self.lock().iter().map(ToString::to_string).collect()
+    }
+
+    /// The latest node that claims leadership of the highest term, as far
+    /// as the log knows.
+    pub fn current_leader(&self) -> Option<NodeIndex> {
+        current_leader(&self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The node whose latest Raft event says it leads, with the highest term
+/// among such nodes.
+pub fn current_leader(events: &[Event]) -> Option<NodeIndex> {
+    let mut latest: std::collections::BTreeMap<NodeIndex, (u64, Role)> = Default::default();
+    for event in events {
+        if let Event::Raft {
+            node, term, role, ..
+        } = event
+        {
+            latest.insert(*node, (*term, *role));
+        }
+    }
+    latest
+        .into_iter()
+        .filter(|(_, (_, role))| *role == Role::Leader)
+        .max_by_key(|(_, (term, _))| *term)
+        .map(|(node, _)| node)
+}

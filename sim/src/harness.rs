@@ -1,0 +1,550 @@
+//! The harness: one turmoil simulation of a cluster's authority group.
+//!
+//! Each storage node is a turmoil host running the real
+//! [`AuthorityNode`] on its own data directory (redb files on a real,
+//! per-run scratch directory, so a crashed and restarted host finds its
+//! log), serving `RaftService` and `AuthorityService` with tonic over
+//! turmoil TCP, plaintext, and dialling its peers through
+//! [`crate::net::connector`]. A client host bootstraps the group and runs
+//! the workload ([`crate::workload`]). Between simulation steps the
+//! harness applies the scenario's faults at their offsets from the start
+//! of the workload. Everything is written to one [`EventLog`], which the
+//! [`crate::checkers`] then judge.
+//!
+//! Election jitter: openraft 0.9 draws a node's election timeout once, when
+//! its `Raft` is created, from `AsyncRuntime::thread_rng()`. The harness
+//! makes that draw itself from the seed at every (re)start of a host and
+//! gives the node a window one millisecond wide
+//! (`election_timeout_max = min + 1 ms`), so openraft's own draw has a
+//! single possible value. Production code and its OS-seeded runtime are
+//! untouched.
+//!
+//! Determinism: turmoil runs every host on one thread in a fixed order,
+//! its network draws latency and loss from the seed, the harness and the
+//! client draw from the seed, and the nodes' clocks are turmoil's
+//! simulated ones; so one seed gives one event log (the `determinism`
+//! test compares two runs; separate processes agree too). One source is
+//! outside the seed: tokio's own generator, which picks the first branch of
+//! an unbiased `select!` when several are ready, is seeded by turmoil only
+//! under `--cfg tokio_unstable`. No divergence from it has been seen; the
+//! `determinism` test would show one.
+
+use crate::checkers::{self, CheckConfig, Violation};
+use crate::events::{Event, EventLog, NodeIndex, Role, node_name};
+use crate::faults::{Applied, Fault, Links};
+use crate::net;
+use crate::seed::SimRng;
+use crate::workload::{self, ClientPlan, Workload};
+use rap_authority::network::{PeerAuth, RaftServer};
+use rap_authority::node::{AuthorityNode, NodeOptions, Timing};
+use rap_authority::service::AuthorityApi;
+use rap_authority::typ::{RaftNodeId, raft_id_of};
+use rap_proto::ids::{ClusterId, NodeId};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+/// The gRPC port of every storage node (RaftService + AuthorityService).
+pub const GRPC_PORT: u16 = 7000;
+
+/// The cluster every simulation runs.
+pub const CLUSTER_ID: &str = "sim";
+
+/// How often each node's observer samples its partition view (Raft
+/// metrics are watched, not sampled).
+pub const VIEW_SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Longest simulated time one run may take beyond its workload before
+/// turmoil gives up on it.
+pub const RUN_OVERTIME_MAX: Duration = Duration::from_secs(90);
+
+/// The simulated cluster: size, Raft timing, network.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterSpec {
+    /// Voters (3 or 5).
+    pub voters: usize,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Each incarnation of a node draws its election timeout from
+    /// `[election_timeout_min, election_timeout_max)`.
+    pub election_timeout_min: Duration,
+    /// See `election_timeout_min`.
+    pub election_timeout_max: Duration,
+    /// HTTP/2 keepalive interval of every channel and server.
+    pub keepalive: Duration,
+    /// Most latency of a message on a healthy link (least is zero).
+    pub latency_max: Duration,
+    /// Simulated time per turmoil step.
+    pub tick: Duration,
+}
+
+impl Default for ClusterSpec {
+    /// Three voters with the production defaults of `rap-configstore`
+    /// (heartbeat 100 ms, election timeout 500–1000 ms), keepalive 300 ms,
+    /// up to 20 ms of latency, 1 ms steps.
+    fn default() -> Self {
+        ClusterSpec {
+            voters: 3,
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            keepalive: Duration::from_millis(300),
+            latency_max: Duration::from_millis(20),
+            tick: Duration::from_millis(1),
+        }
+    }
+}
+
+impl ClusterSpec {
+    /// The timing of one incarnation whose election timeout is
+    /// `election_timeout` (pinned: see the module docs). The quorum lease
+    /// equals the election timeout, as in `rap-configstore`'s default.
+    pub fn timing(&self, election_timeout: Duration) -> Timing {
+        Timing {
+            heartbeat: self.heartbeat,
+            election_timeout_min: election_timeout,
+            election_timeout_max: election_timeout + Duration::from_millis(1),
+            lease: election_timeout,
+            keepalive: self.keepalive,
+        }
+    }
+
+    /// The longest write budget any incarnation can have: 2 × the largest
+    /// election timeout.
+    pub fn write_budget_max(&self) -> Duration {
+        self.election_timeout_max * 2
+    }
+}
+
+/// A scenario: the cluster, what the client does, and which faults happen
+/// when (offsets from the start of the workload).
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Short name, for messages.
+    pub name: String,
+    /// The cluster.
+    pub cluster: ClusterSpec,
+    /// The client's workload.
+    pub workload: Workload,
+    /// Faults, by offset from [`crate::events::Phase::WorkloadStarted`],
+    /// in order. The last network fault must be healed and every crashed
+    /// host restarted before the workload ends.
+    pub schedule: Vec<(Duration, Fault)>,
+}
+
+/// What one run produced.
+#[derive(Debug)]
+pub struct RunReport {
+    /// The seed.
+    pub seed: u64,
+    /// The scenario's name.
+    pub scenario: String,
+    /// Everything that happened.
+    pub events: Vec<Event>,
+    /// Why the run could not finish (a host failed, the client gave up,
+    /// the simulation ran out of time), if it did not.
+    pub aborted: Option<String>,
+    /// What the checkers found.
+    pub violations: Vec<Violation>,
+    /// Simulated time the run took.
+    pub sim_time: Duration,
+}
+
+impl RunReport {
+    /// Whether the run finished and no invariant was broken.
+    pub fn passed(&self) -> bool {
+        self.aborted.is_none() && self.violations.is_empty()
+    }
+
+    /// One line: counts of calls, grants, refusals, leaders.
+    pub fn summary(&self) -> String {
+        let calls: Vec<_> = self
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Fence(call) => Some(call),
+                _ => None,
+            })
+            .collect();
+        let granted = calls.iter().filter(|c| c.granted().is_some()).count();
+        let terms: std::collections::BTreeSet<u64> = self
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Raft {
+                    term,
+                    role: Role::Leader,
+                    ..
+                } => Some(*term),
+                _ => None,
+            })
+            .collect();
+        format!(
+            "{}: {} calls, {} granted, {} refused, {} leader terms, {:.1?} simulated",
+            self.scenario,
+            calls.len(),
+            granted,
+            calls.len() - granted,
+            terms.len(),
+            self.sim_time
+        )
+    }
+
+    /// Everything a human needs to debug a failure: why it aborted, the
+    /// violations, and the event log.
+    pub fn failure_report(&self) -> String {
+        let mut out = String::new();
+        if let Some(reason) = &self.aborted {
+            out.push_str(&format!("run aborted: {reason}\n"));
+        }
+        for violation in &self.violations {
+            out.push_str(&format!("violation: {violation}\n"));
+        }
+        out.push_str(&format!("event log ({} events):\n", self.events.len()));
+        for event in &self.events {
+            out.push_str(&format!("  {event}\n"));
+        }
+        out
+    }
+
+    /// `Ok(summary)` when passed, else `Err(failure report)`: the shape
+    /// [`crate::seed::sweep`] wants.
+    pub fn into_result(self) -> Result<String, String> {
+        if self.passed() {
+            Ok(self.summary())
+        } else {
+            Err(self.failure_report())
+        }
+    }
+}
+
+/// Runs `scenario` under `seed` and judges its event log.
+pub fn run(seed: u64, scenario: &Scenario) -> RunReport {
+    let log = EventLog::new();
+    let spec = scenario.cluster;
+    let rng = SimRng::new(seed);
+    let (sim_time, mut aborted) = match simulate(seed, scenario, &rng, &log) {
+        Ok(elapsed) => (elapsed, None),
+        Err((reason, elapsed)) => (elapsed, Some(reason)),
+    };
+    if log.overflowed() {
+        aborted.get_or_insert_with(|| format!("more than {} events", crate::events::EVENTS_MAX));
+    }
+    let events = log.snapshot();
+    let violations = checkers::check_all(&events, &CheckConfig::for_cluster(&spec));
+    RunReport {
+        seed,
+        scenario: scenario.name.clone(),
+        events,
+        aborted,
+        violations,
+        sim_time,
+    }
+}
+
+/// Simulated time as the current host sees it.
+pub fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+/// A fixed simulated epoch (2025-01-01), so nothing depends on the day a
+/// run happens.
+fn epoch() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_735_689_600)
+}
+
+/// Where data directories go: `/dev/shm` when there is one (fsync is free
+/// there and the simulation commits often), else the system temp dir.
+fn scratch_root() -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() {
+        shm
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// Everything a storage-node host needs to (re)start.
+#[derive(Clone)]
+struct NodeHost {
+    index: NodeIndex,
+    cluster: ClusterSpec,
+    data_dir: PathBuf,
+    /// Draws each incarnation's election timeout.
+    jitter: Arc<Mutex<SimRng>>,
+    /// Raft ids of every voter, by node index.
+    raft_ids: Arc<Vec<RaftNodeId>>,
+    log: EventLog,
+}
+
+impl NodeHost {
+    fn draw_election_timeout(&self) -> Duration {
+        self.jitter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .millis(
+                self.cluster.election_timeout_min,
+                self.cluster.election_timeout_max,
+            )
+    }
+
+    /// The host's software: start the node, observe it, serve it.
+    async fn run(self, election_timeout: Duration) -> turmoil::Result {
+        let name = node_name(self.index);
+        let options = NodeOptions {
+            cluster_id: ClusterId::new(CLUSTER_ID)?,
+            node_id: NodeId::new(name.as_str())?,
+            advertise: format!("{name}:{GRPC_PORT}"),
+            region: "region-1".into(),
+            zone: format!("zone-{}", self.index + 1),
+            host: name.clone(),
+            data_dir: self.data_dir.clone(),
+            timing: self.cluster.timing(election_timeout),
+            tls: None,
+            connector: Some(net::connector()),
+        };
+        let node = AuthorityNode::start(options)
+            .await
+            .map_err(|e| format!("start {name}: {e}"))?;
+        self.log.push(Event::Boot {
+            at: now(),
+            node: self.index,
+            election_timeout,
+        });
+        tokio::spawn(observe(
+            node.clone(),
+            self.index,
+            self.raft_ids.clone(),
+            self.log.clone(),
+        ));
+        let raft_service = RaftServer::new(
+            node.raft().clone(),
+            node.guard().clone(),
+            node.reachability().clone(),
+            PeerAuth::Plaintext,
+        )
+        .into_service();
+        let authority_service = AuthorityApi::new(node.clone()).into_service();
+        drop(node);
+        let listener =
+            turmoil::net::TcpListener::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), GRPC_PORT)).await?;
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(self.cluster.keepalive))
+            .http2_keepalive_timeout(Some(self.cluster.keepalive * 2))
+            .add_service(raft_service)
+            .add_service(authority_service)
+            .serve_with_incoming(net::incoming(listener))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Logs every change of the node's Raft term, leader or role (watched)
+/// and of its partition view (sampled).
+async fn observe(
+    node: Arc<AuthorityNode>,
+    index: NodeIndex,
+    raft_ids: Arc<Vec<RaftNodeId>>,
+    log: EventLog,
+) {
+    let mut metrics = node.raft().metrics();
+    let mut ticker = tokio::time::interval(VIEW_SAMPLE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_raft = None;
+    let mut last_view = None;
+    loop {
+        let (term, leader, role) = {
+            let m = metrics.borrow_and_update();
+            let leader = m
+                .current_leader
+                .and_then(|id| raft_ids.iter().position(|r| *r == id));
+            (m.current_term, leader, Role::of(m.state))
+        };
+        if last_raft != Some((term, leader, role)) {
+            last_raft = Some((term, leader, role));
+            log.push(Event::Raft {
+                at: now(),
+                node: index,
+                term,
+                leader,
+                role,
+            });
+        }
+        let view = node.status().view;
+        if last_view != Some(view) {
+            last_view = Some(view);
+            log.push(Event::View {
+                at: now(),
+                node: index,
+                view,
+            });
+        }
+        tokio::select! {
+            biased;
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = ticker.tick() => {}
+        }
+    }
+}
+
+fn simulate(
+    seed: u64,
+    scenario: &Scenario,
+    rng: &SimRng,
+    log: &EventLog,
+) -> Result<Duration, (String, Duration)> {
+    let spec = scenario.cluster;
+    let nodes = spec.voters;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(epoch())
+        .tick_duration(spec.tick)
+        .min_message_latency(Duration::ZERO)
+        .max_message_latency(spec.latency_max)
+        .simulation_duration(scenario.workload.duration + RUN_OVERTIME_MAX)
+        .build();
+
+    // Data directories live as long as this function: across restarts.
+    let mut dirs = Vec::with_capacity(nodes);
+    for index in 0..nodes {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("rap-sim-{}-", node_name(index)))
+            .tempdir_in(scratch_root())
+            .map_err(|e| (format!("create a data directory: {e}"), Duration::ZERO))?;
+        dirs.push(dir);
+    }
+    let raft_ids: Arc<Vec<RaftNodeId>> =
+        Arc::new((0..nodes).map(|i| raft_id_of(&node_name(i))).collect());
+    let jitter = Arc::new(Mutex::new(rng.fork("election-jitter")));
+    for (index, dir) in dirs.iter().enumerate() {
+        let host = NodeHost {
+            index,
+            cluster: spec,
+            data_dir: dir.path().to_path_buf(),
+            jitter: jitter.clone(),
+            raft_ids: raft_ids.clone(),
+            log: log.clone(),
+        };
+        sim.host(node_name(index), move || {
+            let host = host.clone();
+            let election_timeout = host.draw_election_timeout();
+            host.run(election_timeout)
+        });
+    }
+
+    let started: Arc<Mutex<Option<Duration>>> = Arc::new(Mutex::new(None));
+    let plan = ClientPlan {
+        nodes,
+        cluster: spec,
+        workload: scenario.workload.clone(),
+        rng: rng.fork("client"),
+        log: log.clone(),
+        started: started.clone(),
+    };
+    sim.client("client", workload::client(plan));
+
+    let mut faults_rng = rng.fork("faults");
+    let mut pending = scenario.schedule.iter().peekable();
+    let mut links = Links::healthy(nodes);
+    let outcome = loop {
+        let workload_start = *started.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(start) = workload_start {
+            while let Some((offset, fault)) = pending.peek() {
+                if start + *offset > sim.elapsed() {
+                    break;
+                }
+                let fallback = faults_rng.index(nodes);
+                let leader = leader_now(log, &links).or(Some(fallback));
+                for applied in fault.resolve(leader, &links.crashed(), nodes) {
+                    apply(&mut sim, &spec, &applied);
+                    links.apply(&applied);
+                    log.push(Event::Fault {
+                        at: sim.elapsed(),
+                        fault: applied,
+                    });
+                }
+                pending.next();
+            }
+        }
+        match sim.step() {
+            Ok(true) => break Ok(sim.elapsed()),
+            Ok(false) => {}
+            Err(e) => break Err((e.to_string(), sim.elapsed())),
+        }
+    };
+    // Stop every host (closing its redb files) before the data
+    // directories go.
+    drop(sim);
+    drop(dirs);
+    outcome
+}
+
+/// The leader the log knows of, among hosts that are up.
+fn leader_now(log: &EventLog, links: &Links) -> Option<NodeIndex> {
+    log.current_leader()
+        .filter(|leader| !links.is_crashed(*leader))
+}
+
+fn pairs(a: &[NodeIndex], b: &[NodeIndex]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for x in a {
+        for y in b {
+            if x != y {
+                out.push((node_name(*x), node_name(*y)));
+            }
+        }
+    }
+    out
+}
+
+/// Does `fault` to the simulation.
+fn apply(sim: &mut turmoil::Sim<'_>, spec: &ClusterSpec, fault: &Applied) {
+    let all: Vec<NodeIndex> = (0..spec.voters).collect();
+    match fault {
+        Applied::Partition { a, b } => {
+            for (x, y) in pairs(a, b) {
+                sim.partition(x, y);
+            }
+        }
+        Applied::PartitionOneway { from, to } => {
+            for (x, y) in pairs(from, to) {
+                sim.partition_oneway(x, y);
+            }
+        }
+        Applied::Hold { a, b } => {
+            for (x, y) in pairs(a, b) {
+                sim.hold(x, y);
+            }
+        }
+        Applied::Release { a, b } => {
+            for (x, y) in pairs(a, b) {
+                sim.release(x, y);
+            }
+        }
+        Applied::Loss { fail_rate } => {
+            for (x, y) in pairs(&all, &all) {
+                sim.set_link_fail_rate(x, y, *fail_rate);
+            }
+        }
+        Applied::Latency { max } => {
+            for (x, y) in pairs(&all, &all) {
+                sim.set_link_max_message_latency(x, y, *max);
+            }
+        }
+        Applied::HealNetwork => {
+            for (x, y) in pairs(&all, &all) {
+                sim.release(x.clone(), y.clone());
+                sim.repair(x.clone(), y.clone());
+                sim.set_link_fail_rate(x.clone(), y.clone(), 0.0);
+                sim.set_link_max_message_latency(x, y, spec.latency_max);
+            }
+        }
+        Applied::Crash(node) => sim.crash(node_name(*node)),
+        Applied::Restart(node) => sim.bounce(node_name(*node)),
+    }
+}

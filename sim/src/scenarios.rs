@@ -1,0 +1,225 @@
+//! The scenarios the test binary sweeps, each a function of its seed: the
+//! seed picks which nodes, when, for how long, how lossy.
+//!
+//! Every scenario starts faults 0.5–1.5 s into the workload, heals them
+//! (and restarts crashed hosts) a few seconds later, and lets the workers
+//! run 2 s more, so each run sees before, during and after.
+//!
+//! Not here yet: promotion (loss-of-quorum recovery, DESIGN.md §3) — its
+//! scenario ("promotion fences the old side even when the old majority
+//! comes back") belongs with the promotion code.
+
+use crate::events::NodeIndex;
+use crate::faults::{Applied, Fault};
+use crate::harness::{ClusterSpec, Scenario};
+use crate::seed::SimRng;
+use crate::workload::Workload;
+use std::time::Duration;
+
+/// How long the workers run after the last fault is healed.
+pub const AFTER_HEAL: Duration = Duration::from_secs(2);
+
+fn s(seconds: u64) -> Duration {
+    Duration::from_secs(seconds)
+}
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+fn scenario(
+    name: &str,
+    voters: usize,
+    schedule: Vec<(Duration, Fault)>,
+    healed_at: Duration,
+) -> Scenario {
+    let cluster = ClusterSpec {
+        voters,
+        ..ClusterSpec::default()
+    };
+    Scenario {
+        name: name.into(),
+        cluster,
+        workload: Workload {
+            workers: voters,
+            duration: healed_at + AFTER_HEAL,
+            ..Workload::default()
+        },
+        schedule,
+    }
+}
+
+fn others(nodes: usize, of: &[NodeIndex]) -> Vec<NodeIndex> {
+    (0..nodes).filter(|n| !of.contains(n)).collect()
+}
+
+/// A minority (1 of 3, or 2 of 5) is cut off from the majority both ways
+/// for 4–6 s, then healed. The minority is drawn at random, so sometimes
+/// it holds the leader and sometimes not.
+pub fn symmetric_partition(seed: u64, voters: usize) -> Scenario {
+    let mut rng = SimRng::new(seed).fork("symmetric-partition");
+    let minority = rng.subset(voters, (voters - 1) / 2);
+    let majority = others(voters, &minority);
+    let start = rng.millis(ms(500), ms(1_500));
+    let heal = start + rng.millis(s(4), s(6));
+    scenario(
+        &format!("symmetric partition ({voters} voters)"),
+        voters,
+        vec![
+            (start, Fault::partition(minority, majority)),
+            (heal, Fault::HealNetwork),
+        ],
+        heal,
+    )
+}
+
+/// Which way a one-way partition cuts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OneWay {
+    /// The node's messages to the others are dropped; it still hears them.
+    Mute,
+    /// The others' messages to the node are dropped; it still sends.
+    Deaf,
+}
+
+/// One node is made [`OneWay::Mute`] or [`OneWay::Deaf`] towards the
+/// others for 4–6 s. Half the seeds pick the leader, half a random node.
+pub fn asymmetric_partition(seed: u64, way: OneWay) -> Scenario {
+    let voters = 3;
+    let mut rng = SimRng::new(seed).fork("asymmetric-partition");
+    let start = rng.millis(ms(500), ms(1_500));
+    let heal = start + rng.millis(s(4), s(6));
+    let fault = if rng.chance(0.5) {
+        match way {
+            OneWay::Mute => Fault::MuteLeader,
+            OneWay::Deaf => Fault::DeafenLeader,
+        }
+    } else {
+        let node = rng.index(voters);
+        let rest = others(voters, &[node]);
+        Fault::Apply(match way {
+            OneWay::Mute => Applied::PartitionOneway {
+                from: vec![node],
+                to: rest,
+            },
+            OneWay::Deaf => Applied::PartitionOneway {
+                from: rest,
+                to: vec![node],
+            },
+        })
+    };
+    scenario(
+        &format!("asymmetric partition ({way:?})"),
+        voters,
+        vec![(start, fault), (heal, Fault::HealNetwork)],
+        heal,
+    )
+}
+
+/// The leader is cut off from every other node for 4–6 s while its
+/// clients keep asking it for fences.
+pub fn isolated_leader(seed: u64) -> Scenario {
+    let mut rng = SimRng::new(seed).fork("isolated-leader");
+    let start = rng.millis(ms(500), ms(1_500));
+    let heal = start + rng.millis(s(4), s(6));
+    scenario(
+        "isolated leader",
+        3,
+        vec![(start, Fault::IsolateLeader), (heal, Fault::HealNetwork)],
+        heal,
+    )
+}
+
+/// For 6 s, messages between storage nodes are lost at random (0.2–2 %
+/// per message, each loss stalling a TCP connection until keepalive drops
+/// it) and delayed up to 100–400 ms; in the middle, everything between
+/// one node and the others is held for 1.5 s and then delivered at once.
+pub fn loss_and_delay(seed: u64) -> Scenario {
+    let voters = 3;
+    let mut rng = SimRng::new(seed).fork("loss-and-delay");
+    let start = rng.millis(ms(500), ms(1_500));
+    let fail_rate = (2 + rng.below(19)) as f64 / 1_000.0;
+    let max = rng.millis(ms(100), ms(400));
+    let held = rng.index(voters);
+    let hold_at = start + rng.millis(s(2), s(3));
+    let heal = start + s(6);
+    scenario(
+        "loss and delay",
+        voters,
+        vec![
+            (start, Fault::Apply(Applied::Loss { fail_rate })),
+            (start, Fault::Apply(Applied::Latency { max })),
+            (
+                hold_at,
+                Fault::Apply(Applied::Hold {
+                    a: vec![held],
+                    b: others(voters, &[held]),
+                }),
+            ),
+            (
+                hold_at + ms(1_500),
+                Fault::Apply(Applied::Release {
+                    a: vec![held],
+                    b: others(voters, &[held]),
+                }),
+            ),
+            (heal, Fault::HealNetwork),
+        ],
+        heal,
+    )
+}
+
+/// A minority of hosts (1 of 3, 2 of 5) crashes and restarts 2–4 s later
+/// on its data directories, under load. For half the seeds the current
+/// leader is among them.
+pub fn crash_restart(seed: u64, voters: usize) -> Scenario {
+    let mut rng = SimRng::new(seed).fork("crash-restart");
+    let start = rng.millis(ms(500), ms(1_500));
+    let restart = start + rng.millis(s(2), s(4));
+    let minority = (voters - 1) / 2;
+    let mut schedule = Vec::new();
+    let mut random = minority;
+    if rng.chance(0.5) {
+        schedule.push((start, Fault::CrashLeader));
+        random -= 1;
+    }
+    // A random pick may be the leader crashed above: then fewer hosts go
+    // down, never more than a minority.
+    for node in rng.subset(voters, random) {
+        schedule.push((start, Fault::Apply(Applied::Crash(node))));
+    }
+    schedule.push((restart, Fault::RestartCrashed));
+    scenario(
+        &format!("crash and restart ({voters} voters)"),
+        voters,
+        schedule,
+        restart,
+    )
+}
+
+/// Names of the scenarios [`by_name`] knows: what `regressions` pins.
+pub const NAMES: &[&str] = &[
+    "symmetric-3",
+    "symmetric-5",
+    "asymmetric-mute",
+    "asymmetric-deaf",
+    "isolated-leader",
+    "loss-and-delay",
+    "crash-restart-3",
+    "crash-restart-5",
+];
+
+/// The scenario called `name` (one of [`NAMES`]) for `seed`.
+pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
+    Some(match name {
+        "symmetric-3" => symmetric_partition(seed, 3),
+        "symmetric-5" => symmetric_partition(seed, 5),
+        "asymmetric-mute" => asymmetric_partition(seed, OneWay::Mute),
+        "asymmetric-deaf" => asymmetric_partition(seed, OneWay::Deaf),
+        "isolated-leader" => isolated_leader(seed),
+        "loss-and-delay" => loss_and_delay(seed),
+        "crash-restart-3" => crash_restart(seed, 3),
+        "crash-restart-5" => crash_restart(seed, 5),
+        _ => return None,
+    })
+}

@@ -1,0 +1,349 @@
+//! The client host's script: bootstrap the group, wait for a first fence,
+//! run the workers (each asks one node for fences, again and again), then,
+//! with every fault healed, wait until the nodes agree, take one more
+//! fence through every node, and record each node's final status.
+//!
+//! Every call goes through the real gRPC `AuthorityService` of the chosen
+//! node, so followers forward to the leader exactly as in production.
+
+use crate::events::{
+    Event, EventLog, FenceCall, FinalStatus, NodeIndex, Outcome, Phase, node_name,
+};
+use crate::harness::{CLUSTER_ID, ClusterSpec, GRPC_PORT, now};
+use crate::net;
+use crate::seed::SimRng;
+use rap_authority::error::error_detail;
+use rap_authority::network::NetworkConfig;
+use rap_authority::service::authority_client_via;
+use rap_proto::envelope::{SnapshotSigner, TrustRoot};
+use rap_proto::ids::ClusterId;
+use rap_proto::pb;
+use rap_proto::pb::authority_service_client::AuthorityServiceClient;
+use rap_proto::time::UnixMillis;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Worker id of the calls the client makes itself (readiness and final
+/// fences).
+pub const CLIENT_WORKER: usize = usize::MAX;
+
+/// How many times the client tries to bootstrap before giving up.
+pub const BOOTSTRAP_ATTEMPTS_MAX: u32 = 30;
+
+/// Pause between bootstrap, readiness and convergence attempts.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// The simulated issue time of the genesis trust root (2025-01-01).
+pub const GENESIS_ISSUED_AT: UnixMillis = UnixMillis(1_735_689_600_000);
+
+/// What the client does.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// Concurrent workers; worker `w` talks to node `w % voters`.
+    pub workers: usize,
+    /// Each worker pauses between calls for a time drawn from
+    /// `[think_min, think_max)`.
+    pub think_min: Duration,
+    /// See `think_min`.
+    pub think_max: Duration,
+    /// How long the workers run (the fault schedule fits inside).
+    pub duration: Duration,
+    /// The client's own deadline per call: an answer later than this is
+    /// recorded as [`Outcome::TimedOut`] (a hang, well past the refusal
+    /// bound).
+    pub call_timeout: Duration,
+    /// How long the client waits, once the workers stop, for the nodes to
+    /// agree (liveness after heal).
+    pub converge_timeout: Duration,
+}
+
+impl Default for Workload {
+    /// One worker per node of a 3-voter cluster, 50–150 ms apart, for
+    /// 10 s; a 5 s call deadline; 20 s to converge.
+    fn default() -> Self {
+        Workload {
+            workers: 3,
+            think_min: Duration::from_millis(50),
+            think_max: Duration::from_millis(150),
+            duration: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(5),
+            converge_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Everything the client host needs.
+pub(crate) struct ClientPlan {
+    pub(crate) nodes: usize,
+    pub(crate) cluster: ClusterSpec,
+    pub(crate) workload: Workload,
+    pub(crate) rng: SimRng,
+    pub(crate) log: EventLog,
+    /// Set to the simulated time the workload starts; the harness counts
+    /// fault offsets from it.
+    pub(crate) started: Arc<Mutex<Option<Duration>>>,
+}
+
+type Client = AuthorityServiceClient<Channel>;
+
+fn address(node: NodeIndex) -> String {
+    format!("{}:{GRPC_PORT}", node_name(node))
+}
+
+fn client_of(network: &NetworkConfig, node: NodeIndex) -> Result<Client, String> {
+    authority_client_via(network, &address(node), Some(&net::connector()))
+        .map_err(|e| format!("client of {}: {e}", node_name(node)))
+}
+
+/// The client host's future.
+pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
+    let network = NetworkConfig {
+        keepalive_interval: plan.cluster.keepalive,
+        ..NetworkConfig::default()
+    };
+    let clients = (0..plan.nodes)
+        .map(|node| client_of(&network, node))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cluster_id = ClusterId::new(CLUSTER_ID)?;
+    let log = &plan.log;
+
+    bootstrap(&plan, &clients, &cluster_id).await?;
+    log.push(Event::Phase {
+        at: now(),
+        phase: Phase::Bootstrapped,
+    });
+
+    // Readiness: the first fence, through node 0.
+    if !fence_until_granted(&plan, clients[0].clone(), 0, plan.workload.converge_timeout).await {
+        return Err("no fence granted after bootstrap".into());
+    }
+    let start = now();
+    *plan.started.lock().unwrap_or_else(PoisonError::into_inner) = Some(start);
+    log.push(Event::Phase {
+        at: start,
+        phase: Phase::WorkloadStarted,
+    });
+
+    let end = start + plan.workload.duration;
+    let workers = (0..plan.workload.workers).map(|worker| {
+        let node = worker % plan.nodes;
+        let rng = plan.rng.fork(&format!("worker-{worker}"));
+        run_worker(&plan, worker, node, clients[node].clone(), rng, end)
+    });
+    futures::future::join_all(workers).await;
+    log.push(Event::Phase {
+        at: now(),
+        phase: Phase::WorkloadEnded,
+    });
+
+    // Liveness after heal: the nodes agree, every node can get a fence,
+    // and then they agree again (the last fences applied everywhere).
+    converge(&plan, &clients, &cluster_id, false).await?;
+    log.push(Event::Phase {
+        at: now(),
+        phase: Phase::Converged,
+    });
+    for (node, client) in clients.iter().enumerate() {
+        if !fence_until_granted(&plan, client.clone(), node, plan.workload.converge_timeout).await {
+            return Err(format!("no fence granted through {} after heal", node_name(node)).into());
+        }
+    }
+    converge(&plan, &clients, &cluster_id, true).await?;
+    Ok(())
+}
+
+/// The genesis trust root: a signing key derived from the seed, so the
+/// bytes (and everything downstream) are the same on every replay.
+fn genesis(plan: &ClientPlan, cluster_id: &ClusterId) -> Result<Vec<u8>, String> {
+    let mut rng = plan.rng.fork("trust-root");
+    let mut secret = [0u8; 32];
+    for chunk in secret.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    let signer = SnapshotSigner::from_secret_bytes(&secret);
+    let root = TrustRoot::genesis(cluster_id, &[&signer], GENESIS_ISSUED_AT)
+        .map_err(|e| format!("make the genesis trust root: {e}"))?;
+    Ok(root.bytes().to_vec())
+}
+
+async fn bootstrap(
+    plan: &ClientPlan,
+    clients: &[Client],
+    cluster_id: &ClusterId,
+) -> Result<(), String> {
+    let voters = (0..plan.nodes)
+        .map(|node| pb::VoterSpec {
+            node_id: node_name(node),
+            address: address(node),
+            domain: Some(pb::FailureDomain {
+                region: "region-1".into(),
+                zone: format!("zone-{}", node + 1),
+                host: node_name(node),
+            }),
+        })
+        .collect();
+    let request = pb::BootstrapGroupRequest {
+        cluster_id: cluster_id.to_string(),
+        voters,
+        trust_root: genesis(plan, cluster_id)?,
+        allow_single_voter: false,
+    };
+    let mut last_error = String::new();
+    for _ in 0..BOOTSTRAP_ATTEMPTS_MAX {
+        let mut client = clients[0].clone();
+        match client.bootstrap(request.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(status) => {
+                if error_detail(&status).is_some_and(|d| d.code == "ALREADY_INITIALIZED") {
+                    return Ok(());
+                }
+                last_error = status.to_string();
+            }
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    Err(format!(
+        "bootstrap failed {BOOTSTRAP_ATTEMPTS_MAX} times; last: {last_error}"
+    ))
+}
+
+/// One `AcquireFence` call, with the client's deadline.
+async fn acquire(plan: &ClientPlan, client: &mut Client) -> Outcome {
+    let request = pb::AcquireFenceRequest {
+        cluster_id: CLUSTER_ID.into(),
+        purpose: "sim".into(),
+        expected_term: 1,
+    };
+    match tokio::time::timeout(plan.workload.call_timeout, client.acquire_fence(request)).await {
+        Err(_elapsed) => Outcome::TimedOut,
+        Ok(Ok(response)) => match response.into_inner().fence {
+            Some(fence) => Outcome::Granted {
+                authority_term: fence.authority_term,
+                seq: fence.seq,
+                log_index: fence.log_index,
+            },
+            None => Outcome::Refused {
+                code: "NO_FENCE_IN_ANSWER".into(),
+                grpc: tonic::Code::Ok,
+            },
+        },
+        Ok(Err(status)) => Outcome::Refused {
+            code: error_detail(&status)
+                .map(|d| d.code)
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "-".into()),
+            grpc: status.code(),
+        },
+    }
+}
+
+/// Calls and logs; returns whether a fence was granted.
+async fn call_and_log(
+    plan: &ClientPlan,
+    worker: usize,
+    node: NodeIndex,
+    client: &mut Client,
+) -> bool {
+    let started = now();
+    let outcome = acquire(plan, client).await;
+    let granted = matches!(outcome, Outcome::Granted { .. });
+    plan.log.push(Event::Fence(FenceCall {
+        worker,
+        node,
+        started,
+        ended: now(),
+        outcome,
+    }));
+    granted
+}
+
+async fn fence_until_granted(
+    plan: &ClientPlan,
+    mut client: Client,
+    node: NodeIndex,
+    within: Duration,
+) -> bool {
+    let deadline = now() + within;
+    while now() < deadline {
+        if call_and_log(plan, CLIENT_WORKER, node, &mut client).await {
+            return true;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    false
+}
+
+async fn run_worker(
+    plan: &ClientPlan,
+    worker: usize,
+    node: NodeIndex,
+    mut client: Client,
+    mut rng: SimRng,
+    end: Duration,
+) {
+    while now() < end {
+        call_and_log(plan, worker, node, &mut client).await;
+        let think = rng.millis(plan.workload.think_min, plan.workload.think_max);
+        tokio::time::sleep(think).await;
+    }
+}
+
+/// Waits until every node names the same leader and has the same applied
+/// index and last fence; with `record`, logs each node's final status.
+async fn converge(
+    plan: &ClientPlan,
+    clients: &[Client],
+    cluster_id: &ClusterId,
+    record: bool,
+) -> Result<(), String> {
+    let deadline = now() + plan.workload.converge_timeout;
+    let mut last = Vec::new();
+    while now() < deadline {
+        let mut statuses = Vec::with_capacity(clients.len());
+        for client in clients {
+            let mut client = client.clone();
+            let request = pb::AuthorityStatusRequest {
+                cluster_id: cluster_id.to_string(),
+            };
+            match tokio::time::timeout(plan.workload.call_timeout, client.status(request)).await {
+                Ok(Ok(response)) => {
+                    let s = response.into_inner();
+                    statuses.push(FinalStatus {
+                        leader: s.leader_id,
+                        raft_term: s.raft_term,
+                        authority_term: s.authority_term,
+                        applied_index: s.applied_index,
+                        last_fence_seq: s.last_fence_seq,
+                    });
+                }
+                _ => break,
+            }
+        }
+        let agreed = statuses.len() == clients.len()
+            && !statuses[0].leader.is_empty()
+            && statuses.iter().all(|s| {
+                s.leader == statuses[0].leader
+                    && s.applied_index == statuses[0].applied_index
+                    && s.last_fence_seq == statuses[0].last_fence_seq
+            });
+        if agreed {
+            if record {
+                for (node, status) in statuses.into_iter().enumerate() {
+                    plan.log.push(Event::Final {
+                        at: now(),
+                        node,
+                        status,
+                    });
+                }
+            }
+            return Ok(());
+        }
+        last = statuses;
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    Err(format!(
+        "nodes did not converge within {:?} after the workload; last statuses: {last:?}",
+        plan.workload.converge_timeout
+    ))
+}

@@ -1,0 +1,26 @@
+//! The simulation test binary (DESIGN.md §8, STYLE.md "Tests"): every
+//! scenario of `rap_sim::scenarios` swept over a few fixed seeds, the
+//! determinism check, and the pinned regression seeds.
+//!
+//! Every run prints `seed=N`; a failing seed prints the command that
+//! replays it alone (`RAP_SIM_SEED=N cargo test -p rap-sim --test it
+//! <test> -- --exact --nocapture`), and the failure message carries the
+//! violations and the whole event log. `RAP_SIM_SEEDS=K` adds K
+//! clock-drawn seeds to every sweep (exploration); every seed that ever
+//! failed goes into `regressions`.
+
+mod crash;
+mod determinism;
+mod loss;
+mod partition;
+mod regressions;
+
+use rap_sim::Scenario;
+
+/// Runs `make(seed)` for every seed of the sweep and judges each run.
+/// `test` is the test's path in this binary (for the replay command).
+pub fn sweep(test: &str, defaults: &[u64], make: impl Fn(u64) -> Scenario) {
+    rap_sim::sweep(test, defaults, |seed| {
+        rap_sim::run(seed, &make(seed)).into_result()
+    });
+}

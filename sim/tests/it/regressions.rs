@@ -1,0 +1,121 @@
+//! Every seed that ever failed, pinned: the scenario (a name of
+//! `rap_sim::scenarios::NAMES`), the seed, and what it found. A pinned
+//! seed runs on every CI run, after the bug it found is fixed, so the bug
+//! stays fixed. A seed whose bug is still open is listed with
+//! `open_bug` and runs only in the ignored test below, which is the
+//! bug's reproduction.
+
+use rap_sim::{run, scenarios, seed};
+
+/// One pinned seed.
+struct Pinned {
+    scenario: &'static str,
+    seed: u64,
+    /// What the seed found, and where.
+    found: &'static str,
+    /// `Some(where the bug is)` while it is unfixed.
+    open_bug: Option<&'static str>,
+}
+
+const PINNED: &[Pinned] = &[
+    Pinned {
+        scenario: "asymmetric-mute",
+        seed: 3,
+        found: "the muted leader (hears node-3's AppendEntries, reaches nobody) refused \
+                AcquireFence with the forward's raw transport error (UNAVAILABLE, no \
+                ErrorDetail) instead of NO_QUORUM, while its Status said minority; fixed \
+                by commit 4862d09 (fresh_leader() ignores a leader whose latest contact \
+                failed; a failed forward hop is recorded and typed)",
+        open_bug: None,
+    },
+    Pinned {
+        scenario: "loss-and-delay",
+        seed: 63,
+        found: "raft term 4 has two leaders: node-1 at 6332 ms and node-3 at 6459 ms \
+                (node-2 and then node-3 follow node-1); fixed by enabling openraft's single-term-leader",
+        open_bug: None,
+    },
+    Pinned {
+        scenario: "symmetric-5",
+        seed: 644_132_594,
+        found: "raft term 9 has two leaders: node-3 at 8863 ms and node-2 at 8868 ms, \
+                after the healed 2-node minority (terms 2..9 while cut off) forced \
+                elections in the majority; fixed by enabling openraft's single-term-leader",
+        open_bug: None,
+    },
+    Pinned {
+        scenario: "loss-and-delay",
+        seed: 5,
+        found: "raft term 5 has two leaders: node-3 at 7070 ms and node-1 at 7086 ms \
+                (node-2 then follows node-1); fixed by enabling openraft's single-term-leader",
+        open_bug: None,
+    },
+];
+
+/// Why the two-leaders seeds failed, and what fixed them: openraft 0.9
+/// without the `single-term-leader` feature identifies a leader by (term,
+/// node id) and orders votes by that pair, so a voter that voted for (t, a)
+/// still granted (t, b) when b > a and the lease ran out; both won term t.
+/// The workspace now enables `single-term-leader` (root Cargo.toml).
+
+fn check(pinned: &Pinned) -> Result<(), String> {
+    let scenario = scenarios::by_name(pinned.scenario, pinned.seed)
+        .ok_or_else(|| format!("unknown scenario {:?}", pinned.scenario))?;
+    let report = run(pinned.seed, &scenario);
+    println!(
+        "regression {} seed={}: {}",
+        pinned.scenario,
+        pinned.seed,
+        report.summary()
+    );
+    report.into_result().map(|_| ()).map_err(|failure| {
+        format!(
+            "pinned seed {} of {} fails again (it found: {})\n{failure}",
+            pinned.seed, pinned.scenario, pinned.found
+        )
+    })
+}
+
+// Goal: no fixed bug comes back. Method: run every pinned seed whose bug
+// is fixed; all must pass.
+#[test]
+fn pinned_seeds() {
+    let failures: Vec<String> = PINNED
+        .iter()
+        .filter(|p| p.open_bug.is_none())
+        .filter_map(|p| check(p).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+// Goal: reproduce each open bug. Method: run the pinned seeds whose bug is
+// still open; they fail until it is fixed (then move them to
+// `open_bug: None`).
+#[test]
+#[ignore = "reproduces open bugs (see PINNED): fails until they are fixed"]
+fn pinned_seeds_of_open_bugs() {
+    let failures: Vec<String> = PINNED
+        .iter()
+        .filter(|p| p.open_bug.is_some())
+        .filter_map(|p| {
+            check(p)
+                .err()
+                .map(|f| format!("open bug: {}\n{f}", p.open_bug.unwrap_or_default()))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+// Goal: every pinned scenario name still exists and the replay command
+// names this binary. Method: look each name up.
+#[test]
+fn pinned_names_are_known() {
+    for pinned in PINNED {
+        assert!(
+            scenarios::NAMES.contains(&pinned.scenario),
+            "{} is not a scenario",
+            pinned.scenario
+        );
+    }
+    assert!(seed::replay_command("x", 1).contains("--test it x"));
+}
