@@ -52,11 +52,11 @@ const PINNED: &[Pinned] = &[
     },
 ];
 
-/// Why the two-leaders seeds failed, and what fixed them: openraft 0.9
-/// without the `single-term-leader` feature identifies a leader by (term,
-/// node id) and orders votes by that pair, so a voter that voted for (t, a)
-/// still granted (t, b) when b > a and the lease ran out; both won term t.
-/// The workspace now enables `single-term-leader` (root Cargo.toml).
+// Why the two-leaders seeds failed, and what fixed them: openraft 0.9
+// without the `single-term-leader` feature identifies a leader by (term,
+// node id) and orders votes by that pair, so a voter that voted for (t, a)
+// still granted (t, b) when b > a and the lease ran out; both won term t.
+// The workspace now enables `single-term-leader` (root Cargo.toml).
 
 fn check(pinned: &Pinned) -> Result<(), String> {
     let scenario = scenarios::by_name(pinned.scenario, pinned.seed)
