@@ -145,6 +145,19 @@ impl NodeOptions {
     }
 }
 
+/// What one incarnation of a node hands to the next (promotion and rejoin
+/// restart the node on fresh storage): the transport's term guard and
+/// reachability, and the metrics, so counters keep counting.
+#[derive(Clone, Debug)]
+pub struct Carried {
+    /// The term guard shared with the transport.
+    pub guard: Arc<TermGuard>,
+    /// Contacts with peers and the leader.
+    pub reach: Arc<Reachability>,
+    /// Counters and histograms.
+    pub metrics: Arc<AuthorityMetrics>,
+}
+
 /// What `Status` reports about one voter.
 #[derive(Clone, Debug)]
 pub struct VoterReport {
@@ -213,10 +226,7 @@ impl AuthorityNode {
     /// Like [`AuthorityNode::start`], keeping the term guard and
     /// reachability of a previous incarnation of this node (promotion and
     /// rejoin restart the node on fresh storage at a new term).
-    pub async fn start_with(
-        options: NodeOptions,
-        carried: Option<(Arc<TermGuard>, Arc<Reachability>)>,
-    ) -> Result<Arc<Self>> {
+    pub async fn start_with(options: NodeOptions, carried: Option<Carried>) -> Result<Arc<Self>> {
         options.timing.validate()?;
         crate::tls::install_crypto_provider();
         let (log, state_machine) = store::open(&options.data_dir)?;
@@ -229,21 +239,26 @@ impl AuthorityNode {
                 got: stored.to_string(),
             });
         }
-        let (guard, reach) = match carried {
-            Some((guard, reach)) => {
-                if view.authority_term() > guard.term() {
-                    guard.set_term(view.authority_term());
+        let Carried {
+            guard,
+            reach,
+            metrics,
+        } = match carried {
+            Some(carried) => {
+                if view.authority_term() > carried.guard.term() {
+                    carried.guard.set_term(view.authority_term());
                 }
-                (guard, reach)
+                carried
             }
-            None => (
-                Arc::new(TermGuard::new(
+            None => Carried {
+                guard: Arc::new(TermGuard::new(
                     options.cluster_id.clone(),
                     options.node_id.clone(),
                     view.authority_term(),
                 )),
-                Arc::new(Reachability::new()),
-            ),
+                reach: Arc::new(Reachability::new()),
+                metrics: Arc::new(AuthorityMetrics::default()),
+            },
         };
         let network = NetworkConfig {
             keepalive_interval: options.timing.keepalive,
@@ -279,7 +294,7 @@ impl AuthorityNode {
             guard,
             reach,
             view,
-            metrics: Arc::new(AuthorityMetrics::default()),
+            metrics,
             network,
         });
         tokio::spawn(track_term(Arc::downgrade(&node)));
@@ -321,6 +336,15 @@ impl AuthorityNode {
     /// Counters and histograms.
     pub fn metrics(&self) -> &Arc<AuthorityMetrics> {
         &self.metrics
+    }
+
+    /// What the next incarnation of this node keeps.
+    pub fn carried(&self) -> Carried {
+        Carried {
+            guard: self.guard.clone(),
+            reach: self.reach.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// Network settings (for clients that dial other nodes).

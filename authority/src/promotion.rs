@@ -305,13 +305,13 @@ impl NodeSlot {
         if let Err(e) = node.shutdown().await {
             tracing::warn!(node_id = %options.node_id, "stop the old raft: {e}");
         }
-        let carried = (node.guard().clone(), node.reachability().clone());
+        let carried = node.carried();
         // Give the old incarnation's tasks a moment to drop their handles.
         tokio::time::sleep(Duration::from_millis(50)).await;
         if let Some(path) = retire_storage(&options.data_dir, old_term)? {
             tracing::warn!(node_id = %options.node_id, retired = %path.display(), "raft storage retired");
         }
-        carried.0.set_term(new_term);
+        carried.guard.set_term(new_term);
         let fresh = AuthorityNode::start_with(options, Some(carried)).await?;
         self.replace(fresh.clone());
         Ok(fresh)

@@ -65,6 +65,7 @@ pub async fn serve(
         node.reachability().clone(),
         auth,
     )
+    .with_metrics(node.metrics().clone())
     .into_service();
     let authority_service = AuthorityApi::with_slot(slot.clone()).into_service();
     drop(node);

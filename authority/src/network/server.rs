@@ -75,6 +75,7 @@ pub struct RaftServer<H = Raft> {
     guard: Arc<TermGuard>,
     reachability: Arc<Reachability>,
     peer_auth: PeerAuth,
+    metrics: Option<Arc<crate::metrics::AuthorityMetrics>>,
 }
 
 impl<H> fmt::Debug for RaftServer<H> {
@@ -100,7 +101,21 @@ impl<H: RaftHandler> RaftServer<H> {
             guard,
             reachability,
             peer_auth,
+            metrics: None,
         }
+    }
+
+    /// Counts refusals (by code) and RPC latency (by method) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::AuthorityMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn refuse_counted(&self, rpc: &'static str, error: Error) -> Status {
+        if let Some(metrics) = &self.metrics {
+            metrics.refused(error.code());
+        }
+        refuse(rpc, error)
     }
 
     /// The tonic service, with message sizes capped at
@@ -161,11 +176,14 @@ impl<H: RaftHandler> RaftServer<H> {
             node_id = %self.guard.node_id(),
             from = tracing::field::Empty,
         );
-        async {
-            let from = self.admit(&request).map_err(|error| refuse(rpc, error))?;
+        let started = std::time::Instant::now();
+        let result = async {
+            let from = self
+                .admit(&request)
+                .map_err(|error| self.refuse_counted(rpc, error))?;
             tracing::Span::current().record("from", tracing::field::display(&from));
             let rpc_request: Req = codec::decode(rpc, &request.get_ref().payload)
-                .map_err(|error| refuse(rpc, error))?;
+                .map_err(|error| self.refuse_counted(rpc, error))?;
             let reply = call(rpc_request).await;
             let payload = codec::encode("raft reply", &reply).map_err(|error| {
                 tracing::error!(%error, "cannot encode raft reply");
@@ -174,7 +192,11 @@ impl<H: RaftHandler> RaftServer<H> {
             Ok(Response::new(RaftResponse { payload }))
         }
         .instrument(span)
-        .await
+        .await;
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(rpc, started.elapsed());
+        }
+        result
     }
 }
 

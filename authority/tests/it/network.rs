@@ -89,6 +89,7 @@ struct Running {
     addr: SocketAddr,
     guard: Arc<TermGuard>,
     reachability: Arc<Reachability>,
+    metrics: Arc<rap_authority::metrics::AuthorityMetrics>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -101,7 +102,9 @@ async fn serve(stub: Stub, term: u64, tls: Option<ServerTlsConfig>) -> Running {
     } else {
         PeerAuth::Plaintext
     };
-    let server = RaftServer::new(stub, guard.clone(), reachability.clone(), peer_auth);
+    let metrics = Arc::new(rap_authority::metrics::AuthorityMetrics::default());
+    let server = RaftServer::new(stub, guard.clone(), reachability.clone(), peer_auth)
+        .with_metrics(metrics.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -121,6 +124,7 @@ async fn serve(stub: Stub, term: u64, tls: Option<ServerTlsConfig>) -> Running {
         addr,
         guard,
         reachability,
+        metrics,
         _stop: stop,
     }
 }
@@ -277,6 +281,11 @@ async fn wrong_cluster_refused_over_the_wire() {
     let detail = error_detail(&status).expect("detail");
     assert_eq!(detail.code, "WRONG_CLUSTER");
     assert_eq!(stub.calls(), 0, "Raft must not be touched");
+    let text = running.metrics.render("c1", "s1", &Default::default());
+    assert!(
+        text.contains("reason=\"WRONG_CLUSTER\"} 1"),
+        "the refusal is counted: {text}"
+    );
 }
 
 // Goal: a client certificate is bound to the node it names: s2's
