@@ -381,17 +381,28 @@ impl AuthorityNode {
             .collect()
     }
 
-    /// Voters reachable from here, this node included.
+    /// Voters reachable from here, this node included: those our own
+    /// calls reached recently, and the leader while its AppendEntries keep
+    /// arriving (it may reach us before our next probe reaches it).
     fn reachable_voters(&self, voters: &BTreeMap<RaftNodeId, Member>) -> usize {
-        let others: Vec<RaftNodeId> = voters
+        let leader = self.raft_metrics().current_leader;
+        voters
             .keys()
-            .copied()
-            .filter(|id| *id != self.raft_id)
-            .collect();
-        let me = usize::from(voters.contains_key(&self.raft_id));
-        me + self
-            .reach
-            .reachable_count(others, self.options.timing.reach_window())
+            .filter(|id| self.voter_reachable(**id, leader))
+            .count()
+    }
+
+    /// Whether voter `id` counts as reachable (see `reachable_voters`).
+    fn voter_reachable(&self, id: RaftNodeId, leader: Option<RaftNodeId>) -> bool {
+        id == self.raft_id
+            || self
+                .reach
+                .is_reachable(id, self.options.timing.reach_window())
+            || (Some(id) == leader
+                && self
+                    .reach
+                    .last_leader_contact_age()
+                    .is_some_and(|age| age <= self.options.timing.lease))
     }
 
     fn no_quorum(&self, voters: &BTreeMap<RaftNodeId, Member>) -> Error {
@@ -413,12 +424,12 @@ impl AuthorityNode {
         if age > self.options.timing.lease {
             return None;
         }
-        // Our own probe or a failed forward saw it unreachable since.
-        if self
-            .reach
-            .peer(leader)
-            .is_some_and(|contact| contact.consecutive_failures > 0)
-        {
+        // Our own probe or a failed forward saw it unreachable after it
+        // last reached us.
+        let last_contact = self.reach.last_leader_contact();
+        if self.reach.peer(leader).is_some_and(|contact| {
+            contact.consecutive_failures > 0 && contact.last_failure > last_contact
+        }) {
             return None;
         }
         metrics
@@ -639,8 +650,17 @@ impl AuthorityNode {
             })
             .await
             .map(|_| ())
-            .map_err(|status| {
-                Error::Raft(format!("forward genesis to {}: {status}", leader.node_id))
+            .or_else(|status| {
+                // The leader answers ALREADY_INITIALIZED once the group has
+                // its genesis entry, whether it committed it just now for
+                // us or before: either way the bootstrap is done.
+                match crate::error::error_detail(&status) {
+                    Some(detail) if detail.code == "ALREADY_INITIALIZED" => Ok(()),
+                    _ => Err(Error::Raft(format!(
+                        "forward genesis to {}: {status}",
+                        leader.node_id
+                    ))),
+                }
             })
     }
 
@@ -747,14 +767,13 @@ impl AuthorityNode {
         {
             view = PartitionView::Minority;
         }
-        let window = self.options.timing.reach_window();
         let reports = voters
             .iter()
             .map(|(id, member)| {
                 let me = *id == self.raft_id;
                 VoterReport {
                     member: member.clone(),
-                    reachable: me || self.reach.is_reachable(*id, window),
+                    reachable: self.voter_reachable(*id, metrics.current_leader),
                     last_contact_age: if me {
                         Some(Duration::ZERO)
                     } else {
