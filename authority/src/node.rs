@@ -398,11 +398,21 @@ impl AuthorityNode {
             || self
                 .reach
                 .is_reachable(id, self.options.timing.reach_window())
-            || (Some(id) == leader
-                && self
-                    .reach
-                    .last_leader_contact_age()
-                    .is_some_and(|age| age <= self.options.timing.lease))
+            || (Some(id) == leader && self.leader_heard_since_failure(id))
+    }
+
+    /// The leader `id` reached us within the lease, and no call of ours
+    /// to it failed after that.
+    fn leader_heard_since_failure(&self, id: RaftNodeId) -> bool {
+        let heard = self
+            .reach
+            .last_leader_contact_age()
+            .is_some_and(|age| age <= self.options.timing.lease);
+        let last_contact = self.reach.last_leader_contact();
+        heard
+            && !self.reach.peer(id).is_some_and(|contact| {
+                contact.consecutive_failures > 0 && contact.last_failure > last_contact
+            })
     }
 
     fn no_quorum(&self, voters: &BTreeMap<RaftNodeId, Member>) -> Error {
@@ -420,16 +430,9 @@ impl AuthorityNode {
         if leader == self.raft_id {
             return None;
         }
-        let age = self.reach.last_leader_contact_age()?;
-        if age > self.options.timing.lease {
-            return None;
-        }
-        // Our own probe or a failed forward saw it unreachable after it
-        // last reached us.
-        let last_contact = self.reach.last_leader_contact();
-        if self.reach.peer(leader).is_some_and(|contact| {
-            contact.consecutive_failures > 0 && contact.last_failure > last_contact
-        }) {
+        // Heard within the lease, and our own probe or a failed forward
+        // did not see it unreachable after it last reached us.
+        if !self.leader_heard_since_failure(leader) {
             return None;
         }
         metrics
