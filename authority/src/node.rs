@@ -401,18 +401,44 @@ impl AuthorityNode {
             || (Some(id) == leader && self.leader_heard_since_failure(id))
     }
 
-    /// The leader `id` reached us within the lease, and no call of ours
-    /// to it failed after that.
+    /// The leader `id` reached us within the lease, and our last call to it
+    /// did not fail. Hearing a leader is not reaching it (a node that can
+    /// receive but not send hears it all the time), so a failed call counts
+    /// until a call succeeds again (see [`AuthorityNode::probe`]).
     fn leader_heard_since_failure(&self, id: RaftNodeId) -> bool {
         let heard = self
             .reach
             .last_leader_contact_age()
             .is_some_and(|age| age <= self.options.timing.lease);
-        let last_contact = self.reach.last_leader_contact();
         heard
-            && !self.reach.peer(id).is_some_and(|contact| {
-                contact.consecutive_failures > 0 && contact.last_failure > last_contact
-            })
+            && !self
+                .reach
+                .peer(id)
+                .is_some_and(|contact| contact.consecutive_failures > 0)
+    }
+
+    /// Calls `member`'s `Status` once (bounded by two heartbeats) and
+    /// records the outcome; true when it answered.
+    async fn probe(&self, id: RaftNodeId, member: &Member) -> bool {
+        let timeout = self.options.timing.heartbeat * 2;
+        let reached = match self.authority_client(&member.address) {
+            Ok(mut client) => {
+                let request = rap_proto::pb::AuthorityStatusRequest {
+                    cluster_id: self.options.cluster_id.to_string(),
+                };
+                matches!(
+                    tokio::time::timeout(timeout, client.status(request)).await,
+                    Ok(Ok(_))
+                )
+            }
+            Err(_) => false,
+        };
+        if reached {
+            self.reach.record_success(id);
+        } else {
+            self.reach.record_failure(id);
+        }
+        reached
     }
 
     fn no_quorum(&self, voters: &BTreeMap<RaftNodeId, Member>) -> Error {
@@ -483,10 +509,24 @@ impl AuthorityNode {
                         Ok(Err(e)) => return Err(Error::Raft(format!("client write: {e}"))),
                     }
                 }
-                Some(_) => {
+                Some(leader_id) => {
                     if let Some(leader) = self.fresh_leader() {
                         return Err(Error::NotLeader {
                             leader: Some(leader.node_id),
+                        });
+                    }
+                    // Heard within the lease but a call to it failed (it
+                    // restarted, or our way to it is cut): ask it once now.
+                    let heard = self
+                        .reach
+                        .last_leader_contact_age()
+                        .is_some_and(|age| age <= lease);
+                    if heard
+                        && let Some(member) = voters.get(&leader_id)
+                        && self.probe(leader_id, member).await
+                    {
+                        return Err(Error::NotLeader {
+                            leader: Some(member.node_id.clone()),
                         });
                     }
                     if self.reachable_voters(&voters) < partition::quorum(voters.len()) {
