@@ -411,10 +411,10 @@ impl AuthorityNode {
             .last_leader_contact_age()
             .is_some_and(|age| age <= self.options.timing.lease);
         heard
-            && !self
+            && self
                 .reach
                 .peer(id)
-                .is_some_and(|contact| contact.consecutive_failures > 0)
+                .is_none_or(|contact| contact.consecutive_failures == 0)
     }
 
     /// Calls `member`'s `Status` once (bounded by two heartbeats) and
