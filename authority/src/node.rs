@@ -204,7 +204,14 @@ pub struct AuthorityNode {
     view: StateView,
     metrics: Arc<AuthorityMetrics>,
     network: NetworkConfig,
+    /// One lazily connected channel per peer address, shared by forwarding
+    /// and probing (a channel per call would cost a TLS handshake each).
+    clients: std::sync::Mutex<BTreeMap<String, AuthorityClient>>,
 }
+
+/// A client of another node's `AuthorityService`.
+pub type AuthorityClient =
+    rap_proto::pb::authority_service_client::AuthorityServiceClient<tonic::transport::Channel>;
 
 impl std::fmt::Debug for AuthorityNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -296,6 +303,7 @@ impl AuthorityNode {
             view,
             metrics,
             network,
+            clients: std::sync::Mutex::new(BTreeMap::new()),
         });
         tokio::spawn(track_term(Arc::downgrade(&node)));
         tokio::spawn(probe_voters(Arc::downgrade(&node)));
@@ -353,18 +361,23 @@ impl AuthorityNode {
     }
 
     /// A client of another node's `AuthorityService`, dialled the way this
-    /// node dials its Raft peers.
-    pub fn authority_client(
-        &self,
-        address: &str,
-    ) -> Result<
-        rap_proto::pb::authority_service_client::AuthorityServiceClient<tonic::transport::Channel>,
-    > {
-        crate::service::authority_client_via(
+    /// node dials its Raft peers; one cached channel per address (at most
+    /// `PEERS_MAX` addresses are kept).
+    pub fn authority_client(&self, address: &str) -> Result<AuthorityClient> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(address) {
+            return Ok(client.clone());
+        }
+        let client = crate::service::authority_client_via(
             &self.network,
             address,
             self.options.connector.as_ref(),
-        )
+        )?;
+        if clients.len() >= crate::network::PEERS_MAX {
+            clients.clear();
+        }
+        clients.insert(address.to_string(), client.clone());
+        Ok(client)
     }
 
     fn raft_metrics(&self) -> RaftMetrics {
@@ -925,46 +938,16 @@ async fn probe_voters(node: std::sync::Weak<AuthorityNode>) {
     };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut clients = BTreeMap::new();
     loop {
         ticker.tick().await;
         let Some(node) = node.upgrade() else {
             return;
         };
         let voters = AuthorityNode::voters(&node.raft_metrics());
-        let timeout = interval.max(node.options.timing.heartbeat * 2);
-        let mut probes = Vec::new();
-        for (id, member) in voters {
-            if id == node.raft_id {
-                continue;
-            }
-            let client = match clients.get(&member.address) {
-                Some(client) => client,
-                None => match node.authority_client(&member.address) {
-                    Ok(client) => clients.entry(member.address.clone()).or_insert(client),
-                    Err(_) => {
-                        node.reach.record_failure(id);
-                        continue;
-                    }
-                },
-            };
-            let mut client = client.clone();
-            let cluster_id = node.options.cluster_id.to_string();
-            probes.push(async move {
-                let request = rap_proto::pb::AuthorityStatusRequest { cluster_id };
-                let ok = matches!(
-                    tokio::time::timeout(timeout, client.status(request)).await,
-                    Ok(Ok(_))
-                );
-                (id, ok)
-            });
-        }
-        for (id, ok) in futures::future::join_all(probes).await {
-            if ok {
-                node.reach.record_success(id);
-            } else {
-                node.reach.record_failure(id);
-            }
-        }
+        let probes = voters
+            .iter()
+            .filter(|(id, _)| **id != node.raft_id)
+            .map(|(id, member)| node.probe(*id, member));
+        futures::future::join_all(probes).await;
     }
 }
