@@ -16,29 +16,8 @@ cd "$root"
 
 say() { printf '==> %s\n' "$*" >&2; }
 
-have_pg_server() {
-  if [ -n "${RAP_PG_BINDIR:-}" ] && [ -x "$RAP_PG_BINDIR/initdb" ]; then return 0; fi
-  command -v initdb >/dev/null 2>&1 && return 0
-  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
-}
-
-if ! have_pg_server; then
-  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "PostgreSQL server binaries missing: installing the postgresql package"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq postgresql >/dev/null
-  else
-    echo "PostgreSQL server binaries (initdb, pg_ctl) are missing." >&2
-    echo "Install them:  sudo apt-get update && sudo apt-get install -y postgresql" >&2
-    exit 1
-  fi
-fi
-if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
-  # initdb refuses to run as root; the harness drops to this user.
-  say "creating the postgres system user"
-  useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
-fi
+# shellcheck source=scripts/ensure-postgres.sh
+source "$root/scripts/ensure-postgres.sh"
 
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then

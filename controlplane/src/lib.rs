@@ -1,10 +1,41 @@
 //! `rap-controlplane`: the control plane (DESIGN.md §1, §3, §7).
 //!
-//! It will hold the PostgreSQL repositories (sqlx; the only crate with SQL),
-//! the enrollment, role, trust and audit services, the snapshot compiler and
-//! signer, and the admin and agent gRPC APIs.
-//!
-//! Status: the library is an empty boundary for now. The `rapctl` binary
-//! (`src/bin/rapctl/`) already offers the snapshot tools that need no
-//! server: `snapshot keygen|sign|show|verify` and `demo`. The private
-//! PostgreSQL test harness lives in `pgtest/` (crate `rap-pgtest`).
+//! PostgreSQL (sqlx) is the source of truth; this is the only crate with
+//! SQL. Modules:
+//! * [`db`]: pool and embedded migrations (`migrations/`).
+//! * [`error`], [`limits`]: typed refusals and every named limit.
+//! * [`keys`]: per-cluster CA and snapshot-signing key files (0600, never in
+//!   PostgreSQL), node certificate issuance.
+//! * [`tls`]: the control plane's TLS listener (per-cluster server
+//!   certificates by SNI, client certificates from any cluster CA).
+//! * [`audit`], [`fencing`]: audit events and fenced mutations.
+//! * [`auth`]: admin principals and bearer tokens.
+//! * services: [`clusters`], [`tokens`], [`enrollment`], [`nodes`],
+//!   [`roles`], [`groups`], [`workloads`], [`heartbeats`], [`orgs`].
+//! * [`api`]: the gRPC services (`AdminService`, `EnrollmentService`,
+//!   `AgentService`); [`server`]: the `rap-controlplane serve` process.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod clusters;
+pub mod context;
+pub mod db;
+pub mod enrollment;
+pub mod error;
+pub mod fencing;
+pub mod groups;
+pub mod heartbeats;
+pub mod keys;
+pub mod limits;
+pub mod nodes;
+pub mod orgs;
+pub mod page;
+pub mod roles;
+pub mod secret;
+pub mod server;
+pub mod tls;
+pub mod tokens;
+pub mod workloads;
+
+pub use error::{Error, Result};

@@ -1,3 +1,13 @@
-//! Integration tests of the control-plane crate's binaries.
+//! Integration tests of the control plane: its binaries, and its services
+//! against a real PostgreSQL (rap-pgtest) and a real 3-voter authority
+//! group (in-process rap-configstore nodes over mTLS, `support.rs`).
+#![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
+mod enrollment;
+mod groups;
+mod grpc;
+mod heartbeats;
+mod orgs;
 mod rapctl;
+mod roles;
+mod support;

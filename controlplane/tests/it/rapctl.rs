@@ -141,3 +141,123 @@ fn exit_codes_and_actionable_errors() {
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output).contains("needs --prev"), "{}", text(&output));
 }
+
+/// `rapctl` with no RAP_* variables from the caller's environment.
+fn rapctl_clean_env(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rapctl"))
+        .args(args)
+        .env_remove("RAP_ENDPOINT")
+        .env_remove("RAP_TOKEN_FILE")
+        .env_remove("RAP_CA")
+        .env_remove("RAP_SERVER_NAME")
+        .env_remove("RAP_DATABASE_URL")
+        .output()
+        .expect("run rapctl")
+}
+
+/// An endpoint where nothing listens: a port the OS just handed out and
+/// that was closed again.
+fn dead_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+// Goal: a control-plane command with no control plane to talk to fails
+// with exit 1 and says where it looked and what to check. Method: a valid
+// token file, an endpoint nobody listens on.
+#[test]
+fn control_plane_unreachable_exits_one_with_endpoint_hint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "rapat.op.secret\n").expect("write token");
+    let endpoint = dead_endpoint();
+    let output = rapctl_clean_env(&[
+        "token",
+        "create",
+        "--cluster",
+        "c1",
+        "--endpoint",
+        &endpoint,
+        "--token-file",
+        token.to_str().expect("utf-8"),
+    ]);
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{all}");
+    assert!(all.contains("error: CONNECT_FAILED"), "{all}");
+    let hint = all
+        .lines()
+        .find(|l| l.starts_with("hint:"))
+        .unwrap_or_else(|| panic!("no hint line: {all}"));
+    assert!(hint.contains(&endpoint), "{hint}");
+    assert!(hint.contains("rap-controlplane serve"), "{hint}");
+    assert!(output.stdout.is_empty(), "nothing on stdout: {all}");
+}
+
+// Goal: without a token file the operator is told how to get one. Method:
+// point --token-file at a file that does not exist.
+#[test]
+fn missing_token_file_says_how_to_get_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-token");
+    let output = rapctl_clean_env(&[
+        "cluster",
+        "list",
+        "--endpoint",
+        &dead_endpoint(),
+        "--token-file",
+        missing.to_str().expect("utf-8"),
+    ]);
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{all}");
+    assert!(all.contains("rap-controlplane init"), "{all}");
+    assert!(all.contains("RAP_TOKEN_FILE"), "{all}");
+}
+
+// Goal: malformed control-plane commands are usage errors (exit 2) before
+// anything is read or sent. Method: a reject without --reason, a bad TTL,
+// a bad voter spec.
+#[test]
+fn control_plane_usage_errors_exit_two() {
+    for args in [
+        &["join-request", "reject", "jr-1"][..],
+        &["token", "create", "--cluster", "c1", "--ttl", "1w"],
+        &["cluster", "bootstrap", "c1", "--voter", "s1-no-address"],
+        &["group", "move", "--cluster", "c1", "--to", "g1"],
+    ] {
+        let output = rapctl_clean_env(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", text(&output));
+    }
+}
+
+// Goal: `rapctl --help` shows the control-plane commands. Method: look for
+// each in the help text.
+#[test]
+fn help_lists_control_plane_commands() {
+    let output = rapctl_clean_env(&["--help"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for command in [
+        "cluster",
+        "token",
+        "join-request",
+        "node",
+        "role",
+        "group",
+        "service",
+        "audit",
+        "org",
+        "principal",
+        "whoami",
+        "migrate",
+        "snapshot",
+        "demo",
+    ] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{command} "))),
+            "{command} missing from:\n{help}"
+        );
+    }
+}

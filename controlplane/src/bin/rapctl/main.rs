@@ -1,11 +1,23 @@
 //! `rapctl`: the operator CLI of the RAP config/storage service.
 //!
 //! Human tables by default, `-o json` for scripts. Exit codes: 0 ok,
-//! 1 error (including a refused envelope), 2 usage.
+//! 1 error (including a refused envelope or a refused call), 2 usage.
+//!
+//! `snapshot` and `demo` work offline; the other commands call the control
+//! plane's `AdminService` (see [`client`]) from a current-thread tokio
+//! runtime built here, and `migrate` talks to PostgreSQL directly.
 
+mod audit;
+mod client;
+mod cluster;
 mod demo;
+mod errors;
+mod migrate;
+mod nodes;
+mod orgs;
 mod output;
 mod snapshot;
+mod table;
 
 use clap::{Parser, Subcommand};
 use output::Format;
@@ -13,9 +25,10 @@ use std::process::ExitCode;
 
 /// Operate the RAP config/storage service.
 ///
-/// Commands that need the control plane (cluster, token, join-request,
-/// node, role, group, service, audit, authority) arrive with the control
-/// plane; today rapctl works offline on signed snapshot envelopes.
+/// Control-plane commands (cluster, token, join-request, node, role, group,
+/// service, audit, org, principal, whoami) call `rap-controlplane serve` at
+/// --endpoint with the API token in --token-file. `snapshot` and `demo`
+/// work offline on signed snapshot envelopes.
 #[derive(Parser, Debug)]
 #[command(name = "rapctl", version, about, long_about)]
 struct Cli {
@@ -35,6 +48,30 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Create, list, show and bootstrap clusters.
+    Cluster(cluster::ClusterArgs),
+    /// Create, list and revoke join tokens.
+    Token(cluster::TokenArgs),
+    /// Review join requests: list, show, approve, reject.
+    JoinRequest(cluster::JoinRequestArgs),
+    /// List, show and revoke enrolled nodes.
+    Node(nodes::NodeArgs),
+    /// Assign, remove and list node roles.
+    Role(nodes::RoleArgs),
+    /// Create inventory groups, move nodes and groups, show the tree.
+    Group(nodes::GroupArgs),
+    /// Set and list the desired state of services on nodes.
+    Service(nodes::ServiceArgs),
+    /// List and tail the audit log.
+    Audit(audit::AuditArgs),
+    /// Organizations (tenants) and their logical endpoints.
+    Org(orgs::OrgArgs),
+    /// Create principals (people or automation) and their API tokens.
+    Principal(orgs::PrincipalArgs),
+    /// Show who the API token belongs to.
+    Whoami(orgs::WhoamiArgs),
+    /// Apply the control plane's database migrations (direct to PostgreSQL).
+    Migrate(migrate::MigrateArgs),
     /// Create keys, sign, inspect and verify signed snapshot envelopes.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -43,17 +80,141 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
+/// Runs `future` to completion on a current-thread runtime.
+fn block_on(future: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(future)
+}
+
+/// Prints `error` for a person: `error: CODE: message` and a `hint:` line
+/// for control-plane failures, the cause chain otherwise.
+fn report(error: &anyhow::Error) {
+    match error.downcast_ref::<errors::CliError>() {
+        Some(failure) => {
+            eprintln!("error: {failure}");
+            if let Some(hint) = &failure.hint {
+                eprintln!("hint: {hint}");
+            }
+        }
+        None => eprintln!("error: {error:#}"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = cli.output;
     let result = match cli.command {
-        Command::Snapshot(command) => snapshot::run(command, cli.output),
-        Command::Demo(args) => demo::run(args, cli.output),
+        Command::Snapshot(command) => snapshot::run(command, format),
+        Command::Demo(args) => demo::run(args, format),
+        Command::Cluster(args) => block_on(cluster::run_cluster(args, format)),
+        Command::Token(args) => block_on(cluster::run_token(args, format)),
+        Command::JoinRequest(args) => block_on(cluster::run_join_request(args, format)),
+        Command::Node(args) => block_on(nodes::run_node(args, format)),
+        Command::Role(args) => block_on(nodes::run_role(args, format)),
+        Command::Group(args) => block_on(nodes::run_group(args, format)),
+        Command::Service(args) => block_on(nodes::run_service(args, format)),
+        Command::Audit(args) => block_on(audit::run_audit(args, format)),
+        Command::Org(args) => block_on(orgs::run_org(args, format)),
+        Command::Principal(args) => block_on(orgs::run_principal(args, format)),
+        Command::Whoami(args) => block_on(orgs::run_whoami(args, format)),
+        Command::Migrate(args) => block_on(migrate::run_migrate(args, format)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            report(&error);
             ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn connection_options_work_at_every_level() {
+        let cli = Cli::try_parse_from([
+            "rapctl",
+            "cluster",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "list",
+            "--token-file",
+            "/t",
+            "-o",
+            "json",
+        ])
+        .expect("parse");
+        assert_eq!(cli.output, Format::Json);
+        assert!(matches!(cli.command, Command::Cluster(_)));
+    }
+
+    #[test]
+    fn usage_errors_are_caught_by_clap() {
+        let bad: &[&[&str]] = &[
+            &["rapctl", "join-request", "reject", "jr1"],
+            &[
+                "rapctl",
+                "token",
+                "create",
+                "--cluster",
+                "c1",
+                "--ttl",
+                "1w",
+            ],
+            &[
+                "rapctl",
+                "token",
+                "create",
+                "--cluster",
+                "c1",
+                "--max-uses",
+                "0",
+            ],
+            &["rapctl", "cluster", "bootstrap", "c1"],
+            &["rapctl", "cluster", "bootstrap", "c1", "--voter", "s1"],
+            &["rapctl", "group", "move", "--cluster", "c1", "--to", "g"],
+            &[
+                "rapctl",
+                "group",
+                "move",
+                "--cluster",
+                "c1",
+                "--to",
+                "g",
+                "--node",
+                "n",
+                "--group",
+                "h",
+            ],
+            &[
+                "rapctl",
+                "service",
+                "set",
+                "--cluster",
+                "c",
+                "--node",
+                "n",
+                "--service",
+                "s",
+                "--state",
+                "on",
+            ],
+            &["rapctl", "principal", "create", "p", "--kind", "root"],
+            &["rapctl", "node", "revoke", "--cluster", "c", "n1"],
+        ];
+        for args in bad {
+            assert!(Cli::try_parse_from(*args).is_err(), "{args:?} was accepted");
         }
     }
 }

@@ -15,7 +15,8 @@ macro_rules! outln {
 /// How results are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// Aligned `FIELD  VALUE` rows.
+    /// Aligned tables: a header row for lists, `FIELD  VALUE` rows for
+    /// one object.
     Table,
     /// One JSON document.
     Json,

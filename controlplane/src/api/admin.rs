@@ -1,0 +1,603 @@
+//! `AdminService`: the operator API behind `rapctl`. Every call
+//! authenticates its bearer token first; authorization is checked by the
+//! service functions (platform objects need a platform principal; org
+//! admins get only the org-safe projection).
+
+use crate::audit::{self, Action};
+use crate::auth::{self, Principal};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::page::Page;
+use crate::{clusters, enrollment, groups, nodes, orgs, roles, tokens, workloads};
+use rap_proto::pb;
+use rap_proto::pb::admin_service_server::{AdminService, AdminServiceServer};
+use tonic::{Request, Response, Status};
+
+/// The `AdminService` of one control plane.
+#[derive(Clone, Debug)]
+pub struct AdminApi {
+    ctx: Context,
+}
+
+impl AdminApi {
+    /// Serves `ctx`.
+    pub fn new(ctx: Context) -> Self {
+        AdminApi { ctx }
+    }
+
+    /// As a tonic service, with the control plane's message limits.
+    pub fn into_service(self) -> AdminServiceServer<Self> {
+        AdminServiceServer::new(self)
+            .max_decoding_message_size(crate::limits::GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(crate::limits::GRPC_MESSAGE_BYTES_MAX)
+    }
+
+    async fn principal<T>(&self, request: &Request<T>, action: &'static str) -> Result<Principal> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or_default());
+        match auth::authenticate(&self.ctx.pool, header).await {
+            Ok(principal) => Ok(principal),
+            Err(error) => {
+                audit::record_refusal(
+                    &self.ctx.pool,
+                    &Action::new("anonymous", action, None, ""),
+                    &error,
+                )
+                .await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Audits a refused read (authorization failures of list/get calls).
+    async fn refused_read<T>(
+        &self,
+        principal: &Principal,
+        action: &'static str,
+        cluster: &str,
+        result: Result<T>,
+    ) -> Result<T> {
+        if let Err(error @ Error::PermissionDenied(_)) = &result {
+            let cluster = (!cluster.is_empty()).then_some(cluster);
+            audit::record_refusal(
+                &self.ctx.pool,
+                &Action::new(principal.actor(), action, cluster, ""),
+                error,
+            )
+            .await;
+        }
+        result
+    }
+}
+
+fn reply<T>(result: Result<T>) -> std::result::Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+/// Lists audit events: the newest page, or (with `after_event_id`) the
+/// events after that id in order (for `tail`).
+async fn list_audit(
+    ctx: &Context,
+    principal: &Principal,
+    request: &pb::ListAuditEventsRequest,
+) -> Result<pb::ListAuditEventsResponse> {
+    principal.require_platform()?;
+    let page = Page::from_pb(request.page.as_ref());
+    type Row = (
+        i64,
+        Option<String>,
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<i64>,
+        Option<i64>,
+        i64,
+    );
+    let after = i64::try_from(request.after_event_id).unwrap_or(i64::MAX);
+    let mut rows: Vec<Row> = sqlx::query_as(
+        "SELECT event_id, cluster_id, actor, action, target, result, reason, fence_term, fence_seq,
+                (extract(epoch FROM at) * 1000)::bigint
+           FROM cluster_audit_events
+          WHERE ($1 = '' OR cluster_id = $1) AND event_id > $2
+          ORDER BY CASE WHEN $2 = 0 THEN -event_id ELSE event_id END
+          LIMIT $3",
+    )
+    .bind(&request.cluster_id)
+    .bind(after)
+    .bind(page.size)
+    .fetch_all(&ctx.pool)
+    .await?;
+    if after == 0 {
+        rows.reverse();
+    }
+    let events = rows
+        .into_iter()
+        .map(
+            |(id, cluster, actor, action, target, result, reason, term, seq, at)| pb::AuditEvent {
+                event_id: u64::try_from(id).unwrap_or(0),
+                cluster_id: cluster.clone().unwrap_or_default(),
+                actor,
+                action,
+                target,
+                result,
+                reason,
+                fence: match (term, seq) {
+                    (Some(t), Some(s)) => Some(pb::FencingToken {
+                        cluster_id: cluster.unwrap_or_default(),
+                        authority_term: u64::try_from(t).unwrap_or(0),
+                        seq: u64::try_from(s).unwrap_or(0),
+                        log_index: 0,
+                    }),
+                    _ => None,
+                },
+                at_unix_ms: at,
+            },
+        )
+        .collect();
+    Ok(pb::ListAuditEventsResponse {
+        events,
+        next_page_token: String::new(),
+    })
+}
+
+/// The authority group as its storage nodes see it; every answer is
+/// recorded in `cluster_partitions` (platform principals only).
+async fn authority_status(
+    ctx: &Context,
+    principal: &Principal,
+    cluster_id: &str,
+) -> Result<pb::AuthorityStatus> {
+    principal.require_platform()?;
+    let mut conn = ctx.pool.acquire().await?;
+    clusters::require_exists(&mut conn, cluster_id).await?;
+    let (term, last_seq) = clusters::current_term(&mut conn, cluster_id)
+        .await?
+        .unwrap_or((0, 0));
+    let storage: Vec<(String, String)> =
+        sqlx::query_as("SELECT node_id, address FROM storage_nodes WHERE cluster_id = $1 AND role <> 'retired' ORDER BY node_id")
+            .bind(cluster_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    drop(conn);
+    let network = ctx.authority.network(cluster_id)?;
+    let mut status = pb::AuthorityStatus {
+        cluster_id: cluster_id.to_string(),
+        authority_term: term,
+        last_fence_seq: last_seq,
+        ..Default::default()
+    };
+    for (node_id, address) in storage {
+        let mut observation = pb::PartitionObservation {
+            node_id: node_id.clone(),
+            view: pb::PartitionView::Unspecified as i32,
+            observed_at_unix_ms: rap_proto::time::UnixMillis::now().0,
+            ..Default::default()
+        };
+        if let Ok(mut client) = rap_authority::service::authority_client(&network, &address) {
+            let call = client.status(pb::AuthorityStatusRequest {
+                cluster_id: cluster_id.to_string(),
+            });
+            if let Ok(Ok(answer)) = tokio::time::timeout(crate::limits::FENCE_TIMEOUT, call).await {
+                let answer = answer.into_inner();
+                observation.view = answer.partition_view;
+                observation.reachable_voters =
+                    u32::try_from(answer.voters.iter().filter(|v| v.reachable).count())
+                        .unwrap_or(0);
+                observation.total_voters = u32::try_from(answer.voters.len()).unwrap_or(0);
+                if status.leader_id.is_empty() {
+                    status.leader_id = answer.leader_id.clone();
+                }
+            }
+        }
+        let view = match pb::PartitionView::try_from(observation.view)
+            .unwrap_or(pb::PartitionView::Unspecified)
+        {
+            pb::PartitionView::Healthy => "healthy",
+            pb::PartitionView::Degraded => "degraded",
+            pb::PartitionView::Minority => "minority",
+            pb::PartitionView::Fenced => "fenced",
+            pb::PartitionView::Unspecified => "unreachable",
+        };
+        sqlx::query(
+            "INSERT INTO cluster_partitions (cluster_id, node_id, view, reachable_voters, total_voters, authority_term)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(cluster_id)
+        .bind(&node_id)
+        .bind(view)
+        .bind(i32::try_from(observation.reachable_voters).unwrap_or(0))
+        .bind(i32::try_from(observation.total_voters).unwrap_or(0))
+        .bind(i64::try_from(term).unwrap_or(0))
+        .execute(&ctx.pool)
+        .await?;
+        status.observations.push(observation);
+    }
+    Ok(status)
+}
+
+macro_rules! authed {
+    ($self:ident, $request:ident, $action:literal) => {{
+        let principal = $self
+            .principal(&$request, $action)
+            .await
+            .map_err(Status::from)?;
+        (principal, $request.into_inner())
+    }};
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn create_cluster(
+        &self,
+        request: Request<pb::CreateClusterRequest>,
+    ) -> std::result::Result<Response<pb::Cluster>, Status> {
+        let (p, r) = authed!(self, request, "cluster.create");
+        reply(clusters::create(&self.ctx, &p, &r.cluster_id, &r.name).await)
+    }
+
+    async fn list_clusters(
+        &self,
+        request: Request<pb::ListClustersRequest>,
+    ) -> std::result::Result<Response<pb::ListClustersResponse>, Status> {
+        let (p, r) = authed!(self, request, "cluster.list");
+        let result = clusters::list(&self.ctx, &p, r.page.as_ref()).await;
+        let result = self.refused_read(&p, "cluster.list", "", result).await;
+        reply(
+            result.map(|(clusters, next_page_token)| pb::ListClustersResponse {
+                clusters,
+                next_page_token,
+            }),
+        )
+    }
+
+    async fn get_cluster(
+        &self,
+        request: Request<pb::GetClusterRequest>,
+    ) -> std::result::Result<Response<pb::Cluster>, Status> {
+        let (p, r) = authed!(self, request, "cluster.get");
+        let result = clusters::get(&self.ctx, &p, &r.cluster_id).await;
+        reply(
+            self.refused_read(&p, "cluster.get", &r.cluster_id, result)
+                .await,
+        )
+    }
+
+    async fn bootstrap_cluster(
+        &self,
+        request: Request<pb::BootstrapClusterRequest>,
+    ) -> std::result::Result<Response<pb::BootstrapClusterResponse>, Status> {
+        let (p, r) = authed!(self, request, "cluster.bootstrap");
+        reply(clusters::bootstrap(&self.ctx, &p, &r).await)
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> std::result::Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let (p, r) = authed!(self, request, "join-token.create");
+        reply(tokens::create(&self.ctx, &p, &r).await)
+    }
+
+    async fn list_join_tokens(
+        &self,
+        request: Request<pb::ListJoinTokensRequest>,
+    ) -> std::result::Result<Response<pb::ListJoinTokensResponse>, Status> {
+        let (p, r) = authed!(self, request, "join-token.list");
+        let result = tokens::list(&self.ctx, &p, &r).await;
+        let result = self
+            .refused_read(&p, "join-token.list", &r.cluster_id, result)
+            .await;
+        reply(
+            result.map(|(tokens, next_page_token)| pb::ListJoinTokensResponse {
+                tokens,
+                next_page_token,
+            }),
+        )
+    }
+
+    async fn revoke_join_token(
+        &self,
+        request: Request<pb::RevokeJoinTokenRequest>,
+    ) -> std::result::Result<Response<pb::JoinToken>, Status> {
+        let (p, r) = authed!(self, request, "join-token.revoke");
+        reply(tokens::revoke(&self.ctx, &p, &r.token_id).await)
+    }
+
+    async fn list_join_requests(
+        &self,
+        request: Request<pb::ListJoinRequestsRequest>,
+    ) -> std::result::Result<Response<pb::ListJoinRequestsResponse>, Status> {
+        let (p, r) = authed!(self, request, "join-request.list");
+        let result = enrollment::list(&self.ctx, &p, &r).await;
+        let result = self
+            .refused_read(&p, "join-request.list", &r.cluster_id, result)
+            .await;
+        reply(
+            result.map(|(requests, next_page_token)| pb::ListJoinRequestsResponse {
+                requests,
+                next_page_token,
+            }),
+        )
+    }
+
+    async fn get_join_request(
+        &self,
+        request: Request<pb::GetJoinRequestRequest>,
+    ) -> std::result::Result<Response<pb::JoinRequest>, Status> {
+        let (p, r) = authed!(self, request, "join-request.get");
+        let result = enrollment::get(&self.ctx, &p, &r.join_request_id).await;
+        reply(self.refused_read(&p, "join-request.get", "", result).await)
+    }
+
+    async fn approve_join_request(
+        &self,
+        request: Request<pb::ReviewJoinRequestRequest>,
+    ) -> std::result::Result<Response<pb::JoinRequest>, Status> {
+        let (p, r) = authed!(self, request, "join-request.approve");
+        reply(enrollment::approve(&self.ctx, &p, &r).await)
+    }
+
+    async fn reject_join_request(
+        &self,
+        request: Request<pb::ReviewJoinRequestRequest>,
+    ) -> std::result::Result<Response<pb::JoinRequest>, Status> {
+        let (p, r) = authed!(self, request, "join-request.reject");
+        reply(enrollment::reject(&self.ctx, &p, &r).await)
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> std::result::Result<Response<pb::ListNodesResponse>, Status> {
+        let (p, r) = authed!(self, request, "node.list");
+        let result = nodes::list(&self.ctx, &p, &r).await;
+        let result = self
+            .refused_read(&p, "node.list", &r.cluster_id, result)
+            .await;
+        reply(
+            result.map(|(nodes, next_page_token)| pb::ListNodesResponse {
+                nodes,
+                next_page_token,
+            }),
+        )
+    }
+
+    async fn get_node(
+        &self,
+        request: Request<pb::GetNodeRequest>,
+    ) -> std::result::Result<Response<pb::Node>, Status> {
+        let (p, r) = authed!(self, request, "node.get");
+        let result = nodes::get(&self.ctx, &p, &r).await;
+        reply(
+            self.refused_read(&p, "node.get", &r.cluster_id, result)
+                .await,
+        )
+    }
+
+    async fn revoke_node(
+        &self,
+        request: Request<pb::RevokeNodeRequest>,
+    ) -> std::result::Result<Response<pb::Node>, Status> {
+        let (p, r) = authed!(self, request, "node.revoke");
+        reply(nodes::revoke(&self.ctx, &p, &r).await)
+    }
+
+    async fn assign_role(
+        &self,
+        request: Request<pb::AssignRoleRequest>,
+    ) -> std::result::Result<Response<pb::RoleAssignment>, Status> {
+        let (p, r) = authed!(self, request, "role.assign");
+        reply(roles::assign(&self.ctx, &p, &r).await)
+    }
+
+    async fn remove_role(
+        &self,
+        request: Request<pb::RemoveRoleRequest>,
+    ) -> std::result::Result<Response<pb::RoleAssignment>, Status> {
+        let (p, r) = authed!(self, request, "role.remove");
+        reply(roles::remove(&self.ctx, &p, &r).await)
+    }
+
+    async fn list_roles(
+        &self,
+        request: Request<pb::ListRolesRequest>,
+    ) -> std::result::Result<Response<pb::ListRolesResponse>, Status> {
+        let (p, r) = authed!(self, request, "role.list");
+        let result = roles::list(&self.ctx, &p, &r).await;
+        reply(
+            self.refused_read(&p, "role.list", &r.cluster_id, result)
+                .await,
+        )
+    }
+
+    async fn create_group(
+        &self,
+        request: Request<pb::CreateGroupRequest>,
+    ) -> std::result::Result<Response<pb::NodeGroup>, Status> {
+        let (p, r) = authed!(self, request, "group.create");
+        reply(groups::create(&self.ctx, &p, &r).await)
+    }
+
+    async fn move_to_group(
+        &self,
+        request: Request<pb::MoveToGroupRequest>,
+    ) -> std::result::Result<Response<pb::NodeGroup>, Status> {
+        let (p, r) = authed!(self, request, "group.move");
+        reply(groups::move_to(&self.ctx, &p, &r).await)
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> std::result::Result<Response<pb::ListGroupsResponse>, Status> {
+        let (p, r) = authed!(self, request, "group.list");
+        let result = groups::list(&self.ctx, &p, &r).await;
+        reply(
+            self.refused_read(&p, "group.list", &r.cluster_id, result)
+                .await,
+        )
+    }
+
+    async fn set_service_desired_state(
+        &self,
+        request: Request<pb::SetServiceDesiredStateRequest>,
+    ) -> std::result::Result<Response<pb::ServiceInstance>, Status> {
+        let (p, r) = authed!(self, request, "service.desired-state");
+        reply(workloads::set_desired_state(&self.ctx, &p, &r).await)
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> std::result::Result<Response<pb::ListServicesResponse>, Status> {
+        let (p, r) = authed!(self, request, "service.list");
+        let result = workloads::list(&self.ctx, &p, &r).await;
+        reply(
+            self.refused_read(&p, "service.list", &r.cluster_id, result)
+                .await,
+        )
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> std::result::Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let (p, r) = authed!(self, request, "audit.list");
+        let result = list_audit(&self.ctx, &p, &r).await;
+        reply(
+            self.refused_read(&p, "audit.list", &r.cluster_id, result)
+                .await,
+        )
+    }
+
+    async fn get_authority_status(
+        &self,
+        request: Request<pb::GetAuthorityStatusRequest>,
+    ) -> std::result::Result<Response<pb::AuthorityStatus>, Status> {
+        let (p, r) = authed!(self, request, "authority.status");
+        let result = authority_status(&self.ctx, &p, &r.cluster_id).await;
+        reply(
+            self.refused_read(&p, "authority.status", &r.cluster_id, result)
+                .await,
+        )
+    }
+
+    async fn promote_partition(
+        &self,
+        request: Request<pb::PromotePartitionRequest>,
+    ) -> std::result::Result<Response<pb::AuthorityStatus>, Status> {
+        let (p, r) = authed!(self, request, "authority.promote");
+        let error = Error::NotImplemented(
+            "promotion through the control plane is not built yet; use `rap-configstore promote` (docs/operations.md)".into(),
+        );
+        audit::record_refusal(
+            &self.ctx.pool,
+            &Action::new(p.actor(), "authority.promote", Some(&r.cluster_id), ""),
+            &error,
+        )
+        .await;
+        Err(error.into())
+    }
+
+    async fn rejoin_node(
+        &self,
+        request: Request<pb::RejoinNodeRequest>,
+    ) -> std::result::Result<Response<pb::AuthorityStatus>, Status> {
+        let (p, r) = authed!(self, request, "authority.rejoin");
+        let error = Error::NotImplemented(
+            "rejoin through the control plane is not built yet; use `rap-configstore rejoin` (docs/operations.md)".into(),
+        );
+        audit::record_refusal(
+            &self.ctx.pool,
+            &Action::new(
+                p.actor(),
+                "authority.rejoin",
+                Some(&r.cluster_id),
+                r.node_id.as_str(),
+            ),
+            &error,
+        )
+        .await;
+        Err(error.into())
+    }
+
+    async fn publish_snapshot(
+        &self,
+        request: Request<pb::PublishSnapshotRequest>,
+    ) -> std::result::Result<Response<pb::PublishSnapshotResponse>, Status> {
+        let (p, r) = authed!(self, request, "snapshot.publish");
+        let error = Error::NotImplemented(
+            "the snapshot compiler is not built yet; only trust/revocations is published (by `rapctl node revoke`)".into(),
+        );
+        audit::record_refusal(
+            &self.ctx.pool,
+            &Action::new(p.actor(), "snapshot.publish", Some(&r.cluster_id), ""),
+            &error,
+        )
+        .await;
+        Err(error.into())
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<pb::GetSnapshotRequest>,
+    ) -> std::result::Result<Response<pb::GetSnapshotResponse>, Status> {
+        let (_p, _r) = authed!(self, request, "snapshot.get");
+        Err(Error::NotImplemented(
+            "reading shards goes through the storage nodes' ShardService (not built yet)".into(),
+        )
+        .into())
+    }
+
+    async fn create_organization(
+        &self,
+        request: Request<pb::CreateOrganizationRequest>,
+    ) -> std::result::Result<Response<pb::Organization>, Status> {
+        let (p, r) = authed!(self, request, "org.create");
+        reply(orgs::create_org(&self.ctx, &p, &r).await)
+    }
+
+    async fn list_organizations(
+        &self,
+        request: Request<pb::ListOrganizationsRequest>,
+    ) -> std::result::Result<Response<pb::ListOrganizationsResponse>, Status> {
+        let (p, r) = authed!(self, request, "org.list");
+        reply(orgs::list_orgs(&self.ctx, &p, &r).await)
+    }
+
+    async fn add_org_endpoint(
+        &self,
+        request: Request<pb::AddOrgEndpointRequest>,
+    ) -> std::result::Result<Response<pb::OrgEndpoint>, Status> {
+        let (p, r) = authed!(self, request, "org.endpoint.add");
+        reply(orgs::add_endpoint(&self.ctx, &p, &r).await)
+    }
+
+    async fn create_principal(
+        &self,
+        request: Request<pb::CreatePrincipalRequest>,
+    ) -> std::result::Result<Response<pb::CreatePrincipalResponse>, Status> {
+        let (p, r) = authed!(self, request, "principal.create");
+        reply(orgs::create_principal(&self.ctx, &p, &r).await)
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> std::result::Result<Response<pb::Principal>, Status> {
+        let (p, r) = authed!(self, request, "principal.whoami");
+        reply(orgs::whoami(&self.ctx, &p, &r).await)
+    }
+
+    async fn get_org_view(
+        &self,
+        request: Request<pb::GetOrgViewRequest>,
+    ) -> std::result::Result<Response<pb::OrgView>, Status> {
+        let (p, r) = authed!(self, request, "org.view");
+        reply(orgs::org_view(&self.ctx, &p, &r).await)
+    }
+}

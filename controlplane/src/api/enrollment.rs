@@ -1,0 +1,79 @@
+//! `EnrollmentService`: join requests and status polls (no client
+//! certificate yet), certificate renewal (mTLS with the current node
+//! certificate).
+
+use crate::context::Context;
+use crate::enrollment;
+use rap_authority::tls::PeerIdentity;
+use rap_proto::pb;
+use rap_proto::pb::enrollment_service_server::{EnrollmentService, EnrollmentServiceServer};
+use tonic::{Request, Response, Status};
+
+/// The `EnrollmentService` of one control plane.
+#[derive(Clone, Debug)]
+pub struct EnrollmentApi {
+    ctx: Context,
+}
+
+impl EnrollmentApi {
+    /// Serves `ctx`.
+    pub fn new(ctx: Context) -> Self {
+        EnrollmentApi { ctx }
+    }
+
+    /// As a tonic service, with the control plane's message limits.
+    pub fn into_service(self) -> EnrollmentServiceServer<Self> {
+        EnrollmentServiceServer::new(self)
+            .max_decoding_message_size(crate::limits::GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(crate::limits::GRPC_MESSAGE_BYTES_MAX)
+    }
+}
+
+/// The identity, certificate serial (lowercase hex of the DER serial
+/// bytes, as the issuer stores it) and public key of the client
+/// certificate, if any.
+pub fn peer_certificate<T>(request: &Request<T>) -> Option<enrollment::PeerCertificate> {
+    let certs = request.peer_certs()?;
+    let der = certs.first()?;
+    let identity = PeerIdentity::from_cert_der(der.as_ref()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(enrollment::PeerCertificate {
+        identity,
+        serial: hex::encode(cert.raw_serial()),
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
+    })
+}
+
+#[tonic::async_trait]
+impl EnrollmentService for EnrollmentApi {
+    async fn submit_join_request(
+        &self,
+        request: Request<pb::SubmitJoinRequestRequest>,
+    ) -> Result<Response<pb::SubmitJoinRequestResponse>, Status> {
+        enrollment::submit(&self.ctx, request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn get_join_status(
+        &self,
+        request: Request<pb::GetJoinStatusRequest>,
+    ) -> Result<Response<pb::GetJoinStatusResponse>, Status> {
+        enrollment::status(&self.ctx, request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let peer = peer_certificate(&request);
+        enrollment::renew(&self.ctx, peer, request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+}

@@ -1,0 +1,5 @@
+//! The control plane's gRPC services.
+
+pub mod admin;
+pub mod agent;
+pub mod enrollment;

@@ -1,0 +1,268 @@
+//! `rap-controlplane`: run the control plane, or prepare it.
+//!
+//! `init` applies the schema, creates the platform CA and prints the first
+//! platform-owner API token (once). `serve` runs the gRPC and HTTP
+//! listeners. `migrate` applies the schema only. `storage-cert` issues a
+//! `rap-configstore` node its mTLS certificate from a cluster's CA.
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use rap_controlplane::keys::{ClusterKeys, PlatformKeys};
+use rap_controlplane::server::{CONFIG_BYTES_MAX, Config, LogFormat};
+use rap_proto::ids::{ClusterId, NodeId};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// RAP control plane: PostgreSQL-backed enrollment, trust and policy.
+#[derive(Parser, Debug)]
+#[command(name = "rap-controlplane", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply the schema, create the platform CA, and print the first
+    /// platform-owner API token (only when there is no owner yet).
+    Init(CommonArgs),
+    /// Run the control plane (gRPC + /metrics, /healthz, /readyz).
+    Serve(ServeArgs),
+    /// Apply pending schema migrations and exit.
+    Migrate(CommonArgs),
+    /// Issue a rap-configstore node its mTLS certificate and key from a
+    /// cluster's CA (files ca.pem, node.pem, node.key in --dir).
+    StorageCert(StorageCertArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct CommonArgs {
+    /// TOML config file; flags and RAP_* environment variables override it.
+    #[arg(long, env = "RAP_CONFIG")]
+    config: Option<PathBuf>,
+    /// PostgreSQL URL.
+    #[arg(long, env = "RAP_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Directory of the platform CA, cluster CAs and signing keys (0600).
+    #[arg(long, env = "RAP_KEYS_DIR")]
+    keys_dir: Option<PathBuf>,
+    /// DNS names or IPs of the control plane's server certificate
+    /// (repeatable; localhost and 127.0.0.1 are always included).
+    #[arg(long = "server-name", env = "RAP_SERVER_NAMES", value_delimiter = ',')]
+    server_names: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// gRPC listen address.
+    #[arg(long, env = "RAP_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// HTTP listen address for /metrics, /healthz, /readyz.
+    #[arg(long, env = "RAP_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// host:port agents dial (written into join commands).
+    #[arg(long, env = "RAP_PUBLIC_ENDPOINT")]
+    public_endpoint: Option<String>,
+    /// Development only: serve gRPC without TLS.
+    #[arg(long, env = "RAP_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
+    /// Development only: dial storage nodes without TLS.
+    #[arg(long, env = "RAP_STORAGE_INSECURE_PLAINTEXT")]
+    storage_insecure_plaintext: bool,
+    /// Log format.
+    #[arg(long, env = "RAP_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Args, Debug)]
+struct StorageCertArgs {
+    /// Directory of the cluster keys (as for serve).
+    #[arg(long, env = "RAP_KEYS_DIR")]
+    keys_dir: PathBuf,
+    /// The cluster (created with `rapctl cluster create`).
+    #[arg(long)]
+    cluster: String,
+    /// The storage node's id.
+    #[arg(long)]
+    node: String,
+    /// Where to write ca.pem, node.pem and node.key.
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init(args) => init(args).await,
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => migrate(args).await,
+        Command::StorageCert(args) => storage_cert(args),
+    }
+}
+
+fn load_config(args: &CommonArgs) -> Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let mut text = String::new();
+            std::fs::File::open(path)
+                .with_context(|| format!("open {}", path.display()))?
+                .take(CONFIG_BYTES_MAX + 1)
+                .read_to_string(&mut text)
+                .with_context(|| format!("read {}", path.display()))?;
+            if text.len() as u64 > CONFIG_BYTES_MAX {
+                bail!("{} is larger than {CONFIG_BYTES_MAX} bytes", path.display());
+            }
+            Config::from_toml(&text).with_context(|| format!("parse {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(v) = &args.database_url {
+        config.database_url = v.clone();
+    }
+    if let Some(v) = &args.keys_dir {
+        config.keys_dir = v.clone();
+    }
+    if !args.server_names.is_empty() {
+        config.server_names = args.server_names.clone();
+    }
+    Ok(config)
+}
+
+fn out(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+async fn init(args: CommonArgs) -> Result<()> {
+    init_logging(LogFormat::Text);
+    let config = load_config(&args)?;
+    config.validate()?;
+    let pool = rap_controlplane::db::connect(&config.database_url, 2).await?;
+    let applied = rap_controlplane::db::migrate(&pool).await?;
+    rap_authority::tls::install_crypto_provider();
+    let platform = PlatformKeys::create_or_load(&config.keys_dir, &config.server_names)?;
+    let ca_path = platform.dir().join("ca.pem");
+    out(&format!("schema: {applied} migration(s) applied"));
+    out(&format!(
+        "platform CA: {} (fingerprint {})",
+        ca_path.display(),
+        platform.ca_fingerprint()
+    ));
+    match rap_controlplane::auth::create_first_owner(&pool).await? {
+        Some(token) => {
+            out("first platform-owner API token (shown once, store it now):");
+            out(&format!("  {token}"));
+            out("save it for rapctl:");
+            out(&format!(
+                "  mkdir -p ~/.config/rap && umask 077 && echo '{token}' > ~/.config/rap/token"
+            ));
+            out(&format!("  export RAP_CA={}", ca_path.display()));
+        }
+        None => out("a platform owner exists already; no token printed (nothing changed)"),
+    }
+    Ok(())
+}
+
+async fn migrate(args: CommonArgs) -> Result<()> {
+    let config = load_config(&args)?;
+    config.validate()?;
+    let pool = rap_controlplane::db::connect(&config.database_url, 2).await?;
+    let applied = rap_controlplane::db::migrate(&pool).await?;
+    out(&format!(
+        "applied {applied} migration(s); schema at version {}",
+        rap_controlplane::db::known_migrations()
+    ));
+    Ok(())
+}
+
+fn storage_cert(args: StorageCertArgs) -> Result<()> {
+    rap_authority::tls::install_crypto_provider();
+    let cluster = ClusterId::new(args.cluster.as_str())?;
+    let node = NodeId::new(args.node.as_str())?;
+    let keys = ClusterKeys::load(&args.keys_dir, &cluster).with_context(|| {
+        format!("load the keys of cluster {cluster} (run `rapctl cluster create {cluster}` first)")
+    })?;
+    let files = keys.issue_storage_node(&args.dir, &node)?;
+    out(&format!(
+        "{}: {} (CA {})",
+        node,
+        files.cert.display(),
+        files.ca.display()
+    ));
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = load_config(&args.common)?;
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.http_listen {
+        config.http_listen = v;
+    }
+    if let Some(v) = &args.public_endpoint {
+        config.public_endpoint = Some(v.clone());
+    }
+    if args.insecure_plaintext {
+        config.insecure_plaintext = true;
+    }
+    if args.storage_insecure_plaintext {
+        config.storage_insecure_plaintext = true;
+    }
+    if let Some(v) = args.log_format {
+        config.log_format = v;
+    }
+    init_logging(config.log_format);
+    rap_controlplane::server::serve(config, async {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
+    .await?;
+    Ok(())
+}

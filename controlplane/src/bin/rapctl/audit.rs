@@ -1,0 +1,261 @@
+//! `rapctl audit list|tail`: the audit log.
+//!
+//! The API's paging is by event id: with `after_event_id = 0` it returns
+//! the newest `page_size` events, otherwise the oldest ones after that id;
+//! either way in ascending id order.
+
+use crate::client::{self, Conn, PAGE_SIZE, Session};
+use crate::errors::clean;
+use crate::output::Format;
+use crate::table::{Table, or_dash, print_list, time};
+use anyhow::Result;
+use rap_proto::pb;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Events `audit tail` shows before it follows.
+pub const TAIL_EVENTS: u32 = 20;
+/// How often `audit tail --follow` asks for new events.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `audit list --limit`.
+const LIST_LIMIT_DEFAULT: u32 = 100;
+/// Largest `audit list --limit` (one page).
+const LIST_LIMIT_MAX: u32 = PAGE_SIZE;
+
+/// `rapctl audit ...`.
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: AuditCommand,
+}
+
+/// Audit commands.
+#[derive(clap::Subcommand, Debug)]
+enum AuditCommand {
+    /// List the newest audit events (or, with --after, the oldest ones
+    /// after an event id), in ascending id order.
+    List {
+        /// Only this cluster's events.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = LIST_LIMIT_DEFAULT,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(LIST_LIMIT_MAX)))]
+        limit: u32,
+        /// List the events after this id, oldest first (for paging: pass
+        /// the last id shown).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Show the last 20 events; with --follow, keep printing new ones every
+    /// second until Ctrl-C. With `-o json`, one JSON object per line.
+    Tail {
+        /// Only this cluster's events.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Keep printing new events until Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+}
+
+fn event_json(e: &pb::AuditEvent) -> Value {
+    json!({
+        "event_id": e.event_id,
+        "cluster_id": e.cluster_id,
+        "actor": e.actor,
+        "action": e.action,
+        "target": e.target,
+        "result": e.result,
+        "reason": e.reason,
+        "fence": e.fence.as_ref().map(|f| json!({
+            "cluster_id": f.cluster_id,
+            "authority_term": f.authority_term,
+            "seq": f.seq,
+            "log_index": f.log_index,
+        })),
+        "at_unix_ms": e.at_unix_ms,
+    })
+}
+
+/// A fence as `term/seq`, `-` without one.
+fn fence_text(e: &pb::AuditEvent) -> String {
+    e.fence.as_ref().map_or_else(
+        || "-".to_string(),
+        |f| format!("{}/{}", f.authority_term, f.seq),
+    )
+}
+
+/// One event as a log line, for `audit tail`.
+fn event_line(e: &pb::AuditEvent) -> String {
+    let reason = if e.reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", e.reason)
+    };
+    clean(&format!(
+        "{} #{} [{}] {} {} {} -> {}{reason}",
+        time(e.at_unix_ms),
+        e.event_id,
+        or_dash(&e.cluster_id),
+        or_dash(&e.actor),
+        or_dash(&e.action),
+        or_dash(&e.target),
+        or_dash(&e.result),
+    ))
+}
+
+/// One page of events after `after`, sorted by id.
+async fn page_after(
+    s: &Session,
+    cluster_id: &str,
+    after: u64,
+    page_size: u32,
+) -> Result<Vec<pb::AuditEvent>, tonic::Status> {
+    let mut events = s
+        .client
+        .clone()
+        .list_audit_events(pb::ListAuditEventsRequest {
+            cluster_id: cluster_id.to_string(),
+            after_event_id: after,
+            page: Some(pb::PageRequest {
+                page_size,
+                page_token: String::new(),
+            }),
+        })
+        .await?
+        .into_inner()
+        .events;
+    events.retain(|e| e.event_id > after);
+    events.sort_by_key(|e| e.event_id);
+    Ok(events)
+}
+
+/// Every event after `after` (paging by event id), handing each page to
+/// `each`; returns the highest id seen (or `after`).
+async fn drain_after(
+    s: &Session,
+    cluster_id: &str,
+    mut after: u64,
+    mut each: impl FnMut(Vec<pb::AuditEvent>),
+) -> Result<u64, tonic::Status> {
+    loop {
+        let events = page_after(s, cluster_id, after, PAGE_SIZE).await?;
+        let Some(last) = events.last().map(|e| e.event_id) else {
+            return Ok(after);
+        };
+        after = last;
+        each(events);
+    }
+}
+
+/// Runs `rapctl audit ...`.
+pub async fn run_audit(args: AuditArgs, format: Format) -> Result<()> {
+    let s = client::connect(&args.conn, "audit").await?;
+    match args.command {
+        AuditCommand::List {
+            cluster,
+            limit,
+            after,
+        } => {
+            let events = page_after(&s, &cluster.unwrap_or_default(), after, limit)
+                .await
+                .map_err(|e| s.fail(e))?;
+            let mut table = Table::new(&[
+                "ID", "TIME", "CLUSTER", "ACTOR", "ACTION", "TARGET", "RESULT", "FENCE", "REASON",
+            ]);
+            for e in &events {
+                table.row(vec![
+                    e.event_id.to_string(),
+                    time(e.at_unix_ms),
+                    or_dash(&e.cluster_id),
+                    or_dash(&e.actor),
+                    or_dash(&e.action),
+                    or_dash(&e.target),
+                    or_dash(&e.result),
+                    fence_text(e),
+                    or_dash(&e.reason),
+                ]);
+            }
+            let json = json!({"events": events.iter().map(event_json).collect::<Vec<_>>()});
+            print_list(format, &table, &json);
+        }
+        AuditCommand::Tail { cluster, follow } => {
+            let cluster_id = cluster.unwrap_or_default();
+            let print = |e: &pb::AuditEvent| match format {
+                Format::Json => crate::outln!("{}", event_json(e)),
+                Format::Table => crate::outln!("{}", event_line(e)),
+            };
+            let last = page_after(&s, &cluster_id, 0, TAIL_EVENTS)
+                .await
+                .map_err(|e| s.fail(e))?;
+            last.iter().for_each(print);
+            let mut cursor = last.last().map_or(0, |e| e.event_id);
+            if !follow {
+                return Ok(());
+            }
+            let ctrl_c = tokio::signal::ctrl_c();
+            tokio::pin!(ctrl_c);
+            let mut warned = false;
+            loop {
+                tokio::select! {
+                    _ = &mut ctrl_c => return Ok(()),
+                    _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+                }
+                let poll = drain_after(&s, &cluster_id, cursor, |page| page.iter().for_each(print));
+                let result = tokio::select! {
+                    _ = &mut ctrl_c => return Ok(()),
+                    result = poll => result,
+                };
+                match result {
+                    Ok(next) => {
+                        cursor = next;
+                        warned = false;
+                    }
+                    // The control plane restarting is not the end of a tail.
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                        ) =>
+                    {
+                        if !warned {
+                            eprintln!("warning: {}; retrying", s.fail(status));
+                            warned = true;
+                        }
+                    }
+                    Err(status) => return Err(s.fail(status)),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lines_are_readable_and_clean() {
+        let event = pb::AuditEvent {
+            event_id: 7,
+            cluster_id: "c1".into(),
+            actor: "owner".into(),
+            action: "join_request.reject".into(),
+            target: "jr-1".into(),
+            result: "ok".into(),
+            reason: "unknown\u{1b}[2Jhost".into(),
+            fence: None,
+            at_unix_ms: 1_000,
+        };
+        assert_eq!(
+            event_line(&event),
+            "1970-01-01T00:00:01Z #7 [c1] owner join_request.reject jr-1 -> ok: \
+             unknown\\u{1b}[2Jhost"
+        );
+        assert_eq!(fence_text(&event), "-");
+    }
+}

@@ -1,0 +1,25 @@
+//! What every control plane service needs: the database, the keys
+//! directory, clients of the authority groups, and how agents reach us.
+
+use crate::fencing::AuthorityClients;
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Shared state of one control plane process.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The source of truth.
+    pub pool: PgPool,
+    /// Where cluster CAs and signing keys live (0600 files, never in
+    /// PostgreSQL).
+    pub keys_dir: PathBuf,
+    /// Clients of the clusters' authority groups.
+    pub authority: AuthorityClients,
+    /// The address agents use to reach this control plane (`host:port`),
+    /// written into join commands.
+    pub public_endpoint: String,
+    /// The TLS listener's certificate registry, when serving TLS: new
+    /// clusters are added to it at once.
+    pub tls: Option<Arc<crate::tls::ControlPlaneTls>>,
+}

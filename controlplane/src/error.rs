@@ -1,0 +1,292 @@
+//! The control plane's error type: every refusal is its own variant with a
+//! stable [`Error::code`], a gRPC mapping and, for `NO_QUORUM`, the reachable
+//! voter count in the `rap.v1.ErrorDetail`.
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a join token was refused. One variant per cause so that tests and
+/// operators can tell them apart; the agent sees the same code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// Not of the form `rapjt.<id>.<secret>`.
+    Malformed,
+    /// No token with that id, or the secret does not match.
+    Unknown,
+    /// Past its `expires_at`.
+    Expired,
+    /// Revoked by an operator.
+    Revoked,
+    /// `used_count` reached `max_uses`.
+    Exhausted,
+    /// Scoped to another cluster than the request names.
+    WrongCluster,
+}
+
+impl TokenRefusal {
+    /// Stable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            TokenRefusal::Malformed => "TOKEN_MALFORMED",
+            TokenRefusal::Unknown => "TOKEN_UNKNOWN",
+            TokenRefusal::Expired => "TOKEN_EXPIRED",
+            TokenRefusal::Revoked => "TOKEN_REVOKED",
+            TokenRefusal::Exhausted => "TOKEN_EXHAUSTED",
+            TokenRefusal::WrongCluster => "TOKEN_WRONG_CLUSTER",
+        }
+    }
+}
+
+impl std::fmt::Display for TokenRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenRefusal::Malformed => "join token is malformed (expected rapjt.<id>.<secret>)",
+            TokenRefusal::Unknown => "join token is not known",
+            TokenRefusal::Expired => "join token has expired",
+            TokenRefusal::Revoked => "join token was revoked",
+            TokenRefusal::Exhausted => "join token has no uses left",
+            TokenRefusal::WrongCluster => "join token belongs to another cluster",
+        })
+    }
+}
+
+/// Everything the control plane can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Malformed or out-of-range input.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Input larger than its named limit.
+    #[error("{what} too large: {got} > limit {limit}")]
+    Oversize {
+        /// What was too large.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+        /// The size seen.
+        got: usize,
+    },
+    /// The named object does not exist (or is not visible to the caller).
+    #[error("{kind} {id:?} not found")]
+    NotFound {
+        /// What kind of object.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The object exists already.
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists {
+        /// What kind of object.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// A join token was refused.
+    #[error("{0}")]
+    Token(TokenRefusal),
+    /// A proof of possession does not verify against the key it names.
+    #[error("proof of possession does not verify: {0}")]
+    BadProof(String),
+    /// A signed request was seen before (same key and nonce), or its
+    /// timestamp is outside the allowed window.
+    #[error("replayed or stale request: {0}")]
+    Replay(String),
+    /// The object is not in the state the operation needs (e.g. approving a
+    /// request that is no longer pending).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A role was asked for without the matching reported capability.
+    #[error("node {node} has not reported capability {capability} needed for role {role}")]
+    MissingCapability {
+        /// The node.
+        node: String,
+        /// The role asked for.
+        role: String,
+        /// The capability it needs.
+        capability: String,
+    },
+    /// The node has no active membership in the cluster.
+    #[error("node {node} has no active membership in cluster {cluster}")]
+    NoMembership {
+        /// The cluster.
+        cluster: String,
+        /// The node.
+        node: String,
+    },
+    /// Moving a group would make the group tree cyclic.
+    #[error("{0}")]
+    GroupCycle(String),
+    /// No, missing or unknown bearer token / client certificate.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller may not do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The cluster's authority group has no quorum: the mutation was refused.
+    #[error(
+        "no quorum: {reachable_voters}/{total_voters} voters reachable; the mutation was refused and nothing changed"
+    )]
+    NoQuorum {
+        /// Voters the answering storage node could reach.
+        reachable_voters: u32,
+        /// Voters in the group.
+        total_voters: u32,
+    },
+    /// The fence is older than one already used, or of another term: a
+    /// newer authority exists. Nothing changed.
+    #[error("stale fence: {0}")]
+    StaleFence(String),
+    /// The cluster has no authority group yet (`rapctl cluster bootstrap`).
+    #[error(
+        "cluster {0} has no authority group yet: run `rapctl cluster bootstrap {0} --voter ...`"
+    )]
+    NotBootstrapped(String),
+    /// The authority group answered with another refusal.
+    #[error("authority group refused: {code}: {message}")]
+    Authority {
+        /// Its stable code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The authority group could not be reached at all.
+    #[error("authority group unreachable: {0}")]
+    AuthorityUnreachable(String),
+    /// Key material on disk is missing or unusable.
+    #[error("keys: {0}")]
+    Keys(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The feature is not built yet; the message says what to use instead.
+    #[error("not implemented: {0}")]
+    NotImplemented(String),
+    /// Too much load right now; retry later.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// Something that should not happen (a bug or corrupt state).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::Oversize { .. } => "OVERSIZE",
+            Error::NotFound { .. } => "NOT_FOUND",
+            Error::AlreadyExists { .. } => "ALREADY_EXISTS",
+            Error::Token(refusal) => refusal.code(),
+            Error::BadProof(_) => "BAD_PROOF",
+            Error::Replay(_) => "REPLAY",
+            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Error::MissingCapability { .. } => "MISSING_CAPABILITY",
+            Error::NoMembership { .. } => "NO_MEMBERSHIP",
+            Error::GroupCycle(_) => "GROUP_CYCLE",
+            Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::PermissionDenied(_) => "PERMISSION_DENIED",
+            Error::NoQuorum { .. } => "NO_QUORUM",
+            Error::StaleFence(_) => "STALE_FENCE",
+            Error::NotBootstrapped(_) => "NOT_BOOTSTRAPPED",
+            Error::Authority { .. } => "AUTHORITY_REFUSED",
+            Error::AuthorityUnreachable(_) => "AUTHORITY_UNREACHABLE",
+            Error::Keys(_) => "KEYS",
+            Error::Database(_) => "DATABASE",
+            Error::Migrate(_) => "MIGRATION",
+            Error::NotImplemented(_) => "NOT_IMPLEMENTED",
+            Error::Overloaded(_) => "OVERLOADED",
+            Error::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The gRPC status code.
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Error::InvalidArgument(_) | Error::Oversize { .. } => Code::InvalidArgument,
+            Error::NotFound { .. } => Code::NotFound,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::Token(_) | Error::BadProof(_) => Code::PermissionDenied,
+            Error::Replay(_) => Code::AlreadyExists,
+            Error::FailedPrecondition(_)
+            | Error::MissingCapability { .. }
+            | Error::NoMembership { .. }
+            | Error::GroupCycle(_)
+            | Error::StaleFence(_)
+            | Error::NotBootstrapped(_)
+            | Error::Authority { .. } => Code::FailedPrecondition,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::NoQuorum { .. } | Error::AuthorityUnreachable(_) | Error::Database(_) => {
+                Code::Unavailable
+            }
+            Error::Keys(_) | Error::Migrate(_) | Error::Internal(_) => Code::Internal,
+            Error::NotImplemented(_) => Code::Unimplemented,
+            Error::Overloaded(_) => Code::ResourceExhausted,
+        }
+    }
+
+    /// Shortcut for [`Error::NotFound`].
+    pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
+        Error::NotFound {
+            kind,
+            id: id.into(),
+        }
+    }
+
+    /// Shortcut for [`Error::InvalidArgument`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::InvalidArgument(message.into())
+    }
+}
+
+impl From<rap_proto::Error> for Error {
+    fn from(error: rap_proto::Error) -> Self {
+        match error {
+            rap_proto::Error::Oversize { what, limit, got } => Error::Oversize { what, limit, got },
+            other => Error::InvalidArgument(other.to_string()),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        use prost::Message;
+        let (reachable_voters, total_voters) = match &error {
+            Error::NoQuorum {
+                reachable_voters,
+                total_voters,
+            } => (*reachable_voters, *total_voters),
+            _ => (0, 0),
+        };
+        // Database and internal failures are logged in full, not sent.
+        let message = match &error {
+            Error::Database(e) => {
+                tracing::error!(error = %e, "database error");
+                "database error (see the control plane log)".to_string()
+            }
+            Error::Internal(e) => {
+                tracing::error!(error = %e, "internal error");
+                error.to_string()
+            }
+            _ => error.to_string(),
+        };
+        let detail = rap_proto::pb::ErrorDetail {
+            code: error.code().to_string(),
+            message: message.clone(),
+            reachable_voters,
+            total_voters,
+            authority_term: 0,
+        };
+        tonic::Status::with_details(
+            error.grpc_code(),
+            format!("{}: {}", error.code(), message),
+            detail.encode_to_vec().into(),
+        )
+    }
+}

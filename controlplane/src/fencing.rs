@@ -1,0 +1,398 @@
+//! Fenced mutations (DESIGN.md §3 "Authority term and fencing").
+//!
+//! A trust or policy mutation runs as:
+//! 1. `BEGIN`; lock the cluster's current authority row
+//!    (`cluster_authority_terms`, `FOR UPDATE`): no row → `NOT_BOOTSTRAPPED`.
+//! 2. Acquire a fence from the cluster's authority group (`AcquireFence`
+//!    on any recorded storage node; followers forward to the leader).
+//!    No quorum → `NO_QUORUM`, the transaction is rolled back, nothing
+//!    changed.
+//! 3. Conditional update of the authority row: same term, higher seq
+//!    (`STALE_FENCE` otherwise).
+//! 4. The caller applies its mutation in the same transaction, then
+//!    [`Fenced::commit`] writes the audit event and commits.
+//!
+//! Holding the row lock while the fence is acquired orders fenced
+//! mutations of one cluster: fences arrive at PostgreSQL in the order the
+//! group granted them, so a later fence never makes an earlier one stale.
+//! The price is that one cluster's trust mutations run one at a time
+//! (a fence is a few milliseconds).
+
+use crate::audit::{self, Action, FenceRef};
+use crate::error::{Error, Result};
+use rap_authority::network::NetworkConfig;
+use rap_authority::service::authority_client;
+use rap_proto::ids::ClusterId;
+use rap_proto::pb;
+use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// How the control plane reaches storage nodes.
+#[derive(Clone, Debug)]
+pub enum StorageTransport {
+    /// mTLS with the control plane's client certificate from each
+    /// cluster's CA (the keys directory).
+    MutualTls {
+        /// The control plane's keys directory.
+        keys_dir: PathBuf,
+    },
+    /// Development only: plaintext.
+    InsecurePlaintext,
+}
+
+/// How long the network settings of a cluster (its mTLS client
+/// certificate) are reused before the keys are loaded again; loading
+/// renews a client certificate that is about to expire.
+pub const NETWORK_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Pause between two rounds over a cluster's storage nodes while no fence
+/// is granted (an election is running, or a lease is being renewed).
+pub const FENCE_ROUND_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Clients of the clusters' authority groups.
+#[derive(Clone, Debug)]
+pub struct AuthorityClients {
+    transport: StorageTransport,
+    networks: Arc<Mutex<HashMap<String, (std::time::Instant, NetworkConfig)>>>,
+}
+
+impl AuthorityClients {
+    /// Clients using `transport`.
+    pub fn new(transport: StorageTransport) -> Self {
+        AuthorityClients {
+            transport,
+            networks: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The network settings towards `cluster_id`'s storage nodes.
+    pub fn network(&self, cluster_id: &str) -> Result<NetworkConfig> {
+        if let Ok(cache) = self.networks.lock()
+            && let Some((loaded, network)) = cache.get(cluster_id)
+            && loaded.elapsed() < NETWORK_CACHE_TTL
+        {
+            return Ok(network.clone());
+        }
+        let network = match &self.transport {
+            StorageTransport::InsecurePlaintext => NetworkConfig::default(),
+            StorageTransport::MutualTls { keys_dir } => {
+                rap_authority::tls::install_crypto_provider();
+                let cluster = ClusterId::new(cluster_id)?;
+                let keys = crate::keys::ClusterKeys::load(keys_dir, &cluster)?;
+                let tls = keys
+                    .controlplane_tls()
+                    .client_config()
+                    .map_err(|e| Error::Keys(format!("mTLS towards {cluster_id}: {e}")))?;
+                NetworkConfig {
+                    tls: Some(tls),
+                    ..NetworkConfig::default()
+                }
+            }
+        };
+        if let Ok(mut cache) = self.networks.lock() {
+            cache.insert(
+                cluster_id.to_string(),
+                (std::time::Instant::now(), network.clone()),
+            );
+        }
+        Ok(network)
+    }
+
+    /// Asks the storage nodes at `addresses`, in order, until one grants a
+    /// fence, within [`crate::limits::FENCE_TIMEOUT`] overall.
+    ///
+    /// * `NO_QUORUM` from a node that reaches fewer than a majority is
+    ///   final at once (a minority refuses fast).
+    /// * `NO_QUORUM` although a majority is reachable (a leader whose
+    ///   quorum lease lapsed under load), `NOT_LEADER` (an election is
+    ///   running) and transport failures move on to the next node; after a
+    ///   round without a grant the round is repeated after
+    ///   [`FENCE_ROUND_PAUSE`] until the deadline.
+    /// * Any other refusal (term mismatch, fenced, wrong cluster) is final.
+    ///
+    /// At the deadline, the best `NO_QUORUM` seen (or `0/n` when no node
+    /// could be reached) is returned.
+    pub async fn acquire_fence(
+        &self,
+        cluster_id: &str,
+        addresses: &[String],
+        expected_term: u64,
+        purpose: &str,
+    ) -> Result<pb::FencingToken> {
+        if addresses.is_empty() {
+            return Err(Error::AuthorityUnreachable(format!(
+                "no storage node of cluster {cluster_id} is recorded"
+            )));
+        }
+        let network = self.network(cluster_id)?;
+        let deadline = tokio::time::Instant::now() + crate::limits::FENCE_TIMEOUT;
+        let mut best_no_quorum: Option<(u32, u32)> = None;
+        let mut last_other = String::new();
+        loop {
+            for address in addresses {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
+                let mut client = match authority_client(&network, address) {
+                    Ok(client) => client,
+                    Err(e) => {
+                        last_other = e.to_string();
+                        continue;
+                    }
+                };
+                let call = client.acquire_fence(pb::AcquireFenceRequest {
+                    cluster_id: cluster_id.to_string(),
+                    purpose: purpose.to_string(),
+                    expected_term,
+                });
+                let status = match tokio::time::timeout(remaining, call).await {
+                    Ok(Ok(response)) => {
+                        return response.into_inner().fence.ok_or_else(|| {
+                            Error::Internal("fence response without a fence".into())
+                        });
+                    }
+                    Ok(Err(status)) => status,
+                    Err(_) => {
+                        last_other = format!("{address}: no answer in time");
+                        continue;
+                    }
+                };
+                match rap_authority::error::error_detail(&status) {
+                    Some(detail) if detail.code == "NO_QUORUM" => {
+                        let seen = (detail.reachable_voters, detail.total_voters);
+                        if seen.0 <= seen.1 / 2 {
+                            // A minority: refuse fast.
+                            return Err(Error::NoQuorum {
+                                reachable_voters: seen.0,
+                                total_voters: seen.1,
+                            });
+                        }
+                        if best_no_quorum.is_none_or(|best| seen.0 > best.0) {
+                            best_no_quorum = Some(seen);
+                        }
+                    }
+                    Some(detail) if detail.code == "NOT_LEADER" => {
+                        last_other = format!("{address}: {}", detail.message);
+                    }
+                    Some(detail) => {
+                        return Err(Error::Authority {
+                            code: detail.code,
+                            message: detail.message,
+                        });
+                    }
+                    None => last_other = format!("{address}: {}", status.message()),
+                }
+            }
+            if tokio::time::Instant::now() + FENCE_ROUND_PAUSE >= deadline {
+                break;
+            }
+            tokio::time::sleep(FENCE_ROUND_PAUSE).await;
+        }
+        let (reachable_voters, total_voters) =
+            best_no_quorum.unwrap_or((0, u32::try_from(addresses.len()).unwrap_or(u32::MAX)));
+        tracing::warn!(cluster_id, reachable_voters, total_voters, last = %last_other, "no fence granted in time");
+        Err(Error::NoQuorum {
+            reachable_voters,
+            total_voters,
+        })
+    }
+}
+
+impl AuthorityClients {
+    /// Publishes signed envelopes to the cluster's group under `fence`
+    /// (all or nothing), asking the storage nodes at `addresses` in order.
+    pub async fn publish(
+        &self,
+        cluster_id: &str,
+        addresses: &[String],
+        fence: pb::FencingToken,
+        envelopes: Vec<Vec<u8>>,
+    ) -> Result<pb::PublishShardsResponse> {
+        let network = self.network(cluster_id)?;
+        let mut last = String::from("no storage node recorded");
+        for address in addresses {
+            let mut client =
+                authority_client(&network, address).map_err(|e| Error::invalid(e.to_string()))?;
+            let call = client.publish_shards(pb::PublishShardsRequest {
+                fence: Some(fence.clone()),
+                envelopes: envelopes.clone(),
+            });
+            match tokio::time::timeout(crate::limits::FENCE_TIMEOUT, call).await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) => match rap_authority::error::error_detail(&status) {
+                    Some(detail) if detail.code == "NOT_LEADER" => last = detail.message,
+                    Some(detail) if detail.code == "NO_QUORUM" => {
+                        return Err(Error::NoQuorum {
+                            reachable_voters: detail.reachable_voters,
+                            total_voters: detail.total_voters,
+                        });
+                    }
+                    Some(detail) => {
+                        return Err(Error::Authority {
+                            code: detail.code,
+                            message: detail.message,
+                        });
+                    }
+                    None => last = format!("{address}: {}", status.message()),
+                },
+                Err(_) => last = format!("{address}: no answer"),
+            }
+        }
+        Err(Error::AuthorityUnreachable(last))
+    }
+}
+
+/// The addresses of a cluster's voters and learners, voters first.
+pub async fn storage_addresses(
+    conn: &mut sqlx::PgConnection,
+    cluster_id: &str,
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT address FROM storage_nodes
+          WHERE cluster_id = $1 AND role IN ('voter', 'learner')
+          ORDER BY role DESC, node_id",
+    )
+    .bind(cluster_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// An open fenced transaction: the fence is checked, the authority row is
+/// updated; the caller adds its mutation, then commits.
+pub struct Fenced {
+    /// The transaction; put the mutation here.
+    pub tx: Transaction<'static, Postgres>,
+    /// The fence this mutation carries.
+    pub fence: FenceRef,
+    action: Action,
+}
+
+impl std::fmt::Debug for Fenced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fenced")
+            .field("fence", &self.fence)
+            .field("action", &self.action)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fenced {
+    /// Begins the fenced transaction for `action` (which names the cluster).
+    pub async fn begin(
+        pool: &PgPool,
+        clients: &AuthorityClients,
+        action: &Action,
+    ) -> Result<Fenced> {
+        let cluster_id = action
+            .cluster_id
+            .clone()
+            .ok_or_else(|| Error::Internal(format!("{} names no cluster", action.action)))?;
+        let mut tx = pool.begin().await?;
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT authority_term, last_seq FROM cluster_authority_terms
+              WHERE cluster_id = $1 AND ended_at IS NULL FOR UPDATE",
+        )
+        .bind(&cluster_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((term, _last_seq)) = row else {
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM clusters WHERE cluster_id = $1)")
+                    .bind(&cluster_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            return Err(if exists {
+                Error::NotBootstrapped(cluster_id)
+            } else {
+                Error::not_found("cluster", cluster_id)
+            });
+        };
+        let addresses = storage_addresses(&mut tx, &cluster_id).await?;
+        let term_u64 = u64::try_from(term).map_err(|_| Error::Internal("negative term".into()))?;
+        let fence = clients
+            .acquire_fence(&cluster_id, &addresses, term_u64, action.action)
+            .await?;
+        if fence.cluster_id != cluster_id {
+            return Err(Error::Internal(format!(
+                "fence for cluster {:?} from {cluster_id}'s group",
+                fence.cluster_id
+            )));
+        }
+        let seq = i64::try_from(fence.seq).map_err(|_| Error::StaleFence("seq overflow".into()))?;
+        let fence_term = i64::try_from(fence.authority_term)
+            .map_err(|_| Error::StaleFence("term overflow".into()))?;
+        let updated = sqlx::query(
+            "UPDATE cluster_authority_terms SET last_seq = $3
+              WHERE cluster_id = $1 AND authority_term = $2 AND ended_at IS NULL AND last_seq < $3",
+        )
+        .bind(&cluster_id)
+        .bind(fence_term)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated != 1 {
+            let current: Option<(i64, i64)> = sqlx::query_as(
+                "SELECT authority_term, last_seq FROM cluster_authority_terms
+                  WHERE cluster_id = $1 AND ended_at IS NULL",
+            )
+            .bind(&cluster_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return Err(Error::StaleFence(match current {
+                Some((t, _)) if t != fence_term => {
+                    format!("fence of authority term {fence_term}, but term {t} is current")
+                }
+                Some((_, last)) => {
+                    format!("fence seq {seq} is not newer than {last}, already used")
+                }
+                None => "no current authority term".to_string(),
+            }));
+        }
+        tracing::debug!(cluster_id = %cluster_id, term = fence.authority_term, seq = fence.seq, action = action.action, "fence checked");
+        Ok(Fenced {
+            tx,
+            fence: FenceRef {
+                term: fence.authority_term,
+                seq: fence.seq,
+                log_index: fence.log_index,
+            },
+            action: action.clone(),
+        })
+    }
+
+    /// Writes the audit event (with the fence) and commits.
+    pub async fn commit(mut self, details: serde_json::Value) -> Result<FenceRef> {
+        audit::record_ok(&mut self.tx, &self.action, Some(self.fence), details).await?;
+        self.tx.commit().await?;
+        Ok(self.fence)
+    }
+}
+
+/// Runs a fenced mutation: `begin`, then `apply` inside the transaction,
+/// then `commit`; any error is audited as a refusal and nothing changes.
+pub async fn run<T, F>(
+    pool: &PgPool,
+    clients: &AuthorityClients,
+    action: Action,
+    apply: F,
+) -> Result<T>
+where
+    F: for<'t> FnOnce(
+        &'t mut Transaction<'static, Postgres>,
+        FenceRef,
+    ) -> futures::future::BoxFuture<'t, Result<(T, serde_json::Value)>>,
+{
+    let result = async {
+        let mut fenced = Fenced::begin(pool, clients, &action).await?;
+        let fence = fenced.fence;
+        let (value, details) = apply(&mut fenced.tx, fence).await?;
+        fenced.commit(details).await?;
+        Ok(value)
+    }
+    .await;
+    audit::audited(pool, &action, result).await
+}

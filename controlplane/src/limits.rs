@@ -1,0 +1,70 @@
+//! Every size and count the control plane accepts, as named constants.
+
+use std::time::Duration;
+
+/// Longest free-text field (names, reasons, hostnames).
+pub const TEXT_BYTES_MAX: usize = 200;
+/// Longest reason an operator may give for a review or a revocation.
+pub const REASON_BYTES_MAX: usize = 1024;
+/// Most capabilities one node may report.
+pub const CAPABILITIES_MAX: usize = 64;
+/// Longest capability detail.
+pub const CAPABILITY_DETAIL_BYTES_MAX: usize = 256;
+/// Most roles one join request may ask for.
+pub const REQUESTED_ROLES_MAX: usize = 16;
+/// Most free-form fact labels in one join request.
+pub const FACT_LABELS_MAX: usize = 32;
+/// Longest fact label key or value.
+pub const FACT_LABEL_BYTES_MAX: usize = 256;
+/// Largest encoded `NodeFacts` (all of it, labels included).
+pub const FACTS_BYTES_MAX: usize = 8 * 1024;
+/// Most services one heartbeat may report.
+pub const HEARTBEAT_SERVICES_MAX: usize = 64;
+/// Most accepted-version entries one heartbeat may report.
+pub const HEARTBEAT_VERSIONS_MAX: usize = 256;
+/// Largest gRPC message the control plane decodes.
+pub const GRPC_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Join token secret length in bytes (256 bits; the issue asks ≥ 128).
+pub const JOIN_TOKEN_SECRET_BYTES: usize = 32;
+/// Longest join token TTL an operator may ask for.
+pub const JOIN_TOKEN_TTL_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default join token TTL.
+pub const JOIN_TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(3600);
+/// Largest `max_uses` of one join token (the schema checks the same).
+pub const JOIN_TOKEN_USES_MAX: u32 = 1000;
+/// Proof-of-possession nonce length bounds (the schema checks the same).
+pub const PROOF_NONCE_BYTES_MIN: usize = 16;
+/// See [`PROOF_NONCE_BYTES_MIN`].
+pub const PROOF_NONCE_BYTES_MAX: usize = 64;
+/// How far a proof's timestamp may be from the server clock.
+pub const PROOF_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// API token secret length in bytes.
+pub const API_TOKEN_SECRET_BYTES: usize = 32;
+
+/// Largest page a list call returns.
+pub const PAGE_SIZE_MAX: u32 = 500;
+/// Page size when the caller gives none.
+pub const PAGE_SIZE_DEFAULT: u32 = 100;
+
+/// Database connections of one control plane process.
+pub const DB_POOL_CONNECTIONS: u32 = 16;
+/// How long a fenced mutation waits for its fence before refusing.
+pub const FENCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most heartbeats written in one batch (one statement per table).
+pub const HEARTBEAT_BATCH_MAX: usize = 2000;
+/// Longest a heartbeat waits in the batcher before it is written.
+pub const HEARTBEAT_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// Heartbeats queued at most; beyond it the agent is told to retry.
+pub const HEARTBEAT_QUEUE_MAX: usize = 50_000;
+/// Interval the control plane asks agents to heartbeat at.
+pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
+/// How long the heartbeat log keeps entries.
+pub const HEARTBEAT_RETENTION_DEFAULT: Duration = Duration::from_secs(24 * 3600);
+
+const _: () = assert!(JOIN_TOKEN_SECRET_BYTES * 8 >= 128);
+const _: () = assert!(PROOF_NONCE_BYTES_MIN <= PROOF_NONCE_BYTES_MAX);
+const _: () = assert!(PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX);
+const _: () = assert!(HEARTBEAT_BATCH_MAX <= HEARTBEAT_QUEUE_MAX);

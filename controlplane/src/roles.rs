@@ -1,0 +1,454 @@
+//! Role assignments: the explicit authorization of a node for a role in a
+//! cluster, optionally restricted to one organization (seed "Roles and
+//! capabilities", DESIGN.md §3).
+//!
+//! Capabilities are never permissions. A node *reports* what it can do
+//! (`can_run_rdp_worker`, ...); that alone grants nothing. A platform
+//! principal *assigns* a role, and the assignment is refused unless the
+//! node has reported the capability the role needs ([`required_capability`])
+//! and holds an active membership in the cluster. Assigning and removing
+//! are fenced mutations (`role.assign`, `role.remove`): every check runs
+//! inside the fenced transaction, so the checks and the write see the same
+//! state, and the row records the fence it was written with.
+
+use crate::audit::{self, Action, FenceRef};
+use crate::auth::Principal;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::fencing;
+use crate::page::Page;
+use rap_proto::ids::{ClusterId, NodeId, OrgId, RoleName};
+use rap_proto::pb;
+
+/// Audit action of an assignment.
+pub const ACTION_ASSIGN: &str = "role.assign";
+/// Audit action of a removal.
+pub const ACTION_REMOVE: &str = "role.remove";
+/// Audit action of a (refused) list call.
+pub const ACTION_LIST: &str = "role.list";
+
+/// Every known role and the capability a node must have reported before
+/// it may be assigned that role.
+pub const ROLE_CAPABILITIES: &[(&str, &str)] = &[
+    ("entry-node", "can_accept_client_ingress"),
+    ("relay-node", "can_route_mesh"),
+    ("rdp-worker", "can_run_rdp_worker"),
+    ("vnc-worker", "can_run_vnc_worker"),
+    ("vpn-exit", "can_run_vpn_exit"),
+    ("vpn-connector", "can_run_vpn_connector"),
+    ("file-storage-cache", "can_run_file_cache"),
+    ("update-cache", "can_run_update_cache"),
+    ("video-relay", "can_run_video_relay"),
+];
+
+/// The capability `role` needs, or `None` for an unknown role.
+pub fn required_capability(role: &str) -> Option<&'static str> {
+    ROLE_CAPABILITIES
+        .iter()
+        .find(|(name, _)| *name == role)
+        .map(|(_, capability)| *capability)
+}
+
+/// The names of every known role, comma-separated (for messages).
+pub fn known_roles() -> String {
+    ROLE_CAPABILITIES
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Parses `role` and checks that it is a known role; returns it with the
+/// capability it needs.
+pub fn known_role(role: &str) -> Result<(RoleName, &'static str)> {
+    let name = RoleName::new(role)?;
+    let capability = required_capability(name.as_str()).ok_or_else(|| {
+        Error::invalid(format!(
+            "unknown role {:?}; known roles: {}",
+            name.as_str(),
+            known_roles()
+        ))
+    })?;
+    Ok((name, capability))
+}
+
+/// Fails with `NO_MEMBERSHIP` unless `node_id` has an active membership in
+/// `cluster_id`. The membership row is share-locked until the transaction
+/// ends, so it cannot change under the caller's mutation.
+pub async fn require_membership(
+    conn: &mut sqlx::PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+) -> Result<()> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT membership_id FROM cluster_memberships
+          WHERE cluster_id = $1 AND node_id = $2 AND membership_status = 'active'
+          FOR SHARE",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .fetch_optional(conn)
+    .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(Error::NoMembership {
+            cluster: cluster_id.to_string(),
+            node: node_id.to_string(),
+        }),
+    }
+}
+
+/// A validated assign/remove request.
+#[derive(Clone, Debug)]
+struct Target {
+    cluster_id: String,
+    node_id: String,
+    role: String,
+    /// Empty when not restricted to an organization.
+    org_id: String,
+}
+
+impl Target {
+    /// How the assignment appears in audit events and messages
+    /// (`node/role` or `node/role@org`; the audit cuts long input).
+    fn describe(node_id: &str, role: &str, org_id: &str) -> String {
+        if org_id.is_empty() {
+            format!("{node_id}/{role}")
+        } else {
+            format!("{node_id}/{role}@{org_id}")
+        }
+    }
+
+    fn label(&self) -> String {
+        Target::describe(&self.node_id, &self.role, &self.org_id)
+    }
+
+    fn org(&self) -> Option<&str> {
+        Some(self.org_id.as_str()).filter(|o| !o.is_empty())
+    }
+
+    fn to_pb(&self, status: &str, assigned_by: String) -> pb::RoleAssignment {
+        pb::RoleAssignment {
+            cluster_id: self.cluster_id.clone(),
+            node_id: self.node_id.clone(),
+            role: self.role.clone(),
+            org_id: self.org_id.clone(),
+            status: status.to_string(),
+            assigned_by,
+        }
+    }
+}
+
+/// The cheap part of a request's checks: id grammar (the caller checked
+/// authorization first, so an org-admin learns nothing from the ids).
+fn validate(cluster_id: &str, node_id: &str, role: RoleName, org_id: &str) -> Result<Target> {
+    let cluster = ClusterId::new(cluster_id)?;
+    let node = NodeId::new(node_id)?;
+    let org = if org_id.is_empty() {
+        String::new()
+    } else {
+        OrgId::new(org_id)?.as_str().to_string()
+    };
+    Ok(Target {
+        cluster_id: cluster.as_str().to_string(),
+        node_id: node.as_str().to_string(),
+        role: role.as_str().to_string(),
+        org_id: org,
+    })
+}
+
+fn action(principal: &Principal, name: &'static str, cluster_id: &str, target: String) -> Action {
+    let cluster = ClusterId::new(cluster_id).ok();
+    Action::new(
+        principal.actor(),
+        name,
+        cluster.as_ref().map(ClusterId::as_str),
+        target,
+    )
+}
+
+fn fence_columns(fence: FenceRef) -> Result<(i64, i64)> {
+    let term = i64::try_from(fence.term).map_err(|_| Error::StaleFence("term overflow".into()))?;
+    let seq = i64::try_from(fence.seq).map_err(|_| Error::StaleFence("seq overflow".into()))?;
+    Ok((term, seq))
+}
+
+fn is_unique_violation(error: &sqlx::Error, index: &str) -> bool {
+    matches!(error, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("23505") && db.constraint() == Some(index))
+}
+
+/// Assigns a role to a node (fenced, `role.assign`). Platform principals
+/// only. Refused with `NO_MEMBERSHIP` unless the node is an active member
+/// of the cluster, `MISSING_CAPABILITY` unless it reported the role's
+/// capability, `NOT_FOUND` for an unknown organization, `ALREADY_EXISTS`
+/// when the same assignment is active already.
+pub async fn assign(
+    ctx: &Context,
+    principal: &Principal,
+    request: &pb::AssignRoleRequest,
+) -> Result<pb::RoleAssignment> {
+    let label = Target::describe(&request.node_id, &request.role, &request.org_id);
+    let action = action(principal, ACTION_ASSIGN, &request.cluster_id, label);
+    let checked = principal.require_platform().and_then(|()| {
+        let (role, capability) = known_role(&request.role)?;
+        let target = validate(&request.cluster_id, &request.node_id, role, &request.org_id)?;
+        Ok((target, capability))
+    });
+    let (target, capability) = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            audit::record_refusal(&ctx.pool, &action, &e).await;
+            return Err(e);
+        }
+    };
+    let assigned_by = principal.actor();
+    fencing::run(&ctx.pool, &ctx.authority, action, move |tx, fence| {
+        Box::pin(async move {
+            require_membership(tx, &target.cluster_id, &target.node_id).await?;
+            let reported: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM node_capabilities
+                                 WHERE cluster_id = $1 AND node_id = $2 AND capability = $3)",
+            )
+            .bind(&target.cluster_id)
+            .bind(&target.node_id)
+            .bind(capability)
+            .fetch_one(&mut **tx)
+            .await?;
+            if !reported {
+                return Err(Error::MissingCapability {
+                    node: target.node_id.clone(),
+                    role: target.role.clone(),
+                    capability: capability.to_string(),
+                });
+            }
+            if let Some(org) = target.org() {
+                let status: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM organizations WHERE org_id = $1")
+                        .bind(org)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                match status.as_deref() {
+                    None => return Err(Error::not_found("organization", org)),
+                    Some("active") => {}
+                    Some(other) => {
+                        return Err(Error::FailedPrecondition(format!(
+                            "organization {org} is {other}; roles are assigned for active organizations only"
+                        )));
+                    }
+                }
+            }
+            let active: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM node_role_assignments
+                                 WHERE cluster_id = $1 AND node_id = $2 AND role = $3
+                                   AND coalesce(organization_id, '') = $4 AND status = 'active')",
+            )
+            .bind(&target.cluster_id)
+            .bind(&target.node_id)
+            .bind(&target.role)
+            .bind(&target.org_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            if active {
+                return Err(Error::AlreadyExists {
+                    kind: "role assignment",
+                    id: target.label(),
+                });
+            }
+            let (term, seq) = fence_columns(fence)?;
+            let inserted = sqlx::query(
+                "INSERT INTO node_role_assignments
+                     (cluster_id, node_id, role, organization_id, assigned_by, fence_term, fence_seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&target.cluster_id)
+            .bind(&target.node_id)
+            .bind(&target.role)
+            .bind(target.org())
+            .bind(&assigned_by)
+            .bind(term)
+            .bind(seq)
+            .execute(&mut **tx)
+            .await;
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e, "node_role_assignments_one_active") => {
+                    return Err(Error::AlreadyExists {
+                        kind: "role assignment",
+                        id: target.label(),
+                    });
+                }
+                Err(e) => {
+                    return Err(crate::auth::foreign_key_to_not_found(
+                        e,
+                        "organization",
+                        &target.org_id,
+                    ));
+                }
+            }
+            tracing::info!(cluster_id = %target.cluster_id, node_id = %target.node_id, role = %target.role, org_id = %target.org_id, term, seq, "role assigned");
+            let details = serde_json::json!({
+                "node_id": target.node_id,
+                "role": target.role,
+                "org_id": target.org_id,
+                "capability": capability,
+            });
+            Ok((target.to_pb("active", assigned_by), details))
+        })
+    })
+    .await
+}
+
+/// Removes an active role assignment (fenced, `role.remove`). Platform
+/// principals only; `NOT_FOUND` when no such assignment is active. The
+/// row keeps its history (`status = 'removed'`, who and when) and records
+/// the fence of the removal. The role need not be a known one, so that
+/// assignments of a retired role can still be removed.
+pub async fn remove(
+    ctx: &Context,
+    principal: &Principal,
+    request: &pb::RemoveRoleRequest,
+) -> Result<pb::RoleAssignment> {
+    let label = Target::describe(&request.node_id, &request.role, &request.org_id);
+    let action = action(principal, ACTION_REMOVE, &request.cluster_id, label);
+    let checked = principal.require_platform().and_then(|()| {
+        let role = RoleName::new(request.role.as_str())?;
+        validate(&request.cluster_id, &request.node_id, role, &request.org_id)
+    });
+    let target = match checked {
+        Ok(target) => target,
+        Err(e) => {
+            audit::record_refusal(&ctx.pool, &action, &e).await;
+            return Err(e);
+        }
+    };
+    let removed_by = principal.actor();
+    fencing::run(&ctx.pool, &ctx.authority, action, move |tx, fence| {
+        Box::pin(async move {
+            let (term, seq) = fence_columns(fence)?;
+            let assigned_by: Option<String> = sqlx::query_scalar(
+                "UPDATE node_role_assignments
+                    SET status = 'removed', removed_by = $5, removed_at = now(),
+                        fence_term = $6, fence_seq = $7
+                  WHERE cluster_id = $1 AND node_id = $2 AND role = $3
+                    AND coalesce(organization_id, '') = $4 AND status = 'active'
+                  RETURNING assigned_by",
+            )
+            .bind(&target.cluster_id)
+            .bind(&target.node_id)
+            .bind(&target.role)
+            .bind(&target.org_id)
+            .bind(&removed_by)
+            .bind(term)
+            .bind(seq)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(assigned_by) = assigned_by else {
+                return Err(Error::not_found("active role assignment", target.label()));
+            };
+            tracing::info!(cluster_id = %target.cluster_id, node_id = %target.node_id, role = %target.role, org_id = %target.org_id, term, seq, "role removed");
+            let details = serde_json::json!({
+                "node_id": target.node_id,
+                "role": target.role,
+                "org_id": target.org_id,
+            });
+            Ok((target.to_pb("removed", assigned_by), details))
+        })
+    })
+    .await
+}
+
+/// Lists the active role assignments (platform principals only; a refusal
+/// is audited as `role.list`). `cluster_id` and `node_id` filter when set.
+/// Pages are ordered by assignment; the page token is opaque.
+pub async fn list(
+    ctx: &Context,
+    principal: &Principal,
+    request: &pb::ListRolesRequest,
+) -> Result<pb::ListRolesResponse> {
+    let target = if request.node_id.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "node:{}",
+            audit::cut(&request.node_id, audit::AUDIT_TARGET_BYTES_MAX / 2)
+        )
+    };
+    let action = action(principal, ACTION_LIST, &request.cluster_id, target);
+    let result = async {
+        principal.require_platform()?;
+        if !request.cluster_id.is_empty() {
+            ClusterId::new(request.cluster_id.as_str())?;
+        }
+        if !request.node_id.is_empty() {
+            NodeId::new(request.node_id.as_str())?;
+        }
+        let page = Page::from_pb(request.page.as_ref());
+        let after: i64 = if page.after.is_empty() {
+            0
+        } else {
+            page.after
+                .parse()
+                .map_err(|_| Error::invalid("page token is not one this server issued"))?
+        };
+        type Row = (i64, String, String, String, String, String, String);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT assignment_id, cluster_id, node_id, role, coalesce(organization_id, ''),
+                    status, assigned_by
+               FROM node_role_assignments
+              WHERE status = 'active' AND ($1 = '' OR cluster_id = $1) AND ($2 = '' OR node_id = $2)
+                AND assignment_id > $3
+              ORDER BY assignment_id LIMIT $4",
+        )
+        .bind(&request.cluster_id)
+        .bind(&request.node_id)
+        .bind(after)
+        .bind(page.limit())
+        .fetch_all(&ctx.pool)
+        .await?;
+        let mut rows = rows;
+        let next_page_token = page.finish(&mut rows, |row| row.0.to_string());
+        let assignments = rows
+            .into_iter()
+            .map(
+                |(_, cluster_id, node_id, role, org_id, status, assigned_by)| pb::RoleAssignment {
+                    cluster_id,
+                    node_id,
+                    role,
+                    org_id,
+                    status,
+                    assigned_by,
+                },
+            )
+            .collect();
+        Ok(pb::ListRolesResponse {
+            assignments,
+            next_page_token,
+        })
+    }
+    .await;
+    audit::audited(&ctx.pool, &action, result).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_has_a_capability_and_unknown_roles_have_none() {
+        for (role, capability) in ROLE_CAPABILITIES {
+            assert_eq!(required_capability(role), Some(*capability));
+            assert!(RoleName::new(*role).is_ok(), "{role} is a valid id");
+        }
+        assert_eq!(required_capability("root"), None);
+        assert_eq!(required_capability(""), None);
+    }
+
+    #[test]
+    fn an_unknown_role_is_refused_with_the_known_ones_listed() {
+        let error = known_role("superuser").unwrap_err();
+        assert_eq!(error.code(), "INVALID_ARGUMENT");
+        assert!(error.to_string().contains("entry-node"), "{error}");
+        assert!(error.to_string().contains("video-relay"), "{error}");
+    }
+}

@@ -1,0 +1,213 @@
+//! Service workloads: what the control plane wants each node to run
+//! (`desired_state`) next to what the node's agent reports
+//! (`reported_state`, written by heartbeats).
+//!
+//! Changing a desired state is a fenced mutation (`service.desired-state`):
+//! it is refused with `NO_QUORUM` when the cluster's authority group has no
+//! quorum, and nothing changes. `version` counts the changes of the
+//! desired state (it starts at 1 and is bumped only when the state really
+//! changes), so an agent can tell a new instruction from a repeated one.
+
+use crate::audit::{self, Action};
+use crate::auth::Principal;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::fencing;
+use crate::limits::HEARTBEAT_SERVICES_MAX;
+use crate::page::Page;
+use crate::roles::require_membership;
+use rap_proto::ids::{ClusterId, NodeId, validate_id};
+use rap_proto::pb;
+
+/// Audit action of a desired-state change.
+pub const ACTION_SET_DESIRED_STATE: &str = "service.desired-state";
+/// Audit action of a (refused) list call.
+pub const ACTION_LIST: &str = "service.list";
+/// The desired states there are.
+pub const DESIRED_STATES: &[&str] = &["enabled", "disabled"];
+/// Most service instances one node may have (as many as a heartbeat may
+/// report on).
+pub const SERVICES_PER_NODE_MAX: usize = HEARTBEAT_SERVICES_MAX;
+/// Separates node and service in a page token.
+const PAGE_TOKEN_SEPARATOR: char = '/';
+
+fn action(principal: &Principal, name: &'static str, cluster_id: &str, target: String) -> Action {
+    let cluster = ClusterId::new(cluster_id).ok();
+    Action::new(
+        principal.actor(),
+        name,
+        cluster.as_ref().map(ClusterId::as_str),
+        target,
+    )
+}
+
+type InstanceRow = (String, String, String, String, String, i64);
+
+fn instance_pb(row: InstanceRow) -> pb::ServiceInstance {
+    let (cluster_id, node_id, service, desired_state, reported_state, version) = row;
+    pb::ServiceInstance {
+        cluster_id,
+        node_id,
+        service,
+        desired_state,
+        reported_state,
+        version: u64::try_from(version).unwrap_or(0),
+    }
+}
+
+/// Sets the desired state (`enabled` or `disabled`) of a service on a node
+/// (fenced, `service.desired-state`; platform principals only). The node
+/// needs an active membership in the cluster (`NO_MEMBERSHIP`). The
+/// instance is created on first use; `version` is bumped on a change.
+pub async fn set_desired_state(
+    ctx: &Context,
+    principal: &Principal,
+    request: &pb::SetServiceDesiredStateRequest,
+) -> Result<pb::ServiceInstance> {
+    let action = action(
+        principal,
+        ACTION_SET_DESIRED_STATE,
+        &request.cluster_id,
+        format!("{}/{}", request.node_id, request.service),
+    );
+    let precheck = (|| {
+        principal.require_platform()?;
+        let cluster = ClusterId::new(request.cluster_id.as_str())?;
+        let node = NodeId::new(request.node_id.as_str())?;
+        validate_id("service name", &request.service)?;
+        if !DESIRED_STATES.contains(&request.desired_state.as_str()) {
+            return Err(Error::invalid(format!(
+                "desired state {:?} is not one of {}",
+                audit::cut(&request.desired_state, 40),
+                DESIRED_STATES.join(", ")
+            )));
+        }
+        Ok((cluster, node))
+    })();
+    let (cluster, node) = match precheck {
+        Ok(checked) => checked,
+        Err(e) => {
+            audit::record_refusal(&ctx.pool, &action, &e).await;
+            return Err(e);
+        }
+    };
+    let service = request.service.clone();
+    let desired = request.desired_state.clone();
+    fencing::run(&ctx.pool, &ctx.authority, action, move |tx, _fence| {
+        Box::pin(async move {
+            let cluster_id = cluster.as_str();
+            let node_id = node.as_str();
+            require_membership(tx, cluster_id, node_id).await?;
+            let previous: Option<String> = sqlx::query_scalar(
+                "SELECT desired_state FROM node_service_instances
+                  WHERE cluster_id = $1 AND node_id = $2 AND service = $3 FOR UPDATE",
+            )
+            .bind(cluster_id)
+            .bind(node_id)
+            .bind(&service)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if previous.is_none() {
+                let count: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM node_service_instances WHERE cluster_id = $1 AND node_id = $2",
+                )
+                .bind(cluster_id)
+                .bind(node_id)
+                .fetch_one(&mut **tx)
+                .await?;
+                let count = usize::try_from(count).unwrap_or(usize::MAX);
+                if count >= SERVICES_PER_NODE_MAX {
+                    return Err(Error::Oversize {
+                        what: "services of one node",
+                        limit: SERVICES_PER_NODE_MAX,
+                        got: count.saturating_add(1),
+                    });
+                }
+            }
+            let row: InstanceRow = sqlx::query_as(
+                "INSERT INTO node_service_instances (cluster_id, node_id, service, desired_state)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (cluster_id, node_id, service) DO UPDATE
+                   SET desired_state = EXCLUDED.desired_state,
+                       version = node_service_instances.version
+                                 + CASE WHEN node_service_instances.desired_state = EXCLUDED.desired_state
+                                        THEN 0 ELSE 1 END,
+                       updated_at = now()
+                 RETURNING cluster_id, node_id, service, desired_state, reported_state, version",
+            )
+            .bind(cluster_id)
+            .bind(node_id)
+            .bind(&service)
+            .bind(&desired)
+            .fetch_one(&mut **tx)
+            .await?;
+            let instance = instance_pb(row);
+            tracing::info!(cluster_id, node_id, service = %service, desired = %desired, version = instance.version, "service desired state set");
+            let details = serde_json::json!({
+                "node_id": node_id,
+                "service": service,
+                "from": previous,
+                "to": desired,
+                "version": instance.version,
+            });
+            Ok((instance, details))
+        })
+    })
+    .await
+}
+
+/// Lists a cluster's service instances, optionally of one node, ordered by
+/// node and service (platform principals only; a refusal is audited as
+/// `service.list`).
+pub async fn list(
+    ctx: &Context,
+    principal: &Principal,
+    request: &pb::ListServicesRequest,
+) -> Result<pb::ListServicesResponse> {
+    let target = if request.node_id.is_empty() {
+        String::new()
+    } else {
+        format!("node:{}", request.node_id)
+    };
+    let action = action(principal, ACTION_LIST, &request.cluster_id, target);
+    let result = async {
+        principal.require_platform()?;
+        let cluster = ClusterId::new(request.cluster_id.as_str())?;
+        if !request.node_id.is_empty() {
+            NodeId::new(request.node_id.as_str())?;
+        }
+        let page = Page::from_pb(request.page.as_ref());
+        let (after_node, after_service) = if page.after.is_empty() {
+            (String::new(), String::new())
+        } else {
+            page.after
+                .split_once(PAGE_TOKEN_SEPARATOR)
+                .map(|(n, s)| (n.to_string(), s.to_string()))
+                .ok_or_else(|| Error::invalid("page token is not one this server issued"))?
+        };
+        let rows: Vec<InstanceRow> = sqlx::query_as(
+            "SELECT cluster_id, node_id, service, desired_state, reported_state, version
+               FROM node_service_instances
+              WHERE cluster_id = $1 AND ($2 = '' OR node_id = $2)
+                AND (node_id, service) > ($3, $4)
+              ORDER BY node_id, service LIMIT $5",
+        )
+        .bind(cluster.as_str())
+        .bind(&request.node_id)
+        .bind(&after_node)
+        .bind(&after_service)
+        .bind(page.limit())
+        .fetch_all(&ctx.pool)
+        .await?;
+        let mut services: Vec<pb::ServiceInstance> = rows.into_iter().map(instance_pb).collect();
+        let next_page_token = page.finish(&mut services, |s| {
+            format!("{}{PAGE_TOKEN_SEPARATOR}{}", s.node_id, s.service)
+        });
+        Ok(pb::ListServicesResponse {
+            services,
+            next_page_token,
+        })
+    }
+    .await;
+    audit::audited(&ctx.pool, &action, result).await
+}

@@ -1,0 +1,426 @@
+//! The test platform: a fresh PostgreSQL database (rap-pgtest, migrated),
+//! a keys directory, one cluster whose authority group is three real
+//! in-process `rap-configstore` nodes over mTLS (certificates from the
+//! cluster's CA), bootstrapped through the control plane.
+
+use ed25519_dalek::{Signer, SigningKey};
+use rap_controlplane::auth::{self, Kind, Principal};
+use rap_controlplane::context::Context;
+use rap_controlplane::fencing::{AuthorityClients, StorageTransport};
+use rap_controlplane::keys::ClusterKeys;
+use rap_controlplane::{clusters, enrollment, tokens};
+use rap_proto::ids::{ClusterId, NodeId};
+use rap_proto::pb;
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Voters of the test cluster.
+pub const VOTERS: usize = 3;
+
+static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// A loopback address nothing listens on, not handed out before in this
+/// process.
+pub fn free_addr() -> SocketAddr {
+    let mut guard = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let used = guard.get_or_insert_with(HashSet::new);
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        if used.insert(addr.port()) {
+            return addr;
+        }
+    }
+}
+
+struct StorageNode {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// One test platform (see the module docs).
+pub struct Platform {
+    /// The control plane's shared state.
+    pub ctx: Context,
+    /// The first platform owner.
+    pub owner: Principal,
+    /// The bootstrapped cluster.
+    pub cluster: String,
+    /// The owner's raw API token.
+    pub owner_token: String,
+    /// The database (kept alive).
+    pub db: rap_pgtest::TestDatabase,
+    /// The keys directory and the storage nodes' data.
+    pub dir: tempfile::TempDir,
+    nodes: Mutex<Vec<StorageNode>>,
+}
+
+/// A node agent's key, as `rap-node-agent` would hold it.
+pub struct AgentKey {
+    /// The private key (never leaves the "node").
+    pub key: SigningKey,
+}
+
+impl AgentKey {
+    /// A fresh random key.
+    pub fn generate() -> AgentKey {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).unwrap();
+        AgentKey {
+            key: SigningKey::from_bytes(&secret),
+        }
+    }
+
+    /// Its public key.
+    pub fn public(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// A fresh nonce.
+    pub fn nonce() -> Vec<u8> {
+        let mut nonce = vec![0u8; 16];
+        getrandom::fill(&mut nonce).unwrap();
+        nonce
+    }
+
+    /// A signed join request for `cluster` with `token`.
+    pub fn join_request(
+        &self,
+        cluster: &str,
+        token: &str,
+        capabilities: &[&str],
+    ) -> pb::SubmitJoinRequestRequest {
+        let now = rap_proto::time::UnixMillis::now().0;
+        let nonce = Self::nonce();
+        let proof = self.sign(enrollment::PURPOSE_JOIN, cluster, now, &nonce);
+        pb::SubmitJoinRequestRequest {
+            token: token.to_string(),
+            cluster_id: cluster.to_string(),
+            node_public_key: self.public().to_vec(),
+            facts: Some(pb::NodeFacts {
+                hostname: "host-a".into(),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                agent_version: "0.1.0".into(),
+                ..Default::default()
+            }),
+            capabilities: capabilities
+                .iter()
+                .map(|c| pb::Capability {
+                    name: c.to_string(),
+                    detail: String::new(),
+                })
+                .collect(),
+            requested_roles: vec![],
+            timestamp_unix_ms: now,
+            nonce,
+            proof,
+        }
+    }
+
+    /// A signed status poll.
+    pub fn status_request(&self, cluster: &str, join_request_id: &str) -> pb::GetJoinStatusRequest {
+        let now = rap_proto::time::UnixMillis::now().0;
+        let nonce = Self::nonce();
+        pb::GetJoinStatusRequest {
+            join_request_id: join_request_id.to_string(),
+            cluster_id: cluster.to_string(),
+            node_public_key: self.public().to_vec(),
+            timestamp_unix_ms: now,
+            proof: self.sign(enrollment::PURPOSE_STATUS, cluster, now, &nonce),
+            nonce,
+        }
+    }
+
+    /// A proof of possession for `purpose`.
+    pub fn sign(&self, purpose: &str, cluster: &str, now: i64, nonce: &[u8]) -> Vec<u8> {
+        let message = enrollment::proof_message(purpose, cluster, &self.public(), now, nonce);
+        self.key.sign(&message).to_bytes().to_vec()
+    }
+}
+
+fn storage_config(
+    cluster: &str,
+    node: &str,
+    listen: SocketAddr,
+    dir: &std::path::Path,
+    tls: &rap_authority::tls::TlsFiles,
+) -> rap_configstore::config::Config {
+    use rap_configstore::config::{Config, Labels, Timing, Tls};
+    Config {
+        node_id: node.to_string(),
+        cluster_id: cluster.to_string(),
+        listen,
+        http_listen: free_addr(),
+        data_dir: dir.join(format!("data-{node}")),
+        labels: Labels {
+            zone: format!("zone-{node}"),
+            ..Labels::default()
+        },
+        // Generous timing: many groups share 2 cores in a test run.
+        timing: Timing {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 800,
+            election_timeout_max_ms: 1600,
+            ..Timing::default()
+        },
+        tls: Some(Tls {
+            ca: tls.ca.clone(),
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+        }),
+        ..Config::default()
+    }
+}
+
+impl Platform {
+    /// A platform with cluster `c1`, bootstrapped.
+    pub async fn start() -> Platform {
+        Self::start_cluster("c1").await
+    }
+
+    /// A platform with the given cluster, bootstrapped.
+    pub async fn start_cluster(cluster: &str) -> Platform {
+        rap_authority::tls::install_crypto_provider();
+        let db = rap_pgtest::fresh_database().await.unwrap();
+        let pool = db.pool().await.unwrap();
+        rap_controlplane::db::migrate(&pool).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let keys_dir = dir.path().join("keys");
+        let ctx = Context {
+            pool: pool.clone(),
+            keys_dir: keys_dir.clone(),
+            authority: AuthorityClients::new(StorageTransport::MutualTls {
+                keys_dir: keys_dir.clone(),
+            }),
+            public_endpoint: "127.0.0.1:7443".into(),
+            tls: None,
+        };
+        let owner_token = auth::create_first_owner(&pool).await.unwrap().unwrap();
+        let owner = auth::authenticate(&pool, Some(&format!("Bearer {owner_token}")))
+            .await
+            .unwrap();
+        clusters::create(&ctx, &owner, cluster, "test cluster")
+            .await
+            .unwrap();
+
+        let keys = ClusterKeys::load(&keys_dir, &ClusterId::new(cluster).unwrap()).unwrap();
+        let mut nodes = Vec::new();
+        let mut voters = Vec::new();
+        for i in 1..=VOTERS {
+            let node = format!("s{i}");
+            let tls = keys
+                .issue_storage_node(
+                    &dir.path().join(format!("tls-{node}")),
+                    &NodeId::new(node.as_str()).unwrap(),
+                )
+                .unwrap();
+            let listen = free_addr();
+            let config = storage_config(cluster, &node, listen, dir.path(), &tls);
+            config.validate().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let result = rap_configstore::server::serve(config, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+                if let Err(e) = result {
+                    eprintln!("storage node stopped with: {e:#}");
+                }
+            });
+            nodes.push(StorageNode {
+                stop: Some(stop),
+                task: Some(task),
+            });
+            voters.push(pb::VoterSpec {
+                node_id: node.clone(),
+                address: listen.to_string(),
+                domain: Some(pb::FailureDomain {
+                    region: "r1".into(),
+                    zone: format!("zone-{node}"),
+                    host: node.clone(),
+                }),
+            });
+        }
+        let request = pb::BootstrapClusterRequest {
+            cluster_id: cluster.into(),
+            voters,
+            allow_single_voter: false,
+        };
+        let mut last = None;
+        // The nodes need a moment to listen.
+        for _ in 0..100 {
+            match clusters::bootstrap(&ctx, &owner, &request).await {
+                Ok(answer) => {
+                    last = None;
+                    assert_eq!(answer.authority_term, 1);
+                    break;
+                }
+                Err(e) => {
+                    last = Some(e.to_string());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        assert!(last.is_none(), "bootstrap failed: {last:?}");
+        let platform = Platform {
+            ctx,
+            owner,
+            cluster: cluster.to_string(),
+            owner_token,
+            db,
+            dir,
+            nodes: Mutex::new(nodes),
+        };
+        // Wait until the group grants fences (a leader exists).
+        platform.wait_for_fence().await;
+        platform
+    }
+
+    /// Polls the group with real fences until one is granted (hang guard
+    /// 20 s).
+    pub async fn wait_for_fence(&self) {
+        let addresses: Vec<String> = sqlx::query_scalar(
+            "SELECT address FROM storage_nodes WHERE cluster_id = $1 ORDER BY node_id",
+        )
+        .bind(&self.cluster)
+        .fetch_all(&self.ctx.pool)
+        .await
+        .unwrap();
+        for _ in 0..200 {
+            if self
+                .ctx
+                .authority
+                .acquire_fence(&self.cluster, &addresses, 1, "test-wait")
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("hang guard: the authority group granted no fence within 20 s");
+    }
+
+    /// Stops `n` storage nodes (from the last); with n = 2 the group has
+    /// no quorum.
+    pub async fn stop_voters(&self, n: usize) {
+        let tasks: Vec<_> = {
+            let mut nodes = self.nodes.lock().unwrap();
+            let len = nodes.len();
+            nodes[len - n..]
+                .iter_mut()
+                .filter_map(|node| {
+                    if let Some(stop) = node.stop.take() {
+                        let _ = stop.send(());
+                    }
+                    node.task.take()
+                })
+                .collect()
+        };
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+
+    /// A join token for the platform's cluster.
+    pub async fn token(&self, max_uses: u32) -> String {
+        tokens::create(
+            &self.ctx,
+            &self.owner,
+            &pb::CreateJoinTokenRequest {
+                cluster_id: self.cluster.clone(),
+                ttl_seconds: 600,
+                max_uses,
+            },
+        )
+        .await
+        .unwrap()
+        .raw_token
+    }
+
+    /// A pending join request by a fresh key; returns (key, request id).
+    pub async fn join(&self, capabilities: &[&str]) -> (AgentKey, String) {
+        let key = AgentKey::generate();
+        let token = self.token(1).await;
+        let answer = enrollment::submit(
+            &self.ctx,
+            &key.join_request(&self.cluster, &token, capabilities),
+        )
+        .await
+        .unwrap();
+        (key, answer.join_request_id)
+    }
+
+    /// The whole enrollment of a fresh node with `capabilities`, approved
+    /// by the owner; returns the node id.
+    pub async fn enroll(&self, capabilities: &[&str]) -> String {
+        let (_key, id) = self.join(capabilities).await;
+        let approved = enrollment::approve(
+            &self.ctx,
+            &self.owner,
+            &pb::ReviewJoinRequestRequest {
+                join_request_id: id,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        approved.node_id
+    }
+
+    /// Creates a principal (and its organization when missing).
+    pub async fn principal(&self, kind: &str, org: Option<&str>) -> Principal {
+        if let Some(org) = org {
+            sqlx::query(
+                "INSERT INTO organizations (org_id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING",
+            )
+            .bind(org)
+            .execute(&self.ctx.pool)
+            .await
+            .unwrap();
+        }
+        let kind = Kind::parse(kind, org).unwrap();
+        let id = format!("p-{}", rap_controlplane::secret::random_id().unwrap());
+        let mut conn = self.ctx.pool.acquire().await.unwrap();
+        let raw = auth::create_principal(&mut conn, &id, &kind, "test")
+            .await
+            .unwrap();
+        auth::authenticate(&self.ctx.pool, Some(&format!("Bearer {raw}")))
+            .await
+            .unwrap()
+    }
+
+    /// (result, reason) of every audit event with `action`, oldest first.
+    pub async fn audit_events(&self, action: &str) -> Vec<(String, String)> {
+        sqlx::query_as(
+            "SELECT result, reason FROM cluster_audit_events WHERE action = $1 ORDER BY event_id",
+        )
+        .bind(action)
+        .fetch_all(&self.ctx.pool)
+        .await
+        .unwrap()
+    }
+
+    /// `SELECT count(*) ...` helper.
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.ctx.pool)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        if let Ok(mut nodes) = self.nodes.lock() {
+            for node in nodes.iter_mut() {
+                if let Some(stop) = node.stop.take() {
+                    let _ = stop.send(());
+                }
+            }
+        }
+    }
+}
