@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The quick start's main job: build the CLI and the storage node, then run
-# two scripted tours that exit non-zero if anything misbehaves:
+# The quick start's main job: build the binaries, then run three scripted
+# tours that exit non-zero if anything misbehaves:
 #   1. `rapctl demo`: the signed-snapshot rules (rollback, tamper, rotation);
 #   2. scripts/authority-tour.sh: three real storage nodes with mTLS,
-#      fences, loss of the majority (fast NO_QUORUM), promotion, rejoin.
+#      fences, loss of the majority (fast NO_QUORUM), promotion, rejoin;
+#   3. scripts/controlplane-tour.sh: PostgreSQL + the control plane + three
+#      storage nodes: cluster create/bootstrap, a join token, a real
+#      `rap-node-agent join` approved by the operator, roles, an org
+#      admin's view, a refused mutation without quorum, the audit trail.
 #
 #   scripts/dev.sh
 #
-# The control plane and agents are not built yet; `rapctl dev up` will
-# replace this with a full local platform on an ephemeral PostgreSQL.
+# Installs the postgresql package when it is missing and we are root.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -17,7 +20,12 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install a Rust toolchain (rustup) first" >&2
   exit 1
 fi
-cargo build --locked -p rap-controlplane --bin rapctl -p rap-configstore --bin rap-configstore
+# shellcheck source=scripts/ensure-postgres.sh
+source "$root/scripts/ensure-postgres.sh"
+cargo build --locked -p rap-controlplane --bin rapctl --bin rap-controlplane \
+  -p rap-configstore --bin rap-configstore -p rap-node-agent --bin rap-node-agent
 "$root/target/debug/rapctl" demo
 echo
-exec "$root/scripts/authority-tour.sh" "$root/target/debug"
+"$root/scripts/authority-tour.sh" "$root/target/debug"
+echo
+exec "$root/scripts/controlplane-tour.sh" "$root/target/debug"

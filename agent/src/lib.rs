@@ -1,8 +1,24 @@
 //! `rap-node-agent`: the node agent (DESIGN.md §6).
 //!
-//! It will enroll with a join token, keep node-local state in sled, send
-//! heartbeats, read and verify its own shards from nearby storage nodes with
-//! the `rap_proto::envelope::Verifier`, refuse rollback, and supervise only
-//! assigned workloads.
+//! Implemented so far: enrollment ([`enroll`]), the first thing an
+//! operator runs on a new host:
 //!
-//! Status: an empty boundary; nothing here is implemented yet.
+//! ```text
+//! rap-node-agent join --server <host:port> --cluster <cluster-id> \
+//!     --token rapjt.<id>.<secret> --ca-fingerprint <64 hex>
+//! ```
+//!
+//! It pins the cluster CA by fingerprint ([`pin`]), generates the node key
+//! on the node, submits a join request with proof of possession, polls
+//! until a platform admin approves, and stores identity, certificate
+//! chain, CA, trust root and bootstrap storage endpoints under the state
+//! directory ([`state`]).
+//!
+//! Still to come: node-local state in sled, heartbeats, reading and
+//! verifying its own shards from nearby storage nodes with the
+//! `rap_proto::envelope::Verifier`, refusing rollback, and supervising
+//! only assigned workloads.
+
+pub mod enroll;
+pub mod pin;
+pub mod state;

@@ -238,7 +238,7 @@ impl PlatformKeys {
             SERVER_CERT_RENEW_BEFORE,
         )? {
             issue_server_cert(
-                &ca.issuer,
+                &ca,
                 &files,
                 "rap control plane",
                 &names.sans()?,
@@ -422,7 +422,7 @@ impl ClusterKeys {
             SERVER_CERT_RENEW_BEFORE,
         )? {
             issue_server_cert(
-                &self.ca.issuer,
+                &self.ca,
                 &files,
                 &format!("rap control plane for cluster {}", self.cluster_id),
                 &names.sans()?,
@@ -620,7 +620,7 @@ fn write_cluster_keys(dir: &Path, cluster_id: &ClusterId) -> Result<()> {
     let ca = LoadedCa::load(dir)?;
     let names = ServerNames::parse(&[cluster_server_name(cluster_id)])?;
     issue_server_cert(
-        &ca.issuer,
+        &ca,
         &ServerCertFiles::in_dir(dir),
         &format!("rap control plane for cluster {cluster_id}"),
         &names.sans()?,
@@ -722,11 +722,12 @@ fn create_platform_ca(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Generates a key and a server certificate for `sans`, signed by
-/// `issuer`; writes the key (0600) then the certificate, each replacing the
-/// old file atomically.
+/// Generates a key and a server certificate for `sans`, signed by `ca`;
+/// writes the key (0600) then the certificate followed by the CA
+/// certificate (so a client that pins the CA by fingerprint finds it in the
+/// chain the server presents), each replacing the old file atomically.
 fn issue_server_cert(
-    issuer: &Issuer<'static, KeyPair>,
+    ca: &LoadedCa,
     files: &ServerCertFiles,
     common_name: &str,
     sans: &[SanType],
@@ -744,7 +745,7 @@ fn issue_server_cert(
     params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
     set_validity(&mut params, validity)?;
     let cert = params
-        .signed_by(&key, issuer)
+        .signed_by(&key, &ca.issuer)
         .map_err(rcgen_error("sign server certificate"))?;
     write_file(
         &files.key,
@@ -752,12 +753,8 @@ fn issue_server_cert(
         0o600,
         Overwrite::Replace,
     )?;
-    write_file(
-        &files.cert,
-        cert.pem().as_bytes(),
-        0o644,
-        Overwrite::Replace,
-    )
+    let chain = format!("{}{}", cert.pem(), ca.cert_pem);
+    write_file(&files.cert, chain.as_bytes(), 0o644, Overwrite::Replace)
 }
 
 /// Checked server names: as given (lowercased), as SANs and as names to

@@ -4,61 +4,14 @@
 //! TLS pinned to the platform CA; agents pin their cluster's CA (SNI
 //! `<cluster>.cluster.rap`), enroll, heartbeat and renew over mTLS.
 
-use crate::support::{AgentKey, Platform, free_addr};
+use crate::support::{AgentKey, Platform};
 use rap_controlplane::enrollment;
-use rap_controlplane::server::{Config, serve};
 use rap_controlplane::tls::client_tls_config;
 use rap_proto::pb;
 use rap_proto::pb::admin_service_client::AdminServiceClient;
 use rap_proto::pb::agent_service_client::AgentServiceClient;
 use rap_proto::pb::enrollment_service_client::EnrollmentServiceClient;
-use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-
-struct Server {
-    addr: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-async fn start_server(p: &Platform) -> Server {
-    let addr = free_addr();
-    let config = Config {
-        database_url: p.db.url.clone(),
-        listen: addr,
-        http_listen: free_addr(),
-        keys_dir: p.ctx.keys_dir.clone(),
-        ..Config::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        if let Err(e) = serve(config, async move {
-            let _ = stopped.await;
-        })
-        .await
-        {
-            eprintln!("control plane stopped: {e}");
-        }
-    });
-    // Until it listens.
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Server {
-        addr,
-        stop: Some(stop),
-    }
-}
 
 async fn channel(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Channel {
     Endpoint::from_shared(format!("https://{addr}"))
@@ -102,7 +55,7 @@ fn key_pem(agent: &AgentKey) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_heartbeat_renew_over_tls() {
     let p = Platform::start().await;
-    let server = start_server(&p).await;
+    let server = p.serve().await;
     let platform_ca = std::fs::read_to_string(p.ctx.keys_dir.join("platform/ca.pem")).unwrap();
     let admin_channel = channel(
         server.addr,

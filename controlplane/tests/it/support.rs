@@ -413,6 +413,53 @@ impl Platform {
     }
 }
 
+/// A running control plane (`server::serve` with its TLS listener) on a
+/// free port; stopped when dropped.
+pub struct ControlPlane {
+    /// Its gRPC address.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Platform {
+    /// Starts the real control plane server on this platform's database
+    /// and keys, and waits until it listens.
+    pub async fn serve(&self) -> ControlPlane {
+        let addr = free_addr();
+        let config = rap_controlplane::server::Config {
+            database_url: self.db.url.clone(),
+            listen: addr,
+            http_listen: free_addr(),
+            keys_dir: self.ctx.keys_dir.clone(),
+            ..rap_controlplane::server::Config::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            if let Err(e) = rap_controlplane::server::serve(config, shutdown).await {
+                eprintln!("control plane stopped: {e}");
+            }
+        });
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ControlPlane { addr, stop: Some(stop) }
+    }
+}
+
 impl Drop for Platform {
     fn drop(&mut self) {
         if let Ok(mut nodes) = self.nodes.lock() {

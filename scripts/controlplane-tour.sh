@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# A scripted tour of the control plane on this machine, as an operator
+# meets it: a private PostgreSQL, `rap-controlplane init` + `serve` (TLS),
+# three rap-configstore storage nodes with certificates from the cluster's
+# CA, `rapctl cluster create/bootstrap`, a join token, a real
+# `rap-node-agent join` approved by the operator, a role and a service,
+# an org admin who sees only the org-safe view, a refused mutation without
+# quorum (NO_QUORUM, audited), and the audit trail.
+#
+#   scripts/controlplane-tour.sh [BIN_DIR]     (default: target/debug)
+#
+# Ports: RAP_TOUR_PORT_BASE (default 38000): +1..3 storage gRPC, +11..13
+# storage HTTP, +20 control plane gRPC, +21 control plane HTTP.
+# Exits 1 at the first step that does not behave as designed.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bin="${1:-$root/target/debug}"
+base="${RAP_TOUR_PORT_BASE:-38000}"
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  RAP_DEV_DIR="$work" RAP_PG_PORT=$((base + 30)) "$root/scripts/pg-dev.sh" stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+step() { printf '\n== %s\n' "$*"; }
+fail() {
+  printf 'TOUR FAILED: %s\n' "$*" >&2
+  for log in "$work"/*.log; do [ -f "$log" ] && { echo "--- $log (tail)"; tail -n 20 "$log"; } >&2; done
+  exit 1
+}
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  fail "port $1 did not open"
+}
+expect_code() { # expect_code CODE command...: the command must fail with CODE
+  local code=$1; shift
+  local out
+  if out=$("$@" 2>&1); then fail "expected $code, but it succeeded: $out"; fi
+  grep -q "$code" <<<"$out" || fail "expected $code, got: $out"
+  printf '%s\n' "$out" | head -n 2
+}
+
+step "a private PostgreSQL (scripts/pg-dev.sh in a temp dir)"
+export RAP_DEV_DIR="$work" RAP_PG_PORT=$((base + 30))
+"$root/scripts/pg-dev.sh" start >/dev/null
+export RAP_DATABASE_URL
+RAP_DATABASE_URL="$("$root/scripts/pg-dev.sh" url)"
+echo "database: $RAP_DATABASE_URL"
+
+step "rap-controlplane init: schema, platform CA, first platform-owner token (shown once)"
+export RAP_KEYS_DIR="$work/keys"
+"$bin/rap-controlplane" init | tee "$work/init.out" | sed 's/rapat\.[0-9a-f]*\.[0-9a-f]*/rapat.<id>.<secret, shown once>/'
+token=$(grep -o 'rapat\.[0-9a-f]*\.[0-9a-f]*' "$work/init.out" | head -n 1)
+[ -n "$token" ] || fail "init printed no token"
+umask 077 && printf '%s\n' "$token" >"$work/token" && umask 022
+export RAP_TOKEN_FILE="$work/token" RAP_CA="$work/keys/platform/ca.pem"
+export RAP_ENDPOINT="https://127.0.0.1:$((base + 20))"
+"$bin/rap-controlplane" init | grep -q 'exists already' || fail "a second init must not print a token"
+
+step "rap-controlplane serve (TLS on :$((base + 20)), metrics on :$((base + 21)))"
+"$bin/rap-controlplane" serve --listen "127.0.0.1:$((base + 20))" --http-listen "127.0.0.1:$((base + 21))" \
+  --public-endpoint "127.0.0.1:$((base + 20))" >>"$work/controlplane.log" 2>&1 &
+pids+=($!); disown "$!"
+wait_port $((base + 20))
+curl -sf "127.0.0.1:$((base + 21))/readyz" >/dev/null || fail "/readyz is not ready"
+"$bin/rapctl" whoami
+
+step "rapctl cluster create c1 (CA + signing key in the keys dir, never in PostgreSQL)"
+"$bin/rapctl" cluster create c1 --name "Tour cluster"
+
+step "three storage nodes with certificates from c1's CA"
+for i in 1 2 3; do
+  "$bin/rap-controlplane" storage-cert --cluster c1 --node "s$i" --dir "$work/tls-s$i" >/dev/null
+  "$bin/rap-configstore" serve --node-id "s$i" --cluster-id c1 --listen "127.0.0.1:$((base + i))" \
+    --http-listen "127.0.0.1:$((base + 10 + i))" --data-dir "$work/s$i" --tls-dir "$work/tls-s$i" \
+    --region r1 --zone "z$i" --host "h$i" --heartbeat-ms 50 \
+    --election-timeout-min-ms 300 --election-timeout-max-ms 600 >>"$work/s$i.log" 2>&1 &
+  pids+=($!); disown "$!"
+done
+for i in 1 2 3; do wait_port $((base + i)); done
+
+step "rapctl cluster bootstrap: authority term 1, failure tolerance"
+voters=()
+for i in 1 2 3; do voters+=(--voter "s$i=127.0.0.1:$((base + i)),region=r1,zone=z$i,host=h$i"); done
+"$bin/rapctl" cluster bootstrap c1 "${voters[@]}"
+sleep 1
+"$bin/rapctl" cluster show c1
+
+step "rapctl token create: the raw token once, and the join command"
+"$bin/rapctl" token create --cluster c1 --ttl 10m --max-uses 1 -o json >"$work/token.json"
+join=$(sed -n 's/.*"join_command": *"\([^"]*\)".*/\1/p' "$work/token.json")
+[ -n "$join" ] || fail "no join command in: $(cat "$work/token.json")"
+echo "${join//rapjt.*.* --ca/rapjt.<id>.<secret> --ca}"
+
+step "rap-node-agent join on the 'host' (key generated locally, request waits for review)"
+# shellcheck disable=SC2086
+"$bin/"$join --state-dir "$work/agent" --capability can_run_rdp_worker --hostname tour-host \
+  --poll-interval 200ms --wait 60s >"$work/agent.log" 2>&1 &
+agent_pid=$!
+pids+=("$agent_pid")
+for _ in $(seq 1 100); do
+  id=$("$bin/rapctl" join-request list --cluster c1 -o json | sed -n 's/.*"join_request_id": *"\([^"]*\)".*/\1/p' | head -n 1)
+  [ -n "$id" ] && break
+  sleep 0.1
+done
+[ -n "${id:-}" ] || fail "no pending join request"
+"$bin/rapctl" join-request list --cluster c1
+
+step "rapctl join-request approve (fenced): node, identity, certificate"
+"$bin/rapctl" join-request approve "$id" --node-id rdp-1
+wait "$agent_pid" || fail "the agent did not finish its join: $(cat "$work/agent.log")"
+tail -n 3 "$work/agent.log"
+"$bin/rapctl" node list --cluster c1
+
+step "roles need the reported capability; a service's desired state (both fenced)"
+expect_code MISSING_CAPABILITY "$bin/rapctl" role assign --cluster c1 --node rdp-1 --role vpn-exit
+"$bin/rapctl" role assign --cluster c1 --node rdp-1 --role rdp-worker
+"$bin/rapctl" service set --cluster c1 --node rdp-1 --service rdp-worker --state enabled
+"$bin/rapctl" group create --cluster c1 office
+"$bin/rapctl" group move --cluster c1 --to office --node rdp-1
+
+step "an org admin sees only its org-safe view"
+"$bin/rapctl" org create acme --name "Acme"
+"$bin/rapctl" org endpoint-add --org acme --cluster c1 --name office-moscow --kind egress --role rdp-worker
+"$bin/rapctl" principal create acme-admin --kind org-admin --org acme -o json >"$work/acme.json"
+acme_token=$(grep -o 'rapat\.[0-9a-f]*\.[0-9a-f]*' "$work/acme.json" | head -n 1)
+umask 077 && printf '%s\n' "$acme_token" >"$work/acme-token" && umask 022
+RAP_TOKEN_FILE="$work/acme-token" "$bin/rapctl" org view acme
+expect_code PERMISSION_DENIED env RAP_TOKEN_FILE="$work/acme-token" "$bin/rapctl" node list --cluster c1
+
+step "kill -9 two of three storage nodes: a mutation is refused (NO_QUORUM), nothing changes"
+kill -9 "${pids[2]}" "${pids[3]}"   # s2, s3 (pids[1] is s1, pids[0] the control plane)
+expect_code NO_QUORUM "$bin/rapctl" service set --cluster c1 --node rdp-1 --service rdp-worker --state disabled
+"$bin/rapctl" service list --cluster c1
+
+step "the audit trail (mutations with their fences, and every refusal)"
+"$bin/rapctl" audit list --cluster c1 --limit 12
+printf '\nTOUR OK\n'
