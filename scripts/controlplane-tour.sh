@@ -17,6 +17,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${1:-$root/target/debug}"
 base="${RAP_TOUR_PORT_BASE:-38000}"
 work="$(mktemp -d)"
+chmod 755 "$work"   # the postgres user must reach the database directory inside
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
