@@ -20,6 +20,7 @@ pub mod limits;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod orders_client;
 pub mod partition;
 pub mod placement;
 pub mod promotion;

@@ -607,7 +607,20 @@ async fn remove_voter(args: RemoveVoterArgs) -> Result<()> {
     Ok(())
 }
 
+/// An authority error for the operator: refusals and unreachable nodes by
+/// their message alone (as this command always printed them), the rest
+/// with their code.
+fn authority_error(error: rap_authority::Error) -> anyhow::Error {
+    match error {
+        rap_authority::Error::Refused { message, .. } | rap_authority::Error::Raft(message) => {
+            anyhow::anyhow!(message)
+        }
+        other => anyhow::anyhow!(other),
+    }
+}
+
 async fn promote(args: PromoteArgs) -> Result<()> {
+    use rap_authority::orders_client::{self, PromotionStep};
     let client_args = ClientArgs {
         endpoint: String::new(),
         cluster: args.cluster.clone(),
@@ -617,101 +630,35 @@ async fn promote(args: PromoteArgs) -> Result<()> {
     };
     let net = network(&client_args)?;
     let key = rap_proto::envelope::SnapshotSigner::read_key_file(&args.key)?;
-    let mut survivors = Vec::new();
-    for text in &args.survivors {
-        let spec = parse_voter(text)?;
-        let mut client = authority_client(&net, &spec.address)?;
-        let status = client
-            .status(pb::AuthorityStatusRequest {
-                cluster_id: args.cluster.clone(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("status of survivor {}: {}", spec.node_id, s.message()))?
-            .into_inner();
-        if status.node_id != spec.node_id {
-            bail!(
-                "{} answers as {}, not {}",
-                spec.address,
-                status.node_id,
-                spec.node_id
-            );
-        }
-        let view = pb::PartitionView::try_from(status.partition_view).unwrap_or_default();
-        if matches!(
-            view,
-            pb::PartitionView::Healthy | pb::PartitionView::Degraded
-        ) {
-            bail!(
-                "survivor {} still sees a quorum ({}); promotion is only for loss of quorum",
-                spec.node_id,
-                view.as_str_name()
-            );
-        }
-        survivors.push((spec, status));
-    }
-    let term = survivors[0].1.authority_term;
-    if let Some((spec, status)) = survivors.iter().find(|(_, s)| s.authority_term != term) {
-        bail!(
-            "survivors disagree on the authority term ({} is at {}, {} at {term})",
-            spec.node_id,
-            status.authority_term,
-            survivors[0].0.node_id
-        );
-    }
-    // Seed from the highest applied index; ties go to the smallest id.
-    let Some((seed, seed_status)) = survivors.iter().max_by(|a, b| {
-        a.1.applied_index
-            .cmp(&b.1.applied_index)
-            .then(b.0.node_id.cmp(&a.0.node_id))
-    }) else {
-        bail!("no survivors given");
-    };
-    let now = rap_proto::time::UnixMillis::now().0;
-    let order = pb::PromotionOrder {
-        cluster_id: args.cluster.clone(),
-        current_term: term,
-        new_term: term + 1,
-        survivors: survivors.iter().map(|(s, _)| s.node_id.clone()).collect(),
-        seed: rap_proto::envelope::Digest::of(format!("{now}/{}", std::process::id()).as_bytes())
-            .0
-            .to_vec(),
-        issued_at_unix_ms: now,
-        seed_node_id: seed.node_id.clone(),
-        seed_applied_index: seed_status.applied_index,
-    };
-    let request = rap_proto::orders::sign_promotion(&order, &key);
+    let cluster = ClusterId::new(args.cluster.as_str())?;
+    let survivors = args
+        .survivors
+        .iter()
+        .map(|text| parse_voter(text))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = orders_client::plan_promotion(&net, &cluster, &survivors, None)
+        .await
+        .map_err(authority_error)?;
     println!(
         "promoting cluster {} to authority term {} from {} (applied index {})",
-        args.cluster,
-        term + 1,
-        seed.node_id,
-        seed_status.applied_index
+        args.cluster, plan.new_term, plan.seed_node_id, plan.seed_applied_index
     );
+    let new_term = plan.new_term;
     // The others first: they restart empty and wait for the seed to add them.
-    for (spec, _) in survivors.iter().filter(|(s, _)| s.node_id != seed.node_id) {
-        let mut client = authority_client(&net, &spec.address)?;
-        client
-            .promote(request.clone())
-            .await
-            .map_err(|s| anyhow::anyhow!("survivor {}: {}", spec.node_id, s.message()))?;
-        println!("  {}: restarted at term {}", spec.node_id, term + 1);
-    }
-    let mut client = authority_client(&net, &seed.address)?;
-    let response = client
-        .promote(request)
-        .await
-        .map_err(|s| anyhow::anyhow!("seed {}: {}", seed.node_id, s.message()))?
-        .into_inner();
-    println!(
-        "  {}: new group formed at term {}, leader {}",
-        seed.node_id,
-        response.authority_term,
-        if response.leader_id.is_empty() {
-            "-"
-        } else {
-            &response.leader_id
-        }
-    );
+    orders_client::send_promotion(&net, &plan, &key, |outcome| match &outcome.step {
+        PromotionStep::Restarted => println!("  {}: restarted at term {new_term}", outcome.node_id),
+        PromotionStep::AlreadyRestarted => println!(
+            "  {}: already restarted at term {new_term}, waiting for the seed",
+            outcome.node_id
+        ),
+        PromotionStep::Seeded { leader_id } => println!(
+            "  {}: new group formed at term {new_term}, leader {}",
+            outcome.node_id,
+            if leader_id.is_empty() { "-" } else { leader_id }
+        ),
+    })
+    .await
+    .map_err(authority_error)?;
     Ok(())
 }
 
@@ -719,37 +666,34 @@ async fn rejoin(args: RejoinArgs) -> Result<()> {
     let net = network(&args.client)?;
     let key = rap_proto::envelope::SnapshotSigner::read_key_file(&args.key)?;
     let spec = parse_voter(&args.node)?;
-    let mut leader = authority_client(&net, &args.client.endpoint)?;
-    let status = leader
-        .status(pb::AuthorityStatusRequest {
-            cluster_id: args.client.cluster.clone(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let order = pb::RejoinOrder {
-        cluster_id: args.client.cluster.clone(),
-        authority_term: status.authority_term,
-        node_id: spec.node_id.clone(),
-        issued_at_unix_ms: rap_proto::time::UnixMillis::now().0,
-    };
-    let mut old = authority_client(&net, &spec.address)?;
-    old.rejoin(rap_proto::orders::sign_rejoin(&order, &key))
-        .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", spec.node_id, s.message()))?;
-    println!(
-        "{}: raft state retired, restarted empty at term {}",
-        spec.node_id, status.authority_term
-    );
-    let response = leader
-        .add_voter(pb::AddVoterRequest {
-            cluster_id: args.client.cluster.clone(),
-            voter: Some(spec),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    print_status(&response, args.client.json);
+    let cluster = ClusterId::new(args.client.cluster.as_str())?;
+    let report = rap_authority::orders_client::rejoin_member(
+        &net,
+        &cluster,
+        std::slice::from_ref(&args.client.endpoint),
+        &spec,
+        &key,
+        None,
+    )
+    .await
+    .map_err(authority_error)?;
+    if report.already_member {
+        println!(
+            "{}: already a voter at term {}",
+            spec.node_id, report.authority_term
+        );
+    } else if report.order_sent {
+        println!(
+            "{}: raft state retired, restarted empty at term {}",
+            spec.node_id, report.authority_term
+        );
+    } else {
+        println!(
+            "{}: already restarted empty at term {}",
+            spec.node_id, report.authority_term
+        );
+    }
+    print_status(&report.status, args.client.json);
     Ok(())
 }
 

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod authority_ops;
 pub mod clusters;
 pub mod context;
 pub mod db;

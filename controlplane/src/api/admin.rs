@@ -491,16 +491,7 @@ impl AdminService for AdminApi {
         request: Request<pb::PromotePartitionRequest>,
     ) -> std::result::Result<Response<pb::AuthorityStatus>, Status> {
         let (p, r) = authed!(self, request, "authority.promote");
-        let error = Error::NotImplemented(
-            "promotion through the control plane is not built yet; use `rap-configstore promote` (docs/operations.md)".into(),
-        );
-        audit::record_refusal(
-            &self.ctx.pool,
-            &Action::new(p.actor(), "authority.promote", Some(&r.cluster_id), ""),
-            &error,
-        )
-        .await;
-        Err(error.into())
+        reply(crate::authority_ops::promote(&self.ctx, &p, &r).await)
     }
 
     async fn rejoin_node(
@@ -508,21 +499,7 @@ impl AdminService for AdminApi {
         request: Request<pb::RejoinNodeRequest>,
     ) -> std::result::Result<Response<pb::AuthorityStatus>, Status> {
         let (p, r) = authed!(self, request, "authority.rejoin");
-        let error = Error::NotImplemented(
-            "rejoin through the control plane is not built yet; use `rap-configstore rejoin` (docs/operations.md)".into(),
-        );
-        audit::record_refusal(
-            &self.ctx.pool,
-            &Action::new(
-                p.actor(),
-                "authority.rejoin",
-                Some(&r.cluster_id),
-                r.node_id.as_str(),
-            ),
-            &error,
-        )
-        .await;
-        Err(error.into())
+        reply(crate::authority_ops::rejoin(&self.ctx, &p, &r).await)
     }
 
     async fn publish_snapshot(

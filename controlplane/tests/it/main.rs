@@ -8,6 +8,7 @@ mod groups;
 mod grpc;
 mod heartbeats;
 mod orgs;
+mod promotion;
 mod rapctl;
 mod roles;
 mod support;

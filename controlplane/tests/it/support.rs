@@ -456,7 +456,10 @@ impl Platform {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        ControlPlane { addr, stop: Some(stop) }
+        ControlPlane {
+            addr,
+            stop: Some(stop),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! runtime built here, and `migrate` talks to PostgreSQL directly.
 
 mod audit;
+mod authority;
 mod client;
 mod cluster;
 mod demo;
@@ -25,10 +26,11 @@ use std::process::ExitCode;
 
 /// Operate the RAP config/storage service.
 ///
-/// Control-plane commands (cluster, token, join-request, node, role, group,
-/// service, audit, org, principal, whoami) call `rap-controlplane serve` at
-/// --endpoint with the API token in --token-file. `snapshot` and `demo`
-/// work offline on signed snapshot envelopes.
+/// Control-plane commands (cluster, authority, token, join-request, node,
+/// role, group, service, audit, org, principal, whoami) call
+/// `rap-controlplane serve` at --endpoint with the API token in
+/// --token-file. `snapshot` and `demo` work offline on signed snapshot
+/// envelopes.
 #[derive(Parser, Debug)]
 #[command(name = "rapctl", version, about, long_about)]
 struct Cli {
@@ -50,6 +52,9 @@ struct Cli {
 enum Command {
     /// Create, list, show and bootstrap clusters.
     Cluster(cluster::ClusterArgs),
+    /// A cluster's authority group: status, promotion after loss of
+    /// quorum, rejoin of a retired storage node.
+    Authority(authority::AuthorityArgs),
     /// Create, list and revoke join tokens.
     Token(cluster::TokenArgs),
     /// Review join requests: list, show, approve, reject.
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
         Command::Snapshot(command) => snapshot::run(command, format),
         Command::Demo(args) => demo::run(args, format),
         Command::Cluster(args) => block_on(cluster::run_cluster(args, format)),
+        Command::Authority(args) => block_on(authority::run_authority(args, format)),
         Command::Token(args) => block_on(cluster::run_token(args, format)),
         Command::JoinRequest(args) => block_on(cluster::run_join_request(args, format)),
         Command::Node(args) => block_on(nodes::run_node(args, format)),

@@ -1,0 +1,470 @@
+//! Promotion and rejoin through the control plane (DESIGN.md §3
+//! "Promotion"): platform-owner only, audited, refused while the group has
+//! a quorum; afterwards PostgreSQL is at the new term and fenced mutations
+//! carry its fences.
+
+use crate::support::Platform;
+use rap_controlplane::{authority_ops, workloads};
+use rap_proto::pb;
+use std::time::{Duration, Instant};
+
+/// Longest wait for the group to change its mind (hang guard).
+const HANG_GUARD: Duration = Duration::from_secs(30);
+/// Pause between polls.
+const POLL: Duration = Duration::from_millis(100);
+
+fn promote_request(
+    p: &Platform,
+    survivors: &[&str],
+    expected_term: u64,
+) -> pb::PromotePartitionRequest {
+    pb::PromotePartitionRequest {
+        cluster_id: p.cluster.clone(),
+        survivors: survivors.iter().map(|s| s.to_string()).collect(),
+        expected_term,
+    }
+}
+
+fn rejoin_request(p: &Platform, node: &str) -> pb::RejoinNodeRequest {
+    pb::RejoinNodeRequest {
+        cluster_id: p.cluster.clone(),
+        node_id: node.to_string(),
+    }
+}
+
+fn desired(p: &Platform, node: &str, state: &str) -> pb::SetServiceDesiredStateRequest {
+    pb::SetServiceDesiredStateRequest {
+        cluster_id: p.cluster.clone(),
+        node_id: node.to_string(),
+        service: "rdp-worker".into(),
+        desired_state: state.to_string(),
+    }
+}
+
+/// (term, reason, survivors, last_seq) of every authority row, oldest first,
+/// with whether it has ended.
+async fn terms(p: &Platform) -> Vec<(i64, String, Vec<String>, bool)> {
+    sqlx::query_as(
+        "SELECT authority_term, reason, survivors, ended_at IS NOT NULL
+           FROM cluster_authority_terms WHERE cluster_id = $1 ORDER BY authority_term",
+    )
+    .bind(&p.cluster)
+    .fetch_all(&p.ctx.pool)
+    .await
+    .unwrap()
+}
+
+/// (node id, role) of every storage node.
+async fn roles(p: &Platform) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT node_id, role FROM storage_nodes WHERE cluster_id = $1 ORDER BY node_id")
+        .bind(&p.cluster)
+        .fetch_all(&p.ctx.pool)
+        .await
+        .unwrap()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// Asserts that the newest `action` event has `result` and mentions
+/// `needle`.
+async fn last_event(p: &Platform, action: &str, result: &str, needle: &str) {
+    let events = p.audit_events(action).await;
+    let (got, reason) = events.last().unwrap_or_else(|| panic!("no {action} event"));
+    assert_eq!(got, result, "{action}: {reason}");
+    assert!(
+        reason.contains(needle),
+        "{action}: {reason:?} lacks {needle:?}"
+    );
+}
+
+/// Waits until storage node `node` sees its group as a minority.
+async fn wait_for_minority(p: &Platform, node: &str) {
+    let address: String = sqlx::query_scalar(
+        "SELECT address FROM storage_nodes WHERE cluster_id = $1 AND node_id = $2",
+    )
+    .bind(&p.cluster)
+    .bind(node)
+    .fetch_one(&p.ctx.pool)
+    .await
+    .unwrap();
+    let network = p.ctx.authority.network(&p.cluster).unwrap();
+    let started = Instant::now();
+    loop {
+        let mut client = rap_authority::service::authority_client(&network, &address).unwrap();
+        if let Ok(answer) = client
+            .status(pb::AuthorityStatusRequest {
+                cluster_id: p.cluster.clone(),
+            })
+            .await
+            && answer.get_ref().partition_view == pb::PartitionView::Minority as i32
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "hang guard: {node} never saw a minority"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+// Goal: promotion is refused (and changes nothing, and is audited) while
+// the group has a quorum, for a non-owner, for a stale expected term and
+// for an unknown or unreachable survivor; after the majority is lost it
+// moves PostgreSQL to term 2 with the survivor, retires the other voters,
+// and fenced mutations then carry term-2 fences. A re-run is refused;
+// rejoin refuses a voter, a non-owner and an unreachable retired node.
+// Method: a 3-voter in-process group; promote while healthy; stop s2, s3;
+// wait until s1 sees a minority; promote s1 at expected term 1; check the
+// rows, the audit log, and a desired-state mutation's fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotion_moves_the_cluster_to_the_next_term() {
+    let p = Platform::start().await;
+    let node = p.enroll(&["can_run_rdp_worker"]).await;
+    workloads::set_desired_state(&p.ctx, &p.owner, &desired(&p, &node, "enabled"))
+        .await
+        .unwrap();
+    let healthy = terms(&p).await;
+    assert_eq!(
+        healthy,
+        vec![(
+            1,
+            "bootstrap".into(),
+            vec!["s1".into(), "s2".into(), "s3".into()],
+            false
+        )]
+    );
+    let all_voters = pairs(&[("s1", "voter"), ("s2", "voter"), ("s3", "voter")]);
+    assert_eq!(roles(&p).await, all_voters);
+
+    // While the group has a quorum: refused by the survivor check.
+    let e = authority_ops::promote(&p.ctx, &p.owner, &promote_request(&p, &["s1"], 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "AUTHORITY_REFUSED", "{e}");
+    assert!(e.to_string().contains("QUORUM_PRESENT"), "{e}");
+    last_event(&p, "authority.promote", "refused", "still sees a quorum").await;
+    assert_eq!(terms(&p).await, healthy);
+    assert_eq!(roles(&p).await, all_voters);
+
+    // A platform admin may not promote (nor rejoin).
+    let admin = p.principal("platform-admin", None).await;
+    let e = authority_ops::promote(&p.ctx, &admin, &promote_request(&p, &["s1"], 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "PERMISSION_DENIED", "{e}");
+    last_event(&p, "authority.promote", "refused", "platform-owner").await;
+    let e = authority_ops::rejoin(&p.ctx, &admin, &rejoin_request(&p, "s2"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "PERMISSION_DENIED", "{e}");
+    last_event(&p, "authority.rejoin", "refused", "platform-owner").await;
+
+    // Bad requests.
+    let cases: &[(&[&str], u64, &str, &str)] = &[
+        (&[], 1, "INVALID_ARGUMENT", "name the survivors"),
+        (&["s1"], 0, "INVALID_ARGUMENT", "--expected-term"),
+        (&["s1", "s1"], 1, "INVALID_ARGUMENT", "more than once"),
+        (&["s9"], 1, "FAILED_PRECONDITION", "not a storage node"),
+        (&["s1"], 2, "FAILED_PRECONDITION", "not the expected 2"),
+    ];
+    for (survivors, expected, code, needle) in cases {
+        let e =
+            authority_ops::promote(&p.ctx, &p.owner, &promote_request(&p, survivors, *expected))
+                .await
+                .unwrap_err();
+        assert_eq!(e.code(), *code, "{survivors:?}/{expected}: {e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+    assert_eq!(terms(&p).await, healthy);
+
+    // The majority is lost.
+    p.stop_voters(2).await;
+    wait_for_minority(&p, "s1").await;
+    let e = workloads::set_desired_state(&p.ctx, &p.owner, &desired(&p, &node, "disabled"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "NO_QUORUM", "{e}");
+
+    // A stopped voter named as a survivor: unreachable, nothing changed.
+    let e = authority_ops::promote(&p.ctx, &p.owner, &promote_request(&p, &["s1", "s2"], 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "AUTHORITY_UNREACHABLE", "{e}");
+    assert_eq!(terms(&p).await, healthy);
+    assert_eq!(roles(&p).await, all_voters);
+
+    // The promotion.
+    let status = authority_ops::promote(&p.ctx, &p.owner, &promote_request(&p, &["s1"], 1))
+        .await
+        .unwrap();
+    assert_eq!(status.authority_term, 2);
+    assert_eq!(status.leader_id, "s1");
+    assert_eq!(status.observations.len(), 1);
+    assert_eq!(
+        terms(&p).await,
+        vec![
+            (
+                1,
+                "bootstrap".into(),
+                vec!["s1".into(), "s2".into(), "s3".into()],
+                true
+            ),
+            (2, "promotion".into(), vec!["s1".into()], false),
+        ]
+    );
+    assert_eq!(
+        roles(&p).await,
+        pairs(&[("s1", "voter"), ("s2", "retired"), ("s3", "retired")])
+    );
+    last_event(&p, "authority.promote", "ok", "").await;
+    let details: serde_json::Value = sqlx::query_scalar(
+        "SELECT details FROM cluster_audit_events
+          WHERE action = 'authority.promote' AND result = 'ok'",
+    )
+    .fetch_one(&p.ctx.pool)
+    .await
+    .unwrap();
+    assert_eq!(details["old_term"], 1);
+    assert_eq!(details["new_term"], 2);
+    assert_eq!(details["survivors"], serde_json::json!(["s1"]));
+    assert_eq!(details["retired"], serde_json::json!(["s2", "s3"]));
+
+    // Fenced mutations work again, with term-2 fences.
+    let started = Instant::now();
+    loop {
+        match workloads::set_desired_state(&p.ctx, &p.owner, &desired(&p, &node, "disabled")).await
+        {
+            Ok(set) => {
+                assert_eq!(set.desired_state, "disabled");
+                break;
+            }
+            Err(e) if started.elapsed() < HANG_GUARD && e.code() == "NO_QUORUM" => {
+                tokio::time::sleep(POLL).await;
+            }
+            Err(e) => panic!("no fenced mutation at term 2: {e}"),
+        }
+    }
+    let fence_terms: Vec<Option<i64>> = sqlx::query_scalar(
+        "SELECT fence_term FROM cluster_audit_events
+          WHERE action = 'service.desired-state' AND result = 'ok' ORDER BY event_id",
+    )
+    .fetch_all(&p.ctx.pool)
+    .await
+    .unwrap();
+    assert_eq!(fence_terms, vec![Some(1), Some(2)]);
+    let current: (i64, i64) = sqlx::query_as(
+        "SELECT authority_term, last_seq FROM cluster_authority_terms
+          WHERE cluster_id = $1 AND ended_at IS NULL",
+    )
+    .bind(&p.cluster)
+    .fetch_one(&p.ctx.pool)
+    .await
+    .unwrap();
+    assert_eq!(current.0, 2);
+    assert!(current.1 >= 1, "the term-2 fence was recorded: {current:?}");
+
+    // The old expected term is stale; the new one finds a healthy group.
+    let after = terms(&p).await;
+    let e = authority_ops::promote(&p.ctx, &p.owner, &promote_request(&p, &["s1"], 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "FAILED_PRECONDITION", "{e}");
+    assert!(e.to_string().contains("current authority term"), "{e}");
+    last_event(&p, "authority.promote", "refused", "not the expected 1").await;
+    let e = authority_ops::promote(&p.ctx, &p.owner, &promote_request(&p, &["s1"], 2))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("QUORUM_PRESENT"), "{e}");
+    assert_eq!(terms(&p).await, after);
+
+    // Rejoin: only a retired node, and only when it answers.
+    let e = authority_ops::rejoin(&p.ctx, &p.owner, &rejoin_request(&p, "s1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "FAILED_PRECONDITION", "{e}");
+    assert!(e.to_string().contains("not retired"), "{e}");
+    let e = authority_ops::rejoin(&p.ctx, &p.owner, &rejoin_request(&p, "s2"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "AUTHORITY_UNREACHABLE", "{e}");
+    last_event(&p, "authority.rejoin", "refused", "s2").await;
+    assert_eq!(
+        roles(&p).await,
+        pairs(&[("s1", "voter"), ("s2", "retired"), ("s3", "retired")])
+    );
+}
+
+/// Runs rapctl against `server` as the platform owner; returns (exit code,
+/// stdout, stderr).
+async fn rapctl(
+    p: &Platform,
+    server: &crate::support::ControlPlane,
+    args: &[&str],
+) -> (i32, String, String) {
+    let token_file = p.dir.path().join("owner.token");
+    std::fs::write(&token_file, &p.owner_token).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_rapctl"))
+        .args(args)
+        .arg("--endpoint")
+        .arg(format!("https://{}", server.addr))
+        .arg("--ca")
+        .arg(p.ctx.keys_dir.join("platform/ca.pem"))
+        .arg("--token-file")
+        .arg(&token_file)
+        .env_remove("RAP_SERVER_NAME")
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+// Goal: PostgreSQL moves first and fails closed: once it records term 2,
+// the term-1 group grants nothing that PostgreSQL accepts; if the order
+// never reached the survivors, running the same promotion again with the
+// new expected term finishes it without writing a third term. Also: the
+// `rapctl authority` commands over the real server.
+// Method: write the rows a promotion commits before its order (end term 1,
+// term 2 with survivor s1, s2/s3 retired) while the group is healthy: a
+// fenced mutation is refused. Stop s2, s3; `rapctl authority status` shows
+// term 2 and s1 in a minority; `rapctl authority promote --expected-term 2`
+// re-sends the order; the group is at term 2 and fences work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_promotion_is_finished_by_running_it_again() {
+    let p = Platform::start().await;
+    let node = p.enroll(&["can_run_rdp_worker"]).await;
+    let server = p.serve().await;
+
+    // What `promote` commits before it sends the order.
+    let mut tx = p.ctx.pool.begin().await.unwrap();
+    for sql in [
+        "UPDATE cluster_authority_terms SET ended_at = now() WHERE cluster_id = $1",
+        "INSERT INTO cluster_authority_terms (cluster_id, authority_term, reason, survivors)
+         VALUES ($1, 2, 'promotion', '{s1}')",
+        "UPDATE storage_nodes SET role = 'retired' WHERE cluster_id = $1 AND node_id <> 's1'",
+    ] {
+        sqlx::query(sql)
+            .bind(&p.cluster)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    // Fail-closed: the healthy term-1 group cannot serve term 2.
+    let e = workloads::set_desired_state(&p.ctx, &p.owner, &desired(&p, &node, "enabled"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "AUTHORITY_REFUSED", "{e}");
+    assert!(e.to_string().contains("TERM_MISMATCH"), "{e}");
+    // And while it has a quorum, the promotion is not re-sent.
+    let (code, _, stderr) = rapctl(
+        &p,
+        &server,
+        &[
+            "authority",
+            "promote",
+            "c1",
+            "--survivor",
+            "s1",
+            "--expected-term",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("QUORUM_PRESENT"), "{stderr}");
+    assert!(
+        stderr.contains("hint: a survivor still reaches a quorum"),
+        "{stderr}"
+    );
+
+    p.stop_voters(2).await;
+    wait_for_minority(&p, "s1").await;
+    let (code, stdout, stderr) =
+        rapctl(&p, &server, &["authority", "status", "c1", "-o", "json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["authority_term"], 2, "{stdout}");
+    assert_eq!(status["observations"][0]["node_id"], "s1", "{stdout}");
+    assert_eq!(status["observations"][0]["view"], "minority", "{stdout}");
+    assert_eq!(status["observations"][0]["reachable_voters"], 1, "{stdout}");
+    assert_eq!(status["observations"][0]["total_voters"], 3, "{stdout}");
+
+    // Other survivors than the recorded ones: refused.
+    let (code, _, stderr) = rapctl(
+        &p,
+        &server,
+        &[
+            "authority",
+            "promote",
+            "c1",
+            "--survivor",
+            "s2",
+            "--expected-term",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("not a voter"), "{stderr}");
+
+    let (code, stdout, stderr) = rapctl(
+        &p,
+        &server,
+        &[
+            "authority",
+            "promote",
+            "c1",
+            "--survivor",
+            "s1",
+            "--expected-term",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("promoted cluster c1 to authority term 2"),
+        "{stdout}"
+    );
+    assert_eq!(
+        p.count("SELECT count(*) FROM cluster_authority_terms")
+            .await,
+        2,
+        "a re-run writes no third term"
+    );
+    let details: serde_json::Value = sqlx::query_scalar(
+        "SELECT details FROM cluster_audit_events
+          WHERE action = 'authority.promote' AND result = 'ok'",
+    )
+    .fetch_one(&p.ctx.pool)
+    .await
+    .unwrap();
+    assert_eq!(details["resumed"], true);
+    assert_eq!(
+        (details["old_term"].clone(), details["new_term"].clone()),
+        (1.into(), 2.into())
+    );
+
+    let set = workloads::set_desired_state(&p.ctx, &p.owner, &desired(&p, &node, "enabled"))
+        .await
+        .unwrap();
+    assert_eq!(set.version, 1);
+    assert_eq!(
+        p.count("SELECT count(*) FROM cluster_audit_events WHERE action = 'service.desired-state' AND result = 'ok' AND fence_term = 2").await,
+        1
+    );
+    let (code, stdout, stderr) = rapctl(&p, &server, &["authority", "status", "c1"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("leader"), "{stdout}");
+    assert!(stdout.contains("healthy"), "{stdout}");
+}
