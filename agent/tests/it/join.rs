@@ -21,7 +21,6 @@ const AGENT_RUN_MAX: Duration = Duration::from_secs(60);
 /// Hang guard for a join request to show up.
 const REQUEST_APPEARS_MAX: Duration = Duration::from_secs(30);
 
-
 fn cluster_keys(p: &Platform) -> ClusterKeys {
     ClusterKeys::load(
         &p.ctx.keys_dir,
