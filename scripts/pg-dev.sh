@@ -16,6 +16,8 @@
 # (initdb refuses to run as root). Installs nothing.
 #
 # Unlike the test servers this one keeps fsync on: its data outlives a run.
+# Commits are asynchronous (synchronous_commit=off) unless
+# RAP_PG_SYNCHRONOUS_COMMIT=on (the benchmarks set it).
 set -euo pipefail
 
 readonly INSTALL_COMMAND='apt-get update && apt-get install -y postgresql'
@@ -111,7 +113,9 @@ start() {
             die "initdb failed; see $pg_dir/initdb.log: $(tail -n 20 "$pg_dir/initdb.log")"
     fi
     local options
-    options="-c listen_addresses='' -k $(shell_quote "$pg_dir") -p $port -c synchronous_commit=off"
+    local sync=${RAP_PG_SYNCHRONOUS_COMMIT:-off}
+    [[ $sync == on || $sync == off ]] || die "RAP_PG_SYNCHRONOUS_COMMIT must be on or off"
+    options="-c listen_addresses='' -k $(shell_quote "$pg_dir") -p $port -c synchronous_commit=$sync"
     if ! (cd "$pg_dir" && as_server_user "$bindir/pg_ctl" -D "$data" -l "$log" -w \
         -t "$WAIT_SECONDS_MAX" -o "$options" start) >/dev/null; then
         echo "pg-dev: pg_ctl start failed; last lines of $log:" >&2

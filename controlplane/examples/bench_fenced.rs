@@ -4,7 +4,8 @@
 //! Each mutation is `service set` (desired state toggled): row lock on the
 //! cluster's authority row, AcquireFence committed by Raft (fsync on each
 //! voter), conditional fence check, the upsert and its audit event, one
-//! transaction; PostgreSQL with fsync and synchronous commit on. Prints p50/p90/p99/max and mutations/s per concurrency;
+//! transaction. `scripts/bench-fenced.sh` runs it on a durable PostgreSQL
+//! (fsync and synchronous commit on, via `RAP_PLATFORM_DATABASE_URL`). Prints p50/p90/p99/max and mutations/s per concurrency;
 //! and the bare AcquireFence latency for comparison.
 //!
 //! Run: `scripts/bench-fenced.sh` (release build) or
@@ -55,27 +56,15 @@ async fn main() {
     };
     eprintln!("starting PostgreSQL and a 3-voter authority group...");
     let p = Arc::new(support::Platform::start().await);
-    // The test server runs without fsync; measure with a durable database.
-    for setting in [
-        "fsync = on",
-        "synchronous_commit = on",
-        "full_page_writes = on",
-    ] {
-        sqlx::query(&format!("ALTER SYSTEM SET {setting}"))
-            .execute(&p.ctx.pool)
-            .await
-            .unwrap();
-    }
-    sqlx::query("SELECT pg_reload_conf()")
-        .execute(&p.ctx.pool)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let fsync: String = sqlx::query_scalar("SHOW fsync")
         .fetch_one(&p.ctx.pool)
         .await
         .unwrap();
-    eprintln!("PostgreSQL fsync = {fsync}, synchronous_commit = on");
+    let sync: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&p.ctx.pool)
+        .await
+        .unwrap();
+    eprintln!("PostgreSQL fsync = {fsync}, synchronous_commit = {sync}");
     let nodes: Vec<String> = {
         let mut nodes = Vec::new();
         for _ in 0..16 {

@@ -16,6 +16,10 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// Benchmarks only: an empty database (on a durable server) to use
+/// instead of a fresh private one.
+pub const PLATFORM_DATABASE_URL_ENV: &str = "RAP_PLATFORM_DATABASE_URL";
+
 /// Voters of the test cluster.
 pub const VOTERS: usize = 3;
 
@@ -184,7 +188,15 @@ impl Platform {
     /// A platform with the given cluster, bootstrapped.
     pub async fn start_cluster(cluster: &str) -> Platform {
         rap_authority::tls::install_crypto_provider();
-        let db = rap_pgtest::fresh_database().await.unwrap();
+        // Benchmarks point this at a durable server (the test servers run
+        // without fsync); tests always get a fresh private database.
+        let db = match std::env::var(PLATFORM_DATABASE_URL_ENV) {
+            Ok(url) => rap_pgtest::TestDatabase {
+                url,
+                name: "external".into(),
+            },
+            Err(_) => rap_pgtest::fresh_database().await.unwrap(),
+        };
         let pool = db.pool().await.unwrap();
         rap_controlplane::db::migrate(&pool).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
