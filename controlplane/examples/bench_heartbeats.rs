@@ -53,7 +53,7 @@ const CONNECT_PARALLELISM: usize = 32;
 /// How often batcher stats are sampled during the run.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// Pause of a `--no-wait` producer after a queue-full refusal.
-const FULL_BACKOFF: Duration = Duration::from_millis(1);
+const FULL_BACKOFF: Duration = Duration::from_millis(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Via {

@@ -22,4 +22,19 @@ pub struct Context {
     /// The TLS listener's certificate registry, when serving TLS: new
     /// clusters are added to it at once.
     pub tls: Option<Arc<crate::tls::ControlPlaneTls>>,
+    /// The agent API of this process, when serving: revocation and renewal
+    /// drop its cached identity answers at once.
+    pub agents: Option<crate::api::agent::AgentApi>,
+}
+
+impl Context {
+    /// Tells this process's agent API that these certificate serials are
+    /// no longer active (other processes notice within the cache TTL).
+    pub fn forget_serials(&self, serials: &[String]) {
+        if let Some(agents) = &self.agents {
+            for serial in serials {
+                agents.invalidate_serial(serial);
+            }
+        }
+    }
 }

@@ -843,7 +843,8 @@ pub async fn renew(
     let keys_dir = ctx.keys_dir.clone();
     let cluster_id = request.cluster_id.clone();
     let node_id = request.node_id.clone();
-    fencing::run(&ctx.pool, &ctx.authority, action, move |tx, _fence| {
+    let old_serial = serial.clone();
+    let identity =     fencing::run(&ctx.pool, &ctx.authority, action, move |tx, _fence| {
         Box::pin(async move {
             let rotated = sqlx::query(
                 "UPDATE node_identities SET identity_status = 'rotated', rotated_at = now()
@@ -875,6 +876,9 @@ pub async fn renew(
             Ok((identity, serde_json::json!({"old_serial": serial, "new_serial": issued.serial_hex})))
         })
     })
-    .await
-    .map(|identity| pb::RenewCertificateResponse { identity: Some(identity) })
+    .await?;
+    ctx.forget_serials(&[old_serial]);
+    Ok(pb::RenewCertificateResponse {
+        identity: Some(identity),
+    })
 }

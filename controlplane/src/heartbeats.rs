@@ -21,8 +21,10 @@
 //!    `node_service_instances` row is updated; a heartbeat never creates
 //!    desired state;
 //! 5. capabilities are upserted into `node_capabilities` (source
-//!    `heartbeat`) for nodes with an active membership; unchanged rows are
-//!    not rewritten.
+//!    `heartbeat`) for nodes with an active membership; capabilities
+//!    already stored with the same detail are filtered out by an anti-join
+//!    first, so the steady state costs one index probe per capability and
+//!    no row lock or write (`reported_at` is when the detail last changed).
 //!
 //! A batch the database refuses for its data (a constraint, class 22/23)
 //! is retried one heartbeat at a time, so one bad row cannot sink the
@@ -90,7 +92,7 @@ pub const STOPPED_MESSAGE: &str = "heartbeat writer is stopped: retry later";
 /// True when `error` is the queue-full refusal of [`Heartbeats::submit`]
 /// (an expected overload answer, logged once per episode, not per call).
 pub fn is_overloaded(error: &Error) -> bool {
-    matches!(error, Error::FailedPrecondition(message) if message == QUEUE_FULL_MESSAGE)
+    matches!(error, Error::Overloaded(message) if message == QUEUE_FULL_MESSAGE)
 }
 
 /// The control plane clock in unix milliseconds (0 before 1970).
@@ -547,7 +549,7 @@ impl Heartbeats {
 
     /// Queues `heartbeat` and returns at once; it is written within
     /// about one flush interval. Refuses with
-    /// [`Error::FailedPrecondition`] ([`QUEUE_FULL_MESSAGE`]) when the
+    /// [`Error::Overloaded`] ([`QUEUE_FULL_MESSAGE`]) when the
     /// queue is full, so the agent retries later.
     pub fn submit(&self, heartbeat: Heartbeat) -> Result<()> {
         self.enqueue(heartbeat, None)
@@ -562,7 +564,7 @@ impl Heartbeats {
         self.enqueue(heartbeat, Some(done))?;
         match wait.await {
             Ok(result) => result,
-            Err(_) => Err(Error::FailedPrecondition(STOPPED_MESSAGE.to_string())),
+            Err(_) => Err(Error::Overloaded(STOPPED_MESSAGE.to_string())),
         }
     }
 
@@ -596,7 +598,7 @@ impl Heartbeats {
                         "heartbeat refused: queue full"
                     );
                 }
-                Err(Error::FailedPrecondition(QUEUE_FULL_MESSAGE.to_string()))
+                Err(Error::Overloaded(QUEUE_FULL_MESSAGE.to_string()))
             }
             Err(mpsc::error::TrySendError::Closed(item)) => {
                 tracing::debug!(
@@ -604,7 +606,7 @@ impl Heartbeats {
                     node_id = %item.heartbeat.node_id,
                     "heartbeat refused: writer stopped"
                 );
-                Err(Error::FailedPrecondition(STOPPED_MESSAGE.to_string()))
+                Err(Error::Overloaded(STOPPED_MESSAGE.to_string()))
             }
         }
     }
@@ -1059,6 +1061,10 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
               WHERE EXISTS (SELECT 1 FROM cluster_memberships m
                              WHERE m.cluster_id = t.c AND m.node_id = t.n
                                AND m.membership_status = 'active')
+                AND NOT EXISTS (SELECT 1 FROM node_capabilities o
+                                 WHERE o.cluster_id = t.c AND o.node_id = t.n
+                                   AND o.capability = t.cap AND o.detail = t.d
+                                   AND o.source = 'heartbeat')
              ON CONFLICT (cluster_id, node_id, capability) DO UPDATE SET
                  detail = EXCLUDED.detail,
                  source = EXCLUDED.source,

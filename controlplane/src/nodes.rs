@@ -229,7 +229,7 @@ pub async fn revoke(
         })
     })
     .await?;
-    let _ = serials;
+    ctx.forget_serials(&serials);
     get_unchecked(&ctx.pool, &request.cluster_id, &request.node_id).await
 }
 

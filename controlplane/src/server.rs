@@ -164,15 +164,16 @@ pub async fn serve(
             keys_dir: config.keys_dir.clone(),
         }
     };
+    let heartbeats = Heartbeats::start(pool.clone());
+    let agent = AgentApi::new(pool.clone(), heartbeats.clone());
     let ctx = Context {
         pool: pool.clone(),
         keys_dir: config.keys_dir.clone(),
         authority: AuthorityClients::new(transport),
         public_endpoint: config.public_endpoint(),
         tls: tls.clone(),
+        agents: Some(agent.clone()),
     };
-    let heartbeats = Heartbeats::start(pool.clone());
-    let agent = AgentApi::new(pool.clone(), heartbeats.clone());
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE * 2))

@@ -11,9 +11,9 @@
 //! certificates of ANY registered cluster CA, and serials are not secret,
 //! so only the key (whose possession the handshake proved) binds the
 //! caller to the node enrolled in *this* cluster. The heartbeat is then
-//! validated and written through the
-//! [`Heartbeats`] batcher; the call returns once its batch committed, so
-//! an acknowledged heartbeat is durable.
+//! validated and written through the [`Heartbeats`] batcher; the call
+//! returns once its batch committed, so an acknowledged heartbeat is
+//! durable.
 //!
 //! Certificate serials are stored and compared as
 //! [`certificate_serial`]: lowercase hex of the DER INTEGER content bytes

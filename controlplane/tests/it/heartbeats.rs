@@ -495,7 +495,7 @@ async fn full_queue_refuses_and_accepted_heartbeats_are_written() {
     assert!(is_overloaded(&refused), "{refused:?}");
     assert_eq!(
         tonic::Status::from(refused).code(),
-        tonic::Code::FailedPrecondition
+        tonic::Code::ResourceExhausted
     );
     assert!((1..=2).contains(&accepted), "accepted {accepted}");
     assert_eq!(heartbeats.stats().refused_queue_full, 1);
@@ -509,10 +509,7 @@ async fn full_queue_refuses_and_accepted_heartbeats_are_written() {
     // Stopped: refused, not lost silently.
     let hb =
         Heartbeat::from_request(&request("n1", NodeHealth::Healthy), now_unix_ms()).expect("v");
-    assert!(matches!(
-        heartbeats.submit(hb),
-        Err(Error::FailedPrecondition(_))
-    ));
+    assert!(matches!(heartbeats.submit(hb), Err(Error::Overloaded(_))));
 }
 
 // Goal: shutdown writes what was queued without waiting (fire and

@@ -209,6 +209,7 @@ impl Platform {
             }),
             public_endpoint: "127.0.0.1:7443".into(),
             tls: None,
+            agents: None,
         };
         let owner_token = auth::create_first_owner(&pool).await.unwrap().unwrap();
         let owner = auth::authenticate(&pool, Some(&format!("Bearer {owner_token}")))
