@@ -236,8 +236,8 @@ CREATE TABLE node_service_instances (
     PRIMARY KEY (cluster_id, node_id, service)
 );
 
--- Heartbeats: an append-only log (pruned by retention) and the latest
--- state per node.
+-- Heartbeats: an append-only log (pruned by retention) of changes and
+-- periodic samples, and the latest state per node (every heartbeat).
 CREATE TABLE node_heartbeats (
     heartbeat_id   bigserial PRIMARY KEY,
     cluster_id     rap_id NOT NULL,
@@ -264,6 +264,10 @@ CREATE TABLE node_heartbeat_latest (
     services           jsonb NOT NULL DEFAULT '[]'::jsonb,
     accepted_versions  jsonb NOT NULL DEFAULT '[]'::jsonb,
     heartbeat_count    bigint NOT NULL DEFAULT 1,
+    -- When this node's last heartbeat went into the log: the log keeps
+    -- changes (health, degraded mode, agent version) and one heartbeat per
+    -- log interval, not every heartbeat.
+    last_logged_at     timestamptz,
     PRIMARY KEY (cluster_id, node_id)
 );
 

@@ -19,7 +19,7 @@
 # The driver is controlplane/examples/bench_heartbeats.rs (see `--help`).
 # By default each run gets a private throw-away PostgreSQL from rap_pgtest
 # (fsync=off, synchronous_commit=off); with RAP_BENCH_DURABLE=1 each run
-# gets a fresh server with the default durability settings, started by
+# gets a fresh server with fsync and synchronous commit on, started by
 # scripts/pg-dev.sh in a temp directory and stopped afterwards. Client,
 # control plane and PostgreSQL share this machine's cores.
 set -euo pipefail
@@ -55,7 +55,7 @@ run() {
         dev_dir="$(mktemp -d "${TMPDIR:-/tmp}/rap-bench-heartbeats.XXXXXX")"
         # pg-dev runs the server as `postgres` when we are root.
         chmod 755 "$dev_dir"
-        RAP_DEV_DIR="$dev_dir" scripts/pg-dev.sh start >/dev/null
+        RAP_DEV_DIR="$dev_dir" RAP_PG_SYNCHRONOUS_COMMIT=on scripts/pg-dev.sh start >/dev/null
         extra=(--database-url "$(RAP_DEV_DIR="$dev_dir" scripts/pg-dev.sh url)")
     fi
     "$driver" "${extra[@]}" "$@"

@@ -72,6 +72,13 @@ pub const ACCEPTED_SCOPE_BYTES_MAX: usize = rap_proto::limits::SCOPE_BYTES_MAX;
 /// Latest `sent_at_unix_ms` accepted (9999-12-31T23:59:59.999Z, the end of
 /// PostgreSQL's `to_timestamp` range as written by humans).
 pub const SENT_AT_UNIX_MS_MAX: i64 = 253_402_300_799_999;
+/// A node's heartbeats go into the log (`node_heartbeats`) when its
+/// health, degraded mode or agent version changed, and otherwise at most
+/// once per this interval; `node_heartbeat_latest` has every heartbeat.
+/// At 10,000 agents every 10 s that is ~33 log rows/s instead of 1,000
+/// (24 h retention: ~2.9 M rows instead of ~86 M).
+pub const HEARTBEAT_LOG_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
 /// How often a batch is retried after a deadlock or serialization failure.
 pub const HEARTBEAT_BATCH_RETRIES: u32 = 3;
 /// Rows deleted per statement when pruning the log: keeps each delete
@@ -868,6 +875,7 @@ async fn write_with_retries(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<
 
 /// The five set-based statements of one batch, in one transaction.
 async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sqlx::Error> {
+    let log_interval_secs = HEARTBEAT_LOG_INTERVAL.as_secs_f64();
     // The newest heartbeat of each node, with how many the batch holds,
     // in (cluster, node) order so that concurrent writers lock rows in the
     // same order.
@@ -910,7 +918,12 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
                 to_timestamp(t.s::double precision / 1000), t.h, t.d, t.v, t.p::jsonb
            FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
                        $6::boolean[], $7::text[], $8::text[])
-                AS t(c, n, r, s, h, d, v, p)",
+                AS t(c, n, r, s, h, d, v, p)
+           LEFT JOIN node_heartbeat_latest l ON l.cluster_id = t.c AND l.node_id = t.n
+          WHERE l.node_id IS NULL OR l.last_logged_at IS NULL
+             OR l.health <> t.h OR l.degraded_mode <> t.d OR l.agent_version <> t.v
+             OR l.last_logged_at <= to_timestamp(t.r::double precision / 1000)
+                                    - make_interval(secs => $9)",
     )
     .bind(&cluster)
     .bind(&node)
@@ -920,6 +933,7 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
     .bind(&degraded)
     .bind(&version)
     .bind(&payload)
+    .bind(log_interval_secs)
     .execute(&mut *tx)
     .await?;
 
@@ -950,10 +964,11 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
     sqlx::query(
         "INSERT INTO node_heartbeat_latest AS l
              (cluster_id, node_id, received_at, sent_at, health, degraded_mode, agent_version,
-              capabilities, services, accepted_versions, heartbeat_count)
+              capabilities, services, accepted_versions, heartbeat_count, last_logged_at)
          SELECT t.c, t.n, to_timestamp(t.r::double precision / 1000),
                 to_timestamp(t.s::double precision / 1000), t.h, t.d, t.v,
-                t.caps::jsonb, t.svcs::jsonb, t.avs::jsonb, t.k
+                t.caps::jsonb, t.svcs::jsonb, t.avs::jsonb, t.k,
+                to_timestamp(t.r::double precision / 1000)
            FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
                        $6::boolean[], $7::text[], $8::text[], $9::text[], $10::text[],
                        $11::bigint[])
@@ -967,7 +982,14 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
              capabilities = EXCLUDED.capabilities,
              services = EXCLUDED.services,
              accepted_versions = EXCLUDED.accepted_versions,
-             heartbeat_count = l.heartbeat_count + EXCLUDED.heartbeat_count",
+             heartbeat_count = l.heartbeat_count + EXCLUDED.heartbeat_count,
+             -- The same rule as the log statement above (1.).
+             last_logged_at = CASE
+                 WHEN l.last_logged_at IS NULL OR l.health <> EXCLUDED.health
+                   OR l.degraded_mode <> EXCLUDED.degraded_mode
+                   OR l.agent_version <> EXCLUDED.agent_version
+                   OR l.last_logged_at <= EXCLUDED.received_at - make_interval(secs => $12)
+                 THEN EXCLUDED.received_at ELSE l.last_logged_at END",
     )
     .bind(&cluster)
     .bind(&node)
@@ -980,6 +1002,7 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
     .bind(&services)
     .bind(&versions)
     .bind(&counts)
+    .bind(log_interval_secs)
     .execute(&mut *tx)
     .await?;
 

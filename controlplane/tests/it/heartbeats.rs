@@ -503,7 +503,7 @@ async fn full_queue_refuses_and_accepted_heartbeats_are_written() {
     lock.rollback().await.expect("unlock");
     heartbeats.shutdown().await;
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM node_heartbeats").await,
+        written(&pool).await,
         i64::try_from(accepted).expect("small")
     );
     // Stopped: refused, not lost silently.
@@ -527,10 +527,7 @@ async fn queued_heartbeats_are_written_on_shutdown_and_on_drop() {
         heartbeats.submit(hb).expect("queued");
     }
     heartbeats.shutdown().await;
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM node_heartbeats").await,
-        5
-    );
+    assert_eq!(written(&pool).await, 5);
 
     let dropped = batcher(&pool, Duration::from_secs(3600));
     let hb =
@@ -539,7 +536,7 @@ async fn queued_heartbeats_are_written_on_shutdown_and_on_drop() {
     drop(dropped);
     let mut written = 0;
     for _ in 0..100 {
-        written = count(&pool, "SELECT count(*) FROM node_heartbeats").await;
+        written = self::written(&pool).await;
         if written == 6 {
             break;
         }
@@ -579,10 +576,13 @@ async fn prune_removes_only_old_rows() {
         .await
         .expect("prune");
     assert_eq!(deleted, u64::try_from(old).expect("positive"));
+    // The three fresh heartbeats carry the same state within the log
+    // interval: the first is logged, all three are counted.
     assert_eq!(
         count(&pool, "SELECT count(*) FROM node_heartbeats").await,
-        3
+        1
     );
+    assert_eq!(written(&pool).await, 3);
     assert_eq!(
         count(&pool, "SELECT count(*) FROM node_heartbeat_latest").await,
         1
@@ -786,10 +786,7 @@ async fn agent_api_checks_the_identity_serial_and_key() {
         api.heartbeat_from(Some(&n1), &bad).await,
         Err(Error::Oversize { .. })
     ));
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM node_heartbeats").await,
-        2
-    );
+    assert_eq!(written(&pool).await, 2);
     api.heartbeats().shutdown().await;
 }
 
@@ -901,4 +898,49 @@ async fn agent_service_over_the_control_plane_listener() {
     let _ = stop.send(());
     server.await.expect("server task").expect("server");
     api.heartbeats().shutdown().await;
+}
+
+/// Heartbeats written (every one is counted in the latest-state table; the
+/// log keeps changes and one sample per log interval).
+async fn written(pool: &sqlx::PgPool) -> i64 {
+    count(
+        pool,
+        "SELECT coalesce(sum(heartbeat_count), 0)::bigint FROM node_heartbeat_latest",
+    )
+    .await
+}
+
+// Goal: the log keeps every change and one sample per log interval, not
+// every heartbeat. Method: one node; the same state twice within the
+// interval (1 row), a health change (logged), the same state again after
+// the interval (logged).
+#[tokio::test]
+async fn log_keeps_changes_and_one_sample_per_interval() {
+    let pool = database().await;
+    insert_cluster(&pool, CLUSTER).await;
+    insert_member(&pool, CLUSTER, "n1").await;
+    let heartbeats = batcher(&pool, Duration::from_millis(20));
+    let interval_ms =
+        i64::try_from(rap_controlplane::heartbeats::HEARTBEAT_LOG_INTERVAL.as_millis())
+            .expect("ms");
+    let start = now_unix_ms() - 3 * interval_ms;
+    let beats = [
+        (start, NodeHealth::Healthy),
+        (start + 10_000, NodeHealth::Healthy),
+        (start + 20_000, NodeHealth::Degraded),
+        (start + 30_000, NodeHealth::Degraded),
+        (start + 30_000 + interval_ms, NodeHealth::Degraded),
+    ];
+    for (at, health) in beats {
+        let hb = Heartbeat::from_request(&request("n1", health), at).expect("valid");
+        heartbeats.submit_and_wait(hb).await.expect("written");
+    }
+    assert_eq!(written(&pool).await, 5);
+    let logged: Vec<(String,)> =
+        sqlx::query_as("SELECT health FROM node_heartbeats ORDER BY received_at")
+            .fetch_all(&pool)
+            .await
+            .expect("log");
+    let logged: Vec<&str> = logged.iter().map(|(h,)| h.as_str()).collect();
+    assert_eq!(logged, ["healthy", "degraded", "degraded"]);
 }
