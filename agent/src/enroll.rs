@@ -34,10 +34,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-/// Purpose string of a join request's proof.
-pub const PURPOSE_JOIN: &str = "rap.v1.join";
-/// Purpose string of a status poll's proof.
-pub const PURPOSE_STATUS: &str = "rap.v1.join-status";
+pub use rap_proto::proof::PURPOSE_JOIN;
+pub use rap_proto::proof::PURPOSE_STATUS;
 /// Random bytes in a proof's nonce (the control plane takes 16..=64).
 pub const PROOF_NONCE_BYTES: usize = 16;
 /// Suffix of a cluster's control plane server name.
@@ -271,24 +269,7 @@ pub fn cluster_server_name(cluster: &ClusterId) -> String {
     format!("{cluster}{CLUSTER_SERVER_NAME_SUFFIX}")
 }
 
-/// The bytes a proof of possession signs: the prost encoding of
-/// `JoinProofPayload` (exactly what the control plane rebuilds).
-pub fn proof_message(
-    purpose: &str,
-    cluster_id: &str,
-    public_key: &[u8],
-    timestamp_unix_ms: i64,
-    nonce: &[u8],
-) -> Vec<u8> {
-    pb::JoinProofPayload {
-        purpose: purpose.to_string(),
-        cluster_id: cluster_id.to_string(),
-        node_public_key: public_key.to_vec(),
-        timestamp_unix_ms,
-        nonce: nonce.to_vec(),
-    }
-    .encode_to_vec()
-}
+pub use rap_proto::proof::proof_message;
 
 /// A fresh proof for `purpose`: (timestamp, nonce, signature).
 fn prove(

@@ -22,34 +22,11 @@ use rap_proto::ids::{ClusterId, NodeId, RoleName};
 use rap_proto::pb;
 use rap_proto::time::UnixMillis;
 
-/// Purpose string of a join request's proof.
-pub const PURPOSE_JOIN: &str = "rap.v1.join";
-/// Purpose string of a status poll's proof.
-pub const PURPOSE_STATUS: &str = "rap.v1.join-status";
-/// Purpose string of a certificate renewal's proof.
-pub const PURPOSE_RENEW: &str = "rap.v1.renew";
+pub use rap_proto::proof::{PURPOSE_JOIN, PURPOSE_RENEW, PURPOSE_STATUS, proof_message};
 /// Prefix of node ids derived from a key fingerprint.
 pub const DERIVED_NODE_ID_PREFIX: &str = "n-";
 /// Hex characters of the fingerprint in a derived node id.
 pub const DERIVED_NODE_ID_HEX: usize = 12;
-
-/// The bytes a proof of possession signs.
-pub fn proof_message(
-    purpose: &str,
-    cluster_id: &str,
-    public_key: &[u8],
-    timestamp_unix_ms: i64,
-    nonce: &[u8],
-) -> Vec<u8> {
-    pb::JoinProofPayload {
-        purpose: purpose.to_string(),
-        cluster_id: cluster_id.to_string(),
-        node_public_key: public_key.to_vec(),
-        timestamp_unix_ms,
-        nonce: nonce.to_vec(),
-    }
-    .encode_to_vec()
-}
 
 /// Checks a proof of possession: key shape, nonce length, timestamp
 /// window, signature. Returns the key.
@@ -206,7 +183,7 @@ fn capabilities_json(capabilities: &[pb::Capability]) -> serde_json::Value {
     )
 }
 
-fn capabilities_from_json(value: &serde_json::Value) -> Vec<pb::Capability> {
+pub(crate) fn capabilities_from_json(value: &serde_json::Value) -> Vec<pb::Capability> {
     value
         .as_array()
         .map(|items| {
@@ -519,17 +496,8 @@ pub async fn approve(
     request: &pb::ReviewJoinRequestRequest,
 ) -> Result<pb::JoinRequest> {
     let id = request.join_request_id.clone();
-    let cluster = request_cluster(&ctx.pool, &id).await;
-    let action = Action::new(
-        principal.actor(),
-        "join-request.approve",
-        cluster.as_ref().ok().map(String::as_str),
-        id.as_str(),
-    );
-    if let Err(e) = principal
-        .require_platform()
-        .and(cluster.as_ref().map(|_| ()).map_err(clone_not_found))
-    {
+    let (action, check) = review_action(ctx, principal, &id, "join-request.approve").await;
+    if let Err(e) = check {
         audit::record_refusal(&ctx.pool, &action, &e).await;
         return Err(e);
     }
@@ -606,14 +574,23 @@ pub async fn approve(
     get_unchecked(&ctx.pool, &request.join_request_id).await
 }
 
-fn clone_not_found(error: &Error) -> Error {
-    match error {
-        Error::NotFound { kind, id } => Error::NotFound {
-            kind,
-            id: id.clone(),
-        },
-        other => Error::Internal(other.to_string()),
-    }
+/// The audit action of a review of request `id`, and the checks every
+/// review makes before its fence: a platform principal, an existing request.
+async fn review_action(
+    ctx: &Context,
+    principal: &Principal,
+    id: &str,
+    name: &'static str,
+) -> (Action, Result<()>) {
+    let cluster = request_cluster(&ctx.pool, id).await;
+    let action = Action::new(
+        principal.actor(),
+        name,
+        cluster.as_ref().ok().map(String::as_str),
+        id,
+    );
+    let check = principal.require_platform().and(cluster.map(|_| ()));
+    (action, check)
 }
 
 /// Rejects a pending request with a reason (fenced).
@@ -623,29 +600,20 @@ pub async fn reject(
     request: &pb::ReviewJoinRequestRequest,
 ) -> Result<pb::JoinRequest> {
     let id = request.join_request_id.clone();
-    let cluster = request_cluster(&ctx.pool, &id).await;
-    let action = Action::new(
-        principal.actor(),
-        "join-request.reject",
-        cluster.as_ref().ok().map(String::as_str),
-        id.as_str(),
-    );
-    let precheck = principal
-        .require_platform()
-        .and(cluster.as_ref().map(|_| ()).map_err(clone_not_found))
-        .and_then(|()| {
-            if request.reason.trim().is_empty() {
-                Err(Error::invalid("a rejection needs a reason"))
-            } else if request.reason.len() > REASON_BYTES_MAX {
-                Err(Error::Oversize {
-                    what: "reason",
-                    limit: REASON_BYTES_MAX,
-                    got: request.reason.len(),
-                })
-            } else {
-                Ok(())
-            }
-        });
+    let (action, check) = review_action(ctx, principal, &id, "join-request.reject").await;
+    let precheck = check.and_then(|()| {
+        if request.reason.trim().is_empty() {
+            Err(Error::invalid("a rejection needs a reason"))
+        } else if request.reason.len() > REASON_BYTES_MAX {
+            Err(Error::Oversize {
+                what: "reason",
+                limit: REASON_BYTES_MAX,
+                got: request.reason.len(),
+            })
+        } else {
+            Ok(())
+        }
+    });
     if let Err(e) = precheck {
         audit::record_refusal(&ctx.pool, &action, &e).await;
         return Err(e);

@@ -72,18 +72,7 @@ fn node_pb(cluster_id: &str, row: NodeRow) -> pb::Node {
         identity_status: identity,
         certificate_serial: serial,
         certificate_not_after_unix_ms: not_after,
-        capabilities: caps
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .map(|c| pb::Capability {
-                        name: c["name"].as_str().unwrap_or_default().to_string(),
-                        detail: c["detail"].as_str().unwrap_or_default().to_string(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        capabilities: crate::enrollment::capabilities_from_json(&caps),
         roles,
         group_id: group,
         last_heartbeat_unix_ms: seen,

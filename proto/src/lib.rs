@@ -17,6 +17,7 @@ pub mod error;
 pub mod ids;
 pub mod limits;
 pub mod orders;
+pub mod proof;
 pub mod time;
 
 mod convert;
