@@ -3,6 +3,7 @@
 //! group (in-process rap-configstore nodes over mTLS, `support.rs`).
 #![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
+mod cli;
 mod enrollment;
 mod groups;
 mod grpc;

@@ -299,34 +299,6 @@ async fn promotion_moves_the_cluster_to_the_next_term() {
     );
 }
 
-/// Runs rapctl against `server` as the platform owner; returns (exit code,
-/// stdout, stderr).
-async fn rapctl(
-    p: &Platform,
-    server: &crate::support::ControlPlane,
-    args: &[&str],
-) -> (i32, String, String) {
-    let token_file = p.dir.path().join("owner.token");
-    std::fs::write(&token_file, &p.owner_token).unwrap();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_rapctl"))
-        .args(args)
-        .arg("--endpoint")
-        .arg(format!("https://{}", server.addr))
-        .arg("--ca")
-        .arg(p.ctx.keys_dir.join("platform/ca.pem"))
-        .arg("--token-file")
-        .arg(&token_file)
-        .env_remove("RAP_SERVER_NAME")
-        .output()
-        .await
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 // Goal: PostgreSQL moves first and fails closed: once it records term 2,
 // the term-1 group grants nothing that PostgreSQL accepts; if the order
 // never reached the survivors, running the same promotion again with the
@@ -366,20 +338,20 @@ async fn an_unfinished_promotion_is_finished_by_running_it_again() {
     assert_eq!(e.code(), "AUTHORITY_REFUSED", "{e}");
     assert!(e.to_string().contains("TERM_MISMATCH"), "{e}");
     // And while it has a quorum, the promotion is not re-sent.
-    let (code, _, stderr) = rapctl(
-        &p,
-        &server,
-        &[
-            "authority",
-            "promote",
-            "c1",
-            "--survivor",
-            "s1",
-            "--expected-term",
-            "2",
-        ],
-    )
-    .await;
+    let (code, _, stderr) = server
+        .rapctl(
+            &p,
+            &[
+                "authority",
+                "promote",
+                "c1",
+                "--survivor",
+                "s1",
+                "--expected-term",
+                "2",
+            ],
+        )
+        .await;
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("QUORUM_PRESENT"), "{stderr}");
     assert!(
@@ -389,8 +361,9 @@ async fn an_unfinished_promotion_is_finished_by_running_it_again() {
 
     p.stop_voters(2).await;
     wait_for_minority(&p, "s1").await;
-    let (code, stdout, stderr) =
-        rapctl(&p, &server, &["authority", "status", "c1", "-o", "json"]).await;
+    let (code, stdout, stderr) = server
+        .rapctl(&p, &["authority", "status", "c1", "-o", "json"])
+        .await;
     assert_eq!(code, 0, "{stderr}");
     let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(status["authority_term"], 2, "{stdout}");
@@ -400,37 +373,37 @@ async fn an_unfinished_promotion_is_finished_by_running_it_again() {
     assert_eq!(status["observations"][0]["total_voters"], 3, "{stdout}");
 
     // Other survivors than the recorded ones: refused.
-    let (code, _, stderr) = rapctl(
-        &p,
-        &server,
-        &[
-            "authority",
-            "promote",
-            "c1",
-            "--survivor",
-            "s2",
-            "--expected-term",
-            "2",
-        ],
-    )
-    .await;
+    let (code, _, stderr) = server
+        .rapctl(
+            &p,
+            &[
+                "authority",
+                "promote",
+                "c1",
+                "--survivor",
+                "s2",
+                "--expected-term",
+                "2",
+            ],
+        )
+        .await;
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("not a voter"), "{stderr}");
 
-    let (code, stdout, stderr) = rapctl(
-        &p,
-        &server,
-        &[
-            "authority",
-            "promote",
-            "c1",
-            "--survivor",
-            "s1",
-            "--expected-term",
-            "2",
-        ],
-    )
-    .await;
+    let (code, stdout, stderr) = server
+        .rapctl(
+            &p,
+            &[
+                "authority",
+                "promote",
+                "c1",
+                "--survivor",
+                "s1",
+                "--expected-term",
+                "2",
+            ],
+        )
+        .await;
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
         stdout.contains("promoted cluster c1 to authority term 2"),
@@ -463,7 +436,7 @@ async fn an_unfinished_promotion_is_finished_by_running_it_again() {
         p.count("SELECT count(*) FROM cluster_audit_events WHERE action = 'service.desired-state' AND result = 'ok' AND fence_term = 2").await,
         1
     );
-    let (code, stdout, stderr) = rapctl(&p, &server, &["authority", "status", "c1"]).await;
+    let (code, stdout, stderr) = server.rapctl(&p, &["authority", "status", "c1"]).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("leader"), "{stdout}");
     assert!(stdout.contains("healthy"), "{stdout}");

@@ -434,6 +434,48 @@ pub struct ControlPlane {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+impl ControlPlane {
+    /// Runs the real rapctl against this server as the platform owner;
+    /// returns (exit code, stdout, stderr).
+    pub async fn rapctl(&self, p: &Platform, args: &[&str]) -> (i32, String, String) {
+        self.rapctl_as(p, &p.owner_token, args).await
+    }
+
+    /// Runs the real rapctl with the API token `token`.
+    pub async fn rapctl_as(
+        &self,
+        p: &Platform,
+        token: &str,
+        args: &[&str],
+    ) -> (i32, String, String) {
+        let token_file = p.dir.path().join(format!(
+            "token-{}",
+            rap_controlplane::secret::random_id().unwrap()
+        ));
+        std::fs::write(&token_file, token).unwrap();
+        // option_env: this harness is also compiled into other crates' tests.
+        let rapctl =
+            option_env!("CARGO_BIN_EXE_rapctl").expect("rapctl is built for this crate's tests");
+        let output = tokio::process::Command::new(rapctl)
+            .args(args)
+            .arg("--endpoint")
+            .arg(format!("https://{}", self.addr))
+            .arg("--ca")
+            .arg(p.ctx.keys_dir.join("platform/ca.pem"))
+            .arg("--token-file")
+            .arg(&token_file)
+            .env_remove("RAP_SERVER_NAME")
+            .output()
+            .await
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
