@@ -24,8 +24,10 @@ pub const TOKEN_FILE_IN_HOME: &str = ".config/rap/token";
 pub const CA_FILE_IN_HOME: &str = ".config/rap/ca.pem";
 /// How long to wait for a TCP (and TLS) connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one call may take.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one call may take: longer than the server's slowest
+/// operations (bootstrap waits up to 30 s per voter, promotion restarts
+/// survivors), so rapctl reports the server's answer, not its own timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 /// Largest response message decoded.
 pub const MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Largest token file read.
