@@ -11,11 +11,13 @@
 //!   state and its deterministic `apply`; [`fence`]: fencing tokens.
 //! * [`store`]: redb log store and state machine.
 //! * [`network`]: Raft RPCs over tonic with cluster/term headers; [`tls`]:
-//!   mTLS and the development CA.
+//!   mTLS and the development CA; [`files`]: durable, bounded file reads
+//!   and writes (also used by the control plane).
 //! * [`limits`], [`error`].
 
 pub mod error;
 pub mod fence;
+pub mod files;
 pub mod limits;
 pub mod metrics;
 pub mod network;

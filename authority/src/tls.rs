@@ -12,12 +12,16 @@
 //! cluster CA: it writes `ca.pem` + `ca.key` (0600) and issues short-lived
 //! ed25519 node certificates. Only the ring crypto provider is used
 //! ([`install_crypto_provider`]): two providers make tonic panic.
+//! [`ca_cert_params`], [`node_cert_params`], [`distinguished_name`],
+//! [`uri_san`] and [`set_validity`] are shared with the control plane,
+//! which issues certificates the same way.
 //!
 //! What is on disk: `ca.pem`, `ca.key` in the CA directory; `ca.pem`,
 //! `node.pem`, `node.key` in a node directory. Keys are PKCS#8 PEM, mode
 //! 0600, and refused when group or others may read them.
 
 use crate::error::{Error, Result};
+use crate::files::{self, Overwrite};
 use rap_proto::ids::{ClusterId, NodeId};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -26,7 +30,7 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -202,17 +206,18 @@ impl TlsFiles {
 
     /// The identity our own certificate names.
     pub fn identity(&self) -> Result<PeerIdentity> {
-        let pem = read_bounded(&self.cert)?;
-        PeerIdentity::from_cert_der(first_cert(&self.cert, &pem)?.as_ref())
+        let pem = files::read_bounded(&self.cert, PEM_FILE_BYTES_MAX).map_err(file_error)?;
+        let der = files::first_cert(&self.cert, &pem).map_err(file_error)?;
+        PeerIdentity::from_cert_der(der.as_ref())
     }
 
     /// Reads and checks the three files: each parses, the key is private.
     fn load(&self) -> Result<LoadedFiles> {
-        let ca = read_bounded(&self.ca)?;
-        first_cert(&self.ca, &ca)?;
-        let cert = read_bounded(&self.cert)?;
-        first_cert(&self.cert, &cert)?;
-        let key = read_private_key(&self.key)?;
+        let ca = files::read_bounded(&self.ca, PEM_FILE_BYTES_MAX).map_err(file_error)?;
+        files::first_cert(&self.ca, &ca).map_err(file_error)?;
+        let cert = files::read_bounded(&self.cert, PEM_FILE_BYTES_MAX).map_err(file_error)?;
+        files::first_cert(&self.cert, &cert).map_err(file_error)?;
+        let key = files::read_private_key(&self.key, PEM_FILE_BYTES_MAX).map_err(file_error)?;
         PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
             Error::InvalidRequest(format!("{} holds no private key: {e}", self.key.display()))
         })?;
@@ -226,14 +231,68 @@ struct LoadedFiles {
     key: Vec<u8>,
 }
 
+/// A CA certificate with its signing key, read from `ca.pem` + `ca.key`
+/// in a directory. [`DevCa`] is one for a cluster; the control plane
+/// loads its CAs (the platform CA names no cluster) with it too.
+pub struct LoadedCa {
+    /// The CA certificate (PEM, as read).
+    pub cert_pem: String,
+    /// The CA certificate (DER).
+    pub cert_der: CertificateDer<'static>,
+    /// Signs certificates with the CA key.
+    pub issuer: Issuer<'static, KeyPair>,
+}
+
+impl fmt::Debug for LoadedCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedCa").finish_non_exhaustive()
+    }
+}
+
+impl LoadedCa {
+    /// Reads `ca.pem` and `ca.key` from `dir`: the certificate parses, the
+    /// key is private (refused when group or others may read it) and
+    /// belongs to the certificate.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
+        let cert_bytes = files::read_bounded(&cert_path, PEM_FILE_BYTES_MAX).map_err(file_error)?;
+        let cert_der = files::first_cert(&cert_path, &cert_bytes).map_err(file_error)?;
+        let key_bytes =
+            files::read_private_key(&key_path, PEM_FILE_BYTES_MAX).map_err(file_error)?;
+        let key_pem = String::from_utf8(key_bytes)
+            .map_err(|_| Error::InvalidRequest(format!("{} is not PEM", key_path.display())))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
+            Error::InvalidRequest(format!("{} holds no usable key: {e}", key_path.display()))
+        })?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert_der.as_ref())
+            .map_err(|e| Error::InvalidRequest(format!("parse {}: {e}", cert_path.display())))?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(Error::InvalidRequest(format!(
+                "{} does not belong to {}",
+                key_path.display(),
+                cert_path.display()
+            )));
+        }
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
+            .map_err(|e| Error::InvalidRequest(format!("load {}: {e}", cert_path.display())))?;
+        let cert_pem = String::from_utf8(cert_bytes)
+            .map_err(|_| Error::InvalidRequest(format!("{} is not PEM", cert_path.display())))?;
+        Ok(LoadedCa {
+            cert_pem,
+            cert_der,
+            issuer,
+        })
+    }
+}
+
 /// A development cluster CA on disk (`ca.pem`, `ca.key`). The control
 /// plane holds the real one; this one serves tests, the simulation and
 /// `scripts/dev.sh`.
 pub struct DevCa {
     dir: PathBuf,
     cluster_id: ClusterId,
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
+    ca: LoadedCa,
 }
 
 impl fmt::Debug for DevCa {
@@ -263,64 +322,37 @@ impl DevCa {
 
         let key =
             KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(rcgen_error("generate CA key"))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(&format!("rap cluster {cluster_id} CA"));
+        let mut params = ca_cert_params(&format!("rap cluster {cluster_id} CA"));
         params.subject_alt_names = vec![uri_san(&format!("{CLUSTER_URI_PREFIX}{cluster_id}"))?];
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
         set_validity(&mut params, DEV_CA_VALIDITY)?;
         let cert = params
             .self_signed(&key)
             .map_err(rcgen_error("self-sign CA certificate"))?;
 
-        write_file(
+        files::write_file(
             &key_path,
             key.serialize_pem().as_bytes(),
             0o600,
             Overwrite::Never,
-        )?;
-        write_file(&cert_path, cert.pem().as_bytes(), 0o644, Overwrite::Never)?;
+        )
+        .map_err(file_error)?;
+        files::write_file(&cert_path, cert.pem().as_bytes(), 0o644, Overwrite::Never)
+            .map_err(file_error)?;
         tracing::info!(cluster_id = %cluster_id, dir = %dir.display(), "development CA created");
         Self::load(dir)
     }
 
-    /// Loads a CA written by [`DevCa::create`]; the cluster comes from its
-    /// certificate, and the key must match the certificate.
+    /// Loads a CA written by [`DevCa::create`] ([`LoadedCa::load`]); the
+    /// cluster comes from its certificate.
     pub fn load(dir: &Path) -> Result<Self> {
-        let cert_path = dir.join(CA_CERT_FILE);
-        let key_path = dir.join(CA_KEY_FILE);
-        let cert_bytes = read_bounded(&cert_path)?;
-        let der = first_cert(&cert_path, &cert_bytes)?;
-        let key_pem = String::from_utf8(read_private_key(&key_path)?)
-            .map_err(|_| Error::InvalidRequest(format!("{} is not PEM", key_path.display())))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
-            Error::InvalidRequest(format!("{} holds no usable key: {e}", key_path.display()))
+        let ca = LoadedCa::load(dir)?;
+        let cluster_id = ca_cluster(ca.cert_der.as_ref()).map_err(|e| {
+            Error::InvalidRequest(format!("{}: {e}", dir.join(CA_CERT_FILE).display()))
         })?;
-
-        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref())
-            .map_err(|e| Error::InvalidRequest(format!("parse {}: {e}", cert_path.display())))?;
-        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(Error::InvalidRequest(format!(
-                "{} does not belong to {}",
-                key_path.display(),
-                cert_path.display()
-            )));
-        }
-        let cluster_id = ca_cluster(der.as_ref())
-            .map_err(|e| Error::InvalidRequest(format!("{}: {e}", cert_path.display())))?;
-        let issuer =
-            Issuer::from_ca_cert_der(&der, key).map_err(rcgen_error("load CA certificate"))?;
-        let cert_pem = String::from_utf8(cert_bytes)
-            .map_err(|_| Error::InvalidRequest(format!("{} is not PEM", cert_path.display())))?;
         Ok(DevCa {
             dir: dir.to_path_buf(),
             cluster_id,
-            cert_pem,
-            issuer,
+            ca,
         })
     }
 
@@ -331,7 +363,7 @@ impl DevCa {
 
     /// The CA certificate (PEM).
     pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
+        &self.ca.cert_pem
     }
 
     /// Issues `node_id` a certificate valid for
@@ -360,50 +392,39 @@ impl DevCa {
         let identity = PeerIdentity::new(self.cluster_id.clone(), node_id.clone());
         let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)
             .map_err(rcgen_error("generate node key"))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(node_id.as_str());
-        params.subject_alt_names = vec![
-            uri_san(&identity.uri())?,
+        let mut params = node_cert_params(&identity)?;
+        params.subject_alt_names.extend([
             SanType::DnsName(
                 TLS_DOMAIN_NAME_DEFAULT
                     .try_into()
                     .map_err(rcgen_error("DNS name SAN"))?,
             ),
             SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        ];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
+        ]);
         set_validity(&mut params, validity)?;
         let cert = params
-            .signed_by(&key, &self.issuer)
+            .signed_by(&key, &self.ca.issuer)
             .map_err(rcgen_error("sign node certificate"))?;
 
         std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
-        let files = TlsFiles::in_dir(dir);
-        write_file(
-            &files.key,
+        let tls = TlsFiles::in_dir(dir);
+        files::write_file(
+            &tls.key,
             key.serialize_pem().as_bytes(),
             0o600,
             Overwrite::Replace,
-        )?;
-        write_file(
-            &files.cert,
-            cert.pem().as_bytes(),
-            0o644,
-            Overwrite::Replace,
-        )?;
-        if files.ca != self.dir.join(CA_CERT_FILE) {
-            write_file(
-                &files.ca,
-                self.cert_pem.as_bytes(),
+        )
+        .map_err(file_error)?;
+        files::write_file(&tls.cert, cert.pem().as_bytes(), 0o644, Overwrite::Replace)
+            .map_err(file_error)?;
+        if tls.ca != self.dir.join(CA_CERT_FILE) {
+            files::write_file(
+                &tls.ca,
+                self.ca.cert_pem.as_bytes(),
                 0o644,
                 Overwrite::Replace,
-            )?;
+            )
+            .map_err(file_error)?;
         }
         tracing::info!(
             cluster_id = %self.cluster_id,
@@ -411,7 +432,7 @@ impl DevCa {
             validity_s = validity.as_secs(),
             "development node certificate issued"
         );
-        Ok(files)
+        Ok(tls)
     }
 }
 
@@ -450,30 +471,79 @@ fn ca_cluster(der: &[u8]) -> Result<ClusterId> {
     ClusterId::new(cluster).map_err(|e| Error::InvalidRequest(format!("CA cluster id: {e}")))
 }
 
-fn distinguished_name(common_name: &str) -> DistinguishedName {
+/// The subject every rap certificate carries: organisation `rap` and
+/// `common_name`.
+pub fn distinguished_name(common_name: &str) -> DistinguishedName {
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "rap");
     name.push(DnType::CommonName, common_name);
     name
 }
 
-fn uri_san(uri: &str) -> Result<SanType> {
+/// The parameters of a CA certificate named `common_name` that signs
+/// end-entity certificates only (path length 0). Validity, SANs and
+/// serial number are the caller's.
+pub fn ca_cert_params(common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+/// The parameters of `identity`'s node certificate: subject its node id,
+/// the URI SAN [`PeerIdentity::uri`] (what [`PeerIdentity::from_cert_der`]
+/// reads back), not a CA, digital signature for both server and client
+/// auth, with an authority key identifier. Validity, serial number and
+/// further SANs are the caller's.
+pub fn node_cert_params(identity: &PeerIdentity) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(identity.node_id.as_str());
+    params.subject_alt_names = vec![uri_san(&identity.uri())?];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+/// A URI subject alternative name (a [`PeerIdentity::uri`] or a cluster
+/// CA's `rap://cluster/<cluster_id>`).
+pub fn uri_san(uri: &str) -> Result<SanType> {
     Ok(SanType::URI(
         uri.try_into().map_err(rcgen_error("URI SAN"))?,
     ))
 }
 
-/// `not_before` = now − [`NOT_BEFORE_BACKDATE`], `not_after` = now +
-/// `validity`. (rcgen's times are `time::OffsetDateTime`; adding a std
-/// `Duration` to its epoch avoids a direct dependency on `time`.)
-fn set_validity(params: &mut CertificateParams, validity: Duration) -> Result<()> {
+/// Sets `not_before` = now − [`NOT_BEFORE_BACKDATE`] and
+/// `not_after` = now + `validity`, now in whole seconds (X.509 times have
+/// seconds), and returns both. (rcgen's times are `time::OffsetDateTime`;
+/// adding a std `Duration` to its epoch avoids a direct dependency on
+/// `time`.)
+pub fn set_validity(
+    params: &mut CertificateParams,
+    validity: Duration,
+) -> Result<(SystemTime, SystemTime)> {
     let since_epoch = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_err(|e| Error::InvalidRequest(format!("system clock before 1970: {e}")))?;
-    let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
-    params.not_before = now - NOT_BEFORE_BACKDATE;
-    params.not_after = now + validity;
-    Ok(())
+    let now = Duration::from_secs(since_epoch.as_secs());
+    let not_before = now.saturating_sub(NOT_BEFORE_BACKDATE);
+    let not_after = now + validity;
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + not_before;
+    params.not_after = epoch + not_after;
+    Ok((
+        SystemTime::UNIX_EPOCH + not_before,
+        SystemTime::UNIX_EPOCH + not_after,
+    ))
 }
 
 fn rcgen_error(what: &'static str) -> impl Fn(rcgen::Error) -> Error {
@@ -484,96 +554,22 @@ fn io_error(verb: &str, path: &Path, e: std::io::Error) -> Error {
     Error::Storage(format!("{verb} {}: {e}", path.display()))
 }
 
-/// The first certificate of a PEM buffer read from `path`.
-fn first_cert(path: &Path, pem: &[u8]) -> Result<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(pem)
-        .next()
-        .ok_or_else(|| Error::InvalidRequest(format!("{} holds no certificate", path.display())))?
-        .map_err(|e| {
-            Error::InvalidRequest(format!(
-                "{} holds no valid certificate: {e}",
-                path.display()
-            ))
-        })
-}
-
-/// Reads at most [`PEM_FILE_BYTES_MAX`] bytes; a longer file is refused.
-fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path).map_err(|e| io_error("open", path, e))?;
-    let mut bytes = Vec::new();
-    file.take(PEM_FILE_BYTES_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| io_error("read", path, e))?;
-    if bytes.len() as u64 > PEM_FILE_BYTES_MAX {
-        return Err(Error::Oversize {
+/// A [`files`] error as ours: a file over [`PEM_FILE_BYTES_MAX`] is
+/// [`Error::Oversize`], a key others may read or a file without a
+/// certificate [`Error::InvalidRequest`], anything else [`Error::Storage`].
+fn file_error(e: std::io::Error) -> Error {
+    match e.kind() {
+        ErrorKind::FileTooLarge => Error::Oversize {
             what: "PEM file",
             limit: PEM_FILE_BYTES_MAX as usize,
-            got: bytes.len(),
-        });
-    }
-    Ok(bytes)
-}
-
-/// Reads a private key file, refusing one that group or others may read
-/// (as ssh does).
-fn read_private_key(path: &Path) -> Result<Vec<u8>> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| io_error("stat", path, e))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(Error::InvalidRequest(format!(
-            "key file {} has mode {:o}; run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        )));
-    }
-    read_bounded(path)
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Overwrite {
-    Never,
-    Replace,
-}
-
-/// Writes `bytes` with `mode`, durably. `Never` refuses an existing file;
-/// `Replace` writes a temporary file and renames it over the old one, so a
-/// reader sees the old or the new file, never half of one.
-fn write_file(path: &Path, bytes: &[u8], mode: u32, overwrite: Overwrite) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let target = match overwrite {
-        Overwrite::Never => path.to_path_buf(),
-        Overwrite::Replace => {
-            let mut name = path.file_name().unwrap_or_default().to_os_string();
-            name.push(".tmp");
-            path.with_file_name(name)
+            // `read_bounded` stops one byte past the limit.
+            got: PEM_FILE_BYTES_MAX as usize + 1,
+        },
+        ErrorKind::PermissionDenied | ErrorKind::InvalidData => {
+            Error::InvalidRequest(e.to_string())
         }
-    };
-    if overwrite == Overwrite::Replace {
-        // A temporary file left by a crash is ours to discard.
-        let _ = std::fs::remove_file(&target);
+        _ => Error::Storage(e.to_string()),
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&target)
-        .map_err(|e| io_error("create", &target, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_error("write", &target, e))?;
-    if overwrite == Overwrite::Replace {
-        std::fs::rename(&target, path).map_err(|e| io_error("rename", &target, e))?;
-    }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::File::open(parent)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| io_error("sync", parent, e))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

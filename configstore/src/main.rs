@@ -13,7 +13,6 @@ use rap_authority::tls::{DevCa, TlsFiles};
 use rap_configstore::config::{CONFIG_BYTES_MAX, Config, LogFormat};
 use rap_proto::ids::{ClusterId, NodeId};
 use rap_proto::pb;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -269,15 +268,7 @@ async fn run(cli: Cli) -> Result<()> {
 fn load_config(args: &ServeArgs) -> Result<Config> {
     let mut config = match &args.config {
         Some(path) => {
-            let mut text = String::new();
-            std::fs::File::open(path)
-                .with_context(|| format!("open {}", path.display()))?
-                .take(CONFIG_BYTES_MAX + 1)
-                .read_to_string(&mut text)
-                .with_context(|| format!("read {}", path.display()))?;
-            if text.len() as u64 > CONFIG_BYTES_MAX {
-                bail!("{} is larger than {CONFIG_BYTES_MAX} bytes", path.display());
-            }
+            let text = rap_authority::files::read_config_file(path, CONFIG_BYTES_MAX)?;
             Config::from_toml(&text).with_context(|| format!("parse {}", path.display()))?
         }
         None => Config::default(),

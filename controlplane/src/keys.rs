@@ -26,13 +26,19 @@
 //! ([`ClusterKeys::issue_storage_node`]).
 
 use crate::error::{Error, Result};
-use rap_authority::tls::{CA_CERT_FILE, CA_KEY_FILE, DevCa, PeerIdentity, TlsFiles};
+use rap_authority::files::{
+    Overwrite, check_private_mode, read_bounded, read_private_key, sync_dir, write_file,
+};
+use rap_authority::tls::{
+    CA_CERT_FILE, CA_KEY_FILE, DevCa, LoadedCa, PeerIdentity, TlsFiles, ca_cert_params,
+    distinguished_name, node_cert_params, set_validity,
+};
 use rap_proto::envelope::{SnapshotSigner, TrustRoot, VerifiedTrustRoot};
 use rap_proto::ids::{ClusterId, NodeId};
 use rap_proto::time::UnixMillis;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
 };
 use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
@@ -40,7 +46,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use std::fmt;
-use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -60,8 +65,9 @@ pub const NODE_CERT_VALIDITY_DEFAULT: Duration = Duration::from_secs(24 * 3600);
 pub const NODE_CERT_VALIDITY_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How far `not_before` is set into the past, so a peer whose clock is a
-/// little behind accepts a fresh certificate.
-pub const NOT_BEFORE_BACKDATE: Duration = Duration::from_secs(5 * 60);
+/// little behind accepts a fresh certificate (the backdate
+/// [`rap_authority::tls::set_validity`] applies).
+pub const NOT_BEFORE_BACKDATE: Duration = rap_authority::tls::NOT_BEFORE_BACKDATE;
 
 /// Lifetime of the platform CA.
 pub const PLATFORM_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -228,7 +234,7 @@ impl PlatformKeys {
                 )));
             }
         }
-        let ca = LoadedCa::load(&dir)?;
+        let ca = LoadedCa::load(&dir).map_err(authority_error(&dir))?;
         let files = ServerCertFiles::in_dir(&dir);
         if !cert_is_current(
             &files.cert,
@@ -352,7 +358,7 @@ impl ClusterKeys {
                 _ => io_error("rename", &staging, e),
             });
         }
-        sync_dir(&clusters)?;
+        sync_dir(&clusters).map_err(file_error)?;
         tracing::info!(cluster_id = %cluster_id, dir = %dir.display(), "cluster keys created");
         Self::load(keys_dir, cluster_id)
     }
@@ -375,12 +381,12 @@ impl ClusterKeys {
                 dev_ca.cluster_id()
             )));
         }
-        let ca = LoadedCa::load(&dir)?;
+        let ca = LoadedCa::load(&dir).map_err(authority_error(&dir))?;
         let signing_path = dir.join(SIGNING_KEY_FILE);
         let signer = SnapshotSigner::read_key_file(&signing_path)
             .map_err(|e| Error::Keys(format!("{}: {e}", signing_path.display())))?;
         let root_path = dir.join(TRUST_ROOT_FILE);
-        let root_bytes = read_bounded(&root_path, TRUST_ROOT_FILE_BYTES_MAX)?;
+        let root_bytes = read_bounded(&root_path, TRUST_ROOT_FILE_BYTES_MAX).map_err(file_error)?;
         let trust_root = VerifiedTrustRoot::verify_genesis(&root_bytes, cluster_id, None)
             .map_err(|e| Error::Keys(format!("{}: {e}", root_path.display())))?;
         if trust_root.key(&signer.key_id()).is_none() {
@@ -553,18 +559,9 @@ impl ClusterKeys {
 
         let identity = PeerIdentity::new(self.cluster_id.clone(), node_id.clone());
         let serial = random_serial()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(node_id.as_str());
-        params.subject_alt_names = vec![uri_san(&identity.uri())?];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
+        let mut params = node_cert_params(&identity).map_err(cert_error)?;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
-        let (not_before, not_after) = set_validity(&mut params, validity)?;
+        let (not_before, not_after) = set_validity(&mut params, validity).map_err(cert_error)?;
         let cert = params
             .signed_by(&spki, &self.ca.issuer)
             .map_err(rcgen_error("sign node certificate"))?;
@@ -616,8 +613,9 @@ fn write_cluster_keys(dir: &Path, cluster_id: &ClusterId) -> Result<()> {
         root.bytes(),
         0o644,
         Overwrite::Never,
-    )?;
-    let ca = LoadedCa::load(dir)?;
+    )
+    .map_err(file_error)?;
+    let ca = LoadedCa::load(dir).map_err(authority_error(dir))?;
     let names = ServerNames::parse(&[cluster_server_name(cluster_id)])?;
     issue_server_cert(
         &ca,
@@ -633,7 +631,7 @@ fn write_cluster_keys(dir: &Path, cluster_id: &ClusterId) -> Result<()> {
             CONTROLPLANE_CLIENT_CERT_VALIDITY,
         )
         .map_err(authority_error(dir))?;
-    sync_dir(dir)
+    sync_dir(dir).map_err(file_error)
 }
 
 fn controlplane_node_id() -> Result<NodeId> {
@@ -651,58 +649,13 @@ fn check_node_id(node_id: &NodeId) -> Result<()> {
     Ok(())
 }
 
-/// A CA certificate with its signing key, loaded from `ca.pem` + `ca.key`.
-struct LoadedCa {
-    cert_pem: String,
-    cert_der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl LoadedCa {
-    fn load(dir: &Path) -> Result<Self> {
-        let cert_path = dir.join(CA_CERT_FILE);
-        let key_path = dir.join(CA_KEY_FILE);
-        let cert_bytes = read_bounded(&cert_path, PEM_FILE_BYTES_MAX)?;
-        let cert_der = first_cert(&cert_path, &cert_bytes)?;
-        let key_pem = String::from_utf8(read_private_key(&key_path)?)
-            .map_err(|_| Error::Keys(format!("{} is not PEM", key_path.display())))?;
-        let key = KeyPair::from_pem(&key_pem)
-            .map_err(|e| Error::Keys(format!("{} holds no usable key: {e}", key_path.display())))?;
-        let (_, parsed) = x509_parser::parse_x509_certificate(cert_der.as_ref())
-            .map_err(|e| Error::Keys(format!("parse {}: {e}", cert_path.display())))?;
-        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(Error::Keys(format!(
-                "{} does not belong to {}",
-                key_path.display(),
-                cert_path.display()
-            )));
-        }
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
-            .map_err(|e| Error::Keys(format!("load {}: {e}", cert_path.display())))?;
-        let cert_pem = String::from_utf8(cert_bytes)
-            .map_err(|_| Error::Keys(format!("{} is not PEM", cert_path.display())))?;
-        Ok(LoadedCa {
-            cert_pem,
-            cert_der,
-            issuer,
-        })
-    }
-}
-
 /// Creates a self-signed ed25519 platform CA in `dir`.
 fn create_platform_ca(dir: &Path) -> Result<()> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)
         .map_err(rcgen_error("generate platform CA key"))?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = distinguished_name("rap platform CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    let mut params = ca_cert_params("rap platform CA");
     params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
-    set_validity(&mut params, PLATFORM_CA_VALIDITY)?;
+    set_validity(&mut params, PLATFORM_CA_VALIDITY).map_err(cert_error)?;
     let cert = params
         .self_signed(&key)
         .map_err(rcgen_error("self-sign platform CA"))?;
@@ -711,13 +664,15 @@ fn create_platform_ca(dir: &Path) -> Result<()> {
         key.serialize_pem().as_bytes(),
         0o600,
         Overwrite::Never,
-    )?;
+    )
+    .map_err(file_error)?;
     write_file(
         &dir.join(CA_CERT_FILE),
         cert.pem().as_bytes(),
         0o644,
         Overwrite::Never,
-    )?;
+    )
+    .map_err(file_error)?;
     tracing::info!(dir = %dir.display(), "platform CA created");
     Ok(())
 }
@@ -743,7 +698,7 @@ fn issue_server_cert(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
-    set_validity(&mut params, validity)?;
+    set_validity(&mut params, validity).map_err(cert_error)?;
     let cert = params
         .signed_by(&key, &ca.issuer)
         .map_err(rcgen_error("sign server certificate"))?;
@@ -752,9 +707,10 @@ fn issue_server_cert(
         key.serialize_pem().as_bytes(),
         0o600,
         Overwrite::Replace,
-    )?;
+    )
+    .map_err(file_error)?;
     let chain = format!("{}{}", cert.pem(), ca.cert_pem);
-    write_file(&files.cert, chain.as_bytes(), 0o644, Overwrite::Replace)
+    write_file(&files.cert, chain.as_bytes(), 0o644, Overwrite::Replace).map_err(file_error)
 }
 
 /// Checked server names: as given (lowercased), as SANs and as names to
@@ -845,7 +801,7 @@ fn cert_is_current(
     if !cert.exists() || !key.exists() {
         return Ok(false);
     }
-    check_private_mode(key)?;
+    check_private_mode(key).map_err(file_error)?;
     let provider = rustls::crypto::ring::default_provider();
     let files = ServerCertFiles {
         cert: cert.to_path_buf(),
@@ -907,7 +863,7 @@ pub(crate) fn load_certified_key(
     files: &ServerCertFiles,
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>> {
-    let cert_pem = read_bounded(&files.cert, PEM_FILE_BYTES_MAX)?;
+    let cert_pem = read_bounded(&files.cert, PEM_FILE_BYTES_MAX).map_err(file_error)?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Keys(format!("{}: {e}", files.cert.display())))?;
@@ -917,7 +873,7 @@ pub(crate) fn load_certified_key(
             files.cert.display()
         )));
     }
-    let key_pem = read_private_key(&files.key)?;
+    let key_pem = read_private_key(&files.key, PEM_FILE_BYTES_MAX).map_err(file_error)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| Error::Keys(format!("{} holds no private key: {e}", files.key.display())))?;
     let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
@@ -928,19 +884,6 @@ pub(crate) fn load_certified_key(
         ))
     })?;
     Ok(Arc::new(certified))
-}
-
-fn distinguished_name(common_name: &str) -> DistinguishedName {
-    let mut name = DistinguishedName::new();
-    name.push(DnType::OrganizationName, "rap");
-    name.push(DnType::CommonName, common_name);
-    name
-}
-
-fn uri_san(uri: &str) -> Result<SanType> {
-    Ok(SanType::URI(
-        uri.try_into().map_err(rcgen_error("URI SAN"))?,
-    ))
 }
 
 /// [`CERT_SERIAL_BYTES`] random bytes, positive (top bit clear) and with a
@@ -961,24 +904,6 @@ fn now_since_epoch() -> Result<Duration> {
     Ok(Duration::from_secs(since.as_secs()))
 }
 
-/// `not_before` = now − [`NOT_BEFORE_BACKDATE`], `not_after` = now +
-/// `validity`; returns both.
-fn set_validity(
-    params: &mut CertificateParams,
-    validity: Duration,
-) -> Result<(SystemTime, SystemTime)> {
-    let now = now_since_epoch()?;
-    let not_before = now.saturating_sub(NOT_BEFORE_BACKDATE);
-    let not_after = now + validity;
-    let epoch = rcgen::date_time_ymd(1970, 1, 1);
-    params.not_before = epoch + not_before;
-    params.not_after = epoch + not_after;
-    Ok((
-        SystemTime::UNIX_EPOCH + not_before,
-        SystemTime::UNIX_EPOCH + not_after,
-    ))
-}
-
 fn rcgen_error(what: &'static str) -> impl Fn(rcgen::Error) -> Error {
     move |e| Error::Internal(format!("{what}: {e}"))
 }
@@ -991,58 +916,14 @@ fn io_error(verb: &str, path: &Path, e: std::io::Error) -> Error {
     Error::Keys(format!("{verb} {}: {e}", path.display()))
 }
 
-/// The first certificate of a PEM buffer read from `path`.
-fn first_cert(path: &Path, pem: &[u8]) -> Result<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(pem)
-        .next()
-        .ok_or_else(|| Error::Keys(format!("{} holds no certificate", path.display())))?
-        .map_err(|e| {
-            Error::Keys(format!(
-                "{} holds no valid certificate: {e}",
-                path.display()
-            ))
-        })
+/// A [`rap_authority::files`] error (its message names the path).
+fn file_error(e: std::io::Error) -> Error {
+    Error::Keys(e.to_string())
 }
 
-/// Reads at most `limit` bytes; a longer file is refused.
-pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path).map_err(|e| io_error("open", path, e))?;
-    let mut bytes = Vec::new();
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| io_error("read", path, e))?;
-    if bytes.len() as u64 > limit {
-        return Err(Error::Keys(format!(
-            "{} is larger than {limit} bytes",
-            path.display()
-        )));
-    }
-    Ok(bytes)
-}
-
-/// Reads a private key file (at most [`PEM_FILE_BYTES_MAX`]), refusing one
-/// that group or others may read (as ssh does).
-pub(crate) fn read_private_key(path: &Path) -> Result<Vec<u8>> {
-    check_private_mode(path)?;
-    read_bounded(path, PEM_FILE_BYTES_MAX)
-}
-
-/// Refuses a key file that group or others may read.
-fn check_private_mode(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| io_error("stat", path, e))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(Error::Keys(format!(
-            "key file {} has mode {:o}; run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        )));
-    }
-    Ok(())
+/// A certificate-building error from [`rap_authority::tls`].
+fn cert_error(e: rap_authority::Error) -> Error {
+    Error::Internal(e.to_string())
 }
 
 /// Whether `dir` exists and has any entry.
@@ -1071,53 +952,6 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| io_error("create", dir, e))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error("sync", dir, e))
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Overwrite {
-    Never,
-    Replace,
-}
-
-/// Writes `bytes` with `mode`, durably. `Never` refuses an existing file;
-/// `Replace` writes a temporary file and renames it over the old one, so a
-/// reader sees the old or the new file, never half of one.
-fn write_file(path: &Path, bytes: &[u8], mode: u32, overwrite: Overwrite) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let target = match overwrite {
-        Overwrite::Never => path.to_path_buf(),
-        Overwrite::Replace => {
-            let mut name = path.file_name().unwrap_or_default().to_os_string();
-            name.push(".tmp");
-            path.with_file_name(name)
-        }
-    };
-    if overwrite == Overwrite::Replace {
-        // A temporary file left by a crash is ours to discard.
-        let _ = std::fs::remove_file(&target);
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&target)
-        .map_err(|e| io_error("create", &target, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_error("write", &target, e))?;
-    if overwrite == Overwrite::Replace {
-        std::fs::rename(&target, path).map_err(|e| io_error("rename", &target, e))?;
-    }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        sync_dir(parent)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -454,8 +454,9 @@ impl ControlPlane {
         ));
         std::fs::write(&token_file, token).unwrap();
         // option_env: this harness is also compiled into other crates' tests.
-        let rapctl =
-            option_env!("CARGO_BIN_EXE_rapctl").expect("rapctl is built for this crate's tests");
+        let Some(rapctl) = option_env!("CARGO_BIN_EXE_rapctl") else {
+            panic!("rapctl is built only for rap-controlplane's tests");
+        };
         let output = tokio::process::Command::new(rapctl)
             .args(args)
             .arg("--endpoint")

@@ -5,12 +5,12 @@
 //! listeners. `migrate` applies the schema only. `storage-cert` issues a
 //! `rap-configstore` node its mTLS certificate from a cluster's CA.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use rap_controlplane::keys::{ClusterKeys, PlatformKeys};
 use rap_controlplane::server::{CONFIG_BYTES_MAX, Config, LogFormat};
 use rap_proto::ids::{ClusterId, NodeId};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -127,15 +127,7 @@ async fn run(cli: Cli) -> Result<()> {
 fn load_config(args: &CommonArgs) -> Result<Config> {
     let mut config = match &args.config {
         Some(path) => {
-            let mut text = String::new();
-            std::fs::File::open(path)
-                .with_context(|| format!("open {}", path.display()))?
-                .take(CONFIG_BYTES_MAX + 1)
-                .read_to_string(&mut text)
-                .with_context(|| format!("read {}", path.display()))?;
-            if text.len() as u64 > CONFIG_BYTES_MAX {
-                bail!("{} is larger than {CONFIG_BYTES_MAX} bytes", path.display());
-            }
+            let text = rap_authority::files::read_config_file(path, CONFIG_BYTES_MAX)?;
             Config::from_toml(&text).with_context(|| format!("parse {}", path.display()))?
         }
         None => Config::default(),
