@@ -496,3 +496,123 @@ async fn reject_and_revoke() {
         2
     );
 }
+
+fn peer_of(chain_pem: &str) -> enrollment::PeerCertificate {
+    use rustls::pki_types::pem::PemObject;
+    let leaf = rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+    enrollment::PeerCertificate {
+        identity: rap_authority::tls::PeerIdentity::from_cert_der(leaf.as_ref()).unwrap(),
+        serial: hex::encode(cert.raw_serial()),
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
+    }
+}
+
+fn renew_request(
+    p: &Platform,
+    node: &str,
+    signer: &AgentKey,
+    new_key: Option<&AgentKey>,
+) -> pb::RenewCertificateRequest {
+    let now = rap_proto::time::UnixMillis::now().0;
+    let nonce = AgentKey::nonce();
+    let key = new_key
+        .map(|k| k.public())
+        .unwrap_or_else(|| signer.public());
+    let message =
+        enrollment::proof_message(enrollment::PURPOSE_RENEW, &p.cluster, &key, now, &nonce);
+    use ed25519_dalek::Signer;
+    pb::RenewCertificateRequest {
+        cluster_id: p.cluster.clone(),
+        node_id: node.to_string(),
+        new_public_key: new_key.map(|k| k.public().to_vec()).unwrap_or_default(),
+        timestamp_unix_ms: now,
+        proof: signer.key.sign(&message).to_bytes().to_vec(),
+        nonce,
+    }
+}
+
+// Goal: renewal rotates the node key when asked, the old certificate is
+// then useless, and a renewal proof or certificate of the wrong key or
+// node is refused. Method: call renew with the peer certificate an mTLS
+// handshake would have shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_rotates_keys_and_refuses_foreign_proofs() {
+    let p = Platform::start().await;
+    let (agent, id) = p.join(&[]).await;
+    let node = enrollment::approve(&p.ctx, &p.owner, &approve_request(&id))
+        .await
+        .unwrap()
+        .node_id;
+    let chain = enrollment::status(&p.ctx, &agent.status_request(&p.cluster, &id))
+        .await
+        .unwrap()
+        .identity
+        .unwrap()
+        .certificate_chain_pem;
+    let peer = peer_of(&chain);
+
+    // A proof by another key than the one named.
+    let stranger = AgentKey::generate();
+    let mut forged = renew_request(&p, &node, &agent, None);
+    forged.proof = renew_request(&p, &node, &stranger, None).proof;
+    let error = enrollment::renew(&p.ctx, Some(peer.clone()), &forged)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "BAD_PROOF");
+    // The certificate of this node asking for another node.
+    let error = enrollment::renew(
+        &p.ctx,
+        Some(peer.clone()),
+        &renew_request(&p, "someone-else", &agent, None),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.code(), "PERMISSION_DENIED");
+    // The right serial presented with another key (a certificate minted by
+    // another CA for this node's URI and serial).
+    let mut other_key = peer.clone();
+    other_key.public_key = stranger.public().to_vec();
+    let error = enrollment::renew(
+        &p.ctx,
+        Some(other_key),
+        &renew_request(&p, &node, &agent, None),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.code(), "PERMISSION_DENIED");
+    assert_eq!(
+        p.count("SELECT count(*) FROM node_identities WHERE identity_status = 'active'")
+            .await,
+        1
+    );
+
+    // Rotation to a new key, proven by the new key.
+    let next = AgentKey::generate();
+    let renewed = enrollment::renew(
+        &p.ctx,
+        Some(peer.clone()),
+        &renew_request(&p, &node, &next, Some(&next)),
+    )
+    .await
+    .unwrap();
+    let new_peer = peer_of(&renewed.identity.unwrap().certificate_chain_pem);
+    assert_eq!(new_peer.public_key, next.public().to_vec());
+    assert_eq!(
+        p.count("SELECT count(*) FROM node_identities WHERE identity_status = 'rotated'")
+            .await,
+        1
+    );
+    // The old certificate can no longer renew.
+    let error = enrollment::renew(&p.ctx, Some(peer), &renew_request(&p, &node, &agent, None))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "PERMISSION_DENIED");
+    let refused = p.count("SELECT count(*) FROM cluster_audit_events WHERE action = 'node.certificate.renew' AND result = 'refused'").await;
+    assert_eq!(refused, 4);
+    let ok = p.count("SELECT count(*) FROM cluster_audit_events WHERE action = 'node.certificate.renew' AND result = 'ok' AND fence_seq IS NOT NULL").await;
+    assert_eq!(ok, 1);
+}
