@@ -389,6 +389,7 @@ pub async fn list(
     request: &pb::ListJoinRequestsRequest,
 ) -> Result<(Vec<pb::JoinRequest>, String)> {
     principal.require_platform()?;
+    expire_stale(&ctx.pool).await?;
     let page = Page::from_pb(request.page.as_ref());
     let rows: Vec<RequestRow> = sqlx::query_as(&format!(
         "SELECT {REQUEST_COLUMNS} FROM node_join_requests
@@ -432,21 +433,49 @@ async fn request_cluster(pool: &sqlx::PgPool, id: &str) -> Result<String> {
         .ok_or_else(|| Error::not_found("join request", id))
 }
 
+/// Marks pending requests older than [`JOIN_REQUEST_PENDING_MAX`] as
+/// `expired` (they can no longer be approved; the key may join again).
+/// Run before requests are listed or polled. Only ever takes trust away,
+/// so it needs no fence.
+pub async fn expire_stale(pool: &sqlx::PgPool) -> Result<u64> {
+    let expired = sqlx::query(
+        "UPDATE node_join_requests SET status = 'expired'
+          WHERE status = 'pending' AND created_at <= now() - make_interval(secs => $1)",
+    )
+    .bind(JOIN_REQUEST_PENDING_MAX.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if expired > 0 {
+        tracing::info!(expired, "stale join requests expired");
+    }
+    Ok(expired)
+}
+
 /// Locks a request and checks it is pending.
 async fn lock_pending(
     tx: &mut sqlx::PgConnection,
     id: &str,
 ) -> Result<(String, String, Vec<u8>, serde_json::Value, String)> {
-    let row: Option<(String, String, Vec<u8>, serde_json::Value, String, String)> = sqlx::query_as(
-        "SELECT status, fingerprint, public_key, reported_capabilities, node_name, cluster_id
+    type Row = (String, String, Vec<u8>, serde_json::Value, String, String, bool);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT status, fingerprint, public_key, reported_capabilities, node_name, cluster_id,
+                created_at <= now() - make_interval(secs => $2)
            FROM node_join_requests WHERE join_request_id = $1 FOR UPDATE",
     )
     .bind(id)
+    .bind(JOIN_REQUEST_PENDING_MAX.as_secs_f64())
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((status, fp, key, caps, name, cluster)) = row else {
+    let Some((status, fp, key, caps, name, cluster, too_old)) = row else {
         return Err(Error::not_found("join request", id));
     };
+    if status == "pending" && too_old {
+        return Err(Error::FailedPrecondition(format!(
+            "join request {id} expired (pending longer than {} days); the node must join again",
+            JOIN_REQUEST_PENDING_MAX.as_secs() / 86_400
+        )));
+    }
     if status != "pending" {
         return Err(Error::FailedPrecondition(format!(
             "join request {id} is {status}, not pending"
@@ -665,6 +694,7 @@ pub async fn status(
             UnixMillis::now(),
         )?;
         let fingerprint = crate::keys::public_key_fingerprint(&key);
+        expire_stale(&ctx.pool).await?;
         let row: Option<(String, String, String, String, Option<String>)> = sqlx::query_as(
             "SELECT cluster_id, fingerprint, status, coalesce(rejection_reason, ''), approved_node_id
                FROM node_join_requests WHERE join_request_id = $1",

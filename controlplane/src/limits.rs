@@ -40,6 +40,9 @@ pub const PROOF_NONCE_BYTES_MAX: usize = 64;
 /// How far a proof's timestamp may be from the server clock.
 pub const PROOF_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
+/// How long a join request may wait for review before it expires.
+pub const JOIN_REQUEST_PENDING_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// API token secret length in bytes.
 pub const API_TOKEN_SECRET_BYTES: usize = 32;
 

@@ -616,3 +616,32 @@ async fn renewal_rotates_keys_and_refuses_foreign_proofs() {
     let ok = p.count("SELECT count(*) FROM cluster_audit_events WHERE action = 'node.certificate.renew' AND result = 'ok' AND fence_seq IS NOT NULL").await;
     assert_eq!(ok, 1);
 }
+
+// Goal: a request nobody reviewed expires: it cannot be approved, the
+// agent's poll says expired, and the same key may join again. Method: age
+// a pending request past the limit by SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_requests_expire() {
+    let p = Platform::start().await;
+    let (agent, id) = p.join(&[]).await;
+    sqlx::query("UPDATE node_join_requests SET created_at = now() - interval '8 days' WHERE join_request_id = $1")
+        .bind(&id)
+        .execute(&p.ctx.pool)
+        .await
+        .unwrap();
+    let error = enrollment::approve(&p.ctx, &p.owner, &approve_request(&id))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "FAILED_PRECONDITION");
+    assert!(error.to_string().contains("expired"), "{error}");
+    assert_eq!(p.count("SELECT count(*) FROM nodes").await, 0);
+    let poll = enrollment::status(&p.ctx, &agent.status_request(&p.cluster, &id))
+        .await
+        .unwrap();
+    assert_eq!(poll.status, pb::JoinRequestStatus::Expired as i32);
+    // The key is free to ask again.
+    let token = p.token(1).await;
+    enrollment::submit(&p.ctx, &agent.join_request(&p.cluster, &token, &[]))
+        .await
+        .unwrap();
+}
