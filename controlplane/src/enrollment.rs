@@ -457,7 +457,15 @@ async fn lock_pending(
     tx: &mut sqlx::PgConnection,
     id: &str,
 ) -> Result<(String, String, Vec<u8>, serde_json::Value, String)> {
-    type Row = (String, String, Vec<u8>, serde_json::Value, String, String, bool);
+    type Row = (
+        String,
+        String,
+        Vec<u8>,
+        serde_json::Value,
+        String,
+        String,
+        bool,
+    );
     let row: Option<Row> = sqlx::query_as(
         "SELECT status, fingerprint, public_key, reported_capabilities, node_name, cluster_id,
                 created_at <= now() - make_interval(secs => $2)
