@@ -25,6 +25,7 @@ pub mod node;
 pub mod orders_client;
 pub mod partition;
 pub mod placement;
+pub mod process;
 pub mod promotion;
 pub mod request;
 pub mod service;

@@ -230,24 +230,7 @@ struct RemoveVoterArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(1)
-        }
-    }
+    rap_authority::process::run_main(run(Cli::parse()))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -343,22 +326,7 @@ fn init_logging(format: LogFormat) {
 async fn serve(args: ServeArgs) -> Result<()> {
     let config = load_config(&args)?;
     init_logging(config.log_format);
-    rap_configstore::server::serve(config, async {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        tracing::info!("shutting down");
-    })
-    .await
+    rap_configstore::server::serve(config, rap_authority::process::shutdown_signal()).await
 }
 
 fn dev_ca(args: DevCaArgs) -> Result<()> {

@@ -279,6 +279,17 @@ pub async fn submit(
             .bind(&token_id)
             .execute(&mut *tx)
             .await?;
+        // This key's own stale pending request no longer blocks it.
+        sqlx::query(
+            "UPDATE node_join_requests SET status = 'expired'
+              WHERE cluster_id = $1 AND fingerprint = $2 AND status = 'pending'
+                AND created_at <= now() - make_interval(secs => $3)",
+        )
+        .bind(&request.cluster_id)
+        .bind(&fingerprint)
+        .bind(JOIN_REQUEST_PENDING_MAX.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
         let id = format!("jr-{}", secret::random_id()?);
         let inserted = sqlx::query(
             "INSERT INTO node_join_requests
@@ -435,7 +446,8 @@ async fn request_cluster(pool: &sqlx::PgPool, id: &str) -> Result<String> {
 
 /// Marks pending requests older than [`JOIN_REQUEST_PENDING_MAX`] as
 /// `expired` (they can no longer be approved; the key may join again).
-/// Run before requests are listed or polled. Only ever takes trust away,
+/// Run before requests are listed (a poll reads a stale request as
+/// expired, a new join of the same key marks it). Only ever takes trust away,
 /// so it needs no fence.
 pub async fn expire_stale(pool: &sqlx::PgPool) -> Result<u64> {
     let expired = sqlx::query(
@@ -702,12 +714,17 @@ pub async fn status(
             UnixMillis::now(),
         )?;
         let fingerprint = crate::keys::public_key_fingerprint(&key);
-        expire_stale(&ctx.pool).await?;
+        // Polls are frequent: a stale pending request reads as expired
+        // here without a write (list and a new join mark it).
         let row: Option<(String, String, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT cluster_id, fingerprint, status, coalesce(rejection_reason, ''), approved_node_id
+            "SELECT cluster_id, fingerprint,
+                    CASE WHEN status = 'pending' AND created_at <= now() - make_interval(secs => $2)
+                         THEN 'expired' ELSE status END,
+                    coalesce(rejection_reason, ''), approved_node_id
                FROM node_join_requests WHERE join_request_id = $1",
         )
         .bind(&request.join_request_id)
+        .bind(JOIN_REQUEST_PENDING_MAX.as_secs_f64())
         .fetch_optional(&ctx.pool)
         .await?;
         // A request of another key or cluster looks like no request at all.

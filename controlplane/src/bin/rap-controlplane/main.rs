@@ -95,24 +95,7 @@ struct StorageCertArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(1)
-        }
-    }
+    rap_authority::process::run_main(run(Cli::parse()))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -240,21 +223,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
         config.log_format = v;
     }
     init_logging(config.log_format);
-    rap_controlplane::server::serve(config, async {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        tracing::info!("shutting down");
-    })
-    .await?;
+    rap_controlplane::server::serve(config, rap_authority::process::shutdown_signal()).await?;
     Ok(())
 }
