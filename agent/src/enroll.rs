@@ -5,7 +5,7 @@
 //!    the node; [`crate::state`]).
 //! 2. Connect to the control plane over TLS with server name
 //!    `<cluster_id>.cluster.rap`, pinning the cluster CA by the
-//!    fingerprint from the join command ([`crate::pin`]). Nothing is sent
+//!    fingerprint from the join command ([`rap_authority::tls::ca_pin`]). Nothing is sent
 //!    before the pin holds.
 //! 3. Submit a join request with the token and a proof of possession
 //!    (signature over the prost encoding of `JoinProofPayload`), and save
@@ -15,14 +15,15 @@
 //!    trust root and storage endpoints), rejected, expired, or the wait
 //!    is over.
 
-use crate::pin::{CaFingerprint, PinOutcome, PinnedCaVerifier};
 use crate::state::{
     CA_CERT_FILE, ClusterState, IdentityRecord, NODE_CERT_FILE, PendingJoin,
     STORAGE_ENDPOINTS_FILE, StateError, StorageEndpointRecord, TRUST_ROOT_FILE, key_fingerprint,
 };
 use ed25519_dalek::{Signer, SigningKey};
 use prost::Message;
-use rap_authority::tls::PeerIdentity;
+use rap_authority::identity::PeerIdentity;
+use rap_authority::identity::cluster_server_name;
+use rap_authority::tls::ca_pin::{CaFingerprint, PinOutcome, PinnedCaVerifier};
 use rap_proto::ids::{ClusterId, NodeId, RoleName};
 use rap_proto::pb;
 use rap_proto::pb::enrollment_service_client::EnrollmentServiceClient;
@@ -38,8 +39,6 @@ pub use rap_proto::proof::PURPOSE_JOIN;
 pub use rap_proto::proof::PURPOSE_STATUS;
 /// Random bytes in a proof's nonce (the control plane takes 16..=64).
 pub const PROOF_NONCE_BYTES: usize = 16;
-/// Suffix of a cluster's control plane server name.
-pub const CLUSTER_SERVER_NAME_SUFFIX: &str = ".cluster.rap";
 /// Prefix of a join token: `rapjt.<id>.<secret>`.
 pub const JOIN_TOKEN_PREFIX: &str = "rapjt";
 
@@ -262,11 +261,6 @@ pub enum JoinOutcome {
         /// The request, when one was submitted.
         join_request_id: Option<String>,
     },
-}
-
-/// The control plane's TLS server name for `cluster`.
-pub fn cluster_server_name(cluster: &ClusterId) -> String {
-    format!("{cluster}{CLUSTER_SERVER_NAME_SUFFIX}")
 }
 
 pub use rap_proto::proof::proof_message;
@@ -703,6 +697,9 @@ impl Session<'_> {
             timestamp_unix_ms,
             nonce,
             proof,
+            kind: pb::NodeKind::Agent as i32,
+            node_id: String::new(),
+            server_names: Vec::new(),
         };
         let answer = match self.client.submit_join_request(request).await {
             Ok(answer) => answer.into_inner(),
@@ -880,7 +877,8 @@ fn store_identity(
     let leaf = check_chain(
         &identity.certificate_chain_pem,
         ca,
-        &PeerIdentity::new(options.cluster.clone(), node_id.clone()),
+        &PeerIdentity::node(options.cluster.clone(), node_id.clone())
+            .map_err(|e| bad(e.to_string()))?,
         key,
     )?;
     let trust_root = answer

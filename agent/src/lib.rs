@@ -8,7 +8,8 @@
 //!     --token rapjt.<id>.<secret> --ca-fingerprint <64 hex>
 //! ```
 //!
-//! It pins the cluster CA by fingerprint ([`pin`]), generates the node key
+//! It pins the cluster CA by fingerprint (`rap_authority::tls::ca_pin`,
+//! shared with `rap-configstore join`), generates the node key
 //! on the node, submits a join request with proof of possession, polls
 //! until a platform admin approves, and stores identity, certificate
 //! chain, CA, trust root and bootstrap storage endpoints under the state
@@ -20,5 +21,4 @@
 //! only assigned workloads.
 
 pub mod enroll;
-pub mod pin;
 pub mod state;

@@ -6,10 +6,10 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rap_authority::tls::ca_pin::CaFingerprint;
 use rap_node_agent::enroll::{
     self, Enrolled, Event, JoinOptions, JoinOutcome, POLL_INTERVAL_DEFAULT, parse_duration,
 };
-use rap_node_agent::pin::CaFingerprint;
 use rap_node_agent::state::IdentityRecord;
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;

@@ -57,6 +57,32 @@ pub enum Error {
         /// The higher term seen.
         theirs: AuthorityTerm,
     },
+    /// An RPC whose header claims a higher authority term than ours
+    /// without a valid signed promotion order for it: refused, counted,
+    /// and nobody is fenced (DESIGN.md §3 "Promotion").
+    #[error(
+        "unproven authority term: ours is {ours}, the request claims {theirs} without a valid signed order ({reason})"
+    )]
+    UnprovenTerm {
+        /// Our term.
+        ours: AuthorityTerm,
+        /// The claimed term.
+        theirs: AuthorityTerm,
+        /// Why the proof did not hold.
+        reason: String,
+    },
+    /// The caller is known but not admitted for this call (its kind, its
+    /// membership, a revoked certificate); see [`crate::access`].
+    #[error("permission denied ({code}): {message}")]
+    PermissionDenied {
+        /// Stable code, e.g. `CALLER_NOT_ADMITTED`, `NOT_A_MEMBER`.
+        code: &'static str,
+        /// Detail.
+        message: String,
+    },
+    /// The call needs a client certificate and came without one.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// Malformed or out-of-range input.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -94,6 +120,9 @@ impl Error {
             Error::WrongCluster { .. } => "WRONG_CLUSTER",
             Error::StaleTerm { .. } => "STALE_TERM",
             Error::Fenced { .. } => "FENCED",
+            Error::UnprovenTerm { .. } => "UNPROVEN_TERM",
+            Error::PermissionDenied { code, .. } => code,
+            Error::Unauthenticated(_) => "UNAUTHENTICATED",
             Error::InvalidRequest(_) => "INVALID_REQUEST",
             Error::Oversize { .. } => "OVERSIZE",
             Error::OrderRefused(_) => "ORDER_REFUSED",
@@ -112,6 +141,9 @@ impl Error {
             | Error::WrongCluster { .. }
             | Error::StaleTerm { .. }
             | Error::Fenced { .. }
+            | Error::UnprovenTerm { .. }
+            | Error::PermissionDenied { .. }
+            | Error::Unauthenticated(_)
             | Error::InvalidRequest(_)
             | Error::Oversize { .. }
             | Error::OrderRefused(_) => false,
@@ -128,7 +160,10 @@ impl Error {
             }
             Error::WrongCluster { .. } | Error::InvalidRequest(_) => Code::InvalidArgument,
             Error::Oversize { .. } => Code::OutOfRange,
-            Error::OrderRefused(_) => Code::PermissionDenied,
+            Error::OrderRefused(_)
+            | Error::UnprovenTerm { .. }
+            | Error::PermissionDenied { .. } => Code::PermissionDenied,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Storage(_) => Code::Internal,
             Error::Proto(e) => e.grpc_code(),
         }
@@ -151,7 +186,9 @@ impl From<Error> for tonic::Status {
                 detail.reachable_voters = *reachable_voters;
                 detail.total_voters = *total_voters;
             }
-            Error::StaleTerm { ours, .. } | Error::Fenced { ours, .. } => {
+            Error::StaleTerm { ours, .. }
+            | Error::Fenced { ours, .. }
+            | Error::UnprovenTerm { ours, .. } => {
                 detail.authority_term = ours.0;
             }
             _ => {}

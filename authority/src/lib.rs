@@ -10,14 +10,24 @@
 //! * [`request`]: log entries and their results; [`state`]: the replicated
 //!   state and its deterministic `apply`; [`fence`]: fencing tokens.
 //! * [`store`]: redb log store and state machine.
-//! * [`network`]: Raft RPCs over tonic with cluster/term headers; [`tls`]:
-//!   mTLS and the development CA; [`files`]: durable, bounded file reads
-//!   and writes (also used by the control plane).
+//! * [`network`]: Raft RPCs over tonic with cluster/term headers (a
+//!   higher term only with its signed order).
+//! * [`identity`]: who a certificate names (cluster, kind, id);
+//!   [`access`]: the one table of caller kind × RPC and the layer that
+//!   applies it to every storage-node request; [`admission`]: whom this
+//!   node admits (its group's members, the peers it was told to expect)
+//!   and the revoked certificates it refuses.
+//! * [`tls`]: certificates, reloadable mTLS with pinned peers, the
+//!   development CA; [`files`]: durable, bounded file reads and writes
+//!   (also used by the control plane).
 //! * [`limits`], [`error`].
 
+pub mod access;
+pub mod admission;
 pub mod error;
 pub mod fence;
 pub mod files;
+pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod network;

@@ -216,6 +216,13 @@ impl AuthorityMetrics {
     }
 }
 
+/// The access layer counts its refusals here, with the other refusals.
+impl crate::access::RefusalCounter for AuthorityMetrics {
+    fn refused(&self, code: &str) {
+        AuthorityMetrics::refused(self, code);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 //! [`Timing::write_budget`] (2 × the minimum election timeout) and then
 //! `NO_QUORUM`.
 
+use crate::admission::{ExpectedPeers, Revocations};
 use crate::error::{Error, Result};
 use crate::fence::Fence;
 use crate::metrics::{AuthorityMetrics, Gauges};
@@ -17,7 +18,7 @@ use crate::partition::{self, PartitionView};
 use crate::placement::{Candidate, Tolerance, failure_tolerance};
 use crate::request::{PublishedShard, Request, Response};
 use crate::store::{self, StateView};
-use crate::tls::TlsFiles;
+use crate::tls::pin::{ExpectedPeer, PeerTls};
 use crate::typ::{Member, Raft, RaftMetrics, RaftNodeId, raft_id_of};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId};
@@ -111,8 +112,9 @@ pub struct NodeOptions {
     pub data_dir: PathBuf,
     /// Raft timing.
     pub timing: Timing,
-    /// mTLS files; `None` runs plaintext (development only).
-    pub tls: Option<TlsFiles>,
+    /// mTLS towards peers, with this node's (reloadable) certificate;
+    /// `None` runs plaintext (development and the simulation only).
+    pub tls: Option<Arc<PeerTls>>,
     /// How channels to other nodes are dialled; `None` is plain TCP. The
     /// simulation dials through turmoil.
     pub connector: Option<Connector>,
@@ -147,7 +149,8 @@ impl NodeOptions {
 
 /// What one incarnation of a node hands to the next (promotion and rejoin
 /// restart the node on fresh storage): the transport's term guard and
-/// reachability, and the metrics, so counters keep counting.
+/// reachability, the metrics, so counters keep counting, and the peers it
+/// expects while it holds no group.
 #[derive(Clone, Debug)]
 pub struct Carried {
     /// The term guard shared with the transport.
@@ -156,6 +159,8 @@ pub struct Carried {
     pub reach: Arc<Reachability>,
     /// Counters and histograms.
     pub metrics: Arc<AuthorityMetrics>,
+    /// Whom this node admits while it holds no group.
+    pub expected: Arc<ExpectedPeers>,
 }
 
 /// What `Status` reports about one voter.
@@ -203,6 +208,8 @@ pub struct AuthorityNode {
     reach: Arc<Reachability>,
     view: StateView,
     metrics: Arc<AuthorityMetrics>,
+    expected: Arc<ExpectedPeers>,
+    revocations: Revocations,
     network: NetworkConfig,
     /// One lazily connected channel per peer address, shared by forwarding
     /// and probing (a channel per call would cost a TLS handshake each).
@@ -250,6 +257,7 @@ impl AuthorityNode {
             guard,
             reach,
             metrics,
+            expected,
         } = match carried {
             Some(carried) => {
                 if view.authority_term() > carried.guard.term() {
@@ -265,14 +273,12 @@ impl AuthorityNode {
                 )),
                 reach: Arc::new(Reachability::new()),
                 metrics: Arc::new(AuthorityMetrics::default()),
+                expected: Arc::new(ExpectedPeers::load(&options.data_dir)?),
             },
         };
         let network = NetworkConfig {
             keepalive_interval: options.timing.keepalive,
-            tls: match &options.tls {
-                Some(files) => Some(files.client_config()?),
-                None => None,
-            },
+            tls: options.tls.clone(),
             ..NetworkConfig::default()
         };
         let mut factory = NetworkFactory::new(network.clone(), guard.clone(), reach.clone())?;
@@ -302,9 +308,12 @@ impl AuthorityNode {
             reach,
             view,
             metrics,
+            expected,
+            revocations: Revocations::default(),
             network,
             clients: std::sync::Mutex::new(BTreeMap::new()),
         });
+        node.sync_guard();
         tokio::spawn(track_term(Arc::downgrade(&node)));
         tokio::spawn(probe_voters(Arc::downgrade(&node)));
         tracing::info!(
@@ -352,7 +361,95 @@ impl AuthorityNode {
             guard: self.guard.clone(),
             reach: self.reach.clone(),
             metrics: self.metrics.clone(),
+            expected: self.expected.clone(),
         }
+    }
+
+    /// Hands the guard what the applied state proves: the trust root that
+    /// signs promotion orders, the term, and the order of the term.
+    fn sync_guard(&self) {
+        if !self.guard.has_trust_root() {
+            let root = self.view.read(|s| s.trust_root.to_vec());
+            if !root.is_empty() {
+                match rap_proto::envelope::VerifiedTrustRoot::verify_genesis(
+                    &root,
+                    &self.options.cluster_id,
+                    None,
+                ) {
+                    Ok(root) => self.guard.set_trust_root(root),
+                    Err(error) => tracing::error!(
+                        cluster_id = %self.options.cluster_id,
+                        node_id = %self.options.node_id,
+                        %error,
+                        "the applied trust root does not verify"
+                    ),
+                }
+            }
+        }
+        let term = self.view.authority_term();
+        if term > self.guard.term() {
+            tracing::info!(
+                cluster_id = %self.options.cluster_id,
+                node_id = %self.options.node_id,
+                term = term.0,
+                "authority term applied"
+            );
+            self.guard.set_term(term);
+        }
+        if term == self.guard.term() && !self.guard.has_own_proof() {
+            let proof = self.view.read(|s| s.term_proof.to_vec());
+            if !proof.is_empty() {
+                self.guard.set_own_proof(&proof);
+            }
+        }
+    }
+
+    /// Whether storage node `id` may send this node Raft RPCs and relayed
+    /// writes: a member (voter or learner) of its group, or, while it
+    /// holds no group, one of the peers it was told to expect.
+    pub fn admits_peer(&self, id: &NodeId) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let mut nodes = membership.nodes().peekable();
+        if nodes.peek().is_none() {
+            return self.expected.contains(id);
+        }
+        nodes.any(|(_, member)| member.node_id == id.as_str())
+    }
+
+    /// Whether the certificate with serial `serial_hex` is in the group's
+    /// `trust/revocations`.
+    pub fn is_revoked(&self, serial_hex: &str) -> bool {
+        self.revocations
+            .is_revoked(&self.view, &self.options.cluster_id, serial_hex)
+    }
+
+    /// The peers this node expects while it holds no group.
+    pub fn expected_peers(&self) -> &Arc<ExpectedPeers> {
+        &self.expected
+    }
+
+    /// Records the members of the group this node is about to join (it
+    /// must hold no group yet): they may replicate to it. Returns how many.
+    pub fn prepare_join(&self, members: &[Member]) -> Result<usize> {
+        if self.is_initialized() {
+            return Err(Error::Refused {
+                code: "ALREADY_INITIALIZED".into(),
+                message: "this node already holds a group; remove it or rejoin it first".into(),
+            });
+        }
+        let mut peers = std::collections::BTreeSet::new();
+        for member in members {
+            let id = NodeId::new(member.node_id.as_str())?;
+            if id != self.options.node_id {
+                peers.insert(id);
+            }
+        }
+        let count = peers.len();
+        self.expected
+            .set(peers, &self.options.cluster_id, "prepare-join")?;
+        Ok(count)
     }
 
     /// Network settings (for clients that dial other nodes).
@@ -360,23 +457,25 @@ impl AuthorityNode {
         &self.network
     }
 
-    /// A client of another node's `AuthorityService`, dialled the way this
-    /// node dials its Raft peers; one cached channel per address (at most
-    /// `PEERS_MAX` addresses are kept).
-    pub fn authority_client(&self, address: &str) -> Result<AuthorityClient> {
+    /// A client of `member`'s `AuthorityService`, dialled the way this
+    /// node dials its Raft peers (pinned to that member); one cached
+    /// channel per member and address (at most `PEERS_MAX` are kept).
+    pub fn authority_client(&self, member: &Member) -> Result<AuthorityClient> {
+        let key = format!("{}@{}", member.node_id, member.address);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = clients.get(address) {
+        if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
         let client = crate::service::authority_client_via(
             &self.network,
-            address,
+            &member.address,
+            &ExpectedPeer::storage_named(&member.node_id),
             self.options.connector.as_ref(),
         )?;
         if clients.len() >= crate::network::PEERS_MAX {
             clients.clear();
         }
-        clients.insert(address.to_string(), client.clone());
+        clients.insert(key, client.clone());
         Ok(client)
     }
 
@@ -434,7 +533,7 @@ impl AuthorityNode {
     /// records the outcome; true when it answered.
     async fn probe(&self, id: RaftNodeId, member: &Member) -> bool {
         let timeout = self.options.timing.heartbeat * 2;
-        let reached = match self.authority_client(&member.address) {
+        let reached = match self.authority_client(member) {
             Ok(mut client) => {
                 let request = rap_proto::pb::AuthorityStatusRequest {
                     cluster_id: self.options.cluster_id.to_string(),
@@ -673,8 +772,21 @@ impl AuthorityNode {
                         break;
                     }
                     if let Some(leader) = self.fresh_leader() {
-                        self.forward_genesis(&leader, &genesis).await?;
-                        break;
+                        // Every voter is bootstrapped at once, so the
+                        // leader may be new and its quorum lease not yet
+                        // valid: a refusal before the deadline is retried.
+                        match self.forward_genesis(&leader, &genesis).await {
+                            Ok(()) => break,
+                            Err(e) if Instant::now() < deadline => {
+                                tracing::debug!(
+                                    cluster_id = %self.options.cluster_id,
+                                    node_id = %self.options.node_id,
+                                    error = %e,
+                                    "genesis not committed yet; retrying"
+                                );
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                     tokio::time::sleep(self.options.timing.heartbeat).await;
                 }
@@ -691,19 +803,21 @@ impl AuthorityNode {
         let Request::Genesis { trust_root, .. } = genesis else {
             return Err(Error::InvalidRequest("not a genesis request".into()));
         };
-        let mut client = self.authority_client(&leader.address)?;
+        let mut client = self.authority_client(leader)?;
         let metrics = self.raft_metrics();
         let voters = Self::voters(&metrics)
             .into_values()
             .map(|m| crate::service::voter_spec(&m))
             .collect();
         client
-            .bootstrap(rap_proto::pb::BootstrapGroupRequest {
-                cluster_id: self.options.cluster_id.to_string(),
-                voters,
-                trust_root: trust_root.to_vec(),
-                allow_single_voter: true,
-            })
+            .bootstrap(crate::service::mark_forwarded(
+                rap_proto::pb::BootstrapGroupRequest {
+                    cluster_id: self.options.cluster_id.to_string(),
+                    voters,
+                    trust_root: trust_root.to_vec(),
+                    allow_single_voter: true,
+                },
+            ))
             .await
             .map(|_| ())
             .or_else(|status| {
@@ -908,7 +1022,8 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Keeps the transport's authority term equal to the applied state's.
+/// Keeps the transport's authority term (with its proof, and the trust
+/// root that verifies proofs) equal to the applied state's.
 async fn track_term(node: std::sync::Weak<AuthorityNode>) {
     let Some(mut changes) = node.upgrade().map(|n| n.raft.metrics()) else {
         return;
@@ -917,16 +1032,7 @@ async fn track_term(node: std::sync::Weak<AuthorityNode>) {
         let Some(node) = node.upgrade() else {
             return;
         };
-        let applied = node.view.authority_term();
-        if applied > node.guard.term() {
-            tracing::info!(
-                cluster_id = %node.options.cluster_id,
-                node_id = %node.options.node_id,
-                term = applied.0,
-                "authority term applied"
-            );
-            node.guard.set_term(applied);
-        }
+        node.sync_guard();
     }
 }
 

@@ -1,8 +1,10 @@
-//! The client side of promotion and rejoin (DESIGN.md §3 "Promotion"):
+//! The client side of the group's lifecycle: bootstrap
+//! ([`bootstrap_group`]), promotion and rejoin (DESIGN.md §3 "Promotion"):
 //! survey the survivors, pick the seed, sign the order with the cluster's
 //! snapshot-signing key and deliver it. [`crate::promotion`] is the storage
-//! node's side; `rap-configstore promote|rejoin` and the control plane's
-//! `AdminService.PromotePartition|RejoinNode` are the callers.
+//! node's side; `rap-configstore bootstrap|promote|rejoin` and the control
+//! plane's `AdminService.BootstrapCluster|PromotePartition|RejoinNode` are
+//! the callers.
 //!
 //! A promotion has two steps so that a caller can record the new term
 //! between them (the control plane writes term T+1 to PostgreSQL after the
@@ -36,7 +38,8 @@
 //! be run again.
 
 use crate::error::{Error, Result, error_detail};
-use crate::service::{authority_client, member_of};
+use crate::service::{authority_client, member_of, voter_spec_of_status};
+use crate::tls::pin::ExpectedPeer;
 use rap_proto::envelope::{Digest, SnapshotSigner};
 use rap_proto::ids::{AuthorityTerm, ClusterId};
 use rap_proto::pb;
@@ -49,6 +52,9 @@ use std::time::Duration;
 
 /// How long one `Status` call may take.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one voter's `Bootstrap` may take (it waits for the first
+/// leader and the genesis entry: up to 20 election timeouts).
+pub const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one `Promote` call may take. The seed initializes a group,
 /// waits for its leadership (up to 20 election timeouts), commits the
 /// reseed and adds the other survivors; cutting the call short would drop
@@ -79,6 +85,74 @@ pub const NO_SEED: &str = "NO_SEED";
 
 /// Distinguishes the orders of one process issued in the same millisecond.
 static ORDER_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Bootstraps a new group: sends the same `Bootstrap` (voters, genesis
+/// trust root) to every voter at once, since each node admits Raft RPCs
+/// only from members of the group it holds. Returns the answer of a voter
+/// that initialized. Refused (typed, final) when a voter refuses for a
+/// reason other than already belonging to the group; retryable
+/// ([`Error::Raft`], nothing to undo) when a voter could not be reached:
+/// start it and run the same bootstrap again (the others answer
+/// `ALREADY_INITIALIZED` and the missing one joins).
+pub async fn bootstrap_group(
+    network: &crate::network::NetworkConfig,
+    request: &pb::BootstrapGroupRequest,
+) -> Result<pb::BootstrapGroupResponse> {
+    if request.voters.len() > crate::limits::VOTERS_MAX {
+        return Err(Error::Oversize {
+            what: "voters",
+            limit: crate::limits::VOTERS_MAX,
+            got: request.voters.len(),
+        });
+    }
+    let calls = request.voters.iter().map(|voter| async move {
+        let context = format!("bootstrap of {}", voter.node_id);
+        let answer = match member_of(voter).and_then(|member| {
+            authority_client(
+                network,
+                &member.address,
+                &ExpectedPeer::storage_named(&member.node_id),
+            )
+        }) {
+            Ok(mut client) => {
+                call(
+                    context,
+                    BOOTSTRAP_TIMEOUT,
+                    client.bootstrap(request.clone()),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        (voter.node_id.clone(), answer)
+    });
+    let mut initialized = None;
+    let mut unreachable = Vec::new();
+    for (node_id, answer) in futures::future::join_all(calls).await {
+        match answer {
+            Ok(response) => initialized = Some(response),
+            Err(Error::Refused { code, .. }) if code == "ALREADY_INITIALIZED" => {}
+            Err(
+                e @ (Error::Refused { .. } | Error::InvalidRequest(_) | Error::Oversize { .. }),
+            ) => {
+                return Err(e);
+            }
+            Err(e) => unreachable.push(format!("{node_id}: {e}")),
+        }
+    }
+    if !unreachable.is_empty() {
+        return Err(Error::Raft(format!(
+            "bootstrap incomplete ({}); start the missing voters and run the same bootstrap again",
+            unreachable.join("; ")
+        )));
+    }
+    initialized.ok_or_else(|| {
+        refused(
+            "ALREADY_INITIALIZED",
+            "every voter already belongs to a group: nothing was bootstrapped",
+        )
+    })
+}
 
 /// One survivor and its answer to `Status`.
 #[derive(Clone, Debug)]
@@ -227,14 +301,15 @@ async fn call<T>(
     }
 }
 
-/// Asks the node at `address` for its status.
+/// Asks the storage node `expected` at `address` for its status.
 async fn status_of(
     network: &crate::network::NetworkConfig,
     cluster_id: &ClusterId,
     address: &str,
+    expected: &ExpectedPeer,
     context: impl Display,
 ) -> Result<pb::AuthorityStatusResponse> {
-    let mut client = authority_client(network, address)?;
+    let mut client = authority_client(network, address, expected)?;
     call(
         context,
         STATUS_TIMEOUT,
@@ -281,6 +356,7 @@ pub async fn plan_promotion(
             network,
             cluster_id,
             &spec.address,
+            &ExpectedPeer::storage_named(&spec.node_id),
             format!("status of survivor {}", spec.node_id),
         )
         .await?;
@@ -405,7 +481,11 @@ where
         let step = if survivor.awaits_seed() {
             PromotionStep::AlreadyRestarted
         } else {
-            let mut client = authority_client(network, &survivor.spec.address)?;
+            let mut client = authority_client(
+                network,
+                &survivor.spec.address,
+                &ExpectedPeer::storage_named(&survivor.spec.node_id),
+            )?;
             call(
                 format!("survivor {node_id}"),
                 PROMOTE_TIMEOUT,
@@ -424,7 +504,11 @@ where
             plan.seed_node_id
         )));
     };
-    let mut client = authority_client(network, &seed.spec.address)?;
+    let mut client = authority_client(
+        network,
+        &seed.spec.address,
+        &ExpectedPeer::storage_named(&seed.spec.node_id),
+    )?;
     let response = call(
         format!("seed {}", plan.seed_node_id),
         PROMOTE_TIMEOUT,
@@ -464,25 +548,38 @@ pub async fn promote_survivors(
 }
 
 /// Brings the old member `member` back into the cluster's current term:
-/// asks the group (the first of `group`, the addresses of current members,
-/// that answers with group state) for its term, sends the member a signed
-/// rejoin order (it retires its Raft storage and restarts empty) and adds
-/// it as a voter through that node. Refused before anything changes when
-/// the group has no quorum or is not at `expected_term` (when given).
+/// asks the group (the first of `group`, current members (an empty node id
+/// accepts any storage node at that address), that answers with group
+/// state) for its term, sends the member a signed rejoin order (it retires
+/// its Raft storage and restarts empty), tells it the group's members
+/// (`PrepareJoin`: only they may replicate to it) and adds it as a voter
+/// through that node. Refused before anything changes when the group has
+/// no quorum or is not at `expected_term` (when given).
 pub async fn rejoin_member(
     network: &crate::network::NetworkConfig,
     cluster_id: &ClusterId,
-    group: &[String],
+    group: &[pb::VoterSpec],
     member: &pb::VoterSpec,
     signer: &SnapshotSigner,
     expected_term: Option<AuthorityTerm>,
 ) -> Result<RejoinReport> {
     member_of(member)?;
     let node_id = member.node_id.as_str();
+    let member_peer = ExpectedPeer::storage_named(node_id);
     let mut last_error = Error::InvalidRequest("no member of the current group given".into());
     let mut answer = None;
-    for address in group.iter().filter(|a| **a != member.address) {
-        match status_of(network, cluster_id, address, format!("status of {address}")).await {
+    for spec in group.iter().filter(|s| s.address != member.address) {
+        let address = spec.address.as_str();
+        let expected = ExpectedPeer::storage_named(&spec.node_id);
+        match status_of(
+            network,
+            cluster_id,
+            address,
+            &expected,
+            format!("status of {address}"),
+        )
+        .await
+        {
             Ok(status) if status.authority_term == 0 || status.node_id == node_id => {
                 last_error = refused(
                     WRONG_NODE,
@@ -493,13 +590,13 @@ pub async fn rejoin_member(
                 );
             }
             Ok(status) => {
-                answer = Some((address.as_str(), status));
+                answer = Some((address, expected, status));
                 break;
             }
             Err(e) => last_error = e,
         }
     }
-    let Some((endpoint, group_status)) = answer else {
+    let Some((endpoint, endpoint_peer, group_status)) = answer else {
         return Err(last_error);
     };
     let term = AuthorityTerm(group_status.authority_term);
@@ -526,6 +623,7 @@ pub async fn rejoin_member(
         network,
         cluster_id,
         &member.address,
+        &member_peer,
         format!("status of {node_id}"),
     )
     .await?;
@@ -565,7 +663,7 @@ pub async fn rejoin_member(
             node_id: node_id.to_string(),
             issued_at_unix_ms: UnixMillis::now().0,
         };
-        let mut old = authority_client(network, &member.address)?;
+        let mut old = authority_client(network, &member.address, &member_peer)?;
         call(
             node_id,
             REJOIN_TIMEOUT,
@@ -573,7 +671,22 @@ pub async fn rejoin_member(
         )
         .await?;
     }
-    let mut leader = authority_client(network, endpoint)?;
+    // Only the group's members may replicate to the emptied node.
+    let mut joining = authority_client(network, &member.address, &member_peer)?;
+    call(
+        format!("prepare {node_id} to join"),
+        STATUS_TIMEOUT,
+        joining.prepare_join(pb::PrepareJoinRequest {
+            cluster_id: cluster_id.to_string(),
+            members: group_status
+                .voters
+                .iter()
+                .map(voter_spec_of_status)
+                .collect(),
+        }),
+    )
+    .await?;
+    let mut leader = authority_client(network, endpoint, &endpoint_peer)?;
     let status = call(
         format!(
             "add {node_id} as a voter (it restarted empty at term {term}; run the rejoin again to retry)"

@@ -194,7 +194,20 @@ impl NodeSlot {
             seed = %order.seed_node_id,
             "promotion: re-forming the group at a new authority term"
         );
-        let fresh = self.restart_fresh(&node, current, new_term).await?;
+        // The signed order is the proof of the new term: attached to every
+        // Raft RPC and term refusal of this node, and kept in the state.
+        let proof = prost::Message::encode_to_vec(request);
+        // Until the seed adds it, this node hears only from the survivors.
+        let peers = survivors
+            .iter()
+            .filter(|id| **id != me)
+            .map(|id| NodeId::new(*id))
+            .collect::<std::result::Result<_, _>>()?;
+        node.expected_peers()
+            .set(peers, &options.cluster_id, "promotion order")?;
+        let fresh = self
+            .restart_fresh(&node, current, new_term, Some(&proof))
+            .await?;
         let mut outcome = PromotionOutcome {
             authority_term: new_term,
             seeded_from_node_id: order.seed_node_id.clone(),
@@ -226,6 +239,7 @@ impl NodeSlot {
                 .propose(Request::Reseed {
                     state: Box::new(state.clone()),
                     new_term,
+                    proof: serde_bytes::ByteBuf::from(proof.clone()),
                 })
                 .await
             {
@@ -289,17 +303,26 @@ impl NodeSlot {
             term = new_term.0,
             "rejoin: wiping this node's raft state to join the new term as a learner"
         );
-        self.restart_fresh(&node, current, new_term).await?;
+        // Nobody is expected until an operator names the group's members
+        // (`PrepareJoin`); the old group's members are not.
+        node.expected_peers().set(
+            std::collections::BTreeSet::new(),
+            &options.cluster_id,
+            "rejoin order",
+        )?;
+        self.restart_fresh(&node, current, new_term, None).await?;
         Ok(new_term)
     }
 
     /// Stops `node`, retires its storage, and starts a fresh incarnation at
-    /// `new_term` with the same guard and reachability.
+    /// `new_term` (proven by `proof`, the signed promotion order, when
+    /// given) with the same guard and reachability.
     async fn restart_fresh(
         &self,
         node: &Arc<AuthorityNode>,
         old_term: AuthorityTerm,
         new_term: AuthorityTerm,
+        proof: Option<&[u8]>,
     ) -> Result<Arc<AuthorityNode>> {
         let options = node.options().clone();
         if let Err(e) = node.shutdown().await {
@@ -312,6 +335,9 @@ impl NodeSlot {
             tracing::warn!(node_id = %options.node_id, retired = %path.display(), "raft storage retired");
         }
         carried.guard.set_term(new_term);
+        if let Some(proof) = proof {
+            carried.guard.set_own_proof(proof);
+        }
         let fresh = AuthorityNode::start_with(options, Some(carried)).await?;
         self.replace(fresh.clone());
         Ok(fresh)

@@ -45,6 +45,10 @@ pub enum Request {
         state: Box<AuthorityState>,
         /// The new authority term (old + 1).
         new_term: AuthorityTerm,
+        /// The signed promotion order for `new_term` (an encoded
+        /// `PromoteRequest`), verified by the seed before it proposed.
+        #[serde(default)]
+        proof: ByteBuf,
     },
 }
 

@@ -1,14 +1,17 @@
 //! `AuthorityService`: the gRPC face of an [`AuthorityNode`]. Followers
 //! forward writes to the leader (one hop, marked with the
 //! [`FORWARDED_HEADER`] metadata); every refusal is typed, counted in the
-//! metrics and carries a `rap.v1.ErrorDetail`.
+//! metrics and carries a `rap.v1.ErrorDetail`. Who may call which method
+//! is decided before a handler runs, by the
+//! [`AccessLayer`](crate::access::AccessLayer) the server stands behind.
 
+pub use crate::access::FORWARDED_HEADER;
 use crate::error::{Error, Result};
 use crate::fence::Fence;
-use crate::network::client::endpoint;
 use crate::network::{Connector, NetworkConfig};
 use crate::node::AuthorityNode;
 use crate::slot::NodeSlot;
+use crate::tls::pin::ExpectedPeer;
 use crate::typ::{Member, raft_id_of};
 use rap_proto::ids::{AuthorityTerm, ClusterId, FenceSeq, LogIndex, NodeId};
 use rap_proto::pb;
@@ -19,30 +22,26 @@ use std::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-/// Metadata key marking a request a follower forwarded to the leader; a
-/// forwarded request is never forwarded again.
-pub const FORWARDED_HEADER: &str = "x-rap-forwarded";
-
-/// A client of another node's `AuthorityService` (lazily connected, with
-/// the transport's keepalive and TLS settings).
+/// A client of the `AuthorityService` of storage node `expected` at
+/// `address` (lazily connected, with the transport's keepalive, and under
+/// mTLS pinned to `expected`).
 pub fn authority_client(
     network: &NetworkConfig,
     address: &str,
+    expected: &ExpectedPeer,
 ) -> Result<AuthorityServiceClient<Channel>> {
-    authority_client_via(network, address, None)
+    authority_client_via(network, address, expected, None)
 }
 
-/// Like [`authority_client`], dialling through `connector` when given.
+/// Like [`authority_client`], dialling through `connector` when given
+/// (plaintext transports: the simulation).
 pub fn authority_client_via(
     network: &NetworkConfig,
     address: &str,
+    expected: &ExpectedPeer,
     connector: Option<&Connector>,
 ) -> Result<AuthorityServiceClient<Channel>> {
-    let endpoint = endpoint(network, address)?;
-    let channel = match connector {
-        Some(connector) => connector(&endpoint),
-        None => endpoint.connect_lazy(),
-    };
+    let channel = crate::network::channel(network, address, expected, connector)?;
     Ok(AuthorityServiceClient::new(channel)
         .max_decoding_message_size(crate::limits::RAFT_RPC_BYTES_MAX)
         .max_encoding_message_size(crate::limits::RAFT_RPC_BYTES_MAX))
@@ -58,6 +57,15 @@ pub fn voter_spec(member: &Member) -> pb::VoterSpec {
             zone: member.zone.clone(),
             host: member.host.clone(),
         }),
+    }
+}
+
+/// A voter of a `Status` answer as a `VoterSpec`.
+pub fn voter_spec_of_status(voter: &pb::VoterStatus) -> pb::VoterSpec {
+    pb::VoterSpec {
+        node_id: voter.node_id.clone(),
+        address: voter.address.clone(),
+        domain: voter.domain.clone(),
     }
 }
 
@@ -177,7 +185,7 @@ impl AuthorityApi {
                 Some(member) => {
                     let client = self
                         .node()
-                        .authority_client(&member.address)
+                        .authority_client(&member)
                         .map_err(|e| self.refuse(method, e))?;
                     let budget = self.node().options().timing.write_budget();
                     match tokio::time::timeout(budget, forward(client)).await {
@@ -225,7 +233,9 @@ fn is_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED_HEADER)
 }
 
-fn mark_forwarded<T>(message: T) -> Request<T> {
+/// `message` as a request marked as relayed by a member
+/// ([`FORWARDED_HEADER`]): the leader admits it from a member only so.
+pub fn mark_forwarded<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(
         FORWARDED_HEADER,
@@ -516,5 +526,31 @@ impl AuthorityService for AuthorityApi {
             cluster_id: message.cluster_id,
         }))
         .await
+    }
+
+    async fn prepare_join(
+        &self,
+        request: Request<pb::PrepareJoinRequest>,
+    ) -> std::result::Result<Response<pb::PrepareJoinResponse>, Status> {
+        let message = request.into_inner();
+        self.check_cluster(&message.cluster_id)
+            .map_err(|e| self.refuse("PrepareJoin", e))?;
+        if message.members.len() > crate::network::PEERS_MAX {
+            return Err(self.refuse(
+                "PrepareJoin",
+                Error::Oversize {
+                    what: "members",
+                    limit: crate::network::PEERS_MAX,
+                    got: message.members.len(),
+                },
+            ));
+        }
+        let members: Result<Vec<Member>> = message.members.iter().map(member_of).collect();
+        let count = members
+            .and_then(|members| self.node().prepare_join(&members))
+            .map_err(|e| self.refuse("PrepareJoin", e))?;
+        Ok(Response::new(pb::PrepareJoinResponse {
+            members: u32::try_from(count).unwrap_or(u32::MAX),
+        }))
     }
 }

@@ -6,11 +6,14 @@
 use crate::network::codec;
 use crate::network::server::RaftHandler;
 use crate::node::AuthorityNode;
+use rap_proto::ids::ClusterId;
 use std::sync::{Arc, RwLock};
 
 /// The current [`AuthorityNode`] of this process.
 #[derive(Debug)]
 pub struct NodeSlot {
+    /// The cluster every incarnation serves.
+    cluster_id: ClusterId,
     current: RwLock<Arc<AuthorityNode>>,
     /// Held while a promotion or rejoin replaces the node.
     pub(crate) reforming: tokio::sync::Mutex<()>,
@@ -20,9 +23,15 @@ impl NodeSlot {
     /// A slot holding `node`.
     pub fn new(node: Arc<AuthorityNode>) -> Arc<Self> {
         Arc::new(NodeSlot {
+            cluster_id: node.options().cluster_id.clone(),
             current: RwLock::new(node),
             reforming: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The cluster this slot's nodes serve.
+    pub fn cluster_id(&self) -> &ClusterId {
+        &self.cluster_id
     }
 
     /// The current node.

@@ -58,6 +58,12 @@ pub struct AuthorityState {
     pub trust_root: ByteBuf,
     /// Highest (trust generation, authority term) of an accepted shard.
     pub term_mark: Option<TermMark>,
+    /// The signed promotion order (an encoded `PromoteRequest`) that
+    /// created `authority_term`; empty at term 1. Members attach it to
+    /// their Raft RPCs and refusals so that others can believe the term
+    /// (DESIGN.md §3 "Promotion").
+    #[serde(default)]
+    pub term_proof: ByteBuf,
     /// Scope → newest verified envelope.
     pub shards: BTreeMap<String, ShardRecord>,
 }
@@ -121,7 +127,11 @@ impl AuthorityState {
                 envelopes,
                 proposed_at_ms,
             } => self.publish(log_index, fence, envelopes, UnixMillis(*proposed_at_ms)),
-            Request::Reseed { state, new_term } => self.reseed(state, *new_term),
+            Request::Reseed {
+                state,
+                new_term,
+                proof,
+            } => self.reseed(state, *new_term, proof),
         }
     }
 
@@ -141,6 +151,7 @@ impl AuthorityState {
             last_fence_seq: FenceSeq(0),
             trust_root: trust_root.clone(),
             term_mark: None,
+            term_proof: ByteBuf::new(),
             shards: BTreeMap::new(),
         };
         Applied {
@@ -312,7 +323,12 @@ impl AuthorityState {
         }
     }
 
-    fn reseed(&mut self, state: &AuthorityState, new_term: AuthorityTerm) -> Applied {
+    fn reseed(
+        &mut self,
+        state: &AuthorityState,
+        new_term: AuthorityTerm,
+        proof: &ByteBuf,
+    ) -> Applied {
         let Some(cluster_id) = state.cluster_id.clone() else {
             return refused("NOT_INITIALIZED", "the seed state has no cluster");
         };
@@ -336,6 +352,7 @@ impl AuthorityState {
         *self = AuthorityState {
             authority_term: new_term,
             last_fence_seq: FenceSeq(0),
+            term_proof: proof.clone(),
             ..state.clone()
         };
         Applied {
@@ -556,10 +573,12 @@ mod tests {
             &Request::Reseed {
                 state: Box::new(fx.state.clone()),
                 new_term: AuthorityTerm(2),
+                proof: ByteBuf::from(b"order".to_vec()),
             },
         );
         assert_eq!(applied.response, Response::Done);
         assert_eq!(fresh.authority_term, AuthorityTerm(2));
+        assert_eq!(fresh.term_proof.as_ref(), b"order", "the order is kept");
         let publish = Request::PublishShards {
             fence: old_fence,
             envelopes: vec![v1],
@@ -584,6 +603,7 @@ mod tests {
             &Request::Reseed {
                 state: Box::new(fx.state.clone()),
                 new_term: AuthorityTerm(2),
+                proof: ByteBuf::from(b"order".to_vec()),
             },
         );
         assert_eq!(refusal_code(&again), "TERM_MISMATCH");

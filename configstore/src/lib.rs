@@ -13,5 +13,7 @@
 //! the agent issue.
 
 pub mod config;
+pub mod enroll;
 pub mod http;
+pub mod renewal;
 pub mod server;

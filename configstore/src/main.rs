@@ -1,14 +1,18 @@
 //! `rap-configstore`: run a storage/config node, or talk to one.
 //!
-//! `serve` runs the node. `dev-ca` makes a development CA and node
-//! certificates. `bootstrap`, `status`, `fence`, `add-voter` and
-//! `remove-voter` are small clients of a node's `AuthorityService` (the
-//! control plane's `rapctl` takes these over later).
+//! `serve` runs the node. `dev-ca` makes a development CA with storage
+//! node and operator certificates (and renews them). `bootstrap`,
+//! `status`, `fence`, `add-voter`, `remove-voter`, `promote` and `rejoin`
+//! are small operator clients of the nodes' `AuthorityService`; they
+//! present an operator (or control plane) certificate and pin the storage
+//! node they dial.
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use rap_authority::network::NetworkConfig;
 use rap_authority::service::authority_client;
+use rap_authority::tls::live::LiveIdentity;
+use rap_authority::tls::pin::{ExpectedPeer, PeerTls};
 use rap_authority::tls::{DevCa, TlsFiles};
 use rap_configstore::config::{CONFIG_BYTES_MAX, Config, LogFormat};
 use rap_proto::ids::{ClusterId, NodeId};
@@ -37,7 +41,8 @@ struct Cli {
 enum Command {
     /// Run the node (Raft + AuthorityService on gRPC, metrics/health on HTTP).
     Serve(ServeArgs),
-    /// Create a development CA and certificates for the given nodes.
+    /// Development without a control plane: create a CA and certificates
+    /// for storage nodes and operators, or renew them (`--renew`).
     DevCa(DevCaArgs),
     /// Initialize a new group on running nodes (send to one of the voters).
     Bootstrap(BootstrapArgs),
@@ -154,15 +159,30 @@ struct ServeArgs {
 
 #[derive(Args, Debug)]
 struct DevCaArgs {
-    /// The cluster.
+    /// The cluster (for a new CA; `--renew` reads it from the CA).
     #[arg(long)]
-    cluster: String,
-    /// Directory for the CA (ca.pem, ca.key) and one sub-directory per node.
+    cluster: Option<String>,
+    /// Directory for the CA (ca.pem, ca.key) and one sub-directory per
+    /// node or operator.
     #[arg(long)]
     dir: PathBuf,
-    /// Node ids to issue certificates for (repeatable).
+    /// A storage node to issue a certificate for: <node-id> or
+    /// <node-id>=<name>[,<name>...] with the DNS names or IP addresses
+    /// others dial it by (localhost and 127.0.0.1 are always included).
+    /// Repeatable.
     #[arg(long = "node")]
     nodes: Vec<String>,
+    /// An operator client certificate to issue (for the client commands'
+    /// --tls-dir). Repeatable.
+    #[arg(long = "operator")]
+    operators: Vec<String>,
+    /// Certificate lifetime in seconds (default 24 h).
+    #[arg(long, default_value_t = rap_authority::tls::NODE_CERT_VALIDITY_DEFAULT.as_secs())]
+    validity_s: u64,
+    /// Reissue the named certificates from the existing CA in --dir
+    /// (running nodes reload them without a restart).
+    #[arg(long)]
+    renew: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -170,10 +190,15 @@ struct ClientArgs {
     /// A node's gRPC address (host:port).
     #[arg(long, env = "RAP_ENDPOINT")]
     endpoint: String,
+    /// The storage node expected at --endpoint; its certificate must name
+    /// it (default: any storage node of the cluster).
+    #[arg(long, env = "RAP_ENDPOINT_NODE")]
+    endpoint_node: Option<String>,
     /// The cluster.
     #[arg(long, env = "RAP_CLUSTER_ID")]
     cluster: String,
-    /// Directory with ca.pem, node.pem, node.key for mTLS.
+    /// Directory with ca.pem, node.pem, node.key of an operator (or the
+    /// control plane) for mTLS.
     #[arg(long, env = "RAP_TLS_DIR")]
     tls_dir: Option<PathBuf>,
     /// Development only: no TLS.
@@ -331,21 +356,70 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
 fn dev_ca(args: DevCaArgs) -> Result<()> {
     rap_authority::tls::install_crypto_provider();
-    let cluster = ClusterId::new(args.cluster.as_str())?;
-    let ca = DevCa::create(&args.dir, &cluster)?;
+    let ca = if args.renew {
+        DevCa::load(&args.dir).context("load the development CA to renew from")?
+    } else {
+        let cluster = args
+            .cluster
+            .as_deref()
+            .context("--cluster is required for a new CA (or --renew from an existing one)")?;
+        DevCa::create(&args.dir, &ClusterId::new(cluster)?)?
+    };
+    if let Some(cluster) = &args.cluster
+        && cluster != ca.cluster_id().as_str()
+    {
+        bail!(
+            "{} holds the CA of cluster {}, not {cluster}",
+            args.dir.display(),
+            ca.cluster_id()
+        );
+    }
+    let validity = std::time::Duration::from_secs(args.validity_s);
+    let mut expires = None;
     for node in &args.nodes {
-        let node_id = NodeId::new(node.as_str())?;
-        let files = ca.issue_node(&args.dir.join(node), &node_id)?;
-        println!("{node}: {}", files.cert.display());
+        let (id, names) = match node.split_once('=') {
+            Some((id, names)) => (id, names.split(',').map(str::to_string).collect()),
+            None => (node.as_str(), Vec::new()),
+        };
+        let identity = rap_authority::identity::PeerIdentity::storage(
+            ca.cluster_id().clone(),
+            NodeId::new(id)?,
+        )?;
+        let files = ca.issue(&args.dir.join(id), &identity, validity, &names)?;
+        expires = Some(files.facts()?.not_after);
+        println!("storage {id}: {}", files.cert.display());
+    }
+    for operator in &args.operators {
+        let identity = rap_authority::identity::PeerIdentity::operator(
+            ca.cluster_id().clone(),
+            NodeId::new(operator.as_str())?,
+        )?;
+        let files = ca.issue(&args.dir.join(operator), &identity, validity, &[])?;
+        expires = Some(files.facts()?.not_after);
+        println!("operator {operator}: {}", files.cert.display());
     }
     println!("CA: {}", args.dir.join("ca.pem").display());
+    if let Some(not_after) = expires {
+        let left = not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        println!(
+            "WARNING: these development certificates expire in {} s and nothing renews them: run `rap-configstore dev-ca --renew --dir {} --node ... --operator ...` before then (running nodes reload the new files without a restart). Clusters enrolled through a control plane renew by themselves.",
+            left.as_secs(),
+            args.dir.display()
+        );
+    }
     Ok(())
 }
 
 fn network(args: &ClientArgs) -> Result<NetworkConfig> {
     rap_authority::tls::install_crypto_provider();
     let tls = match (&args.tls_dir, args.insecure_plaintext) {
-        (Some(dir), false) => Some(TlsFiles::in_dir(dir).client_config()?),
+        (Some(dir), false) => {
+            let identity = LiveIdentity::load(TlsFiles::in_dir(dir))
+                .with_context(|| format!("load the client certificate in {}", dir.display()))?;
+            Some(PeerTls::new(identity)?)
+        }
         (None, true) => None,
         _ => bail!("say how to connect: --tls-dir <dir> or --insecure-plaintext"),
     };
@@ -353,6 +427,28 @@ fn network(args: &ClientArgs) -> Result<NetworkConfig> {
         tls,
         ..NetworkConfig::default()
     })
+}
+
+/// The storage node expected at `--endpoint`.
+fn endpoint_peer(args: &ClientArgs) -> Result<ExpectedPeer> {
+    Ok(match &args.endpoint_node {
+        Some(id) => ExpectedPeer::storage(NodeId::new(id.as_str())?),
+        None => ExpectedPeer::any_storage(),
+    })
+}
+
+/// A client of `--endpoint`'s `AuthorityService`.
+fn endpoint_client(
+    args: &ClientArgs,
+    net: &NetworkConfig,
+) -> Result<
+    rap_proto::pb::authority_service_client::AuthorityServiceClient<tonic::transport::Channel>,
+> {
+    Ok(authority_client(
+        net,
+        &args.endpoint,
+        &endpoint_peer(args)?,
+    )?)
 }
 
 fn parse_voter(text: &str) -> Result<pb::VoterSpec> {
@@ -449,17 +545,17 @@ async fn bootstrap(args: BootstrapArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let trust_root = std::fs::read(&args.trust_root)
         .with_context(|| format!("read {}", args.trust_root.display()))?;
-    let mut client = authority_client(&net, &args.client.endpoint)?;
-    let response = client
-        .bootstrap(pb::BootstrapGroupRequest {
-            cluster_id: args.client.cluster.clone(),
-            voters,
-            trust_root,
-            allow_single_voter: args.allow_single_voter,
-        })
+    let request = pb::BootstrapGroupRequest {
+        cluster_id: args.client.cluster.clone(),
+        voters: voters.clone(),
+        trust_root,
+        allow_single_voter: args.allow_single_voter,
+    };
+    // Every voter initializes the same membership: a node admits Raft RPCs
+    // only from members of its group.
+    let response = rap_authority::orders_client::bootstrap_group(&net, &request)
         .await
-        .map_err(status_error)?
-        .into_inner();
+        .map_err(authority_error)?;
     if args.client.json {
         println!(
             "{:#}",
@@ -483,7 +579,7 @@ async fn bootstrap(args: BootstrapArgs) -> Result<()> {
 
 async fn status(args: ClientArgs) -> Result<()> {
     let net = network(&args)?;
-    let mut client = authority_client(&net, &args.endpoint)?;
+    let mut client = endpoint_client(&args, &net)?;
     let response = client
         .status(pb::AuthorityStatusRequest {
             cluster_id: args.cluster.clone(),
@@ -497,7 +593,7 @@ async fn status(args: ClientArgs) -> Result<()> {
 
 async fn fence(args: FenceArgs) -> Result<()> {
     let net = network(&args.client)?;
-    let mut client = authority_client(&net, &args.client.endpoint)?;
+    let mut client = endpoint_client(&args.client, &net)?;
     let expected_term = match args.expected_term {
         Some(term) => term,
         None => {
@@ -538,11 +634,37 @@ async fn fence(args: FenceArgs) -> Result<()> {
 
 async fn add_voter(args: AddVoterArgs) -> Result<()> {
     let net = network(&args.client)?;
-    let mut client = authority_client(&net, &args.client.endpoint)?;
+    let voter = parse_voter(&args.voter)?;
+    let mut client = endpoint_client(&args.client, &net)?;
+    // The new node admits Raft RPCs only from the members it is told of.
+    let group = client
+        .status(pb::AuthorityStatusRequest {
+            cluster_id: args.client.cluster.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut joining = authority_client(
+        &net,
+        &voter.address,
+        &ExpectedPeer::storage_named(&voter.node_id),
+    )?;
+    joining
+        .prepare_join(pb::PrepareJoinRequest {
+            cluster_id: args.client.cluster.clone(),
+            members: group
+                .voters
+                .iter()
+                .map(rap_authority::service::voter_spec_of_status)
+                .collect(),
+        })
+        .await
+        .map_err(status_error)
+        .with_context(|| format!("prepare {} to join", voter.node_id))?;
     let response = client
         .add_voter(pb::AddVoterRequest {
             cluster_id: args.client.cluster.clone(),
-            voter: Some(parse_voter(&args.voter)?),
+            voter: Some(voter),
         })
         .await
         .map_err(status_error)?
@@ -553,7 +675,7 @@ async fn add_voter(args: AddVoterArgs) -> Result<()> {
 
 async fn remove_voter(args: RemoveVoterArgs) -> Result<()> {
     let net = network(&args.client)?;
-    let mut client = authority_client(&net, &args.client.endpoint)?;
+    let mut client = endpoint_client(&args.client, &net)?;
     let response = client
         .remove_voter(pb::RemoveVoterRequest {
             cluster_id: args.client.cluster.clone(),
@@ -582,6 +704,7 @@ async fn promote(args: PromoteArgs) -> Result<()> {
     use rap_authority::orders_client::{self, PromotionStep};
     let client_args = ClientArgs {
         endpoint: String::new(),
+        endpoint_node: None,
         cluster: args.cluster.clone(),
         tls_dir: args.tls_dir.clone(),
         insecure_plaintext: args.insecure_plaintext,
@@ -629,7 +752,11 @@ async fn rejoin(args: RejoinArgs) -> Result<()> {
     let report = rap_authority::orders_client::rejoin_member(
         &net,
         &cluster,
-        std::slice::from_ref(&args.client.endpoint),
+        &[pb::VoterSpec {
+            node_id: args.client.endpoint_node.clone().unwrap_or_default(),
+            address: args.client.endpoint.clone(),
+            domain: None,
+        }],
         &spec,
         &key,
         None,

@@ -1,18 +1,60 @@
 //! Starting and serving one storage node.
+//!
+//! Under mTLS the node's certificate is a [`LiveIdentity`]: the gRPC
+//! listener (its own TLS accept loop, so the certificate can change) and
+//! every client connection to peers use it, and a background task reloads
+//! it when the files change ([`crate::renewal`] renews it before expiry).
+//! Every request passes the [`AccessLayer`] first: the caller-kind table of
+//! [`rap_authority::access`], group membership and revocations.
 
 use crate::config::Config;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use rap_authority::access::{AccessLayer, GroupView, RefusalCounter};
+use rap_authority::identity::IdentityKind;
 use rap_authority::network::{PeerAuth, RaftServer};
 use rap_authority::node::{AuthorityNode, NodeOptions, Timing};
 use rap_authority::service::AuthorityApi;
 use rap_authority::slot::NodeSlot;
 use rap_authority::tls::TlsFiles;
+use rap_authority::tls::live::{self, LiveIdentity};
+use rap_authority::tls::pin::PeerTls;
 use rap_proto::ids::{ClusterId, NodeId};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Node options from a validated config.
-pub fn node_options(config: &Config) -> Result<NodeOptions> {
+/// The node's certificate files from a validated config, if it runs mTLS.
+pub fn tls_files(config: &Config) -> Option<TlsFiles> {
+    config.tls.as_ref().map(|tls| TlsFiles {
+        ca: tls.ca.clone(),
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+    })
+}
+
+/// Loads the node's certificate and checks that it is this node's
+/// storage identity in this cluster: a storage node never serves under an
+/// agent's, an operator's or another node's certificate.
+pub fn load_identity(config: &Config, files: TlsFiles) -> Result<Arc<LiveIdentity>> {
+    let identity = LiveIdentity::load(files.clone())
+        .with_context(|| format!("load the node certificate {}", files.cert.display()))?;
+    let named = identity.identity();
+    if named.kind != IdentityKind::Storage
+        || named.cluster_id.as_str() != config.cluster_id
+        || named.node_id.as_str() != config.node_id
+    {
+        bail!(
+            "{} names {named}, not storage node {} of cluster {}: enrol this node (`rap-configstore join`) or issue it a storage certificate",
+            files.cert.display(),
+            config.node_id,
+            config.cluster_id
+        );
+    }
+    Ok(identity)
+}
+
+/// Node options from a validated config and the node's certificate.
+pub fn node_options(config: &Config, identity: Option<&Arc<LiveIdentity>>) -> Result<NodeOptions> {
     let t = &config.timing;
     Ok(NodeOptions {
         cluster_id: ClusterId::new(config.cluster_id.as_str())?,
@@ -29,11 +71,10 @@ pub fn node_options(config: &Config) -> Result<NodeOptions> {
             lease: Duration::from_millis(t.lease_ms()),
             keepalive: Duration::from_millis(t.keepalive_ms),
         },
-        tls: config.tls.as_ref().map(|tls| TlsFiles {
-            ca: tls.ca.clone(),
-            cert: tls.cert.clone(),
-            key: tls.key.clone(),
-        }),
+        tls: match identity {
+            Some(identity) => Some(PeerTls::new(identity.clone())?),
+            None => None,
+        },
         connector: None,
     })
 }
@@ -43,15 +84,26 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let options = node_options(&config)?;
+    rap_authority::tls::install_crypto_provider();
+    let identity = match tls_files(&config) {
+        Some(files) => Some(load_identity(&config, files)?),
+        None => None,
+    };
+    let options = node_options(&config, identity.as_ref())?;
     let node = AuthorityNode::start(options.clone())
         .await
         .context("start the authority node")?;
     let span =
         tracing::info_span!("node", cluster_id = %options.cluster_id, node_id = %options.node_id);
     let _entered = span.enter();
+    if config.insecure_plaintext {
+        tracing::warn!(
+            listen = %config.listen,
+            "serving WITHOUT TLS: any process that reaches this port can call every RPC (development only)"
+        );
+    }
 
-    let auth = if options.tls.is_some() {
+    let auth = if identity.is_some() {
         PeerAuth::MutualTls
     } else {
         PeerAuth::Plaintext
@@ -68,22 +120,26 @@ pub async fn serve(
     .with_metrics(node.metrics().clone())
     .into_service();
     let authority_service = AuthorityApi::with_slot(slot.clone()).into_service();
+    let counter: Arc<dyn RefusalCounter> = node.metrics().clone();
+    let access = AccessLayer::new(
+        slot.clone() as Arc<dyn GroupView>,
+        Some(counter),
+        identity.is_some(),
+    );
     drop(node);
 
-    let mut builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(options.timing.keepalive))
-        .http2_keepalive_timeout(Some(options.timing.keepalive * 2))
-        .tcp_nodelay(true);
-    if let Some(files) = &options.tls {
-        builder = builder
-            .tls_config(files.server_config()?)
-            .context("configure TLS")?;
-    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    if let Some(identity) = &identity {
+        tokio::spawn(crate::renewal::keep_current(
+            identity.clone(),
+            config.clone(),
+            stop_rx.clone(),
+        ));
+    }
 
     let grpc_listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -91,25 +147,48 @@ pub async fn serve(
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("listen on {} (HTTP)", config.http_listen))?;
-    tracing::info!(grpc = %config.listen, http = %config.http_listen, "serving");
+    tracing::info!(grpc = %config.listen, http = %config.http_listen, tls = identity.is_some(), "serving");
 
-    let mut grpc_stop = stop_rx.clone();
-    let grpc = builder
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(options.timing.keepalive))
+        .http2_keepalive_timeout(Some(options.timing.keepalive * 2))
+        .tcp_nodelay(true)
+        .layer(access)
         .add_service(raft_service)
-        .add_service(authority_service)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            async move {
-                let _ = grpc_stop.wait_for(|stop| *stop).await;
-            },
-        );
+        .add_service(authority_service);
+    let mut grpc_stop = stop_rx.clone();
+    let grpc_stopped = async move {
+        let _ = grpc_stop.wait_for(|stop| *stop).await;
+    };
+    let grpc = async {
+        match &identity {
+            Some(identity) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(live::server_config(identity)?);
+                router
+                    .serve_with_incoming_shutdown(
+                        rap_authority::tls::incoming::tls_incoming(grpc_listener, acceptor),
+                        grpc_stopped,
+                    )
+                    .await
+                    .context("serve gRPC")
+            }
+            None => router
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc_listener)
+                        .with_nodelay(Some(true)),
+                    grpc_stopped,
+                )
+                .await
+                .context("serve gRPC"),
+        }
+    };
     let mut http_stop = stop_rx.clone();
     let http = axum::serve(http_listener, crate::http::router(slot.clone()))
         .with_graceful_shutdown(async move {
             let _ = http_stop.wait_for(|stop| *stop).await;
         });
     let (grpc_result, http_result) = tokio::join!(grpc, http);
-    grpc_result.context("serve gRPC")?;
+    grpc_result?;
     http_result.context("serve HTTP")?;
     slot.get().shutdown().await.context("stop raft")?;
     tracing::info!("stopped");

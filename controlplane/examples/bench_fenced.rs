@@ -72,11 +72,7 @@ async fn main() {
         }
         nodes
     };
-    let addresses: Vec<String> =
-        sqlx::query_scalar("SELECT address FROM storage_nodes ORDER BY node_id")
-            .fetch_all(&p.ctx.pool)
-            .await
-            .unwrap();
+    let peers = p.storage_peers().await;
 
     println!(
         "{:<28} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8}",
@@ -89,7 +85,7 @@ async fn main() {
         let t = Instant::now();
         p.ctx
             .authority
-            .acquire_fence(&p.cluster, &addresses, 1, "bench")
+            .acquire_fence(&p.cluster, &peers, 1, "bench")
             .await
             .unwrap();
         fences.push(t.elapsed());

@@ -353,11 +353,11 @@ fn identities(
             .public_key_raw()
             .try_into()
             .map_err(|_| anyhow::anyhow!("ed25519 key is not 32 bytes"))?;
-        let issued = keys.issue_node_certificate(
-            &NodeId::new(node_name(index))?,
-            &public,
-            NODE_CERT_VALIDITY_DEFAULT,
+        let identity = rap_authority::identity::PeerIdentity::node(
+            keys.cluster_id().clone(),
+            NodeId::new(node_name(index))?,
         )?;
+        let issued = keys.issue_certificate(&identity, &public, NODE_CERT_VALIDITY_DEFAULT, &[])?;
         let leaf = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
             .next()
             .ok_or_else(|| anyhow::anyhow!("empty chain"))??;

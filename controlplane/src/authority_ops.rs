@@ -432,7 +432,11 @@ async fn observe(
             ..Default::default()
         };
         if let Some(network) = &network
-            && let Ok(mut client) = rap_authority::service::authority_client(network, &node.address)
+            && let Ok(mut client) = rap_authority::service::authority_client(
+                network,
+                &node.address,
+                &rap_authority::tls::pin::ExpectedPeer::storage_named(&node.node_id),
+            )
         {
             let call = client.status(pb::AuthorityStatusRequest {
                 cluster_id: cluster.to_string(),
@@ -509,13 +513,20 @@ async fn rejoin_now(
              retired storage node (a voter left out of a promotion) can rejoin"
         )));
     }
-    let group: Vec<String> = sqlx::query_scalar(
-        "SELECT address FROM storage_nodes
+    let group: Vec<pb::VoterSpec> = sqlx::query_as::<_, (String, String)>(
+        "SELECT node_id, address FROM storage_nodes
           WHERE cluster_id = $1 AND role = 'voter' ORDER BY node_id",
     )
     .bind(cluster_id)
     .fetch_all(&mut *conn)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|(node_id, address)| pb::VoterSpec {
+        node_id,
+        address,
+        domain: None,
+    })
+    .collect();
     drop(conn);
     if group.is_empty() {
         return Err(Error::FailedPrecondition(format!(

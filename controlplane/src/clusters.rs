@@ -6,14 +6,13 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::keys::ClusterKeys;
 use crate::page::Page;
-use rap_authority::service::{authority_client, member_of};
+use rap_authority::orders_client;
+use rap_authority::service::member_of;
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
 
 /// Most voters a bootstrap may name.
 pub const BOOTSTRAP_VOTERS_MAX: usize = 7;
-/// How long the bootstrap call to a storage node may take.
-pub const BOOTSTRAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The current authority row of a cluster: `(term, last_seq)`.
 pub async fn current_term(
@@ -258,41 +257,27 @@ pub async fn bootstrap(
                 .await?;
         drop(conn);
         let network = ctx.authority.network(cluster_id)?;
-        let mut last_error = String::new();
-        let mut answer = None;
-        for member in &members {
-            let mut client = authority_client(&network, &member.address)
-                .map_err(|e| Error::invalid(e.to_string()))?;
-            let call = client.bootstrap(pb::BootstrapGroupRequest {
-                cluster_id: cluster_id.to_string(),
-                voters: request.voters.clone(),
-                trust_root: trust_root.clone(),
-                allow_single_voter: request.allow_single_voter,
-            });
-            match tokio::time::timeout(BOOTSTRAP_TIMEOUT, call).await {
-                Ok(Ok(response)) => {
-                    answer = Some(response.into_inner());
-                    break;
-                }
-                Ok(Err(status)) => match rap_authority::error::error_detail(&status) {
-                    // A typed refusal (too few voters, already initialized,
-                    // wrong cluster) is final.
-                    Some(detail) => {
-                        return Err(Error::Authority {
-                            code: detail.code,
-                            message: detail.message,
-                        });
-                    }
-                    None => last_error = format!("{}: {}", member.address, status.message()),
-                },
-                Err(_) => last_error = format!("{}: no answer within {BOOTSTRAP_TIMEOUT:?}", member.address),
-            }
-        }
-        let Some(answer) = answer else {
-            return Err(Error::AuthorityUnreachable(format!(
-                "no voter accepted the bootstrap; last: {last_error}"
-            )));
+        let bootstrap = pb::BootstrapGroupRequest {
+            cluster_id: cluster_id.to_string(),
+            voters: request.voters.clone(),
+            trust_root,
+            allow_single_voter: request.allow_single_voter,
         };
+        let answer = orders_client::bootstrap_group(&network, &bootstrap)
+            .await
+            .map_err(|e| match e {
+                // A typed refusal (too few voters, already initialized,
+                // wrong cluster) is final.
+                rap_authority::Error::Refused { code, message } => {
+                    Error::Authority { code, message }
+                }
+                e @ (rap_authority::Error::InvalidRequest(_)
+                | rap_authority::Error::Oversize { .. }) => Error::Authority {
+                    code: e.code().to_string(),
+                    message: e.to_string(),
+                },
+                e => Error::AuthorityUnreachable(e.to_string()),
+            })?;
         let term = i64::try_from(answer.authority_term)
             .map_err(|_| Error::Internal("authority term overflow".into()))?;
         let mut tx = ctx.pool.begin().await?;

@@ -25,6 +25,10 @@ pub struct Context {
     /// The agent API of this process, when serving: revocation and renewal
     /// drop its cached identity answers at once.
     pub agents: Option<crate::api::agent::AgentApi>,
+    /// Lifetime of the agent and storage node certificates issued
+    /// (`node-cert-validity-s`; default 24 h). Nodes renew at about two
+    /// thirds of it.
+    pub node_cert_validity: std::time::Duration,
 }
 
 impl Context {

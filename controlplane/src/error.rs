@@ -21,6 +21,8 @@ pub enum TokenRefusal {
     Exhausted,
     /// Scoped to another cluster than the request names.
     WrongCluster,
+    /// Made for another kind of node, or for another storage node id.
+    WrongScope,
 }
 
 impl TokenRefusal {
@@ -33,6 +35,7 @@ impl TokenRefusal {
             TokenRefusal::Revoked => "TOKEN_REVOKED",
             TokenRefusal::Exhausted => "TOKEN_EXHAUSTED",
             TokenRefusal::WrongCluster => "TOKEN_WRONG_CLUSTER",
+            TokenRefusal::WrongScope => "TOKEN_WRONG_SCOPE",
         }
     }
 }
@@ -46,6 +49,9 @@ impl std::fmt::Display for TokenRefusal {
             TokenRefusal::Revoked => "join token was revoked",
             TokenRefusal::Exhausted => "join token has no uses left",
             TokenRefusal::WrongCluster => "join token belongs to another cluster",
+            TokenRefusal::WrongScope => {
+                "join token is for another kind of node or another storage node id"
+            }
         })
     }
 }
@@ -162,6 +168,14 @@ pub enum Error {
     /// Applying migrations failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The key's certificate was revoked; it may join again only with a
+    /// platform owner's override (`rapctl join-request allow-revoked-key`).
+    #[error("key revoked: {0}")]
+    KeyRevoked(String),
+    /// The node id is reserved (the control plane's, a storage node's for
+    /// an agent, an agent's for a storage node).
+    #[error("reserved id: {0}")]
+    ReservedId(String),
     /// The feature is not built yet; the message says what to use instead.
     #[error("not implemented: {0}")]
     NotImplemented(String),
@@ -198,6 +212,8 @@ impl Error {
             Error::Keys(_) => "KEYS",
             Error::Database(_) => "DATABASE",
             Error::Migrate(_) => "MIGRATION",
+            Error::KeyRevoked(_) => "KEY_REVOKED",
+            Error::ReservedId(_) => "RESERVED_ID",
             Error::NotImplemented(_) => "NOT_IMPLEMENTED",
             Error::Overloaded(_) => "OVERLOADED",
             Error::Internal(_) => "INTERNAL",
@@ -211,7 +227,8 @@ impl Error {
             Error::InvalidArgument(_) | Error::Oversize { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
-            Error::Token(_) | Error::BadProof(_) => Code::PermissionDenied,
+            Error::Token(_) | Error::BadProof(_) | Error::KeyRevoked(_) => Code::PermissionDenied,
+            Error::ReservedId(_) => Code::FailedPrecondition,
             Error::Replay(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_)
             | Error::MissingCapability { .. }
@@ -281,7 +298,7 @@ impl From<Error> for tonic::Status {
             message: message.clone(),
             reachable_voters,
             total_voters,
-            authority_term: 0,
+            ..Default::default()
         };
         tonic::Status::with_details(
             error.grpc_code(),

@@ -22,6 +22,8 @@ use crate::audit::{self, Action, FenceRef};
 use crate::error::{Error, Result};
 use rap_authority::network::NetworkConfig;
 use rap_authority::service::authority_client;
+use rap_authority::tls::live::LiveIdentity;
+use rap_authority::tls::pin::{ExpectedPeer, PeerTls};
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -40,6 +42,23 @@ pub enum StorageTransport {
     },
     /// Development only: plaintext.
     InsecurePlaintext,
+}
+
+/// A storage node of a cluster's group, as the control plane dials it: its
+/// certificate must name this node id (storage kind).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoragePeer {
+    /// The storage node's id.
+    pub node_id: String,
+    /// Its gRPC address, `host:port`.
+    pub address: String,
+}
+
+impl StoragePeer {
+    /// Whom the TLS client expects at this address.
+    pub fn expected(&self) -> ExpectedPeer {
+        ExpectedPeer::storage_named(&self.node_id)
+    }
 }
 
 /// How long the network settings of a cluster (its mTLS client
@@ -81,9 +100,8 @@ impl AuthorityClients {
                 rap_authority::tls::install_crypto_provider();
                 let cluster = ClusterId::new(cluster_id)?;
                 let keys = crate::keys::ClusterKeys::load(keys_dir, &cluster)?;
-                let tls = keys
-                    .controlplane_tls()
-                    .client_config()
+                let tls = LiveIdentity::load(keys.controlplane_tls())
+                    .and_then(PeerTls::new)
                     .map_err(|e| Error::Keys(format!("mTLS towards {cluster_id}: {e}")))?;
                 NetworkConfig {
                     tls: Some(tls),
@@ -100,7 +118,7 @@ impl AuthorityClients {
         Ok(network)
     }
 
-    /// Asks the storage nodes at `addresses`, in order, until one grants a
+    /// Asks the storage nodes `peers`, in order, until one grants a
     /// fence, within [`crate::limits::FENCE_TIMEOUT`] overall.
     ///
     /// * `NO_QUORUM` from a node that reaches fewer than a majority is
@@ -117,11 +135,11 @@ impl AuthorityClients {
     pub async fn acquire_fence(
         &self,
         cluster_id: &str,
-        addresses: &[String],
+        peers: &[StoragePeer],
         expected_term: u64,
         purpose: &str,
     ) -> Result<pb::FencingToken> {
-        if addresses.is_empty() {
+        if peers.is_empty() {
             return Err(Error::AuthorityUnreachable(format!(
                 "no storage node of cluster {cluster_id} is recorded"
             )));
@@ -131,12 +149,13 @@ impl AuthorityClients {
         let mut best_no_quorum: Option<(u32, u32)> = None;
         let mut last_other = String::new();
         loop {
-            for address in addresses {
+            for peer in peers {
+                let address = &peer.address;
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if remaining.is_zero() {
                     break;
                 }
-                let mut client = match authority_client(&network, address) {
+                let mut client = match authority_client(&network, address, &peer.expected()) {
                     Ok(client) => client,
                     Err(e) => {
                         last_other = e.to_string();
@@ -192,7 +211,7 @@ impl AuthorityClients {
             tokio::time::sleep(FENCE_ROUND_PAUSE).await;
         }
         let (reachable_voters, total_voters) =
-            best_no_quorum.unwrap_or((0, u32::try_from(addresses.len()).unwrap_or(u32::MAX)));
+            best_no_quorum.unwrap_or((0, u32::try_from(peers.len()).unwrap_or(u32::MAX)));
         tracing::warn!(cluster_id, reachable_voters, total_voters, last = %last_other, "no fence granted in time");
         Err(Error::NoQuorum {
             reachable_voters,
@@ -203,19 +222,20 @@ impl AuthorityClients {
 
 impl AuthorityClients {
     /// Publishes signed envelopes to the cluster's group under `fence`
-    /// (all or nothing), asking the storage nodes at `addresses` in order.
+    /// (all or nothing), asking the storage nodes `peers` in order.
     pub async fn publish(
         &self,
         cluster_id: &str,
-        addresses: &[String],
+        peers: &[StoragePeer],
         fence: pb::FencingToken,
         envelopes: Vec<Vec<u8>>,
     ) -> Result<pb::PublishShardsResponse> {
         let network = self.network(cluster_id)?;
         let mut last = String::from("no storage node recorded");
-        for address in addresses {
-            let mut client =
-                authority_client(&network, address).map_err(|e| Error::invalid(e.to_string()))?;
+        for peer in peers {
+            let address = &peer.address;
+            let mut client = authority_client(&network, address, &peer.expected())
+                .map_err(|e| Error::invalid(e.to_string()))?;
             let call = client.publish_shards(pb::PublishShardsRequest {
                 fence: Some(fence.clone()),
                 envelopes: envelopes.clone(),
@@ -245,19 +265,23 @@ impl AuthorityClients {
     }
 }
 
-/// The addresses of a cluster's voters and learners, voters first.
-pub async fn storage_addresses(
+/// A cluster's voters and learners, voters first.
+pub async fn storage_peers(
     conn: &mut sqlx::PgConnection,
     cluster_id: &str,
-) -> Result<Vec<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT address FROM storage_nodes
+) -> Result<Vec<StoragePeer>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT node_id, address FROM storage_nodes
           WHERE cluster_id = $1 AND role IN ('voter', 'learner')
           ORDER BY role DESC, node_id",
     )
     .bind(cluster_id)
     .fetch_all(conn)
-    .await?)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(node_id, address)| StoragePeer { node_id, address })
+        .collect())
 }
 
 /// An open fenced transaction: the fence is checked, the authority row is
@@ -310,10 +334,10 @@ impl Fenced {
                 Error::not_found("cluster", cluster_id)
             });
         };
-        let addresses = storage_addresses(&mut tx, &cluster_id).await?;
+        let peers = storage_peers(&mut tx, &cluster_id).await?;
         let term_u64 = u64::try_from(term).map_err(|_| Error::Internal("negative term".into()))?;
         let fence = clients
-            .acquire_fence(&cluster_id, &addresses, term_u64, action.action)
+            .acquire_fence(&cluster_id, &peers, term_u64, action.action)
             .await?;
         if fence.cluster_id != cluster_id {
             return Err(Error::Internal(format!(
@@ -391,6 +415,33 @@ where
         let fence = fenced.fence;
         let (value, details) = apply(&mut fenced.tx, fence).await?;
         fenced.commit(details).await?;
+        Ok(value)
+    }
+    .await;
+    audit::audited(pool, &action, result).await
+}
+
+/// Runs a mutation that needs no fence (say why in `unfenced_because`,
+/// recorded with the audit event): `apply` in one transaction, then the
+/// audit event, then commit; any error is audited as a refusal and nothing
+/// changes.
+pub async fn run_unfenced<T, F>(
+    pool: &PgPool,
+    action: Action,
+    unfenced_because: &'static str,
+    apply: F,
+) -> Result<T>
+where
+    F: for<'t> FnOnce(
+        &'t mut sqlx::PgConnection,
+    ) -> futures::future::BoxFuture<'t, Result<(T, serde_json::Value)>>,
+{
+    let result = async {
+        let mut tx = pool.begin().await?;
+        let (value, mut details) = apply(&mut tx).await?;
+        details["unfenced"] = serde_json::json!(unfenced_because);
+        audit::record_ok(&mut tx, &action, None, details).await?;
+        tx.commit().await?;
         Ok(value)
     }
     .await;

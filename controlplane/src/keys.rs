@@ -17,24 +17,25 @@
 //!     `localhost`, so an agent that pins the cluster CA reaches the
 //!     control plane with that SNI;
 //!   * `controlplane/`: `ca.pem`, `node.pem`, `node.key`: the control
-//!     plane's client certificate (node id [`CONTROLPLANE_NODE_ID`]) for
-//!     mTLS to the cluster's storage nodes.
+//!     plane's client certificate (identity
+//!     `rap://cluster/<c>/controlplane`) for mTLS to the cluster's storage
+//!     nodes.
 //!
-//! Node certificates are issued for keys generated on the node
-//! ([`ClusterKeys::issue_node_certificate`]: only the public key travels)
-//! or, for an operator's storage node, with a key generated here
-//! ([`ClusterKeys::issue_storage_node`]).
+//! Agent and storage node certificates are issued only for keys generated
+//! on their node ([`ClusterKeys::issue_certificate`]: only the public key
+//! travels), each naming its kind.
 
 use crate::error::{Error, Result};
 use rap_authority::files::{
     Overwrite, check_private_mode, read_bounded, read_private_key, sync_dir, write_file,
 };
+use rap_authority::identity::{IdentityKind, PeerIdentity, cluster_server_name};
 use rap_authority::tls::{
-    CA_CERT_FILE, CA_KEY_FILE, DevCa, LoadedCa, PeerIdentity, TlsFiles, ca_cert_params,
-    distinguished_name, node_cert_params, set_validity,
+    CA_CERT_FILE, CA_KEY_FILE, DevCa, LoadedCa, SERVER_NAME_BYTES_MAX, SERVER_NAMES_MAX, TlsFiles,
+    ca_cert_params, distinguished_name, identity_cert_params, server_sans, set_validity,
 };
 use rap_proto::envelope::{SnapshotSigner, TrustRoot, VerifiedTrustRoot};
-use rap_proto::ids::{ClusterId, NodeId};
+use rap_proto::ids::ClusterId;
 use rap_proto::time::UnixMillis;
 use rcgen::{
     CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
@@ -46,7 +47,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use std::fmt;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -58,11 +58,14 @@ pub const PEM_FILE_BYTES_MAX: u64 = 64 * 1024;
 /// Largest `trust-root.bin` read: the wire limit of a signed trust root.
 pub const TRUST_ROOT_FILE_BYTES_MAX: u64 = rap_proto::limits::TRUST_ROOT_BYTES_MAX as u64;
 
-/// Default lifetime of a node certificate: short, renewed by the agent.
-pub const NODE_CERT_VALIDITY_DEFAULT: Duration = Duration::from_secs(24 * 3600);
+/// Default lifetime of a node certificate: short, renewed by its node.
+pub use rap_authority::tls::NODE_CERT_VALIDITY_DEFAULT;
 
 /// Longest node certificate lifetime issued.
-pub const NODE_CERT_VALIDITY_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+pub use rap_authority::tls::NODE_CERT_VALIDITY_MAX;
+
+/// Shortest node certificate lifetime issued.
+pub use rap_authority::tls::NODE_CERT_VALIDITY_MIN;
 
 /// How far `not_before` is set into the past, so a peer whose clock is a
 /// little behind accepts a fresh certificate (the backdate
@@ -87,23 +90,9 @@ pub const CONTROLPLANE_CLIENT_CERT_VALIDITY: Duration = Duration::from_secs(7 * 
 /// sooner than this.
 pub const CONTROLPLANE_CLIENT_CERT_RENEW_BEFORE: Duration = Duration::from_secs(2 * 24 * 3600);
 
-/// Most server names (DNS names or IP addresses) a platform server
-/// certificate carries, besides `localhost` and 127.0.0.1.
-pub const SERVER_NAMES_MAX: usize = 16;
-
-/// Longest server name (a DNS name is at most 253 bytes).
-pub const SERVER_NAME_BYTES_MAX: usize = 253;
-
 /// Length of a random certificate serial number in bytes (RFC 5280 allows
 /// up to 20; at least 64 random bits are asked for).
 pub const CERT_SERIAL_BYTES: usize = 16;
-
-/// The node id of the control plane's own client certificate in every
-/// cluster. It is reserved: no node is issued a certificate for it.
-pub const CONTROLPLANE_NODE_ID: &str = "controlplane";
-
-/// Suffix of a cluster's server name: `<cluster_id>.cluster.rap`.
-pub const CLUSTER_SERVER_NAME_SUFFIX: &str = ".cluster.rap";
 
 /// The platform keys' directory under the keys directory.
 pub const PLATFORM_DIR: &str = "platform";
@@ -142,12 +131,6 @@ const _: () = assert!(
     CONTROLPLANE_CLIENT_CERT_RENEW_BEFORE.as_secs() < CONTROLPLANE_CLIENT_CERT_VALIDITY.as_secs()
 );
 const _: () = assert!(CERT_SERIAL_BYTES >= 8 && CERT_SERIAL_BYTES <= 20);
-
-/// The TLS server name of `cluster_id`'s control plane endpoint:
-/// `<cluster_id>.cluster.rap` (a cluster id is a DNS label).
-pub fn cluster_server_name(cluster_id: &ClusterId) -> String {
-    format!("{cluster_id}{CLUSTER_SERVER_NAME_SUFFIX}")
-}
 
 /// Hex blake3 of an ed25519 public key (64 characters).
 pub fn public_key_fingerprint(key: &[u8; 32]) -> String {
@@ -442,16 +425,10 @@ impl ClusterKeys {
             &client.cert,
             &client.key,
             self.ca.cert_der.as_ref(),
-            &CertCheck::Client,
+            &CertCheck::Client(&PeerIdentity::control_plane(self.cluster_id.clone())),
             CONTROLPLANE_CLIENT_CERT_RENEW_BEFORE,
         )? {
-            self.dev_ca
-                .issue_node_for(
-                    &self.dir.join(CONTROLPLANE_TLS_DIR),
-                    &controlplane_node_id()?,
-                    CONTROLPLANE_CLIENT_CERT_VALIDITY,
-                )
-                .map_err(authority_error(&self.dir))?;
+            issue_controlplane_client(&self.dev_ca, &self.dir, &self.cluster_id)?;
         }
         Ok(server_renewed)
     }
@@ -519,7 +496,7 @@ impl ClusterKeys {
     }
 
     /// The files for mTLS to this cluster's storage nodes (`ca.pem`,
-    /// `node.pem`, `node.key`; node id [`CONTROLPLANE_NODE_ID`]). They were
+    /// `node.pem`, `node.key`; identity `rap://cluster/<c>/controlplane`). They were
     /// checked (and renewed when close to expiry) by [`ClusterKeys::load`];
     /// a long-lived holder calls [`ClusterKeys::renew_expiring`] before
     /// reading them again.
@@ -527,21 +504,40 @@ impl ClusterKeys {
         TlsFiles::in_dir(&self.dir.join(CONTROLPLANE_TLS_DIR))
     }
 
-    /// Issues `node_id` an X.509 certificate for an ed25519 key generated
-    /// on the node (only its raw 32-byte public key is given): URI SAN
-    /// `rap://cluster/<cluster>/node/<node>`, client and server auth, a
-    /// random serial, valid from now − [`NOT_BEFORE_BACKDATE`] for
-    /// `validity` (at most [`NODE_CERT_VALIDITY_MAX`]).
-    pub fn issue_node_certificate(
+    /// Issues `identity` (an agent or a storage node of this cluster) an
+    /// X.509 certificate for an ed25519 key generated on its node (only
+    /// the raw 32-byte public key is given): the identity's URI SAN, for a
+    /// storage node also `server_names` (the DNS names and addresses others
+    /// dial it by), client and server auth, a random serial, valid from
+    /// now − [`NOT_BEFORE_BACKDATE`] for `validity` (within
+    /// [`NODE_CERT_VALIDITY_MIN`]..=[`NODE_CERT_VALIDITY_MAX`]).
+    pub fn issue_certificate(
         &self,
-        node_id: &NodeId,
+        identity: &PeerIdentity,
         public_key: &[u8; 32],
         validity: Duration,
+        server_names: &[String],
     ) -> Result<IssuedCertificate> {
-        check_node_id(node_id)?;
-        if validity.is_zero() || validity > NODE_CERT_VALIDITY_MAX {
+        if !matches!(identity.kind, IdentityKind::Node | IdentityKind::Storage) {
             return Err(Error::InvalidArgument(format!(
-                "node certificate validity {validity:?} is outside (0, {NODE_CERT_VALIDITY_MAX:?}]"
+                "only agents and storage nodes are issued certificates for their own keys, not {}",
+                identity.kind
+            )));
+        }
+        if identity.cluster_id != self.cluster_id {
+            return Err(Error::InvalidArgument(format!(
+                "{identity} is not of cluster {}",
+                self.cluster_id
+            )));
+        }
+        if identity.kind == IdentityKind::Node && !server_names.is_empty() {
+            return Err(Error::InvalidArgument(
+                "agent certificates carry no server names".into(),
+            ));
+        }
+        if validity < NODE_CERT_VALIDITY_MIN || validity > NODE_CERT_VALIDITY_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "node certificate validity {validity:?} is outside [{NODE_CERT_VALIDITY_MIN:?}, {NODE_CERT_VALIDITY_MAX:?}]"
             )));
         }
         let verifying = ed25519_dalek::VerifyingKey::from_bytes(public_key)
@@ -557,9 +553,11 @@ impl ClusterKeys {
         let spki = rcgen::SubjectPublicKeyInfo::from_der(&spki_der)
             .map_err(|e| Error::Internal(format!("ed25519 SubjectPublicKeyInfo: {e}")))?;
 
-        let identity = PeerIdentity::new(self.cluster_id.clone(), node_id.clone());
         let serial = random_serial()?;
-        let mut params = node_cert_params(&identity).map_err(cert_error)?;
+        let mut params = identity_cert_params(identity).map_err(cert_error)?;
+        params
+            .subject_alt_names
+            .extend(server_sans(server_names.iter().map(String::as_str)).map_err(cert_error)?);
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let (not_before, not_after) = set_validity(&mut params, validity).map_err(cert_error)?;
         let cert = params
@@ -572,11 +570,11 @@ impl ClusterKeys {
         chain_pem.push_str(&self.ca.cert_pem);
         tracing::info!(
             cluster_id = %self.cluster_id,
-            node_id = %node_id,
+            identity = %identity,
             serial = %hex::encode(serial),
             key = %public_key_fingerprint(public_key),
             validity_s = validity.as_secs(),
-            "node certificate issued"
+            "certificate issued"
         );
         Ok(IssuedCertificate {
             chain_pem,
@@ -585,16 +583,21 @@ impl ClusterKeys {
             not_after,
         })
     }
+}
 
-    /// Writes a certificate and a freshly generated key for an operator's
-    /// storage node (`rap-configstore`) into `dir` (`ca.pem`, `node.pem`,
-    /// `node.key`), valid for [`NODE_CERT_VALIDITY_DEFAULT`].
-    pub fn issue_storage_node(&self, dir: &Path, node_id: &NodeId) -> Result<TlsFiles> {
-        check_node_id(node_id)?;
-        self.dev_ca
-            .issue_node_for(dir, node_id, NODE_CERT_VALIDITY_DEFAULT)
-            .map_err(authority_error(dir))
-    }
+/// Issues the control plane's own client certificate towards `cluster_id`'s
+/// storage nodes into `<dir>/controlplane` (its key is the control plane's
+/// own, made here on its host).
+fn issue_controlplane_client(dev_ca: &DevCa, dir: &Path, cluster_id: &ClusterId) -> Result<()> {
+    dev_ca
+        .issue(
+            &dir.join(CONTROLPLANE_TLS_DIR),
+            &PeerIdentity::control_plane(cluster_id.clone()),
+            CONTROLPLANE_CLIENT_CERT_VALIDITY,
+            &[],
+        )
+        .map(|_| ())
+        .map_err(authority_error(dir))
 }
 
 /// Writes a new cluster's key material into (empty) `dir`.
@@ -624,29 +627,8 @@ fn write_cluster_keys(dir: &Path, cluster_id: &ClusterId) -> Result<()> {
         &names.sans()?,
         SERVER_CERT_VALIDITY,
     )?;
-    dev_ca
-        .issue_node_for(
-            &dir.join(CONTROLPLANE_TLS_DIR),
-            &controlplane_node_id()?,
-            CONTROLPLANE_CLIENT_CERT_VALIDITY,
-        )
-        .map_err(authority_error(dir))?;
+    issue_controlplane_client(&dev_ca, dir, cluster_id)?;
     sync_dir(dir).map_err(file_error)
-}
-
-fn controlplane_node_id() -> Result<NodeId> {
-    NodeId::new(CONTROLPLANE_NODE_ID)
-        .map_err(|e| Error::Internal(format!("reserved node id {CONTROLPLANE_NODE_ID}: {e}")))
-}
-
-/// Refuses the control plane's reserved node id.
-fn check_node_id(node_id: &NodeId) -> Result<()> {
-    if node_id.as_str() == CONTROLPLANE_NODE_ID {
-        return Err(Error::InvalidArgument(format!(
-            "node id {CONTROLPLANE_NODE_ID:?} is reserved for the control plane"
-        )));
-    }
-    Ok(())
 }
 
 /// Creates a self-signed ed25519 platform CA in `dir`.
@@ -722,10 +704,12 @@ struct ServerNames {
 
 impl ServerNames {
     fn parse(names: &[String]) -> Result<Self> {
-        if names.len() > SERVER_NAMES_MAX {
+        // localhost and 127.0.0.1 take two of the certificate's names.
+        let limit = SERVER_NAMES_MAX - 2;
+        if names.len() > limit {
             return Err(Error::Oversize {
                 what: "server names",
-                limit: SERVER_NAMES_MAX,
+                limit,
                 got: names.len(),
             });
         }
@@ -763,20 +747,7 @@ impl ServerNames {
     }
 
     fn sans(&self) -> Result<Vec<SanType>> {
-        self.verify
-            .iter()
-            .map(|name| match name {
-                ServerName::DnsName(dns) => {
-                    Ok(SanType::DnsName(dns.as_ref().try_into().map_err(|e| {
-                        Error::InvalidArgument(format!("DNS name SAN: {e}"))
-                    })?))
-                }
-                ServerName::IpAddress(ip) => Ok(SanType::IpAddress(IpAddr::from(*ip))),
-                other => Err(Error::InvalidArgument(format!(
-                    "unsupported server name {other:?}"
-                ))),
-            })
-            .collect()
+        server_sans(self.text.iter().map(String::as_str)).map_err(cert_error)
     }
 }
 
@@ -784,8 +755,8 @@ impl ServerNames {
 enum CertCheck<'a> {
     /// A server certificate for each of these names.
     Server(&'a [ServerName<'static>]),
-    /// A client certificate.
-    Client,
+    /// A client certificate naming this identity.
+    Client(&'a PeerIdentity),
 }
 
 /// Whether `cert` + `key` exist, match, chain to `ca_der`, pass `check`
@@ -846,12 +817,14 @@ fn cert_is_current(
                     .is_ok()
             }))
         }
-        CertCheck::Client => {
+        CertCheck::Client(identity) => {
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
                     .build()
                     .map_err(|e| Error::Internal(format!("client certificate verifier: {e}")))?;
-            Ok(verifier.verify_client_cert(end_entity, &[], at).is_ok())
+            let named = PeerIdentity::from_cert_der(end_entity.as_ref()).ok();
+            Ok(verifier.verify_client_cert(end_entity, &[], at).is_ok()
+                && named.as_ref() == Some(*identity))
         }
     }
 }
@@ -957,6 +930,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rap_proto::ids::NodeId;
     use std::os::unix::fs::PermissionsExt;
 
     fn cluster(id: &str) -> ClusterId {
@@ -1078,9 +1052,9 @@ mod tests {
         let tls = loaded.controlplane_tls();
         assert_eq!(
             tls.identity().expect("identity"),
-            PeerIdentity::new(id.clone(), node(CONTROLPLANE_NODE_ID))
+            PeerIdentity::control_plane(id.clone())
         );
-        tls.client_config().expect("client config loads");
+        rap_authority::tls::live::LiveIdentity::load(tls).expect("client identity loads");
 
         // Nothing was renewed on load: the server certificate is current.
         let before = std::fs::read(&files.cert).expect("read");
@@ -1132,8 +1106,9 @@ mod tests {
     }
 
     // Goal: a node certificate for a foreign key carries that key, the URI
-    // SAN, both EKUs, the requested validity and a random serial, and
-    // chains to the cluster CA (and not to another). Method: parse with
+    // SAN of its kind, both EKUs, the requested validity and a random
+    // serial, and chains to the cluster CA (and not to another); a storage
+    // certificate also carries its server names. Method: parse with
     // x509-parser, verify with webpki.
     #[test]
     fn issued_node_certificate() {
@@ -1143,8 +1118,9 @@ mod tests {
         let other = ClusterKeys::create(keys_dir.path(), &cluster("beta")).expect("create");
         let (_key, public) = ed25519_public_key();
         let validity = Duration::from_secs(2 * 3600);
+        let agent = PeerIdentity::node(id.clone(), node("n-1")).expect("id");
         let issued = keys
-            .issue_node_certificate(&node("n-1"), &public, validity)
+            .issue_certificate(&agent, &public, validity, &[])
             .expect("issue");
 
         let chain = pem_certs(&issued.chain_pem);
@@ -1196,13 +1172,13 @@ mod tests {
         assert_eq!(issued.serial_hex, hex::encode(cert.raw_serial()));
         assert_eq!(issued.serial_hex, issued.serial_hex.to_lowercase());
         let again = keys
-            .issue_node_certificate(&node("n-1"), &public, validity)
+            .issue_certificate(&agent, &public, validity, &[])
             .expect("issue");
         assert_ne!(issued.serial_hex, again.serial_hex);
 
         assert_eq!(
             PeerIdentity::from_cert_der(chain[0].as_ref()).expect("identity"),
-            PeerIdentity::new(id, node("n-1"))
+            agent
         );
         let at = UnixTime::now();
         client_verifier(keys.ca_cert_der())
@@ -1215,21 +1191,54 @@ mod tests {
             "must not chain to another cluster's CA"
         );
         assert_eq!(public_key_fingerprint(&public).len(), 64);
+
+        let storage = PeerIdentity::storage(id.clone(), node("s1")).expect("id");
+        let issued = keys
+            .issue_certificate(
+                &storage,
+                &public,
+                validity,
+                &["s1.example.com".to_string(), "10.0.0.7".to_string()],
+            )
+            .expect("issue storage");
+        let chain = pem_certs(&issued.chain_pem);
+        assert_eq!(
+            PeerIdentity::from_cert_der(chain[0].as_ref()).expect("identity"),
+            storage
+        );
+        for name in ["s1.example.com", "10.0.0.7"] {
+            assert!(
+                server_verifier(keys.ca_cert_der())
+                    .verify_server_cert(
+                        &chain[0],
+                        &[],
+                        &ServerName::try_from(name.to_string()).expect("name"),
+                        &[],
+                        UnixTime::now(),
+                    )
+                    .is_ok(),
+                "{name}"
+            );
+        }
     }
 
-    // Goal: out-of-range validity, a bad public key and the reserved node id
-    // are refused. Method: table.
+    // Goal: out-of-range validity, a bad public key, server names on an
+    // agent, an identity of another cluster, and the kinds that are not
+    // issued for foreign keys (control plane, operator) are refused.
+    // Method: table.
     #[test]
     fn node_certificate_refusals() {
         let keys_dir = tempfile::tempdir().expect("tempdir");
         let keys = ClusterKeys::create(keys_dir.path(), &cluster("alpha")).expect("create");
         let (_key, public) = ed25519_public_key();
+        let agent = PeerIdentity::node(cluster("alpha"), node("n-1")).expect("id");
         for validity in [
             Duration::ZERO,
+            NODE_CERT_VALIDITY_MIN - Duration::from_secs(1),
             NODE_CERT_VALIDITY_MAX + Duration::from_secs(1),
         ] {
             assert!(matches!(
-                keys.issue_node_certificate(&node("n-1"), &public, validity),
+                keys.issue_certificate(&agent, &public, validity, &[]),
                 Err(Error::InvalidArgument(_))
             ));
         }
@@ -1241,43 +1250,31 @@ mod tests {
         off_curve[0] = 2;
         for bad in [identity, off_curve] {
             assert!(matches!(
-                keys.issue_node_certificate(&node("n-1"), &bad, NODE_CERT_VALIDITY_DEFAULT),
+                keys.issue_certificate(&agent, &bad, NODE_CERT_VALIDITY_DEFAULT, &[]),
                 Err(Error::InvalidArgument(_))
             ));
         }
         assert!(matches!(
-            keys.issue_node_certificate(
-                &node(CONTROLPLANE_NODE_ID),
+            keys.issue_certificate(
+                &agent,
                 &public,
-                NODE_CERT_VALIDITY_DEFAULT
+                NODE_CERT_VALIDITY_DEFAULT,
+                &["x.example".into()]
             ),
             Err(Error::InvalidArgument(_))
         ));
-        let dir = keys_dir.path().join("node");
-        assert!(matches!(
-            keys.issue_storage_node(&dir, &node(CONTROLPLANE_NODE_ID)),
-            Err(Error::InvalidArgument(_))
-        ));
-    }
-
-    // Goal: a storage node's files carry its identity from the cluster CA.
-    // Method: issue, read back.
-    #[test]
-    fn storage_node_files() {
-        let keys_dir = tempfile::tempdir().expect("tempdir");
-        let id = cluster("alpha");
-        let keys = ClusterKeys::create(keys_dir.path(), &id).expect("create");
-        let dir = keys_dir.path().join("s1");
-        let files = keys.issue_storage_node(&dir, &node("s1")).expect("issue");
-        assert_eq!(
-            files.identity().expect("identity"),
-            PeerIdentity::new(id, node("s1"))
-        );
-        assert_eq!(
-            std::fs::read_to_string(&files.ca).expect("ca"),
-            keys.ca_cert_pem()
-        );
-        assert_eq!(mode(&files.key), 0o600);
+        let foreign = PeerIdentity::node(cluster("beta"), node("n-1")).expect("id");
+        let operator = PeerIdentity::operator(cluster("alpha"), node("admin")).expect("id");
+        for refused in [
+            foreign,
+            operator,
+            PeerIdentity::control_plane(cluster("alpha")),
+        ] {
+            assert!(matches!(
+                keys.issue_certificate(&refused, &public, NODE_CERT_VALIDITY_DEFAULT, &[]),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
     }
 
     // Goal: two clusters never share a CA or a signing key.
@@ -1388,7 +1385,7 @@ mod tests {
         ));
         assert_eq!(
             loaded.controlplane_tls().identity().expect("identity"),
-            PeerIdentity::new(id, node(CONTROLPLANE_NODE_ID))
+            PeerIdentity::control_plane(id)
         );
     }
 }

@@ -43,6 +43,11 @@ pub const PROOF_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// How long a join request may wait for review before it expires.
 pub const JOIN_REQUEST_PENDING_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Most earlier identities of a key shown with a join request (its key
+/// history): enough to see a revocation, bounded for a key reused on
+/// many hosts.
+pub const KEY_HISTORY_MAX: i64 = 32;
+
 /// API token secret length in bytes.
 pub const API_TOKEN_SECRET_BYTES: usize = 32;
 

@@ -288,11 +288,11 @@ async fn publish_revocations(
         keys.signer(),
         TrustGeneration(1),
     )?;
-    let addresses = fencing::storage_addresses(tx, cluster_id).await?;
+    let peers = fencing::storage_peers(tx, cluster_id).await?;
     authority
         .publish(
             cluster_id,
-            &addresses,
+            &peers,
             fence.to_pb(cluster_id),
             vec![sealed.bytes],
         )

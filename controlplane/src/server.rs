@@ -63,6 +63,9 @@ pub struct Config {
     pub insecure_plaintext: bool,
     /// Development only: dial storage nodes without TLS.
     pub storage_insecure_plaintext: bool,
+    /// Lifetime in seconds of the agent and storage node certificates this
+    /// control plane issues (default 24 h; nodes renew at about 2/3).
+    pub node_cert_validity_s: u64,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -82,6 +85,7 @@ impl Default for Config {
             server_names: vec!["localhost".into()],
             insecure_plaintext: false,
             storage_insecure_plaintext: false,
+            node_cert_validity_s: rap_authority::tls::NODE_CERT_VALIDITY_DEFAULT.as_secs(),
             log_format: LogFormat::Text,
         }
     }
@@ -102,6 +106,17 @@ impl Config {
         }
         if self.listen == self.http_listen {
             return Err(Error::invalid("listen and http-listen must differ"));
+        }
+        let validity = std::time::Duration::from_secs(self.node_cert_validity_s);
+        if validity < rap_authority::tls::NODE_CERT_VALIDITY_MIN
+            || validity > rap_authority::tls::NODE_CERT_VALIDITY_MAX
+        {
+            return Err(Error::invalid(format!(
+                "node-cert-validity-s {} is outside [{}, {}]",
+                self.node_cert_validity_s,
+                rap_authority::tls::NODE_CERT_VALIDITY_MIN.as_secs(),
+                rap_authority::tls::NODE_CERT_VALIDITY_MAX.as_secs()
+            )));
         }
         Ok(())
     }
@@ -173,6 +188,7 @@ pub async fn serve(
         public_endpoint: config.public_endpoint(),
         tls: tls.clone(),
         agents: Some(agent.clone()),
+        node_cert_validity: std::time::Duration::from_secs(config.node_cert_validity_s),
     };
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))

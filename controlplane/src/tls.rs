@@ -7,7 +7,8 @@
 //! `<cluster_id>.cluster.rap`, so an agent that pins only its cluster CA can
 //! connect. tonic's `ServerTlsConfig` takes one identity and fixed roots,
 //! so the rustls [`ServerConfig`] is built here ([`ControlPlaneTls`]) and
-//! the handshakes run in [`tls_incoming`], feeding tonic's
+//! the handshakes run in the shared accept loop
+//! ([`rap_authority::tls::incoming::tls_incoming`]), feeding tonic's
 //! `serve_with_incoming_shutdown` ([`serve_tls`]).
 //!
 //! A client certificate is verified against the set of all registered
@@ -17,8 +18,11 @@
 //! anonymous client does not learn which clusters exist.
 
 use crate::error::{Error, Result};
-use crate::keys::{ClusterKeys, PlatformKeys, cluster_server_name, load_certified_key};
-use rap_authority::tls::{PeerIdentity, install_crypto_provider};
+use crate::keys::{ClusterKeys, PlatformKeys, load_certified_key};
+use rap_authority::identity::PeerIdentity;
+use rap_authority::identity::cluster_server_name;
+use rap_authority::tls::incoming::tls_incoming;
+use rap_authority::tls::{ALPN_H2, TLS_HANDSHAKE_TIMEOUT, install_crypto_provider};
 use rap_proto::ids::ClusterId;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
@@ -33,30 +37,10 @@ use rustls::{
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Router;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-
-/// Longest TLS handshake the listener waits for: a client that stalls the
-/// handshake must not hold a slot for longer.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Most TLS handshakes in flight at once; further connections wait in the
-/// kernel's accept queue until a handshake finishes or times out.
-pub const TLS_HANDSHAKES_IN_FLIGHT_MAX: usize = 256;
-
-/// Most finished handshakes queued for the gRPC server to pick up.
-pub const TLS_ACCEPTED_QUEUE_MAX: usize = 64;
-
-/// Pause after a failed `accept` (e.g. out of file descriptors), so the
-/// accept loop does not spin.
-pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-/// The ALPN protocol tonic speaks.
-const ALPN_H2: &[u8] = b"h2";
 
 /// The control plane's rustls server configuration, whose server
 /// certificates and trusted client CAs change at runtime.
@@ -294,72 +278,8 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Accepts TCP connections on `listener` and runs each TLS handshake in
-/// its own task (at most [`TLS_HANDSHAKES_IN_FLIGHT_MAX`] at once, each cut
-/// off after [`TLS_HANDSHAKE_TIMEOUT`]), so a slow client never blocks the
-/// accept loop. Yields the established streams; tonic implements
-/// `Connected` for them, so `Request::peer_certs` (and [`peer_identity`])
-/// work in handlers. Dropping the stream stops the accept loop and closes
-/// the listening socket. Must be called inside a tokio runtime.
-pub fn tls_incoming(
-    listener: TcpListener,
-    tls: Arc<ControlPlaneTls>,
-) -> impl futures::Stream<Item = std::io::Result<TlsStream<TcpStream>>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel(TLS_ACCEPTED_QUEUE_MAX);
-    tokio::spawn(accept_loop(listener, tls.acceptor(), tx));
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|stream| (Ok(stream), rx))
-    })
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: tokio::sync::mpsc::Sender<TlsStream<TcpStream>>,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(TLS_HANDSHAKES_IN_FLIGHT_MAX));
-    loop {
-        let permit = tokio::select! {
-            () = tx.closed() => break,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            () = tx.closed() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                drop(permit);
-                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                continue;
-            }
-        };
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
-        }
-        let acceptor = acceptor.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    drop(permit);
-                    // Fails only when the server stopped: the stream drops.
-                    let _ = tx.send(stream).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
-    }
-    tracing::debug!("TLS accept loop stopped");
-}
-
-/// Serves `router` over TLS on `listener` ([`tls_incoming`]) until
+/// Serves `router` over TLS on `listener`
+/// ([`rap_authority::tls::incoming::tls_incoming`]) until
 /// `shutdown` completes, then waits for open connections to finish.
 pub async fn serve_tls<F>(
     listener: TcpListener,
@@ -371,7 +291,7 @@ where
     F: Future<Output = ()>,
 {
     router
-        .serve_with_incoming_shutdown(tls_incoming(listener, tls), shutdown)
+        .serve_with_incoming_shutdown(tls_incoming(listener, tls.acceptor()), shutdown)
         .await
         .map_err(|e| Error::Internal(format!("gRPC server: {e}")))
 }
@@ -413,6 +333,7 @@ mod tests {
     use rap_proto::pb::agent_service_client::AgentServiceClient;
     use rap_proto::pb::agent_service_server::{AgentService, AgentServiceServer};
     use rap_proto::pb::{HeartbeatRequest, HeartbeatResponse};
+    use std::time::Duration;
     use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
     use tonic::transport::Endpoint;
     use tonic::{Request, Response, Status};
@@ -448,8 +369,9 @@ mod tests {
     fn node_identity(keys: &ClusterKeys, node_id: &str) -> (String, String) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
         let public: [u8; 32] = key.public_key_raw().try_into().expect("32 bytes");
+        let identity = PeerIdentity::node(keys.cluster_id().clone(), node(node_id)).expect("id");
         let issued = keys
-            .issue_node_certificate(&node(node_id), &public, NODE_CERT_VALIDITY_DEFAULT)
+            .issue_certificate(&identity, &public, NODE_CERT_VALIDITY_DEFAULT, &[])
             .expect("issue");
         (issued.chain_pem, key.serialize_pem())
     }
@@ -566,7 +488,7 @@ mod tests {
         let with_cert = client_tls_config(a.ca_cert_pem(), &a.server_name(), Some((&chain, &key)));
         assert_eq!(
             heartbeat(addr, with_cert, &mut seen).await.expect("mTLS a"),
-            Some(PeerIdentity::new(cluster("a"), node("node-1")))
+            Some(PeerIdentity::node(cluster("a"), node("node-1")).expect("id"))
         );
         // ... also on the platform certificate (SNI localhost).
         let with_cert =
@@ -575,7 +497,7 @@ mod tests {
             heartbeat(addr, with_cert, &mut seen)
                 .await
                 .expect("mTLS platform"),
-            Some(PeerIdentity::new(cluster("a"), node("node-1")))
+            Some(PeerIdentity::node(cluster("a"), node("node-1")).expect("id"))
         );
 
         // (4) A client certificate from an unregistered CA is refused.
@@ -607,7 +529,7 @@ mod tests {
             heartbeat(addr, pinned_d(), &mut seen)
                 .await
                 .expect("mTLS d"),
-            Some(PeerIdentity::new(cluster("d"), node("node-9")))
+            Some(PeerIdentity::node(cluster("d"), node("node-9")).expect("id"))
         );
         let d_cert_on_platform = client_tls_config(
             platform.ca_cert_pem(),

@@ -13,11 +13,16 @@ use crate::limits::{
 };
 use crate::page::Page;
 use crate::secret;
-use rap_proto::ids::ClusterId;
+use rap_proto::ids::{ClusterId, NodeId};
 use rap_proto::pb;
 
 /// Token prefix of join tokens.
 pub const JOIN_TOKEN_PREFIX: &str = "rapjt";
+
+/// `node_join_tokens.scope` of an agent's join token.
+pub const TOKEN_SCOPE_JOIN: &str = "join";
+/// `node_join_tokens.scope` of a storage node's (single-use) token.
+pub const TOKEN_SCOPE_STORAGE: &str = "storage";
 
 const TOKEN_COLUMNS: &str = "token_id, cluster_id, (extract(epoch FROM expires_at) * 1000)::bigint,
     max_uses, used_count, created_by,
@@ -42,6 +47,20 @@ fn token_pb(row: TokenRow) -> pb::JoinToken {
 pub fn join_command(endpoint: &str, cluster_id: &str, raw: &str, ca_fingerprint: &str) -> String {
     format!(
         "rap-node-agent join --server {endpoint} --cluster {cluster_id} --token {raw} --ca-fingerprint {ca_fingerprint}"
+    )
+}
+
+/// The command an operator runs on a new storage node (the advertised
+/// address is the operator's to fill in).
+pub fn storage_join_command(
+    endpoint: &str,
+    cluster_id: &str,
+    node_id: &str,
+    raw: &str,
+    ca_fingerprint: &str,
+) -> String {
+    format!(
+        "rap-configstore join --control-plane {endpoint} --cluster {cluster_id} --node-id {node_id} --token {raw} --ca-fingerprint {ca_fingerprint} --tls-dir /var/lib/rap-configstore/{node_id}/tls --advertise <host:port>"
     )
 }
 
@@ -73,17 +92,49 @@ pub async fn create(
                 "max uses {max_uses} is above the limit {JOIN_TOKEN_USES_MAX}"
             )));
         }
+        let storage_node = match request.storage_node_id.as_str() {
+            "" => None,
+            id => {
+                let id = NodeId::new(id)?;
+                if max_uses != 1 {
+                    return Err(Error::invalid("a storage node's token is single-use"));
+                }
+                Some(id)
+            }
+        };
         let mut tx = ctx.pool.begin().await?;
         require_exists(&mut tx, cluster_id).await?;
+        if let Some(id) = &storage_node {
+            crate::enrollment::check_reserved(&mut tx, crate::enrollment::KIND_STORAGE, id).await?;
+            let live: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM node_identities
+                                 WHERE cluster_id = $1 AND node_id = $2 AND identity_status = 'active')",
+            )
+            .bind(cluster_id)
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            if live {
+                return Err(Error::FailedPrecondition(format!(
+                    "storage node {id} of {cluster_id} already has an active identity; it renews it itself (revoke it first to enrol a new key)"
+                )));
+            }
+        }
         let fingerprint: String =
             sqlx::query_scalar("SELECT ca_fingerprint FROM clusters WHERE cluster_id = $1")
                 .bind(cluster_id)
                 .fetch_one(&mut *tx)
                 .await?;
         let token = secret::generate::<JOIN_TOKEN_SECRET_BYTES>(JOIN_TOKEN_PREFIX)?;
+        let scope = if storage_node.is_some() {
+            TOKEN_SCOPE_STORAGE
+        } else {
+            TOKEN_SCOPE_JOIN
+        };
         let row: TokenRow = sqlx::query_as(&format!(
-            "INSERT INTO node_join_tokens (token_id, cluster_id, token_hash, expires_at, max_uses, created_by)
-             VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6)
+            "INSERT INTO node_join_tokens
+                 (token_id, cluster_id, token_hash, expires_at, max_uses, created_by, scope, storage_node_id)
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6, $7, $8)
              RETURNING {TOKEN_COLUMNS}"
         ))
         .bind(&token.id)
@@ -92,6 +143,8 @@ pub async fn create(
         .bind(ttl as f64)
         .bind(i32::try_from(max_uses).unwrap_or(1))
         .bind(principal.actor())
+        .bind(scope)
+        .bind(storage_node.as_ref().map(NodeId::as_str))
         .fetch_one(&mut *tx)
         .await?;
         action.target = token.id.clone();
@@ -99,13 +152,26 @@ pub async fn create(
             &mut tx,
             &action,
             None,
-            serde_json::json!({"ttl_seconds": ttl, "max_uses": max_uses}),
+            serde_json::json!({
+                "ttl_seconds": ttl, "max_uses": max_uses, "scope": scope,
+                "storage_node_id": storage_node.as_ref().map(NodeId::as_str),
+            }),
         )
         .await?;
         tx.commit().await?;
+        let join_command = match &storage_node {
+            Some(id) => storage_join_command(
+                &ctx.public_endpoint,
+                cluster_id,
+                id.as_str(),
+                &token.raw,
+                &fingerprint,
+            ),
+            None => join_command(&ctx.public_endpoint, cluster_id, &token.raw, &fingerprint),
+        };
         Ok(pb::CreateJoinTokenResponse {
             token: Some(token_pb(row)),
-            join_command: join_command(&ctx.public_endpoint, cluster_id, &token.raw, &fingerprint),
+            join_command,
             raw_token: token.raw,
             ca_fingerprint: fingerprint,
         })

@@ -10,6 +10,7 @@
 //!   that refuses forged, tampered, stale, rolled-back and oversized shards.
 //! * [`limits`]: every size and count limit, as named constants.
 //! * [`orders`]: signed promotion and rejoin orders to storage nodes.
+//! * [`revocations`]: the body of the `trust/revocations` shard.
 //! * [`error`]: the crate's error type, with stable machine-readable codes.
 
 pub mod envelope;
@@ -18,6 +19,7 @@ pub mod ids;
 pub mod limits;
 pub mod orders;
 pub mod proof;
+pub mod revocations;
 pub mod time;
 
 mod convert;

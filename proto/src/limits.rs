@@ -64,6 +64,17 @@ pub const MARKED_SCOPES_MAX: usize = 65_536;
 /// Most clusters one high-water store tracks (a node in many clusters).
 pub const MARKED_CLUSTERS_MAX: usize = 64;
 
+/// Most revoked certificates one `trust/revocations` body lists (20,000:
+/// about 1.5 MiB encoded, well inside a body). A cluster that revokes more
+/// must rotate its CA instead.
+pub const REVOCATIONS_MAX: usize = 20_000;
+
+/// Longest certificate serial in a revocation list, in hex characters
+/// (RFC 5280 allows 20 bytes).
+pub const SERIAL_HEX_BYTES_MAX: usize = 40;
+
+const _: () =
+    assert!(REVOCATIONS_MAX * (ID_BYTES_MAX + SERIAL_HEX_BYTES_MAX + 24) < BODY_BYTES_MAX);
 const _: () = assert!(ENVELOPE_BYTES_MAX > BODY_BYTES_MAX + HEADER_BYTES_MAX + SIGNATURE_BYTES);
 const _: () = assert!(READERS_MAX * (READER_BYTES_MAX + 2) < HEADER_BYTES_MAX);
 const _: () = assert!(CLOCK_SKEW_MS_DEFAULT <= CLOCK_SKEW_MS_MAX);

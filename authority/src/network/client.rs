@@ -17,6 +17,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::limits::RAFT_RPC_BYTES_MAX;
+use crate::tls::pin::{ExpectedPeer, PeerTls};
 use crate::typ::{Member, RaftError, RaftNodeId, RpcError, TypeConfig};
 use openraft::error::{InstallSnapshotError, PayloadTooLarge, RPCError, RemoteError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -31,12 +32,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
-/// Turns a configured [`Endpoint`] into a [`Channel`]. The default is
-/// `Endpoint::connect_lazy`; the simulation passes one that dials through
-/// turmoil (`Endpoint::connect_with_connector_lazy`).
+/// Turns a configured [`Endpoint`] into a [`Channel`] for plaintext
+/// transports: the simulation passes one that dials through turmoil
+/// (`Endpoint::connect_with_connector_lazy`). Under mTLS the channel is
+/// always dialled by the pinned TLS connector ([`PeerTls`]).
 pub type Connector = Arc<dyn Fn(&Endpoint) -> Channel + Send + Sync>;
 
 /// How Raft channels are dialled and kept alive.
@@ -51,8 +53,9 @@ pub struct NetworkConfig {
     pub connect_timeout: Duration,
     /// Pause openraft takes before retrying an unreachable peer.
     pub unreachable_backoff: Duration,
-    /// mTLS towards peers (`https://`); `None` dials plaintext `http://`.
-    pub tls: Option<ClientTlsConfig>,
+    /// mTLS towards storage nodes, every connection pinned to the peer
+    /// it means to reach; `None` dials plaintext (development only).
+    pub tls: Option<Arc<PeerTls>>,
 }
 
 impl Default for NetworkConfig {
@@ -67,7 +70,6 @@ impl Default for NetworkConfig {
     }
 }
 
-// By hand: tonic's `ClientTlsConfig` debug output includes the private key.
 impl fmt::Debug for NetworkConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NetworkConfig")
@@ -100,31 +102,39 @@ impl NetworkConfig {
 }
 
 /// The endpoint of a peer's gRPC listener (`host:port`) with this config's
-/// keepalive, timeouts and TLS. Usable for any channel to a storage node.
+/// keepalive and timeouts. The scheme is always `http`: under mTLS the
+/// TLS layer is the pinned connector's ([`channel`]).
 pub fn endpoint(config: &NetworkConfig, address: &str) -> Result<Endpoint> {
     if address.contains("://") {
         return Err(Error::InvalidRequest(format!(
             "peer address {address:?} must be host:port, without a scheme"
         )));
     }
-    let scheme = if config.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+    Ok(Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| Error::InvalidRequest(format!("peer address {address:?}: {e}")))?
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(config.keepalive_interval)
         .keep_alive_timeout(config.keepalive_timeout)
-        .keep_alive_while_idle(true);
-    if let Some(tls) = &config.tls {
-        endpoint = endpoint
-            .tls_config(tls.clone())
-            .map_err(|e| Error::InvalidRequest(format!("TLS towards {address:?}: {e}")))?;
-    }
-    Ok(endpoint)
+        .keep_alive_while_idle(true))
+}
+
+/// A lazily connected channel to the storage node `expected` at
+/// `address`: under mTLS through a connector that pins `expected` (chain
+/// to the cluster CA, the address, cluster, kind and id); otherwise
+/// through `connector` when given, else plain TCP.
+pub fn channel(
+    config: &NetworkConfig,
+    address: &str,
+    expected: &ExpectedPeer,
+    connector: Option<&Connector>,
+) -> Result<Channel> {
+    let endpoint = endpoint(config, address)?;
+    Ok(match (&config.tls, connector) {
+        (Some(tls), _) => endpoint.connect_with_connector_lazy(tls.connector(expected)?),
+        (None, Some(connector)) => connector(&endpoint),
+        (None, None) => endpoint.connect_lazy(),
+    })
 }
 
 /// openraft's network factory for this node: hands out a [`Connection`]
@@ -133,7 +143,7 @@ pub struct NetworkFactory {
     config: NetworkConfig,
     guard: Arc<TermGuard>,
     reachability: Arc<Reachability>,
-    connector: Connector,
+    connector: Option<Connector>,
     /// Per peer: the address dialled and its channel. At most
     /// [`PEERS_MAX`] entries.
     channels: HashMap<RaftNodeId, (String, Channel)>,
@@ -162,14 +172,15 @@ impl NetworkFactory {
             config,
             guard,
             reachability,
-            connector: Arc::new(|endpoint: &Endpoint| endpoint.connect_lazy()),
+            connector: None,
             channels: HashMap::new(),
         })
     }
 
-    /// Dials through `connector` instead of `Endpoint::connect_lazy`.
+    /// Dials through `connector` instead of `Endpoint::connect_lazy`
+    /// (plaintext transports only).
     pub fn with_connector(mut self, connector: Connector) -> Self {
-        self.connector = connector;
+        self.connector = Some(connector);
         self.channels.clear();
         self
     }
@@ -218,7 +229,12 @@ impl NetworkFactory {
         {
             return Ok(channel.clone());
         }
-        let channel = (self.connector)(&endpoint(&self.config, &member.address)?);
+        let channel = channel(
+            &self.config,
+            &member.address,
+            &ExpectedPeer::storage_named(&member.node_id),
+            self.connector.as_ref(),
+        )?;
         if self.channels.len() >= PEERS_MAX && !self.channels.contains_key(&target) {
             self.channels.clear();
         }
@@ -487,7 +503,8 @@ mod tests {
     }
 
     // Goal: endpoints refuse a scheme in the address and bad durations;
-    // the scheme follows the TLS setting. Method: build a few.
+    // they are always http (TLS is the pinned connector's). Method: build
+    // a few.
     #[test]
     fn endpoint_rules() {
         let config = NetworkConfig::default();
@@ -500,17 +517,5 @@ mod tests {
             ..NetworkConfig::default()
         };
         assert!(zero.validate().is_err());
-        let tls = NetworkConfig {
-            tls: Some(ClientTlsConfig::new()),
-            ..NetworkConfig::default()
-        };
-        assert_eq!(
-            endpoint(&tls, "127.0.0.1:7001")
-                .expect("endpoint")
-                .uri()
-                .scheme_str(),
-            Some("https")
-        );
-        assert!(!format!("{tls:?}").contains("identity"));
     }
 }

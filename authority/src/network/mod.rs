@@ -6,17 +6,20 @@
 //!   `Result<Resp, RaftError>` so a remote Raft error comes back typed.
 //! * [`guard`]: [`TermGuard`], shared by client and server: builds the
 //!   `RaftRpcHeader` and refuses another cluster, a lower term (the sender
-//!   is fenced) or a higher term (we are fenced).
+//!   is fenced) or a higher term (we are fenced only when its signed
+//!   promotion order verifies; an unproven one is `UNPROVEN_TERM`).
 //! * [`reachability`]: [`Reachability`], when each peer last answered and
 //!   when a leader last reached us; the partition view and `Status` read it.
 //! * [`client`]: [`NetworkFactory`], openraft's `RaftNetworkFactory`, one
-//!   lazily connected channel per peer with HTTP/2 keepalive.
+//!   lazily connected channel per peer with HTTP/2 keepalive, pinned to
+//!   that peer's storage identity under mTLS.
 //! * [`server`]: [`RaftServer`], the `RaftService` implementation over a
 //!   Raft handle (or any [`RaftHandler`]).
 //!
 //! **Invariant:** no Raft message reaches openraft unless its header names
 //! our cluster and our authority term, and, under mTLS, its sender's
-//! certificate names the same cluster and node as the header.
+//! certificate is a storage identity of our cluster that is a member of
+//! our group (the access layer) and names the node the header names.
 
 pub mod client;
 pub mod codec;
@@ -24,7 +27,7 @@ pub mod guard;
 pub mod reachability;
 pub mod server;
 
-pub use client::{Connection, Connector, NetworkConfig, NetworkFactory};
+pub use client::{Connection, Connector, NetworkConfig, NetworkFactory, channel};
 pub use guard::TermGuard;
 pub use reachability::{Clock, ManualClock, PeerContact, Reachability, TokioClock};
 pub use server::{PeerAuth, RaftHandler, RaftServer};

@@ -1,17 +1,20 @@
 //! The server half: `rap.v1.RaftService` over a Raft handle.
 //!
 //! Every call is admitted first ([`RaftServer::admit`]): under mTLS the
-//! client certificate must name our cluster and the node the header
-//! claims; then the [`TermGuard`] checks the header. Only then is the
-//! payload decoded and handed to Raft; the reply (`Result<Resp,
-//! RaftError>`) is encoded back. A refusal is the crate [`Error`] as a
-//! `tonic::Status` with its `ErrorDetail`.
+//! [`AccessLayer`](crate::access::AccessLayer) in front of the server has
+//! admitted the caller (a storage node of our cluster that is a member of
+//! our group, certificate not revoked) and the header must name that same
+//! node; then the [`TermGuard`] checks the header's cluster and term (a
+//! higher term only with its signed order). Only then is the payload
+//! decoded and handed to Raft; the reply (`Result<Resp, RaftError>`) is
+//! encoded back. A refusal is the crate [`Error`] as a `tonic::Status`
+//! with its `ErrorDetail` (and, for term refusals, the order proving the
+//! higher term).
 
 use super::codec::{self, AppendEntriesReply, InstallSnapshotReply, SnapshotChunk, VoteReply};
 use super::{Reachability, TermGuard};
 use crate::error::Error;
 use crate::limits::RAFT_RPC_BYTES_MAX;
-use crate::tls::PeerIdentity;
 use crate::typ::Raft;
 use openraft::raft::AppendEntriesResponse;
 use rap_proto::ids::NodeId;
@@ -64,8 +67,9 @@ pub enum PeerAuth {
     /// No TLS (unit tests, the simulation): the header's sender is taken
     /// as is.
     Plaintext,
-    /// mTLS: a client certificate is required (by the TLS layer) and its
-    /// URI SAN must name our cluster and the header's `from_node_id`.
+    /// mTLS: the [`AccessLayer`](crate::access::AccessLayer) admitted the
+    /// caller from its client certificate, and the header's
+    /// `from_node_id` must be that caller.
     MutualTls,
 }
 
@@ -115,7 +119,8 @@ impl<H: RaftHandler> RaftServer<H> {
         if let Some(metrics) = &self.metrics {
             metrics.refused(error.code());
         }
-        refuse(rpc, error)
+        log_refusal(rpc, &error);
+        self.guard.refusal_status(error)
     }
 
     /// The tonic service, with message sizes capped at
@@ -127,30 +132,38 @@ impl<H: RaftHandler> RaftServer<H> {
     }
 
     /// Decides whether a request may reach Raft, before its payload is
-    /// decoded: the peer certificate (under [`PeerAuth::MutualTls`]), then
-    /// the header ([`TermGuard::check`]). Returns the sender.
+    /// decoded: under [`PeerAuth::MutualTls`] the caller admitted by the
+    /// access layer must be the node the header names; then the header
+    /// ([`TermGuard::check`]). Returns the sender.
     pub fn admit(&self, request: &Request<RaftRequest>) -> Result<NodeId, Error> {
         let header = request.get_ref().header.as_ref();
         if self.peer_auth == PeerAuth::MutualTls {
-            let certs = request.peer_certs().ok_or_else(|| {
-                Error::InvalidRequest("no client certificate: this server requires mTLS".into())
+            let admitted = crate::access::admitted(request).ok_or_else(|| {
+                Error::Unauthenticated(
+                    "no admitted caller: RaftService must be served behind the access layer".into(),
+                )
             })?;
-            let leaf = certs
-                .first()
-                .ok_or_else(|| Error::InvalidRequest("empty client certificate chain".into()))?;
-            let identity = PeerIdentity::from_cert_der(leaf.as_ref())?;
-            if identity.cluster_id != *self.guard.cluster_id() {
-                return Err(Error::WrongCluster {
-                    expected: self.guard.cluster_id().clone(),
-                    got: identity.cluster_id.to_string(),
-                });
+            if let Some(message) = &admitted.refusal_after_term_check {
+                return Err(self.guard.stale_sender(header).unwrap_or_else(|| {
+                    Error::PermissionDenied {
+                        code: crate::access::NOT_A_MEMBER,
+                        message: message.clone(),
+                    }
+                }));
             }
+            let caller = admitted.caller.certificate().ok_or_else(|| {
+                Error::Unauthenticated("RaftService needs a client certificate".into())
+            })?;
             let claimed = header.map(|h| h.from_node_id.as_str()).unwrap_or_default();
-            if identity.node_id.as_str() != claimed {
-                return Err(Error::InvalidRequest(format!(
-                    "client certificate is {identity}, but the request claims node {:?}",
-                    claimed.chars().take(64).collect::<String>()
-                )));
+            if caller.identity.node_id.as_str() != claimed {
+                return Err(Error::PermissionDenied {
+                    code: crate::access::CALLER_NOT_ADMITTED,
+                    message: format!(
+                        "client certificate is {}, but the request claims node {:?}",
+                        caller.identity,
+                        claimed.chars().take(64).collect::<String>()
+                    ),
+                });
             }
         }
         self.guard.check(header)
@@ -200,17 +213,16 @@ impl<H: RaftHandler> RaftServer<H> {
     }
 }
 
-/// Logs a refusal at the level it deserves and turns it into a Status.
-/// Term refusals repeat every heartbeat of a fenced peer and the fencing
-/// itself is logged once by the guard, so they are DEBUG.
-fn refuse(rpc: &'static str, error: Error) -> Status {
-    match &error {
-        Error::StaleTerm { .. } | Error::Fenced { .. } => {
+/// Logs a refusal at the level it deserves. Term refusals repeat every
+/// heartbeat of a fenced peer and the fencing itself (or the unproven
+/// claim) is logged by the guard, so they are DEBUG.
+fn log_refusal(rpc: &'static str, error: &Error) {
+    match error {
+        Error::StaleTerm { .. } | Error::Fenced { .. } | Error::UnprovenTerm { .. } => {
             tracing::debug!(rpc, %error, "raft rpc refused");
         }
         _ => tracing::warn!(rpc, %error, "raft rpc refused"),
     }
-    Status::from(error)
 }
 
 #[tonic::async_trait]

@@ -368,6 +368,9 @@ struct StateMeta {
     last_fence_seq: FenceSeq,
     trust_root: ByteBuf,
     term_mark: Option<TermMark>,
+    // Absent in stores written before promotion orders were kept.
+    #[serde(default)]
+    term_proof: ByteBuf,
 }
 
 impl StateMeta {
@@ -378,6 +381,7 @@ impl StateMeta {
             last_fence_seq,
             trust_root,
             term_mark,
+            term_proof,
             shards: _,
         } = state;
         StateMeta {
@@ -386,6 +390,7 @@ impl StateMeta {
             last_fence_seq: *last_fence_seq,
             trust_root: trust_root.clone(),
             term_mark: *term_mark,
+            term_proof: term_proof.clone(),
         }
     }
 
@@ -396,6 +401,7 @@ impl StateMeta {
             last_fence_seq,
             trust_root,
             term_mark,
+            term_proof,
         } = self;
         AuthorityState {
             cluster_id,
@@ -403,6 +409,7 @@ impl StateMeta {
             last_fence_seq,
             trust_root,
             term_mark,
+            term_proof,
             shards,
         }
     }

@@ -1,13 +1,17 @@
-//! The Raft transport over real sockets on 127.0.0.1: mTLS admission,
-//! header checks over the wire, fencing learnt from refusals, timeouts
-//! and unreachable peers. The server runs over a stub [`RaftHandler`]
-//! that counts calls, so "refused before Raft is touched" is observable
+//! The Raft transport over real sockets on 127.0.0.1: mTLS admission by
+//! caller kind and membership (the access layer), peer pinning, header
+//! checks over the wire, fencing learnt only from signed orders, timeouts
+//! and unreachable peers. The server runs over a stub [`RaftHandler`] that
+//! counts calls, so "refused before Raft is touched" is observable
 //! without a store.
 
 use openraft::error::{Fatal, InstallSnapshotError, RPCError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesResponse, InstallSnapshotResponse, VoteResponse};
+use prost::Message;
+use rap_authority::access::{AccessLayer, GroupView};
 use rap_authority::error::error_detail;
+use rap_authority::identity::PeerIdentity;
 use rap_authority::network::codec::{
     self, AppendEntriesReply, AppendEntriesRequest, InstallSnapshotReply, InstallSnapshotRequest,
     VoteReply, VoteRequest,
@@ -15,18 +19,23 @@ use rap_authority::network::codec::{
 use rap_authority::network::{
     NetworkConfig, NetworkFactory, PeerAuth, RaftHandler, RaftServer, Reachability, TermGuard,
 };
-use rap_authority::tls::{DevCa, TlsFiles};
+use rap_authority::tls::live::{LiveIdentity, server_config};
+use rap_authority::tls::pin::{ExpectedPeer, PeerTls};
+use rap_authority::tls::{DevCa, NODE_CERT_VALIDITY_DEFAULT, TlsFiles};
 use rap_authority::typ::{Member, RaftError, SnapshotMeta, Vote, raft_id_of};
+use rap_proto::envelope::{SnapshotSigner, TrustRoot, VerifiedTrustRoot};
 use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId};
 use rap_proto::pb::raft_service_client::RaftServiceClient;
 use rap_proto::pb::{RaftRequest, RaftRpcHeader};
+use rap_proto::time::UnixMillis;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint, Server, ServerTlsConfig};
+use tonic::transport::{Channel, Endpoint, Server};
 
 const CLUSTER: &str = "c1";
 const SERVER_NODE: &str = "s1";
@@ -77,12 +86,70 @@ impl RaftHandler for Stub {
     }
 }
 
-fn guard(node: &str, term: u64) -> Arc<TermGuard> {
-    Arc::new(TermGuard::new(
-        ClusterId::new(CLUSTER).expect("cluster"),
+/// The cluster's signing key and its genesis root: promotion orders are
+/// signed with the one and verified against the other.
+struct Keys {
+    signer: SnapshotSigner,
+    root: VerifiedTrustRoot,
+}
+
+fn keys() -> Keys {
+    let signer = SnapshotSigner::generate().expect("key");
+    let root = TrustRoot::genesis(&cluster(), &[&signer], UnixMillis(1)).expect("root");
+    Keys { signer, root }
+}
+
+impl Keys {
+    /// The encoded, signed promotion order to `new_term`.
+    fn order(&self, new_term: u64) -> Vec<u8> {
+        let order = rap_proto::pb::PromotionOrder {
+            cluster_id: CLUSTER.into(),
+            current_term: new_term - 1,
+            new_term,
+            survivors: vec!["s2".into()],
+            seed_node_id: "s2".into(),
+            ..Default::default()
+        };
+        rap_proto::orders::sign_promotion(&order, &self.signer).encode_to_vec()
+    }
+}
+
+fn cluster() -> ClusterId {
+    ClusterId::new(CLUSTER).expect("cluster")
+}
+
+/// A guard at `term` that verifies orders with `keys` and, above term 1,
+/// holds the order of its term.
+fn guard(node: &str, term: u64, keys: &Keys) -> Arc<TermGuard> {
+    let guard = Arc::new(TermGuard::new(
+        cluster(),
         NodeId::new(node).expect("node"),
         AuthorityTerm(term),
-    ))
+    ));
+    guard.set_trust_root(keys.root.clone());
+    if term > 1 {
+        assert!(guard.set_own_proof(&keys.order(term)));
+    }
+    guard
+}
+
+/// The receiver's group in these tests: a fixed member set, nothing
+/// revoked.
+struct Group {
+    members: BTreeSet<String>,
+}
+
+impl GroupView for Group {
+    fn cluster_id(&self) -> &ClusterId {
+        static CLUSTER_ID: std::sync::OnceLock<ClusterId> = std::sync::OnceLock::new();
+        CLUSTER_ID.get_or_init(cluster)
+    }
+    fn is_member(&self, id: &NodeId) -> bool {
+        self.members.contains(id.as_str())
+    }
+    fn is_revoked(&self, _serial_hex: &str) -> bool {
+        false
+    }
 }
 
 struct Running {
@@ -93,9 +160,12 @@ struct Running {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-/// Serves a RaftServer over `stub` on a random port of 127.0.0.1.
-async fn serve(stub: Stub, term: u64, tls: Option<ServerTlsConfig>) -> Running {
-    let guard = guard(SERVER_NODE, term);
+/// Serves a RaftServer over `stub` at `term` on a random port of
+/// 127.0.0.1; with `tls`, behind the access layer with members s2 and s3,
+/// over the storage node's TLS stack (reloadable identity, own accept
+/// loop).
+async fn serve(stub: Stub, term: u64, keys: &Keys, tls: Option<&TlsFiles>) -> Running {
+    let guard = guard(SERVER_NODE, term, keys);
     let reachability = Arc::new(Reachability::new());
     let peer_auth = if tls.is_some() {
         PeerAuth::MutualTls
@@ -109,17 +179,31 @@ async fn serve(stub: Stub, term: u64, tls: Option<ServerTlsConfig>) -> Running {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    let mut builder = Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).expect("server TLS");
-    }
-    let router = builder.add_service(server.into_service());
+    let group = Arc::new(Group {
+        members: ["s2", "s3"].into_iter().map(String::from).collect(),
+    });
+    let layer = AccessLayer::new(group, Some(metrics.clone()), tls.is_some());
+    let router = Server::builder()
+        .layer(layer)
+        .add_service(server.into_service());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(
-        router.serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
-            let _ = stopped.await;
-        }),
-    );
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    match tls {
+        Some(files) => {
+            let identity = LiveIdentity::load(files.clone()).expect("server identity");
+            let acceptor =
+                tokio_rustls::TlsAcceptor::from(server_config(&identity).expect("server TLS"));
+            tokio::spawn(router.serve_with_incoming_shutdown(
+                rap_authority::tls::incoming::tls_incoming(listener, acceptor),
+                stopped,
+            ));
+        }
+        None => {
+            tokio::spawn(router.serve_with_incoming_shutdown(TcpIncoming::from(listener), stopped));
+        }
+    }
     Running {
         addr,
         guard,
@@ -137,39 +221,52 @@ fn member(node: &str, addr: SocketAddr) -> Member {
     }
 }
 
-fn factory(node: &str, term: u64, tls: Option<&TlsFiles>) -> NetworkFactory {
+fn peer_tls(files: &TlsFiles) -> Arc<PeerTls> {
+    PeerTls::new(LiveIdentity::load(files.clone()).expect("client identity")).expect("client TLS")
+}
+
+fn factory(node: &str, term: u64, keys: &Keys, tls: Option<&TlsFiles>) -> NetworkFactory {
     let config = NetworkConfig {
-        tls: tls.map(|files| files.client_config().expect("client TLS")),
+        tls: tls.map(peer_tls),
         connect_timeout: Duration::from_millis(500),
         ..NetworkConfig::default()
     };
-    NetworkFactory::new(config, guard(node, term), Arc::new(Reachability::new())).expect("factory")
+    NetworkFactory::new(
+        config,
+        guard(node, term, keys),
+        Arc::new(Reachability::new()),
+    )
+    .expect("factory")
 }
 
 fn vote_request() -> VoteRequest {
     VoteRequest::new(Vote::new(4, 7), None)
 }
 
-/// A raw gRPC client (no NetworkFactory), for sending arbitrary headers.
+/// A raw gRPC client (no NetworkFactory), for sending arbitrary headers;
+/// under TLS pinned to storage node s1.
 async fn raw_client(addr: SocketAddr, tls: Option<&TlsFiles>) -> RaftServiceClient<Channel> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .connect_timeout(Duration::from_secs(2));
-    if let Some(files) = tls {
-        endpoint = endpoint
-            .tls_config(files.client_config().expect("client TLS"))
-            .expect("endpoint TLS");
-    }
-    RaftServiceClient::new(endpoint.connect_lazy())
+    let channel = match tls {
+        Some(files) => endpoint.connect_with_connector_lazy(
+            peer_tls(files)
+                .connector(&ExpectedPeer::storage_named(SERVER_NODE))
+                .expect("connector"),
+        ),
+        None => endpoint.connect_lazy(),
+    };
+    RaftServiceClient::new(channel)
 }
 
-fn raw_vote(cluster: &str, term: u64, from: &str) -> RaftRequest {
+fn raw_vote(cluster: &str, term: u64, from: &str, proof: &[u8]) -> RaftRequest {
     RaftRequest {
         header: Some(RaftRpcHeader {
             cluster_id: cluster.into(),
             authority_term: term,
             from_node_id: from.into(),
+            term_proof: proof.to_vec(),
         }),
         payload: codec::encode("vote", &vote_request()).expect("encode"),
     }
@@ -185,24 +282,37 @@ fn assert_handshake_refused(status: &tonic::Status) {
     assert!(format!("{status:?}").contains("fatal alert"), "{status:?}");
 }
 
-/// A CA for CLUSTER with certificates for the server and `clients`.
+/// A CA for CLUSTER with a storage certificate for the server and
+/// certificates for `clients` (`s…` storage nodes, `n…` agents, anything
+/// else operators).
 fn pki(dir: &Path, clients: &[&str]) -> (TlsFiles, Vec<TlsFiles>) {
-    let ca =
-        DevCa::create(&dir.join("ca"), &ClusterId::new(CLUSTER).expect("cluster")).expect("CA");
+    let ca = DevCa::create(&dir.join("ca"), &cluster()).expect("CA");
     let server = ca
-        .issue_node(
+        .issue_storage(
             &dir.join(SERVER_NODE),
             &NodeId::new(SERVER_NODE).expect("node"),
+            &[],
         )
         .expect("server cert");
     let clients = clients
         .iter()
-        .map(|name| {
-            ca.issue_node(&dir.join(name), &NodeId::new(*name).expect("node"))
-                .expect("client cert")
-        })
+        .map(|name| issue(&ca, &dir.join(name), name))
         .collect();
     (server, clients)
+}
+
+fn issue(ca: &DevCa, dir: &Path, name: &str) -> TlsFiles {
+    let id = NodeId::new(name).expect("node");
+    let identity = if name.starts_with('s') {
+        PeerIdentity::storage(cluster(), id)
+    } else if name.starts_with('n') {
+        PeerIdentity::node(cluster(), id)
+    } else {
+        PeerIdentity::operator(cluster(), id)
+    }
+    .expect("identity");
+    ca.issue(dir, &identity, NODE_CERT_VALIDITY_DEFAULT, &[])
+        .expect("client cert")
 }
 
 // Goal: over mTLS, a client with a certificate of the same CA gets its
@@ -211,16 +321,12 @@ fn pki(dir: &Path, clients: &[&str]) -> (TlsFiles, Vec<TlsFiles>) {
 // connection's vote against the stub; check reply and counters.
 #[tokio::test]
 async fn mtls_same_ca_round_trip() {
+    let k = keys();
     let dir = tempfile::tempdir().expect("tempdir");
     let (server_files, clients) = pki(dir.path(), &["s2"]);
     let stub = Stub::default();
-    let running = serve(
-        stub.clone(),
-        1,
-        Some(server_files.server_config().expect("tls")),
-    )
-    .await;
-    let mut factory = factory("s2", 1, Some(&clients[0]));
+    let running = serve(stub.clone(), 1, &k, Some(&server_files)).await;
+    let mut factory = factory("s2", 1, &k, Some(&clients[0]));
     let target = raft_id_of(SERVER_NODE);
     let mut connection = factory
         .new_client(target, &member(SERVER_NODE, running.addr))
@@ -263,18 +369,14 @@ async fn mtls_same_ca_round_trip() {
 // valid certificate sends a vote whose header names cluster c2.
 #[tokio::test]
 async fn wrong_cluster_refused_over_the_wire() {
+    let k = keys();
     let dir = tempfile::tempdir().expect("tempdir");
     let (server_files, clients) = pki(dir.path(), &["s2"]);
     let stub = Stub::default();
-    let running = serve(
-        stub.clone(),
-        1,
-        Some(server_files.server_config().expect("tls")),
-    )
-    .await;
+    let running = serve(stub.clone(), 1, &k, Some(&server_files)).await;
     let mut client = raw_client(running.addr, Some(&clients[0])).await;
     let status = client
-        .vote(raw_vote("c2", 1, "s2"))
+        .vote(raw_vote("c2", 1, "s2", &[]))
         .await
         .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -289,28 +391,25 @@ async fn wrong_cluster_refused_over_the_wire() {
 }
 
 // Goal: a client certificate is bound to the node it names: s2's
-// certificate cannot speak for s3. Method: raw vote from s2's certificate
-// with from_node_id = s3.
+// certificate cannot speak for s3 (both members). Method: raw vote from
+// s2's certificate with from_node_id = s3.
 #[tokio::test]
 async fn certificate_must_match_sender() {
+    let k = keys();
     let dir = tempfile::tempdir().expect("tempdir");
     let (server_files, clients) = pki(dir.path(), &["s2"]);
     let stub = Stub::default();
-    let running = serve(
-        stub.clone(),
-        1,
-        Some(server_files.server_config().expect("tls")),
-    )
-    .await;
+    let running = serve(stub.clone(), 1, &k, Some(&server_files)).await;
     let mut client = raw_client(running.addr, Some(&clients[0])).await;
     let status = client
-        .vote(raw_vote(CLUSTER, 1, "s3"))
+        .vote(raw_vote(CLUSTER, 1, "s3", &[]))
         .await
         .expect_err("refused");
     let detail = error_detail(&status).expect("detail");
-    assert_eq!(detail.code, "INVALID_REQUEST", "{status:?}");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert_eq!(detail.code, "CALLER_NOT_ADMITTED", "{status:?}");
     assert!(
-        detail.message.contains("rap://cluster/c1/node/s2"),
+        detail.message.contains("rap://cluster/c1/storage/s2"),
         "{}",
         detail.message
     );
@@ -323,36 +422,26 @@ async fn certificate_must_match_sender() {
 // client's certificate; the vote fails with a transport error, no detail.
 #[tokio::test]
 async fn other_ca_refused_at_handshake() {
+    let k = keys();
     let dir = tempfile::tempdir().expect("tempdir");
     let (server_files, _) = pki(dir.path(), &[]);
-    let rogue_ca = DevCa::create(
-        &dir.path().join("rogue-ca"),
-        &ClusterId::new(CLUSTER).expect("cluster"),
-    )
-    .expect("rogue CA");
-    let rogue = rogue_ca
-        .issue_node(&dir.path().join("rogue"), &NodeId::new("s2").expect("node"))
-        .expect("rogue cert");
+    let rogue_ca = DevCa::create(&dir.path().join("rogue-ca"), &cluster()).expect("rogue CA");
+    let rogue = issue(&rogue_ca, &dir.path().join("rogue"), "s2");
     // The rogue client trusts the real CA for the server, so only its own
     // certificate is wrong.
     std::fs::copy(&server_files.ca, &rogue.ca).expect("trust the real CA");
     let stub = Stub::default();
-    let running = serve(
-        stub.clone(),
-        1,
-        Some(server_files.server_config().expect("tls")),
-    )
-    .await;
+    let running = serve(stub.clone(), 1, &k, Some(&server_files)).await;
     let mut client = raw_client(running.addr, Some(&rogue)).await;
     let status = client
-        .vote(raw_vote(CLUSTER, 1, "s2"))
+        .vote(raw_vote(CLUSTER, 1, "s2", &[]))
         .await
         .expect_err("refused");
     assert_handshake_refused(&status);
     assert_eq!(stub.calls(), 0);
 
     // Through the factory the same refusal is Unreachable (openraft backs off).
-    let mut factory = factory("s2", 1, Some(&rogue));
+    let mut factory = factory("s2", 1, &k, Some(&rogue));
     let mut connection = factory
         .new_client(raft_id_of(SERVER_NODE), &member(SERVER_NODE, running.addr))
         .await;
@@ -369,15 +458,11 @@ async fn other_ca_refused_at_handshake() {
 // identity.
 #[tokio::test]
 async fn client_without_certificate_refused() {
+    let k = keys();
     let dir = tempfile::tempdir().expect("tempdir");
     let (server_files, _) = pki(dir.path(), &[]);
     let stub = Stub::default();
-    let running = serve(
-        stub.clone(),
-        1,
-        Some(server_files.server_config().expect("tls")),
-    )
-    .await;
+    let running = serve(stub.clone(), 1, &k, Some(&server_files)).await;
     let ca_pem = std::fs::read(&server_files.ca).expect("CA");
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
@@ -388,7 +473,7 @@ async fn client_without_certificate_refused() {
         .expect("TLS")
         .connect_lazy();
     let status = RaftServiceClient::new(channel)
-        .vote(raw_vote(CLUSTER, 1, "s2"))
+        .vote(raw_vote(CLUSTER, 1, "s2", &[]))
         .await
         .expect_err("refused");
     assert_handshake_refused(&status);
@@ -400,7 +485,7 @@ async fn client_without_certificate_refused() {
 
     // And a plaintext client cannot talk to the TLS listener either.
     let mut plain = raw_client(running.addr, None).await;
-    assert!(plain.vote(raw_vote(CLUSTER, 1, "s2")).await.is_err());
+    assert!(plain.vote(raw_vote(CLUSTER, 1, "s2", &[])).await.is_err());
     assert_eq!(stub.calls(), 0);
 }
 
@@ -410,9 +495,10 @@ async fn client_without_certificate_refused() {
 // server at term 5 (plaintext); two votes; count handler calls.
 #[tokio::test]
 async fn stale_sender_learns_it_is_fenced() {
+    let k = keys();
     let stub = Stub::default();
-    let running = serve(stub.clone(), 5, None).await;
-    let mut factory = factory("s2", 3, None);
+    let running = serve(stub.clone(), 5, &k, None).await;
+    let mut factory = factory("s2", 3, &k, None);
     let target = raft_id_of(SERVER_NODE);
     let mut connection = factory
         .new_client(target, &member(SERVER_NODE, running.addr))
@@ -446,10 +532,11 @@ async fn stale_sender_learns_it_is_fenced() {
 // it). Method: server at term 3; a term-4 client, then a term-3 client.
 #[tokio::test]
 async fn receiver_fenced_by_higher_term() {
+    let k = keys();
     let stub = Stub::default();
-    let running = serve(stub.clone(), 3, None).await;
+    let running = serve(stub.clone(), 3, &k, None).await;
     let addr = running.addr;
-    let mut newer = factory("s2", 4, None);
+    let mut newer = factory("s2", 4, &k, None);
     let err = newer
         .new_client(raft_id_of(SERVER_NODE), &member(SERVER_NODE, addr))
         .await
@@ -460,7 +547,7 @@ async fn receiver_fenced_by_higher_term() {
     assert_eq!(running.guard.fenced_by(), Some(AuthorityTerm(4)));
     assert!(!newer.guard().is_fenced());
 
-    let mut old_peer = factory("s3", 3, None);
+    let mut old_peer = factory("s3", 3, &k, None);
     let err = old_peer
         .new_client(raft_id_of(SERVER_NODE), &member(SERVER_NODE, addr))
         .await
@@ -480,12 +567,13 @@ async fn receiver_fenced_by_higher_term() {
 // Fatal::Stopped.
 #[tokio::test]
 async fn remote_raft_error_is_typed() {
+    let k = keys();
     let stub = Stub {
         stopped: true,
         ..Stub::default()
     };
-    let running = serve(stub.clone(), 1, None).await;
-    let mut factory = factory("s2", 1, None);
+    let running = serve(stub.clone(), 1, &k, None).await;
+    let mut factory = factory("s2", 1, &k, None);
     let target = raft_id_of(SERVER_NODE);
     let err = factory
         .new_client(target, &member(SERVER_NODE, running.addr))
@@ -512,12 +600,13 @@ async fn remote_raft_error_is_typed() {
 // stub stalls 2 s, TTL 200 ms; time the call.
 #[tokio::test]
 async fn slow_peer_times_out_within_ttl() {
+    let k = keys();
     let stub = Stub {
         stall: Some(Duration::from_secs(2)),
         ..Stub::default()
     };
-    let running = serve(stub.clone(), 1, None).await;
-    let mut factory = factory("s2", 1, None);
+    let running = serve(stub.clone(), 1, &k, None).await;
+    let mut factory = factory("s2", 1, &k, None);
     let target = raft_id_of(SERVER_NODE);
     let mut connection = factory
         .new_client(target, &member(SERVER_NODE, running.addr))
@@ -546,11 +635,12 @@ async fn slow_peer_times_out_within_ttl() {
 // scheme.
 #[tokio::test]
 async fn unreachable_peers() {
+    let k = keys();
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("addr")
     };
-    let mut factory = factory("s2", 1, None);
+    let mut factory = factory("s2", 1, &k, None);
     let target = raft_id_of("s9");
     let err = factory
         .new_client(target, &member("s9", closed))
@@ -588,9 +678,10 @@ async fn unreachable_peers() {
 // with what the stub received.
 #[tokio::test]
 async fn snapshot_chunk_round_trip() {
+    let k = keys();
     let stub = Stub::default();
-    let running = serve(stub.clone(), 1, None).await;
-    let mut factory = factory("s2", 1, None);
+    let running = serve(stub.clone(), 1, &k, None).await;
+    let mut factory = factory("s2", 1, &k, None);
     let chunk = InstallSnapshotRequest {
         vote: Vote::new_committed(2, 7),
         meta: SnapshotMeta {
@@ -611,4 +702,153 @@ async fn snapshot_chunk_round_trip() {
     assert_eq!(reply.vote, chunk.vote);
     let received = stub.last_chunk.lock().expect("lock").clone();
     assert_eq!(received, Some(chunk));
+}
+
+// Goal (the trust boundary): a certificate from the right CA is not
+// permission. An agent's and an operator's certificate are refused on
+// every Raft RPC with CALLER_NOT_ADMITTED, a storage node that is not a
+// member of the group with NOT_A_MEMBER, even with a higher term in the
+// header; nothing reaches Raft, nobody is fenced, each refusal is
+// counted. Method: raw Vote, AppendEntries and InstallSnapshot from each
+// certificate against a server whose members are s2 and s3.
+#[tokio::test]
+async fn wrong_callers_are_refused_before_raft() {
+    let k = keys();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server_files, clients) = pki(dir.path(), &["n-1", "admin", "s9"]);
+    let stub = Stub::default();
+    let running = serve(stub.clone(), 1, &k, Some(&server_files)).await;
+    for (files, name, code) in [
+        (&clients[0], "n-1", "CALLER_NOT_ADMITTED"),
+        (&clients[1], "admin", "CALLER_NOT_ADMITTED"),
+        (&clients[2], "s9", "NOT_A_MEMBER"),
+    ] {
+        let mut client = raw_client(running.addr, Some(files)).await;
+        let vote = raw_vote(CLUSTER, 2, name, b"abc");
+        let statuses = [
+            client.vote(vote.clone()).await.expect_err("vote refused"),
+            client
+                .append_entries(vote.clone())
+                .await
+                .expect_err("append refused"),
+            client
+                .install_snapshot(vote)
+                .await
+                .expect_err("snapshot refused"),
+        ];
+        for status in statuses {
+            assert_eq!(
+                status.code(),
+                tonic::Code::PermissionDenied,
+                "{name}: {status:?}"
+            );
+            assert_eq!(error_detail(&status).expect("detail").code, code, "{name}");
+        }
+    }
+    assert_eq!(stub.calls(), 0, "Raft must not be touched");
+    assert!(!running.guard.is_fenced());
+    let text = running.metrics.render("c1", "s1", &Default::default());
+    assert!(
+        text.contains("reason=\"CALLER_NOT_ADMITTED\"} 6"),
+        "the refusals are counted: {text}"
+    );
+    assert!(text.contains("reason=\"NOT_A_MEMBER\"} 3"), "{text}");
+}
+
+// Goal (invariant 9): a member's higher term is believed only with its
+// signed promotion order: without one, with garbage, or with an order
+// signed by another key, the RPC is refused with UNPROVEN_TERM, counted,
+// and the receiver stays unfenced; with the right order it is fenced.
+// Method: raw votes from member s2 at term 2 against a term-1 server.
+#[tokio::test]
+async fn higher_term_needs_its_signed_order() {
+    let k = keys();
+    let stranger = keys();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server_files, clients) = pki(dir.path(), &["s2"]);
+    let stub = Stub::default();
+    let running = serve(stub.clone(), 1, &k, Some(&server_files)).await;
+    let mut client = raw_client(running.addr, Some(&clients[0])).await;
+    for proof in [Vec::new(), b"garbage".to_vec(), stranger.order(2)] {
+        let status = client
+            .vote(raw_vote(CLUSTER, 2, "s2", &proof))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert_eq!(error_detail(&status).expect("detail").code, "UNPROVEN_TERM");
+    }
+    assert!(!running.guard.is_fenced(), "an unproven term fences nobody");
+    assert_eq!(running.guard.unproven_refused(), 3);
+    let text = running.metrics.render("c1", "s1", &Default::default());
+    assert!(text.contains("reason=\"UNPROVEN_TERM\"} 3"), "{text}");
+    // The same member, same term, at its own term is served.
+    client
+        .vote(raw_vote(CLUSTER, 1, "s2", &[]))
+        .await
+        .expect("served at the common term");
+    assert_eq!(stub.calls(), 1);
+
+    let status = client
+        .vote(raw_vote(CLUSTER, 2, "s2", &k.order(2)))
+        .await
+        .expect_err("fenced");
+    assert_eq!(error_detail(&status).expect("detail").code, "FENCED");
+    assert_eq!(running.guard.fenced_by(), Some(AuthorityTerm(2)));
+}
+
+// Goal (peer pinning): a client that dials storage node s1 refuses a
+// server presenting another storage node's certificate (s2, same CA) or
+// an agent's, at the handshake, before sending anything. Method: serve
+// with s2's and with n-1's certificate; dial expecting s1, raw and
+// through the factory.
+#[tokio::test]
+async fn clients_pin_the_storage_node_they_dial() {
+    let k = keys();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, certs) = pki(dir.path(), &["s2", "n-1", "s3"]);
+    for impostor in [&certs[0], &certs[1]] {
+        let stub = Stub::default();
+        let running = serve(stub.clone(), 1, &k, Some(impostor)).await;
+        let mut client = raw_client(running.addr, Some(&certs[2])).await;
+        let status = client
+            .vote(raw_vote(CLUSTER, 1, "s3", &[]))
+            .await
+            .expect_err("the server is not s1");
+        assert!(status.details().is_empty(), "{status:?}");
+        assert!(
+            format!("{status:?}").contains("not storage s1"),
+            "{status:?}"
+        );
+        let mut factory = factory("s3", 1, &k, Some(&certs[2]));
+        let err = factory
+            .new_client(raft_id_of(SERVER_NODE), &member(SERVER_NODE, running.addr))
+            .await
+            .vote(vote_request(), RPCOption::new(TTL))
+            .await
+            .expect_err("impostor");
+        assert!(matches!(err, RPCError::Unreachable(_)), "{err:?}");
+        assert_eq!(stub.calls(), 0);
+    }
+}
+
+// Goal: a receiver whose own term is proven answers a stale sender with
+// STALE_TERM and the order, but a sender told only a number (a receiver
+// without the order) is not fenced by it. Method: a term-5 server
+// without its order's proof; a term-3 client.
+#[tokio::test]
+async fn bare_stale_term_fences_nobody() {
+    let k = keys();
+    let stub = Stub::default();
+    let running = serve(stub.clone(), 1, &k, None).await;
+    // Move the server to term 5 without a proof of it.
+    running.guard.set_term(AuthorityTerm(5));
+    let mut factory = factory("s2", 3, &k, None);
+    let err = factory
+        .new_client(raft_id_of(SERVER_NODE), &member(SERVER_NODE, running.addr))
+        .await
+        .vote(vote_request(), RPCOption::new(TTL))
+        .await
+        .expect_err("refused");
+    assert!(format!("{err}").contains("STALE_TERM"), "{err}");
+    assert!(!factory.guard().is_fenced(), "a bare number proves nothing");
 }

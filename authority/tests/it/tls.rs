@@ -1,7 +1,11 @@
-//! The development CA and the TLS file handling.
+//! The development CA, the TLS file handling and the reloadable identity.
 
 use rap_authority::Error;
-use rap_authority::tls::{CA_KEY_FILE, DevCa, NODE_CERT_VALIDITY_MAX, PeerIdentity, TlsFiles};
+use rap_authority::identity::PeerIdentity;
+use rap_authority::tls::live::LiveIdentity;
+use rap_authority::tls::{
+    CA_KEY_FILE, DevCa, NODE_CERT_VALIDITY_MAX, NODE_CERT_VALIDITY_MIN, TlsFiles,
+};
 use rap_proto::ids::{ClusterId, NodeId};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -53,16 +57,19 @@ fn dev_ca_create_load_and_no_overwrite() {
     );
 }
 
-// Goal: a node certificate names rap://cluster/<c>/node/<n>, its key is
-// 0600, the CA copy sits beside it, the default validity is 24 h and a
-// configured one is honoured; a validity above the maximum is refused.
-// Method: issue into a node dir, read back identity and not_after.
+// Goal: a storage certificate names rap://cluster/<c>/storage/<n>, its
+// key is 0600, the CA copy sits beside it, the default validity is 24 h
+// and a configured one is honoured; a validity outside the bounds is
+// refused; an operator certificate names its kind. Method: issue into a
+// node dir, read back identity and not_after.
 #[test]
-fn issue_node_certificate() {
+fn issue_storage_and_operator_certificates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = DevCa::create(&dir.path().join("ca"), &cluster("c1")).expect("create CA");
     let node_dir = dir.path().join("s1");
-    let files = ca.issue_node(&node_dir, &node("s1")).expect("issue");
+    let files = ca
+        .issue_storage(&node_dir, &node("s1"), &[])
+        .expect("issue");
     assert_eq!(files, TlsFiles::in_dir(&node_dir));
     assert_eq!(mode(&files.key), 0o600);
     assert_eq!(
@@ -70,8 +77,11 @@ fn issue_node_certificate() {
         ca.cert_pem()
     );
     let identity = files.identity().expect("identity");
-    assert_eq!(identity, PeerIdentity::new(cluster("c1"), node("s1")));
-    assert_eq!(identity.uri(), "rap://cluster/c1/node/s1");
+    assert_eq!(
+        identity,
+        PeerIdentity::storage(cluster("c1"), node("s1")).expect("id")
+    );
+    assert_eq!(identity.uri(), "rap://cluster/c1/storage/s1");
     let day = not_after_unix(&files.cert) - unix_now();
     assert!(
         (24 * 3600 - 120..=24 * 3600 + 120).contains(&day),
@@ -79,20 +89,71 @@ fn issue_node_certificate() {
     );
 
     let short = ca
-        .issue_node_for(&node_dir, &node("s1"), Duration::from_secs(600))
+        .issue(&node_dir, &identity, Duration::from_secs(600), &[])
         .expect("renew with a short validity");
     let left = not_after_unix(&short.cert) - unix_now();
     assert!((480..=720).contains(&left), "{left} s");
 
-    let too_long = ca.issue_node_for(
-        &node_dir,
-        &node("s1"),
+    for bad in [
+        NODE_CERT_VALIDITY_MIN - Duration::from_secs(1),
         NODE_CERT_VALIDITY_MAX + Duration::from_secs(1),
+    ] {
+        let refused = ca.issue(&node_dir, &identity, bad, &[]);
+        assert!(matches!(refused, Err(Error::InvalidRequest(_))), "{bad:?}");
+    }
+    LiveIdentity::load(files).expect("the files load as a live identity");
+
+    let operator = ca
+        .issue_operator(&dir.path().join("admin"), &node("admin"))
+        .expect("operator");
+    assert_eq!(
+        operator.identity().expect("identity").uri(),
+        "rap://cluster/c1/operator/admin"
     );
-    assert!(matches!(too_long, Err(Error::InvalidRequest(_))));
-    // Both configs build from the files.
-    files.server_config().expect("server config");
-    files.client_config().expect("client config");
+}
+
+// Goal: a live identity picks up a renewal written to its files (new
+// serial, same identity) and nothing else: unchanged files are no
+// change, a certificate of another identity or a key that does not match
+// is refused and the old pair kept. Method: issue, load, reissue, reload;
+// then write foreign files.
+#[test]
+fn live_identity_reloads_renewals_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = DevCa::create(&dir.path().join("ca"), &cluster("c1")).expect("create CA");
+    let node_dir = dir.path().join("s1");
+    let files = ca
+        .issue_storage(&node_dir, &node("s1"), &[])
+        .expect("issue");
+    let live = LiveIdentity::load(files.clone()).expect("load");
+    let first = live.facts().serial_hex;
+    assert!(!live.reload().expect("no change"));
+    ca.issue_storage(&node_dir, &node("s1"), &[])
+        .expect("renew");
+    assert!(live.reload().expect("renewed"));
+    let second = live.facts().serial_hex;
+    assert_ne!(first, second);
+
+    // Another identity's certificate and key in the same files.
+    let other_dir = dir.path().join("s2");
+    let other = ca
+        .issue_storage(&other_dir, &node("s2"), &[])
+        .expect("issue s2");
+    std::fs::copy(&other.cert, &files.cert).expect("swap cert");
+    std::fs::copy(&other.key, &files.key).expect("swap key");
+    assert!(live.reload().is_err(), "a renewal never switches identity");
+    assert_eq!(live.facts().serial_hex, second);
+
+    // A certificate whose key is not in the key file.
+    ca.issue_storage(&node_dir, &node("s1"), &[])
+        .expect("renew again");
+    std::fs::copy(&other.key, &files.key).expect("wrong key");
+    let mismatched = live.reload();
+    assert!(
+        matches!(&mismatched, Err(Error::InvalidRequest(m)) if m.contains("do not belong")),
+        "{mismatched:?}"
+    );
+    assert_eq!(live.facts().serial_hex, second);
 }
 
 // Goal: a key readable by others is refused, and a CA key that does not
@@ -103,10 +164,10 @@ fn refuses_open_or_foreign_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = DevCa::create(&dir.path().join("ca"), &cluster("c1")).expect("create CA");
     let files = ca
-        .issue_node(&dir.path().join("s1"), &node("s1"))
+        .issue_storage(&dir.path().join("s1"), &node("s1"), &[])
         .expect("issue");
     std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let open = files.server_config();
+    let open = LiveIdentity::load(files);
     assert!(
         matches!(&open, Err(Error::InvalidRequest(m)) if m.contains("chmod 600")),
         "{open:?}"
@@ -126,13 +187,16 @@ fn refuses_open_or_foreign_keys() {
     );
 }
 
-// Goal: missing files are typed errors, not panics. Method: configs from
-// an empty directory.
+// Goal: missing files are typed errors, not panics. Method: load from an
+// empty directory.
 #[test]
 fn missing_files_are_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = TlsFiles::in_dir(dir.path());
-    assert!(matches!(files.server_config(), Err(Error::Storage(_))));
-    assert!(matches!(files.client_config(), Err(Error::Storage(_))));
+    assert!(matches!(
+        LiveIdentity::load(files.clone()),
+        Err(Error::Storage(_))
+    ));
+    assert!(files.identity().is_err());
     assert!(DevCa::load(dir.path()).is_err());
 }

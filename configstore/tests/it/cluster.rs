@@ -21,6 +21,8 @@
 use rap_authority::error::error_detail;
 use rap_authority::network::NetworkConfig;
 use rap_authority::service::authority_client;
+use rap_authority::tls::live::LiveIdentity;
+use rap_authority::tls::pin::{ExpectedPeer, PeerTls};
 use rap_authority::tls::{DevCa, TlsFiles};
 use rap_proto::envelope::{ReaderSelector, SealedEnvelope, ShardDraft, SnapshotSigner, TrustRoot};
 use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId, SnapshotVersion, TrustGeneration};
@@ -265,8 +267,12 @@ impl Cluster {
         for index in 1..=count {
             let id = format!("s{index}");
             let tls_dir = root.join("ca").join(&id);
-            ca.issue_node(&tls_dir, &NodeId::new(id.as_str()).expect("valid node id"))
-                .expect("issue a node certificate");
+            ca.issue_storage(
+                &tls_dir,
+                &NodeId::new(id.as_str()).expect("valid node id"),
+                &[],
+            )
+            .expect("issue a node certificate");
             nodes.push(NodeProc {
                 grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
                 http: SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -279,16 +285,18 @@ impl Cluster {
             });
         }
         let admin_tls_dir = root.join("ca").join("admin");
-        ca.issue_node(
+        ca.issue_operator(
             &admin_tls_dir,
             &NodeId::new("admin").expect("valid node id"),
         )
         .expect("issue the admin certificate");
         let net = NetworkConfig {
             tls: Some(
-                TlsFiles::in_dir(&admin_tls_dir)
-                    .client_config()
-                    .expect("admin TLS client config"),
+                PeerTls::new(
+                    LiveIdentity::load(TlsFiles::in_dir(&admin_tls_dir))
+                        .expect("admin certificate"),
+                )
+                .expect("admin TLS client"),
             ),
             ..NetworkConfig::default()
         };
@@ -484,16 +492,38 @@ impl Cluster {
             trust_root: self.trust_root.clone(),
             allow_single_voter: false,
         };
-        let mut client = self.client(0);
-        match tokio::time::timeout(HANG_GUARD * 3, client.bootstrap(request)).await {
-            Ok(result) => result.map(tonic::Response::into_inner),
-            Err(_) => panic!("hang guard: bootstrap did not answer"),
+        // Every voter initializes the same membership (a node admits Raft
+        // RPCs only from members of its group); the first refusal wins.
+        let calls = (0..self.nodes.len()).map(|index| {
+            let mut client = self.client(index);
+            let request = request.clone();
+            async move {
+                match tokio::time::timeout(HANG_GUARD * 3, client.bootstrap(request)).await {
+                    Ok(result) => result.map(tonic::Response::into_inner),
+                    Err(_) => panic!("hang guard: bootstrap did not answer"),
+                }
+            }
+        });
+        let mut answer = None;
+        for result in futures::future::join_all(calls).await {
+            match result {
+                Ok(response) => answer = Some(response),
+                Err(status) if code_of(&status) == "ALREADY_INITIALIZED" => {}
+                Err(status) => return Err(status),
+            }
         }
+        answer.ok_or_else(|| tonic::Status::failed_precondition("every voter already initialized"))
     }
 
-    /// A new client (its own lazily connected channel) of node `index`.
+    /// A new client (its own lazily connected channel) of node `index`,
+    /// pinned to that node's storage identity.
     pub fn client(&self, index: usize) -> Client {
-        authority_client(&self.net, &self.nodes[index].address()).expect("authority client")
+        authority_client(
+            &self.net,
+            &self.nodes[index].address(),
+            &ExpectedPeer::storage_named(&self.nodes[index].id),
+        )
+        .expect("authority client")
     }
 
     /// The network settings of the admin client (mTLS).

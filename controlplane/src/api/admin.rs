@@ -177,7 +177,11 @@ async fn authority_status(
             observed_at_unix_ms: rap_proto::time::UnixMillis::now().0,
             ..Default::default()
         };
-        if let Ok(mut client) = rap_authority::service::authority_client(&network, &address) {
+        if let Ok(mut client) = rap_authority::service::authority_client(
+            &network,
+            &address,
+            &rap_authority::tls::pin::ExpectedPeer::storage_named(&node_id),
+        ) {
             let call = client.status(pb::AuthorityStatusRequest {
                 cluster_id: cluster_id.to_string(),
             });
@@ -347,6 +351,14 @@ impl AdminService for AdminApi {
     ) -> std::result::Result<Response<pb::JoinRequest>, Status> {
         let (p, r) = authed!(self, request, "join-request.reject");
         reply(enrollment::reject(&self.ctx, &p, &r).await)
+    }
+
+    async fn allow_revoked_key(
+        &self,
+        request: Request<pb::AllowRevokedKeyRequest>,
+    ) -> std::result::Result<Response<pb::AllowRevokedKeyResponse>, Status> {
+        let (p, r) = authed!(self, request, "join-request.allow-revoked-key");
+        reply(enrollment::allow_revoked_key(&self.ctx, &p, &r).await)
     }
 
     async fn list_nodes(

@@ -23,7 +23,8 @@
 use crate::error::{Error, Result};
 use crate::heartbeats::{HEARTBEAT_BYTES_MAX, Heartbeat, Heartbeats, is_overloaded, now_unix_ms};
 use crate::limits::HEARTBEAT_INTERVAL_DEFAULT;
-use rap_authority::tls::PeerIdentity;
+use rap_authority::access::Rpc;
+use rap_authority::identity::PeerIdentity;
 use rap_proto::pb::agent_service_server::{AgentService, AgentServiceServer};
 use rap_proto::pb::{HeartbeatRequest, HeartbeatResponse};
 use sqlx::PgPool;
@@ -98,6 +99,7 @@ pub fn authenticate(cert_der: Option<&[u8]>, request: &HeartbeatRequest) -> Resu
         Error::Unauthenticated(format!("client certificate names no node identity: {e}"))
     })?;
     let (serial, public_key) = serial_and_key(der)?;
+    crate::enrollment::admit_caller(Rpc::Heartbeat, &identity)?;
     if identity.cluster_id.as_str() != request.cluster_id
         || identity.node_id.as_str() != request.node_id
     {

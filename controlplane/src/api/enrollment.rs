@@ -4,7 +4,7 @@
 
 use crate::context::Context;
 use crate::enrollment;
-use rap_authority::tls::PeerIdentity;
+use rap_authority::identity::PeerIdentity;
 use rap_proto::pb;
 use rap_proto::pb::enrollment_service_server::{EnrollmentService, EnrollmentServiceServer};
 use tonic::{Request, Response, Status};
@@ -37,11 +37,41 @@ pub fn peer_certificate<T>(request: &Request<T>) -> Option<enrollment::PeerCerti
     let der = certs.first()?;
     let identity = PeerIdentity::from_cert_der(der.as_ref()).ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let server_names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+                    x509_parser::extensions::GeneralName::IPAddress(bytes) => ip_text(bytes),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Some(enrollment::PeerCertificate {
         identity,
         serial: hex::encode(cert.raw_serial()),
         public_key: cert.public_key().subject_public_key.data.to_vec(),
+        server_names,
     })
+}
+
+/// An IP address SAN's bytes as text (4 or 16 bytes).
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes)
+            .ok()
+            .map(|b| std::net::Ipv4Addr::from(b).to_string()),
+        16 => <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(|b| std::net::Ipv6Addr::from(b).to_string()),
+        _ => None,
+    }
 }
 
 #[tonic::async_trait]

@@ -28,6 +28,7 @@ async fn join_approve_and_poll_end_to_end() {
             cluster_id: p.cluster.clone(),
             ttl_seconds: 600,
             max_uses: 1,
+            storage_node_id: String::new(),
         },
     )
     .await
@@ -87,7 +88,7 @@ async fn join_approve_and_poll_end_to_end() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(pems.len(), 2, "node certificate then cluster CA");
-    let peer = rap_authority::tls::PeerIdentity::from_cert_der(pems[0].as_ref()).unwrap();
+    let peer = rap_authority::identity::PeerIdentity::from_cert_der(pems[0].as_ref()).unwrap();
     assert_eq!(
         (peer.cluster_id.as_str(), peer.node_id.as_str()),
         (p.cluster.as_str(), node_id.as_str())
@@ -226,6 +227,7 @@ async fn bad_tokens_are_refused_typed_and_audited() {
             cluster_id: "c2".into(),
             ttl_seconds: 600,
             max_uses: 1,
+            storage_node_id: String::new(),
         },
     )
     .await
@@ -331,7 +333,11 @@ async fn concurrent_approvals_exactly_one_wins() {
         }
     }
     assert_eq!(ok, 1);
-    assert_eq!(p.count("SELECT count(*) FROM node_identities").await, 1);
+    assert_eq!(
+        p.count("SELECT count(*) FROM node_identities WHERE kind = 'node'")
+            .await,
+        1
+    );
     assert_eq!(p.count("SELECT count(*) FROM cluster_memberships").await, 1);
 
     let again = enrollment::reject(
@@ -377,11 +383,15 @@ async fn max_uses_is_never_exceeded_under_concurrent_joins() {
     }
     assert_eq!(ok, 3);
     assert_eq!(
-        p.count("SELECT used_count::bigint FROM node_join_tokens")
+        p.count("SELECT used_count::bigint FROM node_join_tokens WHERE scope = 'join'")
             .await,
         3
     );
-    assert_eq!(p.count("SELECT count(*) FROM node_join_requests").await, 3);
+    assert_eq!(
+        p.count("SELECT count(*) FROM node_join_requests WHERE kind = 'node'")
+            .await,
+        3
+    );
 }
 
 // Goal: a minority cannot approve (Golden Rule 9). Method: stop 2 of 3
@@ -405,8 +415,12 @@ async fn approval_without_quorum_is_refused_and_changes_nothing() {
             .await,
         1
     );
-    assert_eq!(p.count("SELECT count(*) FROM nodes").await, 0);
-    assert_eq!(p.count("SELECT count(*) FROM node_identities").await, 0);
+    assert_eq!(p.count("SELECT count(*) FROM nodes WHERE node_id NOT IN (SELECT node_id FROM node_identities WHERE kind = 'storage')").await, 0);
+    assert_eq!(
+        p.count("SELECT count(*) FROM node_identities WHERE kind = 'node'")
+            .await,
+        0
+    );
     assert_eq!(
         p.count("SELECT last_seq FROM cluster_authority_terms")
             .await,
@@ -505,9 +519,10 @@ fn peer_of(chain_pem: &str) -> enrollment::PeerCertificate {
         .unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
     enrollment::PeerCertificate {
-        identity: rap_authority::tls::PeerIdentity::from_cert_der(leaf.as_ref()).unwrap(),
+        identity: rap_authority::identity::PeerIdentity::from_cert_der(leaf.as_ref()).unwrap(),
         serial: hex::encode(cert.raw_serial()),
         public_key: cert.public_key().subject_public_key.data.to_vec(),
+        server_names: Vec::new(),
     }
 }
 
@@ -585,7 +600,7 @@ async fn renewal_rotates_keys_and_refuses_foreign_proofs() {
     .unwrap_err();
     assert_eq!(error.code(), "PERMISSION_DENIED");
     assert_eq!(
-        p.count("SELECT count(*) FROM node_identities WHERE identity_status = 'active'")
+        p.count("SELECT count(*) FROM node_identities WHERE identity_status = 'active' AND kind = 'node'")
             .await,
         1
     );
@@ -634,7 +649,7 @@ async fn stale_requests_expire() {
         .unwrap_err();
     assert_eq!(error.code(), "FAILED_PRECONDITION");
     assert!(error.to_string().contains("expired"), "{error}");
-    assert_eq!(p.count("SELECT count(*) FROM nodes").await, 0);
+    assert_eq!(p.count("SELECT count(*) FROM nodes WHERE node_id NOT IN (SELECT node_id FROM node_identities WHERE kind = 'storage')").await, 0);
     let poll = enrollment::status(&p.ctx, &agent.status_request(&p.cluster, &id))
         .await
         .unwrap();

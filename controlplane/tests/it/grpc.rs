@@ -96,6 +96,7 @@ async fn enroll_heartbeat_renew_over_tls() {
                 cluster_id: p.cluster.clone(),
                 ttl_seconds: 600,
                 max_uses: 1,
+                storage_node_id: String::new(),
             },
             &p.owner_token,
         ))

@@ -817,10 +817,15 @@ async fn agent_service_over_the_control_plane_listener() {
     let node_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("node key");
     let public: [u8; 32] = node_key.public_key_raw().try_into().expect("32 bytes");
     let issued = keys
-        .issue_node_certificate(
-            &NodeId::new("n1").expect("node id"),
+        .issue_certificate(
+            &rap_authority::identity::PeerIdentity::node(
+                cluster_id.clone(),
+                NodeId::new("n1").expect("node id"),
+            )
+            .expect("identity"),
             &public,
             NODE_CERT_VALIDITY_DEFAULT,
+            &[],
         )
         .expect("issue");
     let leaf = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())

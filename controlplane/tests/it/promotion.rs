@@ -94,7 +94,12 @@ async fn wait_for_minority(p: &Platform, node: &str) {
     let network = p.ctx.authority.network(&p.cluster).unwrap();
     let started = Instant::now();
     loop {
-        let mut client = rap_authority::service::authority_client(&network, &address).unwrap();
+        let mut client = rap_authority::service::authority_client(
+            &network,
+            &address,
+            &rap_authority::tls::pin::ExpectedPeer::storage_named(node),
+        )
+        .unwrap();
         if let Ok(answer) = client
             .status(pb::AuthorityStatusRequest {
                 cluster_id: p.cluster.clone(),

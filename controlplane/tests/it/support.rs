@@ -6,10 +6,10 @@
 use ed25519_dalek::{Signer, SigningKey};
 use rap_controlplane::auth::{self, Kind, Principal};
 use rap_controlplane::context::Context;
-use rap_controlplane::fencing::{AuthorityClients, StorageTransport};
+use rap_controlplane::fencing::{AuthorityClients, StoragePeer, StorageTransport};
 use rap_controlplane::keys::ClusterKeys;
 use rap_controlplane::{clusters, enrollment, tokens};
-use rap_proto::ids::{ClusterId, NodeId};
+use rap_proto::ids::ClusterId;
 use rap_proto::pb;
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener};
@@ -121,7 +121,39 @@ impl AgentKey {
             timestamp_unix_ms: now,
             nonce,
             proof,
+            kind: pb::NodeKind::Agent as i32,
+            node_id: String::new(),
+            server_names: vec![],
         }
+    }
+
+    /// A signed join request of storage node `node` for `cluster` with its
+    /// storage `token`, naming 127.0.0.1 and localhost as server names.
+    pub fn storage_join_request(
+        &self,
+        cluster: &str,
+        token: &str,
+        node: &str,
+    ) -> pb::SubmitJoinRequestRequest {
+        let mut request = self.join_request(cluster, token, &[]);
+        request.kind = pb::NodeKind::Storage as i32;
+        request.node_id = node.to_string();
+        request.server_names = vec!["127.0.0.1".into(), "localhost".into()];
+        request
+    }
+
+    /// Its private key as PKCS#8 PEM (what a node keeps in `node.key`).
+    pub fn pem(&self) -> String {
+        // PKCS#8 v1 of an ed25519 seed: SEQUENCE { version 0, algorithm
+        // 1.3.101.112, OCTET STRING { OCTET STRING seed } }.
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend_from_slice(&self.key.to_bytes());
+        rcgen::KeyPair::try_from(der.as_slice())
+            .unwrap()
+            .serialize_pem()
     }
 
     /// A signed status poll.
@@ -143,6 +175,69 @@ impl AgentKey {
         let message = enrollment::proof_message(purpose, cluster, &self.public(), now, nonce);
         self.key.sign(&message).to_bytes().to_vec()
     }
+}
+
+/// Enrols storage node `node` of `cluster` the way `rap-configstore join`
+/// does: a single-use storage token, a key made "on the node" (here), a
+/// join request with its proof, approved at once while the cluster has no
+/// authority group; writes `ca.pem`, `node.pem`, `node.key` into `dir`.
+pub async fn enrol_storage(
+    ctx: &Context,
+    owner: &Principal,
+    cluster: &str,
+    node: &str,
+    dir: &std::path::Path,
+) -> rap_authority::tls::TlsFiles {
+    let token = tokens::create(
+        ctx,
+        owner,
+        &pb::CreateJoinTokenRequest {
+            cluster_id: cluster.to_string(),
+            ttl_seconds: 600,
+            max_uses: 1,
+            storage_node_id: node.to_string(),
+        },
+    )
+    .await
+    .unwrap()
+    .raw_token;
+    let key = AgentKey::generate();
+    let submitted = enrollment::submit(ctx, &key.storage_join_request(cluster, &token, node))
+        .await
+        .unwrap();
+    assert_eq!(
+        submitted.status,
+        pb::JoinRequestStatus::Approved as i32,
+        "a storage token before bootstrap is approved at once"
+    );
+    let answer = enrollment::status(
+        ctx,
+        &key.status_request(cluster, &submitted.join_request_id),
+    )
+    .await
+    .unwrap();
+    let identity = answer.identity.unwrap();
+    let keys = ClusterKeys::load(&ctx.keys_dir, &ClusterId::new(cluster).unwrap()).unwrap();
+    let files = rap_authority::tls::TlsFiles::in_dir(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    write_private(&files.key, key.pem().as_bytes());
+    std::fs::write(&files.cert, identity.certificate_chain_pem).unwrap();
+    std::fs::write(&files.ca, keys.ca_cert_pem()).unwrap();
+    files
+}
+
+/// Writes a private key file with mode 0600.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    file.write_all(bytes).unwrap();
 }
 
 fn storage_config(
@@ -210,6 +305,7 @@ impl Platform {
             public_endpoint: "127.0.0.1:7443".into(),
             tls: None,
             agents: None,
+            node_cert_validity: rap_authority::tls::NODE_CERT_VALIDITY_DEFAULT,
         };
         let owner_token = auth::create_first_owner(&pool).await.unwrap().unwrap();
         let owner = auth::authenticate(&pool, Some(&format!("Bearer {owner_token}")))
@@ -219,17 +315,18 @@ impl Platform {
             .await
             .unwrap();
 
-        let keys = ClusterKeys::load(&keys_dir, &ClusterId::new(cluster).unwrap()).unwrap();
         let mut nodes = Vec::new();
         let mut voters = Vec::new();
         for i in 1..=VOTERS {
             let node = format!("s{i}");
-            let tls = keys
-                .issue_storage_node(
-                    &dir.path().join(format!("tls-{node}")),
-                    &NodeId::new(node.as_str()).unwrap(),
-                )
-                .unwrap();
+            let tls = enrol_storage(
+                &ctx,
+                &owner,
+                cluster,
+                &node,
+                &dir.path().join(format!("tls-{node}")),
+            )
+            .await;
             let listen = free_addr();
             let config = storage_config(cluster, &node, listen, dir.path(), &tls);
             config.validate().unwrap();
@@ -295,18 +392,12 @@ impl Platform {
     /// Polls the group with real fences until one is granted (hang guard
     /// 20 s).
     pub async fn wait_for_fence(&self) {
-        let addresses: Vec<String> = sqlx::query_scalar(
-            "SELECT address FROM storage_nodes WHERE cluster_id = $1 ORDER BY node_id",
-        )
-        .bind(&self.cluster)
-        .fetch_all(&self.ctx.pool)
-        .await
-        .unwrap();
+        let peers = self.storage_peers().await;
         for _ in 0..200 {
             if self
                 .ctx
                 .authority
-                .acquire_fence(&self.cluster, &addresses, 1, "test-wait")
+                .acquire_fence(&self.cluster, &peers, 1, "test-wait")
                 .await
                 .is_ok()
             {
@@ -315,6 +406,20 @@ impl Platform {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("hang guard: the authority group granted no fence within 20 s");
+    }
+
+    /// The cluster's recorded storage nodes, by node id.
+    pub async fn storage_peers(&self) -> Vec<StoragePeer> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT node_id, address FROM storage_nodes WHERE cluster_id = $1 ORDER BY node_id",
+        )
+        .bind(&self.cluster)
+        .fetch_all(&self.ctx.pool)
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|(node_id, address)| StoragePeer { node_id, address })
+            .collect()
     }
 
     /// Stops `n` storage nodes (from the last); with n = 2 the group has
@@ -347,6 +452,7 @@ impl Platform {
                 cluster_id: self.cluster.clone(),
                 ttl_seconds: 600,
                 max_uses,
+                storage_node_id: String::new(),
             },
         )
         .await
@@ -406,10 +512,13 @@ impl Platform {
             .unwrap()
     }
 
-    /// (result, reason) of every audit event with `action`, oldest first.
+    /// (result, reason) of every audit event with `action`, oldest first,
+    /// leaving out the platform's own set-up (its storage nodes' approvals
+    /// by their bootstrap tokens).
     pub async fn audit_events(&self, action: &str) -> Vec<(String, String)> {
         sqlx::query_as(
-            "SELECT result, reason FROM cluster_audit_events WHERE action = $1 ORDER BY event_id",
+            "SELECT result, reason FROM cluster_audit_events
+              WHERE action = $1 AND actor NOT LIKE 'storage-token:%' ORDER BY event_id",
         )
         .bind(action)
         .fetch_all(&self.ctx.pool)

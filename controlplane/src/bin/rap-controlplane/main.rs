@@ -2,14 +2,14 @@
 //!
 //! `init` applies the schema, creates the platform CA and prints the first
 //! platform-owner API token (once). `serve` runs the gRPC and HTTP
-//! listeners. `migrate` applies the schema only. `storage-cert` issues a
-//! `rap-configstore` node its mTLS certificate from a cluster's CA.
+//! listeners. `migrate` applies the schema only. Storage nodes are not
+//! issued certificates here: they enrol with `rap-configstore join` (their
+//! keys never leave them).
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use rap_controlplane::keys::{ClusterKeys, PlatformKeys};
+use rap_controlplane::keys::PlatformKeys;
 use rap_controlplane::server::{CONFIG_BYTES_MAX, Config, LogFormat};
-use rap_proto::ids::{ClusterId, NodeId};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,9 +32,6 @@ enum Command {
     Serve(ServeArgs),
     /// Apply pending schema migrations and exit.
     Migrate(CommonArgs),
-    /// Issue a rap-configstore node its mTLS certificate and key from a
-    /// cluster's CA (files ca.pem, node.pem, node.key in --dir).
-    StorageCert(StorageCertArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -78,22 +75,6 @@ struct ServeArgs {
     log_format: Option<LogFormat>,
 }
 
-#[derive(Args, Debug)]
-struct StorageCertArgs {
-    /// Directory of the cluster keys (as for serve).
-    #[arg(long, env = "RAP_KEYS_DIR")]
-    keys_dir: PathBuf,
-    /// The cluster (created with `rapctl cluster create`).
-    #[arg(long)]
-    cluster: String,
-    /// The storage node's id.
-    #[arg(long)]
-    node: String,
-    /// Where to write ca.pem, node.pem and node.key.
-    #[arg(long)]
-    dir: PathBuf,
-}
-
 fn main() -> ExitCode {
     rap_authority::process::run_main(run(Cli::parse()))
 }
@@ -103,7 +84,6 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => init(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => migrate(args).await,
-        Command::StorageCert(args) => storage_cert(args),
     }
 }
 
@@ -169,23 +149,6 @@ async fn migrate(args: CommonArgs) -> Result<()> {
     out(&format!(
         "applied {applied} migration(s); schema at version {}",
         rap_controlplane::db::known_migrations()
-    ));
-    Ok(())
-}
-
-fn storage_cert(args: StorageCertArgs) -> Result<()> {
-    rap_authority::tls::install_crypto_provider();
-    let cluster = ClusterId::new(args.cluster.as_str())?;
-    let node = NodeId::new(args.node.as_str())?;
-    let keys = ClusterKeys::load(&args.keys_dir, &cluster).with_context(|| {
-        format!("load the keys of cluster {cluster} (run `rapctl cluster create {cluster}` first)")
-    })?;
-    let files = keys.issue_storage_node(&args.dir, &node)?;
-    out(&format!(
-        "{}: {} (CA {})",
-        node,
-        files.cert.display(),
-        files.ca.display()
     ));
     Ok(())
 }

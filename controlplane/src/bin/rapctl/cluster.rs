@@ -66,11 +66,18 @@ pub struct TokenArgs {
 #[derive(clap::Subcommand, Debug)]
 enum TokenCommand {
     /// Create a join token; prints the raw token ONCE, the CA fingerprint
-    /// and the `rap-node-agent join` command to run on the new node.
+    /// and the `rap-node-agent join` (or, with --storage-node,
+    /// `rap-configstore join`) command to run on the new node.
     Create {
         /// The cluster the token enrolls into.
         #[arg(long)]
         cluster: String,
+        /// Make a single-use token for this storage node id instead of an
+        /// agent token. Before the cluster is bootstrapped its join is
+        /// approved at once (the first voters); afterwards it waits for
+        /// `rapctl join-request approve`.
+        #[arg(long, value_name = "NODE_ID")]
+        storage_node: Option<String>,
         /// How long it stays valid: 30m, 1h, 2d, 3600s or plain seconds
         /// (at most 7d).
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
@@ -161,6 +168,19 @@ enum JoinRequestCommand {
         /// The join request id.
         join_request_id: String,
         /// Why (recorded in the audit log and shown to the node).
+        #[arg(long, required = true)]
+        reason: String,
+    },
+    /// Let a key whose certificate was revoked submit one more join request
+    /// to a cluster (platform owner only; audited). Prints the key's history.
+    AllowRevokedKey {
+        /// The cluster it may join.
+        #[arg(long)]
+        cluster: String,
+        /// The key's fingerprint (as `join-request show` prints it).
+        #[arg(long)]
+        fingerprint: String,
+        /// Why (recorded in the audit log).
         #[arg(long, required = true)]
         reason: String,
     },
@@ -455,6 +475,7 @@ pub async fn run_token(args: TokenArgs, format: Format) -> Result<()> {
     match args.command {
         TokenCommand::Create {
             cluster,
+            storage_node,
             ttl,
             max_uses,
         } => {
@@ -462,6 +483,7 @@ pub async fn run_token(args: TokenArgs, format: Format) -> Result<()> {
                 cluster_id: cluster,
                 ttl_seconds: ttl,
                 max_uses,
+                storage_node_id: storage_node.unwrap_or_default(),
             };
             let response = s
                 .client
@@ -595,7 +617,55 @@ fn join_request_json(r: &pb::JoinRequest) -> Value {
         "reason": r.reason,
         "node_id": r.node_id,
         "created_at_unix_ms": r.created_at_unix_ms,
+        "kind": kind_name(r.kind),
+        "requested_node_id": r.requested_node_id,
+        "server_names": r.server_names,
+        "key_history": r.key_history.iter().map(key_history_json).collect::<Vec<_>>(),
     })
+}
+
+/// A node kind's name.
+fn kind_name(kind: i32) -> &'static str {
+    match pb::NodeKind::try_from(kind).unwrap_or(pb::NodeKind::Unspecified) {
+        pb::NodeKind::Storage => "storage",
+        pb::NodeKind::Agent | pb::NodeKind::Unspecified => "agent",
+    }
+}
+
+fn key_history_json(entry: &pb::KeyHistoryEntry) -> Value {
+    json!({
+        "cluster_id": entry.cluster_id,
+        "node_id": entry.node_id,
+        "kind": kind_name(entry.kind),
+        "status": entry.status,
+        "issued_at_unix_ms": entry.issued_at_unix_ms,
+        "revoked_at_unix_ms": entry.revoked_at_unix_ms,
+    })
+}
+
+/// One line per earlier identity of a key, revoked ones marked.
+fn key_history_text(history: &[pb::KeyHistoryEntry]) -> String {
+    if history.is_empty() {
+        return "-".to_string();
+    }
+    history
+        .iter()
+        .map(|entry| {
+            let mark = if entry.status == "revoked" {
+                format!(" REVOKED {}", time(entry.revoked_at_unix_ms))
+            } else {
+                String::new()
+            };
+            format!(
+                "{}/{} ({}, {}){mark}",
+                entry.cluster_id,
+                entry.node_id,
+                kind_name(entry.kind),
+                entry.status
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn print_join_request(format: Format, r: &pb::JoinRequest) {
@@ -609,8 +679,12 @@ fn print_join_request(format: Format, r: &pb::JoinRequest) {
     let rows = [
         ("join request", r.join_request_id.clone()),
         ("cluster", r.cluster_id.clone()),
+        ("kind", kind_name(r.kind).to_string()),
         ("status", status_name(r.status)),
         ("node id", or_dash(&r.node_id)),
+        ("requested node id", or_dash(&r.requested_node_id)),
+        ("server names", or_dash(&r.server_names.join(", "))),
+        ("key history", key_history_text(&r.key_history)),
         ("key fingerprint", or_dash(&r.fingerprint)),
         ("token id", or_dash(&r.token_id)),
         ("hostname", or_dash(&facts.hostname)),
@@ -721,7 +795,43 @@ pub async fn run_join_request(args: JoinRequestArgs, format: Format) -> Result<(
                 reason: String::new(),
                 node_id: node_id.unwrap_or_default(),
             };
-            print_join_request(format, &review(&s, true, request).await?);
+            let approved = review(&s, true, request).await?;
+            if approved.key_history.iter().any(|e| e.status == "revoked") {
+                eprintln!(
+                    "warning: this key had a revoked certificate before (see key history); it joined with a platform owner's override"
+                );
+            }
+            print_join_request(format, &approved);
+        }
+        JoinRequestCommand::AllowRevokedKey {
+            cluster,
+            fingerprint,
+            reason,
+        } => {
+            let response = s
+                .client
+                .clone()
+                .allow_revoked_key(pb::AllowRevokedKeyRequest {
+                    cluster_id: cluster,
+                    fingerprint,
+                    reason,
+                })
+                .await
+                .map_err(|e| s.fail(e))?
+                .into_inner();
+            let rows = [
+                ("fingerprint", response.fingerprint.clone()),
+                ("key history", key_history_text(&response.key_history)),
+                (
+                    "allowed",
+                    "one more join request of this key to the cluster".to_string(),
+                ),
+            ];
+            let json = json!({
+                "fingerprint": response.fingerprint,
+                "key_history": response.key_history.iter().map(key_history_json).collect::<Vec<_>>(),
+            });
+            print_object(format, &rows, &json);
         }
         JoinRequestCommand::Reject {
             join_request_id,

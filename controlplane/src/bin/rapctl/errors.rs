@@ -330,7 +330,7 @@ mod tests {
             message: "no quorum: 1/3 voters reachable".into(),
             reachable_voters: 1,
             total_voters: 3,
-            authority_term: 0,
+            ..Default::default()
         };
         let status = tonic::Status::with_details(
             tonic::Code::Unavailable,

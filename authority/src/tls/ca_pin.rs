@@ -6,8 +6,9 @@
 //! contains a certificate with exactly that fingerprint *and* the server's
 //! end-entity certificate verifies (webpki: signature, validity, server
 //! name, EKU) against that certificate as the only trust anchor. The CA it
-//! found is kept ([`PinnedCaVerifier::outcome`]), so the agent can store
-//! it after the handshake.
+//! found is kept ([`PinnedCaVerifier::outcome`]), so the joining node can
+//! store it after the handshake. Used by `rap-node-agent join` and
+//! `rap-configstore join`.
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};

@@ -1,27 +1,40 @@
-//! mTLS between storage nodes, and a development CA.
+//! Certificates and mTLS for the cluster's parties, and a development CA.
 //!
-//! Every node certificate names its holder in one URI SAN,
-//! `rap://cluster/<cluster_id>/node/<node_id>` (DESIGN.md §3 "Keys"); a
-//! cluster CA certificate names its cluster as `rap://cluster/<cluster_id>`.
-//! Servers require a client certificate from the cluster CA
-//! ([`TlsFiles::server_config`]); the Raft server then checks that the
-//! certificate's identity ([`PeerIdentity::from_cert_der`]) is the node the
-//! request claims to come from.
+//! Every certificate names its holder in one URI SAN of its kind
+//! ([`crate::identity`]); a cluster CA certificate names its cluster as
+//! `rap://cluster/<cluster_id>`. What a holder may call is decided by
+//! [`crate::access`], never by the CA alone.
 //!
-//! [`DevCa`] is the development and test stand-in for the control plane's
-//! cluster CA: it writes `ca.pem` + `ca.key` (0600) and issues short-lived
-//! ed25519 node certificates. Only the ring crypto provider is used
+//! * [`live`]: [`LiveIdentity`](live::LiveIdentity), a node's own
+//!   certificate and key, reloaded from disk without a restart (renewal),
+//!   and the rustls server configuration built on it.
+//! * [`pin`]: the client side: every connection to a storage node pins the
+//!   peer's identity (cluster, kind, node id) and its address.
+//! * [`ca_pin`]: pinning the cluster CA by fingerprint, for a node that
+//!   joins (agents and storage nodes alike) before it holds the CA.
+//! * [`incoming`]: a TLS accept loop that keeps slow handshakes off the
+//!   accept path (storage nodes and the control plane).
+//!
+//! [`DevCa`] is the CA of development clusters run without a control plane
+//! (tests, the simulation, `rap-configstore dev-ca`); the control plane
+//! loads its cluster CAs with the same [`LoadedCa`]. [`ca_cert_params`],
+//! [`identity_cert_params`], [`distinguished_name`], [`uri_san`] and
+//! [`set_validity`] are shared with the control plane, which issues
+//! certificates the same way. Only the ring crypto provider is used
 //! ([`install_crypto_provider`]): two providers make tonic panic.
-//! [`ca_cert_params`], [`node_cert_params`], [`distinguished_name`],
-//! [`uri_san`] and [`set_validity`] are shared with the control plane,
-//! which issues certificates the same way.
 //!
 //! What is on disk: `ca.pem`, `ca.key` in the CA directory; `ca.pem`,
 //! `node.pem`, `node.key` in a node directory. Keys are PKCS#8 PEM, mode
 //! 0600, and refused when group or others may read them.
 
+pub mod ca_pin;
+pub mod incoming;
+pub mod live;
+pub mod pin;
+
 use crate::error::{Error, Result};
 use crate::files::{self, Overwrite};
+use crate::identity::{CLUSTER_URI_PREFIX, CertificateFacts, PeerIdentity};
 use rap_proto::ids::{ClusterId, NodeId};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -31,18 +44,21 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::fmt;
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-/// Default lifetime of a node certificate: short, renewed by the agent
+/// Default lifetime of a node certificate: short, renewed before expiry
 /// (DESIGN.md §3 "Keys").
 pub const NODE_CERT_VALIDITY_DEFAULT: Duration = Duration::from_secs(24 * 3600);
 
-/// Longest node certificate lifetime [`DevCa`] issues: node certificates
-/// are short-lived by design.
+/// Longest node certificate lifetime issued: node certificates are
+/// short-lived by design.
 pub const NODE_CERT_VALIDITY_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Shortest node certificate lifetime issued (tests run whole clusters on
+/// 20-second certificates; anything shorter cannot be renewed in time).
+pub const NODE_CERT_VALIDITY_MIN: Duration = Duration::from_secs(10);
 
 /// Lifetime of a development CA.
 pub const DEV_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -51,9 +67,9 @@ pub const DEV_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// little behind accepts a fresh certificate.
 pub const NOT_BEFORE_BACKDATE: Duration = Duration::from_secs(5 * 60);
 
-/// The name clients verify server certificates against by default: every
-/// node certificate carries it, so any node of the cluster CA passes.
-pub const TLS_DOMAIN_NAME_DEFAULT: &str = "localhost";
+/// The server names every development certificate carries, so nodes on
+/// one host reach each other by `localhost` or 127.0.0.1.
+pub const DEV_SERVER_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
 
 /// Longest TLS handshake a server or client waits for: a peer that stalls
 /// the handshake must not hold a connection slot.
@@ -61,6 +77,15 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest PEM file read (certificate, bundle or key): a few certificates.
 pub const PEM_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// Most server names (DNS names or IP addresses) one certificate carries.
+pub const SERVER_NAMES_MAX: usize = 16;
+
+/// Longest server name (a DNS name is at most 253 bytes).
+pub const SERVER_NAME_BYTES_MAX: usize = 253;
+
+/// The ALPN protocol every rap gRPC connection speaks (HTTP/2).
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// The CA certificate's file name.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -71,11 +96,9 @@ pub const NODE_CERT_FILE: &str = "node.pem";
 /// A node key's file name.
 pub const NODE_KEY_FILE: &str = "node.key";
 
+const _: () = assert!(NODE_CERT_VALIDITY_MIN.as_secs() <= NODE_CERT_VALIDITY_DEFAULT.as_secs());
 const _: () = assert!(NODE_CERT_VALIDITY_DEFAULT.as_secs() <= NODE_CERT_VALIDITY_MAX.as_secs());
 const _: () = assert!(NODE_CERT_VALIDITY_MAX.as_secs() < DEV_CA_VALIDITY.as_secs());
-
-const CLUSTER_URI_PREFIX: &str = "rap://cluster/";
-const NODE_URI_INFIX: &str = "/node/";
 
 /// Installs rustls' ring provider as the process default, once. Later
 /// calls, and a provider installed by someone else first, are no-ops.
@@ -91,78 +114,23 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// Who a certificate says its holder is.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PeerIdentity {
-    /// The holder's cluster.
-    pub cluster_id: ClusterId,
-    /// The holder's node id.
-    pub node_id: NodeId,
-}
-
-impl PeerIdentity {
-    /// The identity of `node_id` in `cluster_id`.
-    pub fn new(cluster_id: ClusterId, node_id: NodeId) -> Self {
-        PeerIdentity {
-            cluster_id,
-            node_id,
-        }
-    }
-
-    /// Its URI SAN: `rap://cluster/<cluster_id>/node/<node_id>`.
-    pub fn uri(&self) -> String {
-        format!(
-            "{CLUSTER_URI_PREFIX}{}{NODE_URI_INFIX}{}",
-            self.cluster_id, self.node_id
-        )
-    }
-
-    /// Parses a URI written by [`PeerIdentity::uri`]; both ids must be
-    /// valid (DNS labels), so nothing else can hide in the URI.
-    pub fn from_uri(uri: &str) -> Result<Self> {
-        let malformed = || Error::InvalidRequest(format!("not a rap node URI: {uri:?}"));
-        let rest = uri.strip_prefix(CLUSTER_URI_PREFIX).ok_or_else(malformed)?;
-        let (cluster, node) = rest.split_once(NODE_URI_INFIX).ok_or_else(malformed)?;
-        let cluster_id = ClusterId::new(cluster).map_err(|_| malformed())?;
-        let node_id = NodeId::new(node).map_err(|_| malformed())?;
-        Ok(PeerIdentity::new(cluster_id, node_id))
-    }
-
-    /// The identity a DER certificate names: exactly one rap node URI SAN.
-    /// The certificate's chain is *not* checked here (rustls did that
-    /// during the handshake).
-    pub fn from_cert_der(der: &[u8]) -> Result<Self> {
-        let mut found = uri_sans(der)?
-            .into_iter()
-            .filter(|uri| uri.starts_with(CLUSTER_URI_PREFIX) && uri.contains(NODE_URI_INFIX));
-        let first = found.next().ok_or_else(|| {
-            Error::InvalidRequest("certificate names no rap://cluster/<c>/node/<n> URI".into())
-        })?;
-        if found.next().is_some() {
-            return Err(Error::InvalidRequest(
-                "certificate names more than one rap node URI".into(),
-            ));
-        }
-        Self::from_uri(&first)
-    }
-}
-
-impl fmt::Display for PeerIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.uri())
-    }
-}
-
-/// The three files a node needs for mTLS: the cluster CA certificate, its
-/// own certificate and its private key.
+/// The three files a party needs for mTLS: the cluster CA certificate,
+/// its own certificate and its private key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
     /// The cluster CA certificate (PEM).
     pub ca: PathBuf,
-    /// This node's certificate (PEM).
+    /// This party's certificate (PEM; may be followed by the CA).
     pub cert: PathBuf,
-    /// This node's private key (PKCS#8 PEM, mode 0600).
+    /// This party's private key (PKCS#8 PEM, mode 0600).
     pub key: PathBuf,
+}
+
+/// The three files of [`TlsFiles`], read and checked.
+pub(crate) struct LoadedFiles {
+    pub(crate) ca: Vec<u8>,
+    pub(crate) cert: Vec<u8>,
+    pub(crate) key: Vec<u8>,
 }
 
 impl TlsFiles {
@@ -175,44 +143,20 @@ impl TlsFiles {
         }
     }
 
-    /// Server side: our identity, and client certificates REQUIRED and
-    /// verified against the cluster CA (mTLS).
-    pub fn server_config(&self) -> Result<ServerTlsConfig> {
-        install_crypto_provider();
-        let loaded = self.load()?;
-        Ok(ServerTlsConfig::new()
-            .identity(Identity::from_pem(loaded.cert, loaded.key))
-            .client_ca_root(Certificate::from_pem(loaded.ca))
-            .client_auth_optional(false)
-            .timeout(TLS_HANDSHAKE_TIMEOUT))
-    }
-
-    /// Client side: trust only the cluster CA, present our certificate,
-    /// verify servers as [`TLS_DOMAIN_NAME_DEFAULT`].
-    pub fn client_config(&self) -> Result<ClientTlsConfig> {
-        self.client_config_for(TLS_DOMAIN_NAME_DEFAULT)
-    }
-
-    /// [`TlsFiles::client_config`] verifying servers as `domain_name`.
-    pub fn client_config_for(&self, domain_name: &str) -> Result<ClientTlsConfig> {
-        install_crypto_provider();
-        let loaded = self.load()?;
-        Ok(ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(loaded.ca))
-            .identity(Identity::from_pem(loaded.cert, loaded.key))
-            .domain_name(domain_name)
-            .timeout(TLS_HANDSHAKE_TIMEOUT))
+    /// The identity, serial and validity of our own certificate.
+    pub fn facts(&self) -> Result<CertificateFacts> {
+        let pem = files::read_bounded(&self.cert, PEM_FILE_BYTES_MAX).map_err(file_error)?;
+        let der = files::first_cert(&self.cert, &pem).map_err(file_error)?;
+        CertificateFacts::from_der(der.as_ref())
     }
 
     /// The identity our own certificate names.
     pub fn identity(&self) -> Result<PeerIdentity> {
-        let pem = files::read_bounded(&self.cert, PEM_FILE_BYTES_MAX).map_err(file_error)?;
-        let der = files::first_cert(&self.cert, &pem).map_err(file_error)?;
-        PeerIdentity::from_cert_der(der.as_ref())
+        Ok(self.facts()?.identity)
     }
 
     /// Reads and checks the three files: each parses, the key is private.
-    fn load(&self) -> Result<LoadedFiles> {
+    pub(crate) fn load(&self) -> Result<LoadedFiles> {
         let ca = files::read_bounded(&self.ca, PEM_FILE_BYTES_MAX).map_err(file_error)?;
         files::first_cert(&self.ca, &ca).map_err(file_error)?;
         let cert = files::read_bounded(&self.cert, PEM_FILE_BYTES_MAX).map_err(file_error)?;
@@ -223,12 +167,6 @@ impl TlsFiles {
         })?;
         Ok(LoadedFiles { ca, cert, key })
     }
-}
-
-struct LoadedFiles {
-    ca: Vec<u8>,
-    cert: Vec<u8>,
-    key: Vec<u8>,
 }
 
 /// A CA certificate with its signing key, read from `ca.pem` + `ca.key`
@@ -286,9 +224,13 @@ impl LoadedCa {
     }
 }
 
-/// A development cluster CA on disk (`ca.pem`, `ca.key`). The control
-/// plane holds the real one; this one serves tests, the simulation and
-/// `scripts/dev.sh`.
+/// A development cluster CA on disk (`ca.pem`, `ca.key`), for clusters
+/// run without a control plane: tests, the simulation, `scripts/dev.sh`
+/// and `rap-configstore dev-ca`. It generates the holders' keys itself and
+/// does not renew anything: `rap-configstore dev-ca renew` issues new
+/// files, which a running storage node picks up without a restart. The
+/// control plane is the real CA: keys stay on their nodes, certificates
+/// are renewed.
 pub struct DevCa {
     dir: PathBuf,
     cluster_id: ClusterId,
@@ -366,41 +308,60 @@ impl DevCa {
         &self.ca.cert_pem
     }
 
-    /// Issues `node_id` a certificate valid for
-    /// [`NODE_CERT_VALIDITY_DEFAULT`]; see [`DevCa::issue_node_for`].
-    pub fn issue_node(&self, dir: &Path, node_id: &NodeId) -> Result<TlsFiles> {
-        self.issue_node_for(dir, node_id, NODE_CERT_VALIDITY_DEFAULT)
-    }
-
-    /// Generates an ed25519 key for `node_id` and a certificate valid for
-    /// `validity` (at most [`NODE_CERT_VALIDITY_MAX`]) with the URI SAN
-    /// `rap://cluster/<cluster>/node/<node>`, DNS `localhost`, IP
-    /// 127.0.0.1 and both server and client auth. Writes `node.pem`,
-    /// `node.key` (0600) and a copy of `ca.pem` into `dir`, replacing an
-    /// older certificate and key (renewal).
-    pub fn issue_node_for(
+    /// Issues storage node `node_id` a certificate valid for
+    /// [`NODE_CERT_VALIDITY_DEFAULT`] with the [`DEV_SERVER_NAMES`] and
+    /// `server_names`; see [`DevCa::issue`].
+    pub fn issue_storage(
         &self,
         dir: &Path,
         node_id: &NodeId,
-        validity: Duration,
+        server_names: &[String],
     ) -> Result<TlsFiles> {
-        if validity.is_zero() || validity > NODE_CERT_VALIDITY_MAX {
+        let identity = PeerIdentity::storage(self.cluster_id.clone(), node_id.clone())?;
+        self.issue(dir, &identity, NODE_CERT_VALIDITY_DEFAULT, server_names)
+    }
+
+    /// Issues operator `name` a client certificate valid for
+    /// [`NODE_CERT_VALIDITY_DEFAULT`]; see [`DevCa::issue`].
+    pub fn issue_operator(&self, dir: &Path, name: &NodeId) -> Result<TlsFiles> {
+        let identity = PeerIdentity::operator(self.cluster_id.clone(), name.clone())?;
+        self.issue(dir, &identity, NODE_CERT_VALIDITY_DEFAULT, &[])
+    }
+
+    /// Generates an ed25519 key for `identity` (of this CA's cluster) and
+    /// a certificate valid for `validity` (within
+    /// [`NODE_CERT_VALIDITY_MIN`]..=[`NODE_CERT_VALIDITY_MAX`]) with the
+    /// identity's URI SAN, the [`DEV_SERVER_NAMES`] and `server_names` as
+    /// DNS/IP SANs, and both server and client auth. Writes `node.pem`,
+    /// `node.key` (0600) and a copy of `ca.pem` into `dir`, replacing an
+    /// older certificate and key (renewal).
+    pub fn issue(
+        &self,
+        dir: &Path,
+        identity: &PeerIdentity,
+        validity: Duration,
+        server_names: &[String],
+    ) -> Result<TlsFiles> {
+        if validity < NODE_CERT_VALIDITY_MIN || validity > NODE_CERT_VALIDITY_MAX {
             return Err(Error::InvalidRequest(format!(
-                "node certificate validity {validity:?} is outside (0, {NODE_CERT_VALIDITY_MAX:?}]"
+                "certificate validity {validity:?} is outside [{NODE_CERT_VALIDITY_MIN:?}, {NODE_CERT_VALIDITY_MAX:?}]"
             )));
         }
-        let identity = PeerIdentity::new(self.cluster_id.clone(), node_id.clone());
+        if identity.cluster_id != self.cluster_id {
+            return Err(Error::WrongCluster {
+                expected: self.cluster_id.clone(),
+                got: identity.cluster_id.to_string(),
+            });
+        }
         let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)
             .map_err(rcgen_error("generate node key"))?;
-        let mut params = node_cert_params(&identity)?;
-        params.subject_alt_names.extend([
-            SanType::DnsName(
-                TLS_DOMAIN_NAME_DEFAULT
-                    .try_into()
-                    .map_err(rcgen_error("DNS name SAN"))?,
-            ),
-            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        ]);
+        let mut params = identity_cert_params(identity)?;
+        params.subject_alt_names.extend(server_sans(
+            DEV_SERVER_NAMES
+                .iter()
+                .copied()
+                .chain(server_names.iter().map(String::as_str)),
+        )?);
         set_validity(&mut params, validity)?;
         let cert = params
             .signed_by(&key, &self.ca.issuer)
@@ -408,15 +369,6 @@ impl DevCa {
 
         std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
         let tls = TlsFiles::in_dir(dir);
-        files::write_file(
-            &tls.key,
-            key.serialize_pem().as_bytes(),
-            0o600,
-            Overwrite::Replace,
-        )
-        .map_err(file_error)?;
-        files::write_file(&tls.cert, cert.pem().as_bytes(), 0o644, Overwrite::Replace)
-            .map_err(file_error)?;
         if tls.ca != self.dir.join(CA_CERT_FILE) {
             files::write_file(
                 &tls.ca,
@@ -426,14 +378,49 @@ impl DevCa {
             )
             .map_err(file_error)?;
         }
+        // Key before certificate: a reader that sees the new certificate
+        // finds its key ([`crate::tls::live::LiveIdentity`] also refuses a
+        // pair that does not match and keeps the old one).
+        files::write_file(
+            &tls.key,
+            key.serialize_pem().as_bytes(),
+            0o600,
+            Overwrite::Replace,
+        )
+        .map_err(file_error)?;
+        files::write_file(&tls.cert, cert.pem().as_bytes(), 0o644, Overwrite::Replace)
+            .map_err(file_error)?;
         tracing::info!(
             cluster_id = %self.cluster_id,
-            node_id = %node_id,
+            identity = %identity,
             validity_s = validity.as_secs(),
-            "development node certificate issued"
+            "development certificate issued"
         );
         Ok(tls)
     }
+}
+
+/// The DNS/IP SANs of `names` (deduplicated, at most
+/// [`SERVER_NAMES_MAX`]).
+pub fn server_sans<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Vec<SanType>> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut sans = Vec::new();
+    for name in names {
+        let lower = name.to_ascii_lowercase();
+        if seen.contains(&lower) {
+            continue;
+        }
+        if seen.len() >= SERVER_NAMES_MAX {
+            return Err(Error::Oversize {
+                what: "server names",
+                limit: SERVER_NAMES_MAX,
+                got: seen.len() + 1,
+            });
+        }
+        sans.push(name_san(&lower)?);
+        seen.push(lower);
+    }
+    Ok(sans)
 }
 
 /// Every URI SAN of a DER certificate.
@@ -459,7 +446,7 @@ fn uri_sans(der: &[u8]) -> Result<Vec<String>> {
 }
 
 /// The cluster a CA certificate names (`rap://cluster/<cluster>`).
-fn ca_cluster(der: &[u8]) -> Result<ClusterId> {
+pub fn ca_cluster(der: &[u8]) -> Result<ClusterId> {
     let uris = uri_sans(der)?;
     let cluster = uris
         .iter()
@@ -495,12 +482,13 @@ pub fn ca_cert_params(common_name: &str) -> CertificateParams {
     params
 }
 
-/// The parameters of `identity`'s node certificate: subject its node id,
-/// the URI SAN [`PeerIdentity::uri`] (what [`PeerIdentity::from_cert_der`]
-/// reads back), not a CA, digital signature for both server and client
-/// auth, with an authority key identifier. Validity, serial number and
-/// further SANs are the caller's.
-pub fn node_cert_params(identity: &PeerIdentity) -> Result<CertificateParams> {
+/// The parameters of `identity`'s certificate: subject its id, the URI
+/// SAN [`PeerIdentity::uri`] (what [`PeerIdentity::from_cert_der`] reads
+/// back), not a CA, digital signature for both server and client auth,
+/// with an authority key identifier. Validity, serial number and further
+/// SANs (a storage node's DNS names and addresses: [`name_san`]) are the
+/// caller's.
+pub fn identity_cert_params(identity: &PeerIdentity) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
     params.distinguished_name = distinguished_name(identity.node_id.as_str());
     params.subject_alt_names = vec![uri_san(&identity.uri())?];
@@ -512,6 +500,31 @@ pub fn node_cert_params(identity: &PeerIdentity) -> Result<CertificateParams> {
     ];
     params.use_authority_key_identifier_extension = true;
     Ok(params)
+}
+
+/// The subject alternative name of a server name: an IP address SAN when
+/// `name` is one, else a DNS name SAN (lowercased; wildcards refused).
+pub fn name_san(name: &str) -> Result<SanType> {
+    if name.len() > SERVER_NAME_BYTES_MAX {
+        return Err(Error::Oversize {
+            what: "server name",
+            limit: SERVER_NAME_BYTES_MAX,
+            got: name.len(),
+        });
+    }
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let lower = name.to_ascii_lowercase();
+    let valid = rustls::pki_types::DnsName::try_from(lower.as_str()).is_ok();
+    if !valid || lower.contains('*') {
+        return Err(Error::InvalidRequest(format!(
+            "server name {name:?} is neither an IP address nor a DNS name without wildcards"
+        )));
+    }
+    Ok(SanType::DnsName(
+        lower.try_into().map_err(rcgen_error("DNS name SAN"))?,
+    ))
 }
 
 /// A URI subject alternative name (a [`PeerIdentity::uri`] or a cluster
@@ -576,38 +589,23 @@ fn file_error(e: std::io::Error) -> Error {
 mod tests {
     use super::*;
 
-    // Goal: a node URI round-trips, and anything else (other prefixes,
-    // extra path segments, invalid ids) is refused. Method: table.
+    // Goal: server names become IP or DNS SANs, deduplicated; wildcards,
+    // garbage and too many names are refused. Method: table.
     #[test]
-    fn node_uri_round_trip_and_refusals() {
-        let id = PeerIdentity::new(
-            ClusterId::new("c1").expect("cluster"),
-            NodeId::new("s-2").expect("node"),
-        );
-        assert_eq!(id.uri(), "rap://cluster/c1/node/s-2");
-        assert_eq!(PeerIdentity::from_uri(&id.uri()).expect("parse"), id);
-        for bad in [
-            "rap://cluster/c1",
-            "rap://cluster/c1/node/",
-            "rap://cluster/c1/node/s1/extra",
-            "rap://cluster//node/s1",
-            "https://cluster/c1/node/s1",
-            "rap://cluster/C 1/node/s1",
-            "rap://cluster/c1/nodes/s1",
-        ] {
-            assert!(
-                PeerIdentity::from_uri(bad).is_err(),
-                "{bad} must be refused"
-            );
+    fn server_names_to_sans() {
+        let sans =
+            server_sans(["LocalHost", "localhost", "10.0.0.1", "s1.example.com"]).expect("sans");
+        assert_eq!(sans.len(), 3);
+        assert!(matches!(sans[1], SanType::IpAddress(_)));
+        for bad in ["*.example.com", "bad name", ""] {
+            assert!(server_sans([bad]).is_err(), "{bad:?}");
         }
-    }
-
-    // Goal: a non-certificate is a typed error. Method: parse garbage.
-    #[test]
-    fn garbage_certificate_is_refused() {
+        let many: Vec<String> = (0..=SERVER_NAMES_MAX)
+            .map(|i| format!("n{i}.example.com"))
+            .collect();
         assert!(matches!(
-            PeerIdentity::from_cert_der(b"not a certificate"),
-            Err(Error::InvalidRequest(_))
+            server_sans(many.iter().map(String::as_str)),
+            Err(Error::Oversize { .. })
         ));
     }
 }
