@@ -24,12 +24,12 @@ use prost::Message;
 use rap_authority::identity::PeerIdentity;
 use rap_authority::identity::cluster_server_name;
 use rap_authority::tls::ca_pin::{CaFingerprint, PinOutcome, PinnedCaVerifier};
+use rap_authority::tls::{check_issued_chain, pem_certificate};
 use rap_proto::ids::{ClusterId, NodeId, RoleName};
 use rap_proto::pb;
 use rap_proto::pb::enrollment_service_client::EnrollmentServiceClient;
 use rap_proto::time::UnixMillis;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,10 +73,6 @@ pub const REQUESTED_ROLES_MAX: usize = 16;
 /// Longest fact text: hostname, failure-domain labels (the control
 /// plane's limit).
 pub const FACT_TEXT_BYTES_MAX: usize = 200;
-/// Largest certificate chain PEM accepted from the control plane.
-pub const CHAIN_PEM_BYTES_MAX: usize = 64 * 1024;
-/// Most certificates in the chain of an approved identity.
-pub const CHAIN_CERTS_MAX: usize = 4;
 /// Most bootstrap storage endpoints stored.
 pub const STORAGE_ENDPOINTS_MAX: usize = 1024;
 /// Largest hostname file read.
@@ -874,13 +870,14 @@ fn store_identity(
         )));
     }
     let node_id = NodeId::new(identity.node_id.as_str()).map_err(|e| bad(e.to_string()))?;
-    let leaf = check_chain(
+    let leaf = check_issued_chain(
         &identity.certificate_chain_pem,
         ca,
         &PeerIdentity::node(options.cluster.clone(), node_id.clone())
             .map_err(|e| bad(e.to_string()))?,
-        key,
-    )?;
+        key.verifying_key().as_bytes(),
+    )
+    .map_err(bad)?;
     let trust_root = answer
         .trust_root
         .ok_or_else(|| bad("approved without a trust root".into()))?;
@@ -929,77 +926,6 @@ fn store_identity(
     })
 }
 
-/// Checks the issued chain: its first certificate verifies as a client
-/// certificate against the pinned CA, names exactly `identity` and
-/// carries this node's public key. Returns that certificate.
-pub fn check_chain(
-    chain_pem: &str,
-    ca: &CertificateDer<'static>,
-    identity: &PeerIdentity,
-    key: &SigningKey,
-) -> Result<CertificateDer<'static>, EnrollError> {
-    let bad = |reason: String| EnrollError::BadIdentity(reason);
-    if chain_pem.len() > CHAIN_PEM_BYTES_MAX {
-        return Err(bad(format!(
-            "certificate chain of {} bytes; at most {CHAIN_PEM_BYTES_MAX}",
-            chain_pem.len()
-        )));
-    }
-    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-        .take(CHAIN_CERTS_MAX + 1)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(format!("certificate chain PEM: {e}")))?;
-    if chain.len() > CHAIN_CERTS_MAX {
-        return Err(bad(format!(
-            "more than {CHAIN_CERTS_MAX} certificates in the chain"
-        )));
-    }
-    let (leaf, intermediates) = chain
-        .split_first()
-        .ok_or_else(|| bad("empty certificate chain".into()))?;
-    let intermediates: Vec<CertificateDer<'static>> = intermediates
-        .iter()
-        .filter(|c| c.as_ref() != ca.as_ref())
-        .cloned()
-        .collect();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(ca.clone())
-        .map_err(|e| bad(format!("the pinned CA is not a trust anchor: {e}")))?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        Arc::new(rustls::crypto::ring::default_provider()),
-    )
-    .build()
-    .map_err(|e| bad(format!("build the certificate verifier: {e}")))?;
-    verifier
-        .verify_client_cert(leaf, &intermediates, UnixTime::now())
-        .map_err(|e| {
-            bad(format!(
-                "the node certificate does not verify against the pinned CA: {e}"
-            ))
-        })?;
-    let named = PeerIdentity::from_cert_der(leaf.as_ref())
-        .map_err(|e| bad(format!("the node certificate: {e}")))?;
-    if &named != identity {
-        return Err(bad(format!(
-            "the node certificate names {}, not {}",
-            named.uri(),
-            identity.uri()
-        )));
-    }
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| bad(format!("parse the node certificate: {e}")))?;
-    if parsed.public_key().subject_public_key.data.as_ref()
-        != key.verifying_key().as_bytes().as_slice()
-    {
-        return Err(bad(
-            "the node certificate carries another public key than this node's".into(),
-        ));
-    }
-    Ok(leaf.clone())
-}
-
 /// Checks the trust root's shape and cluster; a genesis root (the first
 /// generation) must verify with its own keys. A later generation cannot
 /// be checked without its predecessors and is taken on the pinned
@@ -1027,42 +953,6 @@ fn check_trust_root(root: &pb::SignedTrustRoot, cluster: &ClusterId) -> Result<u
             .map_err(|e| bad(format!("trust root: {e}")))?;
     }
     Ok(inner.generation)
-}
-
-/// PEM of a DER certificate (64-character base64 lines).
-pub fn pem_certificate(der: &[u8]) -> String {
-    const LINE_CHARS: usize = 64;
-    let encoded = base64(der);
-    let mut pem = String::with_capacity(encoded.len() + encoded.len() / LINE_CHARS + 64);
-    pem.push_str("-----BEGIN CERTIFICATE-----\n");
-    for line in encoded.as_bytes().chunks(LINE_CHARS) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
-}
-
-/// Standard base64 with padding (RFC 4648 §4).
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 0x3f) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1151,23 +1041,5 @@ mod tests {
         assert!(parse_roles(&["entry-node".into()]).is_ok());
         assert!(parse_roles(&["Bad Role".into()]).is_err());
         assert!(parse_roles(&vec!["r".to_string(); REQUESTED_ROLES_MAX + 1]).is_err());
-    }
-
-    // Goal: the hand-written base64 matches the PEM decoder for every
-    // padding case.
-    #[test]
-    fn pem_round_trip() {
-        for len in [0usize, 1, 2, 3, 4, 5, 47, 48, 49, 100] {
-            let der: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
-            let pem = pem_certificate(&der);
-            let back = CertificateDer::from_pem_slice(pem.as_bytes());
-            if len == 0 {
-                continue;
-            }
-            assert_eq!(back.unwrap().as_ref(), der.as_slice(), "{len}");
-        }
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64(b"fooba"), "Zm9vYmE=");
-        assert_eq!(base64(b"foob"), "Zm9vYg==");
     }
 }

@@ -41,6 +41,10 @@ struct Cli {
 enum Command {
     /// Run the node (Raft + AuthorityService on gRPC, metrics/health on HTTP).
     Serve(ServeArgs),
+    /// Enrol this storage node through the control plane: its key is made
+    /// here and never leaves it; the certificate it gets is renewed by
+    /// `serve` before it expires.
+    Join(JoinArgs),
     /// Development without a control plane: create a CA and certificates
     /// for storage nodes and operators, or renew them (`--renew`).
     DevCa(DevCaArgs),
@@ -158,6 +162,44 @@ struct ServeArgs {
 }
 
 #[derive(Args, Debug)]
+struct JoinArgs {
+    /// The control plane's gRPC address (host:port), from the join command.
+    #[arg(long, env = "RAP_CONTROL_PLANE")]
+    control_plane: String,
+    /// The cluster.
+    #[arg(long, env = "RAP_CLUSTER_ID")]
+    cluster: String,
+    /// This storage node's id (the storage token was made for it).
+    #[arg(long, env = "RAP_NODE_ID")]
+    node_id: String,
+    /// The single-use storage token (rapjt.<id>.<secret>) from
+    /// `rapctl token create --storage-node <id>`.
+    #[arg(long, env = "RAP_JOIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The cluster CA fingerprint from the join command (64 hex).
+    #[arg(long)]
+    ca_fingerprint: String,
+    /// Where to keep the key and certificates (ca.pem, node.pem, node.key):
+    /// the directory `serve --tls-dir` reads.
+    #[arg(long, env = "RAP_TLS_DIR")]
+    tls_dir: PathBuf,
+    /// The address other nodes and the control plane dial (host:port):
+    /// its host goes into the certificate.
+    #[arg(long, env = "RAP_ADVERTISE")]
+    advertise: String,
+    /// Further DNS names or IP addresses to put in the certificate
+    /// (repeatable).
+    #[arg(long = "server-name")]
+    server_names: Vec<String>,
+    /// How long to wait for an operator's approval, in seconds.
+    #[arg(long, default_value_t = rap_configstore::enroll::WAIT_DEFAULT.as_secs())]
+    wait_s: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 struct DevCaArgs {
     /// The cluster (for a new CA; `--renew` reads it from the CA).
     #[arg(long)]
@@ -261,6 +303,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Join(args) => join(args).await,
         Command::DevCa(args) => dev_ca(args),
         Command::Bootstrap(args) => bootstrap(args).await,
         Command::Status(args) => status(args).await,
@@ -352,6 +395,71 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let config = load_config(&args)?;
     init_logging(config.log_format);
     rap_configstore::server::serve(config, rap_authority::process::shutdown_signal()).await
+}
+
+/// The host part of `host:port` (brackets of an IPv6 address removed).
+fn host_of(address: &str) -> Result<String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .with_context(|| format!("{address:?} is not host:port"))?;
+    port.parse::<u16>()
+        .with_context(|| format!("{address:?}: bad port"))?;
+    Ok(host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string())
+}
+
+async fn join(args: JoinArgs) -> Result<()> {
+    use rap_configstore::enroll::{self, JoinOptions, JoinOutcome};
+    let mut server_names = vec![host_of(&args.advertise)?];
+    for name in &args.server_names {
+        if !server_names.contains(name) {
+            server_names.push(name.clone());
+        }
+    }
+    let options = JoinOptions {
+        control_plane: args.control_plane.clone(),
+        cluster: ClusterId::new(args.cluster.as_str())?,
+        node_id: NodeId::new(args.node_id.as_str())?,
+        token: args.token.clone(),
+        fingerprint: rap_authority::tls::ca_pin::CaFingerprint::parse(&args.ca_fingerprint)
+            .map_err(|e| anyhow::anyhow!("--ca-fingerprint: {e}"))?,
+        tls_dir: args.tls_dir.clone(),
+        server_names,
+        wait: std::time::Duration::from_secs(args.wait_s),
+        poll_interval: enroll::POLL_INTERVAL_DEFAULT,
+    };
+    match enroll::join(&options).await? {
+        JoinOutcome::Enrolled {
+            serial,
+            valid_for_s,
+        } => {
+            if args.json {
+                println!(
+                    "{:#}",
+                    serde_json::json!({"status": "enrolled", "cluster_id": args.cluster, "node_id": args.node_id,
+                        "certificate_serial": serial, "valid_for_s": valid_for_s, "tls_dir": args.tls_dir})
+                );
+            } else {
+                println!(
+                    "enrolled storage node {} of cluster {}: certificate {serial}, valid for {valid_for_s} s (renewed by `serve` before it expires)",
+                    args.node_id, args.cluster
+                );
+                println!(
+                    "next: rap-configstore serve --cluster-id {} --node-id {} --tls-dir {} --advertise {} --data-dir <dir>",
+                    args.cluster,
+                    args.node_id,
+                    args.tls_dir.display(),
+                    args.advertise
+                );
+            }
+            Ok(())
+        }
+        JoinOutcome::Pending { join_request_id } => bail!(
+            "join request {join_request_id} is still pending: ask an operator to run `rapctl join-request approve {join_request_id}`, then run the same command again"
+        ),
+    }
 }
 
 fn dev_ca(args: DevCaArgs) -> Result<()> {

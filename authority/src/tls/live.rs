@@ -14,7 +14,7 @@
 //! client certificates required and verified against the cluster CA, our
 //! certificate from the live identity, ALPN `h2`.
 
-use super::{ALPN_H2, LoadedFiles, TlsFiles, install_crypto_provider};
+use super::{ALPN_H2, CHAIN_CERTS_MAX, LoadedFiles, TlsFiles, install_crypto_provider};
 use crate::error::{Error, Result};
 use crate::identity::{CertificateFacts, PeerIdentity};
 use rustls::client::ResolvesClientCert;
@@ -26,9 +26,6 @@ use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, SignatureScheme};
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
-
-/// Most certificates in our own chain file (the certificate, the CA).
-pub const CHAIN_CERTS_MAX: usize = 4;
 
 /// The loaded pair and what it says.
 struct Current {

@@ -139,6 +139,28 @@ impl PeerTls {
     pub fn connector(&self, expected: &ExpectedPeer) -> Result<PinnedConnector> {
         Ok(PinnedConnector {
             config: self.client_config(expected)?,
+            server_name: None,
+        })
+    }
+
+    /// A connector to this cluster's control plane (renewal): the server's
+    /// certificate must chain to the cluster CA and name
+    /// `<cluster>.cluster.rap`, which is also sent as SNI so the control
+    /// plane picks this cluster's certificate; this party presents its own.
+    pub fn control_plane_connector(&self) -> Result<PinnedConnector> {
+        let mut config = ClientConfig::builder_with_provider(self.identity.provider().clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::InvalidRequest(format!("TLS protocol versions: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(self.webpki.clone())
+            .with_client_cert_resolver(self.identity.resolver());
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let name = crate::identity::cluster_server_name(&self.cluster_id);
+        let server_name = ServerName::try_from(name.clone())
+            .map_err(|e| Error::InvalidRequest(format!("server name {name:?}: {e}")))?;
+        Ok(PinnedConnector {
+            config: Arc::new(config),
+            server_name: Some(server_name),
         })
     }
 }
@@ -228,11 +250,14 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
-/// tonic's connector: `Uri` → TCP → TLS with a [`PinnedVerifier`]. The
+/// tonic's connector: `Uri` → TCP → TLS with a [`PinnedVerifier`] (or,
+/// towards the control plane, webpki for its cluster server name). The
 /// endpoint it serves uses the `http` scheme: TLS is done here.
 #[derive(Clone)]
 pub struct PinnedConnector {
     config: Arc<ClientConfig>,
+    /// The name to verify and send as SNI; `None`: the host dialled.
+    server_name: Option<ServerName<'static>>,
 }
 
 impl fmt::Debug for PinnedConnector {
@@ -255,6 +280,7 @@ impl tonic::codegen::Service<Uri> for PinnedConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let config = self.config.clone();
+        let fixed_name = self.server_name.clone();
         Box::pin(async move {
             let invalid =
                 |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: {what}"));
@@ -264,8 +290,11 @@ impl tonic::codegen::Service<Uri> for PinnedConnector {
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_string();
-            let server_name = ServerName::try_from(bare.clone())
-                .map_err(|e| invalid(&format!("not a server name: {e}")))?;
+            let server_name = match fixed_name {
+                Some(name) => name,
+                None => ServerName::try_from(bare.clone())
+                    .map_err(|e| invalid(&format!("not a server name: {e}")))?,
+            };
             let tcp = TcpStream::connect((bare.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             let tls = tokio::time::timeout(
