@@ -2,6 +2,10 @@
 //! stable [`Error::code`], a gRPC mapping and, for `NO_QUORUM`, the reachable
 //! voter count in the `rap.v1.ErrorDetail`.
 
+/// gRPC response metadata carrying how many milliseconds to wait before
+/// retrying a `RATE_LIMITED` refusal.
+pub const RETRY_AFTER_MS_HEADER: &str = "retry-after-ms";
+
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -168,6 +172,15 @@ pub enum Error {
     /// Too much load right now; retry later.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// This caller sends faster than its own limit; retry after
+    /// `retry_after`. Other callers are not affected.
+    #[error("rate limited: {what}; retry in {} ms", retry_after.as_millis())]
+    RateLimited {
+        /// What is limited, e.g. "heartbeats of node c1/n1".
+        what: String,
+        /// When a retry will be accepted at the earliest.
+        retry_after: std::time::Duration,
+    },
     /// Something that should not happen (a bug or corrupt state).
     #[error("internal: {0}")]
     Internal(String),
@@ -200,6 +213,7 @@ impl Error {
             Error::Migrate(_) => "MIGRATION",
             Error::NotImplemented(_) => "NOT_IMPLEMENTED",
             Error::Overloaded(_) => "OVERLOADED",
+            Error::RateLimited { .. } => "RATE_LIMITED",
             Error::Internal(_) => "INTERNAL",
         }
     }
@@ -227,7 +241,27 @@ impl Error {
             }
             Error::Keys(_) | Error::Migrate(_) | Error::Internal(_) => Code::Internal,
             Error::NotImplemented(_) => Code::Unimplemented,
-            Error::Overloaded(_) => Code::ResourceExhausted,
+            Error::Overloaded(_) | Error::RateLimited { .. } => Code::ResourceExhausted,
+        }
+    }
+
+    /// Whether the same call may succeed if sent again later (load,
+    /// rate, quorum); the caller should back off first.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Overloaded(_)
+                | Error::RateLimited { .. }
+                | Error::NoQuorum { .. }
+                | Error::AuthorityUnreachable(_)
+        )
+    }
+
+    /// How long to wait before a retry, when the refusal says.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -283,10 +317,16 @@ impl From<Error> for tonic::Status {
             total_voters,
             authority_term: 0,
         };
-        tonic::Status::with_details(
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Some(after) = error.retry_after() {
+            let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+            metadata.insert(RETRY_AFTER_MS_HEADER, ms.into());
+        }
+        tonic::Status::with_details_and_metadata(
             error.grpc_code(),
             format!("{}: {}", error.code(), message),
             detail.encode_to_vec().into(),
+            metadata,
         )
     }
 }

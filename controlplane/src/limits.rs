@@ -45,7 +45,6 @@ pub const JOIN_REQUEST_PENDING_MAX: Duration = Duration::from_secs(7 * 24 * 3600
 
 /// API token secret length in bytes.
 pub const API_TOKEN_SECRET_BYTES: usize = 32;
-
 /// Largest page a list call returns.
 pub const PAGE_SIZE_MAX: u32 = 500;
 /// Page size when the caller gives none.
@@ -66,8 +65,28 @@ pub const HEARTBEAT_QUEUE_MAX: usize = 50_000;
 pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
 /// How long the heartbeat log keeps entries.
 pub const HEARTBEAT_RETENTION_DEFAULT: Duration = Duration::from_secs(24 * 3600);
+/// Heartbeats one node may send back to back (token bucket size): room for
+/// an agent's retries after a reconnect, far below what would crowd the
+/// shared queue.
+pub const HEARTBEAT_NODE_BURST: u32 = 10;
+/// One more heartbeat per node is allowed every this long (the bucket's
+/// refill): 10× the interval agents are asked for, so a healthy agent
+/// never meets it, and one node cannot take more than its share.
+pub const HEARTBEAT_NODE_REFILL: Duration = Duration::from_secs(1);
+/// Nodes the heartbeat limiter tracks at once (10× the 10,000-agent
+/// target). Idle nodes (full buckets) are forgotten first; beyond it new
+/// nodes are refused as rate limited instead of growing memory.
+pub const HEARTBEAT_NODES_TRACKED_MAX: usize = 100_000;
+/// Changes (health, degraded mode, agent version) of one node that go
+/// into the heartbeat log per `heartbeats::HEARTBEAT_LOG_INTERVAL`: a node
+/// flapping its health writes at most this many change rows (plus the
+/// periodic sample), not one row per heartbeat. The latest-state table
+/// still has every heartbeat.
+pub const HEARTBEAT_LOG_CHANGES_MAX: u32 = 10;
 
 const _: () = assert!(JOIN_TOKEN_SECRET_BYTES * 8 >= 128);
 const _: () = assert!(PROOF_NONCE_BYTES_MIN <= PROOF_NONCE_BYTES_MAX);
 const _: () = assert!(PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX);
 const _: () = assert!(HEARTBEAT_BATCH_MAX <= HEARTBEAT_QUEUE_MAX);
+const _: () = assert!(HEARTBEAT_NODE_BURST >= 1 && HEARTBEAT_LOG_CHANGES_MAX >= 1);
+const _: () = assert!((HEARTBEAT_NODE_BURST as usize) < HEARTBEAT_QUEUE_MAX);

@@ -289,6 +289,24 @@ fn metrics_text(
         stats.refused_queue_full.to_string(),
     );
     line(
+        "rap_cp_heartbeats_rate_limited_total",
+        "Heartbeats refused because their node exceeded its own rate (RATE_LIMITED).",
+        "counter",
+        stats.rate_limited.to_string(),
+    );
+    line(
+        "rap_cp_heartbeat_log_changes_suppressed_total",
+        "Heartbeat changes not logged because their node exceeded its change budget.",
+        "counter",
+        stats.log_changes_suppressed.to_string(),
+    );
+    line(
+        "rap_cp_heartbeat_limiter_nodes",
+        "Nodes tracked by the per-node heartbeat limiter.",
+        "gauge",
+        stats.limiter_nodes.to_string(),
+    );
+    line(
         "rap_cp_heartbeat_queue_depth",
         "Heartbeats waiting for their batch.",
         "gauge",
