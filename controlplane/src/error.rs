@@ -124,6 +124,16 @@ pub enum Error {
     /// No, missing or unknown bearer token / client certificate.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The API token's secret matched, but the token is past its expiry
+    /// (the token id; never the secret).
+    #[error("API token {0} has expired")]
+    ApiTokenExpired(String),
+    /// The API token's secret matched, but the token was revoked.
+    #[error("API token {0} was revoked")]
+    ApiTokenRevoked(String),
+    /// The API token's secret matched, but its principal is disabled.
+    #[error("principal {0} is disabled")]
+    PrincipalDisabled(String),
     /// The caller may not do this.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
@@ -202,6 +212,9 @@ impl Error {
             Error::NoMembership { .. } => "NO_MEMBERSHIP",
             Error::GroupCycle(_) => "GROUP_CYCLE",
             Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::ApiTokenExpired(_) => "API_TOKEN_EXPIRED",
+            Error::ApiTokenRevoked(_) => "API_TOKEN_REVOKED",
+            Error::PrincipalDisabled(_) => "PRINCIPAL_DISABLED",
             Error::PermissionDenied(_) => "PERMISSION_DENIED",
             Error::NoQuorum { .. } => "NO_QUORUM",
             Error::StaleFence(_) => "STALE_FENCE",
@@ -234,7 +247,10 @@ impl Error {
             | Error::StaleFence(_)
             | Error::NotBootstrapped(_)
             | Error::Authority { .. } => Code::FailedPrecondition,
-            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::Unauthenticated(_)
+            | Error::ApiTokenExpired(_)
+            | Error::ApiTokenRevoked(_)
+            | Error::PrincipalDisabled(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::NoQuorum { .. } | Error::AuthorityUnreachable(_) | Error::Database(_) => {
                 Code::Unavailable

@@ -45,6 +45,18 @@ pub const JOIN_REQUEST_PENDING_MAX: Duration = Duration::from_secs(7 * 24 * 3600
 
 /// API token secret length in bytes.
 pub const API_TOKEN_SECRET_BYTES: usize = 32;
+/// TTL of a new API token when none is asked for (also the first owner's
+/// token from `init`): a leaked token stops working by itself within a
+/// quarter, and operators renew on a schedule they can keep.
+pub const API_TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Longest API token TTL an owner may ask for: no token lives longer than
+/// a year without someone deciding again.
+pub const API_TOKEN_TTL_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+/// `last_used_at` of an API token is written at most once per this
+/// interval: authentication reads it and writes only when it is older, so
+/// a busy token costs one write a minute, not one per call.
+pub const API_TOKEN_LAST_USED_GRANULARITY: Duration = Duration::from_secs(60);
+
 /// Largest page a list call returns.
 pub const PAGE_SIZE_MAX: u32 = 500;
 /// Page size when the caller gives none.
@@ -90,3 +102,4 @@ const _: () = assert!(PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX);
 const _: () = assert!(HEARTBEAT_BATCH_MAX <= HEARTBEAT_QUEUE_MAX);
 const _: () = assert!(HEARTBEAT_NODE_BURST >= 1 && HEARTBEAT_LOG_CHANGES_MAX >= 1);
 const _: () = assert!((HEARTBEAT_NODE_BURST as usize) < HEARTBEAT_QUEUE_MAX);
+const _: () = assert!(API_TOKEN_TTL_DEFAULT.as_secs() <= API_TOKEN_TTL_MAX.as_secs());

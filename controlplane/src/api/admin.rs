@@ -8,7 +8,7 @@ use crate::auth::{self, Principal};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::page::Page;
-use crate::{clusters, enrollment, groups, nodes, orgs, roles, tokens, workloads};
+use crate::{clusters, enrollment, groups, nodes, orgs, principals, roles, tokens, workloads};
 use rap_proto::pb;
 use rap_proto::pb::admin_service_server::{AdminService, AdminServiceServer};
 use tonic::{Request, Response, Status};
@@ -576,5 +576,45 @@ impl AdminService for AdminApi {
     ) -> std::result::Result<Response<pb::OrgView>, Status> {
         let (p, r) = authed!(self, request, "org.view");
         reply(orgs::org_view(&self.ctx, &p, &r).await)
+    }
+
+    async fn list_api_tokens(
+        &self,
+        request: Request<pb::ListApiTokensRequest>,
+    ) -> std::result::Result<Response<pb::ListApiTokensResponse>, Status> {
+        let (p, r) = authed!(self, request, "api-token.list");
+        reply(principals::list_tokens(&self.ctx, &p, &r).await)
+    }
+
+    async fn create_api_token(
+        &self,
+        request: Request<pb::CreateApiTokenRequest>,
+    ) -> std::result::Result<Response<pb::CreateApiTokenResponse>, Status> {
+        let (p, r) = authed!(self, request, "api-token.create");
+        reply(principals::create_token(&self.ctx, &p, &r).await)
+    }
+
+    async fn revoke_api_token(
+        &self,
+        request: Request<pb::RevokeApiTokenRequest>,
+    ) -> std::result::Result<Response<pb::ApiToken>, Status> {
+        let (p, r) = authed!(self, request, "api-token.revoke");
+        reply(principals::revoke_token(&self.ctx, &p, &r).await)
+    }
+
+    async fn disable_principal(
+        &self,
+        request: Request<pb::DisablePrincipalRequest>,
+    ) -> std::result::Result<Response<pb::PrincipalState>, Status> {
+        let (p, r) = authed!(self, request, "principal.disable");
+        reply(principals::set_enabled(&self.ctx, &p, &r.principal_id, false, &r.reason).await)
+    }
+
+    async fn enable_principal(
+        &self,
+        request: Request<pb::EnablePrincipalRequest>,
+    ) -> std::result::Result<Response<pb::PrincipalState>, Status> {
+        let (p, r) = authed!(self, request, "principal.enable");
+        reply(principals::set_enabled(&self.ctx, &p, &r.principal_id, true, "").await)
     }
 }

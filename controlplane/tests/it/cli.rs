@@ -200,11 +200,70 @@ async fn init_prints_the_owner_token_once_and_migrate_is_idempotent() {
     .unwrap();
     assert_eq!(leaked, 0);
 
+    // The first owner's token expires like every other.
+    let expires_in_days: f64 = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM expires_at - now()) / 86400)::float8 FROM admin_api_tokens",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        (89.9..=90.1).contains(&expires_in_days),
+        "{expires_in_days}"
+    );
+    assert!(out.contains("expires in 90 days"), "{out}");
+
     let (code, out, err) = controlplane(&["init"], &db.url, keys.path());
     assert_eq!(code, 0, "{err}");
     assert!(
         !out.contains("rapat."),
         "a second init printed a token: {out}"
+    );
+
+    // Break glass: every owner token lapsed; owner-token issues a new one
+    // (audited), init still prints none.
+    sqlx::query(
+        "UPDATE admin_api_tokens SET created_at = now() - interval '2 days',
+                expires_at = now() - interval '1 day'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rap_controlplane::auth::authenticate(&pool, Some(&format!("Bearer {token}")))
+            .await
+            .unwrap_err()
+            .code(),
+        "API_TOKEN_EXPIRED"
+    );
+    let (code, out, err) = controlplane(&["owner-token", "--ttl-days", "1"], &db.url, keys.path());
+    assert_eq!(code, 0, "{err}");
+    let fresh = out
+        .split_whitespace()
+        .find(|w| w.starts_with("rapat."))
+        .unwrap_or_else(|| panic!("no token in {out}"))
+        .to_string();
+    let again = rap_controlplane::auth::authenticate(&pool, Some(&format!("Bearer {fresh}")))
+        .await
+        .unwrap();
+    assert_eq!(again.id, "owner");
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM cluster_audit_events
+          WHERE action = 'api-token.create' AND actor = 'rap-controlplane-owner-token'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1);
+    let (code, _, err) = controlplane(
+        &["owner-token", "--principal", "nobody"],
+        &db.url,
+        keys.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("NOT_FOUND") || err.contains("not found"),
+        "{err}"
     );
     let (code, out, err) = controlplane(&["migrate"], &db.url, keys.path());
     assert_eq!(code, 0, "{err}");
