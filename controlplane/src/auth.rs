@@ -229,7 +229,7 @@ pub fn refused_actor(authorization: Option<&str>, error: &Error) -> String {
         .map(|(id, _)| id);
     match id {
         Some(id) if matched => format!("api-token:{id}"),
-        _ => "anonymous".to_string(),
+        _ => crate::audit::ANONYMOUS.to_string(),
     }
 }
 

@@ -326,6 +326,10 @@ impl From<Error> for tonic::Status {
             }
             _ => error.to_string(),
         };
+        // Messages may quote caller input (ids, names): cut, so a 10 KiB
+        // id cannot blow the HTTP/2 header list of the answer.
+        let message =
+            crate::audit::cut(&message, crate::limits::STATUS_MESSAGE_BYTES_MAX).to_string();
         let detail = rap_proto::pb::ErrorDetail {
             code: error.code().to_string(),
             message: message.clone(),

@@ -22,6 +22,11 @@ pub const FACTS_BYTES_MAX: usize = 8 * 1024;
 pub const HEARTBEAT_SERVICES_MAX: usize = 64;
 /// Most accepted-version entries one heartbeat may report.
 pub const HEARTBEAT_VERSIONS_MAX: usize = 256;
+/// Longest error message sent back in a gRPC status (its header and its
+/// `ErrorDetail`): messages may quote caller input (ids, names), and an
+/// HTTP/2 header list is limited (16 KiB by default), so a long quote
+/// would turn the answer into a protocol error.
+pub const STATUS_MESSAGE_BYTES_MAX: usize = 1024;
 /// Largest gRPC message the control plane decodes.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 
@@ -56,6 +61,22 @@ pub const API_TOKEN_TTL_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 /// interval: authentication reads it and writes only when it is older, so
 /// a busy token costs one write a minute, not one per call.
 pub const API_TOKEN_LAST_USED_GRANULARITY: Duration = Duration::from_secs(60);
+
+/// Anonymous refusals (bad join tokens, bad polls, calls without a valid
+/// API token) written to the audit log per source (peer IPv4 address or
+/// IPv6 /64, else the actor) per [`AUDIT_ANONYMOUS_WINDOW`]; the rest are
+/// counted in metrics
+/// and summed into the next row's `suppressed_before`. Anyone can cause
+/// anonymous refusals, so they must not decide how fast the audit table
+/// grows.
+pub const AUDIT_ANONYMOUS_PER_SOURCE: u32 = 10;
+/// The window of [`AUDIT_ANONYMOUS_PER_SOURCE`].
+pub const AUDIT_ANONYMOUS_WINDOW: Duration = Duration::from_secs(60);
+/// Sources whose anonymous refusals are tracked at once; beyond it (many
+/// addresses at once) the untracked ones share one budget, so anonymous
+/// audit rows stay below (this + 1) × the per-source budget per window
+/// (~10,000 a minute even under a flood from a thousand addresses).
+pub const AUDIT_ANONYMOUS_SOURCES_MAX: usize = 1024;
 
 /// Largest page a list call returns.
 pub const PAGE_SIZE_MAX: u32 = 500;
@@ -103,3 +124,4 @@ const _: () = assert!(HEARTBEAT_BATCH_MAX <= HEARTBEAT_QUEUE_MAX);
 const _: () = assert!(HEARTBEAT_NODE_BURST >= 1 && HEARTBEAT_LOG_CHANGES_MAX >= 1);
 const _: () = assert!((HEARTBEAT_NODE_BURST as usize) < HEARTBEAT_QUEUE_MAX);
 const _: () = assert!(API_TOKEN_TTL_DEFAULT.as_secs() <= API_TOKEN_TTL_MAX.as_secs());
+const _: () = assert!(AUDIT_ANONYMOUS_PER_SOURCE >= 1 && AUDIT_ANONYMOUS_SOURCES_MAX >= 1);

@@ -174,12 +174,22 @@ pub async fn serve(
         tls: tls.clone(),
         agents: Some(agent.clone()),
     };
+    // One budget of anonymous audit rows per source for the whole process.
+    let refusals = Arc::new(crate::audit::RefusalSampler::default());
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE * 2))
         .tcp_nodelay(true)
-        .add_service(AdminApi::new(ctx.clone()).into_service())
-        .add_service(EnrollmentApi::new(ctx.clone()).into_service())
+        .add_service(
+            AdminApi::new(ctx.clone())
+                .with_refusal_sampler(Arc::clone(&refusals))
+                .into_service(),
+        )
+        .add_service(
+            EnrollmentApi::new(ctx.clone())
+                .with_refusal_sampler(Arc::clone(&refusals))
+                .into_service(),
+        )
         .add_service(agent.into_service());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -324,5 +334,21 @@ fn metrics_text(
         "gauge",
         pool_idle.to_string(),
     );
+    line(
+        "rap_cp_audit_refusals_suppressed_total",
+        "Anonymous refusals counted but not written to the audit log (over their source's budget).",
+        "counter",
+        crate::audit::suppressed_total().to_string(),
+    );
+    out.push_str(
+        "# HELP rap_cp_refusals_total Refused calls by audit action and error code (every refusal, audited or not).\n\
+         # TYPE rap_cp_refusals_total counter\n",
+    );
+    for refusal in crate::audit::refusal_counts() {
+        out.push_str(&format!(
+            "rap_cp_refusals_total{{action=\"{}\",code=\"{}\"}} {}\n",
+            refusal.action, refusal.code, refusal.count
+        ));
+    }
     out
 }

@@ -3,7 +3,7 @@
 //! service functions (platform objects need a platform principal; org
 //! admins get only the org-safe projection).
 
-use crate::audit::{self, Action};
+use crate::audit::{self, Action, RefusalSampler};
 use crate::auth::{self, Principal};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -11,18 +11,29 @@ use crate::page::Page;
 use crate::{clusters, enrollment, groups, nodes, orgs, principals, roles, tokens, workloads};
 use rap_proto::pb;
 use rap_proto::pb::admin_service_server::{AdminService, AdminServiceServer};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// The `AdminService` of one control plane.
 #[derive(Clone, Debug)]
 pub struct AdminApi {
     ctx: Context,
+    refusals: Arc<RefusalSampler>,
 }
 
 impl AdminApi {
-    /// Serves `ctx`.
+    /// Serves `ctx`, with a refusal sampler of its own.
     pub fn new(ctx: Context) -> Self {
-        AdminApi { ctx }
+        AdminApi {
+            ctx,
+            refusals: Arc::new(RefusalSampler::default()),
+        }
+    }
+
+    /// Shares `sampler` (one per server process) for anonymous refusals.
+    pub fn with_refusal_sampler(mut self, sampler: Arc<RefusalSampler>) -> Self {
+        self.refusals = sampler;
+        self
     }
 
     /// As a tonic service, with the control plane's message limits.
@@ -40,10 +51,15 @@ impl AdminApi {
         match auth::authenticate(&self.ctx.pool, header).await {
             Ok(principal) => Ok(principal),
             Err(error) => {
-                audit::record_refusal(
-                    &self.ctx.pool,
-                    &Action::new("anonymous", action, None, ""),
-                    &error,
+                // Not a principal: sampled per peer address.
+                let peer = audit::Peer {
+                    ip: request.remote_addr().map(|a| a.ip()),
+                    sampler: Arc::clone(&self.refusals),
+                };
+                let refused = Action::new(auth::refused_actor(header, &error), action, None, "");
+                audit::with_peer(
+                    peer,
+                    audit::record_refusal(&self.ctx.pool, &refused, &error),
                 )
                 .await;
                 Err(error)

@@ -1,7 +1,7 @@
 //! The operator's tools as they are run: `rap-controlplane init|migrate`
 //! and `rapctl` against the real server, plus the schema's own rules.
 
-use crate::support::{AgentKey, Platform};
+use crate::support::{AgentKey, Platform, http_get};
 use rap_controlplane::enrollment;
 use std::process::Command;
 
@@ -353,20 +353,6 @@ async fn the_schema_refuses_what_the_rules_forbid() {
         .await
         .contains("check")
     );
-}
-
-/// GET `path` on `addr` over plain HTTP/1.0; returns (status line, body).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(String, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    Some((head.lines().next()?.to_string(), body.to_string()))
 }
 
 // Goal: the real `rap-controlplane serve` process starts on a database,
