@@ -191,6 +191,14 @@ pub enum Error {
         /// When a retry will be accepted at the earliest.
         retry_after: std::time::Duration,
     },
+    /// A configuration setting is refused; `key` is the setting to change.
+    #[error("config: {key}: {message}")]
+    Config {
+        /// The config key (TOML name) to change.
+        key: &'static str,
+        /// Why it is refused and what to set instead.
+        message: String,
+    },
     /// Something that should not happen (a bug or corrupt state).
     #[error("internal: {0}")]
     Internal(String),
@@ -227,6 +235,7 @@ impl Error {
             Error::NotImplemented(_) => "NOT_IMPLEMENTED",
             Error::Overloaded(_) => "OVERLOADED",
             Error::RateLimited { .. } => "RATE_LIMITED",
+            Error::Config { .. } => "CONFIG",
             Error::Internal(_) => "INTERNAL",
         }
     }
@@ -235,7 +244,9 @@ impl Error {
     pub fn grpc_code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
-            Error::InvalidArgument(_) | Error::Oversize { .. } => Code::InvalidArgument,
+            Error::InvalidArgument(_) | Error::Oversize { .. } | Error::Config { .. } => {
+                Code::InvalidArgument
+            }
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::Token(_) | Error::BadProof(_) => Code::PermissionDenied,

@@ -410,3 +410,125 @@ async fn serve_answers_health_and_stops_on_sigterm() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+// Goal: /readyz never serves database error text: when the database
+// becomes unreachable it answers 503 with a fixed short reason, and the
+// detail goes to the log at WARN. Method: the real binary; the database
+// then refuses connections (ALLOW_CONNECTIONS false, backends ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_gives_a_fixed_reason_when_the_database_is_unreachable() {
+    let db = rap_pgtest::fresh_database().await.unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let grpc = crate::support::free_addr();
+    let http = crate::support::free_addr();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-controlplane"))
+        .args([
+            "serve",
+            "--listen",
+            &grpc.to_string(),
+            "--http-listen",
+            &http.to_string(),
+        ])
+        .env("RAP_DATABASE_URL", &db.url)
+        .env("RAP_KEYS_DIR", keys.path())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut ready = None;
+    for _ in 0..200 {
+        if let Some(answer) = http_get(http, "/readyz").await {
+            ready = Some(answer);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, _) = ready.expect("hang guard: /readyz did not answer within 10 s");
+    assert!(status.contains("200"), "{status}");
+
+    // A connection to another database of the same server: the test
+    // database can then refuse connections and end every session.
+    let admin_url = db.url.replacen(&format!("/{}?", db.name), "/postgres?", 1);
+    assert_ne!(admin_url, db.url);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS false",
+        db.name
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = $1",
+    )
+    .bind(&db.name)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (status, body) = http_get(http, "/readyz").await.unwrap();
+    assert!(status.contains("503"), "{status} {body}");
+    assert_eq!(body, rap_controlplane::server::READYZ_DATABASE_UNAVAILABLE);
+
+    let pid = child.id().unwrap().to_string();
+    let _ = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await;
+    let output = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("hang guard: serve did not stop within 30 s of SIGTERM")
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("not ready")),
+        "{log}"
+    );
+    // Let the harness drop the database.
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS true",
+        db.name
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+// Goal: `serve --insecure-plaintext` on a non-loopback address is refused
+// before anything starts, naming the key to change and the explicit
+// override. Method: the real binary with --listen 0.0.0.0:<port>.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_plaintext_on_a_non_loopback_address() {
+    let keys = tempfile::tempdir().unwrap();
+    let grpc = crate::support::free_addr();
+    let http = crate::support::free_addr();
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-controlplane"))
+            .args([
+                "serve",
+                "--insecure-plaintext",
+                "--listen",
+                &format!("0.0.0.0:{}", grpc.port()),
+                "--http-listen",
+                &http.to_string(),
+            ])
+            .env("RAP_DATABASE_URL", "postgres://rap@127.0.0.1:1/rap")
+            .env("RAP_KEYS_DIR", keys.path())
+            .env_remove("RAP_INSECURE_PLAINTEXT_ALLOW_NON_LOOPBACK")
+            .output(),
+    )
+    .await
+    .expect("hang guard: serve did not exit")
+    .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("insecure-plaintext"), "{err}");
+    assert!(
+        err.contains("insecure-plaintext-allow-non-loopback"),
+        "{err}"
+    );
+}

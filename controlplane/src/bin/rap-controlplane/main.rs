@@ -85,9 +85,14 @@ struct ServeArgs {
     /// host:port agents dial (written into join commands).
     #[arg(long, env = "RAP_PUBLIC_ENDPOINT")]
     public_endpoint: Option<String>,
-    /// Development only: serve gRPC without TLS.
+    /// Development only: serve gRPC without TLS (refused on a non-loopback
+    /// --listen unless --insecure-plaintext-allow-non-loopback).
     #[arg(long, env = "RAP_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
+    /// DANGEROUS: let --insecure-plaintext listen on a non-loopback
+    /// address (tokens cross the network in clear text; logged at WARN).
+    #[arg(long, env = "RAP_INSECURE_PLAINTEXT_ALLOW_NON_LOOPBACK")]
+    insecure_plaintext_allow_non_loopback: bool,
     /// Development only: dial storage nodes without TLS.
     #[arg(long, env = "RAP_STORAGE_INSECURE_PLAINTEXT")]
     storage_insecure_plaintext: bool,
@@ -255,6 +260,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if args.insecure_plaintext {
         config.insecure_plaintext = true;
+    }
+    if args.insecure_plaintext_allow_non_loopback {
+        config.insecure_plaintext_allow_non_loopback = true;
     }
     if args.storage_insecure_plaintext {
         config.storage_insecure_plaintext = true;
