@@ -15,7 +15,15 @@
 #   3. saturated through gRPC (2,000 in flight): the ceiling;
 #   4. saturated straight into the batcher with submit_and_wait (2,000 and
 #      6,000 in flight), then with submit (no wait, 64 producers): what
-#      waiting for the commit costs.
+#      waiting for the commit costs;
+#   5. --flood: 200 nodes over mTLS, each its own identity, one heartbeat
+#      per 2 s; 15 s quiet, then 15 s while one more node floods (256 in
+#      flight): prints the other nodes' "quiet p50/p99" and "during flood
+#      p50/p99" (target: within 2x) and the flooder's RATE_LIMITED count.
+# Every node has its own rate limit (burst 10, one per second). Runs 1 and
+# 3 make each of the 200 identities speak for 50 simulated agents, and the
+# saturated runs send each node more than one heartbeat a second, so they
+# lift the per-node limit ($UNLIMITED) to measure the shared write path.
 # The driver is controlplane/examples/bench_heartbeats.rs (see `--help`).
 # By default each run gets a private throw-away PostgreSQL from rap_pgtest
 # (fsync=off, synchronous_commit=off); with RAP_BENCH_DURABLE=1 each run
@@ -69,9 +77,11 @@ if [[ "${1:-}" == "--" ]]; then
     exit 0
 fi
 
-run --via grpc
+UNLIMITED=(--node-burst 1000000 --node-refill-ms 1)
+run --via grpc "${UNLIMITED[@]}"
 run --via direct
-run --via grpc --saturate --seconds 15
-run --via direct --saturate --seconds 15
-run --via direct --saturate --seconds 15 --concurrency 6000
-run --via direct --saturate --seconds 15 --no-wait --concurrency 64
+run --via grpc --saturate --seconds 15 "${UNLIMITED[@]}"
+run --via direct --saturate --seconds 15 "${UNLIMITED[@]}"
+run --via direct --saturate --seconds 15 --concurrency 6000 "${UNLIMITED[@]}"
+run --via direct --saturate --seconds 15 --no-wait --concurrency 64 "${UNLIMITED[@]}"
+run --via grpc --flood --connections 200 --interval-ms 2000 --seconds 15 --concurrency 256

@@ -24,13 +24,28 @@
 //! Prints heartbeats/s, p50/p99/max submit-to-commit latency, batches/s,
 //! mean batch size and mean batch write time. Clients, server and
 //! PostgreSQL share the machine's cores.
+//!
+//! Every node has its own rate limit (`--node-burst`, `--node-refill-ms`;
+//! defaults: the production limits). Runs that make one identity speak
+//! for many simulated agents, or saturate, must raise it.
+//!
+//! `--flood` (grpc only): every agent is its own node (`--connections`
+//! nodes, paced at `--interval-ms`); after `--seconds` quiet, one more
+//! node floods for another `--seconds` with `--concurrency` heartbeats in
+//! flight from a thread and runtime of its own (its own machine, as far
+//! as one host allows). Prints the other nodes' latency "quiet p50/p99"
+//! and "during flood p50/p99", their refusals (none expected) and the
+//! flooding node's accepted / RATE_LIMITED counts.
 
 use clap::{Parser, ValueEnum};
 use rap_controlplane::api::agent::AgentApi;
-use rap_controlplane::heartbeats::{Heartbeat, HeartbeatStats, Heartbeats, HeartbeatsConfig};
+use rap_controlplane::heartbeats::{
+    Heartbeat, HeartbeatStats, Heartbeats, HeartbeatsConfig, NodeLimits,
+};
 use rap_controlplane::keys::{ClusterKeys, NODE_CERT_VALIDITY_DEFAULT, PlatformKeys};
 use rap_controlplane::limits::{
-    DB_POOL_CONNECTIONS, HEARTBEAT_BATCH_MAX, HEARTBEAT_FLUSH_INTERVAL,
+    DB_POOL_CONNECTIONS, HEARTBEAT_BATCH_MAX, HEARTBEAT_FLUSH_INTERVAL, HEARTBEAT_NODE_BURST,
+    HEARTBEAT_NODE_REFILL,
 };
 use rap_controlplane::tls::{ControlPlaneTls, client_tls_config, serve_tls};
 use rap_proto::ids::{ClusterId, NodeId};
@@ -100,6 +115,17 @@ struct Args {
     /// (which runs with fsync=off).
     #[arg(long)]
     database_url: Option<String>,
+    /// Per-node burst (default: limits::HEARTBEAT_NODE_BURST).
+    #[arg(long)]
+    node_burst: Option<u32>,
+    /// Per-node refill, one heartbeat per this many ms (default:
+    /// limits::HEARTBEAT_NODE_REFILL).
+    #[arg(long)]
+    node_refill_ms: Option<u64>,
+    /// Measure the other nodes' latency quiet, then while one node floods
+    /// (see the module docs; grpc only).
+    #[arg(long)]
+    flood: bool,
 }
 
 fn node_name(index: usize) -> String {
@@ -368,6 +394,162 @@ fn identities(
     Ok((tls, rows))
 }
 
+/// One quiet node: a heartbeat every interval (±jitter) from a random
+/// offset until `end`; (sent during the flood, latency or refusal code).
+async fn quiet_node(
+    mut client: AgentServiceClient<Channel>,
+    index: usize,
+    interval: Duration,
+    (start, flood_start, end): (
+        tokio::time::Instant,
+        tokio::time::Instant,
+        tokio::time::Instant,
+    ),
+    seed: u64,
+) -> Vec<(bool, Result<u32, String>)> {
+    let mut rng = Rng(seed ^ (index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    let jitter_ms = interval_ms * JITTER_PERCENT / 100;
+    let mut next = start + Duration::from_millis(rng.below(interval_ms));
+    let mut results = Vec::new();
+    while next < end {
+        tokio::time::sleep_until(next).await;
+        let during = tokio::time::Instant::now() >= flood_start;
+        let sent = Instant::now();
+        let now = rap_controlplane::heartbeats::now_unix_ms();
+        let result = client
+            .heartbeat(request(index, now))
+            .await
+            .map(|_| micros(sent.elapsed()))
+            .map_err(|s| {
+                rap_authority::error::error_detail(&s)
+                    .map(|d| d.code)
+                    .unwrap_or_else(|| format!("{:?}", s.code()))
+            });
+        results.push((during, result));
+        let jitter = rng.below(2 * jitter_ms + 1);
+        next += Duration::from_millis(interval_ms - jitter_ms + jitter);
+    }
+    results
+}
+
+/// `--flood`: the quiet nodes for 2 × `--seconds`, the last identity
+/// flooding during the second half from its own thread and runtime.
+async fn flood_run(
+    args: &Args,
+    clients: &[AgentServiceClient<Channel>],
+    flooder: Endpoint,
+    heartbeats: &Heartbeats,
+) -> anyhow::Result<()> {
+    let seconds = Duration::from_secs(args.seconds);
+    let interval = Duration::from_millis(args.interval_ms);
+    println!(
+        "heartbeat flood bench: {} quiet nodes (each its own mTLS identity) at 1 per {} ms \
+         ±{JITTER_PERCENT} %; {} s quiet, then {} s while one node floods with {} in flight; \
+         per-node limit: burst {}, one per {} ms",
+        clients.len(),
+        args.interval_ms,
+        args.seconds,
+        args.seconds,
+        args.concurrency,
+        args.node_burst.unwrap_or(HEARTBEAT_NODE_BURST),
+        args.node_refill_ms
+            .unwrap_or(u64::try_from(HEARTBEAT_NODE_REFILL.as_millis()).unwrap_or(u64::MAX)),
+    );
+    let seed = getrandom::u64().map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
+    let start = tokio::time::Instant::now();
+    let flood_start = start + seconds;
+    let end = flood_start + seconds;
+    let quiet: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(index, client)| {
+            tokio::spawn(quiet_node(
+                client.clone(),
+                index,
+                interval,
+                (start, flood_start, end),
+                seed,
+            ))
+        })
+        .collect();
+    let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let concurrency = args.concurrency.max(1);
+    let flood_node = clients.len();
+    let flood = {
+        let flooding = Arc::clone(&flooding);
+        let wait = seconds;
+        std::thread::spawn(move || -> anyhow::Result<(u64, u64, u64)> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let client = AgentServiceClient::new(flooder.connect().await?);
+                tokio::time::sleep(wait).await;
+                let calls = (0..concurrency).map(|_| {
+                    let mut client = client.clone();
+                    let flooding = Arc::clone(&flooding);
+                    async move {
+                        let (mut ok, mut limited, mut other) = (0u64, 0u64, 0u64);
+                        while flooding.load(Ordering::Relaxed) {
+                            let now = rap_controlplane::heartbeats::now_unix_ms();
+                            match client.heartbeat(request(flood_node, now)).await {
+                                Ok(_) => ok += 1,
+                                Err(s) => {
+                                    let code = rap_authority::error::error_detail(&s)
+                                        .map(|d| d.code)
+                                        .unwrap_or_default();
+                                    if code == "RATE_LIMITED" {
+                                        limited += 1;
+                                    } else {
+                                        other += 1;
+                                    }
+                                }
+                            }
+                        }
+                        (ok, limited, other)
+                    }
+                });
+                let tallies = futures::future::join_all(calls).await;
+                Ok(tallies
+                    .into_iter()
+                    .fold((0, 0, 0), |acc, t| (acc.0 + t.0, acc.1 + t.1, acc.2 + t.2)))
+            })
+        })
+    };
+    let mut phases: [(Vec<u32>, std::collections::BTreeMap<String, u64>); 2] = Default::default();
+    for task in quiet {
+        for (during, result) in task.await? {
+            let phase = &mut phases[usize::from(during)];
+            match result {
+                Ok(us) => phase.0.push(us),
+                Err(code) => *phase.1.entry(code).or_default() += 1,
+            }
+        }
+    }
+    flooding.store(false, Ordering::Relaxed);
+    let (ok, limited, other) = flood
+        .join()
+        .map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
+    for (name, (latencies, refused)) in ["quiet", "during flood"].iter().zip(phases.iter_mut()) {
+        latencies.sort_unstable();
+        println!(
+            "  other nodes, {name:<12}  p50 {:.1} ms, p99 {:.1} ms ({} heartbeats, refused: {:?})",
+            percentile(latencies, 0.50),
+            percentile(latencies, 0.99),
+            latencies.len(),
+            refused
+        );
+    }
+    let stats = heartbeats.stats();
+    println!(
+        "  flooding node: {ok} accepted, {limited} RATE_LIMITED, {other} other refusals; \
+         queue-full refusals: {}",
+        stats.refused_queue_full
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -377,6 +559,15 @@ async fn main() -> anyhow::Result<()> {
     if args.no_wait && args.via == Via::Grpc {
         anyhow::bail!("--no-wait applies to --via direct only (the handler always waits)");
     }
+    if args.flood && (args.via != Via::Grpc || args.saturate) {
+        anyhow::bail!("--flood needs --via grpc and no --saturate");
+    }
+    // --flood: one node per connection, plus the flooding node.
+    let (nodes, connections) = if args.flood {
+        (connections + 1, connections + 1)
+    } else {
+        (args.nodes, connections)
+    };
 
     let (_database, url, postgres) = match &args.database_url {
         Some(url) => (None, url.clone(), "given --database-url"),
@@ -402,10 +593,10 @@ async fn main() -> anyhow::Result<()> {
     } else {
         (Vec::new(), Vec::new())
     };
-    populate(&pool, &keys, args.nodes, &real).await?;
+    populate(&pool, &keys, nodes, &real).await?;
     eprintln!(
         "setup: {} nodes, {} certificates in {:.1} s",
-        args.nodes,
+        nodes,
         real.len(),
         started.elapsed().as_secs_f64()
     );
@@ -417,6 +608,14 @@ async fn main() -> anyhow::Result<()> {
             .map(Duration::from_millis)
             .unwrap_or(HEARTBEAT_FLUSH_INTERVAL),
         prune_interval: None,
+        node_limits: NodeLimits {
+            burst: args.node_burst.unwrap_or(HEARTBEAT_NODE_BURST),
+            refill: args
+                .node_refill_ms
+                .map(Duration::from_millis)
+                .unwrap_or(HEARTBEAT_NODE_REFILL),
+            ..NodeLimits::default()
+        },
         ..HeartbeatsConfig::default()
     };
     let heartbeats = Heartbeats::start_with(pool.clone(), config.clone());
@@ -445,6 +644,16 @@ async fn main() -> anyhow::Result<()> {
             let ca = keys.ca_cert_pem().to_string();
             let server_name = keys.server_name();
             use futures::StreamExt;
+            let mut client_tls = client_tls;
+            let flooder = if args.flood {
+                let (chain, key) = client_tls
+                    .pop()
+                    .ok_or_else(|| anyhow::anyhow!("no flooding identity"))?;
+                let config = client_tls_config(&ca, &server_name, Some((&chain, &key)));
+                Some(Endpoint::from_shared(format!("https://{addr}"))?.tls_config(config)?)
+            } else {
+                None
+            };
             let clients: Vec<anyhow::Result<AgentServiceClient<Channel>>> =
                 futures::stream::iter(client_tls.into_iter().map(|(chain, key)| {
                     let config = client_tls_config(&ca, &server_name, Some((&chain, &key)));
@@ -465,6 +674,13 @@ async fn main() -> anyhow::Result<()> {
                 clients.len(),
                 started.elapsed().as_secs_f64()
             );
+            if let Some(flooder) = flooder {
+                let result = flood_run(&args, &clients, flooder, &heartbeats).await;
+                heartbeats.shutdown().await;
+                let _ = stop.send(());
+                server.abort();
+                return result;
+            }
             (Sink::Grpc(Arc::new(clients)), Some((stop, server)))
         }
     };

@@ -2,6 +2,10 @@
 //! stable [`Error::code`], a gRPC mapping and, for `NO_QUORUM`, the reachable
 //! voter count in the `rap.v1.ErrorDetail`.
 
+/// gRPC response metadata carrying how many milliseconds to wait before
+/// retrying a `RATE_LIMITED` refusal.
+pub const RETRY_AFTER_MS_HEADER: &str = "retry-after-ms";
+
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -126,6 +130,16 @@ pub enum Error {
     /// No, missing or unknown bearer token / client certificate.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The API token's secret matched, but the token is past its expiry
+    /// (the token id; never the secret).
+    #[error("API token {0} has expired")]
+    ApiTokenExpired(String),
+    /// The API token's secret matched, but the token was revoked.
+    #[error("API token {0} was revoked")]
+    ApiTokenRevoked(String),
+    /// The API token's secret matched, but its principal is disabled.
+    #[error("principal {0} is disabled")]
+    PrincipalDisabled(String),
     /// The caller may not do this.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
@@ -182,6 +196,23 @@ pub enum Error {
     /// Too much load right now; retry later.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// This caller sends faster than its own limit; retry after
+    /// `retry_after`. Other callers are not affected.
+    #[error("rate limited: {what}; retry in {} ms", retry_after.as_millis())]
+    RateLimited {
+        /// What is limited, e.g. "heartbeats of node c1/n1".
+        what: String,
+        /// When a retry will be accepted at the earliest.
+        retry_after: std::time::Duration,
+    },
+    /// A configuration setting is refused; `key` is the setting to change.
+    #[error("config: {key}: {message}")]
+    Config {
+        /// The config key (TOML name) to change.
+        key: &'static str,
+        /// Why it is refused and what to set instead.
+        message: String,
+    },
     /// Something that should not happen (a bug or corrupt state).
     #[error("internal: {0}")]
     Internal(String),
@@ -203,6 +234,9 @@ impl Error {
             Error::NoMembership { .. } => "NO_MEMBERSHIP",
             Error::GroupCycle(_) => "GROUP_CYCLE",
             Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::ApiTokenExpired(_) => "API_TOKEN_EXPIRED",
+            Error::ApiTokenRevoked(_) => "API_TOKEN_REVOKED",
+            Error::PrincipalDisabled(_) => "PRINCIPAL_DISABLED",
             Error::PermissionDenied(_) => "PERMISSION_DENIED",
             Error::NoQuorum { .. } => "NO_QUORUM",
             Error::StaleFence(_) => "STALE_FENCE",
@@ -216,6 +250,8 @@ impl Error {
             Error::ReservedId(_) => "RESERVED_ID",
             Error::NotImplemented(_) => "NOT_IMPLEMENTED",
             Error::Overloaded(_) => "OVERLOADED",
+            Error::RateLimited { .. } => "RATE_LIMITED",
+            Error::Config { .. } => "CONFIG",
             Error::Internal(_) => "INTERNAL",
         }
     }
@@ -224,7 +260,9 @@ impl Error {
     pub fn grpc_code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
-            Error::InvalidArgument(_) | Error::Oversize { .. } => Code::InvalidArgument,
+            Error::InvalidArgument(_) | Error::Oversize { .. } | Error::Config { .. } => {
+                Code::InvalidArgument
+            }
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::Token(_) | Error::BadProof(_) | Error::KeyRevoked(_) => Code::PermissionDenied,
@@ -237,14 +275,37 @@ impl Error {
             | Error::StaleFence(_)
             | Error::NotBootstrapped(_)
             | Error::Authority { .. } => Code::FailedPrecondition,
-            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::Unauthenticated(_)
+            | Error::ApiTokenExpired(_)
+            | Error::ApiTokenRevoked(_)
+            | Error::PrincipalDisabled(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::NoQuorum { .. } | Error::AuthorityUnreachable(_) | Error::Database(_) => {
                 Code::Unavailable
             }
             Error::Keys(_) | Error::Migrate(_) | Error::Internal(_) => Code::Internal,
             Error::NotImplemented(_) => Code::Unimplemented,
-            Error::Overloaded(_) => Code::ResourceExhausted,
+            Error::Overloaded(_) | Error::RateLimited { .. } => Code::ResourceExhausted,
+        }
+    }
+
+    /// Whether the same call may succeed if sent again later (load,
+    /// rate, quorum); the caller should back off first.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Overloaded(_)
+                | Error::RateLimited { .. }
+                | Error::NoQuorum { .. }
+                | Error::AuthorityUnreachable(_)
+        )
+    }
+
+    /// How long to wait before a retry, when the refusal says.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -293,6 +354,10 @@ impl From<Error> for tonic::Status {
             }
             _ => error.to_string(),
         };
+        // Messages may quote caller input (ids, names): cut, so a 10 KiB
+        // id cannot blow the HTTP/2 header list of the answer.
+        let message =
+            crate::audit::cut(&message, crate::limits::STATUS_MESSAGE_BYTES_MAX).to_string();
         let detail = rap_proto::pb::ErrorDetail {
             code: error.code().to_string(),
             message: message.clone(),
@@ -300,10 +365,16 @@ impl From<Error> for tonic::Status {
             total_voters,
             ..Default::default()
         };
-        tonic::Status::with_details(
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Some(after) = error.retry_after() {
+            let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+            metadata.insert(RETRY_AFTER_MS_HEADER, ms.into());
+        }
+        tonic::Status::with_details_and_metadata(
             error.grpc_code(),
             format!("{}: {}", error.code(), message),
             detail.encode_to_vec().into(),
+            metadata,
         )
     }
 }

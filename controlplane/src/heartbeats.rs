@@ -2,15 +2,29 @@
 //! (DESIGN.md: observations need no fence; 10,000 agents at one heartbeat
 //! per 10 s on a 2-core machine).
 //!
-//! A heartbeat is validated when it arrives ([`Heartbeat::from_request`])
-//! and queued on a bounded queue ([`Heartbeats::submit`],
-//! [`Heartbeats::submit_and_wait`]). One background flusher takes up to
+//! A heartbeat is validated when it arrives ([`Heartbeat::from_request`]),
+//! admitted by its node's own limit, and queued on a bounded queue shared
+//! by all nodes ([`Heartbeats::submit`], [`Heartbeats::submit_and_wait`]).
+//!
+//! Per-node limit ([`NodeLimits`]): a token bucket per (cluster, node) of
+//! [`HEARTBEAT_NODE_BURST`] heartbeats refilled one per
+//! [`HEARTBEAT_NODE_REFILL`]. A node over it gets
+//! [`Error::RateLimited`] (`RATE_LIMITED`, gRPC `RESOURCE_EXHAUSTED`, a
+//! `retry-after-ms` hint) and its excess never enters the shared queue, so
+//! one node cannot fill the queue and make other nodes' heartbeats wait or
+//! be refused. At most [`HEARTBEAT_NODES_TRACKED_MAX`] nodes are tracked;
+//! idle ones are forgotten first. The same state gives each node a budget
+//! of [`HEARTBEAT_LOG_CHANGES_MAX`] logged changes per
+//! [`HEARTBEAT_LOG_INTERVAL`]: a node flapping its health writes that many
+//! change rows, not one per heartbeat. One background flusher takes up to
 //! [`HEARTBEAT_BATCH_MAX`] heartbeats, or what arrived within
 //! [`HEARTBEAT_FLUSH_INTERVAL`] of the oldest queued one, and writes the
 //! whole batch in ONE transaction of five set-based statements, each
 //! binding one array per column and reading them back with `UNNEST`:
 //!
-//! 1. every heartbeat is appended to `node_heartbeats` (the log);
+//! 1. heartbeats are appended to `node_heartbeats` (the log) when they
+//!    change health, degraded mode or agent version (within the node's
+//!    change budget), and otherwise once per [`HEARTBEAT_LOG_INTERVAL`];
 //! 2. `node_heartbeat_latest` is upserted with the newest heartbeat of each
 //!    node in the batch (duplicates of one node are collapsed first, since
 //!    `ON CONFLICT` may not touch a row twice in one statement;
@@ -39,8 +53,9 @@
 use crate::error::{Error, Result};
 use crate::limits::{
     CAPABILITIES_MAX, CAPABILITY_DETAIL_BYTES_MAX, HEARTBEAT_BATCH_MAX, HEARTBEAT_FLUSH_INTERVAL,
-    HEARTBEAT_QUEUE_MAX, HEARTBEAT_RETENTION_DEFAULT, HEARTBEAT_SERVICES_MAX,
-    HEARTBEAT_VERSIONS_MAX,
+    HEARTBEAT_LOG_CHANGES_MAX, HEARTBEAT_NODE_BURST, HEARTBEAT_NODE_REFILL,
+    HEARTBEAT_NODES_TRACKED_MAX, HEARTBEAT_QUEUE_MAX, HEARTBEAT_RETENTION_DEFAULT,
+    HEARTBEAT_SERVICES_MAX, HEARTBEAT_VERSIONS_MAX,
 };
 use rap_proto::ids::{ClusterId, NodeId, validate_id};
 use rap_proto::pb::{HeartbeatRequest, NodeHealth};
@@ -100,6 +115,12 @@ pub const STOPPED_MESSAGE: &str = "heartbeat writer is stopped: retry later";
 /// (an expected overload answer, logged once per episode, not per call).
 pub fn is_overloaded(error: &Error) -> bool {
     matches!(error, Error::Overloaded(message) if message == QUEUE_FULL_MESSAGE)
+}
+
+/// True when `error` is the per-node refusal of [`Heartbeats::submit`]
+/// (logged once per episode and node by the limiter, not per call).
+pub fn is_rate_limited(error: &Error) -> bool {
+    matches!(error, Error::RateLimited { .. })
 }
 
 /// The control plane clock in unix milliseconds (0 before 1970).
@@ -221,6 +242,9 @@ pub struct Heartbeat {
     services_json: String,
     /// `node_heartbeat_latest.accepted_versions`.
     versions_json: String,
+    /// May go into the log as a change (false when its node's change
+    /// budget is spent; set at admission).
+    log_change: bool,
 }
 
 impl Heartbeat {
@@ -353,6 +377,7 @@ impl Heartbeat {
             capabilities_json: capabilities_json.to_string(),
             services_json: services_json.to_string(),
             versions_json: versions_json.to_string(),
+            log_change: true,
         })
     }
 
@@ -426,6 +451,8 @@ pub struct HeartbeatsConfig {
     /// How often the log is pruned; `None` disables the pruning task
     /// ([`Heartbeats::prune`] still works).
     pub prune_interval: Option<Duration>,
+    /// Each node's own limits.
+    pub node_limits: NodeLimits,
 }
 
 impl Default for HeartbeatsConfig {
@@ -436,8 +463,245 @@ impl Default for HeartbeatsConfig {
             queue_max: HEARTBEAT_QUEUE_MAX,
             retention: HEARTBEAT_RETENTION_DEFAULT,
             prune_interval: Some(HEARTBEAT_PRUNE_INTERVAL),
+            node_limits: NodeLimits::default(),
         }
     }
+}
+
+/// Per-node limits of a [`Heartbeats`] batcher (see the module docs);
+/// [`NodeLimits::default`] uses the limits of [`crate::limits`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeLimits {
+    /// Heartbeats a node may send back to back.
+    pub burst: u32,
+    /// One more heartbeat is allowed every this long.
+    pub refill: Duration,
+    /// Nodes tracked at once.
+    pub nodes_max: usize,
+    /// Changes of one node logged per `log_interval`.
+    pub log_changes_max: u32,
+    /// The interval of `log_changes_max` (and of the periodic samples).
+    pub log_interval: Duration,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        NodeLimits {
+            burst: HEARTBEAT_NODE_BURST,
+            refill: HEARTBEAT_NODE_REFILL,
+            nodes_max: HEARTBEAT_NODES_TRACKED_MAX,
+            log_changes_max: HEARTBEAT_LOG_CHANGES_MAX,
+            log_interval: HEARTBEAT_LOG_INTERVAL,
+        }
+    }
+}
+
+/// Generic cell rate algorithm: a token bucket of `burst` refilled one per
+/// `every`, kept as the "theoretical arrival time" `tat` (the bucket is
+/// full when `tat <= now`). Takes one token, or says how long until one is
+/// there.
+fn take_token(
+    tat: &mut Instant,
+    now: Instant,
+    every: Duration,
+    burst: u32,
+) -> Result<(), Duration> {
+    let start = (*tat).max(now);
+    let next = start.checked_add(every).unwrap_or(start);
+    let tolerance = every.checked_mul(burst).unwrap_or(Duration::MAX);
+    let ahead = next.saturating_duration_since(now);
+    if ahead > tolerance {
+        Err(ahead - tolerance)
+    } else {
+        *tat = next;
+        Ok(())
+    }
+}
+
+/// One node's limiter state.
+#[derive(Debug)]
+struct NodeState {
+    /// The rate bucket ([`take_token`]).
+    rate_tat: Instant,
+    /// The change-log budget ([`take_token`]).
+    log_tat: Instant,
+    /// Health, degraded mode and agent version hash of its last admitted
+    /// heartbeat.
+    last: Option<(Health, bool, u64)>,
+    /// Refused since its bucket was last full (warned once per episode).
+    limited: bool,
+}
+
+impl NodeState {
+    fn new(now: Instant) -> Self {
+        NodeState {
+            rate_tat: now,
+            log_tat: now,
+            last: None,
+            limited: false,
+        }
+    }
+
+    /// Both buckets full: forgetting the node loses nothing.
+    fn idle(&self, now: Instant) -> bool {
+        self.rate_tat <= now && self.log_tat <= now
+    }
+}
+
+/// The per-node limiter (see the module docs). One mutex over a map: a
+/// few hundred nanoseconds per heartbeat, far below the write path.
+#[derive(Debug)]
+struct NodeLimiter {
+    limits: NodeLimits,
+    /// `log_interval / log_changes_max`.
+    log_every: Duration,
+    nodes: Mutex<HashMap<String, NodeState>>,
+    /// Set while the table is full of busy nodes (warned once).
+    full: AtomicBool,
+}
+
+impl NodeLimiter {
+    fn new(limits: NodeLimits) -> Self {
+        let limits = NodeLimits {
+            burst: limits.burst.max(1),
+            nodes_max: limits.nodes_max.max(1),
+            log_changes_max: limits.log_changes_max.max(1),
+            ..limits
+        };
+        NodeLimiter {
+            log_every: limits.log_interval / limits.log_changes_max,
+            limits,
+            nodes: Mutex::new(HashMap::new()),
+            full: AtomicBool::new(false),
+        }
+    }
+
+    fn tracked(&self) -> usize {
+        self.nodes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether node `cluster_id`/`node_id` has a token at `now`, without
+    /// taking it: lets a caller refuse before validating the heartbeat.
+    fn peek(&self, cluster_id: &str, node_id: &str, now: Instant) -> Result<()> {
+        let key = format!("{cluster_id}/{node_id}");
+        let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(state) = nodes.get_mut(&key) else {
+            return Ok(());
+        };
+        let mut tat = state.rate_tat;
+        match take_token(&mut tat, now, self.limits.refill, self.limits.burst) {
+            Ok(()) => Ok(()),
+            Err(wait) => {
+                self.note_limited(state, cluster_id, node_id);
+                Err(self.refusal(cluster_id, node_id, wait))
+            }
+        }
+    }
+
+    /// Logs the first refusal of an episode (it ends when the node's
+    /// bucket is full again, i.e. it slowed down).
+    fn note_limited(&self, state: &mut NodeState, cluster_id: &str, node_id: &str) {
+        if !state.limited {
+            state.limited = true;
+            tracing::warn!(
+                cluster_id,
+                node_id,
+                burst = self.limits.burst,
+                refill_ms = u64::try_from(self.limits.refill.as_millis()).unwrap_or(u64::MAX),
+                "node exceeds its heartbeat rate: refusing its excess (RATE_LIMITED) \
+                 until it slows down"
+            );
+        }
+    }
+
+    fn refusal(&self, cluster_id: &str, node_id: &str, retry_after: Duration) -> Error {
+        Error::RateLimited {
+            what: format!(
+                "heartbeats of node {cluster_id}/{node_id} (at most {} at once, one more every {} ms)",
+                self.limits.burst,
+                self.limits.refill.as_millis()
+            ),
+            retry_after,
+        }
+    }
+
+    /// Admits `heartbeat` at `now` or refuses it with
+    /// [`Error::RateLimited`]. `Ok(log_change)`: false when it changes its
+    /// node's state but the node's change budget is spent.
+    fn admit(&self, heartbeat: &Heartbeat, now: Instant) -> Result<bool> {
+        let key = format!("{}/{}", heartbeat.cluster_id, heartbeat.node_id);
+        let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        if !nodes.contains_key(&key) && nodes.len() >= self.limits.nodes_max {
+            nodes.retain(|_, state| !state.idle(now));
+            if nodes.len() >= self.limits.nodes_max {
+                if !self.full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        nodes_max = self.limits.nodes_max,
+                        cluster_id = %heartbeat.cluster_id,
+                        node_id = %heartbeat.node_id,
+                        "heartbeat limiter tracks its maximum of busy nodes: refusing new nodes \
+                         as rate limited until some go idle"
+                    );
+                }
+                return Err(Error::RateLimited {
+                    what: format!(
+                        "heartbeats: the control plane tracks {} busy nodes already",
+                        self.limits.nodes_max
+                    ),
+                    retry_after: self.limits.refill,
+                });
+            }
+            self.full.store(false, Ordering::Relaxed);
+        }
+        let state = nodes.entry(key).or_insert_with(|| NodeState::new(now));
+        if state.rate_tat <= now {
+            // A full bucket: the node slowed down; a new episode may start.
+            state.limited = false;
+        }
+        if let Err(wait) = take_token(
+            &mut state.rate_tat,
+            now,
+            self.limits.refill,
+            self.limits.burst,
+        ) {
+            self.note_limited(
+                state,
+                heartbeat.cluster_id.as_str(),
+                heartbeat.node_id.as_str(),
+            );
+            return Err(self.refusal(
+                heartbeat.cluster_id.as_str(),
+                heartbeat.node_id.as_str(),
+                wait,
+            ));
+        }
+        let current = (
+            heartbeat.health,
+            heartbeat.degraded_mode,
+            version_hash(&heartbeat.agent_version),
+        );
+        let changed = state.last != Some(current);
+        state.last = Some(current);
+        let log_change = !changed
+            || take_token(
+                &mut state.log_tat,
+                now,
+                self.log_every,
+                self.limits.log_changes_max,
+            )
+            .is_ok();
+        Ok(log_change)
+    }
+}
+
+fn version_hash(version: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    version.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Counters of a [`Heartbeats`] batcher, for metrics.
@@ -453,6 +717,12 @@ pub struct HeartbeatStats {
     pub failed_rows: u64,
     /// Heartbeats refused because the queue was full.
     pub refused_queue_full: u64,
+    /// Heartbeats refused because their node exceeded its own rate.
+    pub rate_limited: u64,
+    /// Changes not logged because their node's change budget was spent.
+    pub log_changes_suppressed: u64,
+    /// Nodes the limiter tracks now.
+    pub limiter_nodes: u64,
     /// Log rows deleted by pruning.
     pub pruned_rows: u64,
     /// Heartbeats queued now.
@@ -470,6 +740,8 @@ struct Counters {
     failed_batches: AtomicU64,
     failed_rows: AtomicU64,
     refused_queue_full: AtomicU64,
+    rate_limited: AtomicU64,
+    log_changes_suppressed: AtomicU64,
     pruned_rows: AtomicU64,
     last_batch_rows: AtomicU64,
     last_batch_micros: AtomicU64,
@@ -487,6 +759,7 @@ struct Queued {
 
 struct Shared {
     counters: Arc<Counters>,
+    limiter: NodeLimiter,
     pool: PgPool,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -546,6 +819,7 @@ impl Heartbeats {
         Heartbeats {
             sender,
             shared: Arc::new(Shared {
+                limiter: NodeLimiter::new(config.node_limits.clone()),
                 counters,
                 pool,
                 stop,
@@ -555,11 +829,30 @@ impl Heartbeats {
     }
 
     /// Queues `heartbeat` and returns at once; it is written within
-    /// about one flush interval. Refuses with
-    /// [`Error::Overloaded`] ([`QUEUE_FULL_MESSAGE`]) when the
-    /// queue is full, so the agent retries later.
+    /// about one flush interval. Refuses with [`Error::RateLimited`] when
+    /// its node is over its own limit (nothing is queued), and with
+    /// [`Error::Overloaded`] ([`QUEUE_FULL_MESSAGE`]) when the queue is
+    /// full, so the agent retries later.
     pub fn submit(&self, heartbeat: Heartbeat) -> Result<()> {
         self.enqueue(heartbeat, None)
+    }
+
+    /// Refuses at once with [`Error::RateLimited`] (counted) when node
+    /// `node_id` of `cluster_id` has no heartbeat left in its bucket now,
+    /// so a caller can shed a flooding node before validating its
+    /// heartbeat. Takes nothing: [`Heartbeats::submit`] still admits.
+    pub fn check_rate(&self, cluster_id: &str, node_id: &str) -> Result<()> {
+        let checked = self
+            .shared
+            .limiter
+            .peek(cluster_id, node_id, Instant::now());
+        if checked.is_err() {
+            self.shared
+                .counters
+                .rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        checked
     }
 
     /// Queues `heartbeat` and waits until its batch is committed: an
@@ -575,8 +868,22 @@ impl Heartbeats {
         }
     }
 
-    fn enqueue(&self, heartbeat: Heartbeat, done: Option<Done>) -> Result<()> {
+    fn enqueue(&self, mut heartbeat: Heartbeat, done: Option<Done>) -> Result<()> {
         let counters = &self.shared.counters;
+        match self.shared.limiter.admit(&heartbeat, Instant::now()) {
+            Ok(log_change) => {
+                if !log_change {
+                    counters
+                        .log_changes_suppressed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                heartbeat.log_change = log_change;
+            }
+            Err(e) => {
+                counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
         let item = Queued {
             heartbeat,
             enqueued: Instant::now(),
@@ -631,6 +938,9 @@ impl Heartbeats {
             failed_batches: c.failed_batches.load(Ordering::Relaxed),
             failed_rows: c.failed_rows.load(Ordering::Relaxed),
             refused_queue_full: c.refused_queue_full.load(Ordering::Relaxed),
+            rate_limited: c.rate_limited.load(Ordering::Relaxed),
+            log_changes_suppressed: c.log_changes_suppressed.load(Ordering::Relaxed),
+            limiter_nodes: u64::try_from(self.shared.limiter.tracked()).unwrap_or(u64::MAX),
             pruned_rows: c.pruned_rows.load(Ordering::Relaxed),
             queue_depth: u64::try_from(queued).unwrap_or(u64::MAX),
             last_batch_rows: c.last_batch_rows.load(Ordering::Relaxed),
@@ -898,7 +1208,9 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
 
     let mut tx = pool.begin().await?;
 
-    // 1. The log: every heartbeat.
+    // 1. The log: changes (within the node's change budget) and one
+    //    sample per log interval. Returns what it logged, so that 2.
+    //    records when each node was last logged.
     let cluster: Vec<&str> = heartbeats.iter().map(|h| h.cluster_id.as_str()).collect();
     let node: Vec<&str> = heartbeats.iter().map(|h| h.node_id.as_str()).collect();
     let received: Vec<i64> = heartbeats.iter().map(|h| h.received_at_ms).collect();
@@ -910,20 +1222,23 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
         .map(|h| h.agent_version.as_str())
         .collect();
     let payload: Vec<&str> = heartbeats.iter().map(|h| h.payload_json.as_str()).collect();
-    sqlx::query(
+    let log_change: Vec<bool> = heartbeats.iter().map(|h| h.log_change).collect();
+    let logged: Vec<(String, String, i64)> = sqlx::query_as(
         "INSERT INTO node_heartbeats
              (cluster_id, node_id, received_at, sent_at, health, degraded_mode,
               agent_version, payload)
          SELECT t.c, t.n, to_timestamp(t.r::double precision / 1000),
                 to_timestamp(t.s::double precision / 1000), t.h, t.d, t.v, t.p::jsonb
            FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
-                       $6::boolean[], $7::text[], $8::text[])
-                AS t(c, n, r, s, h, d, v, p)
+                       $6::boolean[], $7::text[], $8::text[], $10::boolean[])
+                AS t(c, n, r, s, h, d, v, p, lc)
            LEFT JOIN node_heartbeat_latest l ON l.cluster_id = t.c AND l.node_id = t.n
           WHERE l.node_id IS NULL OR l.last_logged_at IS NULL
-             OR l.health <> t.h OR l.degraded_mode <> t.d OR l.agent_version <> t.v
+             OR (t.lc AND (l.health <> t.h OR l.degraded_mode <> t.d OR l.agent_version <> t.v))
              OR l.last_logged_at <= to_timestamp(t.r::double precision / 1000)
-                                    - make_interval(secs => $9)",
+                                    - make_interval(secs => $9)
+         RETURNING cluster_id::text, node_id::text,
+                   round(extract(epoch FROM received_at) * 1000)::bigint",
     )
     .bind(&cluster)
     .bind(&node)
@@ -934,8 +1249,14 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
     .bind(&version)
     .bind(&payload)
     .bind(log_interval_secs)
-    .execute(&mut *tx)
+    .bind(&log_change)
+    .fetch_all(&mut *tx)
     .await?;
+    let mut last_logged: HashMap<(String, String), i64> = HashMap::with_capacity(logged.len());
+    for (c, n, at) in logged {
+        let entry = last_logged.entry((c, n)).or_insert(at);
+        *entry = (*entry).max(at);
+    }
 
     // 2. The latest state: one row per node.
     let cluster: Vec<&str> = latest.iter().map(|(h, _)| h.cluster_id.as_str()).collect();
@@ -961,6 +1282,14 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
         .map(|(h, _)| h.versions_json.as_str())
         .collect();
     let counts: Vec<i64> = latest.iter().map(|(_, count)| *count).collect();
+    let logged_at: Vec<Option<i64>> = latest
+        .iter()
+        .map(|(h, _)| {
+            last_logged
+                .get(&(h.cluster_id.to_string(), h.node_id.to_string()))
+                .copied()
+        })
+        .collect();
     sqlx::query(
         "INSERT INTO node_heartbeat_latest AS l
              (cluster_id, node_id, received_at, sent_at, health, degraded_mode, agent_version,
@@ -968,11 +1297,11 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
          SELECT t.c, t.n, to_timestamp(t.r::double precision / 1000),
                 to_timestamp(t.s::double precision / 1000), t.h, t.d, t.v,
                 t.caps::jsonb, t.svcs::jsonb, t.avs::jsonb, t.k,
-                to_timestamp(t.r::double precision / 1000)
+                to_timestamp(t.lg::double precision / 1000)
            FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
                        $6::boolean[], $7::text[], $8::text[], $9::text[], $10::text[],
-                       $11::bigint[])
-                AS t(c, n, r, s, h, d, v, caps, svcs, avs, k)
+                       $11::bigint[], $12::bigint[])
+                AS t(c, n, r, s, h, d, v, caps, svcs, avs, k, lg)
          ON CONFLICT (cluster_id, node_id) DO UPDATE SET
              received_at = EXCLUDED.received_at,
              sent_at = EXCLUDED.sent_at,
@@ -983,13 +1312,8 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
              services = EXCLUDED.services,
              accepted_versions = EXCLUDED.accepted_versions,
              heartbeat_count = l.heartbeat_count + EXCLUDED.heartbeat_count,
-             -- The same rule as the log statement above (1.).
-             last_logged_at = CASE
-                 WHEN l.last_logged_at IS NULL OR l.health <> EXCLUDED.health
-                   OR l.degraded_mode <> EXCLUDED.degraded_mode
-                   OR l.agent_version <> EXCLUDED.agent_version
-                   OR l.last_logged_at <= EXCLUDED.received_at - make_interval(secs => $12)
-                 THEN EXCLUDED.received_at ELSE l.last_logged_at END",
+             -- When 1. logged this node in this batch; else unchanged.
+             last_logged_at = coalesce(EXCLUDED.last_logged_at, l.last_logged_at)",
     )
     .bind(&cluster)
     .bind(&node)
@@ -1002,7 +1326,7 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
     .bind(&services)
     .bind(&versions)
     .bind(&counts)
-    .bind(log_interval_secs)
+    .bind(&logged_at)
     .execute(&mut *tx)
     .await?;
 
@@ -1105,4 +1429,106 @@ async fn write_batch(pool: &PgPool, heartbeats: &[&Heartbeat]) -> Result<(), sql
     }
 
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(node: &str, health: NodeHealth) -> Heartbeat {
+        let request = HeartbeatRequest {
+            cluster_id: "c1".into(),
+            node_id: node.into(),
+            health: health as i32,
+            ..Default::default()
+        };
+        Heartbeat::from_request(&request, now_unix_ms()).expect("valid")
+    }
+
+    // Goal: the bucket allows a burst, then one per refill, and says how
+    // long to wait. Method: take_token at explicit instants.
+    #[test]
+    fn token_bucket_burst_refill_and_wait() {
+        let t0 = Instant::now();
+        let every = Duration::from_millis(100);
+        let mut tat = t0;
+        for _ in 0..3 {
+            take_token(&mut tat, t0, every, 3).expect("burst");
+        }
+        let wait = take_token(&mut tat, t0, every, 3).expect_err("over the burst");
+        assert_eq!(wait, every);
+        take_token(&mut tat, t0 + every, every, 3).expect("one refilled");
+        assert!(take_token(&mut tat, t0 + every, every, 3).is_err());
+        // Long idle: full again, never more than the burst.
+        let later = t0 + every * 100;
+        for _ in 0..3 {
+            take_token(&mut tat, later, every, 3).expect("full again");
+        }
+        assert!(take_token(&mut tat, later, every, 3).is_err());
+    }
+
+    // Goal: one node over its limit is refused as RATE_LIMITED with a
+    // retry hint, another node is not affected; a flapping node spends
+    // its change budget; idle nodes are forgotten when the table is full
+    // and busy ones are never dropped for a newcomer. Method: a limiter
+    // with small limits at explicit instants.
+    #[test]
+    fn limiter_is_per_node_bounded_and_budgets_changes() {
+        let limiter = NodeLimiter::new(NodeLimits {
+            burst: 2,
+            refill: Duration::from_secs(1),
+            nodes_max: 2,
+            log_changes_max: 3,
+            log_interval: Duration::from_secs(300),
+        });
+        let t0 = Instant::now();
+        let a = heartbeat("a", NodeHealth::Healthy);
+        assert!(limiter.admit(&a, t0).expect("first"));
+        assert!(limiter.admit(&a, t0).expect("second: unchanged, logs"));
+        let refused = limiter.admit(&a, t0).expect_err("third");
+        assert_eq!(refused.code(), "RATE_LIMITED");
+        assert!(refused.is_retryable());
+        assert_eq!(refused.retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(
+            tonic::Status::from(refused).code(),
+            tonic::Code::ResourceExhausted
+        );
+        let b = heartbeat("b", NodeHealth::Healthy);
+        assert!(limiter.admit(&b, t0).is_ok(), "another node is not limited");
+
+        // Flapping: the first state counts as a change; three changes per
+        // interval are logged, the next are not.
+        let mut logged = Vec::new();
+        for i in 0..6u32 {
+            let at = t0 + Duration::from_secs(10 + u64::from(i) * 2);
+            let health = if i % 2 == 0 {
+                NodeHealth::Degraded
+            } else {
+                NodeHealth::Healthy
+            };
+            logged.push(
+                limiter
+                    .admit(&heartbeat("b", health), at)
+                    .expect("within rate"),
+            );
+        }
+        assert_eq!(logged, [true, true, false, false, false, false]);
+
+        // The table is full (a, b); a newcomer while both are busy is
+        // refused; once a is idle it takes a's place, and b (busy) stays.
+        let c = heartbeat("c", NodeHealth::Healthy);
+        let busy = t0 + Duration::from_secs(20);
+        assert_eq!(
+            limiter.admit(&c, busy).expect_err("table full").code(),
+            "RATE_LIMITED"
+        );
+        let b_again = t0 + Duration::from_secs(300);
+        assert!(limiter.admit(&b, b_again).is_ok());
+        let a_idle = b_again + Duration::from_millis(500);
+        assert!(limiter.admit(&c, a_idle).is_ok());
+        assert_eq!(limiter.tracked(), 2);
+        // b kept its state: its bucket is not full again.
+        assert!(limiter.admit(&b, a_idle).is_ok());
+        assert!(limiter.admit(&b, a_idle).is_err());
+    }
 }

@@ -9,7 +9,8 @@
 //! * [`tls`]: the control plane's TLS listener (per-cluster server
 //!   certificates by SNI, client certificates from any cluster CA).
 //! * [`audit`], [`fencing`]: audit events and fenced mutations.
-//! * [`auth`]: admin principals and bearer tokens.
+//! * [`auth`]: admin principals and bearer tokens; [`principals`]: their
+//!   lifecycle (token list/create/revoke, principal disable/enable).
 //! * services: [`clusters`], [`tokens`], [`enrollment`], [`nodes`],
 //!   [`roles`], [`groups`], [`workloads`], [`heartbeats`], [`orgs`].
 //! * [`api`]: the gRPC services (`AdminService`, `EnrollmentService`,
@@ -32,6 +33,7 @@ pub mod limits;
 pub mod nodes;
 pub mod orgs;
 pub mod page;
+pub mod principals;
 pub mod roles;
 pub mod secret;
 pub mod server;

@@ -22,6 +22,11 @@ pub const FACTS_BYTES_MAX: usize = 8 * 1024;
 pub const HEARTBEAT_SERVICES_MAX: usize = 64;
 /// Most accepted-version entries one heartbeat may report.
 pub const HEARTBEAT_VERSIONS_MAX: usize = 256;
+/// Longest error message sent back in a gRPC status (its header and its
+/// `ErrorDetail`): messages may quote caller input (ids, names), and an
+/// HTTP/2 header list is limited (16 KiB by default), so a long quote
+/// would turn the answer into a protocol error.
+pub const STATUS_MESSAGE_BYTES_MAX: usize = 1024;
 /// Largest gRPC message the control plane decodes.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 
@@ -50,6 +55,33 @@ pub const KEY_HISTORY_MAX: i64 = 32;
 
 /// API token secret length in bytes.
 pub const API_TOKEN_SECRET_BYTES: usize = 32;
+/// TTL of a new API token when none is asked for (also the first owner's
+/// token from `init`): a leaked token stops working by itself within a
+/// quarter, and operators renew on a schedule they can keep.
+pub const API_TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Longest API token TTL an owner may ask for: no token lives longer than
+/// a year without someone deciding again.
+pub const API_TOKEN_TTL_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+/// `last_used_at` of an API token is written at most once per this
+/// interval: authentication reads it and writes only when it is older, so
+/// a busy token costs one write a minute, not one per call.
+pub const API_TOKEN_LAST_USED_GRANULARITY: Duration = Duration::from_secs(60);
+
+/// Anonymous refusals (bad join tokens, bad polls, calls without a valid
+/// API token) written to the audit log per source (peer IPv4 address or
+/// IPv6 /64, else the actor) per [`AUDIT_ANONYMOUS_WINDOW`]; the rest are
+/// counted in metrics
+/// and summed into the next row's `suppressed_before`. Anyone can cause
+/// anonymous refusals, so they must not decide how fast the audit table
+/// grows.
+pub const AUDIT_ANONYMOUS_PER_SOURCE: u32 = 10;
+/// The window of [`AUDIT_ANONYMOUS_PER_SOURCE`].
+pub const AUDIT_ANONYMOUS_WINDOW: Duration = Duration::from_secs(60);
+/// Sources whose anonymous refusals are tracked at once; beyond it (many
+/// addresses at once) the untracked ones share one budget, so anonymous
+/// audit rows stay below (this + 1) × the per-source budget per window
+/// (~10,000 a minute even under a flood from a thousand addresses).
+pub const AUDIT_ANONYMOUS_SOURCES_MAX: usize = 1024;
 
 /// Largest page a list call returns.
 pub const PAGE_SIZE_MAX: u32 = 500;
@@ -71,8 +103,30 @@ pub const HEARTBEAT_QUEUE_MAX: usize = 50_000;
 pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
 /// How long the heartbeat log keeps entries.
 pub const HEARTBEAT_RETENTION_DEFAULT: Duration = Duration::from_secs(24 * 3600);
+/// Heartbeats one node may send back to back (token bucket size): room for
+/// an agent's retries after a reconnect, far below what would crowd the
+/// shared queue.
+pub const HEARTBEAT_NODE_BURST: u32 = 10;
+/// One more heartbeat per node is allowed every this long (the bucket's
+/// refill): 10× the interval agents are asked for, so a healthy agent
+/// never meets it, and one node cannot take more than its share.
+pub const HEARTBEAT_NODE_REFILL: Duration = Duration::from_secs(1);
+/// Nodes the heartbeat limiter tracks at once (10× the 10,000-agent
+/// target). Idle nodes (full buckets) are forgotten first; beyond it new
+/// nodes are refused as rate limited instead of growing memory.
+pub const HEARTBEAT_NODES_TRACKED_MAX: usize = 100_000;
+/// Changes (health, degraded mode, agent version) of one node that go
+/// into the heartbeat log per `heartbeats::HEARTBEAT_LOG_INTERVAL`: a node
+/// flapping its health writes at most this many change rows (plus the
+/// periodic sample), not one row per heartbeat. The latest-state table
+/// still has every heartbeat.
+pub const HEARTBEAT_LOG_CHANGES_MAX: u32 = 10;
 
 const _: () = assert!(JOIN_TOKEN_SECRET_BYTES * 8 >= 128);
 const _: () = assert!(PROOF_NONCE_BYTES_MIN <= PROOF_NONCE_BYTES_MAX);
 const _: () = assert!(PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX);
 const _: () = assert!(HEARTBEAT_BATCH_MAX <= HEARTBEAT_QUEUE_MAX);
+const _: () = assert!(HEARTBEAT_NODE_BURST >= 1 && HEARTBEAT_LOG_CHANGES_MAX >= 1);
+const _: () = assert!((HEARTBEAT_NODE_BURST as usize) < HEARTBEAT_QUEUE_MAX);
+const _: () = assert!(API_TOKEN_TTL_DEFAULT.as_secs() <= API_TOKEN_TTL_MAX.as_secs());
+const _: () = assert!(AUDIT_ANONYMOUS_PER_SOURCE >= 1 && AUDIT_ANONYMOUS_SOURCES_MAX >= 1);

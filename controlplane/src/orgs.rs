@@ -57,7 +57,8 @@ fn org_pb(row: (String, String, i64)) -> pb::Organization {
     }
 }
 
-fn principal_pb(principal: &Principal) -> pb::Principal {
+/// The wire form of a principal.
+pub fn principal_pb(principal: &Principal) -> pb::Principal {
     pb::Principal {
         principal_id: principal.id.clone(),
         kind: principal.kind.name().to_string(),
@@ -281,8 +282,14 @@ pub async fn create_principal(
         principal.require_owner()?;
         let kind = Kind::parse(&request.kind, Some(request.org_id.as_str()))?;
         let mut tx = ctx.pool.begin().await?;
-        let raw_token =
-            auth::create_principal(&mut tx, &request.principal_id, &kind, &request.name).await?;
+        let raw_token = auth::create_principal_by(
+            &mut tx,
+            &request.principal_id,
+            &kind,
+            &request.name,
+            &principal.actor(),
+        )
+        .await?;
         let org_id = match &kind {
             Kind::OrgAdmin(org) => org.clone(),
             _ => String::new(),

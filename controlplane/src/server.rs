@@ -59,8 +59,14 @@ pub struct Config {
     /// DNS names / IPs of the control plane's platform server certificate.
     pub server_names: Vec<String>,
     /// Development only: serve gRPC without TLS (agents cannot
-    /// authenticate heartbeats or renewals then).
+    /// authenticate heartbeats or renewals then). Refused unless `listen`
+    /// is a loopback address or
+    /// `insecure-plaintext-allow-non-loopback` is set.
     pub insecure_plaintext: bool,
+    /// Lets `insecure-plaintext` listen on a non-loopback address: bearer
+    /// tokens and join tokens then cross the network in clear text.
+    /// Logged at WARN on every start.
+    pub insecure_plaintext_allow_non_loopback: bool,
     /// Development only: dial storage nodes without TLS.
     pub storage_insecure_plaintext: bool,
     /// Lifetime in seconds of the agent and storage node certificates this
@@ -84,6 +90,7 @@ impl Default for Config {
             public_endpoint: None,
             server_names: vec!["localhost".into()],
             insecure_plaintext: false,
+            insecure_plaintext_allow_non_loopback: false,
             storage_insecure_plaintext: false,
             node_cert_validity_s: rap_authority::tls::NODE_CERT_VALIDITY_DEFAULT.as_secs(),
             log_format: LogFormat::Text,
@@ -97,15 +104,36 @@ impl Config {
         toml::from_str(text).map_err(|e| Error::invalid(format!("config: {e}")))
     }
 
-    /// Checks the settings that have no safe default.
+    /// Checks the settings that have no safe default; a refusal is
+    /// [`Error::Config`] naming the key to change.
     pub fn validate(&self) -> Result<()> {
         if self.database_url.is_empty() {
-            return Err(Error::invalid(
-                "no database: set database-url, --database-url or RAP_DATABASE_URL",
-            ));
+            return Err(Error::Config {
+                key: "database-url",
+                message: "no database: set database-url, --database-url or RAP_DATABASE_URL".into(),
+            });
         }
         if self.listen == self.http_listen {
-            return Err(Error::invalid("listen and http-listen must differ"));
+            return Err(Error::Config {
+                key: "http-listen",
+                message: format!("listen and http-listen must differ (both {})", self.listen),
+            });
+        }
+        if self.insecure_plaintext
+            && !self.listen.ip().is_loopback()
+            && !self.insecure_plaintext_allow_non_loopback
+        {
+            return Err(Error::Config {
+                key: "insecure-plaintext",
+                message: format!(
+                    "plaintext gRPC on the non-loopback address {} would send API and join \
+                     tokens in clear text: remove insecure-plaintext (--insecure-plaintext) to \
+                     serve TLS, or listen on 127.0.0.1 / [::1]; only if you really mean it, set \
+                     insecure-plaintext-allow-non-loopback = true \
+                     (--insecure-plaintext-allow-non-loopback)",
+                    self.listen
+                ),
+            });
         }
         let validity = std::time::Duration::from_secs(self.node_cert_validity_s);
         if validity < rap_authority::tls::NODE_CERT_VALIDITY_MIN
@@ -167,12 +195,20 @@ pub async fn serve(
         "schema migrated"
     );
     let tls = if config.insecure_plaintext {
-        tracing::warn!("serving gRPC WITHOUT TLS (development only)");
+        tracing::warn!(listen = %config.listen, "serving gRPC WITHOUT TLS (development only)");
+        if !config.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %config.listen,
+                "insecure-plaintext-allow-non-loopback is set: API and join tokens cross the \
+                 network IN CLEAR TEXT on a non-loopback address; do not run this in production"
+            );
+        }
         None
     } else {
         Some(tls_for(&config, &pool).await?)
     };
     let transport = if config.storage_insecure_plaintext {
+        tracing::warn!("dialing storage nodes WITHOUT TLS (development only)");
         StorageTransport::InsecurePlaintext
     } else {
         StorageTransport::MutualTls {
@@ -190,12 +226,22 @@ pub async fn serve(
         agents: Some(agent.clone()),
         node_cert_validity: std::time::Duration::from_secs(config.node_cert_validity_s),
     };
+    // One budget of anonymous audit rows per source for the whole process.
+    let refusals = Arc::new(crate::audit::RefusalSampler::default());
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE * 2))
         .tcp_nodelay(true)
-        .add_service(AdminApi::new(ctx.clone()).into_service())
-        .add_service(EnrollmentApi::new(ctx.clone()).into_service())
+        .add_service(
+            AdminApi::new(ctx.clone())
+                .with_refusal_sampler(Arc::clone(&refusals))
+                .into_service(),
+        )
+        .add_service(
+            EnrollmentApi::new(ctx.clone())
+                .with_refusal_sampler(Arc::clone(&refusals))
+                .into_service(),
+        )
         .add_service(agent.into_service());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -241,8 +287,34 @@ pub async fn serve(
     Ok(())
 }
 
-fn http_router(pool: sqlx::PgPool, heartbeats: Heartbeats) -> axum::Router {
+/// The answer of `/readyz` when the database does not answer: fixed and
+/// short, so nothing about the database (host, user, error text) is
+/// served; the detail goes to the log at WARN.
+pub const READYZ_DATABASE_UNAVAILABLE: &str = "database unavailable\n";
+/// How long `/readyz` waits for the database.
+pub const READYZ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `/readyz`: 200 when the database answers within [`READYZ_TIMEOUT`],
+/// else 503 with [`READYZ_DATABASE_UNAVAILABLE`].
+async fn readiness(pool: &sqlx::PgPool) -> (axum::http::StatusCode, &'static str) {
     use axum::http::StatusCode;
+    match tokio::time::timeout(READYZ_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: the database refused the readiness check");
+            (StatusCode::SERVICE_UNAVAILABLE, READYZ_DATABASE_UNAVAILABLE)
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = READYZ_TIMEOUT.as_millis() as u64,
+                "not ready: the database did not answer the readiness check in time"
+            );
+            (StatusCode::SERVICE_UNAVAILABLE, READYZ_DATABASE_UNAVAILABLE)
+        }
+    }
+}
+
+fn http_router(pool: sqlx::PgPool, heartbeats: Heartbeats) -> axum::Router {
     use axum::routing::get;
     let ready_pool = pool.clone();
     axum::Router::new()
@@ -251,12 +323,7 @@ fn http_router(pool: sqlx::PgPool, heartbeats: Heartbeats) -> axum::Router {
             "/readyz",
             get(move || {
                 let pool = ready_pool.clone();
-                async move {
-                    match sqlx::query("SELECT 1").execute(&pool).await {
-                        Ok(_) => (StatusCode::OK, "ready\n".to_string()),
-                        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")),
-                    }
-                }
+                async move { readiness(&pool).await }
             }),
         )
         .route(
@@ -305,6 +372,24 @@ fn metrics_text(
         stats.refused_queue_full.to_string(),
     );
     line(
+        "rap_cp_heartbeats_rate_limited_total",
+        "Heartbeats refused because their node exceeded its own rate (RATE_LIMITED).",
+        "counter",
+        stats.rate_limited.to_string(),
+    );
+    line(
+        "rap_cp_heartbeat_log_changes_suppressed_total",
+        "Heartbeat changes not logged because their node exceeded its change budget.",
+        "counter",
+        stats.log_changes_suppressed.to_string(),
+    );
+    line(
+        "rap_cp_heartbeat_limiter_nodes",
+        "Nodes tracked by the per-node heartbeat limiter.",
+        "gauge",
+        stats.limiter_nodes.to_string(),
+    );
+    line(
         "rap_cp_heartbeat_queue_depth",
         "Heartbeats waiting for their batch.",
         "gauge",
@@ -322,5 +407,103 @@ fn metrics_text(
         "gauge",
         pool_idle.to_string(),
     );
+    line(
+        "rap_cp_audit_refusals_suppressed_total",
+        "Anonymous refusals counted but not written to the audit log (over their source's budget).",
+        "counter",
+        crate::audit::suppressed_total().to_string(),
+    );
+    out.push_str(
+        "# HELP rap_cp_refusals_total Refused calls by audit action and error code (every refusal, audited or not).\n\
+         # TYPE rap_cp_refusals_total counter\n",
+    );
+    for refusal in crate::audit::refusal_counts() {
+        out.push_str(&format!(
+            "rap_cp_refusals_total{{action=\"{}\",code=\"{}\"}} {}\n",
+            refusal.action, refusal.code, refusal.count
+        ));
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &str) -> Config {
+        Config {
+            database_url: "postgres://localhost/rap".into(),
+            listen: listen.parse().expect("address"),
+            http_listen: "127.0.0.1:7480".parse().expect("address"),
+            ..Config::default()
+        }
+    }
+
+    // Goal: plaintext gRPC is refused on a non-loopback address unless
+    // the loud flag is set, with a typed error naming the key. Method:
+    // validate() on loopback v4/v6, wildcard and a LAN address, with and
+    // without TLS and the flag.
+    #[test]
+    fn validate_refuses_plaintext_off_loopback() {
+        for listen in ["127.0.0.1:7443", "[::1]:7443"] {
+            let mut c = config(listen);
+            c.insecure_plaintext = true;
+            c.validate().expect("plaintext on loopback is allowed");
+        }
+        for listen in ["0.0.0.0:7443", "10.1.2.3:7443", "[::]:7443"] {
+            let mut c = config(listen);
+            c.validate().expect("TLS anywhere is allowed");
+            c.insecure_plaintext = true;
+            match c.validate() {
+                Err(Error::Config { key, message }) => {
+                    assert_eq!(key, "insecure-plaintext");
+                    assert!(message.contains(listen), "{message}");
+                    assert!(
+                        message.contains("insecure-plaintext-allow-non-loopback"),
+                        "{message}"
+                    );
+                }
+                other => panic!("{listen}: {other:?}"),
+            }
+            c.insecure_plaintext_allow_non_loopback = true;
+            c.validate().expect("the explicit flag allows it");
+        }
+    }
+
+    // Goal: the config file spells the new key in kebab case. Method:
+    // parse TOML with it.
+    #[test]
+    fn toml_key_for_the_non_loopback_flag() {
+        let c = Config::from_toml(
+            "database-url = \"postgres://x\"\nlisten = \"0.0.0.0:7443\"\n\
+             insecure-plaintext = true\ninsecure-plaintext-allow-non-loopback = true\n",
+        )
+        .expect("parse");
+        assert!(c.insecure_plaintext_allow_non_loopback);
+        c.validate().expect("allowed explicitly");
+    }
+
+    // Goal: other missing settings are typed too, naming their keys.
+    // Method: validate() without a database and with equal listeners.
+    #[test]
+    fn validate_names_the_key() {
+        let mut c = config("127.0.0.1:7443");
+        c.database_url.clear();
+        assert!(matches!(
+            c.validate(),
+            Err(Error::Config {
+                key: "database-url",
+                ..
+            })
+        ));
+        let mut c = config("127.0.0.1:7480");
+        c.http_listen = c.listen;
+        assert!(matches!(
+            c.validate(),
+            Err(Error::Config {
+                key: "http-listen",
+                ..
+            })
+        ));
+    }
 }

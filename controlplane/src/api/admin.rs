@@ -3,26 +3,37 @@
 //! service functions (platform objects need a platform principal; org
 //! admins get only the org-safe projection).
 
-use crate::audit::{self, Action};
+use crate::audit::{self, Action, RefusalSampler};
 use crate::auth::{self, Principal};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::page::Page;
-use crate::{clusters, enrollment, groups, nodes, orgs, roles, tokens, workloads};
+use crate::{clusters, enrollment, groups, nodes, orgs, principals, roles, tokens, workloads};
 use rap_proto::pb;
 use rap_proto::pb::admin_service_server::{AdminService, AdminServiceServer};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// The `AdminService` of one control plane.
 #[derive(Clone, Debug)]
 pub struct AdminApi {
     ctx: Context,
+    refusals: Arc<RefusalSampler>,
 }
 
 impl AdminApi {
-    /// Serves `ctx`.
+    /// Serves `ctx`, with a refusal sampler of its own.
     pub fn new(ctx: Context) -> Self {
-        AdminApi { ctx }
+        AdminApi {
+            ctx,
+            refusals: Arc::new(RefusalSampler::default()),
+        }
+    }
+
+    /// Shares `sampler` (one per server process) for anonymous refusals.
+    pub fn with_refusal_sampler(mut self, sampler: Arc<RefusalSampler>) -> Self {
+        self.refusals = sampler;
+        self
     }
 
     /// As a tonic service, with the control plane's message limits.
@@ -40,10 +51,15 @@ impl AdminApi {
         match auth::authenticate(&self.ctx.pool, header).await {
             Ok(principal) => Ok(principal),
             Err(error) => {
-                audit::record_refusal(
-                    &self.ctx.pool,
-                    &Action::new("anonymous", action, None, ""),
-                    &error,
+                // Not a principal: sampled per peer address.
+                let peer = audit::Peer {
+                    ip: request.remote_addr().map(|a| a.ip()),
+                    sampler: Arc::clone(&self.refusals),
+                };
+                let refused = Action::new(auth::refused_actor(header, &error), action, None, "");
+                audit::with_peer(
+                    peer,
+                    audit::record_refusal(&self.ctx.pool, &refused, &error),
                 )
                 .await;
                 Err(error)
@@ -588,5 +604,45 @@ impl AdminService for AdminApi {
     ) -> std::result::Result<Response<pb::OrgView>, Status> {
         let (p, r) = authed!(self, request, "org.view");
         reply(orgs::org_view(&self.ctx, &p, &r).await)
+    }
+
+    async fn list_api_tokens(
+        &self,
+        request: Request<pb::ListApiTokensRequest>,
+    ) -> std::result::Result<Response<pb::ListApiTokensResponse>, Status> {
+        let (p, r) = authed!(self, request, "api-token.list");
+        reply(principals::list_tokens(&self.ctx, &p, &r).await)
+    }
+
+    async fn create_api_token(
+        &self,
+        request: Request<pb::CreateApiTokenRequest>,
+    ) -> std::result::Result<Response<pb::CreateApiTokenResponse>, Status> {
+        let (p, r) = authed!(self, request, "api-token.create");
+        reply(principals::create_token(&self.ctx, &p, &r).await)
+    }
+
+    async fn revoke_api_token(
+        &self,
+        request: Request<pb::RevokeApiTokenRequest>,
+    ) -> std::result::Result<Response<pb::ApiToken>, Status> {
+        let (p, r) = authed!(self, request, "api-token.revoke");
+        reply(principals::revoke_token(&self.ctx, &p, &r).await)
+    }
+
+    async fn disable_principal(
+        &self,
+        request: Request<pb::DisablePrincipalRequest>,
+    ) -> std::result::Result<Response<pb::PrincipalState>, Status> {
+        let (p, r) = authed!(self, request, "principal.disable");
+        reply(principals::set_enabled(&self.ctx, &p, &r.principal_id, false, &r.reason).await)
+    }
+
+    async fn enable_principal(
+        &self,
+        request: Request<pb::EnablePrincipalRequest>,
+    ) -> std::result::Result<Response<pb::PrincipalState>, Status> {
+        let (p, r) = authed!(self, request, "principal.enable");
+        reply(principals::set_enabled(&self.ctx, &p, &r.principal_id, true, "").await)
     }
 }

@@ -11,7 +11,9 @@
 //! certificates of ANY registered cluster CA, and serials are not secret,
 //! so only the key (whose possession the handshake proved) binds the
 //! caller to the node enrolled in *this* cluster. The heartbeat is then
-//! validated and written through the [`Heartbeats`] batcher; the call
+//! validated, admitted by its node's own rate limit (`RATE_LIMITED`,
+//! `RESOURCE_EXHAUSTED` with a `retry-after-ms` hint, never queued when
+//! over it) and written through the [`Heartbeats`] batcher; the call
 //! returns once its batch committed, so an acknowledged heartbeat is
 //! durable.
 //!
@@ -21,7 +23,9 @@
 //! encoding has it).
 
 use crate::error::{Error, Result};
-use crate::heartbeats::{HEARTBEAT_BYTES_MAX, Heartbeat, Heartbeats, is_overloaded, now_unix_ms};
+use crate::heartbeats::{
+    HEARTBEAT_BYTES_MAX, Heartbeat, Heartbeats, is_overloaded, is_rate_limited, now_unix_ms,
+};
 use crate::limits::HEARTBEAT_INTERVAL_DEFAULT;
 use rap_authority::access::Rpc;
 use rap_authority::identity::PeerIdentity;
@@ -290,6 +294,9 @@ impl AgentApi {
             if is_overloaded(error) {
                 // Logged once per overload episode by the batcher.
                 tracing::debug!(%cluster_id, %node_id, "heartbeat refused: queue full");
+            } else if is_rate_limited(error) {
+                // Logged once per episode and node by the limiter.
+                tracing::debug!(%cluster_id, %node_id, "heartbeat refused: node rate limited");
             } else {
                 tracing::warn!(
                     %cluster_id,
@@ -309,6 +316,13 @@ impl AgentApi {
         request: &HeartbeatRequest,
     ) -> Result<HeartbeatResponse> {
         let caller = authenticate(cert_der, request)?;
+        // A node over its rate is shed first (cheap; takes no token, so a
+        // stale certificate of a node cannot spend the node's budget: only
+        // `submit` below, after the identity check, does).
+        self.heartbeats.check_rate(
+            caller.identity.cluster_id.as_str(),
+            caller.identity.node_id.as_str(),
+        )?;
         let heartbeat = Heartbeat::from_request(request, now_unix_ms())?;
         self.check_identity(&caller).await?;
         self.heartbeats.submit_and_wait(heartbeat).await?;

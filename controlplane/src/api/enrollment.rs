@@ -2,23 +2,44 @@
 //! certificate yet), certificate renewal (mTLS with the current node
 //! certificate).
 
+use crate::audit::{self, RefusalSampler};
 use crate::context::Context;
 use crate::enrollment;
 use rap_authority::identity::PeerIdentity;
 use rap_proto::pb;
 use rap_proto::pb::enrollment_service_server::{EnrollmentService, EnrollmentServiceServer};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-/// The `EnrollmentService` of one control plane.
+/// The `EnrollmentService` of one control plane. Its callers have no
+/// principal: refusals are recorded with the peer's address
+/// ([`audit::with_peer`]), so anonymous ones are sampled per source.
 #[derive(Clone, Debug)]
 pub struct EnrollmentApi {
     ctx: Context,
+    refusals: Arc<RefusalSampler>,
 }
 
 impl EnrollmentApi {
-    /// Serves `ctx`.
+    /// Serves `ctx`, with a refusal sampler of its own.
     pub fn new(ctx: Context) -> Self {
-        EnrollmentApi { ctx }
+        EnrollmentApi {
+            ctx,
+            refusals: Arc::new(RefusalSampler::default()),
+        }
+    }
+
+    /// Shares `sampler` (one per server process) for anonymous refusals.
+    pub fn with_refusal_sampler(mut self, sampler: Arc<RefusalSampler>) -> Self {
+        self.refusals = sampler;
+        self
+    }
+
+    fn peer<T>(&self, request: &Request<T>) -> audit::Peer {
+        audit::Peer {
+            ip: request.remote_addr().map(|a| a.ip()),
+            sampler: Arc::clone(&self.refusals),
+        }
     }
 
     /// As a tonic service, with the control plane's message limits.
@@ -80,20 +101,26 @@ impl EnrollmentService for EnrollmentApi {
         &self,
         request: Request<pb::SubmitJoinRequestRequest>,
     ) -> Result<Response<pb::SubmitJoinRequestResponse>, Status> {
-        enrollment::submit(&self.ctx, request.get_ref())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        audit::with_peer(
+            self.peer(&request),
+            enrollment::submit(&self.ctx, request.get_ref()),
+        )
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
     }
 
     async fn get_join_status(
         &self,
         request: Request<pb::GetJoinStatusRequest>,
     ) -> Result<Response<pb::GetJoinStatusResponse>, Status> {
-        enrollment::status(&self.ctx, request.get_ref())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        audit::with_peer(
+            self.peer(&request),
+            enrollment::status(&self.ctx, request.get_ref()),
+        )
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
     }
 
     async fn renew_certificate(
@@ -101,9 +128,12 @@ impl EnrollmentService for EnrollmentApi {
         request: Request<pb::RenewCertificateRequest>,
     ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
         let peer = peer_certificate(&request);
-        enrollment::renew(&self.ctx, peer, request.get_ref())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        audit::with_peer(
+            self.peer(&request),
+            enrollment::renew(&self.ctx, peer, request.get_ref()),
+        )
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
     }
 }

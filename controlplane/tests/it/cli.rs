@@ -1,7 +1,7 @@
 //! The operator's tools as they are run: `rap-controlplane init|migrate`
 //! and `rapctl` against the real server, plus the schema's own rules.
 
-use crate::support::{AgentKey, Platform};
+use crate::support::{AgentKey, Platform, http_get};
 use rap_controlplane::enrollment;
 use std::process::Command;
 
@@ -200,11 +200,70 @@ async fn init_prints_the_owner_token_once_and_migrate_is_idempotent() {
     .unwrap();
     assert_eq!(leaked, 0);
 
+    // The first owner's token expires like every other.
+    let expires_in_days: f64 = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM expires_at - now()) / 86400)::float8 FROM admin_api_tokens",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        (89.9..=90.1).contains(&expires_in_days),
+        "{expires_in_days}"
+    );
+    assert!(out.contains("expires in 90 days"), "{out}");
+
     let (code, out, err) = controlplane(&["init"], &db.url, keys.path());
     assert_eq!(code, 0, "{err}");
     assert!(
         !out.contains("rapat."),
         "a second init printed a token: {out}"
+    );
+
+    // Break glass: every owner token lapsed; owner-token issues a new one
+    // (audited), init still prints none.
+    sqlx::query(
+        "UPDATE admin_api_tokens SET created_at = now() - interval '2 days',
+                expires_at = now() - interval '1 day'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rap_controlplane::auth::authenticate(&pool, Some(&format!("Bearer {token}")))
+            .await
+            .unwrap_err()
+            .code(),
+        "API_TOKEN_EXPIRED"
+    );
+    let (code, out, err) = controlplane(&["owner-token", "--ttl-days", "1"], &db.url, keys.path());
+    assert_eq!(code, 0, "{err}");
+    let fresh = out
+        .split_whitespace()
+        .find(|w| w.starts_with("rapat."))
+        .unwrap_or_else(|| panic!("no token in {out}"))
+        .to_string();
+    let again = rap_controlplane::auth::authenticate(&pool, Some(&format!("Bearer {fresh}")))
+        .await
+        .unwrap();
+    assert_eq!(again.id, "owner");
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM cluster_audit_events
+          WHERE action = 'api-token.create' AND actor = 'rap-controlplane-owner-token'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1);
+    let (code, _, err) = controlplane(
+        &["owner-token", "--principal", "nobody"],
+        &db.url,
+        keys.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("NOT_FOUND") || err.contains("not found"),
+        "{err}"
     );
     let (code, out, err) = controlplane(&["migrate"], &db.url, keys.path());
     assert_eq!(code, 0, "{err}");
@@ -296,20 +355,6 @@ async fn the_schema_refuses_what_the_rules_forbid() {
     );
 }
 
-/// GET `path` on `addr` over plain HTTP/1.0; returns (status line, body).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(String, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    Some((head.lines().next()?.to_string(), body.to_string()))
-}
-
 // Goal: the real `rap-controlplane serve` process starts on a database,
 // answers health, readiness and metrics, and stops cleanly on SIGTERM.
 // Method: spawn the binary, poll /readyz, read /metrics, send SIGTERM.
@@ -364,4 +409,126 @@ async fn serve_answers_health_and_stops_on_sigterm() {
         .expect("hang guard: serve did not stop within 20 s of SIGTERM")
         .unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+// Goal: /readyz never serves database error text: when the database
+// becomes unreachable it answers 503 with a fixed short reason, and the
+// detail goes to the log at WARN. Method: the real binary; the database
+// then refuses connections (ALLOW_CONNECTIONS false, backends ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_gives_a_fixed_reason_when_the_database_is_unreachable() {
+    let db = rap_pgtest::fresh_database().await.unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let grpc = crate::support::free_addr();
+    let http = crate::support::free_addr();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-controlplane"))
+        .args([
+            "serve",
+            "--listen",
+            &grpc.to_string(),
+            "--http-listen",
+            &http.to_string(),
+        ])
+        .env("RAP_DATABASE_URL", &db.url)
+        .env("RAP_KEYS_DIR", keys.path())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut ready = None;
+    for _ in 0..200 {
+        if let Some(answer) = http_get(http, "/readyz").await {
+            ready = Some(answer);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, _) = ready.expect("hang guard: /readyz did not answer within 10 s");
+    assert!(status.contains("200"), "{status}");
+
+    // A connection to another database of the same server: the test
+    // database can then refuse connections and end every session.
+    let admin_url = db.url.replacen(&format!("/{}?", db.name), "/postgres?", 1);
+    assert_ne!(admin_url, db.url);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS false",
+        db.name
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = $1",
+    )
+    .bind(&db.name)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (status, body) = http_get(http, "/readyz").await.unwrap();
+    assert!(status.contains("503"), "{status} {body}");
+    assert_eq!(body, rap_controlplane::server::READYZ_DATABASE_UNAVAILABLE);
+
+    let pid = child.id().unwrap().to_string();
+    let _ = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await;
+    let output = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("hang guard: serve did not stop within 30 s of SIGTERM")
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("not ready")),
+        "{log}"
+    );
+    // Let the harness drop the database.
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS true",
+        db.name
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+// Goal: `serve --insecure-plaintext` on a non-loopback address is refused
+// before anything starts, naming the key to change and the explicit
+// override. Method: the real binary with --listen 0.0.0.0:<port>.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_plaintext_on_a_non_loopback_address() {
+    let keys = tempfile::tempdir().unwrap();
+    let grpc = crate::support::free_addr();
+    let http = crate::support::free_addr();
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-controlplane"))
+            .args([
+                "serve",
+                "--insecure-plaintext",
+                "--listen",
+                &format!("0.0.0.0:{}", grpc.port()),
+                "--http-listen",
+                &http.to_string(),
+            ])
+            .env("RAP_DATABASE_URL", "postgres://rap@127.0.0.1:1/rap")
+            .env("RAP_KEYS_DIR", keys.path())
+            .env_remove("RAP_INSECURE_PLAINTEXT_ALLOW_NON_LOOPBACK")
+            .output(),
+    )
+    .await
+    .expect("hang guard: serve did not exit")
+    .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("insecure-plaintext"), "{err}");
+    assert!(
+        err.contains("insecure-plaintext-allow-non-loopback"),
+        "{err}"
+    );
 }

@@ -3,12 +3,14 @@
 //! group (in-process rap-configstore nodes over mTLS, `support.rs`).
 #![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
+mod audit;
 mod cli;
 mod enrollment;
 mod groups;
 mod grpc;
 mod heartbeats;
 mod orgs;
+mod principals;
 mod promotion;
 mod rapctl;
 mod roles;

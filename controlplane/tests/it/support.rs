@@ -540,6 +540,8 @@ impl Platform {
 pub struct ControlPlane {
     /// Its gRPC address.
     pub addr: SocketAddr,
+    /// Its HTTP address (`/metrics`, `/healthz`, `/readyz`).
+    pub http_addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -586,6 +588,20 @@ impl ControlPlane {
     }
 }
 
+/// GET `path` on `addr` over plain HTTP/1.0; returns (status line, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -599,10 +615,11 @@ impl Platform {
     /// and keys, and waits until it listens.
     pub async fn serve(&self) -> ControlPlane {
         let addr = free_addr();
+        let http_addr = free_addr();
         let config = rap_controlplane::server::Config {
             database_url: self.db.url.clone(),
             listen: addr,
-            http_listen: free_addr(),
+            http_listen: http_addr,
             keys_dir: self.ctx.keys_dir.clone(),
             ..rap_controlplane::server::Config::default()
         };
@@ -623,6 +640,7 @@ impl Platform {
         }
         ControlPlane {
             addr,
+            http_addr,
             stop: Some(stop),
         }
     }

@@ -32,6 +32,24 @@ enum Command {
     Serve(ServeArgs),
     /// Apply pending schema migrations and exit.
     Migrate(CommonArgs),
+    /// Break glass: print a new API token for an active platform-owner
+    /// (direct database access, like init; audited). For when every owner
+    /// token has expired or was revoked; otherwise use
+    /// `rapctl principal token create`.
+    OwnerToken(OwnerTokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct OwnerTokenArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The platform-owner principal.
+    #[arg(long, default_value = rap_controlplane::auth::FIRST_OWNER_ID)]
+    principal: String,
+    /// Token lifetime in days (default 90, at most 365).
+    #[arg(long, default_value_t = 90,
+          value_parser = clap::value_parser!(u64).range(1..=365))]
+    ttl_days: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -64,9 +82,14 @@ struct ServeArgs {
     /// host:port agents dial (written into join commands).
     #[arg(long, env = "RAP_PUBLIC_ENDPOINT")]
     public_endpoint: Option<String>,
-    /// Development only: serve gRPC without TLS.
+    /// Development only: serve gRPC without TLS (refused on a non-loopback
+    /// --listen unless --insecure-plaintext-allow-non-loopback).
     #[arg(long, env = "RAP_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
+    /// DANGEROUS: let --insecure-plaintext listen on a non-loopback
+    /// address (tokens cross the network in clear text; logged at WARN).
+    #[arg(long, env = "RAP_INSECURE_PLAINTEXT_ALLOW_NON_LOOPBACK")]
+    insecure_plaintext_allow_non_loopback: bool,
     /// Development only: dial storage nodes without TLS.
     #[arg(long, env = "RAP_STORAGE_INSECURE_PLAINTEXT")]
     storage_insecure_plaintext: bool,
@@ -84,6 +107,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => init(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::OwnerToken(args) => owner_token(args).await,
     }
 }
 
@@ -128,7 +152,12 @@ async fn init(args: CommonArgs) -> Result<()> {
     ));
     match rap_controlplane::auth::create_first_owner(&pool).await? {
         Some(token) => {
-            out("first platform-owner API token (shown once, store it now):");
+            out(&format!(
+                "first platform-owner API token (shown once, store it now; expires in {} days, \
+                 `rapctl principal token create {}` makes the next one):",
+                rap_controlplane::limits::API_TOKEN_TTL_DEFAULT.as_secs() / 86_400,
+                rap_controlplane::auth::FIRST_OWNER_ID
+            ));
             out(&format!("  {token}"));
             out("save it for rapctl:");
             out(&format!(
@@ -150,6 +179,22 @@ async fn migrate(args: CommonArgs) -> Result<()> {
         "applied {applied} migration(s); schema at version {}",
         rap_controlplane::db::known_migrations()
     ));
+    Ok(())
+}
+
+async fn owner_token(args: OwnerTokenArgs) -> Result<()> {
+    init_logging(LogFormat::Text);
+    let config = load_config(&args.common)?;
+    config.validate()?;
+    let pool = rap_controlplane::db::connect(&config.database_url, 2).await?;
+    rap_controlplane::db::migrate(&pool).await?;
+    let ttl = std::time::Duration::from_secs(args.ttl_days * 86_400);
+    let token = rap_controlplane::auth::issue_owner_token(&pool, &args.principal, ttl).await?;
+    out(&format!(
+        "new API token of platform-owner {} (shown once, expires in {} days):",
+        args.principal, args.ttl_days
+    ));
+    out(&format!("  {token}"));
     Ok(())
 }
 
@@ -178,6 +223,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if args.insecure_plaintext {
         config.insecure_plaintext = true;
+    }
+    if args.insecure_plaintext_allow_non_loopback {
+        config.insecure_plaintext_allow_non_loopback = true;
     }
     if args.storage_insecure_plaintext {
         config.storage_insecure_plaintext = true;

@@ -186,8 +186,14 @@ enum JoinRequestCommand {
     },
 }
 
-/// Parses a TTL: `30m`, `1h`, `2d`, `3600s` or plain seconds; 1 s to 7 d.
+/// Parses a join token TTL: `30m`, `1h`, `2d`, `3600s` or plain seconds;
+/// 1 s to 7 d.
 pub fn parse_ttl(text: &str) -> Result<u64, String> {
+    parse_duration_at_most(text, JOIN_TOKEN_TTL_MAX)
+}
+
+/// Parses `30m`, `1h`, `2d`, `3600s` or plain seconds, from 1 s to `max`.
+pub fn parse_duration_at_most(text: &str, max: std::time::Duration) -> Result<u64, String> {
     let (digits, unit) = match text.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c),
         _ => (text, 's'),
@@ -217,10 +223,10 @@ pub fn parse_ttl(text: &str) -> Result<u64, String> {
     if secs == 0 {
         return Err("the TTL must be at least 1s".to_string());
     }
-    if secs > JOIN_TOKEN_TTL_MAX.as_secs() {
+    if secs > max.as_secs() {
         return Err(format!(
             "{text:?} is longer than the maximum of {}d",
-            JOIN_TOKEN_TTL_MAX.as_secs() / 86_400
+            max.as_secs() / 86_400
         ));
     }
     Ok(secs)

@@ -90,6 +90,18 @@ pub fn hint_for(code: &str, ctx: &HintContext<'_>) -> Option<String> {
         "PERMISSION_DENIED" => "your principal kind may not do this; `rapctl whoami` shows \
              who the token belongs to"
             .to_string(),
+        "API_TOKEN_EXPIRED" | "API_TOKEN_REVOKED" => format!(
+            "the API token in {} can no longer be used: a platform owner makes a new one with \
+             `rapctl principal token create <principal-id>` (for an owner locked out, \
+             `rap-controlplane owner-token` on the control plane host)",
+            ctx.token_file
+        ),
+        "PRINCIPAL_DISABLED" => "this principal is disabled: a platform owner may \
+             `rapctl principal enable <principal-id>`"
+            .to_string(),
+        "RATE_LIMITED" => "this caller sends faster than its own limit; wait the time the \
+             message says and retry"
+            .to_string(),
         "NO_QUORUM" => format!(
             "the cluster's authority group reaches {}/{} voters; bring voters back or, if the \
              majority is lost for good, see docs/operations.md \"Promotion\"; nothing was changed",

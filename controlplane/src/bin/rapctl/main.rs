@@ -218,6 +218,18 @@ mod tests {
             ],
             &["rapctl", "principal", "create", "p", "--kind", "root"],
             &["rapctl", "node", "revoke", "--cluster", "c", "n1"],
+            &["rapctl", "principal", "disable", "p1"],
+            &[
+                "rapctl",
+                "principal",
+                "token",
+                "create",
+                "p1",
+                "--ttl",
+                "366d",
+            ],
+            &["rapctl", "principal", "token", "create", "p1", "--ttl", "0"],
+            &["rapctl", "principal", "token", "revoke"],
         ];
         for args in bad {
             assert!(Cli::try_parse_from(*args).is_err(), "{args:?} was accepted");

@@ -1,10 +1,12 @@
-//! `rapctl org|principal|whoami`: tenants, the people who administer them,
-//! and who the current token belongs to.
+//! `rapctl org|principal|whoami`: tenants, the people who administer them
+//! (principals, their API tokens, disabling them), and who the current
+//! token belongs to.
 
-use crate::client::{self, Conn, all_pages, page};
+use crate::client::{self, Conn, Session, all_pages, page};
 use crate::output::Format;
 use crate::table::{Table, or_dash, print_list, print_object, time};
 use anyhow::{Result, bail};
+use rap_controlplane::limits::API_TOKEN_TTL_MAX;
 use rap_proto::pb;
 use serde_json::{Value, json};
 
@@ -105,7 +107,8 @@ impl PrincipalKind {
     }
 }
 
-/// Principal commands (platform owner only).
+/// Principal commands (platform owner only, except `token list` and
+/// `token revoke` of one's own tokens).
 #[derive(clap::Subcommand, Debug)]
 enum PrincipalCommand {
     /// Create a principal and its API token; prints the raw token ONCE.
@@ -122,6 +125,94 @@ enum PrincipalCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// API tokens (`rapat.…`) of principals: list, create, revoke. Join
+    /// tokens for nodes are `rapctl token`.
+    Token {
+        #[command(subcommand)]
+        command: ApiTokenCommand,
+    },
+    /// Disable a principal: its API tokens are refused (PRINCIPAL_DISABLED)
+    /// until it is enabled. The last active platform-owner cannot be
+    /// disabled.
+    Disable {
+        /// The principal id.
+        principal_id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long, required = true)]
+        reason: String,
+    },
+    /// Enable a disabled principal: its unexpired, unrevoked tokens work
+    /// again.
+    Enable {
+        /// The principal id.
+        principal_id: String,
+    },
+}
+
+/// API token commands.
+#[derive(clap::Subcommand, Debug)]
+enum ApiTokenCommand {
+    /// List API tokens (never their secrets): your own; a platform owner
+    /// sees everyone's, or one principal's with --principal.
+    List {
+        /// Only this principal's tokens.
+        #[arg(long)]
+        principal: Option<String>,
+    },
+    /// Create an API token for a principal (platform owner only); prints
+    /// the raw token ONCE.
+    Create {
+        /// The principal the token authenticates as.
+        principal_id: String,
+        /// How long it stays valid: 30m, 12h, 90d, ... (at most 365d).
+        #[arg(long, default_value = "90d", value_parser = parse_api_token_ttl)]
+        ttl: u64,
+    },
+    /// Revoke an API token at once (your own, or any for a platform owner).
+    Revoke {
+        /// The token id (the middle part of rapat.<id>.<secret>).
+        token_id: String,
+    },
+}
+
+fn parse_api_token_ttl(text: &str) -> Result<u64, String> {
+    crate::cluster::parse_duration_at_most(text, API_TOKEN_TTL_MAX)
+}
+
+fn api_token_json(t: &pb::ApiToken) -> Value {
+    json!({
+        "token_id": t.token_id,
+        "principal_id": t.principal_id,
+        "status": t.status,
+        "created_by": t.created_by,
+        "created_at_unix_ms": t.created_at_unix_ms,
+        "expires_at_unix_ms": t.expires_at_unix_ms,
+        "revoked_at_unix_ms": t.revoked_at_unix_ms,
+        "revoked_by": t.revoked_by,
+        "last_used_at_unix_ms": t.last_used_at_unix_ms,
+    })
+}
+
+fn api_token_rows(t: &pb::ApiToken) -> Vec<(&'static str, String)> {
+    vec![
+        ("token id", t.token_id.clone()),
+        ("principal", t.principal_id.clone()),
+        ("status", or_dash(&t.status)),
+        ("expires", time(t.expires_at_unix_ms)),
+        ("last used", time(t.last_used_at_unix_ms)),
+        ("created", time(t.created_at_unix_ms)),
+        ("created by", or_dash(&t.created_by)),
+        ("revoked", time(t.revoked_at_unix_ms)),
+        ("revoked by", or_dash(&t.revoked_by)),
+    ]
+}
+
+fn principal_state_output(format: Format, state: pb::PrincipalState) {
+    let principal = state.principal.unwrap_or_default();
+    let mut rows = principal_rows(&principal);
+    rows.push(("status", or_dash(&state.status)));
+    let json = json!({"principal": principal_json(&principal), "status": state.status});
+    print_object(format, &rows, &json);
 }
 
 /// `rapctl whoami`.
@@ -328,6 +419,112 @@ pub async fn run_principal(args: PrincipalArgs, format: Format) -> Result<()> {
                 "principal": principal_json(&principal),
             });
             print_object(format, &rows, &json);
+        }
+        PrincipalCommand::Token { command } => {
+            let s = client::connect(&args.conn, "principal").await?;
+            run_api_token(&s, command, format).await?;
+        }
+        PrincipalCommand::Disable {
+            principal_id,
+            reason,
+        } => {
+            let s = client::connect(&args.conn, "principal").await?;
+            let state = s
+                .client
+                .clone()
+                .disable_principal(pb::DisablePrincipalRequest {
+                    principal_id,
+                    reason,
+                })
+                .await
+                .map_err(|e| s.fail(e))?
+                .into_inner();
+            principal_state_output(format, state);
+        }
+        PrincipalCommand::Enable { principal_id } => {
+            let s = client::connect(&args.conn, "principal").await?;
+            let state = s
+                .client
+                .clone()
+                .enable_principal(pb::EnablePrincipalRequest { principal_id })
+                .await
+                .map_err(|e| s.fail(e))?
+                .into_inner();
+            principal_state_output(format, state);
+        }
+    }
+    Ok(())
+}
+
+async fn run_api_token(s: &Session, command: ApiTokenCommand, format: Format) -> Result<()> {
+    match command {
+        ApiTokenCommand::List { principal } => {
+            let principal = principal.unwrap_or_default();
+            let tokens = all_pages(async |token| {
+                let response = s
+                    .client
+                    .clone()
+                    .list_api_tokens(pb::ListApiTokensRequest {
+                        principal_id: principal.clone(),
+                        page: page(&token),
+                    })
+                    .await
+                    .map_err(|e| s.fail(e))?
+                    .into_inner();
+                Ok((response.tokens, response.next_page_token))
+            })
+            .await?;
+            let mut table = Table::new(&[
+                "TOKEN ID",
+                "PRINCIPAL",
+                "STATUS",
+                "EXPIRES",
+                "LAST USED",
+                "CREATED BY",
+            ]);
+            for t in &tokens {
+                table.row(vec![
+                    t.token_id.clone(),
+                    t.principal_id.clone(),
+                    or_dash(&t.status),
+                    time(t.expires_at_unix_ms),
+                    time(t.last_used_at_unix_ms),
+                    or_dash(&t.created_by),
+                ]);
+            }
+            let json = json!({"tokens": tokens.iter().map(api_token_json).collect::<Vec<_>>()});
+            print_list(format, &table, &json);
+        }
+        ApiTokenCommand::Create { principal_id, ttl } => {
+            let response = s
+                .client
+                .clone()
+                .create_api_token(pb::CreateApiTokenRequest {
+                    principal_id,
+                    ttl_seconds: ttl,
+                })
+                .await
+                .map_err(|e| s.fail(e))?
+                .into_inner();
+            eprintln!(
+                "warning: the API token below is shown once and never stored; give it to its \
+                 holder over a private channel (they save it to ~/.config/rap/token, mode 0600)"
+            );
+            let token = response.token.unwrap_or_default();
+            let mut rows = vec![("token", response.raw_token.clone())];
+            rows.extend(api_token_rows(&token));
+            let json = json!({"raw_token": response.raw_token, "token": api_token_json(&token)});
+            print_object(format, &rows, &json);
+        }
+        ApiTokenCommand::Revoke { token_id } => {
+            let token = s
+                .client
+                .clone()
+                .revoke_api_token(pb::RevokeApiTokenRequest { token_id })
+                .await
+                .map_err(|e| s.fail(e))?
+                .into_inner();
+            print_object(format, &api_token_rows(&token), &api_token_json(&token));
         }
     }
     Ok(())
