@@ -1062,12 +1062,14 @@ async fn approve_locked(
     .map_err(|e| Error::invalid(e.to_string()))?;
     let issued =
         issue_identity(tx, &keys, &identity, &key, &pending.server_names, validity).await?;
+    // Storage nodes are members of their cluster too (listed, revoked like
+    // any node); what they may call is decided by their certificate's kind.
+    sqlx::query("INSERT INTO cluster_memberships (cluster_id, node_id) VALUES ($1, $2)")
+        .bind(&cluster_id)
+        .bind(node.as_str())
+        .execute(&mut *tx)
+        .await?;
     if !storage {
-        sqlx::query("INSERT INTO cluster_memberships (cluster_id, node_id) VALUES ($1, $2)")
-            .bind(&cluster_id)
-            .bind(node.as_str())
-            .execute(&mut *tx)
-            .await?;
         for cap in capabilities_from_json(&pending.capabilities) {
             sqlx::query(
                 "INSERT INTO node_capabilities (cluster_id, node_id, capability, detail, source)

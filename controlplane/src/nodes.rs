@@ -18,16 +18,14 @@ use crate::limits::REASON_BYTES_MAX;
 use crate::page::Page;
 use rap_proto::envelope::{Digest, ReaderSelector, Scope, ShardDraft};
 use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId, SnapshotVersion, TrustGeneration};
+use rap_proto::limits::REVOCATIONS_MAX;
 use rap_proto::pb;
+use rap_proto::revocations::REVOCATIONS_SCOPE;
 use rap_proto::time::UnixMillis;
 
-/// Scope name of the revocation list.
-pub const REVOCATIONS_SCOPE: &str = "trust/revocations";
 /// Validity of a published revocation list (re-published on every change;
 /// a list older than this is refused by verifiers).
 pub const REVOCATIONS_VALIDITY_MS: i64 = 7 * 24 * 3600 * 1000;
-/// Most revoked identities one list carries (the body limit is 4 MiB).
-pub const REVOCATIONS_MAX: i64 = 20_000;
 
 const NODE_QUERY: &str = "
     SELECT m.node_id, m.membership_status,
@@ -238,23 +236,29 @@ async fn publish_revocations(
           ORDER BY identity_id LIMIT $2",
     )
     .bind(cluster_id)
-    .bind(REVOCATIONS_MAX + 1)
+    .bind(i64::try_from(REVOCATIONS_MAX).unwrap_or(i64::MAX) + 1)
     .fetch_all(&mut **tx)
     .await?;
-    if revoked.len() as i64 > REVOCATIONS_MAX {
+    if revoked.len() > REVOCATIONS_MAX {
         return Err(Error::Oversize {
             what: "revocation list",
-            limit: usize::try_from(REVOCATIONS_MAX).unwrap_or(usize::MAX),
+            limit: REVOCATIONS_MAX,
             got: revoked.len(),
         });
     }
-    let body = serde_json::to_vec(&serde_json::json!({
-        "cluster_id": cluster_id,
-        "revoked": revoked.iter().map(|(node, serial, at)| serde_json::json!({
-            "node_id": node, "certificate_serial": serial, "revoked_at_unix_ms": at,
-        })).collect::<Vec<_>>(),
-    }))
-    .map_err(|e| Error::Internal(format!("encode revocations: {e}")))?;
+    let body = rap_proto::revocations::encode(
+        &ClusterId::new(cluster_id)?,
+        revoked
+            .into_iter()
+            .map(
+                |(node_id, certificate_serial, revoked_at_unix_ms)| pb::RevokedCertificate {
+                    node_id,
+                    certificate_serial,
+                    revoked_at_unix_ms,
+                },
+            )
+            .collect(),
+    )?;
     let previous: Option<(i64, Vec<u8>)> = sqlx::query_as(
         "SELECT version, header_hash FROM snapshot_publications
           WHERE cluster_id = $1 AND scope = $2 ORDER BY version DESC LIMIT 1",

@@ -189,9 +189,13 @@ async fn join_pins_resumes_and_enrolls() {
     assert_eq!(run.code(), Some(1));
     assert!(run.stderr.contains(&wrong), "{}", run.stderr);
     assert!(run.stderr.contains("fingerprint"), "{}", run.stderr);
-    assert_eq!(p.count("SELECT count(*) FROM node_join_requests").await, 0);
     assert_eq!(
-        p.count("SELECT count(*) FROM node_join_tokens WHERE used_count > 0")
+        p.count("SELECT count(*) FROM node_join_requests WHERE kind = 'node'")
+            .await,
+        0
+    );
+    assert_eq!(
+        p.count("SELECT count(*) FROM node_join_tokens WHERE used_count > 0 AND scope = 'join'")
             .await,
         0
     );
@@ -288,7 +292,11 @@ async fn join_pins_resumes_and_enrolls() {
     let answer: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(answer["status"], "approved");
     assert_eq!(answer["node_id"], "node-a");
-    assert_eq!(p.count("SELECT count(*) FROM node_join_requests").await, 1);
+    assert_eq!(
+        p.count("SELECT count(*) FROM node_join_requests WHERE kind = 'node'")
+            .await,
+        1
+    );
 
     // The files.
     let chain_pem = std::fs::read(dir.join(state::NODE_CERT_FILE)).unwrap();
@@ -386,7 +394,11 @@ async fn join_pins_resumes_and_enrolls() {
     assert_eq!(run.code(), Some(0));
     assert!(run.stdout.contains("already enrolled"), "{}", run.stdout);
     assert!(run.stdout.contains("node-a"), "{}", run.stdout);
-    assert_eq!(p.count("SELECT count(*) FROM node_join_requests").await, 1);
+    assert_eq!(
+        p.count("SELECT count(*) FROM node_join_requests WHERE kind = 'node'")
+            .await,
+        1
+    );
 }
 
 // Goal: an interrupted join keeps its request and resumes it; a rejected
@@ -463,5 +475,9 @@ async fn interrupted_then_rejected() {
     assert!(!dir.join(state::JOIN_REQUEST_FILE).exists());
     assert!(!dir.join(state::IDENTITY_FILE).exists());
     assert!(!dir.join(state::NODE_CERT_FILE).exists());
-    assert_eq!(p.count("SELECT count(*) FROM node_join_requests").await, 1);
+    assert_eq!(
+        p.count("SELECT count(*) FROM node_join_requests WHERE kind = 'node'")
+            .await,
+        1
+    );
 }

@@ -9,6 +9,9 @@
 //! * [`bad_input`]: typed refusals over the wire, counted in `/metrics`.
 //! * [`bootstrap`]: bootstrap refuses too few voters, saying what to do.
 //! * [`promotion`]: promotion after loss of the majority, old side fenced, rejoin.
+//! * [`trust_boundary`]: nodes enrolled through the real control plane:
+//!   wrong callers refused, no impersonation, revocation followed,
+//!   certificates renewed without a restart.
 //!
 //! The tests run one at a time (each holds a whole cluster); every wait
 //! has a hang guard, and no test asserts how fast anything is: the figures
@@ -20,6 +23,12 @@ mod cluster;
 mod fences;
 mod minority;
 mod promotion;
+// The control plane's test platform, shared without copying (its lints are
+// the control plane's business).
+#[path = "../../../controlplane/tests/it/support.rs"]
+#[allow(clippy::field_reassign_with_default, clippy::unwrap_used, dead_code)]
+mod support;
+mod trust_boundary;
 
 use std::path::Path;
 

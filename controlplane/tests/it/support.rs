@@ -282,6 +282,16 @@ impl Platform {
 
     /// A platform with the given cluster, bootstrapped.
     pub async fn start_cluster(cluster: &str) -> Platform {
+        let platform =
+            Self::without_storage(cluster, rap_authority::tls::NODE_CERT_VALIDITY_DEFAULT).await;
+        platform.start_storage().await;
+        platform
+    }
+
+    /// A platform whose cluster exists but has no storage node and no
+    /// authority group yet; the control plane issues node certificates
+    /// valid for `node_cert_validity`.
+    pub async fn without_storage(cluster: &str, node_cert_validity: Duration) -> Platform {
         rap_authority::tls::install_crypto_provider();
         // Benchmarks point this at a durable server (the test servers run
         // without fsync); tests always get a fresh private database.
@@ -305,7 +315,7 @@ impl Platform {
             public_endpoint: "127.0.0.1:7443".into(),
             tls: None,
             agents: None,
-            node_cert_validity: rap_authority::tls::NODE_CERT_VALIDITY_DEFAULT,
+            node_cert_validity,
         };
         let owner_token = auth::create_first_owner(&pool).await.unwrap().unwrap();
         let owner = auth::authenticate(&pool, Some(&format!("Bearer {owner_token}")))
@@ -314,14 +324,28 @@ impl Platform {
         clusters::create(&ctx, &owner, cluster, "test cluster")
             .await
             .unwrap();
+        Platform {
+            ctx,
+            owner,
+            cluster: cluster.to_string(),
+            owner_token,
+            db,
+            dir,
+            nodes: Mutex::new(Vec::new()),
+        }
+    }
 
+    /// Enrols [`VOTERS`] in-process storage nodes, starts them and
+    /// bootstraps the group through the control plane; waits for a fence.
+    async fn start_storage(&self) {
+        let (ctx, owner, cluster, dir) = (&self.ctx, &self.owner, self.cluster.as_str(), &self.dir);
         let mut nodes = Vec::new();
         let mut voters = Vec::new();
         for i in 1..=VOTERS {
             let node = format!("s{i}");
             let tls = enrol_storage(
-                &ctx,
-                &owner,
+                ctx,
+                owner,
                 cluster,
                 &node,
                 &dir.path().join(format!("tls-{node}")),
@@ -354,19 +378,27 @@ impl Platform {
                 }),
             });
         }
+        self.nodes.lock().unwrap().extend(nodes);
+        // The nodes need a moment to listen.
+        self.bootstrap(voters).await;
+        // Wait until the group grants fences (a leader exists).
+        self.wait_for_fence().await;
+    }
+
+    /// Bootstraps the cluster's group through the control plane on
+    /// `voters`, retrying while they start listening (hang guard 10 s).
+    pub async fn bootstrap(&self, voters: Vec<pb::VoterSpec>) {
         let request = pb::BootstrapClusterRequest {
-            cluster_id: cluster.into(),
+            cluster_id: self.cluster.clone(),
             voters,
             allow_single_voter: false,
         };
         let mut last = None;
-        // The nodes need a moment to listen.
         for _ in 0..100 {
-            match clusters::bootstrap(&ctx, &owner, &request).await {
+            match clusters::bootstrap(&self.ctx, &self.owner, &request).await {
                 Ok(answer) => {
-                    last = None;
                     assert_eq!(answer.authority_term, 1);
-                    break;
+                    return;
                 }
                 Err(e) => {
                     last = Some(e.to_string());
@@ -374,19 +406,7 @@ impl Platform {
                 }
             }
         }
-        assert!(last.is_none(), "bootstrap failed: {last:?}");
-        let platform = Platform {
-            ctx,
-            owner,
-            cluster: cluster.to_string(),
-            owner_token,
-            db,
-            dir,
-            nodes: Mutex::new(nodes),
-        };
-        // Wait until the group grants fences (a leader exists).
-        platform.wait_for_fence().await;
-        platform
+        panic!("bootstrap failed: {last:?}");
     }
 
     /// Polls the group with real fences until one is granted (hang guard
@@ -513,12 +533,13 @@ impl Platform {
     }
 
     /// (result, reason) of every audit event with `action`, oldest first,
-    /// leaving out the platform's own set-up (its storage nodes' approvals
-    /// by their bootstrap tokens).
+    /// leaving out the platform's own set-up (its storage nodes' join
+    /// requests and their approvals).
     pub async fn audit_events(&self, action: &str) -> Vec<(String, String)> {
         sqlx::query_as(
             "SELECT result, reason FROM cluster_audit_events
-              WHERE action = $1 AND actor NOT LIKE 'storage-token:%' ORDER BY event_id",
+              WHERE action = $1 AND coalesce(details->>'kind', '') <> 'storage'
+              ORDER BY event_id",
         )
         .bind(action)
         .fetch_all(&self.ctx.pool)
@@ -621,6 +642,7 @@ impl Platform {
             listen: addr,
             http_listen: http_addr,
             keys_dir: self.ctx.keys_dir.clone(),
+            node_cert_validity_s: self.ctx.node_cert_validity.as_secs(),
             ..rap_controlplane::server::Config::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
