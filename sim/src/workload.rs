@@ -15,6 +15,7 @@ use crate::seed::SimRng;
 use rap_authority::error::error_detail;
 use rap_authority::network::NetworkConfig;
 use rap_authority::service::authority_client_via;
+use rap_authority::tls::pin::ExpectedPeer;
 use rap_proto::envelope::{SnapshotSigner, TrustRoot};
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
@@ -92,8 +93,13 @@ fn address(node: NodeIndex) -> String {
 }
 
 fn client_of(network: &NetworkConfig, node: NodeIndex) -> Result<Client, String> {
-    authority_client_via(network, &address(node), Some(&net::connector()))
-        .map_err(|e| format!("client of {}: {e}", node_name(node)))
+    authority_client_via(
+        network,
+        &address(node),
+        &ExpectedPeer::storage_named(&node_name(node)),
+        Some(&net::connector()),
+    )
+    .map_err(|e| format!("client of {}: {e}", node_name(node)))
 }
 
 /// The client host's future.

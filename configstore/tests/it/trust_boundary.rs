@@ -420,11 +420,11 @@ fn an_enrolled_agent_is_refused_everywhere() {
             }
         }
 
-        for index in 0..3 {
+        for (index, before) in before.iter().enumerate() {
             let status = e.status(index).await;
             assert_eq!(
-                snapshot(&status),
-                before[index],
+                &snapshot(&status),
+                before,
                 "{} changed",
                 e.cluster.nodes[index].id
             );
