@@ -58,8 +58,13 @@ pub struct Config {
     pub timing: Timing,
     /// mTLS files; required unless `insecure-plaintext` is set.
     pub tls: Option<Tls>,
-    /// Development only: serve and dial without TLS.
+    /// Development only: serve and dial without TLS (then nobody's
+    /// identity is checked). Refused on a non-loopback `listen` address
+    /// unless `insecure-plaintext-allow-non-loopback` is set too.
     pub insecure_plaintext: bool,
+    /// Lets `insecure-plaintext` listen on a non-loopback address: anyone
+    /// who reaches the port can call every RPC. Logged loudly at start.
+    pub insecure_plaintext_allow_non_loopback: bool,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
 }
@@ -149,6 +154,7 @@ impl Default for Config {
             timing: Timing::default(),
             tls: None,
             insecure_plaintext: false,
+            insecure_plaintext_allow_non_loopback: false,
             log_format: LogFormat::Text,
         }
     }
@@ -202,6 +208,15 @@ impl Config {
         if t.keepalive_ms == 0 {
             return Err(ConfigError("timing.keepalive-ms must be > 0".into()));
         }
+        if self.insecure_plaintext
+            && !self.listen.ip().is_loopback()
+            && !self.insecure_plaintext_allow_non_loopback
+        {
+            return Err(ConfigError(format!(
+                "insecure-plaintext on the non-loopback address {} would let anyone who reaches it call every RPC: listen on 127.0.0.1, use [tls], or set insecure-plaintext-allow-non-loopback = true (--insecure-plaintext-allow-non-loopback)",
+                self.listen
+            )));
+        }
         match (&self.tls, self.insecure_plaintext) {
             (Some(_), true) => Err(ConfigError(
                 "set either [tls] or insecure-plaintext = true, not both".into(),
@@ -232,8 +247,9 @@ mod tests {
         assert!(Config::from_toml(&format!("{}heartbeat = 5\n", base())).is_err());
     }
 
-    // Goal: validate() refuses timing that cannot work and a missing TLS
-    // choice, naming the keys. Method: one bad setting at a time.
+    // Goal: validate() refuses timing that cannot work, a missing TLS
+    // choice, and plaintext on a non-loopback address without the explicit
+    // flag, naming the keys. Method: one bad setting at a time.
     #[test]
     fn refuses_bad_combinations() {
         let bad = [
@@ -250,6 +266,18 @@ mod tests {
             Config::from_toml("node-id = \"s1\"\ncluster-id = \"c1\"\ndata-dir = \"/x\"\n")
                 .unwrap();
         assert!(no_tls.validate().unwrap_err().to_string().contains("[tls]"));
+        let open = Config::from_toml(&format!("{}listen = \"0.0.0.0:7001\"\n", base())).unwrap();
+        let refused = open.validate().unwrap_err().to_string();
+        assert!(
+            refused.contains("insecure-plaintext-allow-non-loopback"),
+            "{refused}"
+        );
+        let allowed = Config::from_toml(&format!(
+            "{}listen = \"0.0.0.0:7001\"\ninsecure-plaintext-allow-non-loopback = true\n",
+            base()
+        ))
+        .unwrap();
+        allowed.validate().unwrap();
         let bad_id = Config::from_toml(&base().replace("s1", "S 1")).unwrap();
         assert!(
             bad_id

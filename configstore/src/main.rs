@@ -147,6 +147,10 @@ struct ServeArgs {
     /// Development only: no TLS.
     #[arg(long, env = "RAP_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
+    /// With --insecure-plaintext: allow a non-loopback --listen address
+    /// (anyone who reaches it can call every RPC).
+    #[arg(long, env = "RAP_INSECURE_PLAINTEXT_ALLOW_NON_LOOPBACK")]
+    insecure_plaintext_allow_non_loopback: bool,
     /// Leader heartbeat interval in milliseconds.
     #[arg(long, env = "RAP_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
@@ -360,6 +364,9 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     }
     if args.insecure_plaintext {
         config.insecure_plaintext = true;
+    }
+    if args.insecure_plaintext_allow_non_loopback {
+        config.insecure_plaintext_allow_non_loopback = true;
     }
     if let Some(v) = args.heartbeat_ms {
         config.timing.heartbeat_ms = v;

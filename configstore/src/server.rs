@@ -99,6 +99,7 @@ pub async fn serve(
     if config.insecure_plaintext {
         tracing::warn!(
             listen = %config.listen,
+            non_loopback_allowed = config.insecure_plaintext_allow_non_loopback,
             "serving WITHOUT TLS: any process that reaches this port can call every RPC (development only)"
         );
     }

@@ -1112,7 +1112,10 @@ async fn review_action(
     id: &str,
     name: &'static str,
 ) -> (Action, Result<()>) {
-    let cluster = request_cluster(&ctx.pool, id).await;
+    let cluster = match rap_proto::ids::JoinRequestId::new(id) {
+        Ok(_) => request_cluster(&ctx.pool, id).await,
+        Err(e) => Err(e.into()),
+    };
     let action = Action::new(
         principal.actor(),
         name,
@@ -1185,6 +1188,7 @@ pub async fn status(
         request.join_request_id.as_str(),
     );
     let result = async {
+        rap_proto::ids::JoinRequestId::new(request.join_request_id.as_str())?;
         let key = verify_proof(
             PURPOSE_STATUS,
             &request.cluster_id,

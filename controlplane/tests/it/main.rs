@@ -9,6 +9,7 @@ mod enrollment;
 mod groups;
 mod grpc;
 mod heartbeats;
+mod identities;
 mod orgs;
 mod principals;
 mod promotion;
