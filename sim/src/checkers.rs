@@ -91,6 +91,41 @@ pub fn check_all(events: &[Event], config: &CheckConfig) -> Vec<Violation> {
     violations.extend(minority_view(events, &timeline, config));
     violations.extend(no_call_hangs(events));
     violations.extend(acknowledged_fences_survive(events));
+    violations.extend(no_unproven_term_believed(events));
+    violations
+}
+
+/// Invariant 9: no node becomes fenced, and no higher authority term is
+/// believed, without a verified signed promotion order for it. The
+/// simulation signs no order with the cluster's key, so no node may ever
+/// report `fenced`, and every forged higher-term RPC must be refused
+/// (a refusal code or a transport failure, never an answer).
+pub fn no_unproven_term_believed(events: &[Event]) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for event in events {
+        match event {
+            Event::View {
+                at,
+                node,
+                view: PartitionView::Fenced,
+            } => violations.push(Violation {
+                invariant: "no-unproven-term",
+                at: *at,
+                detail: format!(
+                    "{} reports fenced, but no promotion order was ever signed",
+                    node_name(*node)
+                ),
+            }),
+            Event::Forged { at, outcome, .. } if outcome == "accepted" => {
+                violations.push(Violation {
+                    invariant: "no-unproven-term",
+                    at: *at,
+                    detail: format!("a forged higher-term RPC was answered: {event}"),
+                });
+            }
+            _ => {}
+        }
+    }
     violations
 }
 

@@ -185,6 +185,22 @@ pub enum Event {
     },
     /// An `AcquireFence` call finished.
     Fence(FenceCall),
+    /// The forger sent a Raft RPC claiming a higher authority term
+    /// (see [`crate::forger`]).
+    Forged {
+        /// Simulated time of the answer.
+        at: Duration,
+        /// The node it was sent to.
+        node: NodeIndex,
+        /// The sender the header claimed.
+        from: String,
+        /// The term the header claimed.
+        term: u64,
+        /// The proof it carried: none, garbage or stranger-signed.
+        proof: &'static str,
+        /// The refusal code, or `accepted`, a transport error, `timed out`.
+        outcome: String,
+    },
     /// A node's final status (after convergence).
     Final {
         /// Simulated time.
@@ -205,6 +221,7 @@ impl Event {
             | Event::Fault { at, .. }
             | Event::Raft { at, .. }
             | Event::View { at, .. }
+            | Event::Forged { at, .. }
             | Event::Final { at, .. } => *at,
             Event::Fence(call) => call.ended,
         }
@@ -272,6 +289,18 @@ impl fmt::Display for Event {
                     Outcome::TimedOut => write!(f, "timed out"),
                 }
             }
+            Event::Forged {
+                node,
+                from,
+                term,
+                proof,
+                outcome,
+                ..
+            } => write!(
+                f,
+                "forged vote to {} from={from} term={term} proof={proof}: {outcome}",
+                node_name(*node)
+            ),
             Event::Final { node, status, .. } => write!(
                 f,
                 "final {} leader={} raft_term={} authority_term={} applied={} last_fence_seq={}",

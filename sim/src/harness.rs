@@ -32,6 +32,7 @@
 use crate::checkers::{self, CheckConfig, Violation};
 use crate::events::{Event, EventLog, NodeIndex, Role, node_name};
 use crate::faults::{Applied, Fault, Links};
+use crate::forger::{FORGER, ForgerPlan, ForgerRun};
 use crate::net;
 use crate::seed::SimRng;
 use crate::workload::{self, ClientPlan, Workload};
@@ -131,6 +132,9 @@ pub struct Scenario {
     /// in order. The last network fault must be healed and every crashed
     /// host restarted before the workload ends.
     pub schedule: Vec<(Duration, Fault)>,
+    /// Forged higher-term RPCs from a non-member host ([`crate::forger`]);
+    /// empty: no forger host at all.
+    pub forger: ForgerPlan,
 }
 
 /// What one run produced.
@@ -447,6 +451,18 @@ fn simulate(
         started: started.clone(),
     };
     sim.client("client", workload::client(plan));
+    if !scenario.forger.at.is_empty() {
+        sim.client(
+            FORGER,
+            crate::forger::forger(ForgerRun {
+                plan: scenario.forger.clone(),
+                nodes,
+                rng: rng.fork("forger"),
+                log: log.clone(),
+                started: started.clone(),
+            }),
+        );
+    }
 
     let mut faults_rng = rng.fork("faults");
     let mut pending = scenario.schedule.iter().peekable();

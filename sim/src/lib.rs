@@ -10,6 +10,7 @@
 //! * [`harness`]: the turmoil simulation of one cluster and [`harness::run`].
 //! * [`net`]: tonic over turmoil TCP (client connector, server incoming).
 //! * [`faults`]: what can go wrong, and the link model the checkers use.
+//! * [`forger`]: a non-member host forging higher-term Raft RPCs.
 //! * [`workload`]: the client's script (bootstrap, workers, convergence).
 //! * [`events`]: the event log.
 //! * [`checkers`]: the invariants, checked over the log.
@@ -22,6 +23,7 @@
 pub mod checkers;
 pub mod events;
 pub mod faults;
+pub mod forger;
 pub mod harness;
 pub mod net;
 pub mod scenarios;

@@ -7,10 +7,13 @@
 //!
 //! Not here yet: promotion (loss-of-quorum recovery, DESIGN.md §3) — its
 //! scenario ("promotion fences the old side even when the old majority
-//! comes back") belongs with the promotion code.
+//! comes back") belongs with the promotion code. What the simulation does
+//! check of the term rule: forged higher-term RPCs from a non-member host
+//! ([`forged_terms`]) fence nobody.
 
 use crate::events::NodeIndex;
 use crate::faults::{Applied, Fault};
+use crate::forger::ForgerPlan;
 use crate::harness::{ClusterSpec, Scenario};
 use crate::seed::SimRng;
 use crate::workload::Workload;
@@ -46,6 +49,7 @@ fn scenario(
             ..Workload::default()
         },
         schedule,
+        forger: ForgerPlan::default(),
     }
 }
 
@@ -197,6 +201,34 @@ pub fn crash_restart(seed: u64, voters: usize) -> Scenario {
     )
 }
 
+/// A non-member host sends 12–24 forged `Vote`s claiming a higher
+/// authority term (no proof, garbage, or an order signed by a key the
+/// cluster does not trust; as itself or claiming to be a member) to
+/// random nodes, while a random minority node crashes and restarts.
+pub fn forged_terms(seed: u64) -> Scenario {
+    let voters = 3;
+    let mut rng = SimRng::new(seed).fork("forged-terms");
+    let start = rng.millis(ms(500), ms(1_500));
+    let restart = start + rng.millis(s(2), s(3));
+    let victim = rng.index(voters);
+    let count = 12 + rng.below(13);
+    let mut at: Vec<Duration> = (0..count)
+        .map(|_| rng.millis(ms(100), restart + s(1)))
+        .collect();
+    at.sort();
+    let mut forged = scenario(
+        "forged higher terms",
+        voters,
+        vec![
+            (start, Fault::Apply(Applied::Crash(victim))),
+            (restart, Fault::RestartCrashed),
+        ],
+        restart,
+    );
+    forged.forger = ForgerPlan { at };
+    forged
+}
+
 /// Names of the scenarios [`by_name`] knows: what `regressions` pins.
 pub const NAMES: &[&str] = &[
     "symmetric-3",
@@ -207,6 +239,7 @@ pub const NAMES: &[&str] = &[
     "loss-and-delay",
     "crash-restart-3",
     "crash-restart-5",
+    "forged-terms",
 ];
 
 /// The scenario called `name` (one of [`NAMES`]) for `seed`.
@@ -220,6 +253,7 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "loss-and-delay" => loss_and_delay(seed),
         "crash-restart-3" => crash_restart(seed, 3),
         "crash-restart-5" => crash_restart(seed, 5),
+        "forged-terms" => forged_terms(seed),
         _ => return None,
     })
 }

@@ -11,6 +11,7 @@
 
 mod crash;
 mod determinism;
+mod forged;
 mod loss;
 mod partition;
 mod regressions;
