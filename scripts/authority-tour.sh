@@ -41,8 +41,8 @@ wait_port() {
   fail "port $1 did not open"
 }
 
-step "a development CA and the cluster's signing key + genesis trust root"
-"$cs" dev-ca --cluster c1 --dir "$work/ca" --node s1 --node s2 --node s3 --node admin >/dev/null
+step "a development CA (storage certificates s1-s3, an operator's), the signing key + genesis trust root"
+"$cs" dev-ca --cluster c1 --dir "$work/ca" --node s1 --node s2 --node s3 --operator admin | tail -n 1
 "$bin/rapctl" snapshot keygen --cluster c1 --dir "$work/keys" | sed -n '1,4p'
 
 step "three storage nodes in three regions (mTLS)"
@@ -58,7 +58,15 @@ for i in 1 2 3; do voters+=(--voter "s$i=127.0.0.1:$((base + i)),region=r$i,zone
 
 step "fences from every node (followers forward to the leader): seq strictly increases"
 for i in 1 2 3; do "$cs" fence --endpoint "127.0.0.1:$((base + i))" "${admin[@]}" --purpose tour; done
-"$cs" status --endpoint "127.0.0.1:$((base + 2))" "${admin[@]}"
+"$cs" status --endpoint "127.0.0.1:$((base + 2))" --endpoint-node s2 "${admin[@]}"
+
+step "a valid storage certificate of the CA that is no member of the group is refused"
+"$cs" dev-ca --renew --dir "$work/ca" --node s9 >/dev/null
+if out=$("$cs" fence --endpoint "127.0.0.1:$((base + 1))" --cluster c1 --tls-dir "$work/ca/s9" 2>&1); then
+  fail "a non-member storage certificate got a fence: $out"
+fi
+echo "$out"
+grep -q NOT_A_MEMBER <<<"$out" || fail "expected NOT_A_MEMBER"
 
 step "kill -9 two of three voters: the survivor refuses writes, fast"
 kill -9 "${pids[2]}" "${pids[3]}"

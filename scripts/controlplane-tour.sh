@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A scripted tour of the control plane on this machine, as an operator
 # meets it: a private PostgreSQL, `rap-controlplane init` + `serve` (TLS),
-# three rap-configstore storage nodes with certificates from the cluster's
-# CA, `rapctl cluster create/bootstrap`, a join token, a real
+# three rap-configstore storage nodes enrolled with `rap-configstore join`
+# (their keys made on the node, single-use storage tokens approved at once
+# before the group exists), `rapctl cluster create/bootstrap`, a join
+# token, a real
 # `rap-node-agent join` approved by the operator, a role and a service,
 # an org admin who sees only the org-safe view, a refused mutation without
 # quorum (NO_QUORUM, audited), and the audit trail.
@@ -75,9 +77,17 @@ curl -sf "127.0.0.1:$((base + 21))/readyz" >/dev/null || fail "/readyz is not re
 step "rapctl cluster create c1 (CA + signing key in the keys dir, never in PostgreSQL)"
 "$bin/rapctl" cluster create c1 --name "Tour cluster"
 
-step "three storage nodes with certificates from c1's CA"
+step "three storage nodes enrol with rap-configstore join (keys made on the node)"
 for i in 1 2 3; do
-  "$bin/rap-controlplane" storage-cert --cluster c1 --node "s$i" --dir "$work/tls-s$i" >/dev/null
+  "$bin/rapctl" token create --cluster c1 --storage-node "s$i" --ttl 10m -o json >"$work/storage-token-$i.json"
+  raw=$(sed -n 's/.*"raw_token": *"\([^"]*\)".*/\1/p' "$work/storage-token-$i.json")
+  fingerprint=$(sed -n 's/.*"ca_fingerprint": *"\([^"]*\)".*/\1/p' "$work/storage-token-$i.json")
+  [ -n "$raw" ] && [ -n "$fingerprint" ] || fail "no storage token in $(cat "$work/storage-token-$i.json")"
+  "$bin/rap-configstore" join --control-plane "127.0.0.1:$((base + 20))" --cluster c1 --node-id "s$i" \
+    --token "$raw" --ca-fingerprint "$fingerprint" --tls-dir "$work/tls-s$i" \
+    --advertise "127.0.0.1:$((base + i))" | head -n 1
+done
+for i in 1 2 3; do
   "$bin/rap-configstore" serve --node-id "s$i" --cluster-id c1 --listen "127.0.0.1:$((base + i))" \
     --http-listen "127.0.0.1:$((base + 10 + i))" --data-dir "$work/s$i" --tls-dir "$work/tls-s$i" \
     --region r1 --zone "z$i" --host "h$i" --heartbeat-ms 50 \

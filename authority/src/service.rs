@@ -189,22 +189,33 @@ impl AuthorityApi {
                         .map_err(|e| self.refuse(method, e))?;
                     let budget = self.node().options().timing.write_budget();
                     match tokio::time::timeout(budget, forward(client)).await {
-                        Ok(Err(status)) if crate::error::error_detail(&status).is_none() => {
+                        Ok(Err(hop)) if crate::error::error_detail(&hop).is_none() => {
                             // The hop itself failed (leader died, connection
-                            // cut): say so in a typed, retryable refusal.
+                            // cut). Without the leader, a node that reaches
+                            // no quorum says NO_QUORUM (as any write in a
+                            // minority); otherwise a typed, retryable
+                            // NOT_LEADER while the others elect.
                             self.node()
                                 .reachability()
                                 .record_failure(raft_id_of(&member.node_id));
-                            Err(self.refuse(
-                                method,
+                            let status = self.node().status();
+                            let error = if status.reachable_voters
+                                < crate::partition::quorum(status.voters.len())
+                            {
+                                Error::NoQuorum {
+                                    reachable_voters: status.reachable_voters as u32,
+                                    total_voters: status.voters.len() as u32,
+                                }
+                            } else {
                                 Error::NotLeader {
                                     leader: Some(format!(
                                         "{} (unreachable: {})",
                                         member.node_id,
-                                        status.message()
+                                        hop.message()
                                     )),
-                                },
-                            ))
+                                }
+                            };
+                            Err(self.refuse(method, error))
                         }
                         Ok(result) => result,
                         Err(_) => {
