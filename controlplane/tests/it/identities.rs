@@ -2,9 +2,9 @@
 //! (storage tokens, fenced approval once the group exists), reserved ids,
 //! and keys whose certificate was revoked.
 
-use crate::support::{AgentKey, Platform};
+use crate::support::{AgentKey, Platform, join_token};
 use rap_controlplane::error::Error;
-use rap_controlplane::{enrollment, nodes, tokens};
+use rap_controlplane::{enrollment, nodes};
 use rap_proto::pb;
 
 fn approve(id: &str, node_id: &str) -> pb::ReviewJoinRequestRequest {
@@ -16,18 +16,7 @@ fn approve(id: &str, node_id: &str) -> pb::ReviewJoinRequestRequest {
 }
 
 async fn storage_token(p: &Platform, node: &str) -> Result<String, Error> {
-    tokens::create(
-        &p.ctx,
-        &p.owner,
-        &pb::CreateJoinTokenRequest {
-            cluster_id: p.cluster.clone(),
-            ttl_seconds: 600,
-            max_uses: 1,
-            storage_node_id: node.to_string(),
-        },
-    )
-    .await
-    .map(|t| t.raw_token)
+    join_token(&p.ctx, &p.owner, &p.cluster, 1, node).await
 }
 
 /// Agent identities, agent nodes and pending requests: what a refused

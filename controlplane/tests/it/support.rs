@@ -177,6 +177,29 @@ impl AgentKey {
     }
 }
 
+/// A join token of `cluster` valid for 10 minutes: for agents, or with a
+/// `storage_node` id a storage token for that node.
+pub async fn join_token(
+    ctx: &Context,
+    owner: &Principal,
+    cluster: &str,
+    max_uses: u32,
+    storage_node: &str,
+) -> Result<String, rap_controlplane::error::Error> {
+    tokens::create(
+        ctx,
+        owner,
+        &pb::CreateJoinTokenRequest {
+            cluster_id: cluster.to_string(),
+            ttl_seconds: 600,
+            max_uses,
+            storage_node_id: storage_node.to_string(),
+        },
+    )
+    .await
+    .map(|t| t.raw_token)
+}
+
 /// Enrols storage node `node` of `cluster` the way `rap-configstore join`
 /// does: a single-use storage token, a key made "on the node" (here), a
 /// join request with its proof, approved at once while the cluster has no
@@ -188,19 +211,7 @@ pub async fn enrol_storage(
     node: &str,
     dir: &std::path::Path,
 ) -> rap_authority::tls::TlsFiles {
-    let token = tokens::create(
-        ctx,
-        owner,
-        &pb::CreateJoinTokenRequest {
-            cluster_id: cluster.to_string(),
-            ttl_seconds: 600,
-            max_uses: 1,
-            storage_node_id: node.to_string(),
-        },
-    )
-    .await
-    .unwrap()
-    .raw_token;
+    let token = join_token(ctx, owner, cluster, 1, node).await.unwrap();
     let key = AgentKey::generate();
     let submitted = enrollment::submit(ctx, &key.storage_join_request(cluster, &token, node))
         .await
@@ -465,19 +476,9 @@ impl Platform {
 
     /// A join token for the platform's cluster.
     pub async fn token(&self, max_uses: u32) -> String {
-        tokens::create(
-            &self.ctx,
-            &self.owner,
-            &pb::CreateJoinTokenRequest {
-                cluster_id: self.cluster.clone(),
-                ttl_seconds: 600,
-                max_uses,
-                storage_node_id: String::new(),
-            },
-        )
-        .await
-        .unwrap()
-        .raw_token
+        join_token(&self.ctx, &self.owner, &self.cluster, max_uses, "")
+            .await
+            .unwrap()
     }
 
     /// A pending join request by a fresh key; returns (key, request id).
