@@ -1,5 +1,5 @@
 //! Who may call what: the one table of caller kind × RPC, and the one
-//! function that applies it (DESIGN.md §3 "Keys", docs/threat-model.md).
+//! function that applies it (docs/threat-model.md).
 //!
 //! A certificate from the cluster CA proves only that the CA issued it.
 //! What its holder may call is decided here, from its kind
@@ -711,6 +711,18 @@ mod tests {
             }
         }
         assert_eq!(Rpc::from_path("/rap.v1.AuthorityService/Nope"), None);
+    }
+
+    // Goal: docs/threat-model.md shows the table the code applies. Method:
+    // the rendered table must appear in it verbatim.
+    #[test]
+    fn threat_model_holds_the_table() {
+        let doc = include_str!("../../docs/threat-model.md");
+        let table = table_markdown();
+        assert!(
+            doc.contains(&table),
+            "docs/threat-model.md must contain the caller-kind table exactly:\n{table}"
+        );
     }
 
     // Goal: the refusals carry their codes: an agent on a Raft RPC is
