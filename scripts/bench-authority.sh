@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Authority group benchmark (DESIGN.md §8: benchmarks are scripts that
-# print figures). Builds release binaries, starts a 3-voter rap-configstore
+# Authority group benchmark (benchmarks are scripts that print
+# figures). Builds release binaries, starts a 3-voter rap-configstore
 # cluster on 127.0.0.1 with mTLS, and prints:
 #   * fence grants/s and p50/p99 latency at 1, 16 and 64 concurrent clients
 #   * the failover window after kill -9 of the leader (5 runs: median, range)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fenced mutation latency (DESIGN.md §3, §8): builds the driver in release
+# Fenced mutation latency: builds the driver in release
 # mode and prints p50/p90/p99/max and mutations/s of a fenced control-plane
 # mutation (`service set`) at 1, 4 and 16 concurrent clients, plus the bare
 # AcquireFence latency. Real PostgreSQL with fsync and synchronous commit

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Heartbeat ingestion benchmark (DESIGN.md §8: benchmarks are scripts that
-# print figures; nothing asserts speed). Run:
+# Heartbeat ingestion benchmark (benchmarks are scripts that print
+# figures; nothing asserts speed). Run:
 #
 #   scripts/bench-heartbeats.sh                 # the standard set (below)
 #   RAP_BENCH_DURABLE=1 scripts/bench-heartbeats.sh

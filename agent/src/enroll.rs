@@ -1,4 +1,4 @@
-//! Node enrollment (DESIGN.md §6, seed "Node Enrollment Flow"): what
+//! Node enrollment: what
 //! `rap-node-agent join` does.
 //!
 //! 1. Load the node's ed25519 key, or generate it here (it never leaves

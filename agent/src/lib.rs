@@ -1,4 +1,4 @@
-//! `rap-node-agent`: the node agent (DESIGN.md §6).
+//! `rap-node-agent`: the node agent.
 //!
 //! Implemented so far: enrollment ([`enroll`]), the first thing an
 //! operator runs on a new host:

@@ -59,7 +59,7 @@ pub enum Error {
     },
     /// An RPC whose header claims a higher authority term than ours
     /// without a valid signed promotion order for it: refused, counted,
-    /// and nobody is fenced (DESIGN.md §3 "Promotion").
+    /// and nobody is fenced.
     #[error(
         "unproven authority term: ours is {ours}, the request claims {theirs} without a valid signed order ({reason})"
     )]

@@ -1,5 +1,5 @@
 //! Who a certificate says its holder is: cluster, kind and id, in one URI
-//! subject alternative name (DESIGN.md §3 "Keys").
+//! subject alternative name.
 //!
 //! | kind | URI SAN |
 //! |---|---|

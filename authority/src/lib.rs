@@ -1,4 +1,4 @@
-//! `rap-authority`: the per-cluster openraft group (DESIGN.md §3, §5).
+//! `rap-authority`: the per-cluster openraft group.
 //!
 //! One group per cluster runs on that cluster's storage nodes. It holds the
 //! authority term, grants fencing tokens through committed entries,

@@ -1,5 +1,5 @@
 //! The client side of the group's lifecycle: bootstrap
-//! ([`bootstrap_group`]), promotion and rejoin (DESIGN.md §3 "Promotion"):
+//! ([`bootstrap_group`]), promotion and rejoin:
 //! survey the survivors, pick the seed, sign the order with the cluster's
 //! snapshot-signing key and deliver it. [`crate::promotion`] is the storage
 //! node's side; `rap-configstore bootstrap|promote|rejoin` and the control

@@ -1,4 +1,4 @@
-//! Promotion (loss-of-quorum recovery) and rejoin (DESIGN.md §3).
+//! Promotion (loss-of-quorum recovery) and rejoin.
 //!
 //! openraft has no forced-membership API, so a promotion builds a new group:
 //! every survivor verifies the control plane's signed order, refuses while

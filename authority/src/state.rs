@@ -61,7 +61,7 @@ pub struct AuthorityState {
     /// The signed promotion order (an encoded `PromoteRequest`) that
     /// created `authority_term`; empty at term 1. Members attach it to
     /// their Raft RPCs and refusals so that others can believe the term
-    /// (DESIGN.md §3 "Promotion").
+    ///.
     #[serde(default)]
     pub term_proof: ByteBuf,
     /// Scope → newest verified envelope.

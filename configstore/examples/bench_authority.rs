@@ -1,6 +1,6 @@
 //! Benchmark driver of the authority group, run by
-//! `scripts/bench-authority.sh` (DESIGN.md §8: benchmarks are scripts that
-//! print figures; no test asserts speed).
+//! `scripts/bench-authority.sh` (benchmarks are scripts that print
+//! figures; no test asserts speed).
 //!
 //! It starts a 3-voter `rap-configstore` cluster on 127.0.0.1 with mTLS
 //! (the integration tests' harness, `tests/it/cluster.rs`) and prints:

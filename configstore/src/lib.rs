@@ -1,4 +1,4 @@
-//! `rap-configstore`: the storage/config node (DESIGN.md §5).
+//! `rap-configstore`: the storage/config node.
 //!
 //! It hosts its cluster's authority group (`rap-authority`): it serves
 //! `RaftService` and `AuthorityService` on one gRPC listener and

@@ -1,6 +1,6 @@
 //! Heartbeat ingestion benchmark, run by `scripts/bench-heartbeats.sh`
-//! (DESIGN.md §8: benchmarks are scripts that print figures; nothing here
-//! asserts speed).
+//! (benchmarks are scripts that print figures; nothing here asserts
+//! speed).
 //!
 //! Sets up one cluster with `--nodes` members (active memberships, active
 //! identities, two service instances each) in a private PostgreSQL

@@ -1,5 +1,5 @@
-//! Audit events: every mutation and every refused mutation (DESIGN.md §3,
-//! issue "every refusal of a trust action is audited"). Successful
+//! Audit events: every mutation and every refused mutation (every refusal
+//! of a trust action is audited). Successful
 //! mutations write their event inside the mutation's transaction; refusals
 //! write theirs in a transaction of their own, since the mutation's was
 //! rolled back. The table is append-only in the schema (migration 0002):

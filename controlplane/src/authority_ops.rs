@@ -1,5 +1,5 @@
-//! Loss-of-quorum recovery through the control plane (DESIGN.md §3
-//! "Promotion"): `PromotePartition` and `RejoinNode`.
+//! Loss-of-quorum recovery through the control plane: `PromotePartition`
+//! and `RejoinNode`.
 //!
 //! Platform-owner only, audited, explicit survivor list, refused while the
 //! current group has a quorum. The survivors are named by node id and must

@@ -1,4 +1,4 @@
-//! Node enrollment (seed "Node Enrollment Flow", DESIGN.md §3 "Keys"):
+//! Node enrollment:
 //! token + node public key + proof of possession → a `pending` join request
 //! → fenced approval by a platform admin → node, identity, membership and
 //! an X.509 node certificate from the cluster CA → the agent polls with a

@@ -1,4 +1,4 @@
-//! Fenced mutations (DESIGN.md §3 "Authority term and fencing").
+//! Fenced mutations.
 //!
 //! A trust or policy mutation runs as:
 //! 1. `BEGIN`; lock the cluster's current authority row

@@ -1,5 +1,5 @@
 //! Heartbeats: observations from node agents, batched into PostgreSQL
-//! (DESIGN.md: observations need no fence; 10,000 agents at one heartbeat
+//! (observations need no fence; 10,000 agents at one heartbeat
 //! per 10 s on a 2-core machine).
 //!
 //! A heartbeat is validated when it arrives ([`Heartbeat::from_request`]),

@@ -1,4 +1,4 @@
-//! `rap-controlplane`: the control plane (DESIGN.md §1, §3, §7).
+//! `rap-controlplane`: the control plane.
 //!
 //! PostgreSQL (sqlx) is the source of truth; this is the only crate with
 //! SQL. Modules:

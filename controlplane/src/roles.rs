@@ -1,6 +1,6 @@
 //! Role assignments: the explicit authorization of a node for a role in a
 //! cluster, optionally restricted to one organization (seed "Roles and
-//! capabilities", DESIGN.md §3).
+//! capabilities").
 //!
 //! Capabilities are never permissions. A node *reports* what it can do
 //! (`can_run_rdp_worker`, ...); that alone grants nothing. A platform

@@ -1,4 +1,5 @@
-//! The oracle: invariants checked over a run's event log (DESIGN.md §9).
+//! The oracle: invariants checked over a run's event log (numbered as in
+//! docs/ARCHITECTURE.md, "Numbered invariants").
 //!
 //! * [`fences_unique_and_increasing`] (invariant 1): no two calls get the
 //!   same `(authority_term, seq)` or log index; in log order fences

@@ -1,5 +1,5 @@
 //! A host that is not a member of the group and forges Raft RPCs that
-//! claim a higher authority term (DESIGN.md §3 "Promotion", invariant 9).
+//! claim a higher authority term.
 //!
 //! At each offset of its plan (from the start of the workload) the forger
 //! picks a storage node, a claimed sender (itself or a member), a claimed

@@ -1,5 +1,5 @@
 //! `rap-sim`: deterministic turmoil simulations and the invariant oracle
-//! (DESIGN.md §8, §9).
+//!.
 //!
 //! The real authority code (`rap-authority`: openraft, redb storage, the
 //! tonic transport and `AuthorityService`) runs on simulated hosts under

@@ -5,7 +5,7 @@
 //! (and restarts crashed hosts) a few seconds later, and lets the workers
 //! run 2 s more, so each run sees before, during and after.
 //!
-//! Not here yet: promotion (loss-of-quorum recovery, DESIGN.md §3) — its
+//! Not here yet: promotion (loss-of-quorum recovery) — its
 //! scenario ("promotion fences the old side even when the old majority
 //! comes back") belongs with the promotion code. What the simulation does
 //! check of the term rule: forged higher-term RPCs from a non-member host

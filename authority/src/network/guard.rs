@@ -1,7 +1,7 @@
 //! The authority-term guard of the Raft transport.
 //!
 //! Every Raft RPC carries `{cluster_id, authority_term, from_node_id}`
-//! (DESIGN.md §3). The receiver refuses another cluster and refuses a lower
+//!. The receiver refuses another cluster and refuses a lower
 //! term (the sender belongs to a fenced side). A *higher* term is believed
 //! only together with its proof: the signed promotion order that created
 //! it (cluster signing key, its own signature domain), carried in the

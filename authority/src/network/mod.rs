@@ -1,5 +1,5 @@
 //! Raft RPCs over tonic (`rap.v1.RaftService`), with cluster and authority
-//! term checks on every call (DESIGN.md §3 "Promotion").
+//! term checks on every call.
 //!
 //! * [`codec`]: openraft's requests and responses as named-field
 //!   MessagePack in the `payload` bytes; replies carry
@@ -36,7 +36,7 @@ use std::time::Duration;
 
 /// Default HTTP/2 keepalive interval of every Raft channel: a partitioned
 /// connection is noticed within about two intervals and then redialled
-/// (DESIGN.md §2a; the simulation uses ~300 ms).
+/// (the simulation uses ~300 ms).
 pub const KEEPALIVE_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 
 /// Default wait for a keepalive PING acknowledgement before the

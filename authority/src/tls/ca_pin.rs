@@ -1,4 +1,4 @@
-//! Pinning the cluster CA by fingerprint (DESIGN.md §6).
+//! Pinning the cluster CA by fingerprint.
 //!
 //! A joining node knows only the blake3 fingerprint of its cluster CA
 //! certificate's DER (it travels in the join command), not the CA itself.

@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 /// Default lifetime of a node certificate: short, renewed before expiry
-/// (DESIGN.md §3 "Keys").
+///.
 pub const NODE_CERT_VALIDITY_DEFAULT: Duration = Duration::from_secs(24 * 3600);
 
 /// Longest node certificate lifetime issued: node certificates are

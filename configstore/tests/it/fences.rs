@@ -1,7 +1,8 @@
 //! Fencing tokens across real processes: uniqueness and order under
 //! concurrent clients, and no acknowledged fence or shard lost when the
 //! leader is killed under load and then every node is killed and restarted
-//! (DESIGN.md §3 "Authority term and fencing", §9).
+//! (docs/ARCHITECTURE.md, "a fence is granted only by applying a
+//! committed `AcquireFence` entry").
 
 use crate::bin;
 use crate::cluster::{

@@ -1,4 +1,4 @@
-//! Multi-process tests of `rap-configstore` (DESIGN.md §8): the real binary
+//! Multi-process tests of `rap-configstore`: the real binary
 //! runs as child processes on 127.0.0.1 with mTLS, is killed with
 //! `kill -9` and restarted; the tests talk to it over gRPC and HTTP like
 //! the control plane and an operator would.

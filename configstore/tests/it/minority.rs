@@ -1,6 +1,5 @@
 //! A node cut off from its quorum refuses writes with a typed `NO_QUORUM`
-//! instead of hanging, says `minority`, and is not ready (DESIGN.md §3
-//! "Minority behaviour").
+//! instead of hanging, says `minority`, and is not ready.
 
 use crate::bin;
 use crate::cluster::{
@@ -86,7 +85,7 @@ async fn check_minority_node(cluster: &Cluster, survivor: usize, last_seq: u64) 
     assert_eq!(view, 1.0, "rap_partition_view{{view=\"minority\"}}");
 }
 
-// Goal (DESIGN.md §3: a leader that has not heard from a quorum refuses
+// Goal (a leader that has not heard from a quorum refuses
 // before proposing, with NO_QUORUM, and never hangs; Status says
 // minority): an isolated leader refuses a fence with UNAVAILABLE +
 // ErrorDetail {NO_QUORUM, 1/3}, reports the minority view, fails /readyz,
@@ -146,7 +145,7 @@ fn isolated_leader_refuses_with_no_quorum_then_recovers() {
     });
 }
 
-// Goal (DESIGN.md §3): a follower left alone (leader and the other
+// Goal: a follower left alone (leader and the other
 // follower dead) never grants and never hangs: every write is refused
 // with UNAVAILABLE, and once it knows it is alone the refusal is
 // ErrorDetail {NO_QUORUM, 1/3}; Status says minority, /readyz is 503.
@@ -219,8 +218,8 @@ fn isolated_follower_refuses_with_no_quorum() {
     });
 }
 
-// Goal (DESIGN.md §3 "returns NO_QUORUM (gRPC UNAVAILABLE with a
-// machine-readable reason...)"; ARCHITECTURE.md "every refusal is typed"):
+// Goal (NO_QUORUM is gRPC UNAVAILABLE with a machine-readable reason;
+// ARCHITECTURE.md "every refusal is typed"):
 // when a follower forwards a write to a leader that has just died, the
 // client gets a typed refusal (an ErrorDetail, e.g. NO_QUORUM or
 // NOT_LEADER), never the raw transport error of the forwarding hop.

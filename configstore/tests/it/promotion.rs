@@ -1,5 +1,5 @@
 //! Promotion after loss of the majority, the old side coming back, and
-//! rejoin (DESIGN.md §3, invariant 6).
+//! rejoin.
 
 use crate::bin;
 use crate::cluster::{Cluster, HANG_GUARD, acquire, code_of, eventually, publish, run};

@@ -1,5 +1,5 @@
-//! A private PostgreSQL server for tests (DESIGN.md §8: a real database that
-//! the test harness starts itself; never a shared server, never a mock).
+//! A private PostgreSQL server for tests: a real database that the test
+//! harness starts itself; never a shared server, never a mock.
 //!
 //! ```no_run
 //! # async fn example() -> rap_pgtest::Result<()> {

@@ -1,5 +1,4 @@
-//! Promotion and rejoin through the control plane (DESIGN.md §3
-//! "Promotion"): platform-owner only, audited, refused while the group has
+//! Promotion and rejoin through the control plane: platform-owner only, audited, refused while the group has
 //! a quorum; afterwards PostgreSQL is at the new term and fenced mutations
 //! carry its fences.
 

@@ -1,4 +1,4 @@
-//! The signed snapshot shard envelope (DESIGN.md §4).
+//! The signed snapshot shard envelope.
 //!
 //! An envelope is `header ‖ body ‖ signature`: the header names the cluster,
 //! scope, version, authority term, trust generation, validity window,

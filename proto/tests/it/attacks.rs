@@ -1,5 +1,5 @@
 //! One test per attack of The Update Framework's list that applies to
-//! snapshot shards, plus the fork, term and reader rules of DESIGN.md §4.
+//! snapshot shards, plus the fork, term and reader rules of the verifier.
 //! Every refusal is checked for its own error variant *and* for leaving
 //! the verifier's marks unchanged.
 

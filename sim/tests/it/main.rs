@@ -1,4 +1,4 @@
-//! The simulation test binary (DESIGN.md §8, STYLE.md "Tests"): every
+//! The simulation test binary: every
 //! scenario of `rap_sim::scenarios` swept over a few fixed seeds, the
 //! determinism check, and the pinned regression seeds.
 //!

@@ -1,6 +1,5 @@
 //! `rapctl authority status|promote|rejoin`: a cluster's authority group
-//! and loss-of-quorum recovery (DESIGN.md §3 "Promotion";
-//! docs/operations.md).
+//! and loss-of-quorum recovery (docs/operations.md).
 
 use crate::client::{self, Conn};
 use crate::errors::CliError;

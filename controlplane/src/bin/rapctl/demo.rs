@@ -79,7 +79,7 @@ pub fn run(args: DemoArgs, format: Format) -> Result<()> {
             crate::outln!(
                 "\n{}",
                 if all_ok {
-                    "Every step behaved as DESIGN.md §4 says."
+                    "Every step behaved as docs/threat-model.md says."
                 } else {
                     "Some step did NOT behave as designed."
                 }
