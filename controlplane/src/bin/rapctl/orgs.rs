@@ -407,10 +407,7 @@ pub async fn run_principal(args: PrincipalArgs, format: Format) -> Result<()> {
                 .await
                 .map_err(|e| s.fail(e))?
                 .into_inner();
-            eprintln!(
-                "warning: the API token below is shown once and never stored; give it to its \
-                 holder over a private channel (they save it to ~/.config/rap/token, mode 0600)"
-            );
+            warn_api_token_shown_once();
             let principal = response.principal.unwrap_or_default();
             let mut rows = vec![("token", response.raw_token.clone())];
             rows.extend(principal_rows(&principal));
@@ -506,10 +503,7 @@ async fn run_api_token(s: &Session, command: ApiTokenCommand, format: Format) ->
                 .await
                 .map_err(|e| s.fail(e))?
                 .into_inner();
-            eprintln!(
-                "warning: the API token below is shown once and never stored; give it to its \
-                 holder over a private channel (they save it to ~/.config/rap/token, mode 0600)"
-            );
+            warn_api_token_shown_once();
             let token = response.token.unwrap_or_default();
             let mut rows = vec![("token", response.raw_token.clone())];
             rows.extend(api_token_rows(&token));
@@ -542,4 +536,12 @@ pub async fn run_whoami(args: WhoamiArgs, format: Format) -> Result<()> {
         .into_inner();
     print_object(format, &principal_rows(&p), &principal_json(&p));
     Ok(())
+}
+
+/// Said before printing a new API token.
+fn warn_api_token_shown_once() {
+    eprintln!(
+        "warning: the API token below is shown once and never stored; give it to its \
+         holder over a private channel (they save it to ~/.config/rap/token, mode 0600)"
+    );
 }
