@@ -547,6 +547,45 @@ pub async fn promote_survivors(
     send_promotion(network, &plan, signer, |_| {}).await
 }
 
+/// Adds `member` to the group that `endpoint` (an address and the storage
+/// node expected there) serves, as a learner promoted once caught up.
+/// First tells the joining node the members of `group` (a current status
+/// of the group) with `PrepareJoin`: until it holds the membership, only
+/// they may replicate to it. `context` names the `AddVoter` step in errors.
+pub async fn add_voter(
+    network: &crate::network::NetworkConfig,
+    cluster_id: &ClusterId,
+    endpoint: (&str, &ExpectedPeer),
+    group: &pb::AuthorityStatusResponse,
+    member: &pb::VoterSpec,
+    context: impl Display,
+) -> Result<pb::AuthorityStatusResponse> {
+    let mut joining = authority_client(
+        network,
+        &member.address,
+        &ExpectedPeer::storage_named(&member.node_id),
+    )?;
+    call(
+        format!("prepare {} to join", member.node_id),
+        STATUS_TIMEOUT,
+        joining.prepare_join(pb::PrepareJoinRequest {
+            cluster_id: cluster_id.to_string(),
+            members: group.voters.iter().map(voter_spec_of_status).collect(),
+        }),
+    )
+    .await?;
+    let mut leader = authority_client(network, endpoint.0, endpoint.1)?;
+    call(
+        context,
+        ADD_VOTER_TIMEOUT,
+        leader.add_voter(pb::AddVoterRequest {
+            cluster_id: cluster_id.to_string(),
+            voter: Some(member.clone()),
+        }),
+    )
+    .await
+}
+
 /// Brings the old member `member` back into the cluster's current term:
 /// asks the group (the first of `group`, current members (an empty node id
 /// accepts any storage node at that address), that answers with group
@@ -671,31 +710,15 @@ pub async fn rejoin_member(
         )
         .await?;
     }
-    // Only the group's members may replicate to the emptied node.
-    let mut joining = authority_client(network, &member.address, &member_peer)?;
-    call(
-        format!("prepare {node_id} to join"),
-        STATUS_TIMEOUT,
-        joining.prepare_join(pb::PrepareJoinRequest {
-            cluster_id: cluster_id.to_string(),
-            members: group_status
-                .voters
-                .iter()
-                .map(voter_spec_of_status)
-                .collect(),
-        }),
-    )
-    .await?;
-    let mut leader = authority_client(network, endpoint, &endpoint_peer)?;
-    let status = call(
+    let status = add_voter(
+        network,
+        cluster_id,
+        (endpoint, &endpoint_peer),
+        &group_status,
+        member,
         format!(
             "add {node_id} as a voter (it restarted empty at term {term}; run the rejoin again to retry)"
         ),
-        ADD_VOTER_TIMEOUT,
-        leader.add_voter(pb::AddVoterRequest {
-            cluster_id: cluster_id.to_string(),
-            voter: Some(member.clone()),
-        }),
     )
     .await?;
     Ok(RejoinReport {

@@ -10,6 +10,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use rap_authority::network::NetworkConfig;
+use rap_authority::orders_client;
 use rap_authority::service::authority_client;
 use rap_authority::tls::live::LiveIdentity;
 use rap_authority::tls::pin::{ExpectedPeer, PeerTls};
@@ -668,7 +669,7 @@ async fn bootstrap(args: BootstrapArgs) -> Result<()> {
     };
     // Every voter initializes the same membership: a node admits Raft RPCs
     // only from members of its group.
-    let response = rap_authority::orders_client::bootstrap_group(&net, &request)
+    let response = orders_client::bootstrap_group(&net, &request)
         .await
         .map_err(authority_error)?;
     if args.client.json {
@@ -750,40 +751,23 @@ async fn fence(args: FenceArgs) -> Result<()> {
 async fn add_voter(args: AddVoterArgs) -> Result<()> {
     let net = network(&args.client)?;
     let voter = parse_voter(&args.voter)?;
-    let mut client = endpoint_client(&args.client, &net)?;
-    // The new node admits Raft RPCs only from the members it is told of.
-    let group = client
+    let group = endpoint_client(&args.client, &net)?
         .status(pb::AuthorityStatusRequest {
             cluster_id: args.client.cluster.clone(),
         })
         .await
         .map_err(status_error)?
         .into_inner();
-    let mut joining = authority_client(
+    let cluster = ClusterId::new(args.client.cluster.as_str())?;
+    let response = orders_client::add_voter(
         &net,
-        &voter.address,
-        &ExpectedPeer::storage_named(&voter.node_id),
-    )?;
-    joining
-        .prepare_join(pb::PrepareJoinRequest {
-            cluster_id: args.client.cluster.clone(),
-            members: group
-                .voters
-                .iter()
-                .map(rap_authority::service::voter_spec_of_status)
-                .collect(),
-        })
-        .await
-        .map_err(status_error)
-        .with_context(|| format!("prepare {} to join", voter.node_id))?;
-    let response = client
-        .add_voter(pb::AddVoterRequest {
-            cluster_id: args.client.cluster.clone(),
-            voter: Some(voter),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+        &cluster,
+        (&args.client.endpoint, &endpoint_peer(&args.client)?),
+        &group,
+        &voter,
+        format!("add {} as a voter", voter.node_id),
+    )
+    .await?;
     print_status(&response, args.client.json);
     Ok(())
 }
@@ -816,7 +800,7 @@ fn authority_error(error: rap_authority::Error) -> anyhow::Error {
 }
 
 async fn promote(args: PromoteArgs) -> Result<()> {
-    use rap_authority::orders_client::{self, PromotionStep};
+    use rap_authority::orders_client::PromotionStep;
     let client_args = ClientArgs {
         endpoint: String::new(),
         endpoint_node: None,
@@ -864,7 +848,7 @@ async fn rejoin(args: RejoinArgs) -> Result<()> {
     let key = rap_proto::envelope::SnapshotSigner::read_key_file(&args.key)?;
     let spec = parse_voter(&args.node)?;
     let cluster = ClusterId::new(args.client.cluster.as_str())?;
-    let report = rap_authority::orders_client::rejoin_member(
+    let report = orders_client::rejoin_member(
         &net,
         &cluster,
         &[pb::VoterSpec {

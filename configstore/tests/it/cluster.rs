@@ -484,17 +484,27 @@ impl Cluster {
             .collect()
     }
 
-    /// Sends `Bootstrap` with every node as a voter to the first node.
+    /// Sends `Bootstrap` with every node as a voter to every node.
     pub async fn bootstrap(&self) -> Result<pb::BootstrapGroupResponse, tonic::Status> {
+        self.bootstrap_voters(&self.all()).await
+    }
+
+    /// Sends `Bootstrap` with the nodes `voters` as the voters to each of
+    /// them.
+    pub async fn bootstrap_voters(
+        &self,
+        voters: &[usize],
+    ) -> Result<pb::BootstrapGroupResponse, tonic::Status> {
+        let specs = self.voter_specs();
         let request = pb::BootstrapGroupRequest {
             cluster_id: self.cluster_id.to_string(),
-            voters: self.voter_specs(),
+            voters: voters.iter().map(|&i| specs[i].clone()).collect(),
             trust_root: self.trust_root.clone(),
             allow_single_voter: false,
         };
         // Every voter initializes the same membership (a node admits Raft
         // RPCs only from members of its group); the first refusal wins.
-        let calls = (0..self.nodes.len()).map(|index| {
+        let calls = voters.iter().map(|&index| {
             let mut client = self.client(index);
             let request = request.clone();
             async move {
