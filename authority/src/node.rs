@@ -39,6 +39,18 @@ pub const LOGS_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
 /// How many election timeouts `bootstrap` waits for the first leader.
 pub const BOOTSTRAP_ELECTION_TIMEOUTS_MAX: u32 = 20;
 
+/// How long `add_voter` waits for a new learner to catch up before it
+/// refuses to promote it (`LEARNER_BEHIND`).
+pub const LEARNER_CATCH_UP_MAX: Duration = Duration::from_secs(120);
+
+/// `add_voter` gives up sooner, after this many maximum election
+/// timeouts, when the new learner has not answered a single Raft RPC.
+pub const LEARNER_SILENCE_ELECTION_TIMEOUTS: u32 = 10;
+
+/// Refusal code: a new learner did not catch up, so it was not promoted;
+/// it stays a learner and does not count for quorum.
+pub const LEARNER_BEHIND: &str = "LEARNER_BEHIND";
+
 /// Raft timing of one node.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -862,10 +874,16 @@ impl AuthorityNode {
         NodeId::new(member.node_id.as_str())?;
         self.require_leader()?;
         let id = raft_id_of(&member.node_id);
-        self.raft
-            .add_learner(id, member, true)
+        let node_id = member.node_id.clone();
+        // Not openraft's blocking mode: it ignores how its wait ended and
+        // would let a learner that never caught up be promoted, a voter
+        // that only lowers the group's tolerance.
+        let added = self
+            .raft
+            .add_learner(id, member, false)
             .await
             .map_err(|e| Error::Raft(format!("add learner: {e}")))?;
+        self.wait_learner(id, &node_id, added.log_id.index).await?;
         let mut voters: BTreeSet<RaftNodeId> =
             Self::voters(&self.raft_metrics()).into_keys().collect();
         if voters.len() >= crate::limits::VOTERS_MAX {
@@ -881,6 +899,50 @@ impl AuthorityNode {
             .await
             .map_err(|e| Error::Raft(format!("promote learner: {e}")))?;
         Ok(())
+    }
+
+    /// Waits until the leader has replicated up to `index` to learner `id`.
+    /// Refuses with [`LEARNER_BEHIND`] when the learner has not answered
+    /// any Raft RPC since the wait began within
+    /// [`LEARNER_SILENCE_ELECTION_TIMEOUTS`] election timeouts (down, or
+    /// refusing us), or has not caught up within [`LEARNER_CATCH_UP_MAX`].
+    async fn wait_learner(&self, id: RaftNodeId, node_id: &str, index: u64) -> Result<()> {
+        let started = tokio::time::Instant::now();
+        let silence = self.options.timing.election_timeout_max * LEARNER_SILENCE_ELECTION_TIMEOUTS;
+        loop {
+            self.require_leader()?;
+            let metrics = self.raft_metrics();
+            let matched = metrics
+                .replication
+                .as_ref()
+                .and_then(|replication| replication.get(&id).cloned().flatten());
+            if matched.is_some_and(|log_id| log_id.index >= index) {
+                return Ok(());
+            }
+            let answered = self
+                .reach
+                .peer(id)
+                .and_then(|peer| peer.last_success)
+                .is_some_and(|at| at >= started);
+            let waited = started.elapsed();
+            if (!answered && waited > silence) || waited > LEARNER_CATCH_UP_MAX {
+                return Err(Error::Refused {
+                    code: LEARNER_BEHIND.into(),
+                    message: format!(
+                        "{node_id} has not caught up after {waited:?} ({}); it stays a learner, \
+                         not counted for quorum. Check that it runs at its address with a storage \
+                         certificate of this cluster and was told the group's members \
+                         (PrepareJoin, which `rap-configstore add-voter` sends), then add it again",
+                        if answered {
+                            "it answers but is still behind"
+                        } else {
+                            "it answered no Raft RPC"
+                        }
+                    ),
+                });
+            }
+            tokio::time::sleep(self.options.timing.heartbeat).await;
+        }
     }
 
     /// Removes a voter.

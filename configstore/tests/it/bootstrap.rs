@@ -1,9 +1,11 @@
 //! Group lifecycle: bootstrap refuses fewer than 3 voters unless told
-//! this is development, and says how (issue 3 "Group lifecycle").
+//! this is development, and says how; `add-voter` grows the group.
 
 use crate::bin;
-use crate::cluster::{Cluster, code_of, run};
+use crate::cluster::{Cluster, HANG_GUARD, acquire, code_of, eventually, metric_value, run};
+use rap_proto::pb;
 use std::path::Path;
+use std::time::Duration;
 
 // Goal: a 2-voter bootstrap without allow_single_voter is refused, over
 // gRPC and through the CLI, with a message that says what to do (use 3
@@ -120,6 +122,101 @@ fn bootstrap_refuses_two_voters_and_says_what_to_do() {
         let fence: serde_json::Value = serde_json::from_str(&stdout).expect("fence --json");
         assert_eq!(fence["seq"], 1, "{fence}");
         assert_eq!(fence["authority_term"], 1, "{fence}");
+    });
+}
+
+// Goal: a new voter must catch up before it is promoted, and
+// `rap-configstore add-voter` makes sure it can: an AddVoter for a node
+// that was not told the group's members (it refuses their Raft traffic as
+// NOT_A_MEMBER) is refused with LEARNER_BEHIND and leaves 3 voters and a
+// healthy group; the CLI, which sends PrepareJoin first, then makes it a
+// voter, and fences work through it.
+// Method: 4 processes, bootstrap s1-s3 only, start s4 empty; a bare
+// AddVoter to the leader (code, voters, view, s4's refusal counter); the
+// CLI add-voter against the leader; wait until s4 reports 4 voters and a
+// healthy view; a fence through s4 (forwarded) is granted at term 1.
+#[test]
+fn add_voter_prepares_the_new_node_and_adds_it() {
+    run(async {
+        let mut cluster = Cluster::new(bin(), 4);
+        for index in 0..3 {
+            cluster.start(index).await;
+        }
+        cluster
+            .bootstrap_voters(&[0, 1, 2])
+            .await
+            .expect("bootstrap s1-s3");
+        let leader = cluster.wait_leader(&[0, 1, 2]).await;
+        cluster.start(3).await;
+        let s4 = pb::VoterSpec {
+            node_id: "s4".into(),
+            address: cluster.nodes[3].address(),
+            domain: Some(pb::FailureDomain {
+                region: "r4".into(),
+                zone: "z4".into(),
+                host: "h4".into(),
+            }),
+        };
+
+        let bare = tokio::time::timeout(
+            HANG_GUARD * 3,
+            cluster.client(leader).add_voter(pb::AddVoterRequest {
+                cluster_id: cluster.cluster_id.to_string(),
+                voter: Some(s4.clone()),
+            }),
+        )
+        .await
+        .expect("a bare AddVoter answers")
+        .expect_err("s4 was not told the group's members");
+        assert_eq!(code_of(&bare), "LEARNER_BEHIND", "{bare:?}");
+        let status = cluster.status(leader).await.expect("status");
+        assert_eq!(status.voters.len(), 3, "{status:?}");
+        assert_eq!(status.partition_view, pb::PartitionView::Healthy as i32);
+        let (_, metrics) = cluster.http(3, "/metrics").await;
+        assert!(
+            metric_value(
+                &metrics,
+                "rap_refusals_total",
+                &[("reason", "NOT_A_MEMBER")]
+            )
+            .unwrap_or(0.0)
+                > 0.0,
+            "s4 refused the leader's traffic"
+        );
+
+        let endpoint = cluster.nodes[leader].address();
+        let voter = format!("s4={},region=r4,zone=z4,host=h4", s4.address);
+        let (code, stdout, stderr) = cluster.cli(&[
+            "add-voter",
+            "--endpoint",
+            &endpoint,
+            "--cluster",
+            cluster.cluster_id.as_str(),
+            "--tls-dir",
+            &path(&cluster.admin_tls_dir),
+            "--voter",
+            &voter,
+        ]);
+        assert_eq!(code, 0, "add-voter: stdout {stdout:?}, stderr {stderr:?}");
+
+        let status = eventually(
+            "s4 sees four voters and a healthy group",
+            HANG_GUARD,
+            Duration::from_millis(50),
+            || async {
+                let status = cluster.status(3).await.ok()?;
+                (status.voters.len() == 4
+                    && status.partition_view == pb::PartitionView::Healthy as i32)
+                    .then_some(status)
+            },
+        )
+        .await;
+        assert_eq!(status.authority_term, 1, "{status:?}");
+        let mut client = cluster.client(3);
+        let fence = acquire(&mut client, cluster.cluster_id.as_str(), 1, "through s4")
+            .await
+            .expect("a fence through the new voter");
+        assert_eq!(fence.authority_term, 1);
     });
 }
 
