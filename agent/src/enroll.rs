@@ -5,7 +5,7 @@
 //!    the node; [`crate::state`]).
 //! 2. Connect to the control plane over TLS with server name
 //!    `<cluster_id>.cluster.rap`, pinning the cluster CA by the
-//!    fingerprint from the join command ([`rap_authority::tls::ca_pin`]). Nothing is sent
+//!    fingerprint from the join command ([`rap_core::tls::ca_pin`]). Nothing is sent
 //!    before the pin holds.
 //! 3. Submit a join request with the token and a proof of possession
 //!    (signature over the prost encoding of `JoinProofPayload`), and save
@@ -21,10 +21,10 @@ use crate::state::{
 };
 use ed25519_dalek::{Signer, SigningKey};
 use prost::Message;
-use rap_authority::identity::PeerIdentity;
-use rap_authority::identity::cluster_server_name;
-use rap_authority::tls::ca_pin::{CaFingerprint, PinOutcome, PinnedCaVerifier};
-use rap_authority::tls::{check_issued_chain, pem_certificate};
+use rap_core::identity::PeerIdentity;
+use rap_core::identity::cluster_server_name;
+use rap_core::tls::ca_pin::{CaFingerprint, PinOutcome, PinnedCaVerifier};
+use rap_core::tls::{check_issued_chain, pem_certificate};
 use rap_proto::ids::{ClusterId, NodeId, RoleName};
 use rap_proto::pb;
 use rap_proto::pb::enrollment_service_client::EnrollmentServiceClient;
@@ -497,7 +497,7 @@ pub async fn connect(
     cluster: &ClusterId,
     fingerprint: CaFingerprint,
 ) -> Result<(Channel, Arc<PinnedCaVerifier>, CertificateDer<'static>), EnrollError> {
-    rap_authority::tls::install_crypto_provider();
+    rap_core::tls::install_crypto_provider();
     let verifier = Arc::new(PinnedCaVerifier::new(fingerprint));
     let tls = ClientTlsConfig::new()
         .domain_name(cluster_server_name(cluster))
@@ -542,7 +542,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 fn rpc_error(call: &'static str, status: &tonic::Status) -> EnrollError {
-    let code = rap_authority::error::error_detail(status)
+    let code = rap_core::codes::error_detail(status)
         .map(|d| d.code)
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| format!("{:?}", status.code()));

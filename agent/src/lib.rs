@@ -8,7 +8,7 @@
 //!     --token rapjt.<id>.<secret> --ca-fingerprint <64 hex>
 //! ```
 //!
-//! It pins the cluster CA by fingerprint (`rap_authority::tls::ca_pin`,
+//! It pins the cluster CA by fingerprint (`rap_core::tls::ca_pin`,
 //! shared with `rap-configstore join`), generates the node key
 //! on the node, submits a join request with proof of possession, polls
 //! until a platform admin approves, and stores identity, certificate

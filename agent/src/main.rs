@@ -6,7 +6,7 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rap_authority::tls::ca_pin::CaFingerprint;
+use rap_core::tls::ca_pin::CaFingerprint;
 use rap_node_agent::enroll::{
     self, Enrolled, Event, JoinOptions, JoinOutcome, POLL_INTERVAL_DEFAULT, parse_duration,
 };

@@ -20,7 +20,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub use rap_authority::tls::{CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
+pub use rap_core::tls::{CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
 
 /// The pending join request's file name.
 pub const JOIN_REQUEST_FILE: &str = "join-request.json";

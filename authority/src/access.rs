@@ -24,7 +24,7 @@
 //! caller is a member of this node's group.
 
 use crate::error::Error;
-use crate::identity::{CertificateFacts, IdentityKind};
+use rap_core::identity::{CertificateFacts, IdentityKind};
 use rap_proto::ids::{ClusterId, NodeId};
 use std::fmt;
 use std::future::Future;
@@ -606,7 +606,7 @@ pub fn table_markdown() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::PeerIdentity;
+    use rap_core::identity::PeerIdentity;
     use std::collections::BTreeSet;
     use std::time::SystemTime;
 

@@ -15,10 +15,10 @@
 //! ([`Revocations`]).
 
 use crate::error::{Error, Result};
-use crate::files::{self, Overwrite};
 use crate::network::PEERS_MAX;
 use crate::slot::NodeSlot;
 use crate::store::StateView;
+use rap_core::files::{self, Overwrite};
 use rap_proto::ids::{ClusterId, LogIndex, NodeId};
 use rap_proto::revocations::REVOCATIONS_SCOPE;
 use std::collections::{BTreeSet, HashSet};

@@ -170,6 +170,22 @@ impl Error {
     }
 }
 
+/// An identity, certificate or file refusal keeps its code: each
+/// `rap-core` refusal is the same refusal here.
+impl From<rap_core::Error> for Error {
+    fn from(error: rap_core::Error) -> Self {
+        match error {
+            rap_core::Error::InvalidRequest(message) => Error::InvalidRequest(message),
+            rap_core::Error::Oversize { what, limit, got } => Error::Oversize { what, limit, got },
+            rap_core::Error::WrongCluster { expected, got } => {
+                Error::WrongCluster { expected, got }
+            }
+            rap_core::Error::Storage(message) => Error::Storage(message),
+            rap_core::Error::Proto(e) => Error::Proto(e),
+        }
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         use prost::Message;
@@ -199,13 +215,4 @@ impl From<Error> for tonic::Status {
             detail.encode_to_vec().into(),
         )
     }
-}
-
-/// Reads the machine-readable detail back out of a status (client side).
-pub fn error_detail(status: &tonic::Status) -> Option<rap_proto::pb::ErrorDetail> {
-    use prost::Message;
-    if status.details().is_empty() {
-        return None;
-    }
-    rap_proto::pb::ErrorDetail::decode(status.details()).ok()
 }

@@ -8,26 +8,21 @@
 //!
 //! * [`typ`]: the openraft type configuration.
 //! * [`request`]: log entries and their results; [`state`]: the replicated
-//!   state and its deterministic `apply`; [`fence`]: fencing tokens.
+//!   state and its deterministic `apply`.
 //! * [`store`]: redb log store and state machine.
 //! * [`network`]: Raft RPCs over tonic with cluster/term headers (a
 //!   higher term only with its signed order).
-//! * [`identity`]: who a certificate names (cluster, kind, id);
-//!   [`access`]: the one table of caller kind × RPC and the layer that
+//! * [`access`]: the one table of caller kind × RPC and the layer that
 //!   applies it to every storage-node request; [`admission`]: whom this
 //!   node admits (its group's members, the peers it was told to expect)
 //!   and the revoked certificates it refuses.
-//! * [`tls`]: certificates, reloadable mTLS with pinned peers, the
-//!   development CA; [`files`]: durable, bounded file reads and writes
-//!   (also used by the control plane).
+//! * Identities, certificates, TLS, files and the fence type come from
+//!   `rap-core`, shared with the control plane and the agent.
 //! * [`limits`], [`error`].
 
 pub mod access;
 pub mod admission;
 pub mod error;
-pub mod fence;
-pub mod files;
-pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod network;
@@ -35,15 +30,12 @@ pub mod node;
 pub mod orders_client;
 pub mod partition;
 pub mod placement;
-pub mod process;
 pub mod promotion;
 pub mod request;
 pub mod service;
 pub mod slot;
 pub mod state;
 pub mod store;
-pub mod tls;
 pub mod typ;
 
 pub use error::{Error, Result};
-pub use fence::Fence;

@@ -11,16 +11,16 @@
 
 use crate::admission::{ExpectedPeers, Revocations};
 use crate::error::{Error, Result};
-use crate::fence::Fence;
 use crate::metrics::{AuthorityMetrics, Gauges};
 use crate::network::{Connector, NetworkConfig, NetworkFactory, Reachability, TermGuard};
 use crate::partition::{self, PartitionView};
 use crate::placement::{Candidate, Tolerance, failure_tolerance};
 use crate::request::{PublishedShard, Request, Response};
 use crate::store::{self, StateView};
-use crate::tls::pin::{ExpectedPeer, PeerTls};
 use crate::typ::{Member, Raft, RaftMetrics, RaftNodeId, raft_id_of};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use rap_core::fence::Fence;
+use rap_core::tls::pin::{ExpectedPeer, PeerTls};
 use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId};
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, BTreeSet};
@@ -254,7 +254,7 @@ impl AuthorityNode {
     /// rejoin restart the node on fresh storage at a new term).
     pub async fn start_with(options: NodeOptions, carried: Option<Carried>) -> Result<Arc<Self>> {
         options.timing.validate()?;
-        crate::tls::install_crypto_provider();
+        rap_core::tls::install_crypto_provider();
         let (log, state_machine) = store::open(&options.data_dir)?;
         let view = state_machine.view();
         if let Some(stored) = view.cluster_id()
@@ -836,7 +836,7 @@ impl AuthorityNode {
                 // The leader answers ALREADY_INITIALIZED once the group has
                 // its genesis entry, whether it committed it just now for
                 // us or before: either way the bootstrap is done.
-                match crate::error::error_detail(&status) {
+                match rap_core::codes::error_detail(&status) {
                     Some(detail) if detail.code == "ALREADY_INITIALIZED" => Ok(()),
                     _ => Err(Error::Raft(format!(
                         "forward genesis to {}: {status}",

@@ -37,9 +37,10 @@
 //! empty gets no second order, so a rejoin that failed at the add step can
 //! be run again.
 
-use crate::error::{Error, Result, error_detail};
+use crate::error::{Error, Result};
 use crate::service::{authority_client, member_of, voter_spec_of_status};
-use crate::tls::pin::ExpectedPeer;
+use rap_core::codes::error_detail;
+use rap_core::tls::pin::ExpectedPeer;
 use rap_proto::envelope::{Digest, SnapshotSigner};
 use rap_proto::ids::{AuthorityTerm, ClusterId};
 use rap_proto::pb;

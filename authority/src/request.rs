@@ -2,8 +2,8 @@
 //! (`Response`). Application-level refusals are deterministic results, not
 //! storage errors: every replica refuses the same entry the same way.
 
-use crate::fence::Fence;
 use crate::state::AuthorityState;
+use rap_core::fence::Fence;
 use rap_proto::ids::{AuthorityTerm, ClusterId};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;

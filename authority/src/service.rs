@@ -7,12 +7,12 @@
 
 pub use crate::access::FORWARDED_HEADER;
 use crate::error::{Error, Result};
-use crate::fence::Fence;
 use crate::network::{Connector, NetworkConfig};
 use crate::node::AuthorityNode;
 use crate::slot::NodeSlot;
-use crate::tls::pin::ExpectedPeer;
 use crate::typ::{Member, raft_id_of};
+use rap_core::fence::Fence;
+use rap_core::tls::pin::ExpectedPeer;
 use rap_proto::ids::{AuthorityTerm, ClusterId, FenceSeq, LogIndex, NodeId};
 use rap_proto::pb;
 use rap_proto::pb::authority_service_client::AuthorityServiceClient;
@@ -189,7 +189,7 @@ impl AuthorityApi {
                         .map_err(|e| self.refuse(method, e))?;
                     let budget = self.node().options().timing.write_budget();
                     match tokio::time::timeout(budget, forward(client)).await {
-                        Ok(Err(hop)) if crate::error::error_detail(&hop).is_none() => {
+                        Ok(Err(hop)) if rap_core::codes::error_detail(&hop).is_none() => {
                             // The hop itself failed (leader died, connection
                             // cut). Without the leader, a node that reaches
                             // no quorum says NO_QUORUM (as any write in a

@@ -11,11 +11,11 @@
 //! group never holds a shard an agent would refuse, and never two bodies
 //! for one (scope, version).
 
-use crate::fence::Fence;
 use crate::limits::{
     FENCE_PURPOSE_BYTES_MAX, PUBLISH_BYTES_MAX, PUBLISH_ENVELOPES_MAX, SHARDS_MAX,
 };
 use crate::request::{PublishedShard, Refusal, Request, Response};
+use rap_core::fence::Fence;
 use rap_proto::envelope::{
     Digest, HighWaterStore, Reader, Scope, ScopeMark, TermMark, VerifiedTrustRoot, Verifier,
     VerifierOptions, decode,

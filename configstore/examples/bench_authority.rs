@@ -199,7 +199,7 @@ async fn bench(args: Args, bin: PathBuf) {
 /// A refusal in one short line: its ErrorDetail code (with k/n for
 /// NO_QUORUM), or the gRPC code and message when it has no detail.
 fn outcome_of(status: &tonic::Status) -> String {
-    match rap_authority::error::error_detail(status) {
+    match rap_core::codes::error_detail(status) {
         Some(d) if d.code == "NO_QUORUM" => {
             format!("NO_QUORUM {}/{}", d.reachable_voters, d.total_voters)
         }

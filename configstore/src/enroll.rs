@@ -24,11 +24,11 @@
 
 use crate::config::Config;
 use anyhow::{Context as _, Result, bail};
-use rap_authority::identity::{PeerIdentity, cluster_server_name};
-use rap_authority::tls::ca_pin::{CaFingerprint, PinOutcome, PinnedCaVerifier};
-use rap_authority::tls::live::LiveIdentity;
-use rap_authority::tls::pin::PeerTls;
-use rap_authority::tls::{TlsFiles, check_issued_chain, pem_certificate};
+use rap_core::identity::{PeerIdentity, cluster_server_name};
+use rap_core::tls::ca_pin::{CaFingerprint, PinOutcome, PinnedCaVerifier};
+use rap_core::tls::live::LiveIdentity;
+use rap_core::tls::pin::PeerTls;
+use rap_core::tls::{TlsFiles, check_issued_chain, pem_certificate};
 use rap_proto::ids::{ClusterId, NodeId};
 use rap_proto::pb;
 use rap_proto::pb::enrollment_service_client::EnrollmentServiceClient;
@@ -150,17 +150,17 @@ fn prove(key: &KeyPair, purpose: &str, cluster: &str) -> Result<(i64, Vec<u8>, V
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    rap_authority::files::write_file(path, bytes, 0o600, rap_authority::files::Overwrite::Replace)
+    rap_core::files::write_file(path, bytes, 0o600, rap_core::files::Overwrite::Replace)
         .with_context(|| format!("write {}", path.display()))
 }
 
 fn write_public(path: &Path, bytes: &[u8]) -> Result<()> {
-    rap_authority::files::write_file(path, bytes, 0o644, rap_authority::files::Overwrite::Replace)
+    rap_core::files::write_file(path, bytes, 0o644, rap_core::files::Overwrite::Replace)
         .with_context(|| format!("write {}", path.display()))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
-    match rap_authority::files::read_bounded(path, STATE_FILE_BYTES_MAX) {
+    match rap_core::files::read_bounded(path, STATE_FILE_BYTES_MAX) {
         Ok(bytes) => Ok(Some(
             serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))?,
         )),
@@ -172,7 +172,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
 /// Loads `node.key` from `dir`, or generates it (0600) when there is none.
 fn load_or_create_key(files: &TlsFiles) -> Result<KeyPair> {
     if files.key.exists() {
-        let bytes = rap_authority::files::read_private_key(&files.key, 4096)
+        let bytes = rap_core::files::read_private_key(&files.key, 4096)
             .with_context(|| format!("read {}", files.key.display()))?;
         let pem = String::from_utf8(bytes).context("node.key is not PEM")?;
         return KeyPair::from_pem(&pem)
@@ -191,11 +191,11 @@ async fn connect_pinned(
     cluster: &ClusterId,
     fingerprint: CaFingerprint,
 ) -> Result<(Channel, CertificateDer<'static>)> {
-    rap_authority::tls::install_crypto_provider();
+    rap_core::tls::install_crypto_provider();
     let verifier = Arc::new(PinnedCaVerifier::new(fingerprint));
     let tls = ClientTlsConfig::new()
         .domain_name(cluster_server_name(cluster))
-        .timeout(rap_authority::tls::TLS_HANDSHAKE_TIMEOUT);
+        .timeout(rap_core::tls::TLS_HANDSHAKE_TIMEOUT);
     let endpoint = Endpoint::from_shared(format!("https://{server}"))
         .with_context(|| format!("control plane address {server:?}"))?
         .tls_config_with_verifier(tls, Arc::clone(&verifier) as _)
@@ -215,7 +215,7 @@ async fn connect_pinned(
 }
 
 fn status_error(call: &str, status: &tonic::Status) -> anyhow::Error {
-    let code = rap_authority::error::error_detail(status)
+    let code = rap_core::codes::error_detail(status)
         .map(|d| d.code)
         .unwrap_or_else(|| format!("{:?}", status.code()));
     anyhow::anyhow!("{call} refused ({code}): {}", status.message())
@@ -226,7 +226,7 @@ pub async fn join(options: &JoinOptions) -> Result<JoinOutcome> {
     if options.token.len() > TOKEN_BYTES_MAX {
         bail!("the join token is longer than {TOKEN_BYTES_MAX} bytes");
     }
-    rap_authority::tls::server_sans(options.server_names.iter().map(String::as_str))
+    rap_core::tls::server_sans(options.server_names.iter().map(String::as_str))
         .context("--advertise / --server-name")?;
     std::fs::create_dir_all(&options.tls_dir)
         .with_context(|| format!("create {}", options.tls_dir.display()))?;
@@ -321,7 +321,7 @@ pub async fn join(options: &JoinOptions) -> Result<JoinOutcome> {
                     &serde_json::to_vec_pretty(&enrollment)?,
                 )?;
                 let _ = std::fs::remove_file(&pending_path);
-                let facts = rap_authority::identity::CertificateFacts::from_der(leaf.as_ref())?;
+                let facts = rap_core::identity::CertificateFacts::from_der(leaf.as_ref())?;
                 let valid_for_s = facts
                     .not_after
                     .duration_since(std::time::SystemTime::now())
@@ -422,6 +422,6 @@ pub async fn renew_if_enrolled(
     write_private(&files.key, key.serialize_pem().as_bytes())?;
     write_public(&files.cert, issued.certificate_chain_pem.as_bytes())?;
     Ok(Some(
-        rap_authority::identity::CertificateFacts::from_der(leaf.as_ref())?.serial_hex,
+        rap_core::identity::CertificateFacts::from_der(leaf.as_ref())?.serial_hex,
     ))
 }

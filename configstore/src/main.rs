@@ -12,10 +12,10 @@ use clap::{Args, Parser, Subcommand};
 use rap_authority::network::NetworkConfig;
 use rap_authority::orders_client;
 use rap_authority::service::authority_client;
-use rap_authority::tls::live::LiveIdentity;
-use rap_authority::tls::pin::{ExpectedPeer, PeerTls};
-use rap_authority::tls::{DevCa, TlsFiles};
 use rap_configstore::config::{CONFIG_BYTES_MAX, Config, LogFormat};
+use rap_core::tls::live::LiveIdentity;
+use rap_core::tls::pin::{ExpectedPeer, PeerTls};
+use rap_core::tls::{ClusterCa, TlsFiles};
 use rap_proto::ids::{ClusterId, NodeId};
 use rap_proto::pb;
 use std::net::SocketAddr;
@@ -48,7 +48,7 @@ enum Command {
     Join(JoinArgs),
     /// Development without a control plane: create a CA and certificates
     /// for storage nodes and operators, or renew them (`--renew`).
-    DevCa(DevCaArgs),
+    ClusterCa(DevCaArgs),
     /// Initialize a new group on running nodes (send to one of the voters).
     Bootstrap(BootstrapArgs),
     /// Show a node's view of its group.
@@ -224,7 +224,7 @@ struct DevCaArgs {
     #[arg(long = "operator")]
     operators: Vec<String>,
     /// Certificate lifetime in seconds (default 24 h).
-    #[arg(long, default_value_t = rap_authority::tls::NODE_CERT_VALIDITY_DEFAULT.as_secs())]
+    #[arg(long, default_value_t = rap_core::tls::NODE_CERT_VALIDITY_DEFAULT.as_secs())]
     validity_s: u64,
     /// Reissue the named certificates from the existing CA in --dir
     /// (running nodes reload them without a restart).
@@ -302,14 +302,14 @@ struct RemoveVoterArgs {
 }
 
 fn main() -> ExitCode {
-    rap_authority::process::run_main(run(Cli::parse()))
+    rap_core::process::run_main(run(Cli::parse()))
 }
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Join(args) => join(args).await,
-        Command::DevCa(args) => dev_ca(args),
+        Command::ClusterCa(args) => dev_ca(args),
         Command::Bootstrap(args) => bootstrap(args).await,
         Command::Status(args) => status(args).await,
         Command::Fence(args) => fence(args).await,
@@ -324,7 +324,7 @@ async fn run(cli: Cli) -> Result<()> {
 fn load_config(args: &ServeArgs) -> Result<Config> {
     let mut config = match &args.config {
         Some(path) => {
-            let text = rap_authority::files::read_config_file(path, CONFIG_BYTES_MAX)?;
+            let text = rap_core::files::read_config_file(path, CONFIG_BYTES_MAX)?;
             Config::from_toml(&text).with_context(|| format!("parse {}", path.display()))?
         }
         None => Config::default(),
@@ -402,7 +402,7 @@ fn init_logging(format: LogFormat) {
 async fn serve(args: ServeArgs) -> Result<()> {
     let config = load_config(&args)?;
     init_logging(config.log_format);
-    rap_configstore::server::serve(config, rap_authority::process::shutdown_signal()).await
+    rap_configstore::server::serve(config, rap_core::process::shutdown_signal()).await
 }
 
 /// The host part of `host:port` (brackets of an IPv6 address removed).
@@ -431,7 +431,7 @@ async fn join(args: JoinArgs) -> Result<()> {
         cluster: ClusterId::new(args.cluster.as_str())?,
         node_id: NodeId::new(args.node_id.as_str())?,
         token: args.token.clone(),
-        fingerprint: rap_authority::tls::ca_pin::CaFingerprint::parse(&args.ca_fingerprint)
+        fingerprint: rap_core::tls::ca_pin::CaFingerprint::parse(&args.ca_fingerprint)
             .map_err(|e| anyhow::anyhow!("--ca-fingerprint: {e}"))?,
         tls_dir: args.tls_dir.clone(),
         server_names,
@@ -471,15 +471,15 @@ async fn join(args: JoinArgs) -> Result<()> {
 }
 
 fn dev_ca(args: DevCaArgs) -> Result<()> {
-    rap_authority::tls::install_crypto_provider();
+    rap_core::tls::install_crypto_provider();
     let ca = if args.renew {
-        DevCa::load(&args.dir).context("load the development CA to renew from")?
+        ClusterCa::load(&args.dir).context("load the development CA to renew from")?
     } else {
         let cluster = args
             .cluster
             .as_deref()
             .context("--cluster is required for a new CA (or --renew from an existing one)")?;
-        DevCa::create(&args.dir, &ClusterId::new(cluster)?)?
+        ClusterCa::create(&args.dir, &ClusterId::new(cluster)?)?
     };
     if let Some(cluster) = &args.cluster
         && cluster != ca.cluster_id().as_str()
@@ -497,16 +497,14 @@ fn dev_ca(args: DevCaArgs) -> Result<()> {
             Some((id, names)) => (id, names.split(',').map(str::to_string).collect()),
             None => (node.as_str(), Vec::new()),
         };
-        let identity = rap_authority::identity::PeerIdentity::storage(
-            ca.cluster_id().clone(),
-            NodeId::new(id)?,
-        )?;
+        let identity =
+            rap_core::identity::PeerIdentity::storage(ca.cluster_id().clone(), NodeId::new(id)?)?;
         let files = ca.issue(&args.dir.join(id), &identity, validity, &names)?;
         expires = Some(files.facts()?.not_after);
         println!("storage {id}: {}", files.cert.display());
     }
     for operator in &args.operators {
-        let identity = rap_authority::identity::PeerIdentity::operator(
+        let identity = rap_core::identity::PeerIdentity::operator(
             ca.cluster_id().clone(),
             NodeId::new(operator.as_str())?,
         )?;
@@ -529,7 +527,7 @@ fn dev_ca(args: DevCaArgs) -> Result<()> {
 }
 
 fn network(args: &ClientArgs) -> Result<NetworkConfig> {
-    rap_authority::tls::install_crypto_provider();
+    rap_core::tls::install_crypto_provider();
     let tls = match (&args.tls_dir, args.insecure_plaintext) {
         (Some(dir), false) => {
             let identity = LiveIdentity::load(TlsFiles::in_dir(dir))
@@ -810,7 +808,7 @@ async fn promote(args: PromoteArgs) -> Result<()> {
         json: false,
     };
     let net = network(&client_args)?;
-    let key = rap_proto::envelope::SnapshotSigner::read_key_file(&args.key)?;
+    let key = rap_core::files::read_signing_key(&args.key)?;
     let cluster = ClusterId::new(args.cluster.as_str())?;
     let survivors = args
         .survivors
@@ -845,7 +843,7 @@ async fn promote(args: PromoteArgs) -> Result<()> {
 
 async fn rejoin(args: RejoinArgs) -> Result<()> {
     let net = network(&args.client)?;
-    let key = rap_proto::envelope::SnapshotSigner::read_key_file(&args.key)?;
+    let key = rap_core::files::read_signing_key(&args.key)?;
     let spec = parse_voter(&args.node)?;
     let cluster = ClusterId::new(args.client.cluster.as_str())?;
     let report = orders_client::rejoin_member(

@@ -10,7 +10,7 @@
 //! new handshakes use the new certificate.
 
 use crate::config::Config;
-use rap_authority::tls::live::LiveIdentity;
+use rap_core::tls::live::LiveIdentity;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

@@ -10,14 +10,14 @@
 use crate::config::Config;
 use anyhow::{Context, Result, bail};
 use rap_authority::access::{AccessLayer, GroupView, RefusalCounter};
-use rap_authority::identity::IdentityKind;
 use rap_authority::network::{PeerAuth, RaftServer};
 use rap_authority::node::{AuthorityNode, NodeOptions, Timing};
 use rap_authority::service::AuthorityApi;
 use rap_authority::slot::NodeSlot;
-use rap_authority::tls::TlsFiles;
-use rap_authority::tls::live::{self, LiveIdentity};
-use rap_authority::tls::pin::PeerTls;
+use rap_core::identity::IdentityKind;
+use rap_core::tls::TlsFiles;
+use rap_core::tls::live::{self, LiveIdentity};
+use rap_core::tls::pin::PeerTls;
 use rap_proto::ids::{ClusterId, NodeId};
 use std::future::Future;
 use std::sync::Arc;
@@ -84,7 +84,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    rap_authority::tls::install_crypto_provider();
+    rap_core::tls::install_crypto_provider();
     let identity = match tls_files(&config) {
         Some(files) => Some(load_identity(&config, files)?),
         None => None,
@@ -167,7 +167,7 @@ pub async fn serve(
                 let acceptor = tokio_rustls::TlsAcceptor::from(live::server_config(identity)?);
                 router
                     .serve_with_incoming_shutdown(
-                        rap_authority::tls::incoming::tls_incoming(grpc_listener, acceptor),
+                        rap_core::tls::incoming::tls_incoming(grpc_listener, acceptor),
                         grpc_stopped,
                     )
                     .await

@@ -379,7 +379,7 @@ fn identities(
             .public_key_raw()
             .try_into()
             .map_err(|_| anyhow::anyhow!("ed25519 key is not 32 bytes"))?;
-        let identity = rap_authority::identity::PeerIdentity::node(
+        let identity = rap_core::identity::PeerIdentity::node(
             keys.cluster_id().clone(),
             NodeId::new(node_name(index))?,
         )?;
@@ -422,7 +422,7 @@ async fn quiet_node(
             .await
             .map(|_| micros(sent.elapsed()))
             .map_err(|s| {
-                rap_authority::error::error_detail(&s)
+                rap_core::codes::error_detail(&s)
                     .map(|d| d.code)
                     .unwrap_or_else(|| format!("{:?}", s.code()))
             });
@@ -496,7 +496,7 @@ async fn flood_run(
                             match client.heartbeat(request(flood_node, now)).await {
                                 Ok(_) => ok += 1,
                                 Err(s) => {
-                                    let code = rap_authority::error::error_detail(&s)
+                                    let code = rap_core::codes::error_detail(&s)
                                         .map(|d| d.code)
                                         .unwrap_or_default();
                                     if code == "RATE_LIMITED" {

@@ -435,7 +435,7 @@ async fn observe(
             && let Ok(mut client) = rap_authority::service::authority_client(
                 network,
                 &node.address,
-                &rap_authority::tls::pin::ExpectedPeer::storage_named(&node.node_id),
+                &rap_core::tls::pin::ExpectedPeer::storage_named(&node.node_id),
             )
         {
             let call = client.status(pb::AuthorityStatusRequest {

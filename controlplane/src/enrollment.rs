@@ -17,7 +17,7 @@ use crate::secret;
 use crate::tokens::{JOIN_TOKEN_PREFIX, TOKEN_SCOPE_JOIN, TOKEN_SCOPE_STORAGE};
 use ed25519_dalek::{Signature, VerifyingKey};
 use prost::Message;
-use rap_authority::identity::{CONTROLPLANE_ID, IdentityKind, PeerIdentity};
+use rap_core::identity::{CONTROLPLANE_ID, IdentityKind, PeerIdentity};
 use rap_proto::ids::{ClusterId, NodeId, RoleName};
 use rap_proto::pb;
 use rap_proto::time::UnixMillis;
@@ -33,7 +33,7 @@ pub const DERIVED_NODE_ID_HEX: usize = 12;
 /// agents and storage nodes renew their own certificates, nobody else.
 pub fn admit_caller(rpc: rap_authority::access::Rpc, identity: &PeerIdentity) -> Result<()> {
     use rap_authority::access::{Caller, NoGroup, decide};
-    use rap_authority::identity::CertificateFacts;
+    use rap_core::identity::CertificateFacts;
     let caller = Caller::Certified(CertificateFacts {
         identity: identity.clone(),
         serial_hex: String::new(),
@@ -255,7 +255,7 @@ impl Joining {
                     ));
                 }
                 // Checks count, form (DNS name or IP address) and length.
-                rap_authority::tls::server_sans(request.server_names.iter().map(String::as_str))
+                rap_core::tls::server_sans(request.server_names.iter().map(String::as_str))
                     .map_err(|e| Error::invalid(format!("server names: {e}")))?;
                 Ok(Joining::Storage {
                     node_id,

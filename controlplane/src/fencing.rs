@@ -22,8 +22,8 @@ use crate::audit::{self, Action, FenceRef};
 use crate::error::{Error, Result};
 use rap_authority::network::NetworkConfig;
 use rap_authority::service::authority_client;
-use rap_authority::tls::live::LiveIdentity;
-use rap_authority::tls::pin::{ExpectedPeer, PeerTls};
+use rap_core::tls::live::LiveIdentity;
+use rap_core::tls::pin::{ExpectedPeer, PeerTls};
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -97,7 +97,7 @@ impl AuthorityClients {
         let network = match &self.transport {
             StorageTransport::InsecurePlaintext => NetworkConfig::default(),
             StorageTransport::MutualTls { keys_dir } => {
-                rap_authority::tls::install_crypto_provider();
+                rap_core::tls::install_crypto_provider();
                 let cluster = ClusterId::new(cluster_id)?;
                 let keys = crate::keys::ClusterKeys::load(keys_dir, &cluster)?;
                 let tls = LiveIdentity::load(keys.controlplane_tls())
@@ -179,7 +179,7 @@ impl AuthorityClients {
                         continue;
                     }
                 };
-                match rap_authority::error::error_detail(&status) {
+                match rap_core::codes::error_detail(&status) {
                     Some(detail) if detail.code == "NO_QUORUM" => {
                         let seen = (detail.reachable_voters, detail.total_voters);
                         if seen.0 <= seen.1 / 2 {
@@ -242,7 +242,7 @@ impl AuthorityClients {
             });
             match tokio::time::timeout(crate::limits::FENCE_TIMEOUT, call).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) => match rap_authority::error::error_detail(&status) {
+                Ok(Err(status)) => match rap_core::codes::error_detail(&status) {
                     Some(detail) if detail.code == "NOT_LEADER" => last = detail.message,
                     Some(detail) if detail.code == "NO_QUORUM" => {
                         return Err(Error::NoQuorum {

@@ -92,7 +92,7 @@ impl Default for Config {
             insecure_plaintext: false,
             insecure_plaintext_allow_non_loopback: false,
             storage_insecure_plaintext: false,
-            node_cert_validity_s: rap_authority::tls::NODE_CERT_VALIDITY_DEFAULT.as_secs(),
+            node_cert_validity_s: rap_core::tls::NODE_CERT_VALIDITY_DEFAULT.as_secs(),
             log_format: LogFormat::Text,
         }
     }
@@ -136,14 +136,14 @@ impl Config {
             });
         }
         let validity = std::time::Duration::from_secs(self.node_cert_validity_s);
-        if validity < rap_authority::tls::NODE_CERT_VALIDITY_MIN
-            || validity > rap_authority::tls::NODE_CERT_VALIDITY_MAX
+        if validity < rap_core::tls::NODE_CERT_VALIDITY_MIN
+            || validity > rap_core::tls::NODE_CERT_VALIDITY_MAX
         {
             return Err(Error::invalid(format!(
                 "node-cert-validity-s {} is outside [{}, {}]",
                 self.node_cert_validity_s,
-                rap_authority::tls::NODE_CERT_VALIDITY_MIN.as_secs(),
-                rap_authority::tls::NODE_CERT_VALIDITY_MAX.as_secs()
+                rap_core::tls::NODE_CERT_VALIDITY_MIN.as_secs(),
+                rap_core::tls::NODE_CERT_VALIDITY_MAX.as_secs()
             )));
         }
         Ok(())
@@ -160,7 +160,7 @@ impl Config {
 /// Loads the platform keys and every known cluster's keys into a TLS
 /// configuration.
 async fn tls_for(config: &Config, pool: &sqlx::PgPool) -> Result<Arc<ControlPlaneTls>> {
-    rap_authority::tls::install_crypto_provider();
+    rap_core::tls::install_crypto_provider();
     let platform = PlatformKeys::create_or_load(&config.keys_dir, &config.server_names)?;
     let tls = Arc::new(ControlPlaneTls::new(&platform)?);
     let clusters: Vec<String> =

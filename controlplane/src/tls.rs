@@ -8,7 +8,7 @@
 //! connect. tonic's `ServerTlsConfig` takes one identity and fixed roots,
 //! so the rustls [`ServerConfig`] is built here ([`ControlPlaneTls`]) and
 //! the handshakes run in the shared accept loop
-//! ([`rap_authority::tls::incoming::tls_incoming`]), feeding tonic's
+//! ([`rap_core::tls::incoming::tls_incoming`]), feeding tonic's
 //! `serve_with_incoming_shutdown` ([`serve_tls`]).
 //!
 //! A client certificate is verified against the set of all registered
@@ -19,10 +19,10 @@
 
 use crate::error::{Error, Result};
 use crate::keys::{ClusterKeys, PlatformKeys, load_certified_key};
-use rap_authority::identity::PeerIdentity;
-use rap_authority::identity::cluster_server_name;
-use rap_authority::tls::incoming::tls_incoming;
-use rap_authority::tls::{ALPN_H2, TLS_HANDSHAKE_TIMEOUT, install_crypto_provider};
+use rap_core::identity::PeerIdentity;
+use rap_core::identity::cluster_server_name;
+use rap_core::tls::incoming::tls_incoming;
+use rap_core::tls::{ALPN_H2, TLS_HANDSHAKE_TIMEOUT, install_crypto_provider};
 use rap_proto::ids::ClusterId;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
@@ -279,7 +279,7 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 /// Serves `router` over TLS on `listener`
-/// ([`rap_authority::tls::incoming::tls_incoming`]) until
+/// ([`rap_core::tls::incoming::tls_incoming`]) until
 /// `shutdown` completes, then waits for open connections to finish.
 pub async fn serve_tls<F>(
     listener: TcpListener,

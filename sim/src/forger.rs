@@ -15,7 +15,7 @@ use crate::harness::{CLUSTER_ID, GRPC_PORT, now};
 use crate::net;
 use crate::seed::SimRng;
 use prost::Message;
-use rap_authority::error::error_detail;
+use rap_core::codes::error_detail;
 use rap_proto::envelope::SnapshotSigner;
 use rap_proto::pb;
 use rap_proto::pb::raft_service_client::RaftServiceClient;

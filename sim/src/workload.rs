@@ -12,10 +12,10 @@ use crate::events::{
 use crate::harness::{CLUSTER_ID, ClusterSpec, GRPC_PORT, now};
 use crate::net;
 use crate::seed::SimRng;
-use rap_authority::error::error_detail;
 use rap_authority::network::NetworkConfig;
 use rap_authority::service::authority_client_via;
-use rap_authority::tls::pin::ExpectedPeer;
+use rap_core::codes::error_detail;
+use rap_core::tls::pin::ExpectedPeer;
 use rap_proto::envelope::{SnapshotSigner, TrustRoot};
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;

@@ -17,7 +17,6 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::limits::RAFT_RPC_BYTES_MAX;
-use crate::tls::pin::{ExpectedPeer, PeerTls};
 use crate::typ::{Member, RaftError, RaftNodeId, RpcError, TypeConfig};
 use openraft::error::{InstallSnapshotError, PayloadTooLarge, RPCError, RemoteError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -25,6 +24,7 @@ use openraft::raft::{
     AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use rap_core::tls::pin::{ExpectedPeer, PeerTls};
 use rap_proto::pb::RaftRequest;
 use rap_proto::pb::raft_service_client::RaftServiceClient;
 use serde::de::DeserializeOwned;

@@ -393,7 +393,7 @@ impl TermGuard {
         let Some(proof) = proof else {
             return status;
         };
-        let Some(mut detail) = crate::error::error_detail(&status) else {
+        let Some(mut detail) = rap_core::codes::error_detail(&status) else {
             return status;
         };
         detail.term_proof = proof.to_vec();
@@ -411,7 +411,7 @@ impl TermGuard {
     /// detail's code when the status is such a refusal (`WRONG_CLUSTER`
     /// and `UNPROVEN_TERM` included), `None` for any other status.
     pub fn observe_refusal(&self, status: &tonic::Status) -> Option<String> {
-        let detail = crate::error::error_detail(status)?;
+        let detail = rap_core::codes::error_detail(status)?;
         match detail.code.as_str() {
             "STALE_TERM" | "FENCED" => {
                 if !detail.term_proof.is_empty() {
@@ -591,7 +591,7 @@ mod tests {
     }
 
     fn with_proof(status: tonic::Status, proof: &[u8]) -> tonic::Status {
-        let mut detail = crate::error::error_detail(&status).expect("detail");
+        let mut detail = rap_core::codes::error_detail(&status).expect("detail");
         detail.term_proof = proof.to_vec();
         tonic::Status::with_details(
             status.code(),
@@ -644,7 +644,7 @@ mod tests {
             ),
             "{err:?}"
         );
-        let detail = crate::error::error_detail(&g.refusal_status(err)).expect("detail");
+        let detail = rap_core::codes::error_detail(&g.refusal_status(err)).expect("detail");
         assert_eq!(
             (detail.code.as_str(), detail.authority_term),
             ("STALE_TERM", 3)
@@ -687,7 +687,7 @@ mod tests {
                 ..
             }
         ));
-        let detail = crate::error::error_detail(&g.refusal_status(same_term)).expect("detail");
+        let detail = rap_core::codes::error_detail(&g.refusal_status(same_term)).expect("detail");
         assert_eq!(detail.term_proof, proof, "FENCED carries the order");
         assert!(g.ensure_not_fenced().is_err());
         g.set_term(AuthorityTerm(5));

@@ -2,4 +2,3 @@
 
 mod network;
 mod store;
-mod tls;

@@ -10,8 +10,6 @@ use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesResponse, InstallSnapshotResponse, VoteResponse};
 use prost::Message;
 use rap_authority::access::{AccessLayer, GroupView};
-use rap_authority::error::error_detail;
-use rap_authority::identity::PeerIdentity;
 use rap_authority::network::codec::{
     self, AppendEntriesReply, AppendEntriesRequest, InstallSnapshotReply, InstallSnapshotRequest,
     VoteReply, VoteRequest,
@@ -19,10 +17,12 @@ use rap_authority::network::codec::{
 use rap_authority::network::{
     NetworkConfig, NetworkFactory, PeerAuth, RaftHandler, RaftServer, Reachability, TermGuard,
 };
-use rap_authority::tls::live::{LiveIdentity, server_config};
-use rap_authority::tls::pin::{ExpectedPeer, PeerTls};
-use rap_authority::tls::{DevCa, NODE_CERT_VALIDITY_DEFAULT, TlsFiles};
 use rap_authority::typ::{Member, RaftError, SnapshotMeta, Vote, raft_id_of};
+use rap_core::codes::error_detail;
+use rap_core::identity::PeerIdentity;
+use rap_core::tls::live::{LiveIdentity, server_config};
+use rap_core::tls::pin::{ExpectedPeer, PeerTls};
+use rap_core::tls::{ClusterCa, NODE_CERT_VALIDITY_DEFAULT, TlsFiles};
 use rap_proto::envelope::{SnapshotSigner, TrustRoot, VerifiedTrustRoot};
 use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId};
 use rap_proto::pb::raft_service_client::RaftServiceClient;
@@ -196,7 +196,7 @@ async fn serve(stub: Stub, term: u64, keys: &Keys, tls: Option<&TlsFiles>) -> Ru
             let acceptor =
                 tokio_rustls::TlsAcceptor::from(server_config(&identity).expect("server TLS"));
             tokio::spawn(router.serve_with_incoming_shutdown(
-                rap_authority::tls::incoming::tls_incoming(listener, acceptor),
+                rap_core::tls::incoming::tls_incoming(listener, acceptor),
                 stopped,
             ));
         }
@@ -286,7 +286,7 @@ fn assert_handshake_refused(status: &tonic::Status) {
 /// certificates for `clients` (`s…` storage nodes, `n…` agents, anything
 /// else operators).
 fn pki(dir: &Path, clients: &[&str]) -> (TlsFiles, Vec<TlsFiles>) {
-    let ca = DevCa::create(&dir.join("ca"), &cluster()).expect("CA");
+    let ca = ClusterCa::create(&dir.join("ca"), &cluster()).expect("CA");
     let server = ca
         .issue_storage(
             &dir.join(SERVER_NODE),
@@ -301,7 +301,7 @@ fn pki(dir: &Path, clients: &[&str]) -> (TlsFiles, Vec<TlsFiles>) {
     (server, clients)
 }
 
-fn issue(ca: &DevCa, dir: &Path, name: &str) -> TlsFiles {
+fn issue(ca: &ClusterCa, dir: &Path, name: &str) -> TlsFiles {
     let id = NodeId::new(name).expect("node");
     let identity = if name.starts_with('s') {
         PeerIdentity::storage(cluster(), id)
@@ -418,14 +418,14 @@ async fn certificate_must_match_sender() {
 
 // Goal: a client whose certificate comes from another CA is refused at
 // the TLS handshake: no gRPC answer at all, the handler is never called.
-// Method: a second DevCa (same cluster name, different key) issues the
+// Method: a second ClusterCa (same cluster name, different key) issues the
 // client's certificate; the vote fails with a transport error, no detail.
 #[tokio::test]
 async fn other_ca_refused_at_handshake() {
     let k = keys();
     let dir = tempfile::tempdir().expect("tempdir");
     let (server_files, _) = pki(dir.path(), &[]);
-    let rogue_ca = DevCa::create(&dir.path().join("rogue-ca"), &cluster()).expect("rogue CA");
+    let rogue_ca = ClusterCa::create(&dir.path().join("rogue-ca"), &cluster()).expect("rogue CA");
     let rogue = issue(&rogue_ca, &dir.path().join("rogue"), "s2");
     // The rogue client trusts the real CA for the server, so only its own
     // certificate is wrong.

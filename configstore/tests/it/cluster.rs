@@ -2,7 +2,7 @@
 //! multi-process tests (and, through `#[path]`, the benchmark driver).
 //!
 //! [`Cluster::new`] makes a temporary directory with a development CA
-//! (`DevCa`, one certificate per node plus one for the `admin` client), a
+//! (`ClusterCa`, one certificate per node plus one for the `admin` client), a
 //! genesis trust root and its signing key, and picks free ports; nothing
 //! runs yet. [`Cluster::launch`] starts every node and bootstraps the group.
 //! Nodes are child processes whose stdout and stderr go to
@@ -18,12 +18,12 @@
 // Shared with `examples/bench_authority.rs`, which uses another subset.
 #![allow(dead_code)]
 
-use rap_authority::error::error_detail;
 use rap_authority::network::NetworkConfig;
 use rap_authority::service::authority_client;
-use rap_authority::tls::live::LiveIdentity;
-use rap_authority::tls::pin::{ExpectedPeer, PeerTls};
-use rap_authority::tls::{DevCa, TlsFiles};
+use rap_core::codes::error_detail;
+use rap_core::tls::live::LiveIdentity;
+use rap_core::tls::pin::{ExpectedPeer, PeerTls};
+use rap_core::tls::{ClusterCa, TlsFiles};
 use rap_proto::envelope::{ReaderSelector, SealedEnvelope, ShardDraft, SnapshotSigner, TrustRoot};
 use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId, SnapshotVersion, TrustGeneration};
 use rap_proto::pb;
@@ -252,7 +252,7 @@ impl Cluster {
     /// Like [`Cluster::new`], in a fresh directory under `parent` (the
     /// benchmark keeps it next to its pid file).
     pub fn new_in(bin: &Path, count: usize, parent: Option<&Path>) -> Cluster {
-        rap_authority::tls::install_crypto_provider();
+        rap_core::tls::install_crypto_provider();
         let dir = match parent {
             Some(parent) => tempfile::Builder::new()
                 .prefix("rap-cluster-")
@@ -262,7 +262,7 @@ impl Cluster {
         .expect("create the cluster directory");
         let root = dir.path().to_path_buf();
         let cluster_id = ClusterId::new("c1").expect("valid cluster id");
-        let ca = DevCa::create(&root.join("ca"), &cluster_id).expect("create the dev CA");
+        let ca = ClusterCa::create(&root.join("ca"), &cluster_id).expect("create the dev CA");
         let mut nodes = Vec::with_capacity(count);
         for index in 1..=count {
             let id = format!("s{index}");

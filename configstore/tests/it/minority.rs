@@ -5,7 +5,7 @@ use crate::bin;
 use crate::cluster::{
     Cluster, HANG_GUARD, acquire, code_of, eventually, is_untyped_node_answer, run,
 };
-use rap_authority::error::error_detail;
+use rap_core::codes::error_detail;
 use rap_proto::pb;
 use std::time::{Duration, Instant};
 

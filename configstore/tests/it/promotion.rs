@@ -27,10 +27,7 @@ fn promotion_fences_the_old_side_and_rejoin_brings_it_back() {
         let mut cluster = Cluster::launch(bin(), 3).await;
         let cluster_id = cluster.cluster_id.to_string();
         let key_file = cluster.root().join("signing.key");
-        cluster
-            .signer
-            .write_key_file(&key_file)
-            .expect("write the key file");
+        rap_core::files::write_signing_key(&key_file, &cluster.signer).expect("write the key file");
         let key_file = key_file.display().to_string();
         let admin = cluster.admin_tls_dir.display().to_string();
         let survivor = 0;

@@ -15,12 +15,12 @@
 use crate::bin;
 use crate::cluster::{Cluster, HANG_GUARD, code_of, eventually, guarded, metric_value, run};
 use crate::support::{ControlPlane, Platform, write_private};
-use rap_authority::tls::live::{LiveIdentity, server_config};
-use rap_authority::tls::pin::{ExpectedPeer, PeerTls};
-use rap_authority::tls::{NODE_CERT_VALIDITY_DEFAULT, TlsFiles};
 use rap_controlplane::fencing::StoragePeer;
 use rap_controlplane::keys::ClusterKeys;
 use rap_controlplane::{enrollment, nodes, tokens};
+use rap_core::tls::live::{LiveIdentity, server_config};
+use rap_core::tls::pin::{ExpectedPeer, PeerTls};
+use rap_core::tls::{NODE_CERT_VALIDITY_DEFAULT, TlsFiles};
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
 use rap_proto::pb::authority_service_client::AuthorityServiceClient;

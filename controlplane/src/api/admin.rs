@@ -196,7 +196,7 @@ async fn authority_status(
         if let Ok(mut client) = rap_authority::service::authority_client(
             &network,
             &address,
-            &rap_authority::tls::pin::ExpectedPeer::storage_named(&node_id),
+            &rap_core::tls::pin::ExpectedPeer::storage_named(&node_id),
         ) {
             let call = client.status(pb::AuthorityStatusRequest {
                 cluster_id: cluster_id.to_string(),

@@ -28,7 +28,7 @@ use crate::heartbeats::{
 };
 use crate::limits::HEARTBEAT_INTERVAL_DEFAULT;
 use rap_authority::access::Rpc;
-use rap_authority::identity::PeerIdentity;
+use rap_core::identity::PeerIdentity;
 use rap_proto::pb::agent_service_server::{AgentService, AgentServiceServer};
 use rap_proto::pb::{HeartbeatRequest, HeartbeatResponse};
 use sqlx::PgPool;

@@ -5,7 +5,7 @@
 use crate::audit::{self, RefusalSampler};
 use crate::context::Context;
 use crate::enrollment;
-use rap_authority::identity::PeerIdentity;
+use rap_core::identity::PeerIdentity;
 use rap_proto::pb;
 use rap_proto::pb::enrollment_service_server::{EnrollmentService, EnrollmentServiceServer};
 use std::sync::Arc;

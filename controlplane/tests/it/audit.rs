@@ -12,7 +12,7 @@ use rap_proto::pb::enrollment_service_client::EnrollmentServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 fn code_of(status: &tonic::Status) -> String {
-    rap_authority::error::error_detail(status)
+    rap_core::codes::error_detail(status)
         .map(|d| d.code)
         .unwrap_or_default()
 }

@@ -88,7 +88,7 @@ async fn join_approve_and_poll_end_to_end() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(pems.len(), 2, "node certificate then cluster CA");
-    let peer = rap_authority::identity::PeerIdentity::from_cert_der(pems[0].as_ref()).unwrap();
+    let peer = rap_core::identity::PeerIdentity::from_cert_der(pems[0].as_ref()).unwrap();
     assert_eq!(
         (peer.cluster_id.as_str(), peer.node_id.as_str()),
         (p.cluster.as_str(), node_id.as_str())
@@ -519,7 +519,7 @@ fn peer_of(chain_pem: &str) -> enrollment::PeerCertificate {
         .unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
     enrollment::PeerCertificate {
-        identity: rap_authority::identity::PeerIdentity::from_cert_der(leaf.as_ref()).unwrap(),
+        identity: rap_core::identity::PeerIdentity::from_cert_der(leaf.as_ref()).unwrap(),
         serial: hex::encode(cert.raw_serial()),
         public_key: cert.public_key().subject_public_key.data.to_vec(),
         server_names: Vec::new(),

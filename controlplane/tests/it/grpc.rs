@@ -32,7 +32,7 @@ fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
 }
 
 fn code_of(status: &tonic::Status) -> String {
-    rap_authority::error::error_detail(status)
+    rap_core::codes::error_detail(status)
         .map(|d| d.code)
         .unwrap_or_default()
 }

@@ -818,7 +818,7 @@ async fn agent_service_over_the_control_plane_listener() {
     let public: [u8; 32] = node_key.public_key_raw().try_into().expect("32 bytes");
     let issued = keys
         .issue_certificate(
-            &rap_authority::identity::PeerIdentity::node(
+            &rap_core::identity::PeerIdentity::node(
                 cluster_id.clone(),
                 NodeId::new("n1").expect("node id"),
             )
@@ -994,7 +994,7 @@ impl MtlsAgents {
             let public: [u8; 32] = key.public_key_raw().try_into().expect("32 bytes");
             let issued = keys
                 .issue_certificate(
-                    &rap_authority::identity::PeerIdentity::node(
+                    &rap_core::identity::PeerIdentity::node(
                         keys.cluster_id().clone(),
                         NodeId::new(node.as_str()).expect("node id"),
                     )
@@ -1151,7 +1151,7 @@ async fn a_flooding_node_neither_starves_nor_delays_the_others() {
                             {
                                 Ok(_) => accepted += 1,
                                 Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                                    let code = rap_authority::error::error_detail(&status)
+                                    let code = rap_core::codes::error_detail(&status)
                                         .map(|d| d.code)
                                         .unwrap_or_default();
                                     if code != "RATE_LIMITED" {

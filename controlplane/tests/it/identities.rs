@@ -135,7 +135,7 @@ async fn storage_join_after_bootstrap_needs_a_fenced_approval() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        rap_authority::identity::PeerIdentity::from_cert_der(leaf.as_ref())
+        rap_core::identity::PeerIdentity::from_cert_der(leaf.as_ref())
             .unwrap()
             .uri(),
         "rap://cluster/c1/storage/s4"

@@ -96,7 +96,7 @@ async fn wait_for_minority(p: &Platform, node: &str) {
         let mut client = rap_authority::service::authority_client(
             &network,
             &address,
-            &rap_authority::tls::pin::ExpectedPeer::storage_named(node),
+            &rap_core::tls::pin::ExpectedPeer::storage_named(node),
         )
         .unwrap();
         if let Ok(answer) = client

@@ -210,7 +210,7 @@ pub async fn enrol_storage(
     cluster: &str,
     node: &str,
     dir: &std::path::Path,
-) -> rap_authority::tls::TlsFiles {
+) -> rap_core::tls::TlsFiles {
     let token = join_token(ctx, owner, cluster, 1, node).await.unwrap();
     let key = AgentKey::generate();
     let submitted = enrollment::submit(ctx, &key.storage_join_request(cluster, &token, node))
@@ -229,7 +229,7 @@ pub async fn enrol_storage(
     .unwrap();
     let identity = answer.identity.unwrap();
     let keys = ClusterKeys::load(&ctx.keys_dir, &ClusterId::new(cluster).unwrap()).unwrap();
-    let files = rap_authority::tls::TlsFiles::in_dir(dir);
+    let files = rap_core::tls::TlsFiles::in_dir(dir);
     std::fs::create_dir_all(dir).unwrap();
     write_private(&files.key, key.pem().as_bytes());
     std::fs::write(&files.cert, identity.certificate_chain_pem).unwrap();
@@ -256,7 +256,7 @@ fn storage_config(
     node: &str,
     listen: SocketAddr,
     dir: &std::path::Path,
-    tls: &rap_authority::tls::TlsFiles,
+    tls: &rap_core::tls::TlsFiles,
 ) -> rap_configstore::config::Config {
     use rap_configstore::config::{Config, Labels, Timing, Tls};
     Config {
@@ -294,7 +294,7 @@ impl Platform {
     /// A platform with the given cluster, bootstrapped.
     pub async fn start_cluster(cluster: &str) -> Platform {
         let platform =
-            Self::without_storage(cluster, rap_authority::tls::NODE_CERT_VALIDITY_DEFAULT).await;
+            Self::without_storage(cluster, rap_core::tls::NODE_CERT_VALIDITY_DEFAULT).await;
         platform.start_storage().await;
         platform
     }
@@ -303,7 +303,7 @@ impl Platform {
     /// authority group yet; the control plane issues node certificates
     /// valid for `node_cert_validity`.
     pub async fn without_storage(cluster: &str, node_cert_validity: Duration) -> Platform {
-        rap_authority::tls::install_crypto_provider();
+        rap_core::tls::install_crypto_provider();
         // Benchmarks point this at a durable server (the test servers run
         // without fsync); tests always get a fresh private database.
         let db = match std::env::var(PLATFORM_DATABASE_URL_ENV) {

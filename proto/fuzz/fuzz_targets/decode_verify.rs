@@ -6,9 +6,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use rap_proto::envelope::{
-    FileHighWaterStore, Reader, Scope, SnapshotSigner, TrustRoot, Verifier, VerifierOptions,
-    decode,
+    Reader, Scope, SnapshotSigner, TrustRoot, Verifier, VerifierOptions, decode,
 };
+use rap_core::marks::FileHighWaterStore;
 use rap_proto::ids::{ClusterId, NodeId};
 use rap_proto::time::UnixMillis;
 use std::sync::{Mutex, OnceLock};

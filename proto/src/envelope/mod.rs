@@ -30,6 +30,6 @@ pub use codec::{
 pub use digest::{Digest, KeyId};
 pub use keys::SnapshotSigner;
 pub use scope::{Reader, ReaderSelector, Scope};
-pub use store::{FileHighWaterStore, HighWaterStore, ScopeMark, TermMark};
+pub use store::{HighWaterStore, ScopeMark, TermMark};
 pub use trust::{TRUST_ROOT_FORMAT, TrustRoot, VerifiedTrustRoot};
 pub use verifier::{Accepted, Verifier, VerifierOptions};

@@ -478,7 +478,7 @@ fn unpinned_trust_root_is_refused() {
     let fx = Fixture::new();
     let impostor_key = SnapshotSigner::generate().unwrap();
     let impostor = TrustRoot::genesis(&fx.cluster, &[&impostor_key], NOW).unwrap();
-    let store = rap_proto::envelope::FileHighWaterStore::open(fx.dir.path()).unwrap();
+    let store = rap_core::marks::FileHighWaterStore::open(fx.dir.path()).unwrap();
     let err = rap_proto::envelope::Verifier::open(
         fx.cluster.clone(),
         impostor.bytes(),

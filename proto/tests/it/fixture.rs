@@ -1,9 +1,10 @@
 //! Shared set-up: a cluster, its signing key and trust root, a verifier on
 //! a real durable store in a temp dir, and a helper to seal drafts.
 
+use rap_core::marks::FileHighWaterStore;
 use rap_proto::envelope::{
-    Digest, FileHighWaterStore, Reader, ReaderSelector, Scope, SealedEnvelope, ShardDraft,
-    SnapshotSigner, TrustRoot, VerifiedTrustRoot, Verifier, VerifierOptions, seal,
+    Digest, Reader, ReaderSelector, Scope, SealedEnvelope, ShardDraft, SnapshotSigner, TrustRoot,
+    VerifiedTrustRoot, Verifier, VerifierOptions, seal,
 };
 use rap_proto::ids::{
     AuthorityTerm, ClusterId, NodeId, RoleName, SnapshotVersion, TrustGeneration,

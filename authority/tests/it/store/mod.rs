@@ -7,9 +7,9 @@ mod snapshot;
 mod suite;
 
 use openraft::{CommittedLeaderId, EntryPayload, Membership};
-use rap_authority::Fence;
 use rap_authority::request::{Request, Response};
 use rap_authority::typ::{Entry, LogId, Member, TypeConfig};
+use rap_core::Fence;
 use rap_proto::envelope::{ReaderSelector, Scope, ShardDraft, SnapshotSigner, TrustRoot, seal};
 use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId, SnapshotVersion, TrustGeneration};
 use rap_proto::time::UnixMillis;

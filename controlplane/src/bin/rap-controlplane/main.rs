@@ -99,7 +99,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    rap_authority::process::run_main(run(Cli::parse()))
+    rap_core::process::run_main(run(Cli::parse()))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -114,7 +114,7 @@ async fn run(cli: Cli) -> Result<()> {
 fn load_config(args: &CommonArgs) -> Result<Config> {
     let mut config = match &args.config {
         Some(path) => {
-            let text = rap_authority::files::read_config_file(path, CONFIG_BYTES_MAX)?;
+            let text = rap_core::files::read_config_file(path, CONFIG_BYTES_MAX)?;
             Config::from_toml(&text).with_context(|| format!("parse {}", path.display()))?
         }
         None => Config::default(),
@@ -141,7 +141,7 @@ async fn init(args: CommonArgs) -> Result<()> {
     config.validate()?;
     let pool = rap_controlplane::db::connect(&config.database_url, 2).await?;
     let applied = rap_controlplane::db::migrate(&pool).await?;
-    rap_authority::tls::install_crypto_provider();
+    rap_core::tls::install_crypto_provider();
     let platform = PlatformKeys::create_or_load(&config.keys_dir, &config.server_names)?;
     let ca_path = platform.dir().join("ca.pem");
     out(&format!("schema: {applied} migration(s) applied"));
@@ -234,6 +234,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
         config.log_format = v;
     }
     init_logging(config.log_format);
-    rap_controlplane::server::serve(config, rap_authority::process::shutdown_signal()).await?;
+    rap_controlplane::server::serve(config, rap_core::process::shutdown_signal()).await?;
     Ok(())
 }

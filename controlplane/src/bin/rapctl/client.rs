@@ -216,7 +216,7 @@ pub async fn connect(conn: &Conn, noun: &'static str) -> Result<Session> {
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT);
     if https {
-        rap_authority::tls::install_crypto_provider();
+        rap_core::tls::install_crypto_provider();
         let Some(ca) = ca_path(conn) else {
             bail!(
                 "an https endpoint needs the CA that signed the control plane's server \

@@ -5,9 +5,10 @@
 
 use crate::output::Format;
 use anyhow::{Context, Result, bail};
+use rap_core::marks::FileHighWaterStore;
 use rap_proto::envelope::{
-    FileHighWaterStore, Reader, ReaderSelector, Scope, SealedEnvelope, ShardDraft, SnapshotSigner,
-    TrustRoot, VerifiedTrustRoot, Verifier, VerifierOptions, seal,
+    Reader, ReaderSelector, Scope, SealedEnvelope, ShardDraft, SnapshotSigner, TrustRoot,
+    VerifiedTrustRoot, Verifier, VerifierOptions, seal,
 };
 use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId, RoleName, SnapshotVersion};
 use rap_proto::time::UnixMillis;
@@ -97,7 +98,7 @@ fn tour(dir: &Path) -> Result<Vec<Step>> {
     let n1 = NodeId::new("n1")?;
     let key = SnapshotSigner::generate()?;
     let g1 = TrustRoot::genesis(&cluster, &[&key], UnixMillis::now())?;
-    key.write_key_file(&dir.join(crate::snapshot::SIGNING_KEY_FILE))
+    rap_core::files::write_signing_key(&dir.join(crate::snapshot::SIGNING_KEY_FILE), &key)
         .context("write the demo key (use an empty --keep-in directory)")?;
     std::fs::write(dir.join(crate::snapshot::TRUST_ROOT_FILE), g1.bytes())?;
 

@@ -3,9 +3,10 @@
 use crate::output::{Format, print};
 use anyhow::{Context, Result, bail};
 use prost::Message;
+use rap_core::marks::FileHighWaterStore;
 use rap_proto::envelope::{
-    Digest, FileHighWaterStore, Reader, ReaderSelector, Scope, ShardDraft, SnapshotSigner,
-    TrustRoot, VerifiedTrustRoot, Verifier, VerifierOptions, decode, seal,
+    Digest, Reader, ReaderSelector, Scope, ShardDraft, SnapshotSigner, TrustRoot,
+    VerifiedTrustRoot, Verifier, VerifierOptions, decode, seal,
 };
 use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId, RoleName, SnapshotVersion};
 use rap_proto::limits::{BODY_BYTES_MAX, ENVELOPE_BYTES_MAX, TRUST_ROOT_BYTES_MAX};
@@ -124,7 +125,7 @@ fn keygen(cluster: &str, dir: &Path, format: Format) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let key = SnapshotSigner::generate()?;
     let root = TrustRoot::genesis(&cluster, &[&key], UnixMillis::now())?;
-    key.write_key_file(&dir.join(SIGNING_KEY_FILE))
+    rap_core::files::write_signing_key(&dir.join(SIGNING_KEY_FILE), &key)
         .context("write the signing key (remove an old one first)")?;
     std::fs::write(dir.join(TRUST_ROOT_FILE), root.bytes()).context("write the trust root")?;
     print(
@@ -154,7 +155,7 @@ fn keygen(cluster: &str, dir: &Path, format: Format) -> Result<()> {
 }
 
 fn sign(args: SignArgs, format: Format) -> Result<()> {
-    let key = SnapshotSigner::read_key_file(&args.key)?;
+    let key = rap_core::files::read_signing_key(&args.key)?;
     let root = load_trust_root(&args.trust_root, None)?;
     let scope: Scope = args.scope.parse()?;
     let readers = args

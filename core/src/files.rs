@@ -18,6 +18,7 @@
 //! Writes are durable ([`write_file`]: data and directory entry are
 //! synced); replacing a file is atomic ([`Overwrite::Replace`]).
 
+use rap_proto::envelope::SnapshotSigner;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use std::io::{ErrorKind, Read, Write};
@@ -43,7 +44,7 @@ pub fn write_file(
     mode: u32,
     overwrite: Overwrite,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let target = match overwrite {
         Overwrite::Never => path.to_path_buf(),
         Overwrite::Replace => {
@@ -62,12 +63,25 @@ pub fn write_file(
         .mode(mode)
         .open(&target)
         .map_err(context("create", &target))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(context("write", &target))?;
-    if overwrite == Overwrite::Replace {
-        std::fs::rename(&target, path).map_err(context("rename", &target))?;
+    let written = (|| -> std::io::Result<()> {
+        // The umask may have narrowed the mode; a key must never be wider,
+        // and a public file must be as readable as asked.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(context("chmod", &target))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(context("write", &target))?;
+        if overwrite == Overwrite::Replace {
+            std::fs::rename(&target, path).map_err(context("rename", &target))?;
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        // Never leave half a file behind: the one created above, new or
+        // temporary, is ours to remove.
+        let _ = std::fs::remove_file(&target);
     }
+    written?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent)?;
     }
@@ -155,6 +169,44 @@ pub fn first_cert(path: &Path, pem: &[u8]) -> std::io::Result<CertificateDer<'st
         })
 }
 
+/// Mode of every private key file: owner read/write only.
+pub const PRIVATE_KEY_MODE: u32 = 0o600;
+
+/// Largest snapshot-signing key file read (a hex key is 64 characters).
+pub const SIGNING_KEY_FILE_BYTES_MAX: u64 = 256;
+
+/// Writes a snapshot-signing key as hex to a new file, mode 0600,
+/// durably; refuses to overwrite an existing file.
+pub fn write_signing_key(path: &Path, signer: &SnapshotSigner) -> rap_proto::Result<()> {
+    let mut text = hex::encode(signer.to_secret_bytes());
+    text.push('\n');
+    write_file(path, text.as_bytes(), PRIVATE_KEY_MODE, Overwrite::Never).map_err(|e| {
+        rap_proto::Error::InvalidKey {
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// Reads a key file written by [`write_signing_key`], refusing one that
+/// group or others may read ([`check_private_mode`]).
+pub fn read_signing_key(path: &Path) -> rap_proto::Result<SnapshotSigner> {
+    let invalid = |reason: String| rap_proto::Error::InvalidKey { reason };
+    let text =
+        read_private_key(path, SIGNING_KEY_FILE_BYTES_MAX).map_err(|e| invalid(e.to_string()))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| invalid(format!("key file {} is not text", path.display())))?;
+    let bytes = hex::decode(text.trim())
+        .map_err(|e| invalid(format!("key file {} is not hex: {e}", path.display())))?;
+    let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+        invalid(format!(
+            "key file {} holds {} bytes, expected 32",
+            path.display(),
+            bytes.len()
+        ))
+    })?;
+    Ok(SnapshotSigner::from_secret_bytes(&secret))
+}
+
 /// Adds `<verb> <path>: ` to an error's message, keeping its kind.
 fn context<'a>(
     verb: &'a str,
@@ -166,6 +218,29 @@ fn context<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Goal: a signing key survives its file, the file is 0600, a
+    // world-readable file is refused and an existing file is never
+    // overwritten.
+    // Method: round trip in a temp dir, then chmod 644.
+    #[test]
+    fn signing_key_file_round_trip_and_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.key");
+        let signer = SnapshotSigner::generate().unwrap();
+        write_signing_key(&path, &signer).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(read_signing_key(&path).unwrap().key_id(), signer.key_id());
+        assert!(
+            write_signing_key(&path, &signer).is_err(),
+            "must not overwrite"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_signing_key(&path).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
     use std::os::unix::fs::PermissionsExt;
 
     fn mode(path: &Path) -> u32 {

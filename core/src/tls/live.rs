@@ -205,7 +205,7 @@ impl ResolvesClientCert for LiveResolver {
 
 /// The storage node's server configuration: client certificates required
 /// and verified against the cluster CA (which caller may call what is
-/// decided afterwards, per RPC, by [`crate::access`]), our certificate
+/// decided afterwards, per RPC, by the access table of `rap-authority`), our certificate
 /// from `identity` (reloadable), ALPN `h2`.
 pub fn server_config(identity: &Arc<LiveIdentity>) -> Result<Arc<ServerConfig>> {
     let verifier =

@@ -10,7 +10,7 @@
 //!
 //! A certificate from the cluster CA proves only that the CA issued it;
 //! what its holder may call is decided by its kind (and, for storage
-//! nodes, group membership) in [`crate::access`]. Every certificate names
+//! nodes, group membership) in the access table of `rap-authority`. Every certificate names
 //! exactly one identity; [`PeerIdentity::from_cert_der`] refuses none or
 //! several.
 

@@ -1,9 +1,9 @@
-//! Certificates and mTLS for the cluster's parties, and a development CA.
+//! Certificates and mTLS for the cluster's parties, and the cluster CA.
 //!
 //! Every certificate names its holder in one URI SAN of its kind
 //! ([`crate::identity`]); a cluster CA certificate names its cluster as
 //! `rap://cluster/<cluster_id>`. What a holder may call is decided by
-//! [`crate::access`], never by the CA alone.
+//! the access table of `rap-authority`, never by the CA alone.
 //!
 //! * [`live`]: [`LiveIdentity`](live::LiveIdentity), a node's own
 //!   certificate and key, reloaded from disk without a restart (renewal),
@@ -15,9 +15,9 @@
 //! * [`incoming`]: a TLS accept loop that keeps slow handshakes off the
 //!   accept path (storage nodes and the control plane).
 //!
-//! [`DevCa`] is the CA of development clusters run without a control plane
-//! (tests, the simulation, `rap-configstore dev-ca`); the control plane
-//! loads its cluster CAs with the same [`LoadedCa`]. [`ca_cert_params`],
+//! [`ClusterCa`] is a cluster's CA, loaded once: the control plane's per
+//! cluster, and that of development clusters run without a control plane
+//! (tests, the simulation, `rap-configstore dev-ca`). [`ca_cert_params`],
 //! [`identity_cert_params`], [`distinguished_name`], [`uri_san`] and
 //! [`set_validity`] are shared with the control plane, which issues
 //! certificates the same way. Only the ring crypto provider is used
@@ -60,8 +60,8 @@ pub const NODE_CERT_VALIDITY_MAX: Duration = Duration::from_secs(30 * 24 * 3600)
 /// 20-second certificates; anything shorter cannot be renewed in time).
 pub const NODE_CERT_VALIDITY_MIN: Duration = Duration::from_secs(10);
 
-/// Lifetime of a development CA.
-pub const DEV_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Lifetime of a cluster CA.
+pub const CLUSTER_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// How far `not_before` is set into the past, so a peer whose clock is a
 /// little behind accepts a fresh certificate.
@@ -102,7 +102,7 @@ pub const NODE_KEY_FILE: &str = "node.key";
 
 const _: () = assert!(NODE_CERT_VALIDITY_MIN.as_secs() <= NODE_CERT_VALIDITY_DEFAULT.as_secs());
 const _: () = assert!(NODE_CERT_VALIDITY_DEFAULT.as_secs() <= NODE_CERT_VALIDITY_MAX.as_secs());
-const _: () = assert!(NODE_CERT_VALIDITY_MAX.as_secs() < DEV_CA_VALIDITY.as_secs());
+const _: () = assert!(NODE_CERT_VALIDITY_MAX.as_secs() < CLUSTER_CA_VALIDITY.as_secs());
 
 /// Installs rustls' ring provider as the process default, once. Later
 /// calls, and a provider installed by someone else first, are no-ops.
@@ -174,7 +174,7 @@ impl TlsFiles {
 }
 
 /// A CA certificate with its signing key, read from `ca.pem` + `ca.key`
-/// in a directory. [`DevCa`] is one for a cluster; the control plane
+/// in a directory. [`ClusterCa`] is one for a cluster; the control plane
 /// loads its CAs (the platform CA names no cluster) with it too.
 pub struct LoadedCa {
     /// The CA certificate (PEM, as read).
@@ -228,29 +228,29 @@ impl LoadedCa {
     }
 }
 
-/// A development cluster CA on disk (`ca.pem`, `ca.key`), for clusters
-/// run without a control plane: tests, the simulation, `scripts/dev.sh`
-/// and `rap-configstore dev-ca`. It generates the holders' keys itself and
-/// does not renew anything: `rap-configstore dev-ca renew` issues new
-/// files, which a running storage node picks up without a restart. The
-/// control plane is the real CA: keys stay on their nodes, certificates
-/// are renewed.
-pub struct DevCa {
+/// A cluster CA on disk (`ca.pem`, `ca.key`). The control plane keeps one
+/// per cluster in its keys directory and issues node certificates for
+/// keys that stay on their nodes. Clusters run without a control plane
+/// (tests, the simulation, `scripts/dev.sh`, `rap-configstore dev-ca`)
+/// create one here and let it generate the holders' keys
+/// ([`ClusterCa::issue`]); `rap-configstore dev-ca renew` issues new files,
+/// which a running storage node picks up without a restart.
+pub struct ClusterCa {
     dir: PathBuf,
     cluster_id: ClusterId,
     ca: LoadedCa,
 }
 
-impl fmt::Debug for DevCa {
+impl fmt::Debug for ClusterCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DevCa")
+        f.debug_struct("ClusterCa")
             .field("dir", &self.dir)
             .field("cluster_id", &self.cluster_id)
             .finish_non_exhaustive()
     }
 }
 
-impl DevCa {
+impl ClusterCa {
     /// Creates a new ed25519 CA for `cluster_id` in `dir` (created if
     /// missing). Refuses to overwrite an existing `ca.pem` or `ca.key`.
     pub fn create(dir: &Path, cluster_id: &ClusterId) -> Result<Self> {
@@ -270,7 +270,7 @@ impl DevCa {
             KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(rcgen_error("generate CA key"))?;
         let mut params = ca_cert_params(&format!("rap cluster {cluster_id} CA"));
         params.subject_alt_names = vec![uri_san(&format!("{CLUSTER_URI_PREFIX}{cluster_id}"))?];
-        set_validity(&mut params, DEV_CA_VALIDITY)?;
+        set_validity(&mut params, CLUSTER_CA_VALIDITY)?;
         let cert = params
             .self_signed(&key)
             .map_err(rcgen_error("self-sign CA certificate"))?;
@@ -284,18 +284,18 @@ impl DevCa {
         .map_err(file_error)?;
         files::write_file(&cert_path, cert.pem().as_bytes(), 0o644, Overwrite::Never)
             .map_err(file_error)?;
-        tracing::info!(cluster_id = %cluster_id, dir = %dir.display(), "development CA created");
+        tracing::info!(cluster_id = %cluster_id, dir = %dir.display(), "cluster CA created");
         Self::load(dir)
     }
 
-    /// Loads a CA written by [`DevCa::create`] ([`LoadedCa::load`]); the
+    /// Loads a CA written by [`ClusterCa::create`] ([`LoadedCa::load`]); the
     /// cluster comes from its certificate.
     pub fn load(dir: &Path) -> Result<Self> {
         let ca = LoadedCa::load(dir)?;
         let cluster_id = ca_cluster(ca.cert_der.as_ref()).map_err(|e| {
             Error::InvalidRequest(format!("{}: {e}", dir.join(CA_CERT_FILE).display()))
         })?;
-        Ok(DevCa {
+        Ok(ClusterCa {
             dir: dir.to_path_buf(),
             cluster_id,
             ca,
@@ -312,9 +312,14 @@ impl DevCa {
         &self.ca.cert_pem
     }
 
+    /// The CA certificate and signing key, as loaded (once).
+    pub fn loaded(&self) -> &LoadedCa {
+        &self.ca
+    }
+
     /// Issues storage node `node_id` a certificate valid for
     /// [`NODE_CERT_VALIDITY_DEFAULT`] with the [`DEV_SERVER_NAMES`] and
-    /// `server_names`; see [`DevCa::issue`].
+    /// `server_names`; see [`ClusterCa::issue`].
     pub fn issue_storage(
         &self,
         dir: &Path,
@@ -326,7 +331,7 @@ impl DevCa {
     }
 
     /// Issues operator `name` a client certificate valid for
-    /// [`NODE_CERT_VALIDITY_DEFAULT`]; see [`DevCa::issue`].
+    /// [`NODE_CERT_VALIDITY_DEFAULT`]; see [`ClusterCa::issue`].
     pub fn issue_operator(&self, dir: &Path, name: &NodeId) -> Result<TlsFiles> {
         let identity = PeerIdentity::operator(self.cluster_id.clone(), name.clone())?;
         self.issue(dir, &identity, NODE_CERT_VALIDITY_DEFAULT, &[])

@@ -1,10 +1,10 @@
 //! The development CA, the TLS file handling and the reloadable identity.
 
-use rap_authority::Error;
-use rap_authority::identity::PeerIdentity;
-use rap_authority::tls::live::LiveIdentity;
-use rap_authority::tls::{
-    CA_KEY_FILE, DevCa, NODE_CERT_VALIDITY_MAX, NODE_CERT_VALIDITY_MIN, TlsFiles,
+use rap_core::Error;
+use rap_core::identity::PeerIdentity;
+use rap_core::tls::live::LiveIdentity;
+use rap_core::tls::{
+    CA_KEY_FILE, ClusterCa, NODE_CERT_VALIDITY_MAX, NODE_CERT_VALIDITY_MIN, TlsFiles,
 };
 use rap_proto::ids::{ClusterId, NodeId};
 use rustls::pki_types::CertificateDer;
@@ -43,16 +43,16 @@ fn unix_now() -> i64 {
 #[test]
 fn dev_ca_create_load_and_no_overwrite() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = DevCa::create(dir.path(), &cluster("c1")).expect("create CA");
+    let ca = ClusterCa::create(dir.path(), &cluster("c1")).expect("create CA");
     assert_eq!(ca.cluster_id().as_str(), "c1");
     assert_eq!(mode(&dir.path().join(CA_KEY_FILE)), 0o600);
-    let loaded = DevCa::load(dir.path()).expect("load CA");
+    let loaded = ClusterCa::load(dir.path()).expect("load CA");
     assert_eq!(loaded.cluster_id(), ca.cluster_id());
     assert_eq!(loaded.cert_pem(), ca.cert_pem());
-    let again = DevCa::create(dir.path(), &cluster("c1"));
+    let again = ClusterCa::create(dir.path(), &cluster("c1"));
     assert!(matches!(again, Err(Error::InvalidRequest(_))), "{again:?}");
     assert_eq!(
-        DevCa::load(dir.path()).expect("still loads").cert_pem(),
+        ClusterCa::load(dir.path()).expect("still loads").cert_pem(),
         ca.cert_pem()
     );
 }
@@ -65,7 +65,7 @@ fn dev_ca_create_load_and_no_overwrite() {
 #[test]
 fn issue_storage_and_operator_certificates() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = DevCa::create(&dir.path().join("ca"), &cluster("c1")).expect("create CA");
+    let ca = ClusterCa::create(&dir.path().join("ca"), &cluster("c1")).expect("create CA");
     let node_dir = dir.path().join("s1");
     let files = ca
         .issue_storage(&node_dir, &node("s1"), &[])
@@ -120,7 +120,7 @@ fn issue_storage_and_operator_certificates() {
 #[test]
 fn live_identity_reloads_renewals_only() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = DevCa::create(&dir.path().join("ca"), &cluster("c1")).expect("create CA");
+    let ca = ClusterCa::create(&dir.path().join("ca"), &cluster("c1")).expect("create CA");
     let node_dir = dir.path().join("s1");
     let files = ca
         .issue_storage(&node_dir, &node("s1"), &[])
@@ -162,7 +162,7 @@ fn live_identity_reloads_renewals_only() {
 #[test]
 fn refuses_open_or_foreign_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = DevCa::create(&dir.path().join("ca"), &cluster("c1")).expect("create CA");
+    let ca = ClusterCa::create(&dir.path().join("ca"), &cluster("c1")).expect("create CA");
     let files = ca
         .issue_storage(&dir.path().join("s1"), &node("s1"), &[])
         .expect("issue");
@@ -173,14 +173,14 @@ fn refuses_open_or_foreign_keys() {
         "{open:?}"
     );
 
-    let other = DevCa::create(&dir.path().join("other"), &cluster("c1")).expect("other CA");
+    let other = ClusterCa::create(&dir.path().join("other"), &cluster("c1")).expect("other CA");
     drop(other);
     std::fs::copy(
         dir.path().join("other").join(CA_KEY_FILE),
         dir.path().join("ca").join(CA_KEY_FILE),
     )
     .expect("swap key");
-    let mismatched = DevCa::load(&dir.path().join("ca"));
+    let mismatched = ClusterCa::load(&dir.path().join("ca"));
     assert!(
         matches!(&mismatched, Err(Error::InvalidRequest(m)) if m.contains("does not belong")),
         "{mismatched:?}"
@@ -198,5 +198,5 @@ fn missing_files_are_errors() {
         Err(Error::Storage(_))
     ));
     assert!(files.identity().is_err());
-    assert!(DevCa::load(dir.path()).is_err());
+    assert!(ClusterCa::load(dir.path()).is_err());
 }
