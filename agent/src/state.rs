@@ -13,11 +13,11 @@
 //!   [`STORAGE_ENDPOINTS_FILE`].
 
 use ed25519_dalek::SigningKey;
+use rap_core::files::Overwrite;
 use rustls::pki_types::PrivatePkcs8KeyDer;
 use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 pub use rap_core::tls::{CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
@@ -43,9 +43,6 @@ pub const KEY_FILE_BYTES_MAX: u64 = 4 * 1024;
 /// Largest JSON state file read.
 pub const JSON_FILE_BYTES_MAX: u64 = 64 * 1024;
 
-/// Random bytes in a temporary file's name.
-const TEMP_SUFFIX_BYTES: usize = 8;
-
 /// PKCS#8 v1 (RFC 8410) DER of an ed25519 private key, up to the 32 seed
 /// bytes: SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 },
 /// OCTET STRING { OCTET STRING (32 bytes) } }.
@@ -66,17 +63,17 @@ pub enum StateError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A file operation failed; the message names the verb and the path
+    /// (`rap_core::files`).
+    #[error("{0}")]
+    File(std::io::Error),
     /// The private key file may be read by group or others.
-    #[error(
-        "key file {} has mode {mode:o}; it must be readable by its owner only: run `chmod 600 {}`",
-        path.display(),
-        path.display()
-    )]
+    #[error("{message}; it must be readable by its owner only")]
     KeyPermissions {
         /// The key file.
         path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
+        /// What is wrong, with the `chmod` that fixes it.
+        message: String,
     },
     /// A state file's contents are unusable.
     #[error("{}: {reason}", path.display())]
@@ -233,7 +230,7 @@ impl ClusterState {
         let path = self.path(name);
         let bytes = match read_bounded(&path, JSON_FILE_BYTES_MAX) {
             Ok(bytes) => bytes,
-            Err(StateError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(StateError::File(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -263,63 +260,26 @@ impl ClusterState {
     }
 }
 
-/// Reads at most `limit` bytes of `path`; a longer file is refused.
+/// Reads at most `limit` bytes of `path`; a longer file is refused as
+/// corrupt.
 pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, StateError> {
-    let file = std::fs::File::open(path).map_err(io("open", path))?;
-    let mut bytes = Vec::new();
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(io("read", path))?;
-    if bytes.len() as u64 > limit {
-        return Err(StateError::Corrupt {
+    rap_core::files::read_bounded(path, limit).map_err(|e| match e.kind() {
+        std::io::ErrorKind::FileTooLarge => StateError::Corrupt {
             path: path.to_path_buf(),
             reason: format!("longer than {limit} bytes"),
-        });
-    }
-    Ok(bytes)
+        },
+        _ => StateError::File(e),
+    })
 }
 
-/// Writes `bytes` to `path` with `mode`: a new temporary file in the same
-/// directory, fsync, rename over `path`, fsync of the directory. A crash
-/// leaves the old file or the new one, never a mix.
+/// Writes `bytes` to `path` with `mode`, crash-safely: the old file or the
+/// new one, never a mix (`rap_core::files::write_file`).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    let dir = path.parent().ok_or_else(|| StateError::Corrupt {
-        path: path.to_path_buf(),
-        reason: "has no parent directory".into(),
-    })?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(
-        ".{name}.tmp-{}",
-        hex::encode(random_bytes::<TEMP_SUFFIX_BYTES>()?)
-    ));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&temp)
-            .map_err(io("create", &temp))?;
-        // The umask may have narrowed the mode; the key must not be wider.
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(io("chmod", &temp))?;
-        file.write_all(bytes).map_err(io("write", &temp))?;
-        file.sync_all().map_err(io("fsync", &temp))?;
-        std::fs::rename(&temp, path).map_err(io("rename into place", path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result?;
-    sync_dir(dir)
+    rap_core::files::write_file(path, bytes, mode, Overwrite::Replace).map_err(StateError::File)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StateError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", dir))
+    rap_core::files::sync_dir(dir).map_err(StateError::File)
 }
 
 /// PKCS#8 v1 PEM of an ed25519 key (what [`read_key_file`] reads, and
@@ -339,14 +299,13 @@ pub fn key_pem(key: &SigningKey) -> Result<String, StateError> {
 /// refuses a file that group or others may read (like ssh), and anything
 /// but a PKCS#8 v1 ed25519 key.
 pub fn read_key_file(path: &Path) -> Result<SigningKey, StateError> {
-    let metadata = std::fs::metadata(path).map_err(io("stat", path))?;
-    let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(StateError::KeyPermissions {
+    rap_core::files::check_private_mode(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => StateError::KeyPermissions {
             path: path.to_path_buf(),
-            mode,
-        });
-    }
+            message: e.to_string(),
+        },
+        _ => StateError::File(e),
+    })?;
     let pem = read_bounded(path, KEY_FILE_BYTES_MAX)?;
     let corrupt = |reason: String| StateError::Corrupt {
         path: path.to_path_buf(),
@@ -375,6 +334,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use rap_proto::ids::ClusterId;
+    use std::os::unix::fs::PermissionsExt;
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
