@@ -22,12 +22,13 @@
 
 pub mod access;
 pub mod admission;
+pub mod client;
+pub mod convert;
 pub mod error;
 pub mod limits;
 pub mod metrics;
 pub mod network;
 pub mod node;
-pub mod orders_client;
 pub mod partition;
 pub mod placement;
 pub mod promotion;

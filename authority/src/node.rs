@@ -478,7 +478,7 @@ impl AuthorityNode {
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let client = crate::service::authority_client_via(
+        let client = crate::client::authority_client_via(
             &self.network,
             &member.address,
             &ExpectedPeer::storage_named(&member.node_id),
@@ -819,10 +819,10 @@ impl AuthorityNode {
         let metrics = self.raft_metrics();
         let voters = Self::voters(&metrics)
             .into_values()
-            .map(|m| crate::service::voter_spec(&m))
+            .map(|m| crate::convert::voter_spec(&m))
             .collect();
         client
-            .bootstrap(crate::service::mark_forwarded(
+            .bootstrap(crate::client::mark_forwarded(
                 rap_proto::pb::BootstrapGroupRequest {
                     cluster_id: self.options.cluster_id.to_string(),
                     voters,

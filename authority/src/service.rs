@@ -6,14 +6,13 @@
 //! [`AccessLayer`](crate::access::AccessLayer) the server stands behind.
 
 pub use crate::access::FORWARDED_HEADER;
+use crate::client::mark_forwarded;
+use crate::convert::{fence_from_pb, fence_to_pb, member_of, voter_spec};
 use crate::error::{Error, Result};
-use crate::network::{Connector, NetworkConfig};
 use crate::node::AuthorityNode;
 use crate::slot::NodeSlot;
 use crate::typ::{Member, raft_id_of};
-use rap_core::fence::Fence;
-use rap_core::tls::pin::ExpectedPeer;
-use rap_proto::ids::{AuthorityTerm, ClusterId, FenceSeq, LogIndex, NodeId};
+use rap_proto::ids::{AuthorityTerm, NodeId};
 use rap_proto::pb;
 use rap_proto::pb::authority_service_client::AuthorityServiceClient;
 use rap_proto::pb::authority_service_server::{AuthorityService, AuthorityServiceServer};
@@ -21,92 +20,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-
-/// A client of the `AuthorityService` of storage node `expected` at
-/// `address` (lazily connected, with the transport's keepalive, and under
-/// mTLS pinned to `expected`).
-pub fn authority_client(
-    network: &NetworkConfig,
-    address: &str,
-    expected: &ExpectedPeer,
-) -> Result<AuthorityServiceClient<Channel>> {
-    authority_client_via(network, address, expected, None)
-}
-
-/// Like [`authority_client`], dialling through `connector` when given
-/// (plaintext transports: the simulation).
-pub fn authority_client_via(
-    network: &NetworkConfig,
-    address: &str,
-    expected: &ExpectedPeer,
-    connector: Option<&Connector>,
-) -> Result<AuthorityServiceClient<Channel>> {
-    let channel = crate::network::channel(network, address, expected, connector)?;
-    Ok(AuthorityServiceClient::new(channel)
-        .max_decoding_message_size(crate::limits::RAFT_RPC_BYTES_MAX)
-        .max_encoding_message_size(crate::limits::RAFT_RPC_BYTES_MAX))
-}
-
-/// A member as the wire's `VoterSpec`.
-pub fn voter_spec(member: &Member) -> pb::VoterSpec {
-    pb::VoterSpec {
-        node_id: member.node_id.clone(),
-        address: member.address.clone(),
-        domain: Some(pb::FailureDomain {
-            region: member.region.clone(),
-            zone: member.zone.clone(),
-            host: member.host.clone(),
-        }),
-    }
-}
-
-/// A voter of a `Status` answer as a `VoterSpec`.
-pub fn voter_spec_of_status(voter: &pb::VoterStatus) -> pb::VoterSpec {
-    pb::VoterSpec {
-        node_id: voter.node_id.clone(),
-        address: voter.address.clone(),
-        domain: voter.domain.clone(),
-    }
-}
-
-/// A wire `VoterSpec` as a member.
-pub fn member_of(spec: &pb::VoterSpec) -> Result<Member> {
-    NodeId::new(spec.node_id.as_str())?;
-    if spec.address.is_empty() {
-        return Err(Error::InvalidRequest(format!(
-            "voter {} has no address",
-            spec.node_id
-        )));
-    }
-    let domain = spec.domain.clone().unwrap_or_default();
-    Ok(Member {
-        node_id: spec.node_id.clone(),
-        address: spec.address.clone(),
-        region: domain.region,
-        zone: domain.zone,
-        host: domain.host,
-    })
-}
-
-/// Converts a fence to the wire.
-pub fn fence_to_pb(fence: &Fence) -> pb::FencingToken {
-    pb::FencingToken {
-        cluster_id: fence.cluster_id.to_string(),
-        authority_term: fence.authority_term.0,
-        seq: fence.seq.0,
-        log_index: fence.log_index.0,
-    }
-}
-
-/// Parses a wire fence.
-pub fn fence_from_pb(fence: &pb::FencingToken) -> Result<Fence> {
-    Ok(Fence {
-        cluster_id: ClusterId::new(fence.cluster_id.as_str())?,
-        authority_term: AuthorityTerm(fence.authority_term),
-        seq: FenceSeq(fence.seq),
-        log_index: LogIndex(fence.log_index),
-    })
-}
 
 /// The `AuthorityService` of one node.
 #[derive(Clone, Debug)]
@@ -242,17 +155,6 @@ impl AuthorityApi {
 
 fn is_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED_HEADER)
-}
-
-/// `message` as a request marked as relayed by a member
-/// ([`FORWARDED_HEADER`]): the leader admits it from a member only so.
-pub fn mark_forwarded<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        FORWARDED_HEADER,
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
-    request
 }
 
 #[tonic::async_trait]

@@ -9,9 +9,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use rap_authority::client::authority_client;
+use rap_authority::client::orders;
 use rap_authority::network::NetworkConfig;
-use rap_authority::orders_client;
-use rap_authority::service::authority_client;
 use rap_configstore::config::{CONFIG_BYTES_MAX, Config, LogFormat};
 use rap_core::tls::live::LiveIdentity;
 use rap_core::tls::pin::{ExpectedPeer, PeerTls};
@@ -667,7 +667,7 @@ async fn bootstrap(args: BootstrapArgs) -> Result<()> {
     };
     // Every voter initializes the same membership: a node admits Raft RPCs
     // only from members of its group.
-    let response = orders_client::bootstrap_group(&net, &request)
+    let response = orders::bootstrap_group(&net, &request)
         .await
         .map_err(authority_error)?;
     if args.client.json {
@@ -757,7 +757,7 @@ async fn add_voter(args: AddVoterArgs) -> Result<()> {
         .map_err(status_error)?
         .into_inner();
     let cluster = ClusterId::new(args.client.cluster.as_str())?;
-    let response = orders_client::add_voter(
+    let response = orders::add_voter(
         &net,
         &cluster,
         (&args.client.endpoint, &endpoint_peer(&args.client)?),
@@ -798,7 +798,7 @@ fn authority_error(error: rap_authority::Error) -> anyhow::Error {
 }
 
 async fn promote(args: PromoteArgs) -> Result<()> {
-    use rap_authority::orders_client::PromotionStep;
+    use rap_authority::client::orders::PromotionStep;
     let client_args = ClientArgs {
         endpoint: String::new(),
         endpoint_node: None,
@@ -815,7 +815,7 @@ async fn promote(args: PromoteArgs) -> Result<()> {
         .iter()
         .map(|text| parse_voter(text))
         .collect::<Result<Vec<_>>>()?;
-    let plan = orders_client::plan_promotion(&net, &cluster, &survivors, None)
+    let plan = orders::plan_promotion(&net, &cluster, &survivors, None)
         .await
         .map_err(authority_error)?;
     println!(
@@ -824,7 +824,7 @@ async fn promote(args: PromoteArgs) -> Result<()> {
     );
     let new_term = plan.new_term;
     // The others first: they restart empty and wait for the seed to add them.
-    orders_client::send_promotion(&net, &plan, &key, |outcome| match &outcome.step {
+    orders::send_promotion(&net, &plan, &key, |outcome| match &outcome.step {
         PromotionStep::Restarted => println!("  {}: restarted at term {new_term}", outcome.node_id),
         PromotionStep::AlreadyRestarted => println!(
             "  {}: already restarted at term {new_term}, waiting for the seed",
@@ -846,7 +846,7 @@ async fn rejoin(args: RejoinArgs) -> Result<()> {
     let key = rap_core::files::read_signing_key(&args.key)?;
     let spec = parse_voter(&args.node)?;
     let cluster = ClusterId::new(args.client.cluster.as_str())?;
-    let report = orders_client::rejoin_member(
+    let report = orders::rejoin_member(
         &net,
         &cluster,
         &[pb::VoterSpec {

@@ -5,7 +5,7 @@
 //! current group has a quorum. The survivors are named by node id and must
 //! be recorded voters of the cluster (`storage_nodes`); their addresses come
 //! from there. The order is signed with the cluster's snapshot-signing key
-//! and delivered by [`rap_authority::orders_client`].
+//! and delivered by [`rap_authority::client::orders`].
 //!
 //! # Promotion: PostgreSQL first, then the order
 //!
@@ -13,7 +13,7 @@
 //!    refuse unless its term equals the operator's `expected_term`.
 //! 2. Survey the survivors (`Status`): refused, with nothing changed
 //!    anywhere, when one still sees a quorum, is fenced, or they disagree
-//!    on the term ([`rap_authority::orders_client::plan_promotion`]). Every
+//!    on the term ([`rap_authority::client::orders::plan_promotion`]). Every
 //!    check a survivor would make on the order is made here, before
 //!    PostgreSQL changes, so that step 4 rarely fails.
 //! 3. End term T, insert term T+1 (`reason = 'promotion'`, the survivors,
@@ -35,7 +35,7 @@
 //! the current row at T+1 recorded by a promotion with the same survivors,
 //! and the survivors holding state still at T: it writes nothing to
 //! PostgreSQL and sends the order T → T+1 again (survivors that already
-//! restarted get nothing; `orders_client` documents this). Once the seed
+//! restarted get nothing; `rap_authority::client::orders` documents this). Once the seed
 //! has formed the group, a re-run is refused with `QUORUM_PRESENT`.
 //!
 //! The work of a call runs in a task of its own: a client that gives up
@@ -45,7 +45,7 @@
 //!
 //! A retired storage node of the cluster (a voter left out of a promotion)
 //! is brought back into the current term: signed rejoin order, then added
-//! as a voter through the group ([`rap_authority::orders_client::rejoin_member`]);
+//! as a voter through the group ([`rap_authority::client::orders::rejoin_member`]);
 //! its role goes back to `voter` and the event is audited.
 
 use crate::audit::{self, Action};
@@ -54,7 +54,7 @@ use crate::clusters::require_exists;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::keys::ClusterKeys;
-use rap_authority::orders_client::{self, PromotionPlan, SurvivorOutcome};
+use rap_authority::client::orders::{self, PromotionPlan, SurvivorOutcome};
 use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId};
 use rap_proto::pb;
 use std::collections::BTreeSet;
@@ -232,7 +232,7 @@ async fn promote_now(
     }
     let network = ctx.authority.network(cluster_id)?;
     let keys = ClusterKeys::load(&ctx.keys_dir, &cluster)?;
-    let plan = orders_client::plan_promotion(&network, &cluster, &specs, None)
+    let plan = orders::plan_promotion(&network, &cluster, &specs, None)
         .await
         .map_err(authority_error)?;
 
@@ -274,7 +274,7 @@ async fn promote_now(
         );
     }
 
-    let report = orders_client::send_promotion(
+    let report = orders::send_promotion(
         &network,
         &plan,
         keys.signer(),
@@ -432,7 +432,7 @@ async fn observe(
             ..Default::default()
         };
         if let Some(network) = &network
-            && let Ok(mut client) = rap_authority::service::authority_client(
+            && let Ok(mut client) = rap_authority::client::authority_client(
                 network,
                 &node.address,
                 &rap_core::tls::pin::ExpectedPeer::storage_named(&node.node_id),
@@ -441,8 +441,7 @@ async fn observe(
             let call = client.status(pb::AuthorityStatusRequest {
                 cluster_id: cluster.to_string(),
             });
-            if let Ok(Ok(answer)) = tokio::time::timeout(orders_client::STATUS_TIMEOUT, call).await
-            {
+            if let Ok(Ok(answer)) = tokio::time::timeout(orders::STATUS_TIMEOUT, call).await {
                 let answer = answer.into_inner();
                 let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
                 observation.view = answer.partition_view;
@@ -540,7 +539,7 @@ async fn rejoin_now(
     };
     let network = ctx.authority.network(cluster_id)?;
     let keys = ClusterKeys::load(&ctx.keys_dir, &cluster)?;
-    let report = orders_client::rejoin_member(
+    let report = orders::rejoin_member(
         &network,
         &cluster,
         &group,

@@ -6,8 +6,8 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::keys::ClusterKeys;
 use crate::page::Page;
-use rap_authority::orders_client;
-use rap_authority::service::member_of;
+use rap_authority::client::orders;
+use rap_authority::convert::member_of;
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
 
@@ -263,7 +263,7 @@ pub async fn bootstrap(
             trust_root,
             allow_single_voter: request.allow_single_voter,
         };
-        let answer = orders_client::bootstrap_group(&network, &bootstrap)
+        let answer = orders::bootstrap_group(&network, &bootstrap)
             .await
             .map_err(|e| match e {
                 // A typed refusal (too few voters, already initialized,

@@ -20,8 +20,8 @@
 
 use crate::audit::{self, Action, FenceRef};
 use crate::error::{Error, Result};
+use rap_authority::client::authority_client;
 use rap_authority::network::NetworkConfig;
-use rap_authority::service::authority_client;
 use rap_core::tls::live::LiveIdentity;
 use rap_core::tls::pin::{ExpectedPeer, PeerTls};
 use rap_proto::ids::ClusterId;

@@ -12,8 +12,8 @@ use crate::events::{
 use crate::harness::{CLUSTER_ID, ClusterSpec, GRPC_PORT, now};
 use crate::net;
 use crate::seed::SimRng;
+use rap_authority::client::authority_client_via;
 use rap_authority::network::NetworkConfig;
-use rap_authority::service::authority_client_via;
 use rap_core::codes::error_detail;
 use rap_core::tls::pin::ExpectedPeer;
 use rap_proto::envelope::{SnapshotSigner, TrustRoot};

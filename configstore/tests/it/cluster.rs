@@ -18,8 +18,8 @@
 // Shared with `examples/bench_authority.rs`, which uses another subset.
 #![allow(dead_code)]
 
+use rap_authority::client::authority_client;
 use rap_authority::network::NetworkConfig;
-use rap_authority::service::authority_client;
 use rap_core::codes::error_detail;
 use rap_core::tls::live::LiveIdentity;
 use rap_core::tls::pin::{ExpectedPeer, PeerTls};

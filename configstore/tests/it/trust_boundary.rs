@@ -135,7 +135,7 @@ impl Enrolled {
     async fn status(&self, index: usize) -> pb::AuthorityStatusResponse {
         let network = self.p.ctx.authority.network(CLUSTER).expect("network");
         let node = &self.cluster.nodes[index];
-        let mut client = rap_authority::service::authority_client(
+        let mut client = rap_authority::client::authority_client(
             &network,
             &node.address(),
             &ExpectedPeer::storage_named(&node.id),

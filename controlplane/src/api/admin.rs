@@ -193,7 +193,7 @@ async fn authority_status(
             observed_at_unix_ms: rap_proto::time::UnixMillis::now().0,
             ..Default::default()
         };
-        if let Ok(mut client) = rap_authority::service::authority_client(
+        if let Ok(mut client) = rap_authority::client::authority_client(
             &network,
             &address,
             &rap_core::tls::pin::ExpectedPeer::storage_named(&node_id),

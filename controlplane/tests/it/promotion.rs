@@ -93,7 +93,7 @@ async fn wait_for_minority(p: &Platform, node: &str) {
     let network = p.ctx.authority.network(&p.cluster).unwrap();
     let started = Instant::now();
     loop {
-        let mut client = rap_authority::service::authority_client(
+        let mut client = rap_authority::client::authority_client(
             &network,
             &address,
             &rap_core::tls::pin::ExpectedPeer::storage_named(node),

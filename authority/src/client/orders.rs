@@ -37,8 +37,9 @@
 //! empty gets no second order, so a rejoin that failed at the add step can
 //! be run again.
 
+use crate::client::authority_client;
+use crate::convert::{member_of, voter_spec_of_status};
 use crate::error::{Error, Result};
-use crate::service::{authority_client, member_of, voter_spec_of_status};
 use rap_core::codes::error_detail;
 use rap_core::tls::pin::ExpectedPeer;
 use rap_proto::envelope::{Digest, SnapshotSigner};
