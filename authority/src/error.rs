@@ -2,6 +2,7 @@
 //! their gRPC mapping (`NO_QUORUM` is `UNAVAILABLE` with the reachable
 //! voter count in the details).
 
+use rap_core::codes;
 use rap_proto::ids::{AuthorityTerm, ClusterId};
 
 /// Result with this crate's [`Error`].
@@ -105,6 +106,10 @@ pub enum Error {
     /// Raft failed in a way that is not a refusal (shutdown, fatal).
     #[error("raft: {0}")]
     Raft(String),
+    /// A client reached no storage node of the group that could answer
+    /// (client side only: [`crate::client`]).
+    #[error("no storage node answered: {0}")]
+    Unreachable(String),
     /// A wire-contract error (ids, envelopes, trust roots).
     #[error(transparent)]
     Proto(#[from] rap_proto::Error),
@@ -114,20 +119,21 @@ impl Error {
     /// A stable, machine-readable code.
     pub fn code(&self) -> &str {
         match self {
-            Error::NoQuorum { .. } => "NO_QUORUM",
-            Error::NotLeader { .. } => "NOT_LEADER",
+            Error::NoQuorum { .. } => codes::NO_QUORUM,
+            Error::NotLeader { .. } => codes::NOT_LEADER,
             Error::Refused { code, .. } => code,
-            Error::WrongCluster { .. } => "WRONG_CLUSTER",
-            Error::StaleTerm { .. } => "STALE_TERM",
-            Error::Fenced { .. } => "FENCED",
-            Error::UnprovenTerm { .. } => "UNPROVEN_TERM",
+            Error::WrongCluster { .. } => codes::WRONG_CLUSTER,
+            Error::StaleTerm { .. } => codes::STALE_TERM,
+            Error::Fenced { .. } => codes::FENCED,
+            Error::UnprovenTerm { .. } => codes::UNPROVEN_TERM,
             Error::PermissionDenied { code, .. } => code,
-            Error::Unauthenticated(_) => "UNAUTHENTICATED",
-            Error::InvalidRequest(_) => "INVALID_REQUEST",
-            Error::Oversize { .. } => "OVERSIZE",
-            Error::OrderRefused(_) => "ORDER_REFUSED",
-            Error::Storage(_) => "STORAGE",
-            Error::Raft(_) => "RAFT",
+            Error::Unauthenticated(_) => codes::UNAUTHENTICATED,
+            Error::InvalidRequest(_) => codes::INVALID_REQUEST,
+            Error::Oversize { .. } => codes::OVERSIZE,
+            Error::OrderRefused(_) => codes::ORDER_REFUSED,
+            Error::Storage(_) => codes::STORAGE,
+            Error::Raft(_) => codes::RAFT,
+            Error::Unreachable(_) => codes::AUTHORITY_UNREACHABLE,
             Error::Proto(e) => e.code(),
         }
     }
@@ -136,7 +142,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::NoQuorum { .. } | Error::NotLeader { .. } | Error::Raft(_) => true,
-            Error::Storage(_) => true,
+            Error::Storage(_) | Error::Unreachable(_) => true,
             Error::Refused { .. }
             | Error::WrongCluster { .. }
             | Error::StaleTerm { .. }
@@ -154,7 +160,10 @@ impl Error {
     fn grpc_code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
-            Error::NoQuorum { .. } | Error::NotLeader { .. } | Error::Raft(_) => Code::Unavailable,
+            Error::NoQuorum { .. }
+            | Error::NotLeader { .. }
+            | Error::Raft(_)
+            | Error::Unreachable(_) => Code::Unavailable,
             Error::Refused { .. } | Error::StaleTerm { .. } | Error::Fenced { .. } => {
                 Code::FailedPrecondition
             }

@@ -1,11 +1,15 @@
 //! The one client of a cluster's authority group: channels to a storage
 //! node's `AuthorityService` ([`authority_client`]), requests relayed by a
-//! member ([`mark_forwarded`]), and the group's lifecycle orders
+//! member ([`mark_forwarded`]), fences and publications with their retry
+//! rules ([`fence`]), and the group's lifecycle orders
 //! ([`orders`]: bootstrap, promotion, rejoin, adding a voter). Storage
 //! nodes (forwarding to the leader), `rap-configstore`, the control plane
 //! and the simulation all reach the group through here.
 
+pub mod fence;
 pub mod orders;
+
+pub use fence::{StoragePeer, acquire_fence, publish};
 
 pub use crate::access::FORWARDED_HEADER;
 use crate::error::Result;
