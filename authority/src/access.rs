@@ -32,6 +32,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::codegen::http;
+use tracing::Instrument;
 
 /// Metadata key marking a request a member relays to its leader (a
 /// follower forwarding a write); a relayed request is never relayed again.
@@ -268,6 +269,11 @@ pub trait GroupView: Send + Sync {
     fn is_member(&self, id: &NodeId) -> bool;
     /// Whether the certificate with this serial (lowercase hex) is revoked.
     fn is_revoked(&self, serial_hex: &str) -> bool;
+    /// The receiving node's id, for the RPC's tracing span (`None` for a
+    /// receiver that is not a storage node).
+    fn node_id(&self) -> Option<NodeId> {
+        None
+    }
 }
 
 /// A receiver without a group (the control plane): nobody is a member,
@@ -513,12 +519,20 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         match self.gate.admit(&request) {
             Ok(admitted) => {
+                // One span per admitted RPC: what, for whom, on which node.
+                let span = tracing::info_span!(
+                    "rpc",
+                    rpc = ?admitted.rpc,
+                    cluster_id = %self.gate.group.cluster_id(),
+                    node_id = self.gate.group.node_id().as_ref().map(|id| id.as_str()).unwrap_or(""),
+                    caller = %admitted.caller,
+                );
                 request.extensions_mut().insert(admitted);
                 // The clone is ready only after poll_ready; swap so the
                 // ready one serves this request (tower's usual dance).
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(async move { inner.call(request).await })
+                Box::pin(async move { inner.call(request).await }.instrument(span))
             }
             Err(error) => {
                 let code = error.code().to_string();

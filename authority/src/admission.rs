@@ -184,4 +184,8 @@ impl crate::access::GroupView for NodeSlot {
     fn is_revoked(&self, serial_hex: &str) -> bool {
         self.get().is_revoked(serial_hex)
     }
+
+    fn node_id(&self) -> Option<NodeId> {
+        Some(self.get().options().node_id.clone())
+    }
 }

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Raft log entries between snapshots.
 pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 5_000;
@@ -326,8 +327,17 @@ impl AuthorityNode {
             clients: std::sync::Mutex::new(BTreeMap::new()),
         });
         node.sync_guard();
-        tokio::spawn(track_term(Arc::downgrade(&node)));
-        tokio::spawn(probe_voters(Arc::downgrade(&node)));
+        // The background tasks carry the node's ids in their spans.
+        let span = |task: &'static str| {
+            tracing::info_span!(
+                "task",
+                task,
+                cluster_id = %node.options.cluster_id,
+                node_id = %node.options.node_id
+            )
+        };
+        tokio::spawn(track_term(Arc::downgrade(&node)).instrument(span("track_term")));
+        tokio::spawn(probe_voters(Arc::downgrade(&node)).instrument(span("probe_voters")));
         tracing::info!(
             cluster_id = %node.options.cluster_id,
             node_id = %node.options.node_id,

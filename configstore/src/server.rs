@@ -22,6 +22,7 @@ use rap_proto::ids::{ClusterId, NodeId};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// The node's certificate files from a validated config, if it runs mTLS.
 pub fn tls_files(config: &Config) -> Option<TlsFiles> {
@@ -135,11 +136,10 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     if let Some(identity) = &identity {
-        tokio::spawn(crate::renewal::keep_current(
-            identity.clone(),
-            config.clone(),
-            stop_rx.clone(),
-        ));
+        tokio::spawn(
+            crate::renewal::keep_current(identity.clone(), config.clone(), stop_rx.clone())
+                .instrument(span.clone()),
+        );
     }
 
     let grpc_listener = tokio::net::TcpListener::bind(config.listen)
