@@ -117,29 +117,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let output = cli.output;
-    let result = runtime.block_on(async move {
+    rap_core::process::run_main(async move {
         match cli.command {
             Command::Join(args) => join(args, output).await,
         }
-    });
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 /// Prints progress: stdout for text output, stderr when stdout is JSON.

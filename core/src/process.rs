@@ -1,14 +1,16 @@
-//! What the server binaries (`rap-configstore`, `rap-controlplane`) share
-//! around their work: a multi-thread runtime with the exit-code rule
-//! (0 ok, 1 error), and the shutdown signal.
+//! What the binaries (`rap-configstore`, `rap-controlplane`,
+//! `rap-node-agent`) share around their work: a multi-thread runtime with
+//! the exit-code rule (0 or what the work reports, 1 on error), and the
+//! shutdown signal of a server.
 
 use std::fmt::Display;
 use std::future::Future;
-use std::process::ExitCode;
+use std::process::{ExitCode, Termination};
 
-/// Runs `main` on a new multi-thread runtime: exit 0 when it returns
-/// `Ok`, else prints `error: {error:#}` to stderr and exits 1.
-pub fn run_main<E: Display>(main: impl Future<Output = Result<(), E>>) -> ExitCode {
+/// Runs `main` on a new multi-thread runtime: when it returns `Ok`, the
+/// exit code it reports (`()` is 0), else prints `error: {error:#}` to
+/// stderr and exits 1.
+pub fn run_main<T: Termination, E: Display>(main: impl Future<Output = Result<T, E>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -20,7 +22,7 @@ pub fn run_main<E: Display>(main: impl Future<Output = Result<(), E>>) -> ExitCo
         }
     };
     match runtime.block_on(main) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(done) => done.report(),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(1)
