@@ -13,8 +13,6 @@
 //!   keep being granted, without a restart.
 
 use crate::bin;
-use crate::cluster::{Cluster, HANG_GUARD, code_of, eventually, guarded, metric_value, run};
-use crate::support::{ControlPlane, Platform, write_private};
 use rap_authority::tls::live::{LiveIdentity, server_config};
 use rap_authority::tls::pin::{ExpectedPeer, PeerTls};
 use rap_authority::tls::{NODE_CERT_VALIDITY_DEFAULT, TlsFiles};
@@ -25,6 +23,8 @@ use rap_proto::ids::ClusterId;
 use rap_proto::pb;
 use rap_proto::pb::authority_service_client::AuthorityServiceClient;
 use rap_proto::pb::raft_service_client::RaftServiceClient;
+use rap_testkit::cluster::{Cluster, HANG_GUARD, code_of, eventually, guarded, metric_value, run};
+use rap_testkit::platform::{ControlPlane, Platform, write_private};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,8 +1,9 @@
 //! The operator's tools as they are run: `rap-controlplane init|migrate`
 //! and `rapctl` against the real server, plus the schema's own rules.
 
-use crate::support::{AgentKey, Platform, http_get};
+use crate::Rapctl;
 use rap_controlplane::enrollment;
+use rap_testkit::platform::{AgentKey, Platform, http_get};
 use std::process::Command;
 
 fn json(text: &str) -> serde_json::Value {
@@ -174,7 +175,7 @@ fn controlplane(
 // database, twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_prints_the_owner_token_once_and_migrate_is_idempotent() {
-    let db = rap_pgtest::fresh_database().await.unwrap();
+    let db = rap_testkit::pg::fresh_database().await.unwrap();
     let keys = tempfile::tempdir().unwrap();
     let (code, out, err) = controlplane(&["init"], &db.url, keys.path());
     assert_eq!(code, 0, "{err}");
@@ -277,7 +278,7 @@ async fn init_prints_the_owner_token_once_and_migrate_is_idempotent() {
 // direct SQL that breaks each rule must fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schema_refuses_what_the_rules_forbid() {
-    let db = rap_pgtest::fresh_database().await.unwrap();
+    let db = rap_testkit::pg::fresh_database().await.unwrap();
     let pool = db.pool().await.unwrap();
     rap_controlplane::db::migrate(&pool).await.unwrap();
     let ok = |sql: &'static str| {
@@ -360,10 +361,10 @@ async fn the_schema_refuses_what_the_rules_forbid() {
 // Method: spawn the binary, poll /readyz, read /metrics, send SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_health_and_stops_on_sigterm() {
-    let db = rap_pgtest::fresh_database().await.unwrap();
+    let db = rap_testkit::pg::fresh_database().await.unwrap();
     let keys = tempfile::tempdir().unwrap();
-    let grpc = crate::support::free_addr();
-    let http = crate::support::free_addr();
+    let grpc = rap_testkit::platform::free_addr();
+    let http = rap_testkit::platform::free_addr();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-controlplane"))
         .args([
             "serve",
@@ -417,10 +418,10 @@ async fn serve_answers_health_and_stops_on_sigterm() {
 // then refuses connections (ALLOW_CONNECTIONS false, backends ended).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_gives_a_fixed_reason_when_the_database_is_unreachable() {
-    let db = rap_pgtest::fresh_database().await.unwrap();
+    let db = rap_testkit::pg::fresh_database().await.unwrap();
     let keys = tempfile::tempdir().unwrap();
-    let grpc = crate::support::free_addr();
-    let http = crate::support::free_addr();
+    let grpc = rap_testkit::platform::free_addr();
+    let http = rap_testkit::platform::free_addr();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-controlplane"))
         .args([
             "serve",
@@ -503,8 +504,8 @@ async fn readyz_gives_a_fixed_reason_when_the_database_is_unreachable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_refuses_plaintext_on_a_non_loopback_address() {
     let keys = tempfile::tempdir().unwrap();
-    let grpc = crate::support::free_addr();
-    let http = crate::support::free_addr();
+    let grpc = rap_testkit::platform::free_addr();
+    let http = rap_testkit::platform::free_addr();
     let output = tokio::time::timeout(
         std::time::Duration::from_secs(30),
         tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-controlplane"))

@@ -2,12 +2,13 @@
 //! last owner, `last_used_at`, who may call what, and `rapctl principal
 //! token|disable|enable` against the real server.
 
-use crate::support::Platform;
+use crate::Rapctl;
 use rap_controlplane::Error;
 use rap_controlplane::auth::{self, Principal};
 use rap_controlplane::limits::{API_TOKEN_TTL_DEFAULT, API_TOKEN_TTL_MAX};
 use rap_controlplane::principals;
 use rap_proto::pb;
+use rap_testkit::platform::Platform;
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))

@@ -2,9 +2,10 @@
 //! a quorum; afterwards PostgreSQL is at the new term and fenced mutations
 //! carry its fences.
 
-use crate::support::Platform;
+use crate::Rapctl;
 use rap_controlplane::{authority_ops, workloads};
 use rap_proto::pb;
+use rap_testkit::platform::{Platform, wait_for_minority};
 use std::time::{Duration, Instant};
 
 /// Longest wait for the group to change its mind (hang guard).
@@ -78,42 +79,6 @@ async fn last_event(p: &Platform, action: &str, result: &str, needle: &str) {
         reason.contains(needle),
         "{action}: {reason:?} lacks {needle:?}"
     );
-}
-
-/// Waits until storage node `node` sees its group as a minority.
-async fn wait_for_minority(p: &Platform, node: &str) {
-    let address: String = sqlx::query_scalar(
-        "SELECT address FROM storage_nodes WHERE cluster_id = $1 AND node_id = $2",
-    )
-    .bind(&p.cluster)
-    .bind(node)
-    .fetch_one(&p.ctx.pool)
-    .await
-    .unwrap();
-    let network = p.ctx.authority.network(&p.cluster).unwrap();
-    let started = Instant::now();
-    loop {
-        let mut client = rap_authority::service::authority_client(
-            &network,
-            &address,
-            &rap_authority::tls::pin::ExpectedPeer::storage_named(node),
-        )
-        .unwrap();
-        if let Ok(answer) = client
-            .status(pb::AuthorityStatusRequest {
-                cluster_id: p.cluster.clone(),
-            })
-            .await
-            && answer.get_ref().partition_view == pb::PartitionView::Minority as i32
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < HANG_GUARD,
-            "hang guard: {node} never saw a minority"
-        );
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 // Goal: promotion is refused (and changes nothing, and is audited) while

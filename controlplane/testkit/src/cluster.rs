@@ -1,5 +1,7 @@
 //! A cluster of real `rap-configstore` processes on 127.0.0.1, for the
-//! multi-process tests (and, through `#[path]`, the benchmark driver).
+//! multi-process tests of `rap-configstore` and the benchmark driver
+//! (`configstore/examples/bench_authority.rs`). The caller names the
+//! binary (see the crate docs).
 //!
 //! [`Cluster::new`] makes a temporary directory with a development CA
 //! (`DevCa`, one certificate per node plus one for the `admin` client), a
@@ -14,9 +16,6 @@
 //! Every call the harness makes to a node is wrapped in a hang guard
 //! ([`HANG_GUARD`]): a node that does not answer fails the test with the
 //! name of the step instead of hanging the test binary.
-
-// Shared with `examples/bench_authority.rs`, which uses another subset.
-#![allow(dead_code)]
 
 use rap_authority::error::error_detail;
 use rap_authority::network::NetworkConfig;
