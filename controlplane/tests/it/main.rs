@@ -1,10 +1,9 @@
-//! Integration tests of the control plane: its binaries, and its services
+//! Integration tests of the control plane library: its services
 //! against a real PostgreSQL (rap-pgtest) and a real 3-voter authority
 //! group (in-process rap-configstore nodes over mTLS): `rap_testkit::platform`.
 #![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
 mod audit;
-mod cli;
 mod enrollment;
 mod groups;
 mod grpc;
@@ -13,27 +12,5 @@ mod identities;
 mod orgs;
 mod principals;
 mod promotion;
-mod rapctl;
 mod roles;
-
-use rap_testkit::platform::{ControlPlane, Platform};
-use std::path::Path;
-
-/// The real rapctl against a running [`ControlPlane`].
-trait Rapctl {
-    /// Runs rapctl as the platform owner: (exit code, stdout, stderr).
-    async fn rapctl(&self, p: &Platform, args: &[&str]) -> (i32, String, String);
-    /// Runs rapctl with the API token `token`.
-    async fn rapctl_as(&self, p: &Platform, token: &str, args: &[&str]) -> (i32, String, String);
-}
-
-impl Rapctl for ControlPlane {
-    async fn rapctl(&self, p: &Platform, args: &[&str]) -> (i32, String, String) {
-        self.rapctl_as(p, &p.owner_token, args).await
-    }
-
-    async fn rapctl_as(&self, p: &Platform, token: &str, args: &[&str]) -> (i32, String, String) {
-        let rapctl = Path::new(env!("CARGO_BIN_EXE_rapctl"));
-        self.run_rapctl(rapctl, p, token, args).await
-    }
-}
+mod schema;

@@ -95,7 +95,25 @@ struct ServeArgs {
     storage_insecure_plaintext: bool,
     /// Log format.
     #[arg(long, env = "RAP_LOG_FORMAT", value_enum)]
-    log_format: Option<LogFormat>,
+    log_format: Option<LogFormatArg>,
+}
+
+/// `--log-format`: the library's [`LogFormat`] as a command-line value.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> LogFormat {
+        match arg {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -231,7 +249,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         config.storage_insecure_plaintext = true;
     }
     if let Some(v) = args.log_format {
-        config.log_format = v;
+        config.log_format = v.into();
     }
     init_logging(config.log_format);
     rap_controlplane::server::serve(config, rap_authority::process::shutdown_signal()).await?;
