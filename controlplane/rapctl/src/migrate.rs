@@ -1,13 +1,11 @@
 //! `rapctl migrate`: applies the control plane's schema migrations to its
-//! PostgreSQL database directly (not over gRPC).
+//! PostgreSQL database directly (not over gRPC), with the same step as
+//! `rap-controlplane migrate` ([`rap_controlplane_server::migrate`]).
 
 use crate::output::Format;
 use crate::table::print_object;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
-
-/// Connections the migration pool opens.
-const MIGRATE_POOL_CONNECTIONS: u32 = 2;
 
 /// `rapctl migrate`.
 #[derive(clap::Args, Debug)]
@@ -20,23 +18,14 @@ pub struct MigrateArgs {
 
 /// Runs `rapctl migrate`.
 pub async fn run_migrate(args: MigrateArgs, format: Format) -> Result<()> {
-    let pool = rap_controlplane::db::connect(&args.database_url, MIGRATE_POOL_CONNECTIONS)
-        .await
-        .context("cannot connect to the database (check --database-url / RAP_DATABASE_URL)")?;
-    let applied = rap_controlplane::db::migrate(&pool)
-        .await
-        .context("applying migrations failed")?;
-    pool.close().await;
-    let version = rap_controlplane::db::known_migrations();
+    let migrated = rap_controlplane_server::migrate(&args.database_url).await?;
     match format {
         Format::Json => print_object(
             format,
             &[],
-            &json!({"applied": applied, "schema_version": version}),
+            &json!({"applied": migrated.applied, "schema_version": migrated.schema_version}),
         ),
-        Format::Table => {
-            crate::outln!("applied {applied} migration(s); schema at version {version}")
-        }
+        Format::Table => crate::outln!("{migrated}"),
     }
     Ok(())
 }

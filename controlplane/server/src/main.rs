@@ -191,12 +191,8 @@ async fn init(args: CommonArgs) -> Result<()> {
 async fn migrate(args: CommonArgs) -> Result<()> {
     let config = load_config(&args)?;
     config.validate()?;
-    let pool = rap_controlplane::db::connect(&config.database_url, 2).await?;
-    let applied = rap_controlplane::db::migrate(&pool).await?;
-    out(&format!(
-        "applied {applied} migration(s); schema at version {}",
-        rap_controlplane::db::known_migrations()
-    ));
+    let migrated = rap_controlplane_server::migrate(&config.database_url).await?;
+    out(&migrated.to_string());
     Ok(())
 }
 

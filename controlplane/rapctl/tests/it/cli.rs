@@ -150,3 +150,41 @@ async fn rapctl_drives_enrollment_roles_and_audit() {
     assert_eq!(code, 1);
     assert!(err.contains("PERMISSION_DENIED"), "{err}");
 }
+
+/// Runs `rapctl migrate -o json` on `database_url`: (exit code, stdout,
+/// stderr).
+async fn rapctl_migrate(database_url: &str) -> (i32, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_rapctl"))
+        .args(["migrate", "-o", "json"])
+        .env("RAP_DATABASE_URL", database_url)
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+// Goal: `rapctl migrate` applies the schema (the same step as
+// `rap-controlplane migrate`), a second run applies nothing, and an
+// unreachable database says which setting to check. Method: the real
+// binary on a fresh database, twice; then on a port nobody listens on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_applies_the_schema_once() {
+    let db = rap_testkit::pg::fresh_database().await.unwrap();
+    let known = rap_controlplane::db::known_migrations();
+    let (code, out, err) = rapctl_migrate(&db.url).await;
+    assert_eq!(code, 0, "{err}");
+    let first = json(&out);
+    assert_eq!(first["applied"], known, "{out}");
+    assert_eq!(first["schema_version"], known, "{out}");
+    let (code, out, err) = rapctl_migrate(&db.url).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["applied"], 0, "{out}");
+    let (code, _, err) = rapctl_migrate("postgres://nobody@127.0.0.1:1/none").await;
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot connect to the database"), "{err}");
+    assert!(err.contains("RAP_DATABASE_URL"), "{err}");
+}
