@@ -70,7 +70,7 @@ static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 /// on two cores make elections flaky.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Runs one multi-process test: alone (see [`SERIAL`]), on its own
+/// Runs one multi-process test: alone (one cluster at a time), on its own
 /// two-worker runtime.
 pub fn run<F: Future<Output = ()>>(test: F) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -474,7 +474,7 @@ impl Cluster {
         }
     }
 
-    /// The voter list of every node, with labels r<i>/z<i>/h<i>.
+    /// The voter list of every node, with labels `r<i>`/`z<i>`/`h<i>`.
     pub fn voter_specs(&self) -> Vec<pb::VoterSpec> {
         self.nodes
             .iter()
