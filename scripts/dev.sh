@@ -22,7 +22,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 # shellcheck source=scripts/ensure-postgres.sh
 source "$root/scripts/ensure-postgres.sh"
-cargo build --locked -p rap-controlplane --bin rapctl --bin rap-controlplane \
+cargo build --locked -p rapctl --bin rapctl -p rap-controlplane-server --bin rap-controlplane \
   -p rap-configstore --bin rap-configstore -p rap-node-agent --bin rap-node-agent
 "$root/target/debug/rapctl" demo
 echo

@@ -25,7 +25,7 @@ cd "$root/proto/fuzz"
 mkdir -p corpus/decode_verify
 if [ -z "$(ls -A corpus/decode_verify)" ]; then
   # Seed with a real signed envelope so mutations start from valid structure.
-  (cd "$root" && cargo build -q -p rap-controlplane --bin rapctl)
+  (cd "$root" && cargo build -q -p rapctl --bin rapctl)
   seed="$(mktemp -d)"
   "$root/target/debug/rapctl" snapshot keygen --cluster c1 --dir "$seed/keys" >/dev/null
   printf 'roles: [entry-node]' >"$seed/body"

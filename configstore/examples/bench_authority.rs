@@ -3,7 +3,7 @@
 //! figures; no test asserts speed).
 //!
 //! It starts a 3-voter `rap-configstore` cluster on 127.0.0.1 with mTLS
-//! (the integration tests' harness, `tests/it/cluster.rs`) and prints:
+//! (the integration tests' harness, `rap_testkit::cluster`) and prints:
 //!
 //! 1. fence grants/s and p50/p99 `AcquireFence` latency at 1, 16 and 64
 //!    concurrent clients talking to the leader (and 16 through the
@@ -18,11 +18,8 @@
 //! Clients and servers share the machine's cores: the figures are for
 //! this loopback set-up, not for a deployment.
 
-#[path = "../tests/it/cluster.rs"]
-mod cluster;
-
 use clap::Parser;
-use cluster::{Client, Cluster, Timing, acquire, code_of, join_all};
+use rap_testkit::cluster::{Client, Cluster, Timing, acquire, code_of, join_all};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

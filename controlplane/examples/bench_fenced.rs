@@ -12,10 +12,6 @@
 //! `cargo run --release -p rap-controlplane --example bench_fenced -- [N] [CONCURRENCY...]`.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-#[path = "../tests/it/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use rap_controlplane::workloads;
 use rap_proto::pb;
 use std::sync::Arc;
@@ -55,7 +51,7 @@ async fn main() {
         vec![1, 4, 16]
     };
     eprintln!("starting PostgreSQL and a 3-voter authority group...");
-    let p = Arc::new(support::Platform::start().await);
+    let p = Arc::new(rap_testkit::platform::Platform::start().await);
     let fsync: String = sqlx::query_scalar("SHOW fsync")
         .fetch_one(&p.ctx.pool)
         .await

@@ -572,7 +572,7 @@ async fn main() -> anyhow::Result<()> {
     let (_database, url, postgres) = match &args.database_url {
         Some(url) => (None, url.clone(), "given --database-url"),
         None => {
-            let database = rap_pgtest::fresh_database().await?;
+            let database = rap_testkit::pg::fresh_database().await?;
             let url = database.url.clone();
             (
                 Some(database),

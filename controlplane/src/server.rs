@@ -30,7 +30,7 @@ pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:7480";
 pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Log output format.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     /// Human-readable lines.

@@ -3,12 +3,12 @@
 //! authority group), approved or rejected through the control plane's
 //! enrollment functions.
 
-use crate::support::Platform;
 use rap_controlplane::enrollment;
 use rap_controlplane::keys::ClusterKeys;
 use rap_node_agent::state::{self, IdentityRecord, StorageEndpointRecord};
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
+use rap_testkit::platform::Platform;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use std::os::unix::fs::PermissionsExt;
@@ -50,7 +50,7 @@ struct Agent {
 impl Agent {
     /// Starts `rap-node-agent join` with the standard arguments plus `extra`.
     fn join(
-        server: &crate::support::ControlPlane,
+        server: &rap_testkit::platform::ControlPlane,
         cluster: &str,
         token: &str,
         fingerprint: &str,
@@ -341,7 +341,7 @@ async fn join_pins_resumes_and_enrolls() {
     let endpoints: Vec<StorageEndpointRecord> =
         serde_json::from_slice(&std::fs::read(dir.join(state::STORAGE_ENDPOINTS_FILE)).unwrap())
             .unwrap();
-    assert_eq!(endpoints.len(), crate::support::VOTERS);
+    assert_eq!(endpoints.len(), rap_testkit::platform::VOTERS);
     assert!(!dir.join(state::JOIN_REQUEST_FILE).exists());
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

@@ -3,11 +3,11 @@
 //! `/metrics` as `rap_refusals_total{reason="..."}` (issue 3 "Bad input").
 
 use crate::bin;
-use crate::cluster::{Client, Cluster, acquire, code_of, guarded, publish, run};
 use rap_proto::envelope::SnapshotSigner;
 use rap_proto::ids::{AuthorityTerm, SnapshotVersion, TrustGeneration};
 use rap_proto::pb;
 use rap_proto::time::UnixMillis;
+use rap_testkit::cluster::{Client, Cluster, acquire, code_of, guarded, publish, run};
 use std::collections::BTreeMap;
 use tonic::Code;
 

@@ -2,8 +2,8 @@
 //! this is development, and says how; `add-voter` grows the group.
 
 use crate::bin;
-use crate::cluster::{Cluster, HANG_GUARD, acquire, code_of, eventually, metric_value, run};
 use rap_proto::pb;
+use rap_testkit::cluster::{Cluster, HANG_GUARD, acquire, code_of, eventually, metric_value, run};
 use std::path::Path;
 use std::time::Duration;
 
@@ -113,7 +113,7 @@ fn bootstrap_refuses_two_voters_and_says_what_to_do() {
         let (code, stdout, stderr) = loop {
             let (code, stdout, stderr) = cluster.cli(&fence_args);
             let settling = stderr.contains("NO_QUORUM") || stderr.contains("NOT_LEADER");
-            if code == 0 || !settling || started.elapsed() > crate::cluster::HANG_GUARD {
+            if code == 0 || !settling || started.elapsed() > rap_testkit::cluster::HANG_GUARD {
                 break (code, stdout, stderr);
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

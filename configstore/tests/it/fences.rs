@@ -5,11 +5,11 @@
 //! committed `AcquireFence` entry").
 
 use crate::bin;
-use crate::cluster::{
+use rap_proto::pb;
+use rap_testkit::cluster::{
     Client, Cluster, HANG_GUARD, acquire, eventually, is_retryable, is_untyped_node_answer,
     join_all, publish, run,
 };
-use rap_proto::pb;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,7 @@
 //! `kill -9` and restarted; the tests talk to it over gRPC and HTTP like
 //! the control plane and an operator would.
 //!
-//! * [`cluster`]: the harness (processes, CA, trust root, clients).
+//! * `rap_testkit::cluster`: the harness (processes, CA, trust root, clients).
 //! * [`fences`]: fences under concurrency, leader failover and full restart.
 //! * [`minority`]: kill 2 of 3, fast `NO_QUORUM`, `minority` view.
 //! * [`bad_input`]: typed refusals over the wire, counted in `/metrics`.
@@ -19,15 +19,9 @@
 
 mod bad_input;
 mod bootstrap;
-mod cluster;
 mod fences;
 mod minority;
 mod promotion;
-// The control plane's test platform, shared without copying (its lints are
-// the control plane's business).
-#[path = "../../../controlplane/tests/it/support.rs"]
-#[allow(clippy::field_reassign_with_default, clippy::unwrap_used, dead_code)]
-mod support;
 mod trust_boundary;
 
 use std::path::Path;

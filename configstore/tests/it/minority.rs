@@ -2,11 +2,11 @@
 //! instead of hanging, says `minority`, and is not ready.
 
 use crate::bin;
-use crate::cluster::{
-    Cluster, HANG_GUARD, acquire, code_of, eventually, is_untyped_node_answer, run,
-};
 use rap_core::codes::error_detail;
 use rap_proto::pb;
+use rap_testkit::cluster::{
+    Cluster, HANG_GUARD, acquire, code_of, eventually, is_untyped_node_answer, run,
+};
 use std::time::{Duration, Instant};
 
 /// Asserts that `result` is a `NO_QUORUM` refusal (gRPC `UNAVAILABLE` with

@@ -2,10 +2,10 @@
 //! rejoin.
 
 use crate::bin;
-use crate::cluster::{Cluster, HANG_GUARD, acquire, code_of, eventually, publish, run};
 use rap_proto::envelope::{Digest, SnapshotSigner};
 use rap_proto::pb;
 use rap_proto::time::UnixMillis;
+use rap_testkit::cluster::{Cluster, HANG_GUARD, acquire, code_of, eventually, publish, run};
 use std::time::Duration;
 
 fn view_of(status: &pb::AuthorityStatusResponse) -> pb::PartitionView {

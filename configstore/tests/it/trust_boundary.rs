@@ -13,8 +13,6 @@
 //!   keep being granted, without a restart.
 
 use crate::bin;
-use crate::cluster::{Cluster, HANG_GUARD, code_of, eventually, guarded, metric_value, run};
-use crate::support::{ControlPlane, Platform, write_private};
 use rap_controlplane::fencing::StoragePeer;
 use rap_controlplane::keys::ClusterKeys;
 use rap_controlplane::{enrollment, nodes, tokens};
@@ -25,6 +23,8 @@ use rap_proto::ids::ClusterId;
 use rap_proto::pb;
 use rap_proto::pb::authority_service_client::AuthorityServiceClient;
 use rap_proto::pb::raft_service_client::RaftServiceClient;
+use rap_testkit::cluster::{Cluster, HANG_GUARD, code_of, eventually, guarded, metric_value, run};
+use rap_testkit::platform::{ControlPlane, Platform, write_private};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,13 +2,13 @@
 //! anonymous floods (sampled per source, every refusal counted in
 //! metrics), attacker-sized text cut before it is stored.
 
-use crate::support::{AgentKey, Platform, http_get};
 use rap_controlplane::audit::{self, AUDIT_REASON_BYTES_MAX, AUDIT_TARGET_BYTES_MAX, Action};
 use rap_controlplane::limits::{AUDIT_ANONYMOUS_PER_SOURCE, AUDIT_ANONYMOUS_WINDOW};
 use rap_controlplane::tls::client_tls_config;
 use rap_proto::pb;
 use rap_proto::pb::admin_service_client::AdminServiceClient;
 use rap_proto::pb::enrollment_service_client::EnrollmentServiceClient;
+use rap_testkit::platform::{AgentKey, Platform, http_get};
 use tonic::transport::{Channel, Endpoint};
 
 fn code_of(status: &tonic::Status) -> String {
@@ -23,7 +23,7 @@ fn code_of(status: &tonic::Status) -> String {
 // Method: write one event as the code does, then try each statement.
 #[tokio::test]
 async fn audit_rows_are_append_only_in_the_schema() {
-    let db = rap_pgtest::fresh_database().await.unwrap();
+    let db = rap_testkit::pg::fresh_database().await.unwrap();
     let pool = db.pool().await.unwrap();
     rap_controlplane::db::migrate(&pool).await.unwrap();
     let mut tx = pool.begin().await.unwrap();

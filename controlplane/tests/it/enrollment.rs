@@ -2,10 +2,10 @@
 //! authority group: the happy path, every bad input (typed, nothing
 //! changed, refusal audited), concurrency, and minority refusal.
 
-use crate::support::{AgentKey, Platform};
 use rap_controlplane::error::Error;
 use rap_controlplane::{clusters, enrollment, nodes, tokens};
 use rap_proto::pb;
+use rap_testkit::platform::{AgentKey, Platform};
 
 fn approve_request(id: &str) -> pb::ReviewJoinRequestRequest {
     pb::ReviewJoinRequestRequest {

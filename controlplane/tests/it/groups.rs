@@ -1,9 +1,9 @@
 //! Node groups: inventory folders (audited, not fenced, grant nothing)
 //! against a real PostgreSQL, including the database's cycle trigger.
 
-use crate::support::Platform;
 use rap_controlplane::groups;
 use rap_proto::pb;
+use rap_testkit::platform::Platform;
 
 fn create(p: &Platform, name: &str, parent: &str) -> pb::CreateGroupRequest {
     pb::CreateGroupRequest {

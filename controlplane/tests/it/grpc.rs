@@ -4,13 +4,13 @@
 //! TLS pinned to the platform CA; agents pin their cluster's CA (SNI
 //! `<cluster>.cluster.rap`), enroll, heartbeat and renew over mTLS.
 
-use crate::support::{AgentKey, Platform};
 use rap_controlplane::enrollment;
 use rap_controlplane::tls::client_tls_config;
 use rap_proto::pb;
 use rap_proto::pb::admin_service_client::AdminServiceClient;
 use rap_proto::pb::agent_service_client::AgentServiceClient;
 use rap_proto::pb::enrollment_service_client::EnrollmentServiceClient;
+use rap_testkit::platform::{AgentKey, Platform};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 async fn channel(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Channel {

@@ -21,7 +21,9 @@ const CLUSTER: &str = "c1";
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
 async fn database() -> PgPool {
-    let database = rap_pgtest::fresh_database().await.expect("test database");
+    let database = rap_testkit::pg::fresh_database()
+        .await
+        .expect("test database");
     let pool = database.pool().await.expect("pool");
     rap_controlplane::db::migrate(&pool).await.expect("migrate");
     pool

@@ -2,10 +2,10 @@
 //! (storage tokens, fenced approval once the group exists), reserved ids,
 //! and keys whose certificate was revoked.
 
-use crate::support::{AgentKey, Platform, join_token};
 use rap_controlplane::error::Error;
 use rap_controlplane::{enrollment, nodes};
 use rap_proto::pb;
+use rap_testkit::platform::{AgentKey, Platform, join_token};
 
 fn approve(id: &str, node_id: &str) -> pb::ReviewJoinRequestRequest {
     pb::ReviewJoinRequestRequest {

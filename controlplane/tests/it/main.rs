@@ -1,10 +1,9 @@
-//! Integration tests of the control plane: its binaries, and its services
+//! Integration tests of the control plane library: its services
 //! against a real PostgreSQL (rap-pgtest) and a real 3-voter authority
-//! group (in-process rap-configstore nodes over mTLS, `support.rs`).
+//! group (in-process rap-configstore nodes over mTLS): `rap_testkit::platform`.
 #![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
 mod audit;
-mod cli;
 mod enrollment;
 mod groups;
 mod grpc;
@@ -13,6 +12,5 @@ mod identities;
 mod orgs;
 mod principals;
 mod promotion;
-mod rapctl;
 mod roles;
-mod support;
+mod schema;

@@ -3,9 +3,9 @@
 //! organization's logical endpoints and services with a safe status, and
 //! nothing else; every attempt at more is refused and audited.
 
-use crate::support::Platform;
 use rap_controlplane::{orgs, roles, workloads};
 use rap_proto::pb;
+use rap_testkit::platform::Platform;
 
 fn endpoint(
     p: &Platform,

@@ -2,10 +2,10 @@
 //! real PostgreSQL and a real 3-voter authority group. Every refusal is
 //! typed, changes nothing and is audited.
 
-use crate::support::Platform;
 use rap_controlplane::error::Error;
 use rap_controlplane::{roles, workloads};
 use rap_proto::pb;
+use rap_testkit::platform::Platform;
 
 fn assign_request(p: &Platform, node: &str, role: &str, org: &str) -> pb::AssignRoleRequest {
     pb::AssignRoleRequest {

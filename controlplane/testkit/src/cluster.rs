@@ -1,5 +1,7 @@
 //! A cluster of real `rap-configstore` processes on 127.0.0.1, for the
-//! multi-process tests (and, through `#[path]`, the benchmark driver).
+//! multi-process tests of `rap-configstore` and the benchmark driver
+//! (`configstore/examples/bench_authority.rs`). The caller names the
+//! binary (see the crate docs).
 //!
 //! [`Cluster::new`] makes a temporary directory with a development CA
 //! (`ClusterCa`, one certificate per node plus one for the `admin` client), a
@@ -14,9 +16,6 @@
 //! Every call the harness makes to a node is wrapped in a hang guard
 //! ([`HANG_GUARD`]): a node that does not answer fails the test with the
 //! name of the step instead of hanging the test binary.
-
-// Shared with `examples/bench_authority.rs`, which uses another subset.
-#![allow(dead_code)]
 
 use rap_authority::client::authority_client;
 use rap_authority::network::NetworkConfig;
@@ -71,7 +70,7 @@ static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 /// on two cores make elections flaky.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Runs one multi-process test: alone (see [`SERIAL`]), on its own
+/// Runs one multi-process test: alone (one cluster at a time), on its own
 /// two-worker runtime.
 pub fn run<F: Future<Output = ()>>(test: F) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -475,7 +474,7 @@ impl Cluster {
         }
     }
 
-    /// The voter list of every node, with labels r<i>/z<i>/h<i>.
+    /// The voter list of every node, with labels `r<i>`/`z<i>`/`h<i>`.
     pub fn voter_specs(&self) -> Vec<pb::VoterSpec> {
         self.nodes
             .iter()

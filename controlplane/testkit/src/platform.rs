@@ -2,6 +2,8 @@
 //! a keys directory, one cluster whose authority group is three real
 //! in-process `rap-configstore` nodes over mTLS (certificates from the
 //! cluster's CA), bootstrapped through the control plane.
+//!
+//! Environment: [`PLATFORM_DATABASE_URL_ENV`] (benchmarks only).
 
 use ed25519_dalek::{Signer, SigningKey};
 use rap_controlplane::auth::{self, Kind, Principal};
@@ -568,15 +570,12 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Runs the real rapctl against this server as the platform owner;
-    /// returns (exit code, stdout, stderr).
-    pub async fn rapctl(&self, p: &Platform, args: &[&str]) -> (i32, String, String) {
-        self.rapctl_as(p, &p.owner_token, args).await
-    }
-
-    /// Runs the real rapctl with the API token `token`.
-    pub async fn rapctl_as(
+    /// Runs the rapctl binary `rapctl` (the caller's
+    /// `env!("CARGO_BIN_EXE_rapctl")`) against this server with the API
+    /// token `token`; returns (exit code, stdout, stderr).
+    pub async fn run_rapctl(
         &self,
+        rapctl: &std::path::Path,
         p: &Platform,
         token: &str,
         args: &[&str],
@@ -586,10 +585,6 @@ impl ControlPlane {
             rap_controlplane::secret::random_id().unwrap()
         ));
         std::fs::write(&token_file, token).unwrap();
-        // option_env: this harness is also compiled into other crates' tests.
-        let Some(rapctl) = option_env!("CARGO_BIN_EXE_rapctl") else {
-            panic!("rapctl is built only for rap-controlplane's tests");
-        };
         let output = tokio::process::Command::new(rapctl)
             .args(args)
             .arg("--endpoint")
@@ -601,7 +596,7 @@ impl ControlPlane {
             .env_remove("RAP_SERVER_NAME")
             .output()
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("run {}: {e}", rapctl.display()));
         (
             output.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -678,5 +673,44 @@ impl Drop for Platform {
                 }
             }
         }
+    }
+}
+
+/// Waits until storage node `node` of the platform's cluster sees its
+/// group as a minority (hang guard 30 s).
+pub async fn wait_for_minority(p: &Platform, node: &str) {
+    const HANG_GUARD: Duration = Duration::from_secs(30);
+    const POLL: Duration = Duration::from_millis(100);
+    let address: String = sqlx::query_scalar(
+        "SELECT address FROM storage_nodes WHERE cluster_id = $1 AND node_id = $2",
+    )
+    .bind(&p.cluster)
+    .bind(node)
+    .fetch_one(&p.ctx.pool)
+    .await
+    .unwrap();
+    let network = p.ctx.authority.network(&p.cluster).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let mut client = rap_authority::client::authority_client(
+            &network,
+            &address,
+            &rap_core::tls::pin::ExpectedPeer::storage_named(node),
+        )
+        .unwrap();
+        if let Ok(answer) = client
+            .status(pb::AuthorityStatusRequest {
+                cluster_id: p.cluster.clone(),
+            })
+            .await
+            && answer.get_ref().partition_view == pb::PartitionView::Minority as i32
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "hang guard: {node} never saw a minority"
+        );
+        tokio::time::sleep(POLL).await;
     }
 }

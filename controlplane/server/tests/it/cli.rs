@@ -1,155 +1,8 @@
-//! The operator's tools as they are run: `rap-controlplane init|migrate`
-//! and `rapctl` against the real server, plus the schema's own rules.
+//! The `rap-controlplane` binary as an operator runs it: `init`,
+//! `migrate` and `serve` on a real database.
 
-use crate::support::{AgentKey, Platform, http_get};
-use rap_controlplane::enrollment;
+use rap_testkit::platform::http_get;
 use std::process::Command;
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-// Goal: an operator drives the whole flow with rapctl. Method: real
-// server and binary; token, a node's join, approval, node list, a refused
-// role, the audit trail with fences, and an org admin refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rapctl_drives_enrollment_roles_and_audit() {
-    let p = Platform::start().await;
-    let server = p.serve().await;
-
-    let (code, out, err) = server.rapctl(&p, &["cluster", "list", "-o", "json"]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("\"c1\""), "{out}");
-
-    let (code, out, err) = server
-        .rapctl(
-            &p,
-            &[
-                "token",
-                "create",
-                "--cluster",
-                "c1",
-                "--ttl",
-                "10m",
-                "-o",
-                "json",
-            ],
-        )
-        .await;
-    assert_eq!(code, 0, "{err}");
-    let token = json(&out);
-    let raw = token["raw_token"].as_str().unwrap().to_string();
-    assert!(token["join_command"].as_str().unwrap().contains(&raw));
-
-    let agent = AgentKey::generate();
-    enrollment::submit(
-        &p.ctx,
-        &agent.join_request(&p.cluster, &raw, &["can_run_vnc_worker"]),
-    )
-    .await
-    .unwrap();
-    let (code, out, err) = server
-        .rapctl(
-            &p,
-            &["join-request", "list", "--cluster", "c1", "-o", "json"],
-        )
-        .await;
-    assert_eq!(code, 0, "{err}");
-    let id = out
-        .split('"')
-        .find(|s| s.starts_with("jr-"))
-        .unwrap_or_else(|| panic!("no request id in {out}"))
-        .to_string();
-    let (code, _, err) = server
-        .rapctl(&p, &["join-request", "approve", &id, "--node-id", "vnc-1"])
-        .await;
-    assert_eq!(code, 0, "{err}");
-    let (code, out, err) = server
-        .rapctl(&p, &["node", "list", "--cluster", "c1"])
-        .await;
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("vnc-1") && out.contains("active"), "{out}");
-
-    // A role the node cannot do: exit 1, the code and what to do next.
-    let (code, _, err) = server
-        .rapctl(
-            &p,
-            &[
-                "role",
-                "assign",
-                "--cluster",
-                "c1",
-                "--node",
-                "vnc-1",
-                "--role",
-                "rdp-worker",
-            ],
-        )
-        .await;
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("MISSING_CAPABILITY") && err.contains("hint:"),
-        "{err}"
-    );
-    let (code, _, err) = server
-        .rapctl(
-            &p,
-            &[
-                "role",
-                "assign",
-                "--cluster",
-                "c1",
-                "--node",
-                "vnc-1",
-                "--role",
-                "vnc-worker",
-            ],
-        )
-        .await;
-    assert_eq!(code, 0, "{err}");
-
-    let (code, out, err) = server
-        .rapctl(&p, &["audit", "list", "--cluster", "c1", "-o", "json"])
-        .await;
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("join-request.approve") && out.contains("role.assign"),
-        "{out}"
-    );
-    assert!(out.contains("refused"), "{out}");
-
-    // An org admin: its own view works, platform objects do not.
-    let (code, _, err) = server.rapctl(&p, &["org", "create", "acme"]).await;
-    assert_eq!(code, 0, "{err}");
-    let (code, out, err) = server
-        .rapctl(
-            &p,
-            &[
-                "principal",
-                "create",
-                "acme-admin",
-                "--kind",
-                "org-admin",
-                "--org",
-                "acme",
-                "-o",
-                "json",
-            ],
-        )
-        .await;
-    assert_eq!(code, 0, "{err}");
-    let org_token = json(&out)["raw_token"].as_str().unwrap().to_string();
-    let (code, out, err) = server
-        .rapctl_as(&p, &org_token, &["org", "view", "acme"])
-        .await;
-    assert_eq!(code, 0, "{err}");
-    assert!(!out.contains("vnc-1"), "{out}");
-    let (code, _, err) = server
-        .rapctl_as(&p, &org_token, &["node", "list", "--cluster", "c1"])
-        .await;
-    assert_eq!(code, 1);
-    assert!(err.contains("PERMISSION_DENIED"), "{err}");
-}
 
 fn controlplane(
     args: &[&str],
@@ -174,7 +27,7 @@ fn controlplane(
 // database, twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_prints_the_owner_token_once_and_migrate_is_idempotent() {
-    let db = rap_pgtest::fresh_database().await.unwrap();
+    let db = rap_testkit::pg::fresh_database().await.unwrap();
     let keys = tempfile::tempdir().unwrap();
     let (code, out, err) = controlplane(&["init"], &db.url, keys.path());
     assert_eq!(code, 0, "{err}");
@@ -273,97 +126,15 @@ async fn init_prints_the_owner_token_once_and_migrate_is_idempotent() {
     assert!(err.contains("RAP_DATABASE_URL"), "{err}");
 }
 
-// Goal: the schema enforces its rules itself, not only the code. Method:
-// direct SQL that breaks each rule must fail.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_schema_refuses_what_the_rules_forbid() {
-    let db = rap_pgtest::fresh_database().await.unwrap();
-    let pool = db.pool().await.unwrap();
-    rap_controlplane::db::migrate(&pool).await.unwrap();
-    let ok = |sql: &'static str| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query(sql)
-                .execute(&pool)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        }
-    };
-    let refused = |sql: &'static str| {
-        let pool = pool.clone();
-        async move {
-            let error = sqlx::query(sql).execute(&pool).await.expect_err(sql);
-            error.to_string()
-        }
-    };
-    let fp = "a".repeat(64);
-    let cluster = format!(
-        "INSERT INTO clusters (cluster_id, name, ca_fingerprint, ca_cert_pem, signing_key_id, trust_root)
-         VALUES ('c1', 'c1', '{fp}', 'pem', '{fp}', '\\x00')"
-    );
-    sqlx::query(&cluster).execute(&pool).await.unwrap();
-    ok("INSERT INTO nodes (node_id) VALUES ('n1')").await;
-    ok("INSERT INTO cluster_memberships (cluster_id, node_id) VALUES ('c1', 'n1')").await;
-    assert!(
-        refused("INSERT INTO cluster_memberships (cluster_id, node_id) VALUES ('c1', 'n1')")
-            .await
-            .contains("cluster_memberships_one_active")
-    );
-    ok("UPDATE cluster_memberships SET membership_status = 'revoked'").await;
-    ok("INSERT INTO cluster_memberships (cluster_id, node_id) VALUES ('c1', 'n1')").await;
-    assert!(
-        refused("UPDATE cluster_memberships SET membership_status = 'sleeping'")
-            .await
-            .contains("check")
-    );
-    assert!(
-        refused("INSERT INTO nodes (node_id) VALUES ('Not_An_Id')")
-            .await
-            .contains("rap_id")
-    );
-
-    ok("INSERT INTO node_join_tokens (token_id, cluster_id, token_hash, expires_at, max_uses, created_by)
-        VALUES ('t1', 'c1', '\\x0000000000000000000000000000000000000000000000000000000000000000', now() + interval '1 hour', 1, 'x')").await;
-    ok("UPDATE node_join_tokens SET used_count = 1").await;
-    assert!(
-        refused("UPDATE node_join_tokens SET used_count = 2")
-            .await
-            .contains("check")
-    );
-
-    ok("INSERT INTO node_groups (cluster_id, group_id, name) VALUES ('c1', 'a', 'a')").await;
-    ok("INSERT INTO node_groups (cluster_id, group_id, name, parent_group_id) VALUES ('c1', 'b', 'b', 'a')").await;
-    assert!(
-        refused("UPDATE node_groups SET parent_group_id = 'b' WHERE group_id = 'a'")
-            .await
-            .contains("cycle")
-    );
-
-    ok("INSERT INTO cluster_authority_terms (cluster_id, authority_term, reason) VALUES ('c1', 1, 'bootstrap')").await;
-    assert!(refused("INSERT INTO cluster_authority_terms (cluster_id, authority_term, reason) VALUES ('c1', 2, 'promotion')").await.contains("one_current"));
-    assert!(
-        refused("INSERT INTO admin_principals (principal_id, kind) VALUES ('x', 'org-admin')")
-            .await
-            .contains("check")
-    );
-    assert!(
-        refused(
-            "INSERT INTO cluster_audit_events (actor, action, result) VALUES ('a', 'x', 'maybe')"
-        )
-        .await
-        .contains("check")
-    );
-}
-
 // Goal: the real `rap-controlplane serve` process starts on a database,
 // answers health, readiness and metrics, and stops cleanly on SIGTERM.
 // Method: spawn the binary, poll /readyz, read /metrics, send SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_health_and_stops_on_sigterm() {
-    let db = rap_pgtest::fresh_database().await.unwrap();
+    let db = rap_testkit::pg::fresh_database().await.unwrap();
     let keys = tempfile::tempdir().unwrap();
-    let grpc = crate::support::free_addr();
-    let http = crate::support::free_addr();
+    let grpc = rap_testkit::platform::free_addr();
+    let http = rap_testkit::platform::free_addr();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-controlplane"))
         .args([
             "serve",
@@ -417,10 +188,10 @@ async fn serve_answers_health_and_stops_on_sigterm() {
 // then refuses connections (ALLOW_CONNECTIONS false, backends ended).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_gives_a_fixed_reason_when_the_database_is_unreachable() {
-    let db = rap_pgtest::fresh_database().await.unwrap();
+    let db = rap_testkit::pg::fresh_database().await.unwrap();
     let keys = tempfile::tempdir().unwrap();
-    let grpc = crate::support::free_addr();
-    let http = crate::support::free_addr();
+    let grpc = rap_testkit::platform::free_addr();
+    let http = rap_testkit::platform::free_addr();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-controlplane"))
         .args([
             "serve",
@@ -503,8 +274,8 @@ async fn readyz_gives_a_fixed_reason_when_the_database_is_unreachable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_refuses_plaintext_on_a_non_loopback_address() {
     let keys = tempfile::tempdir().unwrap();
-    let grpc = crate::support::free_addr();
-    let http = crate::support::free_addr();
+    let grpc = rap_testkit::platform::free_addr();
+    let http = rap_testkit::platform::free_addr();
     let output = tokio::time::timeout(
         std::time::Duration::from_secs(30),
         tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-controlplane"))

@@ -95,7 +95,25 @@ struct ServeArgs {
     storage_insecure_plaintext: bool,
     /// Log format.
     #[arg(long, env = "RAP_LOG_FORMAT", value_enum)]
-    log_format: Option<LogFormat>,
+    log_format: Option<LogFormatArg>,
+}
+
+/// `--log-format`: the library's [`LogFormat`] as a command-line value.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> LogFormat {
+        match arg {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -173,12 +191,8 @@ async fn init(args: CommonArgs) -> Result<()> {
 async fn migrate(args: CommonArgs) -> Result<()> {
     let config = load_config(&args)?;
     config.validate()?;
-    let pool = rap_controlplane::db::connect(&config.database_url, 2).await?;
-    let applied = rap_controlplane::db::migrate(&pool).await?;
-    out(&format!(
-        "applied {applied} migration(s); schema at version {}",
-        rap_controlplane::db::known_migrations()
-    ));
+    let migrated = rap_controlplane_server::migrate(&config.database_url).await?;
+    out(&migrated.to_string());
     Ok(())
 }
 
@@ -231,7 +245,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         config.storage_insecure_plaintext = true;
     }
     if let Some(v) = args.log_format {
-        config.log_format = v;
+        config.log_format = v.into();
     }
     init_logging(config.log_format);
     rap_controlplane::server::serve(config, rap_core::process::shutdown_signal()).await?;

@@ -1,0 +1,190 @@
+//! An operator drives the control plane with the real rapctl against the
+//! real server.
+
+use crate::Rapctl;
+use rap_controlplane::enrollment;
+use rap_testkit::platform::{AgentKey, Platform};
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+// Goal: an operator drives the whole flow with rapctl. Method: real
+// server and binary; token, a node's join, approval, node list, a refused
+// role, the audit trail with fences, and an org admin refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapctl_drives_enrollment_roles_and_audit() {
+    let p = Platform::start().await;
+    let server = p.serve().await;
+
+    let (code, out, err) = server.rapctl(&p, &["cluster", "list", "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"c1\""), "{out}");
+
+    let (code, out, err) = server
+        .rapctl(
+            &p,
+            &[
+                "token",
+                "create",
+                "--cluster",
+                "c1",
+                "--ttl",
+                "10m",
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let token = json(&out);
+    let raw = token["raw_token"].as_str().unwrap().to_string();
+    assert!(token["join_command"].as_str().unwrap().contains(&raw));
+
+    let agent = AgentKey::generate();
+    enrollment::submit(
+        &p.ctx,
+        &agent.join_request(&p.cluster, &raw, &["can_run_vnc_worker"]),
+    )
+    .await
+    .unwrap();
+    let (code, out, err) = server
+        .rapctl(
+            &p,
+            &["join-request", "list", "--cluster", "c1", "-o", "json"],
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let id = out
+        .split('"')
+        .find(|s| s.starts_with("jr-"))
+        .unwrap_or_else(|| panic!("no request id in {out}"))
+        .to_string();
+    let (code, _, err) = server
+        .rapctl(&p, &["join-request", "approve", &id, "--node-id", "vnc-1"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = server
+        .rapctl(&p, &["node", "list", "--cluster", "c1"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("vnc-1") && out.contains("active"), "{out}");
+
+    // A role the node cannot do: exit 1, the code and what to do next.
+    let (code, _, err) = server
+        .rapctl(
+            &p,
+            &[
+                "role",
+                "assign",
+                "--cluster",
+                "c1",
+                "--node",
+                "vnc-1",
+                "--role",
+                "rdp-worker",
+            ],
+        )
+        .await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("MISSING_CAPABILITY") && err.contains("hint:"),
+        "{err}"
+    );
+    let (code, _, err) = server
+        .rapctl(
+            &p,
+            &[
+                "role",
+                "assign",
+                "--cluster",
+                "c1",
+                "--node",
+                "vnc-1",
+                "--role",
+                "vnc-worker",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = server
+        .rapctl(&p, &["audit", "list", "--cluster", "c1", "-o", "json"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("join-request.approve") && out.contains("role.assign"),
+        "{out}"
+    );
+    assert!(out.contains("refused"), "{out}");
+
+    // An org admin: its own view works, platform objects do not.
+    let (code, _, err) = server.rapctl(&p, &["org", "create", "acme"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = server
+        .rapctl(
+            &p,
+            &[
+                "principal",
+                "create",
+                "acme-admin",
+                "--kind",
+                "org-admin",
+                "--org",
+                "acme",
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let org_token = json(&out)["raw_token"].as_str().unwrap().to_string();
+    let (code, out, err) = server
+        .rapctl_as(&p, &org_token, &["org", "view", "acme"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("vnc-1"), "{out}");
+    let (code, _, err) = server
+        .rapctl_as(&p, &org_token, &["node", "list", "--cluster", "c1"])
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("PERMISSION_DENIED"), "{err}");
+}
+
+/// Runs `rapctl migrate -o json` on `database_url`: (exit code, stdout,
+/// stderr).
+async fn rapctl_migrate(database_url: &str) -> (i32, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_rapctl"))
+        .args(["migrate", "-o", "json"])
+        .env("RAP_DATABASE_URL", database_url)
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+// Goal: `rapctl migrate` applies the schema (the same step as
+// `rap-controlplane migrate`), a second run applies nothing, and an
+// unreachable database says which setting to check. Method: the real
+// binary on a fresh database, twice; then on a port nobody listens on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_applies_the_schema_once() {
+    let db = rap_testkit::pg::fresh_database().await.unwrap();
+    let known = rap_controlplane::db::known_migrations();
+    let (code, out, err) = rapctl_migrate(&db.url).await;
+    assert_eq!(code, 0, "{err}");
+    let first = json(&out);
+    assert_eq!(first["applied"], known, "{out}");
+    assert_eq!(first["schema_version"], known, "{out}");
+    let (code, out, err) = rapctl_migrate(&db.url).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["applied"], 0, "{out}");
+    let (code, _, err) = rapctl_migrate("postgres://nobody@127.0.0.1:1/none").await;
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot connect to the database"), "{err}");
+    assert!(err.contains("RAP_DATABASE_URL"), "{err}");
+}
