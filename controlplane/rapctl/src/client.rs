@@ -34,10 +34,6 @@ pub const MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const TOKEN_FILE_BYTES_MAX: u64 = 4 * 1024;
 /// Largest CA file read.
 pub const CA_FILE_BYTES_MAX: u64 = 1024 * 1024;
-/// Prefix of an API (bearer) token.
-pub const API_TOKEN_PREFIX: &str = "rapat.";
-/// Prefix of a join token, which is not an API token.
-const JOIN_TOKEN_PREFIX: &str = "rapjt.";
 
 /// How to reach and authenticate to the control plane. Flattened into
 /// every control-plane command.
@@ -161,12 +157,18 @@ pub fn read_token(path: &Path) -> Result<String, CliError> {
     if token.is_empty() {
         return Err(fail(format!("token file {shown} is empty")));
     }
-    if token.starts_with(JOIN_TOKEN_PREFIX) {
+    if token
+        .strip_prefix(rap_core::limits::JOIN_TOKEN_PREFIX)
+        .is_some_and(|rest| rest.starts_with('.'))
+    {
         return Err(fail(format!(
             "token file {shown} holds a join token (rapjt.…), which enrolls nodes; rapctl needs an API token (rapat.…)"
         )));
     }
-    if !token.starts_with(API_TOKEN_PREFIX) || !token.bytes().all(|b| b.is_ascii_graphic()) {
+    let shaped = token
+        .strip_prefix(rap_controlplane::auth::API_TOKEN_PREFIX)
+        .is_some_and(|rest| rest.starts_with('.'));
+    if !shaped || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(fail(format!(
             "token file {shown} does not hold an API token of the form rapat.<id>.<secret>"
         )));

@@ -2,6 +2,7 @@
 //! `error: <CODE>: <message>` and a `hint:` line saying what to do next.
 
 use prost::Message;
+use rap_core::codes;
 use rap_proto::pb;
 use std::fmt;
 
@@ -76,7 +77,7 @@ fn list_command(noun: &str) -> String {
 pub fn hint_for(code: &str, ctx: &HintContext<'_>) -> Option<String> {
     let endpoint = ctx.endpoint;
     let hint = match code {
-        "UNAUTHENTICATED" => format!(
+        codes::UNAUTHENTICATED => format!(
             "the API token was refused: check that the token file ({}) holds a current \
              `rapat.<id>.<secret>` token, or point --token-file / RAP_TOKEN_FILE at one",
             ctx.token_file
@@ -87,74 +88,83 @@ pub fn hint_for(code: &str, ctx: &HintContext<'_>) -> Option<String> {
              `rapctl principal create` makes more",
             ctx.token_file
         ),
-        "PERMISSION_DENIED" => "your principal kind may not do this; `rapctl whoami` shows \
+        codes::PERMISSION_DENIED => "your principal kind may not do this; `rapctl whoami` shows \
              who the token belongs to"
             .to_string(),
-        "API_TOKEN_EXPIRED" | "API_TOKEN_REVOKED" => format!(
+        codes::API_TOKEN_EXPIRED | codes::API_TOKEN_REVOKED => format!(
             "the API token in {} can no longer be used: a platform owner makes a new one with \
              `rapctl principal token create <principal-id>` (for an owner locked out, \
              `rap-controlplane owner-token` on the control plane host)",
             ctx.token_file
         ),
-        "PRINCIPAL_DISABLED" => "this principal is disabled: a platform owner may \
+        codes::PRINCIPAL_DISABLED => "this principal is disabled: a platform owner may \
              `rapctl principal enable <principal-id>`"
             .to_string(),
-        "RATE_LIMITED" => "this caller sends faster than its own limit; wait the time the \
+        codes::RATE_LIMITED => "this caller sends faster than its own limit; wait the time the \
              message says and retry"
             .to_string(),
-        "NO_QUORUM" => format!(
+        codes::NO_QUORUM => format!(
             "the cluster's authority group reaches {}/{} voters; bring voters back or, if the \
              majority is lost for good, see docs/operations.md \"Promotion\"; nothing was changed",
             ctx.reachable_voters, ctx.total_voters
         ),
-        "NOT_BOOTSTRAPPED" => "the cluster has no authority group yet: run `rapctl cluster \
+        codes::NOT_BOOTSTRAPPED => "the cluster has no authority group yet: run `rapctl cluster \
              bootstrap <cluster-id> --voter <node-id>=<host:port> ...` first"
             .to_string(),
-        "TOKEN_EXPIRED" | "TOKEN_REVOKED" | "TOKEN_EXHAUSTED" | "TOKEN_UNKNOWN" => {
-            "that join token cannot be used any more: create a new one with \
+        codes::TOKEN_EXPIRED
+        | codes::TOKEN_REVOKED
+        | codes::TOKEN_EXHAUSTED
+        | codes::TOKEN_UNKNOWN => "that join token cannot be used any more: create a new one with \
              `rapctl token create --cluster <cluster-id>`"
-                .to_string()
-        }
-        "TOKEN_MALFORMED" => "a join token is `rapjt.<id>.<secret>`: copy it whole, as \
+            .to_string(),
+        codes::TOKEN_MALFORMED => "a join token is `rapjt.<id>.<secret>`: copy it whole, as \
              `rapctl token create` printed it"
             .to_string(),
-        "TOKEN_WRONG_CLUSTER" => "that join token belongs to another cluster: create one with \
+        codes::TOKEN_WRONG_CLUSTER => {
+            "that join token belongs to another cluster: create one with \
              `rapctl token create --cluster <cluster-id>` for this cluster"
-            .to_string(),
+                .to_string()
+        }
         c if c.starts_with("TOKEN_") => "the join token was refused: `rapctl token list \
              --cluster <cluster-id>` shows its state; create a new one if needed"
             .to_string(),
-        "NOT_FOUND" => format!(
+        codes::NOT_FOUND => format!(
             "check the id: {} shows what exists (and what your principal may see)",
             list_command(ctx.noun)
         ),
-        "ALREADY_EXISTS" => format!(
+        codes::ALREADY_EXISTS => format!(
             "it exists already: pick another id, or see the existing one with {}",
             list_command(ctx.noun)
         ),
-        "FAILED_PRECONDITION" => format!(
+        codes::FAILED_PRECONDITION => format!(
             "the object is not in a state that allows this (the message says why); {} shows \
              its current state",
             list_command(ctx.noun)
         ),
-        "MISSING_CAPABILITY" => "the node must report that capability first; `rapctl node show` \
+        codes::MISSING_CAPABILITY => {
+            "the node must report that capability first; `rapctl node show` \
              lists what it reported"
-            .to_string(),
-        "NO_MEMBERSHIP" => "the node is not an active member of the cluster; `rapctl node list \
+                .to_string()
+        }
+        codes::NO_MEMBERSHIP => {
+            "the node is not an active member of the cluster; `rapctl node list \
              --cluster <cluster-id>` shows who is"
-            .to_string(),
-        "GROUP_CYCLE" => "a group cannot move under itself or one of its descendants; \
+                .to_string()
+        }
+        codes::GROUP_CYCLE => "a group cannot move under itself or one of its descendants; \
              `rapctl group list --cluster <cluster-id>` shows the tree"
             .to_string(),
-        "STALE_FENCE" => "a newer authority term exists; nothing was changed. Retry; if it \
+        codes::STALE_FENCE => "a newer authority term exists; nothing was changed. Retry; if it \
              persists, `rapctl cluster show <cluster-id>` shows the current term"
             .to_string(),
-        "AUTHORITY_UNREACHABLE" | "AUTHORITY_REFUSED" => "the control plane could not get the \
+        codes::AUTHORITY_UNREACHABLE | codes::AUTHORITY_REFUSED => {
+            "the control plane could not get the \
              cluster's authority group to agree; check that its storage nodes (the --voter \
              addresses when bootstrapping, else those `rapctl cluster show <cluster-id>` lists) \
              run and are reachable from the control plane; nothing was changed"
-            .to_string(),
-        "INVALID_ARGUMENT" | "OVERSIZE" => {
+                .to_string()
+        }
+        codes::INVALID_ARGUMENT | codes::OVERSIZE => {
             "check the arguments; `--help` shows the accepted forms".to_string()
         }
         CONNECT_FAILED | "UNAVAILABLE" => format!(
@@ -169,14 +179,14 @@ pub fn hint_for(code: &str, ctx: &HintContext<'_>) -> Option<String> {
             "the control plane at {endpoint} does not offer this call; is it older than this \
              rapctl?"
         ),
-        "NOT_IMPLEMENTED" => {
+        codes::NOT_IMPLEMENTED => {
             "this control plane does not do that yet; the message says what to use instead"
                 .to_string()
         }
-        "OVERLOADED" | "RESOURCE_EXHAUSTED" => {
+        codes::OVERLOADED | "RESOURCE_EXHAUSTED" => {
             "the control plane is busy; retry in a few seconds".to_string()
         }
-        "DATABASE" | "INTERNAL" | "KEYS" | "MIGRATION" => {
+        codes::DATABASE | codes::INTERNAL | codes::KEYS | codes::MIGRATION => {
             "the control plane failed; its log has the details".to_string()
         }
         _ => return None,
