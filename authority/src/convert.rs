@@ -1,11 +1,11 @@
-//! Conversions between the group's types and the wire (`rap.v1`): members
-//! and voter specs, fences and fencing tokens. Used by the server side
-//! ([`crate::service`], [`crate::node`]) and by [`crate::client`].
+//! Conversions between the group's members and the wire's voter specs
+//! (`rap.v1`), used by the server side ([`crate::service`],
+//! [`crate::node`]) and by [`crate::client`]. A fence converts itself
+//! (`rap_core::Fence::to_pb`).
 
 use crate::error::{Error, Result};
 use crate::typ::Member;
-use rap_core::fence::Fence;
-use rap_proto::ids::{AuthorityTerm, ClusterId, FenceSeq, LogIndex, NodeId};
+use rap_proto::ids::NodeId;
 use rap_proto::pb;
 
 /// A member as the wire's `VoterSpec`.
@@ -46,25 +46,5 @@ pub fn member_of(spec: &pb::VoterSpec) -> Result<Member> {
         region: domain.region,
         zone: domain.zone,
         host: domain.host,
-    })
-}
-
-/// Converts a fence to the wire.
-pub fn fence_to_pb(fence: &Fence) -> pb::FencingToken {
-    pb::FencingToken {
-        cluster_id: fence.cluster_id.to_string(),
-        authority_term: fence.authority_term.0,
-        seq: fence.seq.0,
-        log_index: fence.log_index.0,
-    }
-}
-
-/// Parses a wire fence.
-pub fn fence_from_pb(fence: &pb::FencingToken) -> Result<Fence> {
-    Ok(Fence {
-        cluster_id: ClusterId::new(fence.cluster_id.as_str())?,
-        authority_term: AuthorityTerm(fence.authority_term),
-        seq: FenceSeq(fence.seq),
-        log_index: LogIndex(fence.log_index),
     })
 }

@@ -7,11 +7,12 @@
 
 pub use crate::access::FORWARDED_HEADER;
 use crate::client::mark_forwarded;
-use crate::convert::{fence_from_pb, fence_to_pb, member_of, voter_spec};
+use crate::convert::{member_of, voter_spec};
 use crate::error::{Error, Result};
 use crate::node::AuthorityNode;
 use crate::slot::NodeSlot;
 use crate::typ::{Member, raft_id_of};
+use rap_core::Fence;
 use rap_proto::ids::{AuthorityTerm, NodeId};
 use rap_proto::pb;
 use rap_proto::pb::authority_service_client::AuthorityServiceClient;
@@ -186,7 +187,7 @@ impl AuthorityService for AuthorityApi {
                 async move {
                     node.acquire_fence(&message.purpose, AuthorityTerm(message.expected_term))
                         .await
-                        .map(|f| fence_to_pb(&f))
+                        .map(|f| f.to_pb())
                 },
                 |mut client| async move {
                     client
@@ -215,7 +216,7 @@ impl AuthorityService for AuthorityApi {
             .fence
             .as_ref()
             .ok_or_else(|| Error::InvalidRequest("publish without a fence".into()))
-            .and_then(fence_from_pb)
+            .and_then(|f| Fence::from_pb(f).map_err(Error::from))
             .map_err(|e| self.refuse("PublishShards", e))?;
         self.check_cluster(fence.cluster_id.as_str())
             .map_err(|e| self.refuse("PublishShards", e))?;
