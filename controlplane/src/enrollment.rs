@@ -8,6 +8,7 @@
 use crate::audit::{self, Action};
 use crate::auth::Principal;
 use crate::context::Context;
+use crate::db;
 use crate::error::{Error, Result, TokenRefusal};
 use crate::fencing;
 use crate::keys::ClusterKeys;
@@ -214,11 +215,6 @@ pub(crate) fn capabilities_from_json(value: &serde_json::Value) -> Vec<pb::Capab
         .unwrap_or_default()
 }
 
-fn is_unique_violation(error: &sqlx::Error, index: &str) -> bool {
-    matches!(error, sqlx::Error::Database(db)
-        if db.code().as_deref() == Some("23505") && db.constraint() == Some(index))
-}
-
 /// What a join request asks to become, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Joining {
@@ -335,16 +331,17 @@ pub async fn submit(
 
         let mut tx = ctx.pool.begin().await?;
         // The row lock makes check-and-count atomic under concurrent joins.
-        type TokenRow = (Vec<u8>, String, bool, bool, i32, i32, String, Option<String>);
-        let row: Option<TokenRow> = sqlx::query_as(
-            "SELECT token_hash, cluster_id, revoked_at IS NOT NULL, expires_at <= now(), used_count, max_uses,
-                    scope, storage_node_id
-               FROM node_join_tokens WHERE token_id = $1 FOR UPDATE",
-        )
-        .bind(&token_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((stored, token_cluster, revoked, expired, used, max, scope, storage_node)) = row else {
+        let Some(db::join::TokenCheck {
+            token_hash: stored,
+            cluster_id: token_cluster,
+            revoked,
+            expired,
+            used_count: used,
+            max_uses: max,
+            scope,
+            storage_node_id: storage_node,
+        }) = db::join::lock_token(&mut tx, &token_id).await?
+        else {
             return Err(Error::Token(TokenRefusal::Unknown));
         };
         if !secret::hash_matches(&hash, &stored) {
@@ -372,67 +369,53 @@ pub async fn submit(
             return Err(Error::Token(TokenRefusal::Exhausted));
         }
         let override_id = check_key_not_revoked(&mut tx, &request.cluster_id, &fingerprint).await?;
-        sqlx::query("UPDATE node_join_tokens SET used_count = used_count + 1 WHERE token_id = $1")
-            .bind(&token_id)
-            .execute(&mut *tx)
-            .await?;
+        db::join::use_token(&mut tx, &token_id).await?;
         // This key's own stale pending request no longer blocks it.
-        sqlx::query(
-            "UPDATE node_join_requests SET status = 'expired'
-              WHERE cluster_id = $1 AND fingerprint = $2 AND status = 'pending'
-                AND created_at <= now() - make_interval(secs => $3)",
+        db::join::expire_stale(
+            &mut tx,
+            Some((request.cluster_id.as_str(), fingerprint.as_str())),
+            JOIN_REQUEST_PENDING_MAX,
         )
-        .bind(&request.cluster_id)
-        .bind(&fingerprint)
-        .bind(JOIN_REQUEST_PENDING_MAX.as_secs_f64())
-        .execute(&mut *tx)
         .await?;
         let id = format!("jr-{}", secret::random_id()?);
         let (requested_node, server_names) = match &joining {
             Joining::Agent => (None, Vec::new()),
             Joining::Storage { node_id, server_names } => (Some(node_id.to_string()), server_names.clone()),
         };
-        let inserted = sqlx::query(
-            "INSERT INTO node_join_requests
-                 (join_request_id, cluster_id, token_id, node_name, fingerprint, public_key, proof_nonce,
-                  reported_capabilities, reported_facts, requested_roles, kind, requested_node_id, server_names)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        let capabilities = capabilities_json(&request.capabilities);
+        let facts_value = facts_json(&facts);
+        let inserted = db::join::insert_request(
+            &mut tx,
+            db::join::NewRequest {
+                join_request_id: &id,
+                cluster_id: &request.cluster_id,
+                token_id: &token_id,
+                node_name: &facts.hostname,
+                fingerprint: &fingerprint,
+                public_key: &key[..],
+                proof_nonce: &request.nonce,
+                reported_capabilities: &capabilities,
+                reported_facts: &facts_value,
+                requested_roles: &request.requested_roles,
+                kind: joining.kind(),
+                requested_node_id: requested_node.as_deref(),
+                server_names: &server_names,
+            },
         )
-        .bind(&id)
-        .bind(&request.cluster_id)
-        .bind(&token_id)
-        .bind(&facts.hostname)
-        .bind(&fingerprint)
-        .bind(&key[..])
-        .bind(&request.nonce)
-        .bind(capabilities_json(&request.capabilities))
-        .bind(facts_json(&facts))
-        .bind(&request.requested_roles)
-        .bind(joining.kind())
-        .bind(&requested_node)
-        .bind(&server_names)
-        .execute(&mut *tx)
-        .await;
+        .await?;
         match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e, "node_join_requests_nonce_once") => {
+            db::join::RequestInserted::Yes => {}
+            db::join::RequestInserted::NonceUsed => {
                 return Err(Error::Replay("this join request (key and nonce) was submitted before".into()));
             }
-            Err(e) if is_unique_violation(&e, "node_join_requests_one_pending") => {
+            db::join::RequestInserted::PendingExists => {
                 return Err(Error::Replay(
                     "a join request for this key is already pending; wait for its review".into(),
                 ));
             }
-            Err(e) => return Err(e.into()),
         }
         if let Some(override_id) = override_id {
-            sqlx::query(
-                "UPDATE revoked_key_overrides SET used_by_request = $2, used_at = now() WHERE override_id = $1",
-            )
-            .bind(override_id)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
+            db::join::use_override(&mut tx, override_id, &id).await?;
         }
         action.target = id.clone();
         audit::record_ok(
@@ -485,24 +468,14 @@ async fn check_key_not_revoked(
     cluster_id: &str,
     fingerprint: &str,
 ) -> Result<Option<i64>> {
-    let revoked: Option<(String, String)> = sqlx::query_as(
-        "SELECT cluster_id, node_id FROM node_identities
-          WHERE fingerprint = $1 AND identity_status = 'revoked' ORDER BY identity_id LIMIT 1",
-    )
-    .bind(fingerprint)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((revoked_cluster, revoked_node)) = revoked else {
+    let Some(db::nodes::RevokedKey {
+        cluster_id: revoked_cluster,
+        node_id: revoked_node,
+    }) = db::nodes::revoked_key(tx, fingerprint).await?
+    else {
         return Ok(None);
     };
-    let allowed: Option<i64> = sqlx::query_scalar(
-        "SELECT override_id FROM revoked_key_overrides
-          WHERE cluster_id = $1 AND fingerprint = $2 AND used_at IS NULL FOR UPDATE",
-    )
-    .bind(cluster_id)
-    .bind(fingerprint)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let allowed = db::join::lock_open_override(tx, cluster_id, fingerprint).await?;
     match allowed {
         Some(id) => Ok(Some(id)),
         None => Err(Error::KeyRevoked(format!(
@@ -553,25 +526,19 @@ pub async fn allow_revoked_key(
                 "no certificate of key {fingerprint} was revoked; it needs no override"
             )));
         }
-        let inserted = sqlx::query(
-            "INSERT INTO revoked_key_overrides (cluster_id, fingerprint, allowed_by, reason)
-             VALUES ($1, $2, $3, $4)",
+        let inserted = db::join::insert_override(
+            &mut tx,
+            &request.cluster_id,
+            &fingerprint,
+            &principal.actor(),
+            request.reason.trim(),
         )
-        .bind(&request.cluster_id)
-        .bind(&fingerprint)
-        .bind(principal.actor())
-        .bind(request.reason.trim())
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e, "revoked_key_overrides_one_open") => {
-                return Err(Error::AlreadyExists {
-                    kind: "unused override for this key",
-                    id: fingerprint,
-                });
-            }
-            Err(e) => return Err(e.into()),
+        .await?;
+        if !inserted {
+            return Err(Error::AlreadyExists {
+                kind: "unused override for this key",
+                id: fingerprint,
+            });
         }
         audit::record_ok(
             &mut tx,
@@ -596,28 +563,17 @@ async fn key_history(
     conn: &mut sqlx::PgConnection,
     fingerprint: &str,
 ) -> Result<Vec<pb::KeyHistoryEntry>> {
-    let rows: Vec<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT cluster_id, node_id, kind, identity_status,
-                (extract(epoch FROM created_at) * 1000)::bigint,
-                (extract(epoch FROM revoked_at) * 1000)::bigint
-           FROM node_identities WHERE fingerprint = $1 ORDER BY identity_id LIMIT $2",
-    )
-    .bind(fingerprint)
-    .bind(KEY_HISTORY_MAX)
-    .fetch_all(conn)
-    .await?;
+    let rows = db::nodes::key_history(conn, fingerprint, KEY_HISTORY_MAX).await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(cluster_id, node_id, kind, status, issued, revoked)| pb::KeyHistoryEntry {
-                cluster_id,
-                node_id,
-                kind: kind_pb(&kind) as i32,
-                status,
-                issued_at_unix_ms: issued,
-                revoked_at_unix_ms: revoked.unwrap_or(0),
-            },
-        )
+        .map(|row| pb::KeyHistoryEntry {
+            cluster_id: row.cluster_id,
+            node_id: row.node_id,
+            kind: kind_pb(&row.kind) as i32,
+            status: row.identity_status,
+            issued_at_unix_ms: row.issued_at_unix_ms,
+            revoked_at_unix_ms: row.revoked_at_unix_ms.unwrap_or(0),
+        })
         .collect())
 }
 
@@ -649,58 +605,7 @@ fn status_filter(status: i32) -> Option<&'static str> {
     }
 }
 
-const REQUEST_COLUMNS: &str = "join_request_id, cluster_id, token_id, fingerprint, reported_facts,
-    reported_capabilities, requested_roles, status, coalesce(reviewed_by, ''),
-    coalesce(rejection_reason, ''), (extract(epoch FROM created_at) * 1000)::bigint,
-    coalesce(approved_node_id, ''), kind, coalesce(requested_node_id, ''), server_names";
-
-/// A `node_join_requests` row as [`REQUEST_COLUMNS`] selects it.
-struct RequestRow {
-    join_request_id: String,
-    cluster_id: String,
-    token_id: String,
-    fingerprint: String,
-    reported_facts: serde_json::Value,
-    reported_capabilities: serde_json::Value,
-    requested_roles: Vec<String>,
-    status: String,
-    reviewer: String,
-    reason: String,
-    created_at_unix_ms: i64,
-    node_id: String,
-    kind: String,
-    requested_node_id: String,
-    server_names: Vec<String>,
-}
-
-impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for RequestRowByPosition {
-    fn from_row(row: &'r sqlx::postgres::PgRow) -> sqlx::Result<Self> {
-        use sqlx::Row;
-        Ok(RequestRowByPosition(RequestRow {
-            join_request_id: row.try_get(0)?,
-            cluster_id: row.try_get(1)?,
-            token_id: row.try_get(2)?,
-            fingerprint: row.try_get(3)?,
-            reported_facts: row.try_get(4)?,
-            reported_capabilities: row.try_get(5)?,
-            requested_roles: row.try_get(6)?,
-            status: row.try_get(7)?,
-            reviewer: row.try_get(8)?,
-            reason: row.try_get(9)?,
-            created_at_unix_ms: row.try_get(10)?,
-            node_id: row.try_get(11)?,
-            kind: row.try_get(12)?,
-            requested_node_id: row.try_get(13)?,
-            server_names: row.try_get(14)?,
-        }))
-    }
-}
-
-/// [`RequestRow`] read by column position (the select list has
-/// expressions, not plain column names).
-struct RequestRowByPosition(RequestRow);
-
-fn request_pb(RequestRowByPosition(row): RequestRowByPosition) -> pb::JoinRequest {
+fn request_pb(row: db::join::Request) -> pb::JoinRequest {
     pb::JoinRequest {
         join_request_id: row.join_request_id,
         cluster_id: row.cluster_id,
@@ -730,17 +635,14 @@ pub async fn list(
     principal.require_platform()?;
     expire_stale(&ctx.pool).await?;
     let page = Page::from_pb(request.page.as_ref());
-    let rows: Vec<RequestRowByPosition> = sqlx::query_as(&format!(
-        "SELECT {REQUEST_COLUMNS} FROM node_join_requests
-          WHERE ($1 = '' OR cluster_id = $1) AND ($2::text IS NULL OR status = $2)
-            AND join_request_id > $3
-          ORDER BY join_request_id LIMIT $4"
-    ))
-    .bind(&request.cluster_id)
-    .bind(status_filter(request.status))
-    .bind(&page.after)
-    .bind(page.limit())
-    .fetch_all(&ctx.pool)
+    let mut conn = ctx.pool.acquire().await?;
+    let rows = db::join::list_requests(
+        &mut conn,
+        &request.cluster_id,
+        status_filter(request.status),
+        &page.after,
+        page.limit(),
+    )
     .await?;
     let mut requests: Vec<pb::JoinRequest> = rows.into_iter().map(request_pb).collect();
     let next = page.finish(&mut requests, |r| r.join_request_id.clone());
@@ -756,12 +658,7 @@ pub async fn get(ctx: &Context, principal: &Principal, id: &str) -> Result<pb::J
 /// One join request with its key's history.
 async fn get_unchecked(pool: &sqlx::PgPool, id: &str) -> Result<pb::JoinRequest> {
     let mut conn = pool.acquire().await?;
-    let row: Option<RequestRowByPosition> = sqlx::query_as(&format!(
-        "SELECT {REQUEST_COLUMNS} FROM node_join_requests WHERE join_request_id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let row = db::join::get_request(&mut conn, id).await?;
     let mut request = row
         .map(request_pb)
         .ok_or_else(|| Error::not_found("join request", id))?;
@@ -770,9 +667,7 @@ async fn get_unchecked(pool: &sqlx::PgPool, id: &str) -> Result<pb::JoinRequest>
 }
 
 async fn request_cluster(pool: &sqlx::PgPool, id: &str) -> Result<String> {
-    sqlx::query_scalar("SELECT cluster_id FROM node_join_requests WHERE join_request_id = $1")
-        .bind(id)
-        .fetch_optional(pool)
+    db::join::request_cluster(&mut *pool.acquire().await?, id)
         .await?
         .ok_or_else(|| Error::not_found("join request", id))
 }
@@ -783,14 +678,8 @@ async fn request_cluster(pool: &sqlx::PgPool, id: &str) -> Result<String> {
 /// expired, a new join of the same key marks it). Only ever takes trust away,
 /// so it needs no fence.
 pub async fn expire_stale(pool: &sqlx::PgPool) -> Result<u64> {
-    let expired = sqlx::query(
-        "UPDATE node_join_requests SET status = 'expired'
-          WHERE status = 'pending' AND created_at <= now() - make_interval(secs => $1)",
-    )
-    .bind(JOIN_REQUEST_PENDING_MAX.as_secs_f64())
-    .execute(pool)
-    .await?
-    .rows_affected();
+    let expired =
+        db::join::expire_stale(&mut *pool.acquire().await?, None, JOIN_REQUEST_PENDING_MAX).await?;
     if expired > 0 {
         tracing::info!(expired, "stale join requests expired");
     }
@@ -811,39 +700,18 @@ struct Pending {
 
 /// Locks a request and checks it is pending.
 async fn lock_pending(tx: &mut sqlx::PgConnection, id: &str) -> Result<Pending> {
-    type Row = (
-        String,
-        String,
-        Vec<u8>,
-        serde_json::Value,
-        String,
-        String,
-        bool,
-        String,
-        Option<String>,
-        Vec<String>,
-    );
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT status, fingerprint, public_key, reported_capabilities, node_name, cluster_id,
-                created_at <= now() - make_interval(secs => $2), kind, requested_node_id, server_names
-           FROM node_join_requests WHERE join_request_id = $1 FOR UPDATE",
-    )
-    .bind(id)
-    .bind(JOIN_REQUEST_PENDING_MAX.as_secs_f64())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((
+    let Some(db::join::Review {
         status,
         fingerprint,
         public_key,
-        capabilities,
-        hostname,
+        reported_capabilities: capabilities,
+        node_name: hostname,
         cluster_id,
         too_old,
         kind,
         requested_node_id,
         server_names,
-    )) = row
+    }) = db::join::lock_for_review(tx, id, JOIN_REQUEST_PENDING_MAX).await?
     else {
         return Err(Error::not_found("join request", id));
     };
@@ -889,23 +757,9 @@ pub(crate) async fn check_reserved(
     } else {
         KIND_STORAGE
     };
-    let held: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM node_identities WHERE node_id = $1 AND kind = $2)",
-    )
-    .bind(node_id.as_str())
-    .bind(other_kind)
-    .fetch_one(&mut *conn)
-    .await?;
-    let storage_elsewhere: bool = kind == KIND_NODE
-        && sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM storage_nodes WHERE node_id = $1)
-                 OR EXISTS (SELECT 1 FROM node_join_tokens
-                             WHERE storage_node_id = $1 AND revoked_at IS NULL
-                               AND used_count < max_uses AND expires_at > now())",
-        )
-        .bind(node_id.as_str())
-        .fetch_one(&mut *conn)
-        .await?;
+    let held = db::nodes::id_held_as(conn, node_id.as_str(), other_kind).await?;
+    let storage_elsewhere =
+        kind == KIND_NODE && db::storage_nodes::is_storage_id(conn, node_id.as_str()).await?;
     if held || storage_elsewhere {
         let owner = if kind == KIND_STORAGE {
             "an agent"
@@ -940,22 +794,20 @@ async fn issue_identity(
         IdentityKind::Storage => KIND_STORAGE,
         _ => KIND_NODE,
     };
-    sqlx::query(
-        "INSERT INTO node_identities
-             (cluster_id, node_id, public_key, fingerprint, certificate_serial,
-              certificate_not_before, certificate_not_after, certificate_pem, kind)
-         VALUES ($1, $2, $3, $4, $5, to_timestamp($6 / 1000), to_timestamp($7 / 1000), $8, $9)",
+    db::nodes::insert_identity(
+        conn,
+        db::nodes::NewIdentity {
+            cluster_id,
+            node_id: node_id.as_str(),
+            public_key: &key[..],
+            fingerprint: &crate::keys::public_key_fingerprint(key),
+            certificate_serial: &issued.serial_hex,
+            not_before_unix_ms: ms(issued.not_before),
+            not_after_unix_ms: ms(issued.not_after),
+            certificate_pem: &issued.chain_pem,
+            kind,
+        },
     )
-    .bind(cluster_id)
-    .bind(node_id.as_str())
-    .bind(&key[..])
-    .bind(crate::keys::public_key_fingerprint(key))
-    .bind(&issued.serial_hex)
-    .bind(ms(issued.not_before))
-    .bind(ms(issued.not_after))
-    .bind(&issued.chain_pem)
-    .bind(kind)
-    .execute(&mut *conn)
     .await?;
     Ok(issued)
 }
@@ -970,19 +822,25 @@ pub async fn approve(
 ) -> Result<pb::JoinRequest> {
     let id = request.join_request_id.clone();
     let (action, check) = review_action(ctx, principal, &id, "join-request.approve").await;
-    if let Err(e) = check {
-        audit::record_refusal(&ctx.pool, &action, &e).await;
-        return Err(e);
-    }
-    let requested_node = request.node_id.clone();
-    let keys_dir = ctx.keys_dir.clone();
-    let validity = ctx.node_cert_validity;
     let reviewer = principal.actor();
-    fencing::run(&ctx.pool, &ctx.authority, action, move |tx, _fence| {
-        Box::pin(async move {
-            approve_locked(tx, &keys_dir, validity, &id, &requested_node, &reviewer).await
-        })
-    })
+    fencing::run(
+        &ctx.pool,
+        &ctx.authority,
+        action,
+        check,
+        async |tx, _fence, ()| {
+            let validity = ctx.node_cert_validity;
+            approve_locked(
+                tx,
+                &ctx.keys_dir,
+                validity,
+                &id,
+                &request.node_id,
+                &reviewer,
+            )
+            .await
+        },
+    )
     .await?;
     get_unchecked(&ctx.pool, &request.join_request_id).await
 }
@@ -1026,23 +884,17 @@ async fn approve_locked(
     };
     let node = NodeId::new(node_id.as_str())?;
     check_reserved(tx, &pending.kind, &node).await?;
-    sqlx::query("INSERT INTO nodes (node_id, display_name) VALUES ($1, $2) ON CONFLICT (node_id) DO NOTHING")
-        .bind(node.as_str())
-        .bind(audit::cut(&pending.hostname, TEXT_BYTES_MAX))
-        .execute(&mut *tx)
-        .await?;
-    let (enrolled, member, has_identity): (String, bool, bool) = sqlx::query_as(
-        "SELECT enrollment_status,
-                EXISTS (SELECT 1 FROM cluster_memberships
-                         WHERE cluster_id = $2 AND node_id = $1 AND membership_status = 'active'),
-                EXISTS (SELECT 1 FROM node_identities
-                         WHERE cluster_id = $2 AND node_id = $1 AND identity_status = 'active')
-           FROM nodes WHERE node_id = $1",
+    db::nodes::insert_node(
+        tx,
+        node.as_str(),
+        audit::cut(&pending.hostname, TEXT_BYTES_MAX),
     )
-    .bind(node.as_str())
-    .bind(&cluster_id)
-    .fetch_one(&mut *tx)
     .await?;
+    let db::nodes::Standing {
+        enrollment_status: enrolled,
+        member,
+        has_identity,
+    } = db::nodes::standing(tx, &cluster_id, node.as_str()).await?;
     if enrolled != "enrolled" {
         return Err(Error::FailedPrecondition(format!(
             "node {node} is revoked; approve with another --node-id"
@@ -1064,36 +916,20 @@ async fn approve_locked(
         issue_identity(tx, &keys, &identity, &key, &pending.server_names, validity).await?;
     // Storage nodes are members of their cluster too (listed, revoked like
     // any node); what they may call is decided by their certificate's kind.
-    sqlx::query("INSERT INTO cluster_memberships (cluster_id, node_id) VALUES ($1, $2)")
-        .bind(&cluster_id)
-        .bind(node.as_str())
-        .execute(&mut *tx)
-        .await?;
+    db::nodes::insert_membership(tx, &cluster_id, node.as_str()).await?;
     if !storage {
         for cap in capabilities_from_json(&pending.capabilities) {
-            sqlx::query(
-                "INSERT INTO node_capabilities (cluster_id, node_id, capability, detail, source)
-                 VALUES ($1, $2, $3, $4, 'join')
-                 ON CONFLICT (cluster_id, node_id, capability) DO UPDATE
-                   SET detail = EXCLUDED.detail, reported_at = now()",
+            db::nodes::upsert_join_capability(
+                tx,
+                &cluster_id,
+                node.as_str(),
+                &cap.name,
+                &cap.detail,
             )
-            .bind(&cluster_id)
-            .bind(node.as_str())
-            .bind(&cap.name)
-            .bind(&cap.detail)
-            .execute(&mut *tx)
             .await?;
         }
     }
-    sqlx::query(
-        "UPDATE node_join_requests SET status = 'approved', reviewed_by = $2, reviewed_at = now(),
-                approved_node_id = $3 WHERE join_request_id = $1",
-    )
-    .bind(id)
-    .bind(reviewer)
-    .bind(node.as_str())
-    .execute(&mut *tx)
-    .await?;
+    db::join::approve(tx, id, reviewer, node.as_str()).await?;
     tracing::info!(cluster_id = %cluster_id, node_id = %node, kind = %pending.kind, serial = %issued.serial_hex, "join request approved");
     Ok((
         id.to_string(),
@@ -1147,27 +983,19 @@ pub async fn reject(
             Ok(())
         }
     });
-    if let Err(e) = precheck {
-        audit::record_refusal(&ctx.pool, &action, &e).await;
-        return Err(e);
-    }
-    let reason = request.reason.clone();
+    let reason = &request.reason;
     let reviewer = principal.actor();
-    fencing::run(&ctx.pool, &ctx.authority, action, move |tx, _fence| {
-        Box::pin(async move {
+    fencing::run(
+        &ctx.pool,
+        &ctx.authority,
+        action,
+        precheck,
+        async |tx, _fence, ()| {
             lock_pending(tx, &id).await?;
-            sqlx::query(
-                "UPDATE node_join_requests SET status = 'rejected', reviewed_by = $2, reviewed_at = now(),
-                        rejection_reason = $3 WHERE join_request_id = $1",
-            )
-            .bind(&id)
-            .bind(&reviewer)
-            .bind(&reason)
-            .execute(&mut **tx)
-            .await?;
+            db::join::reject(tx, &id, &reviewer, reason).await?;
             Ok(((), serde_json::json!({"reason": reason})))
-        })
-    })
+        },
+    )
     .await?;
     get_unchecked(&ctx.pool, &request.join_request_id).await
 }
@@ -1201,20 +1029,17 @@ pub async fn status(
         let fingerprint = crate::keys::public_key_fingerprint(&key);
         // Polls are frequent: a stale pending request reads as expired
         // here without a write (list and a new join mark it).
-        let row: Option<(String, String, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT cluster_id, fingerprint,
-                    CASE WHEN status = 'pending' AND created_at <= now() - make_interval(secs => $2)
-                         THEN 'expired' ELSE status END,
-                    coalesce(rejection_reason, ''), approved_node_id
-               FROM node_join_requests WHERE join_request_id = $1",
-        )
-        .bind(&request.join_request_id)
-        .bind(JOIN_REQUEST_PENDING_MAX.as_secs_f64())
-        .fetch_optional(&ctx.pool)
-        .await?;
+        let mut conn = ctx.pool.acquire().await?;
+        let row = db::join::poll(&mut conn, &request.join_request_id, JOIN_REQUEST_PENDING_MAX).await?;
         // A request of another key or cluster looks like no request at all.
-        let (cluster_id, _, status, reason, node_id) = row
-            .filter(|(c, fp, ..)| *c == request.cluster_id && *fp == fingerprint)
+        let db::join::Poll {
+            cluster_id,
+            status,
+            reason,
+            approved_node_id: node_id,
+            ..
+        } = row
+            .filter(|row| row.cluster_id == request.cluster_id && row.fingerprint == fingerprint)
             .ok_or_else(|| Error::not_found("join request", request.join_request_id.as_str()))?;
         let mut response = pb::GetJoinStatusResponse {
             status: status_of(&status) as i32,
@@ -1222,25 +1047,18 @@ pub async fn status(
             ..Default::default()
         };
         if let Some(node_id) = node_id {
-            let identity: Option<(String, i64)> = sqlx::query_as(
-                "SELECT certificate_pem, (extract(epoch FROM certificate_not_after) * 1000)::bigint
-                   FROM node_identities
-                  WHERE cluster_id = $1 AND node_id = $2 AND fingerprint = $3 AND identity_status = 'active'",
-            )
-            .bind(&cluster_id)
-            .bind(&node_id)
-            .bind(&fingerprint)
-            .fetch_optional(&ctx.pool)
-            .await?;
-            let Some((chain, not_after)) = identity else {
+            let identity =
+                db::nodes::active_certificate(&mut conn, &cluster_id, &node_id, &fingerprint).await?;
+            let Some(db::nodes::ActiveCertificate {
+                certificate_pem: chain,
+                not_after_unix_ms: not_after,
+            }) = identity
+            else {
                 return Err(Error::FailedPrecondition(format!(
                     "node {node_id} was approved but its identity is no longer active (revoked or rotated)"
                 )));
             };
-            let trust_root: Vec<u8> = sqlx::query_scalar("SELECT trust_root FROM clusters WHERE cluster_id = $1")
-                .bind(&cluster_id)
-                .fetch_one(&ctx.pool)
-                .await?;
+            let trust_root = db::clusters::trust_root(&mut conn, &cluster_id).await?;
             response.identity = Some(pb::NodeIdentity {
                 node_id,
                 cluster_id: cluster_id.clone(),
@@ -1251,7 +1069,7 @@ pub async fn status(
                 pb::SignedTrustRoot::decode(trust_root.as_slice())
                     .map_err(|e| Error::Internal(format!("stored trust root: {e}")))?,
             );
-            response.bootstrap_endpoints = crate::clusters::storage_endpoints(&ctx.pool, &cluster_id).await?;
+            response.bootstrap_endpoints = crate::clusters::storage_endpoints(&mut conn, &cluster_id).await?;
         }
         Ok(response)
     }
@@ -1313,16 +1131,13 @@ pub async fn renew(
                 identity.cluster_id, identity.node_id, request.cluster_id, request.node_id
             )));
         }
-        let current: Option<Vec<u8>> = sqlx::query_scalar(
-            "SELECT public_key FROM node_identities
-              WHERE cluster_id = $1 AND node_id = $2 AND certificate_serial = $3 AND public_key = $4
-                AND identity_status = 'active'",
+        let current = db::nodes::active_key(
+            &mut *ctx.pool.acquire().await?,
+            &request.cluster_id,
+            &request.node_id,
+            &serial,
+            &public_key,
         )
-        .bind(&request.cluster_id)
-        .bind(&request.node_id)
-        .bind(&serial)
-        .bind(&public_key)
-        .fetch_optional(&ctx.pool)
         .await?;
         let current = current.ok_or_else(|| {
             Error::PermissionDenied(
@@ -1346,22 +1161,22 @@ pub async fn renew(
         Ok((key, serial, identity, server_names))
     }
     .await;
-    let (key, serial, identity, server_names) = match precheck {
-        Ok(v) => v,
-        Err(e) => {
-            audit::record_refusal(&ctx.pool, &action, &e).await;
-            return Err(e);
-        }
-    };
-    let rotation = Rotation {
+    let rotation = precheck.map(|(key, serial, identity, server_names)| Rotation {
         keys_dir: ctx.keys_dir.clone(),
         validity: ctx.node_cert_validity,
-        serial: serial.clone(),
-        identity: identity.clone(),
+        serial,
+        identity,
         key,
         server_names,
-    };
-    let identity = if identity.kind == IdentityKind::Storage {
+    });
+    let storage = rotation
+        .as_ref()
+        .is_ok_and(|rotation| rotation.identity.kind == IdentityKind::Storage);
+    let old_serial = rotation
+        .as_ref()
+        .map(|rotation| rotation.serial.clone())
+        .ok();
+    let identity = if storage {
         // A storage node must be able to renew while its group has no
         // quorum: promotion needs the survivors' certificates. Renewing
         // keeps the same node, kind and names and requires the active
@@ -1370,17 +1185,21 @@ pub async fn renew(
             &ctx.pool,
             action,
             "storage renewal must work while the group has no quorum",
-            move |tx| Box::pin(async move { rotation.apply(tx).await }),
+            rotation,
+            async |tx, rotation: Rotation| rotation.apply(tx).await,
         )
         .await?
     } else {
-        fencing::run(&ctx.pool, &ctx.authority, action, move |tx, _fence| {
-            Box::pin(async move { rotation.apply(tx).await })
-        })
+        fencing::run(
+            &ctx.pool,
+            &ctx.authority,
+            action,
+            rotation,
+            async |tx, _fence, rotation: Rotation| rotation.apply(tx).await,
+        )
         .await?
     };
-    let old_serial = serial;
-    ctx.forget_serials(&[old_serial]);
+    ctx.forget_serials(&old_serial.into_iter().collect::<Vec<_>>());
     Ok(pb::RenewCertificateResponse {
         identity: Some(identity),
     })
@@ -1404,17 +1223,7 @@ impl Rotation {
     ) -> Result<(pb::NodeIdentity, serde_json::Value)> {
         let cluster_id = self.identity.cluster_id.to_string();
         let node_id = self.identity.node_id.to_string();
-        let rotated = sqlx::query(
-            "UPDATE node_identities SET identity_status = 'rotated', rotated_at = now()
-              WHERE cluster_id = $1 AND node_id = $2 AND certificate_serial = $3 AND identity_status = 'active'",
-        )
-        .bind(&cluster_id)
-        .bind(&node_id)
-        .bind(&self.serial)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if rotated != 1 {
+        if !db::nodes::rotate_identity(tx, &cluster_id, &node_id, &self.serial).await? {
             return Err(Error::PermissionDenied(
                 "this certificate is no longer the node's active one".into(),
             ));

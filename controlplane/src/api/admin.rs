@@ -7,7 +7,6 @@ use crate::audit::{self, Action, RefusalSampler};
 use crate::auth::{self, Principal};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::page::Page;
 use crate::{clusters, enrollment, groups, nodes, orgs, principals, roles, tokens, workloads};
 use rap_proto::pb;
 use rap_proto::pb::admin_service_server::{AdminService, AdminServiceServer};
@@ -92,74 +91,6 @@ fn reply<T>(result: Result<T>) -> std::result::Result<Response<T>, Status> {
     result.map(Response::new).map_err(Status::from)
 }
 
-/// Lists audit events: the newest page, or (with `after_event_id`) the
-/// events after that id in order (for `tail`).
-async fn list_audit(
-    ctx: &Context,
-    principal: &Principal,
-    request: &pb::ListAuditEventsRequest,
-) -> Result<pb::ListAuditEventsResponse> {
-    principal.require_platform()?;
-    let page = Page::from_pb(request.page.as_ref());
-    type Row = (
-        i64,
-        Option<String>,
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<i64>,
-        Option<i64>,
-        i64,
-    );
-    let after = i64::try_from(request.after_event_id).unwrap_or(i64::MAX);
-    let mut rows: Vec<Row> = sqlx::query_as(
-        "SELECT event_id, cluster_id, actor, action, target, result, reason, fence_term, fence_seq,
-                (extract(epoch FROM at) * 1000)::bigint
-           FROM cluster_audit_events
-          WHERE ($1 = '' OR cluster_id = $1) AND event_id > $2
-          ORDER BY CASE WHEN $2 = 0 THEN -event_id ELSE event_id END
-          LIMIT $3",
-    )
-    .bind(&request.cluster_id)
-    .bind(after)
-    .bind(page.size)
-    .fetch_all(&ctx.pool)
-    .await?;
-    if after == 0 {
-        rows.reverse();
-    }
-    let events = rows
-        .into_iter()
-        .map(
-            |(id, cluster, actor, action, target, result, reason, term, seq, at)| pb::AuditEvent {
-                event_id: u64::try_from(id).unwrap_or(0),
-                cluster_id: cluster.clone().unwrap_or_default(),
-                actor,
-                action,
-                target,
-                result,
-                reason,
-                fence: match (term, seq) {
-                    (Some(t), Some(s)) => Some(pb::FencingToken {
-                        cluster_id: cluster.unwrap_or_default(),
-                        authority_term: u64::try_from(t).unwrap_or(0),
-                        seq: u64::try_from(s).unwrap_or(0),
-                        log_index: 0,
-                    }),
-                    _ => None,
-                },
-                at_unix_ms: at,
-            },
-        )
-        .collect();
-    Ok(pb::ListAuditEventsResponse {
-        events,
-        next_page_token: String::new(),
-    })
-}
-
 /// The authority group as its storage nodes see it; every answer is
 /// recorded in `cluster_partitions` (platform principals only).
 async fn authority_status(
@@ -173,20 +104,16 @@ async fn authority_status(
     let (term, last_seq) = clusters::current_term(&mut conn, cluster_id)
         .await?
         .unwrap_or((0, 0));
-    let storage: Vec<(String, String)> =
-        sqlx::query_as("SELECT node_id, address FROM storage_nodes WHERE cluster_id = $1 AND role <> 'retired' ORDER BY node_id")
-            .bind(cluster_id)
-            .fetch_all(&mut *conn)
-            .await?;
+    let storage = crate::db::storage_nodes::not_retired_by_id(&mut conn, cluster_id).await?;
     drop(conn);
-    let network = ctx.authority.network(cluster_id)?;
+    let network = ctx.authority.load_network(cluster_id).await?;
     let mut status = pb::AuthorityStatus {
         cluster_id: cluster_id.to_string(),
         authority_term: term,
         last_fence_seq: last_seq,
         ..Default::default()
     };
-    for (node_id, address) in storage {
+    for crate::db::storage_nodes::StorageAddress { node_id, address } in storage {
         let mut observation = pb::PartitionObservation {
             node_id: node_id.clone(),
             view: pb::PartitionView::Unspecified as i32,
@@ -222,17 +149,17 @@ async fn authority_status(
             pb::PartitionView::Fenced => "fenced",
             pb::PartitionView::Unspecified => "unreachable",
         };
-        sqlx::query(
-            "INSERT INTO cluster_partitions (cluster_id, node_id, view, reachable_voters, total_voters, authority_term)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+        crate::db::partitions::insert(
+            &mut *ctx.pool.acquire().await?,
+            cluster_id,
+            crate::db::partitions::Observation {
+                node_id: &node_id,
+                view,
+                reachable_voters: i32::try_from(observation.reachable_voters).unwrap_or(0),
+                total_voters: i32::try_from(observation.total_voters).unwrap_or(0),
+                authority_term: i64::try_from(term).unwrap_or(0),
+            },
         )
-        .bind(cluster_id)
-        .bind(&node_id)
-        .bind(view)
-        .bind(i32::try_from(observation.reachable_voters).unwrap_or(0))
-        .bind(i32::try_from(observation.total_voters).unwrap_or(0))
-        .bind(i64::try_from(term).unwrap_or(0))
-        .execute(&ctx.pool)
         .await?;
         status.observations.push(observation);
     }
@@ -495,7 +422,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListAuditEventsRequest>,
     ) -> std::result::Result<Response<pb::ListAuditEventsResponse>, Status> {
         let (p, r) = authed!(self, request, "audit.list");
-        let result = list_audit(&self.ctx, &p, &r).await;
+        let result = audit::list(&self.ctx.pool, &p, &r).await;
         reply(
             self.refused_read(&p, "audit.list", &r.cluster_id, result)
                 .await,

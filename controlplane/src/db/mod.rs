@@ -1,6 +1,20 @@
 //! The PostgreSQL pool and the schema migrations (`migrations/` at the
 //! workspace root, embedded at build time).
 
+pub mod audit;
+pub mod authority_terms;
+pub mod clusters;
+pub mod groups;
+pub mod join;
+pub mod nodes;
+pub mod orgs;
+pub mod partitions;
+pub mod principals;
+pub mod roles;
+pub mod snapshots;
+pub mod storage_nodes;
+pub mod workloads;
+
 use crate::error::Result;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -23,6 +37,12 @@ pub async fn migrate(pool: &PgPool) -> Result<usize> {
     MIGRATOR.run(pool).await?;
     let after: i64 = applied(pool).await?;
     Ok(usize::try_from(after - before).unwrap_or(0))
+}
+
+/// One round trip to the database (`SELECT 1`), for readiness checks.
+pub async fn ping(pool: &PgPool) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
 }
 
 /// How many migrations this binary knows.
