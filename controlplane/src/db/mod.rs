@@ -5,6 +5,7 @@ pub mod audit;
 pub mod authority_terms;
 pub mod clusters;
 pub mod groups;
+pub mod heartbeats;
 pub mod join;
 pub mod nodes;
 pub mod orgs;
