@@ -281,6 +281,12 @@ async fn insert(
     crate::db::audit::insert(conn, event, details).await
 }
 
+/// A caller-given id as a span or log field: cut like an audit target, so
+/// a huge id cannot blow up a log line.
+pub fn field(text: &str) -> &str {
+    cut(text, AUDIT_TARGET_BYTES_MAX)
+}
+
 /// `text` cut to at most `max` bytes on a character boundary.
 pub fn cut(text: &str, max: usize) -> &str {
     if text.len() <= max {

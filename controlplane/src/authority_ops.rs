@@ -101,7 +101,8 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T>> + Send + 'static,
 {
-    tokio::spawn(work)
+    use tracing::Instrument;
+    tokio::spawn(work.instrument(tracing::Span::current()))
         .await
         .map_err(|e| Error::Internal(format!("authority operation task: {e}")))?
 }
@@ -109,6 +110,7 @@ where
 /// Loss-of-quorum recovery: re-forms the cluster's authority group at term
 /// T+1 from the named survivors (see the module docs for the order of
 /// PostgreSQL and the storage nodes). Platform owner only; audited.
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id)))]
 pub async fn promote(
     ctx: &Context,
     principal: &Principal,
@@ -426,6 +428,7 @@ async fn observe(
 
 /// Brings a retired storage node back into the cluster's current term as a
 /// voter (see the module docs). Platform owner only; audited.
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id), node_id = crate::audit::field(&request.node_id)))]
 pub async fn rejoin(
     ctx: &Context,
     principal: &Principal,

@@ -40,6 +40,7 @@ pub async fn require_exists(conn: &mut sqlx::PgConnection, cluster_id: &str) -> 
 
 /// Creates a cluster: its CA and snapshot-signing key (files under the
 /// keys directory) and its row. Platform principals only.
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(cluster_id)))]
 pub async fn create(
     ctx: &Context,
     principal: &Principal,
@@ -181,6 +182,7 @@ pub async fn storage_endpoints(
 /// Initializes the cluster's authority group on running `rap-configstore`
 /// nodes, records them in `storage_nodes` and writes authority term 1.
 /// Platform-owner or platform-admin.
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id)))]
 pub async fn bootstrap(
     ctx: &Context,
     principal: &Principal,

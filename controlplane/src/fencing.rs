@@ -328,6 +328,7 @@ impl Fenced {
     /// reported where the fence would be asked for, so the refusals keep
     /// their order (unknown cluster, not bootstrapped, no storage node,
     /// then keys).
+    #[tracing::instrument(skip_all, fields(cluster_id = action.cluster_id.as_deref().unwrap_or(""), action = action.action))]
     pub async fn begin(
         pool: &PgPool,
         clients: &AuthorityClients,

@@ -81,6 +81,7 @@ async fn get_unchecked(pool: &sqlx::PgPool, cluster_id: &str, node_id: &str) -> 
 
 /// Revokes a node in a cluster (fenced; see the module docs). Returns the
 /// node as it is afterwards.
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id), node_id = crate::audit::field(&request.node_id)))]
 pub async fn revoke(
     ctx: &Context,
     principal: &Principal,

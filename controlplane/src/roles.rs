@@ -179,6 +179,7 @@ fn fence_columns(fence: FenceRef) -> Result<(i64, i64)> {
 /// of the cluster, `MISSING_CAPABILITY` unless it reported the role's
 /// capability, `NOT_FOUND` for an unknown organization, `ALREADY_EXISTS`
 /// when the same assignment is active already.
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id), node_id = crate::audit::field(&request.node_id)))]
 pub async fn assign(
     ctx: &Context,
     principal: &Principal,
@@ -245,6 +246,7 @@ pub async fn assign(
 /// row keeps its history (`status = 'removed'`, who and when) and records
 /// the fence of the removal. The role need not be a known one, so that
 /// assignments of a retired role can still be removed.
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id), node_id = crate::audit::field(&request.node_id)))]
 pub async fn remove(
     ctx: &Context,
     principal: &Principal,

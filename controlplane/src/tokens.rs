@@ -59,6 +59,7 @@ pub fn storage_join_command(
 }
 
 /// Creates a token; the raw token is in the response only.
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id)))]
 pub async fn create(
     ctx: &Context,
     principal: &Principal,

@@ -57,6 +57,7 @@ fn instance_pb(row: db::workloads::Instance) -> pb::ServiceInstance {
 /// (fenced, `service.desired-state`; platform principals only). The node
 /// needs an active membership in the cluster (`NO_MEMBERSHIP`). The
 /// instance is created on first use; `version` is bumped on a change.
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id), node_id = crate::audit::field(&request.node_id)))]
 pub async fn set_desired_state(
     ctx: &Context,
     principal: &Principal,

@@ -21,6 +21,7 @@ pub(super) async fn prune_log(pool: &PgPool, older_than: Duration) -> Result<u64
     }
 }
 
+#[tracing::instrument(name = "heartbeat_pruner", skip_all)]
 pub(super) async fn pruner(
     pool: PgPool,
     counters: Arc<Counters>,
@@ -48,6 +49,7 @@ pub(super) async fn pruner(
     }
 }
 
+#[tracing::instrument(name = "heartbeat_flusher", skip_all)]
 pub(super) async fn flusher(
     mut receiver: mpsc::Receiver<Queued>,
     pool: PgPool,
