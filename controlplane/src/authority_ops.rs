@@ -426,6 +426,82 @@ async fn observe(
     status
 }
 
+/// The authority group as its storage nodes see it; every answer is
+/// recorded in `cluster_partitions` (platform principals only).
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(cluster_id)))]
+pub async fn status(
+    ctx: &Context,
+    principal: &Principal,
+    cluster_id: &str,
+) -> Result<pb::AuthorityStatus> {
+    principal.require_platform()?;
+    let mut conn = ctx.pool.acquire().await?;
+    require_exists(&mut conn, cluster_id).await?;
+    let (term, last_seq) = crate::clusters::current_term(&mut conn, cluster_id)
+        .await?
+        .unwrap_or((0, 0));
+    let storage = crate::db::storage_nodes::not_retired_by_id(&mut conn, cluster_id).await?;
+    drop(conn);
+    let network = ctx.authority.load_network(cluster_id).await?;
+    let mut status = pb::AuthorityStatus {
+        cluster_id: cluster_id.to_string(),
+        authority_term: term,
+        last_fence_seq: last_seq,
+        ..Default::default()
+    };
+    for crate::db::storage_nodes::StorageAddress { node_id, address } in storage {
+        let mut observation = pb::PartitionObservation {
+            node_id: node_id.clone(),
+            view: pb::PartitionView::Unspecified as i32,
+            observed_at_unix_ms: rap_proto::time::UnixMillis::now().0,
+            ..Default::default()
+        };
+        if let Ok(mut client) = rap_authority::service::authority_client(
+            &network,
+            &address,
+            &rap_authority::tls::pin::ExpectedPeer::storage_named(&node_id),
+        ) {
+            let call = client.status(pb::AuthorityStatusRequest {
+                cluster_id: cluster_id.to_string(),
+            });
+            if let Ok(Ok(answer)) = tokio::time::timeout(crate::limits::FENCE_TIMEOUT, call).await {
+                let answer = answer.into_inner();
+                observation.view = answer.partition_view;
+                observation.reachable_voters =
+                    u32::try_from(answer.voters.iter().filter(|v| v.reachable).count())
+                        .unwrap_or(0);
+                observation.total_voters = u32::try_from(answer.voters.len()).unwrap_or(0);
+                if status.leader_id.is_empty() {
+                    status.leader_id = answer.leader_id.clone();
+                }
+            }
+        }
+        let view = match pb::PartitionView::try_from(observation.view)
+            .unwrap_or(pb::PartitionView::Unspecified)
+        {
+            pb::PartitionView::Healthy => "healthy",
+            pb::PartitionView::Degraded => "degraded",
+            pb::PartitionView::Minority => "minority",
+            pb::PartitionView::Fenced => "fenced",
+            pb::PartitionView::Unspecified => "unreachable",
+        };
+        crate::db::partitions::insert(
+            &mut *ctx.pool.acquire().await?,
+            cluster_id,
+            crate::db::partitions::Observation {
+                node_id: &node_id,
+                view,
+                reachable_voters: i32::try_from(observation.reachable_voters).unwrap_or(0),
+                total_voters: i32::try_from(observation.total_voters).unwrap_or(0),
+                authority_term: i64::try_from(term).unwrap_or(0),
+            },
+        )
+        .await?;
+        status.observations.push(observation);
+    }
+    Ok(status)
+}
+
 /// Brings a retired storage node back into the cluster's current term as a
 /// voter (see the module docs). Platform owner only; audited.
 #[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id), node_id = crate::audit::field(&request.node_id)))]
