@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
 mod audit;
+mod authority_terms;
 mod cli;
 mod enrollment;
 mod groups;
