@@ -29,6 +29,16 @@ pub async fn current_term(
     }))
 }
 
+/// Loads a cluster's key files on a blocking thread: loading reads files
+/// and may re-issue a certificate (with fsync), which must not stall an
+/// async thread, least of all inside a fenced transaction.
+pub async fn load_keys(keys_dir: &std::path::Path, cluster: &ClusterId) -> Result<ClusterKeys> {
+    let (keys_dir, cluster) = (keys_dir.to_path_buf(), cluster.clone());
+    tokio::task::spawn_blocking(move || ClusterKeys::load(&keys_dir, &cluster))
+        .await
+        .map_err(|e| Error::Internal(format!("loading cluster keys: {e}")))?
+}
+
 /// Fails with `NOT_FOUND` unless the cluster exists.
 pub async fn require_exists(conn: &mut sqlx::PgConnection, cluster_id: &str) -> Result<()> {
     if db::clusters::exists(conn, cluster_id).await? {

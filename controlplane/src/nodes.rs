@@ -14,7 +14,6 @@ use crate::context::Context;
 use crate::db;
 use crate::error::{Error, Result};
 use crate::fencing;
-use crate::keys::ClusterKeys;
 use crate::limits::REASON_BYTES_MAX;
 use crate::page::Page;
 use rap_proto::envelope::{Digest, ReaderSelector, Scope, ShardDraft};
@@ -178,7 +177,7 @@ async fn publish_revocations(
         None => (1, None),
     };
     let cluster = ClusterId::new(cluster_id)?;
-    let keys = ClusterKeys::load(keys_dir, &cluster)?;
+    let keys = crate::clusters::load_keys(keys_dir, &cluster).await?;
     let now = UnixMillis::now();
     let sealed = rap_proto::envelope::seal(
         ShardDraft {

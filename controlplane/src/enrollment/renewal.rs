@@ -156,7 +156,7 @@ impl Rotation {
                 "this certificate is no longer the node's active one".into(),
             ));
         }
-        let keys = ClusterKeys::load(&self.keys_dir, &self.identity.cluster_id)?;
+        let keys = crate::clusters::load_keys(&self.keys_dir, &self.identity.cluster_id).await?;
         let issued = issue_identity(
             tx,
             &keys,

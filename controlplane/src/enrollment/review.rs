@@ -316,7 +316,7 @@ pub(super) async fn approve_locked(
             "node {node} is already an active member of {cluster_id}; approve with another --node-id"
         )));
     }
-    let keys = ClusterKeys::load(keys_dir, &ClusterId::new(cluster_id.as_str())?)?;
+    let keys = crate::clusters::load_keys(keys_dir, &ClusterId::new(cluster_id.as_str())?).await?;
     let identity = if storage {
         PeerIdentity::storage(keys.cluster_id().clone(), node.clone())
     } else {
