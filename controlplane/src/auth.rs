@@ -9,9 +9,10 @@
 //! Tokens always expire ([`API_TOKEN_TTL_DEFAULT`], at most
 //! [`API_TOKEN_TTL_MAX`]); [`authenticate`] tells revoked, expired and
 //! disabled apart once the secret matched, and records `last_used_at` at
-//! most once per [`API_TOKEN_LAST_USED_GRANULARITY`]. This module owns the
-//! SQL of `admin_principals` and `admin_api_tokens`;
-//! [`crate::principals`] decides who may call the lifecycle operations.
+//! most once per [`API_TOKEN_LAST_USED_GRANULARITY`]. This module decides
+//! about `admin_principals` and `admin_api_tokens` (their SQL is in
+//! [`crate::db::principals`]); [`crate::principals`] decides who may call
+//! the lifecycle operations.
 
 use crate::db;
 use crate::error::{Error, Result};

@@ -504,7 +504,13 @@ pub async fn status(
 
 /// Brings a retired storage node back into the cluster's current term as a
 /// voter (see the module docs). Platform owner only; audited.
-#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id), node_id = crate::audit::field(&request.node_id)))]
+#[tracing::instrument(
+    skip_all,
+    fields(
+        cluster_id = crate::audit::field(&request.cluster_id),
+        node_id = crate::audit::field(&request.node_id),
+    )
+)]
 pub async fn rejoin(
     ctx: &Context,
     principal: &Principal,

@@ -328,7 +328,13 @@ impl Fenced {
     /// reported where the fence would be asked for, so the refusals keep
     /// their order (unknown cluster, not bootstrapped, no storage node,
     /// then keys).
-    #[tracing::instrument(skip_all, fields(cluster_id = action.cluster_id.as_deref().unwrap_or(""), action = action.action))]
+    #[tracing::instrument(
+        skip_all,
+        fields(
+            cluster_id = action.cluster_id.as_deref().unwrap_or(""),
+            action = action.action,
+        )
+    )]
     pub async fn begin(
         pool: &PgPool,
         clients: &AuthorityClients,
@@ -392,11 +398,17 @@ impl Fenced {
 ///    then `commit` with the details `apply` returns; any error is audited
 ///    as a refusal and nothing changes.
 ///
+/// `checked` carries what the apply step needs (validated ids, ...). It
+/// should own its data: with a borrowed `C`, the returned future is not
+/// `Send` for every lifetime and tonic handlers refuse it. The closure may
+/// borrow the caller's locals (`request`, `ctx`) freely.
+///
 /// ```ignore
-/// let checked = validate(&request);
-/// fencing::run(&ctx.pool, &ctx.authority, action, checked, async |conn, fence, target| {
-///     db::roles::insert(conn, &target, fence).await?;
-///     Ok((target.to_pb(), serde_json::json!({})))
+/// let checked = principal.require_platform().and_then(|()| validate(&request));
+/// fencing::run(&ctx.pool, &ctx.authority, action, checked, async |tx, fence, target| {
+///     let (term, seq) = fence_columns(fence)?;
+///     let by = db::roles::remove(tx, target.key(), &removed_by, term, seq).await?;
+///     Ok((target.to_pb("removed", by.unwrap_or_default()), serde_json::json!({})))
 /// })
 /// .await
 /// ```

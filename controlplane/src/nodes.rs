@@ -80,7 +80,13 @@ async fn get_unchecked(pool: &sqlx::PgPool, cluster_id: &str, node_id: &str) -> 
 
 /// Revokes a node in a cluster (fenced; see the module docs). Returns the
 /// node as it is afterwards.
-#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id), node_id = crate::audit::field(&request.node_id)))]
+#[tracing::instrument(
+    skip_all,
+    fields(
+        cluster_id = crate::audit::field(&request.cluster_id),
+        node_id = crate::audit::field(&request.node_id),
+    )
+)]
 pub async fn revoke(
     ctx: &Context,
     principal: &Principal,
@@ -112,24 +118,45 @@ pub async fn revoke(
     });
     let (cluster_id, node_id, reason) = (&request.cluster_id, &request.node_id, &request.reason);
     let actor = principal.actor();
-    let serials = fencing::run(&ctx.pool, &ctx.authority, action, precheck, async |tx, fence, ()| {
+    let serials = fencing::run(
+        &ctx.pool,
+        &ctx.authority,
+        action,
+        precheck,
+        async |tx, fence, ()| {
             let serials = db::nodes::revoke_identities(tx, cluster_id, node_id).await?;
             let memberships = db::nodes::revoke_memberships(tx, cluster_id, node_id).await?;
             if serials.is_empty() && memberships == 0 {
-                return Err(if db::nodes::has_membership(tx, cluster_id, node_id).await? {
-                    Error::FailedPrecondition(format!("node {node_id} is already revoked in {cluster_id}"))
-                } else {
-                    Error::not_found("node", format!("{cluster_id}/{node_id}"))
-                });
+                return Err(
+                    if db::nodes::has_membership(tx, cluster_id, node_id).await? {
+                        Error::FailedPrecondition(format!(
+                            "node {node_id} is already revoked in {cluster_id}"
+                        ))
+                    } else {
+                        Error::not_found("node", format!("{cluster_id}/{node_id}"))
+                    },
+                );
             }
             db::roles::remove_all_of_node(tx, cluster_id, node_id, &actor).await?;
-            let version = publish_revocations(tx, &ctx.authority, &ctx.keys_dir, cluster_id, fence, &actor).await?;
-            tracing::info!(cluster_id = %cluster_id, node_id = %node_id, revocations_version = version, "node revoked");
+            let version =
+                publish_revocations(tx, &ctx.authority, &ctx.keys_dir, cluster_id, fence, &actor)
+                    .await?;
+            tracing::info!(
+                cluster_id = %cluster_id,
+                node_id = %node_id,
+                revocations_version = version,
+                "node revoked"
+            );
             Ok((
                 serials.clone(),
-                serde_json::json!({"reason": reason, "serials": serials, "revocations_version": version}),
+                serde_json::json!({
+                    "reason": reason,
+                    "serials": serials,
+                    "revocations_version": version,
+                }),
             ))
-    })
+        },
+    )
     .await?;
     ctx.forget_serials(&serials);
     get_unchecked(&ctx.pool, &request.cluster_id, &request.node_id).await

@@ -179,7 +179,13 @@ fn fence_columns(fence: FenceRef) -> Result<(i64, i64)> {
 /// of the cluster, `MISSING_CAPABILITY` unless it reported the role's
 /// capability, `NOT_FOUND` for an unknown organization, `ALREADY_EXISTS`
 /// when the same assignment is active already.
-#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id), node_id = crate::audit::field(&request.node_id)))]
+#[tracing::instrument(
+    skip_all,
+    fields(
+        cluster_id = crate::audit::field(&request.cluster_id),
+        node_id = crate::audit::field(&request.node_id),
+    )
+)]
 pub async fn assign(
     ctx: &Context,
     principal: &Principal,
@@ -195,9 +201,16 @@ pub async fn assign(
         Ok((target, capability.to_string()))
     });
     let assigned_by = principal.actor();
-    fencing::run(&ctx.pool, &ctx.authority, action, checked, async |tx, fence, (target, capability): (Target, String)| {
+    fencing::run(
+        &ctx.pool,
+        &ctx.authority,
+        action,
+        checked,
+        async |tx, fence, (target, capability): (Target, String)| {
             require_membership(tx, &target.cluster_id, &target.node_id).await?;
-            if !db::nodes::has_capability(tx, &target.cluster_id, &target.node_id, &capability).await? {
+            if !db::nodes::has_capability(tx, &target.cluster_id, &target.node_id, &capability)
+                .await?
+            {
                 return Err(Error::MissingCapability {
                     node: target.node_id.clone(),
                     role: target.role.clone(),
@@ -210,7 +223,8 @@ pub async fn assign(
                     Some("active") => {}
                     Some(other) => {
                         return Err(Error::FailedPrecondition(format!(
-                            "organization {org} is {other}; roles are assigned for active organizations only"
+                            "organization {org} is {other}; roles are assigned for active \
+                         organizations only"
                         )));
                     }
                 }
@@ -229,7 +243,15 @@ pub async fn assign(
                     id: target.label(),
                 });
             }
-            tracing::info!(cluster_id = %target.cluster_id, node_id = %target.node_id, role = %target.role, org_id = %target.org_id, term, seq, "role assigned");
+            tracing::info!(
+                cluster_id = %target.cluster_id,
+                node_id = %target.node_id,
+                role = %target.role,
+                org_id = %target.org_id,
+                term,
+                seq,
+                "role assigned"
+            );
             let details = serde_json::json!({
                 "node_id": target.node_id,
                 "role": target.role,
@@ -237,7 +259,8 @@ pub async fn assign(
                 "capability": capability,
             });
             Ok((target.to_pb("active", assigned_by), details))
-    })
+        },
+    )
     .await
 }
 
@@ -246,7 +269,13 @@ pub async fn assign(
 /// row keeps its history (`status = 'removed'`, who and when) and records
 /// the fence of the removal. The role need not be a known one, so that
 /// assignments of a retired role can still be removed.
-#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id), node_id = crate::audit::field(&request.node_id)))]
+#[tracing::instrument(
+    skip_all,
+    fields(
+        cluster_id = crate::audit::field(&request.cluster_id),
+        node_id = crate::audit::field(&request.node_id),
+    )
+)]
 pub async fn remove(
     ctx: &Context,
     principal: &Principal,
@@ -259,20 +288,34 @@ pub async fn remove(
         validate(&request.cluster_id, &request.node_id, role, &request.org_id)
     });
     let removed_by = principal.actor();
-    fencing::run(&ctx.pool, &ctx.authority, action, checked, async |tx, fence, target| {
+    fencing::run(
+        &ctx.pool,
+        &ctx.authority,
+        action,
+        checked,
+        async |tx, fence, target| {
             let (term, seq) = fence_columns(fence)?;
             let assigned_by = db::roles::remove(tx, target.key(), &removed_by, term, seq).await?;
             let Some(assigned_by) = assigned_by else {
                 return Err(Error::not_found("active role assignment", target.label()));
             };
-            tracing::info!(cluster_id = %target.cluster_id, node_id = %target.node_id, role = %target.role, org_id = %target.org_id, term, seq, "role removed");
+            tracing::info!(
+                cluster_id = %target.cluster_id,
+                node_id = %target.node_id,
+                role = %target.role,
+                org_id = %target.org_id,
+                term,
+                seq,
+                "role removed"
+            );
             let details = serde_json::json!({
                 "node_id": target.node_id,
                 "role": target.role,
                 "org_id": target.org_id,
             });
             Ok((target.to_pb("removed", assigned_by), details))
-    })
+        },
+    )
     .await
 }
 

@@ -57,7 +57,13 @@ fn instance_pb(row: db::workloads::Instance) -> pb::ServiceInstance {
 /// (fenced, `service.desired-state`; platform principals only). The node
 /// needs an active membership in the cluster (`NO_MEMBERSHIP`). The
 /// instance is created on first use; `version` is bumped on a change.
-#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id), node_id = crate::audit::field(&request.node_id)))]
+#[tracing::instrument(
+    skip_all,
+    fields(
+        cluster_id = crate::audit::field(&request.cluster_id),
+        node_id = crate::audit::field(&request.node_id),
+    )
+)]
 pub async fn set_desired_state(
     ctx: &Context,
     principal: &Principal,
@@ -84,7 +90,12 @@ pub async fn set_desired_state(
         Ok((cluster, node))
     })();
     let (service, desired) = (&request.service, &request.desired_state);
-    fencing::run(&ctx.pool, &ctx.authority, action, precheck, async |tx, _fence, (cluster, node)| {
+    fencing::run(
+        &ctx.pool,
+        &ctx.authority,
+        action,
+        precheck,
+        async |tx, _fence, (cluster, node)| {
             let cluster_id = cluster.as_str();
             let node_id = node.as_str();
             require_membership(tx, cluster_id, node_id).await?;
@@ -104,7 +115,14 @@ pub async fn set_desired_state(
             let row =
                 db::workloads::set_desired_state(tx, cluster_id, node_id, service, desired).await?;
             let instance = instance_pb(row);
-            tracing::info!(cluster_id, node_id, service = %service, desired = %desired, version = instance.version, "service desired state set");
+            tracing::info!(
+                cluster_id,
+                node_id,
+                service = %service,
+                desired = %desired,
+                version = instance.version,
+                "service desired state set"
+            );
             let details = serde_json::json!({
                 "node_id": node_id,
                 "service": service,
@@ -113,7 +131,8 @@ pub async fn set_desired_state(
                 "version": instance.version,
             });
             Ok((instance, details))
-    })
+        },
+    )
     .await
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 /// An API token as listed (never its secret).
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiTokenRow {
-    /// Token id (the public part of the token).
+    /// Token id (the middle of `rapat.<id>.<secret>`).
     pub token_id: String,
     /// Whose it is.
     pub principal_id: String,

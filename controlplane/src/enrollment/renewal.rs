@@ -22,7 +22,13 @@ pub struct PeerCertificate {
 /// Certificate renewal over mTLS (fenced): the caller's certificate must be
 /// the node's active one; the node may rotate its key (the proof is then
 /// by the new key). The old identity becomes `rotated`.
-#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id), node_id = crate::audit::field(&request.node_id)))]
+#[tracing::instrument(
+    skip_all,
+    fields(
+        cluster_id = crate::audit::field(&request.cluster_id),
+        node_id = crate::audit::field(&request.node_id),
+    )
+)]
 pub async fn renew(
     ctx: &Context,
     peer: Option<PeerCertificate>,

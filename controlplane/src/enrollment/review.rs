@@ -225,7 +225,13 @@ pub(super) async fn issue_identity(
 /// Approves a pending request (fenced): node, identity, membership,
 /// capabilities and the node certificate (an agent's), or the storage
 /// identity (a storage node's), in one transaction.
-#[tracing::instrument(skip_all, fields(join_request_id = crate::audit::field(&request.join_request_id), node_id = crate::audit::field(&request.node_id)))]
+#[tracing::instrument(
+    skip_all,
+    fields(
+        join_request_id = crate::audit::field(&request.join_request_id),
+        node_id = crate::audit::field(&request.node_id),
+    )
+)]
 pub async fn approve(
     ctx: &Context,
     principal: &Principal,
@@ -374,7 +380,12 @@ pub(super) async fn review_action(
 }
 
 /// Rejects a pending request with a reason (fenced).
-#[tracing::instrument(skip_all, fields(join_request_id = crate::audit::field(&request.join_request_id)))]
+#[tracing::instrument(
+    skip_all,
+    fields(
+        join_request_id = crate::audit::field(&request.join_request_id),
+    )
+)]
 pub async fn reject(
     ctx: &Context,
     principal: &Principal,
