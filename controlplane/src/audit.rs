@@ -205,6 +205,57 @@ pub async fn audited<T>(pool: &PgPool, action: &Action, result: Result<T>) -> Re
     result
 }
 
+/// The precheck step of a mutation: `checked` (permissions, input, made
+/// before any transaction) passes through; a refusal is audited, then
+/// returned. Fenced and unfenced mutations go through it
+/// ([`crate::fencing::run`], [`crate::fencing::run_unfenced`]).
+pub async fn refuse_unless<C>(pool: &PgPool, action: &Action, checked: Result<C>) -> Result<C> {
+    audited(pool, action, checked).await
+}
+
+/// Lists audit events: the newest page, or (with `after_event_id`) the
+/// events after that id in order (for `tail`).
+pub async fn list(
+    pool: &PgPool,
+    principal: &crate::auth::Principal,
+    request: &rap_proto::pb::ListAuditEventsRequest,
+) -> Result<rap_proto::pb::ListAuditEventsResponse> {
+    principal.require_platform()?;
+    let page = crate::page::Page::from_pb(request.page.as_ref());
+    let after = i64::try_from(request.after_event_id).unwrap_or(i64::MAX);
+    let mut conn = pool.acquire().await?;
+    let mut rows = crate::db::audit::list(&mut conn, &request.cluster_id, after, page.size).await?;
+    if after == 0 {
+        rows.reverse();
+    }
+    let events = rows
+        .into_iter()
+        .map(|row| rap_proto::pb::AuditEvent {
+            event_id: u64::try_from(row.event_id).unwrap_or(0),
+            cluster_id: row.cluster_id.clone().unwrap_or_default(),
+            actor: row.actor,
+            action: row.action,
+            target: row.target,
+            result: row.result,
+            reason: row.reason,
+            fence: match (row.fence_term, row.fence_seq) {
+                (Some(t), Some(s)) => Some(rap_proto::pb::FencingToken {
+                    cluster_id: row.cluster_id.unwrap_or_default(),
+                    authority_term: u64::try_from(t).unwrap_or(0),
+                    seq: u64::try_from(s).unwrap_or(0),
+                    log_index: 0,
+                }),
+                _ => None,
+            },
+            at_unix_ms: row.at_unix_ms,
+        })
+        .collect();
+    Ok(rap_proto::pb::ListAuditEventsResponse {
+        events,
+        next_page_token: String::new(),
+    })
+}
+
 async fn insert(
     conn: &mut PgConnection,
     action: &Action,
@@ -213,24 +264,27 @@ async fn insert(
     fence: Option<FenceRef>,
     details: serde_json::Value,
 ) -> Result<i64> {
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO cluster_audit_events
-             (cluster_id, actor, action, target, result, reason, fence_term, fence_seq, details)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         RETURNING event_id",
-    )
-    .bind(action.cluster_id.as_deref())
-    .bind(cut(&action.actor, AUDIT_TARGET_BYTES_MAX))
-    .bind(action.action)
-    .bind(cut(&action.target, AUDIT_TARGET_BYTES_MAX))
-    .bind(result)
-    .bind(cut(reason, AUDIT_REASON_BYTES_MAX))
-    .bind(fence.map(|f| i64::try_from(f.term).unwrap_or(i64::MAX)))
-    .bind(fence.map(|f| i64::try_from(f.seq).unwrap_or(i64::MAX)))
-    .bind(details)
-    .fetch_one(conn)
-    .await?;
-    Ok(id)
+    let event = crate::db::audit::NewEvent {
+        cluster_id: action.cluster_id.as_deref(),
+        actor: cut(&action.actor, AUDIT_TARGET_BYTES_MAX),
+        action: action.action,
+        target: cut(&action.target, AUDIT_TARGET_BYTES_MAX),
+        result,
+        reason: cut(reason, AUDIT_REASON_BYTES_MAX),
+        fence: fence.map(|f| {
+            (
+                i64::try_from(f.term).unwrap_or(i64::MAX),
+                i64::try_from(f.seq).unwrap_or(i64::MAX),
+            )
+        }),
+    };
+    crate::db::audit::insert(conn, event, details).await
+}
+
+/// A caller-given id as a span or log field: cut like an audit target, so
+/// a huge id cannot blow up a log line.
+pub fn field(text: &str) -> &str {
+    cut(text, AUDIT_TARGET_BYTES_MAX)
 }
 
 /// `text` cut to at most `max` bytes on a character boundary.

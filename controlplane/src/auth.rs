@@ -9,10 +9,12 @@
 //! Tokens always expire ([`API_TOKEN_TTL_DEFAULT`], at most
 //! [`API_TOKEN_TTL_MAX`]); [`authenticate`] tells revoked, expired and
 //! disabled apart once the secret matched, and records `last_used_at` at
-//! most once per [`API_TOKEN_LAST_USED_GRANULARITY`]. This module owns the
-//! SQL of `admin_principals` and `admin_api_tokens`;
-//! [`crate::principals`] decides who may call the lifecycle operations.
+//! most once per [`API_TOKEN_LAST_USED_GRANULARITY`]. This module decides
+//! about `admin_principals` and `admin_api_tokens` (their SQL is in
+//! [`crate::db::principals`]); [`crate::principals`] decides who may call
+//! the lifecycle operations.
 
+use crate::db;
 use crate::error::{Error, Result};
 use crate::limits::{API_TOKEN_LAST_USED_GRANULARITY, API_TOKEN_TTL_DEFAULT, API_TOKEN_TTL_MAX};
 use crate::secret;
@@ -153,30 +155,19 @@ pub async fn authenticate(pool: &PgPool, authorization: Option<&str>) -> Result<
         .ok_or_else(|| Error::Unauthenticated("authorization is not a Bearer token".into()))?;
     let (id, hash) = secret::parse(API_TOKEN_PREFIX, raw)
         .ok_or_else(|| Error::Unauthenticated("malformed API token".into()))?;
-    type TokenRow = (
-        Vec<u8>,
-        String,
-        String,
-        Option<String>,
-        String,
-        bool,
-        bool,
-        bool,
-        bool,
-    );
-    let row: Option<TokenRow> = sqlx::query_as(
-        "SELECT t.token_hash, p.principal_id, p.kind, p.org_id, p.name,
-                t.revoked_at IS NOT NULL, t.expires_at <= now(), p.status <> 'active',
-                (t.last_used_at IS NULL
-                 OR t.last_used_at <= now() - make_interval(secs => $2))
-           FROM admin_api_tokens t JOIN admin_principals p USING (principal_id)
-          WHERE t.token_id = $1",
-    )
-    .bind(&id)
-    .bind(API_TOKEN_LAST_USED_GRANULARITY.as_secs_f64())
-    .fetch_optional(pool)
-    .await?;
-    let Some((stored, principal_id, kind, org, name, revoked, expired, disabled, touch)) = row
+    let mut conn = pool.acquire().await?;
+    let row = db::principals::lookup_token(&mut conn, &id, API_TOKEN_LAST_USED_GRANULARITY).await?;
+    let Some(db::principals::TokenLookup {
+        token_hash: stored,
+        principal_id,
+        kind,
+        org_id: org,
+        name,
+        revoked,
+        expired,
+        disabled,
+        touch,
+    }) = row
     else {
         return Err(Error::Unauthenticated("unknown API token".into()));
     };
@@ -195,15 +186,8 @@ pub async fn authenticate(pool: &PgPool, authorization: Option<&str>) -> Result<
     if touch {
         // Conditional again: concurrent calls write once. A failed write
         // costs the timestamp, not the call.
-        let touched = sqlx::query(
-            "UPDATE admin_api_tokens SET last_used_at = now()
-              WHERE token_id = $1
-                AND (last_used_at IS NULL OR last_used_at <= now() - make_interval(secs => $2))",
-        )
-        .bind(&id)
-        .bind(API_TOKEN_LAST_USED_GRANULARITY.as_secs_f64())
-        .execute(pool)
-        .await;
+        let touched =
+            db::principals::touch_token(&mut conn, &id, API_TOKEN_LAST_USED_GRANULARITY).await;
         if let Err(e) = touched {
             tracing::warn!(token_id = %id, error = %e, "could not record the API token's last use");
         }
@@ -233,58 +217,7 @@ pub fn refused_actor(authorization: Option<&str>, error: &Error) -> String {
     }
 }
 
-/// An API token as listed (never its secret).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiTokenRow {
-    /// Token id (the middle of `rapat.<id>.<secret>`).
-    pub token_id: String,
-    /// Whose it is.
-    pub principal_id: String,
-    /// Who made it (`rap-controlplane-init`, a principal, ...; empty for
-    /// tokens made before schema version 2).
-    pub created_by: String,
-    /// Unix ms.
-    pub created_at_ms: i64,
-    /// Unix ms.
-    pub expires_at_ms: i64,
-    /// Unix ms; 0 when not revoked.
-    pub revoked_at_ms: i64,
-    /// Who revoked it; empty when not revoked.
-    pub revoked_by: String,
-    /// Unix ms; 0 when never used (written at most once per
-    /// [`API_TOKEN_LAST_USED_GRANULARITY`]).
-    pub last_used_at_ms: i64,
-    /// `active`, `expired` or `revoked`.
-    pub status: String,
-}
-
-/// The columns of [`ApiTokenRow`], in order.
-pub const API_TOKEN_COLUMNS: &str = "token_id::text, principal_id::text, created_by,
-    (extract(epoch FROM created_at) * 1000)::bigint,
-    (extract(epoch FROM expires_at) * 1000)::bigint,
-    coalesce((extract(epoch FROM revoked_at) * 1000)::bigint, 0),
-    coalesce(revoked_by, ''),
-    coalesce((extract(epoch FROM last_used_at) * 1000)::bigint, 0),
-    CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
-         WHEN expires_at <= now() THEN 'expired' ELSE 'active' END";
-
-type ApiTokenTuple = (String, String, String, i64, i64, i64, String, i64, String);
-
-fn token_row(t: ApiTokenTuple) -> ApiTokenRow {
-    let (token_id, principal_id, created_by, created, expires, revoked, revoked_by, used, status) =
-        t;
-    ApiTokenRow {
-        token_id,
-        principal_id,
-        created_by,
-        created_at_ms: created,
-        expires_at_ms: expires,
-        revoked_at_ms: revoked,
-        revoked_by,
-        last_used_at_ms: used,
-        status,
-    }
-}
+pub use crate::db::principals::ApiTokenRow;
 
 /// Checks an API token TTL: 0 means [`API_TOKEN_TTL_DEFAULT`]; longer than
 /// [`API_TOKEN_TTL_MAX`] is refused.
@@ -311,20 +244,17 @@ pub async fn issue_token(
     created_by: &str,
 ) -> Result<(String, ApiTokenRow)> {
     let token = secret::generate::<{ crate::limits::API_TOKEN_SECRET_BYTES }>(API_TOKEN_PREFIX)?;
-    let row: ApiTokenTuple = sqlx::query_as(&format!(
-        "INSERT INTO admin_api_tokens (token_id, principal_id, token_hash, expires_at, created_by)
-         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5)
-         RETURNING {API_TOKEN_COLUMNS}"
-    ))
-    .bind(&token.id)
-    .bind(principal_id)
-    .bind(&token.hash[..])
-    .bind(ttl.as_secs_f64())
-    .bind(created_by)
-    .fetch_one(&mut *conn)
+    let row = db::principals::insert_token(
+        conn,
+        &token.id,
+        principal_id,
+        &token.hash[..],
+        ttl,
+        created_by,
+    )
     .await
     .map_err(|e| foreign_key_to_not_found(e, "principal", principal_id))?;
-    Ok((token.raw, token_row(row)))
+    Ok((token.raw, row))
 }
 
 /// API tokens, of `principal_id` only when given, after `after` (token
@@ -335,28 +265,14 @@ pub async fn list_tokens(
     after: &str,
     limit: i64,
 ) -> Result<Vec<ApiTokenRow>> {
-    let rows: Vec<ApiTokenTuple> = sqlx::query_as(&format!(
-        "SELECT {API_TOKEN_COLUMNS} FROM admin_api_tokens
-          WHERE ($1::text IS NULL OR principal_id = $1) AND token_id > $2
-          ORDER BY token_id LIMIT $3"
-    ))
-    .bind(principal_id)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(token_row).collect())
+    let mut conn = pool.acquire().await?;
+    db::principals::list_tokens(&mut conn, principal_id, after, limit).await
 }
 
 /// The owner of token `token_id`, with the token's row locked for the rest
 /// of the transaction.
 pub async fn lock_token(conn: &mut sqlx::PgConnection, token_id: &str) -> Result<String> {
-    let owner: Option<String> = sqlx::query_scalar(
-        "SELECT principal_id::text FROM admin_api_tokens WHERE token_id = $1 FOR UPDATE",
-    )
-    .bind(token_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let owner = db::principals::lock_token_owner(conn, token_id).await?;
     owner.ok_or_else(|| Error::not_found("API token", token_id))
 }
 
@@ -367,24 +283,10 @@ pub async fn revoke_token(
     token_id: &str,
     revoked_by: &str,
 ) -> Result<(ApiTokenRow, bool)> {
-    let changed = sqlx::query(
-        "UPDATE admin_api_tokens SET revoked_at = now(), revoked_by = $2
-          WHERE token_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(token_id)
-    .bind(revoked_by)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        > 0;
-    let row: Option<ApiTokenTuple> = sqlx::query_as(&format!(
-        "SELECT {API_TOKEN_COLUMNS} FROM admin_api_tokens WHERE token_id = $1"
-    ))
-    .bind(token_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let changed = db::principals::revoke_token(conn, token_id, revoked_by).await?;
+    let row = db::principals::get_token(conn, token_id).await?;
     let row = row.ok_or_else(|| Error::not_found("API token", token_id))?;
-    Ok((token_row(row), changed))
+    Ok((row, changed))
 }
 
 /// A principal as stored, with its status (`active` or `disabled`).
@@ -406,22 +308,15 @@ pub async fn set_principal_status(
     principal_id: &str,
     enabled: bool,
 ) -> Result<(PrincipalRow, bool)> {
-    let active_owners: Vec<String> = sqlx::query_scalar(
-        "SELECT principal_id::text FROM admin_principals
-          WHERE kind = 'platform-owner' AND status = 'active'
-          ORDER BY principal_id FOR UPDATE",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let row: Option<(String, Option<String>, String, String)> = sqlx::query_as(
-        "SELECT kind, org_id::text, name, status FROM admin_principals
-          WHERE principal_id = $1 FOR UPDATE",
-    )
-    .bind(principal_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let (kind, org, name, status) =
-        row.ok_or_else(|| Error::not_found("principal", principal_id))?;
+    let active_owners = db::principals::lock_active_owners(conn).await?;
+    let db::principals::PrincipalFields {
+        kind,
+        org_id: org,
+        name,
+        status,
+    } = db::principals::lock_principal(conn, principal_id)
+        .await?
+        .ok_or_else(|| Error::not_found("principal", principal_id))?;
     let wanted = if enabled { "active" } else { "disabled" };
     if !enabled
         && kind == Kind::PlatformOwner.name()
@@ -435,11 +330,7 @@ pub async fn set_principal_status(
     }
     let changed = status != wanted;
     if changed {
-        sqlx::query("UPDATE admin_principals SET status = $2 WHERE principal_id = $1")
-            .bind(principal_id)
-            .bind(wanted)
-            .execute(&mut *conn)
-            .await?;
+        db::principals::set_status(conn, principal_id, wanted).await?;
     }
     Ok((
         PrincipalRow {
@@ -486,19 +377,10 @@ pub async fn create_principal_by(
         Kind::OrgAdmin(org) => Some(org.as_str()),
         _ => None,
     };
-    let inserted = sqlx::query(
-        "INSERT INTO admin_principals (principal_id, kind, org_id, name)
-         VALUES ($1, $2, $3, $4) ON CONFLICT (principal_id) DO NOTHING",
-    )
-    .bind(principal_id)
-    .bind(kind.name())
-    .bind(org)
-    .bind(name)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| foreign_key_to_not_found(e, "organization", org.unwrap_or("")))?
-    .rows_affected();
-    if inserted == 0 {
+    let inserted = db::principals::insert_principal(conn, principal_id, kind.name(), org, name)
+        .await
+        .map_err(|e| foreign_key_to_not_found(e, "organization", org.unwrap_or("")))?;
+    if !inserted {
         return Err(Error::AlreadyExists {
             kind: "principal",
             id: principal_id.to_string(),
@@ -517,15 +399,8 @@ pub async fn create_principal_by(
 pub async fn create_first_owner(pool: &PgPool) -> Result<Option<String>> {
     let mut tx = pool.begin().await?;
     // One init at a time.
-    sqlx::query("LOCK TABLE admin_principals IN EXCLUSIVE MODE")
-        .execute(&mut *tx)
-        .await?;
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM admin_principals WHERE kind = 'platform-owner')",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if exists {
+    db::principals::lock_for_init(&mut tx).await?;
+    if db::principals::owner_exists(&mut tx).await? {
         return Ok(None);
     }
     let raw = create_principal_by(
@@ -557,12 +432,9 @@ pub async fn create_first_owner(pool: &PgPool) -> Result<Option<String>> {
 /// revoked.
 pub async fn issue_owner_token(pool: &PgPool, principal_id: &str, ttl: Duration) -> Result<String> {
     let mut tx = pool.begin().await?;
-    let status: Option<(String, String)> = sqlx::query_as(
-        "SELECT kind, status FROM admin_principals WHERE principal_id = $1 FOR UPDATE",
-    )
-    .bind(principal_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let status = db::principals::lock_principal(&mut tx, principal_id)
+        .await?
+        .map(|row| (row.kind, row.status));
     match status {
         None => return Err(Error::not_found("principal", principal_id)),
         Some((kind, _)) if kind != Kind::PlatformOwner.name() => {

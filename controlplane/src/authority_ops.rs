@@ -52,6 +52,7 @@ use crate::audit::{self, Action};
 use crate::auth::Principal;
 use crate::clusters::require_exists;
 use crate::context::Context;
+use crate::db;
 use crate::error::{Error, Result};
 use crate::keys::ClusterKeys;
 use rap_authority::client::orders::{self, PromotionPlan, SurvivorOutcome};
@@ -69,9 +70,6 @@ pub const SURVIVORS_MAX: usize = rap_authority::limits::VOTERS_MAX;
 /// One promotion at a time in this process: a second one waits, then
 /// finds the term moved on.
 static PROMOTIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A storage node row: (node id, address, region, zone, host, role).
-type StorageRow = (String, String, String, String, String, String);
 
 /// The authority crate's refusals as the control plane's.
 fn authority_error(error: rap_authority::Error) -> Error {
@@ -103,18 +101,16 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T>> + Send + 'static,
 {
-    tokio::spawn(work)
+    use tracing::Instrument;
+    tokio::spawn(work.instrument(tracing::Span::current()))
         .await
         .map_err(|e| Error::Internal(format!("authority operation task: {e}")))?
-}
-
-fn term_i64(term: u64) -> Result<i64> {
-    i64::try_from(term).map_err(|_| Error::Internal("authority term overflow".into()))
 }
 
 /// Loss-of-quorum recovery: re-forms the cluster's authority group at term
 /// T+1 from the named survivors (see the module docs for the order of
 /// PostgreSQL and the storage nodes). Platform owner only; audited.
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id)))]
 pub async fn promote(
     ctx: &Context,
     principal: &Principal,
@@ -178,17 +174,11 @@ async fn promote_now(
 
     let mut tx = ctx.pool.begin().await?;
     require_exists(&mut tx, cluster_id).await?;
-    let row: Option<(i64, String, Vec<String>)> = sqlx::query_as(
-        "SELECT authority_term, reason, survivors FROM cluster_authority_terms
-          WHERE cluster_id = $1 AND ended_at IS NULL FOR UPDATE",
-    )
-    .bind(cluster_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((term, reason, recorded_survivors)) = row else {
+    let Some(current) = db::authority_terms::lock_current(&mut tx, cluster_id).await? else {
         return Err(Error::NotBootstrapped(cluster_id.to_string()));
     };
-    let term = u64::try_from(term).map_err(|_| Error::Internal("negative term".into()))?;
+    let term = current.term()?;
+    let (reason, recorded_survivors) = (current.reason, current.survivors);
     if term != request.expected_term {
         return Err(Error::FailedPrecondition(format!(
             "the current authority term of cluster {cluster_id} is {term}, not the expected {}: \
@@ -197,28 +187,23 @@ async fn promote_now(
             request.expected_term
         )));
     }
-    let storage: Vec<StorageRow> = sqlx::query_as(
-        "SELECT node_id, address, region, zone, host, role FROM storage_nodes
-          WHERE cluster_id = $1 ORDER BY node_id",
-    )
-    .bind(cluster_id)
-    .fetch_all(&mut *tx)
-    .await?;
+    let storage = db::storage_nodes::all(&mut tx, cluster_id).await?;
     let mut specs = Vec::with_capacity(request.survivors.len());
     for id in &request.survivors {
-        match storage.iter().find(|row| &row.0 == id) {
-            Some((node_id, address, region, zone, host, role)) if role == "voter" => {
+        match storage.iter().find(|row| &row.node_id == id) {
+            Some(row) if row.role == "voter" => {
                 specs.push(pb::VoterSpec {
-                    node_id: node_id.clone(),
-                    address: address.clone(),
+                    node_id: row.node_id.clone(),
+                    address: row.address.clone(),
                     domain: Some(pb::FailureDomain {
-                        region: region.clone(),
-                        zone: zone.clone(),
-                        host: host.clone(),
+                        region: row.region.clone(),
+                        zone: row.zone.clone(),
+                        host: row.host.clone(),
                     }),
                 });
             }
-            Some((_, _, _, _, _, role)) => {
+            Some(row) => {
+                let role = &row.role;
                 return Err(Error::FailedPrecondition(format!(
                     "survivor {id} is a {role} of cluster {cluster_id}, not a voter: only recorded voters can be survivors"
                 )));
@@ -230,7 +215,7 @@ async fn promote_now(
             }
         }
     }
-    let network = ctx.authority.network(cluster_id)?;
+    let network = ctx.authority.load_network(cluster_id).await?;
     let keys = ClusterKeys::load(&ctx.keys_dir, &cluster)?;
     let plan = orders::plan_promotion(&network, &cluster, &specs, None)
         .await
@@ -331,35 +316,17 @@ async fn record_promotion(
     plan: &PromotionPlan,
     action: &Action,
 ) -> Result<Vec<String>> {
-    let old = term_i64(plan.current_term.0)?;
-    let new = term_i64(plan.new_term.0)?;
     let survivors = plan.survivor_ids();
-    sqlx::query(
-        "UPDATE cluster_authority_terms SET ended_at = now()
-          WHERE cluster_id = $1 AND authority_term = $2 AND ended_at IS NULL",
+    db::authority_terms::advance(
+        tx,
+        cluster_id,
+        plan.current_term.0,
+        plan.new_term.0,
+        db::authority_terms::TermReason::Promotion,
+        &survivors,
     )
-    .bind(cluster_id)
-    .bind(old)
-    .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO cluster_authority_terms (cluster_id, authority_term, last_seq, reason, survivors)
-         VALUES ($1, $2, 0, 'promotion', $3)",
-    )
-    .bind(cluster_id)
-    .bind(new)
-    .bind(&survivors)
-    .execute(&mut *tx)
-    .await?;
-    let retired: Vec<String> = sqlx::query_scalar(
-        "UPDATE storage_nodes SET role = 'retired', updated_at = now()
-          WHERE cluster_id = $1 AND role IN ('voter', 'learner') AND NOT (node_id = ANY($2))
-          RETURNING node_id",
-    )
-    .bind(cluster_id)
-    .bind(&survivors)
-    .fetch_all(&mut *tx)
-    .await?;
+    let retired = db::storage_nodes::retire_all_but(tx, cluster_id, &survivors).await?;
     audit::record_ok(
         tx,
         action,
@@ -423,7 +390,7 @@ async fn observe(
     {
         status.last_fence_seq = last_seq;
     }
-    let network = ctx.authority.network(cluster.as_str()).ok();
+    let network = ctx.authority.load_network(cluster.as_str()).await.ok();
     for node in nodes {
         let mut observation = pb::PartitionObservation {
             node_id: node.node_id.clone(),
@@ -458,8 +425,91 @@ async fn observe(
     status
 }
 
+/// The authority group as its storage nodes see it; every answer is
+/// recorded in `cluster_partitions` (platform principals only).
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(cluster_id)))]
+pub async fn status(
+    ctx: &Context,
+    principal: &Principal,
+    cluster_id: &str,
+) -> Result<pb::AuthorityStatus> {
+    principal.require_platform()?;
+    let mut conn = ctx.pool.acquire().await?;
+    require_exists(&mut conn, cluster_id).await?;
+    let (term, last_seq) = crate::clusters::current_term(&mut conn, cluster_id)
+        .await?
+        .unwrap_or((0, 0));
+    let storage = crate::db::storage_nodes::not_retired_by_id(&mut conn, cluster_id).await?;
+    drop(conn);
+    let network = ctx.authority.load_network(cluster_id).await?;
+    let mut status = pb::AuthorityStatus {
+        cluster_id: cluster_id.to_string(),
+        authority_term: term,
+        last_fence_seq: last_seq,
+        ..Default::default()
+    };
+    for crate::db::storage_nodes::StorageAddress { node_id, address } in storage {
+        let mut observation = pb::PartitionObservation {
+            node_id: node_id.clone(),
+            view: pb::PartitionView::Unspecified as i32,
+            observed_at_unix_ms: rap_proto::time::UnixMillis::now().0,
+            ..Default::default()
+        };
+        if let Ok(mut client) = rap_authority::client::authority_client(
+            &network,
+            &address,
+            &rap_core::tls::pin::ExpectedPeer::storage_named(&node_id),
+        ) {
+            let call = client.status(pb::AuthorityStatusRequest {
+                cluster_id: cluster_id.to_string(),
+            });
+            if let Ok(Ok(answer)) = tokio::time::timeout(crate::limits::FENCE_TIMEOUT, call).await {
+                let answer = answer.into_inner();
+                observation.view = answer.partition_view;
+                observation.reachable_voters =
+                    u32::try_from(answer.voters.iter().filter(|v| v.reachable).count())
+                        .unwrap_or(0);
+                observation.total_voters = u32::try_from(answer.voters.len()).unwrap_or(0);
+                if status.leader_id.is_empty() {
+                    status.leader_id = answer.leader_id.clone();
+                }
+            }
+        }
+        let view = match pb::PartitionView::try_from(observation.view)
+            .unwrap_or(pb::PartitionView::Unspecified)
+        {
+            pb::PartitionView::Healthy => "healthy",
+            pb::PartitionView::Degraded => "degraded",
+            pb::PartitionView::Minority => "minority",
+            pb::PartitionView::Fenced => "fenced",
+            pb::PartitionView::Unspecified => "unreachable",
+        };
+        crate::db::partitions::insert(
+            &mut *ctx.pool.acquire().await?,
+            cluster_id,
+            crate::db::partitions::Observation {
+                node_id: &node_id,
+                view,
+                reachable_voters: i32::try_from(observation.reachable_voters).unwrap_or(0),
+                total_voters: i32::try_from(observation.total_voters).unwrap_or(0),
+                authority_term: i64::try_from(term).unwrap_or(0),
+            },
+        )
+        .await?;
+        status.observations.push(observation);
+    }
+    Ok(status)
+}
+
 /// Brings a retired storage node back into the cluster's current term as a
 /// voter (see the module docs). Platform owner only; audited.
+#[tracing::instrument(
+    skip_all,
+    fields(
+        cluster_id = crate::audit::field(&request.cluster_id),
+        node_id = crate::audit::field(&request.node_id),
+    )
+)]
 pub async fn rejoin(
     ctx: &Context,
     principal: &Principal,
@@ -495,37 +545,32 @@ async fn rejoin_now(
     let Some((term, _)) = crate::clusters::current_term(&mut conn, cluster_id).await? else {
         return Err(Error::NotBootstrapped(cluster_id.to_string()));
     };
-    let row: Option<StorageRow> = sqlx::query_as(
-        "SELECT node_id, address, region, zone, host, role FROM storage_nodes
-          WHERE cluster_id = $1 AND node_id = $2",
-    )
-    .bind(cluster_id)
-    .bind(node_id.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((_, address, region, zone, host, role)) = row else {
+    let Some(row) = db::storage_nodes::get(&mut conn, cluster_id, node_id.as_str()).await? else {
         return Err(Error::not_found("storage node", node_id.as_str()));
     };
+    let db::storage_nodes::StorageNode {
+        address,
+        region,
+        zone,
+        host,
+        role,
+        ..
+    } = row;
     if role != "retired" {
         return Err(Error::FailedPrecondition(format!(
             "storage node {node_id} is a {role} of cluster {cluster_id}, not retired: only a \
              retired storage node (a voter left out of a promotion) can rejoin"
         )));
     }
-    let group: Vec<pb::VoterSpec> = sqlx::query_as::<_, (String, String)>(
-        "SELECT node_id, address FROM storage_nodes
-          WHERE cluster_id = $1 AND role = 'voter' ORDER BY node_id",
-    )
-    .bind(cluster_id)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|(node_id, address)| pb::VoterSpec {
-        node_id,
-        address,
-        domain: None,
-    })
-    .collect();
+    let group: Vec<pb::VoterSpec> = db::storage_nodes::voters(&mut conn, cluster_id)
+        .await?
+        .into_iter()
+        .map(|row| pb::VoterSpec {
+            node_id: row.node_id,
+            address: row.address,
+            domain: None,
+        })
+        .collect();
     drop(conn);
     if group.is_empty() {
         return Err(Error::FailedPrecondition(format!(
@@ -537,7 +582,7 @@ async fn rejoin_now(
         address,
         domain: Some(pb::FailureDomain { region, zone, host }),
     };
-    let network = ctx.authority.network(cluster_id)?;
+    let network = ctx.authority.load_network(cluster_id).await?;
     let keys = ClusterKeys::load(&ctx.keys_dir, &cluster)?;
     let report = orders::rejoin_member(
         &network,
@@ -551,27 +596,14 @@ async fn rejoin_now(
     .map_err(authority_error)?;
 
     let mut tx = ctx.pool.begin().await?;
-    let current: Option<i64> = sqlx::query_scalar(
-        "SELECT authority_term FROM cluster_authority_terms
-          WHERE cluster_id = $1 AND ended_at IS NULL FOR UPDATE",
-    )
-    .bind(cluster_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if current != Some(term_i64(term)?) {
+    let current = db::authority_terms::lock_current(&mut tx, cluster_id).await?;
+    if current.map(|row| row.term()).transpose()? != Some(term) {
         return Err(Error::FailedPrecondition(format!(
             "the authority term of cluster {cluster_id} moved on from {term} during the rejoin; \
              {node_id} joined term {term}: check `rapctl authority status {cluster_id}`"
         )));
     }
-    sqlx::query(
-        "UPDATE storage_nodes SET role = 'voter', updated_at = now()
-          WHERE cluster_id = $1 AND node_id = $2 AND role = 'retired'",
-    )
-    .bind(cluster_id)
-    .bind(node_id.as_str())
-    .execute(&mut *tx)
-    .await?;
+    db::storage_nodes::unretire(&mut tx, cluster_id, node_id.as_str()).await?;
     audit::record_ok(
         &mut tx,
         action,

@@ -3,6 +3,7 @@
 use crate::audit::{self, Action};
 use crate::auth::Principal;
 use crate::context::Context;
+use crate::db;
 use crate::error::{Error, Result};
 use crate::keys::ClusterKeys;
 use crate::page::Page;
@@ -19,24 +20,28 @@ pub async fn current_term(
     conn: &mut sqlx::PgConnection,
     cluster_id: &str,
 ) -> Result<Option<(u64, u64)>> {
-    let row: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT authority_term, last_seq FROM cluster_authority_terms
-          WHERE cluster_id = $1 AND ended_at IS NULL",
-    )
-    .bind(cluster_id)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|(t, s)| (u64::try_from(t).unwrap_or(0), u64::try_from(s).unwrap_or(0))))
+    let row = db::authority_terms::current(conn, cluster_id).await?;
+    Ok(row.map(|row| {
+        (
+            u64::try_from(row.authority_term).unwrap_or(0),
+            row.last_seq(),
+        )
+    }))
+}
+
+/// Loads a cluster's key files on a blocking thread: loading reads files
+/// and may re-issue a certificate (with fsync), which must not stall an
+/// async thread, least of all inside a fenced transaction.
+pub async fn load_keys(keys_dir: &std::path::Path, cluster: &ClusterId) -> Result<ClusterKeys> {
+    let (keys_dir, cluster) = (keys_dir.to_path_buf(), cluster.clone());
+    tokio::task::spawn_blocking(move || ClusterKeys::load(&keys_dir, &cluster))
+        .await
+        .map_err(|e| Error::Internal(format!("loading cluster keys: {e}")))?
 }
 
 /// Fails with `NOT_FOUND` unless the cluster exists.
 pub async fn require_exists(conn: &mut sqlx::PgConnection, cluster_id: &str) -> Result<()> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM clusters WHERE cluster_id = $1)")
-            .bind(cluster_id)
-            .fetch_one(conn)
-            .await?;
-    if exists {
+    if db::clusters::exists(conn, cluster_id).await? {
         Ok(())
     } else {
         Err(Error::not_found("cluster", cluster_id))
@@ -45,6 +50,7 @@ pub async fn require_exists(conn: &mut sqlx::PgConnection, cluster_id: &str) -> 
 
 /// Creates a cluster: its CA and snapshot-signing key (files under the
 /// keys directory) and its row. Platform principals only.
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(cluster_id)))]
 pub async fn create(
     ctx: &Context,
     principal: &Principal,
@@ -69,12 +75,7 @@ pub async fn create(
             });
         }
         let mut tx = ctx.pool.begin().await?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM clusters WHERE cluster_id = $1)")
-                .bind(cluster_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        if exists {
+        if db::clusters::exists(&mut tx, cluster_id).await? {
             return Err(Error::AlreadyExists {
                 kind: "cluster",
                 id: cluster_id.to_string(),
@@ -85,17 +86,20 @@ pub async fn create(
             Ok(keys) => keys,
             Err(_) => ClusterKeys::create(&ctx.keys_dir, &cluster)?,
         };
-        sqlx::query(
-            "INSERT INTO clusters (cluster_id, name, ca_fingerprint, ca_cert_pem, signing_key_id, trust_root)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+        let signing_key_id = keys.signing_key_id_hex();
+        let ca_fingerprint = keys.ca_fingerprint();
+        let trust_root = keys.trust_root_bytes();
+        db::clusters::insert(
+            &mut tx,
+            db::clusters::NewCluster {
+                cluster_id,
+                name,
+                ca_fingerprint: &ca_fingerprint,
+                ca_cert_pem: keys.ca_cert_pem(),
+                signing_key_id: &signing_key_id,
+                trust_root,
+            },
         )
-        .bind(cluster_id)
-        .bind(name)
-        .bind(keys.ca_fingerprint())
-        .bind(keys.ca_cert_pem())
-        .bind(keys.signing_key_id_hex())
-        .bind(keys.trust_root_bytes())
-        .execute(&mut *tx)
         .await?;
         audit::record_ok(
             &mut tx,
@@ -123,13 +127,10 @@ pub async fn list(
 ) -> Result<(Vec<pb::Cluster>, String)> {
     principal.require_platform()?;
     let page = Page::from_pb(page);
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT cluster_id FROM clusters WHERE cluster_id > $1 ORDER BY cluster_id LIMIT $2",
-    )
-    .bind(&page.after)
-    .bind(page.limit())
-    .fetch_all(&ctx.pool)
-    .await?;
+    let ids = {
+        let mut conn = ctx.pool.acquire().await?;
+        db::clusters::list_ids(&mut conn, &page.after, page.limit()).await?
+    };
     let mut clusters = Vec::with_capacity(ids.len());
     for id in &ids {
         clusters.push(get_unchecked(ctx, id).await?);
@@ -145,73 +146,53 @@ pub async fn get(ctx: &Context, principal: &Principal, cluster_id: &str) -> Resu
 }
 
 async fn get_unchecked(ctx: &Context, cluster_id: &str) -> Result<pb::Cluster> {
-    type Row = (
-        String,
-        String,
-        String,
-        String,
-        i64,
-        Option<i64>,
-        Option<i64>,
-        i64,
-    );
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT c.cluster_id, c.name, c.ca_fingerprint, c.signing_key_id,
-                (extract(epoch FROM c.created_at) * 1000)::bigint,
-                t.authority_term, t.last_seq,
-                (SELECT count(*) FROM cluster_memberships m
-                  WHERE m.cluster_id = c.cluster_id AND m.membership_status = 'active')
-           FROM clusters c
-           LEFT JOIN cluster_authority_terms t
-                  ON t.cluster_id = c.cluster_id AND t.ended_at IS NULL
-          WHERE c.cluster_id = $1",
-    )
-    .bind(cluster_id)
-    .fetch_optional(&ctx.pool)
-    .await?;
-    let Some((id, name, ca, key, created, term, seq, active)) = row else {
+    let mut conn = ctx.pool.acquire().await?;
+    let Some(row) = db::clusters::overview(&mut conn, cluster_id).await? else {
         return Err(Error::not_found("cluster", cluster_id));
     };
     Ok(pb::Cluster {
-        cluster_id: id,
-        name,
-        authority_term: term.and_then(|t| u64::try_from(t).ok()).unwrap_or(0),
-        ca_fingerprint: ca,
-        signing_key_id: key,
-        created_at_unix_ms: created,
-        last_fence_seq: seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
-        storage_nodes: storage_endpoints(&ctx.pool, cluster_id).await?,
-        active_nodes: u32::try_from(active).unwrap_or(u32::MAX),
+        cluster_id: row.cluster_id,
+        name: row.name,
+        authority_term: row
+            .authority_term
+            .and_then(|t| u64::try_from(t).ok())
+            .unwrap_or(0),
+        ca_fingerprint: row.ca_fingerprint,
+        signing_key_id: row.signing_key_id,
+        created_at_unix_ms: row.created_at_unix_ms,
+        last_fence_seq: row
+            .last_seq
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(0),
+        storage_nodes: storage_endpoints(&mut conn, cluster_id).await?,
+        active_nodes: u32::try_from(row.active_nodes).unwrap_or(u32::MAX),
     })
 }
 
 /// The recorded storage nodes of a cluster, voters first.
 pub async fn storage_endpoints(
-    pool: &sqlx::PgPool,
+    conn: &mut sqlx::PgConnection,
     cluster_id: &str,
 ) -> Result<Vec<pb::StorageEndpoint>> {
-    let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
-        "SELECT node_id, address, region, zone, host FROM storage_nodes
-          WHERE cluster_id = $1 AND role <> 'retired' ORDER BY role DESC, node_id",
-    )
-    .bind(cluster_id)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
+    Ok(db::storage_nodes::not_retired(conn, cluster_id)
+        .await?
         .into_iter()
-        .map(
-            |(node_id, address, region, zone, host)| pb::StorageEndpoint {
-                node_id,
-                address,
-                domain: Some(pb::FailureDomain { region, zone, host }),
-            },
-        )
+        .map(|row| pb::StorageEndpoint {
+            node_id: row.node_id,
+            address: row.address,
+            domain: Some(pb::FailureDomain {
+                region: row.region,
+                zone: row.zone,
+                host: row.host,
+            }),
+        })
         .collect())
 }
 
 /// Initializes the cluster's authority group on running `rap-configstore`
 /// nodes, records them in `storage_nodes` and writes authority term 1.
 /// Platform-owner or platform-admin.
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id)))]
 pub async fn bootstrap(
     ctx: &Context,
     principal: &Principal,
@@ -250,13 +231,9 @@ pub async fn bootstrap(
                 "cluster {cluster_id} is already bootstrapped (authority term {term})"
             )));
         }
-        let trust_root: Vec<u8> =
-            sqlx::query_scalar("SELECT trust_root FROM clusters WHERE cluster_id = $1")
-                .bind(cluster_id)
-                .fetch_one(&mut *conn)
-                .await?;
+        let trust_root = db::clusters::trust_root(&mut conn, cluster_id).await?;
         drop(conn);
-        let network = ctx.authority.network(cluster_id)?;
+        let network = ctx.authority.load_network(cluster_id).await?;
         let bootstrap = pb::BootstrapGroupRequest {
             cluster_id: cluster_id.to_string(),
             voters: request.voters.clone(),
@@ -278,35 +255,21 @@ pub async fn bootstrap(
                 },
                 e => Error::AuthorityUnreachable(e.to_string()),
             })?;
-        let term = i64::try_from(answer.authority_term)
-            .map_err(|_| Error::Internal("authority term overflow".into()))?;
         let mut tx = ctx.pool.begin().await?;
         for member in &members {
-            sqlx::query(
-                "INSERT INTO storage_nodes (cluster_id, node_id, address, region, zone, host, role)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'voter')
-                 ON CONFLICT (cluster_id, node_id) DO UPDATE
-                   SET address = EXCLUDED.address, region = EXCLUDED.region, zone = EXCLUDED.zone,
-                       host = EXCLUDED.host, role = 'voter', updated_at = now()",
-            )
-            .bind(cluster_id)
-            .bind(&member.node_id)
-            .bind(&member.address)
-            .bind(&member.region)
-            .bind(&member.zone)
-            .bind(&member.host)
-            .execute(&mut *tx)
-            .await?;
+            let node = db::storage_nodes::StorageNode {
+                node_id: member.node_id.clone(),
+                address: member.address.clone(),
+                region: member.region.clone(),
+                zone: member.zone.clone(),
+                host: member.host.clone(),
+                role: "voter".to_string(),
+            };
+            db::storage_nodes::upsert_voter(&mut tx, cluster_id, &node).await?;
         }
-        sqlx::query(
-            "INSERT INTO cluster_authority_terms (cluster_id, authority_term, reason, survivors)
-             VALUES ($1, $2, 'bootstrap', $3)",
-        )
-        .bind(cluster_id)
-        .bind(term)
-        .bind(members.iter().map(|m| m.node_id.clone()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+        let voters: Vec<String> = members.iter().map(|m| m.node_id.clone()).collect();
+        db::authority_terms::insert_first(&mut tx, cluster_id, answer.authority_term, &voters)
+            .await?;
         audit::record_ok(
             &mut tx,
             &action,

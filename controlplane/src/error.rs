@@ -289,16 +289,45 @@ impl Error {
         }
     }
 
-    /// Whether the same call may succeed if sent again later (load,
-    /// rate, quorum); the caller should back off first.
+    /// Whether the same call may succeed if sent again later unchanged
+    /// (load, rate, quorum, an unreachable authority group, a database
+    /// that is down or out of connections); the caller should back off
+    /// first. Refusals (bad input, permissions, state, stale fences) are
+    /// not retryable: sending the same call again gets the same answer.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::Overloaded(_)
-                | Error::RateLimited { .. }
-                | Error::NoQuorum { .. }
-                | Error::AuthorityUnreachable(_)
-        )
+            | Error::RateLimited { .. }
+            | Error::NoQuorum { .. }
+            | Error::AuthorityUnreachable(_) => true,
+            Error::Database(e) => is_transient_database_error(e),
+            Error::InvalidArgument(_)
+            | Error::Oversize { .. }
+            | Error::NotFound { .. }
+            | Error::AlreadyExists { .. }
+            | Error::Token(_)
+            | Error::BadProof(_)
+            | Error::Replay(_)
+            | Error::FailedPrecondition(_)
+            | Error::MissingCapability { .. }
+            | Error::NoMembership { .. }
+            | Error::GroupCycle(_)
+            | Error::Unauthenticated(_)
+            | Error::ApiTokenExpired(_)
+            | Error::ApiTokenRevoked(_)
+            | Error::PrincipalDisabled(_)
+            | Error::PermissionDenied(_)
+            | Error::StaleFence(_)
+            | Error::NotBootstrapped(_)
+            | Error::Authority { .. }
+            | Error::Keys(_)
+            | Error::Migrate(_)
+            | Error::KeyRevoked(_)
+            | Error::ReservedId(_)
+            | Error::NotImplemented(_)
+            | Error::Config { .. }
+            | Error::Internal(_) => false,
+        }
     }
 
     /// How long to wait before a retry, when the refusal says.
@@ -320,6 +349,24 @@ impl Error {
     /// Shortcut for [`Error::InvalidArgument`].
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidArgument(message.into())
+    }
+}
+
+/// Whether a database failure is transient: the server or the network is
+/// down, or no pooled connection was free in time. A statement the database
+/// refused (constraint, syntax, missing row, decoding) is not.
+fn is_transient_database_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        // Serialization failures and deadlocks (SQLSTATE class 40) may
+        // succeed when the transaction is run again.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("40")),
+        _ => false,
     }
 }
 
@@ -376,5 +423,43 @@ impl From<Error> for tonic::Status {
             detail.encode_to_vec().into(),
             metadata,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: transient failures are retryable and refusals are not.
+    // Method: classify one error of each kind, including two database
+    // failures (an exhausted pool and a missing row).
+    #[test]
+    fn retryable_means_transient() {
+        let transient = [
+            Error::NoQuorum {
+                reachable_voters: 1,
+                total_voters: 3,
+            },
+            Error::AuthorityUnreachable("down".into()),
+            Error::Overloaded("busy".into()),
+            Error::Database(sqlx::Error::PoolTimedOut),
+        ];
+        for error in &transient {
+            assert!(error.is_retryable(), "{} should be retryable", error.code());
+        }
+        let refusals = [
+            Error::StaleFence("old".into()),
+            Error::NotBootstrapped("c1".into()),
+            Error::PermissionDenied("no".into()),
+            Error::Internal("bug".into()),
+            Error::Database(sqlx::Error::RowNotFound),
+        ];
+        for error in &refusals {
+            assert!(
+                !error.is_retryable(),
+                "{} should not be retryable",
+                error.code()
+            );
+        }
     }
 }

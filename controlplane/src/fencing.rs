@@ -19,6 +19,7 @@
 //! (a fence is a few milliseconds).
 
 use crate::audit::{self, Action, FenceRef};
+use crate::db;
 use crate::error::{Error, Result};
 use rap_authority::client::authority_client;
 use rap_authority::network::NetworkConfig;
@@ -26,7 +27,7 @@ use rap_core::tls::live::LiveIdentity;
 use rap_core::tls::pin::{ExpectedPeer, PeerTls};
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -86,13 +87,12 @@ impl AuthorityClients {
         }
     }
 
-    /// The network settings towards `cluster_id`'s storage nodes.
+    /// The network settings towards `cluster_id`'s storage nodes, from the
+    /// cache or loaded now. Loading reads (and may renew, with fsync) key
+    /// files on this thread: async code calls [`Self::load_network`].
     pub fn network(&self, cluster_id: &str) -> Result<NetworkConfig> {
-        if let Ok(cache) = self.networks.lock()
-            && let Some((loaded, network)) = cache.get(cluster_id)
-            && loaded.elapsed() < NETWORK_CACHE_TTL
-        {
-            return Ok(network.clone());
+        if let Some(network) = self.cached_network(cluster_id) {
+            return Ok(network);
         }
         let network = match &self.transport {
             StorageTransport::InsecurePlaintext => NetworkConfig::default(),
@@ -116,6 +116,27 @@ impl AuthorityClients {
             );
         }
         Ok(network)
+    }
+
+    /// [`Self::network`] for async callers: a cached entry at once, else
+    /// the keys are loaded on a blocking thread (`spawn_blocking`). The
+    /// fenced transaction calls this before `BEGIN`, so no key file is read
+    /// while the authority row is locked.
+    pub async fn load_network(&self, cluster_id: &str) -> Result<NetworkConfig> {
+        if let Some(network) = self.cached_network(cluster_id) {
+            return Ok(network);
+        }
+        let clients = self.clone();
+        let cluster_id = cluster_id.to_string();
+        tokio::task::spawn_blocking(move || clients.network(&cluster_id))
+            .await
+            .map_err(|e| Error::Internal(format!("loading network settings: {e}")))?
+    }
+
+    fn cached_network(&self, cluster_id: &str) -> Option<NetworkConfig> {
+        let cache = self.networks.lock().ok()?;
+        let (loaded, network) = cache.get(cluster_id)?;
+        (loaded.elapsed() < NETWORK_CACHE_TTL).then(|| network.clone())
     }
 
     /// Asks the storage nodes `peers`, in order, until one grants a
@@ -270,17 +291,13 @@ pub async fn storage_peers(
     conn: &mut sqlx::PgConnection,
     cluster_id: &str,
 ) -> Result<Vec<StoragePeer>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT node_id, address FROM storage_nodes
-          WHERE cluster_id = $1 AND role IN ('voter', 'learner')
-          ORDER BY role DESC, node_id",
-    )
-    .bind(cluster_id)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
+    Ok(db::storage_nodes::peers(conn, cluster_id)
+        .await?
         .into_iter()
-        .map(|(node_id, address)| StoragePeer { node_id, address })
+        .map(|row| StoragePeer {
+            node_id: row.node_id,
+            address: row.address,
+        })
         .collect())
 }
 
@@ -305,6 +322,19 @@ impl std::fmt::Debug for Fenced {
 
 impl Fenced {
     /// Begins the fenced transaction for `action` (which names the cluster).
+    ///
+    /// The network settings towards the cluster's group are loaded first,
+    /// off the async threads and before `BEGIN`; a failure to load them is
+    /// reported where the fence would be asked for, so the refusals keep
+    /// their order (unknown cluster, not bootstrapped, no storage node,
+    /// then keys).
+    #[tracing::instrument(
+        skip_all,
+        fields(
+            cluster_id = action.cluster_id.as_deref().unwrap_or(""),
+            action = action.action,
+        )
+    )]
     pub async fn begin(
         pool: &PgPool,
         clients: &AuthorityClients,
@@ -314,30 +344,23 @@ impl Fenced {
             .cluster_id
             .clone()
             .ok_or_else(|| Error::Internal(format!("{} names no cluster", action.action)))?;
+        let network = clients.load_network(&cluster_id).await;
         let mut tx = pool.begin().await?;
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT authority_term, last_seq FROM cluster_authority_terms
-              WHERE cluster_id = $1 AND ended_at IS NULL FOR UPDATE",
-        )
-        .bind(&cluster_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((term, _last_seq)) = row else {
-            let exists: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM clusters WHERE cluster_id = $1)")
-                    .bind(&cluster_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            return Err(if exists {
+        let Some(current) = db::authority_terms::lock_current(&mut tx, &cluster_id).await? else {
+            return Err(if db::clusters::exists(&mut tx, &cluster_id).await? {
                 Error::NotBootstrapped(cluster_id)
             } else {
                 Error::not_found("cluster", cluster_id)
             });
         };
         let peers = storage_peers(&mut tx, &cluster_id).await?;
-        let term_u64 = u64::try_from(term).map_err(|_| Error::Internal("negative term".into()))?;
+        if let Err(e) = network
+            && !peers.is_empty()
+        {
+            return Err(e);
+        }
         let fence = clients
-            .acquire_fence(&cluster_id, &peers, term_u64, action.action)
+            .acquire_fence(&cluster_id, &peers, current.term()?, action.action)
             .await?;
         if fence.cluster_id != cluster_id {
             return Err(Error::Internal(format!(
@@ -345,37 +368,8 @@ impl Fenced {
                 fence.cluster_id
             )));
         }
-        let seq = i64::try_from(fence.seq).map_err(|_| Error::StaleFence("seq overflow".into()))?;
-        let fence_term = i64::try_from(fence.authority_term)
-            .map_err(|_| Error::StaleFence("term overflow".into()))?;
-        let updated = sqlx::query(
-            "UPDATE cluster_authority_terms SET last_seq = $3
-              WHERE cluster_id = $1 AND authority_term = $2 AND ended_at IS NULL AND last_seq < $3",
-        )
-        .bind(&cluster_id)
-        .bind(fence_term)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated != 1 {
-            let current: Option<(i64, i64)> = sqlx::query_as(
-                "SELECT authority_term, last_seq FROM cluster_authority_terms
-                  WHERE cluster_id = $1 AND ended_at IS NULL",
-            )
-            .bind(&cluster_id)
-            .fetch_optional(&mut *tx)
+        db::authority_terms::record_fence(&mut tx, &cluster_id, fence.authority_term, fence.seq)
             .await?;
-            return Err(Error::StaleFence(match current {
-                Some((t, _)) if t != fence_term => {
-                    format!("fence of authority term {fence_term}, but term {t} is current")
-                }
-                Some((_, last)) => {
-                    format!("fence seq {seq} is not newer than {last}, already used")
-                }
-                None => "no current authority term".to_string(),
-            }));
-        }
         tracing::debug!(cluster_id = %cluster_id, term = fence.authority_term, seq = fence.seq, action = action.action, "fence checked");
         Ok(Fenced {
             tx,
@@ -396,24 +390,40 @@ impl Fenced {
     }
 }
 
-/// Runs a fenced mutation: `begin`, then `apply` inside the transaction,
-/// then `commit`; any error is audited as a refusal and nothing changes.
-pub async fn run<T, F>(
+/// Runs a fenced mutation in two steps:
+/// 1. `checked`, the result of the caller's precheck (permissions, input):
+///    an error is audited as a refusal and returned; nothing is asked of
+///    the authority group.
+/// 2. `begin`, then `apply(conn, fence, checked)` inside the transaction,
+///    then `commit` with the details `apply` returns; any error is audited
+///    as a refusal and nothing changes.
+///
+/// `checked` carries what the apply step needs (validated ids, ...). It
+/// should own its data: with a borrowed `C`, the returned future is not
+/// `Send` for every lifetime and tonic handlers refuse it. The closure may
+/// borrow the caller's locals (`request`, `ctx`) freely.
+///
+/// ```ignore
+/// let checked = principal.require_platform().and_then(|()| validate(&request));
+/// fencing::run(&ctx.pool, &ctx.authority, action, checked, async |tx, fence, target| {
+///     let (term, seq) = fence_columns(fence)?;
+///     let by = db::roles::remove(tx, target.key(), &removed_by, term, seq).await?;
+///     Ok((target.to_pb("removed", by.unwrap_or_default()), serde_json::json!({})))
+/// })
+/// .await
+/// ```
+pub async fn run<C, T>(
     pool: &PgPool,
     clients: &AuthorityClients,
     action: Action,
-    apply: F,
-) -> Result<T>
-where
-    F: for<'t> FnOnce(
-        &'t mut Transaction<'static, Postgres>,
-        FenceRef,
-    ) -> futures::future::BoxFuture<'t, Result<(T, serde_json::Value)>>,
-{
+    checked: Result<C>,
+    apply: impl AsyncFnOnce(&mut PgConnection, FenceRef, C) -> Result<(T, serde_json::Value)>,
+) -> Result<T> {
+    let checked = audit::refuse_unless(pool, &action, checked).await?;
     let result = async {
         let mut fenced = Fenced::begin(pool, clients, &action).await?;
         let fence = fenced.fence;
-        let (value, details) = apply(&mut fenced.tx, fence).await?;
+        let (value, details) = apply(&mut fenced.tx, fence, checked).await?;
         fenced.commit(details).await?;
         Ok(value)
     }
@@ -422,23 +432,21 @@ where
 }
 
 /// Runs a mutation that needs no fence (say why in `unfenced_because`,
-/// recorded with the audit event): `apply` in one transaction, then the
-/// audit event, then commit; any error is audited as a refusal and nothing
-/// changes.
-pub async fn run_unfenced<T, F>(
+/// recorded with the audit event), in the same two steps as [`run`]:
+/// `checked` (a refusal is audited and returned), then `apply` in one
+/// transaction, then the audit event, then commit; any error is audited as
+/// a refusal and nothing changes.
+pub async fn run_unfenced<C, T>(
     pool: &PgPool,
     action: Action,
     unfenced_because: &'static str,
-    apply: F,
-) -> Result<T>
-where
-    F: for<'t> FnOnce(
-        &'t mut sqlx::PgConnection,
-    ) -> futures::future::BoxFuture<'t, Result<(T, serde_json::Value)>>,
-{
+    checked: Result<C>,
+    apply: impl AsyncFnOnce(&mut PgConnection, C) -> Result<(T, serde_json::Value)>,
+) -> Result<T> {
+    let checked = audit::refuse_unless(pool, &action, checked).await?;
     let result = async {
         let mut tx = pool.begin().await?;
-        let (value, mut details) = apply(&mut tx).await?;
+        let (value, mut details) = apply(&mut tx, checked).await?;
         details["unfenced"] = serde_json::json!(unfenced_because);
         audit::record_ok(&mut tx, &action, None, details).await?;
         tx.commit().await?;

@@ -15,6 +15,7 @@ use crate::audit::{self, Action};
 use crate::auth::Principal;
 use crate::clusters::require_exists;
 use crate::context::Context;
+use crate::db;
 use crate::error::{Error, Result};
 use crate::roles::require_membership;
 use rap_proto::ids::{ClusterId, GroupId, NodeId};
@@ -55,26 +56,12 @@ pub fn is_group_cycle(error: &sqlx::Error) -> bool {
         .is_some_and(|pg| pg.hint() == Some(GROUP_CYCLE_HINT))
 }
 
-async fn group_exists(
-    conn: &mut sqlx::PgConnection,
-    cluster_id: &str,
-    group_id: &str,
-) -> Result<bool> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM node_groups WHERE cluster_id = $1 AND group_id = $2)",
-    )
-    .bind(cluster_id)
-    .bind(group_id)
-    .fetch_one(conn)
-    .await?)
-}
-
 async fn require_group(
     conn: &mut sqlx::PgConnection,
     cluster_id: &str,
     group_id: &str,
 ) -> Result<()> {
-    if group_exists(conn, cluster_id, group_id).await? {
+    if db::groups::exists(conn, cluster_id, group_id).await? {
         Ok(())
     } else {
         Err(Error::not_found(
@@ -90,28 +77,18 @@ async fn load(
     cluster_id: &str,
     group_id: &str,
 ) -> Result<pb::NodeGroup> {
-    let row: Option<(String, Option<String>)> = sqlx::query_as(
-        "SELECT name, parent_group_id FROM node_groups WHERE cluster_id = $1 AND group_id = $2",
-    )
-    .bind(cluster_id)
-    .bind(group_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((name, parent)) = row else {
+    let Some(db::groups::Group {
+        name,
+        parent_group_id: parent,
+        ..
+    }) = db::groups::get(conn, cluster_id, group_id).await?
+    else {
         return Err(Error::not_found(
             "group",
             format!("{cluster_id}/{group_id}"),
         ));
     };
-    let node_ids: Vec<String> = sqlx::query_scalar(
-        "SELECT node_id FROM cluster_memberships
-          WHERE cluster_id = $1 AND group_id = $2 AND membership_status = 'active'
-          ORDER BY node_id",
-    )
-    .bind(cluster_id)
-    .bind(group_id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let node_ids = db::groups::member_ids(conn, cluster_id, group_id).await?;
     Ok(pb::NodeGroup {
         group_id: group_id.to_string(),
         cluster_id: cluster_id.to_string(),
@@ -148,11 +125,7 @@ pub async fn create(
         let cluster_id = cluster_id.as_str();
         let mut tx = ctx.pool.begin().await?;
         require_exists(&mut tx, cluster_id).await?;
-        let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM node_groups WHERE cluster_id = $1")
-                .bind(cluster_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let count = db::groups::count(&mut tx, cluster_id).await?;
         if count >= GROUPS_PER_CLUSTER_MAX {
             return Err(Error::FailedPrecondition(format!(
                 "cluster {cluster_id} has {count} groups, the limit is {GROUPS_PER_CLUSTER_MAX}"
@@ -161,25 +134,13 @@ pub async fn create(
         if let Some(parent) = &parent {
             require_group(&mut tx, cluster_id, parent.as_str()).await?;
         }
-        let inserted = sqlx::query(
-            "INSERT INTO node_groups (cluster_id, group_id, name, parent_group_id)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (cluster_id, group_id) DO NOTHING",
-        )
-        .bind(cluster_id)
-        .bind(group.as_str())
-        .bind(group.as_str())
-        .bind(parent.as_ref().map(GroupId::as_str))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            crate::auth::foreign_key_to_not_found(
-                e,
-                "group",
-                parent.as_ref().map(GroupId::as_str).unwrap_or(""),
-            )
-        })?
-        .rows_affected();
-        if inserted == 0 {
+        let parent_id = parent.as_ref().map(GroupId::as_str);
+        let inserted = db::groups::insert(&mut tx, cluster_id, group.as_str(), parent_id)
+            .await
+            .map_err(|e| {
+                crate::auth::foreign_key_to_not_found(e, "group", parent_id.unwrap_or(""))
+            })?;
+        if !inserted {
             return Err(Error::AlreadyExists {
                 kind: "group",
                 id: format!("{cluster_id}/{group}"),
@@ -247,23 +208,10 @@ pub async fn move_to(
         let details = match &moved {
             Moved::Node(node) => {
                 require_membership(&mut tx, cluster_id, node.as_str()).await?;
-                let previous: Option<Option<String>> = sqlx::query_scalar(
-                    "SELECT group_id FROM cluster_memberships
-                      WHERE cluster_id = $1 AND node_id = $2 AND membership_status = 'active'",
-                )
-                .bind(cluster_id)
-                .bind(node.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE cluster_memberships SET group_id = $3
-                      WHERE cluster_id = $1 AND node_id = $2 AND membership_status = 'active'",
-                )
-                .bind(cluster_id)
-                .bind(node.as_str())
-                .bind(destination.as_str())
-                .execute(&mut *tx)
-                .await?;
+                let previous =
+                    db::groups::group_of_node(&mut tx, cluster_id, node.as_str()).await?;
+                db::groups::place_node(&mut tx, cluster_id, node.as_str(), destination.as_str())
+                    .await?;
                 serde_json::json!({
                     "node_id": node.as_str(),
                     "from": previous.flatten(),
@@ -278,39 +226,23 @@ pub async fn move_to(
                 }
                 // Concurrent moves of one cluster's groups run one at a time,
                 // so the trigger's view of the tree is not stale.
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('rap:node_groups:' || $1))")
-                    .bind(cluster_id)
-                    .execute(&mut *tx)
-                    .await?;
-                let previous: Option<Option<String>> = sqlx::query_scalar(
-                    "SELECT parent_group_id FROM node_groups
-                      WHERE cluster_id = $1 AND group_id = $2 FOR UPDATE",
-                )
-                .bind(cluster_id)
-                .bind(child.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+                db::groups::lock_tree(&mut tx, cluster_id).await?;
+                let previous = db::groups::lock_parent(&mut tx, cluster_id, child.as_str()).await?;
                 let Some(previous) = previous else {
                     return Err(Error::not_found("group", format!("{cluster_id}/{child}")));
                 };
-                let updated = sqlx::query(
-                    "UPDATE node_groups SET parent_group_id = $3
-                      WHERE cluster_id = $1 AND group_id = $2",
+                let moved = db::groups::set_parent(
+                    &mut tx,
+                    cluster_id,
+                    child.as_str(),
+                    destination.as_str(),
                 )
-                .bind(cluster_id)
-                .bind(child.as_str())
-                .bind(destination.as_str())
-                .execute(&mut *tx)
-                .await;
-                match updated {
-                    Ok(_) => {}
-                    Err(e) if is_group_cycle(&e) => {
-                        return Err(Error::GroupCycle(format!(
-                            "moving group {child} under {destination} would make a cycle: \
-                             {destination} is {child} or lies below it; nothing was changed"
-                        )));
-                    }
-                    Err(e) => return Err(e.into()),
+                .await?;
+                if moved == db::groups::Reparented::Cycle {
+                    return Err(Error::GroupCycle(format!(
+                        "moving group {child} under {destination} would make a cycle: \
+                         {destination} is {child} or lies below it; nothing was changed"
+                    )));
                 }
                 serde_json::json!({
                     "group_id": child.as_str(),
@@ -344,34 +276,20 @@ pub async fn list(
         let cluster_id = cluster_id.as_str();
         let mut conn = ctx.pool.acquire().await?;
         require_exists(&mut conn, cluster_id).await?;
-        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-            "SELECT group_id, name, parent_group_id FROM node_groups
-              WHERE cluster_id = $1 ORDER BY group_id LIMIT $2",
-        )
-        .bind(cluster_id)
-        .bind(GROUPS_PER_CLUSTER_MAX)
-        .fetch_all(&mut *conn)
-        .await?;
-        let members: Vec<(String, String)> = sqlx::query_as(
-            "SELECT group_id, node_id FROM cluster_memberships
-              WHERE cluster_id = $1 AND group_id IS NOT NULL AND membership_status = 'active'
-              ORDER BY group_id, node_id",
-        )
-        .bind(cluster_id)
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = db::groups::list(&mut conn, cluster_id, GROUPS_PER_CLUSTER_MAX).await?;
+        let members = db::groups::placements(&mut conn, cluster_id).await?;
         let mut nodes: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (group, node) in members {
-            nodes.entry(group).or_default().push(node);
+        for db::groups::Placement { group_id, node_id } in members {
+            nodes.entry(group_id).or_default().push(node_id);
         }
         let groups = rows
             .into_iter()
-            .map(|(group_id, name, parent)| pb::NodeGroup {
-                node_ids: nodes.remove(&group_id).unwrap_or_default(),
-                group_id,
+            .map(|row| pb::NodeGroup {
+                node_ids: nodes.remove(&row.group_id).unwrap_or_default(),
+                group_id: row.group_id,
                 cluster_id: cluster_id.to_string(),
-                name,
-                parent_group_id: parent.unwrap_or_default(),
+                name: row.name,
+                parent_group_id: row.parent_group_id.unwrap_or_default(),
             })
             .collect();
         Ok(pb::ListGroupsResponse { groups })

@@ -2,7 +2,9 @@
 //!
 //! PostgreSQL (sqlx) is the source of truth; this is the only crate with
 //! SQL. Modules:
-//! * [`db`]: pool and embedded migrations (`migrations/`).
+//! * [`db`]: the persistence layer: pool, embedded migrations
+//!   (`migrations/`) and every SQL statement, one module per group of
+//!   tables (its docs list what is stored where).
 //! * [`error`], [`limits`]: typed refusals and every named limit.
 //! * [`keys`]: per-cluster CA and snapshot-signing key files (0600, never in
 //!   PostgreSQL), node certificate issuance.

@@ -12,6 +12,7 @@ use crate::audit::{self, Action};
 use crate::auth::{self, Kind, Principal};
 use crate::clusters::require_exists;
 use crate::context::Context;
+use crate::db;
 use crate::error::{Error, Result};
 use crate::limits::TEXT_BYTES_MAX;
 use crate::page::Page;
@@ -48,12 +49,11 @@ pub const STATUS_DEGRADED: &str = "degraded";
 /// Safe status: no node serves it.
 pub const STATUS_UNAVAILABLE: &str = "unavailable";
 
-fn org_pb(row: (String, String, i64)) -> pb::Organization {
-    let (org_id, name, created) = row;
+fn org_pb(row: db::orgs::Organization) -> pb::Organization {
     pb::Organization {
-        org_id,
-        name,
-        created_at_unix_ms: created,
+        org_id: row.org_id,
+        name: row.name,
+        created_at_unix_ms: row.created_at_unix_ms,
     }
 }
 
@@ -103,16 +103,7 @@ pub async fn create_org(
         };
         check_text("organization name", name, TEXT_BYTES_MAX)?;
         let mut tx = ctx.pool.begin().await?;
-        let row: Option<(String, String, i64)> = sqlx::query_as(
-            "INSERT INTO organizations (org_id, name) VALUES ($1, $2)
-             ON CONFLICT (org_id) DO NOTHING
-             RETURNING org_id, name, (extract(epoch FROM created_at) * 1000)::bigint",
-        )
-        .bind(org.as_str())
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let Some(row) = db::orgs::insert(&mut tx, org.as_str(), name).await? else {
             return Err(Error::AlreadyExists {
                 kind: "organization",
                 id: org.to_string(),
@@ -140,17 +131,8 @@ pub async fn list_orgs(
             Kind::PlatformOwner | Kind::PlatformAdmin => None,
             Kind::OrgAdmin(org) => Some(org.as_str()),
         };
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT org_id, name, (extract(epoch FROM created_at) * 1000)::bigint
-               FROM organizations
-              WHERE ($1::text IS NULL OR org_id = $1) AND org_id > $2
-              ORDER BY org_id LIMIT $3",
-        )
-        .bind(only)
-        .bind(&page.after)
-        .bind(page.limit())
-        .fetch_all(&ctx.pool)
-        .await?;
+        let mut conn = ctx.pool.acquire().await?;
+        let rows = db::orgs::list(&mut conn, only, &page.after, page.limit()).await?;
         let mut organizations: Vec<pb::Organization> = rows.into_iter().map(org_pb).collect();
         let next_page_token = page.finish(&mut organizations, |o| o.org_id.clone());
         Ok(pb::ListOrganizationsResponse {
@@ -208,37 +190,23 @@ pub async fn add_endpoint(
             )));
         }
         let mut tx = ctx.pool.begin().await?;
-        let org_exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM organizations WHERE org_id = $1)")
-                .bind(org.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-        if !org_exists {
+        if !db::orgs::exists(&mut tx, org.as_str()).await? {
             return Err(Error::not_found("organization", org.as_str()));
         }
         require_exists(&mut tx, cluster.as_str()).await?;
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM org_endpoints WHERE org_id = $1")
-            .bind(org.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
+        let count = db::orgs::endpoint_count(&mut tx, org.as_str()).await?;
         if count >= ENDPOINTS_PER_ORG_MAX {
             return Err(Error::FailedPrecondition(format!(
                 "organization {org} has {count} endpoints, the limit is {ENDPOINTS_PER_ORG_MAX}"
             )));
         }
-        let inserted = sqlx::query(
-            "INSERT INTO org_endpoints (org_id, cluster_id, name, kind, role)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org_id, cluster_id, name) DO NOTHING",
-        )
-        .bind(org.as_str())
-        .bind(cluster.as_str())
-        .bind(name)
-        .bind(&request.kind)
-        .bind(role.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+        let endpoint = db::orgs::Endpoint {
+            name: name.to_string(),
+            kind: request.kind.clone(),
+            cluster_id: cluster.as_str().to_string(),
+            role: role.as_str().to_string(),
+        };
+        if !db::orgs::insert_endpoint(&mut tx, org.as_str(), &endpoint).await? {
             return Err(Error::AlreadyExists {
                 kind: "org endpoint",
                 id: format!("{org}/{cluster}/{name}"),
@@ -335,28 +303,9 @@ async fn serving_nodes(
     role: &str,
     org_id: &str,
 ) -> Result<(i64, i64)> {
-    let window = HEALTHY_HEARTBEAT_WINDOW.as_secs_f64();
-    Ok(sqlx::query_as(
-        "SELECT count(DISTINCT a.node_id),
-                count(DISTINCT a.node_id) FILTER (
-                    WHERE h.health = 'healthy'
-                      AND h.received_at > now() - make_interval(secs => $4))
-           FROM node_role_assignments a
-           JOIN cluster_memberships m
-             ON m.cluster_id = a.cluster_id AND m.node_id = a.node_id
-            AND m.membership_status = 'active'
-           JOIN nodes n ON n.node_id = a.node_id AND n.enrollment_status = 'enrolled'
-           LEFT JOIN node_heartbeat_latest h
-             ON h.cluster_id = a.cluster_id AND h.node_id = a.node_id
-          WHERE a.cluster_id = $1 AND a.role = $2 AND a.status = 'active'
-            AND (a.organization_id IS NULL OR a.organization_id = $3)",
-    )
-    .bind(cluster_id)
-    .bind(role)
-    .bind(org_id)
-    .bind(window)
-    .fetch_one(conn)
-    .await?)
+    let counted =
+        db::orgs::serving(conn, cluster_id, role, org_id, HEALTHY_HEARTBEAT_WINDOW).await?;
+    Ok((counted.serving, counted.healthy))
 }
 
 /// The safe status of `serving` nodes of which `healthy` are healthy.
@@ -409,24 +358,18 @@ pub async fn org_view(
         let org = OrgId::new(requested)?;
         let org_id = org.as_str();
         let mut conn = ctx.pool.acquire().await?;
-        let name: Option<String> =
-            sqlx::query_scalar("SELECT name FROM organizations WHERE org_id = $1")
-                .bind(org_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        let Some(name) = name else {
+        let Some(name) = db::orgs::name(&mut conn, org_id).await? else {
             return Err(Error::not_found("organization", org_id));
         };
-        let endpoint_rows: Vec<(String, String, String, String)> = sqlx::query_as(
-            "SELECT name, kind, cluster_id, role FROM org_endpoints
-              WHERE org_id = $1 ORDER BY cluster_id, name LIMIT $2",
-        )
-        .bind(org_id)
-        .bind(ENDPOINTS_PER_ORG_MAX)
-        .fetch_all(&mut *conn)
-        .await?;
+        let endpoint_rows = db::orgs::endpoints(&mut conn, org_id, ENDPOINTS_PER_ORG_MAX).await?;
         let mut endpoints = Vec::with_capacity(endpoint_rows.len());
-        for (name, kind, cluster_id, role) in endpoint_rows {
+        for db::orgs::Endpoint {
+            name,
+            kind,
+            cluster_id,
+            role,
+        } in endpoint_rows
+        {
             let (serving, healthy) = serving_nodes(&mut conn, &cluster_id, &role, org_id).await?;
             endpoints.push(pb::OrgEndpointStatus {
                 name,
@@ -435,16 +378,9 @@ pub async fn org_view(
                 status: safe_status(serving, healthy).to_string(),
             });
         }
-        let service_rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT DISTINCT cluster_id, role FROM node_role_assignments
-              WHERE organization_id = $1 AND status = 'active'
-              ORDER BY role, cluster_id",
-        )
-        .bind(org_id)
-        .fetch_all(&mut *conn)
-        .await?;
+        let service_rows = db::orgs::assigned_roles(&mut conn, org_id).await?;
         let mut best: BTreeMap<String, &'static str> = BTreeMap::new();
-        for (cluster_id, role) in service_rows {
+        for db::orgs::AssignedRole { cluster_id, role } in service_rows {
             let (serving, healthy) = serving_nodes(&mut conn, &cluster_id, &role, org_id).await?;
             let status = safe_status(serving, healthy);
             let entry = best.entry(role).or_insert(STATUS_UNAVAILABLE);

@@ -17,6 +17,7 @@
 use crate::audit::{self, Action};
 use crate::auth::{self, ApiTokenRow, Kind, Principal};
 use crate::context::Context;
+use crate::db;
 use crate::error::{Error, Result};
 use crate::limits::REASON_BYTES_MAX;
 use crate::orgs::principal_pb;
@@ -103,12 +104,7 @@ pub async fn create_token(
         principal.require_owner()?;
         let ttl = auth::token_ttl(request.ttl_seconds)?;
         let mut tx = ctx.pool.begin().await?;
-        let status: Option<String> = sqlx::query_scalar(
-            "SELECT status FROM admin_principals WHERE principal_id = $1 FOR SHARE",
-        )
-        .bind(&request.principal_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let status = db::principals::share_lock_status(&mut tx, &request.principal_id).await?;
         match status.as_deref() {
             None => return Err(Error::not_found("principal", request.principal_id.as_str())),
             Some("active") => {}

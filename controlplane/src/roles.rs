@@ -14,6 +14,7 @@
 use crate::audit::{self, Action, FenceRef};
 use crate::auth::Principal;
 use crate::context::Context;
+use crate::db;
 use crate::error::{Error, Result};
 use crate::fencing;
 use crate::page::Page;
@@ -80,16 +81,7 @@ pub async fn require_membership(
     cluster_id: &str,
     node_id: &str,
 ) -> Result<()> {
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT membership_id FROM cluster_memberships
-          WHERE cluster_id = $1 AND node_id = $2 AND membership_status = 'active'
-          FOR SHARE",
-    )
-    .bind(cluster_id)
-    .bind(node_id)
-    .fetch_optional(conn)
-    .await?;
-    match found {
+    match db::nodes::lock_active_membership(conn, cluster_id, node_id).await? {
         Some(_) => Ok(()),
         None => Err(Error::NoMembership {
             cluster: cluster_id.to_string(),
@@ -121,6 +113,15 @@ impl Target {
 
     fn label(&self) -> String {
         Target::describe(&self.node_id, &self.role, &self.org_id)
+    }
+
+    fn key(&self) -> db::roles::Key<'_> {
+        db::roles::Key {
+            cluster_id: &self.cluster_id,
+            node_id: &self.node_id,
+            role: &self.role,
+            org_id: &self.org_id,
+        }
     }
 
     fn org(&self) -> Option<&str> {
@@ -173,16 +174,18 @@ fn fence_columns(fence: FenceRef) -> Result<(i64, i64)> {
     Ok((term, seq))
 }
 
-fn is_unique_violation(error: &sqlx::Error, index: &str) -> bool {
-    matches!(error, sqlx::Error::Database(db)
-        if db.code().as_deref() == Some("23505") && db.constraint() == Some(index))
-}
-
 /// Assigns a role to a node (fenced, `role.assign`). Platform principals
 /// only. Refused with `NO_MEMBERSHIP` unless the node is an active member
 /// of the cluster, `MISSING_CAPABILITY` unless it reported the role's
 /// capability, `NOT_FOUND` for an unknown organization, `ALREADY_EXISTS`
 /// when the same assignment is active already.
+#[tracing::instrument(
+    skip_all,
+    fields(
+        cluster_id = crate::audit::field(&request.cluster_id),
+        node_id = crate::audit::field(&request.node_id),
+    )
+)]
 pub async fn assign(
     ctx: &Context,
     principal: &Principal,
@@ -193,29 +196,21 @@ pub async fn assign(
     let checked = principal.require_platform().and_then(|()| {
         let (role, capability) = known_role(&request.role)?;
         let target = validate(&request.cluster_id, &request.node_id, role, &request.org_id)?;
-        Ok((target, capability))
+        // Owned: the apply step's input must not borrow (its future is Send
+        // for every lifetime).
+        Ok((target, capability.to_string()))
     });
-    let (target, capability) = match checked {
-        Ok(checked) => checked,
-        Err(e) => {
-            audit::record_refusal(&ctx.pool, &action, &e).await;
-            return Err(e);
-        }
-    };
     let assigned_by = principal.actor();
-    fencing::run(&ctx.pool, &ctx.authority, action, move |tx, fence| {
-        Box::pin(async move {
+    fencing::run(
+        &ctx.pool,
+        &ctx.authority,
+        action,
+        checked,
+        async |tx, fence, (target, capability): (Target, String)| {
             require_membership(tx, &target.cluster_id, &target.node_id).await?;
-            let reported: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM node_capabilities
-                                 WHERE cluster_id = $1 AND node_id = $2 AND capability = $3)",
-            )
-            .bind(&target.cluster_id)
-            .bind(&target.node_id)
-            .bind(capability)
-            .fetch_one(&mut **tx)
-            .await?;
-            if !reported {
+            if !db::nodes::has_capability(tx, &target.cluster_id, &target.node_id, &capability)
+                .await?
+            {
                 return Err(Error::MissingCapability {
                     node: target.node_id.clone(),
                     role: target.role.clone(),
@@ -223,70 +218,40 @@ pub async fn assign(
                 });
             }
             if let Some(org) = target.org() {
-                let status: Option<String> =
-                    sqlx::query_scalar("SELECT status FROM organizations WHERE org_id = $1")
-                        .bind(org)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                match status.as_deref() {
+                match db::orgs::status(tx, org).await?.as_deref() {
                     None => return Err(Error::not_found("organization", org)),
                     Some("active") => {}
                     Some(other) => {
                         return Err(Error::FailedPrecondition(format!(
-                            "organization {org} is {other}; roles are assigned for active organizations only"
+                            "organization {org} is {other}; roles are assigned for active \
+                         organizations only"
                         )));
                     }
                 }
             }
-            let active: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM node_role_assignments
-                                 WHERE cluster_id = $1 AND node_id = $2 AND role = $3
-                                   AND coalesce(organization_id, '') = $4 AND status = 'active')",
-            )
-            .bind(&target.cluster_id)
-            .bind(&target.node_id)
-            .bind(&target.role)
-            .bind(&target.org_id)
-            .fetch_one(&mut **tx)
-            .await?;
-            if active {
+            if db::roles::is_active(tx, target.key()).await? {
                 return Err(Error::AlreadyExists {
                     kind: "role assignment",
                     id: target.label(),
                 });
             }
             let (term, seq) = fence_columns(fence)?;
-            let inserted = sqlx::query(
-                "INSERT INTO node_role_assignments
-                     (cluster_id, node_id, role, organization_id, assigned_by, fence_term, fence_seq)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&target.cluster_id)
-            .bind(&target.node_id)
-            .bind(&target.role)
-            .bind(target.org())
-            .bind(&assigned_by)
-            .bind(term)
-            .bind(seq)
-            .execute(&mut **tx)
-            .await;
-            match inserted {
-                Ok(_) => {}
-                Err(e) if is_unique_violation(&e, "node_role_assignments_one_active") => {
-                    return Err(Error::AlreadyExists {
-                        kind: "role assignment",
-                        id: target.label(),
-                    });
-                }
-                Err(e) => {
-                    return Err(crate::auth::foreign_key_to_not_found(
-                        e,
-                        "organization",
-                        &target.org_id,
-                    ));
-                }
+            let inserted = db::roles::insert(tx, target.key(), &assigned_by, term, seq).await?;
+            if inserted == db::roles::Inserted::AlreadyActive {
+                return Err(Error::AlreadyExists {
+                    kind: "role assignment",
+                    id: target.label(),
+                });
             }
-            tracing::info!(cluster_id = %target.cluster_id, node_id = %target.node_id, role = %target.role, org_id = %target.org_id, term, seq, "role assigned");
+            tracing::info!(
+                cluster_id = %target.cluster_id,
+                node_id = %target.node_id,
+                role = %target.role,
+                org_id = %target.org_id,
+                term,
+                seq,
+                "role assigned"
+            );
             let details = serde_json::json!({
                 "node_id": target.node_id,
                 "role": target.role,
@@ -294,8 +259,8 @@ pub async fn assign(
                 "capability": capability,
             });
             Ok((target.to_pb("active", assigned_by), details))
-        })
-    })
+        },
+    )
     .await
 }
 
@@ -304,6 +269,13 @@ pub async fn assign(
 /// row keeps its history (`status = 'removed'`, who and when) and records
 /// the fence of the removal. The role need not be a known one, so that
 /// assignments of a retired role can still be removed.
+#[tracing::instrument(
+    skip_all,
+    fields(
+        cluster_id = crate::audit::field(&request.cluster_id),
+        node_id = crate::audit::field(&request.node_id),
+    )
+)]
 pub async fn remove(
     ctx: &Context,
     principal: &Principal,
@@ -315,46 +287,35 @@ pub async fn remove(
         let role = RoleName::new(request.role.as_str())?;
         validate(&request.cluster_id, &request.node_id, role, &request.org_id)
     });
-    let target = match checked {
-        Ok(target) => target,
-        Err(e) => {
-            audit::record_refusal(&ctx.pool, &action, &e).await;
-            return Err(e);
-        }
-    };
     let removed_by = principal.actor();
-    fencing::run(&ctx.pool, &ctx.authority, action, move |tx, fence| {
-        Box::pin(async move {
+    fencing::run(
+        &ctx.pool,
+        &ctx.authority,
+        action,
+        checked,
+        async |tx, fence, target| {
             let (term, seq) = fence_columns(fence)?;
-            let assigned_by: Option<String> = sqlx::query_scalar(
-                "UPDATE node_role_assignments
-                    SET status = 'removed', removed_by = $5, removed_at = now(),
-                        fence_term = $6, fence_seq = $7
-                  WHERE cluster_id = $1 AND node_id = $2 AND role = $3
-                    AND coalesce(organization_id, '') = $4 AND status = 'active'
-                  RETURNING assigned_by",
-            )
-            .bind(&target.cluster_id)
-            .bind(&target.node_id)
-            .bind(&target.role)
-            .bind(&target.org_id)
-            .bind(&removed_by)
-            .bind(term)
-            .bind(seq)
-            .fetch_optional(&mut **tx)
-            .await?;
+            let assigned_by = db::roles::remove(tx, target.key(), &removed_by, term, seq).await?;
             let Some(assigned_by) = assigned_by else {
                 return Err(Error::not_found("active role assignment", target.label()));
             };
-            tracing::info!(cluster_id = %target.cluster_id, node_id = %target.node_id, role = %target.role, org_id = %target.org_id, term, seq, "role removed");
+            tracing::info!(
+                cluster_id = %target.cluster_id,
+                node_id = %target.node_id,
+                role = %target.role,
+                org_id = %target.org_id,
+                term,
+                seq,
+                "role removed"
+            );
             let details = serde_json::json!({
                 "node_id": target.node_id,
                 "role": target.role,
                 "org_id": target.org_id,
             });
             Ok((target.to_pb("removed", assigned_by), details))
-        })
-    })
+        },
+    )
     .await
 }
 
@@ -391,35 +352,26 @@ pub async fn list(
                 .parse()
                 .map_err(|_| Error::invalid("page token is not one this server issued"))?
         };
-        type Row = (i64, String, String, String, String, String, String);
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT assignment_id, cluster_id, node_id, role, coalesce(organization_id, ''),
-                    status, assigned_by
-               FROM node_role_assignments
-              WHERE status = 'active' AND ($1 = '' OR cluster_id = $1) AND ($2 = '' OR node_id = $2)
-                AND assignment_id > $3
-              ORDER BY assignment_id LIMIT $4",
+        let mut conn = ctx.pool.acquire().await?;
+        let mut rows = db::roles::list_active(
+            &mut conn,
+            &request.cluster_id,
+            &request.node_id,
+            after,
+            page.limit(),
         )
-        .bind(&request.cluster_id)
-        .bind(&request.node_id)
-        .bind(after)
-        .bind(page.limit())
-        .fetch_all(&ctx.pool)
         .await?;
-        let mut rows = rows;
-        let next_page_token = page.finish(&mut rows, |row| row.0.to_string());
+        let next_page_token = page.finish(&mut rows, |row| row.assignment_id.to_string());
         let assignments = rows
             .into_iter()
-            .map(
-                |(_, cluster_id, node_id, role, org_id, status, assigned_by)| pb::RoleAssignment {
-                    cluster_id,
-                    node_id,
-                    role,
-                    org_id,
-                    status,
-                    assigned_by,
-                },
-            )
+            .map(|row| pb::RoleAssignment {
+                cluster_id: row.cluster_id,
+                node_id: row.node_id,
+                role: row.role,
+                org_id: row.org_id,
+                status: row.status,
+                assigned_by: row.assigned_by,
+            })
             .collect();
         Ok(pb::ListRolesResponse {
             assignments,

@@ -163,10 +163,7 @@ async fn tls_for(config: &Config, pool: &sqlx::PgPool) -> Result<Arc<ControlPlan
     rap_core::tls::install_crypto_provider();
     let platform = PlatformKeys::create_or_load(&config.keys_dir, &config.server_names)?;
     let tls = Arc::new(ControlPlaneTls::new(&platform)?);
-    let clusters: Vec<String> =
-        sqlx::query_scalar("SELECT cluster_id FROM clusters ORDER BY cluster_id")
-            .fetch_all(pool)
-            .await?;
+    let clusters = crate::db::clusters::all_ids(&mut *pool.acquire().await?).await?;
     for cluster in clusters {
         let loaded = ClusterId::new(cluster.as_str())
             .map_err(Error::from)
@@ -298,7 +295,7 @@ pub const READYZ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2
 /// else 503 with [`READYZ_DATABASE_UNAVAILABLE`].
 async fn readiness(pool: &sqlx::PgPool) -> (axum::http::StatusCode, &'static str) {
     use axum::http::StatusCode;
-    match tokio::time::timeout(READYZ_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await {
+    match tokio::time::timeout(READYZ_TIMEOUT, crate::db::ping(pool)).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n"),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "not ready: the database refused the readiness check");

@@ -7,6 +7,7 @@ use crate::audit::{self, Action};
 use crate::auth::Principal;
 use crate::clusters::require_exists;
 use crate::context::Context;
+use crate::db;
 use crate::error::{Error, Result};
 use crate::limits::{
     JOIN_TOKEN_SECRET_BYTES, JOIN_TOKEN_TTL_DEFAULT, JOIN_TOKEN_TTL_MAX, JOIN_TOKEN_USES_MAX,
@@ -24,22 +25,15 @@ pub const TOKEN_SCOPE_JOIN: &str = "join";
 /// `node_join_tokens.scope` of a storage node's (single-use) token.
 pub const TOKEN_SCOPE_STORAGE: &str = "storage";
 
-const TOKEN_COLUMNS: &str = "token_id, cluster_id, (extract(epoch FROM expires_at) * 1000)::bigint,
-    max_uses, used_count, created_by,
-    coalesce((extract(epoch FROM revoked_at) * 1000)::bigint, 0)";
-
-type TokenRow = (String, String, i64, i32, i32, String, i64);
-
-fn token_pb(row: TokenRow) -> pb::JoinToken {
-    let (token_id, cluster_id, expires, max_uses, used, created_by, revoked) = row;
+fn token_pb(row: db::join::JoinToken) -> pb::JoinToken {
     pb::JoinToken {
-        token_id,
-        cluster_id,
-        expires_at_unix_ms: expires,
-        max_uses: u32::try_from(max_uses).unwrap_or(0),
-        used_count: u32::try_from(used).unwrap_or(0),
-        created_by,
-        revoked_at_unix_ms: revoked,
+        token_id: row.token_id,
+        cluster_id: row.cluster_id,
+        expires_at_unix_ms: row.expires_at_unix_ms,
+        max_uses: u32::try_from(row.max_uses).unwrap_or(0),
+        used_count: u32::try_from(row.used_count).unwrap_or(0),
+        created_by: row.created_by,
+        revoked_at_unix_ms: row.revoked_at_unix_ms,
     }
 }
 
@@ -65,6 +59,7 @@ pub fn storage_join_command(
 }
 
 /// Creates a token; the raw token is in the response only.
+#[tracing::instrument(skip_all, fields(cluster_id = crate::audit::field(&request.cluster_id)))]
 pub async fn create(
     ctx: &Context,
     principal: &Principal,
@@ -106,46 +101,33 @@ pub async fn create(
         require_exists(&mut tx, cluster_id).await?;
         if let Some(id) = &storage_node {
             crate::enrollment::check_reserved(&mut tx, crate::enrollment::KIND_STORAGE, id).await?;
-            let live: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM node_identities
-                                 WHERE cluster_id = $1 AND node_id = $2 AND identity_status = 'active')",
-            )
-            .bind(cluster_id)
-            .bind(id.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
+            let live = db::nodes::has_active_identity(&mut tx, cluster_id, id.as_str()).await?;
             if live {
                 return Err(Error::FailedPrecondition(format!(
                     "storage node {id} of {cluster_id} already has an active identity; it renews it itself (revoke it first to enrol a new key)"
                 )));
             }
         }
-        let fingerprint: String =
-            sqlx::query_scalar("SELECT ca_fingerprint FROM clusters WHERE cluster_id = $1")
-                .bind(cluster_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let fingerprint = db::clusters::ca_fingerprint(&mut tx, cluster_id).await?;
         let token = secret::generate::<JOIN_TOKEN_SECRET_BYTES>(JOIN_TOKEN_PREFIX)?;
         let scope = if storage_node.is_some() {
             TOKEN_SCOPE_STORAGE
         } else {
             TOKEN_SCOPE_JOIN
         };
-        let row: TokenRow = sqlx::query_as(&format!(
-            "INSERT INTO node_join_tokens
-                 (token_id, cluster_id, token_hash, expires_at, max_uses, created_by, scope, storage_node_id)
-             VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6, $7, $8)
-             RETURNING {TOKEN_COLUMNS}"
-        ))
-        .bind(&token.id)
-        .bind(cluster_id)
-        .bind(&token.hash[..])
-        .bind(ttl as f64)
-        .bind(i32::try_from(max_uses).unwrap_or(1))
-        .bind(principal.actor())
-        .bind(scope)
-        .bind(storage_node.as_ref().map(NodeId::as_str))
-        .fetch_one(&mut *tx)
+        let row = db::join::insert_token(
+            &mut tx,
+            db::join::NewToken {
+                token_id: &token.id,
+                cluster_id,
+                token_hash: &token.hash[..],
+                ttl: std::time::Duration::from_secs(ttl),
+                max_uses: i32::try_from(max_uses).unwrap_or(1),
+                created_by: &principal.actor(),
+                scope,
+                storage_node_id: storage_node.as_ref().map(NodeId::as_str),
+            },
+        )
         .await?;
         action.target = token.id.clone();
         audit::record_ok(
@@ -188,15 +170,9 @@ pub async fn list(
 ) -> Result<(Vec<pb::JoinToken>, String)> {
     principal.require_platform()?;
     let page = Page::from_pb(request.page.as_ref());
-    let rows: Vec<TokenRow> = sqlx::query_as(&format!(
-        "SELECT {TOKEN_COLUMNS} FROM node_join_tokens
-          WHERE ($1 = '' OR cluster_id = $1) AND token_id > $2 ORDER BY token_id LIMIT $3"
-    ))
-    .bind(&request.cluster_id)
-    .bind(&page.after)
-    .bind(page.limit())
-    .fetch_all(&ctx.pool)
-    .await?;
+    let mut conn = ctx.pool.acquire().await?;
+    let rows =
+        db::join::list_tokens(&mut conn, &request.cluster_id, &page.after, page.limit()).await?;
     let mut tokens: Vec<pb::JoinToken> = rows.into_iter().map(token_pb).collect();
     let next = page.finish(&mut tokens, |t| t.token_id.clone());
     Ok((tokens, next))
@@ -208,17 +184,9 @@ pub async fn revoke(ctx: &Context, principal: &Principal, token_id: &str) -> Res
     let result = async {
         principal.require_platform()?;
         let mut tx = ctx.pool.begin().await?;
-        let row: Option<TokenRow> = sqlx::query_as(&format!(
-            "UPDATE node_join_tokens SET revoked_at = coalesce(revoked_at, now()),
-                    revoked_by = coalesce(revoked_by, $2)
-              WHERE token_id = $1 RETURNING {TOKEN_COLUMNS}"
-        ))
-        .bind(token_id)
-        .bind(principal.actor())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = db::join::revoke_token(&mut tx, token_id, &principal.actor()).await?;
         let row = row.ok_or_else(|| Error::not_found("join token", token_id))?;
-        action.cluster_id = Some(row.1.clone());
+        action.cluster_id = Some(row.cluster_id.clone());
         audit::record_ok(&mut tx, &action, None, serde_json::json!({})).await?;
         tx.commit().await?;
         Ok(token_pb(row))

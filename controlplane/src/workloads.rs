@@ -11,6 +11,7 @@
 use crate::audit::{self, Action};
 use crate::auth::Principal;
 use crate::context::Context;
+use crate::db;
 use crate::error::{Error, Result};
 use crate::fencing;
 use crate::limits::HEARTBEAT_SERVICES_MAX;
@@ -41,17 +42,14 @@ fn action(principal: &Principal, name: &'static str, cluster_id: &str, target: S
     )
 }
 
-type InstanceRow = (String, String, String, String, String, i64);
-
-fn instance_pb(row: InstanceRow) -> pb::ServiceInstance {
-    let (cluster_id, node_id, service, desired_state, reported_state, version) = row;
+fn instance_pb(row: db::workloads::Instance) -> pb::ServiceInstance {
     pb::ServiceInstance {
-        cluster_id,
-        node_id,
-        service,
-        desired_state,
-        reported_state,
-        version: u64::try_from(version).unwrap_or(0),
+        cluster_id: row.cluster_id,
+        node_id: row.node_id,
+        service: row.service,
+        desired_state: row.desired_state,
+        reported_state: row.reported_state,
+        version: u64::try_from(row.version).unwrap_or(0),
     }
 }
 
@@ -59,6 +57,13 @@ fn instance_pb(row: InstanceRow) -> pb::ServiceInstance {
 /// (fenced, `service.desired-state`; platform principals only). The node
 /// needs an active membership in the cluster (`NO_MEMBERSHIP`). The
 /// instance is created on first use; `version` is bumped on a change.
+#[tracing::instrument(
+    skip_all,
+    fields(
+        cluster_id = crate::audit::field(&request.cluster_id),
+        node_id = crate::audit::field(&request.node_id),
+    )
+)]
 pub async fn set_desired_state(
     ctx: &Context,
     principal: &Principal,
@@ -84,37 +89,20 @@ pub async fn set_desired_state(
         }
         Ok((cluster, node))
     })();
-    let (cluster, node) = match precheck {
-        Ok(checked) => checked,
-        Err(e) => {
-            audit::record_refusal(&ctx.pool, &action, &e).await;
-            return Err(e);
-        }
-    };
-    let service = request.service.clone();
-    let desired = request.desired_state.clone();
-    fencing::run(&ctx.pool, &ctx.authority, action, move |tx, _fence| {
-        Box::pin(async move {
+    let (service, desired) = (&request.service, &request.desired_state);
+    fencing::run(
+        &ctx.pool,
+        &ctx.authority,
+        action,
+        precheck,
+        async |tx, _fence, (cluster, node)| {
             let cluster_id = cluster.as_str();
             let node_id = node.as_str();
             require_membership(tx, cluster_id, node_id).await?;
-            let previous: Option<String> = sqlx::query_scalar(
-                "SELECT desired_state FROM node_service_instances
-                  WHERE cluster_id = $1 AND node_id = $2 AND service = $3 FOR UPDATE",
-            )
-            .bind(cluster_id)
-            .bind(node_id)
-            .bind(&service)
-            .fetch_optional(&mut **tx)
-            .await?;
+            let previous =
+                db::workloads::lock_desired_state(tx, cluster_id, node_id, service).await?;
             if previous.is_none() {
-                let count: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM node_service_instances WHERE cluster_id = $1 AND node_id = $2",
-                )
-                .bind(cluster_id)
-                .bind(node_id)
-                .fetch_one(&mut **tx)
-                .await?;
+                let count = db::workloads::count_of_node(tx, cluster_id, node_id).await?;
                 let count = usize::try_from(count).unwrap_or(usize::MAX);
                 if count >= SERVICES_PER_NODE_MAX {
                     return Err(Error::Oversize {
@@ -124,25 +112,17 @@ pub async fn set_desired_state(
                     });
                 }
             }
-            let row: InstanceRow = sqlx::query_as(
-                "INSERT INTO node_service_instances (cluster_id, node_id, service, desired_state)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (cluster_id, node_id, service) DO UPDATE
-                   SET desired_state = EXCLUDED.desired_state,
-                       version = node_service_instances.version
-                                 + CASE WHEN node_service_instances.desired_state = EXCLUDED.desired_state
-                                        THEN 0 ELSE 1 END,
-                       updated_at = now()
-                 RETURNING cluster_id, node_id, service, desired_state, reported_state, version",
-            )
-            .bind(cluster_id)
-            .bind(node_id)
-            .bind(&service)
-            .bind(&desired)
-            .fetch_one(&mut **tx)
-            .await?;
+            let row =
+                db::workloads::set_desired_state(tx, cluster_id, node_id, service, desired).await?;
             let instance = instance_pb(row);
-            tracing::info!(cluster_id, node_id, service = %service, desired = %desired, version = instance.version, "service desired state set");
+            tracing::info!(
+                cluster_id,
+                node_id,
+                service = %service,
+                desired = %desired,
+                version = instance.version,
+                "service desired state set"
+            );
             let details = serde_json::json!({
                 "node_id": node_id,
                 "service": service,
@@ -151,8 +131,8 @@ pub async fn set_desired_state(
                 "version": instance.version,
             });
             Ok((instance, details))
-        })
-    })
+        },
+    )
     .await
 }
 
@@ -185,19 +165,15 @@ pub async fn list(
                 .map(|(n, s)| (n.to_string(), s.to_string()))
                 .ok_or_else(|| Error::invalid("page token is not one this server issued"))?
         };
-        let rows: Vec<InstanceRow> = sqlx::query_as(
-            "SELECT cluster_id, node_id, service, desired_state, reported_state, version
-               FROM node_service_instances
-              WHERE cluster_id = $1 AND ($2 = '' OR node_id = $2)
-                AND (node_id, service) > ($3, $4)
-              ORDER BY node_id, service LIMIT $5",
+        let mut conn = ctx.pool.acquire().await?;
+        let rows = db::workloads::list(
+            &mut conn,
+            cluster.as_str(),
+            &request.node_id,
+            &after_node,
+            &after_service,
+            page.limit(),
         )
-        .bind(cluster.as_str())
-        .bind(&request.node_id)
-        .bind(&after_node)
-        .bind(&after_service)
-        .bind(page.limit())
-        .fetch_all(&ctx.pool)
         .await?;
         let mut services: Vec<pb::ServiceInstance> = rows.into_iter().map(instance_pb).collect();
         let next_page_token = page.finish(&mut services, |s| {

@@ -7,7 +7,6 @@ use crate::audit::{self, Action, RefusalSampler};
 use crate::auth::{self, Principal};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::page::Page;
 use crate::{clusters, enrollment, groups, nodes, orgs, principals, roles, tokens, workloads};
 use rap_proto::pb;
 use rap_proto::pb::admin_service_server::{AdminService, AdminServiceServer};
@@ -90,153 +89,6 @@ impl AdminApi {
 
 fn reply<T>(result: Result<T>) -> std::result::Result<Response<T>, Status> {
     result.map(Response::new).map_err(Status::from)
-}
-
-/// Lists audit events: the newest page, or (with `after_event_id`) the
-/// events after that id in order (for `tail`).
-async fn list_audit(
-    ctx: &Context,
-    principal: &Principal,
-    request: &pb::ListAuditEventsRequest,
-) -> Result<pb::ListAuditEventsResponse> {
-    principal.require_platform()?;
-    let page = Page::from_pb(request.page.as_ref());
-    type Row = (
-        i64,
-        Option<String>,
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<i64>,
-        Option<i64>,
-        i64,
-    );
-    let after = i64::try_from(request.after_event_id).unwrap_or(i64::MAX);
-    let mut rows: Vec<Row> = sqlx::query_as(
-        "SELECT event_id, cluster_id, actor, action, target, result, reason, fence_term, fence_seq,
-                (extract(epoch FROM at) * 1000)::bigint
-           FROM cluster_audit_events
-          WHERE ($1 = '' OR cluster_id = $1) AND event_id > $2
-          ORDER BY CASE WHEN $2 = 0 THEN -event_id ELSE event_id END
-          LIMIT $3",
-    )
-    .bind(&request.cluster_id)
-    .bind(after)
-    .bind(page.size)
-    .fetch_all(&ctx.pool)
-    .await?;
-    if after == 0 {
-        rows.reverse();
-    }
-    let events = rows
-        .into_iter()
-        .map(
-            |(id, cluster, actor, action, target, result, reason, term, seq, at)| pb::AuditEvent {
-                event_id: u64::try_from(id).unwrap_or(0),
-                cluster_id: cluster.clone().unwrap_or_default(),
-                actor,
-                action,
-                target,
-                result,
-                reason,
-                fence: match (term, seq) {
-                    (Some(t), Some(s)) => Some(pb::FencingToken {
-                        cluster_id: cluster.unwrap_or_default(),
-                        authority_term: u64::try_from(t).unwrap_or(0),
-                        seq: u64::try_from(s).unwrap_or(0),
-                        log_index: 0,
-                    }),
-                    _ => None,
-                },
-                at_unix_ms: at,
-            },
-        )
-        .collect();
-    Ok(pb::ListAuditEventsResponse {
-        events,
-        next_page_token: String::new(),
-    })
-}
-
-/// The authority group as its storage nodes see it; every answer is
-/// recorded in `cluster_partitions` (platform principals only).
-async fn authority_status(
-    ctx: &Context,
-    principal: &Principal,
-    cluster_id: &str,
-) -> Result<pb::AuthorityStatus> {
-    principal.require_platform()?;
-    let mut conn = ctx.pool.acquire().await?;
-    clusters::require_exists(&mut conn, cluster_id).await?;
-    let (term, last_seq) = clusters::current_term(&mut conn, cluster_id)
-        .await?
-        .unwrap_or((0, 0));
-    let storage: Vec<(String, String)> =
-        sqlx::query_as("SELECT node_id, address FROM storage_nodes WHERE cluster_id = $1 AND role <> 'retired' ORDER BY node_id")
-            .bind(cluster_id)
-            .fetch_all(&mut *conn)
-            .await?;
-    drop(conn);
-    let network = ctx.authority.network(cluster_id)?;
-    let mut status = pb::AuthorityStatus {
-        cluster_id: cluster_id.to_string(),
-        authority_term: term,
-        last_fence_seq: last_seq,
-        ..Default::default()
-    };
-    for (node_id, address) in storage {
-        let mut observation = pb::PartitionObservation {
-            node_id: node_id.clone(),
-            view: pb::PartitionView::Unspecified as i32,
-            observed_at_unix_ms: rap_proto::time::UnixMillis::now().0,
-            ..Default::default()
-        };
-        if let Ok(mut client) = rap_authority::client::authority_client(
-            &network,
-            &address,
-            &rap_core::tls::pin::ExpectedPeer::storage_named(&node_id),
-        ) {
-            let call = client.status(pb::AuthorityStatusRequest {
-                cluster_id: cluster_id.to_string(),
-            });
-            if let Ok(Ok(answer)) = tokio::time::timeout(crate::limits::FENCE_TIMEOUT, call).await {
-                let answer = answer.into_inner();
-                observation.view = answer.partition_view;
-                observation.reachable_voters =
-                    u32::try_from(answer.voters.iter().filter(|v| v.reachable).count())
-                        .unwrap_or(0);
-                observation.total_voters = u32::try_from(answer.voters.len()).unwrap_or(0);
-                if status.leader_id.is_empty() {
-                    status.leader_id = answer.leader_id.clone();
-                }
-            }
-        }
-        let view = match pb::PartitionView::try_from(observation.view)
-            .unwrap_or(pb::PartitionView::Unspecified)
-        {
-            pb::PartitionView::Healthy => "healthy",
-            pb::PartitionView::Degraded => "degraded",
-            pb::PartitionView::Minority => "minority",
-            pb::PartitionView::Fenced => "fenced",
-            pb::PartitionView::Unspecified => "unreachable",
-        };
-        sqlx::query(
-            "INSERT INTO cluster_partitions (cluster_id, node_id, view, reachable_voters, total_voters, authority_term)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(cluster_id)
-        .bind(&node_id)
-        .bind(view)
-        .bind(i32::try_from(observation.reachable_voters).unwrap_or(0))
-        .bind(i32::try_from(observation.total_voters).unwrap_or(0))
-        .bind(i64::try_from(term).unwrap_or(0))
-        .execute(&ctx.pool)
-        .await?;
-        status.observations.push(observation);
-    }
-    Ok(status)
 }
 
 macro_rules! authed {
@@ -495,7 +347,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListAuditEventsRequest>,
     ) -> std::result::Result<Response<pb::ListAuditEventsResponse>, Status> {
         let (p, r) = authed!(self, request, "audit.list");
-        let result = list_audit(&self.ctx, &p, &r).await;
+        let result = audit::list(&self.ctx.pool, &p, &r).await;
         reply(
             self.refused_read(&p, "audit.list", &r.cluster_id, result)
                 .await,
@@ -507,7 +359,7 @@ impl AdminService for AdminApi {
         request: Request<pb::GetAuthorityStatusRequest>,
     ) -> std::result::Result<Response<pb::AuthorityStatus>, Status> {
         let (p, r) = authed!(self, request, "authority.status");
-        let result = authority_status(&self.ctx, &p, &r.cluster_id).await;
+        let result = crate::authority_ops::status(&self.ctx, &p, &r.cluster_id).await;
         reply(
             self.refused_read(&p, "authority.status", &r.cluster_id, result)
                 .await,

@@ -217,20 +217,15 @@ impl AgentApi {
         if let Some(known) = self.cached(serial) {
             return Ok(known);
         }
-        let row: Option<(String, String, Vec<u8>, String)> = sqlx::query_as(
-            "SELECT cluster_id::text, node_id::text, public_key, identity_status
-               FROM node_identities WHERE certificate_serial = $1",
-        )
-        .bind(serial)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            crate::db::nodes::identity_by_serial(&mut *self.pool.acquire().await?, serial).await?;
         let known = match row {
             None => Known::Missing,
-            Some((cluster_id, node_id, public_key, status)) => Known::Row {
-                cluster_id,
-                node_id,
-                public_key,
-                status,
+            Some(row) => Known::Row {
+                cluster_id: row.cluster_id,
+                node_id: row.node_id,
+                public_key: row.public_key,
+                status: row.identity_status,
             },
         };
         self.remember(serial, known.clone());

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
 mod audit;
+mod authority_terms;
 mod enrollment;
 mod groups;
 mod grpc;

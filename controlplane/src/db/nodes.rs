@@ -1,0 +1,516 @@
+//! Nodes and what they hold in a cluster: `nodes` (host-level identities),
+//! `cluster_memberships` (node ↔ cluster, at most one active),
+//! `node_identities` (public key and certificate per cluster and node;
+//! never a private key) and `node_capabilities` (what a node reported it
+//! can do; never a permission).
+
+use crate::error::Result;
+use sqlx::PgConnection;
+
+/// A node of a cluster as the inventory shows it: its newest membership,
+/// its active (else newest) identity, last heartbeat, capabilities and
+/// active roles.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct NodeOverview {
+    /// The node id.
+    pub node_id: String,
+    /// `active`, `disabled` or `revoked`.
+    pub membership_status: String,
+    /// `active`, `rotated`, `revoked`, or `none`.
+    pub identity_status: String,
+    /// Serial of that identity's certificate (empty without one).
+    pub certificate_serial: String,
+    /// Its expiry, Unix milliseconds (0 without one).
+    pub certificate_not_after_unix_ms: i64,
+    /// The membership's group (empty for none).
+    pub group_id: String,
+    /// Last heartbeat, Unix milliseconds (0 for never).
+    pub last_heartbeat_unix_ms: i64,
+    /// Health of the last heartbeat.
+    pub health: String,
+    /// `[{"name", "detail"}]`, by name.
+    pub capabilities: serde_json::Value,
+    /// Active roles, `role` or `role@org`.
+    pub roles: Vec<String>,
+}
+
+const NODE_QUERY: &str = "
+    SELECT m.node_id, m.membership_status,
+           coalesce(i.identity_status, 'none') AS identity_status,
+           coalesce(i.certificate_serial, '') AS certificate_serial,
+           coalesce((extract(epoch FROM i.certificate_not_after) * 1000)::bigint, 0)
+               AS certificate_not_after_unix_ms,
+           coalesce(m.group_id, '') AS group_id,
+           coalesce((extract(epoch FROM h.received_at) * 1000)::bigint, 0) AS last_heartbeat_unix_ms,
+           coalesce(h.health, 'unknown') AS health,
+           coalesce((SELECT jsonb_agg(jsonb_build_object('name', c.capability, 'detail', c.detail) ORDER BY c.capability)
+                       FROM node_capabilities c WHERE c.cluster_id = m.cluster_id AND c.node_id = m.node_id), '[]'::jsonb)
+               AS capabilities,
+           coalesce((SELECT array_agg(r.role || coalesce('@' || r.organization_id, '') ORDER BY r.role)
+                       FROM node_role_assignments r
+                      WHERE r.cluster_id = m.cluster_id AND r.node_id = m.node_id AND r.status = 'active'), '{}')
+               AS roles
+      FROM cluster_memberships m
+      LEFT JOIN LATERAL (SELECT * FROM node_identities i
+                          WHERE i.cluster_id = m.cluster_id AND i.node_id = m.node_id
+                          ORDER BY (i.identity_status = 'active') DESC, i.identity_id DESC LIMIT 1) i ON true
+      LEFT JOIN node_heartbeat_latest h ON h.cluster_id = m.cluster_id AND h.node_id = m.node_id
+     WHERE m.cluster_id = $1
+       AND m.membership_id = (SELECT max(m2.membership_id) FROM cluster_memberships m2
+                               WHERE m2.cluster_id = m.cluster_id AND m2.node_id = m.node_id)";
+
+/// A page of a cluster's nodes, by node id after `after`.
+pub async fn list(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<NodeOverview>> {
+    Ok(sqlx::query_as(&format!(
+        "{NODE_QUERY} AND m.node_id > $2 ORDER BY m.node_id LIMIT $3"
+    ))
+    .bind(cluster_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// One node of a cluster.
+pub async fn get(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+) -> Result<Option<NodeOverview>> {
+    Ok(sqlx::query_as(&format!("{NODE_QUERY} AND m.node_id = $2"))
+        .bind(cluster_id)
+        .bind(node_id)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// Revokes the node's active and rotated identities in the cluster;
+/// returns their certificate serials.
+pub async fn revoke_identities(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE node_identities SET identity_status = 'revoked', revoked_at = now()
+          WHERE cluster_id = $1 AND node_id = $2 AND identity_status IN ('active', 'rotated')
+          RETURNING certificate_serial",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Revokes the node's memberships in the cluster that are not revoked
+/// yet; returns how many changed.
+pub async fn revoke_memberships(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE cluster_memberships SET membership_status = 'revoked'
+          WHERE cluster_id = $1 AND node_id = $2 AND membership_status <> 'revoked'",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Whether the node ever had a membership in the cluster.
+pub async fn has_membership(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM cluster_memberships WHERE cluster_id = $1 AND node_id = $2)",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// The id of the node's active membership, locked `FOR SHARE` until the
+/// transaction ends (it cannot be revoked meanwhile).
+pub async fn lock_active_membership(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT membership_id FROM cluster_memberships
+          WHERE cluster_id = $1 AND node_id = $2 AND membership_status = 'active'
+          FOR SHARE",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// A revoked certificate, for the revocation list.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct RevokedCertificate {
+    /// The node.
+    pub node_id: String,
+    /// The certificate serial.
+    pub certificate_serial: String,
+    /// When it was revoked, Unix milliseconds.
+    pub revoked_at_unix_ms: i64,
+}
+
+/// The cluster's revoked certificates, oldest first, at most `limit`.
+pub async fn revoked_certificates(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    limit: i64,
+) -> Result<Vec<RevokedCertificate>> {
+    Ok(sqlx::query_as(
+        "SELECT node_id, certificate_serial,
+                (extract(epoch FROM revoked_at) * 1000)::bigint AS revoked_at_unix_ms
+           FROM node_identities WHERE cluster_id = $1 AND identity_status = 'revoked'
+          ORDER BY identity_id LIMIT $2",
+    )
+    .bind(cluster_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Whether the node reported `capability` in the cluster.
+pub async fn has_capability(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+    capability: &str,
+) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM node_capabilities
+                         WHERE cluster_id = $1 AND node_id = $2 AND capability = $3)",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .bind(capability)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Where a key's certificate was revoked (its oldest revoked identity).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct RevokedKey {
+    /// The cluster.
+    pub cluster_id: String,
+    /// The node.
+    pub node_id: String,
+}
+
+/// The oldest revoked identity of the key `fingerprint`, if any.
+pub async fn revoked_key(conn: &mut PgConnection, fingerprint: &str) -> Result<Option<RevokedKey>> {
+    Ok(sqlx::query_as(
+        "SELECT cluster_id, node_id FROM node_identities
+          WHERE fingerprint = $1 AND identity_status = 'revoked' ORDER BY identity_id LIMIT 1",
+    )
+    .bind(fingerprint)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// One identity a key had.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct KeyHistoryRow {
+    /// The cluster.
+    pub cluster_id: String,
+    /// The node.
+    pub node_id: String,
+    /// `node` or `storage`.
+    pub kind: String,
+    /// `active`, `rotated` or `revoked`.
+    pub identity_status: String,
+    /// Issued, Unix ms.
+    pub issued_at_unix_ms: i64,
+    /// Revoked, Unix ms.
+    pub revoked_at_unix_ms: Option<i64>,
+}
+
+/// The identities the key `fingerprint` had, oldest first, at most
+/// `limit`.
+pub async fn key_history(
+    conn: &mut PgConnection,
+    fingerprint: &str,
+    limit: i64,
+) -> Result<Vec<KeyHistoryRow>> {
+    Ok(sqlx::query_as(
+        "SELECT cluster_id, node_id, kind, identity_status,
+                (extract(epoch FROM created_at) * 1000)::bigint AS issued_at_unix_ms,
+                (extract(epoch FROM revoked_at) * 1000)::bigint AS revoked_at_unix_ms
+           FROM node_identities WHERE fingerprint = $1 ORDER BY identity_id LIMIT $2",
+    )
+    .bind(fingerprint)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Whether any cluster has an identity of `kind` for `node_id`.
+pub async fn id_held_as(conn: &mut PgConnection, node_id: &str, kind: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM node_identities WHERE node_id = $1 AND kind = $2)",
+    )
+    .bind(node_id)
+    .bind(kind)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Whether the node has an active identity in the cluster.
+pub async fn has_active_identity(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM node_identities
+                         WHERE cluster_id = $1 AND node_id = $2 AND identity_status = 'active')",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// A new active identity.
+#[derive(Clone, Copy, Debug)]
+pub struct NewIdentity<'a> {
+    /// The cluster.
+    pub cluster_id: &'a str,
+    /// The node.
+    pub node_id: &'a str,
+    /// Ed25519 public key.
+    pub public_key: &'a [u8],
+    /// Its fingerprint.
+    pub fingerprint: &'a str,
+    /// Certificate serial (hex).
+    pub certificate_serial: &'a str,
+    /// Not before, Unix ms (fractional: the column keeps milliseconds).
+    pub not_before_unix_ms: f64,
+    /// Not after, Unix ms.
+    pub not_after_unix_ms: f64,
+    /// The certificate chain (PEM).
+    pub certificate_pem: &'a str,
+    /// `node` or `storage`.
+    pub kind: &'a str,
+}
+
+/// Inserts an active identity.
+pub async fn insert_identity(conn: &mut PgConnection, identity: NewIdentity<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO node_identities
+             (cluster_id, node_id, public_key, fingerprint, certificate_serial,
+              certificate_not_before, certificate_not_after, certificate_pem, kind)
+         VALUES ($1, $2, $3, $4, $5, to_timestamp($6 / 1000), to_timestamp($7 / 1000), $8, $9)",
+    )
+    .bind(identity.cluster_id)
+    .bind(identity.node_id)
+    .bind(identity.public_key)
+    .bind(identity.fingerprint)
+    .bind(identity.certificate_serial)
+    .bind(identity.not_before_unix_ms)
+    .bind(identity.not_after_unix_ms)
+    .bind(identity.certificate_pem)
+    .bind(identity.kind)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Inserts a node unless it exists.
+pub async fn insert_node(conn: &mut PgConnection, node_id: &str, display_name: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO nodes (node_id, display_name) VALUES ($1, $2) ON CONFLICT (node_id) DO NOTHING",
+    )
+    .bind(node_id)
+    .bind(display_name)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A node's standing in a cluster, as an approval checks it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Standing {
+    /// `enrolled` or `revoked`.
+    pub enrollment_status: String,
+    /// It has an active membership in the cluster.
+    pub member: bool,
+    /// It has an active identity in the cluster.
+    pub has_identity: bool,
+}
+
+/// A node's standing in a cluster (`RowNotFound` for an unknown node).
+pub async fn standing(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+) -> Result<Standing> {
+    Ok(sqlx::query_as(
+        "SELECT enrollment_status,
+                EXISTS (SELECT 1 FROM cluster_memberships
+                         WHERE cluster_id = $2 AND node_id = $1 AND membership_status = 'active')
+                    AS member,
+                EXISTS (SELECT 1 FROM node_identities
+                         WHERE cluster_id = $2 AND node_id = $1 AND identity_status = 'active')
+                    AS has_identity
+           FROM nodes WHERE node_id = $1",
+    )
+    .bind(node_id)
+    .bind(cluster_id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Inserts an active membership.
+pub async fn insert_membership(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO cluster_memberships (cluster_id, node_id) VALUES ($1, $2)")
+        .bind(cluster_id)
+        .bind(node_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records a capability the node reported when it joined.
+pub async fn upsert_join_capability(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+    capability: &str,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO node_capabilities (cluster_id, node_id, capability, detail, source)
+         VALUES ($1, $2, $3, $4, 'join')
+         ON CONFLICT (cluster_id, node_id, capability) DO UPDATE
+           SET detail = EXCLUDED.detail, reported_at = now()",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .bind(capability)
+    .bind(detail)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// An active certificate as handed to its node.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ActiveCertificate {
+    /// The chain (PEM).
+    pub certificate_pem: String,
+    /// Not after, Unix ms.
+    pub not_after_unix_ms: i64,
+}
+
+/// The node's active certificate in the cluster for key `fingerprint`.
+pub async fn active_certificate(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+    fingerprint: &str,
+) -> Result<Option<ActiveCertificate>> {
+    Ok(sqlx::query_as(
+        "SELECT certificate_pem,
+                (extract(epoch FROM certificate_not_after) * 1000)::bigint AS not_after_unix_ms
+           FROM node_identities
+          WHERE cluster_id = $1 AND node_id = $2 AND fingerprint = $3 AND identity_status = 'active'",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .bind(fingerprint)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// The public key of the node's active identity with certificate `serial`
+/// and key `public_key` (`None` unless that certificate is the active one).
+pub async fn active_key(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+    serial: &str,
+    public_key: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    Ok(sqlx::query_scalar(
+        "SELECT public_key FROM node_identities
+          WHERE cluster_id = $1 AND node_id = $2 AND certificate_serial = $3 AND public_key = $4
+            AND identity_status = 'active'",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .bind(serial)
+    .bind(public_key)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Marks the active identity with certificate `serial` rotated; returns
+/// whether exactly that one row changed.
+pub async fn rotate_identity(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+    serial: &str,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE node_identities SET identity_status = 'rotated', rotated_at = now()
+          WHERE cluster_id = $1 AND node_id = $2 AND certificate_serial = $3 AND identity_status = 'active'",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .bind(serial)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// An identity found by its certificate serial.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct IdentityBySerial {
+    /// The cluster.
+    pub cluster_id: String,
+    /// The node.
+    pub node_id: String,
+    /// Its public key.
+    pub public_key: Vec<u8>,
+    /// `active`, `rotated` or `revoked`.
+    pub identity_status: String,
+}
+
+/// The identity whose certificate has `serial`.
+pub async fn identity_by_serial(
+    conn: &mut PgConnection,
+    serial: &str,
+) -> Result<Option<IdentityBySerial>> {
+    Ok(sqlx::query_as(
+        "SELECT cluster_id::text AS cluster_id, node_id::text AS node_id, public_key,
+                identity_status
+           FROM node_identities WHERE certificate_serial = $1",
+    )
+    .bind(serial)
+    .fetch_optional(conn)
+    .await?)
+}

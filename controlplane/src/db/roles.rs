@@ -1,0 +1,182 @@
+//! `node_role_assignments`: the explicit authorization of a node for a
+//! role per cluster (optionally per organization). Rows are never
+//! deleted: a removal sets `status = 'removed'` with who, when and the
+//! fence of the removal.
+
+use crate::error::Result;
+use sqlx::PgConnection;
+
+/// Which assignment: cluster, node, role and organization (empty for
+/// none).
+#[derive(Clone, Copy, Debug)]
+pub struct Key<'a> {
+    /// The cluster.
+    pub cluster_id: &'a str,
+    /// The node.
+    pub node_id: &'a str,
+    /// The role.
+    pub role: &'a str,
+    /// The organization, empty for none.
+    pub org_id: &'a str,
+}
+
+impl Key<'_> {
+    fn org(&self) -> Option<&str> {
+        Some(self.org_id).filter(|o| !o.is_empty())
+    }
+}
+
+/// An active assignment as listed.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Assignment {
+    /// Row id (the page order).
+    pub assignment_id: i64,
+    /// The cluster.
+    pub cluster_id: String,
+    /// The node.
+    pub node_id: String,
+    /// The role.
+    pub role: String,
+    /// The organization, empty for none.
+    pub org_id: String,
+    /// `active` or `removed`.
+    pub status: String,
+    /// Who assigned it.
+    pub assigned_by: String,
+}
+
+/// What an insert did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// The assignment is recorded.
+    Yes,
+    /// The same assignment is active already.
+    AlreadyActive,
+}
+
+/// Whether the same assignment is active.
+pub async fn is_active(conn: &mut PgConnection, key: Key<'_>) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM node_role_assignments
+                         WHERE cluster_id = $1 AND node_id = $2 AND role = $3
+                           AND coalesce(organization_id, '') = $4 AND status = 'active')",
+    )
+    .bind(key.cluster_id)
+    .bind(key.node_id)
+    .bind(key.role)
+    .bind(key.org_id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Records an active assignment made under fence (`fence_term`,
+/// `fence_seq`). An unknown organization is `NOT_FOUND`.
+pub async fn insert(
+    conn: &mut PgConnection,
+    key: Key<'_>,
+    assigned_by: &str,
+    fence_term: i64,
+    fence_seq: i64,
+) -> Result<Inserted> {
+    let inserted = sqlx::query(
+        "INSERT INTO node_role_assignments
+             (cluster_id, node_id, role, organization_id, assigned_by, fence_term, fence_seq)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(key.cluster_id)
+    .bind(key.node_id)
+    .bind(key.role)
+    .bind(key.org())
+    .bind(assigned_by)
+    .bind(fence_term)
+    .bind(fence_seq)
+    .execute(conn)
+    .await;
+    match inserted {
+        Ok(_) => Ok(Inserted::Yes),
+        Err(sqlx::Error::Database(db))
+            if db.code().as_deref() == Some("23505")
+                && db.constraint() == Some("node_role_assignments_one_active") =>
+        {
+            Ok(Inserted::AlreadyActive)
+        }
+        Err(e) => Err(crate::auth::foreign_key_to_not_found(
+            e,
+            "organization",
+            key.org_id,
+        )),
+    }
+}
+
+/// Removes the active assignment under fence (`fence_term`, `fence_seq`);
+/// returns who had assigned it, `None` when none was active.
+pub async fn remove(
+    conn: &mut PgConnection,
+    key: Key<'_>,
+    removed_by: &str,
+    fence_term: i64,
+    fence_seq: i64,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE node_role_assignments
+            SET status = 'removed', removed_by = $5, removed_at = now(),
+                fence_term = $6, fence_seq = $7
+          WHERE cluster_id = $1 AND node_id = $2 AND role = $3
+            AND coalesce(organization_id, '') = $4 AND status = 'active'
+          RETURNING assigned_by",
+    )
+    .bind(key.cluster_id)
+    .bind(key.node_id)
+    .bind(key.role)
+    .bind(key.org_id)
+    .bind(removed_by)
+    .bind(fence_term)
+    .bind(fence_seq)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Removes every active assignment of a node in a cluster (its
+/// revocation); the rows keep the fence they were assigned with.
+pub async fn remove_all_of_node(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+    removed_by: &str,
+) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE node_role_assignments SET status = 'removed', removed_at = now(), removed_by = $3
+          WHERE cluster_id = $1 AND node_id = $2 AND status = 'active'",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .bind(removed_by)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// A page of active assignments after `after` (by assignment id),
+/// filtered by cluster and node when those are not empty.
+pub async fn list_active(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Assignment>> {
+    Ok(sqlx::query_as(
+        "SELECT assignment_id, cluster_id, node_id, role,
+                coalesce(organization_id, '') AS org_id, status, assigned_by
+           FROM node_role_assignments
+          WHERE status = 'active' AND ($1 = '' OR cluster_id = $1) AND ($2 = '' OR node_id = $2)
+            AND assignment_id > $3
+          ORDER BY assignment_id LIMIT $4",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
