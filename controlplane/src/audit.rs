@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::limits::{
     AUDIT_ANONYMOUS_PER_SOURCE, AUDIT_ANONYMOUS_SOURCES_MAX, AUDIT_ANONYMOUS_WINDOW,
 };
+use rap_core::Fence;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 use std::collections::{BTreeMap, HashMap};
@@ -89,34 +90,11 @@ impl Action {
     }
 }
 
-/// A fence recorded with an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FenceRef {
-    /// Authority term.
-    pub term: u64,
-    /// Sequence within the term.
-    pub seq: u64,
-    /// Raft log index of the entry that granted it.
-    pub log_index: u64,
-}
-
-impl FenceRef {
-    /// The fence on the wire, for `cluster_id`.
-    pub fn to_pb(self, cluster_id: &str) -> rap_proto::pb::FencingToken {
-        rap_proto::pb::FencingToken {
-            cluster_id: cluster_id.to_string(),
-            authority_term: self.term,
-            seq: self.seq,
-            log_index: self.log_index,
-        }
-    }
-}
-
 /// Writes a successful event inside `conn`'s transaction.
 pub async fn record_ok(
     conn: &mut PgConnection,
     action: &Action,
-    fence: Option<FenceRef>,
+    fence: Option<&Fence>,
     details: serde_json::Value,
 ) -> Result<i64> {
     insert(conn, action, "ok", "", fence, details).await
@@ -261,7 +239,7 @@ async fn insert(
     action: &Action,
     result: &str,
     reason: &str,
-    fence: Option<FenceRef>,
+    fence: Option<&Fence>,
     details: serde_json::Value,
 ) -> Result<i64> {
     let event = crate::db::audit::NewEvent {
@@ -273,8 +251,8 @@ async fn insert(
         reason: cut(reason, AUDIT_REASON_BYTES_MAX),
         fence: fence.map(|f| {
             (
-                i64::try_from(f.term).unwrap_or(i64::MAX),
-                i64::try_from(f.seq).unwrap_or(i64::MAX),
+                i64::try_from(f.authority_term.0).unwrap_or(i64::MAX),
+                i64::try_from(f.seq.0).unwrap_or(i64::MAX),
             )
         }),
     };

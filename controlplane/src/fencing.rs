@@ -18,13 +18,13 @@
 //! The price is that one cluster's trust mutations run one at a time
 //! (a fence is a few milliseconds).
 
-use crate::audit::{self, Action, FenceRef};
+use crate::audit::{self, Action};
 use crate::db;
 use crate::error::{Error, Result};
-use rap_authority::client::authority_client;
 use rap_authority::network::NetworkConfig;
+use rap_core::Fence;
 use rap_core::tls::live::LiveIdentity;
-use rap_core::tls::pin::{ExpectedPeer, PeerTls};
+use rap_core::tls::pin::PeerTls;
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
@@ -45,31 +45,12 @@ pub enum StorageTransport {
     InsecurePlaintext,
 }
 
-/// A storage node of a cluster's group, as the control plane dials it: its
-/// certificate must name this node id (storage kind).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoragePeer {
-    /// The storage node's id.
-    pub node_id: String,
-    /// Its gRPC address, `host:port`.
-    pub address: String,
-}
-
-impl StoragePeer {
-    /// Whom the TLS client expects at this address.
-    pub fn expected(&self) -> ExpectedPeer {
-        ExpectedPeer::storage_named(&self.node_id)
-    }
-}
+pub use rap_authority::client::StoragePeer;
 
 /// How long the network settings of a cluster (its mTLS client
 /// certificate) are reused before the keys are loaded again; loading
 /// renews a client certificate that is about to expire.
 pub const NETWORK_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Pause between two rounds over a cluster's storage nodes while no fence
-/// is granted (an election is running, or a lease is being renewed).
-pub const FENCE_ROUND_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Clients of the clusters' authority groups.
 #[derive(Clone, Debug)]
@@ -139,20 +120,9 @@ impl AuthorityClients {
         (loaded.elapsed() < NETWORK_CACHE_TTL).then(|| network.clone())
     }
 
-    /// Asks the storage nodes `peers`, in order, until one grants a
-    /// fence, within [`crate::limits::FENCE_TIMEOUT`] overall.
-    ///
-    /// * `NO_QUORUM` from a node that reaches fewer than a majority is
-    ///   final at once (a minority refuses fast).
-    /// * `NO_QUORUM` although a majority is reachable (a leader whose
-    ///   quorum lease lapsed under load), `NOT_LEADER` (an election is
-    ///   running) and transport failures move on to the next node; after a
-    ///   round without a grant the round is repeated after
-    ///   [`FENCE_ROUND_PAUSE`] until the deadline.
-    /// * Any other refusal (term mismatch, fenced, wrong cluster) is final.
-    ///
-    /// At the deadline, the best `NO_QUORUM` seen (or `0/n` when no node
-    /// could be reached) is returned.
+    /// Asks the storage nodes `peers`, in order, until one grants a fence,
+    /// within [`crate::limits::FENCE_TIMEOUT`] overall; the retry rules are
+    /// the authority client's ([`rap_authority::client::acquire_fence`]).
     pub async fn acquire_fence(
         &self,
         cluster_id: &str,
@@ -160,90 +130,24 @@ impl AuthorityClients {
         expected_term: u64,
         purpose: &str,
     ) -> Result<pb::FencingToken> {
-        if peers.is_empty() {
-            return Err(Error::AuthorityUnreachable(format!(
-                "no storage node of cluster {cluster_id} is recorded"
-            )));
-        }
         let network = self.network(cluster_id)?;
-        let deadline = tokio::time::Instant::now() + crate::limits::FENCE_TIMEOUT;
-        let mut best_no_quorum: Option<(u32, u32)> = None;
-        let mut last_other = String::new();
-        loop {
-            for peer in peers {
-                let address = &peer.address;
-                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if remaining.is_zero() {
-                    break;
-                }
-                let mut client = match authority_client(&network, address, &peer.expected()) {
-                    Ok(client) => client,
-                    Err(e) => {
-                        last_other = e.to_string();
-                        continue;
-                    }
-                };
-                let call = client.acquire_fence(pb::AcquireFenceRequest {
-                    cluster_id: cluster_id.to_string(),
-                    purpose: purpose.to_string(),
-                    expected_term,
-                });
-                let status = match tokio::time::timeout(remaining, call).await {
-                    Ok(Ok(response)) => {
-                        return response.into_inner().fence.ok_or_else(|| {
-                            Error::Internal("fence response without a fence".into())
-                        });
-                    }
-                    Ok(Err(status)) => status,
-                    Err(_) => {
-                        last_other = format!("{address}: no answer in time");
-                        continue;
-                    }
-                };
-                match rap_core::codes::error_detail(&status) {
-                    Some(detail) if detail.code == "NO_QUORUM" => {
-                        let seen = (detail.reachable_voters, detail.total_voters);
-                        if seen.0 <= seen.1 / 2 {
-                            // A minority: refuse fast.
-                            return Err(Error::NoQuorum {
-                                reachable_voters: seen.0,
-                                total_voters: seen.1,
-                            });
-                        }
-                        if best_no_quorum.is_none_or(|best| seen.0 > best.0) {
-                            best_no_quorum = Some(seen);
-                        }
-                    }
-                    Some(detail) if detail.code == "NOT_LEADER" => {
-                        last_other = format!("{address}: {}", detail.message);
-                    }
-                    Some(detail) => {
-                        return Err(Error::Authority {
-                            code: detail.code,
-                            message: detail.message,
-                        });
-                    }
-                    None => last_other = format!("{address}: {}", status.message()),
-                }
-            }
-            if tokio::time::Instant::now() + FENCE_ROUND_PAUSE >= deadline {
-                break;
-            }
-            tokio::time::sleep(FENCE_ROUND_PAUSE).await;
-        }
-        let (reachable_voters, total_voters) =
-            best_no_quorum.unwrap_or((0, u32::try_from(peers.len()).unwrap_or(u32::MAX)));
-        tracing::warn!(cluster_id, reachable_voters, total_voters, last = %last_other, "no fence granted in time");
-        Err(Error::NoQuorum {
-            reachable_voters,
-            total_voters,
-        })
+        rap_authority::client::acquire_fence(
+            &network,
+            cluster_id,
+            peers,
+            expected_term,
+            purpose,
+            crate::limits::FENCE_TIMEOUT,
+        )
+        .await
+        .map_err(authority_error)
     }
 }
 
 impl AuthorityClients {
     /// Publishes signed envelopes to the cluster's group under `fence`
-    /// (all or nothing), asking the storage nodes `peers` in order.
+    /// (all or nothing), asking the storage nodes `peers` in order
+    /// ([`rap_authority::client::publish`]).
     pub async fn publish(
         &self,
         cluster_id: &str,
@@ -252,37 +156,15 @@ impl AuthorityClients {
         envelopes: Vec<Vec<u8>>,
     ) -> Result<pb::PublishShardsResponse> {
         let network = self.network(cluster_id)?;
-        let mut last = String::from("no storage node recorded");
-        for peer in peers {
-            let address = &peer.address;
-            let mut client = authority_client(&network, address, &peer.expected())
-                .map_err(|e| Error::invalid(e.to_string()))?;
-            let call = client.publish_shards(pb::PublishShardsRequest {
-                fence: Some(fence.clone()),
-                envelopes: envelopes.clone(),
-            });
-            match tokio::time::timeout(crate::limits::FENCE_TIMEOUT, call).await {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) => match rap_core::codes::error_detail(&status) {
-                    Some(detail) if detail.code == "NOT_LEADER" => last = detail.message,
-                    Some(detail) if detail.code == "NO_QUORUM" => {
-                        return Err(Error::NoQuorum {
-                            reachable_voters: detail.reachable_voters,
-                            total_voters: detail.total_voters,
-                        });
-                    }
-                    Some(detail) => {
-                        return Err(Error::Authority {
-                            code: detail.code,
-                            message: detail.message,
-                        });
-                    }
-                    None => last = format!("{address}: {}", status.message()),
-                },
-                Err(_) => last = format!("{address}: no answer"),
-            }
-        }
-        Err(Error::AuthorityUnreachable(last))
+        rap_authority::client::publish(
+            &network,
+            peers,
+            fence,
+            envelopes,
+            crate::limits::FENCE_TIMEOUT,
+        )
+        .await
+        .map_err(authority_error)
     }
 }
 
@@ -307,7 +189,7 @@ pub struct Fenced {
     /// The transaction; put the mutation here.
     pub tx: Transaction<'static, Postgres>,
     /// The fence this mutation carries.
-    pub fence: FenceRef,
+    pub fence: Fence,
     action: Action,
 }
 
@@ -368,23 +250,20 @@ impl Fenced {
                 fence.cluster_id
             )));
         }
+        let granted = Fence::from_pb(&fence)?;
         db::authority_terms::record_fence(&mut tx, &cluster_id, fence.authority_term, fence.seq)
             .await?;
         tracing::debug!(cluster_id = %cluster_id, term = fence.authority_term, seq = fence.seq, action = action.action, "fence checked");
         Ok(Fenced {
             tx,
-            fence: FenceRef {
-                term: fence.authority_term,
-                seq: fence.seq,
-                log_index: fence.log_index,
-            },
+            fence: granted,
             action: action.clone(),
         })
     }
 
     /// Writes the audit event (with the fence) and commits.
-    pub async fn commit(mut self, details: serde_json::Value) -> Result<FenceRef> {
-        audit::record_ok(&mut self.tx, &self.action, Some(self.fence), details).await?;
+    pub async fn commit(mut self, details: serde_json::Value) -> Result<Fence> {
+        audit::record_ok(&mut self.tx, &self.action, Some(&self.fence), details).await?;
         self.tx.commit().await?;
         Ok(self.fence)
     }
@@ -406,7 +285,7 @@ impl Fenced {
 /// ```ignore
 /// let checked = principal.require_platform().and_then(|()| validate(&request));
 /// fencing::run(&ctx.pool, &ctx.authority, action, checked, async |tx, fence, target| {
-///     let (term, seq) = fence_columns(fence)?;
+///     let (term, seq) = fence_columns(&fence)?;
 ///     let by = db::roles::remove(tx, target.key(), &removed_by, term, seq).await?;
 ///     Ok((target.to_pb("removed", by.unwrap_or_default()), serde_json::json!({})))
 /// })
@@ -417,12 +296,12 @@ pub async fn run<C, T>(
     clients: &AuthorityClients,
     action: Action,
     checked: Result<C>,
-    apply: impl AsyncFnOnce(&mut PgConnection, FenceRef, C) -> Result<(T, serde_json::Value)>,
+    apply: impl AsyncFnOnce(&mut PgConnection, Fence, C) -> Result<(T, serde_json::Value)>,
 ) -> Result<T> {
     let checked = audit::refuse_unless(pool, &action, checked).await?;
     let result = async {
         let mut fenced = Fenced::begin(pool, clients, &action).await?;
-        let fence = fenced.fence;
+        let fence = fenced.fence.clone();
         let (value, details) = apply(&mut fenced.tx, fence, checked).await?;
         fenced.commit(details).await?;
         Ok(value)
@@ -454,4 +333,26 @@ pub async fn run_unfenced<C, T>(
     }
     .await;
     audit::audited(pool, &action, result).await
+}
+
+/// What the authority client's refusal means to the control plane: the
+/// group's own codes are kept (`NO_QUORUM` with its counts, anything the
+/// group refused as `AUTHORITY_REFUSED` with the group's code), no answer
+/// at all is `AUTHORITY_UNREACHABLE`.
+fn authority_error(error: rap_authority::Error) -> Error {
+    match error {
+        rap_authority::Error::NoQuorum {
+            reachable_voters,
+            total_voters,
+        } => Error::NoQuorum {
+            reachable_voters,
+            total_voters,
+        },
+        rap_authority::Error::Unreachable(message) => Error::AuthorityUnreachable(message),
+        rap_authority::Error::Refused { code, message } => Error::Authority { code, message },
+        other => Error::Authority {
+            code: other.code().to_string(),
+            message: other.to_string(),
+        },
+    }
 }

@@ -8,7 +8,7 @@
 //! same fence, all before the transaction commits: the revocation is in
 //! PostgreSQL only if the group accepted the shard.
 
-use crate::audit::{self, Action};
+use crate::audit::Action;
 use crate::auth::Principal;
 use crate::context::Context;
 use crate::db;
@@ -17,7 +17,7 @@ use crate::fencing;
 use crate::limits::REASON_BYTES_MAX;
 use crate::page::Page;
 use rap_proto::envelope::{Digest, ReaderSelector, Scope, ShardDraft};
-use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId, SnapshotVersion, TrustGeneration};
+use rap_proto::ids::{ClusterId, NodeId, SnapshotVersion, TrustGeneration};
 use rap_proto::limits::REVOCATIONS_MAX;
 use rap_proto::pb;
 use rap_proto::revocations::REVOCATIONS_SCOPE;
@@ -138,9 +138,15 @@ pub async fn revoke(
                 );
             }
             db::roles::remove_all_of_node(tx, cluster_id, node_id, &actor).await?;
-            let version =
-                publish_revocations(tx, &ctx.authority, &ctx.keys_dir, cluster_id, fence, &actor)
-                    .await?;
+            let version = publish_revocations(
+                tx,
+                &ctx.authority,
+                &ctx.keys_dir,
+                cluster_id,
+                &fence,
+                &actor,
+            )
+            .await?;
             tracing::info!(
                 cluster_id = %cluster_id,
                 node_id = %node_id,
@@ -169,7 +175,7 @@ async fn publish_revocations(
     authority: &fencing::AuthorityClients,
     keys_dir: &std::path::Path,
     cluster_id: &str,
-    fence: audit::FenceRef,
+    fence: &rap_core::Fence,
     actor: &str,
 ) -> Result<u64> {
     let limit = i64::try_from(REVOCATIONS_MAX).unwrap_or(i64::MAX - 1) + 1;
@@ -211,7 +217,7 @@ async fn publish_revocations(
             cluster_id: cluster,
             scope: Scope::TrustRevocations,
             version: SnapshotVersion(version),
-            authority_term: AuthorityTerm(fence.term),
+            authority_term: fence.authority_term,
             issued_at: now,
             expires_at: now.plus_ms(REVOCATIONS_VALIDITY_MS),
             prev_hash,
@@ -223,12 +229,7 @@ async fn publish_revocations(
     )?;
     let peers = fencing::storage_peers(tx, cluster_id).await?;
     authority
-        .publish(
-            cluster_id,
-            &peers,
-            fence.to_pb(cluster_id),
-            vec![sealed.bytes],
-        )
+        .publish(cluster_id, &peers, fence.to_pb(), vec![sealed.bytes])
         .await?;
     db::snapshots::insert(
         tx,
@@ -236,8 +237,8 @@ async fn publish_revocations(
         db::snapshots::Publication {
             scope: REVOCATIONS_SCOPE,
             version: i64::try_from(version).unwrap_or(i64::MAX),
-            authority_term: i64::try_from(fence.term).unwrap_or(i64::MAX),
-            fence_seq: i64::try_from(fence.seq).unwrap_or(i64::MAX),
+            authority_term: i64::try_from(fence.authority_term.0).unwrap_or(i64::MAX),
+            fence_seq: i64::try_from(fence.seq.0).unwrap_or(i64::MAX),
             content_hash: &sealed.header.content_hash.0[..],
             header_hash: &sealed.header_hash.0[..],
             published_by: actor,

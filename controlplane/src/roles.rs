@@ -11,13 +11,14 @@
 //! inside the fenced transaction, so the checks and the write see the same
 //! state, and the row records the fence it was written with.
 
-use crate::audit::{self, Action, FenceRef};
+use crate::audit::{self, Action};
 use crate::auth::Principal;
 use crate::context::Context;
 use crate::db;
 use crate::error::{Error, Result};
 use crate::fencing;
 use crate::page::Page;
+use rap_core::Fence;
 use rap_proto::ids::{ClusterId, NodeId, OrgId, RoleName};
 use rap_proto::pb;
 
@@ -168,9 +169,10 @@ fn action(principal: &Principal, name: &'static str, cluster_id: &str, target: S
     )
 }
 
-fn fence_columns(fence: FenceRef) -> Result<(i64, i64)> {
-    let term = i64::try_from(fence.term).map_err(|_| Error::StaleFence("term overflow".into()))?;
-    let seq = i64::try_from(fence.seq).map_err(|_| Error::StaleFence("seq overflow".into()))?;
+fn fence_columns(fence: &Fence) -> Result<(i64, i64)> {
+    let term = i64::try_from(fence.authority_term.0)
+        .map_err(|_| Error::StaleFence("term overflow".into()))?;
+    let seq = i64::try_from(fence.seq.0).map_err(|_| Error::StaleFence("seq overflow".into()))?;
     Ok((term, seq))
 }
 
@@ -235,7 +237,7 @@ pub async fn assign(
                     id: target.label(),
                 });
             }
-            let (term, seq) = fence_columns(fence)?;
+            let (term, seq) = fence_columns(&fence)?;
             let inserted = db::roles::insert(tx, target.key(), &assigned_by, term, seq).await?;
             if inserted == db::roles::Inserted::AlreadyActive {
                 return Err(Error::AlreadyExists {
@@ -294,7 +296,7 @@ pub async fn remove(
         action,
         checked,
         async |tx, fence, target| {
-            let (term, seq) = fence_columns(fence)?;
+            let (term, seq) = fence_columns(&fence)?;
             let assigned_by = db::roles::remove(tx, target.key(), &removed_by, term, seq).await?;
             let Some(assigned_by) = assigned_by else {
                 return Err(Error::not_found("active role assignment", target.label()));
