@@ -9,6 +9,8 @@
 //! * [`tls`]: the control plane's TLS listener (per-cluster server
 //!   certificates by SNI, client certificates from any cluster CA).
 //! * [`audit`], [`fencing`]: audit events and fenced mutations.
+//! * [`coordination`]: what several control plane processes on one
+//!   PostgreSQL agree on (promotion lock, identity change notifications).
 //! * [`auth`]: admin principals and bearer tokens; [`principals`]: their
 //!   lifecycle (token list/create/revoke, principal disable/enable).
 //! * services: [`clusters`], [`tokens`], [`enrollment`], [`nodes`],
@@ -22,6 +24,7 @@ pub mod auth;
 pub mod authority_ops;
 pub mod clusters;
 pub mod context;
+pub mod coordination;
 pub mod db;
 pub mod enrollment;
 pub mod error;
