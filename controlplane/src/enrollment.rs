@@ -1419,6 +1419,9 @@ impl Rotation {
                 "this certificate is no longer the node's active one".into(),
             ));
         }
+        // Every control plane process drops the old serial on commit.
+        crate::coordination::notify_identities_changed(tx, std::slice::from_ref(&self.serial))
+            .await?;
         let keys = ClusterKeys::load(&self.keys_dir, &self.identity.cluster_id)?;
         let issued = issue_identity(
             tx,

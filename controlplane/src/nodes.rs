@@ -184,6 +184,8 @@ pub async fn revoke(
             .execute(&mut **tx)
             .await?
             .rows_affected();
+            // Every control plane process drops these serials on commit.
+            crate::coordination::notify_identities_changed(tx, &serials).await?;
             if serials.is_empty() && memberships == 0 {
                 let known: bool = sqlx::query_scalar(
                     "SELECT EXISTS (SELECT 1 FROM cluster_memberships WHERE cluster_id = $1 AND node_id = $2)",
