@@ -10,6 +10,7 @@ mod groups;
 mod grpc;
 mod heartbeats;
 mod identities;
+mod multi;
 mod orgs;
 mod principals;
 mod promotion;

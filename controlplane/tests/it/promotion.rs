@@ -81,7 +81,7 @@ async fn last_event(p: &Platform, action: &str, result: &str, needle: &str) {
 }
 
 /// Waits until storage node `node` sees its group as a minority.
-async fn wait_for_minority(p: &Platform, node: &str) {
+pub async fn wait_for_minority(p: &Platform, node: &str) {
     let address: String = sqlx::query_scalar(
         "SELECT address FROM storage_nodes WHERE cluster_id = $1 AND node_id = $2",
     )
