@@ -537,3 +537,65 @@ async fn a_revocation_while_the_listener_is_cut_is_still_refused_within_a_second
     let again = on_two.heartbeat(heartbeat(&p, "rdp-1")).await.unwrap_err();
     assert_eq!(code_of(&again), "PERMISSION_DENIED", "{again:?}");
 }
+
+// Goal: the promotion lock itself: while one holder has a cluster's lock a
+// second taker waits (another cluster's lock is free), and when the
+// holder's connection dies (a crashed process) PostgreSQL releases the
+// lock and the waiter gets it. Method: lock_promotion on the platform's
+// pool; a second one for the same cluster is still waiting after 1 s; the
+// holder's backend (pg_locks, advisory, granted) is ended with
+// pg_terminate_backend; the waiter then finishes (hang guard 10 s). No
+// authority row changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_promotion_lock_holder_releases_the_lock() {
+    use rap_controlplane::coordination::{lock_promotion, promotion_lock_key};
+    let p = Platform::without_storage("c1", rap_authority::tls::NODE_CERT_VALIDITY_DEFAULT).await;
+    let terms_before = p
+        .count("SELECT count(*) FROM cluster_authority_terms")
+        .await;
+    let held = lock_promotion(&p.ctx.pool, "c1").await.unwrap();
+    let other = tokio::time::timeout(Duration::from_secs(5), lock_promotion(&p.ctx.pool, "c2"))
+        .await
+        .expect("another cluster's lock is free")
+        .unwrap();
+    other.release().await;
+
+    let pool = p.ctx.pool.clone();
+    let mut waiter = tokio::spawn(async move { lock_promotion(&pool, "c1").await });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut waiter)
+            .await
+            .is_err(),
+        "the second taker must wait while the lock is held"
+    );
+    // The key as pg_locks shows it: classid = high 32 bits, objid = low.
+    let key = promotion_lock_key("c1");
+    let holders: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_locks
+          WHERE locktype = 'advisory' AND granted
+            AND ((classid::bigint << 32) | objid::bigint) = $1",
+    )
+    .bind(key)
+    .fetch_all(&p.ctx.pool)
+    .await
+    .unwrap();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(holders[0])
+        .fetch_one(&p.ctx.pool)
+        .await
+        .unwrap();
+    assert!(ended);
+    let taken = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("hang guard: the lock of a dead holder was not released")
+        .unwrap()
+        .unwrap();
+    taken.release().await;
+    drop(held);
+    assert_eq!(
+        p.count("SELECT count(*) FROM cluster_authority_terms")
+            .await,
+        terms_before
+    );
+}
