@@ -368,7 +368,10 @@ fn heartbeat(p: &Platform, node_id: &str) -> pb::HeartbeatRequest {
 
 /// Sends heartbeats of `node` through `client` every [`HEARTBEAT_POLL`]
 /// until one is refused PERMISSION_DENIED ("identity revoked"); fails if
-/// one is still accepted [`REVOCATION_SEEN_WITHIN`] after `revoked_at`.
+/// a heartbeat sent [`REVOCATION_SEEN_WITHIN`] or more after `revoked_at`
+/// is still accepted (so a slow machine's late answers are no failure,
+/// and the loop ends: every heartbeat after the deadline is refused or
+/// fails the test).
 async fn refused_within_a_second(
     client: &mut AgentServiceClient<Channel>,
     p: &Platform,
@@ -378,25 +381,21 @@ async fn refused_within_a_second(
 ) {
     let mut accepted = 0;
     let refusal = loop {
+        let sent = revoked_at.elapsed();
         match client.heartbeat(heartbeat(p, node)).await {
             Err(status) if code_of(&status) == "PERMISSION_DENIED" => break status,
             Ok(_) => accepted += 1,
             Err(status) => panic!("unexpected refusal: {status:?}"),
         }
         assert!(
-            revoked_at.elapsed() < REVOCATION_SEEN_WITHIN,
-            "the other process still accepts the revoked node {} ms after the revocation ({accepted} \
-             heartbeats accepted); its log:\n{}",
-            revoked_at.elapsed().as_millis(),
+            sent < REVOCATION_SEEN_WITHIN,
+            "the other process still accepted the revoked node's heartbeat sent {} ms after the \
+             revocation ({accepted} heartbeats accepted since); its log:\n{}",
+            sent.as_millis(),
             serve.log_text()
         );
         tokio::time::sleep(HEARTBEAT_POLL).await;
     };
-    assert!(
-        revoked_at.elapsed() < REVOCATION_SEEN_WITHIN,
-        "refused only after {} ms",
-        revoked_at.elapsed().as_millis()
-    );
     assert_eq!(refusal.code(), tonic::Code::PermissionDenied);
     assert!(
         refusal.message().contains("identity revoked"),
