@@ -9,6 +9,9 @@
 //!
 //! # Promotion: PostgreSQL first, then the order
 //!
+//! 0. Take the cluster's promotion lock
+//!    ([`crate::db::coordination::lock_promotion`]), shared by every control
+//!    plane process on the database and held until step 4 is done.
 //! 1. `BEGIN`; lock the cluster's current authority row (`FOR UPDATE`);
 //!    refuse unless its term equals the operator's `expected_term`.
 //! 2. Survey the survivors (`Status`): refused, with nothing changed
@@ -66,10 +69,6 @@ pub const ACTION_PROMOTE: &str = "authority.promote";
 pub const ACTION_REJOIN: &str = "authority.rejoin";
 /// Most survivors one promotion may name (the group's voter limit).
 pub const SURVIVORS_MAX: usize = rap_authority::limits::VOTERS_MAX;
-
-/// One promotion at a time in this process: a second one waits, then
-/// finds the term moved on.
-static PROMOTIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The authority crate's refusals as the control plane's.
 fn authority_error(error: rap_authority::Error) -> Error {
@@ -170,7 +169,10 @@ async fn promote_now(
     principal.require_owner()?;
     let cluster = check_promote_request(request)?;
     let cluster_id = cluster.as_str();
-    let _one_at_a_time = PROMOTIONS.lock().await;
+    // One promotion of a cluster at a time, across every control plane
+    // process, held until the order is delivered: a second one waits, then
+    // finds the term moved on.
+    let mut one_at_a_time = crate::db::coordination::lock_promotion(&ctx.pool, cluster_id).await?;
 
     let mut tx = ctx.pool.begin().await?;
     require_exists(&mut tx, cluster_id).await?;
@@ -248,6 +250,7 @@ async fn promote_now(
         drop(tx);
     } else {
         let retired = record_promotion(&mut tx, cluster_id, &plan, action).await?;
+        one_at_a_time.confirm().await?;
         tx.commit().await?;
         tracing::warn!(
             cluster_id,
@@ -293,6 +296,7 @@ async fn promote_now(
         leader = %report.leader_id,
         "promotion done: the group is re-formed"
     );
+    one_at_a_time.release().await;
     Ok(observe(
         ctx,
         &cluster,

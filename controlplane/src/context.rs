@@ -23,7 +23,8 @@ pub struct Context {
     /// clusters are added to it at once.
     pub tls: Option<Arc<crate::tls::ControlPlaneTls>>,
     /// The agent API of this process, when serving: revocation and renewal
-    /// drop its cached identity answers at once.
+    /// drop its cached identity answers at once (other processes' through
+    /// [`crate::db::coordination::notify_identities_changed`]).
     pub agents: Option<crate::api::agent::AgentApi>,
     /// Lifetime of the agent and storage node certificates issued
     /// (`node-cert-validity-s`; default 24 h). Nodes renew at about two
@@ -33,7 +34,10 @@ pub struct Context {
 
 impl Context {
     /// Tells this process's agent API that these certificate serials are
-    /// no longer active (other processes notice within the cache TTL).
+    /// no longer active. Other processes are told by the revoking
+    /// transaction itself ([`crate::db::coordination::notify_identities_changed`]),
+    /// and answer from their caches only while they hear such notices
+    /// ([`crate::db::coordination::IDENTITY_NOTICE_MAX`]).
     pub fn forget_serials(&self, serials: &[String]) {
         if let Some(agents) = &self.agents {
             for serial in serials {

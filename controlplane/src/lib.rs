@@ -11,6 +11,9 @@
 //! * [`tls`]: the control plane's TLS listener (per-cluster server
 //!   certificates by SNI, client certificates from any cluster CA).
 //! * [`audit`], [`fencing`]: audit events and fenced mutations.
+//! * [`db::coordination`]: what several control plane processes on one
+//!   PostgreSQL agree on through it (promotion lock, identity change
+//!   notifications); nothing trust-related is held only in one process.
 //! * [`auth`]: admin principals and bearer tokens; [`principals`]: their
 //!   lifecycle (token list/create/revoke, principal disable/enable).
 //! * services: [`clusters`], [`tokens`], [`enrollment`], [`nodes`],

@@ -126,6 +126,8 @@ pub async fn revoke(
         async |tx, fence, ()| {
             let serials = db::nodes::revoke_identities(tx, cluster_id, node_id).await?;
             let memberships = db::nodes::revoke_memberships(tx, cluster_id, node_id).await?;
+            // Every control plane process drops these serials on commit.
+            crate::db::coordination::notify_identities_changed(tx, &serials).await?;
             if serials.is_empty() && memberships == 0 {
                 return Err(
                     if db::nodes::has_membership(tx, cluster_id, node_id).await? {

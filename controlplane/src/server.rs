@@ -246,6 +246,12 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    // Other control plane processes revoke too: their changes reach this
+    // process's identity cache through PostgreSQL.
+    let identity_listener = ctx
+        .agents
+        .as_ref()
+        .map(|agents| agents.start_identity_listener(stop_rx.clone()));
     let grpc_listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::invalid(format!("listen on {} (gRPC): {e}", config.listen)))?;
@@ -272,12 +278,19 @@ pub async fn serve(
         }
     };
     let mut http_stop = stop_rx.clone();
-    let http = axum::serve(http_listener, http_router(pool.clone(), heartbeats.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|stop| *stop).await;
-        });
+    let identity_cache = ctx.agents.clone();
+    let http = axum::serve(
+        http_listener,
+        http_router(pool.clone(), heartbeats.clone(), identity_cache),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|stop| *stop).await;
+    });
     let (grpc_result, http_result) = tokio::join!(grpc, http);
     heartbeats.shutdown().await;
+    if let Some(listener) = identity_listener {
+        let _ = listener.await;
+    }
     grpc_result?;
     http_result.map_err(|e| Error::Internal(format!("HTTP server: {e}")))?;
     tracing::info!("stopped");
@@ -311,7 +324,11 @@ async fn readiness(pool: &sqlx::PgPool) -> (axum::http::StatusCode, &'static str
     }
 }
 
-fn http_router(pool: sqlx::PgPool, heartbeats: Heartbeats) -> axum::Router {
+fn http_router(
+    pool: sqlx::PgPool,
+    heartbeats: Heartbeats,
+    agents: Option<AgentApi>,
+) -> axum::Router {
     use axum::routing::get;
     let ready_pool = pool.clone();
     axum::Router::new()
@@ -328,7 +345,8 @@ fn http_router(pool: sqlx::PgPool, heartbeats: Heartbeats) -> axum::Router {
             get(move || {
                 let stats = heartbeats.stats();
                 let pool = pool.clone();
-                async move { metrics_text(&stats, pool.size(), pool.num_idle()) }
+                let cache_in_use = agents.as_ref().is_some_and(AgentApi::identity_cache_in_use);
+                async move { metrics_text(&stats, pool.size(), pool.num_idle(), cache_in_use) }
             }),
         )
 }
@@ -337,6 +355,7 @@ fn metrics_text(
     stats: &crate::heartbeats::HeartbeatStats,
     pool_size: u32,
     pool_idle: usize,
+    identity_cache_in_use: bool,
 ) -> String {
     let mut out = String::new();
     let mut line = |name: &str, help: &str, kind: &str, value: String| {
@@ -403,6 +422,12 @@ fn metrics_text(
         "Idle PostgreSQL connections.",
         "gauge",
         pool_idle.to_string(),
+    );
+    line(
+        "rap_cp_identity_cache_in_use",
+        "1 while this process's identity listener hears every identity change (cached agent identity answers are used); 0 while every heartbeat's identity is read from PostgreSQL.",
+        "gauge",
+        u8::from(identity_cache_in_use).to_string(),
     );
     line(
         "rap_cp_audit_refusals_suppressed_total",

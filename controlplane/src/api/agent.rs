@@ -6,11 +6,14 @@
 //! heartbeat claims ([`authenticate`]), and its serial and public key must
 //! be those of the ACTIVE `node_identities` row of that node
 //! ([`AgentApi::check_identity`]; answers are cached per serial for
-//! [`IDENTITY_CACHE_TTL`], [`AgentApi::invalidate_serial`] drops one at
-//! once). The public key matters: the TLS listener accepts client
-//! certificates of ANY registered cluster CA, and serials are not secret,
-//! so only the key (whose possession the handshake proved) binds the
-//! caller to the node enrolled in *this* cluster. The heartbeat is then
+//! [`IDENTITY_CACHE_TTL`], but used only while this process's identity
+//! listener hears every change ([`crate::db::coordination`]): a revocation or
+//! rotation through any control plane process drops the answer here too,
+//! and [`AgentApi::invalidate_serial`] drops one at once). The public key
+//! matters: the TLS listener accepts client certificates of ANY registered
+//! cluster CA, and serials are not secret, so only the key (whose
+//! possession the handshake proved) binds the caller to the node enrolled
+//! in *this* cluster. The heartbeat is then
 //! validated, admitted by its node's own rate limit (`RATE_LIMITED`,
 //! `RESOURCE_EXHAUSTED` with a `retry-after-ms` hint, never queued when
 //! over it) and written through the [`Heartbeats`] batcher; the call
@@ -22,6 +25,7 @@
 //! (`hex::encode(cert.raw_serial())`, a leading `00` kept when the DER
 //! encoding has it).
 
+use crate::db::coordination::{IdentityCache, IdentityWatch};
 use crate::error::{Error, Result};
 use crate::heartbeats::{
     HEARTBEAT_BYTES_MAX, Heartbeat, Heartbeats, is_overloaded, is_rate_limited, now_unix_ms,
@@ -41,8 +45,10 @@ use tonic::{Request, Response, Status};
 /// How long an identity answer (active, revoked, unknown) is reused for a
 /// certificate serial. Agents heartbeat every
 /// [`HEARTBEAT_INTERVAL_DEFAULT`], so a TTL of a few intervals saves most
-/// lookups; revocation in this process is immediate through
-/// [`AgentApi::invalidate_serial`], in other processes within this TTL.
+/// lookups. Revocations do not wait for it: the revoking process drops the
+/// answer through [`AgentApi::invalidate_serial`], every other through its
+/// identity listener, and no answer is used while the listener is not
+/// current ([`crate::db::coordination::IDENTITY_NOTICE_MAX`]).
 pub const IDENTITY_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Most cached identity answers; beyond it expired ones are dropped, and
 /// if that is not enough, all.
@@ -140,12 +146,22 @@ struct Cached {
     at: Instant,
 }
 
+/// The cached answers, and how many invalidations happened: an answer
+/// read from PostgreSQL is kept only if none happened since the read
+/// started (else it may predate the change).
+#[derive(Debug, Default)]
+struct Cache {
+    entries: HashMap<String, Cached>,
+    invalidations: u64,
+}
+
 /// The `AgentService` implementation.
 #[derive(Clone)]
 pub struct AgentApi {
     pool: PgPool,
     heartbeats: Heartbeats,
-    cache: Arc<Mutex<HashMap<String, Cached>>>,
+    cache: Arc<Mutex<Cache>>,
+    watch: IdentityWatch,
 }
 
 impl fmt::Debug for AgentApi {
@@ -162,8 +178,30 @@ impl AgentApi {
         AgentApi {
             pool,
             heartbeats,
-            cache: Arc::new(Mutex::new(HashMap::new())),
+            cache: Arc::new(Mutex::new(Cache::default())),
+            watch: IdentityWatch::default(),
         }
+    }
+
+    /// Starts this process's identity listener
+    /// ([`crate::db::coordination::spawn_identity_listener`]) until `stop` turns
+    /// true; cached answers are used only while it is current.
+    pub fn start_identity_listener(
+        &self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        crate::db::coordination::spawn_identity_listener(
+            self.pool.clone(),
+            self.clone(),
+            self.watch.clone(),
+            stop,
+        )
+    }
+
+    /// Whether cached identity answers are in use now (the identity
+    /// listener is current).
+    pub fn identity_cache_in_use(&self) -> bool {
+        self.watch.is_current()
     }
 
     /// The tonic service; requests are decoded up to
@@ -182,29 +220,46 @@ impl AgentApi {
     /// Forgets the cached answer for `serial` (call it when an identity is
     /// revoked or rotated, so this process refuses it at once).
     pub fn invalidate_serial(&self, serial: &str) {
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(serial);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.invalidations = cache.invalidations.wrapping_add(1);
+        cache.entries.remove(serial);
     }
 
     fn cached(&self, serial: &str) -> Option<Known> {
+        if !self.watch.is_current() {
+            return None;
+        }
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         cache
+            .entries
             .get(serial)
             .filter(|c| c.at.elapsed() < IDENTITY_CACHE_TTL)
             .map(|c| c.known.clone())
     }
 
-    fn remember(&self, serial: &str, known: Known) {
+    fn invalidations(&self) -> u64 {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .invalidations
+    }
+
+    /// Keeps `known`, read after `invalidations` were counted, unless an
+    /// invalidation happened since.
+    fn remember(&self, serial: &str, known: Known, invalidations: u64) {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= IDENTITY_CACHE_ENTRIES_MAX {
-            cache.retain(|_, c| c.at.elapsed() < IDENTITY_CACHE_TTL);
-            if cache.len() >= IDENTITY_CACHE_ENTRIES_MAX {
-                cache.clear();
+        if cache.invalidations != invalidations {
+            return;
+        }
+        if cache.entries.len() >= IDENTITY_CACHE_ENTRIES_MAX {
+            cache
+                .entries
+                .retain(|_, c| c.at.elapsed() < IDENTITY_CACHE_TTL);
+            if cache.entries.len() >= IDENTITY_CACHE_ENTRIES_MAX {
+                cache.entries.clear();
             }
         }
-        cache.insert(
+        cache.entries.insert(
             serial.to_string(),
             Cached {
                 known,
@@ -217,6 +272,7 @@ impl AgentApi {
         if let Some(known) = self.cached(serial) {
             return Ok(known);
         }
+        let invalidations = self.invalidations();
         let row =
             crate::db::nodes::identity_by_serial(&mut *self.pool.acquire().await?, serial).await?;
         let known = match row {
@@ -228,7 +284,7 @@ impl AgentApi {
                 status: row.identity_status,
             },
         };
-        self.remember(serial, known.clone());
+        self.remember(serial, known.clone(), invalidations);
         Ok(known)
     }
 
@@ -324,6 +380,22 @@ impl AgentApi {
         Ok(HeartbeatResponse {
             next_interval_ms: NEXT_INTERVAL_MS,
         })
+    }
+}
+
+impl IdentityCache for AgentApi {
+    fn forget_serials(&self, serials: &[String]) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.invalidations = cache.invalidations.wrapping_add(1);
+        for serial in serials {
+            cache.entries.remove(serial);
+        }
+    }
+
+    fn forget_everything(&self) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.invalidations = cache.invalidations.wrapping_add(1);
+        cache.entries.clear();
     }
 }
 

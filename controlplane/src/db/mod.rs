@@ -34,12 +34,19 @@
 //! | `admin_api_tokens`         | [`principals`]       | an API token (hash only), expiry, last use, revocation; `rapctl token`      |
 //! | `cluster_audit_events`     | [`audit`]            | one audited mutation or refusal (append-only, kept forever); [`crate::audit`] |
 //!
+//! No table, but shared state all the same ([`coordination`]): a
+//! transaction-scoped advisory lock per cluster serializes promotions
+//! across control plane processes, and the channel `rap_cp_identities`
+//! (`pg_notify` inside the revoking or renewing transaction, so only on
+//! commit) tells every process which certificate serials to forget.
+//!
 //! Reads that join several tables live with the table they are about
 //! (the node overview in [`nodes`], an org's serving nodes in [`orgs`]).
 
 pub mod audit;
 pub mod authority_terms;
 pub mod clusters;
+pub mod coordination;
 pub mod groups;
 pub mod heartbeats;
 pub mod join;

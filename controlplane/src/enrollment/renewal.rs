@@ -162,6 +162,9 @@ impl Rotation {
                 "this certificate is no longer the node's active one".into(),
             ));
         }
+        // Every control plane process drops the old serial on commit.
+        crate::db::coordination::notify_identities_changed(tx, std::slice::from_ref(&self.serial))
+            .await?;
         let keys = crate::clusters::load_keys(&self.keys_dir, &self.identity.cluster_id).await?;
         let issued = issue_identity(
             tx,

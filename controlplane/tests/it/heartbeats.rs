@@ -674,11 +674,25 @@ fn authenticate_checks_the_certificate_against_the_request() {
     );
 }
 
+/// Waits until `api` answers identity checks from its cache (its identity
+/// listener is current; hang guard 10 s).
+async fn wait_until_cache_in_use(api: &AgentApi) {
+    let started = std::time::Instant::now();
+    while !api.identity_cache_in_use() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "hang guard: the identity listener never became current"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 // Goal: only the ACTIVE identity's serial with its key passes; a
 // certificate with that serial but another key is refused; a revoked identity is
 // refused once its cached answer is invalidated (and cached answers are
-// used until then); unknown serials and another node's serial are
-// refused; the full call writes the heartbeat and answers the interval.
+// used until then, while the identity listener is current); unknown
+// serials and another node's serial are refused; the full call writes the
+// heartbeat and answers the interval.
 // Method: AgentApi::heartbeat_from with DER certificates.
 #[tokio::test]
 async fn agent_api_checks_the_identity_serial_and_key() {
@@ -691,6 +705,11 @@ async fn agent_api_checks_the_identity_serial_and_key() {
     let n2 = self_signed(CLUSTER, "n2");
     insert_identity(&pool, CLUSTER, "n1", &n1).await;
     let api = AgentApi::new(pool.clone(), batcher(&pool, Duration::from_millis(20)));
+    // Answers are cached only while the identity listener is current.
+    assert!(!api.identity_cache_in_use());
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let listener = api.start_identity_listener(stop);
+    wait_until_cache_in_use(&api).await;
 
     let response = api
         .heartbeat_from(Some(&n1), &request("n1", NodeHealth::Healthy))
@@ -765,6 +784,7 @@ async fn agent_api_checks_the_identity_serial_and_key() {
     .execute(&pool)
     .await
     .expect("revoke");
+    wait_until_cache_in_use(&api).await;
     api.heartbeat_from(Some(&n1), &request("n1", NodeHealth::Healthy))
         .await
         .expect("cached answer still active");
@@ -790,6 +810,7 @@ async fn agent_api_checks_the_identity_serial_and_key() {
     ));
     assert_eq!(written(&pool).await, 2);
     api.heartbeats().shutdown().await;
+    listener.abort();
 }
 
 // Goal: over the control plane's real TLS listener (tls::serve_tls, client

@@ -3,3 +3,4 @@
 #![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
 mod cli;
+mod multi;
