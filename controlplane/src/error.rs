@@ -1,6 +1,9 @@
 //! The control plane's error type: every refusal is its own variant with a
 //! stable [`Error::code`], a gRPC mapping and, for `NO_QUORUM`, the reachable
-//! voter count in the `rap.v1.ErrorDetail`.
+//! voter count in the `rap.v1.ErrorDetail`. Codes that clients match are
+//! named in `rap_core::codes`.
+
+use rap_core::codes;
 
 /// gRPC response metadata carrying how many milliseconds to wait before
 /// retrying a `RATE_LIMITED` refusal.
@@ -33,13 +36,13 @@ impl TokenRefusal {
     /// Stable code.
     pub fn code(self) -> &'static str {
         match self {
-            TokenRefusal::Malformed => "TOKEN_MALFORMED",
-            TokenRefusal::Unknown => "TOKEN_UNKNOWN",
-            TokenRefusal::Expired => "TOKEN_EXPIRED",
-            TokenRefusal::Revoked => "TOKEN_REVOKED",
-            TokenRefusal::Exhausted => "TOKEN_EXHAUSTED",
-            TokenRefusal::WrongCluster => "TOKEN_WRONG_CLUSTER",
-            TokenRefusal::WrongScope => "TOKEN_WRONG_SCOPE",
+            TokenRefusal::Malformed => codes::TOKEN_MALFORMED,
+            TokenRefusal::Unknown => codes::TOKEN_UNKNOWN,
+            TokenRefusal::Expired => codes::TOKEN_EXPIRED,
+            TokenRefusal::Revoked => codes::TOKEN_REVOKED,
+            TokenRefusal::Exhausted => codes::TOKEN_EXHAUSTED,
+            TokenRefusal::WrongCluster => codes::TOKEN_WRONG_CLUSTER,
+            TokenRefusal::WrongScope => codes::TOKEN_WRONG_SCOPE,
         }
     }
 }
@@ -222,37 +225,37 @@ impl Error {
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
-            Error::Oversize { .. } => "OVERSIZE",
-            Error::NotFound { .. } => "NOT_FOUND",
-            Error::AlreadyExists { .. } => "ALREADY_EXISTS",
+            Error::InvalidArgument(_) => codes::INVALID_ARGUMENT,
+            Error::Oversize { .. } => codes::OVERSIZE,
+            Error::NotFound { .. } => codes::NOT_FOUND,
+            Error::AlreadyExists { .. } => codes::ALREADY_EXISTS,
             Error::Token(refusal) => refusal.code(),
             Error::BadProof(_) => "BAD_PROOF",
             Error::Replay(_) => "REPLAY",
-            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
-            Error::MissingCapability { .. } => "MISSING_CAPABILITY",
-            Error::NoMembership { .. } => "NO_MEMBERSHIP",
-            Error::GroupCycle(_) => "GROUP_CYCLE",
-            Error::Unauthenticated(_) => "UNAUTHENTICATED",
-            Error::ApiTokenExpired(_) => "API_TOKEN_EXPIRED",
-            Error::ApiTokenRevoked(_) => "API_TOKEN_REVOKED",
-            Error::PrincipalDisabled(_) => "PRINCIPAL_DISABLED",
-            Error::PermissionDenied(_) => "PERMISSION_DENIED",
-            Error::NoQuorum { .. } => "NO_QUORUM",
-            Error::StaleFence(_) => "STALE_FENCE",
-            Error::NotBootstrapped(_) => "NOT_BOOTSTRAPPED",
-            Error::Authority { .. } => "AUTHORITY_REFUSED",
-            Error::AuthorityUnreachable(_) => "AUTHORITY_UNREACHABLE",
-            Error::Keys(_) => "KEYS",
-            Error::Database(_) => "DATABASE",
-            Error::Migrate(_) => "MIGRATION",
-            Error::KeyRevoked(_) => "KEY_REVOKED",
+            Error::FailedPrecondition(_) => codes::FAILED_PRECONDITION,
+            Error::MissingCapability { .. } => codes::MISSING_CAPABILITY,
+            Error::NoMembership { .. } => codes::NO_MEMBERSHIP,
+            Error::GroupCycle(_) => codes::GROUP_CYCLE,
+            Error::Unauthenticated(_) => codes::UNAUTHENTICATED,
+            Error::ApiTokenExpired(_) => codes::API_TOKEN_EXPIRED,
+            Error::ApiTokenRevoked(_) => codes::API_TOKEN_REVOKED,
+            Error::PrincipalDisabled(_) => codes::PRINCIPAL_DISABLED,
+            Error::PermissionDenied(_) => codes::PERMISSION_DENIED,
+            Error::NoQuorum { .. } => codes::NO_QUORUM,
+            Error::StaleFence(_) => codes::STALE_FENCE,
+            Error::NotBootstrapped(_) => codes::NOT_BOOTSTRAPPED,
+            Error::Authority { .. } => codes::AUTHORITY_REFUSED,
+            Error::AuthorityUnreachable(_) => codes::AUTHORITY_UNREACHABLE,
+            Error::Keys(_) => codes::KEYS,
+            Error::Database(_) => codes::DATABASE,
+            Error::Migrate(_) => codes::MIGRATION,
+            Error::KeyRevoked(_) => codes::KEY_REVOKED,
             Error::ReservedId(_) => "RESERVED_ID",
-            Error::NotImplemented(_) => "NOT_IMPLEMENTED",
-            Error::Overloaded(_) => "OVERLOADED",
-            Error::RateLimited { .. } => "RATE_LIMITED",
+            Error::NotImplemented(_) => codes::NOT_IMPLEMENTED,
+            Error::Overloaded(_) => codes::OVERLOADED,
+            Error::RateLimited { .. } => codes::RATE_LIMITED,
             Error::Config { .. } => "CONFIG",
-            Error::Internal(_) => "INTERNAL",
+            Error::Internal(_) => codes::INTERNAL,
         }
     }
 

@@ -6,10 +6,10 @@ use std::time::Duration;
 pub const TEXT_BYTES_MAX: usize = 200;
 /// Longest reason an operator may give for a review or a revocation.
 pub const REASON_BYTES_MAX: usize = 1024;
-/// Most capabilities one node may report.
-pub const CAPABILITIES_MAX: usize = 64;
-/// Longest capability detail.
-pub const CAPABILITY_DETAIL_BYTES_MAX: usize = 256;
+/// Capability bounds, shared with the agent that checks them first.
+pub use rap_core::limits::{
+    CAPABILITIES_MAX, CAPABILITY_DETAIL_BYTES_MAX, CAPABILITY_NAME_BYTES_MAX,
+};
 /// Most roles one join request may ask for.
 pub const REQUESTED_ROLES_MAX: usize = 16;
 /// Most free-form fact labels in one join request.

@@ -17,8 +17,8 @@ use crate::secret;
 use rap_proto::ids::{ClusterId, NodeId};
 use rap_proto::pb;
 
-/// Token prefix of join tokens.
-pub const JOIN_TOKEN_PREFIX: &str = "rapjt";
+/// Token prefix of join tokens (the agent checks it too).
+pub use rap_core::limits::JOIN_TOKEN_PREFIX;
 
 /// `node_join_tokens.scope` of an agent's join token.
 pub const TOKEN_SCOPE_JOIN: &str = "join";

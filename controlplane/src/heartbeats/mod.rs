@@ -84,7 +84,7 @@ pub const HEARTBEAT_BYTES_MAX: usize = 64 * 1024;
 /// Longest agent version string.
 pub const AGENT_VERSION_BYTES_MAX: usize = 128;
 /// Longest capability name (the schema checks `^[a-z0-9_]{1,63}$`).
-pub const CAPABILITY_NAME_BYTES_MAX: usize = 63;
+pub use rap_core::limits::CAPABILITY_NAME_BYTES_MAX;
 /// Longest reported service state string (mapped to a known state).
 pub const SERVICE_STATE_BYTES_MAX: usize = 32;
 /// Longest reported service version string.
