@@ -57,7 +57,6 @@ use crate::clusters::require_exists;
 use crate::context::Context;
 use crate::db;
 use crate::error::{Error, Result};
-use crate::keys::ClusterKeys;
 use rap_authority::client::orders::{self, PromotionPlan, SurvivorOutcome};
 use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId};
 use rap_proto::pb;
@@ -218,7 +217,7 @@ async fn promote_now(
         }
     }
     let network = ctx.authority.load_network(cluster_id).await?;
-    let keys = ClusterKeys::load(&ctx.keys_dir, &cluster)?;
+    let keys = crate::clusters::load_keys(&ctx.keys_dir, &cluster).await?;
     let plan = orders::plan_promotion(&network, &cluster, &specs, None)
         .await
         .map_err(authority_error)?;
@@ -587,7 +586,7 @@ async fn rejoin_now(
         domain: Some(pb::FailureDomain { region, zone, host }),
     };
     let network = ctx.authority.load_network(cluster_id).await?;
-    let keys = ClusterKeys::load(&ctx.keys_dir, &cluster)?;
+    let keys = crate::clusters::load_keys(&ctx.keys_dir, &cluster).await?;
     let report = orders::rejoin_member(
         &network,
         &cluster,

@@ -39,6 +39,49 @@ pub async fn load_keys(keys_dir: &std::path::Path, cluster: &ClusterId) -> Resul
         .map_err(|e| Error::Internal(format!("loading cluster keys: {e}")))?
 }
 
+/// A cluster's keys read before a fenced transaction begins, so that the
+/// file reads, x509 parsing and any renewal (with fsync) never run while
+/// the authority row is locked, nor on an async thread ([`load_keys`]).
+/// A failure is kept and reported where the keys are used, so a refusal
+/// keeps the order of its checks.
+#[derive(Debug)]
+pub struct PreloadedKeys {
+    keys_dir: std::path::PathBuf,
+    loaded: Option<(String, Result<ClusterKeys>)>,
+}
+
+impl PreloadedKeys {
+    /// Reads `cluster_id`'s keys now (nothing when it is no valid id).
+    pub async fn load(keys_dir: &std::path::Path, cluster_id: &str) -> Self {
+        let loaded = match ClusterId::new(cluster_id) {
+            Ok(cluster) => Some((cluster_id.to_string(), load_keys(keys_dir, &cluster).await)),
+            Err(_) => None,
+        };
+        PreloadedKeys {
+            keys_dir: keys_dir.to_path_buf(),
+            loaded,
+        }
+    }
+
+    /// Reads nothing ahead: [`PreloadedKeys::take`] reads (for a path that
+    /// holds no authority row lock).
+    pub fn later(keys_dir: &std::path::Path) -> Self {
+        PreloadedKeys {
+            keys_dir: keys_dir.to_path_buf(),
+            loaded: None,
+        }
+    }
+
+    /// The keys of `cluster`: the ones read ahead, or (for another
+    /// cluster, or none read) read now.
+    pub async fn take(self, cluster: &ClusterId) -> Result<ClusterKeys> {
+        match self.loaded {
+            Some((id, keys)) if id == cluster.as_str() => keys,
+            _ => load_keys(&self.keys_dir, cluster).await,
+        }
+    }
+}
+
 /// Fails with `NOT_FOUND` unless the cluster exists.
 pub async fn require_exists(conn: &mut sqlx::PgConnection, cluster_id: &str) -> Result<()> {
     if db::clusters::exists(conn, cluster_id).await? {
@@ -82,10 +125,15 @@ pub async fn create(
             });
         }
         // Keys left by a create whose row was never written are reused.
-        let keys = match ClusterKeys::load(&ctx.keys_dir, &cluster) {
-            Ok(keys) => keys,
-            Err(_) => ClusterKeys::create(&ctx.keys_dir, &cluster)?,
-        };
+        // Key generation and its fsyncs run on a blocking thread.
+        let (keys_dir, for_cluster) = (ctx.keys_dir.clone(), cluster.clone());
+        let keys =
+            tokio::task::spawn_blocking(move || match ClusterKeys::load(&keys_dir, &for_cluster) {
+                Ok(keys) => Ok(keys),
+                Err(_) => ClusterKeys::create(&keys_dir, &for_cluster),
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("creating cluster keys: {e}")))??;
         let signing_key_id = keys.signing_key_id_hex();
         let ca_fingerprint = keys.ca_fingerprint();
         let trust_root = keys.trust_root_bytes();

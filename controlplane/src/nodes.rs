@@ -118,12 +118,17 @@ pub async fn revoke(
     });
     let (cluster_id, node_id, reason) = (&request.cluster_id, &request.node_id, &request.reason);
     let actor = principal.actor();
+    // The keys are read before the fenced transaction begins.
+    let precheck = match precheck {
+        Ok(()) => Ok(crate::clusters::PreloadedKeys::load(&ctx.keys_dir, cluster_id).await),
+        Err(e) => Err(e),
+    };
     let serials = fencing::run(
         &ctx.pool,
         &ctx.authority,
         action,
         precheck,
-        async |tx, fence, ()| {
+        async |tx, fence, keys| {
             let serials = db::nodes::revoke_identities(tx, cluster_id, node_id).await?;
             let memberships = db::nodes::revoke_memberships(tx, cluster_id, node_id).await?;
             // Every control plane process drops these serials on commit.
@@ -140,15 +145,8 @@ pub async fn revoke(
                 );
             }
             db::roles::remove_all_of_node(tx, cluster_id, node_id, &actor).await?;
-            let version = publish_revocations(
-                tx,
-                &ctx.authority,
-                &ctx.keys_dir,
-                cluster_id,
-                &fence,
-                &actor,
-            )
-            .await?;
+            let version =
+                publish_revocations(tx, &ctx.authority, keys, cluster_id, &fence, &actor).await?;
             tracing::info!(
                 cluster_id = %cluster_id,
                 node_id = %node_id,
@@ -175,7 +173,7 @@ pub async fn revoke(
 async fn publish_revocations(
     tx: &mut sqlx::PgConnection,
     authority: &fencing::AuthorityClients,
-    keys_dir: &std::path::Path,
+    keys: crate::clusters::PreloadedKeys,
     cluster_id: &str,
     fence: &rap_core::Fence,
     actor: &str,
@@ -212,7 +210,7 @@ async fn publish_revocations(
         None => (1, None),
     };
     let cluster = ClusterId::new(cluster_id)?;
-    let keys = crate::clusters::load_keys(keys_dir, &cluster).await?;
+    let keys = keys.take(&cluster).await?;
     let now = UnixMillis::now();
     let sealed = rap_proto::envelope::seal(
         ShardDraft {

@@ -451,7 +451,15 @@ pub async fn submit(
                 &id,
             );
             let (_, mut details) =
-                approve_locked(&mut tx, &ctx.keys_dir, ctx.node_cert_validity, &id, "", &approval.actor).await?;
+                approve_locked(
+                    &mut tx,
+                    crate::clusters::PreloadedKeys::later(&ctx.keys_dir),
+                    ctx.node_cert_validity,
+                    &id,
+                    "",
+                    &approval.actor,
+                )
+                .await?;
             details["unfenced"] = serde_json::json!(
                 "storage bootstrap token: the cluster's authority group does not exist yet"
             );

@@ -95,8 +95,18 @@ pub async fn renew(
         Ok((key, serial, identity, server_names))
     }
     .await;
-    let rotation = precheck.map(|(key, serial, identity, server_names)| Rotation {
-        keys_dir: ctx.keys_dir.clone(),
+    // The keys are read before the transaction begins.
+    let rotation = match precheck {
+        Ok(checked) => {
+            let keys =
+                crate::clusters::PreloadedKeys::load(&ctx.keys_dir, checked.2.cluster_id.as_str())
+                    .await;
+            Ok((checked, keys))
+        }
+        Err(e) => Err(e),
+    };
+    let rotation = rotation.map(|((key, serial, identity, server_names), keys)| Rotation {
+        keys,
         validity: ctx.node_cert_validity,
         serial,
         identity,
@@ -142,7 +152,7 @@ pub async fn renew(
 /// One renewal: the caller's active certificate becomes `rotated` and a
 /// new one is issued for `key` (the same identity and server names).
 pub(super) struct Rotation {
-    keys_dir: std::path::PathBuf,
+    keys: crate::clusters::PreloadedKeys,
     validity: std::time::Duration,
     serial: String,
     identity: PeerIdentity,
@@ -165,7 +175,7 @@ impl Rotation {
         // Every control plane process drops the old serial on commit.
         crate::db::coordination::notify_identities_changed(tx, std::slice::from_ref(&self.serial))
             .await?;
-        let keys = crate::clusters::load_keys(&self.keys_dir, &self.identity.cluster_id).await?;
+        let keys = self.keys.take(&self.identity.cluster_id).await?;
         let issued = issue_identity(
             tx,
             &keys,

@@ -240,22 +240,22 @@ pub async fn approve(
     let id = request.join_request_id.clone();
     let (action, check) = review_action(ctx, principal, &id, "join-request.approve").await;
     let reviewer = principal.actor();
+    // The keys are read before the fenced transaction begins.
+    let check = match (check, action.cluster_id.as_deref()) {
+        (Ok(()), Some(cluster_id)) => {
+            Ok(crate::clusters::PreloadedKeys::load(&ctx.keys_dir, cluster_id).await)
+        }
+        (Ok(()), None) => Ok(crate::clusters::PreloadedKeys::later(&ctx.keys_dir)),
+        (Err(e), _) => Err(e),
+    };
     fencing::run(
         &ctx.pool,
         &ctx.authority,
         action,
         check,
-        async |tx, _fence, ()| {
+        async |tx, _fence, keys| {
             let validity = ctx.node_cert_validity;
-            approve_locked(
-                tx,
-                &ctx.keys_dir,
-                validity,
-                &id,
-                &request.node_id,
-                &reviewer,
-            )
-            .await
+            approve_locked(tx, keys, validity, &id, &request.node_id, &reviewer).await
         },
     )
     .await?;
@@ -271,7 +271,7 @@ pub async fn approve(
 /// request id and the audit details.
 pub(super) async fn approve_locked(
     tx: &mut sqlx::PgConnection,
-    keys_dir: &std::path::Path,
+    keys: crate::clusters::PreloadedKeys,
     validity: std::time::Duration,
     id: &str,
     requested_node: &str,
@@ -322,7 +322,7 @@ pub(super) async fn approve_locked(
             "node {node} is already an active member of {cluster_id}; approve with another --node-id"
         )));
     }
-    let keys = crate::clusters::load_keys(keys_dir, &ClusterId::new(cluster_id.as_str())?).await?;
+    let keys = keys.take(&ClusterId::new(cluster_id.as_str())?).await?;
     let identity = if storage {
         PeerIdentity::storage(keys.cluster_id().clone(), node.clone())
     } else {

@@ -15,11 +15,6 @@ pub struct ClusterKeys {
     trust_root: VerifiedTrustRoot,
 }
 
-/// Serialises certificate renewals in this process (key then certificate
-/// are written: two renewals at once could leave a mismatched pair). One
-/// control plane process owns a keys directory.
-pub(super) static RENEWAL: Mutex<()> = Mutex::new(());
-
 impl fmt::Debug for ClusterKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClusterKeys")
@@ -125,7 +120,7 @@ impl ClusterKeys {
     /// server certificate was replaced: then hand the keys to
     /// [`crate::tls::ControlPlaneTls::add_cluster`] again.
     pub fn renew_expiring(&self) -> Result<bool> {
-        let _guard = RENEWAL.lock().unwrap_or_else(PoisonError::into_inner);
+        let _lock = KeysDirLock::take(&self.dir)?;
         let server_name = cluster_server_name(&self.cluster_id);
         let names = ServerNames::parse(std::slice::from_ref(&server_name))?;
         let files = self.server_cert_files();

@@ -48,7 +48,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 mod certs;
@@ -60,7 +60,6 @@ mod tests;
 pub(crate) use certs::load_certified_key;
 use certs::{CertCheck, ServerNames, cert_is_current, issue_server_cert, random_serial};
 pub use cluster::ClusterKeys;
-use cluster::RENEWAL;
 pub use platform::PlatformKeys;
 
 /// Largest PEM file (certificate, chain or private key) read from the keys
@@ -206,6 +205,42 @@ fn file_error(e: std::io::Error) -> Error {
 /// A certificate-building error from [`rap_core::tls`].
 fn cert_error(e: rap_core::Error) -> Error {
     Error::Internal(e.to_string())
+}
+
+/// The lock file of a keys directory ([`KeysDirLock`]).
+pub const KEYS_LOCK_FILE: &str = ".lock";
+
+/// An exclusive lock on one keys directory (`platform/` or a cluster's),
+/// held while its certificates are checked and replaced: a key and then
+/// its certificate are written, and two writers at once could leave a
+/// mismatched pair. It is an advisory file lock (`flock`), so it orders
+/// threads of one process and every control plane process that shares
+/// the keys directory; it goes away when dropped or when its holder dies.
+#[derive(Debug)]
+pub(crate) struct KeysDirLock(std::fs::File);
+
+impl KeysDirLock {
+    /// Waits for and takes the lock of `dir`.
+    pub(crate) fn take(dir: &Path) -> Result<KeysDirLock> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join(KEYS_LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_error("open", &path, e))?;
+        file.lock().map_err(|e| io_error("lock", &path, e))?;
+        Ok(KeysDirLock(file))
+    }
+}
+
+impl Drop for KeysDirLock {
+    fn drop(&mut self) {
+        // Closing the file would release it too; say so explicitly.
+        let _ = self.0.unlock();
+    }
 }
 
 /// Whether `dir` exists and has any entry.

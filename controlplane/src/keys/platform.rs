@@ -29,9 +29,9 @@ impl PlatformKeys {
     /// 127.0.0.1 are always added).
     pub fn create_or_load(keys_dir: &Path, server_names: &[String]) -> Result<Self> {
         let names = ServerNames::parse(server_names)?;
-        let _guard = RENEWAL.lock().unwrap_or_else(PoisonError::into_inner);
         let dir = keys_dir.join(PLATFORM_DIR);
         create_private_dir_all(&dir)?;
+        let _lock = KeysDirLock::take(&dir)?;
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         match (cert_path.exists(), key_path.exists()) {

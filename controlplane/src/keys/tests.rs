@@ -451,3 +451,25 @@ fn missing_certificates_are_reissued() {
         PeerIdentity::control_plane(id)
     );
 }
+
+// Goal: two writers of one keys directory (threads or control plane
+// processes sharing it) never renew at the same time.
+// Method: hold the directory's lock, then try to take it through another
+// open file description (as another process would): refused while held,
+// granted once the holder drops it.
+#[test]
+fn keys_dir_lock_excludes_other_holders() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = KeysDirLock::take(dir.path()).unwrap();
+    let other = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(KEYS_LOCK_FILE))
+        .unwrap();
+    assert!(
+        matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        "a second holder got the lock"
+    );
+    assert_eq!(mode(&dir.path().join(KEYS_LOCK_FILE)), 0o600);
+    drop(held);
+    other.try_lock().expect("free once the holder is gone");
+}
