@@ -11,7 +11,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::fencing::{AuthorityClients, StorageTransport};
 use crate::heartbeats::Heartbeats;
-use crate::keys::{ClusterKeys, PlatformKeys};
+use crate::keys::PlatformKeys;
 use crate::tls::ControlPlaneTls;
 use rap_proto::ids::ClusterId;
 use serde::Deserialize;
@@ -19,6 +19,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Largest config file read.
 pub const CONFIG_BYTES_MAX: u64 = 64 * 1024;
@@ -161,21 +162,71 @@ impl Config {
 /// configuration.
 async fn tls_for(config: &Config, pool: &sqlx::PgPool) -> Result<Arc<ControlPlaneTls>> {
     rap_core::tls::install_crypto_provider();
-    let platform = PlatformKeys::create_or_load(&config.keys_dir, &config.server_names)?;
+    let (keys_dir, names) = (config.keys_dir.clone(), config.server_names.clone());
+    let platform =
+        tokio::task::spawn_blocking(move || PlatformKeys::create_or_load(&keys_dir, &names))
+            .await
+            .map_err(|e| Error::Internal(format!("loading the platform keys: {e}")))??;
     let tls = Arc::new(ControlPlaneTls::new(&platform)?);
+    add_new_clusters(&tls, pool, &config.keys_dir).await?;
+    Ok(tls)
+}
+
+/// How often a serving process looks for clusters that another control
+/// plane process created (their server certificates and client CAs are
+/// then served here too).
+pub const CLUSTER_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Adds to `tls` every cluster in PostgreSQL that it does not serve yet
+/// (keys read on a blocking thread); returns how many were added. A
+/// cluster whose keys are unusable is logged and skipped.
+async fn add_new_clusters(
+    tls: &Arc<ControlPlaneTls>,
+    pool: &sqlx::PgPool,
+    keys_dir: &std::path::Path,
+) -> Result<usize> {
+    let known = tls.cluster_ids();
     let clusters = crate::db::clusters::all_ids(&mut *pool.acquire().await?).await?;
+    let mut added = 0;
     for cluster in clusters {
-        let loaded = ClusterId::new(cluster.as_str())
-            .map_err(Error::from)
-            .and_then(|id| ClusterKeys::load(&config.keys_dir, &id));
+        if known.iter().any(|id| id.as_str() == cluster) {
+            continue;
+        }
+        let loaded = match ClusterId::new(cluster.as_str()) {
+            Ok(id) => crate::clusters::load_keys(keys_dir, &id).await,
+            Err(e) => Err(e.into()),
+        };
         match loaded.and_then(|keys| tls.add_cluster(&keys)) {
-            Ok(()) => {}
+            Ok(()) => added += 1,
             Err(e) => {
                 tracing::error!(cluster_id = %cluster, error = %e, "cluster keys unusable; its agents cannot connect")
             }
         }
     }
-    Ok(tls)
+    Ok(added)
+}
+
+/// Keeps `tls` serving every cluster, also those created through another
+/// control plane process on the same PostgreSQL, until `stop` turns true.
+async fn refresh_clusters(
+    tls: Arc<ControlPlaneTls>,
+    pool: sqlx::PgPool,
+    keys_dir: std::path::PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(CLUSTER_REFRESH_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = ticker.tick() => {}
+        }
+        match add_new_clusters(&tls, &pool, &keys_dir).await {
+            Ok(0) => {}
+            Ok(added) => tracing::info!(added, "clusters created elsewhere are served now"),
+            Err(e) => tracing::warn!(error = %e, "cannot look for new clusters"),
+        }
+    }
 }
 
 /// Runs the control plane until `shutdown` resolves.
@@ -252,6 +303,18 @@ pub async fn serve(
         .agents
         .as_ref()
         .map(|agents| agents.start_identity_listener(stop_rx.clone()));
+    // Clusters created through another process are served here too.
+    if let Some(tls) = &tls {
+        tokio::spawn(
+            refresh_clusters(
+                Arc::clone(tls),
+                pool.clone(),
+                config.keys_dir.clone(),
+                stop_rx.clone(),
+            )
+            .instrument(tracing::info_span!("task", task = "refresh_clusters")),
+        );
+    }
     let grpc_listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::invalid(format!("listen on {} (gRPC): {e}", config.listen)))?;

@@ -598,3 +598,53 @@ async fn a_dead_promotion_lock_holder_releases_the_lock() {
         terms_before
     );
 }
+
+// Goal: a cluster created through one process is served by the other's
+// TLS listener too (its server certificate for `<cluster>.cluster.rap`),
+// without a restart, within the refresh interval. Method: CreateCluster
+// through process 1; then TLS connections to process 2 that pin the new
+// cluster's CA under its server name, until one handshake succeeds (a
+// listener that never learns the cluster has no certificate for that name,
+// and the test fails at the deadline); the audit row of the creation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_created_through_one_process_is_served_by_the_other() {
+    let p = Platform::start().await;
+    let one = Serve::start(&p, "cp1").await;
+    let two = Serve::start(&p, "cp2").await;
+    let mut admin1 = one.admin(&p).await;
+    admin1
+        .create_cluster(bearer(
+            pb::CreateClusterRequest {
+                cluster_id: "c2".into(),
+                name: "second".into(),
+            },
+            &p.owner_token,
+        ))
+        .await
+        .unwrap();
+    let ca_pem = std::fs::read_to_string(p.ctx.keys_dir.join("clusters/c2/ca.pem")).unwrap();
+    let deadline = rap_controlplane::server::CLUSTER_REFRESH_INTERVAL + Duration::from_secs(5);
+    let started = Instant::now();
+    loop {
+        let connected = Endpoint::from_shared(format!("https://{}", two.addr))
+            .unwrap()
+            .tls_config(client_tls_config(&ca_pem, "c2.cluster.rap", None))
+            .unwrap()
+            .connect()
+            .await;
+        match connected {
+            Ok(_) => break,
+            Err(e) => assert!(
+                started.elapsed() < deadline,
+                "process 2 still does not serve cluster c2 after {:?}: {e}; its log:\n{}",
+                started.elapsed(),
+                two.log_text()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        events(&p, "cluster.create", "c2").await,
+        vec![("ok".to_string(), String::new())]
+    );
+}
