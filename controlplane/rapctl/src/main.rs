@@ -13,6 +13,7 @@ mod client;
 mod cluster;
 mod demo;
 mod errors;
+mod join_requests;
 mod migrate;
 mod nodes;
 mod orgs;
@@ -58,7 +59,7 @@ enum Command {
     /// Create, list and revoke join tokens.
     Token(cluster::TokenArgs),
     /// Review join requests: list, show, approve, reject.
-    JoinRequest(cluster::JoinRequestArgs),
+    JoinRequest(join_requests::JoinRequestArgs),
     /// List, show and revoke enrolled nodes.
     Node(nodes::NodeArgs),
     /// Assign, remove and list node roles.
@@ -117,7 +118,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => block_on(cluster::run_cluster(args, format)),
         Command::Authority(args) => block_on(authority::run_authority(args, format)),
         Command::Token(args) => block_on(cluster::run_token(args, format)),
-        Command::JoinRequest(args) => block_on(cluster::run_join_request(args, format)),
+        Command::JoinRequest(args) => block_on(join_requests::run_join_request(args, format)),
         Command::Node(args) => block_on(nodes::run_node(args, format)),
         Command::Role(args) => block_on(nodes::run_role(args, format)),
         Command::Group(args) => block_on(nodes::run_group(args, format)),

@@ -2,7 +2,7 @@
 //! and how they are filed.
 
 use crate::client::{self, Conn, all_pages, page};
-use crate::cluster::{capabilities_json, capabilities_text};
+use crate::join_requests::{capabilities_json, capabilities_text};
 use crate::output::Format;
 use crate::table::{Table, or_dash, print_list, print_object, time};
 use anyhow::Result;
