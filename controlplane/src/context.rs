@@ -1,6 +1,7 @@
 //! What every control plane service needs: the database, the keys
 //! directory, clients of the authority groups, and how agents reach us.
 
+use crate::db::coordination::IdentityCache;
 use crate::fencing::AuthorityClients;
 use sqlx::PgPool;
 use std::path::PathBuf;
@@ -22,10 +23,11 @@ pub struct Context {
     /// The TLS listener's certificate registry, when serving TLS: new
     /// clusters are added to it at once.
     pub tls: Option<Arc<crate::tls::ControlPlaneTls>>,
-    /// The agent API of this process, when serving: revocation and renewal
-    /// drop its cached identity answers at once (other processes' through
-    /// [`crate::db::coordination::notify_identities_changed`]).
-    pub agents: Option<crate::api::agent::AgentApi>,
+    /// The identity cache of this process's agent API, when serving:
+    /// revocation and renewal drop its answers at once (other processes'
+    /// through [`crate::db::coordination::notify_identities_changed`]).
+    /// Services see only the cache, not the API that owns it.
+    pub identities: Option<Arc<dyn IdentityCache>>,
     /// Lifetime of the agent and storage node certificates issued
     /// (`node-cert-validity-s`; default 24 h). Nodes renew at about two
     /// thirds of it.
@@ -39,10 +41,8 @@ impl Context {
     /// and answer from their caches only while they hear such notices
     /// ([`crate::db::coordination::IDENTITY_NOTICE_MAX`]).
     pub fn forget_serials(&self, serials: &[String]) {
-        if let Some(agents) = &self.agents {
-            for serial in serials {
-                agents.invalidate_serial(serial);
-            }
+        if let Some(identities) = &self.identities {
+            identities.forget_serials(serials);
         }
     }
 }

@@ -271,7 +271,7 @@ pub async fn serve(
         authority: AuthorityClients::new(transport),
         public_endpoint: config.public_endpoint(),
         tls: tls.clone(),
-        agents: Some(agent.clone()),
+        identities: Some(Arc::new(agent.clone())),
         node_cert_validity: std::time::Duration::from_secs(config.node_cert_validity_s),
     };
     // One budget of anonymous audit rows per source for the whole process.
@@ -290,7 +290,7 @@ pub async fn serve(
                 .with_refusal_sampler(Arc::clone(&refusals))
                 .into_service(),
         )
-        .add_service(agent.into_service());
+        .add_service(agent.clone().into_service());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -299,10 +299,7 @@ pub async fn serve(
     });
     // Other control plane processes revoke too: their changes reach this
     // process's identity cache through PostgreSQL.
-    let identity_listener = ctx
-        .agents
-        .as_ref()
-        .map(|agents| agents.start_identity_listener(stop_rx.clone()));
+    let identity_listener = agent.start_identity_listener(stop_rx.clone());
     // Clusters created through another process are served here too.
     if let Some(tls) = &tls {
         tokio::spawn(
@@ -341,7 +338,7 @@ pub async fn serve(
         }
     };
     let mut http_stop = stop_rx.clone();
-    let identity_cache = ctx.agents.clone();
+    let identity_cache = Some(agent.clone());
     let http = axum::serve(
         http_listener,
         http_router(pool.clone(), heartbeats.clone(), identity_cache),
@@ -351,9 +348,7 @@ pub async fn serve(
     });
     let (grpc_result, http_result) = tokio::join!(grpc, http);
     heartbeats.shutdown().await;
-    if let Some(listener) = identity_listener {
-        let _ = listener.await;
-    }
+    let _ = identity_listener.await;
     grpc_result?;
     http_result.map_err(|e| Error::Internal(format!("HTTP server: {e}")))?;
     tracing::info!("stopped");

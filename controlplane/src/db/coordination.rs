@@ -219,7 +219,7 @@ pub async fn notify_identities_changed(conn: &mut PgConnection, serials: &[Strin
 }
 
 /// A cache of identity answers that the listener keeps honest.
-pub trait IdentityCache: Send + Sync + 'static {
+pub trait IdentityCache: Send + Sync + std::fmt::Debug + 'static {
     /// Drops the answers for these certificate serials.
     fn forget_serials(&self, serials: &[String]);
     /// Drops every answer.

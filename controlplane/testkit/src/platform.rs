@@ -327,7 +327,7 @@ impl Platform {
             }),
             public_endpoint: "127.0.0.1:7443".into(),
             tls: None,
-            agents: None,
+            identities: None,
             node_cert_validity,
         };
         let owner_token = auth::create_first_owner(&pool).await.unwrap().unwrap();
