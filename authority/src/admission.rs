@@ -1,5 +1,5 @@
-//! Whom a storage node admits ([`crate::access::GroupView`] for a
-//! [`NodeSlot`]): the members of its group, the peers an authorized caller
+//! Whom a storage node admits (what `crate::slot::NodeSlot` answers as a
+//! [`crate::access::GroupView`]): the members of its group, the peers an authorized caller
 //! told it to expect while it holds no group, and nobody whose certificate
 //! the cluster revoked.
 //!
@@ -16,7 +16,6 @@
 
 use crate::error::{Error, Result};
 use crate::network::PEERS_MAX;
-use crate::slot::NodeSlot;
 use crate::store::StateView;
 use rap_core::files::{self, Overwrite};
 use rap_proto::ids::{ClusterId, LogIndex, NodeId};
@@ -169,23 +168,5 @@ fn decode(view: &StateView, cluster_id: &ClusterId) -> HashSet<String> {
             tracing::error!(cluster_id = %cluster_id, %error, "the applied revocation list does not decode");
             HashSet::new()
         }
-    }
-}
-
-impl crate::access::GroupView for NodeSlot {
-    fn cluster_id(&self) -> &ClusterId {
-        self.cluster_id()
-    }
-
-    fn is_member(&self, id: &NodeId) -> bool {
-        self.get().admits_peer(id)
-    }
-
-    fn is_revoked(&self, serial_hex: &str) -> bool {
-        self.get().is_revoked(serial_hex)
-    }
-
-    fn node_id(&self) -> Option<NodeId> {
-        Some(self.get().options().node_id.clone())
     }
 }

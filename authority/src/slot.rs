@@ -6,7 +6,7 @@
 use crate::network::codec;
 use crate::network::server::RaftHandler;
 use crate::node::AuthorityNode;
-use rap_proto::ids::ClusterId;
+use rap_proto::ids::{ClusterId, NodeId};
 use std::sync::{Arc, RwLock};
 
 /// The current [`AuthorityNode`] of this process.
@@ -66,5 +66,25 @@ impl RaftHandler for Arc<NodeSlot> {
     ) -> codec::InstallSnapshotReply {
         let node = self.get();
         node.raft().install_snapshot(rpc).await
+    }
+}
+
+/// What the access layer asks of a storage node about its group: its
+/// members, the revoked certificates (`crate::admission`).
+impl crate::access::GroupView for NodeSlot {
+    fn cluster_id(&self) -> &ClusterId {
+        self.cluster_id()
+    }
+
+    fn is_member(&self, id: &NodeId) -> bool {
+        self.get().admits_peer(id)
+    }
+
+    fn is_revoked(&self, serial_hex: &str) -> bool {
+        self.get().is_revoked(serial_hex)
+    }
+
+    fn node_id(&self) -> Option<NodeId> {
+        Some(self.get().options().node_id.clone())
     }
 }

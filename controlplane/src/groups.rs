@@ -28,8 +28,6 @@ pub const ACTION_CREATE: &str = "group.create";
 pub const ACTION_MOVE: &str = "group.move";
 /// Audit action of a (refused) list call.
 pub const ACTION_LIST: &str = "group.list";
-/// The HINT the cycle trigger raises with.
-pub const GROUP_CYCLE_HINT: &str = "rap:group_cycle";
 /// Most groups one cluster may have (a list returns them all at once).
 pub const GROUPS_PER_CLUSTER_MAX: i64 = 10_000;
 
@@ -45,15 +43,6 @@ fn group_id(name: &str, what: &str) -> Result<GroupId> {
              no leading or trailing '-'): {e}"
         ))
     })
-}
-
-/// Is `error` the cycle trigger's refusal?
-pub fn is_group_cycle(error: &sqlx::Error) -> bool {
-    let sqlx::Error::Database(db) = error else {
-        return false;
-    };
-    db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-        .is_some_and(|pg| pg.hint() == Some(GROUP_CYCLE_HINT))
 }
 
 async fn require_group(

@@ -173,7 +173,7 @@ pub async fn lock_parent(
 }
 
 /// Moves a group under `parent_group_id`; a cycle (refused by the
-/// schema's trigger, [`crate::groups::is_group_cycle`]) is
+/// schema's trigger, [`is_group_cycle`]) is
 /// [`Reparented::Cycle`].
 pub async fn set_parent(
     conn: &mut PgConnection,
@@ -192,7 +192,7 @@ pub async fn set_parent(
     .await;
     match updated {
         Ok(_) => Ok(Reparented::Yes),
-        Err(e) if crate::groups::is_group_cycle(&e) => Ok(Reparented::Cycle),
+        Err(e) if is_group_cycle(&e) => Ok(Reparented::Cycle),
         Err(e) => Err(e.into()),
     }
 }
@@ -220,4 +220,16 @@ pub async fn placements(conn: &mut PgConnection, cluster_id: &str) -> Result<Vec
     .bind(cluster_id)
     .fetch_all(conn)
     .await?)
+}
+
+/// The HINT the cycle trigger raises with.
+pub const GROUP_CYCLE_HINT: &str = "rap:group_cycle";
+
+/// Is `error` the cycle trigger's refusal?
+pub fn is_group_cycle(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some_and(|pg| pg.hint() == Some(GROUP_CYCLE_HINT))
 }
