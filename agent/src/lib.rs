@@ -20,5 +20,6 @@
 //! `rap_proto::envelope::Verifier`, refusing rollback, and supervising
 //! only assigned workloads.
 
+pub mod cli;
 pub mod enroll;
 pub mod state;

@@ -72,7 +72,7 @@ impl Agent {
             "200ms",
         ];
         args.extend_from_slice(extra);
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-node-agent"))
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-node-agent-under-test"))
             .args(&args)
             .env("RAP_AGENT_STATE_DIR", state_dir)
             .env_remove("RAP_JOIN_TOKEN")

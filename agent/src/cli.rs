@@ -1,0 +1,304 @@
+//! The node agent's command line, whole: `src/main.rs` only calls
+//! [`main`], so the end-to-end tests (package `rap-node-agent-e2e`) run
+//! exactly what ships without this package depending on the control plane.
+//!
+//! Exit codes: 0 enrolled (now or before), 1 failed, rejected or expired,
+//! 2 usage error, 3 still pending when `--wait` ran out (run the same
+//! command again to resume), 130 interrupted (likewise resumable).
+
+use crate::enroll::{
+    self, Enrolled, Event, JoinOptions, JoinOutcome, POLL_INTERVAL_DEFAULT, parse_duration,
+};
+use crate::state::IdentityRecord;
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rap_core::tls::ca_pin::CaFingerprint;
+use rap_proto::ids::ClusterId;
+use rap_proto::pb;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Where node-local state lives unless `--state-dir` or
+/// `RAP_AGENT_STATE_DIR` says otherwise.
+const STATE_DIR_DEFAULT: &str = "/var/lib/rap-node-agent";
+
+/// Exit code: a join request still pending when `--wait` ran out.
+const EXIT_PENDING: u8 = 3;
+/// Exit code: interrupted (SIGINT or SIGTERM).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// The RAP node agent.
+#[derive(Parser, Debug)]
+#[command(name = "rap-node-agent", version, about, long_about)]
+struct Cli {
+    /// Output format: `text` for people, `json` for scripts (progress then
+    /// goes to stderr).
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "text"
+    )]
+    output: Output,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object on stdout.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Enroll this host as a node: pin the cluster CA, generate the node
+    /// key here, submit a join request with the token, and wait for a
+    /// platform admin to approve it. Running it again resumes a pending
+    /// request and does nothing once enrolled.
+    Join(JoinArgs),
+}
+
+#[derive(Args, Debug)]
+struct JoinArgs {
+    /// The control plane, host:port (from `rapctl token create`).
+    #[arg(long, value_name = "HOST:PORT")]
+    server: String,
+    /// The cluster to join.
+    #[arg(long, value_name = "CLUSTER_ID")]
+    cluster: String,
+    /// The join token, rapjt.<id>.<secret>.
+    #[arg(long, env = "RAP_JOIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// blake3 of the cluster CA certificate (64 hex characters, from
+    /// `rapctl token create`): the only server accepted presents that CA.
+    #[arg(long, value_name = "HEX")]
+    ca_fingerprint: String,
+    /// Node-local state; the cluster's files go to <DIR>/<CLUSTER_ID>.
+    #[arg(long, value_name = "DIR", env = "RAP_AGENT_STATE_DIR", default_value = STATE_DIR_DEFAULT)]
+    state_dir: PathBuf,
+    /// A capability of this host, NAME or NAME=DETAIL (repeatable).
+    /// Capabilities are reported facts, never permissions.
+    #[arg(long = "capability", value_name = "NAME[=DETAIL]")]
+    capabilities: Vec<String>,
+    /// A role to ask for (repeatable); a platform admin decides.
+    #[arg(long = "role", value_name = "NAME")]
+    roles: Vec<String>,
+    /// The host name reported (default: the kernel's host name).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Failure-domain region label.
+    #[arg(long, default_value = "")]
+    region: String,
+    /// Failure-domain zone label.
+    #[arg(long, default_value = "")]
+    zone: String,
+    /// Failure-domain host label (e.g. the physical host of a VM).
+    #[arg(long, default_value = "")]
+    host: String,
+    /// Time between approval polls, e.g. 500ms, 5s [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    poll_interval: Option<Duration>,
+    /// How long to wait for approval, e.g. 10m; 0 waits until interrupted.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0")]
+    wait: Duration,
+}
+
+/// Parses the command line, runs the command, and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let output = cli.output;
+    rap_core::process::run_main(async move {
+        match cli.command {
+            Command::Join(args) => join(args, output).await,
+        }
+    })
+}
+
+/// Prints progress: stdout for text output, stderr when stdout is JSON.
+fn progress(output: Output, line: &str) {
+    match output {
+        Output::Text => println!("{line}"),
+        Output::Json => eprintln!("{line}"),
+    }
+}
+
+fn options(args: JoinArgs) -> anyhow::Result<JoinOptions> {
+    let cluster = ClusterId::new(args.cluster.as_str()).context("--cluster")?;
+    let ca_fingerprint = CaFingerprint::parse(&args.ca_fingerprint)
+        .map_err(|e| anyhow::anyhow!("--ca-fingerprint: {e}"))?;
+    let capabilities = args
+        .capabilities
+        .iter()
+        .map(|c| enroll::parse_capability(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    if capabilities.len() > enroll::CAPABILITIES_MAX {
+        anyhow::bail!(
+            "{} capabilities; at most {}",
+            capabilities.len(),
+            enroll::CAPABILITIES_MAX
+        );
+    }
+    let facts = enroll::local_facts(
+        args.hostname.as_deref(),
+        pb::FailureDomain {
+            region: args.region,
+            zone: args.zone,
+            host: args.host,
+        },
+    )?;
+    Ok(JoinOptions {
+        server: enroll::parse_server(&args.server)?,
+        cluster,
+        token: args.token.trim().to_string(),
+        ca_fingerprint,
+        state_dir: args.state_dir,
+        capabilities,
+        roles: enroll::parse_roles(&args.roles)?,
+        facts,
+        poll_interval: enroll::check_poll_interval(
+            args.poll_interval.unwrap_or(POLL_INTERVAL_DEFAULT),
+        )?,
+        wait: enroll::check_wait(args.wait)?,
+    })
+}
+
+async fn join(args: JoinArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let options = options(args)?;
+    enroll::check_token(&options.token)?;
+    let mut on_event = move |event: Event| match event {
+        Event::KeyCreated(path) => {
+            progress(output, &format!("generated node key {}", path.display()))
+        }
+        Event::KeyReused(path) => progress(output, &format!("using node key {}", path.display())),
+        Event::Pinned { server } => progress(
+            output,
+            &format!("control plane at {server} presented the pinned cluster CA"),
+        ),
+        Event::Submitted { join_request_id } => {
+            progress(output, &format!("join request {join_request_id} submitted"))
+        }
+        Event::Resumed { join_request_id } => progress(
+            output,
+            &format!("resuming join request {join_request_id} (not submitting again)"),
+        ),
+        Event::WaitingForApproval { join_request_id } => progress(
+            output,
+            &format!("waiting for approval: rapctl join-request approve {join_request_id}"),
+        ),
+        Event::Retrying { error } => eprintln!("warning: {error}; polling again"),
+    };
+    // Registered before anything is sent, so a signal during a submission
+    // waits until its id is saved instead of killing the process.
+    let mut interrupt = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+    let interrupted = async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    let outcome = enroll::join(&options, &mut on_event, interrupted).await?;
+    Ok(report(&outcome, output))
+}
+
+fn identity_json(identity: &IdentityRecord, dir: &std::path::Path) -> serde_json::Value {
+    serde_json::json!({
+        "node_id": identity.node_id,
+        "cluster_id": identity.cluster_id,
+        "not_after_unix_ms": identity.not_after_unix_ms,
+        "state_dir": dir.display().to_string(),
+    })
+}
+
+/// Prints the outcome and picks the exit code.
+fn report(outcome: &JoinOutcome, output: Output) -> ExitCode {
+    let (json, text, code) = match outcome {
+        JoinOutcome::Approved(Enrolled {
+            identity,
+            dir,
+            trust_generation,
+            storage_endpoints,
+        }) => {
+            let mut json = identity_json(identity, dir);
+            json["status"] = "approved".into();
+            json["trust_generation"] = (*trust_generation).into();
+            json["storage_endpoints"] = (*storage_endpoints).into();
+            (
+                json,
+                format!(
+                    "approved: this host is node {} of cluster {} (files in {})",
+                    identity.node_id,
+                    identity.cluster_id,
+                    dir.display()
+                ),
+                ExitCode::SUCCESS,
+            )
+        }
+        JoinOutcome::AlreadyEnrolled { identity, dir } => {
+            let mut json = identity_json(identity, dir);
+            json["status"] = "already-enrolled".into();
+            (
+                json,
+                format!(
+                    "already enrolled: this host is node {} of cluster {} (files in {})",
+                    identity.node_id,
+                    identity.cluster_id,
+                    dir.display()
+                ),
+                ExitCode::SUCCESS,
+            )
+        }
+        JoinOutcome::Rejected {
+            join_request_id,
+            reason,
+        } => (
+            serde_json::json!({"status": "rejected", "join_request_id": join_request_id, "reason": reason}),
+            format!("join request {join_request_id} was rejected: {reason}"),
+            ExitCode::FAILURE,
+        ),
+        JoinOutcome::Expired { join_request_id } => (
+            serde_json::json!({"status": "expired", "join_request_id": join_request_id}),
+            format!(
+                "join request {join_request_id} expired before review; ask for a new token and join again"
+            ),
+            ExitCode::FAILURE,
+        ),
+        JoinOutcome::Interrupted { join_request_id } => (
+            serde_json::json!({"status": "interrupted", "join_request_id": join_request_id}),
+            match join_request_id {
+                Some(id) => format!(
+                    "interrupted while join request {id} is pending; run the same command again to resume"
+                ),
+                None => "interrupted before a join request was submitted".to_string(),
+            },
+            ExitCode::from(EXIT_INTERRUPTED),
+        ),
+        JoinOutcome::StillPending { join_request_id } => (
+            serde_json::json!({"status": "pending", "join_request_id": join_request_id}),
+            format!(
+                "join request {join_request_id} is still pending; run the same command again to keep waiting"
+            ),
+            ExitCode::from(EXIT_PENDING),
+        ),
+    };
+    match output {
+        Output::Json => println!("{json}"),
+        Output::Text if code == ExitCode::SUCCESS => println!("{text}"),
+        Output::Text => eprintln!("{text}"),
+    }
+    code
+}
