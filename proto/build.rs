@@ -7,6 +7,7 @@ use std::path::Path;
 const PROTO_ROOT: &str = "proto";
 const PROTO_FILES: &[&str] = &[
     "rap/v1/common.proto",
+    "rap/v1/shards.proto",
     "rap/v1/authority.proto",
     "rap/v1/raft.proto",
     "rap/v1/shard.proto",

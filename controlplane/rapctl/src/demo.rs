@@ -106,6 +106,7 @@ fn tour(dir: &Path) -> Result<Vec<Step>> {
     let reader = Reader::Node {
         node_id: n1.clone(),
         roles: vec![RoleName::new("entry-node")?],
+        orgs: Vec::new(),
     };
     let draft = |version: u64, prev: Option<&SealedEnvelope>, body: &str| ShardDraft {
         cluster_id: cluster.clone(),

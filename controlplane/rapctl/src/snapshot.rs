@@ -8,7 +8,7 @@ use rap_proto::envelope::{
     Digest, Reader, ReaderSelector, Scope, ShardDraft, SnapshotSigner, TrustRoot,
     VerifiedTrustRoot, Verifier, VerifierOptions, decode, seal,
 };
-use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId, RoleName, SnapshotVersion};
+use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId, OrgId, RoleName, SnapshotVersion};
 use rap_proto::limits::{BODY_BYTES_MAX, ENVELOPE_BYTES_MAX, TRUST_ROOT_BYTES_MAX};
 use rap_proto::pb;
 use rap_proto::time::UnixMillis;
@@ -99,6 +99,9 @@ pub struct VerifyArgs {
     /// Roles of that node (repeatable).
     #[arg(long = "role")]
     roles: Vec<String>,
+    /// Organizations that node's roles serve (repeatable).
+    #[arg(long = "org")]
+    orgs: Vec<String>,
     /// Verify as this storage node (admitted to every scope).
     #[arg(long)]
     storage_node: Option<String>,
@@ -219,6 +222,11 @@ fn verify(args: VerifyArgs, format: Format) -> Result<()> {
                 .roles
                 .iter()
                 .map(|r| RoleName::new(r.as_str()))
+                .collect::<Result<_, _>>()?,
+            orgs: args
+                .orgs
+                .iter()
+                .map(|o| OrgId::new(o.as_str()))
                 .collect::<Result<_, _>>()?,
         },
         (None, Some(node)) => Reader::StorageNode {

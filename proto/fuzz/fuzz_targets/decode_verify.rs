@@ -34,7 +34,7 @@ fn fixture() -> &'static Fixture {
         Fixture {
             verifier: Mutex::new(verifier),
             scope: Scope::Node(node.clone()),
-            reader: Reader::Node { node_id: node, roles: Vec::new() },
+            reader: Reader::Node { node_id: node, roles: Vec::new(), orgs: Vec::new() },
             _dir: dir,
         }
     })

@@ -23,6 +23,8 @@ pub enum Scope {
     OrgServices(OrgId),
     /// `trust/revocations`: revoked node ids and certificate serials.
     TrustRevocations,
+    /// `trust/root`: the cluster's trust-root chain.
+    TrustRoot,
 }
 
 impl FromStr for Scope {
@@ -44,8 +46,9 @@ impl FromStr for Scope {
             ["role", role] => Ok(Scope::Role(RoleName::new(*role).map_err(id_error)?)),
             ["org", org, "services"] => Ok(Scope::OrgServices(OrgId::new(*org).map_err(id_error)?)),
             ["trust", "revocations"] => Ok(Scope::TrustRevocations),
+            ["trust", "root"] => Ok(Scope::TrustRoot),
             _ => Err(invalid(
-                "expected node/<id>, peers/<id>, role/<role>, org/<org>/services or trust/revocations"
+                "expected node/<id>, peers/<id>, role/<role>, org/<org>/services, trust/revocations or trust/root"
                     .to_string(),
             )),
         }
@@ -60,6 +63,7 @@ impl fmt::Display for Scope {
             Scope::Role(role) => write!(f, "role/{role}"),
             Scope::OrgServices(org) => write!(f, "org/{org}/services"),
             Scope::TrustRevocations => f.write_str("trust/revocations"),
+            Scope::TrustRoot => f.write_str("trust/root"),
         }
     }
 }
@@ -71,6 +75,8 @@ pub enum ReaderSelector {
     Node(NodeId),
     /// `role:<role>`: every node holding that role in the cluster.
     Role(RoleName),
+    /// `org:<org_id>`: every node holding a role for that organization.
+    Org(OrgId),
     /// `all-nodes`: every node of the cluster (e.g. revocations).
     AllNodes,
 }
@@ -96,8 +102,11 @@ impl FromStr for ReaderSelector {
             Some(("role", role)) => RoleName::new(role)
                 .map(ReaderSelector::Role)
                 .map_err(|e| invalid(e.to_string())),
+            Some(("org", org)) => OrgId::new(org)
+                .map(ReaderSelector::Org)
+                .map_err(|e| invalid(e.to_string())),
             _ => Err(invalid(
-                "expected node:<id>, role:<role> or all-nodes".to_string(),
+                "expected node:<id>, role:<role>, org:<org> or all-nodes".to_string(),
             )),
         }
     }
@@ -108,6 +117,7 @@ impl fmt::Display for ReaderSelector {
         match self {
             ReaderSelector::Node(id) => write!(f, "node:{id}"),
             ReaderSelector::Role(role) => write!(f, "role:{role}"),
+            ReaderSelector::Org(org) => write!(f, "org:{org}"),
             ReaderSelector::AllNodes => f.write_str("all-nodes"),
         }
     }
@@ -122,6 +132,8 @@ pub enum Reader {
         node_id: NodeId,
         /// Its roles in this cluster (from its own `node/<id>` scope).
         roles: Vec<RoleName>,
+        /// The organizations its roles serve (from the same scope).
+        orgs: Vec<OrgId>,
     },
     /// A storage node that holds shards on behalf of their readers. It is
     /// admitted to every scope of its cluster; placement decides which
@@ -138,10 +150,15 @@ impl Reader {
     pub fn is_admitted(&self, readers: &[ReaderSelector]) -> bool {
         match self {
             Reader::StorageNode { .. } => true,
-            Reader::Node { node_id, roles } => readers.iter().any(|selector| match selector {
+            Reader::Node {
+                node_id,
+                roles,
+                orgs,
+            } => readers.iter().any(|selector| match selector {
                 ReaderSelector::AllNodes => true,
                 ReaderSelector::Node(id) => id == node_id,
                 ReaderSelector::Role(role) => roles.contains(role),
+                ReaderSelector::Org(org) => orgs.contains(org),
             }),
         }
     }
@@ -170,6 +187,7 @@ mod tests {
             "role/entry-node",
             "org/acme/services",
             "trust/revocations",
+            "trust/root",
         ] {
             let scope: Scope = text.parse().unwrap();
             assert_eq!(scope.to_string(), text);
@@ -193,6 +211,7 @@ mod tests {
         let reader = Reader::Node {
             node_id: n1.clone(),
             roles: vec![entry.clone()],
+            orgs: vec![OrgId::new("acme").unwrap()],
         };
         let other = ReaderSelector::Node(NodeId::new("n2").unwrap());
         assert!(!reader.is_admitted(&[]));
@@ -201,7 +220,9 @@ mod tests {
         assert!(reader.is_admitted(&[ReaderSelector::Role(entry)]));
         assert!(!reader.is_admitted(&[ReaderSelector::Role(RoleName::new("relay").unwrap())]));
         assert!(reader.is_admitted(&[ReaderSelector::AllNodes]));
-        for text in ["node:n1", "role:entry-node", "all-nodes"] {
+        assert!(reader.is_admitted(&[ReaderSelector::Org(OrgId::new("acme").unwrap())]));
+        assert!(!reader.is_admitted(&[ReaderSelector::Org(OrgId::new("other").unwrap())]));
+        for text in ["node:n1", "role:entry-node", "org:acme", "all-nodes"] {
             assert_eq!(text.parse::<ReaderSelector>().unwrap().to_string(), text);
         }
         assert!("nodes:n1".parse::<ReaderSelector>().is_err());

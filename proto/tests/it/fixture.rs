@@ -93,6 +93,7 @@ pub fn reader() -> Reader {
     Reader::Node {
         node_id: n1(),
         roles: vec![RoleName::new("entry-node").unwrap()],
+        orgs: Vec::new(),
     }
 }
 
