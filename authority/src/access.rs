@@ -51,6 +51,8 @@ pub enum Rpc {
     AcquireFence,
     /// `AuthorityService/PublishShards`.
     PublishShards,
+    /// `AuthorityService/ShardHeads`.
+    ShardHeads,
     /// `AuthorityService/Status`.
     AuthorityStatus,
     /// `AuthorityService/Promote`.
@@ -77,12 +79,13 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC, in table order.
-    pub const ALL: [Rpc; 16] = [
+    pub const ALL: [Rpc; 17] = [
         Rpc::RaftAppendEntries,
         Rpc::RaftVote,
         Rpc::RaftInstallSnapshot,
         Rpc::AcquireFence,
         Rpc::PublishShards,
+        Rpc::ShardHeads,
         Rpc::AuthorityStatus,
         Rpc::Promote,
         Rpc::Rejoin,
@@ -104,6 +107,7 @@ impl Rpc {
             Rpc::RaftInstallSnapshot => "/rap.v1.RaftService/InstallSnapshot",
             Rpc::AcquireFence => "/rap.v1.AuthorityService/AcquireFence",
             Rpc::PublishShards => "/rap.v1.AuthorityService/PublishShards",
+            Rpc::ShardHeads => "/rap.v1.AuthorityService/ShardHeads",
             Rpc::AuthorityStatus => "/rap.v1.AuthorityService/Status",
             Rpc::Promote => "/rap.v1.AuthorityService/Promote",
             Rpc::Rejoin => "/rap.v1.AuthorityService/Rejoin",
@@ -201,6 +205,7 @@ pub fn grants(rpc: Rpc) -> &'static [Grant] {
         Rpc::RaftAppendEntries | Rpc::RaftVote | Rpc::RaftInstallSnapshot => &MEMBERS,
         Rpc::AcquireFence
         | Rpc::PublishShards
+        | Rpc::ShardHeads
         | Rpc::Bootstrap
         | Rpc::AddVoter
         | Rpc::RemoveVoter => &OPERATORS_OR_RELAY,

@@ -24,3 +24,11 @@ pub const VOTERS_MAX: usize = 7;
 
 const _: () = assert!(PUBLISH_BYTES_MAX >= ENVELOPE_BYTES_MAX);
 const _: () = assert!(RAFT_RPC_BYTES_MAX > PUBLISH_BYTES_MAX);
+
+/// Most scopes one `ShardHeads` request may name (an empty list asks for
+/// every scope, at most [`SHARDS_MAX`]).
+pub const HEADS_SCOPES_MAX: usize = SHARDS_MAX;
+
+/// Most heads one `ShardHeads` answer carries with their envelopes, so an
+/// answer stays well under the message limit.
+pub const HEADS_ENVELOPES_MAX: usize = PUBLISH_ENVELOPES_MAX;

@@ -263,6 +263,39 @@ impl AuthorityService for AuthorityApi {
         Ok(Response::new(pb::PublishShardsResponse { published }))
     }
 
+    async fn shard_heads(
+        &self,
+        request: Request<pb::ShardHeadsRequest>,
+    ) -> std::result::Result<Response<pb::ShardHeadsResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        self.check_cluster(&message.cluster_id)
+            .map_err(|e| self.refuse("ShardHeads", e))?;
+        let node = self.node();
+        let forward_message = message.clone();
+        let response = self
+            .write(
+                "ShardHeads",
+                forwarded,
+                async move {
+                    node.shard_heads(&message.scopes, message.include_envelopes)
+                        .await
+                        .map(|(term, heads)| pb::ShardHeadsResponse {
+                            authority_term: term.0,
+                            heads,
+                        })
+                },
+                |mut client| async move {
+                    client
+                        .shard_heads(mark_forwarded(forward_message))
+                        .await
+                        .map(|r| r.into_inner())
+                },
+            )
+            .await?;
+        Ok(Response::new(response))
+    }
+
     async fn status(
         &self,
         request: Request<pb::AuthorityStatusRequest>,

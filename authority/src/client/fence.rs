@@ -154,24 +154,56 @@ pub async fn publish(
         });
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(response)) => return Ok(response.into_inner()),
-            Ok(Err(status)) => match error_detail(&status) {
-                Some(detail) if detail.code == codes::NOT_LEADER => last = detail.message,
-                Some(detail) if detail.code == codes::NO_QUORUM => {
-                    return Err(Error::NoQuorum {
-                        reachable_voters: detail.reachable_voters,
-                        total_voters: detail.total_voters,
-                    });
-                }
-                Some(detail) => {
-                    return Err(Error::Refused {
-                        code: detail.code,
-                        message: detail.message,
-                    });
-                }
+            Ok(Err(status)) => match final_refusal(&status) {
+                Some(error) => return Err(error),
                 None => last = format!("{address}: {}", status.message()),
             },
             Err(_) => last = format!("{address}: no answer"),
         }
     }
     Err(Error::Unreachable(last))
+}
+
+/// The group's newest shard of each of `request.scopes`, read
+/// linearizably on the leader (followers forward), asking the storage
+/// nodes `peers` in order, each within `timeout`: `NOT_LEADER` and
+/// transport failures move on, `NO_QUORUM` and any other refusal are
+/// final, and no answer at all is [`Error::Unreachable`].
+pub async fn shard_heads(
+    network: &NetworkConfig,
+    peers: &[StoragePeer],
+    request: pb::ShardHeadsRequest,
+    timeout: Duration,
+) -> Result<pb::ShardHeadsResponse> {
+    let mut last = String::from("no storage node recorded");
+    for peer in peers {
+        let address = &peer.address;
+        let mut client = authority_client(network, address, &peer.expected())?;
+        match tokio::time::timeout(timeout, client.shard_heads(request.clone())).await {
+            Ok(Ok(response)) => return Ok(response.into_inner()),
+            Ok(Err(status)) => match final_refusal(&status) {
+                Some(error) => return Err(error),
+                None => last = format!("{address}: {}", status.message()),
+            },
+            Err(_) => last = format!("{address}: no answer"),
+        }
+    }
+    Err(Error::Unreachable(last))
+}
+
+/// The error a refusal ends a round with, or `None` when the next storage
+/// node should be asked (`NOT_LEADER`, or a failure without a typed detail).
+fn final_refusal(status: &tonic::Status) -> Option<Error> {
+    match error_detail(status) {
+        Some(detail) if detail.code == codes::NOT_LEADER => None,
+        Some(detail) if detail.code == codes::NO_QUORUM => Some(Error::NoQuorum {
+            reachable_voters: detail.reachable_voters,
+            total_voters: detail.total_voters,
+        }),
+        Some(detail) => Some(Error::Refused {
+            code: detail.code,
+            message: detail.message,
+        }),
+        None => None,
+    }
 }

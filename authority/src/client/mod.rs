@@ -9,7 +9,7 @@
 pub mod fence;
 pub mod orders;
 
-pub use fence::{StoragePeer, acquire_fence, publish};
+pub use fence::{StoragePeer, acquire_fence, publish, shard_heads};
 
 pub use crate::access::FORWARDED_HEADER;
 use crate::error::Result;

@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod heads;
 mod membership;
 mod quorum;
 
