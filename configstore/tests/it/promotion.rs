@@ -36,9 +36,23 @@ fn promotion_fences_the_old_side_and_rejoin_brings_it_back() {
             .await
             .expect("fence at term 1");
         let v1 = cluster.seal("node/n1", &["node:n1"], 1, None, 1, b"v1");
-        publish(&mut client, old_fence.clone(), vec![v1.bytes.clone()])
+        let published = publish(&mut client, old_fence.clone(), vec![v1.bytes.clone()])
             .await
             .expect("publish v1 at term 1");
+        // The survivor's state seeds the new term: wait until it applied v1
+        // (the leader answers once a majority holds it, which may be the
+        // two nodes about to be killed).
+        let v1_index = published[0].log_index;
+        eventually(
+            "the survivor applied v1",
+            HANG_GUARD,
+            Duration::from_millis(20),
+            || async {
+                let status = cluster.status(survivor).await.ok()?;
+                (status.applied_index >= v1_index).then_some(())
+            },
+        )
+        .await;
 
         let survivor_spec = format!("s1={}", cluster.nodes[survivor].address());
         let promote = |cluster: &Cluster| {
