@@ -330,6 +330,8 @@ async fn record_promotion(
     )
     .await?;
     let retired = db::storage_nodes::retire_all_but(tx, cluster_id, &survivors).await?;
+    // Every node shard lists the storage endpoints.
+    db::snapshots::mark_all_node_scopes_dirty(tx, cluster_id).await?;
     audit::record_ok(
         tx,
         action,
@@ -607,6 +609,7 @@ async fn rejoin_now(
         )));
     }
     db::storage_nodes::unretire(&mut tx, cluster_id, node_id.as_str()).await?;
+    db::snapshots::mark_all_node_scopes_dirty(&mut tx, cluster_id).await?;
     audit::record_ok(
         &mut tx,
         action,

@@ -166,6 +166,31 @@ impl AuthorityClients {
         .await
         .map_err(authority_error)
     }
+
+    /// The group's newest shard of each scope asked for (every scope when
+    /// none is named), read linearizably on the leader
+    /// ([`rap_authority::client::shard_heads`]).
+    pub async fn shard_heads(
+        &self,
+        cluster_id: &str,
+        peers: &[StoragePeer],
+        scopes: Vec<String>,
+        include_envelopes: bool,
+    ) -> Result<pb::ShardHeadsResponse> {
+        let network = self.load_network(cluster_id).await?;
+        rap_authority::client::shard_heads(
+            &network,
+            peers,
+            pb::ShardHeadsRequest {
+                cluster_id: cluster_id.to_string(),
+                scopes,
+                include_envelopes,
+            },
+            crate::limits::FENCE_TIMEOUT,
+        )
+        .await
+        .map_err(authority_error)
+    }
 }
 
 /// A cluster's voters and learners, voters first.

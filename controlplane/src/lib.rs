@@ -42,6 +42,7 @@ pub mod principals;
 pub mod roles;
 pub mod secret;
 pub mod server;
+pub mod snapshots;
 pub mod tls;
 pub mod tokens;
 pub mod workloads;

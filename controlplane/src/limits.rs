@@ -130,3 +130,22 @@ const _: () = assert!(HEARTBEAT_NODE_BURST >= 1 && HEARTBEAT_LOG_CHANGES_MAX >= 
 const _: () = assert!((HEARTBEAT_NODE_BURST as usize) < HEARTBEAT_QUEUE_MAX);
 const _: () = assert!(API_TOKEN_TTL_DEFAULT.as_secs() <= API_TOKEN_TTL_MAX.as_secs());
 const _: () = assert!(AUDIT_ANONYMOUS_PER_SOURCE >= 1 && AUDIT_ANONYMOUS_SOURCES_MAX >= 1);
+
+/// Most peers in one `peers/<node>` shard (active ones first).
+pub const SHARD_PEERS_MAX: usize = 256;
+/// Most storage endpoints in one `node/<node>` shard (voters first).
+pub const SHARD_STORAGE_ENDPOINTS_MAX: usize = 64;
+/// Most scopes one publication compiles and publishes (a larger dirty set
+/// is published over several rounds).
+pub const PUBLISH_SCOPES_MAX: usize = 20_000;
+/// How long a published shard is valid; the publisher re-signs it before
+/// it expires ([`SHARD_REFRESH_BEFORE_EXPIRY`]).
+pub const SHARD_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A shard with less validity left than this is re-signed with a new
+/// version by the publisher's freshness pass.
+pub const SHARD_REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(2 * 24 * 3600);
+/// How often the publisher looks for dirty scopes when no notification
+/// woke it.
+pub const PUBLISH_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the publisher's freshness pass reads every head.
+pub const SHARD_REFRESH_INTERVAL: Duration = Duration::from_secs(600);

@@ -16,16 +16,10 @@ use crate::error::{Error, Result};
 use crate::fencing;
 use crate::limits::REASON_BYTES_MAX;
 use crate::page::Page;
-use rap_proto::envelope::{Digest, ReaderSelector, Scope, ShardDraft};
-use rap_proto::ids::{ClusterId, NodeId, SnapshotVersion, TrustGeneration};
-use rap_proto::limits::REVOCATIONS_MAX;
+use rap_proto::envelope::Scope;
+use rap_proto::ids::{ClusterId, NodeId};
 use rap_proto::pb;
 use rap_proto::revocations::REVOCATIONS_SCOPE;
-use rap_proto::time::UnixMillis;
-
-/// Validity of a published revocation list (re-published on every change;
-/// a list older than this is refused by verifiers).
-pub const REVOCATIONS_VALIDITY_MS: i64 = 7 * 24 * 3600 * 1000;
 
 fn node_pb(cluster_id: &str, row: db::nodes::NodeOverview) -> pb::Node {
     pb::Node {
@@ -144,9 +138,31 @@ pub async fn revoke(
                     },
                 );
             }
+            let roles = crate::snapshots::roles_of(tx, cluster_id, node_id).await?;
             db::roles::remove_all_of_node(tx, cluster_id, node_id, &actor).await?;
-            let version =
-                publish_revocations(tx, &ctx.authority, keys, cluster_id, &fence, &actor).await?;
+            // The revocation list, and every scope that listed the node,
+            // are published before the transaction commits.
+            crate::snapshots::mark(tx, cluster_id, &[Scope::TrustRevocations]).await?;
+            crate::snapshots::mark_node_change(tx, cluster_id, node_id, &roles).await?;
+            let cluster = ClusterId::new(cluster_id)?;
+            let keys = keys.take(&cluster).await?;
+            let outcome = crate::snapshots::publish_in(
+                tx,
+                &ctx.authority,
+                &keys,
+                &cluster,
+                &fence,
+                &actor,
+                crate::snapshots::Asked::Dirty,
+                false,
+            )
+            .await?;
+            let version = outcome
+                .published
+                .iter()
+                .find(|p| p.scope == REVOCATIONS_SCOPE)
+                .map(|p| p.version)
+                .unwrap_or(0);
             tracing::info!(
                 cluster_id = %cluster_id,
                 node_id = %node_id,
@@ -166,84 +182,4 @@ pub async fn revoke(
     .await?;
     ctx.forget_serials(&serials);
     get_unchecked(&ctx.pool, &request.cluster_id, &request.node_id).await
-}
-
-/// Signs and publishes the next version of `trust/revocations` within the
-/// fenced transaction `tx`; records it in `snapshot_publications`.
-async fn publish_revocations(
-    tx: &mut sqlx::PgConnection,
-    authority: &fencing::AuthorityClients,
-    keys: crate::clusters::PreloadedKeys,
-    cluster_id: &str,
-    fence: &rap_core::Fence,
-    actor: &str,
-) -> Result<u64> {
-    let limit = i64::try_from(REVOCATIONS_MAX).unwrap_or(i64::MAX - 1) + 1;
-    let revoked = db::nodes::revoked_certificates(tx, cluster_id, limit).await?;
-    if revoked.len() > REVOCATIONS_MAX {
-        return Err(Error::Oversize {
-            what: "revocation list",
-            limit: REVOCATIONS_MAX,
-            got: revoked.len(),
-        });
-    }
-    let body = rap_proto::revocations::encode(
-        &ClusterId::new(cluster_id)?,
-        revoked
-            .into_iter()
-            .map(|row| pb::RevokedCertificate {
-                node_id: row.node_id,
-                certificate_serial: row.certificate_serial,
-                revoked_at_unix_ms: row.revoked_at_unix_ms,
-            })
-            .collect(),
-    )?;
-    let previous = db::snapshots::latest(tx, cluster_id, REVOCATIONS_SCOPE).await?;
-    let (version, prev_hash) = match previous {
-        Some(latest) => (
-            u64::try_from(latest.version).unwrap_or(0) + 1,
-            Some(Digest::from_slice(
-                "previous header hash",
-                &latest.header_hash,
-            )?),
-        ),
-        None => (1, None),
-    };
-    let cluster = ClusterId::new(cluster_id)?;
-    let keys = keys.take(&cluster).await?;
-    let now = UnixMillis::now();
-    let sealed = rap_proto::envelope::seal(
-        ShardDraft {
-            cluster_id: cluster,
-            scope: Scope::TrustRevocations,
-            version: SnapshotVersion(version),
-            authority_term: fence.authority_term,
-            issued_at: now,
-            expires_at: now.plus_ms(REVOCATIONS_VALIDITY_MS),
-            prev_hash,
-            readers: vec![ReaderSelector::AllNodes],
-            body,
-        },
-        keys.signer(),
-        TrustGeneration(1),
-    )?;
-    let peers = fencing::storage_peers(tx, cluster_id).await?;
-    authority
-        .publish(cluster_id, &peers, fence.to_pb(), vec![sealed.bytes])
-        .await?;
-    db::snapshots::insert(
-        tx,
-        cluster_id,
-        db::snapshots::Publication {
-            scope: REVOCATIONS_SCOPE,
-            version: i64::try_from(version).unwrap_or(i64::MAX),
-            authority_term: i64::try_from(fence.authority_term.0).unwrap_or(i64::MAX),
-            fence_seq: i64::try_from(fence.seq.0).unwrap_or(i64::MAX),
-            content_hash: &sealed.header.content_hash.0[..],
-            header_hash: &sealed.header_hash.0[..],
-            published_by: actor,
-        },
-    )
-    .await?;
-    Ok(version)
 }

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::limits::TEXT_BYTES_MAX;
 use crate::page::Page;
 use crate::roles::{known_roles, required_capability};
+use rap_proto::envelope::Scope;
 use rap_proto::ids::{ClusterId, OrgId, RoleName};
 use rap_proto::pb;
 use std::collections::BTreeMap;
@@ -212,6 +213,12 @@ pub async fn add_endpoint(
                 id: format!("{org}/{cluster}/{name}"),
             });
         }
+        crate::snapshots::mark(
+            &mut tx,
+            cluster.as_str(),
+            &[Scope::Role(role.clone()), Scope::OrgServices(org.clone())],
+        )
+        .await?;
         audit::record_ok(
             &mut tx,
             &action,

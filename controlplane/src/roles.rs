@@ -43,6 +43,15 @@ pub const ROLE_CAPABILITIES: &[(&str, &str)] = &[
     ("video-relay", "can_run_video_relay"),
 ];
 
+/// The roles that carry mesh traffic: their holders get a `peers/<node>`
+/// shard and see each other there; no other node sees mesh topology.
+pub const MESH_ROLES: &[&str] = &["entry-node", "relay-node"];
+
+/// Whether `role` carries mesh traffic ([`MESH_ROLES`]).
+pub fn is_mesh_role(role: &str) -> bool {
+    MESH_ROLES.contains(&role)
+}
+
 /// The capability `role` needs, or `None` for an unknown role.
 pub fn required_capability(role: &str) -> Option<&'static str> {
     ROLE_CAPABILITIES
@@ -245,6 +254,13 @@ pub async fn assign(
                     id: target.label(),
                 });
             }
+            crate::snapshots::mark_node_change(
+                tx,
+                &target.cluster_id,
+                &target.node_id,
+                &[(target.role.clone(), target.org_id.clone())],
+            )
+            .await?;
             tracing::info!(
                 cluster_id = %target.cluster_id,
                 node_id = %target.node_id,
@@ -301,6 +317,13 @@ pub async fn remove(
             let Some(assigned_by) = assigned_by else {
                 return Err(Error::not_found("active role assignment", target.label()));
             };
+            crate::snapshots::mark_node_change(
+                tx,
+                &target.cluster_id,
+                &target.node_id,
+                &[(target.role.clone(), target.org_id.clone())],
+            )
+            .await?;
             tracing::info!(
                 cluster_id = %target.cluster_id,
                 node_id = %target.node_id,

@@ -300,6 +300,11 @@ pub async fn serve(
     // Other control plane processes revoke too: their changes reach this
     // process's identity cache through PostgreSQL.
     let identity_listener = agent.start_identity_listener(stop_rx.clone());
+    // Dirty scopes are compiled and published as mutations commit.
+    tokio::spawn(
+        crate::snapshots::run_publisher(ctx.clone(), stop_rx.clone())
+            .instrument(tracing::info_span!("task", task = "snapshot_publisher")),
+    );
     // Clusters created through another process are served here too.
     if let Some(tls) = &tls {
         tokio::spawn(

@@ -114,6 +114,12 @@ pub async fn set_desired_state(
             }
             let row =
                 db::workloads::set_desired_state(tx, cluster_id, node_id, service, desired).await?;
+            crate::snapshots::mark(
+                tx,
+                cluster_id,
+                &[rap_proto::envelope::Scope::Node(node.clone())],
+            )
+            .await?;
             let instance = instance_pb(row);
             tracing::info!(
                 cluster_id,

@@ -42,6 +42,9 @@ pub enum SnapshotCommand {
     },
     /// Verify an envelope the way a node agent does; exit 1 if refused.
     Verify(VerifyArgs),
+    /// Published shards through the control plane: publish, get, list.
+    #[command(flatten)]
+    Published(crate::published::PublishedCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -120,6 +123,7 @@ pub fn run(command: SnapshotCommand, format: Format) -> Result<()> {
         SnapshotCommand::Sign(args) => sign(args, format),
         SnapshotCommand::Show { file } => show(&file, format),
         SnapshotCommand::Verify(args) => verify(args, format),
+        SnapshotCommand::Published(args) => crate::block_on(crate::published::run(args, format)),
     }
 }
 

@@ -387,27 +387,28 @@ impl AdminService for AdminApi {
         request: Request<pb::PublishSnapshotRequest>,
     ) -> std::result::Result<Response<pb::PublishSnapshotResponse>, Status> {
         let (p, r) = authed!(self, request, "snapshot.publish");
-        let error = Error::NotImplemented(
-            "the snapshot compiler is not built yet; only trust/revocations is published (by `rapctl node revoke`)".into(),
-        );
-        audit::record_refusal(
-            &self.ctx.pool,
-            &Action::new(p.actor(), "snapshot.publish", Some(&r.cluster_id), ""),
-            &error,
-        )
-        .await;
-        Err(error.into())
+        reply(crate::snapshots::publish(&self.ctx, &p, &r).await)
     }
 
     async fn get_snapshot(
         &self,
         request: Request<pb::GetSnapshotRequest>,
     ) -> std::result::Result<Response<pb::GetSnapshotResponse>, Status> {
-        let (_p, _r) = authed!(self, request, "snapshot.get");
-        Err(Error::NotImplemented(
-            "reading shards goes through the storage nodes' ShardService (not built yet)".into(),
-        )
-        .into())
+        let (p, r) = authed!(self, request, "snapshot.get");
+        reply(crate::snapshots::get(&self.ctx, &p, &r).await)
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> std::result::Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let (p, r) = authed!(self, request, "snapshot.list");
+        reply(crate::snapshots::list(&self.ctx, &p, &r).await.map(
+            |(snapshots, next_page_token)| pb::ListSnapshotsResponse {
+                snapshots,
+                next_page_token,
+            },
+        ))
     }
 
     async fn create_organization(

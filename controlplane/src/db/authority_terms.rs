@@ -211,3 +211,12 @@ pub async fn record_fence(
         None => "no current authority term".to_string(),
     }))
 }
+
+/// Every cluster with a current authority term (bootstrapped), by id.
+pub async fn bootstrapped_clusters(conn: &mut PgConnection) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT cluster_id FROM cluster_authority_terms WHERE ended_at IS NULL ORDER BY cluster_id",
+    )
+    .fetch_all(conn)
+    .await?)
+}

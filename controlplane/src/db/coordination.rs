@@ -209,12 +209,19 @@ fn serial_payloads(serials: &[String]) -> Vec<String> {
 /// if the transaction rolls back.
 pub async fn notify_identities_changed(conn: &mut PgConnection, serials: &[String]) -> Result<()> {
     for payload in serial_payloads(serials) {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(IDENTITY_CHANNEL)
-            .bind(&payload)
-            .execute(&mut *conn)
-            .await?;
+        notify(conn, IDENTITY_CHANNEL, &payload).await?;
     }
+    Ok(())
+}
+
+/// Notifies `channel` with `payload` when the caller's transaction
+/// commits (nothing if it rolls back).
+pub async fn notify(conn: &mut PgConnection, channel: &str, payload: &str) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

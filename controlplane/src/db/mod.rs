@@ -17,7 +17,8 @@
 //! | `cluster_authority_terms`  | [`authority_terms`]  | one authority term (current: `ended_at IS NULL`) and its last fence seq; bootstrap, promotion and every fenced mutation; the ONLY writer |
 //! | `storage_nodes`            | [`storage_nodes`]    | a storage node of the cluster's group and its role; bootstrap, promotion (retire), rejoin |
 //! | `cluster_partitions`       | [`partitions`]       | one partition observation of a storage node; `rapctl authority status`     |
-//! | `snapshot_publications`    | [`snapshots`]        | a signed shard published under a fence; node revocation                     |
+//! | `snapshot_publications`    | [`snapshots`]        | a signed shard published under a fence, with its envelope; the publisher ([`crate::snapshots`]) |
+//! | `snapshot_dirty`           | [`snapshots`]        | a scope a mutation touched since its last publication; mutations mark, the publisher unmarks |
 //! | `nodes`                    | [`nodes`]            | a host-level node identity; join approval                                   |
 //! | `cluster_memberships`      | [`nodes`], [`groups`] | node ↔ cluster (one active), its group, `last_seen_at`; approval, revocation, group moves, heartbeats |
 //! | `node_identities`          | [`nodes`]            | a public key + certificate per (cluster, node); approval, renewal (rotated), revocation |

@@ -514,3 +514,32 @@ pub async fn identity_by_serial(
     .fetch_optional(conn)
     .await?)
 }
+
+/// A node of a cluster as the snapshot compiler sees it: an active or
+/// disabled membership (revoked ones are in `trust/revocations`).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Member {
+    /// The node.
+    pub node_id: String,
+    /// `active` or `disabled`.
+    pub membership_status: String,
+    /// Its group; empty for none.
+    pub group_id: String,
+}
+
+/// Every active or disabled member of the cluster that is a node (not a
+/// storage node), by node id.
+pub async fn members(conn: &mut PgConnection, cluster_id: &str) -> Result<Vec<Member>> {
+    Ok(sqlx::query_as(
+        "SELECT m.node_id, m.membership_status, COALESCE(m.group_id, '') AS group_id
+           FROM cluster_memberships m
+          WHERE m.cluster_id = $1 AND m.membership_status IN ('active', 'disabled')
+            AND NOT EXISTS (SELECT 1 FROM node_identities i
+                             WHERE i.cluster_id = m.cluster_id AND i.node_id = m.node_id
+                               AND i.kind = 'storage')
+          ORDER BY m.node_id",
+    )
+    .bind(cluster_id)
+    .fetch_all(conn)
+    .await?)
+}

@@ -203,3 +203,32 @@ pub async fn serving(
     .fetch_one(conn)
     .await?)
 }
+
+/// An organization endpoint in a cluster, as the snapshot compiler sees it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct ClusterEndpoint {
+    /// The organization.
+    pub org_id: String,
+    /// The endpoint's name.
+    pub name: String,
+    /// `ingress` or `egress`.
+    pub kind: String,
+    /// The role that serves it.
+    pub role: String,
+}
+
+/// Every endpoint of an active organization in the cluster, by (org, name).
+pub async fn endpoints_in_cluster(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+) -> Result<Vec<ClusterEndpoint>> {
+    Ok(sqlx::query_as(
+        "SELECT e.org_id, e.name, e.kind, e.role FROM org_endpoints e
+           JOIN organizations o ON o.org_id = e.org_id
+          WHERE e.cluster_id = $1 AND o.status = 'active'
+          ORDER BY e.org_id, e.name",
+    )
+    .bind(cluster_id)
+    .fetch_all(conn)
+    .await?)
+}

@@ -180,3 +180,30 @@ pub async fn list_active(
     .fetch_all(conn)
     .await?)
 }
+
+/// An active role assignment as the snapshot compiler sees it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct ActiveAssignment {
+    /// The node.
+    pub node_id: String,
+    /// The role.
+    pub role: String,
+    /// The organization it serves; empty for cluster-wide.
+    pub org_id: String,
+}
+
+/// Every active role assignment of the cluster, by (node, role, org).
+pub async fn active_in_cluster(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+) -> Result<Vec<ActiveAssignment>> {
+    Ok(sqlx::query_as(
+        "SELECT node_id, role, COALESCE(organization_id, '') AS org_id
+           FROM node_role_assignments
+          WHERE cluster_id = $1 AND status = 'active'
+          ORDER BY node_id, role, org_id",
+    )
+    .bind(cluster_id)
+    .fetch_all(conn)
+    .await?)
+}

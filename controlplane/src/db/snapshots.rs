@@ -1,6 +1,9 @@
 //! `snapshot_publications`: the signed snapshot shards the control plane
 //! published to a cluster's authority group (one row per scope and
-//! version), written in the fenced transaction that published them.
+//! version, with its envelope), written in the fenced transaction that
+//! published them. `snapshot_dirty`: the scopes a mutation touched since
+//! their last publication, marked in the mutation's own transaction and
+//! unmarked by the publishing one.
 
 use crate::error::Result;
 use sqlx::PgConnection;
@@ -31,6 +34,8 @@ pub struct Publication<'a> {
     pub header_hash: &'a [u8],
     /// The actor.
     pub published_by: &'a str,
+    /// The encoded envelope.
+    pub envelope: &'a [u8],
 }
 
 /// The newest publication of `scope` in the cluster.
@@ -57,8 +62,8 @@ pub async fn insert(
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO snapshot_publications
-             (cluster_id, scope, version, authority_term, content_hash, header_hash, fence_seq, published_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             (cluster_id, scope, version, authority_term, content_hash, header_hash, fence_seq, published_by, envelope)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(cluster_id)
     .bind(publication.scope)
@@ -68,7 +73,135 @@ pub async fn insert(
     .bind(publication.header_hash)
     .bind(publication.fence_seq)
     .bind(publication.published_by)
+    .bind(publication.envelope)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// A recorded publication, as listed.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Recorded {
+    /// The scope.
+    pub scope: String,
+    /// Its version.
+    pub version: i64,
+    /// The fence's term.
+    pub authority_term: i64,
+    /// Hash of the body.
+    pub content_hash: Vec<u8>,
+    /// Who published it.
+    pub published_by: String,
+    /// When, in Unix milliseconds.
+    pub published_at_unix_ms: i64,
+}
+
+/// The newest publication of each scope of the cluster whose scope sorts
+/// after `after`, by scope, at most `limit`.
+pub async fn list_latest(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<Recorded>> {
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT ON (scope) scope, version, authority_term, content_hash, published_by,
+                (extract(epoch FROM published_at) * 1000)::bigint AS published_at_unix_ms
+           FROM snapshot_publications
+          WHERE cluster_id = $1 AND scope > $2
+          ORDER BY scope, version DESC
+          LIMIT $3",
+    )
+    .bind(cluster_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The envelope of the newest recorded publication of `scope`, if any
+/// publication of it recorded one.
+pub async fn latest_envelope(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    scope: &str,
+) -> Result<Option<Vec<u8>>> {
+    Ok(sqlx::query_scalar(
+        "SELECT envelope FROM snapshot_publications
+          WHERE cluster_id = $1 AND scope = $2 AND envelope IS NOT NULL
+          ORDER BY version DESC LIMIT 1",
+    )
+    .bind(cluster_id)
+    .bind(scope)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Marks `scopes` of the cluster dirty (idempotent).
+pub async fn mark_dirty(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    scopes: &[String],
+) -> Result<()> {
+    if scopes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO snapshot_dirty (cluster_id, scope)
+         SELECT $1, s FROM unnest($2::text[]) AS s
+         ON CONFLICT (cluster_id, scope) DO NOTHING",
+    )
+    .bind(cluster_id)
+    .bind(scopes)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks the `node/<id>` scope of every active or disabled member dirty
+/// (what a change of the storage nodes touches).
+pub async fn mark_all_node_scopes_dirty(conn: &mut PgConnection, cluster_id: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO snapshot_dirty (cluster_id, scope)
+         SELECT m.cluster_id, 'node/' || m.node_id FROM cluster_memberships m
+          WHERE m.cluster_id = $1 AND m.membership_status IN ('active', 'disabled')
+            AND NOT EXISTS (SELECT 1 FROM node_identities i
+                             WHERE i.cluster_id = m.cluster_id AND i.node_id = m.node_id
+                               AND i.kind = 'storage')
+         ON CONFLICT (cluster_id, scope) DO NOTHING",
+    )
+    .bind(cluster_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The dirty scopes of the cluster, by scope, at most `limit`.
+pub async fn dirty(conn: &mut PgConnection, cluster_id: &str, limit: i64) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT scope FROM snapshot_dirty WHERE cluster_id = $1 ORDER BY scope LIMIT $2",
+    )
+    .bind(cluster_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The clusters that have dirty scopes.
+pub async fn clusters_with_dirty(conn: &mut PgConnection) -> Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT DISTINCT cluster_id FROM snapshot_dirty ORDER BY cluster_id")
+            .fetch_all(conn)
+            .await?,
+    )
+}
+
+/// Unmarks `scopes` of the cluster.
+pub async fn unmark(conn: &mut PgConnection, cluster_id: &str, scopes: &[String]) -> Result<()> {
+    sqlx::query("DELETE FROM snapshot_dirty WHERE cluster_id = $1 AND scope = ANY($2::text[])")
+        .bind(cluster_id)
+        .bind(scopes)
+        .execute(conn)
+        .await?;
     Ok(())
 }

@@ -110,3 +110,27 @@ pub async fn list(
     .fetch_all(conn)
     .await?)
 }
+
+/// A desired workload as the snapshot compiler sees it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Desired {
+    /// The node.
+    pub node_id: String,
+    /// The service.
+    pub service: String,
+    /// `enabled` or `disabled`.
+    pub desired_state: String,
+    /// Bumped on every change of the desired state.
+    pub version: i64,
+}
+
+/// Every desired workload of the cluster, by (node, service).
+pub async fn desired_in_cluster(conn: &mut PgConnection, cluster_id: &str) -> Result<Vec<Desired>> {
+    Ok(sqlx::query_as(
+        "SELECT node_id, service, desired_state, version FROM node_service_instances
+          WHERE cluster_id = $1 ORDER BY node_id, service",
+    )
+    .bind(cluster_id)
+    .fetch_all(conn)
+    .await?)
+}

@@ -15,3 +15,4 @@ mod principals;
 mod promotion;
 mod roles;
 mod schema;
+mod snapshots;

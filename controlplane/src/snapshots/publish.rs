@@ -1,0 +1,238 @@
+//! Publishing compiled shards inside a fenced transaction.
+//!
+//! **Versions come from the group.** The next version of a scope chains
+//! onto the group's own newest envelope of it (`ShardHeads`, read
+//! linearizably on the leader after the fence was granted), not onto what
+//! PostgreSQL recorded. A publish that the group accepted but whose
+//! transaction then failed to commit therefore leaves no trap: the next
+//! publish of that scope reads the orphaned head, takes the version after
+//! it and chains to it, and — because the dirty marks rolled back with the
+//! failed transaction and the content is compiled from PostgreSQL again —
+//! replaces the orphan's content with the committed state. Versions
+//! strictly increase per scope across restarts and across several control
+//! planes, because every publisher holds the cluster's authority row lock
+//! (the fenced transaction) while it reads heads and publishes.
+//!
+//! **Unchanged is not published.** A compiled body whose blake3 equals the
+//! head's content hash is skipped, unless the head expires within
+//! [`SHARD_REFRESH_BEFORE_EXPIRY`] and a freshness pass asked for it.
+
+use super::compile::{ClusterRows, Compiled, Compiler};
+use crate::db;
+use crate::error::{Error, Result};
+use crate::fencing::{self, AuthorityClients};
+use crate::keys::ClusterKeys;
+use crate::limits::{PUBLISH_SCOPES_MAX, SHARD_REFRESH_BEFORE_EXPIRY, SHARD_VALIDITY};
+use rap_authority::limits::{PUBLISH_BYTES_MAX, PUBLISH_ENVELOPES_MAX};
+use rap_core::Fence;
+use rap_proto::envelope::{Digest, Scope, ShardDraft, seal};
+use rap_proto::ids::{ClusterId, SnapshotVersion, TrustGeneration};
+use rap_proto::pb;
+use rap_proto::time::UnixMillis;
+use sqlx::PgConnection;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Which scopes a publication compiles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// Exactly these (a scope the state does not define is skipped).
+    Scopes(Vec<Scope>),
+    /// The cluster's dirty scopes (unmarked once published).
+    Dirty,
+    /// Every scope the cluster's state defines.
+    All,
+}
+
+/// What a publication did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The scopes published, with their new versions.
+    pub published: Vec<pb::ScopePublication>,
+    /// Scopes compiled but unchanged (and fresh enough).
+    pub unchanged: usize,
+    /// Scopes asked for that the cluster's state does not define.
+    pub undefined: usize,
+}
+
+/// How old the group's `trust/root` etc. may get: the signing key's
+/// generation. Key rotation is not built yet, so every shard is signed by
+/// generation 1.
+const SIGNING_GENERATION: TrustGeneration = TrustGeneration(1);
+
+/// Compiles the `asked` scopes of `cluster` from the transaction's view of
+/// PostgreSQL, publishes those that changed (or, with `refresh`, expire
+/// soon) to the group under `fence`, records them in
+/// `snapshot_publications`, and unmarks what it compiled.
+#[allow(clippy::too_many_arguments)]
+pub async fn publish_in(
+    tx: &mut PgConnection,
+    authority: &AuthorityClients,
+    keys: &ClusterKeys,
+    cluster: &ClusterId,
+    fence: &Fence,
+    actor: &str,
+    asked: Asked,
+    refresh: bool,
+) -> Result<Outcome> {
+    let cluster_id = cluster.as_str();
+    let compiler = Compiler::new(ClusterRows::load(tx, cluster).await?);
+    let limit = i64::try_from(PUBLISH_SCOPES_MAX).unwrap_or(i64::MAX);
+    let (scopes, dirty): (Vec<Scope>, Vec<String>) = match asked {
+        Asked::Scopes(scopes) => (scopes, Vec::new()),
+        Asked::All => (compiler.scopes()?.into_iter().collect(), Vec::new()),
+        Asked::Dirty => {
+            let dirty = db::snapshots::dirty(tx, cluster_id, limit).await?;
+            let scopes = dirty
+                .iter()
+                .filter_map(|text| match text.parse::<Scope>() {
+                    Ok(scope) => Some(scope),
+                    Err(e) => {
+                        tracing::warn!(cluster_id, scope = %text, error = %e, "dropping a dirty mark that names no scope");
+                        None
+                    }
+                })
+                .collect();
+            (scopes, dirty)
+        }
+    };
+    if scopes.len() > PUBLISH_SCOPES_MAX {
+        return Err(Error::Oversize {
+            what: "scopes of one publication",
+            limit: PUBLISH_SCOPES_MAX,
+            got: scopes.len(),
+        });
+    }
+    let scopes: BTreeSet<Scope> = scopes.into_iter().collect();
+    let mut outcome = Outcome::default();
+    let mut compiled: Vec<Compiled> = Vec::with_capacity(scopes.len());
+    for scope in &scopes {
+        match compiler.compile(scope)? {
+            Some(shard) => compiled.push(shard),
+            None => outcome.undefined += 1,
+        }
+    }
+
+    let peers = fencing::storage_peers(tx, cluster_id).await?;
+    let heads: BTreeMap<String, pb::ShardHead> = if compiled.is_empty() {
+        BTreeMap::new()
+    } else {
+        authority
+            .shard_heads(
+                cluster_id,
+                &peers,
+                compiled.iter().map(|c| c.scope.to_string()).collect(),
+                false,
+            )
+            .await?
+            .heads
+            .into_iter()
+            .map(|head| (head.scope.clone(), head))
+            .collect()
+    };
+
+    let now = UnixMillis::now();
+    let refresh_before = now.plus_ms(millis(SHARD_REFRESH_BEFORE_EXPIRY));
+    let mut sealed = Vec::new();
+    for shard in compiled {
+        let scope = shard.scope.to_string();
+        let head = heads.get(&scope);
+        if let Some(head) = head {
+            let same = head.content_hash == blake3::hash(&shard.body).as_bytes().as_slice();
+            let fresh = !refresh || head.expires_at_unix_ms > refresh_before.0;
+            if same && fresh {
+                outcome.unchanged += 1;
+                continue;
+            }
+        }
+        let (version, prev_hash) = match head {
+            Some(head) => (
+                head.version.checked_add(1).ok_or_else(|| {
+                    Error::Internal(format!("scope {scope} is at the last version"))
+                })?,
+                Some(Digest::from_slice("head header hash", &head.header_hash)?),
+            ),
+            None => (1, None),
+        };
+        let envelope = seal(
+            ShardDraft {
+                cluster_id: cluster.clone(),
+                scope: shard.scope,
+                version: SnapshotVersion(version),
+                authority_term: fence.authority_term,
+                issued_at: now,
+                expires_at: now.plus_ms(millis(SHARD_VALIDITY)),
+                prev_hash,
+                readers: shard.readers,
+                body: shard.body,
+            },
+            keys.signer(),
+            SIGNING_GENERATION,
+        )?;
+        sealed.push((scope, envelope));
+    }
+
+    // Batches within the group's limits; each is all-or-nothing.
+    let mut start = 0;
+    while start < sealed.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < sealed.len()
+            && end - start < PUBLISH_ENVELOPES_MAX
+            && (end == start || bytes + sealed[end].1.bytes.len() <= PUBLISH_BYTES_MAX)
+        {
+            bytes += sealed[end].1.bytes.len();
+            end += 1;
+        }
+        let batch: Vec<Vec<u8>> = sealed[start..end]
+            .iter()
+            .map(|(_, s)| s.bytes.clone())
+            .collect();
+        authority
+            .publish(cluster_id, &peers, fence.to_pb(), batch)
+            .await?;
+        start = end;
+    }
+
+    let term = i64::try_from(fence.authority_term.0).unwrap_or(i64::MAX);
+    let seq = i64::try_from(fence.seq.0).unwrap_or(i64::MAX);
+    for (scope, envelope) in &sealed {
+        let version = envelope.header.version.0;
+        db::snapshots::insert(
+            tx,
+            cluster_id,
+            db::snapshots::Publication {
+                scope,
+                version: i64::try_from(version).unwrap_or(i64::MAX),
+                authority_term: term,
+                fence_seq: seq,
+                content_hash: &envelope.header.content_hash.0[..],
+                header_hash: &envelope.header_hash.0[..],
+                published_by: actor,
+                envelope: &envelope.bytes,
+            },
+        )
+        .await?;
+        outcome.published.push(pb::ScopePublication {
+            scope: scope.clone(),
+            version,
+            content_hash: envelope.header.content_hash.0.to_vec(),
+            authority_term: fence.authority_term.0,
+        });
+    }
+    if !dirty.is_empty() {
+        db::snapshots::unmark(tx, cluster_id, &dirty).await?;
+    }
+    tracing::info!(
+        cluster_id,
+        published = outcome.published.len(),
+        unchanged = outcome.unchanged,
+        undefined = outcome.undefined,
+        authority_term = fence.authority_term.0,
+        "snapshot shards published"
+    );
+    Ok(outcome)
+}
+
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,429 @@
+//! Config distribution, control-plane side: need-to-know compilation,
+//! deterministic bytes, dirty marks, publication under a fence, and a
+//! publish whose commit fails, against a real PostgreSQL and a real
+//! 3-voter authority group.
+
+use rap_controlplane::error::Error;
+use rap_controlplane::snapshots::compile::{ClusterRows, Compiler};
+use rap_controlplane::{db, orgs, roles, snapshots};
+use rap_proto::envelope::{Reader, decode};
+use rap_proto::ids::ClusterId;
+use rap_proto::pb;
+use rap_proto::shards::{self, node_reader};
+use rap_testkit::platform::Platform;
+use std::collections::{BTreeMap, BTreeSet};
+
+const CAPABILITIES: &[&str] = &[
+    "can_route_mesh",
+    "can_accept_client_ingress",
+    "can_run_rdp_worker",
+];
+
+async fn assign(p: &Platform, node: &str, role: &str, org: &str) {
+    roles::assign(
+        &p.ctx,
+        &p.owner,
+        &pb::AssignRoleRequest {
+            cluster_id: p.cluster.clone(),
+            node_id: node.to_string(),
+            role: role.to_string(),
+            org_id: org.to_string(),
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn org(p: &Platform, org_id: &str, endpoint: &str, role: &str) {
+    orgs::create_org(
+        &p.ctx,
+        &p.owner,
+        &pb::CreateOrganizationRequest {
+            org_id: org_id.to_string(),
+            name: org_id.to_string(),
+        },
+    )
+    .await
+    .unwrap();
+    orgs::add_endpoint(
+        &p.ctx,
+        &p.owner,
+        &pb::AddOrgEndpointRequest {
+            org_id: org_id.to_string(),
+            cluster_id: p.cluster.clone(),
+            name: endpoint.to_string(),
+            kind: "egress".to_string(),
+            role: role.to_string(),
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn publish(p: &Platform, scopes: &[&str]) -> Result<Vec<pb::ScopePublication>, Error> {
+    snapshots::publish(
+        &p.ctx,
+        &p.owner,
+        &pb::PublishSnapshotRequest {
+            cluster_id: p.cluster.clone(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        },
+    )
+    .await
+    .map(|r| r.published)
+}
+
+/// The group's newest envelope of every scope, decoded, by scope.
+async fn group_shards(p: &Platform) -> BTreeMap<String, rap_proto::envelope::DecodedEnvelope> {
+    let peers = p.storage_peers().await;
+    let all = p
+        .ctx
+        .authority
+        .shard_heads(&p.cluster, &peers, Vec::new(), false)
+        .await
+        .unwrap();
+    let scopes = all.heads.into_iter().map(|h| h.scope).collect();
+    p.ctx
+        .authority
+        .shard_heads(&p.cluster, &peers, scopes, true)
+        .await
+        .unwrap()
+        .heads
+        .into_iter()
+        .map(|h| (h.scope.clone(), decode(&h.envelope).unwrap()))
+        .collect()
+}
+
+async fn dirty(p: &Platform) -> BTreeSet<String> {
+    let mut conn = p.ctx.pool.acquire().await.unwrap();
+    db::snapshots::dirty(&mut conn, &p.cluster, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+// Goal (issue 10 "Need-to-know"): in a 20-node cluster with mixed roles and
+// two organizations, every node can read exactly the scopes it needs, and
+// the bodies carry nothing beyond what their readers need.
+// Method: 5 relay, 5 entry, 5 rdp workers for org a, 5 for org b; publish
+// everything; for every node, build its reader from its own signed node
+// shard and check which of the group's envelopes admit it against the
+// expected set (and against the node shard's own list); then check the
+// contents: no other org in an org shard, peers only for mesh nodes and
+// only mesh peers in them, no topology in role shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_reads_exactly_what_it_needs() {
+    let p = Platform::start().await;
+    let mut nodes = Vec::new();
+    for _ in 0..20 {
+        nodes.push(p.enroll(CAPABILITIES).await);
+    }
+    org(&p, "org-a", "office-a", "rdp-worker").await;
+    org(&p, "org-b", "office-b", "rdp-worker").await;
+    let mut expected_roles: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let (role, org) = match i / 5 {
+            0 => ("relay-node", ""),
+            1 => ("entry-node", ""),
+            2 => ("rdp-worker", "org-a"),
+            _ => ("rdp-worker", "org-b"),
+        };
+        assign(&p, node, role, org).await;
+        expected_roles.insert(node.as_str(), (role, org));
+    }
+    let published = publish(&p, &[]).await.unwrap();
+    // 20 node + 10 peers + 3 roles + 2 orgs + revocations + root.
+    assert_eq!(published.len(), 37, "{published:?}");
+    assert!(dirty(&p).await.is_empty(), "publishing unmarks");
+
+    let shards = group_shards(&p).await;
+    let cluster = ClusterId::new(p.cluster.as_str()).unwrap();
+    let mesh: BTreeSet<&str> = nodes[..10].iter().map(String::as_str).collect();
+    for node in &nodes {
+        let (role, org) = expected_roles[node.as_str()];
+        let own = &shards[&format!("node/{node}")];
+        let body: pb::NodeShard = shards::decode(&own.body, &cluster).unwrap();
+        let reader = node_reader(&body).unwrap();
+        let readable: BTreeSet<String> = shards
+            .iter()
+            .filter(|(_, e)| reader.is_admitted(&e.header.readers))
+            .map(|(scope, _)| scope.clone())
+            .collect();
+        let mut expected: BTreeSet<String> = [
+            format!("node/{node}"),
+            format!("role/{role}"),
+            "trust/revocations".to_string(),
+            "trust/root".to_string(),
+        ]
+        .into();
+        if mesh.contains(node.as_str()) {
+            expected.insert(format!("peers/{node}"));
+        }
+        if !org.is_empty() {
+            expected.insert(format!("org/{org}/services"));
+        }
+        assert_eq!(readable, expected, "what {node} can read");
+        assert_eq!(
+            body.readable_scopes
+                .iter()
+                .cloned()
+                .collect::<BTreeSet<_>>(),
+            expected,
+            "what {node}'s own shard says it can read"
+        );
+        assert_eq!(body.roles.len(), 1);
+        assert!(body.storage_endpoints.len() >= 3, "voters listed");
+    }
+    // A storage node is admitted to everything it holds.
+    let storage = Reader::StorageNode {
+        node_id: rap_proto::ids::NodeId::new("s1").unwrap(),
+    };
+    assert!(
+        shards
+            .values()
+            .all(|e| storage.is_admitted(&e.header.readers))
+    );
+
+    // Contents: an org shard names its own org's endpoints only.
+    let org_a: pb::OrgServicesShard =
+        shards::decode(&shards["org/org-a/services"].body, &cluster).unwrap();
+    assert_eq!(org_a.endpoints.len(), 1);
+    assert_eq!(org_a.endpoints[0].name, "office-a");
+    assert_eq!(org_a.serving_roles, ["rdp-worker"]);
+    // Peers only between mesh nodes; a worker has no peers scope at all.
+    for node in &nodes[..10] {
+        let peers: pb::PeersShard =
+            shards::decode(&shards[&format!("peers/{node}")].body, &cluster).unwrap();
+        let listed: BTreeSet<&str> = peers.peers.iter().map(|x| x.node_id.as_str()).collect();
+        let others: BTreeSet<&str> = mesh.iter().copied().filter(|m| m != node).collect();
+        assert_eq!(listed, others, "peers of {node}");
+    }
+    for node in &nodes[10..] {
+        assert!(!shards.contains_key(&format!("peers/{node}")));
+    }
+    // A role shard says nothing about who holds the role.
+    let relay: pb::RoleShard = shards::decode(&shards["role/relay-node"].body, &cluster).unwrap();
+    assert_eq!(relay.required_capability, "can_route_mesh");
+    let rdp: pb::RoleShard = shards::decode(&shards["role/rdp-worker"].body, &cluster).unwrap();
+    assert_eq!(
+        rdp.endpoints.len(),
+        2,
+        "both orgs' endpoints served by the role"
+    );
+    for (scope, envelope) in &shards {
+        if !scope.starts_with("node/") && !scope.starts_with("peers/") {
+            for node in &nodes[10..] {
+                let text = String::from_utf8_lossy(&envelope.body);
+                assert!(!text.contains(node.as_str()), "{scope} names worker {node}");
+            }
+        }
+    }
+}
+
+// Goal (issue 10 "Determinism", "marks only the scopes it touches"): the
+// same database state compiles to the same bytes; a second publication
+// publishes nothing; one role change marks exactly its scopes and
+// publishes only those.
+// Method: compile twice from two reads and compare every body; publish
+// twice; assign one mesh role and compare the dirty set and what the
+// publisher publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_state_same_bytes_and_changes_touch_only_their_scopes() {
+    let p = Platform::start().await;
+    let relay = p.enroll(CAPABILITIES).await;
+    let other = p.enroll(CAPABILITIES).await;
+    let worker = p.enroll(CAPABILITIES).await;
+    assign(&p, &relay, "relay-node", "").await;
+    assign(&p, &worker, "rdp-worker", "").await;
+    let cluster = ClusterId::new(p.cluster.as_str()).unwrap();
+    let compile_all = async || {
+        let mut conn = p.ctx.pool.acquire().await.unwrap();
+        let compiler = Compiler::new(ClusterRows::load(&mut conn, &cluster).await.unwrap());
+        compiler
+            .scopes()
+            .unwrap()
+            .iter()
+            .map(|scope| {
+                (
+                    scope.to_string(),
+                    compiler.compile(scope).unwrap().unwrap().body,
+                )
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    let first = compile_all().await;
+    let second = compile_all().await;
+    assert_eq!(first, second);
+    assert!(first.len() >= 7, "{:?}", first.keys());
+
+    let published = publish(&p, &[]).await.unwrap();
+    assert_eq!(published.len(), first.len());
+    assert!(published.iter().all(|s| s.version == 1));
+    assert_eq!(publish(&p, &[]).await.unwrap(), [], "nothing changed");
+
+    assign(&p, &other, "relay-node", "").await;
+    let expected: BTreeSet<String> = [
+        format!("node/{other}"),
+        format!("peers/{other}"),
+        format!("peers/{relay}"),
+        "role/relay-node".to_string(),
+    ]
+    .into();
+    assert_eq!(dirty(&p).await, expected);
+    let republished: BTreeSet<String> = snapshots::publish_cluster(&p.ctx, &p.cluster, false)
+        .await
+        .unwrap()
+        .published
+        .into_iter()
+        .map(|s| s.scope)
+        .collect();
+    // role/relay-node's body does not name its holders: unchanged.
+    let changed: BTreeSet<String> = expected
+        .iter()
+        .filter(|s| s.as_str() != "role/relay-node")
+        .cloned()
+        .collect();
+    assert_eq!(republished, changed);
+    assert!(dirty(&p).await.is_empty());
+    assert!(!republished.contains(&format!("node/{worker}")));
+}
+
+// Goal (issue 10 "Wedge"): a publish that the group accepted but whose
+// PostgreSQL commit failed is followed by a successful publish of the same
+// scope, with the next version and the committed content.
+// Method: a deferred trigger makes the commit of any publication fail;
+// revoke a node (its transaction publishes trust/revocations v1, then fails
+// to commit); drop the trigger; revoke again: the group's head chains on,
+// PostgreSQL records the new version, and nothing was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_commit_fails_does_not_wedge_the_scope() {
+    let p = Platform::start().await;
+    let node = p.enroll(CAPABILITIES).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION fail_publication() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'injected commit failure'; END $$;
+         CREATE CONSTRAINT TRIGGER fail_publication AFTER INSERT ON snapshot_publications
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fail_publication();",
+    )
+    .execute(&p.ctx.pool)
+    .await
+    .unwrap();
+    let request = pb::RevokeNodeRequest {
+        cluster_id: p.cluster.clone(),
+        node_id: node.clone(),
+        reason: "test".into(),
+    };
+    let revoke = || rap_controlplane::nodes::revoke(&p.ctx, &p.owner, &request);
+    revoke().await.expect_err("the commit fails");
+    let peers = p.storage_peers().await;
+    let head = |scope: &'static str| {
+        let peers = peers.clone();
+        let p = &p;
+        async move {
+            p.ctx
+                .authority
+                .shard_heads(&p.cluster, &peers, vec![scope.to_string()], false)
+                .await
+                .unwrap()
+                .heads
+                .into_iter()
+                .next()
+        }
+    };
+    let orphan = head("trust/revocations")
+        .await
+        .expect("the group accepted v1");
+    assert_eq!(orphan.version, 1);
+    assert_eq!(
+        p.count("SELECT count(*) FROM snapshot_publications").await,
+        0,
+        "PostgreSQL recorded nothing"
+    );
+    assert_eq!(
+        p.count("SELECT count(*) FROM node_identities WHERE identity_status = 'revoked'")
+            .await,
+        0,
+        "the revocation rolled back"
+    );
+
+    sqlx::raw_sql("DROP TRIGGER fail_publication ON snapshot_publications")
+        .execute(&p.ctx.pool)
+        .await
+        .unwrap();
+    revoke()
+        .await
+        .expect("the next publish of the scope succeeds");
+    let head = head("trust/revocations").await.unwrap();
+    assert_eq!(head.version, 2, "chained onto the orphan");
+    let mut conn = p.ctx.pool.acquire().await.unwrap();
+    let latest = db::snapshots::latest(&mut conn, &p.cluster, "trust/revocations")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest.version, 2);
+    assert_eq!(latest.header_hash, head.header_hash);
+    let envelope = db::snapshots::latest_envelope(&mut conn, &p.cluster, "trust/revocations")
+        .await
+        .unwrap()
+        .unwrap();
+    let list = rap_proto::revocations::decode(
+        &decode(&envelope).unwrap().body,
+        &ClusterId::new(p.cluster.as_str()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(list.revoked.len(), 1);
+    assert_eq!(list.revoked[0].node_id, node);
+}
+
+// Goal: only platform principals publish, read or list shards; a refusal
+// is typed, publishes nothing and is audited. Method: an org admin calls
+// all three; then check the group holds no shard and the audit rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_admin_cannot_publish_read_or_list_shards() {
+    let p = Platform::start().await;
+    p.enroll(CAPABILITIES).await;
+    let admin = p.principal("org-admin", Some("acme")).await;
+    let refused = snapshots::publish(
+        &p.ctx,
+        &admin,
+        &pb::PublishSnapshotRequest {
+            cluster_id: p.cluster.clone(),
+            scopes: Vec::new(),
+        },
+    )
+    .await
+    .expect_err("org admin publishes");
+    assert_eq!(refused.code(), "PERMISSION_DENIED");
+    let refused = snapshots::get(
+        &p.ctx,
+        &admin,
+        &pb::GetSnapshotRequest {
+            cluster_id: p.cluster.clone(),
+            scope: "trust/root".into(),
+        },
+    )
+    .await
+    .expect_err("org admin reads");
+    assert_eq!(refused.code(), "PERMISSION_DENIED");
+    let refused = snapshots::list(
+        &p.ctx,
+        &admin,
+        &pb::ListSnapshotsRequest {
+            cluster_id: p.cluster.clone(),
+            page: None,
+        },
+    )
+    .await
+    .expect_err("org admin lists");
+    assert_eq!(refused.code(), "PERMISSION_DENIED");
+    assert!(group_shards(&p).await.is_empty(), "nothing published");
+    for action in ["snapshot.publish", "snapshot.get", "snapshot.list"] {
+        let events = p.audit_events(action).await;
+        assert_eq!(events.len(), 1, "{action}: {events:?}");
+        assert_eq!(events[0].0, "refused");
+    }
+    // A scope that is not one is refused before anything happens.
+    let bad = publish(&p, &["nodes/x"]).await.expect_err("bad scope");
+    assert_eq!(bad.code(), "INVALID_ARGUMENT");
+}
