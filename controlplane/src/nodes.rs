@@ -146,17 +146,16 @@ pub async fn revoke(
             crate::snapshots::mark_node_change(tx, cluster_id, node_id, &roles).await?;
             let cluster = ClusterId::new(cluster_id)?;
             let keys = keys.take(&cluster).await?;
-            let outcome = crate::snapshots::publish_in(
-                tx,
-                &ctx.authority,
-                &keys,
-                &cluster,
-                &fence,
-                &actor,
-                crate::snapshots::Asked::Dirty,
-                false,
-            )
-            .await?;
+            let publisher = crate::snapshots::Publisher {
+                authority: &ctx.authority,
+                keys: &keys,
+                cluster: &cluster,
+                fence: &fence,
+                actor: &actor,
+            };
+            let outcome = publisher
+                .publish(tx, crate::snapshots::Asked::Dirty, false)
+                .await?;
             let version = outcome
                 .published
                 .iter()

@@ -255,6 +255,8 @@ fn an_enrolled_agent_is_refused_everywhere() {
         let e = Enrolled::start(NODE_CERT_VALIDITY_DEFAULT).await;
         let agent = enrolled_agent(&e.p, &e.p.dir.path().join("agent")).await;
         let agent_id = agent.identity().expect("identity").node_id.to_string();
+        // The approval's scopes are published (with a fence) first.
+        e.p.wait_for_publisher().await;
         let mut before = Vec::new();
         for index in 0..3 {
             before.push(snapshot(&e.status(index).await));
@@ -312,6 +314,20 @@ fn an_enrolled_agent_is_refused_everywhere() {
                             .publish_shards(req(pb::PublishShardsRequest::default(), relayed))
                             .await
                             .expect_err("publish"),
+                    ),
+                    (
+                        "ShardHeads",
+                        authority
+                            .shard_heads(req(
+                                pb::ShardHeadsRequest {
+                                    cluster_id: CLUSTER.into(),
+                                    scopes: Vec::new(),
+                                    include_envelopes: true,
+                                },
+                                relayed,
+                            ))
+                            .await
+                            .expect_err("heads"),
                     ),
                     (
                         "Status",

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::fencing;
 use crate::limits::{PUBLISH_POLL_INTERVAL, SHARD_REFRESH_INTERVAL};
 use crate::page::Page;
-pub use publish::{Asked, Outcome, publish_in};
+pub use publish::{Asked, Outcome, Publisher};
 use rap_proto::envelope::Scope;
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
@@ -141,44 +141,21 @@ pub async fn publish(
         checked,
         async |tx, fence, (cluster, scopes, keys)| {
             let keys = keys.take(&cluster).await?;
+            let publisher = Publisher {
+                authority: &ctx.authority,
+                keys: &keys,
+                cluster: &cluster,
+                fence: &fence,
+                actor: &actor,
+            };
             let mut outcome = if scopes.is_empty() {
                 // Dirty marks first (and unmarked), then anything else that
                 // differs from the group.
-                let dirty = publish_in(
-                    tx,
-                    &ctx.authority,
-                    &keys,
-                    &cluster,
-                    &fence,
-                    &actor,
-                    Asked::Dirty,
-                    false,
-                )
-                .await?;
-                let rest = publish_in(
-                    tx,
-                    &ctx.authority,
-                    &keys,
-                    &cluster,
-                    &fence,
-                    &actor,
-                    Asked::All,
-                    false,
-                )
-                .await?;
+                let dirty = publisher.publish(tx, Asked::Dirty, false).await?;
+                let rest = publisher.publish(tx, Asked::All, false).await?;
                 merge(dirty, rest)
             } else {
-                publish_in(
-                    tx,
-                    &ctx.authority,
-                    &keys,
-                    &cluster,
-                    &fence,
-                    &actor,
-                    Asked::Scopes(scopes),
-                    false,
-                )
-                .await?
+                publisher.publish(tx, Asked::Scopes(scopes), false).await?
             };
             outcome.published.sort_by(|a, b| a.scope.cmp(&b.scope));
             let details = details(&outcome);
@@ -330,17 +307,14 @@ pub async fn publish_cluster(ctx: &Context, cluster_id: &str, refresh: bool) -> 
         Ok(keys),
         async |tx, fence, keys| {
             let keys = keys.take(&cluster).await?;
-            let mut outcome = publish_in(
-                tx,
-                &ctx.authority,
-                &keys,
-                &cluster,
-                &fence,
-                PUBLISHER_ACTOR,
-                asked,
-                refresh,
-            )
-            .await?;
+            let publisher = Publisher {
+                authority: &ctx.authority,
+                keys: &keys,
+                cluster: &cluster,
+                fence: &fence,
+                actor: PUBLISHER_ACTOR,
+            };
+            let mut outcome = publisher.publish(tx, asked, refresh).await?;
             outcome.published.sort_by(|a, b| a.scope.cmp(&b.scope));
             let details = details(&outcome);
             Ok((outcome, details))

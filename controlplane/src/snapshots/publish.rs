@@ -59,21 +59,50 @@ pub struct Outcome {
 /// generation 1.
 const SIGNING_GENERATION: TrustGeneration = TrustGeneration(1);
 
-/// Compiles the `asked` scopes of `cluster` from the transaction's view of
-/// PostgreSQL, publishes those that changed (or, with `refresh`, expire
-/// soon) to the group under `fence`, records them in
-/// `snapshot_publications`, and unmarks what it compiled.
-#[allow(clippy::too_many_arguments)]
-pub async fn publish_in(
+/// Who publishes, under which fence, with which key: everything a
+/// publication needs besides the transaction and what to publish.
+#[derive(Clone, Copy, Debug)]
+pub struct Publisher<'a> {
+    /// Clients of the cluster's authority group.
+    pub authority: &'a AuthorityClients,
+    /// The cluster's keys (the snapshot-signing key signs).
+    pub keys: &'a ClusterKeys,
+    /// The cluster.
+    pub cluster: &'a ClusterId,
+    /// The fence the publication is made under.
+    pub fence: &'a Fence,
+    /// The actor recorded with each publication.
+    pub actor: &'a str,
+}
+
+impl Publisher<'_> {
+    /// Compiles the `asked` scopes from the transaction's view of
+    /// PostgreSQL, publishes those that changed (or, with `refresh`, expire
+    /// soon) to the group under the fence, records them in
+    /// `snapshot_publications`, and unmarks what it compiled.
+    pub async fn publish(
+        &self,
+        tx: &mut PgConnection,
+        asked: Asked,
+        refresh: bool,
+    ) -> Result<Outcome> {
+        publish_in(tx, self, asked, refresh).await
+    }
+}
+
+async fn publish_in(
     tx: &mut PgConnection,
-    authority: &AuthorityClients,
-    keys: &ClusterKeys,
-    cluster: &ClusterId,
-    fence: &Fence,
-    actor: &str,
+    publisher: &Publisher<'_>,
     asked: Asked,
     refresh: bool,
 ) -> Result<Outcome> {
+    let Publisher {
+        authority,
+        keys,
+        cluster,
+        fence,
+        actor,
+    } = *publisher;
     let cluster_id = cluster.as_str();
     let compiler = Compiler::new(ClusterRows::load(tx, cluster).await?);
     let limit = i64::try_from(PUBLISH_SCOPES_MAX).unwrap_or(i64::MAX);

@@ -441,6 +441,19 @@ impl Platform {
         panic!("hang guard: the authority group granted no fence within 20 s");
     }
 
+    /// Waits until no scope of any cluster is dirty: the publisher task of
+    /// a served control plane has published what the set-up's mutations
+    /// touched (and taken its fences). Hang guard: 20 s.
+    pub async fn wait_for_publisher(&self) {
+        for _ in 0..200 {
+            if self.count("SELECT count(*) FROM snapshot_dirty").await == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("hang guard: dirty scopes were not published within 20 s");
+    }
+
     /// The cluster's recorded storage nodes, by node id.
     pub async fn storage_peers(&self) -> Vec<StoragePeer> {
         let rows: Vec<(String, String)> = sqlx::query_as(

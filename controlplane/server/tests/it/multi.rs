@@ -507,7 +507,7 @@ async fn a_revocation_while_the_listener_is_cut_is_still_refused_within_a_second
 
     let ended: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+          WHERE datname = current_database() AND query ILIKE 'LISTEN%rap_cp_identities%'",
     )
     .fetch_all(&p.ctx.pool)
     .await
