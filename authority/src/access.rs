@@ -75,11 +75,17 @@ pub enum Rpc {
     RenewCertificate,
     /// `AgentService/Heartbeat`.
     Heartbeat,
+    /// `ShardService/GetShard`.
+    GetShard,
+    /// `ShardService/WatchShards`.
+    WatchShards,
+    /// `ShardService/ListOwnScopes`.
+    ListOwnScopes,
 }
 
 impl Rpc {
     /// Every RPC, in table order.
-    pub const ALL: [Rpc; 17] = [
+    pub const ALL: [Rpc; 20] = [
         Rpc::RaftAppendEntries,
         Rpc::RaftVote,
         Rpc::RaftInstallSnapshot,
@@ -97,6 +103,9 @@ impl Rpc {
         Rpc::GetJoinStatus,
         Rpc::RenewCertificate,
         Rpc::Heartbeat,
+        Rpc::GetShard,
+        Rpc::WatchShards,
+        Rpc::ListOwnScopes,
     ];
 
     /// The gRPC path, `/rap.v1.<Service>/<Method>`.
@@ -119,6 +128,9 @@ impl Rpc {
             Rpc::GetJoinStatus => "/rap.v1.EnrollmentService/GetJoinStatus",
             Rpc::RenewCertificate => "/rap.v1.EnrollmentService/RenewCertificate",
             Rpc::Heartbeat => "/rap.v1.AgentService/Heartbeat",
+            Rpc::GetShard => "/rap.v1.ShardService/GetShard",
+            Rpc::WatchShards => "/rap.v1.ShardService/WatchShards",
+            Rpc::ListOwnScopes => "/rap.v1.ShardService/ListOwnScopes",
         }
     }
 
@@ -217,6 +229,9 @@ pub fn grants(rpc: Rpc) -> &'static [Grant] {
         // active one.
         Rpc::RenewCertificate => &NODES_AND_STORAGE,
         Rpc::Heartbeat => &NODES,
+        // Shard reads: node agents only; the handler admits the caller to
+        // each scope by the envelope's readers (`crate::shard::reader_of`).
+        Rpc::GetShard | Rpc::WatchShards | Rpc::ListOwnScopes => &NODES,
     }
 }
 
@@ -703,7 +718,15 @@ mod tests {
                 let agent_ok = decide(rpc, &agent, relayed, &g).is_ok();
                 assert_eq!(
                     agent_ok,
-                    !storage_rpc && matches!(rpc, Rpc::RenewCertificate | Rpc::Heartbeat),
+                    !storage_rpc
+                        && matches!(
+                            rpc,
+                            Rpc::RenewCertificate
+                                | Rpc::Heartbeat
+                                | Rpc::GetShard
+                                | Rpc::WatchShards
+                                | Rpc::ListOwnScopes
+                        ),
                     "{rpc} agent"
                 );
                 let member_ok = decide(rpc, &member, relayed, &g).is_ok();
@@ -787,5 +810,54 @@ mod tests {
             code(Rpc::RaftVote, &Caller::Anonymous, false),
             "UNAUTHENTICATED"
         );
+    }
+
+    // Goal: the shard reads admit node agents only, and the layer's
+    // cluster and revocation checks apply to them as to every RPC: a
+    // storage node (member or not), the control plane and an operator are
+    // CALLER_NOT_ADMITTED, a revoked node certificate CERTIFICATE_REVOKED,
+    // a node of another cluster WRONG_CLUSTER, no certificate
+    // UNAUTHENTICATED. Method: each caller against each shard RPC.
+    #[test]
+    fn shard_reads_admit_nodes_only() {
+        let g = group();
+        let node_caller = |cluster_id: &str, serial: &str| {
+            caller(
+                PeerIdentity::node(cluster(cluster_id), node("n-1")).expect("id"),
+                serial,
+            )
+        };
+        let others = [
+            caller(
+                PeerIdentity::storage(cluster("c1"), node("s1")).expect("id"),
+                "02",
+            ),
+            caller(
+                PeerIdentity::storage(cluster("c1"), node("s9")).expect("id"),
+                "03",
+            ),
+            caller(PeerIdentity::control_plane(cluster("c1")), "04"),
+            caller(
+                PeerIdentity::operator(cluster("c1"), node("admin")).expect("id"),
+                "05",
+            ),
+        ];
+        for rpc in [Rpc::GetShard, Rpc::WatchShards, Rpc::ListOwnScopes] {
+            assert!(rpc.path().starts_with("/rap.v1.ShardService/"), "{rpc}");
+            assert!(decide(rpc, &node_caller("c1", "01"), false, &g).is_ok());
+            for other in &others {
+                let refused = decide(rpc, other, false, &g).expect_err("refused");
+                assert_eq!(refused.code(), CALLER_NOT_ADMITTED, "{rpc} {other}");
+            }
+            let code = |c: &Caller| {
+                decide(rpc, c, false, &g)
+                    .expect_err("refused")
+                    .code()
+                    .to_string()
+            };
+            assert_eq!(code(&node_caller("c1", "bad")), CERTIFICATE_REVOKED);
+            assert_eq!(code(&node_caller("c2", "01")), "WRONG_CLUSTER");
+            assert_eq!(code(&Caller::Anonymous), "UNAUTHENTICATED");
+        }
     }
 }

@@ -110,6 +110,24 @@ pub enum Error {
     /// (client side only: [`crate::client`]).
     #[error("no storage node answered: {0}")]
     Unreachable(String),
+    /// A shard read of a scope this node holds no shard of.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A shard read asking for a newer version than this node holds.
+    #[error(
+        "not yet: this node holds version {held} of {scope}, the caller asks for at least {wanted}"
+    )]
+    NotYet {
+        /// The scope.
+        scope: String,
+        /// The version held here.
+        held: u64,
+        /// The version asked for.
+        wanted: u64,
+    },
+    /// This node sheds load (too many open shard watches).
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// A wire-contract error (ids, envelopes, trust roots).
     #[error(transparent)]
     Proto(#[from] rap_proto::Error),
@@ -134,6 +152,9 @@ impl Error {
             Error::Storage(_) => codes::STORAGE,
             Error::Raft(_) => codes::RAFT,
             Error::Unreachable(_) => codes::AUTHORITY_UNREACHABLE,
+            Error::NotFound(_) => codes::NOT_FOUND,
+            Error::NotYet { .. } => codes::NOT_YET,
+            Error::Overloaded(_) => codes::OVERLOADED,
             Error::Proto(e) => e.code(),
         }
     }
@@ -143,6 +164,7 @@ impl Error {
         match self {
             Error::NoQuorum { .. } | Error::NotLeader { .. } | Error::Raft(_) => true,
             Error::Storage(_) | Error::Unreachable(_) => true,
+            Error::NotYet { .. } | Error::Overloaded(_) => true,
             Error::Refused { .. }
             | Error::WrongCluster { .. }
             | Error::StaleTerm { .. }
@@ -152,7 +174,8 @@ impl Error {
             | Error::Unauthenticated(_)
             | Error::InvalidRequest(_)
             | Error::Oversize { .. }
-            | Error::OrderRefused(_) => false,
+            | Error::OrderRefused(_)
+            | Error::NotFound(_) => false,
             Error::Proto(e) => e.is_retryable(),
         }
     }
@@ -174,6 +197,9 @@ impl Error {
             | Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Storage(_) => Code::Internal,
+            Error::NotFound(_) => Code::NotFound,
+            Error::NotYet { .. } => Code::Unavailable,
+            Error::Overloaded(_) => Code::ResourceExhausted,
             Error::Proto(e) => e.grpc_code(),
         }
     }

@@ -18,6 +18,8 @@
 //!   and the revoked certificates it refuses.
 //! * Identities, certificates, TLS, files and the fence type come from
 //!   `rap-core`, shared with the control plane and the agent.
+//! * [`shard`]: `ShardService`, the node agents' reads of the shards the
+//!   group holds, with the readers check of every scope in one place.
 //! * [`limits`], [`error`].
 
 pub mod access;
@@ -34,6 +36,7 @@ pub mod placement;
 pub mod promotion;
 pub mod request;
 pub mod service;
+pub mod shard;
 pub mod slot;
 pub mod state;
 pub mod store;

@@ -1,7 +1,8 @@
 //! `rap-configstore`: the storage/config node.
 //!
 //! It hosts its cluster's authority group (`rap-authority`): it serves
-//! `RaftService` and `AuthorityService` on one gRPC listener and
+//! `RaftService`, `AuthorityService` and `ShardService` (node agents'
+//! shard reads) on one gRPC listener and
 //! `/metrics`, `/healthz`, `/readyz` on an HTTP listener. It never talks to
 //! PostgreSQL and never accepts writes from nodes.
 //!
@@ -9,8 +10,8 @@
 //! * [`server`]: start a node, serve it, shut it down.
 //! * [`http`]: the metrics and health endpoints.
 //!
-//! Shard reads for agents (`ShardService`) and cache replicas arrive with
-//! the agent issue.
+//! Cache replicas (storage nodes serving shards without voting) arrive
+//! later; until then every shard is served by a voter.
 
 pub mod config;
 pub mod enroll;

@@ -5,7 +5,9 @@
 //! every client connection to peers use it, and a background task reloads
 //! it when the files change ([`crate::renewal`] renews it before expiry).
 //! Every request passes the [`AccessLayer`] first: the caller-kind table of
-//! [`rap_authority::access`], group membership and revocations.
+//! [`rap_authority::access`], group membership and revocations. The node
+//! serves `RaftService`, `AuthorityService` and `ShardService` (node
+//! agents' shard reads, [`rap_authority::shard`]).
 
 use crate::config::Config;
 use anyhow::{Context, Result, bail};
@@ -13,6 +15,7 @@ use rap_authority::access::{AccessLayer, GroupView, RefusalCounter};
 use rap_authority::network::{PeerAuth, RaftServer};
 use rap_authority::node::{AuthorityNode, NodeOptions, Timing};
 use rap_authority::service::AuthorityApi;
+use rap_authority::shard::ShardApi;
 use rap_authority::slot::NodeSlot;
 use rap_core::identity::IdentityKind;
 use rap_core::tls::TlsFiles;
@@ -131,6 +134,13 @@ pub async fn serve(
     drop(node);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Node agents read their shards here; the access layer admits node
+    // certificates only, the service checks each scope's readers. Open
+    // watches end when the node stops (a graceful shutdown waits for open
+    // streams).
+    let shard_service = ShardApi::with_slot(slot.clone())
+        .stop_watches_on(stop_rx.clone())
+        .into_service();
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -156,7 +166,8 @@ pub async fn serve(
         .tcp_nodelay(true)
         .layer(access)
         .add_service(raft_service)
-        .add_service(authority_service);
+        .add_service(authority_service)
+        .add_service(shard_service);
     let mut grpc_stop = stop_rx.clone();
     let grpc_stopped = async move {
         let _ = grpc_stop.wait_for(|stop| *stop).await;

@@ -55,6 +55,12 @@ pub const CERTIFICATE_REVOKED: &str = "CERTIFICATE_REVOKED";
 pub const STORAGE: &str = "STORAGE";
 /// Raft failed in a way that is not a refusal.
 pub const RAFT: &str = "RAFT";
+/// A shard read (`ShardService`) of a scope whose envelope readers do not
+/// admit the calling node.
+pub const NOT_A_READER: &str = "NOT_A_READER";
+/// A shard read asking for a version newer than the serving node holds:
+/// retry later or ask another storage node.
+pub const NOT_YET: &str = "NOT_YET";
 
 // --- shared by both servers ---
 
@@ -64,6 +70,11 @@ pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 pub const INVALID_REQUEST: &str = "INVALID_REQUEST";
 /// Input over a named limit.
 pub const OVERSIZE: &str = "OVERSIZE";
+/// The named object does not exist (control-plane objects; on storage
+/// nodes, a scope that holds no shard).
+pub const NOT_FOUND: &str = "NOT_FOUND";
+/// The server sheds load (on storage nodes: too many open shard watches).
+pub const OVERLOADED: &str = "OVERLOADED";
 
 // --- the control plane ---
 
@@ -75,8 +86,6 @@ pub const AUTHORITY_REFUSED: &str = "AUTHORITY_REFUSED";
 pub const AUTHORITY_UNREACHABLE: &str = "AUTHORITY_UNREACHABLE";
 /// Malformed input to the control plane.
 pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
-/// The named object does not exist.
-pub const NOT_FOUND: &str = "NOT_FOUND";
 /// The object exists already.
 pub const ALREADY_EXISTS: &str = "ALREADY_EXISTS";
 /// The object is not in a state that allows this.
@@ -91,8 +100,6 @@ pub const API_TOKEN_REVOKED: &str = "API_TOKEN_REVOKED";
 pub const PRINCIPAL_DISABLED: &str = "PRINCIPAL_DISABLED";
 /// The caller sends faster than its limit (`retry_after_ms` says when).
 pub const RATE_LIMITED: &str = "RATE_LIMITED";
-/// The server sheds load.
-pub const OVERLOADED: &str = "OVERLOADED";
 /// A feature that does not exist yet.
 pub const NOT_IMPLEMENTED: &str = "NOT_IMPLEMENTED";
 /// A join token that does not parse.

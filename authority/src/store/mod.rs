@@ -66,7 +66,7 @@ mod state_machine;
 mod tables;
 
 pub use log_store::{LogReader, LogStore};
-pub use state_machine::{SnapshotBuilder, StateMachineStore, StateView};
+pub use state_machine::{AppliedMark, SnapshotBuilder, StateMachineStore, StateView};
 
 use crate::error::{Error, Result};
 use crate::limits::{PUBLISH_BYTES_MAX, RAFT_RPC_BYTES_MAX};

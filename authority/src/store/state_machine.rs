@@ -26,6 +26,8 @@ use std::fmt;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// The authority group's state machine, persisted in the shared redb file.
 ///
@@ -37,6 +39,8 @@ pub struct StateMachineStore {
     db: Arc<Database>,
     path: Arc<PathBuf>,
     machine: Arc<RwLock<Machine>>,
+    /// Announces every change of the applied state (after it is durable).
+    applied: Arc<watch::Sender<AppliedMark>>,
     /// Set when a failed apply could not even be rolled back by reloading
     /// the file: every later call fails (openraft stops the node anyway).
     failed: Option<String>,
@@ -48,6 +52,18 @@ pub struct StateMachineStore {
 #[derive(Clone)]
 pub struct StateView {
     machine: Arc<RwLock<Machine>>,
+    applied: Arc<watch::Sender<AppliedMark>>,
+}
+
+/// When the applied state last changed: what [`StateView::changes`]
+/// announces. Sent after the change is durable and visible to readers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppliedMark {
+    /// Index of the last applied entry (0: none).
+    pub index: u64,
+    /// When it was applied (or, before any apply of this process, when
+    /// the state was loaded).
+    pub at: Instant,
 }
 
 /// Builds a snapshot of the current applied state and stores it as the
@@ -94,10 +110,15 @@ impl StateMachineStore {
                 Ok(machine)
             })
             .map_err(|e| e.into_open_error(&path, "raft state machine"))?;
+        let applied = Arc::new(watch::Sender::new(AppliedMark {
+            index: machine.last_applied.map(|id| id.index).unwrap_or(0),
+            at: Instant::now(),
+        }));
         Ok(StateMachineStore {
             db,
             path,
             machine: Arc::new(RwLock::new(machine)),
+            applied,
             failed: None,
         })
     }
@@ -106,6 +127,7 @@ impl StateMachineStore {
     pub fn view(&self) -> StateView {
         StateView {
             machine: self.machine.clone(),
+            applied: self.applied.clone(),
         }
     }
 
@@ -186,6 +208,29 @@ impl StateView {
     pub fn last_membership(&self) -> StoredMembership {
         read(&self.machine).last_membership.clone()
     }
+
+    /// A receiver that wakes whenever the applied state changed (an
+    /// applied batch, an installed snapshot). Mark the current value seen
+    /// (`borrow_and_update`) *before* reading the state, so no change
+    /// between the read and the wait is missed.
+    pub fn changes(&self) -> watch::Receiver<AppliedMark> {
+        self.applied.subscribe()
+    }
+
+    /// Time since the state last changed (see [`AppliedMark::at`]).
+    pub fn last_apply_age(&self) -> Duration {
+        self.applied.borrow().at.elapsed()
+    }
+}
+
+impl StateMachineStore {
+    /// Announces a change of the applied state up to `index`.
+    fn announce(&self, index: u64) {
+        self.applied.send_replace(AppliedMark {
+            index,
+            at: Instant::now(),
+        });
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -247,7 +292,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
 
         match persist_applied(&self.db, &machine, &changes) {
-            Ok(()) => Ok(responses),
+            Ok(()) => {
+                drop(machine);
+                self.announce(last.index);
+                Ok(responses)
+            }
             Err(error) => {
                 tracing::error!(
                     path = %self.path.display(), %error, last = %last,
@@ -301,7 +350,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             tracing::error!(path = %self.path.display(), %error, snapshot = %meta.snapshot_id, "install a snapshot");
             return Err(StorageIOError::write_snapshot(Some(meta.signature()), &error).into());
         }
+        let index = machine.last_applied.map(|id| id.index).unwrap_or(0);
         *write(&self.machine) = machine;
+        self.announce(index);
         tracing::info!(path = %self.path.display(), snapshot = %meta.snapshot_id, "snapshot installed");
         Ok(())
     }

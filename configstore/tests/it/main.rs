@@ -9,6 +9,8 @@
 //! * [`bad_input`]: typed refusals over the wire, counted in `/metrics`.
 //! * [`bootstrap`]: bootstrap refuses too few voters, saying what to do.
 //! * [`promotion`]: promotion after loss of the majority, old side fenced, rejoin.
+//! * [`shards`]: `ShardService` reads by node agents: the readers check,
+//!   caller kinds, revocation, watches across restarts and leader changes.
 //! * [`trust_boundary`]: nodes enrolled through the real control plane:
 //!   wrong callers refused, no impersonation, revocation followed,
 //!   certificates renewed without a restart.
@@ -22,6 +24,7 @@ mod bootstrap;
 mod fences;
 mod minority;
 mod promotion;
+mod shards;
 mod trust_boundary;
 
 use std::path::Path;

@@ -1,6 +1,7 @@
 //! The redb Raft storage (`rap_authority::store`): openraft's conformance
-//! suite, restart, corruption and snapshot transfer.
+//! suite, restart, corruption, snapshot transfer and apply announcements.
 
+mod changes;
 mod corrupt;
 mod reopen;
 mod snapshot;

@@ -1,0 +1,662 @@
+//! `ShardService`: node agents read the signed shards a storage node's
+//! group holds: `GetShard`, `WatchShards`, `ListOwnScopes`. Never writes.
+//!
+//! Who may call is decided twice, each in one place:
+//!
+//! * the [`AccessLayer`](crate::access::AccessLayer) admits node agents of
+//!   this cluster whose certificate is not revoked, and nobody else;
+//! * [`Readers`] decides, per scope, whether the calling node is one of the
+//!   envelope's `readers`. The node's roles and organizations come from the
+//!   group's own applied `node/<id>` shard ([`reader_of`]), never from the
+//!   request; a node without one reads only `node/<id>` and all-nodes
+//!   scopes.
+//!
+//! Refusals are typed and counted in the node's metrics by code:
+//! `NOT_FOUND` (no shard of that scope), `NOT_A_READER` (the scope exists,
+//! its readers do not admit the caller), `NOT_YET` (an older version than
+//! asked for), `WRONG_CLUSTER`, `INVALID_SCOPE`, `OVERSIZE`, `OVERLOADED`.
+//! Every answer carries the envelope exactly as stored, the serving node
+//! and its [`pb::Staleness`].
+//!
+//! A watch holds no task of its own: it is a stream that, when polled,
+//! waits for the state machine to announce an apply
+//! ([`StateView::changes`]) and then sends the newest version of every
+//! watched scope that moved past what the caller has. The group keeps only
+//! the newest version of a scope, so two versions applied between two
+//! wake-ups are sent as the newer one: the watcher is never left behind
+//! the newest version, which is what "no gap" means here. Each wake-up also
+//! checks the caller's certificate again (revoked, expired): a long-lived
+//! stream does not outlive its credential.
+
+use crate::access::{Caller, admitted};
+use crate::error::{Error, Result};
+use crate::limits::{
+    OWN_SCOPES_MAX, SHARD_REQUEST_BYTES_MAX, SHARD_RESPONSE_BYTES_MAX, SHARDS_MAX,
+    WATCH_SCOPES_MAX, WATCH_STREAMS_MAX,
+};
+use crate::node::AuthorityNode;
+use crate::slot::NodeSlot;
+use crate::state::ShardRecord;
+use crate::store::{AppliedMark, StateView};
+use rap_core::codes;
+use rap_core::identity::IdentityKind;
+use rap_proto::envelope::{Digest, Reader, ReaderSelector, Scope};
+use rap_proto::ids::{ClusterId, NodeId};
+use rap_proto::pb;
+use rap_proto::pb::shard_service_server::{ShardService, ShardServiceServer};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+/// How often a waiting watch looks again without an apply: a promotion or
+/// a rejoin swaps the node (and its state) in the slot, and the old
+/// node's state announces nothing more.
+pub const WATCH_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The `ShardService` of one storage node.
+#[derive(Clone, Debug)]
+pub struct ShardApi {
+    slot: Arc<NodeSlot>,
+    readers: Arc<Readers>,
+    watches: Arc<AtomicUsize>,
+    /// Turns true when the server stops: open watches end (a graceful
+    /// shutdown waits for open streams, and a watch never ends by itself).
+    stopping: Option<watch::Receiver<bool>>,
+}
+
+/// The calling node, as its certificate proves it.
+#[derive(Clone, Debug)]
+struct ShardCaller {
+    node_id: NodeId,
+    serial_hex: String,
+    not_after: SystemTime,
+}
+
+impl ShardApi {
+    /// Serves whichever node `slot` holds.
+    pub fn with_slot(slot: Arc<NodeSlot>) -> Self {
+        ShardApi {
+            slot,
+            readers: Arc::new(Readers::default()),
+            watches: Arc::new(AtomicUsize::new(0)),
+            stopping: None,
+        }
+    }
+
+    /// Ends every open watch (cleanly: the caller resumes elsewhere with
+    /// its known versions) once `stopping` turns true.
+    pub fn stop_watches_on(mut self, stopping: watch::Receiver<bool>) -> Self {
+        self.stopping = Some(stopping);
+        self
+    }
+
+    /// The tonic service, with message limits.
+    pub fn into_service(self) -> ShardServiceServer<Self> {
+        ShardServiceServer::new(self)
+            .max_decoding_message_size(SHARD_REQUEST_BYTES_MAX)
+            .max_encoding_message_size(SHARD_RESPONSE_BYTES_MAX)
+    }
+
+    /// Watches open on this node now.
+    pub fn open_watches(&self) -> usize {
+        self.watches.load(Ordering::Relaxed)
+    }
+
+    /// Counts and logs a refusal, and turns it into a status.
+    fn refuse(&self, method: &str, caller: Option<&NodeId>, error: Error) -> Status {
+        refuse(&self.slot.get(), method, caller, error)
+    }
+
+    /// The calling node: the access layer admitted only node certificates,
+    /// and this checks it again (a server without TLS has no caller to
+    /// check readers against, so it serves no shard).
+    fn caller<T>(&self, request: &Request<T>) -> Result<ShardCaller> {
+        let Some(facts) = admitted(request).and_then(|a| match &a.caller {
+            Caller::Certified(facts) => Some(facts.clone()),
+            Caller::Anonymous => None,
+        }) else {
+            return Err(Error::Unauthenticated(
+                "shard reads need a node certificate (this storage node may serve without TLS)"
+                    .into(),
+            ));
+        };
+        if facts.identity.kind != IdentityKind::Node {
+            return Err(Error::PermissionDenied {
+                code: crate::access::CALLER_NOT_ADMITTED,
+                message: format!("{} may not read shards", facts.identity),
+            });
+        }
+        Ok(ShardCaller {
+            node_id: facts.identity.node_id,
+            serial_hex: facts.serial_hex,
+            not_after: facts.not_after,
+        })
+    }
+
+    fn check_cluster(&self, cluster_id: &str) -> Result<()> {
+        let ours = self.slot.cluster_id();
+        if cluster_id != ours.as_str() {
+            return Err(Error::WrongCluster {
+                expected: ours.clone(),
+                got: cluster_id.chars().take(80).collect(),
+            });
+        }
+        Ok(())
+    }
+
+    fn get(
+        &self,
+        caller: &ShardCaller,
+        message: &pb::GetShardRequest,
+    ) -> Result<pb::GetShardResponse> {
+        self.check_cluster(&message.cluster_id)?;
+        let scope: Scope = message.scope.parse()?;
+        let node = self.slot.get();
+        let view = node.state();
+        let reader = reader_of(view, self.slot.cluster_id(), &caller.node_id);
+        let record = self.readers.read(view, &scope.to_string(), &reader)?;
+        if message.min_version > record.version.0 {
+            return Err(Error::NotYet {
+                scope: scope.to_string(),
+                held: record.version.0,
+                wanted: message.min_version,
+            });
+        }
+        Ok(answer(&node, record, staleness(&node)))
+    }
+
+    fn list(
+        &self,
+        caller: &ShardCaller,
+        message: &pb::ListOwnScopesRequest,
+    ) -> Result<pb::ListOwnScopesResponse> {
+        self.check_cluster(&message.cluster_id)?;
+        let node = self.slot.get();
+        let view = node.state();
+        let reader = reader_of(view, self.slot.cluster_id(), &caller.node_id);
+        // Scope, version and header hash only: the envelopes stay put
+        // unless their readers are not known yet.
+        let held: Vec<(String, u64, Digest)> = view.read(|state| {
+            state
+                .shards
+                .iter()
+                .map(|(scope, r)| (scope.clone(), r.version.0, r.header_hash))
+                .collect()
+        });
+        let mut scopes = Vec::new();
+        let mut truncated = false;
+        for (scope, version, header_hash) in held {
+            if !self.readers.admits(view, &scope, header_hash, &reader)? {
+                continue;
+            }
+            if scopes.len() == OWN_SCOPES_MAX {
+                truncated = true;
+                break;
+            }
+            scopes.push(pb::ScopeVersion { scope, version });
+        }
+        Ok(pb::ListOwnScopesResponse { scopes, truncated })
+    }
+
+    /// Checks a watch request; returns the watched scopes with the
+    /// caller's versions.
+    fn open_watch(
+        &self,
+        caller: &ShardCaller,
+        message: &pb::WatchShardsRequest,
+    ) -> Result<BTreeMap<String, u64>> {
+        self.check_cluster(&message.cluster_id)?;
+        if message.known.is_empty() {
+            return Err(Error::InvalidRequest("a watch of no scope".into()));
+        }
+        if message.known.len() > WATCH_SCOPES_MAX {
+            return Err(Error::Oversize {
+                what: "watched scopes",
+                limit: WATCH_SCOPES_MAX,
+                got: message.known.len(),
+            });
+        }
+        let mut known = BTreeMap::new();
+        for entry in &message.known {
+            let scope: Scope = entry.scope.parse()?;
+            if known.insert(scope.to_string(), entry.version).is_some() {
+                return Err(Error::InvalidRequest(format!(
+                    "scope {scope} is watched twice"
+                )));
+            }
+        }
+        // A scope held now must be readable now: the same refusal as
+        // GetShard, before the stream starts. A scope not held yet is
+        // watched until it appears (and checked then).
+        let node = self.slot.get();
+        let view = node.state();
+        let reader = reader_of(view, self.slot.cluster_id(), &caller.node_id);
+        for scope in known.keys() {
+            match self.readers.read(view, scope, &reader) {
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(known)
+    }
+
+    /// Takes one of the [`WATCH_STREAMS_MAX`] watch places.
+    fn watch_permit(&self) -> Result<WatchPermit> {
+        let before = self.watches.fetch_add(1, Ordering::AcqRel);
+        if before >= WATCH_STREAMS_MAX {
+            self.watches.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::Overloaded(format!(
+                "this storage node serves {WATCH_STREAMS_MAX} watches already; retry later or watch another storage node"
+            )));
+        }
+        Ok(WatchPermit(self.watches.clone()))
+    }
+}
+
+/// Counts and logs a refusal of `method` on `node`, as a status.
+fn refuse(node: &AuthorityNode, method: &str, caller: Option<&NodeId>, error: Error) -> Status {
+    node.metrics().refused(error.code());
+    let options = node.options();
+    tracing::debug!(
+        cluster_id = %options.cluster_id,
+        node_id = %options.node_id,
+        caller = caller.map(NodeId::as_str).unwrap_or(""),
+        method,
+        code = error.code(),
+        "shard read refused: {error}"
+    );
+    error.into()
+}
+
+/// The answer carrying `record`, served by `node`.
+fn answer(
+    node: &AuthorityNode,
+    record: ShardRecord,
+    staleness: pb::Staleness,
+) -> pb::GetShardResponse {
+    pb::GetShardResponse {
+        envelope: record.envelope.into_vec(),
+        served_by_node_id: node.options().node_id.to_string(),
+        staleness: Some(staleness),
+    }
+}
+
+/// How fresh what `node` serves may be.
+pub fn staleness(node: &AuthorityNode) -> pb::Staleness {
+    pb::Staleness {
+        partition_view: node.status().view.to_pb() as i32,
+        last_apply_age_ms: u64::try_from(node.state().last_apply_age().as_millis())
+            .unwrap_or(u64::MAX),
+        // Only voters serve shards so far.
+        from_cache_replica: false,
+        authority_term: node.state().authority_term().0,
+    }
+}
+
+/// The reader that node `node_id` is: from the body of the group's own
+/// applied `node/<node_id>` shard ([`rap_proto::shards::node_reader`]),
+/// or, while the group holds none (or one that does not decode, which is
+/// logged), a node without roles or organizations, which reads only its
+/// own `node/` scope and the all-nodes scopes.
+pub fn reader_of(view: &StateView, cluster_id: &ClusterId, node_id: &NodeId) -> Reader {
+    let bare = || Reader::Node {
+        node_id: node_id.clone(),
+        roles: Vec::new(),
+        orgs: Vec::new(),
+    };
+    let Some(record) = view.shard(&Scope::Node(node_id.clone()).to_string()) else {
+        return bare();
+    };
+    let reader = rap_proto::envelope::decode(&record.envelope).and_then(|envelope| {
+        let shard = rap_proto::shards::decode::<pb::NodeShard>(&envelope.body, cluster_id)?;
+        rap_proto::shards::node_reader(&shard)
+    });
+    match reader {
+        Ok(Reader::Node { node_id: named, .. }) if named != *node_id => {
+            tracing::error!(
+                cluster_id = %cluster_id,
+                caller = %node_id,
+                named = %named,
+                "the applied node shard names another node; reading it as a node without roles"
+            );
+            bare()
+        }
+        Ok(reader) => reader,
+        Err(error) => {
+            tracing::error!(
+                cluster_id = %cluster_id,
+                caller = %node_id,
+                %error,
+                "the applied node shard does not decode; reading it as a node without roles"
+            );
+            bare()
+        }
+    }
+}
+
+/// The readers check of shard reads, in one place: whether a reader is
+/// admitted by the `readers` of the envelope a scope holds. The readers of
+/// each held envelope are decoded once per version (keyed by its header
+/// hash).
+#[derive(Debug, Default)]
+pub struct Readers {
+    cache: Mutex<HashMap<String, CachedReaders>>,
+}
+
+/// The readers of one envelope version: (its header hash, its readers).
+type CachedReaders = (Digest, Arc<[ReaderSelector]>);
+
+impl Readers {
+    /// The shard `scope` holds, if `reader` may read it: `NOT_FOUND` when
+    /// the group holds no shard of `scope`, `NOT_A_READER` when its
+    /// envelope's readers do not admit `reader`.
+    pub fn read(&self, view: &StateView, scope: &str, reader: &Reader) -> Result<ShardRecord> {
+        let record = view.shard(scope).ok_or_else(|| {
+            Error::NotFound(format!("this storage node holds no shard of {scope}"))
+        })?;
+        let readers = match self.cached(scope, record.header_hash) {
+            Some(readers) => readers,
+            None => self.remember(scope, &record)?,
+        };
+        if !reader.is_admitted(&readers) {
+            return Err(not_a_reader(scope, reader));
+        }
+        Ok(record)
+    }
+
+    /// Whether `reader` may read the envelope of `scope` whose header hash
+    /// is `header_hash` (as listed from `view`).
+    pub fn admits(
+        &self,
+        view: &StateView,
+        scope: &str,
+        header_hash: Digest,
+        reader: &Reader,
+    ) -> Result<bool> {
+        let readers = match self.cached(scope, header_hash) {
+            Some(readers) => readers,
+            None => match view.shard(scope) {
+                Some(record) => self.remember(scope, &record)?,
+                // Gone since it was listed: nobody reads it now.
+                None => return Ok(false),
+            },
+        };
+        Ok(reader.is_admitted(&readers))
+    }
+
+    /// The readers of the envelope of `scope` with `header_hash`, if known.
+    fn cached(&self, scope: &str, header_hash: Digest) -> Option<Arc<[ReaderSelector]>> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        match cache.get(scope) {
+            Some((hash, readers)) if *hash == header_hash => Some(readers.clone()),
+            _ => None,
+        }
+    }
+
+    /// Decodes and remembers the readers of `record`, the shard of `scope`.
+    fn remember(&self, scope: &str, record: &ShardRecord) -> Result<Arc<[ReaderSelector]>> {
+        // Verified when it was applied: a stored envelope that does not
+        // decode is a bug, refused as a storage error.
+        let envelope = rap_proto::envelope::decode(&record.envelope).map_err(|e| {
+            Error::Storage(format!(
+                "the stored envelope of {scope} does not decode: {e}"
+            ))
+        })?;
+        let readers: Arc<[ReaderSelector]> = Arc::from(envelope.header.readers);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= SHARDS_MAX && !cache.contains_key(scope) {
+            cache.clear();
+        }
+        cache.insert(scope.to_string(), (record.header_hash, readers.clone()));
+        Ok(readers)
+    }
+}
+
+fn not_a_reader(scope: &str, reader: &Reader) -> Error {
+    Error::PermissionDenied {
+        code: codes::NOT_A_READER,
+        message: format!("the readers of {scope} do not admit {reader}"),
+    }
+}
+
+/// One of the [`WATCH_STREAMS_MAX`] watch places, given back on drop.
+#[derive(Debug)]
+struct WatchPermit(Arc<AtomicUsize>);
+
+impl Drop for WatchPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One open `WatchShards` stream.
+struct Watch {
+    api: ShardApi,
+    caller: ShardCaller,
+    /// Scope → the newest version the caller has.
+    known: BTreeMap<String, u64>,
+    queue: VecDeque<std::result::Result<pb::GetShardResponse, Status>>,
+    /// The node whose state announces applies, and the receiver.
+    subscribed: Option<(Arc<AuthorityNode>, watch::Receiver<AppliedMark>)>,
+    finished: bool,
+    _permit: WatchPermit,
+}
+
+impl Watch {
+    /// The next answer, waiting for applies as long as it takes; `None`
+    /// after a refusal ended the stream.
+    async fn next(&mut self) -> Option<std::result::Result<pb::GetShardResponse, Status>> {
+        loop {
+            if let Some(item) = self.queue.pop_front() {
+                return Some(item);
+            }
+            if self.finished {
+                return None;
+            }
+            if self
+                .api
+                .stopping
+                .as_ref()
+                .is_some_and(|stop| *stop.borrow())
+            {
+                tracing::debug!("the server stops: watch ended");
+                return None;
+            }
+            let node = self.api.slot.get();
+            let mut changes = match self.subscribed.take() {
+                Some((subscribed, changes)) if Arc::ptr_eq(&subscribed, &node) => changes,
+                _ => node.state().changes(),
+            };
+            // Seen before reading: an apply after this read wakes us.
+            changes.borrow_and_update();
+            self.collect(&node);
+            self.subscribed = Some((node, changes));
+            if !self.queue.is_empty() || self.finished {
+                continue;
+            }
+            let Some((_, changes)) = self.subscribed.as_mut() else {
+                continue;
+            };
+            let mut stopping = self.api.stopping.clone();
+            let stop = async {
+                match stopping.as_mut() {
+                    Some(stop) => {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // That node is gone (replaced): look again soon.
+                        self.subscribed = None;
+                        tokio::time::sleep(WATCH_RECHECK_INTERVAL).await;
+                    }
+                }
+                () = tokio::time::sleep(WATCH_RECHECK_INTERVAL) => {}
+                () = stop => {}
+            }
+        }
+    }
+
+    /// Queues the newest version of every watched scope the caller does
+    /// not have yet, or the refusal that ends the stream.
+    fn collect(&mut self, node: &AuthorityNode) {
+        let still_valid = if node.is_revoked(&self.caller.serial_hex) {
+            Err(Error::PermissionDenied {
+                code: crate::access::CERTIFICATE_REVOKED,
+                message: format!(
+                    "the certificate of node {} (serial {}) was revoked",
+                    self.caller.node_id, self.caller.serial_hex
+                ),
+            })
+        } else if SystemTime::now() > self.caller.not_after {
+            Err(Error::Unauthenticated(format!(
+                "the certificate of node {} expired during the watch",
+                self.caller.node_id
+            )))
+        } else {
+            Ok(())
+        };
+        if let Err(error) = still_valid {
+            self.end(node, error);
+            return;
+        }
+        let view = node.state();
+        let moved: Vec<String> = view.read(|state| {
+            self.known
+                .iter()
+                .filter(|(scope, known)| {
+                    state
+                        .shards
+                        .get(scope.as_str())
+                        .is_some_and(|record| record.version.0 > **known)
+                })
+                .map(|(scope, _)| scope.clone())
+                .collect()
+        });
+        if moved.is_empty() {
+            return;
+        }
+        let reader = reader_of(view, &node.options().cluster_id, &self.caller.node_id);
+        let fresh = staleness(node);
+        for scope in moved {
+            match self.api.readers.read(view, &scope, &reader) {
+                Ok(record) => {
+                    self.known.insert(scope, record.version.0);
+                    self.queue.push_back(Ok(answer(node, record, fresh)));
+                }
+                // Gone between the two reads (a reseed): nothing to send.
+                Err(Error::NotFound(_)) => {}
+                Err(error) => {
+                    self.end(node, error);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn end(&mut self, node: &AuthorityNode, error: Error) {
+        self.queue.push_back(Err(refuse(
+            node,
+            "WatchShards",
+            Some(&self.caller.node_id),
+            error,
+        )));
+        self.finished = true;
+    }
+}
+
+/// The stream type of `WatchShards`.
+pub type WatchStream =
+    Pin<Box<dyn futures::Stream<Item = std::result::Result<pb::GetShardResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ShardService for ShardApi {
+    async fn get_shard(
+        &self,
+        request: Request<pb::GetShardRequest>,
+    ) -> std::result::Result<Response<pb::GetShardResponse>, Status> {
+        let started = Instant::now();
+        let caller = self
+            .caller(&request)
+            .map_err(|e| self.refuse("GetShard", None, e))?;
+        let result = self
+            .get(&caller, request.get_ref())
+            .map_err(|e| self.refuse("GetShard", Some(&caller.node_id), e));
+        self.slot
+            .get()
+            .metrics()
+            .observe("GetShard", started.elapsed());
+        result.map(Response::new)
+    }
+
+    type WatchShardsStream = WatchStream;
+
+    async fn watch_shards(
+        &self,
+        request: Request<pb::WatchShardsRequest>,
+    ) -> std::result::Result<Response<WatchStream>, Status> {
+        let caller = self
+            .caller(&request)
+            .map_err(|e| self.refuse("WatchShards", None, e))?;
+        let known = self
+            .open_watch(&caller, request.get_ref())
+            .map_err(|e| self.refuse("WatchShards", Some(&caller.node_id), e))?;
+        let permit = self
+            .watch_permit()
+            .map_err(|e| self.refuse("WatchShards", Some(&caller.node_id), e))?;
+        let node = self.slot.get();
+        let span = tracing::info_span!(
+            "watch_shards",
+            cluster_id = %node.options().cluster_id,
+            node_id = %node.options().node_id,
+            caller = %caller.node_id,
+            scopes = known.len(),
+        );
+        drop(node);
+        tracing::debug!(parent: &span, "watch opened");
+        let watch = Watch {
+            api: self.clone(),
+            caller,
+            known,
+            queue: VecDeque::new(),
+            subscribed: None,
+            finished: false,
+            _permit: permit,
+        };
+        let stream = futures::stream::unfold(watch, move |mut watch| {
+            let span = span.clone();
+            async move {
+                let item = watch.next().await?;
+                Some((item, watch))
+            }
+            .instrument(span)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_own_scopes(
+        &self,
+        request: Request<pb::ListOwnScopesRequest>,
+    ) -> std::result::Result<Response<pb::ListOwnScopesResponse>, Status> {
+        let started = Instant::now();
+        let caller = self
+            .caller(&request)
+            .map_err(|e| self.refuse("ListOwnScopes", None, e))?;
+        let result = self
+            .list(&caller, request.get_ref())
+            .map_err(|e| self.refuse("ListOwnScopes", Some(&caller.node_id), e));
+        self.slot
+            .get()
+            .metrics()
+            .observe("ListOwnScopes", started.elapsed());
+        result.map(Response::new)
+    }
+}
