@@ -131,8 +131,9 @@ const _: () = assert!((HEARTBEAT_NODE_BURST as usize) < HEARTBEAT_QUEUE_MAX);
 const _: () = assert!(API_TOKEN_TTL_DEFAULT.as_secs() <= API_TOKEN_TTL_MAX.as_secs());
 const _: () = assert!(AUDIT_ANONYMOUS_PER_SOURCE >= 1 && AUDIT_ANONYMOUS_SOURCES_MAX >= 1);
 
-/// Most peers in one `peers/<node>` shard (active ones first).
-pub const SHARD_PEERS_MAX: usize = 256;
+/// Most peers in one `peers/<node>` shard (same-group ones first, the
+/// rest by rendezvous hash).
+pub const SHARD_PEERS_MAX: usize = 32;
 /// Most storage endpoints in one `node/<node>` shard (voters first).
 pub const SHARD_STORAGE_ENDPOINTS_MAX: usize = 64;
 /// Most scopes one publication compiles and publishes (a larger dirty set

@@ -315,9 +315,14 @@ impl Compiler {
                 }
             })
             .collect();
-        // Active peers first, then by node id; the cut is deterministic.
-        peers.sort_by(|a, b| {
-            (a.tier != "active", &a.node_id).cmp(&(b.tier != "active", &b.node_id))
+        // Same-group peers first, then by a rendezvous hash of the pair: the
+        // cut is deterministic, spreads the load, and one node joining or
+        // leaving the mesh enters or leaves only about SHARD_PEERS_MAX lists.
+        peers.sort_by_cached_key(|peer| {
+            (
+                peer.tier != "active",
+                *blake3::hash(format!("{node}\0{}", peer.node_id).as_bytes()).as_bytes(),
+            )
         });
         peers.truncate(SHARD_PEERS_MAX);
         peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -381,5 +386,70 @@ impl Compiler {
                 .collect(),
             serving_roles: serving_roles.into_iter().map(str::to_string).collect(),
         })?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(mesh: usize) -> ClusterRows {
+        let ids: Vec<String> = (0..mesh).map(|i| format!("n{i:04}")).collect();
+        ClusterRows {
+            cluster_id: ClusterId::new("c1").unwrap(),
+            members: ids
+                .iter()
+                .map(|id| db::nodes::Member {
+                    node_id: id.clone(),
+                    membership_status: "active".into(),
+                    group_id: String::new(),
+                })
+                .collect(),
+            assignments: ids
+                .iter()
+                .map(|id| db::roles::ActiveAssignment {
+                    node_id: id.clone(),
+                    role: "relay-node".into(),
+                    org_id: String::new(),
+                })
+                .collect(),
+            desired: Vec::new(),
+            storage: Vec::new(),
+            endpoints: Vec::new(),
+            revoked: Vec::new(),
+            trust_root: Vec::new(),
+        }
+    }
+
+    fn peers_bodies(compiler: &Compiler) -> BTreeMap<String, Vec<u8>> {
+        compiler
+            .scopes()
+            .unwrap()
+            .into_iter()
+            .filter(|s| matches!(s, Scope::Peers(_)))
+            .map(|s| (s.to_string(), compiler.compile(&s).unwrap().unwrap().body))
+            .collect()
+    }
+
+    // Goal: a peers list holds at most SHARD_PEERS_MAX mesh nodes, and one
+    // node joining the mesh changes only a few lists (rendezvous choice),
+    // not every list. Method: 200 relay nodes, compile every peers shard;
+    // add one relay node and count the lists whose bytes changed.
+    #[test]
+    fn one_mesh_node_more_changes_few_peers_lists() {
+        let before = peers_bodies(&Compiler::new(rows(200)));
+        let after = peers_bodies(&Compiler::new(rows(201)));
+        assert_eq!(after.len(), 201);
+        let cluster = ClusterId::new("c1").unwrap();
+        for body in after.values() {
+            let peers: pb::PeersShard = rap_proto::shards::decode(body, &cluster).unwrap();
+            assert_eq!(peers.peers.len(), SHARD_PEERS_MAX);
+        }
+        let changed = before
+            .iter()
+            .filter(|(scope, body)| after.get(*scope) != Some(*body))
+            .count();
+        // Each list takes the new node with probability 32/200: about 32.
+        assert!(changed > 0 && changed < 3 * SHARD_PEERS_MAX, "{changed} lists changed");
     }
 }
