@@ -280,9 +280,10 @@ impl AuthorityService for AuthorityApi {
                 async move {
                     node.shard_heads(&message.scopes, message.include_envelopes)
                         .await
-                        .map(|(term, heads)| pb::ShardHeadsResponse {
+                        .map(|(term, generation, heads)| pb::ShardHeadsResponse {
                             authority_term: term.0,
                             heads,
+                            trust_generation: generation.0,
                         })
                 },
                 |mut client| async move {

@@ -64,8 +64,24 @@ pub struct AuthorityState {
     ///.
     #[serde(default)]
     pub term_proof: ByteBuf,
+    /// The current trust root (an encoded `SignedTrustRoot`) once a
+    /// `trust/root` shard rotated past genesis; empty while the genesis
+    /// root is current.
+    #[serde(default)]
+    pub current_root: ByteBuf,
     /// Scope → newest verified envelope.
     pub shards: BTreeMap<String, ShardRecord>,
+}
+
+impl AuthorityState {
+    /// The encoded current trust root: the last rotation's, else genesis.
+    pub fn current_trust_root(&self) -> &[u8] {
+        if self.current_root.is_empty() {
+            &self.trust_root
+        } else {
+            &self.current_root
+        }
+    }
 }
 
 /// What an applied entry changed, so storage rewrites only that.
@@ -152,6 +168,7 @@ impl AuthorityState {
             trust_root: trust_root.clone(),
             term_mark: None,
             term_proof: ByteBuf::new(),
+            current_root: ByteBuf::new(),
             shards: BTreeMap::new(),
         };
         Applied {
@@ -246,6 +263,7 @@ impl AuthorityState {
             base: self,
             scopes: BTreeMap::new(),
             term: None,
+            root: None,
         };
         let mut verifier = match Verifier::open(
             cluster_id.clone(),
@@ -264,6 +282,13 @@ impl AuthorityState {
                 Ok(envelope) => envelope.header.scope,
                 Err(e) => return refused(e.code(), format!("envelope {position}: {e}")),
             };
+            // A trust/root envelope first moves the group along the chain
+            // it carries (roots authenticate themselves), then is verified
+            // under the generation reached.
+            if let Err(e) = rap_proto::shards::follow_trust_roots(&mut verifier, &cluster_id, bytes)
+            {
+                return refused(e.code(), format!("envelope {position} ({scope}): {e}"));
+            }
             match verifier.verify(bytes, &scope, &reader, now) {
                 Ok(ok) if ok.header.authority_term != self.authority_term => {
                     return refused(
@@ -280,6 +305,7 @@ impl AuthorityState {
         }
         let overlay = verifier.into_store();
         let term_mark = overlay.term;
+        let rotated = overlay.root;
         let new_scopes = accepted
             .iter()
             .filter(|(_, ok)| !self.shards.contains_key(&ok.header.scope.to_string()))
@@ -316,6 +342,9 @@ impl AuthorityState {
         }
         if term_mark.is_some() {
             self.term_mark = term_mark;
+        }
+        if let Some(root) = rotated {
+            self.current_root = ByteBuf::from(root);
         }
         Applied {
             response: Response::Published(published),
@@ -369,6 +398,8 @@ struct Overlay<'a> {
     base: &'a AuthorityState,
     scopes: BTreeMap<String, ScopeMark>,
     term: Option<TermMark>,
+    /// A trust root rotated to within the entry.
+    root: Option<Vec<u8>>,
 }
 
 impl HighWaterStore for Overlay<'_> {
@@ -405,21 +436,24 @@ impl HighWaterStore for Overlay<'_> {
     }
 
     fn trust_root(&self, _cluster: &ClusterId) -> rap_proto::Result<Option<Vec<u8>>> {
-        Ok(Some(self.base.trust_root.to_vec()))
+        Ok(Some(match &self.root {
+            Some(root) => root.clone(),
+            None => self.base.current_trust_root().to_vec(),
+        }))
     }
 
-    fn record_trust_root(&mut self, _cluster: &ClusterId, _root: &[u8]) -> rap_proto::Result<()> {
-        Err(rap_proto::Error::Store {
-            context: "rotate the trust root in the authority state".to_string(),
-            source: "trust-root rotation through the authority group is not implemented yet".into(),
-        })
+    fn record_trust_root(&mut self, _cluster: &ClusterId, root: &[u8]) -> rap_proto::Result<()> {
+        self.root = Some(root.to_vec());
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rap_proto::envelope::{ReaderSelector, ShardDraft, SnapshotSigner, TrustRoot, seal};
+    use rap_proto::envelope::{
+        ReaderSelector, ShardDraft, SnapshotSigner, TrustRoot, VerifiedTrustRoot, seal,
+    };
 
     struct Fixture {
         key: SnapshotSigner,
@@ -490,6 +524,106 @@ mod tests {
             Response::Refused(r) => &r.code,
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    fn sealed(
+        fx: &Fixture,
+        scope: &str,
+        version: u64,
+        prev: Option<Digest>,
+        key: &SnapshotSigner,
+        generation: u64,
+        body: Vec<u8>,
+    ) -> ByteBuf {
+        ByteBuf::from(
+            seal(
+                ShardDraft {
+                    cluster_id: fx.cluster.clone(),
+                    scope: scope.parse().unwrap(),
+                    version: SnapshotVersion(version),
+                    authority_term: AuthorityTerm(1),
+                    issued_at: UnixMillis(NOW),
+                    expires_at: UnixMillis(NOW + 3_600_000),
+                    prev_hash: prev,
+                    readers: vec![ReaderSelector::AllNodes],
+                    body,
+                },
+                key,
+                TrustGeneration(generation),
+            )
+            .unwrap()
+            .bytes,
+        )
+    }
+
+    // Goal (issue 10 "signing-key rotation"): a trust/root shard carrying
+    // generation 2 (signed by generation 1's key and its own) moves the
+    // group to generation 2 in the same entry, verified under the new key;
+    // afterwards an envelope signed by the retired key is refused and one
+    // signed by the new key is accepted; a chain with a forged link changes
+    // nothing. Method: apply the entries to a state and check its root and
+    // the refusal codes.
+    #[test]
+    fn a_trust_root_shard_rotates_the_signing_key() {
+        let mut fx = fixture();
+        let f = fence(&mut fx.state, 2);
+        let genesis =
+            VerifiedTrustRoot::verify_genesis(&fx.state.trust_root, &fx.cluster, None).unwrap();
+        let new_key = SnapshotSigner::generate().unwrap();
+        let g2 = TrustRoot::rotate(&genesis, &[&new_key], &[&fx.key], UnixMillis(NOW)).unwrap();
+        let chain = |roots: Vec<Vec<u8>>| {
+            rap_proto::shards::encode(&rap_proto::pb::TrustRootShard {
+                format: rap_proto::shards::SHARD_FORMAT,
+                cluster_id: "c1".into(),
+                roots,
+            })
+            .unwrap()
+        };
+        let publish = |envelopes: Vec<ByteBuf>| Request::PublishShards {
+            fence: f.clone(),
+            envelopes,
+            proposed_at_ms: NOW,
+        };
+
+        // A forged generation 2 (chained to another genesis, not signed by
+        // generation 1's key): refused, nothing moves.
+        let stranger = SnapshotSigner::generate().unwrap();
+        let other = TrustRoot::genesis(&fx.cluster, &[&stranger], UnixMillis(NOW)).unwrap();
+        let forged =
+            TrustRoot::rotate(&other, &[&stranger], &[&stranger], UnixMillis(NOW)).unwrap();
+        let before = fx.state.clone();
+        let body = chain(vec![genesis.bytes().to_vec(), forged.bytes().to_vec()]);
+        let envelope = sealed(&fx, "trust/root", 1, None, &stranger, 2, body);
+        let applied = fx.state.apply(3, &publish(vec![envelope]));
+        assert!(
+            matches!(applied.response, Response::Refused(_)),
+            "{applied:?}"
+        );
+        assert_eq!(fx.state, before);
+
+        let body = chain(vec![genesis.bytes().to_vec(), g2.bytes().to_vec()]);
+        let root_envelope = sealed(&fx, "trust/root", 1, None, &new_key, 2, body);
+        let node_v1 = sealed(&fx, "node/n1", 1, None, &new_key, 2, b"v1".to_vec());
+        let applied = fx.state.apply(4, &publish(vec![root_envelope, node_v1]));
+        assert!(
+            matches!(applied.response, Response::Published(_)),
+            "{applied:?}"
+        );
+        assert_eq!(fx.state.current_trust_root(), g2.bytes());
+
+        let retired = sealed(&fx, "node/n2", 1, None, &fx.key, 1, b"old".to_vec());
+        let before = fx.state.clone();
+        assert_eq!(
+            refusal_code(&fx.state.apply(5, &publish(vec![retired]))),
+            "STALE_TRUST_GENERATION"
+        );
+        assert_eq!(fx.state, before);
+        let fresh = sealed(&fx, "node/n2", 1, None, &new_key, 2, b"new".to_vec());
+        let applied = fx.state.apply(6, &publish(vec![fresh]));
+        assert!(
+            matches!(applied.response, Response::Published(_)),
+            "{applied:?}"
+        );
     }
 
     // Goal (invariant 1): fences strictly increase within a term and carry

@@ -8,9 +8,9 @@
 //! node's roles and organizations come from signed state, never from what
 //! the caller says.
 
-use crate::envelope::{Reader, ReaderSelector, Scope};
+use crate::envelope::{HighWaterStore, Reader, ReaderSelector, Scope, Verifier};
 use crate::error::{Error, Result};
-use crate::ids::{ClusterId, NodeId, OrgId, RoleName};
+use crate::ids::{ClusterId, NodeId, OrgId, RoleName, TrustGeneration};
 use crate::limits::BODY_BYTES_MAX;
 use crate::pb;
 use prost::Message;
@@ -124,6 +124,45 @@ pub fn node_reader(shard: &pb::NodeShard) -> Result<Reader> {
         roles,
         orgs,
     })
+}
+
+/// Follows the trust-root chain carried by a `trust/root` envelope before
+/// that envelope is verified: every root newer than the verifier's is
+/// checked against the one before it (signed by its keys and by its own)
+/// and made current, oldest first. Roots authenticate themselves, so a
+/// reader at generation g can verify a `trust/root` envelope signed under
+/// g+1. Returns the generation reached, or `None` when `envelope` is not a
+/// `trust/root` envelope or carries nothing newer. On error nothing newer
+/// than the last root that verified is current.
+pub fn follow_trust_roots<S: HighWaterStore>(
+    verifier: &mut Verifier<S>,
+    cluster_id: &ClusterId,
+    envelope: &[u8],
+) -> Result<Option<TrustGeneration>> {
+    let decoded = crate::envelope::decode(envelope)?;
+    if decoded.header.scope != Scope::TrustRoot {
+        return Ok(None);
+    }
+    let body: pb::TrustRootShard = decode(&decoded.body, cluster_id)?;
+    let mut reached = None;
+    for root in &body.roots {
+        let generation = root_generation(root)?;
+        if generation > verifier.trust_root().generation() {
+            reached = Some(verifier.rotate_trust_root(root)?);
+        }
+    }
+    Ok(reached)
+}
+
+/// The generation a signed trust root claims (not verified).
+fn root_generation(signed: &[u8]) -> Result<TrustGeneration> {
+    let malformed = |e: prost::DecodeError| Error::Malformed {
+        what: "trust root",
+        reason: e.to_string(),
+    };
+    let signed = pb::SignedTrustRoot::decode(signed).map_err(malformed)?;
+    let root = pb::TrustRoot::decode(signed.root.as_slice()).map_err(malformed)?;
+    Ok(TrustGeneration(root.generation))
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ use super::*;
 use crate::limits::{HEADS_ENVELOPES_MAX, HEADS_SCOPES_MAX};
 use crate::state::ShardRecord;
 use openraft::error::CheckIsLeaderError;
+use rap_proto::envelope::VerifiedTrustRoot;
+use rap_proto::ids::TrustGeneration;
 use rap_proto::pb;
 
 impl AuthorityNode {
@@ -18,7 +20,7 @@ impl AuthorityNode {
         &self,
         scopes: &[String],
         include_envelopes: bool,
-    ) -> Result<(AuthorityTerm, Vec<pb::ShardHead>)> {
+    ) -> Result<(AuthorityTerm, TrustGeneration, Vec<pb::ShardHead>)> {
         if scopes.len() > HEADS_SCOPES_MAX {
             return Err(Error::Oversize {
                 what: "scopes of a heads request",
@@ -48,7 +50,7 @@ impl AuthorityNode {
             }
             Ok(Err(e)) => return Err(Error::Raft(format!("linearizable read: {e}"))),
         }
-        let (term, records) = self.view.read(|state| {
+        let (term, root, records) = self.view.read(|state| {
             let records: Vec<(String, ShardRecord)> = if scopes.is_empty() {
                 state
                     .shards
@@ -69,8 +71,15 @@ impl AuthorityNode {
                     })
                     .collect()
             };
-            (state.authority_term, records)
+            (
+                state.authority_term,
+                state.current_trust_root().to_vec(),
+                records,
+            )
         });
+        let generation = VerifiedTrustRoot::reload(&root, &self.options.cluster_id)
+            .map_err(|e| Error::Storage(format!("the applied trust root does not load: {e}")))?
+            .generation();
         if include_envelopes && records.len() > HEADS_ENVELOPES_MAX {
             return Err(Error::Oversize {
                 what: "heads with envelopes",
@@ -100,6 +109,6 @@ impl AuthorityNode {
                 },
             });
         }
-        Ok((term, heads))
+        Ok((term, generation, heads))
     }
 }

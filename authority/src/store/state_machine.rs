@@ -422,6 +422,9 @@ struct StateMeta {
     // Absent in stores written before promotion orders were kept.
     #[serde(default)]
     term_proof: ByteBuf,
+    // Absent in stores written before trust-root rotation.
+    #[serde(default)]
+    current_root: ByteBuf,
 }
 
 impl StateMeta {
@@ -433,6 +436,7 @@ impl StateMeta {
             trust_root,
             term_mark,
             term_proof,
+            current_root,
             shards: _,
         } = state;
         StateMeta {
@@ -442,6 +446,7 @@ impl StateMeta {
             trust_root: trust_root.clone(),
             term_mark: *term_mark,
             term_proof: term_proof.clone(),
+            current_root: current_root.clone(),
         }
     }
 
@@ -453,6 +458,7 @@ impl StateMeta {
             trust_root,
             term_mark,
             term_proof,
+            current_root,
         } = self;
         AuthorityState {
             cluster_id,
@@ -461,6 +467,7 @@ impl StateMeta {
             trust_root,
             term_mark,
             term_proof,
+            current_root,
             shards,
         }
     }

@@ -450,6 +450,9 @@ mod tests {
             .filter(|(scope, body)| after.get(*scope) != Some(*body))
             .count();
         // Each list takes the new node with probability 32/200: about 32.
-        assert!(changed > 0 && changed < 3 * SHARD_PEERS_MAX, "{changed} lists changed");
+        assert!(
+            changed > 0 && changed < 3 * SHARD_PEERS_MAX,
+            "{changed} lists changed"
+        );
     }
 }

@@ -141,7 +141,7 @@ impl VerifiedTrustRoot {
     /// Re-checks a root read back from the verifier's own durable store:
     /// structure, cluster, and a valid signature by its own keys. (Its chain
     /// was checked when it was stored.)
-    pub(crate) fn reload(bytes: &[u8], cluster_id: &ClusterId) -> Result<Self> {
+    pub fn reload(bytes: &[u8], cluster_id: &ClusterId) -> Result<Self> {
         let parsed = parse(bytes, cluster_id)?;
         if !parsed.signed_by_any(&parsed.root.keys) {
             return Err(Error::TrustRootUnsigned {
