@@ -152,9 +152,14 @@ pub async fn revoke(
                 cluster: &cluster,
                 fence: &fence,
                 actor: &actor,
+                sign_under: None,
             };
             let outcome = publisher
-                .publish(tx, crate::snapshots::Asked::Dirty, false)
+                .publish(
+                    tx,
+                    crate::snapshots::Asked::Dirty,
+                    crate::snapshots::Mode::Changed,
+                )
                 .await?;
             let version = outcome
                 .published

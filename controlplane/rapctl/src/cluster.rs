@@ -51,6 +51,13 @@ enum ClusterCommand {
         #[arg(long)]
         allow_single_voter: bool,
     },
+    /// Move the cluster's shards to a new snapshot-signing key: trust root
+    /// g+1 (signed by g) is published as trust/root and every shard is
+    /// re-signed; envelopes of the old key are refused from then on.
+    RotateSigningKey {
+        /// The cluster id.
+        cluster_id: String,
+    },
 }
 
 /// `rapctl token ...`.
@@ -343,6 +350,30 @@ pub async fn run_cluster(args: ClusterArgs, format: Format) -> Result<()> {
                 "cluster_id": cluster_id,
                 "authority_term": response.authority_term,
                 "failure_tolerance": response.failure_tolerance,
+            });
+            print_object(format, &rows, &json);
+        }
+        ClusterCommand::RotateSigningKey { cluster_id } => {
+            let response = s
+                .client
+                .clone()
+                .rotate_signing_key(pb::RotateSigningKeyRequest {
+                    cluster_id: cluster_id.clone(),
+                })
+                .await
+                .map_err(|e| s.fail(e))?
+                .into_inner();
+            let rows = [
+                ("cluster", cluster_id.clone()),
+                ("trust generation", response.trust_generation.to_string()),
+                ("key id", response.key_id.clone()),
+                ("re-signed scopes", response.republished.to_string()),
+            ];
+            let json = json!({
+                "cluster_id": cluster_id,
+                "trust_generation": response.trust_generation,
+                "key_id": response.key_id,
+                "republished": response.republished,
             });
             print_object(format, &rows, &json);
         }

@@ -411,6 +411,14 @@ impl AdminService for AdminApi {
         ))
     }
 
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> std::result::Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        let (p, r) = authed!(self, request, "cluster.rotate-signing-key");
+        reply(crate::snapshots::rotate_signing_key(&self.ctx, &p, &r).await)
+    }
+
     async fn create_organization(
         &self,
         request: Request<pb::CreateOrganizationRequest>,

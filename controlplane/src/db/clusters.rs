@@ -132,3 +132,47 @@ pub async fn ca_fingerprint(conn: &mut PgConnection, cluster_id: &str) -> Result
             .await?,
     )
 }
+
+/// A trust root after genesis.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RotatedRoot {
+    /// Its generation (≥ 2).
+    pub generation: i64,
+    /// The encoded `SignedTrustRoot`.
+    pub root: Vec<u8>,
+}
+
+/// The cluster's trust roots after genesis, oldest first.
+pub async fn rotated_roots(conn: &mut PgConnection, cluster_id: &str) -> Result<Vec<RotatedRoot>> {
+    Ok(sqlx::query_as(
+        "SELECT generation, root FROM cluster_trust_roots
+          WHERE cluster_id = $1 ORDER BY generation",
+    )
+    .bind(cluster_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Records the trust root of `generation` (idempotent: an existing row of
+/// that generation is kept).
+pub async fn insert_rotated_root(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    generation: i64,
+    root: &[u8],
+    key_id_hex: &str,
+    rotated_by: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO cluster_trust_roots (cluster_id, generation, root, key_id, rotated_by)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (cluster_id, generation) DO NOTHING",
+    )
+    .bind(cluster_id)
+    .bind(generation)
+    .bind(root)
+    .bind(key_id_hex)
+    .bind(rotated_by)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

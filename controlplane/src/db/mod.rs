@@ -14,6 +14,7 @@
 //! | `organizations`            | [`orgs`]             | a tenant; `rapctl org create` (platform owner)                              |
 //! | `org_endpoints`            | [`orgs`]             | an org's logical ingress/egress endpoint; `rapctl org endpoint add`         |
 //! | `clusters`                 | [`clusters`]         | a cluster: CA cert, key fingerprints, signed trust root; `cluster.create`   |
+//! | `cluster_trust_roots`      | [`clusters`]         | a trust root after genesis (one per signing-key rotation); `cluster rotate-signing-key`, the publisher's repair |
 //! | `cluster_authority_terms`  | [`authority_terms`]  | one authority term (current: `ended_at IS NULL`) and its last fence seq; bootstrap, promotion and every fenced mutation; the ONLY writer |
 //! | `storage_nodes`            | [`storage_nodes`]    | a storage node of the cluster's group and its role; bootstrap, promotion (retire), rejoin |
 //! | `cluster_partitions`       | [`partitions`]       | one partition observation of a storage node; `rapctl authority status`     |

@@ -13,6 +13,8 @@ pub struct ClusterKeys {
     ca: ClusterCa,
     signer: SnapshotSigner,
     trust_root: VerifiedTrustRoot,
+    /// Snapshot-signing key generations after genesis, in order.
+    pub(super) generations: Vec<super::generations::Generation>,
 }
 
 impl fmt::Debug for ClusterKeys {
@@ -102,12 +104,14 @@ impl ClusterKeys {
                 signing_path.display()
             )));
         }
+        let generations = super::generations::load(&dir, &trust_root)?;
         let keys = ClusterKeys {
             dir,
             cluster_id: cluster_id.clone(),
             ca,
             signer,
             trust_root,
+            generations,
         };
         keys.renew_expiring()?;
         Ok(keys)
@@ -181,12 +185,14 @@ impl ClusterKeys {
         certificate_fingerprint(self.ca.loaded().cert_der.as_ref())
     }
 
-    /// The snapshot-signing key.
+    /// The generation-1 (genesis) key: it signs promotion and rejoin
+    /// orders, and shards while the group is at generation 1 (see
+    /// [`ClusterKeys::shard_signer`]).
     pub fn signer(&self) -> &SnapshotSigner {
         &self.signer
     }
 
-    /// The signing key's id, full hex (64 characters).
+    /// The genesis key's id, full hex (64 characters).
     pub fn signing_key_id_hex(&self) -> String {
         self.signer.key_id().0.to_hex()
     }

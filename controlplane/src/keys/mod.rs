@@ -53,6 +53,7 @@ use std::time::{Duration, SystemTime};
 
 mod certs;
 mod cluster;
+mod generations;
 mod platform;
 #[cfg(test)]
 mod tests;
@@ -60,6 +61,7 @@ mod tests;
 pub(crate) use certs::load_certified_key;
 use certs::{CertCheck, ServerNames, cert_is_current, issue_server_cert, random_serial};
 pub use cluster::ClusterKeys;
+pub use generations::KEY_GENERATIONS_MAX;
 pub use platform::PlatformKeys;
 
 /// Largest PEM file (certificate, chain or private key) read from the keys

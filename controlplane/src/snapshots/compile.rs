@@ -35,7 +35,8 @@ pub struct ClusterRows {
     storage: Vec<db::storage_nodes::StorageNode>,
     endpoints: Vec<db::orgs::ClusterEndpoint>,
     revoked: Vec<db::nodes::RevokedCertificate>,
-    trust_root: Vec<u8>,
+    /// Genesis, then every rotated root, oldest first.
+    trust_roots: Vec<Vec<u8>>,
 }
 
 impl ClusterRows {
@@ -60,7 +61,14 @@ impl ClusterRows {
             storage: db::storage_nodes::not_retired(conn, id).await?,
             endpoints: db::orgs::endpoints_in_cluster(conn, id).await?,
             revoked,
-            trust_root: db::clusters::trust_root(conn, id).await?,
+            trust_roots: std::iter::once(db::clusters::trust_root(conn, id).await?)
+                .chain(
+                    db::clusters::rotated_roots(conn, id)
+                        .await?
+                        .into_iter()
+                        .map(|r| r.root),
+                )
+                .collect(),
         })
     }
 }
@@ -218,7 +226,7 @@ impl Compiler {
             Scope::TrustRoot => Some(encode(&pb::TrustRootShard {
                 format: SHARD_FORMAT,
                 cluster_id,
-                roots: vec![self.rows.trust_root.clone()],
+                roots: self.rows.trust_roots.clone(),
             })?),
         };
         Ok(body.map(|body| Compiled {
@@ -417,7 +425,7 @@ mod tests {
             storage: Vec::new(),
             endpoints: Vec::new(),
             revoked: Vec::new(),
-            trust_root: Vec::new(),
+            trust_roots: Vec::new(),
         }
     }
 

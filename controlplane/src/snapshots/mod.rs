@@ -20,6 +20,7 @@
 
 pub mod compile;
 pub mod publish;
+pub mod rotate;
 
 use crate::audit::Action;
 use crate::auth::Principal;
@@ -30,10 +31,11 @@ use crate::error::{Error, Result};
 use crate::fencing;
 use crate::limits::{PUBLISH_POLL_INTERVAL, SHARD_REFRESH_INTERVAL};
 use crate::page::Page;
-pub use publish::{Asked, Outcome, Publisher};
+pub use publish::{Asked, Mode, Outcome, Publisher};
 use rap_proto::envelope::Scope;
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
+pub use rotate::rotate_signing_key;
 use sqlx::PgConnection;
 use tracing::Instrument;
 
@@ -147,15 +149,18 @@ pub async fn publish(
                 cluster: &cluster,
                 fence: &fence,
                 actor: &actor,
+                sign_under: None,
             };
             let mut outcome = if scopes.is_empty() {
                 // Dirty marks first (and unmarked), then anything else that
                 // differs from the group.
-                let dirty = publisher.publish(tx, Asked::Dirty, false).await?;
-                let rest = publisher.publish(tx, Asked::All, false).await?;
+                let dirty = publisher.publish(tx, Asked::Dirty, Mode::Changed).await?;
+                let rest = publisher.publish(tx, Asked::All, Mode::Changed).await?;
                 merge(dirty, rest)
             } else {
-                publisher.publish(tx, Asked::Scopes(scopes), false).await?
+                publisher
+                    .publish(tx, Asked::Scopes(scopes), Mode::Changed)
+                    .await?
             };
             outcome.published.sort_by(|a, b| a.scope.cmp(&b.scope));
             let details = details(&outcome);
@@ -313,8 +318,19 @@ pub async fn publish_cluster(ctx: &Context, cluster_id: &str, refresh: bool) -> 
                 cluster: &cluster,
                 fence: &fence,
                 actor: PUBLISHER_ACTOR,
+                sign_under: None,
             };
-            let mut outcome = publisher.publish(tx, asked, refresh).await?;
+            let mut outcome = publisher
+                .publish(
+                    tx,
+                    asked,
+                    if refresh {
+                        Mode::Refresh
+                    } else {
+                        Mode::Changed
+                    },
+                )
+                .await?;
             outcome.published.sort_by(|a, b| a.scope.cmp(&b.scope));
             let details = details(&outcome);
             Ok((outcome, details))

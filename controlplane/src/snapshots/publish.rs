@@ -54,10 +54,17 @@ pub struct Outcome {
     pub undefined: usize,
 }
 
-/// How old the group's `trust/root` etc. may get: the signing key's
-/// generation. Key rotation is not built yet, so every shard is signed by
-/// generation 1.
-const SIGNING_GENERATION: TrustGeneration = TrustGeneration(1);
+/// Which compiled scopes a publication signs and publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Those whose content differs from the group's head.
+    Changed,
+    /// Those, and those whose head expires within
+    /// [`SHARD_REFRESH_BEFORE_EXPIRY`] (the freshness pass).
+    Refresh,
+    /// All of them (a signing-key rotation re-signs everything).
+    Resign,
+}
 
 /// Who publishes, under which fence, with which key: everything a
 /// publication needs besides the transaction and what to publish.
@@ -73,28 +80,81 @@ pub struct Publisher<'a> {
     pub fence: &'a Fence,
     /// The actor recorded with each publication.
     pub actor: &'a str,
+    /// Sign under this trust generation instead of the group's current
+    /// one (a rotation: the batch's `trust/root` envelope, sent first,
+    /// moves the group there).
+    pub sign_under: Option<TrustGeneration>,
 }
 
 impl Publisher<'_> {
     /// Compiles the `asked` scopes from the transaction's view of
-    /// PostgreSQL, publishes those that changed (or, with `refresh`, expire
-    /// soon) to the group under the fence, records them in
-    /// `snapshot_publications`, and unmarks what it compiled.
+    /// PostgreSQL, publishes those that `mode` picks to the group under the
+    /// fence, records them in `snapshot_publications`, and unmarks what it
+    /// compiled.
     pub async fn publish(
         &self,
         tx: &mut PgConnection,
         asked: Asked,
-        refresh: bool,
+        mode: Mode,
     ) -> Result<Outcome> {
-        publish_in(tx, self, asked, refresh).await
+        publish_in(tx, self, asked, mode).await
     }
+}
+
+/// The group's trust generation; records in PostgreSQL any root the group
+/// moved to that PostgreSQL lacks (a rotation whose transaction failed to
+/// commit after the group accepted it), from the keys on disk, so that
+/// `trust/root` keeps carrying the whole chain.
+async fn group_generation(
+    tx: &mut PgConnection,
+    publisher: &Publisher<'_>,
+    peers: &[crate::fencing::StoragePeer],
+) -> Result<TrustGeneration> {
+    let cluster_id = publisher.cluster.as_str();
+    let generation = TrustGeneration(
+        publisher
+            .authority
+            .shard_heads(cluster_id, peers, vec![Scope::TrustRoot.to_string()], false)
+            .await?
+            .trust_generation
+            .max(1),
+    );
+    let recorded = db::clusters::rotated_roots(tx, cluster_id)
+        .await?
+        .last()
+        .map(|r| u64::try_from(r.generation).unwrap_or(0))
+        .unwrap_or(1);
+    for missing in recorded + 1..=generation.0 {
+        let missing = TrustGeneration(missing);
+        let root = publisher.keys.root_bytes(missing).ok_or_else(|| {
+            Error::Keys(format!(
+                "the authority group of {cluster_id} is at trust generation {generation}; this control plane holds no root of generation {missing}"
+            ))
+        })?;
+        let key_id = publisher.keys.shard_signer(missing)?.key_id().0.to_hex();
+        db::clusters::insert_rotated_root(
+            tx,
+            cluster_id,
+            i64::try_from(missing.0).unwrap_or(i64::MAX),
+            root,
+            &key_id,
+            publisher.actor,
+        )
+        .await?;
+        tracing::warn!(
+            cluster_id,
+            generation = missing.0,
+            "recorded a trust root the group already held"
+        );
+    }
+    Ok(generation)
 }
 
 async fn publish_in(
     tx: &mut PgConnection,
     publisher: &Publisher<'_>,
     asked: Asked,
-    refresh: bool,
+    mode: Mode,
 ) -> Result<Outcome> {
     let Publisher {
         authority,
@@ -102,8 +162,15 @@ async fn publish_in(
         cluster,
         fence,
         actor,
+        sign_under,
     } = *publisher;
     let cluster_id = cluster.as_str();
+    let peers = fencing::storage_peers(tx, cluster_id).await?;
+    let generation = match sign_under {
+        Some(generation) => generation,
+        None => group_generation(tx, publisher, &peers).await?,
+    };
+    let signer = keys.shard_signer(generation)?;
     let compiler = Compiler::new(ClusterRows::load(tx, cluster).await?);
     let limit = i64::try_from(PUBLISH_SCOPES_MAX).unwrap_or(i64::MAX);
     let (scopes, dirty): (Vec<Scope>, Vec<String>) = match asked {
@@ -141,7 +208,6 @@ async fn publish_in(
         }
     }
 
-    let peers = fencing::storage_peers(tx, cluster_id).await?;
     let heads: BTreeMap<String, pb::ShardHead> = if compiled.is_empty() {
         BTreeMap::new()
     } else {
@@ -166,9 +232,14 @@ async fn publish_in(
         let scope = shard.scope.to_string();
         let head = heads.get(&scope);
         if let Some(head) = head {
-            let same = head.content_hash == blake3::hash(&shard.body).as_bytes().as_slice();
-            let fresh = !refresh || head.expires_at_unix_ms > refresh_before.0;
-            if same && fresh {
+            let same = head.content_hash == blake3::hash(&shard.body).as_bytes().as_slice()
+                && head.trust_generation == generation.0;
+            let keep = match mode {
+                Mode::Changed => same,
+                Mode::Refresh => same && head.expires_at_unix_ms > refresh_before.0,
+                Mode::Resign => false,
+            };
+            if keep {
                 outcome.unchanged += 1;
                 continue;
             }
@@ -194,11 +265,14 @@ async fn publish_in(
                 readers: shard.readers,
                 body: shard.body,
             },
-            keys.signer(),
-            SIGNING_GENERATION,
+            signer,
+            generation,
         )?;
         sealed.push((scope, envelope));
     }
+    // A trust/root envelope goes first: it may move the group to the
+    // generation the rest is signed under.
+    sealed.sort_by_key(|(scope, _)| scope != "trust/root");
 
     // Batches within the group's limits; each is all-or-nothing.
     let mut start = 0;

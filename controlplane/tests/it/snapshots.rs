@@ -427,3 +427,167 @@ async fn an_org_admin_cannot_publish_read_or_list_shards() {
     let bad = publish(&p, &["nodes/x"]).await.expect_err("bad scope");
     assert_eq!(bad.code(), "INVALID_ARGUMENT");
 }
+
+// Goal (issue 10 "Signing-key rotation"): `RotateSigningKey` moves every
+// shard to trust generation 2 (root 2 signed by generation 1), publishes
+// the chain as trust/root, and from then on the group refuses envelopes of
+// the retired key; a reader that pinned genesis follows the chain from the
+// trust/root envelope alone and accepts the re-signed shards; a second
+// rotation goes on to generation 3, and ordinary publications afterwards
+// are signed under the group's generation.
+// Method: a real group; a file-backed reader verifier opened with the
+// genesis root; rotate; check every head's generation, the reader, an
+// old-key envelope published under a fence, the audit row, a second
+// rotation and a role change published by the dirty pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_signing_key_re_signs_everything_and_retires_the_old_key() {
+    use rap_core::marks::FileHighWaterStore;
+    use rap_proto::envelope::{Scope, ShardDraft, Verifier, VerifierOptions, seal};
+    use rap_proto::ids::{AuthorityTerm, NodeId, SnapshotVersion, TrustGeneration};
+    use rap_proto::time::UnixMillis;
+
+    let p = Platform::start().await;
+    let node = p.enroll(CAPABILITIES).await;
+    publish(&p, &[]).await.unwrap();
+    let cluster = ClusterId::new(p.cluster.as_str()).unwrap();
+    let genesis = {
+        let mut conn = p.ctx.pool.acquire().await.unwrap();
+        db::clusters::trust_root(&mut conn, &p.cluster)
+            .await
+            .unwrap()
+    };
+    let state = tempfile::tempdir().unwrap();
+    let mut reader = Verifier::open(
+        cluster.clone(),
+        &genesis,
+        None,
+        FileHighWaterStore::open(state.path()).unwrap(),
+        VerifierOptions::default(),
+    )
+    .unwrap();
+    let me = Reader::Node {
+        node_id: NodeId::new(node.as_str()).unwrap(),
+        roles: Vec::new(),
+        orgs: Vec::new(),
+    };
+    let node_scope: Scope = format!("node/{node}").parse().unwrap();
+    let before = group_shards(&p).await;
+    reader
+        .verify(
+            &encoded(&before[&node_scope.to_string()]),
+            &node_scope,
+            &me,
+            UnixMillis::now(),
+        )
+        .expect("generation 1 shard");
+
+    let rotated = snapshots::rotate_signing_key(
+        &p.ctx,
+        &p.owner,
+        &pb::RotateSigningKeyRequest {
+            cluster_id: p.cluster.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(rotated.trust_generation, 2);
+    assert_eq!(rotated.republished as usize, before.len());
+    let after = group_shards(&p).await;
+    assert_eq!(after.len(), before.len());
+    for (scope, envelope) in &after {
+        assert_eq!(
+            envelope.header.trust_generation,
+            TrustGeneration(2),
+            "{scope}"
+        );
+    }
+    let events = p.audit_events("cluster.rotate-signing-key").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, "ok");
+
+    // The reader follows the chain from the trust/root envelope itself.
+    let root_envelope = encoded(&after["trust/root"]);
+    let reached = shards::follow_trust_roots(&mut reader, &cluster, &root_envelope).unwrap();
+    assert_eq!(reached, Some(TrustGeneration(2)));
+    reader
+        .verify(&root_envelope, &Scope::TrustRoot, &me, UnixMillis::now())
+        .expect("trust/root under generation 2");
+    let node_v2 = &after[&node_scope.to_string()];
+    reader
+        .verify(&encoded(node_v2), &node_scope, &me, UnixMillis::now())
+        .expect("re-signed node shard");
+
+    // The retired key: refused by the group and by the reader.
+    let keys = rap_controlplane::keys::ClusterKeys::load(&p.ctx.keys_dir, &cluster).unwrap();
+    let old = seal(
+        ShardDraft {
+            cluster_id: cluster.clone(),
+            scope: node_scope.clone(),
+            version: SnapshotVersion(node_v2.header.version.0 + 1),
+            authority_term: AuthorityTerm(1),
+            issued_at: UnixMillis::now(),
+            expires_at: UnixMillis::now().plus_ms(3_600_000),
+            prev_hash: Some(node_v2.header_hash()),
+            readers: node_v2.header.readers.clone(),
+            body: node_v2.body.clone(),
+        },
+        keys.signer(),
+        TrustGeneration(1),
+    )
+    .unwrap();
+    let peers = p.storage_peers().await;
+    let fence = p
+        .ctx
+        .authority
+        .acquire_fence(&p.cluster, &peers, 1, "test")
+        .await
+        .unwrap();
+    let refused = p
+        .ctx
+        .authority
+        .publish(&p.cluster, &peers, fence, vec![old.bytes.clone()])
+        .await
+        .expect_err("an envelope of the retired key");
+    assert!(
+        refused.to_string().contains("STALE_TRUST_GENERATION"),
+        "{refused}"
+    );
+    assert!(matches!(
+        reader.verify(&old.bytes, &node_scope, &me, UnixMillis::now()),
+        Err(rap_proto::Error::StaleTrustGeneration { .. })
+    ));
+
+    // Again: generation 3; then an ordinary change is signed under it.
+    let again = snapshots::rotate_signing_key(
+        &p.ctx,
+        &p.owner,
+        &pb::RotateSigningKeyRequest {
+            cluster_id: p.cluster.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.trust_generation, 3);
+    assign(&p, &node, "relay-node", "").await;
+    snapshots::publish_cluster(&p.ctx, &p.cluster, false)
+        .await
+        .unwrap();
+    let last = group_shards(&p).await;
+    assert_eq!(
+        last[&node_scope.to_string()].header.trust_generation,
+        TrustGeneration(3)
+    );
+    let chain: pb::TrustRootShard = shards::decode(&last["trust/root"].body, &cluster).unwrap();
+    assert_eq!(chain.roots.len(), 3, "genesis and two rotations");
+}
+
+/// The envelope bytes of a decoded envelope (re-encoded exactly as signed).
+fn encoded(envelope: &rap_proto::envelope::DecodedEnvelope) -> Vec<u8> {
+    use prost::Message;
+    pb::SignedEnvelope {
+        header: envelope.header_bytes.clone(),
+        body: envelope.body.clone(),
+        signature: envelope.signature.to_vec(),
+    }
+    .encode_to_vec()
+}
