@@ -17,26 +17,34 @@ pub struct Latest {
     pub header_hash: Vec<u8>,
 }
 
-/// A publication to record.
+/// One published shard to record.
 #[derive(Clone, Copy, Debug)]
-pub struct Publication<'a> {
+pub struct Published<'a> {
     /// The scope, e.g. `trust/revocations`.
     pub scope: &'a str,
     /// Its version.
     pub version: i64,
-    /// The fence's term.
-    pub authority_term: i64,
-    /// The fence's seq.
-    pub fence_seq: i64,
     /// Hash of the body.
     pub content_hash: &'a [u8],
     /// Hash of the header.
     pub header_hash: &'a [u8],
-    /// The actor.
-    pub published_by: &'a str,
     /// The encoded envelope.
     pub envelope: &'a [u8],
 }
+
+/// The fence and actor shared by the rows of one publication.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishedUnder<'a> {
+    /// The fence's term.
+    pub authority_term: i64,
+    /// The fence's seq.
+    pub fence_seq: i64,
+    /// The actor.
+    pub published_by: &'a str,
+}
+
+/// Rows per `INSERT` of [`insert_many`].
+const INSERT_CHUNK: usize = 1000;
 
 /// The newest publication of `scope` in the cluster.
 pub async fn latest(
@@ -54,28 +62,39 @@ pub async fn latest(
     .await?)
 }
 
-/// Records a publication.
-pub async fn insert(
+/// Records the shards of one publication, a thousand rows per statement.
+pub async fn insert_many(
     conn: &mut PgConnection,
     cluster_id: &str,
-    publication: Publication<'_>,
+    under: PublishedUnder<'_>,
+    rows: &[Published<'_>],
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO snapshot_publications
-             (cluster_id, scope, version, authority_term, content_hash, header_hash, fence_seq, published_by, envelope)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(cluster_id)
-    .bind(publication.scope)
-    .bind(publication.version)
-    .bind(publication.authority_term)
-    .bind(publication.content_hash)
-    .bind(publication.header_hash)
-    .bind(publication.fence_seq)
-    .bind(publication.published_by)
-    .bind(publication.envelope)
-    .execute(conn)
-    .await?;
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let scopes: Vec<&str> = chunk.iter().map(|r| r.scope).collect();
+        let versions: Vec<i64> = chunk.iter().map(|r| r.version).collect();
+        let content: Vec<&[u8]> = chunk.iter().map(|r| r.content_hash).collect();
+        let headers: Vec<&[u8]> = chunk.iter().map(|r| r.header_hash).collect();
+        let envelopes: Vec<&[u8]> = chunk.iter().map(|r| r.envelope).collect();
+        sqlx::query(
+            "INSERT INTO snapshot_publications
+                 (cluster_id, scope, version, authority_term, content_hash, header_hash, fence_seq,
+                  published_by, envelope)
+             SELECT $1, s, v, $2, c, h, $3, $4, e
+               FROM unnest($5::text[], $6::bigint[], $7::bytea[], $8::bytea[], $9::bytea[])
+                    AS t(s, v, c, h, e)",
+        )
+        .bind(cluster_id)
+        .bind(under.authority_term)
+        .bind(under.fence_seq)
+        .bind(under.published_by)
+        .bind(&scopes)
+        .bind(&versions)
+        .bind(&content)
+        .bind(&headers)
+        .bind(&envelopes)
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 

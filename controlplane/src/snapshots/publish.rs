@@ -298,26 +298,31 @@ async fn publish_in(
 
     let term = i64::try_from(fence.authority_term.0).unwrap_or(i64::MAX);
     let seq = i64::try_from(fence.seq.0).unwrap_or(i64::MAX);
+    let rows: Vec<db::snapshots::Published<'_>> = sealed
+        .iter()
+        .map(|(scope, envelope)| db::snapshots::Published {
+            scope,
+            version: i64::try_from(envelope.header.version.0).unwrap_or(i64::MAX),
+            content_hash: &envelope.header.content_hash.0[..],
+            header_hash: &envelope.header_hash.0[..],
+            envelope: &envelope.bytes,
+        })
+        .collect();
+    db::snapshots::insert_many(
+        tx,
+        cluster_id,
+        db::snapshots::PublishedUnder {
+            authority_term: term,
+            fence_seq: seq,
+            published_by: actor,
+        },
+        &rows,
+    )
+    .await?;
     for (scope, envelope) in &sealed {
-        let version = envelope.header.version.0;
-        db::snapshots::insert(
-            tx,
-            cluster_id,
-            db::snapshots::Publication {
-                scope,
-                version: i64::try_from(version).unwrap_or(i64::MAX),
-                authority_term: term,
-                fence_seq: seq,
-                content_hash: &envelope.header.content_hash.0[..],
-                header_hash: &envelope.header_hash.0[..],
-                published_by: actor,
-                envelope: &envelope.bytes,
-            },
-        )
-        .await?;
         outcome.published.push(pb::ScopePublication {
             scope: scope.clone(),
-            version,
+            version: envelope.header.version.0,
             content_hash: envelope.header.content_hash.0.to_vec(),
             authority_term: fence.authority_term.0,
         });
