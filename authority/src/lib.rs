@@ -24,6 +24,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod cache;
 pub mod client;
 pub mod convert;
 pub mod error;

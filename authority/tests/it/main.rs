@@ -1,4 +1,5 @@
 //! The integration tests of `rap-authority`: one binary, one module per area.
 
+mod cache;
 mod network;
 mod store;
