@@ -201,7 +201,7 @@ pub async fn move_to(
                     db::groups::group_of_node(&mut tx, cluster_id, node.as_str()).await?;
                 db::groups::place_node(&mut tx, cluster_id, node.as_str(), destination.as_str())
                     .await?;
-                let roles = crate::snapshots::roles_of(&mut tx, cluster_id, node.as_str()).await?;
+                let roles = db::roles::active_of_node(&mut tx, cluster_id, node.as_str()).await?;
                 crate::snapshots::mark_node_change(&mut tx, cluster_id, node.as_str(), &roles)
                     .await?;
                 serde_json::json!({

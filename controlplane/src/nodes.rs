@@ -138,7 +138,7 @@ pub async fn revoke(
                     },
                 );
             }
-            let roles = crate::snapshots::roles_of(tx, cluster_id, node_id).await?;
+            let roles = db::roles::active_of_node(tx, cluster_id, node_id).await?;
             db::roles::remove_all_of_node(tx, cluster_id, node_id, &actor).await?;
             // The revocation list, and every scope that listed the node,
             // are published before the transaction commits.

@@ -207,3 +207,38 @@ pub async fn active_in_cluster(
     .fetch_all(conn)
     .await?)
 }
+
+/// The active `(role, org)` assignments of one node (org empty for
+/// cluster-wide), by role.
+pub async fn active_of_node(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT role, COALESCE(organization_id, '') FROM node_role_assignments
+          WHERE cluster_id = $1 AND node_id = $2 AND status = 'active'
+          ORDER BY role, organization_id",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The nodes holding any of `roles` in the cluster, by node id.
+pub async fn holders_of(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    roles: &[&str],
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT node_id FROM node_role_assignments
+          WHERE cluster_id = $1 AND status = 'active' AND role = ANY($2::text[])
+          ORDER BY node_id",
+    )
+    .bind(cluster_id)
+    .bind(roles)
+    .fetch_all(conn)
+    .await?)
+}

@@ -3,7 +3,7 @@
 //! ([`publish`]), and keep them published.
 //!
 //! * A mutation marks the scopes it touches dirty in its own transaction
-//!   ([`touch`] helpers below; `snapshot_dirty`) and notifies channel
+//!   ([`mark`], [`mark_node_change`]; `snapshot_dirty`) and notifies channel
 //!   [`DIRTY_CHANNEL`] on commit.
 //! * The publisher task ([`run_publisher`]) wakes on that notification (or
 //!   every [`PUBLISH_POLL_INTERVAL`]) and publishes each cluster's dirty
@@ -80,29 +80,13 @@ pub async fn mark_node_change(
     }
     if mesh {
         scopes.push(format!("peers/{node_id}").parse()?);
-        for assignment in db::roles::active_in_cluster(conn, cluster_id).await? {
-            if crate::roles::is_mesh_role(&assignment.role) {
-                scopes.push(format!("peers/{}", assignment.node_id).parse()?);
-            }
+        for holder in db::roles::holders_of(conn, cluster_id, crate::roles::MESH_ROLES).await? {
+            scopes.push(format!("peers/{holder}").parse()?);
         }
     }
     scopes.sort();
     scopes.dedup();
     mark(conn, cluster_id, &scopes).await
-}
-
-/// The active `(role, org)` pairs of `node_id` in the cluster.
-pub async fn roles_of(
-    conn: &mut PgConnection,
-    cluster_id: &str,
-    node_id: &str,
-) -> Result<Vec<(String, String)>> {
-    Ok(db::roles::active_in_cluster(conn, cluster_id)
-        .await?
-        .into_iter()
-        .filter(|a| a.node_id == node_id)
-        .map(|a| (a.role, a.org_id))
-        .collect())
 }
 
 /// `PublishSnapshot`: publishes the named scopes, or (none named) every
