@@ -13,11 +13,8 @@
 
 use crate::bin;
 use rap_core::identity::PeerIdentity;
-use rap_core::tls::live::LiveIdentity;
-use rap_core::tls::pin::{ExpectedPeer, PeerTls};
 use rap_core::tls::{ClusterCa, NODE_CERT_VALIDITY_DEFAULT, TlsFiles};
 use rap_proto::envelope::Digest;
-use rap_proto::ids::NodeId;
 use rap_proto::pb;
 use rap_proto::pb::shard_service_client::ShardServiceClient;
 use rap_testkit::cluster::{
@@ -25,23 +22,15 @@ use rap_testkit::cluster::{
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const CLUSTER: &str = "c1";
 
 /// A shard client of storage node `index`, presenting `files` and pinned
 /// to that node's storage identity.
 fn shard_client(files: &TlsFiles, cluster: &Cluster, index: usize) -> ShardServiceClient<Channel> {
-    let tls = PeerTls::new(LiveIdentity::load(files.clone()).expect("identity")).expect("tls");
     let node = &cluster.nodes[index];
-    let channel = Endpoint::from_shared(format!("http://{}", node.address()))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(2))
-        .connect_with_connector_lazy(
-            tls.connector(&ExpectedPeer::storage_named(&node.id))
-                .expect("connector"),
-        );
-    ShardServiceClient::new(channel)
+    rap_testkit::shards::shard_client(files, &node.address(), &node.id)
 }
 
 /// A certificate for `identity` from the cluster's CA, in `<root>/agents/<name>`.
@@ -58,9 +47,8 @@ fn issue(cluster: &Cluster, name: &str, identity: &PeerIdentity) -> TlsFiles {
 
 /// A node agent's certificate for node `id`.
 fn node_cert(cluster: &Cluster, id: &str) -> TlsFiles {
-    let identity =
-        PeerIdentity::node(cluster.cluster_id.clone(), NodeId::new(id).expect("id")).expect("id");
-    issue(cluster, id, &identity)
+    let ca = ClusterCa::load(&cluster.root().join("ca")).expect("the cluster CA");
+    rap_testkit::shards::node_cert(&ca, &cluster.root().join("agents").join(id), id)
 }
 
 /// Publishes one version after another of each scope (sealed with the
@@ -126,24 +114,15 @@ impl Publisher {
         id: &str,
         roles: &[(&str, &str)],
     ) -> u64 {
-        let body = rap_proto::shards::encode(&pb::NodeShard {
-            format: rap_proto::shards::SHARD_FORMAT,
-            cluster_id: CLUSTER.into(),
-            node_id: id.into(),
-            membership_status: "active".into(),
-            roles: roles
-                .iter()
-                .map(|(role, org)| pb::NodeRole {
-                    role: role.to_string(),
-                    org_id: org.to_string(),
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .expect("encode the node shard");
         let reader = format!("node:{id}");
-        self.publish(cluster, via, &format!("node/{id}"), &[&reader], &body)
-            .await
+        self.publish(
+            cluster,
+            via,
+            &format!("node/{id}"),
+            &[&reader],
+            &node_body(id, roles),
+        )
+        .await
     }
 
     /// `trust/revocations` listing `revoked` ((node id, serial) pairs).
@@ -168,6 +147,25 @@ impl Publisher {
         self.publish(cluster, via, "trust/revocations", &["all-nodes"], &body)
             .await
     }
+}
+
+/// The body of `node/<id>` with `roles` ((role, org) pairs; "" for no org).
+fn node_body(id: &str, roles: &[(&str, &str)]) -> Vec<u8> {
+    rap_proto::shards::encode(&pb::NodeShard {
+        format: rap_proto::shards::SHARD_FORMAT,
+        cluster_id: CLUSTER.into(),
+        node_id: id.into(),
+        membership_status: "active".into(),
+        roles: roles
+            .iter()
+            .map(|(role, org)| pb::NodeRole {
+                role: role.to_string(),
+                org_id: org.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    })
+    .expect("encode the node shard")
 }
 
 fn get(scope: &str, min_version: u64) -> pb::GetShardRequest {
@@ -630,3 +628,4 @@ fn watch_delivers_new_versions_and_resumes() {
         );
     });
 }
+
