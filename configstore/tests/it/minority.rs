@@ -33,7 +33,7 @@ fn expect_no_quorum(
 }
 
 /// Waits until node `index` reports the minority view.
-async fn wait_minority(cluster: &Cluster, index: usize) -> pb::AuthorityStatusResponse {
+pub(crate) async fn wait_minority(cluster: &Cluster, index: usize) -> pb::AuthorityStatusResponse {
     eventually(
         "the survivor reports PARTITION_VIEW_MINORITY",
         HANG_GUARD,

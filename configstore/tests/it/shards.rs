@@ -9,39 +9,31 @@
 //! * a revoked node certificate is refused, and its open watch ends;
 //! * a watch delivers new versions as they are applied, across a leader
 //!   change, and resumes from the caller's known versions after the
-//!   watched node restarts.
+//!   watched node restarts;
+//! * a node cut off from its quorum still serves what it holds, saying
+//!   `MINORITY`, and publishes nothing (`NO_QUORUM`).
 
 use crate::bin;
+use rap_core::codes::error_detail;
 use rap_core::identity::PeerIdentity;
-use rap_core::tls::live::LiveIdentity;
-use rap_core::tls::pin::{ExpectedPeer, PeerTls};
 use rap_core::tls::{ClusterCa, NODE_CERT_VALIDITY_DEFAULT, TlsFiles};
 use rap_proto::envelope::Digest;
-use rap_proto::ids::NodeId;
 use rap_proto::pb;
 use rap_proto::pb::shard_service_client::ShardServiceClient;
 use rap_testkit::cluster::{
     Cluster, HANG_GUARD, acquire, code_of, eventually, guarded, metric_value, publish, run,
 };
 use std::collections::BTreeMap;
-use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 
 const CLUSTER: &str = "c1";
 
 /// A shard client of storage node `index`, presenting `files` and pinned
 /// to that node's storage identity.
 fn shard_client(files: &TlsFiles, cluster: &Cluster, index: usize) -> ShardServiceClient<Channel> {
-    let tls = PeerTls::new(LiveIdentity::load(files.clone()).expect("identity")).expect("tls");
     let node = &cluster.nodes[index];
-    let channel = Endpoint::from_shared(format!("http://{}", node.address()))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(2))
-        .connect_with_connector_lazy(
-            tls.connector(&ExpectedPeer::storage_named(&node.id))
-                .expect("connector"),
-        );
-    ShardServiceClient::new(channel)
+    rap_testkit::shards::shard_client(files, &node.address(), &node.id)
 }
 
 /// A certificate for `identity` from the cluster's CA, in `<root>/agents/<name>`.
@@ -58,9 +50,8 @@ fn issue(cluster: &Cluster, name: &str, identity: &PeerIdentity) -> TlsFiles {
 
 /// A node agent's certificate for node `id`.
 fn node_cert(cluster: &Cluster, id: &str) -> TlsFiles {
-    let identity =
-        PeerIdentity::node(cluster.cluster_id.clone(), NodeId::new(id).expect("id")).expect("id");
-    issue(cluster, id, &identity)
+    let ca = ClusterCa::load(&cluster.root().join("ca")).expect("the cluster CA");
+    rap_testkit::shards::node_cert(&ca, &cluster.root().join("agents").join(id), id)
 }
 
 /// Publishes one version after another of each scope (sealed with the
@@ -126,24 +117,15 @@ impl Publisher {
         id: &str,
         roles: &[(&str, &str)],
     ) -> u64 {
-        let body = rap_proto::shards::encode(&pb::NodeShard {
-            format: rap_proto::shards::SHARD_FORMAT,
-            cluster_id: CLUSTER.into(),
-            node_id: id.into(),
-            membership_status: "active".into(),
-            roles: roles
-                .iter()
-                .map(|(role, org)| pb::NodeRole {
-                    role: role.to_string(),
-                    org_id: org.to_string(),
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .expect("encode the node shard");
         let reader = format!("node:{id}");
-        self.publish(cluster, via, &format!("node/{id}"), &[&reader], &body)
-            .await
+        self.publish(
+            cluster,
+            via,
+            &format!("node/{id}"),
+            &[&reader],
+            &node_body(id, roles),
+        )
+        .await
     }
 
     /// `trust/revocations` listing `revoked` ((node id, serial) pairs).
@@ -168,6 +150,25 @@ impl Publisher {
         self.publish(cluster, via, "trust/revocations", &["all-nodes"], &body)
             .await
     }
+}
+
+/// The body of `node/<id>` with `roles` ((role, org) pairs; "" for no org).
+fn node_body(id: &str, roles: &[(&str, &str)]) -> Vec<u8> {
+    rap_proto::shards::encode(&pb::NodeShard {
+        format: rap_proto::shards::SHARD_FORMAT,
+        cluster_id: CLUSTER.into(),
+        node_id: id.into(),
+        membership_status: "active".into(),
+        roles: roles
+            .iter()
+            .map(|(role, org)| pb::NodeRole {
+                role: role.to_string(),
+                org_id: org.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    })
+    .expect("encode the node shard")
 }
 
 fn get(scope: &str, min_version: u64) -> pb::GetShardRequest {
@@ -627,6 +628,169 @@ fn watch_delivers_new_versions_and_resumes() {
         assert_eq!(
             next(&mut stream, &shards).await,
             ("trust/revocations".into(), 2)
+        );
+    });
+}
+
+/// Asserts that `result` is a `NO_QUORUM` refusal (gRPC `UNAVAILABLE` with
+/// an `ErrorDetail`) from a node that reaches only itself of 3 voters.
+fn expect_no_quorum<T: std::fmt::Debug>(what: &str, result: Result<T, tonic::Status>) {
+    let status = result.expect_err(&format!("{what} in a minority must be refused"));
+    assert_eq!(
+        status.code(),
+        tonic::Code::Unavailable,
+        "{what}: {status:?}"
+    );
+    let detail = error_detail(&status)
+        .unwrap_or_else(|| panic!("{what}: no rap.v1.ErrorDetail in {status:?}"));
+    assert_eq!(detail.code, "NO_QUORUM", "{what}: {status:?}");
+    assert_eq!(
+        (detail.reachable_voters, detail.total_voters),
+        (1, 3),
+        "{what}: {detail:?}"
+    );
+}
+
+// Goal: a storage node cut off from its quorum keeps serving the shards it
+// holds and says so, while nothing is published through it: GetShard by a
+// node certificate answers the bytes published before the cut with
+// Staleness.partition_view = MINORITY (and the term it knew), ListOwnScopes
+// answers too; AcquireFence and PublishShards (under a fence granted
+// before the cut) are refused with NO_QUORUM, 1 of 3 voters reachable,
+// without hanging (hang guard; the time is printed, not asserted), and
+// the refused publication changes nothing it serves. Once the other
+// voters are back, a publication goes through again and the survivor
+// serves it, and its view leaves minority.
+// Method: 3 voters; node/n1 and trust/revocations published through the
+// leader; n1 reads them at a follower (the survivor); a fence is taken;
+// kill -9 of the leader and the other follower; wait until the survivor's
+// Status says minority; n1 reads at the survivor; AcquireFence, then
+// PublishShards of node/n1 v2 under the earlier fence, at the survivor;
+// n1 reads v1 again; restart both, wait for a leader, publish node/n1 v2
+// through it, n1 reads v2 at the survivor.
+#[test]
+fn a_minority_serves_reads_and_refuses_publishes() {
+    run(async {
+        let mut cluster = Cluster::launch(bin(), 3).await;
+        let leader = cluster.wait_leader(&cluster.all()).await;
+        let survivor = (leader + 1) % 3;
+        let mut shards = Publisher::new();
+        shards.node_shard(&cluster, leader, "n1", &[]).await;
+        shards.revocations(&cluster, leader, &[]).await;
+        let n1 = node_cert(&cluster, "n1");
+        let mut client = shard_client(&n1, &cluster, survivor);
+        let _ = get_applied(&mut client, "trust/revocations", 1).await;
+        let _ = get_applied(&mut client, "node/n1", 1).await;
+        let term = cluster.authority_term(survivor).await;
+        let mut writes = cluster.client(survivor);
+        let earlier = acquire(&mut writes, CLUSTER, term, "before the cut")
+            .await
+            .expect("a fence with every voter up");
+
+        for index in cluster.all() {
+            if index != survivor {
+                cluster.kill(index);
+            }
+        }
+        crate::minority::wait_minority(&cluster, survivor).await;
+
+        // Reads: served from what the survivor holds, saying minority.
+        let own = guarded(
+            "GetShard in a minority",
+            client.get_shard(get("node/n1", 1)),
+        )
+        .await
+        .expect("a minority serves what it holds")
+        .into_inner();
+        assert_eq!(own.envelope, shards.bytes("node/n1", 1));
+        assert_eq!(own.served_by_node_id, cluster.nodes[survivor].id);
+        let staleness = own.staleness.expect("staleness");
+        assert_eq!(
+            pb::PartitionView::try_from(staleness.partition_view),
+            Ok(pb::PartitionView::Minority),
+            "{staleness:?}"
+        );
+        assert_eq!(staleness.authority_term, term);
+        assert!(!staleness.from_cache_replica);
+        assert_eq!(
+            own_scopes(&mut client).await,
+            vec![
+                ("node/n1".to_string(), 1),
+                ("trust/revocations".to_string(), 1)
+            ]
+        );
+
+        // Writes: refused at once with NO_QUORUM.
+        let started = Instant::now();
+        let fence = acquire(&mut writes, CLUSTER, term, "in a minority").await;
+        let fence_took = started.elapsed();
+        expect_no_quorum("AcquireFence", fence);
+        let (v1, prev) = shards.heads["node/n1"];
+        let sealed = cluster.seal(
+            "node/n1",
+            &["node:n1"],
+            v1 + 1,
+            Some(prev),
+            term,
+            &node_body("n1", &[("entry-node", "")]),
+        );
+        let started = Instant::now();
+        let published = publish(&mut writes, earlier, vec![sealed.bytes]).await;
+        let publish_took = started.elapsed();
+        expect_no_quorum("PublishShards", published);
+        eprintln!(
+            "minority: AcquireFence refused after {fence_took:?}, PublishShards after {publish_took:?} (not bounds)"
+        );
+        let again = guarded(
+            "GetShard in a minority",
+            client.get_shard(get("node/n1", 0)),
+        )
+        .await
+        .expect("still served")
+        .into_inner();
+        assert_eq!(served(&again), ("node/n1".to_string(), 1));
+
+        // The quorum is back: publications go through and are served.
+        cluster.start_all().await;
+        let leader = cluster.wait_leader(&cluster.all()).await;
+        let version = shards
+            .node_shard(&cluster, leader, "n1", &[("entry-node", "")])
+            .await;
+        assert_eq!(version, 2);
+        let newer = get_applied(&mut client, "node/n1", 2).await;
+        let applied = Instant::now();
+        assert_eq!(newer.envelope, shards.bytes("node/n1", 2));
+        // The view follows the reachability the node observes, which may
+        // lag the first apply by a moment: it must leave minority.
+        let staleness = eventually(
+            "the survivor no longer says minority",
+            HANG_GUARD,
+            Duration::from_millis(50),
+            || {
+                let mut client = client.clone();
+                async move {
+                    let response = guarded("GetShard", client.get_shard(get("node/n1", 2)))
+                        .await
+                        .expect("served")
+                        .into_inner();
+                    let staleness = response.staleness.expect("staleness");
+                    (staleness.partition_view != pb::PartitionView::Minority as i32)
+                        .then_some(staleness)
+                }
+            },
+        )
+        .await;
+        eprintln!(
+            "minority: v2 served at the survivor with view {:?}; minority left {:?} later",
+            pb::PartitionView::try_from(newer.staleness.expect("staleness").partition_view),
+            applied.elapsed()
+        );
+        assert!(
+            matches!(
+                pb::PartitionView::try_from(staleness.partition_view),
+                Ok(pb::PartitionView::Healthy | pb::PartitionView::Degraded)
+            ),
+            "{staleness:?}"
         );
     });
 }

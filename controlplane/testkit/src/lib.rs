@@ -12,6 +12,8 @@
 //! * [`cluster`]: an authority group of real `rap-configstore` processes
 //!   on 127.0.0.1 ([`cluster::Cluster`]), with [`cluster::eventually`],
 //!   [`cluster::metric_value`] and the [`cluster::HANG_GUARD`].
+//! * [`shards`]: a node agent's certificate and `ShardService` client
+//!   towards one storage node.
 //!
 //! # Finding the binaries
 //!
@@ -34,5 +36,6 @@
 
 pub mod cluster;
 pub mod platform;
+pub mod shards;
 
 pub use rap_pgtest as pg;
