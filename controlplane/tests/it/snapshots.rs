@@ -376,11 +376,12 @@ async fn a_publish_whose_commit_fails_does_not_wedge_the_scope() {
     assert_eq!(list.revoked[0].node_id, node);
 }
 
-// Goal: only platform principals publish, read or list shards; a refusal
-// is typed, publishes nothing and is audited. Method: an org admin calls
-// all three; then check the group holds no shard and the audit rows.
+// Goal: only platform principals publish, read or list shards or rotate
+// the signing key; a refusal is typed, publishes nothing and is audited.
+// Method: an org admin calls all four; then check the group holds no
+// shard, no key generation was recorded, and the audit rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_org_admin_cannot_publish_read_or_list_shards() {
+async fn an_org_admin_cannot_publish_read_list_or_rotate() {
     let p = Platform::start().await;
     p.enroll(CAPABILITIES).await;
     let admin = p.principal("org-admin", Some("acme")).await;
@@ -417,8 +418,33 @@ async fn an_org_admin_cannot_publish_read_or_list_shards() {
     .await
     .expect_err("org admin lists");
     assert_eq!(refused.code(), "PERMISSION_DENIED");
+    let refused = snapshots::rotate_signing_key(
+        &p.ctx,
+        &admin,
+        &pb::RotateSigningKeyRequest {
+            cluster_id: p.cluster.clone(),
+        },
+    )
+    .await
+    .expect_err("org admin rotates");
+    assert_eq!(refused.code(), "PERMISSION_DENIED");
     assert!(group_shards(&p).await.is_empty(), "nothing published");
-    for action in ["snapshot.publish", "snapshot.get", "snapshot.list"] {
+    assert_eq!(
+        p.count("SELECT count(*) FROM cluster_trust_roots").await,
+        0,
+        "no generation recorded"
+    );
+    let keys_dir = rap_controlplane::keys::ClusterKeys::dir_for(
+        &p.ctx.keys_dir,
+        &ClusterId::new(p.cluster.as_str()).unwrap(),
+    );
+    assert!(!keys_dir.join("signing-g2.key").exists(), "no key written");
+    for action in [
+        "snapshot.publish",
+        "snapshot.get",
+        "snapshot.list",
+        "cluster.rotate-signing-key",
+    ] {
         let events = p.audit_events(action).await;
         assert_eq!(events.len(), 1, "{action}: {events:?}");
         assert_eq!(events[0].0, "refused");
