@@ -168,7 +168,7 @@ pub async fn mark_dirty(
     sqlx::query(
         "INSERT INTO snapshot_dirty (cluster_id, scope)
          SELECT $1, s FROM unnest($2::text[]) AS s
-         ON CONFLICT (cluster_id, scope) DO NOTHING",
+         ON CONFLICT (cluster_id, scope) DO UPDATE SET marked_at = clock_timestamp()",
     )
     .bind(cluster_id)
     .bind(scopes)
@@ -187,7 +187,7 @@ pub async fn mark_all_node_scopes_dirty(conn: &mut PgConnection, cluster_id: &st
             AND NOT EXISTS (SELECT 1 FROM node_identities i
                              WHERE i.cluster_id = m.cluster_id AND i.node_id = m.node_id
                                AND i.kind = 'storage')
-         ON CONFLICT (cluster_id, scope) DO NOTHING",
+         ON CONFLICT (cluster_id, scope) DO UPDATE SET marked_at = clock_timestamp()",
     )
     .bind(cluster_id)
     .execute(conn)
@@ -195,10 +195,21 @@ pub async fn mark_all_node_scopes_dirty(conn: &mut PgConnection, cluster_id: &st
     Ok(())
 }
 
-/// The dirty scopes of the cluster, by scope, at most `limit`.
-pub async fn dirty(conn: &mut PgConnection, cluster_id: &str, limit: i64) -> Result<Vec<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT scope FROM snapshot_dirty WHERE cluster_id = $1 ORDER BY scope LIMIT $2",
+/// A dirty mark: the scope and when it was last marked (microseconds; a
+/// mark made again gets a new time).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Mark {
+    /// The scope.
+    pub scope: String,
+    /// When it was last marked, Unix microseconds.
+    pub marked_at_us: i64,
+}
+
+/// The dirty marks of the cluster, by scope, at most `limit`.
+pub async fn dirty(conn: &mut PgConnection, cluster_id: &str, limit: i64) -> Result<Vec<Mark>> {
+    Ok(sqlx::query_as(
+        "SELECT scope, (extract(epoch FROM marked_at) * 1000000)::bigint AS marked_at_us
+           FROM snapshot_dirty WHERE cluster_id = $1 ORDER BY scope LIMIT $2",
     )
     .bind(cluster_id)
     .bind(limit)
@@ -215,12 +226,22 @@ pub async fn clusters_with_dirty(conn: &mut PgConnection) -> Result<Vec<String>>
     )
 }
 
-/// Unmarks `scopes` of the cluster.
-pub async fn unmark(conn: &mut PgConnection, cluster_id: &str, scopes: &[String]) -> Result<()> {
-    sqlx::query("DELETE FROM snapshot_dirty WHERE cluster_id = $1 AND scope = ANY($2::text[])")
-        .bind(cluster_id)
-        .bind(scopes)
-        .execute(conn)
-        .await?;
+/// Removes exactly these marks: a scope marked again since they were read
+/// (a later time) stays dirty, so a change committed while a publication
+/// ran is never lost.
+pub async fn unmark(conn: &mut PgConnection, cluster_id: &str, marks: &[Mark]) -> Result<()> {
+    let scopes: Vec<&str> = marks.iter().map(|m| m.scope.as_str()).collect();
+    let times: Vec<i64> = marks.iter().map(|m| m.marked_at_us).collect();
+    sqlx::query(
+        "DELETE FROM snapshot_dirty d
+          USING unnest($2::text[], $3::bigint[]) AS m(scope, at)
+          WHERE d.cluster_id = $1 AND d.scope = m.scope
+            AND (extract(epoch FROM d.marked_at) * 1000000)::bigint = m.at",
+    )
+    .bind(cluster_id)
+    .bind(&scopes)
+    .bind(&times)
+    .execute(conn)
+    .await?;
     Ok(())
 }

@@ -173,17 +173,17 @@ async fn publish_in(
     let signer = keys.shard_signer(generation)?;
     let compiler = Compiler::new(ClusterRows::load(tx, cluster).await?);
     let limit = i64::try_from(PUBLISH_SCOPES_MAX).unwrap_or(i64::MAX);
-    let (scopes, dirty): (Vec<Scope>, Vec<String>) = match asked {
+    let (scopes, dirty): (Vec<Scope>, Vec<db::snapshots::Mark>) = match asked {
         Asked::Scopes(scopes) => (scopes, Vec::new()),
         Asked::All => (compiler.scopes()?.into_iter().collect(), Vec::new()),
         Asked::Dirty => {
             let dirty = db::snapshots::dirty(tx, cluster_id, limit).await?;
             let scopes = dirty
                 .iter()
-                .filter_map(|text| match text.parse::<Scope>() {
+                .filter_map(|mark| match mark.scope.parse::<Scope>() {
                     Ok(scope) => Some(scope),
                     Err(e) => {
-                        tracing::warn!(cluster_id, scope = %text, error = %e, "dropping a dirty mark that names no scope");
+                        tracing::warn!(cluster_id, scope = %mark.scope, error = %e, "dropping a dirty mark that names no scope");
                         None
                     }
                 })

@@ -100,7 +100,41 @@ async fn dirty(p: &Platform) -> BTreeSet<String> {
         .await
         .unwrap()
         .into_iter()
+        .map(|mark| mark.scope)
         .collect()
+}
+
+// Goal: a scope marked again while a publication ran (after its marks were
+// read) stays dirty when that publication unmarks what it read, so the
+// later change is published too. Method: mark, read the marks, mark the
+// same scope again in another transaction, unmark with the marks read
+// first; the scope is still dirty; unmarking with fresh marks clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_marked_again_during_a_publication_stays_dirty() {
+    let p = Platform::start().await;
+    let scope = vec!["trust/root".to_string()];
+    let mut conn = p.ctx.pool.acquire().await.unwrap();
+    db::snapshots::mark_dirty(&mut conn, &p.cluster, &scope)
+        .await
+        .unwrap();
+    let read = db::snapshots::dirty(&mut conn, &p.cluster, 10)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    db::snapshots::mark_dirty(&mut conn, &p.cluster, &scope)
+        .await
+        .unwrap();
+    db::snapshots::unmark(&mut conn, &p.cluster, &read)
+        .await
+        .unwrap();
+    assert_eq!(dirty(&p).await, BTreeSet::from(["trust/root".to_string()]));
+    let fresh = db::snapshots::dirty(&mut conn, &p.cluster, 10)
+        .await
+        .unwrap();
+    db::snapshots::unmark(&mut conn, &p.cluster, &fresh)
+        .await
+        .unwrap();
+    assert!(dirty(&p).await.is_empty());
 }
 
 // Goal (issue 10 "Need-to-know"): in a 20-node cluster with mixed roles and
