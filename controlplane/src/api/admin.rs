@@ -419,6 +419,14 @@ impl AdminService for AdminApi {
         reply(crate::snapshots::rotate_signing_key(&self.ctx, &p, &r).await)
     }
 
+    async fn get_placement(
+        &self,
+        request: Request<pb::GetPlacementRequest>,
+    ) -> std::result::Result<Response<pb::PlacementReport>, Status> {
+        let (p, r) = authed!(self, request, "cluster.placement");
+        reply(crate::snapshots::placement::report(&self.ctx, &p, &r).await)
+    }
+
     async fn create_organization(
         &self,
         request: Request<pb::CreateOrganizationRequest>,

@@ -19,6 +19,7 @@
 //! dirty.
 
 pub mod compile;
+pub mod placement;
 pub mod publish;
 pub mod rotate;
 

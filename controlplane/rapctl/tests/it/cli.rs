@@ -188,3 +188,109 @@ async fn migrate_applies_the_schema_once() {
     assert!(err.contains("cannot connect to the database"), "{err}");
     assert!(err.contains("RAP_DATABASE_URL"), "{err}");
 }
+
+// Goal (issue 10): an operator publishes, lists, fetches and verifies
+// shards, rotates the signing key and reads the placement report with the
+// real rapctl; the served control plane's publisher publishes a new node's
+// scopes by itself. Method: real server and binary; enroll a node, wait
+// for the publisher, then `snapshot list`, `snapshot publish` (nothing
+// changed), `snapshot get` into a file and `snapshot show` on it,
+// `cluster rotate-signing-key`, `snapshot list` again (generation 2 means
+// every scope got a new version), `cluster placement --without`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapctl_publishes_fetches_rotates_and_reports_placement() {
+    let p = Platform::start().await;
+    let server = p.serve().await;
+    let node = p.enroll(&["can_route_mesh"]).await;
+    p.wait_for_publisher().await;
+
+    let (code, out, err) = server
+        .rapctl(&p, &["snapshot", "list", "--cluster", "c1", "-o", "json"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let listed = json(&out);
+    let scopes: Vec<&str> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["scope"].as_str().unwrap())
+        .collect();
+    assert!(scopes.contains(&format!("node/{node}").as_str()), "{out}");
+
+    let (code, out, err) = server
+        .rapctl(
+            &p,
+            &["snapshot", "publish", "--cluster", "c1", "-o", "json"],
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let published = json(&out);
+    // trust/revocations and trust/root were never dirty: published now.
+    let names: Vec<&str> = published["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["scope"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&format!("node/{node}").as_str()),
+        "unchanged: {out}"
+    );
+
+    let file = p.dir.path().join("node.env");
+    let (code, _, err) = server
+        .rapctl(
+            &p,
+            &[
+                "snapshot",
+                "get",
+                "--cluster",
+                "c1",
+                "--scope",
+                &format!("node/{node}"),
+                "--out",
+                file.to_str().unwrap(),
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    // `snapshot show` is offline: no endpoint.
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_rapctl"))
+        .args(["snapshot", "show", file.to_str().unwrap(), "-o", "json"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{out}");
+    assert!(out.contains(&format!("node/{node}")), "{out}");
+
+    let (code, out, err) = server
+        .rapctl(&p, &["cluster", "rotate-signing-key", "c1", "-o", "json"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["trust_generation"], 2, "{out}");
+
+    let (code, out, err) = server
+        .rapctl(
+            &p,
+            &[
+                "cluster",
+                "placement",
+                "c1",
+                "--without",
+                "node=s1",
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let report = json(&out);
+    assert_eq!(report["voters_left"], 2, "{out}");
+    assert_eq!(report["writes_survive"], true, "{out}");
+    assert_eq!(report["unreadable_scopes"], 0, "{out}");
+    let (code, _, err) = server
+        .rapctl(&p, &["cluster", "placement", "c1", "--without", "rack=1"])
+        .await;
+    assert_eq!(code, 1, "an unknown label is refused: {err}");
+    assert!(err.contains("INVALID_ARGUMENT"), "{err}");
+}
