@@ -2,7 +2,7 @@
 //! with `rapctl authority` against the real server.
 
 use crate::Rapctl;
-use rap_controlplane::workloads;
+use rap_controlplane::{db, workloads};
 use rap_proto::pb;
 use rap_testkit::platform::{Platform, wait_for_minority};
 
@@ -33,18 +33,20 @@ async fn an_unfinished_promotion_is_finished_by_running_it_again() {
 
     // What `promote` commits before it sends the order.
     let mut tx = p.ctx.pool.begin().await.unwrap();
-    for sql in [
-        "UPDATE cluster_authority_terms SET ended_at = now() WHERE cluster_id = $1",
-        "INSERT INTO cluster_authority_terms (cluster_id, authority_term, reason, survivors)
-         VALUES ($1, 2, 'promotion', '{s1}')",
-        "UPDATE storage_nodes SET role = 'retired' WHERE cluster_id = $1 AND node_id <> 's1'",
-    ] {
-        sqlx::query(sql)
-            .bind(&p.cluster)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-    }
+    let survivors = vec!["s1".to_string()];
+    db::authority_terms::advance(
+        &mut tx,
+        &p.cluster,
+        1,
+        2,
+        db::authority_terms::TermReason::Promotion,
+        &survivors,
+    )
+    .await
+    .unwrap();
+    db::storage_nodes::retire_all_but(&mut tx, &p.cluster, &survivors)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 
     // Fail-closed: the healthy term-1 group cannot serve term 2.
