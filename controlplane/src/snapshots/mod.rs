@@ -136,17 +136,14 @@ pub async fn publish(
                 actor: &actor,
                 sign_under: None,
             };
-            let mut outcome = if scopes.is_empty() {
-                // Dirty marks first (and unmarked), then anything else that
-                // differs from the group.
-                let dirty = publisher.publish(tx, Asked::Dirty, Mode::Changed).await?;
-                let rest = publisher.publish(tx, Asked::All, Mode::Changed).await?;
-                merge(dirty, rest)
+            // None named: everything that differs from the group, the
+            // dirty scopes included (and unmarked).
+            let asked = if scopes.is_empty() {
+                Asked::All
             } else {
-                publisher
-                    .publish(tx, Asked::Scopes(scopes), Mode::Changed)
-                    .await?
+                Asked::Scopes(scopes)
             };
+            let mut outcome = publisher.publish(tx, asked, Mode::Changed).await?;
             outcome.published.sort_by(|a, b| a.scope.cmp(&b.scope));
             let details = details(&outcome);
             Ok((
@@ -158,13 +155,6 @@ pub async fn publish(
         },
     )
     .await
-}
-
-fn merge(mut first: Outcome, second: Outcome) -> Outcome {
-    first.published.extend(second.published);
-    first.unchanged = second.unchanged;
-    first.undefined += second.undefined;
-    first
 }
 
 /// Audit details of a publication: counts and the first scopes.

@@ -39,7 +39,8 @@ pub enum Asked {
     Scopes(Vec<Scope>),
     /// The cluster's dirty scopes (unmarked once published).
     Dirty,
-    /// Every scope the cluster's state defines.
+    /// Every scope the cluster's state defines, and the dirty scopes
+    /// (unmarked once published).
     All,
 }
 
@@ -101,10 +102,39 @@ impl Publisher<'_> {
     }
 }
 
-/// The group's trust generation; records in PostgreSQL any root the group
-/// moved to that PostgreSQL lacks (a rotation whose transaction failed to
-/// commit after the group accepted it), from the keys on disk, so that
-/// `trust/root` keeps carrying the whole chain.
+/// Records in `cluster_trust_roots` every root after the newest recorded
+/// one up to `generation`, from the keys on disk: a rotation records its
+/// new root this way, and the publisher repairs a root the group already
+/// moved to but PostgreSQL lost (a rotation whose commit failed), so that
+/// `trust/root` keeps carrying the whole chain. Returns how many it wrote.
+pub(super) async fn record_roots_up_to(
+    tx: &mut PgConnection,
+    keys: &ClusterKeys,
+    cluster_id: &str,
+    generation: TrustGeneration,
+    actor: &str,
+) -> Result<u64> {
+    let recorded = db::clusters::rotated_roots(tx, cluster_id)
+        .await?
+        .last()
+        .map(|r| u64::try_from(r.generation).unwrap_or(0))
+        .unwrap_or(1);
+    for missing in recorded + 1..=generation.0 {
+        let missing = TrustGeneration(missing);
+        let root = keys.root_bytes(missing).ok_or_else(|| {
+            Error::Keys(format!(
+                "cluster {cluster_id} needs trust generation {generation}; this control plane holds no root of generation {missing}"
+            ))
+        })?;
+        let key_id = keys.shard_signer(missing)?.key_id().0.to_hex();
+        let at = i64::try_from(missing.0).unwrap_or(i64::MAX);
+        db::clusters::insert_rotated_root(tx, cluster_id, at, root, &key_id, actor).await?;
+    }
+    Ok(generation.0.saturating_sub(recorded))
+}
+
+/// The group's trust generation, with any root it holds that PostgreSQL
+/// lacks recorded ([`record_roots_up_to`]).
 async fn group_generation(
     tx: &mut PgConnection,
     publisher: &Publisher<'_>,
@@ -119,32 +149,14 @@ async fn group_generation(
             .trust_generation
             .max(1),
     );
-    let recorded = db::clusters::rotated_roots(tx, cluster_id)
-        .await?
-        .last()
-        .map(|r| u64::try_from(r.generation).unwrap_or(0))
-        .unwrap_or(1);
-    for missing in recorded + 1..=generation.0 {
-        let missing = TrustGeneration(missing);
-        let root = publisher.keys.root_bytes(missing).ok_or_else(|| {
-            Error::Keys(format!(
-                "the authority group of {cluster_id} is at trust generation {generation}; this control plane holds no root of generation {missing}"
-            ))
-        })?;
-        let key_id = publisher.keys.shard_signer(missing)?.key_id().0.to_hex();
-        db::clusters::insert_rotated_root(
-            tx,
-            cluster_id,
-            i64::try_from(missing.0).unwrap_or(i64::MAX),
-            root,
-            &key_id,
-            publisher.actor,
-        )
-        .await?;
+    let repaired =
+        record_roots_up_to(tx, publisher.keys, cluster_id, generation, publisher.actor).await?;
+    if repaired > 0 {
         tracing::warn!(
             cluster_id,
-            generation = missing.0,
-            "recorded a trust root the group already held"
+            generation = generation.0,
+            repaired,
+            "recorded trust roots the group already held"
         );
     }
     Ok(generation)
@@ -175,19 +187,15 @@ async fn publish_in(
     let limit = i64::try_from(PUBLISH_SCOPES_MAX).unwrap_or(i64::MAX);
     let (scopes, dirty): (Vec<Scope>, Vec<db::snapshots::Mark>) = match asked {
         Asked::Scopes(scopes) => (scopes, Vec::new()),
-        Asked::All => (compiler.scopes()?.into_iter().collect(), Vec::new()),
+        Asked::All => {
+            let dirty = db::snapshots::dirty(tx, cluster_id, limit).await?;
+            let mut scopes = compiler.scopes()?;
+            scopes.extend(dirty_scopes(cluster_id, &dirty));
+            (scopes.into_iter().collect(), dirty)
+        }
         Asked::Dirty => {
             let dirty = db::snapshots::dirty(tx, cluster_id, limit).await?;
-            let scopes = dirty
-                .iter()
-                .filter_map(|mark| match mark.scope.parse::<Scope>() {
-                    Ok(scope) => Some(scope),
-                    Err(e) => {
-                        tracing::warn!(cluster_id, scope = %mark.scope, error = %e, "dropping a dirty mark that names no scope");
-                        None
-                    }
-                })
-                .collect();
+            let scopes = dirty_scopes(cluster_id, &dirty).collect();
             (scopes, dirty)
         }
     };
@@ -339,6 +347,21 @@ async fn publish_in(
         "snapshot shards published"
     );
     Ok(outcome)
+}
+
+/// The scopes the dirty marks name (a mark that names none is logged and
+/// dropped with the rest once published).
+fn dirty_scopes<'a>(
+    cluster_id: &'a str,
+    marks: &'a [db::snapshots::Mark],
+) -> impl Iterator<Item = Scope> + 'a {
+    marks.iter().filter_map(move |mark| match mark.scope.parse::<Scope>() {
+        Ok(scope) => Some(scope),
+        Err(e) => {
+            tracing::warn!(cluster_id, scope = %mark.scope, error = %e, "dropping a dirty mark that names no scope");
+            None
+        }
+    })
 }
 
 fn millis(duration: std::time::Duration) -> i64 {

@@ -19,7 +19,6 @@ use super::{Asked, Mode, Publisher};
 use crate::audit::Action;
 use crate::auth::Principal;
 use crate::context::Context;
-use crate::db;
 use crate::error::{Error, Result};
 use crate::fencing;
 use rap_proto::envelope::Scope;
@@ -61,20 +60,7 @@ pub async fn rotate_signing_key(
             let cluster_id = cluster.as_str();
             let signer = keys.shard_signer(target)?;
             let key_id = signer.key_id().0.to_hex();
-            let recorded = db::clusters::rotated_roots(tx, cluster_id)
-                .await?
-                .last()
-                .map(|r| u64::try_from(r.generation).unwrap_or(0))
-                .unwrap_or(1);
-            for generation in recorded + 1..=target.0 {
-                let generation = TrustGeneration(generation);
-                let root = keys.root_bytes(generation).ok_or_else(|| {
-                    Error::Keys(format!("no trust root of generation {generation} on disk"))
-                })?;
-                let id = keys.shard_signer(generation)?.key_id().0.to_hex();
-                let at = i64::try_from(generation.0).unwrap_or(i64::MAX);
-                db::clusters::insert_rotated_root(tx, cluster_id, at, root, &id, &actor).await?;
-            }
+            super::publish::record_roots_up_to(tx, &keys, cluster_id, target, &actor).await?;
             let publisher = Publisher {
                 authority: &ctx.authority,
                 keys: &keys,

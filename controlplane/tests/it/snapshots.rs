@@ -94,6 +94,18 @@ async fn group_shards(p: &Platform) -> BTreeMap<String, rap_proto::envelope::Dec
         .collect()
 }
 
+async fn rotate(p: &Platform) -> pb::RotateSigningKeyResponse {
+    snapshots::rotate_signing_key(
+        &p.ctx,
+        &p.owner,
+        &pb::RotateSigningKeyRequest {
+            cluster_id: p.cluster.clone(),
+        },
+    )
+    .await
+    .unwrap()
+}
+
 async fn dirty(p: &Platform) -> BTreeSet<String> {
     let mut conn = p.ctx.pool.acquire().await.unwrap();
     db::snapshots::dirty(&mut conn, &p.cluster, 100_000)
@@ -541,15 +553,7 @@ async fn rotating_the_signing_key_re_signs_everything_and_retires_the_old_key() 
         )
         .expect("generation 1 shard");
 
-    let rotated = snapshots::rotate_signing_key(
-        &p.ctx,
-        &p.owner,
-        &pb::RotateSigningKeyRequest {
-            cluster_id: p.cluster.clone(),
-        },
-    )
-    .await
-    .unwrap();
+    let rotated = rotate(&p).await;
     assert_eq!(rotated.trust_generation, 2);
     assert_eq!(rotated.republished as usize, before.len());
     let after = group_shards(&p).await;
@@ -618,15 +622,7 @@ async fn rotating_the_signing_key_re_signs_everything_and_retires_the_old_key() 
     ));
 
     // Again: generation 3; then an ordinary change is signed under it.
-    let again = snapshots::rotate_signing_key(
-        &p.ctx,
-        &p.owner,
-        &pb::RotateSigningKeyRequest {
-            cluster_id: p.cluster.clone(),
-        },
-    )
-    .await
-    .unwrap();
+    let again = rotate(&p).await;
     assert_eq!(again.trust_generation, 3);
     assign(&p, &node, "relay-node", "").await;
     snapshots::publish_cluster(&p.ctx, &p.cluster, false)
