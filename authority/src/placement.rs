@@ -3,6 +3,12 @@
 //!
 //! Voters are picked greedily to maximise distinct regions, then zones,
 //! then hosts; ties break by node id, so the choice is deterministic.
+//!
+//! Cache replicas are assigned per reader ([`caches_for`]): each node
+//! agent's scopes go to `replicas` caches over distinct zones (then hosts),
+//! its own zone first and its own region next; ties break by a hash of
+//! (reader, cache), so the readers of one zone spread over its caches and
+//! the same inputs always give the same assignment.
 
 use crate::error::{Error, Result};
 use crate::limits::VOTERS_MAX;
@@ -73,6 +79,67 @@ pub fn choose_voters(candidates: &[Candidate], count: usize) -> Result<Vec<Candi
         chosen.push(pool.remove(index).clone());
     }
     Ok(chosen)
+}
+
+/// Most cache replicas a cluster's policy may ask for per reader.
+pub const CACHE_REPLICAS_MAX: usize = 5;
+/// Cache replicas per reader when the cluster's policy does not say.
+pub const CACHE_REPLICAS_DEFAULT: usize = 2;
+
+/// Where a node agent (a reader of shards) lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReaderSite<'a> {
+    /// Its node id.
+    pub node_id: &'a str,
+    /// Region label ('' when unknown).
+    pub region: &'a str,
+    /// Zone label ('' when unknown).
+    pub zone: &'a str,
+}
+
+/// The caches (indices into `caches`) that hold the scopes of `reader`:
+/// `replicas` of them, or every cache when there are fewer. Each pick
+/// prefers, in order: a zone not chosen yet, the reader's own zone, the
+/// reader's own region, a host not chosen yet, then the highest hash of
+/// (reader, cache). Deterministic for the same inputs, whatever their
+/// order.
+pub fn caches_for(caches: &[Candidate], reader: &ReaderSite<'_>, replicas: usize) -> Vec<usize> {
+    let want = replicas.min(CACHE_REPLICAS_MAX).min(caches.len());
+    let mut chosen: Vec<usize> = Vec::with_capacity(want);
+    let mut zones: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut hosts: BTreeSet<(String, String, String)> = BTreeSet::new();
+    while chosen.len() < want {
+        let score = |c: &Candidate| {
+            let known_zone = !reader.zone.is_empty();
+            (
+                !zones.contains(&c.zone_key()),
+                known_zone && c.zone == reader.zone && c.region == reader.region,
+                !reader.region.is_empty() && c.region == reader.region,
+                !hosts.contains(&c.host_key()),
+                rendezvous(reader.node_id, &c.node_id),
+                // Equal hashes (practically never): the smaller node id.
+                std::cmp::Reverse(c.node_id.clone()),
+            )
+        };
+        let Some(best) = (0..caches.len())
+            .filter(|i| !chosen.contains(i))
+            .max_by_key(|i| score(&caches[*i]))
+        else {
+            break;
+        };
+        zones.insert(caches[best].zone_key());
+        hosts.insert(caches[best].host_key());
+        chosen.push(best);
+    }
+    chosen
+}
+
+/// The rendezvous weight of `cache` for `reader`.
+fn rendezvous(reader: &str, cache: &str) -> u64 {
+    let hash = blake3::hash(format!("{reader}\0{cache}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// How many whole failure domains a voter set can lose and keep a quorum.
@@ -177,6 +244,59 @@ mod tests {
         assert_eq!(tolerance.zones, 1);
         assert_eq!(tolerance.to_string(), "survives loss of 1 zone");
         assert!(choose_voters(&pool, 6).is_err());
+    }
+
+    // Goal: a reader's caches span distinct zones, its own zone first;
+    // losing any one zone leaves each reader at least one cache; the
+    // assignment does not depend on input order; readers of one zone
+    // spread over that zone's caches. Method: three zones with two caches
+    // each, 60 readers, replicas = 2.
+    #[test]
+    fn caches_span_zones_and_prefer_the_readers_zone() {
+        let caches = vec![
+            c("k1", "r", "z1", "h1"),
+            c("k2", "r", "z1", "h2"),
+            c("k3", "r", "z2", "h3"),
+            c("k4", "r", "z2", "h4"),
+            c("k5", "r", "z3", "h5"),
+            c("k6", "r", "z3", "h6"),
+        ];
+        let mut reversed = caches.clone();
+        reversed.reverse();
+        let mut load = BTreeMap::new();
+        for i in 0..60 {
+            let zone = format!("z{}", i % 3 + 1);
+            let id = format!("n{i}");
+            let reader = ReaderSite {
+                node_id: &id,
+                region: "r",
+                zone: &zone,
+            };
+            let picked = caches_for(&caches, &reader, 2);
+            assert_eq!(picked.len(), 2);
+            let names: Vec<&str> = picked.iter().map(|i| caches[*i].node_id.as_str()).collect();
+            assert_eq!(caches[picked[0]].zone, zone, "{id}: own zone first");
+            assert_ne!(caches[picked[0]].zone, caches[picked[1]].zone, "{id}");
+            let again: Vec<&str> = caches_for(&reversed, &reader, 2)
+                .iter()
+                .map(|i| reversed[*i].node_id.as_str())
+                .collect();
+            assert_eq!(names, again, "{id}: order of the input does not matter");
+            for name in names {
+                *load.entry(name.to_string()).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(load.len(), 6, "every cache serves someone: {load:?}");
+        assert!(load.values().all(|n| *n >= 8), "{load:?}");
+        // Fewer caches than replicas: all of them; none: nothing.
+        let reader = ReaderSite {
+            node_id: "n1",
+            region: "",
+            zone: "",
+        };
+        assert_eq!(caches_for(&caches[..1], &reader, 3), vec![0]);
+        assert!(caches_for(&[], &reader, 2).is_empty());
+        assert_eq!(caches_for(&caches, &reader, 99).len(), CACHE_REPLICAS_MAX);
     }
 
     // Goal: the tolerance is computed from the worst case. Method: three

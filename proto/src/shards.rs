@@ -47,6 +47,7 @@ shard_body!(pb::PeersShard, "peers shard");
 shard_body!(pb::RoleShard, "role shard");
 shard_body!(pb::OrgServicesShard, "org services shard");
 shard_body!(pb::TrustRootShard, "trust root shard");
+shard_body!(pb::CacheShard, "cache shard");
 
 /// Decodes a body of `cluster_id`, refusing an oversized body, another
 /// format or another cluster.
@@ -93,9 +94,11 @@ pub fn encode<T: ShardBody>(body: &T) -> Result<Vec<u8>> {
 
 /// The readers of `scope`: the node itself for `node/` and `peers/`, the
 /// role's holders for `role/`, the organization's serving nodes for
-/// `org/../services`, every node for `trust/`.
+/// `org/../services`, every node for `trust/`, no node agent for `cache/`
+/// (its storage node reads it as a storage node).
 pub fn readers_of(scope: &Scope) -> Vec<ReaderSelector> {
     match scope {
+        Scope::Cache(_) => Vec::new(),
         Scope::Node(id) | Scope::Peers(id) => vec![ReaderSelector::Node(id.clone())],
         Scope::Role(role) => vec![ReaderSelector::Role(role.clone())],
         Scope::OrgServices(org) => vec![ReaderSelector::Org(org.clone())],

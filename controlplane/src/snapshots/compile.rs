@@ -228,6 +228,8 @@ impl Compiler {
                 cluster_id,
                 roots: self.rows.trust_roots.clone(),
             })?),
+            // Cache assignments are not compiled yet.
+            Scope::Cache(_) => None,
         };
         Ok(body.map(|body| Compiled {
             scope: scope.clone(),

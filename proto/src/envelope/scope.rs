@@ -25,6 +25,9 @@ pub enum Scope {
     TrustRevocations,
     /// `trust/root`: the cluster's trust-root chain.
     TrustRoot,
+    /// `cache/<storage_node_id>`: the scopes placement assigns that cache
+    /// replica. Read by that storage node only.
+    Cache(NodeId),
 }
 
 impl FromStr for Scope {
@@ -47,8 +50,9 @@ impl FromStr for Scope {
             ["org", org, "services"] => Ok(Scope::OrgServices(OrgId::new(*org).map_err(id_error)?)),
             ["trust", "revocations"] => Ok(Scope::TrustRevocations),
             ["trust", "root"] => Ok(Scope::TrustRoot),
+            ["cache", id] => Ok(Scope::Cache(NodeId::new(*id).map_err(id_error)?)),
             _ => Err(invalid(
-                "expected node/<id>, peers/<id>, role/<role>, org/<org>/services, trust/revocations or trust/root"
+                "expected node/<id>, peers/<id>, role/<role>, org/<org>/services, trust/revocations, trust/root or cache/<id>"
                     .to_string(),
             )),
         }
@@ -64,6 +68,7 @@ impl fmt::Display for Scope {
             Scope::OrgServices(org) => write!(f, "org/{org}/services"),
             Scope::TrustRevocations => f.write_str("trust/revocations"),
             Scope::TrustRoot => f.write_str("trust/root"),
+            Scope::Cache(id) => write!(f, "cache/{id}"),
         }
     }
 }
