@@ -229,9 +229,13 @@ pub fn grants(rpc: Rpc) -> &'static [Grant] {
         // active one.
         Rpc::RenewCertificate => &NODES_AND_STORAGE,
         Rpc::Heartbeat => &NODES,
-        // Shard reads: node agents only; the handler admits the caller to
-        // each scope by the envelope's readers (`crate::shard::reader_of`).
-        Rpc::GetShard | Rpc::WatchShards | Rpc::ListOwnScopes => &NODES,
+        // Shard reads: node agents, admitted to each scope by the
+        // envelope's readers (`crate::shard::reader_of`), and storage nodes
+        // filling a cache replica, admitted by the handler to the scopes
+        // of their `cache/<id>` assignment and only by a voter
+        // (`crate::shard`).
+        Rpc::GetShard | Rpc::WatchShards => &NODES_AND_STORAGE,
+        Rpc::ListOwnScopes => &NODES,
     }
 }
 
@@ -812,14 +816,16 @@ mod tests {
         );
     }
 
-    // Goal: the shard reads admit node agents only, and the layer's
-    // cluster and revocation checks apply to them as to every RPC: a
-    // storage node (member or not), the control plane and an operator are
-    // CALLER_NOT_ADMITTED, a revoked node certificate CERTIFICATE_REVOKED,
-    // a node of another cluster WRONG_CLUSTER, no certificate
+    // Goal: the shard reads admit node agents, and storage nodes (cache
+    // replicas filling themselves; the handler limits them to their
+    // assignment) for GetShard and WatchShards only; the layer's cluster
+    // and revocation checks apply to them as to every RPC: the control
+    // plane and an operator are CALLER_NOT_ADMITTED, a storage node on
+    // ListOwnScopes too, a revoked node certificate CERTIFICATE_REVOKED, a
+    // node of another cluster WRONG_CLUSTER, no certificate
     // UNAUTHENTICATED. Method: each caller against each shard RPC.
     #[test]
-    fn shard_reads_admit_nodes_only() {
+    fn shard_reads_admit_nodes_and_caches() {
         let g = group();
         let node_caller = |cluster_id: &str, serial: &str| {
             caller(
@@ -827,7 +833,7 @@ mod tests {
                 serial,
             )
         };
-        let others = [
+        let storage = [
             caller(
                 PeerIdentity::storage(cluster("c1"), node("s1")).expect("id"),
                 "02",
@@ -836,6 +842,8 @@ mod tests {
                 PeerIdentity::storage(cluster("c1"), node("s9")).expect("id"),
                 "03",
             ),
+        ];
+        let others = [
             caller(PeerIdentity::control_plane(cluster("c1")), "04"),
             caller(
                 PeerIdentity::operator(cluster("c1"), node("admin")).expect("id"),
@@ -848,6 +856,15 @@ mod tests {
             for other in &others {
                 let refused = decide(rpc, other, false, &g).expect_err("refused");
                 assert_eq!(refused.code(), CALLER_NOT_ADMITTED, "{rpc} {other}");
+            }
+            for cache in &storage {
+                let decided = decide(rpc, cache, false, &g);
+                if rpc == Rpc::ListOwnScopes {
+                    let refused = decided.expect_err("refused");
+                    assert_eq!(refused.code(), CALLER_NOT_ADMITTED, "{rpc} {cache}");
+                } else {
+                    assert!(decided.is_ok(), "{rpc} {cache}");
+                }
             }
             let code = |c: &Caller| {
                 decide(rpc, c, false, &g)

@@ -150,10 +150,17 @@ impl Revocations {
 }
 
 fn decode(view: &StateView, cluster_id: &ClusterId) -> HashSet<String> {
-    let Some(record) = view.shard(REVOCATIONS_SCOPE) else {
-        return HashSet::new();
-    };
-    let body = rap_proto::envelope::decode(&record.envelope)
+    match view.shard(REVOCATIONS_SCOPE) {
+        Some(record) => revoked_serials(&record.envelope, cluster_id),
+        None => HashSet::new(),
+    }
+}
+
+/// The revoked certificate serials of a verified `trust/revocations`
+/// envelope. One that does not decode revokes nothing (it was verified
+/// when it was kept, so that is a bug, logged at ERROR).
+pub fn revoked_serials(envelope: &[u8], cluster_id: &ClusterId) -> HashSet<String> {
+    let body = rap_proto::envelope::decode(envelope)
         .map_err(|e| e.to_string())
         .and_then(|envelope| {
             rap_proto::revocations::decode(&envelope.body, cluster_id).map_err(|e| e.to_string())
@@ -165,7 +172,7 @@ fn decode(view: &StateView, cluster_id: &ClusterId) -> HashSet<String> {
             .map(|entry| entry.certificate_serial)
             .collect(),
         Err(error) => {
-            tracing::error!(cluster_id = %cluster_id, %error, "the applied revocation list does not decode");
+            tracing::error!(cluster_id = %cluster_id, %error, "the kept revocation list does not decode");
             HashSet::new()
         }
     }

@@ -151,7 +151,17 @@ impl CacheStore {
         let reader = Reader::StorageNode {
             node_id: self.node_id.clone(),
         };
-        let accepted = verifier.verify(envelope, &scope, &reader, now)?;
+        let accepted = match verifier.verify(envelope, &scope, &reader, now) {
+            Ok(accepted) => accepted,
+            // The very envelope accepted before (same header hash, and
+            // the signature checked again), whose shard placement took
+            // away and now gives back: keep it again, marks unchanged.
+            Err(rap_proto::Error::Replay { .. }) if self.get(&scope.to_string())?.is_none() => {
+                drop(read);
+                return self.restore(envelope, scope, now);
+            }
+            Err(error) => return Err(error.into()),
+        };
         let staged = verifier.into_store();
         let (marks, term, root) = (staged.marks, staged.term, staged.root);
         drop(read);
@@ -195,6 +205,55 @@ impl CacheStore {
         Ok(Kept {
             scope,
             version: accepted.header.version,
+        })
+    }
+
+    /// The cluster.
+    pub fn cluster_id(&self) -> &ClusterId {
+        &self.cluster_id
+    }
+
+    /// The storage node this store belongs to.
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    /// Keeps again `envelope`, the version of `scope` its mark names,
+    /// unless it expired meanwhile.
+    fn restore(&self, envelope: &[u8], scope: Scope, now: UnixMillis) -> Result<Kept> {
+        let header = decode(envelope)?.header;
+        let skew_ms = self.options.clock_skew_ms;
+        if now
+            > header
+                .expires_at
+                .plus_ms(i64::try_from(skew_ms).unwrap_or(i64::MAX))
+        {
+            return Err(Error::Proto(rap_proto::Error::Expired {
+                scope,
+                expires_at: header.expires_at,
+                now,
+                skew_ms,
+            }));
+        }
+        let key = scope.to_string();
+        let tx = self.db.begin_write().map_err(|e| storage(&self.path, e))?;
+        {
+            let mut shards = tx.open_table(SHARDS).map_err(|e| storage(&self.path, e))?;
+            if shards.len().map_err(|e| storage(&self.path, e))? >= SHARDS_MAX as u64 {
+                return Err(Error::Oversize {
+                    what: "shards of a cache replica",
+                    limit: SHARDS_MAX,
+                    got: SHARDS_MAX + 1,
+                });
+            }
+            shards
+                .insert(key.as_str(), envelope)
+                .map_err(|e| storage(&self.path, e))?;
+        }
+        tx.commit().map_err(|e| storage(&self.path, e))?;
+        Ok(Kept {
+            scope,
+            version: header.version,
         })
     }
 

@@ -35,6 +35,7 @@ pub mod node;
 pub mod partition;
 pub mod placement;
 pub mod promotion;
+pub mod replica;
 pub mod request;
 pub mod service;
 pub mod shard;

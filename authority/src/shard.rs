@@ -1,15 +1,22 @@
-//! `ShardService`: node agents read the signed shards a storage node's
-//! group holds: `GetShard`, `WatchShards`, `ListOwnScopes`. Never writes.
+//! `ShardService`: node agents read the signed shards a storage node
+//! holds: `GetShard`, `WatchShards`, `ListOwnScopes`. Never writes. A voter
+//! (or learner) serves its group's applied state ([`ShardApi::with_slot`]);
+//! a cache replica serves what it verified and kept
+//! ([`ShardApi::cache`], [`crate::replica`]).
 //!
 //! Who may call is decided twice, each in one place:
 //!
 //! * the [`AccessLayer`](crate::access::AccessLayer) admits node agents of
-//!   this cluster whose certificate is not revoked, and nobody else;
-//! * [`Readers`] decides, per scope, whether the calling node is one of the
-//!   envelope's `readers`. The node's roles and organizations come from the
-//!   group's own applied `node/<id>` shard ([`reader_of`]), never from the
-//!   request; a node without one reads only `node/<id>` and all-nodes
-//!   scopes.
+//!   this cluster whose certificate is not revoked, and, for `GetShard` and
+//!   `WatchShards`, storage nodes (cache replicas filling themselves);
+//! * [`Readers`] decides, per scope, whether the caller may read it. A node
+//!   agent must be one of the envelope's `readers`; its roles and
+//!   organizations come from the serving node's own `node/<id>` shard
+//!   ([`reader_of`]), never from the request; a node without one reads
+//!   only `node/<id>` and all-nodes scopes. A storage node reads from a
+//!   voter exactly the scopes of the group's `cache/<its id>` shard (its
+//!   placement), that shard itself and `trust/root`; a storage node with no
+//!   assignment reads nothing, and a cache replica serves no storage node.
 //!
 //! Refusals are typed and counted in the node's metrics by code:
 //! `NOT_FOUND` (no shard of that scope), `NOT_A_READER` (the scope exists,
@@ -34,17 +41,20 @@ use crate::limits::{
     OWN_SCOPES_MAX, SHARD_REQUEST_BYTES_MAX, SHARD_RESPONSE_BYTES_MAX, SHARDS_MAX,
     WATCH_SCOPES_MAX, WATCH_STREAMS_MAX,
 };
+use crate::metrics::AuthorityMetrics;
 use crate::node::AuthorityNode;
+use crate::replica::CacheReplica;
 use crate::slot::NodeSlot;
 use crate::state::ShardRecord;
-use crate::store::{AppliedMark, StateView};
+use crate::store::AppliedMark;
 use rap_core::codes;
 use rap_core::identity::IdentityKind;
 use rap_proto::envelope::{Digest, Reader, ReaderSelector, Scope};
 use rap_proto::ids::{ClusterId, NodeId};
 use rap_proto::pb;
 use rap_proto::pb::shard_service_server::{ShardService, ShardServiceServer};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -58,10 +68,182 @@ use tracing::Instrument;
 /// node's state announces nothing more.
 pub const WATCH_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What a `ShardService` serves from.
+#[derive(Clone, Debug)]
+enum Source {
+    /// The applied state of whichever node the slot holds (a voter or a
+    /// learner).
+    Group(Arc<NodeSlot>),
+    /// A cache replica's verified shards.
+    Cache(Arc<CacheReplica>),
+}
+
+impl Source {
+    /// The serving node as it is now: one request reads one of these.
+    fn now(&self) -> At {
+        match self {
+            Source::Group(slot) => At::Group(slot.get()),
+            Source::Cache(replica) => At::Cache(replica.clone()),
+        }
+    }
+
+    fn cluster_id(&self) -> &ClusterId {
+        match self {
+            Source::Group(slot) => slot.cluster_id(),
+            Source::Cache(replica) => replica.cluster_id(),
+        }
+    }
+}
+
+/// The serving node at one moment.
+#[derive(Clone, Debug)]
+enum At {
+    Group(Arc<AuthorityNode>),
+    Cache(Arc<CacheReplica>),
+}
+
+impl At {
+    fn cluster_id(&self) -> &ClusterId {
+        match self {
+            At::Group(node) => &node.options().cluster_id,
+            At::Cache(replica) => replica.cluster_id(),
+        }
+    }
+
+    fn node_id(&self) -> &NodeId {
+        match self {
+            At::Group(node) => &node.options().node_id,
+            At::Cache(replica) => replica.node_id(),
+        }
+    }
+
+    fn shard(&self, scope: &str) -> Option<ShardRecord> {
+        match self {
+            At::Group(node) => node.state().shard(scope),
+            At::Cache(replica) => replica.shard(scope),
+        }
+    }
+
+    /// Every held scope with its version and header hash.
+    fn held(&self) -> Vec<(String, u64, Digest)> {
+        let list = |shards: &BTreeMap<String, ShardRecord>| {
+            shards
+                .iter()
+                .map(|(scope, r)| (scope.clone(), r.version.0, r.header_hash))
+                .collect()
+        };
+        match self {
+            At::Group(node) => node.state().read(|state| list(&state.shards)),
+            At::Cache(replica) => replica.read(list),
+        }
+    }
+
+    /// The scopes of `known` held at a newer version than known.
+    fn moved(&self, known: &BTreeMap<String, u64>) -> Vec<String> {
+        let moved = |shards: &BTreeMap<String, ShardRecord>| {
+            known
+                .iter()
+                .filter(|(scope, known)| {
+                    shards
+                        .get(scope.as_str())
+                        .is_some_and(|record| record.version.0 > **known)
+                })
+                .map(|(scope, _)| scope.clone())
+                .collect()
+        };
+        match self {
+            At::Group(node) => node.state().read(|state| moved(&state.shards)),
+            At::Cache(replica) => replica.read(moved),
+        }
+    }
+
+    /// A receiver of the next change of what is held.
+    fn changes(&self) -> Changes {
+        match self {
+            At::Group(node) => Changes::Group(node.state().changes()),
+            At::Cache(replica) => Changes::Cache(replica.changes()),
+        }
+    }
+
+    fn staleness(&self) -> pb::Staleness {
+        match self {
+            At::Group(node) => staleness(node),
+            At::Cache(replica) => replica.staleness(),
+        }
+    }
+
+    fn is_revoked(&self, serial_hex: &str) -> bool {
+        match self {
+            At::Group(node) => node.is_revoked(serial_hex),
+            At::Cache(replica) => replica.is_revoked(serial_hex),
+        }
+    }
+
+    fn metrics(&self) -> &Arc<AuthorityMetrics> {
+        match self {
+            At::Group(node) => node.metrics(),
+            At::Cache(replica) => replica.metrics(),
+        }
+    }
+}
+
+/// Announcements of changes, from either source.
+enum Changes {
+    Group(watch::Receiver<AppliedMark>),
+    Cache(watch::Receiver<u64>),
+}
+
+impl Changes {
+    /// Marks the current value seen: a change after this wakes
+    /// [`Changes::changed`].
+    fn mark_seen(&mut self) {
+        match self {
+            Changes::Group(r) => {
+                r.borrow_and_update();
+            }
+            Changes::Cache(r) => {
+                r.borrow_and_update();
+            }
+        }
+    }
+
+    /// Waits for a change; false when the sender is gone.
+    async fn changed(&mut self) -> bool {
+        match self {
+            Changes::Group(r) => r.changed().await.is_ok(),
+            Changes::Cache(r) => r.changed().await.is_ok(),
+        }
+    }
+}
+
+/// Who reads, for the readers check.
+#[derive(Clone, Debug)]
+pub enum Who {
+    /// A node agent, with its roles and organizations.
+    Node(Reader),
+    /// A cache replica filling itself from a voter: the scopes of its
+    /// assignment.
+    Cache {
+        /// The storage node.
+        node_id: NodeId,
+        /// What it may read.
+        scopes: Arc<BTreeSet<String>>,
+    },
+}
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Who::Node(reader) => write!(f, "{reader}"),
+            Who::Cache { node_id, .. } => write!(f, "cache replica {node_id}"),
+        }
+    }
+}
+
 /// The `ShardService` of one storage node.
 #[derive(Clone, Debug)]
 pub struct ShardApi {
-    slot: Arc<NodeSlot>,
+    source: Source,
     readers: Arc<Readers>,
     watches: Arc<AtomicUsize>,
     /// Turns true when the server stops: open watches end (a graceful
@@ -69,9 +251,11 @@ pub struct ShardApi {
     stopping: Option<watch::Receiver<bool>>,
 }
 
-/// The calling node, as its certificate proves it.
+/// The caller, as its certificate proves it: a node agent, or (reading
+/// from a voter) a storage node filling its cache.
 #[derive(Clone, Debug)]
 struct ShardCaller {
+    kind: IdentityKind,
     node_id: NodeId,
     serial_hex: String,
     not_after: SystemTime,
@@ -80,8 +264,17 @@ struct ShardCaller {
 impl ShardApi {
     /// Serves whichever node `slot` holds.
     pub fn with_slot(slot: Arc<NodeSlot>) -> Self {
+        Self::serving(Source::Group(slot))
+    }
+
+    /// Serves what the cache replica `replica` holds.
+    pub fn cache(replica: Arc<CacheReplica>) -> Self {
+        Self::serving(Source::Cache(replica))
+    }
+
+    fn serving(source: Source) -> Self {
         ShardApi {
-            slot,
+            source,
             readers: Arc::new(Readers::default()),
             watches: Arc::new(AtomicUsize::new(0)),
             stopping: None,
@@ -109,13 +302,16 @@ impl ShardApi {
 
     /// Counts and logs a refusal, and turns it into a status.
     fn refuse(&self, method: &str, caller: Option<&NodeId>, error: Error) -> Status {
-        refuse(&self.slot.get(), method, caller, error)
+        refuse(&self.source.now(), method, caller, error)
     }
 
-    /// The calling node: the access layer admitted only node certificates,
-    /// and this checks it again (a server without TLS has no caller to
-    /// check readers against, so it serves no shard).
-    fn caller<T>(&self, request: &Request<T>) -> Result<ShardCaller> {
+    /// The caller: the access layer admitted node certificates (and, for
+    /// `GetShard` and `WatchShards`, storage certificates); this checks it
+    /// again, in one place: a storage node is admitted only when
+    /// `storage_reads` and only by a voter (a cache replica serves node
+    /// agents only). A server without TLS has no caller to check readers
+    /// against, so it serves no shard.
+    fn caller<T>(&self, request: &Request<T>, storage_reads: bool) -> Result<ShardCaller> {
         let Some(facts) = admitted(request).and_then(|a| match &a.caller {
             Caller::Certified(facts) => Some(facts.clone()),
             Caller::Anonymous => None,
@@ -125,13 +321,26 @@ impl ShardApi {
                     .into(),
             ));
         };
-        if facts.identity.kind != IdentityKind::Node {
+        let kind = facts.identity.kind;
+        let admitted = match kind {
+            IdentityKind::Node => true,
+            IdentityKind::Storage => storage_reads && matches!(self.source, Source::Group(_)),
+            _ => false,
+        };
+        if !admitted {
             return Err(Error::PermissionDenied {
                 code: crate::access::CALLER_NOT_ADMITTED,
-                message: format!("{} may not read shards", facts.identity),
+                message: match (&self.source, kind) {
+                    (Source::Cache(_), IdentityKind::Storage) => format!(
+                        "{}: a cache replica serves node agents only; fill caches from the voters",
+                        facts.identity
+                    ),
+                    _ => format!("{} may not call this shard read", facts.identity),
+                },
             });
         }
         Ok(ShardCaller {
+            kind,
             node_id: facts.identity.node_id,
             serial_hex: facts.serial_hex,
             not_after: facts.not_after,
@@ -139,7 +348,7 @@ impl ShardApi {
     }
 
     fn check_cluster(&self, cluster_id: &str) -> Result<()> {
-        let ours = self.slot.cluster_id();
+        let ours = self.source.cluster_id();
         if cluster_id != ours.as_str() {
             return Err(Error::WrongCluster {
                 expected: ours.clone(),
@@ -156,10 +365,9 @@ impl ShardApi {
     ) -> Result<pb::GetShardResponse> {
         self.check_cluster(&message.cluster_id)?;
         let scope: Scope = message.scope.parse()?;
-        let node = self.slot.get();
-        let view = node.state();
-        let reader = reader_of(view, self.slot.cluster_id(), &caller.node_id);
-        let record = self.readers.read(view, &scope.to_string(), &reader)?;
+        let at = self.source.now();
+        let who = self.readers.who(&at, caller)?;
+        let record = self.readers.read(&at, &scope.to_string(), &who)?;
         if message.min_version > record.version.0 {
             return Err(Error::NotYet {
                 scope: scope.to_string(),
@@ -167,7 +375,7 @@ impl ShardApi {
                 wanted: message.min_version,
             });
         }
-        Ok(answer(&node, record, staleness(&node)))
+        Ok(answer(&at, record, at.staleness()))
     }
 
     fn list(
@@ -176,22 +384,15 @@ impl ShardApi {
         message: &pb::ListOwnScopesRequest,
     ) -> Result<pb::ListOwnScopesResponse> {
         self.check_cluster(&message.cluster_id)?;
-        let node = self.slot.get();
-        let view = node.state();
-        let reader = reader_of(view, self.slot.cluster_id(), &caller.node_id);
+        let at = self.source.now();
+        let who = self.readers.who(&at, caller)?;
         // Scope, version and header hash only: the envelopes stay put
         // unless their readers are not known yet.
-        let held: Vec<(String, u64, Digest)> = view.read(|state| {
-            state
-                .shards
-                .iter()
-                .map(|(scope, r)| (scope.clone(), r.version.0, r.header_hash))
-                .collect()
-        });
+        let held = at.held();
         let mut scopes = Vec::new();
         let mut truncated = false;
         for (scope, version, header_hash) in held {
-            if !self.readers.admits(view, &scope, header_hash, &reader)? {
+            if !self.readers.admits(&at, &scope, header_hash, &who)? {
                 continue;
             }
             if scopes.len() == OWN_SCOPES_MAX {
@@ -233,11 +434,10 @@ impl ShardApi {
         // A scope held now must be readable now: the same refusal as
         // GetShard, before the stream starts. A scope not held yet is
         // watched until it appears (and checked then).
-        let node = self.slot.get();
-        let view = node.state();
-        let reader = reader_of(view, self.slot.cluster_id(), &caller.node_id);
+        let at = self.source.now();
+        let who = self.readers.who(&at, caller)?;
         for scope in known.keys() {
-            match self.readers.read(view, scope, &reader) {
+            match self.readers.read(&at, scope, &who) {
                 Ok(_) | Err(Error::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -258,13 +458,12 @@ impl ShardApi {
     }
 }
 
-/// Counts and logs a refusal of `method` on `node`, as a status.
-fn refuse(node: &AuthorityNode, method: &str, caller: Option<&NodeId>, error: Error) -> Status {
-    node.metrics().refused(error.code());
-    let options = node.options();
+/// Counts and logs a refusal of `method` at `at`, as a status.
+fn refuse(at: &At, method: &str, caller: Option<&NodeId>, error: Error) -> Status {
+    at.metrics().refused(error.code());
     tracing::debug!(
-        cluster_id = %options.cluster_id,
-        node_id = %options.node_id,
+        cluster_id = %at.cluster_id(),
+        node_id = %at.node_id(),
         caller = caller.map(NodeId::as_str).unwrap_or(""),
         method,
         code = error.code(),
@@ -273,43 +472,39 @@ fn refuse(node: &AuthorityNode, method: &str, caller: Option<&NodeId>, error: Er
     error.into()
 }
 
-/// The answer carrying `record`, served by `node`.
-fn answer(
-    node: &AuthorityNode,
-    record: ShardRecord,
-    staleness: pb::Staleness,
-) -> pb::GetShardResponse {
+/// The answer carrying `record`, served at `at`.
+fn answer(at: &At, record: ShardRecord, staleness: pb::Staleness) -> pb::GetShardResponse {
     pb::GetShardResponse {
         envelope: record.envelope.into_vec(),
-        served_by_node_id: node.options().node_id.to_string(),
+        served_by_node_id: at.node_id().to_string(),
         staleness: Some(staleness),
     }
 }
 
-/// How fresh what `node` serves may be.
+/// How fresh what `node` (a voter or learner) serves may be.
 pub fn staleness(node: &AuthorityNode) -> pb::Staleness {
     pb::Staleness {
         partition_view: node.status().view.to_pb() as i32,
         last_apply_age_ms: u64::try_from(node.state().last_apply_age().as_millis())
             .unwrap_or(u64::MAX),
-        // Only voters serve shards so far.
         from_cache_replica: false,
         authority_term: node.state().authority_term().0,
     }
 }
 
-/// The reader that node `node_id` is: from the body of the group's own
-/// applied `node/<node_id>` shard ([`rap_proto::shards::node_reader`]),
-/// or, while the group holds none (or one that does not decode, which is
-/// logged), a node without roles or organizations, which reads only its
-/// own `node/` scope and the all-nodes scopes.
-pub fn reader_of(view: &StateView, cluster_id: &ClusterId, node_id: &NodeId) -> Reader {
+/// The reader that node `node_id` is: from the body of `record`, the
+/// serving node's own `node/<node_id>` shard
+/// ([`rap_proto::shards::node_reader`]), or, while it holds none (or one
+/// that does not decode, which is logged), a node without roles or
+/// organizations, which reads only its own `node/` scope and the
+/// all-nodes scopes.
+pub fn reader_of(record: Option<ShardRecord>, cluster_id: &ClusterId, node_id: &NodeId) -> Reader {
     let bare = || Reader::Node {
         node_id: node_id.clone(),
         roles: Vec::new(),
         orgs: Vec::new(),
     };
-    let Some(record) = view.shard(&Scope::Node(node_id.clone()).to_string()) else {
+    let Some(record) = record else {
         return bare();
     };
     let reader = rap_proto::envelope::decode(&record.envelope).and_then(|envelope| {
@@ -343,44 +538,117 @@ pub fn reader_of(view: &StateView, cluster_id: &ClusterId, node_id: &NodeId) -> 
 /// admitted by the `readers` of the envelope a scope holds. The readers of
 /// each held envelope are decoded once per version (keyed by its header
 /// hash).
+///
+/// A cache replica reading from a voter is checked against the group's
+/// `cache/<its id>` shard instead (decoded once per version too).
 #[derive(Debug, Default)]
 pub struct Readers {
     cache: Mutex<HashMap<String, CachedReaders>>,
+    assignments: Mutex<HashMap<NodeId, CachedAssignment>>,
 }
 
 /// The readers of one envelope version: (its header hash, its readers).
 type CachedReaders = (Digest, Arc<[ReaderSelector]>);
+/// What one version of a cache's assignment lets it read: (the header
+/// hash of its `cache/<id>` envelope, the scopes).
+type CachedAssignment = (Digest, Arc<BTreeSet<String>>);
 
 impl Readers {
-    /// The shard `scope` holds, if `reader` may read it: `NOT_FOUND` when
-    /// the group holds no shard of `scope`, `NOT_A_READER` when its
-    /// envelope's readers do not admit `reader`.
-    pub fn read(&self, view: &StateView, scope: &str, reader: &Reader) -> Result<ShardRecord> {
-        let record = view.shard(scope).ok_or_else(|| {
+    /// Who `caller` is at `at`: a node agent with the roles of the
+    /// `node/<caller>` shard held there, or a cache replica with the scopes
+    /// of the `cache/<caller>` shard held there.
+    fn who(&self, at: &At, caller: &ShardCaller) -> Result<Who> {
+        if caller.kind != IdentityKind::Storage {
+            let own = at.shard(&Scope::Node(caller.node_id.clone()).to_string());
+            return Ok(Who::Node(reader_of(own, at.cluster_id(), &caller.node_id)));
+        }
+        let scope = Scope::Cache(caller.node_id.clone()).to_string();
+        let mut scopes = BTreeSet::from([scope.clone()]);
+        let Some(record) = at.shard(&scope) else {
+            // No assignment: it may ask for one (and gets NOT_FOUND).
+            return Ok(Who::Cache {
+                node_id: caller.node_id.clone(),
+                scopes: Arc::new(scopes),
+            });
+        };
+        let cached = self
+            .assignments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&caller.node_id)
+            .filter(|(hash, _)| *hash == record.header_hash)
+            .map(|(_, scopes)| scopes.clone());
+        if let Some(scopes) = cached {
+            return Ok(Who::Cache {
+                node_id: caller.node_id.clone(),
+                scopes,
+            });
+        }
+        let envelope = rap_proto::envelope::decode(&record.envelope).map_err(|e| {
+            Error::Storage(format!(
+                "the stored envelope of {scope} does not decode: {e}"
+            ))
+        })?;
+        let assignment: pb::CacheShard =
+            rap_proto::shards::decode(&envelope.body, at.cluster_id())?;
+        scopes.insert(Scope::TrustRoot.to_string());
+        scopes.extend(
+            assignment
+                .scopes
+                .into_iter()
+                .filter(|s| !s.starts_with("cache/")),
+        );
+        let scopes = Arc::new(scopes);
+        let mut assignments = self
+            .assignments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if assignments.len() >= SHARDS_MAX && !assignments.contains_key(&caller.node_id) {
+            assignments.clear();
+        }
+        assignments.insert(caller.node_id.clone(), (record.header_hash, scopes.clone()));
+        Ok(Who::Cache {
+            node_id: caller.node_id.clone(),
+            scopes,
+        })
+    }
+
+    /// The shard `scope` holds, if `who` may read it: `NOT_FOUND` when
+    /// `at` holds no shard of `scope`, `NOT_A_READER` when its envelope's
+    /// readers (or the cache's assignment) do not admit `who`.
+    fn read(&self, at: &At, scope: &str, who: &Who) -> Result<ShardRecord> {
+        let record = at.shard(scope).ok_or_else(|| {
             Error::NotFound(format!("this storage node holds no shard of {scope}"))
         })?;
-        let readers = match self.cached(scope, record.header_hash) {
-            Some(readers) => readers,
-            None => self.remember(scope, &record)?,
-        };
-        if !reader.is_admitted(&readers) {
-            return Err(not_a_reader(scope, reader));
+        match who {
+            Who::Node(reader) => {
+                let readers = match self.cached(scope, record.header_hash) {
+                    Some(readers) => readers,
+                    None => self.remember(scope, &record)?,
+                };
+                if !reader.is_admitted(&readers) {
+                    return Err(not_a_reader(scope, who));
+                }
+            }
+            Who::Cache { scopes, .. } => {
+                if !scopes.contains(scope) {
+                    return Err(not_a_reader(scope, who));
+                }
+            }
         }
         Ok(record)
     }
 
-    /// Whether `reader` may read the envelope of `scope` whose header hash
-    /// is `header_hash` (as listed from `view`).
-    pub fn admits(
-        &self,
-        view: &StateView,
-        scope: &str,
-        header_hash: Digest,
-        reader: &Reader,
-    ) -> Result<bool> {
+    /// Whether `who` may read the envelope of `scope` whose header hash
+    /// is `header_hash` (as listed from `at`).
+    fn admits(&self, at: &At, scope: &str, header_hash: Digest, who: &Who) -> Result<bool> {
+        let reader = match who {
+            Who::Node(reader) => reader,
+            Who::Cache { scopes, .. } => return Ok(scopes.contains(scope)),
+        };
         let readers = match self.cached(scope, header_hash) {
             Some(readers) => readers,
-            None => match view.shard(scope) {
+            None => match at.shard(scope) {
                 Some(record) => self.remember(scope, &record)?,
                 // Gone since it was listed: nobody reads it now.
                 None => return Ok(false),
@@ -417,10 +685,13 @@ impl Readers {
     }
 }
 
-fn not_a_reader(scope: &str, reader: &Reader) -> Error {
+fn not_a_reader(scope: &str, who: &Who) -> Error {
     Error::PermissionDenied {
         code: codes::NOT_A_READER,
-        message: format!("the readers of {scope} do not admit {reader}"),
+        message: match who {
+            Who::Node(reader) => format!("the readers of {scope} do not admit {reader}"),
+            Who::Cache { .. } => format!("{scope} is not in the placement of {who}"),
+        },
     }
 }
 
@@ -441,8 +712,6 @@ struct Watch {
     /// Scope → the newest version the caller has.
     known: BTreeMap<String, u64>,
     queue: VecDeque<std::result::Result<pb::GetShardResponse, Status>>,
-    /// The node whose state announces applies, and the receiver.
-    subscribed: Option<(Arc<AuthorityNode>, watch::Receiver<AppliedMark>)>,
     finished: bool,
     _permit: WatchPermit,
 }
@@ -467,21 +736,16 @@ impl Watch {
                 tracing::debug!("the server stops: watch ended");
                 return None;
             }
-            let node = self.api.slot.get();
-            let mut changes = match self.subscribed.take() {
-                Some((subscribed, changes)) if Arc::ptr_eq(&subscribed, &node) => changes,
-                _ => node.state().changes(),
-            };
-            // Seen before reading: an apply after this read wakes us.
-            changes.borrow_and_update();
-            self.collect(&node);
-            self.subscribed = Some((node, changes));
+            // Subscribed before reading: a change after this read wakes
+            // us. Taken anew each round: a promotion or a rejoin swaps the
+            // node (and its state) in the slot.
+            let at = self.api.source.now();
+            let mut changes = at.changes();
+            changes.mark_seen();
+            self.collect(&at);
             if !self.queue.is_empty() || self.finished {
                 continue;
             }
-            let Some((_, changes)) = self.subscribed.as_mut() else {
-                continue;
-            };
             let mut stopping = self.api.stopping.clone();
             let stop = async {
                 match stopping.as_mut() {
@@ -493,9 +757,8 @@ impl Watch {
             };
             tokio::select! {
                 changed = changes.changed() => {
-                    if changed.is_err() {
+                    if !changed {
                         // That node is gone (replaced): look again soon.
-                        self.subscribed = None;
                         tokio::time::sleep(WATCH_RECHECK_INTERVAL).await;
                     }
                 }
@@ -507,8 +770,8 @@ impl Watch {
 
     /// Queues the newest version of every watched scope the caller does
     /// not have yet, or the refusal that ends the stream.
-    fn collect(&mut self, node: &AuthorityNode) {
-        let still_valid = if node.is_revoked(&self.caller.serial_hex) {
+    fn collect(&mut self, at: &At) {
+        let still_valid = if at.is_revoked(&self.caller.serial_hex) {
             Err(Error::PermissionDenied {
                 code: crate::access::CERTIFICATE_REVOKED,
                 message: format!(
@@ -525,46 +788,40 @@ impl Watch {
             Ok(())
         };
         if let Err(error) = still_valid {
-            self.end(node, error);
+            self.end(at, error);
             return;
         }
-        let view = node.state();
-        let moved: Vec<String> = view.read(|state| {
-            self.known
-                .iter()
-                .filter(|(scope, known)| {
-                    state
-                        .shards
-                        .get(scope.as_str())
-                        .is_some_and(|record| record.version.0 > **known)
-                })
-                .map(|(scope, _)| scope.clone())
-                .collect()
-        });
+        let moved = at.moved(&self.known);
         if moved.is_empty() {
             return;
         }
-        let reader = reader_of(view, &node.options().cluster_id, &self.caller.node_id);
-        let fresh = staleness(node);
+        let who = match self.api.readers.who(at, &self.caller) {
+            Ok(who) => who,
+            Err(error) => {
+                self.end(at, error);
+                return;
+            }
+        };
+        let fresh = at.staleness();
         for scope in moved {
-            match self.api.readers.read(view, &scope, &reader) {
+            match self.api.readers.read(at, &scope, &who) {
                 Ok(record) => {
                     self.known.insert(scope, record.version.0);
-                    self.queue.push_back(Ok(answer(node, record, fresh)));
+                    self.queue.push_back(Ok(answer(at, record, fresh)));
                 }
                 // Gone between the two reads (a reseed): nothing to send.
                 Err(Error::NotFound(_)) => {}
                 Err(error) => {
-                    self.end(node, error);
+                    self.end(at, error);
                     return;
                 }
             }
         }
     }
 
-    fn end(&mut self, node: &AuthorityNode, error: Error) {
+    fn end(&mut self, at: &At, error: Error) {
         self.queue.push_back(Err(refuse(
-            node,
+            at,
             "WatchShards",
             Some(&self.caller.node_id),
             error,
@@ -585,13 +842,13 @@ impl ShardService for ShardApi {
     ) -> std::result::Result<Response<pb::GetShardResponse>, Status> {
         let started = Instant::now();
         let caller = self
-            .caller(&request)
+            .caller(&request, true)
             .map_err(|e| self.refuse("GetShard", None, e))?;
         let result = self
             .get(&caller, request.get_ref())
             .map_err(|e| self.refuse("GetShard", Some(&caller.node_id), e));
-        self.slot
-            .get()
+        self.source
+            .now()
             .metrics()
             .observe("GetShard", started.elapsed());
         result.map(Response::new)
@@ -604,7 +861,7 @@ impl ShardService for ShardApi {
         request: Request<pb::WatchShardsRequest>,
     ) -> std::result::Result<Response<WatchStream>, Status> {
         let caller = self
-            .caller(&request)
+            .caller(&request, true)
             .map_err(|e| self.refuse("WatchShards", None, e))?;
         let known = self
             .open_watch(&caller, request.get_ref())
@@ -612,22 +869,21 @@ impl ShardService for ShardApi {
         let permit = self
             .watch_permit()
             .map_err(|e| self.refuse("WatchShards", Some(&caller.node_id), e))?;
-        let node = self.slot.get();
+        let at = self.source.now();
         let span = tracing::info_span!(
             "watch_shards",
-            cluster_id = %node.options().cluster_id,
-            node_id = %node.options().node_id,
+            cluster_id = %at.cluster_id(),
+            node_id = %at.node_id(),
             caller = %caller.node_id,
             scopes = known.len(),
         );
-        drop(node);
+        drop(at);
         tracing::debug!(parent: &span, "watch opened");
         let watch = Watch {
             api: self.clone(),
             caller,
             known,
             queue: VecDeque::new(),
-            subscribed: None,
             finished: false,
             _permit: permit,
         };
@@ -648,13 +904,13 @@ impl ShardService for ShardApi {
     ) -> std::result::Result<Response<pb::ListOwnScopesResponse>, Status> {
         let started = Instant::now();
         let caller = self
-            .caller(&request)
+            .caller(&request, false)
             .map_err(|e| self.refuse("ListOwnScopes", None, e))?;
         let result = self
             .list(&caller, request.get_ref())
             .map_err(|e| self.refuse("ListOwnScopes", Some(&caller.node_id), e));
-        self.slot
-            .get()
+        self.source
+            .now()
             .metrics()
             .observe("ListOwnScopes", started.elapsed());
         result.map(Response::new)

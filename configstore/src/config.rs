@@ -22,6 +22,10 @@
 //! ca = "/etc/rap/ca.pem"
 //! cert = "/etc/rap/node.pem"
 //! key = "/etc/rap/node.key"
+//!
+//! [cache]                          # only on a cache replica (no Raft)
+//! trust-root = "/etc/rap/trust-root.bin"
+//! voters = ["s1=10.0.0.1:7001", "s2=10.0.0.2:7001", "s3=10.0.0.3:7001"]
 //! ```
 
 use serde::Deserialize;
@@ -67,6 +71,57 @@ pub struct Config {
     pub insecure_plaintext_allow_non_loopback: bool,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
+    /// Run as a cache replica of the cluster (no Raft): hold and serve the
+    /// shards placement assigns this node, filled from the voters.
+    pub cache: Option<Cache>,
+}
+
+/// A cache replica's settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Cache {
+    /// The cluster's genesis trust root (the file `bootstrap --trust-root`
+    /// was given): every envelope is verified from it.
+    pub trust_root: PathBuf,
+    /// The voters to fill from, `<node-id>=<host:port>`, tried in turn.
+    pub voters: Vec<String>,
+}
+
+impl Cache {
+    /// The voters, parsed.
+    pub fn sources(&self) -> Result<Vec<rap_authority::replica::follow::Source>, ConfigError> {
+        use rap_authority::replica::follow::{SOURCES_MAX, Source};
+        if self.voters.is_empty() || self.voters.len() > SOURCES_MAX {
+            return Err(ConfigError(format!(
+                "cache.voters: 1 to {SOURCES_MAX} voters (<node-id>=<host:port>), got {}",
+                self.voters.len()
+            )));
+        }
+        self.voters
+            .iter()
+            .map(|voter| {
+                let (id, address) = voter.split_once('=').ok_or_else(|| {
+                    ConfigError(format!(
+                        "cache.voters: {voter:?} is not <node-id>=<host:port>"
+                    ))
+                })?;
+                let node_id = rap_proto::ids::NodeId::new(id)
+                    .map_err(|e| ConfigError(format!("cache.voters: {e}")))?;
+                match address.rsplit_once(':') {
+                    Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                    _ => {
+                        return Err(ConfigError(format!(
+                            "cache.voters: {address:?} is not host:port"
+                        )));
+                    }
+                }
+                Ok(Source {
+                    node_id,
+                    address: address.to_string(),
+                })
+            })
+            .collect()
+    }
 }
 
 /// Failure-domain labels of this node.
@@ -156,6 +211,7 @@ impl Default for Config {
             insecure_plaintext: false,
             insecure_plaintext_allow_non_loopback: false,
             log_format: LogFormat::Text,
+            cache: None,
         }
     }
 }
@@ -207,6 +263,14 @@ impl Config {
         }
         if t.keepalive_ms == 0 {
             return Err(ConfigError("timing.keepalive-ms must be > 0".into()));
+        }
+        if let Some(cache) = &self.cache {
+            if cache.trust_root.as_os_str().is_empty() {
+                return Err(ConfigError(
+                    "cache.trust-root is required: the cluster's genesis trust root (`rapctl cluster create` wrote it)".into(),
+                ));
+            }
+            cache.sources()?;
         }
         if self.insecure_plaintext
             && !self.listen.ip().is_loopback()
@@ -278,6 +342,19 @@ mod tests {
         ))
         .unwrap();
         allowed.validate().unwrap();
+        let cache = |voters: &str| {
+            Config::from_toml(&format!(
+                "{}[cache]\ntrust-root = \"/r\"\nvoters = [{voters}]\n",
+                base()
+            ))
+            .unwrap()
+            .validate()
+        };
+        cache("\"s1=127.0.0.1:7001\"").unwrap();
+        for bad in ["", "\"s1\"", "\"s1=nowhere\"", "\"S 1=127.0.0.1:1\""] {
+            let err = cache(bad).unwrap_err().to_string();
+            assert!(err.contains("cache.voters"), "{bad}: {err}");
+        }
         let bad_id = Config::from_toml(&base().replace("s1", "S 1")).unwrap();
         assert!(
             bad_id

@@ -8,11 +8,13 @@
 //!
 //! * [`config`]: the TOML configuration and its validation.
 //! * [`server`]: start a node, serve it, shut it down.
+//! * [`cache`]: the same binary as a cache replica (`[cache]` in the
+//!   config, or `serve --cache-voter .. --cache-trust-root ..`): no Raft,
+//!   only the shards its placement assigns it, filled from the voters and
+//!   served to node agents.
 //! * [`http`]: the metrics and health endpoints.
-//!
-//! Cache replicas (storage nodes serving shards without voting) arrive
-//! later; until then every shard is served by a voter.
 
+pub mod cache;
 pub mod config;
 pub mod enroll;
 pub mod http;

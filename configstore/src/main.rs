@@ -166,6 +166,13 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "RAP_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Run as a cache replica (no Raft) filled from this voter:
+    /// <node-id>=<host:port> (repeatable; with --cache-trust-root).
+    #[arg(long = "cache-voter", env = "RAP_CACHE_VOTERS", value_delimiter = ',')]
+    cache_voters: Vec<String>,
+    /// A cache replica's copy of the cluster's genesis trust root.
+    #[arg(long, env = "RAP_CACHE_TRUST_ROOT")]
+    cache_trust_root: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -382,6 +389,15 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     }
     if let Some(v) = args.log_format {
         config.log_format = v;
+    }
+    if !args.cache_voters.is_empty() || args.cache_trust_root.is_some() {
+        let cache = config.cache.get_or_insert_with(Default::default);
+        if !args.cache_voters.is_empty() {
+            cache.voters = args.cache_voters.clone();
+        }
+        if let Some(root) = &args.cache_trust_root {
+            cache.trust_root = root.clone();
+        }
     }
     config.validate()?;
     Ok(config)

@@ -93,6 +93,9 @@ pub async fn serve(
         Some(files) => Some(load_identity(&config, files)?),
         None => None,
     };
+    if let Some(cache) = config.cache.clone() {
+        return crate::cache::serve(config, cache, identity, shutdown).await;
+    }
     let options = node_options(&config, identity.as_ref())?;
     let node = AuthorityNode::start(options.clone())
         .await
@@ -160,40 +163,17 @@ pub async fn serve(
         .with_context(|| format!("listen on {} (HTTP)", config.http_listen))?;
     tracing::info!(grpc = %config.listen, http = %config.http_listen, tls = identity.is_some(), "serving");
 
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(options.timing.keepalive))
-        .http2_keepalive_timeout(Some(options.timing.keepalive * 2))
-        .tcp_nodelay(true)
-        .layer(access)
-        .add_service(raft_service)
+    let routes = tonic::service::Routes::new(raft_service)
         .add_service(authority_service)
         .add_service(shard_service);
-    let mut grpc_stop = stop_rx.clone();
-    let grpc_stopped = async move {
-        let _ = grpc_stop.wait_for(|stop| *stop).await;
-    };
-    let grpc = async {
-        match &identity {
-            Some(identity) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(live::server_config(identity)?);
-                router
-                    .serve_with_incoming_shutdown(
-                        rap_core::tls::incoming::tls_incoming(grpc_listener, acceptor),
-                        grpc_stopped,
-                    )
-                    .await
-                    .context("serve gRPC")
-            }
-            None => router
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc_listener)
-                        .with_nodelay(Some(true)),
-                    grpc_stopped,
-                )
-                .await
-                .context("serve gRPC"),
-        }
-    };
+    let grpc = serve_grpc(
+        routes,
+        access,
+        options.timing.keepalive,
+        grpc_listener,
+        identity.as_ref(),
+        stop_rx.clone(),
+    );
     let mut http_stop = stop_rx.clone();
     let http = axum::serve(http_listener, crate::http::router(slot.clone()))
         .with_graceful_shutdown(async move {
@@ -205,4 +185,44 @@ pub async fn serve(
     slot.get().shutdown().await.context("stop raft")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves `routes` behind `access` on `listener` (under mTLS with
+/// `identity`'s live certificate, else plaintext) until `stop` turns true.
+pub async fn serve_grpc(
+    routes: tonic::service::Routes,
+    access: AccessLayer,
+    keepalive: Duration,
+    listener: tokio::net::TcpListener,
+    identity: Option<&Arc<LiveIdentity>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive * 2))
+        .tcp_nodelay(true)
+        .layer(access)
+        .add_routes(routes);
+    let stopped = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    match identity {
+        Some(identity) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(live::server_config(identity)?);
+            router
+                .serve_with_incoming_shutdown(
+                    rap_core::tls::incoming::tls_incoming(listener, acceptor),
+                    stopped,
+                )
+                .await
+                .context("serve gRPC")
+        }
+        None => router
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopped,
+            )
+            .await
+            .context("serve gRPC"),
+    }
 }

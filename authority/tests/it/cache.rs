@@ -79,7 +79,8 @@ fn code(store: &CacheStore, envelope: &[u8]) -> String {
 // re-signed-by-a-stranger, rolled-back, forked, foreign-cluster or
 // retired-key envelope refuses it with the verifier's code and keeps what
 // it had; a good chain is kept across a reopen; a trust/root envelope moves
-// it to the next generation; a removed scope cannot come back older.
+// it to the next generation; a removed scope cannot come back older, and
+// comes back at its version only as the very envelope accepted before.
 // Method: a real redb store in a temp dir; seal envelopes with real keys;
 // feed them in order; after each refusal compare the kept envelope and the
 // scope list with before.
@@ -228,4 +229,27 @@ fn a_cache_replica_refuses_bad_envelopes_and_keeps_good_ones() {
     );
     assert_eq!(code(&store, &older.bytes), "ROLLBACK");
     assert_eq!(store.scopes().unwrap(), ["trust/root"]);
+    // Placement gives it back at the same version: the very envelope it
+    // accepted is kept again; another one of that version is a fork.
+    let same_version_other = sealed(
+        &c,
+        &new_key,
+        2,
+        "node/n1",
+        3,
+        Some(v2.header_hash),
+        b"other v3".to_vec(),
+    );
+    assert_eq!(code(&store, &same_version_other.bytes), "FORK");
+    assert_eq!(store.scopes().unwrap(), ["trust/root"]);
+    store.accept(&current.bytes, UnixMillis::now()).unwrap();
+    assert_eq!(
+        store.get("node/n1").unwrap().as_deref(),
+        Some(&current.bytes[..])
+    );
+    assert_eq!(
+        code(&store, &current.bytes),
+        "REPLAY",
+        "kept: a replay again"
+    );
 }

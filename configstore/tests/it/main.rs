@@ -9,6 +9,8 @@
 //! * [`bad_input`]: typed refusals over the wire, counted in `/metrics`.
 //! * [`bootstrap`]: bootstrap refuses too few voters, saying what to do.
 //! * [`promotion`]: promotion after loss of the majority, old side fenced, rejoin.
+//! * [`caches`]: cache replicas fill themselves from the voters, serve
+//!   exactly their placement, and outlive a lost domain and lost voters.
 //! * [`shards`]: `ShardService` reads by node agents: the readers check,
 //!   caller kinds, revocation, watches across restarts and leader changes.
 //! * [`trust_boundary`]: nodes enrolled through the real control plane:
@@ -21,6 +23,7 @@
 
 mod bad_input;
 mod bootstrap;
+mod caches;
 mod fences;
 mod minority;
 mod promotion;

@@ -37,7 +37,7 @@ fn shard_client(files: &TlsFiles, cluster: &Cluster, index: usize) -> ShardServi
 }
 
 /// A certificate for `identity` from the cluster's CA, in `<root>/agents/<name>`.
-fn issue(cluster: &Cluster, name: &str, identity: &PeerIdentity) -> TlsFiles {
+pub(crate) fn issue(cluster: &Cluster, name: &str, identity: &PeerIdentity) -> TlsFiles {
     let ca = ClusterCa::load(&cluster.root().join("ca")).expect("the cluster CA");
     ca.issue(
         &cluster.root().join("agents").join(name),
@@ -49,20 +49,20 @@ fn issue(cluster: &Cluster, name: &str, identity: &PeerIdentity) -> TlsFiles {
 }
 
 /// A node agent's certificate for node `id`.
-fn node_cert(cluster: &Cluster, id: &str) -> TlsFiles {
+pub(crate) fn node_cert(cluster: &Cluster, id: &str) -> TlsFiles {
     let ca = ClusterCa::load(&cluster.root().join("ca")).expect("the cluster CA");
     rap_testkit::shards::node_cert(&ca, &cluster.root().join("agents").join(id), id)
 }
 
 /// Publishes one version after another of each scope (sealed with the
 /// genesis key, chained to the previous version).
-struct Publisher {
+pub(crate) struct Publisher {
     heads: BTreeMap<String, (u64, Digest)>,
     sent: BTreeMap<(String, u64), Vec<u8>>,
 }
 
 impl Publisher {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Publisher {
             heads: BTreeMap::new(),
             sent: BTreeMap::new(),
@@ -72,7 +72,7 @@ impl Publisher {
     /// Publishes the next version of `scope` with `readers` and `body`
     /// through node `via` (forwarded to the leader if need be); returns
     /// the version.
-    async fn publish(
+    pub(crate) async fn publish(
         &mut self,
         cluster: &Cluster,
         via: usize,
@@ -101,8 +101,16 @@ impl Publisher {
         version
     }
 
+    /// The newest version published of `scope`.
+    pub(crate) fn head(&self, scope: &str) -> u64 {
+        self.heads
+            .get(scope)
+            .map(|(version, _)| *version)
+            .expect("published")
+    }
+
     /// The exact bytes published as `version` of `scope`.
-    fn bytes(&self, scope: &str, version: u64) -> &[u8] {
+    pub(crate) fn bytes(&self, scope: &str, version: u64) -> &[u8] {
         self.sent
             .get(&(scope.to_string(), version))
             .map(Vec::as_slice)
@@ -110,7 +118,7 @@ impl Publisher {
     }
 
     /// `node/<id>` with `roles` ((role, org) pairs; "" for no org).
-    async fn node_shard(
+    pub(crate) async fn node_shard(
         &mut self,
         cluster: &Cluster,
         via: usize,
@@ -129,7 +137,7 @@ impl Publisher {
     }
 
     /// `trust/revocations` listing `revoked` ((node id, serial) pairs).
-    async fn revocations(
+    pub(crate) async fn revocations(
         &mut self,
         cluster: &Cluster,
         via: usize,
@@ -153,7 +161,7 @@ impl Publisher {
 }
 
 /// The body of `node/<id>` with `roles` ((role, org) pairs; "" for no org).
-fn node_body(id: &str, roles: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn node_body(id: &str, roles: &[(&str, &str)]) -> Vec<u8> {
     rap_proto::shards::encode(&pb::NodeShard {
         format: rap_proto::shards::SHARD_FORMAT,
         cluster_id: CLUSTER.into(),
@@ -171,7 +179,7 @@ fn node_body(id: &str, roles: &[(&str, &str)]) -> Vec<u8> {
     .expect("encode the node shard")
 }
 
-fn get(scope: &str, min_version: u64) -> pb::GetShardRequest {
+pub(crate) fn get(scope: &str, min_version: u64) -> pb::GetShardRequest {
     pb::GetShardRequest {
         cluster_id: CLUSTER.into(),
         scope: scope.into(),
@@ -180,14 +188,14 @@ fn get(scope: &str, min_version: u64) -> pb::GetShardRequest {
 }
 
 /// Scope and version of a served envelope.
-fn served(response: &pb::GetShardResponse) -> (String, u64) {
+pub(crate) fn served(response: &pb::GetShardResponse) -> (String, u64) {
     let envelope = rap_proto::envelope::decode(&response.envelope).expect("a valid envelope");
     (envelope.header.scope.to_string(), envelope.header.version.0)
 }
 
 /// GetShard of `scope` at `min_version` on `client`, retried while the
 /// node has not applied it yet (`NOT_YET` / `NOT_FOUND`).
-async fn get_applied(
+pub(crate) async fn get_applied(
     client: &mut ShardServiceClient<Channel>,
     scope: &str,
     min_version: u64,
@@ -215,7 +223,7 @@ async fn get_applied(
 }
 
 /// The refusal code of GetShard `scope` (panics if it is answered).
-async fn refusal(
+pub(crate) async fn refusal(
     client: &mut ShardServiceClient<Channel>,
     scope: &str,
     min_version: u64,
@@ -393,11 +401,14 @@ fn a_node_reads_what_its_readers_admit() {
     });
 }
 
-// Goal: only node agents may call ShardService: a storage node's, an
-// operator's and the control plane's certificates of this very cluster
-// are refused by the access layer (CALLER_NOT_ADMITTED) on GetShard,
-// ListOwnScopes and WatchShards, though the scope exists and admits all
-// nodes; a node certificate is served the same scope.
+// Goal: only node agents (and cache replicas, for their placement) may
+// call ShardService: an operator's and the control plane's certificates
+// of this very cluster are refused by the access layer
+// (CALLER_NOT_ADMITTED) on GetShard, ListOwnScopes and WatchShards,
+// though the scope exists and admits all nodes; a storage node's
+// certificate is refused ListOwnScopes by the layer and, with no
+// `cache/<id>` assignment, every scope by the handler (NOT_A_READER); a
+// node certificate is served the same scope.
 // Method: 3 voters, trust/revocations published; each certificate calls
 // each RPC on one node.
 #[test]
@@ -422,10 +433,17 @@ fn other_caller_kinds_are_refused() {
             ("controlplane", &control_plane),
         ] {
             let mut client = shard_client(files, &cluster, 0);
+            // A storage node passes the layer on the reads a cache replica
+            // fills itself with, and is then refused its missing placement.
+            let read_code = if who == "storage" {
+                "NOT_A_READER"
+            } else {
+                "CALLER_NOT_ADMITTED"
+            };
             let get = guarded("GetShard", client.get_shard(get("trust/revocations", 0)))
                 .await
                 .expect_err(who);
-            assert_eq!(code_of(&get), "CALLER_NOT_ADMITTED", "{who}: {get:?}");
+            assert_eq!(code_of(&get), read_code, "{who}: {get:?}");
             assert_eq!(get.code(), tonic::Code::PermissionDenied, "{who}");
             let list = guarded(
                 "ListOwnScopes",
@@ -448,7 +466,7 @@ fn other_caller_kinds_are_refused() {
             )
             .await
             .expect_err(who);
-            assert_eq!(code_of(&watch), "CALLER_NOT_ADMITTED", "{who}: {watch:?}");
+            assert_eq!(code_of(&watch), read_code, "{who}: {watch:?}");
         }
     });
 }
@@ -512,7 +530,7 @@ fn a_revoked_node_certificate_is_refused() {
 
 /// The next message of a watch: (scope, version), with the exact bytes
 /// checked against what was published.
-async fn next(
+pub(crate) async fn next(
     stream: &mut tonic::Streaming<pb::GetShardResponse>,
     shards: &Publisher,
 ) -> (String, u64) {
@@ -525,7 +543,7 @@ async fn next(
     (scope, version)
 }
 
-async fn open_watch(
+pub(crate) async fn open_watch(
     client: &mut ShardServiceClient<Channel>,
     known: &[(&str, u64)],
 ) -> tonic::Streaming<pb::GetShardResponse> {

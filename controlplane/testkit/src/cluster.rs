@@ -162,6 +162,8 @@ pub struct NodeProc {
     pub tls_dir: PathBuf,
     /// stdout + stderr of every incarnation.
     pub log: PathBuf,
+    /// Its failure domain `i`: labels `r<i>`/`z<i>`/`h<i>`.
+    pub domain: usize,
     child: Option<Child>,
     starts: u32,
 }
@@ -204,6 +206,9 @@ pub struct Cluster {
     pub cluster_id: ClusterId,
     /// The nodes, in order `s1`, `s2`, ...
     pub nodes: Vec<NodeProc>,
+    /// Cache replicas ([`Cluster::add_cache`]): not voters, filled from
+    /// the nodes above.
+    pub caches: Vec<NodeProc>,
     net: NetworkConfig,
     /// The genesis snapshot-signing key.
     pub signer: SnapshotSigner,
@@ -279,6 +284,7 @@ impl Cluster {
                 log: root.join(format!("{id}.log")),
                 tls_dir,
                 id,
+                domain: index,
                 child: None,
                 starts: 0,
             });
@@ -310,6 +316,7 @@ impl Cluster {
             bin: bin.to_path_buf(),
             cluster_id,
             nodes,
+            caches: Vec::new(),
             net,
             signer,
             trust_root,
@@ -379,9 +386,15 @@ impl Cluster {
     }
 
     fn spawn(&mut self, index: usize) {
-        let node = &mut self.nodes[index];
+        let child = self.spawn_proc(&self.nodes[index], &[]);
+        self.nodes[index].starts += 1;
+        self.nodes[index].child = Some(child);
+    }
+
+    /// Starts `node` (`serve` with its labels and the cluster's timing,
+    /// then `extra`), appending to its log and to the pid file.
+    fn spawn_proc(&self, node: &NodeProc, extra: &[String]) -> Child {
         assert!(node.child.is_none(), "{} is already running", node.id);
-        node.starts += 1;
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -390,9 +403,11 @@ impl Cluster {
         let _ = writeln!(
             log,
             "===== harness: start #{} of {} =====",
-            node.starts, node.id
+            node.starts + 1,
+            node.id
         );
         let stderr = log.try_clone().expect("clone the log handle");
+        let domain = node.domain;
         let child = Command::new(&self.bin)
             .arg("serve")
             .args(["--node-id", &node.id])
@@ -403,9 +418,9 @@ impl Cluster {
             .arg(&node.data_dir)
             .arg("--tls-dir")
             .arg(&node.tls_dir)
-            .args(["--region", &format!("r{}", index + 1)])
-            .args(["--zone", &format!("z{}", index + 1)])
-            .args(["--host", &format!("h{}", index + 1)])
+            .args(["--region", &format!("r{domain}")])
+            .args(["--zone", &format!("z{domain}")])
+            .args(["--host", &format!("h{domain}")])
             .args(["--heartbeat-ms", &self.timing.heartbeat_ms.to_string()])
             .args([
                 "--election-timeout-min-ms",
@@ -415,6 +430,7 @@ impl Cluster {
                 "--election-timeout-max-ms",
                 &self.timing.election_max_ms.to_string(),
             ])
+            .args(extra)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log)
@@ -429,7 +445,79 @@ impl Cluster {
                 .expect("open the pid file");
             let _ = writeln!(file, "{}", child.id());
         }
-        node.child = Some(child);
+        child
+    }
+
+    /// Adds cache replica `id` in failure domain `domain` (a storage
+    /// certificate from the cluster CA, its ports and directories); starts
+    /// nothing. Returns its index in [`Cluster::caches`].
+    pub fn add_cache(&mut self, id: &str, domain: usize) -> usize {
+        let ca = ClusterCa::load(&self.root.join("ca")).expect("the cluster CA");
+        let tls_dir = self.root.join("ca").join(id);
+        ca.issue_storage(&tls_dir, &NodeId::new(id).expect("valid node id"), &[])
+            .expect("issue a cache certificate");
+        self.caches.push(NodeProc {
+            grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            data_dir: self.root.join(id),
+            log: self.root.join(format!("{id}.log")),
+            tls_dir,
+            id: id.to_string(),
+            domain,
+            child: None,
+            starts: 0,
+        });
+        self.caches.len() - 1
+    }
+
+    /// Starts cache replica `index`, filled from every node of the
+    /// cluster, and waits until it serves `/healthz`.
+    pub async fn start_cache(&mut self, index: usize) {
+        let trust_root = self.root.join("trust-root.bin");
+        std::fs::write(&trust_root, &self.trust_root).expect("write the trust root");
+        let mut extra = vec![
+            "--cache-trust-root".to_string(),
+            trust_root.display().to_string(),
+        ];
+        for node in &self.nodes {
+            extra.push("--cache-voter".into());
+            extra.push(format!("{}={}", node.id, node.address()));
+        }
+        let child = self.spawn_proc(&self.caches[index], &extra);
+        let cache = &mut self.caches[index];
+        cache.starts += 1;
+        cache.child = Some(child);
+        let started = Instant::now();
+        loop {
+            let cache = &mut self.caches[index];
+            if let Some(child) = cache.child.as_mut()
+                && let Ok(Some(exit)) = child.try_wait()
+            {
+                cache.child = None;
+                panic!(
+                    "{} exited during start-up ({exit}):\n{}",
+                    cache.id,
+                    tail(&cache.log, LOG_TAIL_LINES)
+                );
+            }
+            if let Ok((200, _)) = http_get(cache.http, "/healthz").await {
+                return;
+            }
+            assert!(
+                started.elapsed() < HANG_GUARD,
+                "hang guard: {} did not serve /healthz within {HANG_GUARD:?}",
+                cache.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `kill -9` cache replica `index` and reap it.
+    pub fn kill_cache(&mut self, index: usize) {
+        if let Some(mut child) = self.caches[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     async fn wait_healthy(&mut self, index: usize) {
@@ -467,10 +555,13 @@ impl Cluster {
         }
     }
 
-    /// `kill -9` every node.
+    /// `kill -9` every node and every cache replica.
     pub fn kill_all(&mut self) {
         for index in 0..self.nodes.len() {
             self.kill(index);
+        }
+        for index in 0..self.caches.len() {
+            self.kill_cache(index);
         }
     }
 
@@ -657,7 +748,7 @@ impl Cluster {
     /// The tail of every node's log.
     pub fn log_tails(&self) -> String {
         let mut out = String::new();
-        for node in &self.nodes {
+        for node in self.nodes.iter().chain(&self.caches) {
             out.push_str(&format!(
                 "----- {} ({}) -----\n{}\n",
                 node.id,
