@@ -169,22 +169,7 @@ impl CacheStore {
         let key = scope.to_string();
         let tx = self.db.begin_write().map_err(|e| storage(&self.path, e))?;
         {
-            let mut shards = tx.open_table(SHARDS).map_err(|e| storage(&self.path, e))?;
-            if shards
-                .get(key.as_str())
-                .map_err(|e| storage(&self.path, e))?
-                .is_none()
-                && shards.len().map_err(|e| storage(&self.path, e))? >= SHARDS_MAX as u64
-            {
-                return Err(Error::Oversize {
-                    what: "shards of a cache replica",
-                    limit: SHARDS_MAX,
-                    got: SHARDS_MAX + 1,
-                });
-            }
-            shards
-                .insert(key.as_str(), envelope)
-                .map_err(|e| storage(&self.path, e))?;
+            self.put_shard(&tx, &key, envelope)?;
             let mut table = tx.open_table(MARKS).map_err(|e| storage(&self.path, e))?;
             for (scope, mark) in &marks {
                 table
@@ -235,26 +220,35 @@ impl CacheStore {
                 skew_ms,
             }));
         }
-        let key = scope.to_string();
         let tx = self.db.begin_write().map_err(|e| storage(&self.path, e))?;
-        {
-            let mut shards = tx.open_table(SHARDS).map_err(|e| storage(&self.path, e))?;
-            if shards.len().map_err(|e| storage(&self.path, e))? >= SHARDS_MAX as u64 {
-                return Err(Error::Oversize {
-                    what: "shards of a cache replica",
-                    limit: SHARDS_MAX,
-                    got: SHARDS_MAX + 1,
-                });
-            }
-            shards
-                .insert(key.as_str(), envelope)
-                .map_err(|e| storage(&self.path, e))?;
-        }
+        self.put_shard(&tx, &scope.to_string(), envelope)?;
         tx.commit().map_err(|e| storage(&self.path, e))?;
         Ok(Kept {
             scope,
             version: header.version,
         })
+    }
+
+    /// Writes the envelope of `key` in `tx`, refusing a new scope beyond
+    /// [`SHARDS_MAX`].
+    fn put_shard(&self, tx: &redb::WriteTransaction, key: &str, envelope: &[u8]) -> Result<()> {
+        let mut shards = tx.open_table(SHARDS).map_err(|e| storage(&self.path, e))?;
+        if shards
+            .get(key)
+            .map_err(|e| storage(&self.path, e))?
+            .is_none()
+            && shards.len().map_err(|e| storage(&self.path, e))? >= SHARDS_MAX as u64
+        {
+            return Err(Error::Oversize {
+                what: "shards of a cache replica",
+                limit: SHARDS_MAX,
+                got: SHARDS_MAX + 1,
+            });
+        }
+        shards
+            .insert(key, envelope)
+            .map_err(|e| storage(&self.path, e))?;
+        Ok(())
     }
 
     /// The kept envelope of `scope`, exactly as signed.

@@ -92,12 +92,7 @@ pub async fn serve(
     let shard_service = ShardApi::cache(replica.clone())
         .stop_watches_on(stop_rx.clone())
         .into_service();
-    let grpc_listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listen on {} (gRPC)", config.listen))?;
-    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .with_context(|| format!("listen on {} (HTTP)", config.http_listen))?;
+    let (grpc_listener, http_listener) = crate::server::bind(&config).await?;
     tracing::info!(grpc = %config.listen, http = %config.http_listen, tls = identity.is_some(), "serving as a cache replica");
     let grpc = crate::server::serve_grpc(
         tonic::service::Routes::new(shard_service),

@@ -155,12 +155,7 @@ pub async fn serve(
         );
     }
 
-    let grpc_listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listen on {} (gRPC)", config.listen))?;
-    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .with_context(|| format!("listen on {} (HTTP)", config.http_listen))?;
+    let (grpc_listener, http_listener) = bind(&config).await?;
     tracing::info!(grpc = %config.listen, http = %config.http_listen, tls = identity.is_some(), "serving");
 
     let routes = tonic::service::Routes::new(raft_service)
@@ -185,6 +180,17 @@ pub async fn serve(
     slot.get().shutdown().await.context("stop raft")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The gRPC and HTTP listeners of `config`.
+pub async fn bind(config: &Config) -> Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
+    let grpc = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen on {} (gRPC)", config.listen))?;
+    let http = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("listen on {} (HTTP)", config.http_listen))?;
+    Ok((grpc, http))
 }
 
 /// Serves `routes` behind `access` on `listener` (under mTLS with

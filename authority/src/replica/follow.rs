@@ -78,12 +78,11 @@ pub async fn follow(
             // A new assignment: plan again with the same voter.
             Ok(()) => continue,
             Err(error) => {
-                tracing::warn!(
-                    cluster_id = %replica.cluster_id(),
-                    node_id = %replica.node_id(),
-                    source = %source.node_id,
-                    code = error.code(),
-                    "cache fill from this voter failed: {error}; trying the next"
+                warn(
+                    &replica,
+                    source,
+                    &error,
+                    "cache fill from this voter failed; trying the next",
                 );
                 next = next.wrapping_add(1);
                 tokio::select! {
@@ -234,15 +233,20 @@ fn keep(
     envelope: &[u8],
     source: &Source,
 ) -> Result<crate::state::ShardRecord> {
-    replica.accept(envelope).inspect_err(|error| {
-        tracing::warn!(
-            cluster_id = %replica.cluster_id(),
-            node_id = %replica.node_id(),
-            source = %source.node_id,
-            code = error.code(),
-            "cache replica refused an envelope: {error}"
-        );
-    })
+    replica
+        .accept(envelope)
+        .inspect_err(|error| warn(replica, source, error, "cache replica refused an envelope"))
+}
+
+/// Logs `error` of the fill from `source`, with the ids and its code.
+fn warn(replica: &CacheReplica, source: &Source, error: &Error, what: &str) {
+    tracing::warn!(
+        cluster_id = %replica.cluster_id(),
+        node_id = %replica.node_id(),
+        source = %source.node_id,
+        code = error.code(),
+        "{what}: {error}"
+    );
 }
 
 /// A refusal from a voter, as a typed error.

@@ -487,29 +487,7 @@ impl Cluster {
         let cache = &mut self.caches[index];
         cache.starts += 1;
         cache.child = Some(child);
-        let started = Instant::now();
-        loop {
-            let cache = &mut self.caches[index];
-            if let Some(child) = cache.child.as_mut()
-                && let Ok(Some(exit)) = child.try_wait()
-            {
-                cache.child = None;
-                panic!(
-                    "{} exited during start-up ({exit}):\n{}",
-                    cache.id,
-                    tail(&cache.log, LOG_TAIL_LINES)
-                );
-            }
-            if let Ok((200, _)) = http_get(cache.http, "/healthz").await {
-                return;
-            }
-            assert!(
-                started.elapsed() < HANG_GUARD,
-                "hang guard: {} did not serve /healthz within {HANG_GUARD:?}",
-                cache.id
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_healthy(&mut self.caches[index]).await;
     }
 
     /// `kill -9` cache replica `index` and reap it.
@@ -521,30 +499,7 @@ impl Cluster {
     }
 
     async fn wait_healthy(&mut self, index: usize) {
-        let started = Instant::now();
-        loop {
-            let node = &mut self.nodes[index];
-            if let Some(child) = node.child.as_mut()
-                && let Ok(Some(exit)) = child.try_wait()
-            {
-                node.child = None;
-                panic!(
-                    "{} exited during start-up ({exit}):\n{}",
-                    node.id,
-                    tail(&node.log, LOG_TAIL_LINES)
-                );
-            }
-            if let Ok((200, _)) = http_get(node.http, "/healthz").await {
-                return;
-            }
-            if started.elapsed() > HANG_GUARD {
-                panic!(
-                    "hang guard: {} did not serve /healthz within {HANG_GUARD:?}",
-                    node.id
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_healthy(&mut self.nodes[index]).await;
     }
 
     /// `kill -9` node `index` and reap it.
@@ -772,6 +727,33 @@ impl Drop for Cluster {
                 eprintln!("kept {}", dir.keep().display());
             }
         }
+    }
+}
+
+/// Waits until `node` serves `/healthz`; panics with its log if it exits
+/// first (hang guard).
+async fn wait_healthy(node: &mut NodeProc) {
+    let started = Instant::now();
+    loop {
+        if let Some(child) = node.child.as_mut()
+            && let Ok(Some(exit)) = child.try_wait()
+        {
+            node.child = None;
+            panic!(
+                "{} exited during start-up ({exit}):\n{}",
+                node.id,
+                tail(&node.log, LOG_TAIL_LINES)
+            );
+        }
+        if let Ok((200, _)) = http_get(node.http, "/healthz").await {
+            return;
+        }
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "hang guard: {} did not serve /healthz within {HANG_GUARD:?}",
+            node.id
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
