@@ -5,7 +5,7 @@ use crate::client::{self, Conn, all_pages, page};
 use crate::output::Format;
 use crate::table::{Table, or_dash, print_list, print_object, time};
 use anyhow::Result;
-use rap_controlplane::limits::{JOIN_TOKEN_TTL_MAX, JOIN_TOKEN_USES_MAX};
+use rap_controlplane::limits::{CACHE_REPLICAS_MAX, JOIN_TOKEN_TTL_MAX, JOIN_TOKEN_USES_MAX};
 use rap_proto::pb;
 use serde_json::{Value, json};
 
@@ -57,6 +57,32 @@ enum ClusterCommand {
     RotateSigningKey {
         /// The cluster id.
         cluster_id: String,
+    },
+    /// Register a cache replica (a storage node that is not a voter and
+    /// holds only the shards placement assigns it), or update the address
+    /// and labels of one.
+    AddCache {
+        /// The cluster id.
+        cluster_id: String,
+        /// The cache: <node-id>=<host:port>[,region=..][,zone=..][,host=..].
+        #[arg(long = "node", value_parser = parse_voter)]
+        node: pb::VoterSpec,
+    },
+    /// Remove a cache replica: it is retired and its assignment emptied.
+    RemoveCache {
+        /// The cluster id.
+        cluster_id: String,
+        /// The cache replica's node id.
+        node_id: String,
+    },
+    /// Set how many cache replicas hold each node's scopes (over distinct
+    /// zones, the node's own zone first); 0: caches hold nothing.
+    CachePolicy {
+        /// The cluster id.
+        cluster_id: String,
+        /// Cache replicas per node.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=CACHE_REPLICAS_MAX as i64))]
+        replicas: u32,
     },
     /// Show where the cluster's shards are held, what its voters survive,
     /// and what losing the storage nodes named by --without would leave
@@ -379,6 +405,67 @@ pub async fn run_cluster(args: ClusterArgs, format: Format) -> Result<()> {
                 .map_err(|e| s.fail(e))?
                 .into_inner();
             crate::placement::print_placement(format, &report);
+        }
+        ClusterCommand::AddCache { cluster_id, node } => {
+            let replica = s
+                .client
+                .clone()
+                .add_cache_replica(pb::AddCacheReplicaRequest {
+                    cluster_id,
+                    cache: Some(pb::StorageEndpoint {
+                        node_id: node.node_id,
+                        address: node.address,
+                        domain: node.domain,
+                    }),
+                })
+                .await
+                .map_err(|e| s.fail(e))?
+                .into_inner();
+            crate::placement::print_cache(format, &replica);
+        }
+        ClusterCommand::RemoveCache {
+            cluster_id,
+            node_id,
+        } => {
+            let replica = s
+                .client
+                .clone()
+                .remove_cache_replica(pb::RemoveCacheReplicaRequest {
+                    cluster_id,
+                    node_id,
+                })
+                .await
+                .map_err(|e| s.fail(e))?
+                .into_inner();
+            crate::placement::print_cache(format, &replica);
+        }
+        ClusterCommand::CachePolicy {
+            cluster_id,
+            replicas,
+        } => {
+            let policy = s
+                .client
+                .clone()
+                .set_cache_policy(pb::SetCachePolicyRequest {
+                    cluster_id,
+                    replicas,
+                })
+                .await
+                .map_err(|e| s.fail(e))?
+                .into_inner();
+            let rows = [
+                ("cluster", policy.cluster_id.clone()),
+                ("cache replicas per node", policy.replicas.to_string()),
+                ("before", policy.previous_replicas.to_string()),
+                ("cache replicas registered", policy.caches.to_string()),
+            ];
+            let json = json!({
+                "cluster_id": policy.cluster_id,
+                "replicas": policy.replicas,
+                "previous_replicas": policy.previous_replicas,
+                "caches": policy.caches,
+            });
+            print_object(format, &rows, &json);
         }
         ClusterCommand::RotateSigningKey { cluster_id } => {
             let response = s

@@ -1,9 +1,36 @@
-//! What `rapctl cluster placement` prints: the placement report.
+//! What `rapctl cluster placement|add-cache|remove-cache` print: the
+//! placement report and cache replicas.
 
+use crate::cluster::{domain_json, domain_text};
 use crate::output::Format;
-use crate::table::{Table, or_dash};
+use crate::table::{Table, or_dash, print_object};
 use rap_proto::pb;
 use serde_json::json;
+
+/// Prints a registered or removed cache replica.
+pub fn print_cache(format: Format, replica: &pb::CacheReplica) {
+    let cache = replica.cache.clone().unwrap_or_default();
+    let rows = [
+        ("cluster", replica.cluster_id.clone()),
+        ("cache replica", cache.node_id.clone()),
+        ("address", or_dash(&cache.address)),
+        ("region/zone/host", domain_text(cache.domain.as_ref())),
+        ("role", replica.role.clone()),
+        (
+            "was registered",
+            if replica.existed { "yes" } else { "no" }.to_string(),
+        ),
+    ];
+    let json = json!({
+        "cluster_id": replica.cluster_id,
+        "node_id": cache.node_id,
+        "address": cache.address,
+        "domain": domain_json(cache.domain.as_ref()),
+        "role": replica.role,
+        "existed": replica.existed,
+    });
+    print_object(format, &rows, &json);
+}
 
 /// Prints a placement report: the holders, then each kind of scope, then
 /// what the cluster survives.
