@@ -130,6 +130,19 @@ pub enum Error {
     /// Moving a group would make the group tree cyclic.
     #[error("{0}")]
     GroupCycle(String),
+    /// The storage node holds another role than the call needs (a voter
+    /// or learner named as a cache replica).
+    #[error("storage node {node} is a {role} of cluster {cluster}: {why}")]
+    StorageRole {
+        /// The cluster.
+        cluster: String,
+        /// The storage node.
+        node: String,
+        /// Its role (`voter`, `learner`, `cache`, `retired`).
+        role: String,
+        /// Why that role does not do.
+        why: &'static str,
+    },
     /// No, missing or unknown bearer token / client certificate.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
@@ -236,6 +249,7 @@ impl Error {
             Error::MissingCapability { .. } => codes::MISSING_CAPABILITY,
             Error::NoMembership { .. } => codes::NO_MEMBERSHIP,
             Error::GroupCycle(_) => codes::GROUP_CYCLE,
+            Error::StorageRole { .. } => codes::STORAGE_ROLE,
             Error::Unauthenticated(_) => codes::UNAUTHENTICATED,
             Error::ApiTokenExpired(_) => codes::API_TOKEN_EXPIRED,
             Error::ApiTokenRevoked(_) => codes::API_TOKEN_REVOKED,
@@ -275,6 +289,7 @@ impl Error {
             | Error::MissingCapability { .. }
             | Error::NoMembership { .. }
             | Error::GroupCycle(_)
+            | Error::StorageRole { .. }
             | Error::StaleFence(_)
             | Error::NotBootstrapped(_)
             | Error::Authority { .. } => Code::FailedPrecondition,
@@ -315,6 +330,7 @@ impl Error {
             | Error::MissingCapability { .. }
             | Error::NoMembership { .. }
             | Error::GroupCycle(_)
+            | Error::StorageRole { .. }
             | Error::Unauthenticated(_)
             | Error::ApiTokenExpired(_)
             | Error::ApiTokenRevoked(_)

@@ -17,7 +17,8 @@
 //! * [`auth`]: admin principals and bearer tokens; [`principals`]: their
 //!   lifecycle (token list/create/revoke, principal disable/enable).
 //! * services: [`clusters`], [`tokens`], [`enrollment`], [`nodes`],
-//!   [`roles`], [`groups`], [`workloads`], [`heartbeats`], [`orgs`].
+//!   [`roles`], [`groups`], [`workloads`], [`heartbeats`], [`orgs`],
+//!   [`caches`] (cache replicas, the cache policy, node locations).
 //! * [`api`]: the gRPC services (`AdminService`, `EnrollmentService`,
 //!   `AgentService`); [`server`]: the `rap-controlplane serve` process.
 
@@ -25,6 +26,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod authority_ops;
+pub mod caches;
 pub mod clusters;
 pub mod context;
 pub mod db;

@@ -139,6 +139,39 @@ pub const SHARD_STORAGE_ENDPOINTS_MAX: usize = 64;
 /// Most scopes one publication compiles and publishes (a larger dirty set
 /// is published over several rounds).
 pub const PUBLISH_SCOPES_MAX: usize = 20_000;
+/// Most scopes one `cache/<storage-node>` shard assigns its cache replica
+/// (the readable scopes of every node it serves): about 3 MiB encoded with
+/// its `serves` list, inside a shard body and a verifier's marks. A cache
+/// whose assignment would be larger is refused (`OVERSIZE`): add caches
+/// or lower the cluster's cache replicas.
+pub const CACHE_SHARD_SCOPES_MAX: usize = 20_000;
+/// Most cache replicas per node a cluster's policy may ask for, and the
+/// default (placement's bounds; migration 0005 checks the same).
+pub use rap_authority::placement::{CACHE_REPLICAS_DEFAULT, CACHE_REPLICAS_MAX};
+/// Most cache replicas registered in one cluster (placement compares every
+/// node with every cache).
+pub const CLUSTER_CACHES_MAX: usize = 128;
+/// Longest location label (region, zone, host) of a node or a cache
+/// replica: ASCII letters, digits, '.', '_' and '-' (the schema checks
+/// the same for node locations).
+pub const LOCATION_LABEL_BYTES_MAX: usize = 63;
+/// Longest storage node address, `host:port` (the schema checks the same).
+pub const STORAGE_ADDRESS_BYTES_MAX: usize = 255;
+/// Most scopes a placement report looks at (published scopes of one
+/// cluster).
+pub const PLACEMENT_SCOPES_MAX: usize = 200_000;
+/// Most unreadable scopes a placement report names (it counts them all).
+pub const PLACEMENT_UNREADABLE_LISTED_MAX: usize = 50;
+
+const _: () = assert!(
+    CACHE_SHARD_SCOPES_MAX
+        * (rap_proto::limits::SCOPE_BYTES_MAX + 3 + rap_proto::limits::ID_BYTES_MAX + 3)
+        + 4096
+        < rap_proto::limits::BODY_BYTES_MAX
+);
+const _: () = assert!(CACHE_SHARD_SCOPES_MAX < rap_proto::limits::MARKED_SCOPES_MAX);
+const _: () = assert!(CACHE_SHARD_SCOPES_MAX <= PUBLISH_SCOPES_MAX);
+const _: () = assert!(LOCATION_LABEL_BYTES_MAX <= TEXT_BYTES_MAX);
 /// How long a published shard is valid; the publisher re-signs it before
 /// it expires ([`SHARD_REFRESH_BEFORE_EXPIRY`]).
 pub const SHARD_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);

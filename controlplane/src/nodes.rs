@@ -34,6 +34,8 @@ fn node_pb(cluster_id: &str, row: db::nodes::NodeOverview) -> pb::Node {
         group_id: row.group_id,
         last_heartbeat_unix_ms: row.last_heartbeat_unix_ms,
         health: row.health,
+        region: row.region,
+        zone: row.zone,
     }
 }
 

@@ -122,6 +122,9 @@ pub const MISSING_CAPABILITY: &str = "MISSING_CAPABILITY";
 pub const NO_MEMBERSHIP: &str = "NO_MEMBERSHIP";
 /// A group move that would make a cycle.
 pub const GROUP_CYCLE: &str = "GROUP_CYCLE";
+/// A storage node holds another role than the call needs (a voter or
+/// learner named as a cache replica).
+pub const STORAGE_ROLE: &str = "STORAGE_ROLE";
 /// A signing key or CA that was revoked.
 pub const KEY_REVOKED: &str = "KEY_REVOKED";
 /// The control plane's key files failed.

@@ -5,7 +5,7 @@ use crate::client::{self, Conn, all_pages, page};
 use crate::output::Format;
 use crate::table::{Table, or_dash, print_list, print_object, time};
 use anyhow::Result;
-use rap_controlplane::limits::{JOIN_TOKEN_TTL_MAX, JOIN_TOKEN_USES_MAX};
+use rap_controlplane::limits::{CACHE_REPLICAS_MAX, JOIN_TOKEN_TTL_MAX, JOIN_TOKEN_USES_MAX};
 use rap_proto::pb;
 use serde_json::{Value, json};
 
@@ -57,6 +57,32 @@ enum ClusterCommand {
     RotateSigningKey {
         /// The cluster id.
         cluster_id: String,
+    },
+    /// Register a cache replica (a storage node that is not a voter and
+    /// holds only the shards placement assigns it), or update the address
+    /// and labels of one.
+    AddCache {
+        /// The cluster id.
+        cluster_id: String,
+        /// The cache: <node-id>=<host:port>[,region=..][,zone=..][,host=..].
+        #[arg(long = "node", value_parser = parse_voter)]
+        node: pb::VoterSpec,
+    },
+    /// Remove a cache replica: it is retired and its assignment emptied.
+    RemoveCache {
+        /// The cluster id.
+        cluster_id: String,
+        /// The cache replica's node id.
+        node_id: String,
+    },
+    /// Set how many cache replicas hold each node's scopes (over distinct
+    /// zones, the node's own zone first); 0: caches hold nothing.
+    CachePolicy {
+        /// The cluster id.
+        cluster_id: String,
+        /// Cache replicas per node.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=CACHE_REPLICAS_MAX as i64))]
+        replicas: u32,
     },
     /// Show where the cluster's shards are held, what its voters survive,
     /// and what losing the storage nodes named by --without would leave
@@ -378,7 +404,68 @@ pub async fn run_cluster(args: ClusterArgs, format: Format) -> Result<()> {
                 .await
                 .map_err(|e| s.fail(e))?
                 .into_inner();
-            print_placement(format, &report);
+            crate::placement::print_placement(format, &report);
+        }
+        ClusterCommand::AddCache { cluster_id, node } => {
+            let replica = s
+                .client
+                .clone()
+                .add_cache_replica(pb::AddCacheReplicaRequest {
+                    cluster_id,
+                    cache: Some(pb::StorageEndpoint {
+                        node_id: node.node_id,
+                        address: node.address,
+                        domain: node.domain,
+                    }),
+                })
+                .await
+                .map_err(|e| s.fail(e))?
+                .into_inner();
+            crate::placement::print_cache(format, &replica);
+        }
+        ClusterCommand::RemoveCache {
+            cluster_id,
+            node_id,
+        } => {
+            let replica = s
+                .client
+                .clone()
+                .remove_cache_replica(pb::RemoveCacheReplicaRequest {
+                    cluster_id,
+                    node_id,
+                })
+                .await
+                .map_err(|e| s.fail(e))?
+                .into_inner();
+            crate::placement::print_cache(format, &replica);
+        }
+        ClusterCommand::CachePolicy {
+            cluster_id,
+            replicas,
+        } => {
+            let policy = s
+                .client
+                .clone()
+                .set_cache_policy(pb::SetCachePolicyRequest {
+                    cluster_id,
+                    replicas,
+                })
+                .await
+                .map_err(|e| s.fail(e))?
+                .into_inner();
+            let rows = [
+                ("cluster", policy.cluster_id.clone()),
+                ("cache replicas per node", policy.replicas.to_string()),
+                ("before", policy.previous_replicas.to_string()),
+                ("cache replicas registered", policy.caches.to_string()),
+            ];
+            let json = json!({
+                "cluster_id": policy.cluster_id,
+                "replicas": policy.replicas,
+                "previous_replicas": policy.previous_replicas,
+                "caches": policy.caches,
+            });
+            print_object(format, &rows, &json);
         }
         ClusterCommand::RotateSigningKey { cluster_id } => {
             let response = s
@@ -406,87 +493,6 @@ pub async fn run_cluster(args: ClusterArgs, format: Format) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Prints a placement report: the holders, then each kind of scope, then
-/// what the cluster survives.
-fn print_placement(format: Format, report: &pb::PlacementReport) {
-    let domain = |d: &Option<pb::FailureDomain>| {
-        d.as_ref()
-            .map(|d| {
-                format!(
-                    "{}/{}/{}",
-                    or_dash(&d.region),
-                    or_dash(&d.zone),
-                    or_dash(&d.host)
-                )
-            })
-            .unwrap_or_else(|| "-".to_string())
-    };
-    let json = json!({
-        "cluster_id": report.cluster_id,
-        "holders": report.holders.iter().map(|h| json!({
-            "node_id": h.node_id,
-            "domain": domain(&h.domain),
-            "role": h.role,
-            "lost": h.lost,
-        })).collect::<Vec<_>>(),
-        "classes": report.classes.iter().map(|c| json!({
-            "class": c.class,
-            "scopes": c.scopes,
-            "holders": c.holders,
-            "holders_left": c.holders_left,
-        })).collect::<Vec<_>>(),
-        "write_tolerance": report.write_tolerance,
-        "voters": report.voters,
-        "voters_left": report.voters_left,
-        "writes_survive": report.writes_survive,
-        "unreadable_scopes": report.unreadable_scopes,
-        "cache_replicas": report.cache_replicas,
-    });
-    if format == Format::Json {
-        crate::outln!("{json:#}");
-        return;
-    }
-    let mut holders = Table::new(&["STORAGE NODE", "REGION/ZONE/HOST", "ROLE", "LOST"]);
-    for h in &report.holders {
-        holders.row(vec![
-            h.node_id.clone(),
-            domain(&h.domain),
-            h.role.clone(),
-            if h.lost { "yes" } else { "-" }.to_string(),
-        ]);
-    }
-    holders.print();
-    crate::outln!();
-    let mut classes = Table::new(&["SCOPES", "COUNT", "HELD BY", "HOLDERS LEFT"]);
-    for c in &report.classes {
-        classes.row(vec![
-            format!("{}/...", c.class),
-            c.scopes.to_string(),
-            c.holders.join(","),
-            c.holders_left.to_string(),
-        ]);
-    }
-    classes.print();
-    crate::outln!();
-    crate::outln!(
-        "writes: {} voters, {}",
-        report.voters,
-        report.write_tolerance
-    );
-    crate::outln!(
-        "after the loss: {} of {} voters left, writes {}; {} scopes unreadable; cache replicas: {} (not built yet)",
-        report.voters_left,
-        report.voters,
-        if report.writes_survive {
-            "go on"
-        } else {
-            "stop (no quorum)"
-        },
-        report.unreadable_scopes,
-        report.cache_replicas
-    );
 }
 
 /// A token's state as of `now_ms`.

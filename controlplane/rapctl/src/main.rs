@@ -18,6 +18,7 @@ mod migrate;
 mod nodes;
 mod orgs;
 mod output;
+mod placement;
 mod published;
 mod snapshot;
 mod table;

@@ -36,6 +36,21 @@ enum NodeCommand {
         /// The node id.
         node_id: String,
     },
+    /// Record where a node agent lives: placement gives it cache replicas
+    /// over distinct zones, its own zone first. Empty values: unknown.
+    SetLocation {
+        /// The cluster.
+        #[arg(long)]
+        cluster: String,
+        /// The node id.
+        node_id: String,
+        /// Its region (letters, digits, '.', '_', '-'; up to 63).
+        #[arg(long, default_value = "")]
+        region: String,
+        /// Its zone (letters, digits, '.', '_', '-'; up to 63).
+        #[arg(long, default_value = "")]
+        zone: String,
+    },
     /// Revoke a node: its certificate is revoked and its membership ends.
     Revoke {
         /// The cluster.
@@ -211,6 +226,8 @@ fn node_json(n: &pb::Node) -> Value {
         "roles": n.roles,
         "group_id": n.group_id,
         "last_heartbeat_unix_ms": n.last_heartbeat_unix_ms,
+        "region": n.region,
+        "zone": n.zone,
     })
 }
 
@@ -226,6 +243,10 @@ fn print_node(format: Format, n: &pb::Node) {
         ("certificate expires", time(n.certificate_not_after_unix_ms)),
         ("roles", or_dash(&n.roles.join(", "))),
         ("group", or_dash(&n.group_id)),
+        (
+            "region/zone",
+            format!("{}/{}", or_dash(&n.region), or_dash(&n.zone)),
+        ),
         ("capabilities", capabilities_text(&n.capabilities)),
     ];
     print_object(format, &rows, &node_json(n));
@@ -287,6 +308,38 @@ pub async fn run_node(args: NodeArgs, format: Format) -> Result<()> {
                 .map_err(|e| s.fail(e))?
                 .into_inner();
             print_node(format, &node);
+        }
+        NodeCommand::SetLocation {
+            cluster,
+            node_id,
+            region,
+            zone,
+        } => {
+            let location = s
+                .client
+                .clone()
+                .set_node_location(pb::SetNodeLocationRequest {
+                    cluster_id: cluster,
+                    node_id,
+                    region,
+                    zone,
+                })
+                .await
+                .map_err(|e| s.fail(e))?
+                .into_inner();
+            let rows = [
+                ("cluster", location.cluster_id.clone()),
+                ("node", location.node_id.clone()),
+                ("region", or_dash(&location.region)),
+                ("zone", or_dash(&location.zone)),
+            ];
+            let json = json!({
+                "cluster_id": location.cluster_id,
+                "node_id": location.node_id,
+                "region": location.region,
+                "zone": location.zone,
+            });
+            print_object(format, &rows, &json);
         }
         NodeCommand::Revoke {
             cluster,

@@ -7,7 +7,9 @@ use crate::audit::{self, Action, RefusalSampler};
 use crate::auth::{self, Principal};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::{clusters, enrollment, groups, nodes, orgs, principals, roles, tokens, workloads};
+use crate::{
+    caches, clusters, enrollment, groups, nodes, orgs, principals, roles, tokens, workloads,
+};
 use rap_proto::pb;
 use rap_proto::pb::admin_service_server::{AdminService, AdminServiceServer};
 use std::sync::Arc;
@@ -425,6 +427,38 @@ impl AdminService for AdminApi {
     ) -> std::result::Result<Response<pb::PlacementReport>, Status> {
         let (p, r) = authed!(self, request, "cluster.placement");
         reply(crate::snapshots::placement::report(&self.ctx, &p, &r).await)
+    }
+
+    async fn add_cache_replica(
+        &self,
+        request: Request<pb::AddCacheReplicaRequest>,
+    ) -> std::result::Result<Response<pb::CacheReplica>, Status> {
+        let (p, r) = authed!(self, request, "cluster.add-cache");
+        reply(caches::add(&self.ctx, &p, &r).await)
+    }
+
+    async fn remove_cache_replica(
+        &self,
+        request: Request<pb::RemoveCacheReplicaRequest>,
+    ) -> std::result::Result<Response<pb::CacheReplica>, Status> {
+        let (p, r) = authed!(self, request, "cluster.remove-cache");
+        reply(caches::remove(&self.ctx, &p, &r).await)
+    }
+
+    async fn set_cache_policy(
+        &self,
+        request: Request<pb::SetCachePolicyRequest>,
+    ) -> std::result::Result<Response<pb::CachePolicy>, Status> {
+        let (p, r) = authed!(self, request, "cluster.cache-policy");
+        reply(caches::set_policy(&self.ctx, &p, &r).await)
+    }
+
+    async fn set_node_location(
+        &self,
+        request: Request<pb::SetNodeLocationRequest>,
+    ) -> std::result::Result<Response<pb::NodeLocation>, Status> {
+        let (p, r) = authed!(self, request, "node.set-location");
+        reply(caches::set_location(&self.ctx, &p, &r).await)
     }
 
     async fn create_organization(

@@ -176,3 +176,32 @@ pub async fn insert_rotated_root(
     .await?;
     Ok(())
 }
+
+/// How many cache replicas hold each node's scopes in the cluster
+/// (`None` for an unknown cluster).
+pub async fn cache_replicas(conn: &mut PgConnection, cluster_id: &str) -> Result<Option<i32>> {
+    Ok(
+        sqlx::query_scalar("SELECT cache_replicas FROM clusters WHERE cluster_id = $1")
+            .bind(cluster_id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// Sets the cluster's cache replicas per node; returns whether the
+/// cluster exists.
+pub async fn set_cache_replicas(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    replicas: i32,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE clusters SET cache_replicas = $2, updated_at = now() WHERE cluster_id = $1",
+    )
+    .bind(cluster_id)
+    .bind(replicas)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}

@@ -13,15 +13,15 @@
 //! |----------------------------|----------------------|----------------------------------------------------------------------------|
 //! | `organizations`            | [`orgs`]             | a tenant; `rapctl org create` (platform owner)                              |
 //! | `org_endpoints`            | [`orgs`]             | an org's logical ingress/egress endpoint; `rapctl org endpoint add`         |
-//! | `clusters`                 | [`clusters`]         | a cluster: CA cert, key fingerprints, signed trust root; `cluster.create`   |
+//! | `clusters`                 | [`clusters`]         | a cluster: CA cert, key fingerprints, signed trust root, cache replicas per node; `cluster.create`, `cluster cache-policy` |
 //! | `cluster_trust_roots`      | [`clusters`]         | a trust root after genesis (one per signing-key rotation); `cluster rotate-signing-key`, the publisher's repair |
 //! | `cluster_authority_terms`  | [`authority_terms`]  | one authority term (current: `ended_at IS NULL`) and its last fence seq; bootstrap, promotion and every fenced mutation; the ONLY writer |
-//! | `storage_nodes`            | [`storage_nodes`]    | a storage node of the cluster's group and its role; bootstrap, promotion (retire), rejoin |
+//! | `storage_nodes`            | [`storage_nodes`]    | a storage node of the cluster (group member or cache replica) and its role; bootstrap, promotion (retire), rejoin, `cluster add-cache/remove-cache` |
 //! | `cluster_partitions`       | [`partitions`]       | one partition observation of a storage node; `rapctl authority status`     |
 //! | `snapshot_publications`    | [`snapshots`]        | a signed shard published under a fence, with its envelope; the publisher ([`crate::snapshots`]) |
 //! | `snapshot_dirty`           | [`snapshots`]        | a scope a mutation touched since its last publication; mutations mark, the publisher unmarks |
 //! | `nodes`                    | [`nodes`]            | a host-level node identity; join approval                                   |
-//! | `cluster_memberships`      | [`nodes`], [`groups`] | node ↔ cluster (one active), its group, `last_seen_at`; approval, revocation, group moves, heartbeats |
+//! | `cluster_memberships`      | [`nodes`], [`groups`] | node ↔ cluster (one active), its group, location (region, zone), `last_seen_at`; approval, revocation, group moves, `node set-location`, heartbeats |
 //! | `node_identities`          | [`nodes`]            | a public key + certificate per (cluster, node); approval, renewal (rotated), revocation |
 //! | `node_capabilities`        | [`nodes`], [`heartbeats`] | what a node reported it can do (never a permission); approval, heartbeats |
 //! | `node_join_tokens`         | [`join`]             | a join token (hash only), scope and uses; `rapctl join-token`, joins        |

@@ -32,6 +32,10 @@ pub struct NodeOverview {
     pub capabilities: serde_json::Value,
     /// Active roles, `role` or `role@org`.
     pub roles: Vec<String>,
+    /// Where it lives: region ('' when unknown).
+    pub region: String,
+    /// Where it lives: zone ('' when unknown).
+    pub zone: String,
 }
 
 const NODE_QUERY: &str = "
@@ -49,7 +53,8 @@ const NODE_QUERY: &str = "
            coalesce((SELECT array_agg(r.role || coalesce('@' || r.organization_id, '') ORDER BY r.role)
                        FROM node_role_assignments r
                       WHERE r.cluster_id = m.cluster_id AND r.node_id = m.node_id AND r.status = 'active'), '{}')
-               AS roles
+               AS roles,
+           m.region, m.zone
       FROM cluster_memberships m
       LEFT JOIN LATERAL (SELECT * FROM node_identities i
                           WHERE i.cluster_id = m.cluster_id AND i.node_id = m.node_id
@@ -525,13 +530,18 @@ pub struct Member {
     pub membership_status: String,
     /// Its group; empty for none.
     pub group_id: String,
+    /// Where it lives: region ('' when unknown).
+    pub region: String,
+    /// Where it lives: zone ('' when unknown).
+    pub zone: String,
 }
 
 /// Every active or disabled member of the cluster that is a node (not a
 /// storage node), by node id.
 pub async fn members(conn: &mut PgConnection, cluster_id: &str) -> Result<Vec<Member>> {
     Ok(sqlx::query_as(
-        "SELECT m.node_id, m.membership_status, COALESCE(m.group_id, '') AS group_id
+        "SELECT m.node_id, m.membership_status, COALESCE(m.group_id, '') AS group_id,
+                m.region, m.zone
            FROM cluster_memberships m
           WHERE m.cluster_id = $1 AND m.membership_status IN ('active', 'disabled')
             AND NOT EXISTS (SELECT 1 FROM node_identities i
@@ -542,4 +552,27 @@ pub async fn members(conn: &mut PgConnection, cluster_id: &str) -> Result<Vec<Me
     .bind(cluster_id)
     .fetch_all(conn)
     .await?)
+}
+
+/// Records where the node's active membership in the cluster lives
+/// (region and zone labels; '' for unknown); returns whether it has one.
+pub async fn set_location(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+    region: &str,
+    zone: &str,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE cluster_memberships SET region = $3, zone = $4
+          WHERE cluster_id = $1 AND node_id = $2 AND membership_status = 'active'",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .bind(region)
+    .bind(zone)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
 }

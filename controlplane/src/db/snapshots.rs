@@ -246,15 +246,18 @@ pub async fn unmark(conn: &mut PgConnection, cluster_id: &str, marks: &[Mark]) -
     Ok(())
 }
 
-/// How many scopes of each kind (the scope's first segment: `node`,
-/// `peers`, `role`, `org`, `trust`) the cluster has published, by kind.
-pub async fn scope_counts(conn: &mut PgConnection, cluster_id: &str) -> Result<Vec<(String, i64)>> {
-    Ok(sqlx::query_as(
-        "SELECT split_part(scope, '/', 1) AS class, count(DISTINCT scope)
-           FROM snapshot_publications WHERE cluster_id = $1
-          GROUP BY 1 ORDER BY 1",
+/// The scopes the cluster has published, sorted, at most `limit`.
+pub async fn published_scopes(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    limit: i64,
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT scope FROM snapshot_publications
+          WHERE cluster_id = $1 ORDER BY scope LIMIT $2",
     )
     .bind(cluster_id)
+    .bind(limit)
     .fetch_all(conn)
     .await?)
 }

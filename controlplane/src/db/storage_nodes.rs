@@ -1,5 +1,6 @@
-//! `storage_nodes`: the storage (config) nodes of each cluster's authority
-//! group and their role (`voter`, `learner`, `cache`, `retired`).
+//! `storage_nodes`: the storage (config) nodes of each cluster: the
+//! voters and learners of its authority group and its cache replicas, each
+//! with its role (`voter`, `learner`, `cache`, `retired`).
 
 use crate::error::Result;
 use sqlx::PgConnection;
@@ -173,5 +174,62 @@ pub async fn is_storage_id(conn: &mut PgConnection, node_id: &str) -> Result<boo
     )
     .bind(node_id)
     .fetch_one(conn)
+    .await?)
+}
+
+/// Records `node` as a cache replica of the cluster: inserted, or its
+/// address and labels updated when it is a cache or retired already.
+/// Returns false (and changes nothing) when it is a voter or learner.
+pub async fn upsert_cache(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node: &StorageNode,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "INSERT INTO storage_nodes (cluster_id, node_id, address, region, zone, host, role)
+         VALUES ($1, $2, $3, $4, $5, $6, 'cache')
+         ON CONFLICT (cluster_id, node_id) DO UPDATE
+           SET address = EXCLUDED.address, region = EXCLUDED.region, zone = EXCLUDED.zone,
+               host = EXCLUDED.host, role = 'cache', updated_at = now()
+         WHERE storage_nodes.role IN ('cache', 'retired')",
+    )
+    .bind(cluster_id)
+    .bind(&node.node_id)
+    .bind(&node.address)
+    .bind(&node.region)
+    .bind(&node.zone)
+    .bind(&node.host)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Retires a cache replica of the cluster; returns whether it was one.
+pub async fn retire_cache(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    node_id: &str,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE storage_nodes SET role = 'retired', updated_at = now()
+          WHERE cluster_id = $1 AND node_id = $2 AND role = 'cache'",
+    )
+    .bind(cluster_id)
+    .bind(node_id)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// The ids of the cluster's cache replicas, sorted.
+pub async fn cache_ids(conn: &mut PgConnection, cluster_id: &str) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT node_id FROM storage_nodes
+          WHERE cluster_id = $1 AND role = 'cache' ORDER BY node_id",
+    )
+    .bind(cluster_id)
+    .fetch_all(conn)
     .await?)
 }

@@ -345,12 +345,8 @@ pub(super) async fn approve_locked(
             )
             .await?;
         }
-        crate::snapshots::mark(
-            tx,
-            &cluster_id,
-            &[rap_proto::envelope::Scope::Node(node.clone())],
-        )
-        .await?;
+        // Its own scope, and the caches that now hold what it reads.
+        crate::snapshots::mark_node_change(tx, &cluster_id, node.as_str(), &[]).await?;
     }
     db::join::approve(tx, id, reviewer, node.as_str()).await?;
     tracing::info!(cluster_id = %cluster_id, node_id = %node, kind = %pending.kind, serial = %issued.serial_hex, "join request approved");

@@ -8,6 +8,15 @@
 //! serves), never its holders; `org/<o>/services` the org's endpoints and
 //! serving roles, never users or credentials (the database holds none).
 //!
+//! Cache replicas (storage nodes with role `cache`): placement is computed
+//! once per compiler ([`Compiler::new`]): each member node gets the
+//! cluster's `cache_replicas` caches over distinct zones, its own zone
+//! first ([`caches_for`]). `cache/<c>` lists the nodes cache `c` serves and
+//! exactly the scopes they read (their `readable_scopes`), never a scope of
+//! a node it does not serve; `node/<n>` lists the voters and exactly the
+//! caches that serve `n`. A retired cache compiles to an empty assignment,
+//! so its last one is superseded rather than left standing.
+//!
 //! Determinism: every list is sorted by its first field and the bodies are
 //! protobuf with no maps, so one database state compiles to one byte
 //! string per scope (and so one content hash: an unchanged scope is not
@@ -15,8 +24,9 @@
 
 use crate::db;
 use crate::error::{Error, Result};
-use crate::limits::{SHARD_PEERS_MAX, SHARD_STORAGE_ENDPOINTS_MAX};
+use crate::limits::{CACHE_SHARD_SCOPES_MAX, SHARD_PEERS_MAX, SHARD_STORAGE_ENDPOINTS_MAX};
 use crate::roles::{is_mesh_role, required_capability};
+use rap_authority::placement::{Candidate, ReaderSite, caches_for};
 use rap_proto::envelope::{ReaderSelector, Scope};
 use rap_proto::ids::{ClusterId, NodeId, OrgId, RoleName};
 use rap_proto::limits::REVOCATIONS_MAX;
@@ -32,11 +42,14 @@ pub struct ClusterRows {
     members: Vec<db::nodes::Member>,
     assignments: Vec<db::roles::ActiveAssignment>,
     desired: Vec<db::workloads::Desired>,
+    /// Every storage node of the cluster (retired ones too), by node id.
     storage: Vec<db::storage_nodes::StorageNode>,
     endpoints: Vec<db::orgs::ClusterEndpoint>,
     revoked: Vec<db::nodes::RevokedCertificate>,
     /// Genesis, then every rotated root, oldest first.
     trust_roots: Vec<Vec<u8>>,
+    /// Cache replicas per node (the cluster's policy).
+    cache_replicas: usize,
 }
 
 impl ClusterRows {
@@ -53,12 +66,15 @@ impl ClusterRows {
                 got: revoked.len(),
             });
         }
+        let cache_replicas = db::clusters::cache_replicas(conn, id)
+            .await?
+            .ok_or_else(|| Error::not_found("cluster", id))?;
         Ok(ClusterRows {
             cluster_id: cluster_id.clone(),
             members: db::nodes::members(conn, id).await?,
             assignments: db::roles::active_in_cluster(conn, id).await?,
             desired: db::workloads::desired_in_cluster(conn, id).await?,
-            storage: db::storage_nodes::not_retired(conn, id).await?,
+            storage: db::storage_nodes::all(conn, id).await?,
             endpoints: db::orgs::endpoints_in_cluster(conn, id).await?,
             revoked,
             trust_roots: std::iter::once(db::clusters::trust_root(conn, id).await?)
@@ -69,6 +85,8 @@ impl ClusterRows {
                         .map(|r| r.root),
                 )
                 .collect(),
+            // The schema keeps it within 0..=CACHE_REPLICAS_MAX.
+            cache_replicas: usize::try_from(cache_replicas).unwrap_or(0),
         })
     }
 }
@@ -98,6 +116,14 @@ pub struct Compiler {
     member_at: BTreeMap<String, usize>,
     /// node → the positions of its desired workloads in `rows.desired`.
     desired_of: BTreeMap<String, Vec<usize>>,
+    /// The cache replicas (role `cache`): positions in `rows.storage`, by
+    /// node id.
+    caches: Vec<usize>,
+    /// node → the caches (positions in `caches`) that hold its scopes, in
+    /// placement order (its own zone first).
+    caches_of: BTreeMap<String, Vec<usize>>,
+    /// Per cache (as `caches`): the nodes it serves.
+    serves: Vec<BTreeSet<String>>,
 }
 
 impl Compiler {
@@ -137,6 +163,41 @@ impl Compiler {
         for (at, d) in rows.desired.iter().enumerate() {
             desired_of.entry(d.node_id.clone()).or_default().push(at);
         }
+        let caches: Vec<usize> = rows
+            .storage
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.role == "cache")
+            .map(|(at, _)| at)
+            .collect();
+        let candidates: Vec<Candidate> = caches
+            .iter()
+            .map(|at| {
+                let s = &rows.storage[*at];
+                Candidate {
+                    node_id: s.node_id.clone(),
+                    region: s.region.clone(),
+                    zone: s.zone.clone(),
+                    host: s.host.clone(),
+                }
+            })
+            .collect();
+        let mut caches_of = BTreeMap::new();
+        let mut serves = vec![BTreeSet::new(); caches.len()];
+        for member in &rows.members {
+            let site = ReaderSite {
+                node_id: &member.node_id,
+                region: &member.region,
+                zone: &member.zone,
+            };
+            let picked = caches_for(&candidates, &site, rows.cache_replicas);
+            for at in &picked {
+                serves[*at].insert(member.node_id.clone());
+            }
+            if !picked.is_empty() {
+                caches_of.insert(member.node_id.clone(), picked);
+            }
+        }
         Compiler {
             rows,
             roles_of,
@@ -144,7 +205,53 @@ impl Compiler {
             group_of,
             member_at,
             desired_of,
+            caches,
+            caches_of,
+            serves,
         }
+    }
+
+    /// The cache replicas (role `cache`), by node id.
+    pub fn cache_ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.caches
+            .iter()
+            .map(|at| self.rows.storage[*at].node_id.as_str())
+    }
+
+    /// The scopes cache replica `cache` holds (the readable scopes of the
+    /// nodes it serves), sorted; `None` unless it is a cache replica.
+    pub fn cache_scopes(&self, cache: &str) -> Option<BTreeSet<String>> {
+        let at = self
+            .caches
+            .iter()
+            .position(|at| self.rows.storage[*at].node_id == cache)?;
+        Some(
+            self.serves[at]
+                .iter()
+                .flat_map(|node| self.readable_scopes(node))
+                .collect(),
+        )
+    }
+
+    /// The nodes cache replica `cache` serves, sorted (empty unless it is
+    /// a cache replica).
+    pub fn cache_serves(&self, cache: &str) -> BTreeSet<String> {
+        self.caches
+            .iter()
+            .position(|at| self.rows.storage[*at].node_id == cache)
+            .map(|at| self.serves[at].clone())
+            .unwrap_or_default()
+    }
+
+    /// The cache replicas that hold `node`'s scopes, in placement order
+    /// (its own zone first).
+    pub fn caches_of(&self, node: &str) -> Vec<&str> {
+        self.caches_of
+            .get(node)
+            .into_iter()
+            .flatten()
+            .map(|at| self.rows.storage[self.caches[*at]].node_id.as_str())
+            .collect()
     }
 
     /// Every scope the cluster's state defines, sorted.
@@ -164,6 +271,9 @@ impl Compiler {
         }
         for org in self.served_orgs() {
             scopes.insert(Scope::OrgServices(OrgId::new(org)?));
+        }
+        for cache in self.cache_ids() {
+            scopes.insert(Scope::Cache(NodeId::new(cache)?));
         }
         Ok(scopes)
     }
@@ -228,8 +338,7 @@ impl Compiler {
                 cluster_id,
                 roots: self.rows.trust_roots.clone(),
             })?),
-            // Cache assignments are not compiled yet.
-            Scope::Cache(_) => None,
+            Scope::Cache(cache) => self.cache(&cluster_id, cache.as_str())?,
         };
         Ok(body.map(|body| Compiled {
             scope: scope.clone(),
@@ -242,11 +351,22 @@ impl Compiler {
         let Some(member) = self.member_at.get(node).map(|at| &self.rows.members[*at]) else {
             return Ok(None);
         };
+        // The voters, then exactly the caches that serve this node, each
+        // by node id.
+        let mut caches: Vec<&db::storage_nodes::StorageNode> = self
+            .caches_of
+            .get(node)
+            .into_iter()
+            .flatten()
+            .map(|at| &self.rows.storage[self.caches[*at]])
+            .collect();
+        caches.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         let storage_endpoints = self
             .rows
             .storage
             .iter()
-            .filter(|s| s.role == "voter" || s.role == "cache")
+            .filter(|s| s.role == "voter")
+            .chain(caches)
             .take(SHARD_STORAGE_ENDPOINTS_MAX)
             .map(|s| pb::ShardEndpoint {
                 node_id: s.node_id.clone(),
@@ -289,6 +409,35 @@ impl Compiler {
                 .collect(),
             storage_endpoints,
             readable_scopes: self.readable_scopes(node),
+        })?))
+    }
+
+    fn cache(&self, cluster_id: &str, cache: &str) -> Result<Option<Vec<u8>>> {
+        let Some(row) = self.rows.storage.iter().find(|s| s.node_id == cache) else {
+            return Ok(None);
+        };
+        let (scopes, serves) = match row.role.as_str() {
+            "cache" => (
+                self.cache_scopes(cache).unwrap_or_default(),
+                self.cache_serves(cache),
+            ),
+            // Removed: it holds nothing any more.
+            "retired" => (BTreeSet::new(), BTreeSet::new()),
+            _ => return Ok(None),
+        };
+        if scopes.len() > CACHE_SHARD_SCOPES_MAX {
+            return Err(Error::Oversize {
+                what: "scopes of one cache shard",
+                limit: CACHE_SHARD_SCOPES_MAX,
+                got: scopes.len(),
+            });
+        }
+        Ok(Some(encode(&pb::CacheShard {
+            format: SHARD_FORMAT,
+            cluster_id: cluster_id.to_string(),
+            node_id: cache.to_string(),
+            scopes: scopes.into_iter().collect(),
+            serves: serves.into_iter().collect(),
         })?))
     }
 
@@ -413,6 +562,8 @@ mod tests {
                     node_id: id.clone(),
                     membership_status: "active".into(),
                     group_id: String::new(),
+                    region: String::new(),
+                    zone: String::new(),
                 })
                 .collect(),
             assignments: ids
@@ -428,6 +579,7 @@ mod tests {
             endpoints: Vec::new(),
             revoked: Vec::new(),
             trust_roots: Vec::new(),
+            cache_replicas: 2,
         }
     }
 
@@ -464,5 +616,203 @@ mod tests {
             changed > 0 && changed < 3 * SHARD_PEERS_MAX,
             "{changed} lists changed"
         );
+    }
+
+    fn storage(id: &str, zone: &str, role: &str) -> db::storage_nodes::StorageNode {
+        db::storage_nodes::StorageNode {
+            node_id: id.into(),
+            address: format!("{id}.example:7001"),
+            region: "r".into(),
+            zone: zone.into(),
+            host: id.into(),
+            role: role.into(),
+        }
+    }
+
+    /// Twelve nodes over zones z1..z3 with a mix of roles, three voters and
+    /// three caches over the same zones, a retired cache, `replicas` per
+    /// node.
+    fn cached_rows(replicas: usize) -> ClusterRows {
+        let mut rows = rows(0);
+        for i in 0..12 {
+            let id = format!("n{i:02}");
+            rows.members.push(db::nodes::Member {
+                node_id: id.clone(),
+                membership_status: "active".into(),
+                group_id: String::new(),
+                region: "r".into(),
+                zone: format!("z{}", i % 3 + 1),
+            });
+            let (role, org) = match i % 4 {
+                0 => ("relay-node", ""),
+                1 => ("rdp-worker", "org-a"),
+                2 => ("rdp-worker", "org-b"),
+                _ => continue,
+            };
+            rows.assignments.push(db::roles::ActiveAssignment {
+                node_id: id,
+                role: role.into(),
+                org_id: org.into(),
+            });
+        }
+        rows.storage = vec![
+            storage("k1", "z1", "cache"),
+            storage("k2", "z2", "cache"),
+            storage("k3", "z3", "cache"),
+            storage("k9", "z1", "retired"),
+            storage("s1", "z1", "voter"),
+            storage("s2", "z2", "voter"),
+            storage("s3", "z3", "voter"),
+        ];
+        rows.cache_replicas = replicas;
+        rows
+    }
+
+    fn cache_body(compiler: &Compiler, id: &str) -> pb::CacheShard {
+        let scope = Scope::Cache(NodeId::new(id).unwrap());
+        let body = compiler.compile(&scope).unwrap().unwrap().body;
+        rap_proto::shards::decode(&body, &ClusterId::new("c1").unwrap()).unwrap()
+    }
+
+    // Goal (cache placement, need-to-know): with two replicas, every node
+    // is served by two caches in distinct zones, its own zone's first; a
+    // cache holds exactly the union of its served nodes' readable scopes
+    // (no node/ or peers/ scope of a node it does not serve, never a
+    // cache/ scope); a node's shard lists the voters and exactly its own
+    // caches; the same rows compile to the same bytes; a retired cache
+    // compiles to an empty assignment, a voter or an unknown id to none.
+    // Method: twelve nodes and three caches over three zones; compile
+    // every scope twice from two compilers and check each body.
+    #[test]
+    fn caches_hold_exactly_what_their_nodes_read() {
+        let compiler = Compiler::new(cached_rows(2));
+        let scopes = compiler.scopes().unwrap();
+        let caches: Vec<&Scope> = scopes
+            .iter()
+            .filter(|s| matches!(s, Scope::Cache(_)))
+            .collect();
+        assert_eq!(caches.len(), 3, "k1..k3, not the retired k9: {caches:?}");
+        let zone_of = |id: &str| {
+            compiler
+                .rows
+                .storage
+                .iter()
+                .find(|s| s.node_id == id)
+                .unwrap()
+                .zone
+                .clone()
+        };
+        let mut served_by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for member in &compiler.rows.members {
+            let mine = compiler.caches_of(&member.node_id);
+            assert_eq!(mine.len(), 2, "{}", member.node_id);
+            assert_eq!(
+                zone_of(mine[0]),
+                member.zone,
+                "{}: own zone first",
+                member.node_id
+            );
+            assert_ne!(zone_of(mine[0]), zone_of(mine[1]), "{}", member.node_id);
+            for cache in mine {
+                served_by
+                    .entry(cache.to_string())
+                    .or_default()
+                    .insert(member.node_id.clone());
+            }
+            let node = compiler
+                .compile(&Scope::Node(NodeId::new(member.node_id.as_str()).unwrap()))
+                .unwrap()
+                .unwrap();
+            let body: pb::NodeShard =
+                rap_proto::shards::decode(&node.body, &ClusterId::new("c1").unwrap()).unwrap();
+            let endpoints: Vec<(&str, &str)> = body
+                .storage_endpoints
+                .iter()
+                .map(|e| (e.node_id.as_str(), e.role.as_str()))
+                .collect();
+            let mut expected = vec![("s1", "voter"), ("s2", "voter"), ("s3", "voter")];
+            let mut own: Vec<&str> = compiler.caches_of(&member.node_id);
+            own.sort();
+            expected.extend(own.iter().map(|c| (*c, "cache")));
+            assert_eq!(endpoints, expected, "{}", member.node_id);
+        }
+        for cache in ["k1", "k2", "k3"] {
+            let body = cache_body(&compiler, cache);
+            assert_eq!(body.node_id, cache);
+            let serves: BTreeSet<String> = body.serves.iter().cloned().collect();
+            assert_eq!(serves, served_by[cache], "{cache} serves");
+            assert!(body.serves.is_sorted() && body.scopes.is_sorted());
+            let expected: BTreeSet<String> = serves
+                .iter()
+                .flat_map(|node| compiler.readable_scopes(node))
+                .collect();
+            let held: BTreeSet<String> = body.scopes.iter().cloned().collect();
+            assert_eq!(held, expected, "{cache} holds its nodes' scopes");
+            for member in &compiler.rows.members {
+                let id = &member.node_id;
+                let own = held.contains(&format!("node/{id}"));
+                assert_eq!(own, serves.contains(id), "{cache} and node/{id}");
+                if !serves.contains(id) {
+                    assert!(!held.contains(&format!("peers/{id}")));
+                }
+            }
+            assert!(held.iter().all(|s| !s.starts_with("cache/")));
+            assert!(held.contains("trust/root") && held.contains("trust/revocations"));
+        }
+        // A role a cache's nodes hold is held; org scopes only of its nodes'
+        // orgs.
+        let k1 = cache_body(&compiler, "k1");
+        assert!(k1.scopes.iter().any(|s| s.starts_with("role/")));
+
+        let again = Compiler::new(cached_rows(2));
+        for scope in &scopes {
+            assert_eq!(
+                compiler.compile(scope).unwrap(),
+                again.compile(scope).unwrap(),
+                "{scope}"
+            );
+        }
+        let retired = cache_body(&compiler, "k9");
+        assert!(retired.scopes.is_empty() && retired.serves.is_empty());
+        for none in ["s1", "nobody"] {
+            let scope = Scope::Cache(NodeId::new(none).unwrap());
+            assert_eq!(compiler.compile(&scope).unwrap(), None, "{none}");
+        }
+    }
+
+    // Goal: a cluster whose policy is 0 replicas assigns nothing: every
+    // cache shard exists and is empty, node shards list the voters only.
+    // Method: the rows above with replicas = 0.
+    #[test]
+    fn no_replicas_means_caches_hold_nothing() {
+        let compiler = Compiler::new(cached_rows(0));
+        for cache in ["k1", "k2", "k3"] {
+            let body = cache_body(&compiler, cache);
+            assert!(body.scopes.is_empty() && body.serves.is_empty(), "{cache}");
+        }
+        let node = compiler
+            .compile(&Scope::Node(NodeId::new("n00").unwrap()))
+            .unwrap()
+            .unwrap();
+        let body: pb::NodeShard =
+            rap_proto::shards::decode(&node.body, &ClusterId::new("c1").unwrap()).unwrap();
+        assert!(body.storage_endpoints.iter().all(|e| e.role == "voter"));
+        assert_eq!(body.storage_endpoints.len(), 3);
+    }
+
+    // Goal: a cache whose assignment would exceed CACHE_SHARD_SCOPES_MAX
+    // scopes is refused with OVERSIZE, not published cut. Method: one
+    // cache, replicas 1, more nodes than the limit.
+    #[test]
+    fn an_oversized_cache_assignment_is_refused() {
+        let mut rows = rows(CACHE_SHARD_SCOPES_MAX);
+        rows.assignments.clear();
+        rows.storage = vec![storage("k1", "z1", "cache")];
+        rows.cache_replicas = 1;
+        let compiler = Compiler::new(rows);
+        let refused = compiler
+            .compile(&Scope::Cache(NodeId::new("k1").unwrap()))
+            .expect_err("over the limit");
+        assert_eq!(refused.code(), "OVERSIZE");
     }
 }

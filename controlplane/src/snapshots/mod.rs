@@ -3,7 +3,8 @@
 //! ([`publish`]), and keep them published.
 //!
 //! * A mutation marks the scopes it touches dirty in its own transaction
-//!   ([`mark`], [`mark_node_change`]; `snapshot_dirty`) and notifies channel
+//!   ([`mark`], [`mark_node_change`], [`mark_placement_change`];
+//!   `snapshot_dirty`) and notifies channel
 //!   [`DIRTY_CHANNEL`] on commit.
 //! * The publisher task ([`run_publisher`]) wakes on that notification (or
 //!   every [`PUBLISH_POLL_INTERVAL`]) and publishes each cluster's dirty
@@ -34,7 +35,7 @@ use crate::limits::{PUBLISH_POLL_INTERVAL, SHARD_REFRESH_INTERVAL};
 use crate::page::Page;
 pub use publish::{Asked, Mode, Outcome, Publisher};
 use rap_proto::envelope::Scope;
-use rap_proto::ids::ClusterId;
+use rap_proto::ids::{ClusterId, NodeId};
 use rap_proto::pb;
 pub use rotate::rotate_signing_key;
 use sqlx::PgConnection;
@@ -60,10 +61,21 @@ pub async fn mark(conn: &mut PgConnection, cluster_id: &str, scopes: &[Scope]) -
     db::coordination::notify(conn, DIRTY_CHANNEL, cluster_id).await
 }
 
+/// The `cache/` scopes of every cache replica of the cluster.
+async fn cache_scopes(conn: &mut PgConnection, cluster_id: &str) -> Result<Vec<Scope>> {
+    db::storage_nodes::cache_ids(conn, cluster_id)
+        .await?
+        .into_iter()
+        .map(|id| Ok(Scope::Cache(NodeId::new(id)?)))
+        .collect()
+}
+
 /// The scopes a change of `node`'s roles, group or membership touches: its
 /// own `node/`, the `role/` and `org/../services` scopes of `roles`
-/// (`(role, org)` pairs; the roles it had or has), and, when one of them is
-/// a mesh role, the `peers/` scope of every mesh node (they list it).
+/// (`(role, org)` pairs; the roles it had or has), when one of them is a
+/// mesh role the `peers/` scope of every mesh node (they list it), and
+/// the `cache/` scope of every cache replica (a cache holds what its nodes
+/// read: a node gaining role `r` brings `role/r` to its caches).
 pub async fn mark_node_change(
     conn: &mut PgConnection,
     cluster_id: &str,
@@ -71,6 +83,7 @@ pub async fn mark_node_change(
     roles: &[(String, String)],
 ) -> Result<()> {
     let mut scopes = vec![format!("node/{node_id}").parse::<Scope>()?];
+    scopes.extend(cache_scopes(conn, cluster_id).await?);
     let mut mesh = false;
     for (role, org) in roles {
         scopes.push(format!("role/{role}").parse()?);
@@ -85,6 +98,23 @@ pub async fn mark_node_change(
             scopes.push(format!("peers/{holder}").parse()?);
         }
     }
+    scopes.sort();
+    scopes.dedup();
+    mark(conn, cluster_id, &scopes).await
+}
+
+/// The scopes a change of cache placement touches (a cache replica added
+/// or removed, the cluster's cache replicas changed): every `node/` scope
+/// (each lists its caches), every `cache/` scope, and `extra` (a removed
+/// cache's own scope).
+pub async fn mark_placement_change(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    extra: &[Scope],
+) -> Result<()> {
+    db::snapshots::mark_all_node_scopes_dirty(conn, cluster_id).await?;
+    let mut scopes = cache_scopes(conn, cluster_id).await?;
+    scopes.extend_from_slice(extra);
     scopes.sort();
     scopes.dedup();
     mark(conn, cluster_id, &scopes).await

@@ -1,25 +1,30 @@
 //! `GetPlacement`: where a cluster's shards are held and what it
 //! survives, from PostgreSQL (it answers while the group is down too).
 //!
-//! Today every voter and learner holds every shard of its cluster (the
-//! Raft state machine), so each kind of scope is held by all of them: a
-//! scope stays readable while one holder is up (a minority serves reads,
-//! saying so), and writes need a quorum of voters. Cache replicas, which
-//! will hold only the scopes placement assigns them, are not built yet;
-//! the report counts them as zero.
+//! Every voter and learner holds every shard of its cluster (the Raft
+//! state machine); a cache replica holds the scopes placement assigns it
+//! (its `cache/<id>` shard: the readable scopes of the nodes it serves, as
+//! the snapshot compiler computes them, and that shard itself). A scope
+//! stays readable while one holder of it is up (a minority serves reads,
+//! saying so); writes need a quorum of voters.
 //!
 //! `without` names storage nodes to count as lost (`region=R`, `zone=Z`,
 //! `host=H`, `node=ID`), so an operator sees before a maintenance what
-//! losing a domain would leave unreadable or unwritable.
+//! losing a domain would leave unreadable or unwritable: a published scope
+//! is unreadable when every voter and learner is lost and every cache
+//! replica holding it too.
 
 use crate::audit::Action;
 use crate::auth::Principal;
 use crate::context::Context;
 use crate::db;
 use crate::error::{Error, Result};
+use crate::limits::{PLACEMENT_SCOPES_MAX, PLACEMENT_UNREADABLE_LISTED_MAX};
+use crate::snapshots::compile::{ClusterRows, Compiler};
 use rap_authority::placement::{Candidate, failure_tolerance};
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Audit action of a (refused) placement report.
 pub const ACTION_PLACEMENT: &str = "cluster.placement";
@@ -100,17 +105,64 @@ pub async fn report(
             .collect::<Result<Vec<_>>>()
     });
     let lost = crate::audit::refuse_unless(&ctx.pool, &action, checked).await?;
+    let cluster = ClusterId::new(request.cluster_id.as_str())?;
+    let cluster_id = cluster.as_str();
     let mut conn = ctx.pool.acquire().await?;
-    crate::clusters::require_exists(&mut conn, &request.cluster_id).await?;
-    let storage = db::storage_nodes::not_retired(&mut conn, &request.cluster_id).await?;
-    let counts = db::snapshots::scope_counts(&mut conn, &request.cluster_id).await?;
-    Ok(build(&request.cluster_id, &storage, &counts, &lost))
+    crate::clusters::require_exists(&mut conn, cluster_id).await?;
+    let storage = db::storage_nodes::not_retired(&mut conn, cluster_id).await?;
+    let limit = i64::try_from(PLACEMENT_SCOPES_MAX).unwrap_or(i64::MAX - 1) + 1;
+    let scopes = db::snapshots::published_scopes(&mut conn, cluster_id, limit).await?;
+    if scopes.len() > PLACEMENT_SCOPES_MAX {
+        return Err(Error::Oversize {
+            what: "published scopes of one placement report",
+            limit: PLACEMENT_SCOPES_MAX,
+            got: scopes.len(),
+        });
+    }
+    let compiler = Compiler::new(ClusterRows::load(&mut conn, &cluster).await?);
+    let per_node = db::clusters::cache_replicas(&mut conn, cluster_id)
+        .await?
+        .unwrap_or(0);
+    let held = cache_holdings(&compiler);
+    Ok(build(
+        cluster_id,
+        &storage,
+        &scopes,
+        &held,
+        u32::try_from(per_node).unwrap_or(0),
+        &lost,
+    ))
+}
+
+/// Cache replica → the scopes it holds: its assignment, and its own
+/// `cache/<id>` shard.
+fn cache_holdings(compiler: &Compiler) -> BTreeMap<String, BTreeSet<String>> {
+    compiler
+        .cache_ids()
+        .map(|cache| {
+            let mut scopes = compiler.cache_scopes(cache).unwrap_or_default();
+            scopes.insert(format!("cache/{cache}"));
+            (cache.to_string(), scopes)
+        })
+        .collect()
+}
+
+/// The kind of a scope: its first segment (`node`, `peers`, `role`, `org`,
+/// `trust`, `cache`).
+fn class_of(scope: &str) -> &str {
+    scope.split('/').next().unwrap_or(scope)
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn build(
     cluster_id: &str,
     storage: &[db::storage_nodes::StorageNode],
-    counts: &[(String, i64)],
+    scopes: &[String],
+    caches: &BTreeMap<String, BTreeSet<String>>,
+    cache_replicas_per_node: u32,
     lost: &[Lost],
 ) -> pb::PlacementReport {
     let is_lost = |node: &db::storage_nodes::StorageNode| lost.iter().any(|l| l.matches(node));
@@ -132,22 +184,58 @@ fn build(
         .collect();
     let tolerance = failure_tolerance(&candidates);
     let voters_left = voters.iter().filter(|v| !is_lost(v)).count();
-    let holders_left = full.iter().filter(|h| !is_lost(h)).count();
-    let holders: Vec<String> = full.iter().map(|h| h.node_id.clone()).collect();
-    let classes: Vec<pb::PlacementClass> = counts
+    let full_left = full.iter().any(|h| !is_lost(h));
+    let cache_rows: Vec<&db::storage_nodes::StorageNode> =
+        storage.iter().filter(|s| s.role == "cache").collect();
+    let cache_lost: BTreeMap<&str, bool> = cache_rows
         .iter()
-        .map(|(class, scopes)| pb::PlacementClass {
-            class: class.clone(),
-            scopes: u32::try_from(*scopes).unwrap_or(u32::MAX),
-            holders: holders.clone(),
-            holders_left: u32::try_from(holders_left).unwrap_or(u32::MAX),
+        .map(|c| (c.node_id.as_str(), is_lost(c)))
+        .collect();
+    // Caches by node id, with what each holds (nothing for a cache the
+    // compiler does not know).
+    let empty = BTreeSet::new();
+    let holdings: Vec<(&str, bool, &BTreeSet<String>)> = cache_lost
+        .iter()
+        .map(|(id, lost)| (*id, *lost, caches.get(*id).unwrap_or(&empty)))
+        .collect();
+
+    let mut by_class: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+    for scope in scopes {
+        by_class.entry(class_of(scope)).or_default().push(scope);
+    }
+    let mut unreadable: Vec<&String> = Vec::new();
+    let classes: Vec<pb::PlacementClass> = by_class
+        .iter()
+        .map(|(class, scopes)| {
+            let mut holders: Vec<String> = full.iter().map(|h| h.node_id.clone()).collect();
+            let mut holders_left = full.iter().filter(|h| !is_lost(h)).count();
+            for (id, lost, held) in &holdings {
+                if scopes.iter().any(|s| held.contains(*s)) {
+                    holders.push(id.to_string());
+                    holders_left += usize::from(!lost);
+                }
+            }
+            let mut class_unreadable = 0;
+            for scope in scopes {
+                let readable = full_left
+                    || holdings
+                        .iter()
+                        .any(|(_, lost, held)| !lost && held.contains(*scope));
+                if !readable {
+                    class_unreadable += 1;
+                    unreadable.push(scope);
+                }
+            }
+            pb::PlacementClass {
+                class: class.to_string(),
+                scopes: count(scopes.len()),
+                holders,
+                holders_left: count(holders_left),
+                unreadable: count(class_unreadable),
+            }
         })
         .collect();
-    let unreadable = if holders_left == 0 {
-        classes.iter().map(|c| c.scopes).sum()
-    } else {
-        0
-    };
+    unreadable.sort();
     pb::PlacementReport {
         cluster_id: cluster_id.to_string(),
         holders: storage
@@ -165,12 +253,18 @@ fn build(
             .collect(),
         classes,
         write_tolerance: tolerance.to_string(),
-        voters: u32::try_from(voters.len()).unwrap_or(u32::MAX),
-        voters_left: u32::try_from(voters_left).unwrap_or(u32::MAX),
+        voters: count(voters.len()),
+        voters_left: count(voters_left),
         writes_survive: !voters.is_empty()
             && voters_left >= rap_authority::partition::quorum(voters.len()),
-        unreadable_scopes: unreadable,
-        cache_replicas: 0,
+        unreadable_scopes: count(unreadable.len()),
+        cache_replicas: count(cache_rows.len()),
+        cache_replicas_per_node,
+        unreadable: unreadable
+            .into_iter()
+            .take(PLACEMENT_UNREADABLE_LISTED_MAX)
+            .cloned()
+            .collect(),
     }
 }
 
@@ -189,6 +283,13 @@ mod tests {
         }
     }
 
+    fn scopes(nodes: usize) -> Vec<String> {
+        let mut scopes: Vec<String> = (0..nodes).map(|i| format!("node/n{i:02}")).collect();
+        scopes.push("trust/revocations".into());
+        scopes.push("trust/root".into());
+        scopes
+    }
+
     // Goal: the report says what losing a domain leaves: three voters in
     // three zones survive any one zone for writes and reads; two voters in
     // one zone do not survive that zone for writes, but reads go on; losing
@@ -196,25 +297,41 @@ mod tests {
     // for fixed storage sets and `without` selectors.
     #[test]
     fn losing_a_domain_is_reported_as_it_would_be() {
-        let counts = vec![("node".to_string(), 20), ("trust".to_string(), 2)];
+        let scopes = scopes(20);
+        let none = BTreeMap::new();
         let spread = [
             node("s1", "z1", "voter"),
             node("s2", "z2", "voter"),
             node("s3", "z3", "voter"),
         ];
-        let r = build("c1", &spread, &counts, &[Lost::parse("zone=z2").unwrap()]);
+        let r = build(
+            "c1",
+            &spread,
+            &scopes,
+            &none,
+            2,
+            &[Lost::parse("zone=z2").unwrap()],
+        );
         assert_eq!(r.write_tolerance, "survives loss of 1 zone");
         assert!(r.writes_survive);
         assert_eq!((r.voters, r.voters_left, r.unreadable_scopes), (3, 2, 0));
         assert_eq!(r.classes[0].holders_left, 2);
         assert!(r.holders.iter().any(|h| h.node_id == "s2" && h.lost));
+        assert_eq!((r.cache_replicas, r.cache_replicas_per_node), (0, 2));
 
         let lopsided = [
             node("s1", "z1", "voter"),
             node("s2", "z1", "voter"),
             node("s3", "z2", "voter"),
         ];
-        let r = build("c1", &lopsided, &counts, &[Lost::parse("zone=z1").unwrap()]);
+        let r = build(
+            "c1",
+            &lopsided,
+            &scopes,
+            &none,
+            2,
+            &[Lost::parse("zone=z1").unwrap()],
+        );
         assert!(!r.writes_survive, "one voter of three is no quorum");
         assert_eq!(r.unreadable_scopes, 0, "the survivor still serves reads");
 
@@ -222,9 +339,67 @@ mod tests {
             Lost::parse("zone=z1").unwrap(),
             Lost::parse("zone=z2").unwrap(),
         ];
-        let r = build("c1", &lopsided, &counts, &all);
+        let r = build("c1", &lopsided, &scopes, &none, 2, &all);
         assert_eq!(r.unreadable_scopes, 22);
+        assert_eq!(r.unreadable.len(), 22);
         assert!(Lost::parse("rack=1").is_err());
         assert!(Lost::parse("zone=").is_err());
+    }
+
+    // Goal: with the voters lost, exactly the scopes no surviving cache
+    // holds are unreadable, counted per class and named; a class lists the
+    // caches that hold any of its scopes. Method: voters in z1, cache k2
+    // (z2) holding node/n00 and the trust scopes, cache k3 (z3) holding
+    // node/n01; lose z1, then z1 and z3.
+    #[test]
+    fn surviving_caches_keep_their_scopes_readable() {
+        let scopes = scopes(3);
+        let storage = [
+            node("s1", "z1", "voter"),
+            node("s2", "z1", "voter"),
+            node("s3", "z1", "voter"),
+            node("k2", "z2", "cache"),
+            node("k3", "z3", "cache"),
+        ];
+        let held = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let caches = BTreeMap::from([
+            (
+                "k2".to_string(),
+                held(&["node/n00", "trust/revocations", "trust/root"]),
+            ),
+            (
+                "k3".to_string(),
+                held(&["node/n01", "trust/revocations", "trust/root"]),
+            ),
+        ]);
+        let r = build(
+            "c1",
+            &storage,
+            &scopes,
+            &caches,
+            2,
+            &[Lost::parse("zone=z1").unwrap()],
+        );
+        assert_eq!(r.cache_replicas, 2);
+        assert!(!r.writes_survive);
+        assert_eq!(r.unreadable, ["node/n02"], "no cache holds n02");
+        let node_class = &r.classes[0];
+        assert_eq!(node_class.class, "node");
+        assert_eq!(node_class.holders, ["s1", "s2", "s3", "k2", "k3"]);
+        assert_eq!((node_class.holders_left, node_class.unreadable), (2, 1));
+
+        let r = build(
+            "c1",
+            &storage,
+            &scopes,
+            &caches,
+            2,
+            &[
+                Lost::parse("zone=z1").unwrap(),
+                Lost::parse("zone=z3").unwrap(),
+            ],
+        );
+        assert_eq!(r.unreadable, ["node/n01", "node/n02"]);
+        assert_eq!(r.classes[1].unreadable, 0, "k2 still serves trust/");
     }
 }

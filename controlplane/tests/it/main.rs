@@ -5,6 +5,7 @@
 
 mod audit;
 mod authority_terms;
+mod caches;
 mod enrollment;
 mod groups;
 mod grpc;
