@@ -444,7 +444,7 @@ pub async fn status(
     let (term, last_seq) = crate::clusters::current_term(&mut conn, cluster_id)
         .await?
         .unwrap_or((0, 0));
-    let storage = crate::db::storage_nodes::not_retired_by_id(&mut conn, cluster_id).await?;
+    let storage = crate::db::storage_nodes::members_by_id(&mut conn, cluster_id).await?;
     drop(conn);
     let network = ctx.authority.load_network(cluster_id).await?;
     let mut status = pb::AuthorityStatus {

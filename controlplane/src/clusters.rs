@@ -318,6 +318,17 @@ pub async fn bootstrap(
         let voters: Vec<String> = members.iter().map(|m| m.node_id.clone()).collect();
         db::authority_terms::insert_first(&mut tx, cluster_id, answer.authority_term, &voters)
             .await?;
+        // The all-nodes scopes exist from the start: every node's
+        // readable scopes name them.
+        crate::snapshots::mark(
+            &mut tx,
+            cluster_id,
+            &[
+                rap_proto::envelope::Scope::TrustRevocations,
+                rap_proto::envelope::Scope::TrustRoot,
+            ],
+        )
+        .await?;
         audit::record_ok(
             &mut tx,
             &action,

@@ -54,14 +54,15 @@ pub async fn voters(conn: &mut PgConnection, cluster_id: &str) -> Result<Vec<Sto
     .await?)
 }
 
-/// A cluster's storage nodes that are not retired, by node id.
-pub async fn not_retired_by_id(
+/// A cluster's group members (voters and learners; not caches, not
+/// retired), by node id.
+pub async fn members_by_id(
     conn: &mut PgConnection,
     cluster_id: &str,
 ) -> Result<Vec<StorageAddress>> {
     Ok(sqlx::query_as(
         "SELECT node_id, address FROM storage_nodes
-          WHERE cluster_id = $1 AND role <> 'retired' ORDER BY node_id",
+          WHERE cluster_id = $1 AND role IN ('voter', 'learner') ORDER BY node_id",
     )
     .bind(cluster_id)
     .fetch_all(conn)

@@ -46,6 +46,28 @@ struct StorageNode {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+impl StorageNode {
+    /// Serves `config` (a voter or a cache replica) on a task of this
+    /// runtime until stopped.
+    fn spawn(config: rap_configstore::config::Config) -> StorageNode {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let id = config.node_id.clone();
+        let task = tokio::spawn(async move {
+            let result = rap_configstore::server::serve(config, async move {
+                let _ = stopped.await;
+            })
+            .await;
+            if let Err(e) = result {
+                eprintln!("storage node {id} stopped with: {e:#}");
+            }
+        });
+        StorageNode {
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
 /// One test platform (see the module docs).
 pub struct Platform {
     /// The control plane's shared state.
@@ -61,6 +83,8 @@ pub struct Platform {
     /// The keys directory and the storage nodes' data.
     pub dir: tempfile::TempDir,
     nodes: Mutex<Vec<StorageNode>>,
+    /// Cache replicas started by [`Platform::start_cache`], by id.
+    caches: Mutex<Vec<(String, StorageNode)>>,
 }
 
 /// A node agent's key, as `rap-node-agent` would hold it.
@@ -205,7 +229,8 @@ pub async fn join_token(
 /// Enrols storage node `node` of `cluster` the way `rap-configstore join`
 /// does: a single-use storage token, a key made "on the node" (here), a
 /// join request with its proof, approved at once while the cluster has no
-/// authority group; writes `ca.pem`, `node.pem`, `node.key` into `dir`.
+/// authority group (and by `owner` once it has one); writes `ca.pem`,
+/// `node.pem`, `node.key` into `dir`.
 pub async fn enrol_storage(
     ctx: &Context,
     owner: &Principal,
@@ -218,11 +243,18 @@ pub async fn enrol_storage(
     let submitted = enrollment::submit(ctx, &key.storage_join_request(cluster, &token, node))
         .await
         .unwrap();
-    assert_eq!(
-        submitted.status,
-        pb::JoinRequestStatus::Approved as i32,
-        "a storage token before bootstrap is approved at once"
-    );
+    if submitted.status != pb::JoinRequestStatus::Approved as i32 {
+        enrollment::approve(
+            ctx,
+            owner,
+            &pb::ReviewJoinRequestRequest {
+                join_request_id: submitted.join_request_id.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
     let answer = enrollment::status(
         ctx,
         &key.status_request(cluster, &submitted.join_request_id),
@@ -345,6 +377,7 @@ impl Platform {
             db,
             dir,
             nodes: Mutex::new(Vec::new()),
+            caches: Mutex::new(Vec::new()),
         }
     }
 
@@ -367,20 +400,7 @@ impl Platform {
             let listen = free_addr();
             let config = storage_config(cluster, &node, listen, dir.path(), &tls);
             config.validate().unwrap();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(async move {
-                let result = rap_configstore::server::serve(config, async move {
-                    let _ = stopped.await;
-                })
-                .await;
-                if let Err(e) = result {
-                    eprintln!("storage node stopped with: {e:#}");
-                }
-            });
-            nodes.push(StorageNode {
-                stop: Some(stop),
-                task: Some(task),
-            });
+            nodes.push(StorageNode::spawn(config));
             voters.push(pb::VoterSpec {
                 node_id: node.clone(),
                 address: listen.to_string(),
@@ -454,10 +474,12 @@ impl Platform {
         panic!("hang guard: dirty scopes were not published within 20 s");
     }
 
-    /// The cluster's recorded storage nodes, by node id.
+    /// The cluster's recorded storage nodes but its cache replicas, by
+    /// node id.
     pub async fn storage_peers(&self) -> Vec<StoragePeer> {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT node_id, address FROM storage_nodes WHERE cluster_id = $1 ORDER BY node_id",
+            "SELECT node_id, address FROM storage_nodes
+              WHERE cluster_id = $1 AND role <> 'cache' ORDER BY node_id",
         )
         .bind(&self.cluster)
         .fetch_all(&self.ctx.pool)
@@ -494,6 +516,85 @@ impl Platform {
         join_token(&self.ctx, &self.owner, &self.cluster, max_uses, "")
             .await
             .unwrap()
+    }
+
+    /// Enrols storage node `id`, registers it as a cache replica in region
+    /// `r1`, zone `zone` (`AddCacheReplica`), and starts it in-process,
+    /// filled from the voters; returns its gRPC address. It stops with
+    /// the platform (or [`Platform::stop_cache`]).
+    pub async fn start_cache(&self, id: &str, zone: &str) -> SocketAddr {
+        let (ctx, owner, cluster, dir) = (&self.ctx, &self.owner, self.cluster.as_str(), &self.dir);
+        let tls = enrol_storage(
+            ctx,
+            owner,
+            cluster,
+            id,
+            &dir.path().join(format!("tls-{id}")),
+        )
+        .await;
+        let listen = free_addr();
+        rap_controlplane::caches::add(
+            ctx,
+            owner,
+            &pb::AddCacheReplicaRequest {
+                cluster_id: cluster.to_string(),
+                cache: Some(pb::StorageEndpoint {
+                    node_id: id.to_string(),
+                    address: listen.to_string(),
+                    domain: Some(pb::FailureDomain {
+                        region: "r1".into(),
+                        zone: zone.to_string(),
+                        host: id.to_string(),
+                    }),
+                }),
+            },
+        )
+        .await
+        .unwrap();
+        let trust_root = dir.path().join("trust-root.bin");
+        let genesis = {
+            let mut conn = ctx.pool.acquire().await.unwrap();
+            rap_controlplane::db::clusters::trust_root(&mut conn, cluster)
+                .await
+                .unwrap()
+        };
+        std::fs::write(&trust_root, genesis).unwrap();
+        let mut config = storage_config(cluster, id, listen, dir.path(), &tls);
+        config.labels.zone = zone.to_string();
+        config.cache = Some(rap_configstore::config::Cache {
+            trust_root,
+            voters: self
+                .storage_peers()
+                .await
+                .into_iter()
+                .map(|peer| format!("{}={}", peer.node_id, peer.address))
+                .collect(),
+        });
+        config.validate().unwrap();
+        self.caches
+            .lock()
+            .unwrap()
+            .push((id.to_string(), StorageNode::spawn(config)));
+        listen
+    }
+
+    /// Stops cache replica `id` (started by [`Platform::start_cache`]).
+    pub async fn stop_cache(&self, id: &str) {
+        let task = {
+            let mut caches = self.caches.lock().unwrap();
+            caches
+                .iter_mut()
+                .find(|(cache, _)| cache == id)
+                .and_then(|(_, node)| {
+                    if let Some(stop) = node.stop.take() {
+                        let _ = stop.send(());
+                    }
+                    node.task.take()
+                })
+        };
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
     }
 
     /// A pending join request by a fresh key; returns (key, request id).
@@ -681,6 +782,13 @@ impl Drop for Platform {
     fn drop(&mut self) {
         if let Ok(mut nodes) = self.nodes.lock() {
             for node in nodes.iter_mut() {
+                if let Some(stop) = node.stop.take() {
+                    let _ = stop.send(());
+                }
+            }
+        }
+        if let Ok(mut caches) = self.caches.lock() {
+            for (_, node) in caches.iter_mut() {
                 if let Some(stop) = node.stop.take() {
                     let _ = stop.send(());
                 }

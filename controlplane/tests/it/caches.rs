@@ -577,3 +577,166 @@ async fn placement_counts_what_caches_keep_readable() {
     );
     assert!(r.unreadable.iter().all(|s| !s.starts_with("cache/")));
 }
+
+/// A node agent's certificate, its node shard and its caches (id, address).
+type Placed = (
+    rap_core::tls::TlsFiles,
+    pb::NodeShard,
+    Vec<(String, String)>,
+);
+
+/// `GetShard` of `scope` from storage node `node_id` at `address` as the
+/// node agent with `files`, retried (hang guard 20 s) until it answers at
+/// least `min_version`.
+async fn read_from(
+    files: &rap_core::tls::TlsFiles,
+    address: &str,
+    node_id: &str,
+    scope: &str,
+    min_version: u64,
+) -> pb::GetShardResponse {
+    let mut client = rap_testkit::shards::shard_client(files, address, node_id);
+    let mut last = String::new();
+    for _ in 0..200 {
+        let request = pb::GetShardRequest {
+            cluster_id: "c1".into(),
+            scope: scope.to_string(),
+            min_version,
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(5), client.get_shard(request))
+            .await
+        {
+            Ok(Ok(answer)) => return answer.into_inner(),
+            Ok(Err(status)) => last = format!("{}: {}", code_of(&status), status.message()),
+            Err(_) => last = "no answer in 5 s".into(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("hang guard: {scope} from {node_id}: {last}");
+}
+
+/// Every scope `node` reads, read from each cache in `caches` (node id →
+/// address): the bytes the voters hold, marked as served by a cache.
+async fn reads_everything_from(
+    files: &rap_core::tls::TlsFiles,
+    node: &pb::NodeShard,
+    voter: &rap_controlplane::fencing::StoragePeer,
+    caches: &[(String, String)],
+) {
+    for scope in &node.readable_scopes {
+        let from_voter = read_from(files, &voter.address, &voter.node_id, scope, 1).await;
+        let version = rap_proto::envelope::decode(&from_voter.envelope)
+            .unwrap()
+            .header
+            .version
+            .0;
+        for (cache, address) in caches {
+            let answer = read_from(files, address, cache, scope, version).await;
+            assert_eq!(answer.envelope, from_voter.envelope, "{scope} from {cache}");
+            assert_eq!(&answer.served_by_node_id, cache);
+            assert!(answer.staleness.unwrap().from_cache_replica, "{scope}");
+        }
+    }
+}
+
+// Goal (issue 10 "Placement", end to end): what the control plane places
+// is what real cache replicas serve. Caches registered in three zones and
+// node agents located in them are published; each node's own node shard
+// (read from a voter) names its two caches, and the node reads every one
+// of its scopes from each of them, byte for byte what the voters hold;
+// after the zone of one voter and one cache is lost, every node still
+// reads every scope from a cache it was given; with every voter gone the
+// caches still serve.
+// Method: the platform's 3 in-process voters (zones zone-s1..3), three
+// in-process cache replicas (one per zone) enrolled, registered and
+// started through the control plane, the served control plane's
+// publisher; three nodes, one per zone, one a relay node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_serve_what_the_control_plane_placed() {
+    let p = Platform::start().await;
+    let _server = p.serve().await;
+    let voters = p.storage_peers().await;
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let node = p.enroll(CAPABILITIES).await;
+        caches::set_location(
+            &p.ctx,
+            &p.owner,
+            &pb::SetNodeLocationRequest {
+                cluster_id: p.cluster.clone(),
+                node_id: node.clone(),
+                region: "r1".into(),
+                zone: format!("zone-s{i}"),
+            },
+        )
+        .await
+        .unwrap();
+        nodes.push(node);
+    }
+    assign(&p, &nodes[0], "relay-node").await;
+    let mut cache_addresses = BTreeMap::new();
+    for i in 1..=3 {
+        let id = format!("k{i}");
+        let address = p.start_cache(&id, &format!("zone-s{i}")).await;
+        cache_addresses.insert(id, address.to_string());
+    }
+    p.wait_for_publisher().await;
+
+    let cluster = ClusterId::new(p.cluster.as_str()).unwrap();
+    let ca = rap_core::tls::ClusterCa::load(&rap_controlplane::keys::ClusterKeys::dir_for(
+        &p.ctx.keys_dir,
+        &cluster,
+    ))
+    .unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let mut placed: BTreeMap<String, Placed> = BTreeMap::new();
+    for node in &nodes {
+        let files = rap_testkit::shards::node_cert(&ca, &certs.path().join(node), node);
+        let own = read_from(
+            &files,
+            &voters[0].address,
+            &voters[0].node_id,
+            &format!("node/{node}"),
+            1,
+        )
+        .await;
+        let envelope = rap_proto::envelope::decode(&own.envelope).unwrap();
+        let shard: pb::NodeShard = shards::decode(&envelope.body, &cluster).unwrap();
+        let mine: Vec<(String, String)> = shard
+            .storage_endpoints
+            .iter()
+            .filter(|e| e.role == "cache")
+            .map(|e| (e.node_id.clone(), e.address.clone()))
+            .collect();
+        assert_eq!(mine.len(), 2, "{node}: {mine:?}");
+        for (cache, address) in &mine {
+            assert_eq!(
+                &cache_addresses[cache], address,
+                "{node}: {cache}'s address"
+            );
+        }
+        reads_everything_from(&files, &shard, &voters[0], &mine).await;
+        placed.insert(node.clone(), (files, shard, mine));
+    }
+
+    // The zone of s3 and k3 is lost.
+    p.stop_voters(1).await;
+    p.stop_cache("k3").await;
+    for (node, (files, shard, mine)) in &placed {
+        let left: Vec<(String, String)> = mine.iter().filter(|(c, _)| c != "k3").cloned().collect();
+        assert!(!left.is_empty(), "{node} kept a cache");
+        reads_everything_from(files, shard, &voters[0], &left).await;
+    }
+
+    // Every voter is gone: the caches serve what they hold.
+    p.stop_voters(3).await;
+    for (node, (files, shard, mine)) in &placed {
+        for (cache, address) in mine.iter().filter(|(c, _)| c != "k3") {
+            let scope = format!("node/{node}");
+            let answer = read_from(files, address, cache, &scope, 1).await;
+            let envelope = rap_proto::envelope::decode(&answer.envelope).unwrap();
+            let body: pb::NodeShard = shards::decode(&envelope.body, &cluster).unwrap();
+            assert_eq!(&body, shard, "{node} from {cache} without voters");
+        }
+    }
+}
