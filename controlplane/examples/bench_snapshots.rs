@@ -32,7 +32,12 @@
 //!    `node/<x>`, then [`ROLE_ROUNDS`] times a fenced `roles::assign` of
 //!    rdp-worker for an org (or `roles::remove` of it, alternating) and the
 //!    publisher's pass: the time from the call to the watcher holding the
-//!    new version, p50/p99.
+//!    new version, p50/p99;
+//! 8. one cache replica (in-process, like the voters): `add-cache` (which
+//!    republishes every node shard: they list their caches), the time
+//!    until the cache has filled itself with every scope of its placement
+//!    (every node is placed on it: it is the only cache), then the `GetShard`
+//!    runs of section 5 against the cache.
 //!
 //! The load average is printed before and after each section. Clients,
 //! storage nodes and PostgreSQL share the machine (the storage nodes run
@@ -240,6 +245,64 @@ async fn main() {
     reads(&p.cluster, &watchers).await;
     fan_out(&p, &watchers).await;
     role_changes(&p, &agents, &target).await;
+    cache(&p, &agents).await;
+}
+
+/// Section 8: one cache replica, filled and read.
+async fn cache(p: &Platform, agents: &Agents) {
+    load("before cache replica");
+    let started = Instant::now();
+    let (grpc, http) = p.start_cache("k1", "zone-s1").await;
+    let outcome = snapshots::publish_cluster(&p.ctx, &p.cluster, false)
+        .await
+        .unwrap();
+    let published = started.elapsed();
+    let peers = p.storage_peers().await;
+    let heads = p
+        .ctx
+        .authority
+        .shard_heads(&p.cluster, &peers, vec!["cache/k1".to_string()], true)
+        .await
+        .unwrap();
+    let envelope = rap_proto::envelope::decode(&heads.heads[0].envelope).unwrap();
+    let assignment: pb::CacheShard =
+        rap_proto::shards::decode(&envelope.body, &ClusterId::new(p.cluster.as_str()).unwrap())
+            .unwrap();
+    // Its placement and its own assignment.
+    let expected = assignment.scopes.len() + 1;
+    let held = loop {
+        let held = match rap_testkit::cluster::http_get(http, "/metrics").await {
+            Ok((200, body)) => {
+                rap_testkit::cluster::metric_value(&body, "rap_cache_shards", &[]).unwrap_or(0.0)
+            }
+            _ => 0.0,
+        };
+        if held as usize >= expected || started.elapsed() > Duration::from_secs(600) {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let filled = started.elapsed();
+    println!(
+        "cache replica: add-cache + republish {} scopes {:.2} s; filled with {held} of {expected} scopes          ({} nodes served) {:.2} s after add-cache",
+        outcome.published.len(),
+        published.as_secs_f64(),
+        assignment.serves.len(),
+        filled.as_secs_f64()
+    );
+    load("after cache fill");
+    let target = StoragePeer {
+        node_id: "k1".to_string(),
+        address: grpc.to_string(),
+    };
+    println!("shard reads against cache replica k1 ({grpc}) only");
+    let readers = connect(
+        agents,
+        &target,
+        WATCH_FIRST_NODE..WATCH_FIRST_NODE + READ_CONCURRENCY[2],
+    )
+    .await;
+    reads(&p.cluster, &readers).await;
 }
 
 /// Prints the load average, labelled.

@@ -520,9 +520,9 @@ impl Platform {
 
     /// Enrols storage node `id`, registers it as a cache replica in region
     /// `r1`, zone `zone` (`AddCacheReplica`), and starts it in-process,
-    /// filled from the voters; returns its gRPC address. It stops with
-    /// the platform (or [`Platform::stop_cache`]).
-    pub async fn start_cache(&self, id: &str, zone: &str) -> SocketAddr {
+    /// filled from the voters; returns its gRPC and HTTP addresses. It
+    /// stops with the platform (or [`Platform::stop_cache`]).
+    pub async fn start_cache(&self, id: &str, zone: &str) -> (SocketAddr, SocketAddr) {
         let (ctx, owner, cluster, dir) = (&self.ctx, &self.owner, self.cluster.as_str(), &self.dir);
         let tls = enrol_storage(
             ctx,
@@ -571,11 +571,12 @@ impl Platform {
                 .collect(),
         });
         config.validate().unwrap();
+        let http = config.http_listen;
         self.caches
             .lock()
             .unwrap()
             .push((id.to_string(), StorageNode::spawn(config)));
-        listen
+        (listen, http)
     }
 
     /// Stops cache replica `id` (started by [`Platform::start_cache`]).

@@ -677,7 +677,7 @@ async fn caches_serve_what_the_control_plane_placed() {
     let mut cache_addresses = BTreeMap::new();
     for i in 1..=3 {
         let id = format!("k{i}");
-        let address = p.start_cache(&id, &format!("zone-s{i}")).await;
+        let (address, _) = p.start_cache(&id, &format!("zone-s{i}")).await;
         cache_addresses.insert(id, address.to_string());
     }
     p.wait_for_publisher().await;
