@@ -200,9 +200,10 @@ async fn every_scope_readable(
 // refuses a storage caller (CALLER_NOT_ADMITTED); a voter serves a cache
 // only its placement (NOT_A_READER) and a storage node without one
 // nothing; a new version reaches a watcher of a cache; a scope the
-// placement takes away is deleted from the cache; after kill -9 of
-// domain 2 (voter s2 and cache k2) every node reads every scope from a
-// surviving cache; after kill -9 of every voter the caches still serve,
+// placement takes away is deleted from the cache; with any one domain's
+// cache killed, every node reads every scope from the other two; after
+// kill -9 of domain 2 (voter s2 and cache k2) every node reads every
+// scope from a surviving cache; after kill -9 of every voter the caches still serve,
 // also after a cache restarts (from its durable store).
 // Method: 3 voters + 3 caches in domains 1..3, six nodes two per domain,
 // replicas 2 placed by caches_for; shards sealed with the genesis key and
@@ -338,6 +339,19 @@ fn caches_hold_their_placement_and_outlive_a_domain() {
             .publish(&cluster, 0, &format!("cache/{shrunk}"), &[], &body)
             .await;
         every_scope_readable(&cluster, &shards, &serves, &["k1", "k2", "k3"], true).await;
+
+        // Any one domain's cache lost: the other two serve everything.
+        for (lost, _) in CACHES {
+            let index = cache_index(lost);
+            cluster.kill_cache(index);
+            let up: Vec<&str> = CACHES
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| *id != lost)
+                .collect();
+            every_scope_readable(&cluster, &shards, &serves, &up, false).await;
+            cluster.start_cache(index).await;
+        }
 
         // Domain 2 is lost: its voter and its cache.
         cluster.kill(1);
