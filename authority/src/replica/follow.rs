@@ -153,9 +153,11 @@ async fn follow_one(
             cluster_id: replica.cluster_id().to_string(),
             known,
         };
-        let stream = client
-            .watch_shards(request)
+        let stream = tokio::time::timeout(REQUEST_TIMEOUT, client.watch_shards(request))
             .await
+            .map_err(|_| {
+                Error::Unreachable(format!("WatchShards: no answer in {REQUEST_TIMEOUT:?}"))
+            })?
             .map_err(|status| refused_by(source, status))?
             .into_inner();
         streams.push(stream);
