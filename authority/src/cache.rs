@@ -39,6 +39,8 @@ use std::path::{Path, PathBuf};
 pub const CACHE_DB_FILE: &str = "cache.redb";
 /// Version of the table layout above.
 pub const CACHE_FORMAT: u32 = 1;
+/// Most envelopes [`CacheStore::accept_batch`] keeps in one transaction.
+pub const ACCEPT_BATCH_MAX: usize = 256;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("cache_meta");
 const MARKS: TableDefinition<&str, &[u8]> = TableDefinition::new("cache_marks");
@@ -131,7 +133,26 @@ impl CacheStore {
     /// (`ROLLBACK`, `BAD_SIGNATURE`, `WRONG_CLUSTER`,
     /// `STALE_TRUST_GENERATION`, ...) and changes nothing.
     pub fn accept(&self, envelope: &[u8], now: UnixMillis) -> Result<Kept> {
-        let scope = decode(envelope)?.header.scope;
+        match self.accept_batch(&[envelope], now)?.pop() {
+            Some(outcome) => outcome,
+            None => Err(Error::Storage(
+                "a batch of one envelope gave no outcome".into(),
+            )),
+        }
+    }
+
+    /// [`CacheStore::accept`] for up to [`ACCEPT_BATCH_MAX`] envelopes in
+    /// order, kept in one durable transaction: one outcome per envelope
+    /// (a refused one changes nothing, the others are kept); `Err` only
+    /// when the store itself fails (then nothing is kept).
+    pub fn accept_batch(&self, envelopes: &[&[u8]], now: UnixMillis) -> Result<Vec<Result<Kept>>> {
+        if envelopes.len() > ACCEPT_BATCH_MAX {
+            return Err(Error::Oversize {
+                what: "envelopes in one cache batch",
+                limit: ACCEPT_BATCH_MAX,
+                got: envelopes.len(),
+            });
+        }
         let read = self.db.begin_read().map_err(|e| storage(&self.path, e))?;
         let staged = Staged {
             store: self,
@@ -147,29 +168,27 @@ impl CacheStore {
             staged,
             self.options.clone(),
         )?;
-        rap_proto::shards::follow_trust_roots(&mut verifier, &self.cluster_id, envelope)?;
-        let reader = Reader::StorageNode {
-            node_id: self.node_id.clone(),
-        };
-        let accepted = match verifier.verify(envelope, &scope, &reader, now) {
-            Ok(accepted) => accepted,
-            // The very envelope accepted before (same header hash, and
-            // the signature checked again), whose shard placement took
-            // away and now gives back: keep it again, marks unchanged.
-            Err(rap_proto::Error::Replay { .. }) if self.get(&scope.to_string())?.is_none() => {
-                drop(read);
-                return self.restore(envelope, scope, now);
+        let mut outcomes = Vec::with_capacity(envelopes.len());
+        let mut keep: Vec<(String, &[u8])> = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            let outcome = self.verify_one(&mut verifier, envelope, &keep, now);
+            if let Ok(kept) = &outcome {
+                keep.push((kept.scope.to_string(), envelope));
             }
-            Err(error) => return Err(error.into()),
-        };
+            outcomes.push(outcome);
+        }
         let staged = verifier.into_store();
         let (marks, term, root) = (staged.marks, staged.term, staged.root);
         drop(read);
+        if keep.is_empty() {
+            return Ok(outcomes);
+        }
 
-        let key = scope.to_string();
         let tx = self.db.begin_write().map_err(|e| storage(&self.path, e))?;
         {
-            self.put_shard(&tx, &key, envelope)?;
+            for (key, envelope) in &keep {
+                self.put_shard(&tx, key, envelope)?;
+            }
             let mut table = tx.open_table(MARKS).map_err(|e| storage(&self.path, e))?;
             for (scope, mark) in &marks {
                 table
@@ -187,10 +206,54 @@ impl CacheStore {
             }
         }
         tx.commit().map_err(|e| storage(&self.path, e))?;
-        Ok(Kept {
-            scope,
-            version: accepted.header.version,
-        })
+        Ok(outcomes)
+    }
+
+    /// Verifies one envelope of a batch (following a `trust/root` chain
+    /// first); `kept` are the batch's envelopes verified before it.
+    fn verify_one(
+        &self,
+        verifier: &mut Verifier<Staged<'_>>,
+        envelope: &[u8],
+        kept: &[(String, &[u8])],
+        now: UnixMillis,
+    ) -> Result<Kept> {
+        let decoded = decode(envelope)?;
+        let scope = decoded.header.scope.clone();
+        rap_proto::shards::follow_trust_roots(verifier, &self.cluster_id, envelope)?;
+        let reader = Reader::StorageNode {
+            node_id: self.node_id.clone(),
+        };
+        match verifier.verify(envelope, &scope, &reader, now) {
+            Ok(accepted) => Ok(Kept {
+                scope,
+                version: accepted.header.version,
+            }),
+            // The very envelope accepted before (same header hash, and the
+            // signature checked again), whose shard placement took away and
+            // now gives back: keep it again, marks unchanged, unless it
+            // expired meanwhile.
+            Err(rap_proto::Error::Replay { .. })
+                if self.get(&scope.to_string())?.is_none()
+                    && !kept.iter().any(|(key, _)| *key == scope.to_string()) =>
+            {
+                let skew_ms = self.options.clock_skew_ms;
+                let expires_at = decoded.header.expires_at;
+                if now > expires_at.plus_ms(i64::try_from(skew_ms).unwrap_or(i64::MAX)) {
+                    return Err(Error::Proto(rap_proto::Error::Expired {
+                        scope,
+                        expires_at,
+                        now,
+                        skew_ms,
+                    }));
+                }
+                Ok(Kept {
+                    scope,
+                    version: decoded.header.version,
+                })
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// The cluster.
@@ -201,32 +264,6 @@ impl CacheStore {
     /// The storage node this store belongs to.
     pub fn node_id(&self) -> &NodeId {
         &self.node_id
-    }
-
-    /// Keeps again `envelope`, the version of `scope` its mark names,
-    /// unless it expired meanwhile.
-    fn restore(&self, envelope: &[u8], scope: Scope, now: UnixMillis) -> Result<Kept> {
-        let header = decode(envelope)?.header;
-        let skew_ms = self.options.clock_skew_ms;
-        if now
-            > header
-                .expires_at
-                .plus_ms(i64::try_from(skew_ms).unwrap_or(i64::MAX))
-        {
-            return Err(Error::Proto(rap_proto::Error::Expired {
-                scope,
-                expires_at: header.expires_at,
-                now,
-                skew_ms,
-            }));
-        }
-        let tx = self.db.begin_write().map_err(|e| storage(&self.path, e))?;
-        self.put_shard(&tx, &scope.to_string(), envelope)?;
-        tx.commit().map_err(|e| storage(&self.path, e))?;
-        Ok(Kept {
-            scope,
-            version: header.version,
-        })
     }
 
     /// Writes the envelope of `key` in `tx`, refusing a new scope beyond

@@ -284,7 +284,7 @@ async fn cache(p: &Platform, agents: &Agents) {
     };
     let filled = started.elapsed();
     println!(
-        "cache replica: add-cache + republish {} scopes {:.2} s; filled with {held} of {expected} scopes          ({} nodes served) {:.2} s after add-cache",
+        "cache replica: add-cache + republish {} scopes {:.2} s; filled with {held} of {expected} scopes ({} nodes served) {:.2} s after add-cache",
         outcome.published.len(),
         published.as_secs_f64(),
         assignment.serves.len(),

@@ -8,7 +8,9 @@
 //!    (its mark stays).
 //! 3. `WatchShards` over the assignment's scopes, `cache/<self>` and
 //!    `trust/root`, from the versions kept (in streams of at most
-//!    [`WATCH_SCOPES_MAX`] scopes): each new version is verified and kept.
+//!    [`WATCH_SCOPES_MAX`] scopes): each new version is verified and kept,
+//!    whatever has arrived together (up to [`ACCEPT_BATCH_MAX`]) in one
+//!    durable transaction.
 //!    A new assignment starts again at 1 with the same voter.
 //! 4. Every [`CONFIRM_INTERVAL`] the assignment is asked for again; the
 //!    answer's staleness is what this cache reports as its own
@@ -19,10 +21,11 @@
 //! one after [`RETRY_PAUSE`]; the refusal is logged with its code.
 
 use super::CacheReplica;
+use crate::cache::ACCEPT_BATCH_MAX;
 use crate::error::{Error, Result};
 use crate::limits::{SHARD_RESPONSE_BYTES_MAX, WATCH_SCOPES_MAX};
 use crate::network::NetworkConfig;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rap_core::tls::pin::ExpectedPeer;
 use rap_proto::envelope::Scope;
 use rap_proto::ids::NodeId;
@@ -168,17 +171,50 @@ async fn follow_one(
     loop {
         tokio::select! {
             item = merged.next() => {
-                let answer = match item {
+                let first = match item {
                     Some(Ok(answer)) => answer,
                     Some(Err(status)) => return Err(refused_by(source, status)),
-                    None => return Err(Error::Unreachable(format!("voter {} ended the watch", source.node_id))),
+                    None => return Err(ended(source)),
                 };
-                let record = keep(replica, &answer.envelope, source)?;
-                if let Some(staleness) = &answer.staleness {
+                // What else has arrived goes into the same transaction.
+                let mut batch = vec![first];
+                let mut after: Option<Error> = None;
+                while batch.len() < ACCEPT_BATCH_MAX {
+                    match merged.next().now_or_never() {
+                        Some(Some(Ok(answer))) => batch.push(answer),
+                        Some(Some(Err(status))) => {
+                            after = Some(refused_by(source, status));
+                            break;
+                        }
+                        Some(None) => {
+                            after = Some(ended(source));
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let envelopes: Vec<&[u8]> = batch.iter().map(|a| a.envelope.as_slice()).collect();
+                let mut refused = None;
+                let mut reassigned = false;
+                for outcome in replica.accept_batch(&envelopes)? {
+                    match outcome {
+                        Ok(record) => {
+                            let scope = rap_proto::envelope::decode(&record.envelope)?.header.scope;
+                            reassigned |= scope.to_string() == own && record.version.0 > assignment_version;
+                        }
+                        Err(error) => {
+                            warn(replica, source, &error, "cache replica refused an envelope");
+                            refused.get_or_insert(error);
+                        }
+                    }
+                }
+                if let Some(staleness) = batch.last().and_then(|a| a.staleness.as_ref()) {
                     replica.confirm(staleness);
                 }
-                let scope = rap_proto::envelope::decode(&record.envelope)?.header.scope.to_string();
-                if scope == own && record.version.0 > assignment_version {
+                if let Some(error) = refused.or(after) {
+                    return Err(error);
+                }
+                if reassigned {
                     return Ok(());
                 }
             }
@@ -249,6 +285,11 @@ fn warn(replica: &CacheReplica, source: &Source, error: &Error, what: &str) {
         code = error.code(),
         "{what}: {error}"
     );
+}
+
+/// A watch the voter ended.
+fn ended(source: &Source) -> Error {
+    Error::Unreachable(format!("voter {} ended the watch", source.node_id))
 }
 
 /// A refusal from a voter, as a typed error.

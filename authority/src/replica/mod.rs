@@ -30,6 +30,7 @@ use rap_proto::revocations::REVOCATIONS_SCOPE;
 use rap_proto::time::UnixMillis;
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -55,6 +56,8 @@ pub struct CacheReplica {
     node_id: NodeId,
     held: RwLock<BTreeMap<String, ShardRecord>>,
     revoked: RwLock<Arc<HashSet<String>>>,
+    /// The highest authority term among the kept envelopes.
+    held_term: AtomicU64,
     changes: watch::Sender<u64>,
     confirmed: Mutex<Option<Confirmed>>,
     metrics: Arc<AuthorityMetrics>,
@@ -78,6 +81,7 @@ impl CacheReplica {
             .get(REVOCATIONS_SCOPE)
             .map(|r| crate::admission::revoked_serials(&r.envelope, &cluster_id))
             .unwrap_or_default();
+        let held_term = held.values().map(|r| r.authority_term.0).max().unwrap_or(0);
         let (changes, _) = watch::channel(0);
         Ok(CacheReplica {
             store,
@@ -85,6 +89,7 @@ impl CacheReplica {
             node_id,
             held: RwLock::new(held),
             revoked: RwLock::new(Arc::new(revoked)),
+            held_term: AtomicU64::new(held_term),
             changes,
             confirmed: Mutex::new(None),
             metrics: Arc::new(AuthorityMetrics::default()),
@@ -138,25 +143,49 @@ impl CacheReplica {
     /// Verifies `envelope` and keeps it (see [`CacheStore::accept`]); the
     /// verifier's typed refusal changes nothing and is counted.
     pub fn accept(&self, envelope: &[u8]) -> Result<ShardRecord> {
-        let kept = match self.store.accept(envelope, UnixMillis::now()) {
-            Ok(kept) => kept,
-            Err(error) => {
-                self.metrics.refused(error.code());
-                return Err(error);
-            }
-        };
-        let scope = kept.scope.to_string();
-        let record = record_of(&scope, envelope.to_vec())?;
-        if scope == REVOCATIONS_SCOPE {
-            let serials = crate::admission::revoked_serials(envelope, &self.cluster_id);
-            *self.revoked.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(serials);
+        match self.accept_batch(&[envelope])?.pop() {
+            Some(outcome) => outcome,
+            None => Err(Error::Storage(
+                "a batch of one envelope gave no outcome".into(),
+            )),
         }
-        self.held
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(scope, record.clone());
-        self.changes.send_modify(|n| *n += 1);
-        Ok(record)
+    }
+
+    /// [`CacheReplica::accept`] for a batch, kept in one durable
+    /// transaction ([`CacheStore::accept_batch`]): one outcome per
+    /// envelope, refusals counted; `Err` when the store fails.
+    pub fn accept_batch(&self, envelopes: &[&[u8]]) -> Result<Vec<Result<ShardRecord>>> {
+        let outcomes = self.store.accept_batch(envelopes, UnixMillis::now())?;
+        let mut records = Vec::with_capacity(outcomes.len());
+        let mut changed = false;
+        for (envelope, outcome) in envelopes.iter().zip(outcomes) {
+            let kept = match outcome {
+                Ok(kept) => kept,
+                Err(error) => {
+                    self.metrics.refused(error.code());
+                    records.push(Err(error));
+                    continue;
+                }
+            };
+            let scope = kept.scope.to_string();
+            let record = record_of(&scope, envelope.to_vec())?;
+            if scope == REVOCATIONS_SCOPE {
+                let serials = crate::admission::revoked_serials(envelope, &self.cluster_id);
+                *self.revoked.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(serials);
+            }
+            self.held_term
+                .fetch_max(record.authority_term.0, Ordering::AcqRel);
+            self.held
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(scope, record.clone());
+            changed = true;
+            records.push(Ok(record));
+        }
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+        Ok(records)
     }
 
     /// Deletes every kept scope not in `keep` (placement took it away;

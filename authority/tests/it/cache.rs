@@ -253,3 +253,68 @@ fn a_cache_replica_refuses_bad_envelopes_and_keeps_good_ones() {
         "kept: a replay again"
     );
 }
+
+// Goal: a batch keeps what verifies and refuses the rest, each with its
+// own outcome, in one transaction: two versions of one scope chain inside
+// the batch, a rolled-back and a foreign envelope are refused with their
+// codes and change nothing, and an over-long batch is refused whole.
+// Method: a real store; one batch of five envelopes; check each outcome,
+// the kept envelopes after a reopen, and the limit.
+#[test]
+fn a_batch_keeps_what_verifies_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster("c1");
+    let store = open(dir.path(), &c);
+    let a1 = sealed(&c, &c.key, 1, "node/a", 1, None, b"a1".to_vec());
+    store.accept(&a1.bytes, UnixMillis::now()).unwrap();
+    let a2 = sealed(
+        &c,
+        &c.key,
+        1,
+        "node/a",
+        2,
+        Some(a1.header_hash),
+        b"a2".to_vec(),
+    );
+    let a3 = sealed(
+        &c,
+        &c.key,
+        1,
+        "node/a",
+        3,
+        Some(a2.header_hash),
+        b"a3".to_vec(),
+    );
+    let b1 = sealed(&c, &c.key, 1, "node/b", 1, None, b"b1".to_vec());
+    let other = cluster("c2");
+    let foreign = sealed(&other, &other.key, 1, "node/c", 1, None, b"x".to_vec());
+    let batch: Vec<&[u8]> = vec![&a2.bytes, &a1.bytes, &foreign.bytes, &a3.bytes, &b1.bytes];
+    let outcomes = store.accept_batch(&batch, UnixMillis::now()).unwrap();
+    let codes: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(kept) => format!("{}@{}", kept.scope, kept.version.0),
+            Err(e) => e.code().to_string(),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "node/a@2",
+            "ROLLBACK",
+            "WRONG_CLUSTER",
+            "node/a@3",
+            "node/b@1"
+        ]
+    );
+    drop(store);
+    let store = open(dir.path(), &c);
+    assert_eq!(store.get("node/a").unwrap().as_deref(), Some(&a3.bytes[..]));
+    assert_eq!(store.get("node/b").unwrap().as_deref(), Some(&b1.bytes[..]));
+    assert_eq!(store.scopes().unwrap(), ["node/a", "node/b"]);
+    let too_many: Vec<&[u8]> = vec![&b1.bytes[..]; rap_authority::cache::ACCEPT_BATCH_MAX + 1];
+    let refused = store
+        .accept_batch(&too_many, UnixMillis::now())
+        .expect_err("over the limit");
+    assert_eq!(refused.code(), "OVERSIZE");
+}
