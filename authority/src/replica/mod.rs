@@ -251,8 +251,7 @@ impl CacheReplica {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let held_term =
-            self.read(|held| held.values().map(|r| r.authority_term.0).max().unwrap_or(0));
+        let held_term = self.held_term.load(Ordering::Acquire);
         let (age, view, term) = match confirmed {
             Some(c) => {
                 let age = c.at.elapsed();
