@@ -62,7 +62,26 @@ enum Command {
     /// key here, submit a join request with the token, and wait for a
     /// platform admin to approve it. Running it again resumes a pending
     /// request and does nothing once enrolled.
-    Join(JoinArgs),
+    Join(Box<JoinArgs>),
+    /// Keep this node's verified scopes current: read them from the
+    /// nearest healthy storage node, verify every envelope, fail over to
+    /// the next one on error, and watch for new versions. Runs until
+    /// interrupted; writes what it knows for `status`.
+    Run(ClusterArgs),
+    /// Print what `run` last knew: each scope's version, term and age,
+    /// the storage endpoints with their scores, health and why it is
+    /// degraded.
+    Status(ClusterArgs),
+}
+
+#[derive(Args, Debug)]
+struct ClusterArgs {
+    /// The cluster (this node's membership in it).
+    #[arg(long, value_name = "CLUSTER_ID")]
+    cluster: String,
+    /// Node-local state; the cluster's files are in <DIR>/<CLUSTER_ID>.
+    #[arg(long, value_name = "DIR", env = "RAP_AGENT_STATE_DIR", default_value = STATE_DIR_DEFAULT)]
+    state_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -123,9 +142,112 @@ pub fn main() -> ExitCode {
     let output = cli.output;
     rap_core::process::run_main(async move {
         match cli.command {
-            Command::Join(args) => join(args, output).await,
+            Command::Join(args) => join(*args, output).await,
+            Command::Run(args) => run(args).await,
+            Command::Status(args) => status(args, output),
         }
     })
+}
+
+async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+    let cluster = ClusterId::new(args.cluster.as_str()).context("--cluster")?;
+    let stop = async {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    };
+    crate::run::run(&args.state_dir, &cluster, stop).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let cluster = ClusterId::new(args.cluster.as_str()).context("--cluster")?;
+    let Some(status) = crate::run::read_status(&args.state_dir, &cluster)? else {
+        anyhow::bail!(
+            "no status for cluster {cluster} under {}: is `rap-node-agent run` running?",
+            args.state_dir.display()
+        );
+    };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = rap_proto::time::UnixMillis::now().0;
+    let age = |at: i64| {
+        if at <= 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}s", (now - at).max(0) as f64 / 1000.0)
+        }
+    };
+    println!("node {} in cluster {}", status.node_id, status.cluster_id);
+    println!(
+        "health: {}{} (written {} ago)",
+        status.health,
+        if status.degraded_reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", status.degraded_reason)
+        },
+        age(status.updated_at_unix_ms)
+    );
+    println!("scopes:");
+    for (scope, held) in &status.scopes {
+        println!(
+            "  {scope:<32} v{:<6} term {:<3} age {:<8} from {}{} ({})",
+            held.version,
+            held.authority_term,
+            age(held.accepted_at_unix_ms),
+            if held.served_by.is_empty() {
+                "disk"
+            } else {
+                &held.served_by
+            },
+            if held.from_cache_replica {
+                " (cache)"
+            } else {
+                ""
+            },
+            if held.partition_view.is_empty() {
+                "-"
+            } else {
+                &held.partition_view
+            },
+        );
+    }
+    println!("storage endpoints, best first:");
+    for scored in &status.endpoints {
+        println!(
+            "  {:<16} {:<22} {:<9} zone {:<10} rtt {:<9} failures {:<3} bad envelopes {}{}",
+            scored.endpoint.node_id,
+            scored.endpoint.address,
+            scored.endpoint.role,
+            if scored.endpoint.zone.is_empty() {
+                "-"
+            } else {
+                &scored.endpoint.zone
+            },
+            scored
+                .rtt_ms
+                .map(|r| format!("{r:.2}ms"))
+                .unwrap_or_else(|| "-".to_string()),
+            scored.failures,
+            scored.bad_envelopes,
+            if scored.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(" (last: {})", scored.last_error)
+            },
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints progress: stdout for text output, stderr when stdout is JSON.

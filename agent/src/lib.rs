@@ -15,11 +15,20 @@
 //! chain, CA, trust root and bootstrap storage endpoints under the state
 //! directory ([`state`]).
 //!
-//! Still to come: node-local state in sled, heartbeats, reading and
-//! verifying its own shards from nearby storage nodes with the
-//! `rap_proto::envelope::Verifier`, refusing rollback, and supervising
-//! only assigned workloads.
+//! `rap-node-agent run` ([`run`]) then keeps the node's scopes current:
+//! it reads them from the best ranked storage node (its own zone, a cache
+//! replica placed for it, the fastest), verifies every envelope with the
+//! `rap_proto::envelope::Verifier` whatever node served it ([`reads`]),
+//! refuses rollback across restarts (fsynced high-water marks), fails over
+//! on error, stall or a refused envelope, watches for new versions, and
+//! keeps running on its last verified state when no storage node serves
+//! (degraded). `rap-node-agent status` prints what it knows.
+//!
+//! Still to come: node-local state in sled, heartbeats, certificate
+//! renewal, and supervising only assigned workloads.
 
 pub mod cli;
 pub mod enroll;
+pub mod reads;
+pub mod run;
 pub mod state;

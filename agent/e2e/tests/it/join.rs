@@ -21,7 +21,7 @@ const AGENT_RUN_MAX: Duration = Duration::from_secs(60);
 /// Hang guard for a join request to show up.
 const REQUEST_APPEARS_MAX: Duration = Duration::from_secs(30);
 
-fn cluster_keys(p: &Platform) -> ClusterKeys {
+pub(crate) fn cluster_keys(p: &Platform) -> ClusterKeys {
     ClusterKeys::load(
         &p.ctx.keys_dir,
         &ClusterId::new(p.cluster.as_str()).unwrap(),
@@ -30,26 +30,26 @@ fn cluster_keys(p: &Platform) -> ClusterKeys {
 }
 
 /// What one agent run printed and how it ended.
-struct Run {
+pub(crate) struct Run {
     status: ExitStatus,
     stdout: String,
     stderr: String,
 }
 
 impl Run {
-    fn code(&self) -> Option<i32> {
+    pub(crate) fn code(&self) -> Option<i32> {
         self.status.code()
     }
 }
 
 /// A running `rap-node-agent join`.
-struct Agent {
+pub(crate) struct Agent {
     child: tokio::process::Child,
 }
 
 impl Agent {
     /// Starts `rap-node-agent join` with the standard arguments plus `extra`.
-    fn join(
+    pub(crate) fn join(
         server: &rap_testkit::platform::ControlPlane,
         cluster: &str,
         token: &str,
@@ -86,7 +86,7 @@ impl Agent {
     }
 
     /// Waits for it to exit (hang guard [`AGENT_RUN_MAX`]).
-    async fn finish(self) -> Run {
+    pub(crate) async fn finish(self) -> Run {
         let output = tokio::time::timeout(AGENT_RUN_MAX, self.child.wait_with_output())
             .await
             .expect("hang guard: the agent did not exit")
@@ -107,7 +107,7 @@ impl Agent {
 }
 
 /// The cluster's pending join requests, once there are `n` of them.
-async fn pending_requests(p: &Platform, n: usize) -> Vec<pb::JoinRequest> {
+pub(crate) async fn pending_requests(p: &Platform, n: usize) -> Vec<pb::JoinRequest> {
     let deadline = tokio::time::Instant::now() + REQUEST_APPEARS_MAX;
     loop {
         let (requests, _) = enrollment::list(

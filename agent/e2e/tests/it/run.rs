@@ -1,0 +1,216 @@
+//! `rap-node-agent run` and `status`: the real binary, enrolled through
+//! the real control plane, reading its scopes from the platform's storage
+//! nodes and cache replicas.
+
+use crate::join::{Agent, cluster_keys, pending_requests};
+use rap_controlplane::{enrollment, roles};
+use rap_proto::pb;
+use rap_testkit::platform::Platform;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Hang guard for the agent to reach a state.
+const REACHES_MAX: Duration = Duration::from_secs(30);
+
+/// A running `rap-node-agent run`.
+struct Running {
+    child: tokio::process::Child,
+}
+
+impl Running {
+    fn start(state_dir: &Path, cluster: &str) -> Running {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-node-agent-under-test"))
+            .args(["run", "--cluster", cluster])
+            .env("RAP_AGENT_STATE_DIR", state_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Running { child }
+    }
+
+    /// `kill -9`.
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// `rap-node-agent status -o json`, parsed (None before `run` wrote one).
+async fn status(state_dir: &Path, cluster: &str) -> Option<serde_json::Value> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-node-agent-under-test"))
+        .args(["status", "--cluster", cluster, "-o", "json"])
+        .env("RAP_AGENT_STATE_DIR", state_dir)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    if !output.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+/// Polls `status` until `check` holds (hang guard [`REACHES_MAX`]).
+async fn reaches(
+    state_dir: &Path,
+    cluster: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + REACHES_MAX;
+    let mut last = None;
+    loop {
+        if let Some(status) = status(state_dir, cluster).await {
+            if check(&status) {
+                return status;
+            }
+            last = Some(status);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hang guard: {what} within {REACHES_MAX:?}; last status: {last:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn version(status: &serde_json::Value, scope: &str) -> u64 {
+    status["scopes"][scope]["version"].as_u64().unwrap_or(0)
+}
+
+// Goal (issue 11 "nearby reads", "kill -9 keeps high-water marks"): an
+// enrolled agent that runs holds exactly its verified scopes (its node
+// shard, the all-nodes scopes; a role's scope once the role is assigned),
+// prefers the cache replica placed for it, fails over to a voter when
+// that cache is stopped and still receives new versions, and after kill
+// -9 and a restart starts from what it had kept (same versions, from
+// disk) and catches up. `status` says healthy and shows the endpoints
+// with their scores.
+// Method: the platform's 3 voters, its served control plane (publisher
+// on), the real join then `run` binaries; one cache replica registered
+// and started through the control plane; a role assigned and removed
+// through the control plane's functions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reads_its_scopes_fails_over_and_restarts() {
+    let p = Platform::start().await;
+    let server = p.serve().await;
+    let fingerprint = cluster_keys(&p).ca_fingerprint();
+    let token = p.token(1).await;
+    let state = tempfile::tempdir().unwrap();
+    let cluster = p.cluster.clone();
+
+    let join = Agent::join(
+        &server,
+        &cluster,
+        &token,
+        &fingerprint,
+        state.path(),
+        &["--capability", "can_route_mesh", "--wait", "30s"],
+    );
+    let request = pending_requests(&p, 1).await.remove(0);
+    enrollment::approve(
+        &p.ctx,
+        &p.owner,
+        &pb::ReviewJoinRequestRequest {
+            join_request_id: request.join_request_id.clone(),
+            node_id: "node-a".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(join.finish().await.code(), Some(0));
+    p.wait_for_publisher().await;
+
+    let agent = Running::start(state.path(), &cluster);
+    let first = reaches(state.path(), &cluster, "the agent holds its scopes", |s| {
+        version(s, "node/node-a") >= 1
+            && version(s, "trust/revocations") >= 1
+            && version(s, "trust/root") >= 1
+    })
+    .await;
+    assert_eq!(first["health"], "healthy", "{first:#}");
+    assert!(first["scopes"].get("role/relay-node").is_none());
+
+    // A role: its scope arrives, through the watch.
+    roles::assign(
+        &p.ctx,
+        &p.owner,
+        &pb::AssignRoleRequest {
+            cluster_id: cluster.clone(),
+            node_id: "node-a".into(),
+            role: "relay-node".into(),
+            org_id: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    reaches(state.path(), &cluster, "role/relay-node and peers", |s| {
+        version(s, "role/relay-node") >= 1 && version(s, "peers/node-a") >= 1
+    })
+    .await;
+
+    // A cache replica placed for it: the agent reads from it.
+    p.start_cache("k1", "zone-s1").await;
+    let cached = reaches(state.path(), &cluster, "reads from the cache", |s| {
+        s["endpoints"][0]["endpoint"]["node_id"] == "k1"
+            && s["endpoints"][0]["endpoint"]["role"] == "cache"
+            && s["endpoints"][0]["rtt_ms"].is_number()
+    })
+    .await;
+    assert_eq!(cached["health"], "healthy", "{cached:#}");
+
+    // The cache stops: reads go on from a voter, new versions arrive.
+    p.stop_cache("k1").await;
+    let node_version = version(&cached, "node/node-a");
+    roles::remove(
+        &p.ctx,
+        &p.owner,
+        &pb::RemoveRoleRequest {
+            cluster_id: cluster.clone(),
+            node_id: "node-a".into(),
+            role: "relay-node".into(),
+            org_id: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let failed_over = reaches(
+        state.path(),
+        &cluster,
+        "a newer node shard from a voter",
+        |s| {
+            version(s, "node/node-a") > node_version
+                && s["scopes"]["node/node-a"]["served_by"]
+                    .as_str()
+                    .is_some_and(|by| by.starts_with('s'))
+        },
+    )
+    .await;
+    assert!(
+        failed_over["scopes"].get("role/relay-node").is_none(),
+        "a scope it no longer reads is dropped: {failed_over:#}"
+    );
+    let k1 = failed_over["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["endpoint"]["node_id"] == "k1");
+    if let Some(k1) = k1 {
+        assert!(k1["failures"].as_u64().unwrap_or(0) >= 1, "{k1:#}");
+    }
+
+    // kill -9, restart: what it kept is there at once, then current.
+    agent.kill().await;
+    let kept = version(&failed_over, "node/node-a");
+    let _agent = Running::start(state.path(), &cluster);
+    let restarted = reaches(state.path(), &cluster, "running again", |s| {
+        version(s, "node/node-a") >= kept && s["health"] == "healthy"
+    })
+    .await;
+    assert_eq!(version(&restarted, "node/node-a"), kept);
+}

@@ -1,0 +1,471 @@
+//! Verified shard reads from nearby storage nodes, with failover.
+//!
+//! A [`Reader`] asks the best ranked endpoint ([`endpoints`]) for a scope
+//! (`GetShard` with the version it holds as `min_version`), verifies the
+//! envelope with the agent's own [`Verifier`] (cluster, trust generation,
+//! key, hash, signature, term, version chain, validity, readers) whatever
+//! node served it, and only then keeps it. An endpoint that fails, stalls
+//! ([`READ_TIMEOUT`]) or serves an envelope that does not verify is scored
+//! down and the next one is asked, without asking the control plane.
+//!
+//! What is kept, under `<state-dir>/<cluster>/`:
+//!
+//! * `marks/`: the verifier's high-water marks (`FileHighWaterStore`:
+//!   written and fsynced before the envelope they admit is used, so after
+//!   `kill -9` no lower version or term is ever accepted again);
+//! * `shard.<scope>.bin` ([`shard_file`]): the newest verified envelope of
+//!   each scope, exactly as signed (checked on start against its mark's
+//!   header hash and its content hash, so a damaged file is dropped, never
+//!   used).
+
+pub mod endpoints;
+
+use crate::state::{ClusterState, StateError};
+use endpoints::{Endpoint, Endpoints};
+use rap_core::marks::FileHighWaterStore;
+use rap_core::tls::pin::{ExpectedPeer, PeerTls};
+use rap_proto::envelope::{
+    Digest, Reader as EnvelopeReader, Scope, Verifier, VerifierOptions, decode,
+};
+use rap_proto::ids::{ClusterId, NodeId};
+use rap_proto::pb;
+use rap_proto::pb::shard_service_client::ShardServiceClient;
+use rap_proto::time::UnixMillis;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// How long one read may take before the endpoint counts as stalled.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// TCP connect timeout towards a storage node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 keepalive towards a storage node (a dead connection under an
+/// idle watch is noticed within twice this).
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
+/// Largest response accepted from a storage node.
+pub const RESPONSE_BYTES_MAX: usize = rap_proto::limits::ENVELOPE_BYTES_MAX + 64 * 1024;
+/// Most scopes an agent holds.
+pub const SCOPES_MAX: usize = 256;
+
+/// A failed read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Node-local state could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The envelope machinery or the marks store refused to start.
+    #[error(transparent)]
+    Proto(#[from] rap_proto::Error),
+    /// No endpoint answered with a verified envelope; the reasons, best
+    /// endpoint first.
+    #[error("no storage endpoint served a verified {scope}: {reasons}")]
+    NoEndpoint {
+        /// The scope.
+        scope: String,
+        /// One reason per endpoint tried.
+        reasons: String,
+    },
+    /// A configuration that cannot work (no endpoint, a bad address).
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl ReadError {
+    /// Stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReadError::State(_) => "STATE",
+            ReadError::Proto(e) => e.code(),
+            ReadError::NoEndpoint { .. } => "NO_ENDPOINT",
+            ReadError::Setup(_) => "INVALID_ARGUMENT",
+        }
+    }
+}
+
+/// One verified scope the agent holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Held {
+    /// Its version.
+    pub version: u64,
+    /// The authority term it was published in.
+    pub authority_term: u64,
+    /// When this agent accepted it (Unix ms).
+    pub accepted_at_unix_ms: i64,
+    /// The storage node that served it ('' when loaded from disk).
+    pub served_by: String,
+    /// Whether a cache replica served it.
+    pub from_cache_replica: bool,
+    /// The serving node's partition view (`healthy`, `minority`, ...).
+    pub partition_view: String,
+    #[serde(skip)]
+    envelope: Vec<u8>,
+}
+
+impl Held {
+    /// The envelope, exactly as signed.
+    pub fn envelope(&self) -> &[u8] {
+        &self.envelope
+    }
+}
+
+/// What a read did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A newer version was verified and kept.
+    Updated(u64),
+    /// The held version is the newest served.
+    Unchanged(u64),
+}
+
+/// The file of `scope`'s newest verified envelope.
+pub fn shard_file(scope: &str) -> String {
+    format!("shard.{}.bin", scope.replace('/', "~"))
+}
+
+/// Reads, verifies and keeps one agent's scopes.
+pub struct Reader {
+    cluster_id: ClusterId,
+    node_id: NodeId,
+    state: ClusterState,
+    tls: Option<Arc<PeerTls>>,
+    verifier: Verifier<FileHighWaterStore>,
+    /// Who this node is for the readers check (roles from its own node
+    /// shard).
+    me: EnvelopeReader,
+    /// The endpoints and their scores.
+    pub endpoints: Endpoints,
+    held: BTreeMap<String, Held>,
+    clients: HashMap<String, ShardServiceClient<Channel>>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("cluster_id", &self.cluster_id)
+            .field("node_id", &self.node_id)
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reader {
+    /// A reader of node `node_id` in `state`'s cluster, verifying from
+    /// the genesis trust root `genesis`, dialling `endpoints` under `tls`
+    /// (`None`: plaintext, development only). Loads (and re-verifies) the
+    /// envelopes kept before.
+    pub fn open(
+        state: ClusterState,
+        cluster_id: ClusterId,
+        node_id: NodeId,
+        genesis: &[u8],
+        tls: Option<Arc<PeerTls>>,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<Reader, ReadError> {
+        if endpoints.is_empty() {
+            return Err(ReadError::Setup(
+                "no storage endpoint to read from (join again, or check storage-endpoints.json)"
+                    .into(),
+            ));
+        }
+        let marks = FileHighWaterStore::open(&state.path("marks"))?;
+        let verifier = Verifier::open(
+            cluster_id.clone(),
+            genesis,
+            None,
+            marks,
+            VerifierOptions::default(),
+        )?;
+        let mut reader = Reader {
+            me: EnvelopeReader::Node {
+                node_id: node_id.clone(),
+                roles: Vec::new(),
+                orgs: Vec::new(),
+            },
+            cluster_id,
+            node_id,
+            state,
+            tls,
+            verifier,
+            endpoints: Endpoints::new(endpoints),
+            held: BTreeMap::new(),
+            clients: HashMap::new(),
+        };
+        reader.load_kept();
+        Ok(reader)
+    }
+
+    /// The node's own scope.
+    pub fn own_scope(&self) -> String {
+        Scope::Node(self.node_id.clone()).to_string()
+    }
+
+    /// What is held, by scope.
+    pub fn held(&self) -> &BTreeMap<String, Held> {
+        &self.held
+    }
+
+    /// The held node shard, decoded.
+    pub fn node_shard(&self) -> Option<pb::NodeShard> {
+        let held = self.held.get(&self.own_scope())?;
+        let envelope = decode(held.envelope()).ok()?;
+        rap_proto::shards::decode(&envelope.body, &self.cluster_id).ok()
+    }
+
+    /// Loads the kept envelopes the marks admitted (the marks were written
+    /// before each file): a file that does not decode, or is not the
+    /// envelope its scope's mark names, is dropped.
+    fn load_kept(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.state.dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(scope) = name
+                .strip_prefix("shard.")
+                .and_then(|n| n.strip_suffix(".bin"))
+                .map(|n| n.replace('~', "/"))
+            else {
+                continue;
+            };
+            let Ok(bytes) = crate::state::read_bounded(&entry.path(), RESPONSE_BYTES_MAX as u64)
+            else {
+                continue;
+            };
+            let Ok(envelope) = decode(&bytes) else {
+                tracing::warn!(cluster_id = %self.cluster_id, node_id = %self.node_id, scope, "a kept shard does not decode; dropped");
+                continue;
+            };
+            if envelope.header.scope.to_string() != scope || self.held.len() >= SCOPES_MAX {
+                continue;
+            }
+            // It must be the very envelope the marks admitted: its header
+            // hash is the mark's, its body hash the header's.
+            let marked = self
+                .verifier
+                .scope_mark(&envelope.header.scope)
+                .ok()
+                .flatten()
+                .is_some_and(|mark| mark.header_hash == envelope.header_hash());
+            if !marked || Digest::of(&envelope.body) != envelope.header.content_hash {
+                tracing::warn!(cluster_id = %self.cluster_id, node_id = %self.node_id, scope, "a kept shard is not the one its mark admitted; dropped");
+                continue;
+            }
+            self.held.insert(
+                scope,
+                Held {
+                    version: envelope.header.version.0,
+                    authority_term: envelope.header.authority_term.0,
+                    accepted_at_unix_ms: 0,
+                    served_by: String::new(),
+                    from_cache_replica: false,
+                    partition_view: String::new(),
+                    envelope: bytes,
+                },
+            );
+        }
+        self.refresh_me();
+    }
+
+    /// This node's roles and organizations, from its held node shard.
+    fn refresh_me(&mut self) {
+        if let Some(shard) = self.node_shard()
+            && let Ok(me) = rap_proto::shards::node_reader(&shard)
+        {
+            self.me = me;
+        }
+    }
+
+    fn client(&mut self, endpoint: &Endpoint) -> Result<ShardServiceClient<Channel>, String> {
+        if let Some(client) = self.clients.get(&endpoint.node_id) {
+            return Ok(client.clone());
+        }
+        let uri = format!("http://{}", endpoint.address);
+        let base = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| format!("address {:?}: {e}", endpoint.address))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true);
+        let channel = match &self.tls {
+            Some(tls) => base.connect_with_connector_lazy(
+                tls.connector(&ExpectedPeer::storage_named(&endpoint.node_id))
+                    .map_err(|e| format!("TLS to {}: {e}", endpoint.node_id))?,
+            ),
+            None => base.connect_lazy(),
+        };
+        let client = ShardServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX);
+        self.clients
+            .insert(endpoint.node_id.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// Reads `scope` from the best endpoint that serves a verified
+    /// envelope of it at least as new as the one held.
+    pub async fn read(&mut self, scope: &str) -> Result<Outcome, ReadError> {
+        let held = self.held.get(scope).map_or(0, |h| h.version);
+        let mut reasons = Vec::new();
+        for at in self.endpoints.ranked() {
+            let endpoint = self.endpoints.list[at].endpoint.clone();
+            let mut client = match self.client(&endpoint) {
+                Ok(client) => client,
+                Err(why) => {
+                    self.endpoints.failed(at, &why);
+                    reasons.push(format!("{}: {why}", endpoint.node_id));
+                    continue;
+                }
+            };
+            let request = pb::GetShardRequest {
+                cluster_id: self.cluster_id.to_string(),
+                scope: scope.to_string(),
+                min_version: held,
+            };
+            let started = Instant::now();
+            let answer = match tokio::time::timeout(READ_TIMEOUT, client.get_shard(request)).await {
+                Ok(Ok(answer)) => answer.into_inner(),
+                Ok(Err(status)) => {
+                    let code = rap_core::codes::error_detail(&status)
+                        .map(|d| d.code)
+                        .unwrap_or_else(|| format!("{:?}", status.code()));
+                    self.endpoints.failed(at, &code);
+                    reasons.push(format!("{}: {code}", endpoint.node_id));
+                    continue;
+                }
+                Err(_) => {
+                    self.endpoints.failed(at, "stalled");
+                    reasons.push(format!(
+                        "{}: no answer in {READ_TIMEOUT:?}",
+                        endpoint.node_id
+                    ));
+                    continue;
+                }
+            };
+            match self.keep(scope, &endpoint, answer) {
+                Ok(outcome) => {
+                    self.endpoints.succeeded(at, started.elapsed());
+                    return Ok(outcome);
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        cluster_id = %self.cluster_id,
+                        node_id = %self.node_id,
+                        storage = %endpoint.node_id,
+                        scope,
+                        code = error.code(),
+                        "refused an envelope: {error}"
+                    );
+                    self.endpoints.bad_envelope(at, error.code());
+                    reasons.push(format!("{}: refused ({})", endpoint.node_id, error.code()));
+                }
+            }
+        }
+        Err(ReadError::NoEndpoint {
+            scope: scope.to_string(),
+            reasons: reasons.join("; "),
+        })
+    }
+
+    /// Verifies what `endpoint` served for `scope` and keeps it: the
+    /// marks first (fsynced by the verifier's store), then the envelope.
+    fn keep(
+        &mut self,
+        scope: &str,
+        endpoint: &Endpoint,
+        answer: pb::GetShardResponse,
+    ) -> Result<Outcome, rap_proto::Error> {
+        let envelope = answer.envelope;
+        let decoded = decode(&envelope)?;
+        let offered = decoded.header.scope.to_string();
+        if offered != scope {
+            return Err(rap_proto::Error::InvalidScope {
+                value: offered,
+                reason: format!("asked for {scope}"),
+            });
+        }
+        if let Some(held) = self.held.get(scope)
+            && held.envelope == envelope
+        {
+            return Ok(Outcome::Unchanged(held.version));
+        }
+        rap_proto::shards::follow_trust_roots(&mut self.verifier, &self.cluster_id, &envelope)?;
+        let accepted = self.verifier.verify(
+            &envelope,
+            &decoded.header.scope,
+            &self.me,
+            UnixMillis::now(),
+        )?;
+        if let Err(e) = self.state.write(&shard_file(scope), &envelope) {
+            // The mark is durable and the envelope is verified: serve it
+            // from memory and say the disk failed.
+            tracing::error!(cluster_id = %self.cluster_id, node_id = %self.node_id, scope, "keeping a verified shard failed: {e}");
+        }
+        let staleness = answer.staleness.unwrap_or_default();
+        let version = accepted.header.version.0;
+        self.held.insert(
+            scope.to_string(),
+            Held {
+                version,
+                authority_term: accepted.header.authority_term.0,
+                accepted_at_unix_ms: UnixMillis::now().0,
+                served_by: endpoint.node_id.clone(),
+                from_cache_replica: staleness.from_cache_replica,
+                partition_view: view_name(staleness.partition_view).to_string(),
+                envelope,
+            },
+        );
+        if scope == self.own_scope() {
+            self.refresh_me();
+        }
+        Ok(Outcome::Updated(version))
+    }
+
+    /// Keeps what a watch delivered (verified like a read); a refusal
+    /// scores the endpoint down.
+    pub fn keep_watched(
+        &mut self,
+        endpoint_at: usize,
+        answer: pb::GetShardResponse,
+    ) -> Result<(String, Outcome), rap_proto::Error> {
+        let endpoint = self.endpoints.list[endpoint_at].endpoint.clone();
+        let scope = decode(&answer.envelope)?.header.scope.to_string();
+        match self.keep(&scope, &endpoint, answer) {
+            Ok(outcome) => Ok((scope, outcome)),
+            Err(error) => {
+                self.endpoints.bad_envelope(endpoint_at, error.code());
+                Err(error)
+            }
+        }
+    }
+
+    /// A client of the endpoint at `at` (for a watch).
+    pub fn client_at(&mut self, at: usize) -> Result<ShardServiceClient<Channel>, String> {
+        let endpoint = self.endpoints.list[at].endpoint.clone();
+        self.client(&endpoint)
+    }
+
+    /// Drops the held scopes not in `keep` (their marks stay).
+    pub fn retain(&mut self, keep: &[String]) {
+        let gone: Vec<String> = self
+            .held
+            .keys()
+            .filter(|s| !keep.contains(s))
+            .cloned()
+            .collect();
+        for scope in gone {
+            self.held.remove(&scope);
+            let _ = std::fs::remove_file(self.state.path(&shard_file(&scope)));
+        }
+    }
+}
+
+/// The name of a partition view.
+pub fn view_name(view: i32) -> &'static str {
+    match pb::PartitionView::try_from(view) {
+        Ok(pb::PartitionView::Healthy) => "healthy",
+        Ok(pb::PartitionView::Degraded) => "degraded",
+        Ok(pb::PartitionView::Minority) => "minority",
+        Ok(pb::PartitionView::Fenced) => "fenced",
+        _ => "unknown",
+    }
+}

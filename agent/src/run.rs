@@ -1,0 +1,295 @@
+//! `rap-node-agent run`: keeps the node's verified scopes current.
+//!
+//! A round: read the node's own `node/<id>` scope, take the storage
+//! endpoints it lists (the voters and this node's cache replicas; the
+//! bootstrap list stays as the last resort), read every scope it lists as
+//! readable, drop what it no longer lists, write [`STATUS_FILE`], then
+//! watch those scopes on the best endpoint until the node's own scope
+//! changes, the watch fails (that endpoint is scored down), or
+//! [`RESYNC_INTERVAL`] passes (endpoints are ranked again). Every envelope
+//! is verified before it is kept ([`crate::reads`]).
+//!
+//! Degraded mode: when no endpoint serves a verified scope, or the serving
+//! node is in a minority, the agent keeps running on the last verified
+//! state and says why in [`STATUS_FILE`] (`health: degraded`); the next
+//! round that succeeds clears it.
+
+use crate::reads::endpoints::{Endpoint, Scored};
+use crate::reads::{Held, Outcome, ReadError, Reader};
+use crate::state::{
+    CA_CERT_FILE, ClusterState, NODE_CERT_FILE, NODE_KEY_FILE, STORAGE_ENDPOINTS_FILE,
+    StorageEndpointRecord, TRUST_ROOT_FILE,
+};
+use rap_core::tls::TlsFiles;
+use rap_core::tls::live::LiveIdentity;
+use rap_core::tls::pin::PeerTls;
+use rap_proto::ids::{ClusterId, NodeId};
+use rap_proto::pb;
+use rap_proto::time::UnixMillis;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+/// The status file `run` writes and `status` prints.
+pub const STATUS_FILE: &str = "status.json";
+/// Longest a watch runs before the endpoints are ranked again.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// Pause after a round in which no endpoint served.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Largest status file read.
+pub const STATUS_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// What `run` last knew, as `status` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// The cluster.
+    pub cluster_id: String,
+    /// This node.
+    pub node_id: String,
+    /// When this was written (Unix ms).
+    pub updated_at_unix_ms: i64,
+    /// `healthy` or `degraded`.
+    pub health: String,
+    /// Why it is degraded ('' when healthy).
+    pub degraded_reason: String,
+    /// The verified scopes held.
+    pub scopes: BTreeMap<String, Held>,
+    /// The storage endpoints, best first, with their scores.
+    pub endpoints: Vec<Scored>,
+}
+
+/// The agent's reader of `cluster` from its enrolled state in `state_dir`.
+pub fn open_reader(state_dir: &Path, cluster: &ClusterId) -> Result<Reader, ReadError> {
+    let state = ClusterState::open(state_dir, cluster)?;
+    let identity = state.identity()?.ok_or_else(|| {
+        ReadError::Setup(format!(
+            "not enrolled in cluster {cluster} under {}: run `rap-node-agent join` first",
+            state_dir.display()
+        ))
+    })?;
+    let node_id = NodeId::new(identity.node_id.as_str())?;
+    let files = TlsFiles {
+        ca: state.path(CA_CERT_FILE),
+        cert: state.path(NODE_CERT_FILE),
+        key: state.path(NODE_KEY_FILE),
+    };
+    let identity = LiveIdentity::load(files)
+        .map_err(|e| ReadError::Setup(format!("the node certificate: {e}")))?;
+    let tls = PeerTls::new(identity).map_err(|e| ReadError::Setup(format!("TLS: {e}")))?;
+    let genesis = crate::state::read_bounded(
+        &state.path(TRUST_ROOT_FILE),
+        rap_proto::limits::TRUST_ROOT_BYTES_MAX as u64,
+    )?;
+    let bootstrap: Vec<StorageEndpointRecord> =
+        state.read_json(STORAGE_ENDPOINTS_FILE)?.unwrap_or_default();
+    let endpoints = bootstrap.into_iter().map(bootstrap_endpoint).collect();
+    Reader::open(
+        state,
+        cluster.clone(),
+        node_id,
+        &genesis,
+        Some(tls),
+        endpoints,
+    )
+}
+
+fn bootstrap_endpoint(record: StorageEndpointRecord) -> Endpoint {
+    Endpoint {
+        node_id: record.node_id,
+        address: record.address,
+        region: record.region,
+        zone: record.zone,
+        role: "bootstrap".to_string(),
+    }
+}
+
+/// Runs rounds until `stop` resolves.
+pub async fn run(
+    state_dir: &Path,
+    cluster: &ClusterId,
+    stop: impl Future<Output = ()>,
+) -> Result<(), ReadError> {
+    let mut reader = open_reader(state_dir, cluster)?;
+    let state = ClusterState::open(state_dir, cluster)?;
+    let bootstrap: Vec<Endpoint> = reader
+        .endpoints
+        .list
+        .iter()
+        .map(|s| s.endpoint.clone())
+        .collect();
+    tracing::info!(cluster_id = %cluster, held = reader.held().len(), "agent running");
+    tokio::pin!(stop);
+    loop {
+        let degraded = round(&mut reader, &bootstrap).await;
+        write_status(&state, &reader, cluster, degraded.as_deref());
+        let pause = async {
+            if degraded.is_some() {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            } else {
+                watch(&mut reader, &state, cluster).await;
+            }
+        };
+        tokio::select! {
+            () = pause => {}
+            () = &mut stop => return Ok(()),
+        }
+    }
+}
+
+/// One round of reads; the reason the agent is degraded, if it is.
+async fn round(reader: &mut Reader, bootstrap: &[Endpoint]) -> Option<String> {
+    let own = reader.own_scope();
+    if let Err(error) = reader.read(&own).await {
+        return Some(error.to_string());
+    }
+    let Some(shard) = reader.node_shard() else {
+        return Some(format!("{own} is held but does not decode"));
+    };
+    let mut endpoints: Vec<Endpoint> = shard
+        .storage_endpoints
+        .iter()
+        .map(|e| {
+            let domain = e.domain.clone().unwrap_or_default();
+            Endpoint {
+                node_id: e.node_id.clone(),
+                address: e.address.clone(),
+                region: domain.region,
+                zone: domain.zone,
+                role: e.role.clone(),
+            }
+        })
+        .collect();
+    endpoints.extend(bootstrap.iter().cloned());
+    reader.endpoints.replace(endpoints);
+    let scopes: Vec<String> = shard
+        .readable_scopes
+        .iter()
+        .take(crate::reads::SCOPES_MAX)
+        .cloned()
+        .collect();
+    let mut degraded = None;
+    for scope in scopes.iter().filter(|s| **s != own) {
+        if let Err(error) = reader.read(scope).await {
+            degraded.get_or_insert(error.to_string());
+        }
+    }
+    reader.retain(&scopes);
+    degraded.or_else(|| {
+        reader
+            .held()
+            .values()
+            .any(|h| h.partition_view == "minority")
+            .then(|| {
+                "a storage node in a minority served the newest reads: signed, but possibly stale"
+                    .to_string()
+            })
+    })
+}
+
+/// Watches the held scopes on the best endpoint until the node's own
+/// scope changes, the watch fails, or [`RESYNC_INTERVAL`] passes.
+async fn watch(reader: &mut Reader, state: &ClusterState, cluster: &ClusterId) {
+    let Some(at) = reader.endpoints.ranked().first().copied() else {
+        return;
+    };
+    let mut client = match reader.client_at(at) {
+        Ok(client) => client,
+        Err(why) => {
+            reader.endpoints.failed(at, &why);
+            return;
+        }
+    };
+    let known = reader
+        .held()
+        .iter()
+        .map(|(scope, held)| pb::ScopeVersion {
+            scope: scope.clone(),
+            version: held.version,
+        })
+        .collect();
+    let request = pb::WatchShardsRequest {
+        cluster_id: cluster.to_string(),
+        known,
+    };
+    let opened = tokio::time::timeout(crate::reads::READ_TIMEOUT, client.watch_shards(request));
+    let mut stream = match opened.await {
+        Ok(Ok(stream)) => stream.into_inner(),
+        Ok(Err(status)) => {
+            reader.endpoints.failed(at, status.message());
+            return;
+        }
+        Err(_) => {
+            reader.endpoints.failed(at, "watch: stalled");
+            return;
+        }
+    };
+    let own = reader.own_scope();
+    let deadline = tokio::time::sleep(RESYNC_INTERVAL);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return,
+            item = stream.message() => match item {
+                Ok(Some(answer)) => match reader.keep_watched(at, answer) {
+                    Ok((scope, Outcome::Updated(_))) => {
+                        write_status(state, reader, cluster, None);
+                        if scope == own {
+                            return;
+                        }
+                    }
+                    Ok((_, Outcome::Unchanged(_))) => {}
+                    Err(error) => {
+                        tracing::warn!(cluster_id = %cluster, code = error.code(), "refused a watched envelope: {error}");
+                        return;
+                    }
+                },
+                Err(status) => {
+                    reader.endpoints.failed(at, status.message());
+                    return;
+                }
+                Ok(None) => {
+                    reader.endpoints.failed(at, "watch ended");
+                    return;
+                }
+            },
+        }
+    }
+}
+
+fn write_status(
+    state: &ClusterState,
+    reader: &Reader,
+    cluster: &ClusterId,
+    degraded: Option<&str>,
+) {
+    let status = Status {
+        cluster_id: cluster.to_string(),
+        node_id: reader.own_scope().trim_start_matches("node/").to_string(),
+        updated_at_unix_ms: UnixMillis::now().0,
+        health: if degraded.is_some() {
+            "degraded"
+        } else {
+            "healthy"
+        }
+        .to_string(),
+        degraded_reason: degraded.unwrap_or_default().to_string(),
+        scopes: reader.held().clone(),
+        endpoints: reader
+            .endpoints
+            .ranked()
+            .into_iter()
+            .map(|at| reader.endpoints.list[at].clone())
+            .collect(),
+    };
+    if let Err(e) = state.write_json(STATUS_FILE, &status) {
+        tracing::warn!(cluster_id = %cluster, "writing {STATUS_FILE} failed: {e}");
+    }
+}
+
+/// The status `run` last wrote for `cluster` under `state_dir`.
+pub fn read_status(state_dir: &Path, cluster: &ClusterId) -> Result<Option<Status>, ReadError> {
+    let state = ClusterState::open(state_dir, cluster)?;
+    Ok(state.read_json(STATUS_FILE)?)
+}
