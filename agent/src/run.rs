@@ -58,6 +58,8 @@ pub struct Status {
     pub scopes: BTreeMap<String, Held>,
     /// The storage endpoints, best first, with their scores.
     pub endpoints: Vec<Scored>,
+    /// The storage node that answered last.
+    pub last_answer: Option<crate::reads::LastAnswer>,
 }
 
 /// The agent's reader of `cluster` from its enrolled state in `state_dir`.
@@ -178,12 +180,13 @@ async fn round(reader: &mut Reader, bootstrap: &[Endpoint]) -> Option<String> {
     reader.retain(&scopes);
     degraded.or_else(|| {
         reader
-            .held()
-            .values()
-            .any(|h| h.partition_view == "minority")
-            .then(|| {
-                "a storage node in a minority served the newest reads: signed, but possibly stale"
-                    .to_string()
+            .last_answer()
+            .filter(|last| last.partition_view == "minority")
+            .map(|last| {
+                format!(
+                    "storage node {} answers from a minority: what it serves is signed but may be stale",
+                    last.node_id
+                )
             })
     })
 }
@@ -282,6 +285,7 @@ fn write_status(
             .into_iter()
             .map(|at| reader.endpoints.list[at].clone())
             .collect(),
+        last_answer: reader.last_answer().cloned(),
     };
     if let Err(e) = state.write_json(STATUS_FILE, &status) {
         tracing::warn!(cluster_id = %cluster, "writing {STATUS_FILE} failed: {e}");

@@ -110,6 +110,21 @@ impl Held {
     }
 }
 
+/// The storage node that answered last, as it described itself.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LastAnswer {
+    /// Its node id.
+    pub node_id: String,
+    /// Its partition view (`healthy`, `minority`, ...).
+    pub partition_view: String,
+    /// Whether it is a cache replica.
+    pub from_cache_replica: bool,
+    /// Its authority term.
+    pub authority_term: u64,
+    /// When (Unix ms).
+    pub at_unix_ms: i64,
+}
+
 /// What a read did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -138,6 +153,7 @@ pub struct Reader {
     pub endpoints: Endpoints,
     held: BTreeMap<String, Held>,
     clients: HashMap<String, ShardServiceClient<Channel>>,
+    last_answer: Option<LastAnswer>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -191,6 +207,7 @@ impl Reader {
             endpoints: Endpoints::new(endpoints),
             held: BTreeMap::new(),
             clients: HashMap::new(),
+            last_answer: None,
         };
         reader.load_kept();
         Ok(reader)
@@ -204,6 +221,11 @@ impl Reader {
     /// What is held, by scope.
     pub fn held(&self) -> &BTreeMap<String, Held> {
         &self.held
+    }
+
+    /// The storage node that answered last (a read or a watch).
+    pub fn last_answer(&self) -> Option<&LastAnswer> {
+        self.last_answer.as_ref()
     }
 
     /// The held node shard, decoded.
@@ -374,6 +396,14 @@ impl Reader {
         endpoint: &Endpoint,
         answer: pb::GetShardResponse,
     ) -> Result<Outcome, rap_proto::Error> {
+        let staleness = answer.staleness.unwrap_or_default();
+        self.last_answer = Some(LastAnswer {
+            node_id: endpoint.node_id.clone(),
+            partition_view: view_name(staleness.partition_view).to_string(),
+            from_cache_replica: staleness.from_cache_replica,
+            authority_term: staleness.authority_term,
+            at_unix_ms: UnixMillis::now().0,
+        });
         let envelope = answer.envelope;
         let decoded = decode(&envelope)?;
         let offered = decoded.header.scope.to_string();
@@ -400,7 +430,6 @@ impl Reader {
             // from memory and say the disk failed.
             tracing::error!(cluster_id = %self.cluster_id, node_id = %self.node_id, scope, "keeping a verified shard failed: {e}");
         }
-        let staleness = answer.staleness.unwrap_or_default();
         let version = accepted.header.version.0;
         self.held.insert(
             scope.to_string(),

@@ -89,7 +89,8 @@ fn version(status: &serde_json::Value, scope: &str) -> u64 {
 // that cache is stopped and still receives new versions, and after kill
 // -9 and a restart starts from what it had kept (same versions, from
 // disk) and catches up. `status` says healthy and shows the endpoints
-// with their scores.
+// with their scores; with two voters of three gone it keeps its scopes
+// and says it is degraded, and why.
 // Method: the platform's 3 voters, its served control plane (publisher
 // on), the real join then `run` binaries; one cache replica registered
 // and started through the control plane; a role assigned and removed
@@ -213,4 +214,22 @@ async fn an_agent_reads_its_scopes_fails_over_and_restarts() {
     })
     .await;
     assert_eq!(version(&restarted, "node/node-a"), kept);
+
+    // Two voters of three stop: the survivor answers from a minority;
+    // the agent keeps what it holds and says it is degraded, and why.
+    p.stop_voters(2).await;
+    let degraded = reaches(state.path(), &cluster, "degraded in a minority", |s| {
+        s["health"] == "degraded"
+    })
+    .await;
+    let reason = degraded["degraded_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("minority") || reason.contains("no storage endpoint"),
+        "{degraded:#}"
+    );
+    assert_eq!(
+        version(&degraded, "node/node-a"),
+        kept,
+        "it keeps its state"
+    );
 }
