@@ -15,11 +15,19 @@
 //! chain, CA, trust root and bootstrap storage endpoints under the state
 //! directory ([`state`]).
 //!
-//! Still to come: node-local state in sled, heartbeats, reading and
+//! For the running agent: [`heartbeat`] (liveness, health and what the
+//! node holds, reported to the control plane over mTLS) and [`renewal`]
+//! (the node certificate renewed with a new key before it expires), both
+//! over the link of [`control`].
+//!
+//! Still to come: node-local state in sled, reading and
 //! verifying its own shards from nearby storage nodes with the
 //! `rap_proto::envelope::Verifier`, refusing rollback, and supervising
 //! only assigned workloads.
 
 pub mod cli;
+pub mod control;
 pub mod enroll;
+pub mod heartbeat;
+pub mod renewal;
 pub mod state;
