@@ -2,3 +2,4 @@
 #![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
 mod join;
+mod liveness;
