@@ -130,6 +130,10 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Opens the enrolled identity of `state` (see the module docs): the
     /// certificate must name the node and cluster `identity.json` names.
+    /// It may finish or discard a key rotation, so only the process that
+    /// runs [`crate::renewal::keep_renewed`] may call it (a read-only
+    /// `status` reads the files instead): a second process could discard
+    /// the next key of a renewal under way.
     pub fn open(state: &ClusterState) -> Result<Self, ControlPlaneError> {
         let record = state
             .identity()?
