@@ -22,13 +22,20 @@
 //! refuses rollback across restarts (fsynced high-water marks), fails over
 //! on error, stall or a refused envelope, watches for new versions, and
 //! keeps running on its last verified state when no storage node serves
-//! (degraded). `rap-node-agent status` prints what it knows.
+//! (degraded). `rap-node-agent status` prints what it knows. It also runs
+//! [`heartbeat`] (liveness, health and what the node holds, reported to
+//! the control plane over mTLS) and [`renewal`] (the node certificate
+//! renewed with a new key before it expires), both over the link of
+//! [`control`].
 //!
-//! Still to come: node-local state in sled, heartbeats, certificate
-//! renewal, and supervising only assigned workloads.
+//! Still to come: node-local state in one store and supervising only
+//! assigned workloads.
 
 pub mod cli;
+pub mod control;
 pub mod enroll;
+pub mod heartbeat;
 pub mod reads;
+pub mod renewal;
 pub mod run;
 pub mod state;

@@ -9,8 +9,11 @@
 //!   `join` resumes polling instead of submitting again;
 //! * after approval: [`NODE_CERT_FILE`] (node certificate, then the
 //!   cluster CA), [`CA_CERT_FILE`], [`IDENTITY_FILE`],
-//!   [`TRUST_ROOT_FILE`] (the encoded `SignedTrustRoot`) and
-//!   [`STORAGE_ENDPOINTS_FILE`].
+//!   [`TRUST_ROOT_FILE`] (the encoded `SignedTrustRoot`),
+//!   [`STORAGE_ENDPOINTS_FILE`] and [`CAPABILITIES_FILE`] (what the join
+//!   reported, which heartbeats report again);
+//! * while a certificate renewal is under way: [`NEXT_NODE_KEY_FILE`], the
+//!   new key, until its certificate is in place (`crate::renewal`).
 
 use ed25519_dalek::SigningKey;
 use rap_core::files::Overwrite;
@@ -30,6 +33,11 @@ pub const IDENTITY_FILE: &str = "identity.json";
 pub const TRUST_ROOT_FILE: &str = "trust-root.bin";
 /// The bootstrap storage endpoints' file name.
 pub const STORAGE_ENDPOINTS_FILE: &str = "storage-endpoints.json";
+
+/// The capabilities reported at join (`capabilities.json`).
+pub const CAPABILITIES_FILE: &str = "capabilities.json";
+/// The next node key while a renewal is under way (`crate::renewal`).
+pub const NEXT_NODE_KEY_FILE: &str = "node.key.next";
 
 /// Mode of state directories.
 pub const DIR_MODE: u32 = 0o700;
@@ -132,6 +140,16 @@ pub struct IdentityRecord {
     pub key_fingerprint: String,
 }
 
+/// One capability of this host (`capabilities.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapabilityRecord {
+    /// Its name (`[a-z0-9_]{1,63}`).
+    pub name: String,
+    /// Its detail (may be empty).
+    #[serde(default)]
+    pub detail: String,
+}
+
 /// One bootstrap storage endpoint (`storage-endpoints.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorageEndpointRecord {
@@ -220,6 +238,11 @@ impl ClusterState {
     /// The enrolled identity, if any.
     pub fn identity(&self) -> Result<Option<IdentityRecord>, StateError> {
         self.read_json(IDENTITY_FILE)
+    }
+
+    /// The capabilities reported at join; empty when none were stored.
+    pub fn capabilities(&self) -> Result<Vec<CapabilityRecord>, StateError> {
+        Ok(self.read_json(CAPABILITIES_FILE)?.unwrap_or_default())
     }
 
     /// Reads a JSON state file; `None` when it does not exist.

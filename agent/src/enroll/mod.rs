@@ -16,8 +16,9 @@
 //!    is over.
 
 use crate::state::{
-    CA_CERT_FILE, ClusterState, IdentityRecord, NODE_CERT_FILE, PendingJoin,
-    STORAGE_ENDPOINTS_FILE, StateError, StorageEndpointRecord, TRUST_ROOT_FILE, key_fingerprint,
+    CA_CERT_FILE, CAPABILITIES_FILE, CapabilityRecord, ClusterState, IdentityRecord,
+    NODE_CERT_FILE, PendingJoin, STORAGE_ENDPOINTS_FILE, StateError, StorageEndpointRecord,
+    TRUST_ROOT_FILE, key_fingerprint,
 };
 use ed25519_dalek::{Signer, SigningKey};
 use prost::Message;
@@ -46,6 +47,7 @@ pub use input::{
     parse_roles, parse_server,
 };
 pub use session::{connect, join};
+pub(crate) use session::{error_chain, is_transient, shorten_message, status_code};
 
 pub use rap_proto::proof::PURPOSE_JOIN;
 pub use rap_proto::proof::PURPOSE_STATUS;
@@ -270,7 +272,7 @@ pub enum JoinOutcome {
 pub use rap_proto::proof::proof_message;
 
 /// A fresh proof for `purpose`: (timestamp, nonce, signature).
-fn prove(
+pub(crate) fn prove(
     key: &SigningKey,
     purpose: &str,
     cluster: &ClusterId,

@@ -43,7 +43,7 @@ pub async fn connect(
 }
 
 /// An error with its sources, `: `-separated.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -58,18 +58,23 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 fn rpc_error(call: &'static str, status: &tonic::Status) -> EnrollError {
-    let code = rap_core::codes::error_detail(status)
-        .map(|d| d.code)
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| format!("{:?}", status.code()));
     EnrollError::Rpc {
         call,
-        code,
+        code: status_code(status),
         message: shorten_message(status.message()),
     }
 }
 
-fn shorten_message(message: &str) -> String {
+/// The stable error code a status carries (`rap.v1.ErrorDetail`), or its
+/// gRPC code.
+pub(crate) fn status_code(status: &tonic::Status) -> String {
+    rap_core::codes::error_detail(status)
+        .map(|d| d.code)
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| format!("{:?}", status.code()))
+}
+
+pub(crate) fn shorten_message(message: &str) -> String {
     const MESSAGE_CHARS_MAX: usize = 500;
     let mut shown: String = message.chars().take(MESSAGE_CHARS_MAX).collect();
     if message.chars().count() > MESSAGE_CHARS_MAX {
@@ -80,7 +85,7 @@ fn shorten_message(message: &str) -> String {
 
 /// Whether a failed poll is worth repeating (the control plane restarting,
 /// a timeout, overload).
-fn is_transient(status: &tonic::Status) -> bool {
+pub(crate) fn is_transient(status: &tonic::Status) -> bool {
     use tonic::Code;
     matches!(
         status.code(),
@@ -365,7 +370,8 @@ impl Session<'_> {
 }
 
 /// Checks an approval against this node and the pinned CA, then stores it:
-/// node.pem, ca.pem, trust-root.bin, storage-endpoints.json, and last
+/// node.pem, ca.pem, trust-root.bin, storage-endpoints.json,
+/// capabilities.json, and last
 /// identity.json (whose presence means "enrolled").
 fn store_identity(
     options: &JoinOptions,
@@ -425,6 +431,15 @@ fn store_identity(
     state.write(CA_CERT_FILE, pem_certificate(ca.as_ref()).as_bytes())?;
     state.write(TRUST_ROOT_FILE, &trust_root.encode_to_vec())?;
     state.write_json(STORAGE_ENDPOINTS_FILE, &endpoints)?;
+    let capabilities: Vec<CapabilityRecord> = options
+        .capabilities
+        .iter()
+        .map(|c| CapabilityRecord {
+            name: c.name.clone(),
+            detail: c.detail.clone(),
+        })
+        .collect();
+    state.write_json(CAPABILITIES_FILE, &capabilities)?;
     let record = IdentityRecord {
         node_id: node_id.to_string(),
         cluster_id: options.cluster.to_string(),

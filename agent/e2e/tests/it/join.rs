@@ -163,8 +163,8 @@ fn uri_sans(der: &[u8]) -> Vec<String> {
 // that resumes the same request, which the owner approves: exit 0 and
 // node.pem (URI SAN names the node, chains to the pinned CA), node.key
 // (0600, the certificate's key), ca.pem, identity.json, trust-root.bin,
-// storage-endpoints.json; the files work for an mTLS heartbeat; (3) a
-// third run does nothing ("already enrolled").
+// storage-endpoints.json, capabilities.json; the files work for an mTLS
+// heartbeat; (3) a third run does nothing ("already enrolled").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_pins_resumes_and_enrolls() {
     let p = Platform::start().await;
@@ -342,6 +342,18 @@ async fn join_pins_resumes_and_enrolls() {
         serde_json::from_slice(&std::fs::read(dir.join(state::STORAGE_ENDPOINTS_FILE)).unwrap())
             .unwrap();
     assert_eq!(endpoints.len(), rap_testkit::platform::VOTERS);
+    let stored: Vec<state::CapabilityRecord> =
+        serde_json::from_slice(&std::fs::read(dir.join(state::CAPABILITIES_FILE)).unwrap())
+            .unwrap();
+    let mut stored: Vec<_> = stored
+        .iter()
+        .map(|c| (c.name.as_str(), c.detail.as_str()))
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored,
+        vec![("can_run_rdp_worker", ""), ("gpu", "nvidia-l4")]
+    );
     assert!(!dir.join(state::JOIN_REQUEST_FILE).exists());
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

@@ -2,4 +2,5 @@
 #![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
 mod join;
+mod liveness;
 mod run;
