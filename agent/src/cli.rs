@@ -198,6 +198,41 @@ fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
         },
         age(status.updated_at_unix_ms)
     );
+    let cp = &status.control_plane;
+    println!(
+        "control plane: {} ({} heartbeats, {} failed, last at {} ago){}",
+        if cp.reachable {
+            "reachable"
+        } else {
+            "unreachable"
+        },
+        cp.sent,
+        cp.failed,
+        age(cp.last_heartbeat_unix_ms),
+        if cp.last_error.is_empty() {
+            String::new()
+        } else {
+            format!("; last error: {}", cp.last_error)
+        }
+    );
+    let cert = &status.certificate;
+    println!(
+        "certificate: {} renewals by this run{}{}",
+        cert.renewals,
+        if cert.serial.is_empty() {
+            String::new()
+        } else {
+            format!(", serial {} valid {} more", cert.serial, {
+                let left = (cert.not_after_unix_ms - now).max(0) as f64 / 1000.0;
+                format!("{left:.0}s")
+            })
+        },
+        if cert.last_error.is_empty() {
+            String::new()
+        } else {
+            format!("; last error: {}", cert.last_error)
+        }
+    );
     println!("scopes:");
     for (scope, held) in &status.scopes {
         println!(

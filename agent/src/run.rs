@@ -14,13 +14,14 @@
 //! state and says why in [`STATUS_FILE`] (`health: degraded`); the next
 //! round that succeeds clears it.
 
+use crate::control::ControlPlane;
+use crate::heartbeat::{
+    AcceptedVersionReport, AgentReport, Health, HeartbeatOptions, HeartbeatOutcome,
+};
 use crate::reads::endpoints::{Endpoint, Scored};
 use crate::reads::{Held, Outcome, ReadError, Reader};
-use crate::state::{
-    CA_CERT_FILE, ClusterState, NODE_CERT_FILE, NODE_KEY_FILE, STORAGE_ENDPOINTS_FILE,
-    StorageEndpointRecord, TRUST_ROOT_FILE,
-};
-use rap_core::tls::TlsFiles;
+use crate::renewal::RenewalOutcome;
+use crate::state::{ClusterState, STORAGE_ENDPOINTS_FILE, StorageEndpointRecord, TRUST_ROOT_FILE};
 use rap_core::tls::live::LiveIdentity;
 use rap_core::tls::pin::PeerTls;
 use rap_proto::ids::{ClusterId, NodeId};
@@ -30,7 +31,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// The status file `run` writes and `status` prints.
 pub const STATUS_FILE: &str = "status.json";
@@ -60,25 +63,55 @@ pub struct Status {
     pub endpoints: Vec<Scored>,
     /// The storage node that answered last.
     pub last_answer: Option<crate::reads::LastAnswer>,
+    /// The control plane as the heartbeats found it.
+    pub control_plane: ControlPlaneStatus,
+    /// The node certificate as renewal left it.
+    pub certificate: CertificateStatus,
 }
 
-/// The agent's reader of `cluster` from its enrolled state in `state_dir`.
-pub fn open_reader(state_dir: &Path, cluster: &ClusterId) -> Result<Reader, ReadError> {
+/// The heartbeats' view of the control plane.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ControlPlaneStatus {
+    /// Whether the last heartbeat got through.
+    pub reachable: bool,
+    /// Heartbeats that got through.
+    pub sent: u64,
+    /// Heartbeats refused or lost.
+    pub failed: u64,
+    /// When a heartbeat last got through (Unix ms; 0: never).
+    pub last_heartbeat_unix_ms: i64,
+    /// The last failure's code and message ('' when none).
+    pub last_error: String,
+}
+
+/// The node certificate's renewals.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// Renewals by this run.
+    pub renewals: u64,
+    /// The newest certificate's serial ('' before the first renewal).
+    pub serial: String,
+    /// Its expiry (Unix ms; 0 before the first renewal).
+    pub not_after_unix_ms: i64,
+    /// The last failure ('' when none).
+    pub last_error: String,
+}
+
+/// The agent's reader of `cluster` from its enrolled state in `state_dir`,
+/// presenting `identity` (reloaded in place when renewal replaces it).
+pub fn open_reader(
+    state_dir: &Path,
+    cluster: &ClusterId,
+    identity: Arc<LiveIdentity>,
+) -> Result<Reader, ReadError> {
     let state = ClusterState::open(state_dir, cluster)?;
-    let identity = state.identity()?.ok_or_else(|| {
+    let record = state.identity()?.ok_or_else(|| {
         ReadError::Setup(format!(
             "not enrolled in cluster {cluster} under {}: run `rap-node-agent join` first",
             state_dir.display()
         ))
     })?;
-    let node_id = NodeId::new(identity.node_id.as_str())?;
-    let files = TlsFiles {
-        ca: state.path(CA_CERT_FILE),
-        cert: state.path(NODE_CERT_FILE),
-        key: state.path(NODE_KEY_FILE),
-    };
-    let identity = LiveIdentity::load(files)
-        .map_err(|e| ReadError::Setup(format!("the node certificate: {e}")))?;
+    let node_id = NodeId::new(record.node_id.as_str())?;
     let tls = PeerTls::new(identity).map_err(|e| ReadError::Setup(format!("TLS: {e}")))?;
     let genesis = crate::state::read_bounded(
         &state.path(TRUST_ROOT_FILE),
@@ -107,14 +140,28 @@ fn bootstrap_endpoint(record: StorageEndpointRecord) -> Endpoint {
     }
 }
 
-/// Runs rounds until `stop` resolves.
+/// The tasks `run` keeps beside its reads.
+struct Tasks {
+    report: watch::Sender<AgentReport>,
+    heartbeat: watch::Receiver<HeartbeatOutcome>,
+    renewal: watch::Receiver<RenewalOutcome>,
+    stop: watch::Sender<bool>,
+}
+
+/// Runs rounds until `stop` resolves; heartbeats and renewal run beside
+/// them until then.
 pub async fn run(
     state_dir: &Path,
     cluster: &ClusterId,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ReadError> {
-    let mut reader = open_reader(state_dir, cluster)?;
     let state = ClusterState::open(state_dir, cluster)?;
+    // Finishes or discards an interrupted key rotation first; only this
+    // process may (it is the one that renews).
+    let control = ControlPlane::open(&state)
+        .map_err(|e| ReadError::Setup(format!("the enrolled identity: {e}")))?;
+    let mut reader = open_reader(state_dir, cluster, control.identity.clone())?;
+    let tasks = spawn_tasks(control, &state)?;
     let bootstrap: Vec<Endpoint> = reader
         .endpoints
         .list
@@ -123,21 +170,96 @@ pub async fn run(
         .collect();
     tracing::info!(cluster_id = %cluster, held = reader.held().len(), "agent running");
     tokio::pin!(stop);
-    loop {
-        let degraded = round(&mut reader, &bootstrap).await;
-        write_status(&state, &reader, cluster, degraded.as_deref());
+    let outcome = loop {
+        let read_trouble = round(&mut reader, &bootstrap).await;
+        let degraded = degraded_reason(read_trouble, &tasks);
+        report(&tasks, &reader, degraded.as_deref());
+        write_status(&state, &reader, cluster, degraded.as_deref(), &tasks);
         let pause = async {
             if degraded.is_some() {
                 tokio::time::sleep(RETRY_PAUSE).await;
             } else {
-                watch(&mut reader, &state, cluster).await;
+                watch(&mut reader, &state, cluster, &tasks).await;
             }
         };
         tokio::select! {
             () = pause => {}
-            () = &mut stop => return Ok(()),
+            () = &mut stop => break Ok(()),
         }
-    }
+    };
+    let _ = tasks.stop.send(true);
+    outcome
+}
+
+fn spawn_tasks(control: ControlPlane, state: &ClusterState) -> Result<Tasks, ReadError> {
+    let (stop, stopped) = watch::channel(false);
+    let (report, reports) = watch::channel(AgentReport::default());
+    let (heartbeat_tx, heartbeat) = watch::channel(HeartbeatOutcome::default());
+    let (renewal_tx, renewal) = watch::channel(RenewalOutcome::default());
+    let options = HeartbeatOptions::new(control.clone(), state)?;
+    tokio::spawn(crate::heartbeat::run_heartbeats(
+        options,
+        reports,
+        stopped.clone(),
+        heartbeat_tx,
+    ));
+    tokio::spawn(crate::renewal::keep_renewed(
+        control,
+        state.clone(),
+        stopped,
+        renewal_tx,
+    ));
+    Ok(Tasks {
+        report,
+        heartbeat,
+        renewal,
+        stop,
+    })
+}
+
+/// Why the agent is degraded: its reads, else a control plane the
+/// heartbeats do not reach.
+fn degraded_reason(reads: Option<String>, tasks: &Tasks) -> Option<String> {
+    reads.or_else(|| {
+        let heartbeat = tasks.heartbeat.borrow();
+        (heartbeat.consecutive_failures > 0).then(|| {
+            format!(
+                "the control plane is unreachable ({}); running on the last verified state",
+                heartbeat
+                    .last_error
+                    .as_ref()
+                    .map(|e| e.code.clone())
+                    .unwrap_or_default()
+            )
+        })
+    })
+}
+
+/// Hands the heartbeat task what the node holds and how it is.
+fn report(tasks: &Tasks, reader: &Reader, degraded: Option<&str>) {
+    let report = AgentReport {
+        health: if degraded.is_some() {
+            Health::Degraded
+        } else {
+            Health::Healthy
+        },
+        degraded_mode: degraded.is_some(),
+        services: Vec::new(),
+        accepted_versions: reader
+            .held()
+            .iter()
+            .map(|(scope, held)| AcceptedVersionReport {
+                scope: scope.clone(),
+                version: held.version,
+                authority_term: held.authority_term,
+            })
+            .collect(),
+    };
+    tasks.report.send_if_modified(|current| {
+        let changed = *current != report;
+        *current = report;
+        changed
+    });
 }
 
 /// One round of reads; the reason the agent is degraded, if it is.
@@ -193,7 +315,7 @@ async fn round(reader: &mut Reader, bootstrap: &[Endpoint]) -> Option<String> {
 
 /// Watches the held scopes on the best endpoint until the node's own
 /// scope changes, the watch fails, or [`RESYNC_INTERVAL`] passes.
-async fn watch(reader: &mut Reader, state: &ClusterState, cluster: &ClusterId) {
+async fn watch(reader: &mut Reader, state: &ClusterState, cluster: &ClusterId, tasks: &Tasks) {
     let Some(at) = reader.endpoints.ranked().first().copied() else {
         return;
     };
@@ -237,7 +359,9 @@ async fn watch(reader: &mut Reader, state: &ClusterState, cluster: &ClusterId) {
             item = stream.message() => match item {
                 Ok(Some(answer)) => match reader.keep_watched(at, answer) {
                     Ok((scope, Outcome::Updated(_))) => {
-                        write_status(state, reader, cluster, None);
+                        let degraded = degraded_reason(None, tasks);
+                        report(tasks, reader, degraded.as_deref());
+                        write_status(state, reader, cluster, degraded.as_deref(), tasks);
                         if scope == own {
                             return;
                         }
@@ -266,7 +390,10 @@ fn write_status(
     reader: &Reader,
     cluster: &ClusterId,
     degraded: Option<&str>,
+    tasks: &Tasks,
 ) {
+    let heartbeat = tasks.heartbeat.borrow().clone();
+    let renewal = tasks.renewal.borrow().clone();
     let status = Status {
         cluster_id: cluster.to_string(),
         node_id: reader.own_scope().trim_start_matches("node/").to_string(),
@@ -286,6 +413,29 @@ fn write_status(
             .map(|at| reader.endpoints.list[at].clone())
             .collect(),
         last_answer: reader.last_answer().cloned(),
+        control_plane: ControlPlaneStatus {
+            reachable: heartbeat.reachable(),
+            sent: heartbeat.sent,
+            failed: heartbeat.failed,
+            last_heartbeat_unix_ms: heartbeat.last_success_unix_ms.unwrap_or(0),
+            last_error: heartbeat
+                .last_error
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .unwrap_or_default(),
+        },
+        certificate: CertificateStatus {
+            renewals: renewal.renewals,
+            serial: renewal
+                .last
+                .as_ref()
+                .map(|r| r.serial.clone())
+                .unwrap_or_default(),
+            not_after_unix_ms: renewal.last.as_ref().map_or(0, |r| r.not_after_unix_ms),
+            last_error: renewal
+                .last_error
+                .map(|(code, message)| format!("{code}: {message}"))
+                .unwrap_or_default(),
+        },
     };
     if let Err(e) = state.write_json(STATUS_FILE, &status) {
         tracing::warn!(cluster_id = %cluster, "writing {STATUS_FILE} failed: {e}");

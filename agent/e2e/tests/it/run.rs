@@ -88,8 +88,8 @@ fn version(status: &serde_json::Value, scope: &str) -> u64 {
 // prefers the cache replica placed for it, fails over to a voter when
 // that cache is stopped and still receives new versions, and after kill
 // -9 and a restart starts from what it had kept (same versions, from
-// disk) and catches up. `status` says healthy and shows the endpoints
-// with their scores; with two voters of three gone it keeps its scopes
+// disk) and catches up. `status` says healthy, shows the endpoints
+// with their scores and that heartbeats reach the control plane; with two voters of three gone it keeps its scopes
 // and says it is degraded, and why.
 // Method: the platform's 3 voters, its served control plane (publisher
 // on), the real join then `run` binaries; one cache replica registered
@@ -135,6 +135,17 @@ async fn an_agent_reads_its_scopes_fails_over_and_restarts() {
     })
     .await;
     assert_eq!(first["health"], "healthy", "{first:#}");
+    // Heartbeats run beside the reads and reach the control plane.
+    reaches(state.path(), &cluster, "a heartbeat got through", |s| {
+        s["control_plane"]["reachable"] == true && s["control_plane"]["sent"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(
+        p.count("SELECT count(*) FROM node_heartbeats WHERE node_id = 'node-a'")
+            .await
+            >= 1,
+        "the control plane holds its heartbeats"
+    );
     assert!(first["scopes"].get("role/relay-node").is_none());
 
     // A role: its scope arrives, through the watch.
