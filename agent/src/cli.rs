@@ -67,11 +67,21 @@ enum Command {
     /// nearest healthy storage node, verify every envelope, fail over to
     /// the next one on error, and watch for new versions. Runs until
     /// interrupted; writes what it knows for `status`.
-    Run(ClusterArgs),
+    Run(RunArgs),
     /// Print what `run` last knew: each scope's version, term and age,
     /// the storage endpoints with their scores, health and why it is
     /// degraded.
     Status(ClusterArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Where the built-in `synthetic-echo` workload listens when it runs
+    /// (a loopback address; port 0 picks a free one, shown by `status`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    echo_listen: std::net::SocketAddr,
 }
 
 #[derive(Args, Debug)]
@@ -149,7 +159,15 @@ pub fn main() -> ExitCode {
     })
 }
 
-async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if !args.echo_listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--echo-listen {}: the synthetic echo listens on loopback only",
+            args.echo_listen
+        );
+    }
+    let echo_listen = args.echo_listen;
+    let args = args.cluster;
     let cluster = ClusterId::new(args.cluster.as_str()).context("--cluster")?;
     let stop = async {
         let (Ok(mut int), Ok(mut term)) = (
@@ -163,7 +181,7 @@ async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             _ = term.recv() => {}
         }
     };
-    crate::run::run(&args.state_dir, &cluster, stop).await?;
+    crate::run::run(&args.state_dir, &cluster, echo_listen, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -256,6 +274,15 @@ fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
                 &held.partition_view
             },
         );
+    }
+    if !status.workloads.is_empty() {
+        println!("workloads:");
+        for w in &status.workloads {
+            println!(
+                "  {:<20} desired {:<9} observed {:<9} v{} {}",
+                w.service, w.desired, w.observed, w.version, w.detail
+            );
+        }
     }
     println!("storage endpoints, best first:");
     for scored in &status.endpoints {

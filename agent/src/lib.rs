@@ -28,8 +28,11 @@
 //! renewed with a new key before it expires), both over the link of
 //! [`control`].
 //!
-//! Still to come: node-local state in one store and supervising only
-//! assigned workloads.
+//! [`workloads`] runs exactly the workloads the verified node shard asks
+//! for and whose role it assigns (the built-in `synthetic-echo`; every
+//! other adapter reports `degraded`, never `running`).
+//!
+//! Still to come: node-local state in one store.
 
 pub mod cli;
 pub mod control;
@@ -39,3 +42,4 @@ pub mod reads;
 pub mod renewal;
 pub mod run;
 pub mod state;
+pub mod workloads;

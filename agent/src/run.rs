@@ -16,12 +16,13 @@
 
 use crate::control::ControlPlane;
 use crate::heartbeat::{
-    AcceptedVersionReport, AgentReport, Health, HeartbeatOptions, HeartbeatOutcome,
+    AcceptedVersionReport, AgentReport, Health, HeartbeatOptions, HeartbeatOutcome, ServiceReport,
 };
 use crate::reads::endpoints::{Endpoint, Scored};
 use crate::reads::{Held, Outcome, ReadError, Reader};
 use crate::renewal::RenewalOutcome;
 use crate::state::{ClusterState, STORAGE_ENDPOINTS_FILE, StorageEndpointRecord, TRUST_ROOT_FILE};
+use crate::workloads::{Supervisor, WorkloadStatus};
 use rap_core::tls::live::LiveIdentity;
 use rap_core::tls::pin::PeerTls;
 use rap_proto::ids::{ClusterId, NodeId};
@@ -63,6 +64,8 @@ pub struct Status {
     pub endpoints: Vec<Scored>,
     /// The storage node that answered last.
     pub last_answer: Option<crate::reads::LastAnswer>,
+    /// The desired workloads and what is observed of each.
+    pub workloads: Vec<WorkloadStatus>,
     /// The control plane as the heartbeats found it.
     pub control_plane: ControlPlaneStatus,
     /// The node certificate as renewal left it.
@@ -153,6 +156,7 @@ struct Tasks {
 pub async fn run(
     state_dir: &Path,
     cluster: &ClusterId,
+    echo_listen: std::net::SocketAddr,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ReadError> {
     let state = ClusterState::open(state_dir, cluster)?;
@@ -162,6 +166,8 @@ pub async fn run(
         .map_err(|e| ReadError::Setup(format!("the enrolled identity: {e}")))?;
     let mut reader = open_reader(state_dir, cluster, control.identity.clone())?;
     let tasks = spawn_tasks(control, &state)?;
+    let mut supervisor = Supervisor::new(echo_listen);
+    let mut workloads = Vec::new();
     let bootstrap: Vec<Endpoint> = reader
         .endpoints
         .list
@@ -172,14 +178,25 @@ pub async fn run(
     tokio::pin!(stop);
     let outcome = loop {
         let read_trouble = round(&mut reader, &bootstrap).await;
+        // Only verified state is applied: the held node shard.
+        if let Some(shard) = reader.node_shard() {
+            workloads = supervisor.apply(&shard).await;
+        }
         let degraded = degraded_reason(read_trouble, &tasks);
-        report(&tasks, &reader, degraded.as_deref());
-        write_status(&state, &reader, cluster, degraded.as_deref(), &tasks);
+        report(&tasks, &reader, degraded.as_deref(), &workloads);
+        write_status(
+            &state,
+            &reader,
+            cluster,
+            degraded.as_deref(),
+            &tasks,
+            &workloads,
+        );
         let pause = async {
             if degraded.is_some() {
                 tokio::time::sleep(RETRY_PAUSE).await;
             } else {
-                watch(&mut reader, &state, cluster, &tasks).await;
+                watch(&mut reader, &state, cluster, &tasks, &workloads).await;
             }
         };
         tokio::select! {
@@ -236,7 +253,7 @@ fn degraded_reason(reads: Option<String>, tasks: &Tasks) -> Option<String> {
 }
 
 /// Hands the heartbeat task what the node holds and how it is.
-fn report(tasks: &Tasks, reader: &Reader, degraded: Option<&str>) {
+fn report(tasks: &Tasks, reader: &Reader, degraded: Option<&str>, workloads: &[WorkloadStatus]) {
     let report = AgentReport {
         health: if degraded.is_some() {
             Health::Degraded
@@ -244,7 +261,15 @@ fn report(tasks: &Tasks, reader: &Reader, degraded: Option<&str>) {
             Health::Healthy
         },
         degraded_mode: degraded.is_some(),
-        services: Vec::new(),
+        services: workloads
+            .iter()
+            .map(|w| ServiceReport {
+                service: w.service.clone(),
+                state: w.observed.clone(),
+                version: w.version.to_string(),
+                detail: w.detail.clone(),
+            })
+            .collect(),
         accepted_versions: reader
             .held()
             .iter()
@@ -315,7 +340,13 @@ async fn round(reader: &mut Reader, bootstrap: &[Endpoint]) -> Option<String> {
 
 /// Watches the held scopes on the best endpoint until the node's own
 /// scope changes, the watch fails, or [`RESYNC_INTERVAL`] passes.
-async fn watch(reader: &mut Reader, state: &ClusterState, cluster: &ClusterId, tasks: &Tasks) {
+async fn watch(
+    reader: &mut Reader,
+    state: &ClusterState,
+    cluster: &ClusterId,
+    tasks: &Tasks,
+    workloads: &[WorkloadStatus],
+) {
     let Some(at) = reader.endpoints.ranked().first().copied() else {
         return;
     };
@@ -360,8 +391,8 @@ async fn watch(reader: &mut Reader, state: &ClusterState, cluster: &ClusterId, t
                 Ok(Some(answer)) => match reader.keep_watched(at, answer) {
                     Ok((scope, Outcome::Updated(_))) => {
                         let degraded = degraded_reason(None, tasks);
-                        report(tasks, reader, degraded.as_deref());
-                        write_status(state, reader, cluster, degraded.as_deref(), tasks);
+                        report(tasks, reader, degraded.as_deref(), workloads);
+                        write_status(state, reader, cluster, degraded.as_deref(), tasks, workloads);
                         if scope == own {
                             return;
                         }
@@ -391,6 +422,7 @@ fn write_status(
     cluster: &ClusterId,
     degraded: Option<&str>,
     tasks: &Tasks,
+    workloads: &[WorkloadStatus],
 ) {
     let heartbeat = tasks.heartbeat.borrow().clone();
     let renewal = tasks.renewal.borrow().clone();
@@ -413,6 +445,7 @@ fn write_status(
             .map(|at| reader.endpoints.list[at].clone())
             .collect(),
         last_answer: reader.last_answer().cloned(),
+        workloads: workloads.to_vec(),
         control_plane: ControlPlaneStatus {
             reachable: heartbeat.reachable(),
             sent: heartbeat.sent,

@@ -64,7 +64,21 @@ async fn main() {
     let nodes: Vec<String> = {
         let mut nodes = Vec::new();
         for _ in 0..16 {
-            nodes.push(p.enroll(&[]).await);
+            let node = p.enroll(&["can_run_rdp_worker"]).await;
+            // A service runs only where its role is assigned.
+            rap_controlplane::roles::assign(
+                &p.ctx,
+                &p.owner,
+                &pb::AssignRoleRequest {
+                    cluster_id: p.cluster.clone(),
+                    node_id: node.clone(),
+                    role: "rdp-worker".into(),
+                    org_id: String::new(),
+                },
+            )
+            .await
+            .unwrap();
+            nodes.push(node);
         }
         nodes
     };
@@ -101,7 +115,7 @@ async fn main() {
                     let request = pb::SetServiceDesiredStateRequest {
                         cluster_id: p.cluster.clone(),
                         node_id: node.clone(),
-                        service: format!("svc-{c}"),
+                        service: "rdp-worker".into(),
                         desired_state: if i % 2 == 0 { "enabled" } else { "disabled" }.into(),
                     };
                     let t = Instant::now();

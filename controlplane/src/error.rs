@@ -127,6 +127,17 @@ pub enum Error {
         /// The node.
         node: String,
     },
+    /// A service may not be enabled on the node: its role is not
+    /// assigned there, or the service is not in the catalog.
+    #[error("service {service} may not run on node {node}: {why}")]
+    ServiceNotAllowed {
+        /// The service.
+        service: String,
+        /// The node.
+        node: String,
+        /// Why, with what would allow it.
+        why: String,
+    },
     /// Moving a group would make the group tree cyclic.
     #[error("{0}")]
     GroupCycle(String),
@@ -248,6 +259,7 @@ impl Error {
             Error::FailedPrecondition(_) => codes::FAILED_PRECONDITION,
             Error::MissingCapability { .. } => codes::MISSING_CAPABILITY,
             Error::NoMembership { .. } => codes::NO_MEMBERSHIP,
+            Error::ServiceNotAllowed { .. } => codes::SERVICE_NOT_ALLOWED,
             Error::GroupCycle(_) => codes::GROUP_CYCLE,
             Error::StorageRole { .. } => codes::STORAGE_ROLE,
             Error::Unauthenticated(_) => codes::UNAUTHENTICATED,
@@ -288,6 +300,7 @@ impl Error {
             Error::FailedPrecondition(_)
             | Error::MissingCapability { .. }
             | Error::NoMembership { .. }
+            | Error::ServiceNotAllowed { .. }
             | Error::GroupCycle(_)
             | Error::StorageRole { .. }
             | Error::StaleFence(_)
@@ -329,6 +342,7 @@ impl Error {
             | Error::FailedPrecondition(_)
             | Error::MissingCapability { .. }
             | Error::NoMembership { .. }
+            | Error::ServiceNotAllowed { .. }
             | Error::GroupCycle(_)
             | Error::StorageRole { .. }
             | Error::Unauthenticated(_)

@@ -55,7 +55,9 @@ fn instance_pb(row: db::workloads::Instance) -> pb::ServiceInstance {
 
 /// Sets the desired state (`enabled` or `disabled`) of a service on a node
 /// (fenced, `service.desired-state`; platform principals only). The node
-/// needs an active membership in the cluster (`NO_MEMBERSHIP`). The
+/// needs an active membership in the cluster (`NO_MEMBERSHIP`); enabling
+/// needs a service of the catalog (`rap_proto::services`) whose role the
+/// node holds (`SERVICE_NOT_ALLOWED`). The
 /// instance is created on first use; `version` is bumped on a change.
 #[tracing::instrument(
     skip_all,
@@ -99,6 +101,40 @@ pub async fn set_desired_state(
             let cluster_id = cluster.as_str();
             let node_id = node.as_str();
             require_membership(tx, cluster_id, node_id).await?;
+            // Enabling needs a service of the catalog whose role the node
+            // holds; disabling is always allowed.
+            if desired == "enabled" {
+                let roles = db::roles::active_of_node(tx, cluster_id, node_id).await?;
+                let why = match rap_proto::services::roles_for(service) {
+                    None => Some(format!(
+                        "it is not a known service (known: {})",
+                        rap_proto::services::SERVICE_ROLES
+                            .iter()
+                            .map(|(s, _)| *s)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                    Some(allowed)
+                        if !rap_proto::services::allowed(
+                            service,
+                            roles.iter().map(|(r, _)| r.as_str()),
+                        ) =>
+                    {
+                        Some(format!(
+                            "assign one of its roles first ({}): rapctl role assign",
+                            allowed.join(", ")
+                        ))
+                    }
+                    Some(_) => None,
+                };
+                if let Some(why) = why {
+                    return Err(Error::ServiceNotAllowed {
+                        service: service.clone(),
+                        node: node_id.to_string(),
+                        why,
+                    });
+                }
+            }
             let previous =
                 db::workloads::lock_desired_state(tx, cluster_id, node_id, service).await?;
             if previous.is_none() {

@@ -125,6 +125,9 @@ pub const GROUP_CYCLE: &str = "GROUP_CYCLE";
 /// A storage node holds another role than the call needs (a voter or
 /// learner named as a cache replica).
 pub const STORAGE_ROLE: &str = "STORAGE_ROLE";
+/// A desired service whose role the node does not hold (or a service not
+/// in the catalog, `rap_proto::services`).
+pub const SERVICE_NOT_ALLOWED: &str = "SERVICE_NOT_ALLOWED";
 /// A signing key or CA that was revoked.
 pub const KEY_REVOKED: &str = "KEY_REVOKED";
 /// The control plane's key files failed.

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod orders;
 pub mod proof;
 pub mod revocations;
+pub mod services;
 pub mod shards;
 pub mod time;
 

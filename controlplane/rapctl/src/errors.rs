@@ -154,6 +154,10 @@ pub fn hint_for(code: &str, ctx: &HintContext<'_>) -> Option<String> {
         codes::GROUP_CYCLE => "a group cannot move under itself or one of its descendants; \
              `rapctl group list --cluster <cluster-id>` shows the tree"
             .to_string(),
+        codes::SERVICE_NOT_ALLOWED => "a service runs only on a node holding one of its roles: \
+             `rapctl role assign --cluster <cluster-id> --node <node> --role <role>` first \
+             (disabling is always allowed)"
+            .to_string(),
         codes::STORAGE_ROLE => "voters and learners hold every shard and are not cache \
              replicas (nor are cache replicas placed with `rapctl node set-location`); \
              `rapctl cluster placement <cluster-id>` lists each storage node's role"

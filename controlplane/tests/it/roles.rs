@@ -343,12 +343,35 @@ async fn assign_is_fenced_and_every_precondition_is_enforced() {
 
 // Goal: a desired state is a fenced mutation with a version that counts
 // real changes, and without quorum it is refused with NO_QUORUM and nothing
-// changes. Method: set, repeat, change; then stop 2 of 3 voters and try
+// changes; enabling a service whose role the node lacks, or one not in
+// the catalog, is refused with SERVICE_NOT_ALLOWED, audited, nothing
+// stored. Method: enable before the role is assigned and an unknown
+// service; assign; set, repeat, change; then stop 2 of 3 voters and try
 // again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn desired_state_is_fenced_and_refused_without_quorum() {
     let p = Platform::start().await;
     let node = p.enroll(&["can_run_rdp_worker"]).await;
+    for service in ["rdp-worker", "web"] {
+        let e =
+            workloads::set_desired_state(&p.ctx, &p.owner, &desired(&p, &node, service, "enabled"))
+                .await
+                .unwrap_err();
+        assert_eq!(e.code(), "SERVICE_NOT_ALLOWED", "{service}: {e}");
+        last_refusal(&p, "service.desired-state", service).await;
+    }
+    assert_eq!(
+        p.count("SELECT count(*) FROM node_service_instances").await,
+        0,
+        "nothing stored"
+    );
+    roles::assign(
+        &p.ctx,
+        &p.owner,
+        &assign_request(&p, &node, "rdp-worker", ""),
+    )
+    .await
+    .unwrap();
 
     let set = workloads::set_desired_state(
         &p.ctx,
@@ -479,7 +502,7 @@ async fn desired_state_is_fenced_and_refused_without_quorum() {
     .await
     .unwrap_err();
     assert_eq!(e.code(), "NO_QUORUM", "{e}");
-    assert_eq!(assignments(&p).await, 0);
+    assert_eq!(assignments(&p).await, 1, "only the one made with quorum");
     // Reads still work.
     let listed = workloads::list(
         &p.ctx,

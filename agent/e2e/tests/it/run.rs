@@ -3,7 +3,7 @@
 //! nodes and cache replicas.
 
 use crate::join::{Agent, cluster_keys, pending_requests};
-use rap_controlplane::{enrollment, roles};
+use rap_controlplane::{enrollment, roles, workloads};
 use rap_proto::pb;
 use rap_testkit::platform::Platform;
 use std::path::Path;
@@ -78,13 +78,52 @@ async fn reaches(
     }
 }
 
+/// The status of workload `service`.
+fn workload<'a>(status: &'a serde_json::Value, service: &str) -> &'a serde_json::Value {
+    status["workloads"]
+        .as_array()
+        .and_then(|all| all.iter().find(|w| w["service"] == service))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+/// Whether `address` echoes what it is sent.
+async fn echoes(address: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else {
+        return false;
+    };
+    if stream.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 4];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut answer)).await,
+        Ok(Ok(_))
+    ) && &answer == b"ping"
+}
+
+/// Waits until `sql` counts at least one row (hang guard [`REACHES_MAX`]).
+async fn wait_for_count(p: &Platform, sql: &str) {
+    let deadline = tokio::time::Instant::now() + REACHES_MAX;
+    while p.count(sql).await < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hang guard: {sql} within {REACHES_MAX:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn version(status: &serde_json::Value, scope: &str) -> u64 {
     status["scopes"][scope]["version"].as_u64().unwrap_or(0)
 }
 
-// Goal (issue 11 "nearby reads", "kill -9 keeps high-water marks"): an
+// Goal (issue 11 "nearby reads", "workload supervision", "kill -9 keeps
+// high-water marks"): an
 // enrolled agent that runs holds exactly its verified scopes (its node
 // shard, the all-nodes scopes; a role's scope once the role is assigned),
+// runs synthetic-echo once it is desired and its role assigned (it echoes,
+// and the heartbeat reports it running) and stops it when the role goes,
 // prefers the cache replica placed for it, fails over to a voter when
 // that cache is stopped and still receives new versions, and after kill
 // -9 and a restart starts from what it had kept (same versions, from
@@ -166,6 +205,37 @@ async fn an_agent_reads_its_scopes_fails_over_and_restarts() {
     })
     .await;
 
+    // The built-in synthetic-echo, desired and allowed by the role: it
+    // runs, echoes, and the heartbeat reports it running.
+    workloads::set_desired_state(
+        &p.ctx,
+        &p.owner,
+        &pb::SetServiceDesiredStateRequest {
+            cluster_id: cluster.clone(),
+            node_id: "node-a".into(),
+            service: "synthetic-echo".into(),
+            desired_state: "enabled".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let running = reaches(state.path(), &cluster, "synthetic-echo running", |s| {
+        workload(s, "synthetic-echo")["observed"] == "running"
+    })
+    .await;
+    let detail = workload(&running, "synthetic-echo")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let echo_at = detail.strip_prefix("listening on ").unwrap().to_string();
+    assert!(echoes(&echo_at).await, "{detail}");
+    wait_for_count(
+        &p,
+        "SELECT count(*) FROM node_service_instances
+          WHERE node_id = 'node-a' AND service = 'synthetic-echo' AND reported_state = 'running'",
+    )
+    .await;
+
     // A cache replica placed for it: the agent reads from it.
     p.start_cache("k1", "zone-s1").await;
     let cached = reaches(state.path(), &cluster, "reads from the cache", |s| {
@@ -203,6 +273,19 @@ async fn an_agent_reads_its_scopes_fails_over_and_restarts() {
         },
     )
     .await;
+    // The role is gone: synthetic-echo stops and its port closes.
+    let stopped = reaches(state.path(), &cluster, "synthetic-echo stopped", |s| {
+        workload(s, "synthetic-echo")["observed"] == "stopped"
+    })
+    .await;
+    assert!(
+        workload(&stopped, "synthetic-echo")["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("role"),
+        "{stopped:#}"
+    );
+    assert!(!echoes(&echo_at).await, "the echo port is closed");
     assert!(
         failed_over["scopes"].get("role/relay-node").is_none(),
         "a scope it no longer reads is dropped: {failed_over:#}"
