@@ -39,3 +39,4 @@ pub mod reads;
 pub mod renewal;
 pub mod run;
 pub mod state;
+pub mod store;
