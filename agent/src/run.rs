@@ -21,7 +21,8 @@ use crate::heartbeat::{
 use crate::reads::endpoints::{Endpoint, Scored};
 use crate::reads::{Held, Outcome, ReadError, Reader};
 use crate::renewal::RenewalOutcome;
-use crate::state::{ClusterState, STORAGE_ENDPOINTS_FILE, StorageEndpointRecord, TRUST_ROOT_FILE};
+use crate::state::{ClusterState, StorageEndpointRecord, TRUST_ROOT_FILE};
+use crate::store::ClusterStore;
 use rap_core::tls::live::LiveIdentity;
 use rap_core::tls::pin::PeerTls;
 use rap_proto::ids::{ClusterId, NodeId};
@@ -105,7 +106,8 @@ pub fn open_reader(
     identity: Arc<LiveIdentity>,
 ) -> Result<Reader, ReadError> {
     let state = ClusterState::open(state_dir, cluster)?;
-    let record = state.identity()?.ok_or_else(|| {
+    let store = ClusterStore::open(state_dir, &state, cluster)?;
+    let record = store.identity()?.ok_or_else(|| {
         ReadError::Setup(format!(
             "not enrolled in cluster {cluster} under {}: run `rap-node-agent join` first",
             state_dir.display()
@@ -117,11 +119,11 @@ pub fn open_reader(
         &state.path(TRUST_ROOT_FILE),
         rap_proto::limits::TRUST_ROOT_BYTES_MAX as u64,
     )?;
-    let bootstrap: Vec<StorageEndpointRecord> =
-        state.read_json(STORAGE_ENDPOINTS_FILE)?.unwrap_or_default();
+    let bootstrap = store.storage_endpoints()?;
     let endpoints = bootstrap.into_iter().map(bootstrap_endpoint).collect();
     Reader::open(
         state,
+        store,
         cluster.clone(),
         node_id,
         &genesis,
@@ -162,12 +164,7 @@ pub async fn run(
         .map_err(|e| ReadError::Setup(format!("the enrolled identity: {e}")))?;
     let mut reader = open_reader(state_dir, cluster, control.identity.clone())?;
     let tasks = spawn_tasks(control, &state)?;
-    let bootstrap: Vec<Endpoint> = reader
-        .endpoints
-        .list
-        .iter()
-        .map(|s| s.endpoint.clone())
-        .collect();
+    let bootstrap: Vec<Endpoint> = reader.bootstrap().to_vec();
     tracing::info!(cluster_id = %cluster, held = reader.held().len(), "agent running");
     tokio::pin!(stop);
     let outcome = loop {
@@ -392,6 +389,7 @@ fn write_status(
     degraded: Option<&str>,
     tasks: &Tasks,
 ) {
+    reader.save_health(degraded);
     let heartbeat = tasks.heartbeat.borrow().clone();
     let renewal = tasks.renewal.borrow().clone();
     let status = Status {
