@@ -28,8 +28,10 @@
 //! renewed with a new key before it expires), both over the link of
 //! [`control`].
 //!
-//! Still to come: node-local state in one store and supervising only
-//! assigned workloads.
+//! What `run` keeps lives in one sled database per agent, a tree per
+//! cluster ([`store`]); the high-water marks stay in fsynced files.
+//!
+//! Still to come: supervising only assigned workloads.
 
 pub mod cli;
 pub mod control;
