@@ -50,6 +50,13 @@ pub const KEEPALIVE: Duration = Duration::from_secs(5);
 pub const RESPONSE_BYTES_MAX: usize = rap_proto::limits::ENVELOPE_BYTES_MAX + 64 * 1024;
 /// Most scopes an agent holds.
 pub const SCOPES_MAX: usize = 256;
+/// Longest the saved endpoint scores lag behind round-trip changes (a
+/// change of the list, a failure count or a refusal count is saved at
+/// once).
+pub const SCORES_SAVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What makes a score worth saving at once: node id, failures, refusals.
+type ScoreKey = (String, u32, u32);
 
 /// A failed read.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +160,10 @@ pub struct Reader {
     /// The endpoints and their scores.
     pub endpoints: Endpoints,
     bootstrap: Vec<Endpoint>,
+    /// What was saved last: the scores' failure part, and when.
+    saved_scores: Option<(Vec<ScoreKey>, Instant)>,
+    /// The health saved last.
+    saved_health: std::sync::Mutex<Option<(String, String)>>,
     held: BTreeMap<String, Held>,
     clients: HashMap<String, ShardServiceClient<Channel>>,
     last_answer: Option<LastAnswer>,
@@ -234,6 +245,8 @@ impl Reader {
             verifier,
             endpoints: scored,
             bootstrap: endpoints,
+            saved_scores: None,
+            saved_health: std::sync::Mutex::new(None),
             held: BTreeMap::new(),
             clients: HashMap::new(),
             last_answer: None,
@@ -257,27 +270,56 @@ impl Reader {
         &self.store
     }
 
-    /// Saves the endpoints' scores (so they survive a restart).
-    pub fn save_endpoints(&self) {
-        if let Err(e) = self.store.put_endpoints(&self.endpoints) {
-            tracing::warn!(cluster_id = %self.cluster_id, node_id = %self.node_id, code = e.code(), "saving the endpoint scores failed: {e}");
+    /// Saves the endpoints' scores (so they survive a restart) when the
+    /// list, a failure count or a refusal count changed, or
+    /// [`SCORES_SAVE_INTERVAL`] passed.
+    pub fn save_endpoints(&mut self) {
+        let key: Vec<ScoreKey> = self
+            .endpoints
+            .list
+            .iter()
+            .map(|s| (s.endpoint.node_id.clone(), s.failures, s.bad_envelopes))
+            .collect();
+        if let Some((saved, at)) = &self.saved_scores
+            && *saved == key
+            && at.elapsed() < SCORES_SAVE_INTERVAL
+        {
+            return;
+        }
+        match self.store.put_endpoints(&self.endpoints) {
+            Ok(()) => self.saved_scores = Some((key, Instant::now())),
+            Err(e) => {
+                tracing::warn!(cluster_id = %self.cluster_id, node_id = %self.node_id, code = e.code(), "saving the endpoint scores failed: {e}");
+            }
         }
     }
 
-    /// Saves the health `run` reports (`None`: healthy).
+    /// Saves the health `run` reports (`None`: healthy) when it changed;
+    /// its `at_unix_ms` is when it became so.
     pub fn save_health(&self, degraded: Option<&str>) {
+        let health = if degraded.is_some() {
+            "degraded"
+        } else {
+            "healthy"
+        };
+        let now = (health.to_string(), degraded.unwrap_or_default().to_string());
+        let mut saved = self
+            .saved_health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if saved.as_ref() == Some(&now) {
+            return;
+        }
         let record = HealthRecord {
-            health: if degraded.is_some() {
-                "degraded"
-            } else {
-                "healthy"
-            }
-            .to_string(),
-            degraded_reason: degraded.unwrap_or_default().to_string(),
+            health: now.0.clone(),
+            degraded_reason: now.1.clone(),
             at_unix_ms: UnixMillis::now().0,
         };
-        if let Err(e) = self.store.put_health(&record) {
-            tracing::warn!(cluster_id = %self.cluster_id, node_id = %self.node_id, code = e.code(), "saving the health failed: {e}");
+        match self.store.put_health(&record) {
+            Ok(()) => *saved = Some(now),
+            Err(e) => {
+                tracing::warn!(cluster_id = %self.cluster_id, node_id = %self.node_id, code = e.code(), "saving the health failed: {e}");
+            }
         }
     }
 
