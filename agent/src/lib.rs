@@ -32,7 +32,8 @@
 //! for and whose role it assigns (the built-in `synthetic-echo`; every
 //! other adapter reports `degraded`, never `running`).
 //!
-//! Still to come: node-local state in one store.
+//! What `run` keeps lives in sled ([`store`]); the high-water marks stay in
+//! fsynced files.
 
 pub mod cli;
 pub mod control;
@@ -42,4 +43,5 @@ pub mod reads;
 pub mod renewal;
 pub mod run;
 pub mod state;
+pub mod store;
 pub mod workloads;

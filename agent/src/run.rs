@@ -21,7 +21,8 @@ use crate::heartbeat::{
 use crate::reads::endpoints::{Endpoint, Scored};
 use crate::reads::{Held, Outcome, ReadError, Reader};
 use crate::renewal::RenewalOutcome;
-use crate::state::{ClusterState, STORAGE_ENDPOINTS_FILE, StorageEndpointRecord, TRUST_ROOT_FILE};
+use crate::state::{ClusterState, StorageEndpointRecord, TRUST_ROOT_FILE};
+use crate::store::ClusterStore;
 use crate::workloads::{Supervisor, WorkloadStatus};
 use rap_core::tls::live::LiveIdentity;
 use rap_core::tls::pin::PeerTls;
@@ -108,7 +109,8 @@ pub fn open_reader(
     identity: Arc<LiveIdentity>,
 ) -> Result<Reader, ReadError> {
     let state = ClusterState::open(state_dir, cluster)?;
-    let record = state.identity()?.ok_or_else(|| {
+    let store = ClusterStore::open(state_dir, &state, cluster)?;
+    let record = store.identity()?.ok_or_else(|| {
         ReadError::Setup(format!(
             "not enrolled in cluster {cluster} under {}: run `rap-node-agent join` first",
             state_dir.display()
@@ -120,11 +122,11 @@ pub fn open_reader(
         &state.path(TRUST_ROOT_FILE),
         rap_proto::limits::TRUST_ROOT_BYTES_MAX as u64,
     )?;
-    let bootstrap: Vec<StorageEndpointRecord> =
-        state.read_json(STORAGE_ENDPOINTS_FILE)?.unwrap_or_default();
+    let bootstrap = store.storage_endpoints()?;
     let endpoints = bootstrap.into_iter().map(bootstrap_endpoint).collect();
     Reader::open(
         state,
+        store,
         cluster.clone(),
         node_id,
         &genesis,
@@ -168,12 +170,7 @@ pub async fn run(
     let tasks = spawn_tasks(control, &state)?;
     let mut supervisor = Supervisor::new(echo_listen);
     let mut workloads = Vec::new();
-    let bootstrap: Vec<Endpoint> = reader
-        .endpoints
-        .list
-        .iter()
-        .map(|s| s.endpoint.clone())
-        .collect();
+    let bootstrap: Vec<Endpoint> = reader.bootstrap().to_vec();
     tracing::info!(cluster_id = %cluster, held = reader.held().len(), "agent running");
     tokio::pin!(stop);
     let outcome = loop {
@@ -424,6 +421,7 @@ fn write_status(
     tasks: &Tasks,
     workloads: &[WorkloadStatus],
 ) {
+    reader.save_health(degraded);
     let heartbeat = tasks.heartbeat.borrow().clone();
     let renewal = tasks.renewal.borrow().clone();
     let status = Status {

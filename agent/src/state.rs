@@ -14,6 +14,11 @@
 //!   reported, which heartbeats report again);
 //! * while a certificate renewal is under way: [`NEXT_NODE_KEY_FILE`], the
 //!   new key, until its certificate is in place (`crate::renewal`).
+//!
+//! What `run` keeps (verified envelopes, endpoint scores, health) is in
+//! the agent's sled store ([`crate::store`]), which imports the join's
+//! JSON files on its first open; these files stay for `join`, TLS and
+//! renewal.
 
 use ed25519_dalek::SigningKey;
 use rap_core::files::Overwrite;

@@ -7,6 +7,7 @@
 use rap_node_agent::reads::endpoints::Endpoint;
 use rap_node_agent::reads::{Outcome, Reader};
 use rap_node_agent::state::ClusterState;
+use rap_node_agent::store::ClusterStore;
 use rap_proto::envelope::{Digest, ReaderSelector, ShardDraft, SnapshotSigner, TrustRoot, seal};
 use rap_proto::ids::{AuthorityTerm, ClusterId, NodeId, SnapshotVersion, TrustGeneration};
 use rap_proto::pb;
@@ -148,7 +149,8 @@ fn endpoint(id: &str, address: &str, role: &str) -> Endpoint {
 // verifier's code, scored down (a bad envelope each time), and the agent
 // takes the genuine version from the next endpoint in the same read; what
 // it holds never goes back; after a restart of the reader the rolled-back
-// envelope is still refused (the marks are on disk).
+// envelope is still refused (the marks are on disk) and the rogue's
+// score is kept (the store).
 // Method: two in-process ShardService servers; the rogue one ranked first
 // (a cache replica, the good one a voter); one read per attack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,8 +173,11 @@ async fn a_rogue_endpoint_is_refused_scored_down_and_left() {
     let good_at = serve(good.clone()).await;
     let state_dir = tempfile::tempdir().unwrap();
     let open = || {
+        let state = ClusterState::open(state_dir.path(), &c.id).unwrap();
+        let store = ClusterStore::open(state_dir.path(), &state, &c.id).unwrap();
         Reader::open(
-            ClusterState::open(state_dir.path(), &c.id).unwrap(),
+            state,
+            store,
             c.id.clone(),
             NodeId::new("n1").unwrap(),
             &c.genesis,
@@ -246,6 +251,7 @@ async fn a_rogue_endpoint_is_refused_scored_down_and_left() {
     drop(reader);
     let mut reader = open();
     assert_eq!(reader.held()["node/n1"].version, 2);
+    assert_eq!(k9(&reader).bad_envelopes, bad, "scores survive a restart");
     rogue.set("node/n1", &v1);
     good.set("node/n1", &v3);
     assert_eq!(reader.read("node/n1").await.unwrap(), Outcome::Updated(3));

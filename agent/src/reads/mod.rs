@@ -8,19 +8,21 @@
 //! ([`READ_TIMEOUT`]) or serves an envelope that does not verify is scored
 //! down and the next one is asked, without asking the control plane.
 //!
-//! What is kept, under `<state-dir>/<cluster>/`:
+//! What is kept:
 //!
-//! * `marks/`: the verifier's high-water marks (`FileHighWaterStore`:
-//!   written and fsynced before the envelope they admit is used, so after
-//!   `kill -9` no lower version or term is ever accepted again);
-//! * `shard.<scope>.bin` ([`shard_file`]): the newest verified envelope of
-//!   each scope, exactly as signed (checked on start against its mark's
-//!   header hash and its content hash, so a damaged file is dropped, never
-//!   used).
+//! * `<state-dir>/<cluster>/marks/`: the verifier's high-water marks
+//!   (`FileHighWaterStore`: written and fsynced before the envelope they
+//!   admit is used, so after `kill -9` no lower version or term is ever
+//!   accepted again);
+//! * in the cluster's tree of the agent's store ([`crate::store`]): the
+//!   newest verified envelope of each scope, exactly as signed (checked on
+//!   start against its mark's header hash and its content hash, so a
+//!   damaged one is dropped, never used), and the endpoints' scores.
 
 pub mod endpoints;
 
 use crate::state::{ClusterState, StateError};
+use crate::store::{ClusterStore, HealthRecord, StoreError};
 use endpoints::{Endpoint, Endpoints};
 use rap_core::marks::FileHighWaterStore;
 use rap_core::tls::pin::{ExpectedPeer, PeerTls};
@@ -48,6 +50,13 @@ pub const KEEPALIVE: Duration = Duration::from_secs(5);
 pub const RESPONSE_BYTES_MAX: usize = rap_proto::limits::ENVELOPE_BYTES_MAX + 64 * 1024;
 /// Most scopes an agent holds.
 pub const SCOPES_MAX: usize = 256;
+/// Longest the saved endpoint scores lag behind round-trip changes (a
+/// change of the list, a failure count or a refusal count is saved at
+/// once).
+pub const SCORES_SAVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What makes a score worth saving at once: node id, failures, refusals.
+type ScoreKey = (String, u32, u32);
 
 /// A failed read.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +64,9 @@ pub enum ReadError {
     /// Node-local state could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The node-local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The envelope machinery or the marks store refused to start.
     #[error(transparent)]
     Proto(#[from] rap_proto::Error),
@@ -77,6 +89,7 @@ impl ReadError {
     pub fn code(&self) -> &'static str {
         match self {
             ReadError::State(_) => "STATE",
+            ReadError::Store(e) => e.code(),
             ReadError::Proto(e) => e.code(),
             ReadError::NoEndpoint { .. } => "NO_ENDPOINT",
             ReadError::Setup(_) => "INVALID_ARGUMENT",
@@ -134,16 +147,11 @@ pub enum Outcome {
     Unchanged(u64),
 }
 
-/// The file of `scope`'s newest verified envelope.
-pub fn shard_file(scope: &str) -> String {
-    format!("shard.{}.bin", scope.replace('/', "~"))
-}
-
 /// Reads, verifies and keeps one agent's scopes.
 pub struct Reader {
     cluster_id: ClusterId,
     node_id: NodeId,
-    state: ClusterState,
+    store: ClusterStore,
     tls: Option<Arc<PeerTls>>,
     verifier: Verifier<FileHighWaterStore>,
     /// Who this node is for the readers check (roles from its own node
@@ -151,6 +159,11 @@ pub struct Reader {
     me: EnvelopeReader,
     /// The endpoints and their scores.
     pub endpoints: Endpoints,
+    bootstrap: Vec<Endpoint>,
+    /// What was saved last: the scores' failure part, and when.
+    saved_scores: Option<(Vec<ScoreKey>, Instant)>,
+    /// The health saved last.
+    saved_health: std::sync::Mutex<Option<(String, String)>>,
     held: BTreeMap<String, Held>,
     clients: HashMap<String, ShardServiceClient<Channel>>,
     last_answer: Option<LastAnswer>,
@@ -167,12 +180,15 @@ impl std::fmt::Debug for Reader {
 }
 
 impl Reader {
-    /// A reader of node `node_id` in `state`'s cluster, verifying from
+    /// A reader of node `node_id` in `state`'s cluster, keeping envelopes
+    /// and scores in `store` (the same cluster's tree), verifying from
     /// the genesis trust root `genesis`, dialling `endpoints` under `tls`
     /// (`None`: plaintext, development only). Loads (and re-verifies) the
-    /// envelopes kept before.
+    /// envelopes kept before, and the scores of the endpoints saved
+    /// before (`endpoints` stay as the bootstrap list).
     pub fn open(
         state: ClusterState,
+        store: ClusterStore,
         cluster_id: ClusterId,
         node_id: NodeId,
         genesis: &[u8],
@@ -193,6 +209,29 @@ impl Reader {
             marks,
             VerifierOptions::default(),
         )?;
+        if store.cluster_id() != &cluster_id {
+            return Err(ReadError::Setup(format!(
+                "the store handle is of cluster {}, not {cluster_id}",
+                store.cluster_id()
+            )));
+        }
+        let saved = store.endpoints().unwrap_or_else(|e| {
+            tracing::warn!(cluster_id = %cluster_id, node_id = %node_id, "the saved endpoint scores are unusable; starting afresh: {e}");
+            None
+        });
+        let scored = match saved {
+            Some(mut saved) => {
+                let mut list: Vec<Endpoint> =
+                    saved.list.iter().map(|s| s.endpoint.clone()).collect();
+                list.extend(endpoints.iter().cloned());
+                saved.replace(list);
+                saved
+            }
+            None => Endpoints::new(endpoints.clone()),
+        };
+        if let Ok(Some(last)) = store.health() {
+            tracing::info!(cluster_id = %cluster_id, node_id = %node_id, health = last.health, reason = last.degraded_reason, at_unix_ms = last.at_unix_ms, "the last run's health");
+        }
         let mut reader = Reader {
             me: EnvelopeReader::Node {
                 node_id: node_id.clone(),
@@ -201,10 +240,13 @@ impl Reader {
             },
             cluster_id,
             node_id,
-            state,
+            store,
             tls,
             verifier,
-            endpoints: Endpoints::new(endpoints),
+            endpoints: scored,
+            bootstrap: endpoints,
+            saved_scores: None,
+            saved_health: std::sync::Mutex::new(None),
             held: BTreeMap::new(),
             clients: HashMap::new(),
             last_answer: None,
@@ -216,6 +258,69 @@ impl Reader {
     /// The node's own scope.
     pub fn own_scope(&self) -> String {
         Scope::Node(self.node_id.clone()).to_string()
+    }
+
+    /// The bootstrap endpoints it was opened with (the last resort).
+    pub fn bootstrap(&self) -> &[Endpoint] {
+        &self.bootstrap
+    }
+
+    /// The cluster's store.
+    pub fn store(&self) -> &ClusterStore {
+        &self.store
+    }
+
+    /// Saves the endpoints' scores (so they survive a restart) when the
+    /// list, a failure count or a refusal count changed, or
+    /// [`SCORES_SAVE_INTERVAL`] passed.
+    pub fn save_endpoints(&mut self) {
+        let key: Vec<ScoreKey> = self
+            .endpoints
+            .list
+            .iter()
+            .map(|s| (s.endpoint.node_id.clone(), s.failures, s.bad_envelopes))
+            .collect();
+        if let Some((saved, at)) = &self.saved_scores
+            && *saved == key
+            && at.elapsed() < SCORES_SAVE_INTERVAL
+        {
+            return;
+        }
+        match self.store.put_endpoints(&self.endpoints) {
+            Ok(()) => self.saved_scores = Some((key, Instant::now())),
+            Err(e) => {
+                tracing::warn!(cluster_id = %self.cluster_id, node_id = %self.node_id, code = e.code(), "saving the endpoint scores failed: {e}");
+            }
+        }
+    }
+
+    /// Saves the health `run` reports (`None`: healthy) when it changed;
+    /// its `at_unix_ms` is when it became so.
+    pub fn save_health(&self, degraded: Option<&str>) {
+        let health = if degraded.is_some() {
+            "degraded"
+        } else {
+            "healthy"
+        };
+        let now = (health.to_string(), degraded.unwrap_or_default().to_string());
+        let mut saved = self
+            .saved_health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if saved.as_ref() == Some(&now) {
+            return;
+        }
+        let record = HealthRecord {
+            health: now.0.clone(),
+            degraded_reason: now.1.clone(),
+            at_unix_ms: UnixMillis::now().0,
+        };
+        match self.store.put_health(&record) {
+            Ok(()) => *saved = Some(now),
+            Err(e) => {
+                tracing::warn!(cluster_id = %self.cluster_id, node_id = %self.node_id, code = e.code(), "saving the health failed: {e}");
+            }
+        }
     }
 
     /// What is held, by scope.
@@ -236,27 +341,20 @@ impl Reader {
     }
 
     /// Loads the kept envelopes the marks admitted (the marks were written
-    /// before each file): a file that does not decode, or is not the
+    /// before each envelope): one that does not decode, or is not the
     /// envelope its scope's mark names, is dropped.
     fn load_kept(&mut self) {
-        let Ok(entries) = std::fs::read_dir(self.state.dir()) else {
-            return;
+        let kept = match self.store.shards() {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!(cluster_id = %self.cluster_id, node_id = %self.node_id, code = e.code(), "the kept shards are unreadable; reading them again: {e}");
+                Vec::new()
+            }
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(scope) = name
-                .strip_prefix("shard.")
-                .and_then(|n| n.strip_suffix(".bin"))
-                .map(|n| n.replace('~', "/"))
-            else {
-                continue;
-            };
-            let Ok(bytes) = crate::state::read_bounded(&entry.path(), RESPONSE_BYTES_MAX as u64)
-            else {
-                continue;
-            };
+        for (scope, bytes) in kept {
             let Ok(envelope) = decode(&bytes) else {
                 tracing::warn!(cluster_id = %self.cluster_id, node_id = %self.node_id, scope, "a kept shard does not decode; dropped");
+                let _ = self.store.remove_shard(&scope);
                 continue;
             };
             if envelope.header.scope.to_string() != scope || self.held.len() >= SCOPES_MAX {
@@ -366,6 +464,7 @@ impl Reader {
             match self.keep(scope, &endpoint, answer) {
                 Ok(outcome) => {
                     self.endpoints.succeeded(at, started.elapsed());
+                    self.save_endpoints();
                     return Ok(outcome);
                 }
                 Err(error) => {
@@ -382,6 +481,7 @@ impl Reader {
                 }
             }
         }
+        self.save_endpoints();
         Err(ReadError::NoEndpoint {
             scope: scope.to_string(),
             reasons: reasons.join("; "),
@@ -425,7 +525,7 @@ impl Reader {
             &self.me,
             UnixMillis::now(),
         )?;
-        if let Err(e) = self.state.write(&shard_file(scope), &envelope) {
+        if let Err(e) = self.store.put_shard(scope, &envelope) {
             // The mark is durable and the envelope is verified: serve it
             // from memory and say the disk failed.
             tracing::error!(cluster_id = %self.cluster_id, node_id = %self.node_id, scope, "keeping a verified shard failed: {e}");
@@ -483,7 +583,9 @@ impl Reader {
             .collect();
         for scope in gone {
             self.held.remove(&scope);
-            let _ = std::fs::remove_file(self.state.path(&shard_file(&scope)));
+            if let Err(e) = self.store.remove_shard(&scope) {
+                tracing::warn!(cluster_id = %self.cluster_id, node_id = %self.node_id, scope, "forgetting a dropped shard failed: {e}");
+            }
         }
     }
 }
