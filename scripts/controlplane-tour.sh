@@ -6,13 +6,17 @@
 # before the group exists), `rapctl cluster create/bootstrap`, a join
 # token, a real
 # `rap-node-agent join` approved by the operator, a role and a service,
-# an org admin who sees only the org-safe view, a refused mutation without
-# quorum (NO_QUORUM, audited), and the audit trail.
+# an org admin who sees only the org-safe view, `rap-node-agent run`
+# reading its verified scopes and running synthetic-echo once its role
+# allows, a refused mutation without quorum (NO_QUORUM, audited), the
+# audit trail, and the agent still serving on its last verified state
+# with the control plane stopped (degraded).
 #
 #   scripts/controlplane-tour.sh [BIN_DIR]     (default: target/debug)
 #
 # Ports: RAP_TOUR_PORT_BASE (default 38000): +1..3 storage gRPC, +11..13
-# storage HTTP, +20 control plane gRPC, +21 control plane HTTP.
+# storage HTTP, +20 control plane gRPC, +21 control plane HTTP, +40 the
+# agent's synthetic echo.
 # Exits 1 at the first step that does not behave as designed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -111,7 +115,7 @@ echo "${join//rapjt.*.* --ca/rapjt.<id>.<secret> --ca}"
 
 step "rap-node-agent join on the 'host' (key generated locally, request waits for review)"
 # shellcheck disable=SC2086
-"$bin/"$join --state-dir "$work/agent" --capability can_run_rdp_worker --hostname tour-host \
+"$bin/"$join --state-dir "$work/agent" --capability can_run_rdp_worker --capability can_route_mesh --hostname tour-host \
   --poll-interval 200ms --wait 60s >"$work/agent.log" 2>&1 &
 agent_pid=$!
 pids+=("$agent_pid")
@@ -145,6 +149,33 @@ umask 077 && printf '%s\n' "$acme_token" >"$work/acme-token" && umask 022
 RAP_TOKEN_FILE="$work/acme-token" "$bin/rapctl" org view acme
 expect_code PERMISSION_DENIED env RAP_TOKEN_FILE="$work/acme-token" "$bin/rapctl" node list --cluster c1
 
+step "rap-node-agent run: verified scopes from the nearest storage node; synthetic-echo once its role allows"
+echo_port=$((base + 40))
+"$bin/rap-node-agent" run --cluster c1 --state-dir "$work/agent" --echo-listen "127.0.0.1:$echo_port" \
+  >"$work/agent-run.log" 2>&1 &
+pids+=($!)
+agent_status() { "$bin/rap-node-agent" status --cluster c1 --state-dir "$work/agent" "$@"; }
+for _ in $(seq 1 100); do
+  agent_status -o json 2>/dev/null | grep -q '"node/rdp-1"' && break
+  sleep 0.1
+done
+agent_status -o json 2>/dev/null | grep -q '"node/rdp-1"' || fail "the agent holds no node/rdp-1"
+expect_code SERVICE_NOT_ALLOWED "$bin/rapctl" service set --cluster c1 --node rdp-1 --service synthetic-echo --state enabled
+"$bin/rapctl" role assign --cluster c1 --node rdp-1 --role relay-node
+"$bin/rapctl" service set --cluster c1 --node rdp-1 --service synthetic-echo --state enabled
+echoes() {
+  exec 3<>"/dev/tcp/127.0.0.1/$echo_port" 2>/dev/null || return 1
+  printf 'ping\n' >&3
+  local line=""
+  read -r -t 2 line <&3 || true
+  exec 3<&- 3>&-
+  [ "$line" = "ping" ]
+}
+for _ in $(seq 1 100); do echoes && break; sleep 0.1; done
+echoes || fail "synthetic-echo does not answer on $echo_port: $(tail -n 5 "$work/agent-run.log")"
+echo "synthetic-echo answers on 127.0.0.1:$echo_port"
+agent_status
+
 step "kill -9 two of three storage nodes: a mutation is refused (NO_QUORUM), nothing changes"
 kill -9 "${pids[2]}" "${pids[3]}"   # s2, s3 (pids[1] is s1, pids[0] the control plane)
 expect_code NO_QUORUM "$bin/rapctl" service set --cluster c1 --node rdp-1 --service rdp-worker --state disabled
@@ -152,4 +183,14 @@ expect_code NO_QUORUM "$bin/rapctl" service set --cluster c1 --node rdp-1 --serv
 
 step "the audit trail (mutations with their fences, and every refusal)"
 "$bin/rapctl" audit list --cluster c1 --limit 12
+
+step "the control plane stops too: the agent keeps its verified state and its workload, degraded"
+kill -9 "${pids[0]}"
+for _ in $(seq 1 150); do
+  agent_status -o json 2>/dev/null | grep -q '"health": "degraded"' && break
+  sleep 0.1
+done
+agent_status -o json 2>/dev/null | grep -q '"health": "degraded"' || fail "the agent does not say it is degraded"
+echoes || fail "synthetic-echo stopped with the control plane"
+agent_status
 printf '\nTOUR OK\n'

@@ -257,4 +257,13 @@ async fn a_rogue_endpoint_is_refused_scored_down_and_left() {
     assert_eq!(reader.read("node/n1").await.unwrap(), Outcome::Updated(3));
     assert_eq!(k9(&reader).last_error, "ROLLBACK");
     assert_eq!(reader.held()["node/n1"].served_by, "s1");
+
+    // The node stops reading the scope, then reads it again at the same
+    // version (a role removed and assigned back): the very envelope it
+    // accepted is kept again, not refused as a replay.
+    reader.retain(&[]);
+    assert!(reader.held().is_empty());
+    rogue.set("node/n1", &v3);
+    assert_eq!(reader.read("node/n1").await.unwrap(), Outcome::Updated(3));
+    assert_eq!(reader.held()["node/n1"].version, 3);
 }

@@ -519,23 +519,43 @@ impl Reader {
             return Ok(Outcome::Unchanged(held.version));
         }
         rap_proto::shards::follow_trust_roots(&mut self.verifier, &self.cluster_id, &envelope)?;
-        let accepted = self.verifier.verify(
-            &envelope,
-            &decoded.header.scope,
-            &self.me,
-            UnixMillis::now(),
-        )?;
+        let now = UnixMillis::now();
+        let (version, authority_term) =
+            match self
+                .verifier
+                .verify(&envelope, &decoded.header.scope, &self.me, now)
+            {
+                Ok(accepted) => (accepted.header.version.0, accepted.header.authority_term.0),
+                // The very envelope accepted before (same header hash;
+                // signature and readers checked again) of a scope this
+                // node stopped reading and reads again (a role removed,
+                // then assigned back): kept again, marks unchanged,
+                // unless it expired meanwhile.
+                Err(rap_proto::Error::Replay { .. }) if !self.held.contains_key(scope) => {
+                    let skew_ms = VerifierOptions::default().clock_skew_ms;
+                    let expires_at = decoded.header.expires_at;
+                    if now > expires_at.plus_ms(i64::try_from(skew_ms).unwrap_or(i64::MAX)) {
+                        return Err(rap_proto::Error::Expired {
+                            scope: decoded.header.scope.clone(),
+                            expires_at,
+                            now,
+                            skew_ms,
+                        });
+                    }
+                    (decoded.header.version.0, decoded.header.authority_term.0)
+                }
+                Err(error) => return Err(error),
+            };
         if let Err(e) = self.store.put_shard(scope, &envelope) {
             // The mark is durable and the envelope is verified: serve it
             // from memory and say the disk failed.
             tracing::error!(cluster_id = %self.cluster_id, node_id = %self.node_id, scope, "keeping a verified shard failed: {e}");
         }
-        let version = accepted.header.version.0;
         self.held.insert(
             scope.to_string(),
             Held {
                 version,
-                authority_term: accepted.header.authority_term.0,
+                authority_term,
                 accepted_at_unix_ms: UnixMillis::now().0,
                 served_by: endpoint.node_id.clone(),
                 from_cache_replica: staleness.from_cache_replica,

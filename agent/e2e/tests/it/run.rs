@@ -270,6 +270,9 @@ async fn an_agent_reads_its_scopes_fails_over_and_restarts() {
                 && s["scopes"]["node/node-a"]["served_by"]
                     .as_str()
                     .is_some_and(|by| by.starts_with('s'))
+                // A round after the new node shard drops what it no
+                // longer reads.
+                && s["scopes"].get("role/relay-node").is_none()
         },
     )
     .await;
@@ -286,10 +289,6 @@ async fn an_agent_reads_its_scopes_fails_over_and_restarts() {
         "{stopped:#}"
     );
     assert!(!echoes(&echo_at).await, "the echo port is closed");
-    assert!(
-        failed_over["scopes"].get("role/relay-node").is_none(),
-        "a scope it no longer reads is dropped: {failed_over:#}"
-    );
     let k1 = failed_over["endpoints"]
         .as_array()
         .unwrap()
