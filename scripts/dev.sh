@@ -7,7 +7,10 @@
 #   3. scripts/controlplane-tour.sh: PostgreSQL + the control plane + three
 #      storage nodes: cluster create/bootstrap, a join token, a real
 #      `rap-node-agent join` approved by the operator, roles, an org
-#      admin's view, a refused mutation without quorum, the audit trail.
+#      admin's view, `rap-node-agent run` reading its verified scopes and
+#      running synthetic-echo once its role allows, a refused mutation
+#      without quorum, the audit trail, the agent degraded but serving with
+#      the control plane gone.
 #
 #   scripts/dev.sh
 #
