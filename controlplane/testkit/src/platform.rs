@@ -746,8 +746,18 @@ impl Platform {
     /// Starts the real control plane server on this platform's database
     /// and keys, and waits until it listens.
     pub async fn serve(&self) -> ControlPlane {
-        let addr = free_addr();
-        let http_addr = free_addr();
+        self.serve_at(free_addr(), free_addr()).await
+    }
+
+    /// [`Platform::serve`] on the given addresses (to start it again where
+    /// its clients know it); waits until the old listener is gone.
+    pub async fn serve_at(&self, addr: SocketAddr, http_addr: SocketAddr) -> ControlPlane {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let config = rap_controlplane::server::Config {
             database_url: self.db.url.clone(),
             listen: addr,
