@@ -66,18 +66,7 @@ async fn main() {
         for _ in 0..16 {
             let node = p.enroll(&["can_run_rdp_worker"]).await;
             // A service runs only where its role is assigned.
-            rap_controlplane::roles::assign(
-                &p.ctx,
-                &p.owner,
-                &pb::AssignRoleRequest {
-                    cluster_id: p.cluster.clone(),
-                    node_id: node.clone(),
-                    role: "rdp-worker".into(),
-                    org_id: String::new(),
-                },
-            )
-            .await
-            .unwrap();
+            p.assign_role(&node, "rdp-worker").await;
             nodes.push(node);
         }
         nodes

@@ -17,7 +17,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use rap_controlplane::keys::ClusterKeys;
-use rap_controlplane::{enrollment, roles, workloads};
+use rap_controlplane::{enrollment, workloads};
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
 use rap_testkit::platform::Platform;
@@ -101,36 +101,6 @@ fn quantile(sorted: &[Duration], q: f64) -> f64 {
     sorted[at].as_secs_f64() * 1000.0
 }
 
-async fn assign(p: &Platform, role: &str) {
-    roles::assign(
-        &p.ctx,
-        &p.owner,
-        &pb::AssignRoleRequest {
-            cluster_id: p.cluster.clone(),
-            node_id: "node-a".into(),
-            role: role.into(),
-            org_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
-}
-
-async fn remove(p: &Platform, role: &str) {
-    roles::remove(
-        &p.ctx,
-        &p.owner,
-        &pb::RemoveRoleRequest {
-            cluster_id: p.cluster.clone(),
-            node_id: "node-a".into(),
-            role: role.into(),
-            org_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
-}
-
 fn echo_observed(state: &Path) -> String {
     status(state)["workloads"]
         .as_array()
@@ -209,7 +179,7 @@ async fn bench() {
     .await
     .unwrap();
     assert!(join.wait().await.unwrap().success());
-    assign(&p, "relay-node").await;
+    p.assign_role("node-a", "relay-node").await;
     workloads::set_desired_state(
         &p.ctx,
         &p.owner,
@@ -260,13 +230,13 @@ async fn bench() {
     // 2. Role → workload answering.
     let mut samples = Vec::with_capacity(ROLE_RUNS);
     for _ in 0..ROLE_RUNS {
-        remove(&p, "relay-node").await;
+        p.remove_role("node-a", "relay-node").await;
         until("synthetic-echo stops", || {
             echo_observed(state).starts_with("\"stopped\"")
         })
         .await;
         let started = Instant::now();
-        assign(&p, "relay-node").await;
+        p.assign_role("node-a", "relay-node").await;
         loop {
             let observed = echo_observed(state);
             if let Some(address) = observed

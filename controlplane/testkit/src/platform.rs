@@ -628,6 +628,38 @@ impl Platform {
         approved.node_id
     }
 
+    /// Assigns `role` (no organization) to `node` as the owner.
+    pub async fn assign_role(&self, node: &str, role: &str) {
+        rap_controlplane::roles::assign(
+            &self.ctx,
+            &self.owner,
+            &pb::AssignRoleRequest {
+                cluster_id: self.cluster.clone(),
+                node_id: node.to_string(),
+                role: role.to_string(),
+                org_id: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Removes `role` (no organization) from `node` as the owner.
+    pub async fn remove_role(&self, node: &str, role: &str) {
+        rap_controlplane::roles::remove(
+            &self.ctx,
+            &self.owner,
+            &pb::RemoveRoleRequest {
+                cluster_id: self.cluster.clone(),
+                node_id: node.to_string(),
+                role: role.to_string(),
+                org_id: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+
     /// Creates a principal (and its organization when missing).
     pub async fn principal(&self, kind: &str, org: Option<&str>) -> Principal {
         if let Some(org) = org {

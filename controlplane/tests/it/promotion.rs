@@ -93,18 +93,7 @@ async fn last_event(p: &Platform, action: &str, result: &str, needle: &str) {
 async fn promotion_moves_the_cluster_to_the_next_term() {
     let p = Platform::start().await;
     let node = p.enroll(&["can_run_rdp_worker"]).await;
-    rap_controlplane::roles::assign(
-        &p.ctx,
-        &p.owner,
-        &pb::AssignRoleRequest {
-            cluster_id: p.cluster.clone(),
-            node_id: node.clone(),
-            role: "rdp-worker".into(),
-            org_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    p.assign_role(&node, "rdp-worker").await;
     workloads::set_desired_state(&p.ctx, &p.owner, &desired(&p, &node, "enabled"))
         .await
         .unwrap();

@@ -3,7 +3,7 @@
 //! nodes and cache replicas.
 
 use crate::join::{Agent, cluster_keys, pending_requests};
-use rap_controlplane::{enrollment, roles, workloads};
+use rap_controlplane::{enrollment, workloads};
 use rap_proto::pb;
 use rap_testkit::platform::Platform;
 use std::path::Path;
@@ -37,6 +37,33 @@ impl Running {
     async fn kill(mut self) {
         self.child.kill().await.unwrap();
     }
+}
+
+/// Joins with the real binary (standard arguments plus `extra`) and
+/// approves the request as `node_id`.
+async fn enrolled(
+    p: &Platform,
+    server: &rap_testkit::platform::ControlPlane,
+    state_dir: &Path,
+    node_id: &str,
+    extra: &[&str],
+) {
+    let fingerprint = cluster_keys(p).ca_fingerprint();
+    let token = p.token(1).await;
+    let join = Agent::join(server, &p.cluster, &token, &fingerprint, state_dir, extra);
+    let request = pending_requests(p, 1).await.remove(0);
+    enrollment::approve(
+        &p.ctx,
+        &p.owner,
+        &pb::ReviewJoinRequestRequest {
+            join_request_id: request.join_request_id.clone(),
+            node_id: node_id.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(join.finish().await.code(), Some(0));
 }
 
 /// `rap-node-agent status -o json`, parsed (None before `run` wrote one).
@@ -138,32 +165,17 @@ fn version(status: &serde_json::Value, scope: &str) -> u64 {
 async fn an_agent_reads_its_scopes_fails_over_and_restarts() {
     let p = Platform::start().await;
     let server = p.serve().await;
-    let fingerprint = cluster_keys(&p).ca_fingerprint();
-    let token = p.token(1).await;
     let state = tempfile::tempdir().unwrap();
     let cluster = p.cluster.clone();
 
-    let join = Agent::join(
+    enrolled(
+        &p,
         &server,
-        &cluster,
-        &token,
-        &fingerprint,
         state.path(),
+        "node-a",
         &["--capability", "can_route_mesh", "--wait", "30s"],
-    );
-    let request = pending_requests(&p, 1).await.remove(0);
-    enrollment::approve(
-        &p.ctx,
-        &p.owner,
-        &pb::ReviewJoinRequestRequest {
-            join_request_id: request.join_request_id.clone(),
-            node_id: "node-a".into(),
-            ..Default::default()
-        },
     )
-    .await
-    .unwrap();
-    assert_eq!(join.finish().await.code(), Some(0));
+    .await;
     p.wait_for_publisher().await;
 
     let agent = Running::start(state.path(), &cluster);
@@ -188,18 +200,7 @@ async fn an_agent_reads_its_scopes_fails_over_and_restarts() {
     assert!(first["scopes"].get("role/relay-node").is_none());
 
     // A role: its scope arrives, through the watch.
-    roles::assign(
-        &p.ctx,
-        &p.owner,
-        &pb::AssignRoleRequest {
-            cluster_id: cluster.clone(),
-            node_id: "node-a".into(),
-            role: "relay-node".into(),
-            org_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    p.assign_role("node-a", "relay-node").await;
     reaches(state.path(), &cluster, "role/relay-node and peers", |s| {
         version(s, "role/relay-node") >= 1 && version(s, "peers/node-a") >= 1
     })
@@ -249,18 +250,7 @@ async fn an_agent_reads_its_scopes_fails_over_and_restarts() {
     // The cache stops: reads go on from a voter, new versions arrive.
     p.stop_cache("k1").await;
     let node_version = version(&cached, "node/node-a");
-    roles::remove(
-        &p.ctx,
-        &p.owner,
-        &pb::RemoveRoleRequest {
-            cluster_id: cluster.clone(),
-            node_id: "node-a".into(),
-            role: "relay-node".into(),
-            org_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    p.remove_role("node-a", "relay-node").await;
     let failed_over = reaches(
         state.path(),
         &cluster,
@@ -340,31 +330,9 @@ async fn an_agent_reads_its_scopes_fails_over_and_restarts() {
 async fn an_agent_outlives_the_control_plane_and_recovers() {
     let p = Platform::start().await;
     let server = p.serve().await;
-    let fingerprint = cluster_keys(&p).ca_fingerprint();
-    let token = p.token(1).await;
     let state = tempfile::tempdir().unwrap();
     let cluster = p.cluster.clone();
-    let join = Agent::join(
-        &server,
-        &cluster,
-        &token,
-        &fingerprint,
-        state.path(),
-        &["--wait", "30s"],
-    );
-    let request = pending_requests(&p, 1).await.remove(0);
-    enrollment::approve(
-        &p.ctx,
-        &p.owner,
-        &pb::ReviewJoinRequestRequest {
-            join_request_id: request.join_request_id.clone(),
-            node_id: "node-b".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(join.finish().await.code(), Some(0));
+    enrolled(&p, &server, state.path(), "node-b", &["--wait", "30s"]).await;
     p.wait_for_publisher().await;
     let _agent = Running::start(state.path(), &cluster);
     let healthy = reaches(state.path(), &cluster, "healthy with heartbeats", |s| {

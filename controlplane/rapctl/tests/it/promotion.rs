@@ -30,18 +30,7 @@ async fn an_unfinished_promotion_is_finished_by_running_it_again() {
     let p = Platform::start().await;
     let node = p.enroll(&["can_run_rdp_worker"]).await;
     // The service below needs its role.
-    rap_controlplane::roles::assign(
-        &p.ctx,
-        &p.owner,
-        &pb::AssignRoleRequest {
-            cluster_id: p.cluster.clone(),
-            node_id: node.clone(),
-            role: "rdp-worker".into(),
-            org_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    p.assign_role(&node, "rdp-worker").await;
     let server = p.serve().await;
 
     // What `promote` commits before it sends the order.
