@@ -41,8 +41,12 @@ use tokio::sync::watch;
 pub const STATUS_FILE: &str = "status.json";
 /// Longest a watch runs before the endpoints are ranked again.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
-/// Pause after a round in which no endpoint served.
+/// Pause after a round in which no endpoint served; doubled after each
+/// such round up to [`RETRY_PAUSE_MAX`], so that a fleet of agents does not
+/// hammer storage nodes that are coming back.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Longest pause between rounds that find no endpoint serving.
+pub const RETRY_PAUSE_MAX: Duration = Duration::from_secs(30);
 /// Largest status file read.
 pub const STATUS_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
@@ -173,8 +177,10 @@ pub async fn run(
     let bootstrap: Vec<Endpoint> = reader.bootstrap().to_vec();
     tracing::info!(cluster_id = %cluster, held = reader.held().len(), "agent running");
     tokio::pin!(stop);
+    let mut retry = RETRY_PAUSE;
     let outcome = loop {
         let read_trouble = round(&mut reader, &bootstrap).await;
+        let reads_failed = read_trouble.is_some();
         // Only verified state is applied: the held node shard.
         if let Some(shard) = reader.node_shard() {
             workloads = supervisor.apply(&shard).await;
@@ -189,9 +195,17 @@ pub async fn run(
             &tasks,
             &workloads,
         );
+        // Reads that failed are tried again after a growing pause; a
+        // control plane that is away does not stop the watch.
+        let pause_for = retry;
+        retry = if reads_failed {
+            (retry * 2).min(RETRY_PAUSE_MAX)
+        } else {
+            RETRY_PAUSE
+        };
         let pause = async {
-            if degraded.is_some() {
-                tokio::time::sleep(RETRY_PAUSE).await;
+            if reads_failed {
+                tokio::time::sleep(pause_for).await;
             } else {
                 watch(&mut reader, &state, cluster, &tasks, &workloads).await;
             }
