@@ -552,13 +552,7 @@ impl Platform {
         .await
         .unwrap();
         let trust_root = dir.path().join("trust-root.bin");
-        let genesis = {
-            let mut conn = ctx.pool.acquire().await.unwrap();
-            rap_controlplane::db::clusters::trust_root(&mut conn, cluster)
-                .await
-                .unwrap()
-        };
-        std::fs::write(&trust_root, genesis).unwrap();
+        std::fs::write(&trust_root, self.genesis().await).unwrap();
         let mut config = storage_config(cluster, id, listen, dir.path(), &tls);
         config.labels.zone = zone.to_string();
         config.cache = Some(rap_configstore::config::Cache {
@@ -626,6 +620,34 @@ impl Platform {
         .await
         .unwrap();
         approved.node_id
+    }
+
+    /// The cluster's genesis trust root, as PostgreSQL holds it.
+    pub async fn genesis(&self) -> Vec<u8> {
+        let mut conn = self.ctx.pool.acquire().await.unwrap();
+        rap_controlplane::db::clusters::trust_root(&mut conn, &self.cluster)
+            .await
+            .unwrap()
+    }
+
+    /// A fresh reader's verifier of the cluster, opened on its genesis
+    /// trust root, with its marks in the returned directory.
+    pub async fn genesis_verifier(
+        &self,
+    ) -> (
+        tempfile::TempDir,
+        rap_proto::envelope::Verifier<rap_core::marks::FileHighWaterStore>,
+    ) {
+        let state = tempfile::tempdir().unwrap();
+        let verifier = rap_proto::envelope::Verifier::open(
+            ClusterId::new(self.cluster.as_str()).unwrap(),
+            &self.genesis().await,
+            None,
+            rap_core::marks::FileHighWaterStore::open(state.path()).unwrap(),
+            rap_proto::envelope::VerifierOptions::default(),
+        )
+        .unwrap();
+        (state, verifier)
     }
 
     /// Assigns `role` (no organization) to `node` as the owner.

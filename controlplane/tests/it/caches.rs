@@ -7,7 +7,7 @@ use rap_controlplane::caches;
 use rap_controlplane::snapshots::{self, placement};
 use rap_controlplane::tls::client_tls_config;
 use rap_core::marks::FileHighWaterStore;
-use rap_proto::envelope::{Reader, Scope, Verifier, VerifierOptions};
+use rap_proto::envelope::{Reader, Scope, Verifier};
 use rap_proto::ids::{ClusterId, NodeId};
 use rap_proto::pb;
 use rap_proto::pb::admin_service_client::AdminServiceClient;
@@ -232,21 +232,7 @@ async fn caches_are_registered_placed_and_published() {
     // Published by the running publisher, readable and verifiable.
     p.wait_for_publisher().await;
     let cluster = ClusterId::new(p.cluster.as_str()).unwrap();
-    let genesis = {
-        let mut conn = p.ctx.pool.acquire().await.unwrap();
-        rap_controlplane::db::clusters::trust_root(&mut conn, &p.cluster)
-            .await
-            .unwrap()
-    };
-    let state = tempfile::tempdir().unwrap();
-    let mut verifier = Verifier::open(
-        cluster.clone(),
-        &genesis,
-        None,
-        FileHighWaterStore::open(state.path()).unwrap(),
-        VerifierOptions::default(),
-    )
-    .unwrap();
+    let (_marks, mut verifier) = p.genesis_verifier().await;
     let mut bodies: BTreeMap<String, pb::CacheShard> = BTreeMap::new();
     for cache in zone_of_cache.keys() {
         let scope = format!("cache/{cache}");
@@ -416,15 +402,7 @@ async fn caches_are_registered_placed_and_published() {
     p.wait_for_publisher().await;
     // A fresh reader: the shards of nodes cache-3 did not serve are
     // unchanged (the same version, which a reader does not accept twice).
-    let state = tempfile::tempdir().unwrap();
-    let mut verifier = Verifier::open(
-        cluster.clone(),
-        &genesis,
-        None,
-        FileHighWaterStore::open(state.path()).unwrap(),
-        VerifierOptions::default(),
-    )
-    .unwrap();
+    let (_marks, mut verifier) = p.genesis_verifier().await;
     let emptied = read_verified(&mut client, &p, &mut verifier, "cache/cache-3", "cache-3").await;
     let emptied: pb::CacheShard = shards::decode(&emptied, &cluster).unwrap();
     assert!(emptied.scopes.is_empty() && emptied.serves.is_empty());

@@ -524,8 +524,7 @@ async fn an_org_admin_cannot_publish_read_list_or_rotate() {
 // rotation and a role change published by the dirty pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_the_signing_key_re_signs_everything_and_retires_the_old_key() {
-    use rap_core::marks::FileHighWaterStore;
-    use rap_proto::envelope::{Scope, ShardDraft, Verifier, VerifierOptions, seal};
+    use rap_proto::envelope::{Scope, ShardDraft, seal};
     use rap_proto::ids::{AuthorityTerm, NodeId, SnapshotVersion, TrustGeneration};
     use rap_proto::time::UnixMillis;
 
@@ -533,21 +532,7 @@ async fn rotating_the_signing_key_re_signs_everything_and_retires_the_old_key() 
     let node = p.enroll(CAPABILITIES).await;
     publish(&p, &[]).await.unwrap();
     let cluster = ClusterId::new(p.cluster.as_str()).unwrap();
-    let genesis = {
-        let mut conn = p.ctx.pool.acquire().await.unwrap();
-        db::clusters::trust_root(&mut conn, &p.cluster)
-            .await
-            .unwrap()
-    };
-    let state = tempfile::tempdir().unwrap();
-    let mut reader = Verifier::open(
-        cluster.clone(),
-        &genesis,
-        None,
-        FileHighWaterStore::open(state.path()).unwrap(),
-        VerifierOptions::default(),
-    )
-    .unwrap();
+    let (_marks, mut reader) = p.genesis_verifier().await;
     let me = Reader::Node {
         node_id: NodeId::new(node.as_str()).unwrap(),
         roles: Vec::new(),
