@@ -4,7 +4,9 @@
 //!
 //! Exit codes: 0 enrolled (now or before), 1 failed, rejected or expired,
 //! 2 usage error, 3 still pending when `--wait` ran out (run the same
-//! command again to resume), 130 interrupted (likewise resumable).
+//! command again to resume), 4 `run` ended because the node was revoked
+//! (restarting does not help: join again), 130 interrupted (likewise
+//! resumable).
 
 use crate::enroll::{
     self, Enrolled, Event, JoinOptions, JoinOutcome, POLL_INTERVAL_DEFAULT, parse_duration,
@@ -26,6 +28,8 @@ const STATE_DIR_DEFAULT: &str = "/var/lib/rap-node-agent";
 
 /// Exit code: a join request still pending when `--wait` ran out.
 const EXIT_PENDING: u8 = 3;
+/// Exit code: `run` ended because this node was revoked.
+const EXIT_REVOKED: u8 = 4;
 /// Exit code: interrupted (SIGINT or SIGTERM).
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -181,8 +185,17 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             _ = term.recv() => {}
         }
     };
-    crate::run::run(&args.state_dir, &cluster, echo_listen, stop).await?;
-    Ok(ExitCode::SUCCESS)
+    match crate::run::run(&args.state_dir, &cluster, echo_listen, stop).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(error @ crate::reads::ReadError::Revoked(_)) => {
+            eprintln!(
+                "error: [{}] {error}; every workload was stopped. Join again to come back.",
+                error.code()
+            );
+            Ok(ExitCode::from(EXIT_REVOKED))
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
@@ -285,9 +298,11 @@ fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
         }
     }
     println!("storage endpoints, best first:");
-    for scored in &status.endpoints {
+    for shown in &status.endpoints {
+        let scored = &shown.scored;
         println!(
-            "  {:<16} {:<22} {:<9} zone {:<10} rtt {:<9} failures {:<3} bad envelopes {}{}",
+            "  {:<6} {:<16} {:<22} {:<9} zone {:<10} rtt {:<9} load {:<5} failures {:<3} bad envelopes {}{}",
+            shown.tier.name(),
             scored.endpoint.node_id,
             scored.endpoint.address,
             scored.endpoint.role,
@@ -299,6 +314,10 @@ fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
             scored
                 .rtt_ms
                 .map(|r| format!("{r:.2}ms"))
+                .unwrap_or_else(|| "-".to_string()),
+            scored
+                .load
+                .map(|l| format!("{:.0}%", l * 100.0))
                 .unwrap_or_else(|| "-".to_string()),
             scored.failures,
             scored.bad_envelopes,

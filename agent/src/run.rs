@@ -13,12 +13,19 @@
 //! node is in a minority, the agent keeps running on the last verified
 //! state and says why in [`STATUS_FILE`] (`health: degraded`); the next
 //! round that succeeds clears it.
+//!
+//! Revoked: when the control plane refuses a heartbeat with
+//! `CERTIFICATE_REVOKED`, or the verified `trust/revocations` shard lists
+//! the certificate this node presents, `run` stops every workload, writes
+//! `health: revoked` and ends with [`ReadError::Revoked`] (the command
+//! exits 4, which the systemd unit does not restart). Heartbeats and
+//! renewal stop with it: nothing is retried for an identity that is gone.
 
 use crate::control::ControlPlane;
 use crate::heartbeat::{
     AcceptedVersionReport, AgentReport, Health, HeartbeatOptions, HeartbeatOutcome, ServiceReport,
 };
-use crate::reads::endpoints::{Endpoint, Scored};
+use crate::reads::endpoints::{Endpoint, Scored, Tier};
 use crate::reads::{Held, Outcome, ReadError, Reader};
 use crate::renewal::RenewalOutcome;
 use crate::state::{ClusterState, StorageEndpointRecord, TRUST_ROOT_FILE};
@@ -59,14 +66,14 @@ pub struct Status {
     pub node_id: String,
     /// When this was written (Unix ms).
     pub updated_at_unix_ms: i64,
-    /// `healthy` or `degraded`.
+    /// `healthy`, `degraded` or `revoked`.
     pub health: String,
-    /// Why it is degraded ('' when healthy).
+    /// Why it is degraded or revoked ('' when healthy).
     pub degraded_reason: String,
     /// The verified scopes held.
     pub scopes: BTreeMap<String, Held>,
-    /// The storage endpoints, best first, with their scores.
-    pub endpoints: Vec<Scored>,
+    /// The storage endpoints, best first, with their tiers and scores.
+    pub endpoints: Vec<EndpointStatus>,
     /// The storage node that answered last.
     pub last_answer: Option<crate::reads::LastAnswer>,
     /// The desired workloads and what is observed of each.
@@ -75,6 +82,16 @@ pub struct Status {
     pub control_plane: ControlPlaneStatus,
     /// The node certificate as renewal left it.
     pub certificate: CertificateStatus,
+}
+
+/// One storage endpoint as `status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// `active`, `warm` or `cold`.
+    pub tier: Tier,
+    /// The endpoint and its score.
+    #[serde(flatten)]
+    pub scored: Scored,
 }
 
 /// The heartbeats' view of the control plane.
@@ -155,6 +172,39 @@ struct Tasks {
     heartbeat: watch::Receiver<HeartbeatOutcome>,
     renewal: watch::Receiver<RenewalOutcome>,
     stop: watch::Sender<bool>,
+    identity: Arc<LiveIdentity>,
+}
+
+/// How the agent stands, as [`STATUS_FILE`] and the store say it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Standing {
+    /// Reads and heartbeats work.
+    Healthy,
+    /// Running on the last verified state; why.
+    Degraded(String),
+    /// The node's identity was revoked; why.
+    Revoked(String),
+}
+
+impl Standing {
+    fn of(degraded: Option<String>) -> Standing {
+        degraded.map_or(Standing::Healthy, Standing::Degraded)
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Standing::Healthy => "healthy",
+            Standing::Degraded(_) => "degraded",
+            Standing::Revoked(_) => "revoked",
+        }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            Standing::Healthy => "",
+            Standing::Degraded(why) | Standing::Revoked(why) => why,
+        }
+    }
 }
 
 /// Runs rounds until `stop` resolves; heartbeats and renewal run beside
@@ -181,6 +231,13 @@ pub async fn run(
     let outcome = loop {
         let read_trouble = round(&mut reader, &bootstrap).await;
         let reads_failed = read_trouble.is_some();
+        if let Some(why) = revoked(&reader, &tasks) {
+            tracing::error!(cluster_id = %cluster, "{why}: stopping every workload and ending");
+            let workloads = supervisor.stop_all(reader.node_shard().as_ref(), &why);
+            let standing = Standing::Revoked(why.clone());
+            write_status(&state, &reader, cluster, &standing, &tasks, &workloads);
+            break Err(ReadError::Revoked(why));
+        }
         // Only verified state is applied: the held node shard.
         if let Some(shard) = reader.node_shard() {
             workloads = supervisor.apply(&shard).await;
@@ -191,7 +248,7 @@ pub async fn run(
             &state,
             &reader,
             cluster,
-            degraded.as_deref(),
+            &Standing::of(degraded),
             &tasks,
             &workloads,
         );
@@ -207,6 +264,7 @@ pub async fn run(
             if reads_failed {
                 tokio::time::sleep(pause_for).await;
             } else {
+                reader.probe().await;
                 watch(&mut reader, &state, cluster, &tasks, &workloads).await;
             }
         };
@@ -220,6 +278,7 @@ pub async fn run(
 }
 
 fn spawn_tasks(control: ControlPlane, state: &ClusterState) -> Result<Tasks, ReadError> {
+    let identity = control.identity.clone();
     let (stop, stopped) = watch::channel(false);
     let (report, reports) = watch::channel(AgentReport::default());
     let (heartbeat_tx, heartbeat) = watch::channel(HeartbeatOutcome::default());
@@ -242,7 +301,40 @@ fn spawn_tasks(control: ControlPlane, state: &ClusterState) -> Result<Tasks, Rea
         heartbeat,
         renewal,
         stop,
+        identity,
     })
+}
+
+/// Why this node counts as revoked, if it does: the control plane refused
+/// its last heartbeat with `CERTIFICATE_REVOKED`, or the verified
+/// revocation list it holds names the certificate it presents. (A storage
+/// node's refusal alone is not proof: it is an unsigned answer.)
+fn revoked(reader: &Reader, tasks: &Tasks) -> Option<String> {
+    {
+        let beats = tasks.heartbeat.borrow();
+        if let Some(error) = beats
+            .last_error
+            .as_ref()
+            .filter(|_| refused_as_revoked(&beats))
+        {
+            return Some(format!(
+                "the control plane refused a heartbeat: {}",
+                error.message
+            ));
+        }
+    }
+    let serial = tasks.identity.facts().serial_hex;
+    reader.lists_revoked(&serial).then(|| {
+        format!("the verified revocation list names this node's certificate (serial {serial})")
+    })
+}
+
+/// Whether the heartbeats were refused because the node is revoked.
+fn refused_as_revoked(outcome: &HeartbeatOutcome) -> bool {
+    outcome
+        .last_error
+        .as_ref()
+        .is_some_and(|e| e.code == rap_core::codes::CERTIFICATE_REVOKED)
 }
 
 /// Why the agent is degraded: its reads, else a control plane the
@@ -395,16 +487,24 @@ async fn watch(
     let own = reader.own_scope();
     let deadline = tokio::time::sleep(RESYNC_INTERVAL);
     tokio::pin!(deadline);
+    let mut beats = tasks.heartbeat.clone();
+    let mut beats_open = true;
     loop {
         tokio::select! {
             () = &mut deadline => return,
+            changed = beats.changed(), if beats_open => match changed {
+                // The round that follows stops the node.
+                Ok(()) if refused_as_revoked(&beats.borrow()) => return,
+                Ok(()) => {}
+                Err(_) => beats_open = false,
+            },
             item = stream.message() => match item {
                 Ok(Some(answer)) => match reader.keep_watched(at, answer) {
                     Ok((scope, Outcome::Updated(_))) => {
                         let degraded = degraded_reason(None, tasks);
                         report(tasks, reader, degraded.as_deref(), workloads);
-                        write_status(state, reader, cluster, degraded.as_deref(), tasks, workloads);
-                        if scope == own {
+                        write_status(state, reader, cluster, &Standing::of(degraded), tasks, workloads);
+                        if scope == own || scope == rap_proto::revocations::REVOCATIONS_SCOPE {
                             return;
                         }
                     }
@@ -431,30 +531,28 @@ fn write_status(
     state: &ClusterState,
     reader: &Reader,
     cluster: &ClusterId,
-    degraded: Option<&str>,
+    standing: &Standing,
     tasks: &Tasks,
     workloads: &[WorkloadStatus],
 ) {
-    reader.save_health(degraded);
+    reader.save_health(standing.name(), standing.reason());
     let heartbeat = tasks.heartbeat.borrow().clone();
     let renewal = tasks.renewal.borrow().clone();
     let status = Status {
         cluster_id: cluster.to_string(),
         node_id: reader.own_scope().trim_start_matches("node/").to_string(),
         updated_at_unix_ms: UnixMillis::now().0,
-        health: if degraded.is_some() {
-            "degraded"
-        } else {
-            "healthy"
-        }
-        .to_string(),
-        degraded_reason: degraded.unwrap_or_default().to_string(),
+        health: standing.name().to_string(),
+        degraded_reason: standing.reason().to_string(),
         scopes: reader.held().clone(),
         endpoints: reader
             .endpoints
-            .ranked()
+            .tiers()
             .into_iter()
-            .map(|at| reader.endpoints.list[at].clone())
+            .map(|(at, tier)| EndpointStatus {
+                tier,
+                scored: reader.endpoints.list[at].clone(),
+            })
             .collect(),
         last_answer: reader.last_answer().cloned(),
         workloads: workloads.to_vec(),

@@ -582,7 +582,7 @@ mod tests {
             role: "voter".into(),
         }]);
         endpoints.bad_envelope(0, "BAD_SIGNATURE");
-        endpoints.succeeded(0, std::time::Duration::from_millis(4));
+        endpoints.succeeded(0, std::time::Duration::from_millis(4), Some(0.5));
         {
             let store = AgentStore::open(dir.path()).unwrap();
             assert!(matches!(

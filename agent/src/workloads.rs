@@ -138,6 +138,31 @@ impl Supervisor {
         statuses
     }
 
+    /// Stops every workload (the node was revoked: `why`); returns the
+    /// desired ones of `shard` as now observed, all `stopped`.
+    pub fn stop_all(&mut self, shard: Option<&pb::NodeShard>, why: &str) -> Vec<WorkloadStatus> {
+        for (service, running) in std::mem::take(&mut self.running) {
+            running.task.abort();
+            tracing::info!(service, "workload stopped: {why}");
+        }
+        shard
+            .map(|shard| {
+                shard
+                    .workloads
+                    .iter()
+                    .take(WORKLOADS_MAX)
+                    .map(|desired| WorkloadStatus {
+                        service: desired.service.clone(),
+                        desired: desired.desired_state.clone(),
+                        observed: "stopped".into(),
+                        detail: why.to_string(),
+                        version: desired.version,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Starts `synthetic-echo` unless it runs; its detail.
     async fn ensure_echo(&mut self) -> Result<String, String> {
         if let Some(running) = self.running.get(SYNTHETIC_ECHO)
@@ -166,25 +191,30 @@ impl Supervisor {
 }
 
 /// Echoes every connection's bytes back, at most
-/// [`ECHO_CONNECTIONS_MAX`] at once.
+/// [`ECHO_CONNECTIONS_MAX`] at once. The connections are this task's own:
+/// stopping the workload (aborting the task) ends them too.
 async fn echo(listener: TcpListener) {
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(ECHO_CONNECTIONS_MAX));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut buffer = [0u8; ECHO_BUFFER_BYTES];
-            while let Ok(n) = stream.read(&mut buffer).await {
-                if n == 0 || stream.write_all(&buffer[..n]).await.is_err() {
-                    break;
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((mut stream, _)) = accepted else {
+                    continue;
+                };
+                if connections.len() >= ECHO_CONNECTIONS_MAX {
+                    continue;
                 }
+                connections.spawn(async move {
+                    let mut buffer = [0u8; ECHO_BUFFER_BYTES];
+                    while let Ok(n) = stream.read(&mut buffer).await {
+                        if n == 0 || stream.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
             }
-        });
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
     }
 }
 
@@ -227,8 +257,9 @@ mod tests {
 
     // Goal: only an enabled, role-assigned workload runs; synthetic-echo
     // really echoes; a workload without adapter is degraded, never
-    // running; removing the role (or disabling) stops it and the port
-    // goes quiet. Method: apply shards in turn; talk to the echo port.
+    // running; removing the role (or disabling) stops it: the port goes
+    // quiet and a connection opened before ends. Method: apply shards in
+    // turn; talk to the echo port.
     #[tokio::test]
     async fn runs_only_what_its_role_allows() {
         let mut supervisor = Supervisor::new("127.0.0.1:0".parse().unwrap());
@@ -254,10 +285,24 @@ mod tests {
             .await;
         assert_eq!(again[0].detail, with[0].detail, "not restarted");
 
+        let address = with[0].detail.trim_start_matches("listening on ");
+        let mut open = tokio::net::TcpStream::connect(address).await.unwrap();
         let removed = supervisor.apply(&shard(&["rdp-worker"], &wanted)).await;
         assert_eq!(removed[0].observed, "stopped", "{removed:?}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!echoes(&with[0].detail).await, "the echo port is closed");
+        // A connection opened before the stop ends with it.
+        let _ = open.write_all(b"ping").await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            open.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the open connection was closed, not echoed: {read:?} {rest:?}"
+        );
 
         let unknown = supervisor
             .apply(&shard(&["relay-node"], &[("web", "enabled")]))

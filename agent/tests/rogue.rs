@@ -54,6 +54,7 @@ impl ShardService for Server {
             envelope,
             served_by_node_id: self.node_id.clone(),
             staleness: None,
+            load: None,
         }))
     }
 
@@ -231,7 +232,7 @@ async fn a_rogue_endpoint_is_refused_scored_down_and_left() {
         // Ranked first again once its failure is forgotten: force it.
         reader
             .endpoints
-            .succeeded(0, std::time::Duration::from_millis(1));
+            .succeeded(0, std::time::Duration::from_millis(1), None);
         let outcome = reader.read("node/n1").await.unwrap();
         bad += 1;
         let scored = k9(&reader);

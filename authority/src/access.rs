@@ -385,13 +385,11 @@ pub fn decide(
     })
 }
 
-/// Refusal code: the caller's kind is not admitted for the RPC.
-pub const CALLER_NOT_ADMITTED: &str = "CALLER_NOT_ADMITTED";
-/// Refusal code: a storage caller that is not a member of the group (or
-/// a member calling a write without relaying it).
-pub const NOT_A_MEMBER: &str = "NOT_A_MEMBER";
-/// Refusal code: the caller's certificate is in `trust/revocations`.
-pub const CERTIFICATE_REVOKED: &str = "CERTIFICATE_REVOKED";
+// Refusal codes (owned by the registry in `rap_core::codes`): the
+// caller's kind is not admitted for the RPC; a storage caller that is not
+// a member of the group (or a member calling a write without relaying
+// it); the caller's certificate is in `trust/revocations`.
+pub use rap_core::codes::{CALLER_NOT_ADMITTED, CERTIFICATE_REVOKED, NOT_A_MEMBER};
 
 /// Counts refusals (by code); the server's metrics implement it.
 pub trait RefusalCounter: Send + Sync {

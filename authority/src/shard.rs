@@ -246,6 +246,8 @@ pub struct ShardApi {
     source: Source,
     readers: Arc<Readers>,
     watches: Arc<AtomicUsize>,
+    /// `GetShard` calls in progress (reported as load).
+    reads: Arc<AtomicUsize>,
     /// Turns true when the server stops: open watches end (a graceful
     /// shutdown waits for open streams, and a watch never ends by itself).
     stopping: Option<watch::Receiver<bool>>,
@@ -277,6 +279,7 @@ impl ShardApi {
             source,
             readers: Arc::new(Readers::default()),
             watches: Arc::new(AtomicUsize::new(0)),
+            reads: Arc::new(AtomicUsize::new(0)),
             stopping: None,
         }
     }
@@ -375,7 +378,7 @@ impl ShardApi {
                 wanted: message.min_version,
             });
         }
-        Ok(answer(&at, record, at.staleness()))
+        Ok(answer(&at, record, at.staleness(), self.load()))
     }
 
     fn list(
@@ -446,7 +449,17 @@ impl ShardApi {
     }
 
     /// Takes one of the [`WATCH_STREAMS_MAX`] watch places.
-    fn watch_permit(&self) -> Result<WatchPermit> {
+    /// This node's load as a reader sees it.
+    fn load(&self) -> pb::ServerLoad {
+        let count = |n: &AtomicUsize| u32::try_from(n.load(Ordering::Acquire)).unwrap_or(u32::MAX);
+        pb::ServerLoad {
+            watches: count(&self.watches),
+            watches_max: u32::try_from(WATCH_STREAMS_MAX).unwrap_or(u32::MAX),
+            reads_in_flight: count(&self.reads),
+        }
+    }
+
+    fn watch_permit(&self) -> Result<Counted> {
         let before = self.watches.fetch_add(1, Ordering::AcqRel);
         if before >= WATCH_STREAMS_MAX {
             self.watches.fetch_sub(1, Ordering::AcqRel);
@@ -454,7 +467,7 @@ impl ShardApi {
                 "this storage node serves {WATCH_STREAMS_MAX} watches already; retry later or watch another storage node"
             )));
         }
-        Ok(WatchPermit(self.watches.clone()))
+        Ok(Counted(self.watches.clone()))
     }
 }
 
@@ -473,11 +486,17 @@ fn refuse(at: &At, method: &str, caller: Option<&NodeId>, error: Error) -> Statu
 }
 
 /// The answer carrying `record`, served at `at`.
-fn answer(at: &At, record: ShardRecord, staleness: pb::Staleness) -> pb::GetShardResponse {
+fn answer(
+    at: &At,
+    record: ShardRecord,
+    staleness: pb::Staleness,
+    load: pb::ServerLoad,
+) -> pb::GetShardResponse {
     pb::GetShardResponse {
         envelope: record.envelope.into_vec(),
         served_by_node_id: at.node_id().to_string(),
         staleness: Some(staleness),
+        load: Some(load),
     }
 }
 
@@ -695,11 +714,20 @@ fn not_a_reader(scope: &str, who: &Who) -> Error {
     }
 }
 
-/// One of the [`WATCH_STREAMS_MAX`] watch places, given back on drop.
+/// One unit of a counter (one of the [`WATCH_STREAMS_MAX`] watch places, a
+/// read in progress), given back on drop.
 #[derive(Debug)]
-struct WatchPermit(Arc<AtomicUsize>);
+struct Counted(Arc<AtomicUsize>);
 
-impl Drop for WatchPermit {
+impl Counted {
+    /// Counts one more in `counter` until dropped.
+    fn count(counter: &Arc<AtomicUsize>) -> Counted {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Counted(counter.clone())
+    }
+}
+
+impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -713,7 +741,7 @@ struct Watch {
     known: BTreeMap<String, u64>,
     queue: VecDeque<std::result::Result<pb::GetShardResponse, Status>>,
     finished: bool,
-    _permit: WatchPermit,
+    _permit: Counted,
 }
 
 impl Watch {
@@ -803,11 +831,12 @@ impl Watch {
             }
         };
         let fresh = at.staleness();
+        let load = self.api.load();
         for scope in moved {
             match self.api.readers.read(at, &scope, &who) {
                 Ok(record) => {
                     self.known.insert(scope, record.version.0);
-                    self.queue.push_back(Ok(answer(at, record, fresh)));
+                    self.queue.push_back(Ok(answer(at, record, fresh, load)));
                 }
                 // Gone between the two reads (a reseed): nothing to send.
                 Err(Error::NotFound(_)) => {}
@@ -841,6 +870,7 @@ impl ShardService for ShardApi {
         request: Request<pb::GetShardRequest>,
     ) -> std::result::Result<Response<pb::GetShardResponse>, Status> {
         let started = Instant::now();
+        let _reading = Counted::count(&self.reads);
         let caller = self
             .caller(&request, true)
             .map_err(|e| self.refuse("GetShard", None, e))?;

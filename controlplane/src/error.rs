@@ -170,6 +170,10 @@ pub enum Error {
     /// The caller may not do this.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The caller's node identity was revoked: nothing it asks of the
+    /// agent API is done any more (join again to come back).
+    #[error("certificate revoked: {0}")]
+    CertificateRevoked(String),
     /// The cluster's authority group has no quorum: the mutation was refused.
     #[error(
         "no quorum: {reachable_voters}/{total_voters} voters reachable; the mutation was refused and nothing changed"
@@ -267,6 +271,7 @@ impl Error {
             Error::ApiTokenRevoked(_) => codes::API_TOKEN_REVOKED,
             Error::PrincipalDisabled(_) => codes::PRINCIPAL_DISABLED,
             Error::PermissionDenied(_) => codes::PERMISSION_DENIED,
+            Error::CertificateRevoked(_) => codes::CERTIFICATE_REVOKED,
             Error::NoQuorum { .. } => codes::NO_QUORUM,
             Error::StaleFence(_) => codes::STALE_FENCE,
             Error::NotBootstrapped(_) => codes::NOT_BOOTSTRAPPED,
@@ -310,7 +315,7 @@ impl Error {
             | Error::ApiTokenExpired(_)
             | Error::ApiTokenRevoked(_)
             | Error::PrincipalDisabled(_) => Code::Unauthenticated,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::PermissionDenied(_) | Error::CertificateRevoked(_) => Code::PermissionDenied,
             Error::NoQuorum { .. } | Error::AuthorityUnreachable(_) | Error::Database(_) => {
                 Code::Unavailable
             }
@@ -350,6 +355,7 @@ impl Error {
             | Error::ApiTokenRevoked(_)
             | Error::PrincipalDisabled(_)
             | Error::PermissionDenied(_)
+            | Error::CertificateRevoked(_)
             | Error::StaleFence(_)
             | Error::NotBootstrapped(_)
             | Error::Authority { .. }

@@ -4,10 +4,18 @@
 //! the node's own verified `node/<id>` shard carries (the voters and the
 //! node's cache replicas). Each endpoint is ranked by, in order: no recent
 //! failure (a failure or a refused envelope counts for
-//! [`FAILURE_MEMORY`]), same zone, same region, a cache replica before a
+//! [`FAILURE_MEMORY`]), not overloaded (the load it reported last is
+//! below [`OVERLOADED`]), same zone, same region, a cache replica before a
 //! voter (the caches are placed for this node), and the measured round
-//! trip (an exponential moving average). A refused envelope counts as
-//! [`BAD_ENVELOPE_WEIGHT`] failures.
+//! trip (an exponential moving average) weighted by the reported load. A
+//! refused envelope counts as [`BAD_ENVELOPE_WEIGHT`] failures.
+//!
+//! The ranking splits the list into tiers ([`Tier`]): the **active**
+//! endpoint (reads and the watch go there), up to [`WARM_MAX`] **warm**
+//! ones (healthy, next in rank: probed every [`WARM_PROBE_INTERVAL`], so
+//! their round trip and load stay current and a failover lands on a
+//! measured node), and the **cold** rest (probed one at a time every
+//! [`COLD_PROBE_INTERVAL`], so a node that failed earns its way back).
 
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -20,6 +28,53 @@ pub const BAD_ENVELOPE_WEIGHT: u32 = 10;
 pub const ENDPOINTS_MAX: usize = 64;
 /// Weight of a new round-trip sample in the moving average.
 const RTT_ALPHA: f64 = 0.3;
+/// Healthy endpoints kept warm behind the active one.
+pub const WARM_MAX: usize = 2;
+/// How often each warm endpoint is probed.
+pub const WARM_PROBE_INTERVAL: Duration = Duration::from_secs(15);
+/// How often one cold endpoint (the least recently seen) is probed.
+pub const COLD_PROBE_INTERVAL: Duration = Duration::from_secs(60);
+/// Reported load (0 to 1) from which an endpoint ranks behind every
+/// endpoint that is not overloaded, near or far.
+pub const OVERLOADED: f64 = 0.9;
+/// `GetShard` calls in progress at which a storage node counts as fully
+/// loaded (its watches count against the most it serves).
+pub const READS_IN_FLIGHT_FULL: u32 = 256;
+
+/// Where an endpoint stands in the ranking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Reads and the watch go here.
+    Active,
+    /// Healthy and next in rank: probed often, taken over on failure.
+    Warm,
+    /// The rest: probed now and then.
+    Cold,
+}
+
+impl Tier {
+    /// `active`, `warm` or `cold`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Active => "active",
+            Tier::Warm => "warm",
+            Tier::Cold => "cold",
+        }
+    }
+}
+
+/// The load a storage node reported, as a fraction of what it serves at
+/// most (0: idle, 1: full).
+pub fn load_fraction(load: &rap_proto::pb::ServerLoad) -> f64 {
+    let watches = if load.watches_max == 0 {
+        0.0
+    } else {
+        f64::from(load.watches) / f64::from(load.watches_max)
+    };
+    let reads = f64::from(load.reads_in_flight) / f64::from(READS_IN_FLIGHT_FULL);
+    watches.max(reads).clamp(0.0, 1.0)
+}
 
 /// One storage node to read from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,8 +105,14 @@ pub struct Scored {
     pub bad_envelopes: u32,
     /// The last failure's reason.
     pub last_error: String,
+    /// The load it reported last (0: idle, 1: full; `None`: not known).
+    #[serde(default)]
+    pub load: Option<f64>,
     #[serde(skip)]
     last_failure: Option<Instant>,
+    /// When it last answered or was probed.
+    #[serde(skip)]
+    last_seen: Option<Instant>,
 }
 
 /// The endpoints of one agent, ranked on demand.
@@ -100,7 +161,9 @@ impl Endpoints {
                     failures: 0,
                     bad_envelopes: 0,
                     last_error: String::new(),
+                    load: None,
                     last_failure: None,
+                    last_seen: None,
                 },
             });
         }
@@ -119,6 +182,7 @@ impl Endpoints {
                 (
                     failing,
                     if failing { s.failures } else { 0 },
+                    s.load.is_some_and(|load| load >= OVERLOADED),
                     // false sorts first: same zone, then same region.
                     self.zone.is_empty() || s.endpoint.zone != self.zone,
                     self.region.is_empty() || s.endpoint.region != self.region,
@@ -129,16 +193,20 @@ impl Endpoints {
             key(sa)
                 .cmp(&key(sb))
                 .then_with(|| {
-                    let rtt = |s: &Scored| s.rtt_ms.unwrap_or(f64::MAX);
-                    rtt(sa).total_cmp(&rtt(sb))
+                    // The round trip, longer the busier the node says it is.
+                    let cost = |s: &Scored| {
+                        s.rtt_ms
+                            .map_or(f64::MAX, |rtt| rtt * (1.0 + s.load.unwrap_or(0.0)))
+                    };
+                    cost(sa).total_cmp(&cost(sb))
                 })
                 .then_with(|| sa.endpoint.node_id.cmp(&sb.endpoint.node_id))
         });
         order
     }
 
-    /// A read from `at` succeeded in `rtt`.
-    pub fn succeeded(&mut self, at: usize, rtt: Duration) {
+    /// A read from `at` succeeded in `rtt`; the node reported `load`.
+    pub fn succeeded(&mut self, at: usize, rtt: Duration, load: Option<f64>) {
         if let Some(s) = self.list.get_mut(at) {
             let sample = rtt.as_secs_f64() * 1000.0;
             s.rtt_ms = Some(match s.rtt_ms {
@@ -146,7 +214,70 @@ impl Endpoints {
                 None => sample,
             });
             s.failures = 0;
+            s.last_seen = Some(Instant::now());
+            if load.is_some() {
+                s.load = load;
+            }
         }
+    }
+
+    /// `at` delivered a watched update and reported `load`.
+    pub fn reported(&mut self, at: usize, load: Option<f64>) {
+        if let Some(s) = self.list.get_mut(at) {
+            s.last_seen = Some(Instant::now());
+            if load.is_some() {
+                s.load = load;
+            }
+        }
+    }
+
+    /// The tier of each endpoint, by index into `list`.
+    pub fn tiers(&self) -> Vec<(usize, Tier)> {
+        let now = Instant::now();
+        let mut warm = 0;
+        self.ranked()
+            .into_iter()
+            .enumerate()
+            .map(|(rank, at)| {
+                let s = &self.list[at];
+                let failing = s.failures > 0
+                    && s.last_failure
+                        .is_some_and(|t| now.duration_since(t) < FAILURE_MEMORY);
+                let tier = if rank == 0 {
+                    Tier::Active
+                } else if warm < WARM_MAX && !failing {
+                    warm += 1;
+                    Tier::Warm
+                } else {
+                    Tier::Cold
+                };
+                (at, tier)
+            })
+            .collect()
+    }
+
+    /// The endpoints due for a probe: every warm one not seen for
+    /// [`WARM_PROBE_INTERVAL`], and the cold one seen least recently if
+    /// none was probed for [`COLD_PROBE_INTERVAL`] (`last_cold_probe`).
+    pub fn due_for_probe(&self, last_cold_probe: Option<Instant>) -> Vec<(usize, Tier)> {
+        let stale = |s: &Scored, after: Duration| s.last_seen.is_none_or(|t| t.elapsed() >= after);
+        let tiers = self.tiers();
+        let mut due: Vec<(usize, Tier)> = tiers
+            .iter()
+            .filter(|(at, tier)| *tier == Tier::Warm && stale(&self.list[*at], WARM_PROBE_INTERVAL))
+            .copied()
+            .collect();
+        if last_cold_probe.is_none_or(|t| t.elapsed() >= COLD_PROBE_INTERVAL)
+            && let Some(cold) = tiers
+                .iter()
+                .filter(|(at, tier)| {
+                    *tier == Tier::Cold && stale(&self.list[*at], COLD_PROBE_INTERVAL)
+                })
+                .min_by_key(|(at, _)| self.list[*at].last_seen)
+        {
+            due.push(*cold);
+        }
+        due
     }
 
     /// A read from `at` failed (unreachable, stalled, refused).
@@ -212,7 +343,7 @@ mod tests {
         let s2 = eps.ranked()[0];
         eps.bad_envelope(s2, "BAD_SIGNATURE");
         assert_eq!(names(&eps), ["k2", "s1", "k1", "s2"]);
-        eps.succeeded(k1, Duration::from_millis(3));
+        eps.succeeded(k1, Duration::from_millis(3), None);
         assert_eq!(names(&eps)[0], "k1");
         eps.replace(vec![e("s2", "z1", "voter"), e("k1", "z1", "cache")]);
         assert_eq!(names(&eps), ["k1", "s2"]);
@@ -222,5 +353,85 @@ mod tests {
             .find(|s| s.endpoint.node_id == "s2")
             .unwrap();
         assert_eq!(s2.bad_envelopes, 1, "scores survive a new list");
+    }
+
+    // Goal: reported load counts: between equal neighbours the busier one
+    // ranks behind, an overloaded one behind even a farther one; the
+    // tiers are one active, at most WARM_MAX healthy warm ones, the rest
+    // cold (a failing endpoint is never warm); every endpoint is due for a
+    // probe at first (the warm ones, and one cold one), none right after
+    // being seen. Method: fixed lists and loads.
+    #[test]
+    fn load_tiers_and_probes() {
+        use rap_proto::pb::ServerLoad;
+        let mut eps = Endpoints::new(vec![
+            e("k1", "z1", "cache"),
+            e("k2", "z1", "cache"),
+            e("s1", "z2", "voter"),
+            e("s2", "z2", "voter"),
+            e("s3", "z3", "voter"),
+        ]);
+        eps.zone = "z1".into();
+        eps.region = "r1".into();
+        let names = |eps: &Endpoints| -> Vec<String> {
+            eps.ranked()
+                .into_iter()
+                .map(|i| eps.list[i].endpoint.node_id.clone())
+                .collect()
+        };
+        let busy = load_fraction(&ServerLoad {
+            watches: 500,
+            watches_max: 1000,
+            reads_in_flight: 0,
+        });
+        assert!((busy - 0.5).abs() < 1e-9);
+        let full = load_fraction(&ServerLoad {
+            watches: 0,
+            watches_max: 1000,
+            reads_in_flight: READS_IN_FLIGHT_FULL * 2,
+        });
+        assert!((full - 1.0).abs() < 1e-9);
+        for (at, load) in [(0, Some(busy)), (1, Some(0.0)), (2, Some(0.0))] {
+            eps.succeeded(at, Duration::from_millis(2), load);
+        }
+        assert_eq!(names(&eps)[..3], ["k2", "k1", "s1"], "busier behind");
+        eps.succeeded(1, Duration::from_millis(2), Some(full));
+        assert_eq!(names(&eps)[..3], ["k1", "s1", "s2"], "overloaded k2 moves");
+        assert_eq!(names(&eps)[4], "k2");
+
+        let s2 = eps
+            .list
+            .iter()
+            .position(|s| s.endpoint.node_id == "s2")
+            .unwrap();
+        eps.failed(s2, "unreachable");
+        let tiers: Vec<(String, Tier)> = eps
+            .tiers()
+            .into_iter()
+            .map(|(at, tier)| (eps.list[at].endpoint.node_id.clone(), tier))
+            .collect();
+        assert_eq!(
+            tiers,
+            [
+                ("k1".to_string(), Tier::Active),
+                ("s1".to_string(), Tier::Warm),
+                ("s3".to_string(), Tier::Warm),
+                ("k2".to_string(), Tier::Cold),
+                ("s2".to_string(), Tier::Cold),
+            ]
+        );
+        // s1 was just seen; s3 never: due. Cold: s2 (never seen) before k2.
+        let due: Vec<String> = eps
+            .due_for_probe(None)
+            .into_iter()
+            .map(|(at, _)| eps.list[at].endpoint.node_id.clone())
+            .collect();
+        assert_eq!(due, ["s3", "s2"]);
+        let due_soon = eps.due_for_probe(Some(Instant::now()));
+        assert_eq!(
+            due_soon.len(),
+            1,
+            "no cold probe within COLD_PROBE_INTERVAL"
+        );
     }
 }

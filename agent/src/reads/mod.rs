@@ -23,7 +23,7 @@ pub mod endpoints;
 
 use crate::state::{ClusterState, StateError};
 use crate::store::{ClusterStore, HealthRecord, StoreError};
-use endpoints::{Endpoint, Endpoints};
+use endpoints::{Endpoint, Endpoints, Tier, load_fraction};
 use rap_core::marks::FileHighWaterStore;
 use rap_core::tls::pin::{ExpectedPeer, PeerTls};
 use rap_proto::envelope::{
@@ -41,6 +41,8 @@ use tonic::transport::Channel;
 
 /// How long one read may take before the endpoint counts as stalled.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a probe of a warm or cold endpoint may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// TCP connect timeout towards a storage node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 keepalive towards a storage node (a dead connection under an
@@ -82,6 +84,11 @@ pub enum ReadError {
     /// A configuration that cannot work (no endpoint, a bad address).
     #[error("{0}")]
     Setup(String),
+    /// This node's identity was revoked (the control plane said so, or
+    /// the verified revocation list names its certificate): `run` stopped
+    /// its workloads and ends; join again to come back.
+    #[error("this node was revoked: {0}")]
+    Revoked(String),
 }
 
 impl ReadError {
@@ -93,6 +100,7 @@ impl ReadError {
             ReadError::Proto(e) => e.code(),
             ReadError::NoEndpoint { .. } => "NO_ENDPOINT",
             ReadError::Setup(_) => "INVALID_ARGUMENT",
+            ReadError::Revoked(_) => rap_core::codes::CERTIFICATE_REVOKED,
         }
     }
 }
@@ -167,6 +175,8 @@ pub struct Reader {
     held: BTreeMap<String, Held>,
     clients: HashMap<String, ShardServiceClient<Channel>>,
     last_answer: Option<LastAnswer>,
+    /// When a cold endpoint was probed last.
+    last_cold_probe: Option<Instant>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -250,6 +260,7 @@ impl Reader {
             held: BTreeMap::new(),
             clients: HashMap::new(),
             last_answer: None,
+            last_cold_probe: None,
         };
         reader.load_kept();
         Ok(reader)
@@ -294,15 +305,11 @@ impl Reader {
         }
     }
 
-    /// Saves the health `run` reports (`None`: healthy) when it changed;
-    /// its `at_unix_ms` is when it became so.
-    pub fn save_health(&self, degraded: Option<&str>) {
-        let health = if degraded.is_some() {
-            "degraded"
-        } else {
-            "healthy"
-        };
-        let now = (health.to_string(), degraded.unwrap_or_default().to_string());
+    /// Saves the health `run` reports (`healthy`, `degraded` or
+    /// `revoked`, and why) when it changed; its `at_unix_ms` is when it
+    /// became so.
+    pub fn save_health(&self, health: &str, reason: &str) {
+        let now = (health.to_string(), reason.to_string());
         let mut saved = self
             .saved_health
             .lock()
@@ -331,6 +338,23 @@ impl Reader {
     /// The storage node that answered last (a read or a watch).
     pub fn last_answer(&self) -> Option<&LastAnswer> {
         self.last_answer.as_ref()
+    }
+
+    /// Whether the verified `trust/revocations` shard held lists the
+    /// certificate serial `serial_hex` of this node.
+    pub fn lists_revoked(&self, serial_hex: &str) -> bool {
+        let Some(held) = self.held.get(rap_proto::revocations::REVOCATIONS_SCOPE) else {
+            return false;
+        };
+        let Ok(envelope) = decode(held.envelope()) else {
+            return false;
+        };
+        rap_proto::revocations::decode(&envelope.body, &self.cluster_id).is_ok_and(|list| {
+            list.revoked.iter().any(|r| {
+                r.node_id == self.node_id.as_str()
+                    && r.certificate_serial.eq_ignore_ascii_case(serial_hex)
+            })
+        })
     }
 
     /// The held node shard, decoded.
@@ -461,9 +485,10 @@ impl Reader {
                     continue;
                 }
             };
+            let load = answer.load.as_ref().map(load_fraction);
             match self.keep(scope, &endpoint, answer) {
                 Ok(outcome) => {
-                    self.endpoints.succeeded(at, started.elapsed());
+                    self.endpoints.succeeded(at, started.elapsed(), load);
                     self.save_endpoints();
                     return Ok(outcome);
                 }
@@ -578,13 +603,84 @@ impl Reader {
     ) -> Result<(String, Outcome), rap_proto::Error> {
         let endpoint = self.endpoints.list[endpoint_at].endpoint.clone();
         let scope = decode(&answer.envelope)?.header.scope.to_string();
+        let load = answer.load.as_ref().map(load_fraction);
         match self.keep(&scope, &endpoint, answer) {
-            Ok(outcome) => Ok((scope, outcome)),
+            Ok(outcome) => {
+                self.endpoints.reported(endpoint_at, load);
+                Ok((scope, outcome))
+            }
             Err(error) => {
                 self.endpoints.bad_envelope(endpoint_at, error.code());
                 Err(error)
             }
         }
+    }
+
+    /// Probes the endpoints due ([`Endpoints::due_for_probe`]), all at
+    /// once: each is asked for the node's own scope at the version held,
+    /// within [`PROBE_TIMEOUT`]. An answer measures its round trip and
+    /// load (and is verified like any read: a bad one scores it down); no
+    /// answer counts as a failure. The last answer `run` judges the
+    /// partition view by stays the read's.
+    pub async fn probe(&mut self) {
+        let due = self.endpoints.due_for_probe(self.last_cold_probe);
+        if due.is_empty() {
+            return;
+        }
+        if due.iter().any(|(_, tier)| *tier == Tier::Cold) {
+            self.last_cold_probe = Some(Instant::now());
+        }
+        let own = self.own_scope();
+        let held = self.held.get(&own).map_or(0, |h| h.version);
+        let mut probes = tokio::task::JoinSet::new();
+        for (at, _) in due {
+            let endpoint = self.endpoints.list[at].endpoint.clone();
+            let mut client = match self.client(&endpoint) {
+                Ok(client) => client,
+                Err(why) => {
+                    self.endpoints.failed(at, &why);
+                    continue;
+                }
+            };
+            let request = pb::GetShardRequest {
+                cluster_id: self.cluster_id.to_string(),
+                scope: own.clone(),
+                min_version: held,
+            };
+            probes.spawn(async move {
+                let started = Instant::now();
+                let answer = tokio::time::timeout(PROBE_TIMEOUT, client.get_shard(request)).await;
+                (at, endpoint, started.elapsed(), answer)
+            });
+        }
+        let read_answer = self.last_answer.clone();
+        while let Some(joined) = probes.join_next().await {
+            let Ok((at, endpoint, rtt, answer)) = joined else {
+                continue;
+            };
+            match answer {
+                Ok(Ok(answer)) => {
+                    let answer = answer.into_inner();
+                    let load = answer.load.as_ref().map(load_fraction);
+                    match self.keep(&own, &endpoint, answer) {
+                        Ok(_) => self.endpoints.succeeded(at, rtt, load),
+                        Err(error) => {
+                            tracing::warn!(cluster_id = %self.cluster_id, node_id = %self.node_id, storage = %endpoint.node_id, code = error.code(), "a probe was answered with an envelope that does not verify: {error}");
+                            self.endpoints.bad_envelope(at, error.code());
+                        }
+                    }
+                }
+                Ok(Err(status)) => {
+                    let code = rap_core::codes::error_detail(&status)
+                        .map(|d| d.code)
+                        .unwrap_or_else(|| format!("{:?}", status.code()));
+                    self.endpoints.failed(at, &format!("probe: {code}"));
+                }
+                Err(_) => self.endpoints.failed(at, "probe: stalled"),
+            }
+        }
+        self.last_answer = read_answer;
+        self.save_endpoints();
     }
 
     /// A client of the endpoint at `at` (for a watch).

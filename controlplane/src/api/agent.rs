@@ -319,7 +319,10 @@ impl AgentApi {
                 } else if status == "active" {
                     Ok(())
                 } else if status == "revoked" {
-                    Err(Error::PermissionDenied("identity revoked".into()))
+                    Err(Error::CertificateRevoked(format!(
+                        "the identity of node {node_id} (serial {}) was revoked",
+                        caller.serial
+                    )))
                 } else {
                     Err(Error::PermissionDenied(format!(
                         "identity {status}: the certificate was superseded"
