@@ -494,6 +494,20 @@ impl Gate {
             .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
             .and_then(|info| info.peer_certs());
         let caller = Caller::from_certs(certs.as_deref().map(Vec::as_slice))?;
+        // TLS checked the validity at the handshake; a node agent's
+        // connection outlives its short-lived certificate, so every call
+        // checks it again (the agent reconnects with the renewed one).
+        // Storage and operator connections are not re-checked per call:
+        // the Raft channels keep the connection they made.
+        if let Caller::Certified(facts) = &caller
+            && facts.identity.kind == IdentityKind::Node
+            && std::time::SystemTime::now() > facts.not_after
+        {
+            return Err(Error::Unauthenticated(format!(
+                "the certificate of {} (serial {}) has expired; reconnect with the renewed one",
+                facts.identity, facts.serial_hex
+            )));
+        }
         let relayed = request.headers().contains_key(FORWARDED_HEADER);
         match decide(rpc, &caller, relayed, self.group.as_ref()) {
             Ok(()) => Ok(Admitted {

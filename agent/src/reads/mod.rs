@@ -174,6 +174,10 @@ pub struct Reader {
     saved_health: std::sync::Mutex<Option<(String, String)>>,
     held: BTreeMap<String, Held>,
     clients: HashMap<String, ShardServiceClient<Channel>>,
+    /// The certificate serial the cached clients' connections present: a
+    /// renewal empties the cache, so that no read goes out on a
+    /// connection made with a superseded (soon expired) certificate.
+    clients_serial: String,
     last_answer: Option<LastAnswer>,
     /// When a cold endpoint was probed last.
     last_cold_probe: Option<Instant>,
@@ -259,6 +263,7 @@ impl Reader {
             saved_health: std::sync::Mutex::new(None),
             held: BTreeMap::new(),
             clients: HashMap::new(),
+            clients_serial: String::new(),
             last_answer: None,
             last_cold_probe: None,
         };
@@ -422,6 +427,13 @@ impl Reader {
     }
 
     fn client(&mut self, endpoint: &Endpoint) -> Result<ShardServiceClient<Channel>, String> {
+        if let Some(tls) = &self.tls {
+            let serial = tls.identity().facts().serial_hex;
+            if serial != self.clients_serial {
+                self.clients.clear();
+                self.clients_serial = serial;
+            }
+        }
         if let Some(client) = self.clients.get(&endpoint.node_id) {
             return Ok(client.clone());
         }

@@ -37,6 +37,15 @@ impl Running {
     async fn kill(mut self) {
         self.child.kill().await.unwrap();
     }
+
+    /// Its exit code, once it ended by itself (hang guard [`REACHES_MAX`]).
+    async fn exited(mut self) -> Option<i32> {
+        tokio::time::timeout(REACHES_MAX, self.child.wait())
+            .await
+            .expect("hang guard: the agent did not end")
+            .unwrap()
+            .code()
+    }
 }
 
 /// Joins with the real binary (standard arguments plus `extra`) and
@@ -372,4 +381,119 @@ async fn an_agent_outlives_the_control_plane_and_recovers() {
             && s["control_plane"]["sent"].as_u64().unwrap_or(0) > sent
     })
     .await;
+}
+
+// Goal (issue 11 "certificate renewal across at least two lifetimes",
+// "revoked nodes"): a running agent on short-lived certificates renews
+// twice with a new key each time and stays healthy: its heartbeats get
+// through and it still reads new versions from the storage nodes (over
+// connections made with the renewed certificate; the first one has
+// expired by then). Revoked, it stops its workload (the echo port
+// closes), writes `health: revoked` with the reason, and `run` ends with
+// exit code 4 by itself.
+// Method: the platform's control plane issuing 12 s node certificates;
+// the real join and run binaries; `status -o json` polled; a role and
+// synthetic-echo enabled after the second renewal; RevokeNode through the
+// control plane's function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_renews_across_lifetimes_and_stops_when_revoked() {
+    const VALIDITY: Duration = Duration::from_secs(12);
+    let mut p = Platform::start().await;
+    // Storage nodes keep their long certificates; the agent gets 12 s ones.
+    p.ctx.node_cert_validity = VALIDITY;
+    let server = p.serve().await;
+    let state = tempfile::tempdir().unwrap();
+    let cluster = p.cluster.clone();
+    enrolled(
+        &p,
+        &server,
+        state.path(),
+        "node-r",
+        &["--capability", "can_route_mesh", "--wait", "30s"],
+    )
+    .await;
+    p.wait_for_publisher().await;
+    let agent = Running::start(state.path(), &cluster);
+
+    let renewed = reaches(state.path(), &cluster, "two renewals", |s| {
+        s["certificate"]["renewals"].as_u64() >= Some(2)
+    })
+    .await;
+    assert_eq!(renewed["certificate"]["last_error"], "", "{renewed:#}");
+    assert_eq!(
+        p.count(
+            "SELECT count(*) FROM node_identities WHERE node_id = 'node-r'
+               AND identity_status = 'rotated'"
+        )
+        .await,
+        2
+    );
+    let serial = renewed["certificate"]["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        p.count(&format!(
+            "SELECT count(*) FROM node_identities WHERE node_id = 'node-r'
+               AND identity_status = 'active' AND certificate_serial = '{serial}'"
+        ))
+        .await,
+        1,
+        "the serial status shows is the active identity"
+    );
+    let beats = renewed["control_plane"]["sent"].as_u64().unwrap_or(0);
+    let node_version = version(&renewed, "node/node-r");
+
+    // Still reading and heartbeating with the renewed certificates.
+    p.assign_role("node-r", "relay-node").await;
+    workloads::set_desired_state(
+        &p.ctx,
+        &p.owner,
+        &pb::SetServiceDesiredStateRequest {
+            cluster_id: cluster.clone(),
+            node_id: "node-r".into(),
+            service: "synthetic-echo".into(),
+            desired_state: "enabled".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let running = reaches(state.path(), &cluster, "new versions after renewals", |s| {
+        version(s, "node/node-r") > node_version
+            && workload(s, "synthetic-echo")["observed"] == "running"
+            && s["health"] == "healthy"
+            && s["control_plane"]["sent"].as_u64().unwrap_or(0) > beats
+    })
+    .await;
+    let detail = workload(&running, "synthetic-echo")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let echo_at = detail.strip_prefix("listening on ").unwrap().to_string();
+    assert!(echoes(&echo_at).await, "{detail}");
+
+    // Revoked: workloads stop, the status says why, run ends with 4.
+    rap_controlplane::nodes::revoke(
+        &p.ctx,
+        &p.owner,
+        &pb::RevokeNodeRequest {
+            cluster_id: cluster.clone(),
+            node_id: "node-r".into(),
+            reason: "decommissioned".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(agent.exited().await, Some(4));
+    let last = status(state.path(), &cluster).await.unwrap();
+    assert_eq!(last["health"], "revoked", "{last:#}");
+    assert!(
+        last["degraded_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("revoked"),
+        "{last:#}"
+    );
+    assert_eq!(workload(&last, "synthetic-echo")["observed"], "stopped");
+    assert!(!echoes(&echo_at).await, "the echo port is closed");
 }
