@@ -13,8 +13,10 @@
 //!   only the shards its placement assigns it, filled from the voters and
 //!   served to node agents.
 //! * [`http`]: the metrics and health endpoints.
+//! * [`cli`]: the `rap-configstore` command line.
 
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod http;

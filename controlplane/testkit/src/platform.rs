@@ -1,7 +1,9 @@
 //! The test platform: a fresh PostgreSQL database (rap-pgtest, migrated),
 //! a keys directory, one cluster whose authority group is three real
-//! in-process `rap-configstore` nodes over mTLS (certificates from the
-//! cluster's CA), bootstrapped through the control plane.
+//! `rap-configstore` nodes over mTLS (certificates from the cluster's CA),
+//! bootstrapped through the control plane. The nodes run in-process, or
+//! ([`StorageMode::Processes`]) as processes of the shipped binary that a
+//! test can `kill -9` ([`Platform::kill_storage`]).
 //!
 //! Environment: [`PLATFORM_DATABASE_URL_ENV`] (benchmarks only).
 
@@ -41,29 +43,99 @@ pub fn free_addr() -> SocketAddr {
     }
 }
 
+/// How a platform runs its storage nodes.
+#[derive(Clone, Debug, Default)]
+pub enum StorageMode {
+    /// On tasks of the test's runtime.
+    #[default]
+    InProcess,
+    /// As `<binary> serve --config <file>` processes (the binary is a
+    /// `rap-configstore` command line); each one's log is
+    /// `<platform dir>/<node>.log`.
+    Processes(std::path::PathBuf),
+}
+
 struct StorageNode {
+    id: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    process: Option<std::process::Child>,
 }
 
 impl StorageNode {
+    /// Serves `config` as `mode` says; files of a process go to `dir`.
+    fn start(
+        mode: &StorageMode,
+        config: rap_configstore::config::Config,
+        dir: &std::path::Path,
+    ) -> StorageNode {
+        match mode {
+            StorageMode::InProcess => StorageNode::spawn(config),
+            StorageMode::Processes(bin) => StorageNode::launch(bin, config, dir),
+        }
+    }
+
+    /// Runs `config` as a process of `bin` (config file and log in `dir`).
+    fn launch(
+        bin: &std::path::Path,
+        config: rap_configstore::config::Config,
+        dir: &std::path::Path,
+    ) -> StorageNode {
+        let id = config.node_id.clone();
+        let file = dir.join(format!("{id}.toml"));
+        std::fs::write(&file, config.to_toml().unwrap()).unwrap();
+        let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+        let child = std::process::Command::new(bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        StorageNode {
+            id,
+            stop: None,
+            task: None,
+            process: Some(child),
+        }
+    }
+
+    /// Stops it: an in-process node is asked to stop (the task to wait
+    /// for is returned), a process is killed with SIGKILL and reaped.
+    fn halt(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.task.take()
+    }
+
     /// Serves `config` (a voter or a cache replica) on a task of this
     /// runtime until stopped.
     fn spawn(config: rap_configstore::config::Config) -> StorageNode {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let id = config.node_id.clone();
+        let label = id.clone();
         let task = tokio::spawn(async move {
             let result = rap_configstore::server::serve(config, async move {
                 let _ = stopped.await;
             })
             .await;
             if let Err(e) = result {
-                eprintln!("storage node {id} stopped with: {e:#}");
+                eprintln!("storage node {label} stopped with: {e:#}");
             }
         });
         StorageNode {
+            id,
             stop: Some(stop),
             task: Some(task),
+            process: None,
         }
     }
 }
@@ -83,6 +155,8 @@ pub struct Platform {
     /// The keys directory and the storage nodes' data.
     pub dir: tempfile::TempDir,
     nodes: Mutex<Vec<StorageNode>>,
+    /// How the storage nodes run.
+    storage_mode: StorageMode,
     /// Cache replicas started by [`Platform::start_cache`], by id.
     caches: Mutex<Vec<(String, StorageNode)>>,
 }
@@ -327,8 +401,15 @@ impl Platform {
 
     /// A platform with the given cluster, bootstrapped.
     pub async fn start_cluster(cluster: &str) -> Platform {
-        let platform =
+        Self::start_with(cluster, StorageMode::InProcess).await
+    }
+
+    /// A platform with the given cluster, bootstrapped, its storage nodes
+    /// (and cache replicas) run as `mode` says.
+    pub async fn start_with(cluster: &str, mode: StorageMode) -> Platform {
+        let mut platform =
             Self::without_storage(cluster, rap_core::tls::NODE_CERT_VALIDITY_DEFAULT).await;
+        platform.storage_mode = mode;
         platform.start_storage().await;
         platform
     }
@@ -377,6 +458,7 @@ impl Platform {
             db,
             dir,
             nodes: Mutex::new(Vec::new()),
+            storage_mode: StorageMode::InProcess,
             caches: Mutex::new(Vec::new()),
         }
     }
@@ -400,7 +482,7 @@ impl Platform {
             let listen = free_addr();
             let config = storage_config(cluster, &node, listen, dir.path(), &tls);
             config.validate().unwrap();
-            nodes.push(StorageNode::spawn(config));
+            nodes.push(StorageNode::start(&self.storage_mode, config, dir.path()));
             voters.push(pb::VoterSpec {
                 node_id: node.clone(),
                 address: listen.to_string(),
@@ -498,15 +580,29 @@ impl Platform {
             let len = nodes.len();
             nodes[len - n..]
                 .iter_mut()
-                .filter_map(|node| {
-                    if let Some(stop) = node.stop.take() {
-                        let _ = stop.send(());
-                    }
-                    node.task.take()
-                })
+                .filter_map(StorageNode::halt)
                 .collect()
         };
         for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+
+    /// Stops storage node or cache replica `id` at once: a process (see
+    /// [`StorageMode::Processes`]) gets SIGKILL, as `kill -9` would send;
+    /// an in-process node is stopped. Panics when no such node runs.
+    pub async fn kill_storage(&self, id: &str) {
+        let task = {
+            let mut nodes = self.nodes.lock().unwrap();
+            let mut caches = self.caches.lock().unwrap();
+            let node = nodes
+                .iter_mut()
+                .chain(caches.iter_mut().map(|(_, node)| node))
+                .find(|node| node.id == id)
+                .unwrap_or_else(|| panic!("no storage node {id} on this platform"));
+            node.halt()
+        };
+        if let Some(task) = task {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
     }
@@ -566,10 +662,10 @@ impl Platform {
         });
         config.validate().unwrap();
         let http = config.http_listen;
-        self.caches
-            .lock()
-            .unwrap()
-            .push((id.to_string(), StorageNode::spawn(config)));
+        self.caches.lock().unwrap().push((
+            id.to_string(),
+            StorageNode::start(&self.storage_mode, config, self.dir.path()),
+        ));
         (listen, http)
     }
 
@@ -580,12 +676,7 @@ impl Platform {
             caches
                 .iter_mut()
                 .find(|(cache, _)| cache == id)
-                .and_then(|(_, node)| {
-                    if let Some(stop) = node.stop.take() {
-                        let _ = stop.send(());
-                    }
-                    node.task.take()
-                })
+                .and_then(|(_, node)| node.halt())
         };
         if let Some(task) = task {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
@@ -847,16 +938,12 @@ impl Drop for Platform {
     fn drop(&mut self) {
         if let Ok(mut nodes) = self.nodes.lock() {
             for node in nodes.iter_mut() {
-                if let Some(stop) = node.stop.take() {
-                    let _ = stop.send(());
-                }
+                node.halt();
             }
         }
         if let Ok(mut caches) = self.caches.lock() {
             for (_, node) in caches.iter_mut() {
-                if let Some(stop) = node.stop.take() {
-                    let _ = stop.send(());
-                }
+                node.halt();
             }
         }
     }

@@ -5,7 +5,7 @@
 use crate::join::{Agent, cluster_keys, pending_requests};
 use rap_controlplane::{enrollment, workloads};
 use rap_proto::pb;
-use rap_testkit::platform::Platform;
+use rap_testkit::platform::{Platform, StorageMode};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -496,4 +496,113 @@ async fn an_agent_renews_across_lifetimes_and_stops_when_revoked() {
     );
     assert_eq!(workload(&last, "synthetic-echo")["observed"], "stopped");
     assert!(!echoes(&echo_at).await, "the echo port is closed");
+}
+
+// Goal (issue 11 "storage node killed → reads continue from the next
+// endpoint"): `kill -9` of the storage node whose watch the agent is on
+// (a voter process, mid-watch) costs the agent nothing but a failover:
+// the next change reaches it from another voter, its workload follows,
+// and the killed node is scored down; the agent stays healthy.
+// Method: the platform's 3 voters as processes of the shipped
+// rap-configstore; the real join and run binaries. The watch is proven
+// open on the active endpoint X by a change of a scope that does not end
+// it (peers/node-v, when a second node gets a mesh role) arriving from X;
+// then SIGKILL to X, and a change of the node's own shard (synthetic-echo
+// enabled) must arrive from another voter. The time from the kill to the
+// new version is printed (figures come from scripts/bench-agent.sh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_on_after_the_serving_voter_is_killed() {
+    let bin = env!("CARGO_BIN_EXE_rap-configstore-under-test");
+    let p = Platform::start_with("c1", StorageMode::Processes(bin.into())).await;
+    let server = p.serve().await;
+    let state = tempfile::tempdir().unwrap();
+    let cluster = p.cluster.clone();
+    enrolled(
+        &p,
+        &server,
+        state.path(),
+        "node-v",
+        &["--capability", "can_route_mesh", "--wait", "30s"],
+    )
+    .await;
+    p.assign_role("node-v", "relay-node").await;
+    p.wait_for_publisher().await;
+    let _agent = Running::start(state.path(), &cluster);
+    let settled = reaches(state.path(), &cluster, "watching with the role", |s| {
+        s["health"] == "healthy"
+            && version(s, "peers/node-v") >= 1
+            && s["endpoints"][0]["tier"] == "active"
+            && s["endpoints"][0]["rtt_ms"].is_number()
+    })
+    .await;
+    let serving = settled["endpoints"][0]["endpoint"]["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(serving.starts_with('s'), "a voter: {settled:#}");
+
+    // A second relay node: the node's peers change, and the open watch on
+    // X delivers them (the watch goes on: it is not the node's own scope).
+    let peers_version = version(&settled, "peers/node-v");
+    let other = p.enroll(&["can_route_mesh"]).await;
+    p.assign_role(&other, "relay-node").await;
+    let watched = reaches(state.path(), &cluster, "the peers change from X", |s| {
+        version(s, "peers/node-v") > peers_version
+    })
+    .await;
+    assert_eq!(
+        watched["scopes"]["peers/node-v"]["served_by"], serving,
+        "{watched:#}"
+    );
+
+    // kill -9 of X, mid-watch; then a change of the node's own shard.
+    p.kill_storage(&serving).await;
+    let killed_at = std::time::Instant::now();
+    let node_version = version(&watched, "node/node-v");
+    workloads::set_desired_state(
+        &p.ctx,
+        &p.owner,
+        &pb::SetServiceDesiredStateRequest {
+            cluster_id: cluster.clone(),
+            node_id: "node-v".into(),
+            service: "synthetic-echo".into(),
+            desired_state: "enabled".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let after = reaches(
+        state.path(),
+        &cluster,
+        "the change from another voter",
+        |s| {
+            version(s, "node/node-v") > node_version
+                && workload(s, "synthetic-echo")["observed"] == "running"
+        },
+    )
+    .await;
+    eprintln!(
+        "kill -9 of {serving} to the next node shard applied: {} ms",
+        killed_at.elapsed().as_millis()
+    );
+    let served_by = after["scopes"]["node/node-v"]["served_by"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        served_by.starts_with('s') && served_by != serving,
+        "{after:#}"
+    );
+    let x = after["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["endpoint"]["node_id"] == serving.as_str())
+        .unwrap();
+    assert!(x["failures"].as_u64().unwrap_or(0) >= 1, "{x:#}");
+    let detail = workload(&after, "synthetic-echo")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(echoes(detail.strip_prefix("listening on ").unwrap()).await);
+    assert_eq!(after["health"], "healthy", "{after:#}");
 }
