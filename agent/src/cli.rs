@@ -297,6 +297,17 @@ fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if !status.peers.is_empty() {
+        println!("mesh peers (peer cache):");
+        for peer in &status.peers {
+            println!(
+                "  {:<20} {:<6} {}",
+                peer.node_id,
+                peer.tier,
+                peer.roles.join(",")
+            );
+        }
+    }
     println!("storage endpoints, best first:");
     for shown in &status.endpoints {
         let scored = &shown.scored;

@@ -76,6 +76,9 @@ pub struct Status {
     pub endpoints: Vec<EndpointStatus>,
     /// The storage node that answered last.
     pub last_answer: Option<crate::reads::LastAnswer>,
+    /// The peer cache: mesh peers from the verified `peers/<id>` shard.
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
     /// The desired workloads and what is observed of each.
     pub workloads: Vec<WorkloadStatus>,
     /// The control plane as the heartbeats found it.
@@ -92,6 +95,17 @@ pub struct EndpointStatus {
     /// The endpoint and its score.
     #[serde(flatten)]
     pub scored: Scored,
+}
+
+/// One mesh peer, as the verified `peers/<id>` shard names it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its node id.
+    pub node_id: String,
+    /// Its mesh-capable roles.
+    pub roles: Vec<String>,
+    /// `active` (same group) or `warm`.
+    pub tier: String,
 }
 
 /// The heartbeats' view of the control plane.
@@ -555,6 +569,15 @@ fn write_status(
             })
             .collect(),
         last_answer: reader.last_answer().cloned(),
+        peers: reader
+            .peers()
+            .into_iter()
+            .map(|peer| PeerStatus {
+                node_id: peer.node_id,
+                roles: peer.roles,
+                tier: peer.tier,
+            })
+            .collect(),
         workloads: workloads.to_vec(),
         control_plane: ControlPlaneStatus {
             reachable: heartbeat.reachable(),

@@ -2,8 +2,8 @@
 //! asserted: `scripts/bench-agent.sh`.
 //!
 //! The real `rap-node-agent` binary, joined to the platform the tests use
-//! (PostgreSQL, the served control plane with its publisher, 3 in-process
-//! voters), then:
+//! (PostgreSQL, the served control plane with its publisher, 3 voters and
+//! the cache replicas as `rap-configstore` processes), then:
 //!
 //! 1. steady state: the agent's RSS (`VmRSS`) and CPU over
 //!    [`STEADY_SECONDS`] while it holds its scopes, watches and heartbeats;
@@ -11,16 +11,17 @@
 //!    (synthetic-echo stops), then assigned again (fenced call) and the
 //!    time until the echo port answers;
 //! 3. read failover: [`FAILOVER_RUNS`] times a cache replica is started
-//!    for the node, the agent reads from it, the cache is stopped, and the
-//!    time until the agent's next successful read from another node (then
-//!    the cache is retired, so the next run's cache is the only one).
+//!    for the node, the agent reads from it, the cache process gets
+//!    SIGKILL (`kill -9`), and the time until the agent's next successful
+//!    read from another node (then the cache is retired, so the next run's
+//!    cache is the only one).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use rap_controlplane::keys::ClusterKeys;
 use rap_controlplane::{enrollment, workloads};
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
-use rap_testkit::platform::Platform;
+use rap_testkit::platform::{Platform, StorageMode};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ const ROLE_RUNS: usize = 20;
 const FAILOVER_RUNS: usize = 5;
 const GUARD: Duration = Duration::from_secs(60);
 const BIN: &str = env!("CARGO_BIN_EXE_rap-node-agent-under-test");
+const STORAGE_BIN: &str = env!("CARGO_BIN_EXE_rap-configstore-under-test");
 
 fn status(state: &Path) -> serde_json::Value {
     std::fs::read(state.join("c1").join("status.json"))
@@ -120,7 +122,7 @@ fn main() {
 
 async fn bench() {
     eprintln!("starting PostgreSQL, the control plane and 3 voters...");
-    let p = Platform::start().await;
+    let p = Platform::start_with("c1", StorageMode::Processes(STORAGE_BIN.into())).await;
     let server = p.serve().await;
     let keys = ClusterKeys::load(&p.ctx.keys_dir, &ClusterId::new("c1").unwrap()).unwrap();
     let token = p.token(1).await;
@@ -277,7 +279,7 @@ async fn bench() {
         .await;
         let stopped_at = rap_proto::time::UnixMillis::now().0;
         let started = Instant::now();
-        p.stop_cache(&cache).await;
+        p.kill_storage(&cache).await;
         until("a read from another node", || {
             let s = status(state);
             s["last_answer"]["node_id"] != cache.as_str()
@@ -300,7 +302,7 @@ async fn bench() {
     }
     failovers.sort();
     println!(
-        "read failover after the serving cache replica stops, {FAILOVER_RUNS} runs: p50 {:.0} ms, max {:.0} ms (to the next successful read from another storage node)",
+        "read failover after kill -9 of the serving cache replica, {FAILOVER_RUNS} runs: p50 {:.0} ms, max {:.0} ms (to the next successful read from another storage node)",
         quantile(&failovers, 0.5),
         quantile(&failovers, 1.0)
     );

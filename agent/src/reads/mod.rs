@@ -364,7 +364,20 @@ impl Reader {
 
     /// The held node shard, decoded.
     pub fn node_shard(&self) -> Option<pb::NodeShard> {
-        let held = self.held.get(&self.own_scope())?;
+        self.held_body(&self.own_scope())
+    }
+
+    /// The peer cache: the mesh peers of the held (verified)
+    /// `peers/<id>` shard; empty when the node holds none (no mesh role).
+    pub fn peers(&self) -> Vec<pb::Peer> {
+        self.held_body::<pb::PeersShard>(&Scope::Peers(self.node_id.clone()).to_string())
+            .map(|shard| shard.peers)
+            .unwrap_or_default()
+    }
+
+    /// The body of the held envelope of `scope`, decoded.
+    fn held_body<T: rap_proto::shards::ShardBody>(&self, scope: &str) -> Option<T> {
+        let held = self.held.get(scope)?;
         let envelope = decode(held.envelope()).ok()?;
         rap_proto::shards::decode(&envelope.body, &self.cluster_id).ok()
     }

@@ -554,6 +554,13 @@ async fn reads_go_on_after_the_serving_voter_is_killed() {
         watched["scopes"]["peers/node-v"]["served_by"], serving,
         "{watched:#}"
     );
+    // The peer cache names the new peer.
+    assert!(
+        watched["peers"]
+            .as_array()
+            .is_some_and(|peers| peers.iter().any(|peer| peer["node_id"] == other.as_str())),
+        "{watched:#}"
+    );
 
     // kill -9 of X, mid-watch; then a change of the node's own shard.
     p.kill_storage(&serving).await;
