@@ -4,13 +4,15 @@
 # loss of the majority (NO_QUORUM, fast), promotion of the survivor to
 # authority term 2, and the old side coming back fenced.
 #
-#   scripts/authority-tour.sh [BIN_DIR]     (default: target/debug)
+#   scripts/authority-tour.sh [BIN_DIR]     (default: cargo's target dir /debug)
 #
 # Ports: RAP_TOUR_PORT_BASE (default 37000) + 1..3 for gRPC, + 11..13 HTTP.
 # Exits 1 at the first step that does not behave as designed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bin="${1:-$root/target/debug}"
+# shellcheck source=scripts/target-dir.sh
+source "$root/scripts/target-dir.sh"
+bin="${1:-$(cargo_target_dir)/debug}"
 base="${RAP_TOUR_PORT_BASE:-37000}"
 work="$(mktemp -d)"
 pids=()

@@ -22,5 +22,7 @@ cargo build --release --quiet -p rap-controlplane --example "$example"
 "$root/scripts/pg-dev.sh" start >/dev/null
 RAP_PLATFORM_DATABASE_URL="$("$root/scripts/pg-dev.sh" url)"
 export RAP_PLATFORM_DATABASE_URL
-target_dir="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+# shellcheck source=scripts/target-dir.sh
+source "$(dirname "${BASH_SOURCE[0]}")/target-dir.sh"
+target_dir="$(cargo_target_dir)"
 "$target_dir/release/examples/$example" "$@"

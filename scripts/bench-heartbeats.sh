@@ -37,7 +37,9 @@ cd "$(dirname "$0")/.."
 echo "building the release driver..." >&2
 cargo build --release --quiet -p rap-controlplane --example bench_heartbeats
 
-target_dir="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+# shellcheck source=scripts/target-dir.sh
+source "$(dirname "${BASH_SOURCE[0]}")/target-dir.sh"
+target_dir="$(cargo_target_dir)"
 driver="$target_dir/release/examples/bench_heartbeats"
 
 dev_dir=""

@@ -12,7 +12,7 @@
 # audit trail, and the agent still serving on its last verified state
 # with the control plane stopped (degraded).
 #
-#   scripts/controlplane-tour.sh [BIN_DIR]     (default: target/debug)
+#   scripts/controlplane-tour.sh [BIN_DIR]     (default: cargo's target dir /debug)
 #
 # Ports: RAP_TOUR_PORT_BASE (default 38000): +1..3 storage gRPC, +11..13
 # storage HTTP, +20 control plane gRPC, +21 control plane HTTP, +40 the
@@ -20,7 +20,9 @@
 # Exits 1 at the first step that does not behave as designed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bin="${1:-$root/target/debug}"
+# shellcheck source=scripts/target-dir.sh
+source "$root/scripts/target-dir.sh"
+bin="${1:-$(cargo_target_dir)/debug}"
 base="${RAP_TOUR_PORT_BASE:-38000}"
 work="$(mktemp -d)"
 chmod 755 "$work"   # the postgres user must reach the database directory inside

@@ -27,8 +27,11 @@ fi
 source "$root/scripts/ensure-postgres.sh"
 cargo build --locked -p rapctl --bin rapctl -p rap-controlplane-server --bin rap-controlplane \
   -p rap-configstore --bin rap-configstore -p rap-node-agent --bin rap-node-agent
-"$root/target/debug/rapctl" demo
+# shellcheck source=scripts/target-dir.sh
+source "$root/scripts/target-dir.sh"
+bin="$(cargo_target_dir)/debug"
+"$bin/rapctl" demo
 echo
-"$root/scripts/authority-tour.sh" "$root/target/debug"
+"$root/scripts/authority-tour.sh" "$bin"
 echo
-exec "$root/scripts/controlplane-tour.sh" "$root/target/debug"
+exec "$root/scripts/controlplane-tour.sh" "$bin"

@@ -26,10 +26,13 @@ mkdir -p corpus/decode_verify
 if [ -z "$(ls -A corpus/decode_verify)" ]; then
   # Seed with a real signed envelope so mutations start from valid structure.
   (cd "$root" && cargo build -q -p rapctl --bin rapctl)
+  # shellcheck source=scripts/target-dir.sh
+  source "$root/scripts/target-dir.sh"
+  rapctl="$(cd "$root" && cargo_target_dir)/debug/rapctl"
   seed="$(mktemp -d)"
-  "$root/target/debug/rapctl" snapshot keygen --cluster c1 --dir "$seed/keys" >/dev/null
+  "$rapctl" snapshot keygen --cluster c1 --dir "$seed/keys" >/dev/null
   printf 'roles: [entry-node]' >"$seed/body"
-  "$root/target/debug/rapctl" snapshot sign --key "$seed/keys/signing.key" \
+  "$rapctl" snapshot sign --key "$seed/keys/signing.key" \
     --trust-root "$seed/keys/trust-root.bin" --scope node/n1 --version 1 \
     --reader node:n1 --body "$seed/body" --out corpus/decode_verify/seed-v1 >/dev/null
   rm -rf "$seed"
