@@ -12,6 +12,13 @@ pub const PUBLISH_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Longest `purpose` of a fence request.
 pub const FENCE_PURPOSE_BYTES_MAX: usize = 128;
 
+/// Most fences one Raft entry grants (group commit at the leader).
+pub const FENCE_BATCH_MAX: usize = 256;
+
+/// Most `AcquireFence` calls waiting on one node for their entry; more
+/// are refused `OVERLOADED`.
+pub const FENCE_QUEUE_MAX: usize = 16 * FENCE_BATCH_MAX;
+
 /// Most shards (scopes) one cluster's state machine holds.
 pub const SHARDS_MAX: usize = rap_proto::limits::MARKED_SCOPES_MAX;
 

@@ -28,6 +28,13 @@ pub enum Request {
         /// The authority term the caller believes current.
         expected_term: AuthorityTerm,
     },
+    /// Grant one fence per ask, in order (group commit: the `AcquireFence`
+    /// calls a leader received while the previous entry was in flight);
+    /// each ask is decided exactly as an `AcquireFence` entry of its own.
+    AcquireFences {
+        /// At most `limits::FENCE_BATCH_MAX`.
+        asks: Vec<FenceAsk>,
+    },
     /// Publish signed envelopes under a granted fence. All or nothing.
     PublishShards {
         /// A fence of the current term, granted by this group.
@@ -50,6 +57,15 @@ pub enum Request {
         #[serde(default)]
         proof: ByteBuf,
     },
+}
+
+/// One fence asked for in an `AcquireFences` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceAsk {
+    /// Why (recorded in the log, shown in audit).
+    pub purpose: String,
+    /// The authority term the caller believes current.
+    pub expected_term: AuthorityTerm,
 }
 
 /// One shard accepted by a `PublishShards` entry.
@@ -81,6 +97,9 @@ pub enum Response {
     Done,
     /// A fence was granted.
     Fence(Fence),
+    /// The answers to an `AcquireFences` entry, one per ask in order:
+    /// `Fence` or `Refused`.
+    Fences(Vec<Response>),
     /// Shards were published.
     Published(Vec<PublishedShard>),
     /// The entry was refused; the state is unchanged.

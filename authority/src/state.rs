@@ -12,9 +12,9 @@
 //! for one (scope, version).
 
 use crate::limits::{
-    FENCE_PURPOSE_BYTES_MAX, PUBLISH_BYTES_MAX, PUBLISH_ENVELOPES_MAX, SHARDS_MAX,
+    FENCE_BATCH_MAX, FENCE_PURPOSE_BYTES_MAX, PUBLISH_BYTES_MAX, PUBLISH_ENVELOPES_MAX, SHARDS_MAX,
 };
-use crate::request::{PublishedShard, Refusal, Request, Response};
+use crate::request::{FenceAsk, PublishedShard, Refusal, Request, Response};
 use rap_core::fence::Fence;
 use rap_proto::envelope::{
     Digest, HighWaterStore, Reader, Scope, ScopeMark, TermMark, VerifiedTrustRoot, Verifier,
@@ -138,6 +138,7 @@ impl AuthorityState {
                 purpose,
                 expected_term,
             } => self.acquire_fence(log_index, purpose, *expected_term),
+            Request::AcquireFences { asks } => self.acquire_fences(log_index, asks),
             Request::PublishShards {
                 fence,
                 envelopes,
@@ -174,6 +175,35 @@ impl AuthorityState {
         Applied {
             response: Response::Done,
             touched: Touched::All,
+        }
+    }
+
+    /// Grants the asks of one group-commit entry in order, each decided as
+    /// an `AcquireFence` entry of its own at the same log index.
+    fn acquire_fences(&mut self, log_index: u64, asks: &[FenceAsk]) -> Applied {
+        if asks.len() > FENCE_BATCH_MAX {
+            return refused(
+                "OVERSIZE",
+                format!(
+                    "{} fences asked in one entry, over the limit of {FENCE_BATCH_MAX}",
+                    asks.len()
+                ),
+            );
+        }
+        let mut touched = Touched::Nothing;
+        let answers = asks
+            .iter()
+            .map(|ask| {
+                let applied = self.acquire_fence(log_index, &ask.purpose, ask.expected_term);
+                if matches!(applied.response, Response::Fence(_)) {
+                    touched = Touched::Meta;
+                }
+                applied.response
+            })
+            .collect();
+        Applied {
+            response: Response::Fences(answers),
+            touched,
         }
     }
 
@@ -643,6 +673,58 @@ mod tests {
             },
         );
         assert_eq!(refusal_code(&applied), "TERM_MISMATCH");
+        assert_eq!(fx.state, before, "a refusal changes nothing");
+    }
+
+    // Goal (invariant 1, group commit): one AcquireFences entry grants its
+    // asks in order, each the next sequence of the term at that index, as
+    // separate entries would; an ask with the wrong term view is refused
+    // alone; an entry over FENCE_BATCH_MAX is refused whole and changes
+    // nothing. Method: a batch of four with one stale ask between, then a
+    // single fence after it, then an oversize batch.
+    #[test]
+    fn a_fence_batch_grants_each_ask_in_order() {
+        let mut fx = fixture();
+        let term = fx.state.authority_term;
+        let ask = |expected_term| FenceAsk {
+            purpose: "batch".into(),
+            expected_term,
+        };
+        let applied = fx.state.apply(
+            2,
+            &Request::AcquireFences {
+                asks: vec![ask(term), ask(term), ask(AuthorityTerm(7)), ask(term)],
+            },
+        );
+        let Response::Fences(answers) = applied.response else {
+            panic!("{applied:?}");
+        };
+        let seqs: Vec<Option<u64>> = answers
+            .iter()
+            .map(|answer| match answer {
+                Response::Fence(fence) => {
+                    assert_eq!(fence.log_index.0, 2);
+                    assert_eq!(fence.authority_term, term);
+                    Some(fence.seq.0)
+                }
+                Response::Refused(refusal) => {
+                    assert_eq!(refusal.code, "TERM_MISMATCH");
+                    None
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, [Some(1), Some(2), None, Some(3)]);
+        assert_eq!(fence(&mut fx.state, 3).seq.0, 4, "the sequence goes on");
+
+        let before = fx.state.clone();
+        let oversize = fx.state.apply(
+            4,
+            &Request::AcquireFences {
+                asks: vec![ask(term); FENCE_BATCH_MAX + 1],
+            },
+        );
+        assert_eq!(refusal_code(&oversize), "OVERSIZE");
         assert_eq!(fx.state, before, "a refusal changes nothing");
     }
 

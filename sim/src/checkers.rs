@@ -2,8 +2,9 @@
 //! docs/ARCHITECTURE.md, "Numbered invariants").
 //!
 //! * [`fences_unique_and_increasing`] (invariant 1): no two calls get the
-//!   same `(authority_term, seq)` or log index; in log order fences
-//!   strictly increase; a call that started after another ended gets a
+//!   same `(authority_term, seq)`; in log order fences strictly increase
+//!   (the fences of one group-commit entry share its log index and
+//!   increase within it); a call that started after another ended gets a
 //!   larger fence (grants are linearizable).
 //! * [`no_minority_grant`] (invariant 2): a call whose node could not
 //!   exchange messages with any quorum-holding leader during the whole call
@@ -147,6 +148,9 @@ fn describe(call: &FenceCall) -> String {
     )
 }
 
+/// A fence's `(authority_term, seq)`.
+type TermSeq = (u64, u64);
+
 /// Invariant 1: fences are unique and strictly increasing, in log order
 /// and in real-time order.
 pub fn fences_unique_and_increasing(events: &[Event]) -> Vec<Violation> {
@@ -157,7 +161,9 @@ pub fn fences_unique_and_increasing(events: &[Event]) -> Vec<Violation> {
         .collect();
 
     let mut by_fence: BTreeMap<(u64, u64), &FenceCall> = BTreeMap::new();
-    let mut by_index: BTreeMap<u64, (&FenceCall, (u64, u64))> = BTreeMap::new();
+    // One entry may grant several fences (group commit): keyed by (log
+    // index, seq), each fence once.
+    let mut by_index: BTreeMap<(u64, u64), (&FenceCall, TermSeq)> = BTreeMap::new();
     for (call, (term, seq, index)) in &granted {
         if let Some(first) = by_fence.insert((*term, *seq), call) {
             violations.push(Violation {
@@ -170,21 +176,12 @@ pub fn fences_unique_and_increasing(events: &[Event]) -> Vec<Violation> {
                 ),
             });
         }
-        if let Some((first, _)) = by_index.insert(*index, (call, (*term, *seq))) {
-            violations.push(Violation {
-                invariant: NAME,
-                at: call.ended,
-                detail: format!(
-                    "log index {index} granted two fences: {} and {}",
-                    describe(first),
-                    describe(call)
-                ),
-            });
-        }
+        by_index.insert((*index, *seq), (call, (*term, *seq)));
     }
-    // In log order, (term, seq) strictly increases.
+    // In log order, (term, seq) strictly increases: across entries, and
+    // within one entry's fences.
     let mut previous: Option<(u64, (u64, u64))> = None;
-    for (index, (call, fence)) in &by_index {
+    for ((index, _), (call, fence)) in &by_index {
         if let Some((previous_index, previous_fence)) = previous
             && *fence <= previous_fence
         {
@@ -516,6 +513,15 @@ mod tests {
         assert!(fences_unique_and_increasing(&clean).is_empty());
         let duplicate = vec![grant(0, 0, 10, 1, 5), grant(1, 20, 30, 1, 6)];
         assert!(!fences_unique_and_increasing(&duplicate).is_empty());
+        // One group-commit entry: two fences at one index, in order.
+        let batched = vec![
+            grant(0, 0, 10, 1, 5),
+            grant(1, 0, 10, 2, 5),
+            grant(2, 30, 40, 3, 7),
+        ];
+        assert!(fences_unique_and_increasing(&batched).is_empty());
+        let behind = vec![grant(0, 0, 10, 3, 5), grant(1, 20, 30, 2, 7)];
+        assert!(!fences_unique_and_increasing(&behind).is_empty());
         let inverted = vec![grant(0, 0, 10, 2, 6), grant(1, 20, 30, 1, 5)];
         let found = fences_unique_and_increasing(&inverted);
         assert!(found.iter().any(|v| v.detail.contains("answered before")));

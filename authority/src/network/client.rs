@@ -340,7 +340,7 @@ impl Connection {
         let client = match &mut self.client {
             Ok(client) => client,
             Err(reason) => {
-                self.reachability.record_failure(self.target);
+                self.reachability.record_unreachable(self.target);
                 return Err(CallFailure::NoChannel {
                     address: self.member.address.clone(),
                     reason: reason.clone(),
@@ -379,7 +379,18 @@ impl Connection {
                 None => CallFailure::Transport { rpc: name, status },
             },
         };
-        self.reachability.record_failure(self.target);
+        match &failure {
+            // No connection (refused, reset): the peer is gone, not slow.
+            // Only the transport's own errors carry a source; a status the
+            // peer sent (even UNAVAILABLE) is an answer from a live node.
+            CallFailure::Transport { status, .. }
+                if status.code() == tonic::Code::Unavailable
+                    && std::error::Error::source(status).is_some() =>
+            {
+                self.reachability.record_unreachable(self.target);
+            }
+            _ => self.reachability.record_failure(self.target),
+        }
         Err(failure)
     }
 

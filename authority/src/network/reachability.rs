@@ -75,6 +75,10 @@ pub struct PeerContact {
     pub last_failure: Option<Instant>,
     /// Failures since the last success.
     pub consecutive_failures: u32,
+    /// When the transport last found it gone: no connection could be
+    /// made or kept (refused, reset, no channel), as opposed to a slow
+    /// answer.
+    pub last_unreachable: Option<Instant>,
 }
 
 impl PeerContact {
@@ -88,6 +92,17 @@ impl PeerContact {
             && self
                 .last_success
                 .is_some_and(|success| now.saturating_duration_since(success) <= within)
+    }
+
+    /// Gone at `now`: its latest outcome is a failure, and the transport
+    /// found no connection to it within `within` (a timeout alone does
+    /// not count: a busy peer is slow, not gone).
+    pub fn is_gone(&self, now: Instant, within: Duration) -> bool {
+        self.consecutive_failures > 0
+            && self.last_unreachable.is_some_and(|at| {
+                now.saturating_duration_since(at) <= within
+                    && self.last_success.is_none_or(|success| success <= at)
+            })
     }
 
     fn latest(&self) -> Option<Instant> {
@@ -146,6 +161,17 @@ impl Reachability {
         let now = self.now();
         self.update(target, |peer| {
             peer.last_failure = Some(now);
+            peer.consecutive_failures = peer.consecutive_failures.saturating_add(1);
+        });
+    }
+
+    /// An RPC to `target` failed because no connection could be made or
+    /// kept (see [`PeerContact::is_gone`]).
+    pub fn record_unreachable(&self, target: RaftNodeId) {
+        let now = self.now();
+        self.update(target, |peer| {
+            peer.last_failure = Some(now);
+            peer.last_unreachable = Some(now);
             peer.consecutive_failures = peer.consecutive_failures.saturating_add(1);
         });
     }

@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod fences;
 mod heads;
 mod membership;
 mod quorum;
@@ -233,6 +234,8 @@ pub struct AuthorityNode {
     /// One lazily connected channel per peer address, shared by forwarding
     /// and probing (a channel per call would cost a TLS handshake each).
     clients: std::sync::Mutex<BTreeMap<String, AuthorityClient>>,
+    /// `AcquireFence` calls waiting for their shared entry.
+    fences: fences::FenceQueue,
 }
 
 /// A client of another node's `AuthorityService`.
@@ -331,6 +334,7 @@ impl AuthorityNode {
             revocations: Revocations::default(),
             network,
             clients: std::sync::Mutex::new(BTreeMap::new()),
+            fences: fences::FenceQueue::default(),
         });
         node.sync_guard();
         // The background tasks carry the node's ids in their spans.
@@ -530,16 +534,33 @@ impl AuthorityNode {
             }
             match metrics.current_leader {
                 Some(leader) if leader == self.raft_id => {
-                    // The quorum acknowledgement age is authoritative; the
-                    // reachability tracker can lag behind a restarted peer,
-                    // so it never refuses a leader's write by itself.
-                    if !partition::leader_lease_valid(metrics.millis_since_quorum_ack, lease) {
+                    // No quorum acknowledgement within the lease, or too
+                    // many voters the transport cannot connect to: refused
+                    // before proposing. (A peer counts as gone only for two
+                    // heartbeats after a failed connection, so a restarted
+                    // one is counted again at once.)
+                    if self.quorum_lost(&voters, lease) {
                         return Err(self.no_quorum(&voters));
                     }
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(remaining, self.raft.client_write(request.clone()))
-                        .await
-                    {
+                    let write =
+                        tokio::time::timeout(remaining, self.raft.client_write(request.clone()));
+                    tokio::pin!(write);
+                    // While the entry waits for its quorum, a leader that
+                    // finds the quorum gone refuses at once rather than at
+                    // the end of the budget: its lease ran out, or the
+                    // transport can connect to too few voters.
+                    let written = loop {
+                        tokio::select! {
+                            written = &mut write => break written,
+                            () = tokio::time::sleep(self.quorum_check_interval()) => {
+                                if self.quorum_lost(&voters, lease) {
+                                    return Err(self.no_quorum(&voters));
+                                }
+                            }
+                        }
+                    };
+                    match written {
                         Err(_elapsed) => return Err(self.no_quorum(&voters)),
                         Ok(Ok(written)) => return Ok(written.data),
                         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
@@ -582,27 +603,6 @@ impl AuthorityNode {
                 return Err(self.no_quorum(&voters));
             }
             tokio::time::sleep(self.options.timing.heartbeat.min(deadline - Instant::now())).await;
-        }
-    }
-
-    /// Grants a fence (leader only; see [`AuthorityNode::propose`]).
-    pub async fn acquire_fence(
-        &self,
-        purpose: &str,
-        expected_term: AuthorityTerm,
-    ) -> Result<Fence> {
-        let response = self
-            .propose(Request::AcquireFence {
-                purpose: purpose.to_string(),
-                expected_term,
-            })
-            .await?;
-        match response {
-            Response::Fence(fence) => {
-                self.metrics.fence_granted();
-                Ok(fence)
-            }
-            other => Err(unexpected(other)),
         }
     }
 

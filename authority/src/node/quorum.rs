@@ -5,6 +5,11 @@
 
 use super::*;
 
+/// A leader's pending write looks at its quorum every heartbeat / this.
+const QUORUM_CHECK_DIVISOR: u32 = 4;
+/// ... but not more often than this.
+const QUORUM_CHECK_MIN: Duration = Duration::from_millis(5);
+
 impl AuthorityNode {
     pub(super) fn raft_metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow().clone()
@@ -78,6 +83,41 @@ impl AuthorityNode {
             self.reach.record_failure(id);
         }
         reached
+    }
+
+    /// How often a leader's pending write looks at its quorum
+    /// ([`Self::quorum_lost`]): a quarter heartbeat.
+    pub(super) fn quorum_check_interval(&self) -> Duration {
+        (self.options.timing.heartbeat / QUORUM_CHECK_DIVISOR).max(QUORUM_CHECK_MIN)
+    }
+
+    /// Whether this leader has certainly lost its quorum: no quorum
+    /// acknowledged it within `lease`, or the transport found too many
+    /// voters gone (no connection within two heartbeats:
+    /// `PeerContact::is_gone`) for the rest to make a quorum. A write
+    /// refused on this may still commit later; its caller never sees it.
+    pub(super) fn quorum_lost(
+        &self,
+        voters: &BTreeMap<RaftNodeId, Member>,
+        lease: Duration,
+    ) -> bool {
+        let metrics = self.raft_metrics();
+        if !partition::leader_lease_valid(metrics.millis_since_quorum_ack, lease) {
+            return true;
+        }
+        let now = self.reach.now();
+        let within = self.options.timing.heartbeat * 2;
+        let standing = voters
+            .keys()
+            .filter(|id| {
+                **id == self.raft_id
+                    || !self
+                        .reach
+                        .peer(**id)
+                        .is_some_and(|peer| peer.is_gone(now, within))
+            })
+            .count();
+        standing < partition::quorum(voters.len())
     }
 
     pub(super) fn no_quorum(&self, voters: &BTreeMap<RaftNodeId, Member>) -> Error {

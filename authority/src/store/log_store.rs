@@ -3,8 +3,8 @@
 //! use.
 
 use super::tables::{
-    KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG, LOG_META, StoreError, begin_durable, decode,
-    encode, get_decoded,
+    KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG, LOG_META, StoreError, begin_deferred,
+    begin_durable, decode, encode, get_decoded,
 };
 use super::{LOG_ENTRY_BYTES_MAX, REPLICATION_BATCH_BYTES_MAX};
 use crate::typ::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -195,7 +195,26 @@ impl LogStore {
         what: &'static str,
         value: Option<&T>,
     ) -> Result<(), StoreError> {
-        let txn = begin_durable(&self.db)?;
+        self.put_meta_in(begin_durable(&self.db)?, key, what, value)
+    }
+
+    /// [`Self::put_meta`] committed without an fsync ([`begin_deferred`]).
+    fn put_meta_deferred<T: serde::Serialize>(
+        &self,
+        key: &str,
+        what: &'static str,
+        value: Option<&T>,
+    ) -> Result<(), StoreError> {
+        self.put_meta_in(begin_deferred(&self.db)?, key, what, value)
+    }
+
+    fn put_meta_in<T: serde::Serialize>(
+        &self,
+        txn: redb::WriteTransaction,
+        key: &str,
+        what: &'static str,
+        value: Option<&T>,
+    ) -> Result<(), StoreError> {
         {
             let mut meta = txn.open_table(LOG_META)?;
             match value {
@@ -299,8 +318,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
+    /// Saved without an fsync: the committed index is volatile in Raft
+    /// (a restarted node learns it again from the leader, or re-derives it
+    /// when it leads), and openraft takes `max(committed, last_applied)`
+    /// on start. The next durable commit (an append, a vote) persists it.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta(KEY_COMMITTED, "committed log id", committed.as_ref())
+        self.put_meta_deferred(KEY_COMMITTED, "committed log id", committed.as_ref())
             .map_err(|e| StorageIOError::write(&e).into())
     }
 

@@ -21,10 +21,17 @@
 //! A snapshot's bytes are `{last_applied, last_membership, state}` with
 //! field names; its id is `<raft term>-<index>-<counter>`.
 //!
-//! **Durability.** Every write is one redb write transaction committed with
-//! redb's default durability (fsync before `commit` returns). Appended
-//! entries are acknowledged (`LogFlushed::log_io_completed`) and
-//! `save_vote` returns only after that commit. The calls are blocking and
+//! **Durability.** Every write is one redb write transaction. Appends,
+//! votes, truncations, purges and snapshots commit durably (fsync before
+//! `commit` returns): appended entries are acknowledged
+//! (`LogFlushed::log_io_completed`) and `save_vote` returns only after
+//! that commit. The applied state (`apply`) and the committed index
+//! (`save_committed`) commit without an fsync: the next durable commit
+//! persists them, and a crash before it loses them whole; both are rebuilt
+//! from the durable log on start (openraft re-applies from the durable
+//! `last_applied` to the committed index, and takes `max(committed,
+//! last_applied)`). The log is purged only behind a snapshot stored
+//! durably, so no applied entry is ever missing from both. The calls are blocking and
 //! made inline (no `spawn_blocking`), so a deterministic simulation runs
 //! them in a fixed order, and no transaction is ever held across an
 //! `.await`.
@@ -54,9 +61,9 @@
 //! [`StateView::scopes`], [`StateView::last_applied`],
 //! [`StateView::last_membership`], [`StateView::state`] (a full clone) and
 //! [`StateView::read`] (a closure over `&AuthorityState`, no clone). The
-//! view only ever shows state that is already on disk: `apply` holds the
-//! write lock until its transaction has committed, so a reader waits at
-//! most one fsync.
+//! view only shows state that is committed (in the durable log of a
+//! quorum) and written to the file: `apply` holds the write lock until its
+//! transaction has committed.
 //!
 //! [`AuthorityState`]: crate::state::AuthorityState
 //! [`ShardRecord`]: crate::state::ShardRecord

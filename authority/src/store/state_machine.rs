@@ -5,8 +5,8 @@
 use super::SNAPSHOT_BYTES_MAX;
 use super::tables::{
     KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP, KEY_SNAPSHOT_COUNTER, KEY_SNAPSHOT_DATA,
-    KEY_SNAPSHOT_META, KEY_STATE, SHARDS, SM_META, SNAPSHOT, StoreError, begin_durable, decode,
-    encode, get_decoded,
+    KEY_SNAPSHOT_META, KEY_STATE, SHARDS, SM_META, SNAPSHOT, StoreError, begin_deferred,
+    begin_durable, decode, encode, get_decoded,
 };
 use crate::limits::SHARDS_MAX;
 use crate::request::Response;
@@ -522,9 +522,15 @@ fn write(machine: &RwLock<Machine>) -> RwLockWriteGuard<'_, Machine> {
     machine.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One durable transaction with everything a batch touched.
+/// One transaction with everything a batch touched, committed without an
+/// fsync ([`begin_deferred`]): every entry it applies is in the durable
+/// log, so a crash that loses it only means those entries are applied
+/// again on start (openraft re-applies from the durable `last_applied` up
+/// to the committed index), with the same results. A snapshot is stored,
+/// and the log purged behind it, only by durable commits, which persist
+/// this one first.
 fn persist_applied(db: &Database, machine: &Machine, changes: &Changes) -> Result<(), StoreError> {
-    let txn = begin_durable(db)?;
+    let txn = begin_deferred(db)?;
     {
         let mut meta = txn.open_table(SM_META)?;
         if changes.all || changes.meta || !changes.scopes.is_empty() {

@@ -168,9 +168,25 @@ pub(super) fn init(db: &Database) -> Result<(), StoreError> {
 /// after redb's fsync. (Immediate is redb's default; it is set here so the
 /// rule does not depend on a default.)
 pub(super) fn begin_durable(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
+    begin(db, redb::Durability::Immediate)
+}
+
+/// Begins a write transaction whose commit does not fsync: it is made
+/// durable by the next durable commit of the same file (redb persists
+/// every commit before a durable one), and until then a crash loses it
+/// whole, never half. Only for what the durable Raft log can rebuild: the
+/// applied state (replayed from the log after a restart) and the
+/// committed index (volatile in Raft; openraft re-derives it).
+pub(super) fn begin_deferred(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
+    begin(db, redb::Durability::None)
+}
+
+fn begin(
+    db: &Database,
+    durability: redb::Durability,
+) -> Result<redb::WriteTransaction, StoreError> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(redb::Durability::Immediate)
-        .map_err(redb::Error::from)?;
+    txn.set_durability(durability).map_err(redb::Error::from)?;
     Ok(txn)
 }
 
