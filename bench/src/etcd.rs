@@ -10,8 +10,9 @@ use crate::etcdpb::{
     PutRequest, RangeRequest, StatusRequest, WatchCreateRequest, WatchRequest, watch_request,
 };
 use crate::fanout::SendTimes;
-use crate::load::Op;
+use crate::load::{Op, first_success};
 use crate::{GUARD, record_pid};
+use crate::{PROBE_DEADLINE, PROBE_EVERY};
 use anyhow::Context;
 use rap_testkit::cluster::{free_port, join_all};
 use std::path::{Path, PathBuf};
@@ -334,8 +335,8 @@ impl EtcdCluster {
 
     /// One failover run: the window from kill -9 of the leader until a put
     /// succeeds on a survivor (a put is started on each survivor every
-    /// 10 ms, each with a 5 s deadline), the time until a survivor named a
-    /// new leader, and (old leader, new leader).
+    /// [`PROBE_EVERY`], each with [`PROBE_DEADLINE`]), the time until a
+    /// survivor named a new leader, and (old leader, new leader).
     pub async fn failover(&mut self) -> anyhow::Result<(Duration, Duration, (String, String))> {
         let leader = self.heal().await?;
         let old_id = self.members[leader].id;
@@ -372,27 +373,9 @@ impl EtcdCluster {
             }
             None
         });
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
-        let mut window = None;
-        let mut ticker = tokio::time::interval(Duration::from_millis(10));
-        while window.is_none() && killed.elapsed() < GUARD {
-            tokio::select! {
-                at = done_rx.recv() => window = at,
-                _ = ticker.tick() => {
-                    for op in &probes {
-                        let mut op = op.clone();
-                        let done = done_tx.clone();
-                        tokio::spawn(async move {
-                            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(5), op.call()).await {
-                                let _ = done.send(killed.elapsed());
-                            }
-                        });
-                    }
-                }
-            }
-        }
-        let window =
-            window.with_context(|| format!("etcd: no put within {GUARD:?} of the kill"))?;
+        let window = first_success(&probes, killed, PROBE_EVERY, PROBE_DEADLINE, GUARD)
+            .await
+            .with_context(|| format!("etcd: no put within {GUARD:?} of the kill"))?;
         let elected = join_all(vec![elected])
             .await
             .into_iter()

@@ -39,6 +39,11 @@ use std::time::Duration;
 /// Bounds every loop that waits for a cluster.
 pub const GUARD: Duration = Duration::from_secs(30);
 
+/// How often a failover probe starts a write on each survivor.
+pub const PROBE_EVERY: Duration = Duration::from_millis(10);
+/// The deadline of each failover probe's write.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+
 /// `d` in milliseconds.
 pub fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

@@ -94,3 +94,37 @@ pub async fn repeat<O: Op>(op: &mut O, count: usize) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Starts one call of every op of `probes` every `every`, each on its own
+/// task and with the deadline `deadline`, until a call succeeds or
+/// `guard` has passed since `since`. Returns when the first successful
+/// call completed, measured from `since` (`None` if none did). The
+/// failover runs of both systems probe with it, so a call that hangs does
+/// not hide a group that is writable again.
+pub async fn first_success<O: Op + Clone>(
+    probes: &[O],
+    since: Instant,
+    every: Duration,
+    deadline: Duration,
+    guard: Duration,
+) -> Option<Duration> {
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
+    let mut ticker = tokio::time::interval(every);
+    while since.elapsed() < guard {
+        tokio::select! {
+            at = done_rx.recv() => return at,
+            _ = ticker.tick() => {
+                for op in probes {
+                    let mut op = op.clone();
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        if let Ok(Ok(())) = tokio::time::timeout(deadline, op.call()).await {
+                            let _ = done.send(since.elapsed());
+                        }
+                    });
+                }
+            }
+        }
+    }
+    None
+}

@@ -3,14 +3,13 @@
 //! scenarios the drivers measure on it.
 
 use crate::load::{self, Op, Row};
-use crate::{GUARD, millis};
+use crate::{GUARD, PROBE_DEADLINE, PROBE_EVERY, millis};
 use rap_proto::envelope::Digest;
 use rap_proto::pb;
 use rap_proto::pb::shard_service_client::ShardServiceClient;
 use rap_testkit::cluster::{Client, Cluster, Sealer, acquire, code_of, join_all};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -30,6 +29,7 @@ pub fn outcome_of(status: &tonic::Status) -> String {
 }
 
 /// `AcquireFence` in a loop: one durable Raft write per call.
+#[derive(Clone)]
 pub struct FenceOp {
     client: Client,
     cluster_id: String,
@@ -244,22 +244,20 @@ pub async fn heal(cluster: &mut Cluster) -> usize {
 }
 
 /// One failover run: the window from kill -9 of the leader until a fence
-/// is granted by a survivor, the time until a survivor reported itself
-/// leader, and (old leader, new leader).
+/// is granted by a survivor (a call is started on each survivor every
+/// [`PROBE_EVERY`], each with [`PROBE_DEADLINE`]), the time until a
+/// survivor reported itself leader, and (old leader, new leader).
 pub async fn failover(cluster: &mut Cluster, term: u64) -> (Duration, Duration, (String, String)) {
     let leader = heal(cluster).await;
     let old = cluster.nodes[leader].id.clone();
     let survivors: Vec<usize> = cluster.all().into_iter().filter(|&i| i != leader).collect();
     // Warm connections to the survivors, so the window is the group's.
-    let mut clients: Vec<Client> = Vec::new();
+    let mut probes = Vec::new();
     for &i in &survivors {
-        let mut client = cluster.client(i);
-        acquire(&mut client, cluster.cluster_id.as_str(), term, "warm-up")
-            .await
-            .expect("fence before the kill");
-        clients.push(client);
+        let mut probe = FenceOp::new(cluster, i, term);
+        probe.call().await.expect("fence before the kill");
+        probes.push(probe);
     }
-    let done = Arc::new(AtomicBool::new(false));
     let status_clients: Vec<(String, Client)> = survivors
         .iter()
         .map(|&i| (cluster.nodes[i].id.clone(), cluster.client(i)))
@@ -286,30 +284,8 @@ pub async fn failover(cluster: &mut Cluster, term: u64) -> (Duration, Duration, 
         }
         None
     });
-    let mut handles = Vec::new();
-    for mut client in clients {
-        let cluster_id = cluster.cluster_id.to_string();
-        let done = done.clone();
-        handles.push(tokio::spawn(async move {
-            while !done.load(Ordering::Relaxed) && killed.elapsed() < GUARD {
-                let call = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    acquire(&mut client, &cluster_id, term, "failover-probe"),
-                );
-                if let Ok(Ok(_)) = call.await {
-                    done.store(true, Ordering::Relaxed);
-                    return Some(killed.elapsed());
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            None
-        }));
-    }
-    let window = join_all(handles)
+    let window = load::first_success(&probes, killed, PROBE_EVERY, PROBE_DEADLINE, GUARD)
         .await
-        .into_iter()
-        .flatten()
-        .min()
         .unwrap_or_else(|| panic!("no fence granted within {GUARD:?} of the kill"));
     let elected = join_all(vec![elected])
         .await
