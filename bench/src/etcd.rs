@@ -10,7 +10,7 @@ use crate::etcdpb::{
     PutRequest, RangeRequest, StatusRequest, WatchCreateRequest, WatchRequest, watch_request,
 };
 use crate::fanout::SendTimes;
-use crate::load::{Op, first_success};
+use crate::load::{Op, first_success, settle};
 use crate::{GUARD, record_pid};
 use crate::{PROBE_DEADLINE, PROBE_EVERY};
 use anyhow::Context;
@@ -354,34 +354,26 @@ impl EtcdCluster {
             .collect();
         self.kill(leader);
         let killed = Instant::now();
-        let elected = tokio::spawn(async move {
-            while killed.elapsed() < GUARD {
-                for client in &watchers {
-                    let mut client = client.clone();
-                    if let Ok(Ok(s)) = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        client.status(StatusRequest {}),
-                    )
-                    .await
+        let elected = crate::load::first_true(killed, Duration::from_millis(5), GUARD, || {
+            let clients = watchers.clone();
+            async move {
+                for mut client in clients {
+                    let call = client.status(StatusRequest {});
+                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), call).await
                         && s.get_ref().leader != 0
                         && s.get_ref().leader != old_id
                     {
-                        return Some(killed.elapsed());
+                        return true;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                false
             }
-            None
         });
-        let window = first_success(&probes, killed, PROBE_EVERY, PROBE_DEADLINE, GUARD)
-            .await
-            .with_context(|| format!("etcd: no put within {GUARD:?} of the kill"))?;
-        let elected = join_all(vec![elected])
-            .await
-            .into_iter()
-            .flatten()
-            .next()
-            .unwrap_or(GUARD);
+        let probing = first_success(&probes, killed, PROBE_EVERY, PROBE_DEADLINE, GUARD);
+        let (window, elected) = tokio::join!(probing, elected);
+        let window =
+            window.with_context(|| format!("etcd: no put within {GUARD:?} of the kill"))?;
+        let elected = elected.unwrap_or(GUARD);
         let new_leader = self.wait_leader(&survivors).await?;
         Ok((
             window,
@@ -527,11 +519,7 @@ impl Op for PutOp {
             value: self.value.clone(),
             lease: 0,
         };
-        self.kv
-            .put(request)
-            .await
-            .map(|_| ())
-            .map_err(|status| describe(&status))
+        settle(self.kv.put(request).await, describe)
     }
 }
 
@@ -548,11 +536,7 @@ impl Op for GetOp {
             serializable: true,
             ..Default::default()
         };
-        self.kv
-            .range(request)
-            .await
-            .map(|_| ())
-            .map_err(|status| describe(&status))
+        settle(self.kv.range(request).await, describe)
     }
 }
 

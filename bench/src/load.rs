@@ -13,6 +13,15 @@ pub trait Op: Send + 'static {
     fn call(&mut self) -> impl Future<Output = Result<(), String>> + Send;
 }
 
+/// A call's result as an [`Op`] reports it: `Ok` whatever it answered,
+/// or the failure described by `describe`.
+pub fn settle<T>(
+    result: Result<T, tonic::Status>,
+    describe: impl Fn(&tonic::Status) -> String,
+) -> Result<(), String> {
+    result.map(|_| ()).map_err(|status| describe(&status))
+}
+
 /// The outcome of one load run.
 #[derive(Debug, Default, Clone)]
 pub struct Row {
@@ -125,6 +134,27 @@ pub async fn first_success<O: Op + Clone>(
                 }
             }
         }
+    }
+    None
+}
+
+/// Polls `check` every `every` until it is true or `guard` has passed
+/// since `since`; returns when it was first true, measured from `since`.
+pub async fn first_true<F, Fut>(
+    since: Instant,
+    every: Duration,
+    guard: Duration,
+    mut check: F,
+) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    while since.elapsed() < guard {
+        if check().await {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(every).await;
     }
     None
 }

@@ -49,10 +49,8 @@ impl FenceOp {
 
 impl Op for FenceOp {
     async fn call(&mut self) -> Result<(), String> {
-        acquire(&mut self.client, &self.cluster_id, self.term, "bench")
-            .await
-            .map(|_| ())
-            .map_err(|status| outcome_of(&status))
+        let result = acquire(&mut self.client, &self.cluster_id, self.term, "bench").await;
+        load::settle(result, outcome_of)
     }
 }
 
@@ -140,11 +138,7 @@ impl Op for ReadOp {
             scope: self.scope.clone(),
             min_version: 0,
         };
-        self.client
-            .get_shard(request)
-            .await
-            .map(|_| ())
-            .map_err(|status| outcome_of(&status))
+        load::settle(self.client.get_shard(request).await, outcome_of)
     }
 }
 
@@ -266,33 +260,28 @@ pub async fn failover(cluster: &mut Cluster, term: u64) -> (Duration, Duration, 
     let killed = Instant::now();
     // When a survivor first reports itself leader (Status every 5 ms).
     let cluster_id = cluster.cluster_id.to_string();
-    let elected = tokio::spawn(async move {
-        while killed.elapsed() < GUARD {
-            for (id, client) in &status_clients {
-                let mut client = client.clone();
+    let elected = load::first_true(killed, Duration::from_millis(5), GUARD, || {
+        let clients = status_clients.clone();
+        let cluster_id = cluster_id.clone();
+        async move {
+            for (id, mut client) in clients {
                 let request = pb::AuthorityStatusRequest {
                     cluster_id: cluster_id.clone(),
                 };
                 if let Ok(Ok(s)) =
                     tokio::time::timeout(Duration::from_secs(1), client.status(request)).await
-                    && s.get_ref().leader_id == *id
+                    && s.get_ref().leader_id == id
                 {
-                    return Some(killed.elapsed());
+                    return true;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            false
         }
-        None
     });
-    let window = load::first_success(&probes, killed, PROBE_EVERY, PROBE_DEADLINE, GUARD)
-        .await
-        .unwrap_or_else(|| panic!("no fence granted within {GUARD:?} of the kill"));
-    let elected = join_all(vec![elected])
-        .await
-        .into_iter()
-        .flatten()
-        .next()
-        .unwrap_or(GUARD);
+    let probing = load::first_success(&probes, killed, PROBE_EVERY, PROBE_DEADLINE, GUARD);
+    let (window, elected) = tokio::join!(probing, elected);
+    let window = window.unwrap_or_else(|| panic!("no fence granted within {GUARD:?} of the kill"));
+    let elected = elected.unwrap_or(GUARD);
     let new_leader = cluster.wait_leader(&survivors).await;
     (window, elected, (old, cluster.nodes[new_leader].id.clone()))
 }

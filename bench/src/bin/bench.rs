@@ -120,35 +120,44 @@ async fn bench(args: Args, rap_bin: PathBuf) -> anyhow::Result<()> {
     let tls = Tls::create(&args.common.work_dir.join("etcd-tls"))?;
     let mut loads = Vec::new();
 
-    section(&started, "floors", &mut loads);
+    section(&started, "floors", &args.common.work_dir, &mut loads);
     let floor = Floors::measure(&args, &tls).await?;
 
-    section(&started, "rap", &mut loads);
+    section(&started, "rap", &args.common.work_dir, &mut loads);
     let rap = rap_figures(&args, &rap_bin, &pids).await;
 
-    section(&started, "etcd (plaintext)", &mut loads);
+    section(
+        &started,
+        "etcd (plaintext)",
+        &args.common.work_dir,
+        &mut loads,
+    );
     let etcd_plain = etcd_figures(&args, None, &pids, false).await?;
 
-    section(&started, "etcd (mTLS)", &mut loads);
+    section(&started, "etcd (mTLS)", &args.common.work_dir, &mut loads);
     let etcd_tls = etcd_figures(&args, Some(tls), &pids, true).await?;
 
     print_table(&args, &floor, &rap, &etcd_tls, &etcd_plain);
     println!(
-        "* load average (1 min) at the start of each part: {}",
+        "* at the start of each part (1-min load average, fsync of 4 KiB p50 over 200 samples): {}",
         loads.join(", ")
     );
     println!("\nwhole run: {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// Says on stderr which part starts, and notes the load average.
-fn section(started: &Instant, name: &str, loads: &mut Vec<String>) {
+/// Says on stderr which part starts, and notes the load average and a
+/// short fsync sample (the disk is shared with whatever else runs).
+fn section(started: &Instant, name: &str, work_dir: &Path, loads: &mut Vec<String>) {
     let load = floors::load_average();
+    let fsync = floors::fsync_4k(work_dir, 200)
+        .map(|l| format!("{:.2} ms", millis(percentile(&l, 50))))
+        .unwrap_or_else(|e| format!("? ({e})"));
     eprintln!(
-        "[{:>5.0} s] {name} (load average {load})",
+        "[{:>5.0} s] {name} (load average {load}, fsync 4 KiB p50 {fsync})",
         started.elapsed().as_secs_f64()
     );
-    loads.push(format!("{name} {load}"));
+    loads.push(format!("{name}: load {load}, fsync p50 {fsync}"));
 }
 
 fn etcd_version(bin: &Path) -> String {
