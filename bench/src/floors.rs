@@ -36,6 +36,53 @@ pub fn fsync_4k(dir: &Path, count: usize) -> anyhow::Result<Vec<Duration>> {
     Ok(latencies)
 }
 
+/// A 4 KiB write + `fdatasync` every 20 ms on its own thread, while a
+/// measurement runs: what the disk gives anyone at that moment.
+pub struct FsyncProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Duration>>,
+}
+
+impl FsyncProbe {
+    /// Starts probing in a file of `dir`.
+    pub fn start(dir: &Path) -> anyhow::Result<FsyncProbe> {
+        use std::sync::atomic::Ordering;
+        let path = dir.join("fsync-probe.bin");
+        let mut file = std::fs::File::create(&path)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let block = [0x5a_u8; 4096];
+            let mut latencies = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                if file
+                    .write_all(&block)
+                    .and_then(|()| file.sync_data())
+                    .is_err()
+                {
+                    break;
+                }
+                latencies.push(t0.elapsed());
+                if file.stream_position().is_ok_and(|at| at >= 4 << 20) {
+                    let _ = file.seek(SeekFrom::Start(0));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            latencies
+        });
+        Ok(FsyncProbe { stop, thread })
+    }
+
+    /// Stops probing: the latencies seen (unsorted).
+    pub fn finish(self) -> Vec<Duration> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
 /// The 1-minute load average (from /proc/loadavg), if readable.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")

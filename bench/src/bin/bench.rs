@@ -84,6 +84,8 @@ fn main() -> anyhow::Result<()> {
 /// One system's figures.
 #[derive(Default)]
 struct Figures {
+    /// fsync latencies sampled while the write rows ran (sorted at the end).
+    fsync_during_writes: Vec<Duration>,
     small: Vec<(usize, Row)>,
     big: Vec<(usize, Row)>,
     reads: Vec<(usize, Row)>,
@@ -124,7 +126,7 @@ async fn bench(args: Args, rap_bin: PathBuf) -> anyhow::Result<()> {
     let floor = Floors::measure(&args, &tls).await?;
 
     section(&started, "rap", &args.common.work_dir, &mut loads);
-    let rap = rap_figures(&args, &rap_bin, &pids).await;
+    let rap = rap_figures(&args, &rap_bin, &pids).await?;
 
     section(
         &started,
@@ -204,7 +206,7 @@ impl Floors {
     }
 }
 
-async fn rap_figures(args: &Args, bin: &Path, pids: &Path) -> Figures {
+async fn rap_figures(args: &Args, bin: &Path, pids: &Path) -> anyhow::Result<Figures> {
     let timing = Timing {
         heartbeat_ms: HEARTBEAT_MS,
         election_min_ms: RAP_ELECTION_MS.0,
@@ -220,7 +222,10 @@ async fn rap_figures(args: &Args, bin: &Path, pids: &Path) -> Figures {
         let ops = (0..n)
             .map(|_| FenceOp::new(&cluster, leader, term))
             .collect();
-        figures.small.push((n, load::run(ops, duration).await));
+        let probe = floors::FsyncProbe::start(&args.common.work_dir)?;
+        let row = load::run(ops, duration).await;
+        figures.fsync_during_writes.extend(probe.finish());
+        figures.small.push((n, row));
     }
 
     let sealer = Arc::new(cluster.sealer());
@@ -239,7 +244,10 @@ async fn rap_figures(args: &Args, bin: &Path, pids: &Path) -> Figures {
                 )
             })
             .collect();
-        figures.big.push((n, load::run(ops, duration).await));
+        let probe = floors::FsyncProbe::start(&args.common.work_dir)?;
+        let row = load::run(ops, duration).await;
+        figures.fsync_during_writes.extend(probe.finish());
+        figures.big.push((n, row));
     }
 
     let mut publisher = PublishOp::new(
@@ -304,7 +312,7 @@ async fn rap_figures(args: &Args, bin: &Path, pids: &Path) -> Figures {
         }
     }
     cluster.kill_all();
-    figures
+    Ok(figures)
 }
 
 async fn etcd_figures(
@@ -338,13 +346,19 @@ async fn etcd_figures(
         let ops = (0..n)
             .map(|_| cluster.put_op(leader, "small", vec![0x42; SMALL]))
             .collect();
-        figures.small.push((n, load::run(ops, duration).await));
+        let probe = floors::FsyncProbe::start(&args.common.work_dir)?;
+        let row = load::run(ops, duration).await;
+        figures.fsync_during_writes.extend(probe.finish());
+        figures.small.push((n, row));
     }
     for &n in &args.big_clients {
         let ops = (0..n)
             .map(|k| cluster.put_op(leader, &format!("big-{k}"), vec![0x42; BIG]))
             .collect();
-        figures.big.push((n, load::run(ops, duration).await));
+        let probe = floors::FsyncProbe::start(&args.common.work_dir)?;
+        let row = load::run(ops, duration).await;
+        figures.fsync_during_writes.extend(probe.finish());
+        figures.big.push((n, row));
     }
     let mut put = cluster.put_op(leader, "read", vec![0x42; SMALL]);
     load::repeat(&mut put, 1)
@@ -645,6 +659,28 @@ fn print_table(
     println!(
         "* failover: from kill -9 of the leader until a write succeeds on a survivor; minority: median of {} run(s), the first write on the survivor after kill -9 of the other two (etcd with a {} s client deadline)",
         args.common.minority_runs, args.etcd_deadline_s
+    );
+    let during: Vec<String> = [
+        ("rap", rap),
+        ("etcd mTLS", etcd_tls),
+        ("etcd plain", etcd_plain),
+    ]
+    .iter()
+    .map(|(name, figures)| {
+        let mut samples = figures.fsync_during_writes.clone();
+        samples.sort();
+        let (p50, p99) = floors::p50_p99(&samples);
+        format!(
+            "{name} p50 {:.2} ms, p99 {:.2} ms ({} samples)",
+            millis(p50),
+            millis(p99),
+            samples.len()
+        )
+    })
+    .collect();
+    println!(
+        "* fsync of 4 KiB every 20 ms beside the write rows (the disk as the system saw it): {}",
+        during.join("; ")
     );
     for (name, figures) in [("rap", rap), ("etcd mTLS", etcd_tls)] {
         let outcomes: Vec<String> = figures
