@@ -2,8 +2,8 @@
 # rap side by side with etcd: one benchmark, one table (benchmarks are
 # scripts that print figures; no test asserts speed).
 #
-#   scripts/bench.sh            # about 5 minutes on 2 cores (after the build)
-#   scripts/bench.sh --quick    # about 2 minutes: 1 s per row, fewer runs
+#   scripts/bench.sh            # about 4 minutes on 2 cores (after the build)
+#   scripts/bench.sh --quick    # about 1 minute: 1 s per row, fewer runs
 #
 # Installs etcd from the distribution's packages if it is missing
 # (etcd-server, etcd-client), builds the release driver and
