@@ -34,9 +34,10 @@ bench_cleanup() {
     exit "$status"
 }
 
-# The release binary `name` of this workspace's target directory.
+# shellcheck source=scripts/target-dir.sh
+source "$(dirname "${BASH_SOURCE[0]}")/target-dir.sh"
+
+# The release binary `name` in cargo's target directory.
 bench_release_bin() {
-    local target_dir
-    target_dir="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-    printf '%s/release/%s\n' "$target_dir" "$1"
+    printf '%s/release/%s\n' "$(cargo_target_dir)" "$1"
 }
