@@ -56,11 +56,18 @@ impl Op for FenceOp {
 
 /// Publishes the next version of one scope per call (sealed by the
 /// caller, under one fence acquired up front): one durable Raft write.
+///
+/// A failed publication may still have been committed (a refusal after
+/// the entry was appended, a lost answer), so after a failure the op goes
+/// on with version 1 of a fresh scope (`<scope>-r<n>`) instead of guessing
+/// its head; a retry of the same version would be refused as a `FORK`.
 pub struct PublishOp {
     client: Client,
     sealer: Arc<Sealer>,
     fence: pb::FencingToken,
+    base_scope: String,
     scope: String,
+    restarts: u32,
     head: Option<(u64, Digest)>,
     body: Vec<u8>,
 }
@@ -80,7 +87,9 @@ impl PublishOp {
             client: cluster.client(index),
             sealer,
             fence,
+            base_scope: scope.clone(),
             scope,
+            restarts: 0,
             head: None,
             body,
         }
@@ -110,9 +119,14 @@ impl PublishOp {
     }
 
     async fn send(&mut self, version: u64, hash: Digest, bytes: Vec<u8>) -> Result<u64, String> {
-        rap_testkit::cluster::publish(&mut self.client, self.fence.clone(), vec![bytes])
-            .await
-            .map_err(|status| outcome_of(&status))?;
+        let result =
+            rap_testkit::cluster::publish(&mut self.client, self.fence.clone(), vec![bytes]).await;
+        if let Err(status) = result {
+            self.restarts += 1;
+            self.scope = format!("{}-r{}", self.base_scope, self.restarts);
+            self.head = None;
+            return Err(outcome_of(&status));
+        }
         self.head = Some((version, hash));
         Ok(version)
     }
