@@ -84,7 +84,9 @@ fn bad_input_is_refused_typed_and_counted() {
             .await
             .expect("a valid fence");
 
-        let genuine = cluster.seal("node/n1", &["node:n1"], 1, None, term, b"genuine");
+        let genuine = cluster
+            .sealer()
+            .seal("node/n1", &["node:n1"], 1, None, term, b"genuine");
         let mut bad_signature = genuine.bytes.clone();
         if let Some(last) = bad_signature.last_mut() {
             *last ^= 0x01;

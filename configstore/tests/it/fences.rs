@@ -249,7 +249,9 @@ fn leader_kill_under_load_then_full_restart_loses_nothing() {
         let fence = acquire(&mut client, &cluster_id, term, "publish")
             .await
             .expect("fence for the publication");
-        let shard = cluster.seal("node/n1", &["node:n1"], 1, None, term, b"shard body v1");
+        let shard = cluster
+            .sealer()
+            .seal("node/n1", &["node:n1"], 1, None, term, b"shard body v1");
         let published = publish(&mut client, fence.clone(), vec![shard.bytes.clone()])
             .await
             .expect("publish node/n1 v1");

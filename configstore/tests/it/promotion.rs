@@ -35,7 +35,9 @@ fn promotion_fences_the_old_side_and_rejoin_brings_it_back() {
         let old_fence = acquire(&mut client, &cluster_id, 1, "before")
             .await
             .expect("fence at term 1");
-        let v1 = cluster.seal("node/n1", &["node:n1"], 1, None, 1, b"v1");
+        let v1 = cluster
+            .sealer()
+            .seal("node/n1", &["node:n1"], 1, None, 1, b"v1");
         let published = publish(&mut client, old_fence.clone(), vec![v1.bytes.clone()])
             .await
             .expect("publish v1 at term 1");
@@ -118,6 +120,7 @@ fn promotion_fences_the_old_side_and_rejoin_brings_it_back() {
             old_fence,
             vec![
                 cluster
+                    .sealer()
                     .seal("node/n2", &["node:n2"], 1, None, 1, b"x")
                     .bytes,
             ],
@@ -129,7 +132,10 @@ fn promotion_fences_the_old_side_and_rejoin_brings_it_back() {
             .await
             .expect_err("v1 again");
         assert_eq!(code_of(&replay), "REPLAY", "the seed's state must carry v1");
-        let old_term_envelope = cluster.seal("node/n3", &["node:n3"], 1, None, 1, b"term 1");
+        let old_term_envelope =
+            cluster
+                .sealer()
+                .seal("node/n3", &["node:n3"], 1, None, 1, b"term 1");
         let mismatch = publish(&mut client, fence.clone(), vec![old_term_envelope.bytes])
             .await
             .expect_err("term-1 envelope");

@@ -85,7 +85,9 @@ impl Publisher {
             None => (1, None),
         };
         let term = cluster.authority_term(via).await;
-        let sealed = cluster.seal(scope, readers, version, prev, term, body);
+        let sealed = cluster
+            .sealer()
+            .seal(scope, readers, version, prev, term, body);
         let mut client = cluster.client(via);
         let fence = acquire(&mut client, CLUSTER, term, "shard test")
             .await
@@ -744,7 +746,7 @@ fn a_minority_serves_reads_and_refuses_publishes() {
         let fence_took = started.elapsed();
         expect_no_quorum("AcquireFence", fence);
         let (v1, prev) = shards.heads["node/n1"];
-        let sealed = cluster.seal(
+        let sealed = cluster.sealer().seal(
             "node/n1",
             &["node:n1"],
             v1 + 1,

@@ -1,7 +1,6 @@
 //! A cluster of real `rap-configstore` processes on 127.0.0.1, for the
-//! multi-process tests of `rap-configstore` and the benchmark driver
-//! (`configstore/examples/bench_authority.rs`). The caller names the
-//! binary (see the crate docs).
+//! multi-process tests of `rap-configstore` and the benchmark drivers
+//! (`bench/`). The caller names the binary (see the crate docs).
 //!
 //! [`Cluster::new`] makes a temporary directory with a development CA
 //! (`ClusterCa`, one certificate per node plus one for the `admin` client), a
@@ -243,6 +242,50 @@ impl Default for Timing {
             election_min_ms: ELECTION_MIN_MS,
             election_max_ms: ELECTION_MAX_MS,
         }
+    }
+}
+
+/// Seals shards of one cluster under one signing key (see
+/// [`Cluster::sealer`]).
+pub struct Sealer {
+    /// The cluster the shards belong to.
+    pub cluster_id: ClusterId,
+    /// The snapshot-signing key.
+    pub signer: SnapshotSigner,
+}
+
+impl Sealer {
+    /// Seals `scope` with readers `readers`, `version` (with `prev`),
+    /// authority term `term` and `body`, valid for an hour.
+    pub fn seal(
+        &self,
+        scope: &str,
+        readers: &[&str],
+        version: u64,
+        prev: Option<rap_proto::envelope::Digest>,
+        term: u64,
+        body: &[u8],
+    ) -> SealedEnvelope {
+        let now = UnixMillis::now();
+        rap_proto::envelope::seal(
+            ShardDraft {
+                cluster_id: self.cluster_id.clone(),
+                scope: scope.parse().expect("valid scope"),
+                version: SnapshotVersion(version),
+                authority_term: AuthorityTerm(term),
+                issued_at: now,
+                expires_at: UnixMillis(now.0 + 3_600_000),
+                prev_hash: prev,
+                readers: readers
+                    .iter()
+                    .map(|r| r.parse::<ReaderSelector>().expect("valid reader"))
+                    .collect(),
+                body: body.to_vec(),
+            },
+            &self.signer,
+            TrustGeneration(1),
+        )
+        .expect("seal the shard")
     }
 }
 
@@ -653,37 +696,13 @@ impl Cluster {
         sum
     }
 
-    /// Seals a shard under the genesis key: `scope`, readers `readers`,
-    /// `version` (with `prev`), authority term `term`, valid for an hour.
-    pub fn seal(
-        &self,
-        scope: &str,
-        readers: &[&str],
-        version: u64,
-        prev: Option<rap_proto::envelope::Digest>,
-        term: u64,
-        body: &[u8],
-    ) -> SealedEnvelope {
-        let now = UnixMillis::now();
-        rap_proto::envelope::seal(
-            ShardDraft {
-                cluster_id: self.cluster_id.clone(),
-                scope: scope.parse().expect("valid scope"),
-                version: SnapshotVersion(version),
-                authority_term: AuthorityTerm(term),
-                issued_at: now,
-                expires_at: UnixMillis(now.0 + 3_600_000),
-                prev_hash: prev,
-                readers: readers
-                    .iter()
-                    .map(|r| r.parse::<ReaderSelector>().expect("valid reader"))
-                    .collect(),
-                body: body.to_vec(),
-            },
-            &self.signer,
-            TrustGeneration(1),
-        )
-        .expect("seal the shard")
+    /// A [`Sealer`] of shards under the genesis key (a copy of it, so
+    /// tasks seal without borrowing the cluster).
+    pub fn sealer(&self) -> Sealer {
+        Sealer {
+            cluster_id: self.cluster_id.clone(),
+            signer: SnapshotSigner::from_secret_bytes(&self.signer.to_secret_bytes()),
+        }
     }
 
     /// Runs the `rap-configstore` CLI with `args`: (exit code, stdout, stderr).
