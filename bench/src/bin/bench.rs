@@ -5,7 +5,7 @@
 //! generator (`rap_bench::load`) at the same concurrency, each client on
 //! its own connection:
 //!
-//! * rap: 3 `rap-configstore` voters, mTLS, redb with an fsync per commit;
+//! * rap: 3 `rap-configstore` voters, mTLS, redb with an fsync per log append;
 //! * etcd: 3 members, plaintext, then 3 members with mutual TLS on client
 //!   and peer URLs (rap's set-up), so the cost of TLS is its own column.
 //!
@@ -107,7 +107,7 @@ async fn bench(args: Args, rap_bin: PathBuf) -> anyhow::Result<()> {
         "rap vs etcd on 127.0.0.1: 3 voters/members each, one system at a time; {cpus} CPU(s) shared by servers and clients"
     );
     println!(
-        "rap: rap-configstore, mTLS, redb (fsync per commit), heartbeat {HEARTBEAT_MS} ms, election {}-{} ms",
+        "rap: rap-configstore, mTLS, redb (an fsync per log append; fences group-committed), heartbeat {HEARTBEAT_MS} ms, election {}-{} ms",
         RAP_ELECTION_MS.0, RAP_ELECTION_MS.1
     );
     println!(

@@ -66,7 +66,7 @@ async fn bench(args: Args, bin: PathBuf) {
     )
     .await;
     println!(
-        "rap-configstore authority benchmark: 3 voters on 127.0.0.1, mTLS, redb (fsync per commit)"
+        "rap-configstore authority benchmark: 3 voters on 127.0.0.1, mTLS, redb (an fsync per log append; fences group-committed)"
     );
     println!(
         "timing: heartbeat {} ms, election timeout {}-{} ms (write budget {} ms); {} CPU(s) shared by servers and clients",
