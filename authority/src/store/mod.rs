@@ -95,9 +95,12 @@ pub const LOG_ENTRY_BYTES_MAX: usize = RAFT_RPC_BYTES_MAX;
 
 /// Most bytes of encoded entries one `limited_get_log_entries` call (one
 /// append-entries batch) returns; a single larger entry is still returned
-/// alone. One full `PublishShards` entry fits, and the batch stays under
-/// [`RAFT_RPC_BYTES_MAX`] with room for the RPC's own framing.
-pub const REPLICATION_BATCH_BYTES_MAX: usize = PUBLISH_BYTES_MAX;
+/// alone. openraft 0.9 gives an AppendEntries RPC one heartbeat interval
+/// to complete (send, the follower's fsync, answer); a batch of hundreds
+/// of large entries did not fit, timed out again and again under load,
+/// and the leader's quorum lease lapsed (`NO_QUORUM 3/3`). 4 MiB makes it
+/// in a few milliseconds on loopback.
+pub const REPLICATION_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Largest snapshot built, received or installed (256 MiB). A cluster's
 /// shards are small signed documents (a few KiB each, at most
