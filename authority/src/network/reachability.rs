@@ -66,6 +66,10 @@ impl Clock for ManualClock {
     }
 }
 
+/// Failures in a row, the latest a failed connection, after which a peer
+/// counts as gone ([`PeerContact::is_gone`]).
+pub const GONE_AFTER_FAILURES: u32 = 2;
+
 /// What the transport knows about one peer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerContact {
@@ -94,11 +98,13 @@ impl PeerContact {
                 .is_some_and(|success| now.saturating_duration_since(success) <= within)
     }
 
-    /// Gone at `now`: its latest outcome is a failure, and the transport
-    /// found no connection to it within `within` (a timeout alone does
-    /// not count: a busy peer is slow, not gone).
+    /// Gone at `now`: its latest [`GONE_AFTER_FAILURES`] outcomes at least
+    /// are failures, and the transport found no connection to it within
+    /// `within` (a timeout alone does not count: a busy peer is slow, not
+    /// gone; one broken connection alone does not either: the first call
+    /// after a peer restarted fails on the old connection).
     pub fn is_gone(&self, now: Instant, within: Duration) -> bool {
-        self.consecutive_failures > 0
+        self.consecutive_failures >= GONE_AFTER_FAILURES
             && self.last_unreachable.is_some_and(|at| {
                 now.saturating_duration_since(at) <= within
                     && self.last_success.is_none_or(|success| success <= at)
@@ -279,6 +285,36 @@ mod tests {
         let clock = Arc::new(ManualClock::new());
         let reach = Reachability::with_clock(clock.clone());
         (clock, reach)
+    }
+
+    // Goal: a peer is gone only after GONE_AFTER_FAILURES failures in a
+    // row whose latest is a failed connection, and only while that is
+    // recent; a timeout is not gone; one success clears it. Method: a
+    // manual clock and recorded outcomes.
+    #[test]
+    fn gone_needs_failed_connections_in_a_row() {
+        let (clock, reach) = record();
+        let window = Duration::from_millis(200);
+        let gone = |reach: &Reachability| {
+            reach
+                .peer(7)
+                .is_some_and(|p| p.is_gone(reach.now(), window))
+        };
+        reach.record_success(7);
+        reach.record_unreachable(7);
+        assert!(!gone(&reach), "one broken connection is not gone");
+        reach.record_unreachable(7);
+        assert!(gone(&reach));
+        clock.advance(Duration::from_millis(201));
+        assert!(!gone(&reach), "only while recent");
+        reach.record_success(7);
+        reach.record_failure(7);
+        reach.record_failure(7);
+        assert!(!gone(&reach), "timeouts are slow, not gone");
+        reach.record_unreachable(7);
+        assert!(gone(&reach));
+        reach.record_success(7);
+        assert!(!gone(&reach));
     }
 
     // Goal: a peer is reachable only if its latest outcome is a success and

@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod failover;
 mod fences;
 mod heads;
 mod membership;
@@ -348,6 +349,10 @@ impl AuthorityNode {
         };
         tokio::spawn(track_term(Arc::downgrade(&node)).instrument(span("track_term")));
         tokio::spawn(probe_voters(Arc::downgrade(&node)).instrument(span("probe_voters")));
+        tokio::spawn(
+            failover::campaign_when_lease_ends(Arc::downgrade(&node))
+                .instrument(span("campaign_when_lease_ends")),
+        );
         tracing::info!(
             cluster_id = %node.options.cluster_id,
             node_id = %node.options.node_id,
@@ -539,22 +544,23 @@ impl AuthorityNode {
                     // before proposing. (A peer counts as gone only for two
                     // heartbeats after a failed connection, so a restarted
                     // one is counted again at once.)
-                    if self.quorum_lost(&voters, lease) {
+                    if self.quorum_lost(&voters, Some(lease)) {
                         return Err(self.no_quorum(&voters));
                     }
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     let write =
                         tokio::time::timeout(remaining, self.raft.client_write(request.clone()));
                     tokio::pin!(write);
-                    // While the entry waits for its quorum, a leader that
-                    // finds the quorum gone refuses at once rather than at
-                    // the end of the budget: its lease ran out, or the
-                    // transport can connect to too few voters.
+                    // While the entry waits for its quorum, a leader whose
+                    // transport can connect to too few voters refuses at
+                    // once rather than at the end of the budget. (Not on
+                    // the lease: peers that just came back may ack late
+                    // while they catch up, and the write then succeeds.)
                     let written = loop {
                         tokio::select! {
                             written = &mut write => break written,
                             () = tokio::time::sleep(self.quorum_check_interval()) => {
-                                if self.quorum_lost(&voters, lease) {
+                                if self.quorum_lost(&voters, None) {
                                     return Err(self.no_quorum(&voters));
                                 }
                             }

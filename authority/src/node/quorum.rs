@@ -92,17 +92,21 @@ impl AuthorityNode {
     }
 
     /// Whether this leader has certainly lost its quorum: no quorum
-    /// acknowledged it within `lease`, or the transport found too many
-    /// voters gone (no connection within two heartbeats:
-    /// `PeerContact::is_gone`) for the rest to make a quorum. A write
-    /// refused on this may still commit later; its caller never sees it.
+    /// acknowledged it within `lease` (when given), or the transport found
+    /// too many voters gone (failed connections in a row within two
+    /// heartbeats: `PeerContact::is_gone`) for the rest to make a quorum.
+    /// A write refused on this may still commit later; its caller never
+    /// sees it.
     pub(super) fn quorum_lost(
         &self,
         voters: &BTreeMap<RaftNodeId, Member>,
-        lease: Duration,
+        lease: Option<Duration>,
     ) -> bool {
         let metrics = self.raft_metrics();
-        if !partition::leader_lease_valid(metrics.millis_since_quorum_ack, lease) {
+        if let Some(lease) = lease
+            && !partition::leader_lease_valid(metrics.millis_since_quorum_ack, lease)
+        {
+            tracing::debug!(cluster_id = %self.options.cluster_id, node_id = %self.options.node_id, since_quorum_ack_ms = ?metrics.millis_since_quorum_ack, "quorum lost: the lease ended");
             return true;
         }
         let now = self.reach.now();
@@ -117,7 +121,11 @@ impl AuthorityNode {
                         .is_some_and(|peer| peer.is_gone(now, within))
             })
             .count();
-        standing < partition::quorum(voters.len())
+        let lost = standing < partition::quorum(voters.len());
+        if lost {
+            tracing::debug!(cluster_id = %self.options.cluster_id, node_id = %self.options.node_id, standing, voters = voters.len(), "quorum lost: the transport cannot connect to enough voters");
+        }
+        lost
     }
 
     pub(super) fn no_quorum(&self, voters: &BTreeMap<RaftNodeId, Member>) -> Error {
