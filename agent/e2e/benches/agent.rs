@@ -17,8 +17,8 @@
 //!    cache is the only one).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use rap_controlplane::enrollment;
 use rap_controlplane::keys::ClusterKeys;
-use rap_controlplane::{enrollment, workloads};
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
 use rap_testkit::platform::{Platform, StorageMode};
@@ -182,18 +182,7 @@ async fn bench() {
     .unwrap();
     assert!(join.wait().await.unwrap().success());
     p.assign_role("node-a", "relay-node").await;
-    workloads::set_desired_state(
-        &p.ctx,
-        &p.owner,
-        &pb::SetServiceDesiredStateRequest {
-            cluster_id: "c1".into(),
-            node_id: "node-a".into(),
-            service: "synthetic-echo".into(),
-            desired_state: "enabled".into(),
-        },
-    )
-    .await
-    .unwrap();
+    p.set_service("node-a", "synthetic-echo", "enabled").await;
     p.wait_for_publisher().await;
 
     let agent = tokio::process::Command::new(BIN)

@@ -306,6 +306,14 @@ impl Endpoints {
 mod tests {
     use super::*;
 
+    /// The node ids of `eps`, best first.
+    fn names(eps: &Endpoints) -> Vec<String> {
+        eps.ranked()
+            .into_iter()
+            .map(|i| eps.list[i].endpoint.node_id.clone())
+            .collect()
+    }
+
     fn e(id: &str, zone: &str, role: &str) -> Endpoint {
         Endpoint {
             node_id: id.into(),
@@ -330,12 +338,6 @@ mod tests {
         ]);
         eps.zone = "z1".into();
         eps.region = "r1".into();
-        let names = |eps: &Endpoints| -> Vec<String> {
-            eps.ranked()
-                .into_iter()
-                .map(|i| eps.list[i].endpoint.node_id.clone())
-                .collect()
-        };
         assert_eq!(names(&eps), ["k1", "s2", "k2", "s1"]);
         let k1 = eps.ranked()[0];
         eps.failed(k1, "unreachable");
@@ -373,12 +375,6 @@ mod tests {
         ]);
         eps.zone = "z1".into();
         eps.region = "r1".into();
-        let names = |eps: &Endpoints| -> Vec<String> {
-            eps.ranked()
-                .into_iter()
-                .map(|i| eps.list[i].endpoint.node_id.clone())
-                .collect()
-        };
         let busy = load_fraction(&ServerLoad {
             watches: 500,
             watches_max: 1000,

@@ -757,6 +757,23 @@ impl Platform {
         .unwrap();
     }
 
+    /// Sets the desired state (`enabled`, `disabled`) of `service` on
+    /// `node` as the owner.
+    pub async fn set_service(&self, node: &str, service: &str, desired_state: &str) {
+        rap_controlplane::workloads::set_desired_state(
+            &self.ctx,
+            &self.owner,
+            &pb::SetServiceDesiredStateRequest {
+                cluster_id: self.cluster.clone(),
+                node_id: node.to_string(),
+                service: service.to_string(),
+                desired_state: desired_state.to_string(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+
     /// Removes `role` (no organization) from `node` as the owner.
     pub async fn remove_role(&self, node: &str, role: &str) {
         rap_controlplane::roles::remove(

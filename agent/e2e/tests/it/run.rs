@@ -3,7 +3,7 @@
 //! nodes and cache replicas.
 
 use crate::join::{Agent, cluster_keys, pending_requests};
-use rap_controlplane::{enrollment, workloads};
+use rap_controlplane::enrollment;
 use rap_proto::pb;
 use rap_testkit::platform::{Platform, StorageMode};
 use std::path::Path;
@@ -217,18 +217,7 @@ async fn an_agent_reads_its_scopes_fails_over_and_restarts() {
 
     // The built-in synthetic-echo, desired and allowed by the role: it
     // runs, echoes, and the heartbeat reports it running.
-    workloads::set_desired_state(
-        &p.ctx,
-        &p.owner,
-        &pb::SetServiceDesiredStateRequest {
-            cluster_id: cluster.clone(),
-            node_id: "node-a".into(),
-            service: "synthetic-echo".into(),
-            desired_state: "enabled".into(),
-        },
-    )
-    .await
-    .unwrap();
+    p.set_service("node-a", "synthetic-echo", "enabled").await;
     let running = reaches(state.path(), &cluster, "synthetic-echo running", |s| {
         workload(s, "synthetic-echo")["observed"] == "running"
     })
@@ -446,18 +435,7 @@ async fn an_agent_renews_across_lifetimes_and_stops_when_revoked() {
 
     // Still reading and heartbeating with the renewed certificates.
     p.assign_role("node-r", "relay-node").await;
-    workloads::set_desired_state(
-        &p.ctx,
-        &p.owner,
-        &pb::SetServiceDesiredStateRequest {
-            cluster_id: cluster.clone(),
-            node_id: "node-r".into(),
-            service: "synthetic-echo".into(),
-            desired_state: "enabled".into(),
-        },
-    )
-    .await
-    .unwrap();
+    p.set_service("node-r", "synthetic-echo", "enabled").await;
     let running = reaches(state.path(), &cluster, "new versions after renewals", |s| {
         version(s, "node/node-r") > node_version
             && workload(s, "synthetic-echo")["observed"] == "running"
@@ -566,18 +544,7 @@ async fn reads_go_on_after_the_serving_voter_is_killed() {
     p.kill_storage(&serving).await;
     let killed_at = std::time::Instant::now();
     let node_version = version(&watched, "node/node-v");
-    workloads::set_desired_state(
-        &p.ctx,
-        &p.owner,
-        &pb::SetServiceDesiredStateRequest {
-            cluster_id: cluster.clone(),
-            node_id: "node-v".into(),
-            service: "synthetic-echo".into(),
-            desired_state: "enabled".into(),
-        },
-    )
-    .await
-    .unwrap();
+    p.set_service("node-v", "synthetic-echo", "enabled").await;
     let after = reaches(
         state.path(),
         &cluster,
