@@ -544,23 +544,25 @@ impl AuthorityNode {
                     // before proposing. (A peer counts as gone only for two
                     // heartbeats after a failed connection, so a restarted
                     // one is counted again at once.)
-                    if self.quorum_lost(&voters, Some(lease)) {
+                    if self.quorum_lost(&voters, lease) {
                         return Err(self.no_quorum(&voters));
                     }
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     let write =
                         tokio::time::timeout(remaining, self.raft.client_write(request.clone()));
                     tokio::pin!(write);
-                    // While the entry waits for its quorum, a leader whose
-                    // transport can connect to too few voters refuses at
-                    // once rather than at the end of the budget. (Not on
-                    // the lease: peers that just came back may ack late
-                    // while they catch up, and the write then succeeds.)
+                    // While the entry waits for its quorum, a leader that
+                    // finds the quorum gone refuses at once rather than at
+                    // the end of the budget (the same rule as before
+                    // proposing: a lapsed lease counts only when the
+                    // transport does not reach a quorum either, so peers
+                    // that just came back and acknowledge late while they
+                    // catch up do not get the write refused).
                     let written = loop {
                         tokio::select! {
                             written = &mut write => break written,
                             () = tokio::time::sleep(self.quorum_check_interval()) => {
-                                if self.quorum_lost(&voters, None) {
+                                if self.quorum_lost(&voters, lease) {
                                     return Err(self.no_quorum(&voters));
                                 }
                             }

@@ -92,7 +92,8 @@ impl AuthorityNode {
     }
 
     /// Whether this leader has certainly lost its quorum: no quorum
-    /// acknowledged it within `lease` (when given), or the transport found
+    /// acknowledged it within `lease` and the transport does
+    /// not reach a quorum of voters either, or the transport found
     /// too many voters gone (failed connections in a row within two
     /// heartbeats: `PeerContact::is_gone`) for the rest to make a quorum.
     /// A write refused on this may still commit later; its caller never
@@ -100,11 +101,14 @@ impl AuthorityNode {
     pub(super) fn quorum_lost(
         &self,
         voters: &BTreeMap<RaftNodeId, Member>,
-        lease: Option<Duration>,
+        lease: Duration,
     ) -> bool {
         let metrics = self.raft_metrics();
-        if let Some(lease) = lease
-            && !partition::leader_lease_valid(metrics.millis_since_quorum_ack, lease)
+        // A lapsed lease alone is not proof: under heavy load a quorum
+        // that answers every call may acknowledge late. It counts when the
+        // transport does not reach a quorum either.
+        if !partition::leader_lease_valid(metrics.millis_since_quorum_ack, lease)
+            && self.reachable_voters(voters) < partition::quorum(voters.len())
         {
             tracing::debug!(cluster_id = %self.options.cluster_id, node_id = %self.options.node_id, since_quorum_ack_ms = ?metrics.millis_since_quorum_ack, "quorum lost: the lease ended");
             return true;
