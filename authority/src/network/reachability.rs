@@ -125,6 +125,7 @@ pub struct Reachability {
     clock: Arc<dyn Clock>,
     peers: Mutex<HashMap<RaftNodeId, PeerContact>>,
     last_leader_contact: Mutex<Option<Instant>>,
+    refused_shorter_log: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Default for Reachability {
@@ -145,6 +146,7 @@ impl Reachability {
             clock,
             peers: Mutex::new(HashMap::new()),
             last_leader_contact: Mutex::new(None),
+            refused_shorter_log: Mutex::new(None),
         }
     }
 
@@ -190,6 +192,27 @@ impl Reachability {
             .last_leader_contact
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(now);
+    }
+
+    /// This node refused its vote to a candidate whose log is behind its
+    /// own: that candidate cannot win while this node is needed, so this
+    /// node may campaign instead (see the failover module).
+    /// `candidate_term` is the term the candidate asked in.
+    pub fn record_refused_shorter_log(&self, candidate_term: u64) {
+        let now = self.now();
+        *self
+            .refused_shorter_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((now, candidate_term));
+    }
+
+    /// When this node last refused a candidate whose log was behind, and
+    /// the term that candidate asked in.
+    pub fn last_refused_shorter_log(&self) -> Option<(Instant, u64)> {
+        *self
+            .refused_shorter_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Forgets `target` (it left the membership).

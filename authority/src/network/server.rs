@@ -249,8 +249,19 @@ impl<H: RaftHandler> RaftService for RaftServer<H> {
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
-        self.serve("vote", request, |rpc| self.handler.vote(rpc))
-            .await
+        self.serve("vote", request, |rpc: codec::VoteRequest| async {
+            let candidate_log = rpc.last_log_id;
+            let candidate_term = rpc.vote.leader_id().get_term();
+            let reply = self.handler.vote(rpc).await;
+            if let Ok(answer) = &reply
+                && !answer.vote_granted
+                && answer.last_log_id > candidate_log
+            {
+                self.reachability.record_refused_shorter_log(candidate_term);
+            }
+            reply
+        })
+        .await
     }
 
     async fn install_snapshot(

@@ -17,7 +17,7 @@ use rap_authority::network::codec::{
 use rap_authority::network::{
     NetworkConfig, NetworkFactory, PeerAuth, RaftHandler, RaftServer, Reachability, TermGuard,
 };
-use rap_authority::typ::{Member, RaftError, SnapshotMeta, Vote, raft_id_of};
+use rap_authority::typ::{LogId, Member, RaftError, SnapshotMeta, Vote, raft_id_of};
 use rap_core::codes::error_detail;
 use rap_core::identity::PeerIdentity;
 use rap_core::tls::live::{LiveIdentity, server_config};
@@ -48,6 +48,8 @@ struct Stub {
     calls: Arc<AtomicUsize>,
     stall: Option<Duration>,
     stopped: bool,
+    /// Answer votes with (granted, this node's last log id) instead.
+    vote_answer: Option<(bool, Option<LogId>)>,
     last_chunk: Arc<Mutex<Option<InstallSnapshotRequest>>>,
 }
 
@@ -75,7 +77,10 @@ impl RaftHandler for Stub {
         if self.stopped {
             return Err(RaftError::Fatal(Fatal::Stopped));
         }
-        Ok(VoteResponse::new(rpc.vote, None, true))
+        Ok(match self.vote_answer {
+            Some((granted, last_log_id)) => VoteResponse::new(rpc.vote, last_log_id, granted),
+            None => VoteResponse::new(rpc.vote, None, true),
+        })
     }
 
     async fn install_snapshot(&self, rpc: InstallSnapshotRequest) -> InstallSnapshotReply {
@@ -361,6 +366,40 @@ async fn mtls_same_ca_round_trip() {
         running.reachability.last_leader_contact().is_some(),
         "the server records a leader's AppendEntries"
     );
+}
+
+// Goal: the server notes when Raft refused a candidate whose log is behind
+// this node's (with the candidate's term), so the failover module can
+// campaign instead of that candidate; a refusal with no longer log (a
+// lease) and a granted vote are not noted. Method: stub handlers answering
+// each way to the same vote request (term 4, empty log).
+#[tokio::test]
+async fn a_refused_shorter_log_is_noted() {
+    let k = keys();
+    let ours = LogId::new(openraft::CommittedLeaderId::new(3, 1), 10);
+    for (answer, noted) in [
+        ((false, Some(ours)), true),
+        ((false, None), false),
+        ((true, Some(ours)), false),
+    ] {
+        let stub = Stub {
+            vote_answer: Some(answer),
+            ..Stub::default()
+        };
+        let running = serve(stub.clone(), 1, &k, None).await;
+        let mut factory = factory("s2", 1, &k, None);
+        let mut connection = factory
+            .new_client(raft_id_of(SERVER_NODE), &member(SERVER_NODE, running.addr))
+            .await;
+        let reply = connection
+            .vote(vote_request(), RPCOption::new(TTL))
+            .await
+            .expect("vote");
+        assert_eq!(reply.vote_granted, answer.0);
+        assert_eq!(stub.calls(), 1);
+        let seen = running.reachability.last_refused_shorter_log();
+        assert_eq!(seen.map(|(_, term)| term), noted.then_some(4), "{answer:?}");
+    }
 }
 
 // Goal: the header check runs before Raft, and its refusal crosses the

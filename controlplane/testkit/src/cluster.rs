@@ -740,11 +740,13 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("===== node logs (last {LOG_TAIL_LINES} lines each) =====");
             eprintln!("{}", self.log_tails());
-            if std::env::var_os("RAP_KEEP_TEST_DIRS").is_some()
-                && let Some(dir) = self.dir.take()
-            {
-                eprintln!("kept {}", dir.keep().display());
-            }
+        }
+        // RAP_KEEP_TEST_DIRS keeps the nodes' data and logs (a failed
+        // test's, or a benchmark's to read after it).
+        if std::env::var_os("RAP_KEEP_TEST_DIRS").is_some()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("kept {}", dir.keep().display());
         }
     }
 }
