@@ -68,6 +68,12 @@ use tracing::Instrument;
 /// node's state announces nothing more.
 pub const WATCH_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long one computed [`pb::Staleness`] is handed out again: the
+/// partition view and the apply age take a look at the Raft metrics and
+/// the transport, too much to repeat for every watcher an apply wakes.
+/// The apply age it reports may be this much too young.
+pub const STALENESS_REUSE_MAX: Duration = Duration::from_millis(2);
+
 /// What a `ShardService` serves from.
 #[derive(Clone, Debug)]
 enum Source {
@@ -121,6 +127,24 @@ impl At {
         match self {
             At::Group(node) => node.state().shard(scope),
             At::Cache(replica) => replica.shard(scope),
+        }
+    }
+
+    /// The header hash of the envelope `scope` holds, without copying it.
+    fn header_hash(&self, scope: &str) -> Option<Digest> {
+        let of = |shards: &BTreeMap<String, ShardRecord>| shards.get(scope).map(|r| r.header_hash);
+        match self {
+            At::Group(node) => node.state().read(|state| of(&state.shards)),
+            At::Cache(replica) => replica.read(of),
+        }
+    }
+
+    /// Which serving node this is: the same pointer while the slot holds
+    /// the same node (a promotion or a rejoin puts a new one there).
+    fn identity(&self) -> usize {
+        match self {
+            At::Group(node) => Arc::as_ptr(node) as usize,
+            At::Cache(replica) => Arc::as_ptr(replica) as usize,
         }
     }
 
@@ -248,6 +272,8 @@ pub struct ShardApi {
     watches: Arc<AtomicUsize>,
     /// `GetShard` calls in progress (reported as load).
     reads: Arc<AtomicUsize>,
+    /// The last staleness computed: (which node, when, what).
+    staleness: Arc<Mutex<Option<(usize, Instant, pb::Staleness)>>>,
     /// Turns true when the server stops: open watches end (a graceful
     /// shutdown waits for open streams, and a watch never ends by itself).
     stopping: Option<watch::Receiver<bool>>,
@@ -280,8 +306,29 @@ impl ShardApi {
             readers: Arc::new(Readers::default()),
             watches: Arc::new(AtomicUsize::new(0)),
             reads: Arc::new(AtomicUsize::new(0)),
+            staleness: Arc::new(Mutex::new(None)),
             stopping: None,
         }
+    }
+
+    /// How fresh what `at` serves is, computed at most once per
+    /// [`STALENESS_REUSE_MAX`] for one serving node.
+    fn staleness(&self, at: &At) -> pb::Staleness {
+        let identity = at.identity();
+        let now = Instant::now();
+        let lock = || {
+            self.staleness
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if let Some((_, _, fresh)) = lock().as_ref().filter(|(node, at, _)| {
+            *node == identity && now.saturating_duration_since(*at) <= STALENESS_REUSE_MAX
+        }) {
+            return *fresh;
+        }
+        let fresh = at.staleness();
+        *lock() = Some((identity, now, fresh));
+        fresh
     }
 
     /// Ends every open watch (cleanly: the caller resumes elsewhere with
@@ -378,7 +425,7 @@ impl ShardApi {
                 wanted: message.min_version,
             });
         }
-        Ok(answer(&at, record, at.staleness(), self.load()))
+        Ok(answer(&at, record, self.staleness(&at), self.load()))
     }
 
     fn list(
@@ -564,7 +611,12 @@ pub fn reader_of(record: Option<ShardRecord>, cluster_id: &ClusterId, node_id: &
 pub struct Readers {
     cache: Mutex<HashMap<String, CachedReaders>>,
     assignments: Mutex<HashMap<NodeId, CachedAssignment>>,
+    nodes: Mutex<HashMap<NodeId, CachedNode>>,
 }
+
+/// Who one node agent is: (the header hash of the `node/<id>` envelope it
+/// was read from, `None` while none is held; the reader).
+type CachedNode = (Option<Digest>, Reader);
 
 /// The readers of one envelope version: (its header hash, its readers).
 type CachedReaders = (Digest, Arc<[ReaderSelector]>);
@@ -578,8 +630,7 @@ impl Readers {
     /// of the `cache/<caller>` shard held there.
     fn who(&self, at: &At, caller: &ShardCaller) -> Result<Who> {
         if caller.kind != IdentityKind::Storage {
-            let own = at.shard(&Scope::Node(caller.node_id.clone()).to_string());
-            return Ok(Who::Node(reader_of(own, at.cluster_id(), &caller.node_id)));
+            return Ok(Who::Node(self.node_reader(at, &caller.node_id)));
         }
         let scope = Scope::Cache(caller.node_id.clone()).to_string();
         let mut scopes = BTreeSet::from([scope.clone()]);
@@ -635,6 +686,26 @@ impl Readers {
     /// The shard `scope` holds, if `who` may read it: `NOT_FOUND` when
     /// `at` holds no shard of `scope`, `NOT_A_READER` when its envelope's
     /// readers (or the cache's assignment) do not admit `who`.
+    /// The reader node agent `node_id` is at `at` ([`reader_of`] its
+    /// `node/<id>` shard), decoded once per version of that shard.
+    fn node_reader(&self, at: &At, node_id: &NodeId) -> Reader {
+        let scope = Scope::Node(node_id.clone()).to_string();
+        let hash = at.header_hash(&scope);
+        let lock = || self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, reader)) = lock().get(node_id).filter(|(held, _)| *held == hash) {
+            return reader.clone();
+        }
+        // The shard may change between the two reads: then the reader is
+        // kept under the older hash and decoded again on the next call.
+        let reader = reader_of(at.shard(&scope), at.cluster_id(), node_id);
+        let mut nodes = lock();
+        if nodes.len() >= SHARDS_MAX && !nodes.contains_key(node_id) {
+            nodes.clear();
+        }
+        nodes.insert(node_id.clone(), (hash, reader.clone()));
+        reader
+    }
+
     fn read(&self, at: &At, scope: &str, who: &Who) -> Result<ShardRecord> {
         let record = at.shard(scope).ok_or_else(|| {
             Error::NotFound(format!("this storage node holds no shard of {scope}"))
@@ -830,7 +901,7 @@ impl Watch {
                 return;
             }
         };
-        let fresh = at.staleness();
+        let fresh = self.api.staleness(at);
         let load = self.api.load();
         for scope in moved {
             match self.api.readers.read(at, &scope, &who) {
