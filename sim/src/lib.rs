@@ -16,10 +16,13 @@
 //! * [`checkers`]: the invariants, checked over the log.
 //! * [`scenarios`]: the seeded scenarios the tests sweep.
 //! * [`seed`]: seeds, the harness's generator, sweeps and replay commands.
+//! * [`chaos`]: long sweeps over the named scenarios (`scripts/chaos.sh`,
+//!   the `rap-chaos` binary), with a summary and the traces of failures.
 //!
 //! The test binary is `tests/it/main.rs`; its `regressions` module pins
 //! every seed that ever failed.
 
+pub mod chaos;
 pub mod checkers;
 pub mod events;
 pub mod faults;

@@ -15,6 +15,7 @@ mod forged;
 mod loss;
 mod partition;
 mod regressions;
+mod replay;
 
 use rap_sim::Scenario;
 
