@@ -683,9 +683,6 @@ impl Readers {
         })
     }
 
-    /// The shard `scope` holds, if `who` may read it: `NOT_FOUND` when
-    /// `at` holds no shard of `scope`, `NOT_A_READER` when its envelope's
-    /// readers (or the cache's assignment) do not admit `who`.
     /// The reader node agent `node_id` is at `at` ([`reader_of`] its
     /// `node/<id>` shard), decoded once per version of that shard.
     fn node_reader(&self, at: &At, node_id: &NodeId) -> Reader {
@@ -706,6 +703,9 @@ impl Readers {
         reader
     }
 
+    /// The shard `scope` holds, if `who` may read it: `NOT_FOUND` when
+    /// `at` holds no shard of `scope`, `NOT_A_READER` when its envelope's
+    /// readers (or the cache's assignment) do not admit `who`.
     fn read(&self, at: &At, scope: &str, who: &Who) -> Result<ShardRecord> {
         let record = at.shard(scope).ok_or_else(|| {
             Error::NotFound(format!("this storage node holds no shard of {scope}"))
