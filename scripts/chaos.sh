@@ -9,6 +9,7 @@
 #
 #   scripts/chaos.sh --seeds 1000 --minutes 30
 #   scripts/chaos.sh --seeds 50 --from 5000 --scenario loss-and-delay
+#   scripts/chaos.sh --seeds 3 --mutant grant-without-quorum   # must fail
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

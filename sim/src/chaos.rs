@@ -7,6 +7,7 @@
 //! is *non-recoverable* and reported apart: neither counts as a pass.
 
 use crate::harness::RunReport;
+use crate::mutants::Mutant;
 use crate::{run, scenarios};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +23,10 @@ pub const TRACES_MAX: usize = 100;
 /// Environment variable naming the scenario the `replay` test runs.
 pub const SCENARIO_ENV: &str = "RAP_SIM_SCENARIO";
 
+/// Environment variable naming the mutant the `replay` test runs with
+/// (unset: none).
+pub const MUTANT_ENV: &str = "RAP_SIM_MUTANT";
+
 /// What to sweep.
 #[derive(Clone, Debug)]
 pub struct ChaosPlan {
@@ -35,6 +40,8 @@ pub struct ChaosPlan {
     pub wall_budget: Option<Duration>,
     /// Where traces of failed runs go.
     pub trace_dir: PathBuf,
+    /// A rule every run breaks on purpose (to see the oracle catch it).
+    pub mutant: Mutant,
 }
 
 /// One failed run.
@@ -46,6 +53,8 @@ pub struct ChaosFailure {
     pub seed: u64,
     /// Whether it broke an invariant (else it could not finish).
     pub violated: bool,
+    /// The rule it broke on purpose, if any.
+    pub mutant: Mutant,
     /// Where its trace was written, if it was.
     pub trace: Option<PathBuf>,
 }
@@ -124,7 +133,7 @@ impl fmt::Display for ChaosSummary {
                 } else {
                     "NON-RECOVERABLE"
                 },
-                replay_command(&failure.scenario, failure.seed),
+                replay_command(&failure.scenario, failure.seed, failure.mutant),
                 failure
                     .trace
                     .as_ref()
@@ -160,11 +169,15 @@ impl fmt::Display for PlanError {
 
 impl std::error::Error for PlanError {}
 
-/// The command that replays one seed of one named scenario alone, with
-/// its whole event log.
-pub fn replay_command(scenario: &str, seed: u64) -> String {
+/// The command that replays one seed of one named scenario (with
+/// `mutant`) alone, with its whole event log.
+pub fn replay_command(scenario: &str, seed: u64, mutant: Mutant) -> String {
+    let mutant = match mutant {
+        Mutant::None => String::new(),
+        other => format!("{MUTANT_ENV}={} ", other.name()),
+    };
     format!(
-        "{SCENARIO_ENV}={scenario} {}={seed} cargo test -p rap-sim --test it replay -- --exact --nocapture",
+        "{mutant}{SCENARIO_ENV}={scenario} {}={seed} cargo test -p rap-sim --test it replay -- --exact --nocapture",
         crate::seed::SEED_ENV
     )
 }
@@ -209,11 +222,12 @@ impl ChaosPlan {
                     summary.stopped_early = true;
                     break 'seeds;
                 }
-                let scenario = scenarios::by_name(name, seed)
+                let mut scenario = scenarios::by_name(name, seed)
                     .ok_or_else(|| PlanError::UnknownScenario(name.clone()))?;
+                scenario.mutant = self.mutant;
                 let report = run(seed, &scenario);
                 progress(&report);
-                summary.record(name, &report, &self.trace_dir);
+                summary.record(name, self.mutant, &report, &self.trace_dir);
             }
         }
         summary.wall = started.elapsed();
@@ -224,7 +238,7 @@ impl ChaosPlan {
 impl ChaosSummary {
     /// Counts one run; writes its trace when it failed (at most
     /// [`TRACES_MAX`] per sweep).
-    pub fn record(&mut self, scenario: &str, report: &RunReport, trace_dir: &Path) {
+    pub fn record(&mut self, scenario: &str, mutant: Mutant, report: &RunReport, trace_dir: &Path) {
         self.runs += 1;
         self.simulated += report.sim_time;
         for violation in &report.violations {
@@ -234,12 +248,13 @@ impl ChaosSummary {
             return;
         }
         let trace = (self.failures.len() < TRACES_MAX)
-            .then(|| write_trace(trace_dir, scenario, report))
+            .then(|| write_trace(trace_dir, scenario, mutant, report))
             .flatten();
         self.failures.push(ChaosFailure {
             scenario: scenario.to_string(),
             seed: report.seed,
             violated: !report.violations.is_empty(),
+            mutant,
             trace,
         });
     }
@@ -248,12 +263,12 @@ impl ChaosSummary {
 /// Writes the failure report of `report` (violations and the whole event
 /// log) to `<dir>/<scenario>-<seed>.trace`; `None` (after saying why on
 /// stderr) when it cannot.
-fn write_trace(dir: &Path, scenario: &str, report: &RunReport) -> Option<PathBuf> {
+fn write_trace(dir: &Path, scenario: &str, mutant: Mutant, report: &RunReport) -> Option<PathBuf> {
     let path = dir.join(format!("{scenario}-{}.trace", report.seed));
     let text = format!(
         "{scenario} seed={}\nreplay: {}\n{}",
         report.seed,
-        replay_command(scenario, report.seed),
+        replay_command(scenario, report.seed, mutant),
         report.failure_report()
     );
     match std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text)) {
@@ -290,7 +305,12 @@ mod tests {
     fn the_summary_counts_and_keeps_traces() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut summary = ChaosSummary::default();
-        summary.record("isolated-leader", &report(1, Vec::new(), None), dir.path());
+        summary.record(
+            "isolated-leader",
+            Mutant::None,
+            &report(1, Vec::new(), None),
+            dir.path(),
+        );
         let violation = Violation {
             invariant: "one leader per term",
             at: Duration::from_secs(3),
@@ -298,11 +318,13 @@ mod tests {
         };
         summary.record(
             "isolated-leader",
+            Mutant::None,
             &report(2, vec![violation.clone(), violation], None),
             dir.path(),
         );
         summary.record(
             "isolated-leader",
+            Mutant::GrantWithoutQuorum,
             &report(3, Vec::new(), Some("the client gave up")),
             dir.path(),
         );
@@ -331,6 +353,7 @@ mod tests {
             from,
             wall_budget: None,
             trace_dir: PathBuf::from("unused"),
+            mutant: Mutant::None,
         };
         assert!(matches!(
             plan(&["no-such"], 1, 0).validate(),

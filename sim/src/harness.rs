@@ -33,6 +33,7 @@ use crate::checkers::{self, CheckConfig, Violation};
 use crate::events::{Event, EventLog, NodeIndex, Role, node_name};
 use crate::faults::{Applied, Fault, Links};
 use crate::forger::{FORGER, ForgerPlan, ForgerRun};
+use crate::mutants::{BelieveUnprovenTerm, GrantWithoutQuorum, Mutant};
 use crate::net;
 use crate::seed::SimRng;
 use crate::workload::{self, ClientPlan, Workload};
@@ -135,6 +136,9 @@ pub struct Scenario {
     /// Forged higher-term RPCs from a non-member host ([`crate::forger`]);
     /// empty: no forger host at all.
     pub forger: ForgerPlan,
+    /// A rule the storage nodes break on purpose ([`crate::mutants`]);
+    /// [`Mutant::None`] for the real system.
+    pub mutant: Mutant,
 }
 
 /// What one run produced.
@@ -280,6 +284,7 @@ struct NodeHost {
     /// Raft ids of every voter, by node index.
     raft_ids: Arc<Vec<RaftNodeId>>,
     log: EventLog,
+    mutant: Mutant,
 }
 
 impl NodeHost {
@@ -322,24 +327,31 @@ impl NodeHost {
             self.raft_ids.clone(),
             self.log.clone(),
         ));
-        let raft_service = RaftServer::new(
+        let raft_server = RaftServer::new(
             node.raft().clone(),
             node.guard().clone(),
             node.reachability().clone(),
             PeerAuth::Plaintext,
-        )
-        .into_service();
-        let authority_service = AuthorityApi::new(node.clone()).into_service();
+        );
+        let authority_api = AuthorityApi::new(node.clone());
         drop(node);
         let listener =
             turmoil::net::TcpListener::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), GRPC_PORT)).await?;
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(self.cluster.keepalive))
-            .http2_keepalive_timeout(Some(self.cluster.keepalive * 2))
-            .add_service(raft_service)
-            .add_service(authority_service)
-            .serve_with_incoming(net::incoming(listener))
-            .await?;
+            .http2_keepalive_timeout(Some(self.cluster.keepalive * 2));
+        let router = match self.mutant {
+            Mutant::None => builder
+                .add_service(raft_server.into_service())
+                .add_service(authority_api.into_service()),
+            Mutant::GrantWithoutQuorum => builder
+                .add_service(raft_server.into_service())
+                .add_service(GrantWithoutQuorum::service(authority_api)),
+            Mutant::BelieveUnprovenTerm => builder
+                .add_service(BelieveUnprovenTerm::service(raft_server))
+                .add_service(authority_api.into_service()),
+        };
+        router.serve_with_incoming(net::incoming(listener)).await?;
         Ok(())
     }
 }
@@ -433,6 +445,7 @@ fn simulate(
             jitter: jitter.clone(),
             raft_ids: raft_ids.clone(),
             log: log.clone(),
+            mutant: scenario.mutant,
         };
         sim.host(node_name(index), move || {
             let host = host.clone();

@@ -11,6 +11,7 @@
 //! * [`net`]: tonic over turmoil TCP (client connector, server incoming).
 //! * [`faults`]: what can go wrong, and the link model the checkers use.
 //! * [`forger`]: a non-member host forging higher-term Raft RPCs.
+//! * [`mutants`]: rules broken on purpose, which the oracle must catch.
 //! * [`workload`]: the client's script (bootstrap, workers, convergence).
 //! * [`events`]: the event log.
 //! * [`checkers`]: the invariants, checked over the log.
@@ -28,6 +29,7 @@ pub mod events;
 pub mod faults;
 pub mod forger;
 pub mod harness;
+pub mod mutants;
 pub mod net;
 pub mod scenarios;
 pub mod seed;

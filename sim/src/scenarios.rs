@@ -15,6 +15,7 @@ use crate::events::NodeIndex;
 use crate::faults::{Applied, Fault};
 use crate::forger::ForgerPlan;
 use crate::harness::{ClusterSpec, Scenario};
+use crate::mutants::Mutant;
 use crate::seed::SimRng;
 use crate::workload::Workload;
 use std::time::Duration;
@@ -50,6 +51,7 @@ fn scenario(
         },
         schedule,
         forger: ForgerPlan::default(),
+        mutant: Mutant::None,
     }
 }
 

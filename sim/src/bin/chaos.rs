@@ -5,6 +5,7 @@
 
 use clap::Parser;
 use rap_sim::chaos::{ChaosPlan, replay_command};
+use rap_sim::mutants::Mutant;
 use rap_sim::scenarios::NAMES;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,10 @@ struct Args {
     /// Where the traces of failed runs go.
     #[arg(long, default_value = "target/chaos")]
     trace_dir: PathBuf,
+    /// Break a rule on purpose (grant-without-quorum,
+    /// believe-unproven-term): the sweep must then find violations.
+    #[arg(long, default_value = "none")]
+    mutant: String,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +46,15 @@ fn main() -> ExitCode {
     } else {
         args.scenario
     };
+    let Some(mutant) = Mutant::by_name(&args.mutant) else {
+        let known: Vec<&str> = Mutant::ALL.iter().map(|m| m.name()).collect();
+        eprintln!(
+            "rap-chaos: unknown mutant {:?}; known: none, {}",
+            args.mutant,
+            known.join(", ")
+        );
+        return ExitCode::from(64);
+    };
     let plan = ChaosPlan {
         scenarios,
         seeds: args.seeds,
@@ -49,12 +63,18 @@ fn main() -> ExitCode {
             .minutes
             .map(|m| Duration::from_secs(m.saturating_mul(60))),
         trace_dir: args.trace_dir,
+        mutant,
     };
     println!(
-        "rap-chaos: {} scenario(s) × {} seed(s) from {}{}",
+        "rap-chaos: {} scenario(s) × {} seed(s) from {}{}{}",
         plan.scenarios.len(),
         plan.seeds,
         plan.from,
+        if mutant == Mutant::None {
+            String::new()
+        } else {
+            format!(", rule broken on purpose: {}", mutant.name())
+        },
         plan.wall_budget
             .map(|b| format!(", at most {} min", b.as_secs() / 60))
             .unwrap_or_default()
@@ -88,7 +108,7 @@ fn main() -> ExitCode {
             if let Some(first) = summary.failures.first() {
                 println!(
                     "first failure: {}",
-                    replay_command(&first.scenario, first.seed)
+                    replay_command(&first.scenario, first.seed, first.mutant)
                 );
             }
             if summary.violating() > 0 {

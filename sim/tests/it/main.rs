@@ -16,6 +16,7 @@ mod loss;
 mod partition;
 mod regressions;
 mod replay;
+mod teeth;
 
 use rap_sim::Scenario;
 

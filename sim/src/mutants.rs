@@ -1,0 +1,205 @@
+//! Rules broken on purpose, to show that the oracle catches them (the
+//! "teeth" of the simulation). A [`Mutant`] wraps a storage node's real
+//! service, so the broken behaviour reaches the wire exactly as a bug in
+//! that rule would; the product code itself has no switch. A sweep with a
+//! mutant must fail within a few seeds (`tests/it/teeth.rs`).
+
+use rap_authority::limits::RAFT_RPC_BYTES_MAX;
+use rap_core::codes::{self, error_detail};
+use rap_proto::pb;
+use rap_proto::pb::authority_service_server::{AuthorityService, AuthorityServiceServer};
+use rap_proto::pb::raft_service_server::{RaftService, RaftServiceServer};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tonic::{Request, Response, Status};
+
+/// Which rule a run breaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mutant {
+    /// None: the real system.
+    #[default]
+    None,
+    /// A node that has no quorum grants a fence anyway (its own count,
+    /// in the term asked for) instead of refusing `NO_QUORUM`.
+    GrantWithoutQuorum,
+    /// A node believes an unproven higher authority term: a Raft RPC its
+    /// term check refused with `UNPROVEN_TERM` is answered as accepted.
+    BelieveUnprovenTerm,
+}
+
+impl Mutant {
+    /// Every mutant, for sweeps and the command line.
+    pub const ALL: [Mutant; 2] = [Mutant::GrantWithoutQuorum, Mutant::BelieveUnprovenTerm];
+
+    /// Its command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutant::None => "none",
+            Mutant::GrantWithoutQuorum => "grant-without-quorum",
+            Mutant::BelieveUnprovenTerm => "believe-unproven-term",
+        }
+    }
+
+    /// The mutant called `name`.
+    pub fn by_name(name: &str) -> Option<Mutant> {
+        [Mutant::None]
+            .into_iter()
+            .chain(Mutant::ALL)
+            .find(|m| m.name() == name)
+    }
+}
+
+/// `AuthorityService` with [`Mutant::GrantWithoutQuorum`].
+pub struct GrantWithoutQuorum<S> {
+    inner: S,
+    granted: Arc<AtomicU64>,
+}
+
+impl<S: AuthorityService> GrantWithoutQuorum<S> {
+    /// Wraps `inner`, with the real service's message limits.
+    pub fn service(inner: S) -> AuthorityServiceServer<Self> {
+        AuthorityServiceServer::new(GrantWithoutQuorum {
+            inner,
+            granted: Arc::new(AtomicU64::new(0)),
+        })
+        .max_decoding_message_size(RAFT_RPC_BYTES_MAX)
+        .max_encoding_message_size(RAFT_RPC_BYTES_MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl<S: AuthorityService> AuthorityService for GrantWithoutQuorum<S> {
+    async fn acquire_fence(
+        &self,
+        request: Request<pb::AcquireFenceRequest>,
+    ) -> Result<Response<pb::AcquireFenceResponse>, Status> {
+        let asked = request.get_ref().clone();
+        match self.inner.acquire_fence(request).await {
+            Err(status) if error_detail(&status).is_some_and(|d| d.code == codes::NO_QUORUM) => {
+                let seq = self.granted.fetch_add(1, Ordering::Relaxed) + 1;
+                Ok(Response::new(pb::AcquireFenceResponse {
+                    fence: Some(pb::FencingToken {
+                        cluster_id: asked.cluster_id,
+                        authority_term: asked.expected_term,
+                        seq,
+                        log_index: 0,
+                    }),
+                }))
+            }
+            other => other,
+        }
+    }
+
+    async fn publish_shards(
+        &self,
+        request: Request<pb::PublishShardsRequest>,
+    ) -> Result<Response<pb::PublishShardsResponse>, Status> {
+        self.inner.publish_shards(request).await
+    }
+
+    async fn shard_heads(
+        &self,
+        request: Request<pb::ShardHeadsRequest>,
+    ) -> Result<Response<pb::ShardHeadsResponse>, Status> {
+        self.inner.shard_heads(request).await
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::AuthorityStatusRequest>,
+    ) -> Result<Response<pb::AuthorityStatusResponse>, Status> {
+        self.inner.status(request).await
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::PromoteResponse>, Status> {
+        self.inner.promote(request).await
+    }
+
+    async fn rejoin(
+        &self,
+        request: Request<pb::RejoinRequest>,
+    ) -> Result<Response<pb::RejoinResponse>, Status> {
+        self.inner.rejoin(request).await
+    }
+
+    async fn bootstrap(
+        &self,
+        request: Request<pb::BootstrapGroupRequest>,
+    ) -> Result<Response<pb::BootstrapGroupResponse>, Status> {
+        self.inner.bootstrap(request).await
+    }
+
+    async fn add_voter(
+        &self,
+        request: Request<pb::AddVoterRequest>,
+    ) -> Result<Response<pb::AuthorityStatusResponse>, Status> {
+        self.inner.add_voter(request).await
+    }
+
+    async fn remove_voter(
+        &self,
+        request: Request<pb::RemoveVoterRequest>,
+    ) -> Result<Response<pb::AuthorityStatusResponse>, Status> {
+        self.inner.remove_voter(request).await
+    }
+
+    async fn prepare_join(
+        &self,
+        request: Request<pb::PrepareJoinRequest>,
+    ) -> Result<Response<pb::PrepareJoinResponse>, Status> {
+        self.inner.prepare_join(request).await
+    }
+}
+
+/// `RaftService` with [`Mutant::BelieveUnprovenTerm`].
+pub struct BelieveUnprovenTerm<S> {
+    inner: S,
+}
+
+impl<S: RaftService> BelieveUnprovenTerm<S> {
+    /// Wraps `inner`, with the real service's message limits.
+    pub fn service(inner: S) -> RaftServiceServer<Self> {
+        RaftServiceServer::new(BelieveUnprovenTerm { inner })
+            .max_decoding_message_size(RAFT_RPC_BYTES_MAX)
+            .max_encoding_message_size(RAFT_RPC_BYTES_MAX)
+    }
+}
+
+/// An `UNPROVEN_TERM` refusal turned into an (empty) answer.
+fn believed(
+    result: Result<Response<pb::RaftResponse>, Status>,
+) -> Result<Response<pb::RaftResponse>, Status> {
+    match result {
+        Err(status) if error_detail(&status).is_some_and(|d| d.code == codes::UNPROVEN_TERM) => {
+            Ok(Response::new(pb::RaftResponse::default()))
+        }
+        other => other,
+    }
+}
+
+#[tonic::async_trait]
+impl<S: RaftService> RaftService for BelieveUnprovenTerm<S> {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftResponse>, Status> {
+        believed(self.inner.append_entries(request).await)
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftResponse>, Status> {
+        believed(self.inner.vote(request).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftResponse>, Status> {
+        believed(self.inner.install_snapshot(request).await)
+    }
+}
