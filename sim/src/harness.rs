@@ -64,7 +64,7 @@ pub const RUN_OVERTIME_MAX: Duration = Duration::from_secs(90);
 /// The simulated cluster: size, Raft timing, network.
 #[derive(Clone, Copy, Debug)]
 pub struct ClusterSpec {
-    /// Voters (3 or 5).
+    /// Voters (3, 5 or 7).
     pub voters: usize,
     /// Leader heartbeat interval.
     pub heartbeat: Duration,

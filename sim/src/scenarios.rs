@@ -231,16 +231,34 @@ pub fn forged_terms(seed: u64) -> Scenario {
     forged
 }
 
-/// Names of the scenarios [`by_name`] knows: what `regressions` pins.
+/// Largest one-way latency between hosts of the WAN topology: voters in
+/// different regions.
+pub const WAN_LATENCY_MAX: Duration = Duration::from_millis(80);
+
+/// `scenario` on a WAN: every message takes up to [`WAN_LATENCY_MAX`]
+/// instead of the LAN's 20 ms, with the same Raft timing.
+pub fn over_wan(mut scenario: Scenario) -> Scenario {
+    scenario.cluster.latency_max = WAN_LATENCY_MAX;
+    scenario.name = format!("{} over a WAN", scenario.name);
+    scenario
+}
+
+/// Names of the scenarios [`by_name`] knows: what `regressions` pins and
+/// `scripts/chaos.sh` sweeps. Four topologies: 3, 5 and 7 voters on a
+/// LAN, and 5 voters on a WAN.
 pub const NAMES: &[&str] = &[
     "symmetric-3",
     "symmetric-5",
+    "symmetric-7",
+    "wan-symmetric-5",
     "asymmetric-mute",
     "asymmetric-deaf",
     "isolated-leader",
     "loss-and-delay",
     "crash-restart-3",
     "crash-restart-5",
+    "crash-restart-7",
+    "wan-crash-restart-5",
     "forged-terms",
 ];
 
@@ -249,12 +267,16 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
     Some(match name {
         "symmetric-3" => symmetric_partition(seed, 3),
         "symmetric-5" => symmetric_partition(seed, 5),
+        "symmetric-7" => symmetric_partition(seed, 7),
+        "wan-symmetric-5" => over_wan(symmetric_partition(seed, 5)),
         "asymmetric-mute" => asymmetric_partition(seed, OneWay::Mute),
         "asymmetric-deaf" => asymmetric_partition(seed, OneWay::Deaf),
         "isolated-leader" => isolated_leader(seed),
         "loss-and-delay" => loss_and_delay(seed),
         "crash-restart-3" => crash_restart(seed, 3),
         "crash-restart-5" => crash_restart(seed, 5),
+        "crash-restart-7" => crash_restart(seed, 7),
+        "wan-crash-restart-5" => over_wan(crash_restart(seed, 5)),
         "forged-terms" => forged_terms(seed),
         _ => return None,
     })

@@ -9,6 +9,7 @@
 //! clock-drawn seeds to every sweep (exploration); every seed that ever
 //! failed goes into `regressions`.
 
+mod breadth;
 mod crash;
 mod determinism;
 mod forged;
