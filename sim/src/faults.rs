@@ -50,6 +50,8 @@ impl Fault {
         let leader = leader.unwrap_or(0);
         let others: Vec<NodeIndex> = (0..nodes).filter(|n| *n != leader).collect();
         match self {
+            // A host already down cannot crash again.
+            Fault::Apply(Applied::Crash(node)) if crashed.contains(node) => Vec::new(),
             Fault::Apply(applied) => vec![applied.clone()],
             Fault::IsolateLeader => vec![Applied::Partition {
                 a: vec![leader],
@@ -101,6 +103,14 @@ pub enum Applied {
         /// The other side.
         b: Vec<NodeIndex>,
     },
+    /// The links between `a` and `b` work again, both ways (what a
+    /// `Partition` of them cut).
+    Repair {
+        /// One side.
+        a: Vec<NodeIndex>,
+        /// The other side.
+        b: Vec<NodeIndex>,
+    },
     /// Messages between storage nodes are lost at random: each message
     /// breaks its link with chance `fail_rate` (the link mends at the next
     /// message). Over TCP a lost segment stalls the connection until
@@ -137,6 +147,7 @@ impl fmt::Display for Applied {
             }
             Applied::Hold { a, b } => write!(f, "hold {} | {}", names(a), names(b)),
             Applied::Release { a, b } => write!(f, "release {} | {}", names(a), names(b)),
+            Applied::Repair { a, b } => write!(f, "repair {} | {}", names(a), names(b)),
             Applied::Loss { fail_rate } => write!(f, "loss fail_rate={fail_rate}"),
             Applied::Latency { max } => write!(f, "latency max={}ms", max.as_millis()),
             Applied::HealNetwork => write!(f, "heal network"),
@@ -164,6 +175,12 @@ impl Links {
             up: vec![vec![true; nodes]; nodes],
             crashed: vec![false; nodes],
         }
+    }
+
+    /// Whether the link from `from` to `to` is up, whether or not either
+    /// host is crashed (a crashed host's links keep their state).
+    pub fn is_up(&self, from: NodeIndex, to: NodeIndex) -> bool {
+        self.up[from][to]
     }
 
     /// Number of nodes.
@@ -203,7 +220,7 @@ impl Links {
                 self.set(a, b, false);
                 self.set(b, a, false);
             }
-            Applied::Release { a, b } => {
+            Applied::Release { a, b } | Applied::Repair { a, b } => {
                 self.set(a, b, true);
                 self.set(b, a, true);
             }

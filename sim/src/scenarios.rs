@@ -203,6 +203,54 @@ pub fn crash_restart(seed: u64, voters: usize) -> Scenario {
     )
 }
 
+/// Swizzle (after FoundationDB's swizzle-clogging): the nodes are cut
+/// off one by one, every 200–600 ms, each from every node still
+/// connected, until all are alone (the majority is lost on the way); then
+/// they are reconnected one by one in another random order (a node comes
+/// back to the nodes already back), so the majority returns before the
+/// last node does.
+pub fn swizzle(seed: u64, voters: usize) -> Scenario {
+    let mut rng = SimRng::new(seed).fork("swizzle");
+    let mut cut_order: Vec<NodeIndex> = (0..voters).collect();
+    shuffle(&mut rng, &mut cut_order);
+    let mut back_order = cut_order.clone();
+    shuffle(&mut rng, &mut back_order);
+    let mut at = rng.millis(ms(500), ms(1_500));
+    let mut schedule = Vec::new();
+    let mut connected: Vec<NodeIndex> = (0..voters).collect();
+    for node in cut_order {
+        connected.retain(|n| *n != node);
+        if !connected.is_empty() {
+            schedule.push((at, Fault::partition(vec![node], connected.clone())));
+        }
+        at += rng.millis(ms(200), ms(600));
+    }
+    let mut back: Vec<NodeIndex> = Vec::new();
+    for node in back_order {
+        if !back.is_empty() {
+            schedule.push((
+                at,
+                Fault::Apply(Applied::Repair {
+                    a: vec![node],
+                    b: back.clone(),
+                }),
+            ));
+        }
+        back.push(node);
+        at += rng.millis(ms(200), ms(600));
+    }
+    schedule.push((at, Fault::HealNetwork));
+    scenario(&format!("swizzle ({voters} voters)"), voters, schedule, at)
+}
+
+/// Fisher–Yates with the seed's generator.
+fn shuffle(rng: &mut SimRng, items: &mut [NodeIndex]) {
+    for i in (1..items.len()).rev() {
+        let j = rng.index(i + 1);
+        items.swap(i, j);
+    }
+}
+
 /// A non-member host sends 12–24 forged `Vote`s claiming a higher
 /// authority term (no proof, garbage, or an order signed by a key the
 /// cluster does not trust; as itself or claiming to be a member) to
@@ -260,6 +308,8 @@ pub const NAMES: &[&str] = &[
     "crash-restart-7",
     "wan-crash-restart-5",
     "forged-terms",
+    "swizzle-3",
+    "swizzle-5",
 ];
 
 /// The scenario called `name` (one of [`NAMES`]) for `seed`.
@@ -278,6 +328,8 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "crash-restart-7" => crash_restart(seed, 7),
         "wan-crash-restart-5" => over_wan(crash_restart(seed, 5)),
         "forged-terms" => forged_terms(seed),
+        "swizzle-3" => swizzle(seed, 3),
+        "swizzle-5" => swizzle(seed, 5),
         _ => return None,
     })
 }
