@@ -153,7 +153,15 @@ impl NodeSlot {
                 status.voters.len()
             )));
         }
-        if status.view == PartitionView::Fenced {
+        // A survivor may be fenced by this very promotion: another survivor
+        // that got the order first restarted at the new term and answered
+        // this one's Raft RPCs with the order as its proof. The control
+        // plane signs one promotion per term, so a node fenced by exactly
+        // the order's new term, and named by it, carries it out; a node
+        // fenced by any other term must be rejoined.
+        if status.view == PartitionView::Fenced
+            && node.guard().fenced_by() != Some(AuthorityTerm(order.new_term))
+        {
             return Err(refused(
                 "this node is fenced by a higher term; rejoin it instead",
             ));

@@ -94,27 +94,145 @@ pub fn check_all(events: &[Event], config: &CheckConfig) -> Vec<Violation> {
     violations.extend(no_call_hangs(events));
     violations.extend(acknowledged_fences_survive(events));
     violations.extend(no_unproven_term_believed(events));
+    violations.extend(fenced_nodes_grant_nothing(events, config));
+    violations.extend(old_side_fenced(events));
     violations
 }
 
-/// Invariant 9: no node becomes fenced, and no higher authority term is
-/// believed, without a verified signed promotion order for it. The
-/// simulation signs no order with the cluster's key, so no node may ever
-/// report `fenced`, and every forged higher-term RPC must be refused
-/// (a refusal code or a transport failure, never an answer).
-pub fn no_unproven_term_believed(events: &[Event]) -> Vec<Violation> {
-    let mut violations = Vec::new();
+/// When each node reported `fenced` first, and the authority term it ran
+/// at then.
+fn fenced_since(events: &[Event]) -> BTreeMap<NodeIndex, (Duration, u64)> {
+    let mut term_of: BTreeMap<NodeIndex, u64> = BTreeMap::new();
+    let mut since = BTreeMap::new();
     for event in events {
         match event {
+            Event::Raft {
+                node,
+                authority_term,
+                ..
+            } => {
+                term_of.insert(*node, *authority_term);
+            }
             Event::View {
                 at,
                 node,
                 view: PartitionView::Fenced,
-            } => violations.push(Violation {
+            } => {
+                let term = term_of.get(node).copied().unwrap_or_default();
+                since.entry(*node).or_insert((*at, term));
+            }
+            _ => {}
+        }
+    }
+    since
+}
+
+/// A node that knows of a higher authority term (it reports `fenced`)
+/// grants nothing more at its old term through itself: a call sent to it
+/// after it said so gets no fence of that term or below. (A survivor may
+/// be fenced by its own promotion an instant before it carries it out;
+/// its fences at the new term are the point.)
+pub fn fenced_nodes_grant_nothing(events: &[Event], config: &CheckConfig) -> Vec<Violation> {
+    let since = fenced_since(events);
+    calls(events)
+        .filter_map(|call| {
+            let (term, _, _) = call.granted()?;
+            let (fenced_at, fenced_term) = since.get(&call.node)?;
+            (call.started > *fenced_at + config.margin && term <= *fenced_term).then(|| {
+                Violation {
+                    invariant: "fenced-grants-nothing",
+                    at: call.ended,
+                    detail: format!(
+                        "{}: granted at term {term} by a node that reported fenced at term {fenced_term} at {}ms",
+                        describe(call),
+                        fenced_at.as_millis()
+                    ),
+                }
+            })
+        })
+        .collect()
+}
+
+/// After a promotion that every survivor carried out, every voter that
+/// was not a survivor has reported `fenced` by the end of the run (the
+/// network is healed before the workload ends, so the old side hears of
+/// the new term).
+pub fn old_side_fenced(events: &[Event]) -> Vec<Violation> {
+    let Some((at, survivors)) = events.iter().rev().find_map(|e| match e {
+        Event::Promotion { at, survivors, .. } => Some((*at, survivors.clone())),
+        _ => None,
+    }) else {
+        return Vec::new();
+    };
+    let promoted: BTreeSet<NodeIndex> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Promote { node, outcome, .. } if outcome.starts_with("promoted") => Some(*node),
+            _ => None,
+        })
+        .collect();
+    if !survivors.iter().all(|n| promoted.contains(n)) {
+        // The run fails anyway (the client reports the operator's failure).
+        return Vec::new();
+    }
+    let booted: BTreeSet<NodeIndex> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Boot { node, .. } => Some(*node),
+            _ => None,
+        })
+        .collect();
+    let since = fenced_since(events);
+    booted
+        .into_iter()
+        .filter(|n| !survivors.contains(n) && !since.contains_key(n))
+        .map(|n| Violation {
+            invariant: "old-side-fenced",
+            at,
+            detail: format!(
+                "{} was not a survivor of the promotion at {}ms and never reported fenced",
+                node_name(n),
+                at.as_millis()
+            ),
+        })
+        .collect()
+}
+
+/// Invariant 9: no node becomes fenced, and no higher authority term is
+/// believed, without a verified signed promotion order for it. Only the
+/// operator ([`crate::operator`]) signs orders with the cluster's key, so
+/// before its order for a term no node may report `fenced` or run at
+/// that term, and every forged higher-term RPC must be refused (a refusal
+/// code or a transport failure, never an answer).
+pub fn no_unproven_term_believed(events: &[Event]) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    // The highest term an order has been signed for so far.
+    let mut signed = crate::workload::INITIAL_TERM;
+    for event in events {
+        match event {
+            Event::Promotion { term, .. } => signed = signed.max(*term),
+            Event::View {
+                at,
+                node,
+                view: PartitionView::Fenced,
+            } if signed == crate::workload::INITIAL_TERM => violations.push(Violation {
                 invariant: "no-unproven-term",
                 at: *at,
                 detail: format!(
                     "{} reports fenced, but no promotion order was ever signed",
+                    node_name(*node)
+                ),
+            }),
+            Event::Raft {
+                at,
+                node,
+                authority_term,
+                ..
+            } if *authority_term > signed => violations.push(Violation {
+                invariant: "no-unproven-term",
+                at: *at,
+                detail: format!(
+                    "{} runs at authority term {authority_term}, but orders were signed up to term {signed} only",
                     node_name(*node)
                 ),
             }),
@@ -152,7 +270,11 @@ fn describe(call: &FenceCall) -> String {
 type TermSeq = (u64, u64);
 
 /// Invariant 1: fences are unique and strictly increasing, in log order
-/// and in real-time order.
+/// and in real-time order. Each authority term has its own log (a
+/// promotion starts a new group), and real-time order holds within a
+/// term: the old side may go on granting its old term to stale clients
+/// after a promotion until it hears of it (every new-term fence is above
+/// them anyway; [`fenced_nodes_grant_nothing`] covers the rest).
 pub fn fences_unique_and_increasing(events: &[Event]) -> Vec<Violation> {
     const NAME: &str = "fences-unique-increasing";
     let mut violations = Vec::new();
@@ -161,9 +283,9 @@ pub fn fences_unique_and_increasing(events: &[Event]) -> Vec<Violation> {
         .collect();
 
     let mut by_fence: BTreeMap<(u64, u64), &FenceCall> = BTreeMap::new();
-    // One entry may grant several fences (group commit): keyed by (log
-    // index, seq), each fence once.
-    let mut by_index: BTreeMap<(u64, u64), (&FenceCall, TermSeq)> = BTreeMap::new();
+    // One entry may grant several fences (group commit): keyed by (term,
+    // log index, seq), each fence once.
+    let mut by_index: BTreeMap<(u64, u64, u64), (&FenceCall, TermSeq)> = BTreeMap::new();
     for (call, (term, seq, index)) in &granted {
         if let Some(first) = by_fence.insert((*term, *seq), call) {
             violations.push(Violation {
@@ -176,12 +298,12 @@ pub fn fences_unique_and_increasing(events: &[Event]) -> Vec<Violation> {
                 ),
             });
         }
-        by_index.insert((*index, *seq), (call, (*term, *seq)));
+        by_index.insert((*term, *index, *seq), (call, (*term, *seq)));
     }
     // In log order, (term, seq) strictly increases: across entries, and
     // within one entry's fences.
     let mut previous: Option<(u64, (u64, u64))> = None;
-    for ((index, _), (call, fence)) in &by_index {
+    for ((_, index, _), (call, fence)) in &by_index {
         if let Some((previous_index, previous_fence)) = previous
             && *fence <= previous_fence
         {
@@ -197,12 +319,25 @@ pub fn fences_unique_and_increasing(events: &[Event]) -> Vec<Violation> {
     }
     // Real-time order: a call that started after another was answered
     // gets a larger fence.
-    let mut by_end: Vec<(Duration, (u64, u64))> = granted
+    let terms: BTreeSet<u64> = granted.iter().map(|(_, (t, _, _))| *t).collect();
+    for term in terms {
+        violations.extend(real_time_order(&granted, term));
+    }
+    violations
+}
+
+/// Real-time order among the fences of `term`.
+fn real_time_order(granted: &[(&FenceCall, (u64, u64, u64))], term: u64) -> Vec<Violation> {
+    const NAME: &str = "fences-unique-increasing";
+    let mut violations = Vec::new();
+    let of_term: Vec<&(&FenceCall, (u64, u64, u64))> =
+        granted.iter().filter(|(_, (t, _, _))| *t == term).collect();
+    let mut by_end: Vec<(Duration, (u64, u64))> = of_term
         .iter()
         .map(|(c, (t, s, _))| (c.ended, (*t, *s)))
         .collect();
     by_end.sort();
-    let mut by_start: Vec<&(&FenceCall, (u64, u64, u64))> = granted.iter().collect();
+    let mut by_start = of_term;
     by_start.sort_by_key(|(c, _)| c.started);
     let mut highest_answered: Option<(u64, u64)> = None;
     let mut next = 0;
@@ -235,11 +370,42 @@ fn minority_calls<'a>(
     timeline: &'a Timeline,
     config: &'a CheckConfig,
 ) -> impl Iterator<Item = &'a FenceCall> + 'a {
+    let promoted = promoted_at(events);
     calls(events).filter(move |call| {
         let from = call.started.saturating_sub(config.margin);
         let to = call.ended + config.margin;
-        !timeline.union_over(from, to).can_grant_via(call.node)
+        if timeline.union_over(from, to).can_grant_via(call.node) {
+            return false;
+        }
+        // A promoted survivor belongs to the survivors' group.
+        match promoted.get(&call.node) {
+            Some((at, group)) if *at <= to => !timeline
+                .union_over(from.max(*at), to)
+                .can_grant_within(call.node, group),
+            _ => true,
+        }
     })
+}
+
+/// For each survivor that carried out a promotion: when the order was
+/// signed (from then on it may be re-forming: stopping its old Raft,
+/// refusing the old term, waiting for the seed), and the survivors of
+/// that order.
+fn promoted_at(events: &[Event]) -> BTreeMap<NodeIndex, (Duration, Vec<NodeIndex>)> {
+    let mut order: Option<(Duration, Vec<NodeIndex>)> = None;
+    let mut promoted = BTreeMap::new();
+    for event in events {
+        match event {
+            Event::Promotion { at, survivors, .. } => order = Some((*at, survivors.clone())),
+            Event::Promote { node, outcome, .. } if outcome.starts_with("promoted") => {
+                if let Some(order) = &order {
+                    promoted.insert(*node, order.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    promoted
 }
 
 /// Invariant 2: no fence is granted through a minority.
@@ -263,13 +429,16 @@ pub fn no_minority_grant(
 
 /// At most one leader per Raft term: neither two nodes claiming it, nor
 /// nodes naming different leaders for one term.
+/// A promotion starts a new Raft group whose terms count from 1 again, so
+/// a Raft term is named together with its authority term.
 pub fn one_leader_per_raft_term(events: &[Event]) -> Vec<Violation> {
-    let mut leaders: BTreeMap<u64, BTreeSet<NodeIndex>> = BTreeMap::new();
-    let mut first_seen: BTreeMap<u64, Duration> = BTreeMap::new();
+    let mut leaders: BTreeMap<(u64, u64), BTreeSet<NodeIndex>> = BTreeMap::new();
+    let mut first_seen: BTreeMap<(u64, u64), Duration> = BTreeMap::new();
     for event in events {
         if let Event::Raft {
             at,
             node,
+            authority_term,
             term,
             leader,
             role,
@@ -281,19 +450,23 @@ pub fn one_leader_per_raft_term(events: &[Event]) -> Vec<Violation> {
                 *leader
             };
             if let Some(named) = named {
-                leaders.entry(*term).or_default().insert(named);
-                first_seen.entry(*term).or_insert(*at);
+                let key = (*authority_term, *term);
+                leaders.entry(key).or_default().insert(named);
+                first_seen.entry(key).or_insert(*at);
             }
         }
     }
     leaders
         .into_iter()
         .filter(|(_, nodes)| nodes.len() > 1)
-        .map(|(term, nodes)| Violation {
+        .map(|((authority_term, term), nodes)| Violation {
             invariant: "one-leader-per-raft-term",
-            at: first_seen.get(&term).copied().unwrap_or_default(),
+            at: first_seen
+                .get(&(authority_term, term))
+                .copied()
+                .unwrap_or_default(),
             detail: format!(
-                "raft term {term} has leaders {:?}",
+                "raft term {term} (authority term {authority_term}) has leaders {:?}",
                 nodes.iter().map(|n| node_name(*n)).collect::<Vec<_>>()
             ),
         })
@@ -596,6 +769,7 @@ mod tests {
         let claim = |node, role, leader| Event::Raft {
             at: ms(1),
             node,
+            authority_term: 1,
             term: 4,
             leader,
             role,
@@ -610,5 +784,16 @@ mod tests {
             claim(1, Role::Leader, Some(1)),
         ];
         assert_eq!(one_leader_per_raft_term(&split).len(), 1);
+        // A promoted group's Raft term 4 is another term.
+        let mut regrouped = fine.clone();
+        regrouped.push(Event::Raft {
+            at: ms(9),
+            node: 2,
+            authority_term: 2,
+            term: 4,
+            leader: Some(2),
+            role: Role::Leader,
+        });
+        assert!(one_leader_per_raft_term(&regrouped).is_empty());
     }
 }

@@ -167,6 +167,9 @@ pub enum Event {
         at: Duration,
         /// The node.
         node: NodeIndex,
+        /// Its authority term (a promotion starts a new Raft group, whose
+        /// Raft terms count from 1 again).
+        authority_term: u64,
         /// Its Raft term.
         term: u64,
         /// The leader it knows, if any.
@@ -201,6 +204,29 @@ pub enum Event {
         /// The refusal code, or `accepted`, a transport error, `timed out`.
         outcome: String,
     },
+    /// The operator signed a promotion order (loss-of-quorum recovery):
+    /// from now on a node may believe `term` and report `fenced`.
+    Promotion {
+        /// Simulated time.
+        at: Duration,
+        /// The new authority term.
+        term: u64,
+        /// The survivors the order names.
+        survivors: Vec<NodeIndex>,
+        /// The survivor the new group starts from.
+        seed: NodeIndex,
+        /// The seed's applied index the order names.
+        seed_applied: u64,
+    },
+    /// A survivor answered the promotion order.
+    Promote {
+        /// Simulated time of the answer.
+        at: Duration,
+        /// The survivor.
+        node: NodeIndex,
+        /// `promoted term=N`, or the refusal code and message.
+        outcome: String,
+    },
     /// A node's final status (after convergence).
     Final {
         /// Simulated time.
@@ -222,6 +248,8 @@ impl Event {
             | Event::Raft { at, .. }
             | Event::View { at, .. }
             | Event::Forged { at, .. }
+            | Event::Promotion { at, .. }
+            | Event::Promote { at, .. }
             | Event::Final { at, .. } => *at,
             Event::Fence(call) => call.ended,
         }
@@ -250,16 +278,42 @@ impl fmt::Display for Event {
             Event::Fault { fault, .. } => write!(f, "fault {fault}"),
             Event::Raft {
                 node,
+                authority_term,
                 term,
                 leader,
                 role,
                 ..
+            } => {
+                write!(
+                    f,
+                    "raft {} term={term} role={role:?} leader={}",
+                    node_name(*node),
+                    leader.map(node_name).unwrap_or_else(|| "-".into())
+                )?;
+                if *authority_term != 1 {
+                    write!(f, " authority_term={authority_term}")?;
+                }
+                Ok(())
+            }
+            Event::Promotion {
+                term,
+                survivors,
+                seed,
+                seed_applied,
+                ..
             } => write!(
                 f,
-                "raft {} term={term} role={role:?} leader={}",
-                node_name(*node),
-                leader.map(node_name).unwrap_or_else(|| "-".into())
+                "promotion order term={term} survivors={} seed={} seed_applied={seed_applied}",
+                survivors
+                    .iter()
+                    .map(|n| node_name(*n))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                node_name(*seed)
             ),
+            Event::Promote { node, outcome, .. } => {
+                write!(f, "promote {}: {outcome}", node_name(*node))
+            }
             Event::View { node, view, .. } => {
                 write!(f, "view {} {}", node_name(*node), view.as_str())
             }
@@ -370,16 +424,20 @@ impl EventLog {
     }
 }
 
-/// The node whose latest Raft event says it leads, with the highest term
-/// among such nodes.
+/// The node whose latest Raft event says it leads, with the highest
+/// (authority term, Raft term) among such nodes.
 pub fn current_leader(events: &[Event]) -> Option<NodeIndex> {
-    let mut latest: std::collections::BTreeMap<NodeIndex, (u64, Role)> = Default::default();
+    let mut latest: std::collections::BTreeMap<NodeIndex, ((u64, u64), Role)> = Default::default();
     for event in events {
         if let Event::Raft {
-            node, term, role, ..
+            node,
+            authority_term,
+            term,
+            role,
+            ..
         } = event
         {
-            latest.insert(*node, (*term, *role));
+            latest.insert(*node, ((*authority_term, *term), *role));
         }
     }
     latest

@@ -255,12 +255,25 @@ impl Links {
         if self.crashed[node] {
             return false;
         }
-        let quorum = self.nodes() / 2 + 1;
+        let all: Vec<NodeIndex> = (0..self.nodes()).collect();
+        self.can_grant_within(node, &all)
+    }
+
+    /// [`Links::can_grant_via`] for a group of `members` only (the
+    /// survivors after a promotion form a group of their own): `node` is
+    /// a member or exchanges messages both ways with one that leads, and
+    /// that one exchanges messages both ways with a majority of `members`.
+    pub fn can_grant_within(&self, node: NodeIndex, members: &[NodeIndex]) -> bool {
+        if self.crashed[node] {
+            return false;
+        }
+        let quorum = members.len() / 2 + 1;
         let both = |a: NodeIndex, b: NodeIndex| self.can_send(a, b) && self.can_send(b, a);
-        (0..self.nodes())
-            .filter(|leader| *leader == node || both(node, *leader))
-            .filter(|leader| !self.crashed[*leader])
-            .any(|leader| (0..self.nodes()).filter(|f| both(leader, *f)).count() >= quorum)
+        members
+            .iter()
+            .filter(|leader| **leader == node || both(node, **leader))
+            .filter(|leader| !self.crashed[**leader])
+            .any(|leader| members.iter().filter(|f| both(*leader, **f)).count() >= quorum)
     }
 }
 

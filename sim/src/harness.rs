@@ -35,14 +35,17 @@ use crate::checkers::{self, CheckConfig, Violation};
 use crate::events::{Event, EventLog, NodeIndex, Role, node_name};
 use crate::faults::{Applied, Fault, Links};
 use crate::forger::{FORGER, ForgerPlan, ForgerRun};
-use crate::mutants::{BelieveUnprovenTerm, GrantWithoutQuorum, Mutant};
+use crate::mutants::{BelieveUnprovenTerm, GrantOnRefusal, Mutant};
 use crate::net;
+use crate::operator::PromotionPlan;
 use crate::seed::SimRng;
 use crate::workload::{self, ClientPlan, Workload};
 use rap_authority::network::{PeerAuth, RaftServer};
 use rap_authority::node::{AuthorityNode, NodeOptions, Timing};
 use rap_authority::service::AuthorityApi;
+use rap_authority::slot::NodeSlot;
 use rap_authority::typ::{RaftNodeId, raft_id_of};
+use rap_core::codes;
 use rap_proto::ids::{ClusterId, NodeId};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -144,6 +147,9 @@ pub struct Scenario {
     /// A rule the storage nodes break on purpose ([`crate::mutants`]);
     /// [`Mutant::None`] for the real system.
     pub mutant: Mutant,
+    /// The operator's promotion of a surviving minority
+    /// ([`crate::operator`]); the schedule cuts the survivors off first.
+    pub promotion: Option<PromotionPlan>,
 }
 
 /// What one run produced.
@@ -326,19 +332,22 @@ impl NodeHost {
             node: self.index,
             election_timeout,
         });
+        // As in `rap-configstore`: promotion swaps the node inside the
+        // slot, and the services look it up per request.
+        let slot = NodeSlot::new(node.clone());
         tokio::spawn(observe(
-            node.clone(),
+            slot.clone(),
             self.index,
             self.raft_ids.clone(),
             self.log.clone(),
         ));
         let raft_server = RaftServer::new(
-            node.raft().clone(),
+            slot.clone(),
             node.guard().clone(),
             node.reachability().clone(),
             PeerAuth::Plaintext,
         );
-        let authority_api = AuthorityApi::new(node.clone());
+        let authority_api = AuthorityApi::with_slot(slot);
         drop(node);
         let listener =
             turmoil::net::TcpListener::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), GRPC_PORT)).await?;
@@ -351,7 +360,10 @@ impl NodeHost {
                 .add_service(authority_api.into_service()),
             Mutant::GrantWithoutQuorum => builder
                 .add_service(raft_server.into_service())
-                .add_service(GrantWithoutQuorum::service(authority_api)),
+                .add_service(GrantOnRefusal::service(authority_api, codes::NO_QUORUM)),
+            Mutant::GrantWhenFenced => builder
+                .add_service(raft_server.into_service())
+                .add_service(GrantOnRefusal::service(authority_api, codes::FENCED)),
             Mutant::BelieveUnprovenTerm => builder
                 .add_service(BelieveUnprovenTerm::service(raft_server))
                 .add_service(authority_api.into_service()),
@@ -362,19 +374,27 @@ impl NodeHost {
 }
 
 /// Logs every change of the node's Raft term, leader or role (watched)
-/// and of its partition view (sampled).
+/// and of its partition view (sampled), following the node in `slot`
+/// across a promotion.
 async fn observe(
-    node: Arc<AuthorityNode>,
+    slot: Arc<NodeSlot>,
     index: NodeIndex,
     raft_ids: Arc<Vec<RaftNodeId>>,
     log: EventLog,
 ) {
+    let mut node = slot.get();
     let mut metrics = node.raft().metrics();
     let mut ticker = tokio::time::interval(VIEW_SAMPLE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_raft = None;
     let mut last_view = None;
     loop {
+        let current = slot.get();
+        if !Arc::ptr_eq(&current, &node) {
+            node = current;
+            metrics = node.raft().metrics();
+        }
+        let authority_term = node.state().authority_term().0;
         let (term, leader, role) = {
             let m = metrics.borrow_and_update();
             let leader = m
@@ -382,11 +402,12 @@ async fn observe(
                 .and_then(|id| raft_ids.iter().position(|r| *r == id));
             (m.current_term, leader, Role::of(m.state))
         };
-        if last_raft != Some((term, leader, role)) {
-            last_raft = Some((term, leader, role));
+        if last_raft != Some((authority_term, term, leader, role)) {
+            last_raft = Some((authority_term, term, leader, role));
             log.push(Event::Raft {
                 at: now(),
                 node: index,
+                authority_term,
                 term,
                 leader,
                 role,
@@ -404,8 +425,10 @@ async fn observe(
         tokio::select! {
             biased;
             changed = metrics.changed() => {
+                // The Raft stopped: a promotion is replacing the node (the
+                // next sample finds the new one) or the host is going.
                 if changed.is_err() {
-                    return;
+                    ticker.tick().await;
                 }
             }
             _ = ticker.tick() => {}
@@ -467,6 +490,7 @@ fn simulate(
         rng: rng.fork("client"),
         log: log.clone(),
         started: started.clone(),
+        promotion: scenario.promotion.clone(),
     };
     sim.client(CLIENT, workload::client(plan));
     if !scenario.forger.at.is_empty() {

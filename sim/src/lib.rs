@@ -31,6 +31,7 @@ pub mod forger;
 pub mod harness;
 pub mod mutants;
 pub mod net;
+pub mod operator;
 pub mod scenarios;
 pub mod seed;
 pub mod workload;

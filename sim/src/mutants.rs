@@ -25,11 +25,18 @@ pub enum Mutant {
     /// A node believes an unproven higher authority term: a Raft RPC its
     /// term check refused with `UNPROVEN_TERM` is answered as accepted.
     BelieveUnprovenTerm,
+    /// A node that knows it is fenced by a higher term grants a fence of
+    /// its old term anyway instead of refusing `FENCED`.
+    GrantWhenFenced,
 }
 
 impl Mutant {
     /// Every mutant, for sweeps and the command line.
-    pub const ALL: [Mutant; 2] = [Mutant::GrantWithoutQuorum, Mutant::BelieveUnprovenTerm];
+    pub const ALL: [Mutant; 3] = [
+        Mutant::GrantWithoutQuorum,
+        Mutant::BelieveUnprovenTerm,
+        Mutant::GrantWhenFenced,
+    ];
 
     /// Its command-line name.
     pub fn name(self) -> &'static str {
@@ -37,6 +44,7 @@ impl Mutant {
             Mutant::None => "none",
             Mutant::GrantWithoutQuorum => "grant-without-quorum",
             Mutant::BelieveUnprovenTerm => "believe-unproven-term",
+            Mutant::GrantWhenFenced => "grant-when-fenced",
         }
     }
 
@@ -49,17 +57,22 @@ impl Mutant {
     }
 }
 
-/// `AuthorityService` with [`Mutant::GrantWithoutQuorum`].
-pub struct GrantWithoutQuorum<S> {
+/// `AuthorityService` that answers one refusal of `AcquireFence` with a
+/// made-up fence: [`Mutant::GrantWithoutQuorum`] (`NO_QUORUM`) and
+/// [`Mutant::GrantWhenFenced`] (`FENCED`).
+pub struct GrantOnRefusal<S> {
     inner: S,
+    refusal: &'static str,
     granted: Arc<AtomicU64>,
 }
 
-impl<S: AuthorityService> GrantWithoutQuorum<S> {
-    /// Wraps `inner`, with the real service's message limits.
-    pub fn service(inner: S) -> AuthorityServiceServer<Self> {
-        AuthorityServiceServer::new(GrantWithoutQuorum {
+impl<S: AuthorityService> GrantOnRefusal<S> {
+    /// Wraps `inner`, with the real service's message limits: a refusal
+    /// with code `refusal` becomes a fence.
+    pub fn service(inner: S, refusal: &'static str) -> AuthorityServiceServer<Self> {
+        AuthorityServiceServer::new(GrantOnRefusal {
             inner,
+            refusal,
             granted: Arc::new(AtomicU64::new(0)),
         })
         .max_decoding_message_size(RAFT_RPC_BYTES_MAX)
@@ -68,14 +81,14 @@ impl<S: AuthorityService> GrantWithoutQuorum<S> {
 }
 
 #[tonic::async_trait]
-impl<S: AuthorityService> AuthorityService for GrantWithoutQuorum<S> {
+impl<S: AuthorityService> AuthorityService for GrantOnRefusal<S> {
     async fn acquire_fence(
         &self,
         request: Request<pb::AcquireFenceRequest>,
     ) -> Result<Response<pb::AcquireFenceResponse>, Status> {
         let asked = request.get_ref().clone();
         match self.inner.acquire_fence(request).await {
-            Err(status) if error_detail(&status).is_some_and(|d| d.code == codes::NO_QUORUM) => {
+            Err(status) if error_detail(&status).is_some_and(|d| d.code == self.refusal) => {
                 let seq = self.granted.fetch_add(1, Ordering::Relaxed) + 1;
                 Ok(Response::new(pb::AcquireFenceResponse {
                     fence: Some(pb::FencingToken {

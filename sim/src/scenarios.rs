@@ -5,10 +5,9 @@
 //! (and restarts crashed hosts) a few seconds later, and lets the workers
 //! run 2 s more, so each run sees before, during and after.
 //!
-//! Not here yet: promotion (loss-of-quorum recovery) — its
-//! scenario ("promotion fences the old side even when the old majority
-//! comes back") belongs with the promotion code. What the simulation does
-//! check of the term rule: forged higher-term RPCs from a non-member host
+//! The term rule both ways: a promotion signed with the cluster's key
+//! fences the old side even when the old majority comes back
+//! ([`promotion`]); forged higher-term RPCs from a non-member host
 //! ([`forged_terms`]) fence nobody.
 
 use crate::events::NodeIndex;
@@ -16,6 +15,7 @@ use crate::faults::{Applied, Fault};
 use crate::forger::ForgerPlan;
 use crate::harness::{ClusterSpec, Scenario};
 use crate::mutants::Mutant;
+use crate::operator::PromotionPlan;
 use crate::seed::SimRng;
 use crate::workload::Workload;
 use std::time::Duration;
@@ -52,6 +52,7 @@ fn scenario(
         schedule,
         forger: ForgerPlan::default(),
         mutant: Mutant::None,
+        promotion: None,
     }
 }
 
@@ -243,6 +244,41 @@ pub fn swizzle(seed: u64, voters: usize) -> Scenario {
     scenario(&format!("swizzle ({voters} voters)"), voters, schedule, at)
 }
 
+/// Promotion while the old majority lives: a random minority (1 of 3, 2
+/// of 5) is cut off from the rest 0.5–1.5 s in; once it has settled in
+/// its minority (2.5–3 s later) the operator promotes it with a signed
+/// order; 2–4 s later the network heals, and the old majority, which
+/// kept granting fences at the old term to its stale clients meanwhile,
+/// must learn that it is fenced and grant nothing more.
+pub fn promotion(seed: u64, voters: usize) -> Scenario {
+    let mut rng = SimRng::new(seed).fork("promotion");
+    let mut nodes: Vec<NodeIndex> = (0..voters).collect();
+    shuffle(&mut rng, &mut nodes);
+    let mut survivors: Vec<NodeIndex> = nodes[..(voters - 1) / 2].to_vec();
+    survivors.sort_unstable();
+    let cut = rng.millis(ms(500), ms(1_500));
+    let promote = cut + rng.millis(ms(2_500), ms(3_000));
+    let heal = promote + rng.millis(s(2), s(4));
+    let schedule = vec![
+        (
+            cut,
+            Fault::partition(survivors.clone(), others(voters, &survivors)),
+        ),
+        (heal, Fault::HealNetwork),
+    ];
+    let mut scenario = scenario(
+        &format!("promotion ({voters} voters)"),
+        voters,
+        schedule,
+        heal,
+    );
+    scenario.promotion = Some(PromotionPlan {
+        at: promote,
+        survivors,
+    });
+    scenario
+}
+
 /// Fisher–Yates with the seed's generator.
 fn shuffle(rng: &mut SimRng, items: &mut [NodeIndex]) {
     for i in (1..items.len()).rev() {
@@ -310,6 +346,8 @@ pub const NAMES: &[&str] = &[
     "forged-terms",
     "swizzle-3",
     "swizzle-5",
+    "promotion-3",
+    "promotion-5",
 ];
 
 /// The scenario called `name` (one of [`NAMES`]) for `seed`.
@@ -330,6 +368,8 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "forged-terms" => forged_terms(seed),
         "swizzle-3" => swizzle(seed, 3),
         "swizzle-5" => swizzle(seed, 5),
+        "promotion-3" => promotion(seed, 3),
+        "promotion-5" => promotion(seed, 5),
         _ => return None,
     })
 }

@@ -11,6 +11,7 @@ use crate::events::{
 };
 use crate::harness::{CLUSTER_ID, ClusterSpec, GRPC_PORT, now};
 use crate::net;
+use crate::operator::{self, PromotionPlan};
 use crate::seed::SimRng;
 use rap_authority::client::authority_client_via;
 use rap_authority::network::NetworkConfig;
@@ -21,6 +22,7 @@ use rap_proto::ids::ClusterId;
 use rap_proto::pb;
 use rap_proto::pb::authority_service_client::AuthorityServiceClient;
 use rap_proto::time::UnixMillis;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -34,6 +36,9 @@ pub const BOOTSTRAP_ATTEMPTS_MAX: u32 = 30;
 
 /// Pause between bootstrap, readiness and convergence attempts.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// The authority term a bootstrapped group starts at.
+pub const INITIAL_TERM: u64 = 1;
 
 /// The simulated issue time of the genesis trust root (2025-01-01).
 pub const GENESIS_ISSUED_AT: UnixMillis = UnixMillis(1_735_689_600_000);
@@ -84,6 +89,39 @@ pub(crate) struct ClientPlan {
     /// Set to the simulated time the workload starts; the harness counts
     /// fault offsets from it.
     pub(crate) started: Arc<Mutex<Option<Duration>>>,
+    /// The operator's promotion, if the scenario has one.
+    pub(crate) promotion: Option<PromotionPlan>,
+}
+
+/// The authority term each worker's calls expect. Workers of the
+/// survivors follow a promotion (their client learns of it from the
+/// operator); workers of the old side keep asking for the old term, the
+/// stale clients a split brain leaves behind.
+#[derive(Clone, Debug)]
+struct ExpectedTerms {
+    survivors: Vec<NodeIndex>,
+    promoted: Arc<AtomicU64>,
+}
+
+impl ExpectedTerms {
+    fn new(plan: &ClientPlan) -> Self {
+        ExpectedTerms {
+            survivors: plan
+                .promotion
+                .as_ref()
+                .map(|p| p.survivors.clone())
+                .unwrap_or_default(),
+            promoted: Arc::new(AtomicU64::new(INITIAL_TERM)),
+        }
+    }
+
+    fn of(&self, node: NodeIndex) -> u64 {
+        if self.survivors.contains(&node) {
+            self.promoted.load(Ordering::SeqCst)
+        } else {
+            INITIAL_TERM
+        }
+    }
 }
 
 type Client = AuthorityServiceClient<Channel>;
@@ -121,7 +159,16 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
     });
 
     // Readiness: the first fence, through node 0.
-    if !fence_until_granted(&plan, clients[0].clone(), 0, plan.workload.converge_timeout).await {
+    let terms = ExpectedTerms::new(&plan);
+    if !fence_until_granted(
+        &plan,
+        clients[0].clone(),
+        0,
+        INITIAL_TERM,
+        plan.workload.converge_timeout,
+    )
+    .await
+    {
         return Err("no fence granted after bootstrap".into());
     }
     let start = now();
@@ -135,39 +182,121 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
     let workers = (0..plan.workload.workers).map(|worker| {
         let node = worker % plan.nodes;
         let rng = plan.rng.fork(&format!("worker-{worker}"));
-        run_worker(&plan, worker, node, clients[node].clone(), rng, end)
+        run_worker(&plan, worker, node, clients[node].clone(), rng, end, &terms)
     });
-    futures::future::join_all(workers).await;
+    let operator = async {
+        let Some(promotion) = &plan.promotion else {
+            return Ok(None);
+        };
+        let due = start + promotion.at;
+        if due > now() {
+            tokio::time::sleep(due - now()).await;
+        }
+        let signer = genesis_signer(&plan);
+        let mut rng = plan.rng.fork("operator");
+        let promoted = operator::promote(promotion, &signer, &clients, &mut rng, log).await;
+        match promoted {
+            Some(term) => {
+                terms.promoted.store(term, Ordering::SeqCst);
+                Ok(Some(promotion.survivors.clone()))
+            }
+            None => Err("the operator could not promote the survivors (see the log)".to_string()),
+        }
+    };
+    let (_, promoted) = futures::future::join(futures::future::join_all(workers), operator).await;
     log.push(Event::Phase {
         at: now(),
         phase: Phase::WorkloadEnded,
     });
+    // After a promotion the group is the survivors; the old side must
+    // have learnt that it is fenced.
+    let group: Vec<NodeIndex> = promoted?.unwrap_or_else(|| (0..plan.nodes).collect());
+    let old_side: Vec<NodeIndex> = (0..plan.nodes).filter(|n| !group.contains(n)).collect();
 
-    // Liveness after heal: the nodes agree, every node can get a fence,
-    // and then they agree again (the last fences applied everywhere).
-    converge(&plan, &clients, &cluster_id, false).await?;
+    // Liveness after heal: the group agrees, every member can get a
+    // fence, and then they agree again (the last fences applied
+    // everywhere).
+    converge(&plan, &clients, &group, &cluster_id, false).await?;
     log.push(Event::Phase {
         at: now(),
         phase: Phase::Converged,
     });
-    for (node, client) in clients.iter().enumerate() {
-        if !fence_until_granted(&plan, client.clone(), node, plan.workload.converge_timeout).await {
-            return Err(format!("no fence granted through {} after heal", node_name(node)).into());
+    for node in &group {
+        let term = terms.of(*node);
+        if !fence_until_granted(
+            &plan,
+            clients[*node].clone(),
+            *node,
+            term,
+            plan.workload.converge_timeout,
+        )
+        .await
+        {
+            return Err(format!("no fence granted through {} after heal", node_name(*node)).into());
         }
     }
-    converge(&plan, &clients, &cluster_id, true).await?;
+    converge(&plan, &clients, &group, &cluster_id, true).await?;
+    for node in old_side {
+        wait_fenced(&plan, &clients[node], node, &cluster_id).await?;
+        // A stale client asks the fenced node once more for the old term.
+        call_and_log(
+            &plan,
+            CLIENT_WORKER,
+            node,
+            INITIAL_TERM,
+            &mut clients[node].clone(),
+        )
+        .await;
+    }
     Ok(())
 }
 
-/// The genesis trust root: a signing key derived from the seed, so the
-/// bytes (and everything downstream) are the same on every replay.
-fn genesis(plan: &ClientPlan, cluster_id: &ClusterId) -> Result<Vec<u8>, String> {
+/// Waits until `node` reports `fenced` (the old side after a promotion).
+async fn wait_fenced(
+    plan: &ClientPlan,
+    client: &Client,
+    node: NodeIndex,
+    cluster_id: &ClusterId,
+) -> Result<(), String> {
+    let deadline = now() + plan.workload.converge_timeout;
+    let mut last = None;
+    while now() < deadline {
+        let request = pb::AuthorityStatusRequest {
+            cluster_id: cluster_id.to_string(),
+        };
+        let answer =
+            tokio::time::timeout(plan.workload.call_timeout, client.clone().status(request)).await;
+        if let Ok(Ok(answer)) = answer {
+            let view = answer.into_inner().partition_view;
+            if view == pb::PartitionView::Fenced as i32 {
+                return Ok(());
+            }
+            last = Some(view);
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    Err(format!(
+        "{} was not fenced within {:?} after the workload (last view {last:?})",
+        node_name(node),
+        plan.workload.converge_timeout
+    ))
+}
+
+/// The genesis key: derived from the seed, so the trust root's bytes
+/// (and everything downstream) are the same on every replay. It signs the
+/// trust root and the operator's orders.
+fn genesis_signer(plan: &ClientPlan) -> SnapshotSigner {
     let mut rng = plan.rng.fork("trust-root");
     let mut secret = [0u8; 32];
     for chunk in secret.chunks_mut(8) {
         chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
     }
-    let signer = SnapshotSigner::from_secret_bytes(&secret);
+    SnapshotSigner::from_secret_bytes(&secret)
+}
+
+/// The genesis trust root, signed by [`genesis_signer`].
+fn genesis(plan: &ClientPlan, cluster_id: &ClusterId) -> Result<Vec<u8>, String> {
+    let signer = genesis_signer(plan);
     let root = TrustRoot::genesis(cluster_id, &[&signer], GENESIS_ISSUED_AT)
         .map_err(|e| format!("make the genesis trust root: {e}"))?;
     Ok(root.bytes().to_vec())
@@ -214,12 +343,13 @@ async fn bootstrap(
     ))
 }
 
-/// One `AcquireFence` call, with the client's deadline.
-async fn acquire(plan: &ClientPlan, client: &mut Client) -> Outcome {
+/// One `AcquireFence` call for `expected_term`, with the client's
+/// deadline.
+async fn acquire(plan: &ClientPlan, client: &mut Client, expected_term: u64) -> Outcome {
     let request = pb::AcquireFenceRequest {
         cluster_id: CLUSTER_ID.into(),
         purpose: "sim".into(),
-        expected_term: 1,
+        expected_term,
     };
     match tokio::time::timeout(plan.workload.call_timeout, client.acquire_fence(request)).await {
         Err(_elapsed) => Outcome::TimedOut,
@@ -249,10 +379,11 @@ async fn call_and_log(
     plan: &ClientPlan,
     worker: usize,
     node: NodeIndex,
+    expected_term: u64,
     client: &mut Client,
 ) -> bool {
     let started = now();
-    let outcome = acquire(plan, client).await;
+    let outcome = acquire(plan, client, expected_term).await;
     let granted = matches!(outcome, Outcome::Granted { .. });
     plan.log.push(Event::Fence(FenceCall {
         worker,
@@ -268,11 +399,12 @@ async fn fence_until_granted(
     plan: &ClientPlan,
     mut client: Client,
     node: NodeIndex,
+    expected_term: u64,
     within: Duration,
 ) -> bool {
     let deadline = now() + within;
     while now() < deadline {
-        if call_and_log(plan, CLIENT_WORKER, node, &mut client).await {
+        if call_and_log(plan, CLIENT_WORKER, node, expected_term, &mut client).await {
             return true;
         }
         tokio::time::sleep(RETRY_PAUSE).await;
@@ -287,28 +419,31 @@ async fn run_worker(
     mut client: Client,
     mut rng: SimRng,
     end: Duration,
+    terms: &ExpectedTerms,
 ) {
     while now() < end {
-        call_and_log(plan, worker, node, &mut client).await;
+        call_and_log(plan, worker, node, terms.of(node), &mut client).await;
         let think = rng.millis(plan.workload.think_min, plan.workload.think_max);
         tokio::time::sleep(think).await;
     }
 }
 
-/// Waits until every node names the same leader and has the same applied
-/// index and last fence; with `record`, logs each node's final status.
+/// Waits until every node of `group` names the same leader and has the
+/// same applied index and last fence; with `record`, logs each one's
+/// final status.
 async fn converge(
     plan: &ClientPlan,
     clients: &[Client],
+    group: &[NodeIndex],
     cluster_id: &ClusterId,
     record: bool,
 ) -> Result<(), String> {
     let deadline = now() + plan.workload.converge_timeout;
     let mut last = Vec::new();
     while now() < deadline {
-        let mut statuses = Vec::with_capacity(clients.len());
-        for client in clients {
-            let mut client = client.clone();
+        let mut statuses = Vec::with_capacity(group.len());
+        for node in group {
+            let mut client = clients[*node].clone();
             let request = pb::AuthorityStatusRequest {
                 cluster_id: cluster_id.to_string(),
             };
@@ -326,7 +461,7 @@ async fn converge(
                 _ => break,
             }
         }
-        let agreed = statuses.len() == clients.len()
+        let agreed = statuses.len() == group.len()
             && !statuses[0].leader.is_empty()
             && statuses.iter().all(|s| {
                 s.leader == statuses[0].leader
@@ -335,10 +470,10 @@ async fn converge(
             });
         if agreed {
             if record {
-                for (node, status) in statuses.into_iter().enumerate() {
+                for (node, status) in group.iter().zip(statuses) {
                     plan.log.push(Event::Final {
                         at: now(),
-                        node,
+                        node: *node,
                         status,
                     });
                 }

@@ -60,6 +60,13 @@ fn lan_5_voters() {
     breadth("breadth::lan_5_voters", &["swizzle-5"], 12);
 }
 
+// Goal: promotion of a surviving minority with 3 and 5 LAN voters.
+// Method: 8 seeds each.
+#[test]
+fn lan_promotion() {
+    breadth("breadth::lan_promotion", &["promotion-3", "promotion-5"], 8);
+}
+
 // Goal: 7 LAN voters (a minority of 3). Method: partition and crash, 10
 // seeds each.
 #[test]

@@ -15,6 +15,7 @@ mod determinism;
 mod forged;
 mod loss;
 mod partition;
+mod promotion;
 mod regressions;
 mod replay;
 mod teeth;

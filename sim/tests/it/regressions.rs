@@ -50,6 +50,17 @@ const PINNED: &[Pinned] = &[
                 (node-2 then follows node-1); fixed by enabling openraft's single-term-leader",
         open_bug: None,
     },
+    Pinned {
+        scenario: "promotion-5",
+        seed: 1,
+        found: "a promotion of 2 survivors never formed its group: node-3 (sent the order \
+                first) restarted at term 2 and answered the seed's vote requests with the \
+                order as proof, so the seed node-1 was fenced 1 ms before its own order \
+                arrived and refused it (\"fenced by a higher term; rejoin it instead\"); \
+                fixed in promotion.rs: a survivor fenced by exactly the order's new term \
+                carries the order out",
+        open_bug: None,
+    },
 ];
 
 // Why the two-leaders seeds failed, and what fixed them: openraft 0.9

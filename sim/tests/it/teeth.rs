@@ -66,11 +66,31 @@ fn believing_an_unproven_term_is_caught() {
     );
 }
 
+// Goal: a node that grants its old term after learning that it is fenced
+// is caught. Method: the promotion scenario for 3 voters (the old
+// majority's stale clients keep asking for the old term after the heal)
+// with `GrantWhenFenced`; some seed of the first three must break
+// `fenced-grants-nothing`.
+#[test]
+fn granting_when_fenced_is_caught() {
+    let (caught, seen) = first_caught(Mutant::GrantWhenFenced, "fenced-grants-nothing", |seed| {
+        scenarios::promotion(seed, 3)
+    });
+    assert!(
+        caught.is_some(),
+        "not caught in {TEETH_SEEDS} seeds: {seen:?}"
+    );
+}
+
 // Goal: the real system passes the same runs, so the failures above come
-// from the mutants. Method: the first seed of both scenarios, no mutant.
+// from the mutants. Method: the first seed of each scenario, no mutant.
 #[test]
 fn the_real_system_passes_the_same_runs() {
-    for scenario in [scenarios::isolated_leader(1), scenarios::forged_terms(1)] {
+    for scenario in [
+        scenarios::isolated_leader(1),
+        scenarios::forged_terms(1),
+        scenarios::promotion(1, 3),
+    ] {
         assert_eq!(scenario.mutant, Mutant::None);
         let report = run(1, &scenario);
         assert!(report.passed(), "{}", report.failure_report());

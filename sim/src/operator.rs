@@ -1,0 +1,171 @@
+//! The operator's part of a run: promoting the surviving minority when the
+//! majority is lost (loss-of-quorum recovery), with a promotion order
+//! signed by the cluster's genesis key, as `rapctl authority promote` has
+//! the control plane do. It runs on the client host, beside the workers.
+//!
+//! The operator waits until every survivor reports `minority` (a node
+//! refuses a promotion while its group has a quorum), asks each for its
+//! applied index, names the one with the highest as the seed, signs one
+//! order, and sends it to the other survivors first and to the seed last
+//! (the seed forms the new group and adds the others). Nothing here knows
+//! what the nodes do with it: the checkers judge that.
+
+use crate::events::{Event, EventLog, NodeIndex, node_name};
+use crate::harness::{CLUSTER_ID, now};
+use crate::seed::SimRng;
+use rap_core::codes::error_detail;
+use rap_proto::envelope::SnapshotSigner;
+use rap_proto::pb;
+use rap_proto::pb::authority_service_client::AuthorityServiceClient;
+use rap_proto::time::UnixMillis;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// How many times the operator looks at the survivors' views before it
+/// gives up waiting for all of them to report `minority`.
+pub const VIEW_CHECKS_MAX: u32 = 100;
+
+/// Pause between two looks at the survivors.
+pub const VIEW_CHECK_PAUSE: Duration = Duration::from_millis(100);
+
+/// The client's deadline for one survivor's promotion (the seed's includes
+/// forming the new group and adding the others).
+pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A promotion in a scenario.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromotionPlan {
+    /// When the operator starts (offset from the workload's start); the
+    /// scenario has cut the survivors off from the rest before this.
+    pub at: Duration,
+    /// The surviving voters, a minority.
+    pub survivors: Vec<NodeIndex>,
+}
+
+/// What one survivor says about itself.
+struct Survivor {
+    node: NodeIndex,
+    authority_term: u64,
+    applied_index: u64,
+    view: i32,
+}
+
+async fn status(
+    client: &mut AuthorityServiceClient<Channel>,
+) -> Option<pb::AuthorityStatusResponse> {
+    let request = pb::AuthorityStatusRequest {
+        cluster_id: CLUSTER_ID.into(),
+    };
+    match tokio::time::timeout(VIEW_CHECK_PAUSE * 10, client.status(request)).await {
+        Ok(Ok(answer)) => Some(answer.into_inner()),
+        _ => None,
+    }
+}
+
+/// Waits until every survivor reports `minority`; their statuses then.
+async fn survivors_in_minority(
+    plan: &PromotionPlan,
+    clients: &[AuthorityServiceClient<Channel>],
+) -> Option<Vec<Survivor>> {
+    for _ in 0..VIEW_CHECKS_MAX {
+        let mut found = Vec::with_capacity(plan.survivors.len());
+        for node in &plan.survivors {
+            let mut client = clients[*node].clone();
+            if let Some(answer) = status(&mut client).await {
+                found.push(Survivor {
+                    node: *node,
+                    authority_term: answer.authority_term,
+                    applied_index: answer.applied_index,
+                    view: answer.partition_view,
+                });
+            }
+        }
+        let minority = pb::PartitionView::Minority as i32;
+        if found.len() == plan.survivors.len() && found.iter().all(|s| s.view == minority) {
+            return Some(found);
+        }
+        tokio::time::sleep(VIEW_CHECK_PAUSE).await;
+    }
+    None
+}
+
+/// Carries out `plan`; returns the new authority term once every survivor
+/// has been promoted, `None` when the operator could not (each step is in
+/// the log).
+pub(crate) async fn promote(
+    plan: &PromotionPlan,
+    signer: &SnapshotSigner,
+    clients: &[AuthorityServiceClient<Channel>],
+    rng: &mut SimRng,
+    log: &EventLog,
+) -> Option<u64> {
+    let survivors = survivors_in_minority(plan, clients).await?;
+    // The highest applied index seeds; the first such survivor on a tie.
+    let seed = survivors
+        .iter()
+        .fold(None::<&Survivor>, |best, s| match best {
+            Some(b) if b.applied_index >= s.applied_index => Some(b),
+            _ => Some(s),
+        })?;
+    let current_term = seed.authority_term;
+    let new_term = current_term + 1;
+    let mut replay_guard = vec![0u8; 16];
+    for byte in &mut replay_guard {
+        *byte = u8::try_from(rng.below(256)).unwrap_or(0);
+    }
+    let order = pb::PromotionOrder {
+        cluster_id: CLUSTER_ID.into(),
+        current_term,
+        new_term,
+        survivors: plan.survivors.iter().map(|n| node_name(*n)).collect(),
+        seed: replay_guard,
+        // The nodes check an order's age against the wall clock, not the
+        // simulated one; the time is in no event, so traces do not vary.
+        issued_at_unix_ms: UnixMillis::now().0,
+        seed_node_id: node_name(seed.node),
+        seed_applied_index: seed.applied_index,
+    };
+    let request = rap_proto::orders::sign_promotion(&order, signer);
+    log.push(Event::Promotion {
+        at: now(),
+        term: new_term,
+        survivors: plan.survivors.clone(),
+        seed: seed.node,
+        seed_applied: seed.applied_index,
+    });
+    let seed_node = seed.node;
+    let mut order_of_calls: Vec<NodeIndex> = plan
+        .survivors
+        .iter()
+        .copied()
+        .filter(|n| *n != seed_node)
+        .collect();
+    order_of_calls.push(seed_node);
+    let mut all_promoted = true;
+    for node in order_of_calls {
+        let mut client = clients[node].clone();
+        let outcome =
+            match tokio::time::timeout(PROMOTE_TIMEOUT, client.promote(request.clone())).await {
+                Ok(Ok(answer)) => {
+                    format!("promoted term={}", answer.into_inner().authority_term)
+                }
+                Ok(Err(status)) => {
+                    all_promoted = false;
+                    let code = error_detail(&status)
+                        .map(|d| d.code)
+                        .unwrap_or_else(|| format!("{:?}", status.code()));
+                    format!("refused {code}: {}", status.message())
+                }
+                Err(_) => {
+                    all_promoted = false;
+                    "timed out".into()
+                }
+            };
+        log.push(Event::Promote {
+            at: now(),
+            node,
+            outcome,
+        });
+    }
+    all_promoted.then_some(new_term)
+}
