@@ -80,6 +80,7 @@ pub fn node_options(config: &Config, identity: Option<&Arc<LiveIdentity>>) -> Re
             None => None,
         },
         connector: None,
+        disk: None,
     })
 }
 

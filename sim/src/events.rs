@@ -204,6 +204,16 @@ pub enum Event {
         /// The refusal code, or `accepted`, a transport error, `timed out`.
         outcome: String,
     },
+    /// A crashed host's disk lost its unsynced writes
+    /// ([`crate::disk`]).
+    PowerLoss {
+        /// Simulated time.
+        at: Duration,
+        /// The node.
+        node: NodeIndex,
+        /// Unsynced writes undone.
+        lost_writes: usize,
+    },
     /// The operator signed a promotion order (loss-of-quorum recovery):
     /// from now on a node may believe `term` and report `fenced`.
     Promotion {
@@ -248,6 +258,7 @@ impl Event {
             | Event::Raft { at, .. }
             | Event::View { at, .. }
             | Event::Forged { at, .. }
+            | Event::PowerLoss { at, .. }
             | Event::Promotion { at, .. }
             | Event::Promote { at, .. }
             | Event::Final { at, .. } => *at,
@@ -310,6 +321,13 @@ impl fmt::Display for Event {
                     .collect::<Vec<_>>()
                     .join(","),
                 node_name(*seed)
+            ),
+            Event::PowerLoss {
+                node, lost_writes, ..
+            } => write!(
+                f,
+                "power loss {}: {lost_writes} unsynced writes undone",
+                node_name(*node)
             ),
             Event::Promote { node, outcome, .. } => {
                 write!(f, "promote {}: {outcome}", node_name(*node))

@@ -32,6 +32,8 @@
 //! what ran before in the process (see [`crash_silently`]).
 
 use crate::checkers::{self, CheckConfig, Violation};
+use crate::disk::SimDisk;
+use crate::echo::{Echo, EchoPlan};
 use crate::events::{Event, EventLog, NodeIndex, Role, node_name};
 use crate::faults::{Applied, Fault, Links};
 use crate::forger::{FORGER, ForgerPlan, ForgerRun};
@@ -40,6 +42,7 @@ use crate::net;
 use crate::operator::PromotionPlan;
 use crate::seed::SimRng;
 use crate::workload::{self, ClientPlan, Workload};
+use rap_authority::limits::RAFT_RPC_BYTES_MAX;
 use rap_authority::network::{PeerAuth, RaftServer};
 use rap_authority::node::{AuthorityNode, NodeOptions, Timing};
 use rap_authority::service::AuthorityApi;
@@ -47,10 +50,12 @@ use rap_authority::slot::NodeSlot;
 use rap_authority::typ::{RaftNodeId, raft_id_of};
 use rap_core::codes;
 use rap_proto::ids::{ClusterId, NodeId};
+use rap_proto::pb::raft_service_server::{RaftService, RaftServiceServer};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
+use tonic::service::Routes;
 
 /// The gRPC port of every storage node (RaftService + AuthorityService).
 pub const GRPC_PORT: u16 = 7000;
@@ -150,6 +155,8 @@ pub struct Scenario {
     /// The operator's promotion of a surviving minority
     /// ([`crate::operator`]); the schedule cuts the survivors off first.
     pub promotion: Option<PromotionPlan>,
+    /// Raft messages delivered twice, the copy later ([`crate::echo`]).
+    pub echo: Option<EchoPlan>,
 }
 
 /// What one run produced.
@@ -296,6 +303,12 @@ struct NodeHost {
     raft_ids: Arc<Vec<RaftNodeId>>,
     log: EventLog,
     mutant: Mutant,
+    /// The node's disk, across restarts.
+    disk: SimDisk,
+    /// Duplicated and reordered Raft messages, if the scenario has them.
+    echo: Option<EchoPlan>,
+    /// Draws the echoes (forked per incarnation).
+    echo_rng: SimRng,
 }
 
 impl NodeHost {
@@ -323,6 +336,7 @@ impl NodeHost {
             timing: self.cluster.timing(election_timeout),
             tls: None,
             connector: Some(net::connector()),
+            disk: Some(self.disk.opener()),
         };
         let node = AuthorityNode::start(options)
             .await
@@ -354,22 +368,42 @@ impl NodeHost {
         let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(self.cluster.keepalive))
             .http2_keepalive_timeout(Some(self.cluster.keepalive * 2));
-        let router = match self.mutant {
-            Mutant::None => builder
-                .add_service(raft_server.into_service())
-                .add_service(authority_api.into_service()),
-            Mutant::GrantWithoutQuorum => builder
-                .add_service(raft_server.into_service())
-                .add_service(GrantOnRefusal::service(authority_api, codes::NO_QUORUM)),
-            Mutant::GrantWhenFenced => builder
-                .add_service(raft_server.into_service())
-                .add_service(GrantOnRefusal::service(authority_api, codes::FENCED)),
-            Mutant::BelieveUnprovenTerm => builder
-                .add_service(BelieveUnprovenTerm::service(raft_server))
-                .add_service(authority_api.into_service()),
+        let echo_rng = self.echo_rng.fork(&format!("{name}-{}", now().as_millis()));
+        let routes = match self.mutant {
+            Mutant::BelieveUnprovenTerm => {
+                raft_routes(BelieveUnprovenTerm::new(raft_server), self.echo, echo_rng)
+            }
+            _ => raft_routes(raft_server, self.echo, echo_rng),
         };
-        router.serve_with_incoming(net::incoming(listener)).await?;
+        let routes = match self.mutant {
+            Mutant::GrantWithoutQuorum => {
+                routes.add_service(GrantOnRefusal::service(authority_api, codes::NO_QUORUM))
+            }
+            Mutant::GrantWhenFenced => {
+                routes.add_service(GrantOnRefusal::service(authority_api, codes::FENCED))
+            }
+            Mutant::None | Mutant::BelieveUnprovenTerm => {
+                routes.add_service(authority_api.into_service())
+            }
+        };
+        builder
+            .add_routes(routes)
+            .serve_with_incoming(net::incoming(listener))
+            .await?;
         Ok(())
+    }
+}
+
+/// The node's `RaftService`, behind an [`Echo`] when the scenario
+/// duplicates messages.
+fn raft_routes<S: RaftService>(service: S, echo: Option<EchoPlan>, rng: SimRng) -> Routes {
+    match echo {
+        Some(plan) => Routes::new(Echo::service(service, plan, rng)),
+        None => Routes::new(
+            RaftServiceServer::new(service)
+                .max_decoding_message_size(RAFT_RPC_BYTES_MAX)
+                .max_encoding_message_size(RAFT_RPC_BYTES_MAX),
+        ),
     }
 }
 
@@ -465,8 +499,12 @@ fn simulate(
     let raft_ids: Arc<Vec<RaftNodeId>> =
         Arc::new((0..nodes).map(|i| raft_id_of(&node_name(i))).collect());
     let jitter = Arc::new(Mutex::new(rng.fork("election-jitter")));
+    let disks: Vec<SimDisk> = (0..nodes).map(|_| SimDisk::new()).collect();
     for (index, dir) in dirs.iter().enumerate() {
         let host = NodeHost {
+            disk: disks[index].clone(),
+            echo: scenario.echo,
+            echo_rng: rng.fork(&format!("echo-{index}")),
             index,
             cluster: spec,
             data_dir: dir.path().to_path_buf(),
@@ -511,6 +549,7 @@ fn simulate(
         bystanders.push(FORGER);
     }
     let mut faults_rng = rng.fork("faults");
+    let mut power_rng = rng.fork("power-loss");
     let mut pending = scenario.schedule.iter().peekable();
     let mut links = Links::healthy(nodes);
     let outcome = loop {
@@ -523,12 +562,28 @@ fn simulate(
                 let fallback = faults_rng.index(nodes);
                 let leader = leader_now(log, &links).or(Some(fallback));
                 for applied in fault.resolve(leader, &links.crashed(), nodes) {
+                    // The power goes before the host's software is torn
+                    // down: what its dying redb writes on the way out
+                    // (a dropped Database flushes) never reaches the disk.
+                    let power_loss = match applied {
+                        Applied::Crash(node) => {
+                            Some((node, disks[node].lose_power(&mut power_rng)))
+                        }
+                        _ => None,
+                    };
                     apply(&mut sim, &spec, &links, &bystanders, &applied);
                     links.apply(&applied);
                     log.push(Event::Fault {
                         at: sim.elapsed(),
                         fault: applied,
                     });
+                    if let Some((node, lost_writes)) = power_loss {
+                        log.push(Event::PowerLoss {
+                            at: sim.elapsed(),
+                            node,
+                            lost_writes,
+                        });
+                    }
                 }
                 pending.next();
             }

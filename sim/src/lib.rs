@@ -25,6 +25,8 @@
 
 pub mod chaos;
 pub mod checkers;
+pub mod disk;
+pub mod echo;
 pub mod events;
 pub mod faults;
 pub mod forger;

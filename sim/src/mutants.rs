@@ -8,7 +8,7 @@ use rap_authority::limits::RAFT_RPC_BYTES_MAX;
 use rap_core::codes::{self, error_detail};
 use rap_proto::pb;
 use rap_proto::pb::authority_service_server::{AuthorityService, AuthorityServiceServer};
-use rap_proto::pb::raft_service_server::{RaftService, RaftServiceServer};
+use rap_proto::pb::raft_service_server::RaftService;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::{Request, Response, Status};
@@ -173,11 +173,9 @@ pub struct BelieveUnprovenTerm<S> {
 }
 
 impl<S: RaftService> BelieveUnprovenTerm<S> {
-    /// Wraps `inner`, with the real service's message limits.
-    pub fn service(inner: S) -> RaftServiceServer<Self> {
-        RaftServiceServer::new(BelieveUnprovenTerm { inner })
-            .max_decoding_message_size(RAFT_RPC_BYTES_MAX)
-            .max_encoding_message_size(RAFT_RPC_BYTES_MAX)
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        BelieveUnprovenTerm { inner }
     }
 }
 

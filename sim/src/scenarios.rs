@@ -10,6 +10,7 @@
 //! ([`promotion`]); forged higher-term RPCs from a non-member host
 //! ([`forged_terms`]) fence nobody.
 
+use crate::echo::EchoPlan;
 use crate::events::NodeIndex;
 use crate::faults::{Applied, Fault};
 use crate::forger::ForgerPlan;
@@ -53,6 +54,7 @@ fn scenario(
         forger: ForgerPlan::default(),
         mutant: Mutant::None,
         promotion: None,
+        echo: None,
     }
 }
 
@@ -279,6 +281,21 @@ pub fn promotion(seed: u64, voters: usize) -> Scenario {
     scenario
 }
 
+/// Duplicated and reordered Raft messages (5–15 % of them delivered a
+/// second time, 1–300 ms later) through a symmetric partition of a
+/// minority and its heal: stale `AppendEntries` from an old leader and
+/// repeated votes from old elections arrive after newer ones.
+pub fn echoes(seed: u64, voters: usize) -> Scenario {
+    let mut scenario = symmetric_partition(seed, voters);
+    let mut rng = SimRng::new(seed).fork("echoes");
+    scenario.name = format!("duplicates and reordering ({voters} voters)");
+    scenario.echo = Some(EchoPlan {
+        rate: (5 + rng.below(11)) as f64 / 100.0,
+        delay_max: ms(300),
+    });
+    scenario
+}
+
 /// Fisher–Yates with the seed's generator.
 fn shuffle(rng: &mut SimRng, items: &mut [NodeIndex]) {
     for i in (1..items.len()).rev() {
@@ -348,6 +365,8 @@ pub const NAMES: &[&str] = &[
     "swizzle-5",
     "promotion-3",
     "promotion-5",
+    "echoes-3",
+    "echoes-5",
 ];
 
 /// The scenario called `name` (one of [`NAMES`]) for `seed`.
@@ -370,6 +389,8 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "swizzle-5" => swizzle(seed, 5),
         "promotion-3" => promotion(seed, 3),
         "promotion-5" => promotion(seed, 5),
+        "echoes-3" => echoes(seed, 3),
+        "echoes-5" => echoes(seed, 5),
         _ => return None,
     })
 }

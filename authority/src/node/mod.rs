@@ -168,6 +168,10 @@ pub struct NodeOptions {
     /// How channels to other nodes are dialled; `None` is plain TCP. The
     /// simulation dials through turmoil.
     pub connector: Option<Connector>,
+    /// Where the Raft store's bytes live; `None` is the file
+    /// `<data_dir>/raft.redb`. The simulation gives a disk that loses
+    /// unsynced writes in a crash.
+    pub disk: Option<store::DiskOpener>,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -180,6 +184,7 @@ impl std::fmt::Debug for NodeOptions {
             .field("timing", &self.timing)
             .field("tls", &self.tls.is_some())
             .field("custom_connector", &self.connector.is_some())
+            .field("custom_disk", &self.disk.is_some())
             .finish()
     }
 }
@@ -295,7 +300,7 @@ impl AuthorityNode {
     pub async fn start_with(options: NodeOptions, carried: Option<Carried>) -> Result<Arc<Self>> {
         options.timing.validate()?;
         rap_core::tls::install_crypto_provider();
-        let (log, state_machine) = store::open(&options.data_dir)?;
+        let (log, state_machine) = store::open_on(&options.data_dir, options.disk.as_ref())?;
         let view = state_machine.view();
         if let Some(stored) = view.cluster_id()
             && stored != options.cluster_id

@@ -123,6 +123,21 @@ const _: () = assert!(SNAPSHOT_BYTES_MAX >= RAFT_RPC_BYTES_MAX);
 /// the same way; the refused file's handle is then leaked (see
 /// `open_verified`), so the process should exit rather than retry.
 pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore)> {
+    open_on(data_dir, None)
+}
+
+/// Opens the bytes of a Raft store file. Production has none and opens
+/// the file itself; the simulator hands in a disk that loses what was not
+/// synced when its host crashes (redb's own storage trait, so the store
+/// code is the same either way).
+pub type DiskOpener =
+    Arc<dyn Fn(&Path) -> std::io::Result<Box<dyn redb::StorageBackend>> + Send + Sync>;
+
+/// [`open`] on `disk`'s bytes for the store file, when given.
+pub fn open_on(
+    data_dir: &Path,
+    disk: Option<&DiskOpener>,
+) -> Result<(LogStore, StateMachineStore)> {
     std::fs::create_dir_all(data_dir).map_err(|e| {
         Error::Storage(format!(
             "create raft data directory {}: {e}",
@@ -135,7 +150,10 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore)> {
     // failed its check) panic on damaged bytes instead of returning an
     // error. A damaged file must be a clear refusal, so the whole open,
     // which is the first read of every page, is a panic boundary.
-    let opened = std::panic::catch_unwind(|| open_verified(&path));
+    // (A custom disk is only read here; after a panic the caller refuses
+    // the store and does not use the disk's state again.)
+    let opened =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_verified(&path, disk)));
     let (log, state_machine) = match opened {
         Ok(result) => result?,
         Err(panic) => {
@@ -161,8 +179,19 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore)> {
 
 /// Opens the file, verifies every page checksum, then loads and checks
 /// the log and the state machine.
-fn open_verified(path: &Arc<PathBuf>) -> Result<(LogStore, StateMachineStore)> {
-    let mut db = Database::create(path.as_path()).map_err(|e| open_error(path, e.into()))?;
+fn open_verified(
+    path: &Arc<PathBuf>,
+    disk: Option<&DiskOpener>,
+) -> Result<(LogStore, StateMachineStore)> {
+    let created = match disk {
+        None => Database::create(path.as_path()),
+        Some(opener) => {
+            let backend = opener(path.as_path())
+                .map_err(|e| Error::Storage(format!("open raft store {}: {e}", path.display())))?;
+            redb::Builder::new().create_with_backend(OpenedDisk(backend))
+        }
+    };
+    let mut db = created.map_err(|e| open_error(path, e.into()))?;
     match db.check_integrity() {
         Ok(true) => {}
         Ok(false) => {
@@ -183,6 +212,36 @@ fn open_verified(path: &Arc<PathBuf>) -> Result<(LogStore, StateMachineStore)> {
     let log = LogStore::load(db.clone(), path.clone())?;
     let state_machine = StateMachineStore::load(db, path.clone())?;
     Ok((log, state_machine))
+}
+
+/// A [`DiskOpener`]'s backend, as the type redb's builder takes.
+#[derive(Debug)]
+struct OpenedDisk(Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for OpenedDisk {
+    fn len(&self) -> std::result::Result<u64, std::io::Error> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::result::Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::result::Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+
+    fn close(&self) -> std::result::Result<(), std::io::Error> {
+        self.0.close()
+    }
 }
 
 /// The error of opening the file itself, with corruption named as such.

@@ -36,8 +36,8 @@ fn lan_3_voters_partitions() {
     );
 }
 
-// Goal: the same under loss and delay, crashes, forged terms and swizzle.
-// Method: 15 seeds each, 12 for swizzle.
+// Goal: the same under loss and delay, crashes, forged terms, swizzle and
+// duplicated messages. Method: 15 seeds each, 12 for swizzle and echoes.
 #[test]
 fn lan_3_voters_faults() {
     breadth(
@@ -45,11 +45,15 @@ fn lan_3_voters_faults() {
         &["loss-and-delay", "crash-restart-3", "forged-terms"],
         15,
     );
-    breadth("breadth::lan_3_voters_faults", &["swizzle-3"], 12);
+    breadth(
+        "breadth::lan_3_voters_faults",
+        &["swizzle-3", "echoes-3"],
+        12,
+    );
 }
 
 // Goal: 5 LAN voters (a minority of 2). Method: partition and crash, 15
-// seeds each; swizzle, 12.
+// seeds each; swizzle and echoes, 12.
 #[test]
 fn lan_5_voters() {
     breadth(
@@ -57,7 +61,7 @@ fn lan_5_voters() {
         &["symmetric-5", "crash-restart-5"],
         15,
     );
-    breadth("breadth::lan_5_voters", &["swizzle-5"], 12);
+    breadth("breadth::lan_5_voters", &["swizzle-5", "echoes-5"], 12);
 }
 
 // Goal: promotion of a surviving minority with 3 and 5 LAN voters.

@@ -12,6 +12,7 @@
 mod breadth;
 mod crash;
 mod determinism;
+mod echoes;
 mod forged;
 mod loss;
 mod partition;
