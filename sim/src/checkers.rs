@@ -153,10 +153,10 @@ pub fn fenced_nodes_grant_nothing(events: &[Event], config: &CheckConfig) -> Vec
         .collect()
 }
 
-/// After a promotion that every survivor carried out, every voter that
-/// was not a survivor has reported `fenced` by the end of the run (the
-/// network is healed before the workload ends, so the old side hears of
-/// the new term).
+/// A promotion goes through: every survivor carries out the order. Then
+/// every voter that was not a survivor has reported `fenced` by the end
+/// of the run (the network is healed before the workload ends, so the old
+/// side hears of the new term).
 pub fn old_side_fenced(events: &[Event]) -> Vec<Violation> {
     let Some((at, survivors)) = events.iter().rev().find_map(|e| match e {
         Event::Promotion { at, survivors, .. } => Some((*at, survivors.clone())),
@@ -171,9 +171,23 @@ pub fn old_side_fenced(events: &[Event]) -> Vec<Violation> {
             _ => None,
         })
         .collect();
-    if !survivors.iter().all(|n| promoted.contains(n)) {
-        // The run fails anyway (the client reports the operator's failure).
-        return Vec::new();
+    let refused: Vec<String> = survivors
+        .iter()
+        .filter(|n| !promoted.contains(n))
+        .map(|n| node_name(*n))
+        .collect();
+    if !refused.is_empty() {
+        // A promotion the cluster's own key signed, sent to survivors in
+        // a settled minority, must go through.
+        return vec![Violation {
+            invariant: "promotion-completes",
+            at,
+            detail: format!(
+                "the order signed at {}ms was not carried out by {}",
+                at.as_millis(),
+                refused.join(", ")
+            ),
+        }];
     }
     let booted: BTreeSet<NodeIndex> = events
         .iter()
