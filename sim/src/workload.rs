@@ -1,7 +1,10 @@
 //! The client host's script: bootstrap the group, wait for a first fence,
-//! run the workers (each asks one node for fences, again and again), then,
-//! with every fault healed, wait until the nodes agree, take one more
-//! fence through every node, and record each node's final status.
+//! run the workers (each asks one node for fences, again and again) and,
+//! if the scenario has one, the operator's promotion ([`crate::operator`])
+//! beside them; then, with every fault healed, wait until the group (all
+//! nodes, or the survivors after a promotion) agrees, take one more fence
+//! through each member, record each one's final status, and wait until
+//! every node of the old side reports `fenced`.
 //!
 //! Every call goes through the real gRPC `AuthorityService` of the chosen
 //! node, so followers forward to the leader exactly as in production.
