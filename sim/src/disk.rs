@@ -121,10 +121,19 @@ impl FileBytes {
     }
 }
 
+/// The files of one disk: in the order they were first opened (a power
+/// loss draws for them in that order, which the seed fixes; inode numbers
+/// differ from run to run), and by inode.
+#[derive(Default)]
+struct Files {
+    in_order: Vec<Arc<Mutex<FileBytes>>>,
+    by_inode: BTreeMap<u64, usize>,
+}
+
 /// The disk of one storage node, shared by its incarnations.
 #[derive(Clone, Default)]
 pub struct SimDisk {
-    files: Arc<Mutex<BTreeMap<u64, Arc<Mutex<FileBytes>>>>>,
+    files: Arc<Mutex<Files>>,
     /// Bumped by every power loss: a backend opened before it (a dead
     /// incarnation's redb, dropped after the crash) writes nothing.
     power_cycles: Arc<AtomicU64>,
@@ -159,7 +168,15 @@ impl SimDisk {
             std::fs::write(path, b"")?;
         }
         let inode = std::fs::metadata(path)?.ino();
-        let bytes = self.lock_files().entry(inode).or_default().clone();
+        let bytes = {
+            let mut files = self.lock_files();
+            let next = files.in_order.len();
+            let index = *files.by_inode.entry(inode).or_insert(next);
+            if index == next {
+                files.in_order.push(Arc::default());
+            }
+            files.in_order[index].clone()
+        };
         Ok(SimFile {
             bytes,
             power_cycle: self.power_cycles.load(Ordering::SeqCst),
@@ -178,7 +195,7 @@ impl SimDisk {
     fn lose_power_keeping(&self, mut kept: impl FnMut(usize) -> usize) -> usize {
         self.power_cycles.fetch_add(1, Ordering::SeqCst);
         let mut lost = 0;
-        for file in self.lock_files().values() {
+        for file in &self.lock_files().in_order {
             let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
             let unsynced = file.unsynced.len();
             let keep = kept(unsynced).min(unsynced);
@@ -188,7 +205,7 @@ impl SimDisk {
         lost
     }
 
-    fn lock_files(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Mutex<FileBytes>>>> {
+    fn lock_files(&self) -> std::sync::MutexGuard<'_, Files> {
         self.files.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
