@@ -669,12 +669,24 @@ impl Cluster {
         .await
     }
 
-    /// The authority term the group is at (from node `index`).
+    /// Node `index`'s authority term, once it has applied its group's
+    /// first entry: a node that has not yet (a follower right after the
+    /// bootstrap, a survivor the seed has not added) reports 0, which no
+    /// caller wants as "the term".
     pub async fn authority_term(&self, index: usize) -> u64 {
-        self.status(index)
-            .await
-            .expect("Status for the authority term")
-            .authority_term
+        eventually(
+            "an authority term above 0",
+            HANG_GUARD,
+            Duration::from_millis(25),
+            || async {
+                self.status(index)
+                    .await
+                    .ok()
+                    .map(|s| s.authority_term)
+                    .filter(|term| *term > 0)
+            },
+        )
+        .await
     }
 
     /// `GET path` on node `index`'s HTTP listener: (status code, body).
