@@ -6,8 +6,10 @@
 //! fault; each storage-node host writes [`Event::Boot`], [`Event::Raft`]
 //! (on every change of its Raft term, leader or role) and [`Event::View`]
 //! (on every change of its partition view); the client host writes
-//! [`Event::Phase`], [`Event::Fence`] (one per `AcquireFence` call) and
-//! [`Event::Final`].
+//! [`Event::Phase`], [`Event::Fence`] (one per `AcquireFence` call),
+//! [`Event::Final`], the operator's [`Event::Promotion`] and
+//! [`Event::Promote`], and an [`Event::View`] when a node it waits for
+//! reports `fenced`.
 
 use crate::faults::Applied;
 use rap_authority::partition::PartitionView;

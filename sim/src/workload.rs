@@ -18,6 +18,7 @@ use crate::operator::{self, PromotionPlan};
 use crate::seed::SimRng;
 use rap_authority::client::authority_client_via;
 use rap_authority::network::NetworkConfig;
+use rap_authority::partition::PartitionView;
 use rap_core::codes::error_detail;
 use rap_core::tls::pin::ExpectedPeer;
 use rap_proto::envelope::{SnapshotSigner, TrustRoot};
@@ -272,6 +273,14 @@ async fn wait_fenced(
         if let Ok(Ok(answer)) = answer {
             let view = answer.into_inner().partition_view;
             if view == pb::PartitionView::Fenced as i32 {
+                // What the client saw is a view of the node as much as
+                // its observer's samples are, and the run may end before
+                // the next sample.
+                plan.log.push(Event::View {
+                    at: now(),
+                    node,
+                    view: PartitionView::Fenced,
+                });
                 return Ok(());
             }
             last = Some(view);

@@ -61,6 +61,15 @@ const PINNED: &[Pinned] = &[
                 carries the order out",
         open_bug: None,
     },
+    Pinned {
+        scenario: "promotion-5",
+        seed: 20_436,
+        found: "old-side-fenced flagged node-4, which did report fenced: the client saw it \
+                in node-4's Status and the run ended 13 ms later, before node-4's observer \
+                sampled its view again (every 50 ms); a checker gap, fixed by logging the \
+                view the client saw (10,000-run sweep of 2026-12-05)",
+        open_bug: None,
+    },
 ];
 
 // Why the two-leaders seeds failed, and what fixed them: openraft 0.9
