@@ -164,16 +164,10 @@ pub fn old_side_fenced(events: &[Event]) -> Vec<Violation> {
     }) else {
         return Vec::new();
     };
-    let promoted: BTreeSet<NodeIndex> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Promote { node, outcome, .. } if outcome.starts_with("promoted") => Some(*node),
-            _ => None,
-        })
-        .collect();
+    let promoted = promoted_at(events);
     let refused: Vec<String> = survivors
         .iter()
-        .filter(|n| !promoted.contains(n))
+        .filter(|n| !promoted.contains_key(*n))
         .map(|n| node_name(*n))
         .collect();
     if !refused.is_empty() {

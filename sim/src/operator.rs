@@ -13,6 +13,7 @@
 use crate::events::{Event, EventLog, NodeIndex, node_name};
 use crate::harness::{CLUSTER_ID, now};
 use crate::seed::SimRng;
+use crate::workload::status_of;
 use rap_core::codes::error_detail;
 use rap_proto::envelope::SnapshotSigner;
 use rap_proto::pb;
@@ -50,18 +51,6 @@ struct Survivor {
     view: i32,
 }
 
-async fn status(
-    client: &mut AuthorityServiceClient<Channel>,
-) -> Option<pb::AuthorityStatusResponse> {
-    let request = pb::AuthorityStatusRequest {
-        cluster_id: CLUSTER_ID.into(),
-    };
-    match tokio::time::timeout(VIEW_CHECK_PAUSE * 10, client.status(request)).await {
-        Ok(Ok(answer)) => Some(answer.into_inner()),
-        _ => None,
-    }
-}
-
 /// Waits until every survivor reports `minority`; their statuses then.
 async fn survivors_in_minority(
     plan: &PromotionPlan,
@@ -70,8 +59,7 @@ async fn survivors_in_minority(
     for _ in 0..VIEW_CHECKS_MAX {
         let mut found = Vec::with_capacity(plan.survivors.len());
         for node in &plan.survivors {
-            let mut client = clients[*node].clone();
-            if let Some(answer) = status(&mut client).await {
+            if let Some(answer) = status_of(&clients[*node], VIEW_CHECK_PAUSE * 10).await {
                 found.push(Survivor {
                     node: *node,
                     authority_term: answer.authority_term,

@@ -220,7 +220,7 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
     // Liveness after heal: the group agrees, every member can get a
     // fence, and then they agree again (the last fences applied
     // everywhere).
-    converge(&plan, &clients, &group, &cluster_id, false).await?;
+    converge(&plan, &clients, &group, false).await?;
     log.push(Event::Phase {
         at: now(),
         phase: Phase::Converged,
@@ -239,9 +239,9 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
             return Err(format!("no fence granted through {} after heal", node_name(*node)).into());
         }
     }
-    converge(&plan, &clients, &group, &cluster_id, true).await?;
+    converge(&plan, &clients, &group, true).await?;
     for node in old_side {
-        wait_fenced(&plan, &clients[node], node, &cluster_id).await?;
+        wait_fenced(&plan, &clients[node], node).await?;
         // A stale client asks the fenced node once more for the old term.
         call_and_log(
             &plan,
@@ -255,23 +255,27 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
     Ok(())
 }
 
-/// Waits until `node` reports `fenced` (the old side after a promotion).
-async fn wait_fenced(
-    plan: &ClientPlan,
+/// `node`'s `Status`, or `None` when it does not answer within `timeout`.
+pub(crate) async fn status_of(
     client: &Client,
-    node: NodeIndex,
-    cluster_id: &ClusterId,
-) -> Result<(), String> {
+    timeout: Duration,
+) -> Option<pb::AuthorityStatusResponse> {
+    let request = pb::AuthorityStatusRequest {
+        cluster_id: CLUSTER_ID.into(),
+    };
+    match tokio::time::timeout(timeout, client.clone().status(request)).await {
+        Ok(Ok(answer)) => Some(answer.into_inner()),
+        _ => None,
+    }
+}
+
+/// Waits until `node` reports `fenced` (the old side after a promotion).
+async fn wait_fenced(plan: &ClientPlan, client: &Client, node: NodeIndex) -> Result<(), String> {
     let deadline = now() + plan.workload.converge_timeout;
     let mut last = None;
     while now() < deadline {
-        let request = pb::AuthorityStatusRequest {
-            cluster_id: cluster_id.to_string(),
-        };
-        let answer =
-            tokio::time::timeout(plan.workload.call_timeout, client.clone().status(request)).await;
-        if let Ok(Ok(answer)) = answer {
-            let view = answer.into_inner().partition_view;
+        if let Some(answer) = status_of(client, plan.workload.call_timeout).await {
+            let view = answer.partition_view;
             if view == pb::PartitionView::Fenced as i32 {
                 // What the client saw is a view of the node as much as
                 // its observer's samples are, and the run may end before
@@ -447,7 +451,6 @@ async fn converge(
     plan: &ClientPlan,
     clients: &[Client],
     group: &[NodeIndex],
-    cluster_id: &ClusterId,
     record: bool,
 ) -> Result<(), String> {
     let deadline = now() + plan.workload.converge_timeout;
@@ -455,13 +458,8 @@ async fn converge(
     while now() < deadline {
         let mut statuses = Vec::with_capacity(group.len());
         for node in group {
-            let mut client = clients[*node].clone();
-            let request = pb::AuthorityStatusRequest {
-                cluster_id: cluster_id.to_string(),
-            };
-            match tokio::time::timeout(plan.workload.call_timeout, client.status(request)).await {
-                Ok(Ok(response)) => {
-                    let s = response.into_inner();
+            match status_of(&clients[*node], plan.workload.call_timeout).await {
+                Some(s) => {
                     statuses.push(FinalStatus {
                         leader: s.leader_id,
                         raft_term: s.raft_term,
