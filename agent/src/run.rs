@@ -488,7 +488,10 @@ async fn watch(
     };
     let opened = tokio::time::timeout(crate::reads::READ_TIMEOUT, client.watch_shards(request));
     let mut stream = match opened.await {
-        Ok(Ok(stream)) => stream.into_inner(),
+        Ok(Ok(stream)) => {
+            reader.endpoints.use_endpoint(at);
+            stream.into_inner()
+        }
         Ok(Err(status)) => {
             reader.endpoints.failed(at, status.message());
             return;

