@@ -22,7 +22,10 @@
 //! [`COLD_PROBE_INTERVAL`], so a node that failed earns its way back).
 
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock: the real one in production, the simulated one under the
+// simulator (round trips and failure memory in simulated time).
+use tokio::time::Instant;
 
 /// How long a failure keeps an endpoint behind the healthy ones.
 pub const FAILURE_MEMORY: Duration = Duration::from_secs(5);

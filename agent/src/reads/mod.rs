@@ -25,7 +25,7 @@ use crate::state::{ClusterState, StateError};
 use crate::store::{ClusterStore, HealthRecord, StoreError};
 use endpoints::{Endpoint, Endpoints, Tier, load_fraction};
 use rap_core::marks::FileHighWaterStore;
-use rap_core::tls::pin::{ExpectedPeer, PeerTls};
+use rap_core::tls::pin::{ExpectedPeer, PeerTls, TlsDialer, dial};
 use rap_proto::envelope::{
     Digest, Reader as EnvelopeReader, Scope, Verifier, VerifierOptions, decode,
 };
@@ -34,9 +34,12 @@ use rap_proto::pb;
 use rap_proto::pb::shard_service_client::ShardServiceClient;
 use rap_proto::time::UnixMillis;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock: the real one in production, the simulated one under the
+// simulator (round trips and failure memory in simulated time).
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 /// How long one read may take before the endpoint counts as stalled.
@@ -173,7 +176,10 @@ pub struct Reader {
     /// The health saved last.
     saved_health: std::sync::Mutex<Option<(String, String)>>,
     held: BTreeMap<String, Held>,
-    clients: HashMap<String, ShardServiceClient<Channel>>,
+    /// One client per storage node. Ordered, so that dropping them (a
+    /// restart, a renewal) closes their connections in the same order
+    /// every time: the simulator replays a seed exactly.
+    clients: BTreeMap<String, ShardServiceClient<Channel>>,
     /// The certificate serial the cached clients' connections present: a
     /// renewal empties the cache, so that no read goes out on a
     /// connection made with a superseded (soon expired) certificate.
@@ -181,6 +187,9 @@ pub struct Reader {
     last_answer: Option<LastAnswer>,
     /// When a cold endpoint was probed last.
     last_cold_probe: Option<Instant>,
+    /// How a channel is made from an endpoint and its TLS connector
+    /// (`None`: TCP through the connector, as in production).
+    dialer: Option<TlsDialer>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -262,13 +271,22 @@ impl Reader {
             saved_scores: None,
             saved_health: std::sync::Mutex::new(None),
             held: BTreeMap::new(),
-            clients: HashMap::new(),
+            clients: BTreeMap::new(),
             clients_serial: String::new(),
             last_answer: None,
             last_cold_probe: None,
+            dialer: None,
         };
         reader.load_kept();
         Ok(reader)
+    }
+
+    /// Makes every channel with `dialer` instead of over `tokio::net`
+    /// (the simulator's network; TLS stays the same).
+    pub fn dial_with(mut self, dialer: TlsDialer) -> Self {
+        self.dialer = Some(dialer);
+        self.clients.clear();
+        self
     }
 
     /// The node's own scope.
@@ -458,10 +476,12 @@ impl Reader {
             .keep_alive_timeout(KEEPALIVE)
             .keep_alive_while_idle(true);
         let channel = match &self.tls {
-            Some(tls) => base.connect_with_connector_lazy(
-                tls.connector(&ExpectedPeer::storage_named(&endpoint.node_id))
-                    .map_err(|e| format!("TLS to {}: {e}", endpoint.node_id))?,
-            ),
+            Some(tls) => {
+                let connector = tls
+                    .connector(&ExpectedPeer::storage_named(&endpoint.node_id))
+                    .map_err(|e| format!("TLS to {}: {e}", endpoint.node_id))?;
+                dial(base, connector, self.dialer.as_ref())
+            }
             None => base.connect_lazy(),
         };
         let client = ShardServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX);

@@ -24,7 +24,7 @@ use openraft::raft::{
     AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use rap_core::tls::pin::{ExpectedPeer, PeerTls};
+use rap_core::tls::pin::{ExpectedPeer, PeerTls, TlsDialer, dial};
 use rap_proto::pb::RaftRequest;
 use rap_proto::pb::raft_service_client::RaftServiceClient;
 use serde::de::DeserializeOwned;
@@ -56,6 +56,9 @@ pub struct NetworkConfig {
     /// mTLS towards storage nodes, every connection pinned to the peer
     /// it means to reach; `None` dials plaintext (development only).
     pub tls: Option<Arc<PeerTls>>,
+    /// Under mTLS, the transport under TLS when it is not TCP (the
+    /// simulator's network); `None` in production.
+    pub tls_dialer: Option<TlsDialer>,
 }
 
 impl Default for NetworkConfig {
@@ -66,6 +69,7 @@ impl Default for NetworkConfig {
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             unreachable_backoff: UNREACHABLE_BACKOFF_DEFAULT,
             tls: None,
+            tls_dialer: None,
         }
     }
 }
@@ -78,6 +82,7 @@ impl fmt::Debug for NetworkConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("unreachable_backoff", &self.unreachable_backoff)
             .field("tls", &self.tls.is_some())
+            .field("tls_dialer", &self.tls_dialer.is_some())
             .finish()
     }
 }
@@ -131,7 +136,11 @@ pub fn channel(
 ) -> Result<Channel> {
     let endpoint = endpoint(config, address)?;
     Ok(match (&config.tls, connector) {
-        (Some(tls), _) => endpoint.connect_with_connector_lazy(tls.connector(expected)?),
+        (Some(tls), _) => dial(
+            endpoint,
+            tls.connector(expected)?,
+            config.tls_dialer.as_ref(),
+        ),
         (None, Some(connector)) => connector(&endpoint),
         (None, None) => endpoint.connect_lazy(),
     })

@@ -250,6 +250,27 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
+/// Makes a lazily connected channel to an endpoint through a
+/// [`PinnedConnector`] over a transport of its own: the simulator dials
+/// through its simulated network and calls [`PinnedConnector::handshake`].
+/// Production passes none and the connector dials TCP itself.
+pub type TlsDialer = Arc<
+    dyn Fn(tonic::transport::Endpoint, PinnedConnector) -> tonic::transport::Channel + Send + Sync,
+>;
+
+/// Connects `endpoint` through `connector`: with `dialer` when given,
+/// else over TCP.
+pub fn dial(
+    endpoint: tonic::transport::Endpoint,
+    connector: PinnedConnector,
+    dialer: Option<&TlsDialer>,
+) -> tonic::transport::Channel {
+    match dialer {
+        Some(dial) => dial(endpoint, connector),
+        None => endpoint.connect_with_connector_lazy(connector),
+    }
+}
+
 /// tonic's connector: `Uri` → TCP → TLS with a [`PinnedVerifier`] (or,
 /// towards the control plane, webpki for its cluster server name). The
 /// endpoint it serves uses the `http` scheme: TLS is done here.
@@ -279,31 +300,43 @@ impl tonic::codegen::Service<Uri> for PinnedConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let config = self.config.clone();
-        let fixed_name = self.server_name.clone();
+        let connector = self.clone();
         Box::pin(async move {
             let invalid =
                 |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: {what}"));
             let host = uri.host().ok_or_else(|| invalid("no host"))?;
             let port = uri.port_u16().ok_or_else(|| invalid("no port"))?;
-            let bare = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let server_name = match fixed_name {
-                Some(name) => name,
-                None => ServerName::try_from(bare.clone())
-                    .map_err(|e| invalid(&format!("not a server name: {e}")))?,
-            };
-            let tcp = TcpStream::connect((bare.as_str(), port)).await?;
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let tcp = TcpStream::connect((bare, port)).await?;
             tcp.set_nodelay(true)?;
-            let tls = tokio::time::timeout(
-                TLS_HANDSHAKE_TIMEOUT,
-                tokio_rustls::TlsConnector::from(config).connect(server_name, tcp),
-            )
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-            Ok(TokioIo::new(tls))
+            Ok(TokioIo::new(connector.handshake(bare, tcp).await?))
         })
+    }
+}
+
+impl PinnedConnector {
+    /// The TLS handshake over `stream`, already connected to `host` (a
+    /// DNS name or an IP address): what [`PinnedConnector`] does after
+    /// dialling TCP, for a caller that brings its own transport (the
+    /// simulator's network). Bounded by [`TLS_HANDSHAKE_TIMEOUT`].
+    pub async fn handshake<S>(&self, host: &str, stream: S) -> io::Result<TlsStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let server_name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => ServerName::try_from(host.to_string()).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{host}: not a server name: {e}"),
+                )
+            })?,
+        };
+        tokio::time::timeout(
+            TLS_HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsConnector::from(self.config.clone()).connect(server_name, stream),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
     }
 }
