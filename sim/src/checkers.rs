@@ -20,10 +20,17 @@
 //!   deadline (writes never hang).
 //! * [`acknowledged_fences_survive`]: after heal every node has applied
 //!   every acknowledged fence, and all report the same state.
+//! * [`one_body_per_version`]: no two bodies for one (scope, version),
+//!   over what the group acknowledged and what agents accepted.
+//! * [`agents_never_roll_back`]: an agent never accepts a version of a
+//!   scope lower than one it accepted before, across its restarts.
+//! * [`readers_only`]: no storage node serves an agent a scope whose
+//!   readers do not admit it, and no agent accepts one.
 
-use crate::events::{Event, FenceCall, NodeIndex, Outcome, Role, node_name};
+use crate::events::{Event, FenceCall, NodeIndex, Outcome, Role, ShardEvent, node_name};
 use crate::faults::Timeline;
 use crate::harness::ClusterSpec;
+use crate::shards::may_read;
 use rap_authority::partition::PartitionView;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -96,7 +103,122 @@ pub fn check_all(events: &[Event], config: &CheckConfig) -> Vec<Violation> {
     violations.extend(no_unproven_term_believed(events));
     violations.extend(fenced_nodes_grant_nothing(events, config));
     violations.extend(old_side_fenced(events));
+    violations.extend(one_body_per_version(events));
+    violations.extend(agents_never_roll_back(events));
+    violations.extend(readers_only(events));
     violations
+}
+
+/// The shard events, with their times.
+fn shard_events(events: &[Event]) -> impl Iterator<Item = (Duration, &ShardEvent)> {
+    events.iter().filter_map(|e| match e {
+        Event::Shard { at, what } => Some((*at, what)),
+        _ => None,
+    })
+}
+
+/// No two bodies for one (scope, version): what the group acknowledged
+/// (or showed in its heads) and what every agent accepted agree.
+pub fn one_body_per_version(events: &[Event]) -> Vec<Violation> {
+    let mut first: BTreeMap<(&str, u64), (&str, String)> = BTreeMap::new();
+    let mut violations = Vec::new();
+    for (at, what) in shard_events(events) {
+        let (scope, version, body, who) = match what {
+            ShardEvent::Published {
+                scope,
+                version,
+                body,
+                ..
+            } => (scope, *version, body, "the group".to_string()),
+            ShardEvent::Accepted {
+                agent,
+                scope,
+                version,
+                body,
+                ..
+            } => (scope, *version, body, agent.clone()),
+            ShardEvent::Served { .. } => continue,
+        };
+        match first.get(&(scope.as_str(), version)) {
+            None => {
+                first.insert((scope, version), (body, who));
+            }
+            Some((seen, by)) if *seen != body.as_str() => violations.push(Violation {
+                invariant: "one-body-per-version",
+                at,
+                detail: format!(
+                    "{scope} v{version}: body {body} at {who}, body {seen} at {by} before"
+                ),
+            }),
+            Some(_) => {}
+        }
+    }
+    violations
+}
+
+/// An agent never accepts a version of a scope lower than one it accepted
+/// before, whichever incarnation accepted it.
+pub fn agents_never_roll_back(events: &[Event]) -> Vec<Violation> {
+    let mut highest: BTreeMap<(&str, &str), (u64, u32)> = BTreeMap::new();
+    let mut violations = Vec::new();
+    for (at, what) in shard_events(events) {
+        let ShardEvent::Accepted {
+            agent,
+            incarnation,
+            scope,
+            version,
+            ..
+        } = what
+        else {
+            continue;
+        };
+        let key = (agent.as_str(), scope.as_str());
+        match highest.get(&key) {
+            Some((before, by)) if version < before => violations.push(Violation {
+                invariant: "agent-no-rollback",
+                at,
+                detail: format!(
+                    "{agent}#{incarnation} accepted {scope} v{version} after #{by} had accepted v{before}"
+                ),
+            }),
+            Some((before, _)) if version == before => {}
+            _ => {
+                highest.insert(key, (*version, *incarnation));
+            }
+        }
+    }
+    violations
+}
+
+/// No scope reaches an agent that its readers do not admit: a storage node
+/// that serves one (to the agent's own certificate) and an agent that
+/// accepts one both break it.
+pub fn readers_only(events: &[Event]) -> Vec<Violation> {
+    shard_events(events)
+        .filter_map(|(at, what)| match what {
+            ShardEvent::Served {
+                agent,
+                scope,
+                version,
+                served_by,
+            } => Some(Violation {
+                invariant: "readers-only",
+                at,
+                detail: format!("{served_by} served {agent} {scope} v{version}; its readers do not admit {agent}"),
+            }),
+            ShardEvent::Accepted {
+                agent,
+                scope,
+                version,
+                ..
+            } if !may_read(agent, scope) => Some(Violation {
+                invariant: "readers-only",
+                at,
+                detail: format!("{agent} accepted {scope} v{version}, which it may not read"),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// When each node reported `fenced` first, and the authority term it ran

@@ -239,6 +239,13 @@ pub enum Event {
         /// `promoted term=N`, or the refusal code and message.
         outcome: String,
     },
+    /// Shard publication and reads ([`crate::shards`]).
+    Shard {
+        /// Simulated time.
+        at: Duration,
+        /// What happened.
+        what: ShardEvent,
+    },
     /// A node's final status (after convergence).
     Final {
         /// Simulated time.
@@ -263,6 +270,7 @@ impl Event {
             | Event::PowerLoss { at, .. }
             | Event::Promotion { at, .. }
             | Event::Promote { at, .. }
+            | Event::Shard { at, .. }
             | Event::Final { at, .. } => *at,
             Event::Fence(call) => call.ended,
         }
@@ -375,6 +383,7 @@ impl fmt::Display for Event {
                 "forged vote to {} from={from} term={term} proof={proof}: {outcome}",
                 node_name(*node)
             ),
+            Event::Shard { what, .. } => write!(f, "shard {what}"),
             Event::Final { node, status, .. } => write!(
                 f,
                 "final {} leader={} raft_term={} authority_term={} applied={} last_fence_seq={}",
@@ -388,6 +397,88 @@ impl fmt::Display for Event {
                 status.authority_term,
                 status.applied_index,
                 status.last_fence_seq
+            ),
+        }
+    }
+}
+
+/// What happened to a shard ([`Event::Shard`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShardEvent {
+    /// The group holds `version` of `scope` with body `body`: the
+    /// publisher's call was acknowledged, or (`found`) its answer was lost
+    /// and the group's heads showed it.
+    Published {
+        /// The scope.
+        scope: String,
+        /// The version.
+        version: u64,
+        /// The body's content hash (first 8 bytes, hex).
+        body: String,
+        /// Learnt from the heads rather than from the answer.
+        found: bool,
+    },
+    /// An agent verified and kept `version` of `scope`.
+    Accepted {
+        /// The agent.
+        agent: String,
+        /// Which run of the agent (it restarts from its state).
+        incarnation: u32,
+        /// The scope.
+        scope: String,
+        /// The version.
+        version: u64,
+        /// The body's content hash (first 8 bytes, hex).
+        body: String,
+        /// The storage node that served it.
+        served_by: String,
+    },
+    /// A storage node served an agent a scope whose readers do not admit
+    /// it (asked for with the agent's own certificate).
+    Served {
+        /// The agent.
+        agent: String,
+        /// The scope.
+        scope: String,
+        /// The version served.
+        version: u64,
+        /// The storage node.
+        served_by: String,
+    },
+}
+
+impl fmt::Display for ShardEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShardEvent::Published {
+                scope,
+                version,
+                body,
+                found,
+            } => write!(
+                f,
+                "published {scope} v{version} body={body}{}",
+                if *found { " (found in the heads)" } else { "" }
+            ),
+            ShardEvent::Accepted {
+                agent,
+                incarnation,
+                scope,
+                version,
+                body,
+                served_by,
+            } => write!(
+                f,
+                "{agent}#{incarnation} accepted {scope} v{version} body={body} from {served_by}"
+            ),
+            ShardEvent::Served {
+                agent,
+                scope,
+                version,
+                served_by,
+            } => write!(
+                f,
+                "{served_by} served {agent} {scope} v{version}, which it may not read"
             ),
         }
     }

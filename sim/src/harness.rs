@@ -34,13 +34,14 @@
 use crate::checkers::{self, CheckConfig, Violation};
 use crate::disk::SimDisk;
 use crate::echo::{Echo, EchoPlan};
-use crate::events::{Event, EventLog, NodeIndex, Role, node_name};
+use crate::events::{Event, EventLog, NodeIndex, Role, ShardEvent, node_name};
 use crate::faults::{Applied, Fault, Links};
 use crate::forger::{FORGER, ForgerPlan, ForgerRun};
 use crate::mutants::{BelieveUnprovenTerm, GrantOnRefusal, Mutant};
 use crate::net;
 use crate::operator::PromotionPlan;
 use crate::seed::SimRng;
+use crate::shards::{AGENTS, AgentRun, CACHE, CacheRun, Pki, Serving, ShardPlan, SharedBoard};
 use crate::workload::{self, ClientPlan, Workload};
 use rap_authority::limits::RAFT_RPC_BYTES_MAX;
 use rap_authority::network::{PeerAuth, RaftServer};
@@ -49,6 +50,7 @@ use rap_authority::service::AuthorityApi;
 use rap_authority::slot::NodeSlot;
 use rap_authority::typ::{RaftNodeId, raft_id_of};
 use rap_core::codes;
+use rap_core::tls::live::LiveIdentity;
 use rap_proto::ids::{ClusterId, NodeId};
 use rap_proto::pb::raft_service_server::{RaftService, RaftServiceServer};
 use std::net::{IpAddr, Ipv4Addr};
@@ -157,6 +159,9 @@ pub struct Scenario {
     pub promotion: Option<PromotionPlan>,
     /// Raft messages delivered twice, the copy later ([`crate::echo`]).
     pub echo: Option<EchoPlan>,
+    /// Shard publication, `ShardService` and node agents
+    /// ([`crate::shards`]); `None`: the authority group alone.
+    pub shards: Option<ShardPlan>,
 }
 
 /// What one run produced.
@@ -206,7 +211,7 @@ impl RunReport {
                 _ => None,
             })
             .collect();
-        format!(
+        let mut line = format!(
             "{}: {} calls, {} granted, {} refused, {} leader terms, {:.1?} simulated",
             self.scenario,
             calls.len(),
@@ -214,7 +219,27 @@ impl RunReport {
             calls.len() - granted,
             terms.len(),
             self.sim_time
-        )
+        );
+        let (mut published, mut accepted) = (0, 0);
+        for event in &self.events {
+            match event {
+                Event::Shard {
+                    what: ShardEvent::Published { .. },
+                    ..
+                } => published += 1,
+                Event::Shard {
+                    what: ShardEvent::Accepted { .. },
+                    ..
+                } => accepted += 1,
+                _ => {}
+            }
+        }
+        if published + accepted > 0 {
+            line.push_str(&format!(
+                ", {published} shard versions published, {accepted} accepted by agents"
+            ));
+        }
+        line
     }
 
     /// Everything a human needs to debug a failure: why it aborted, the
@@ -309,6 +334,8 @@ struct NodeHost {
     echo: Option<EchoPlan>,
     /// Draws the echoes (forked per incarnation).
     echo_rng: SimRng,
+    /// Its storage certificate, when it serves shards.
+    shard_identity: Option<Arc<LiveIdentity>>,
 }
 
 impl NodeHost {
@@ -361,6 +388,22 @@ impl NodeHost {
             node.reachability().clone(),
             PeerAuth::Plaintext,
         );
+        if let Some(identity) = &self.shard_identity {
+            let serving = crate::shards::serve(
+                Serving::Voter {
+                    slot: slot.clone(),
+                    leaky: self.mutant == Mutant::LeakToNonReaders,
+                },
+                identity.clone(),
+                self.cluster.keepalive,
+            );
+            let node_id = name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serving.await {
+                    tracing::warn!(node_id, "shard service stopped: {e}");
+                }
+            });
+        }
         let authority_api = AuthorityApi::with_slot(slot);
         drop(node);
         let listener =
@@ -382,9 +425,10 @@ impl NodeHost {
             Mutant::GrantWhenFenced => {
                 routes.add_service(GrantOnRefusal::service(authority_api, codes::FENCED))
             }
-            Mutant::None | Mutant::BelieveUnprovenTerm => {
-                routes.add_service(authority_api.into_service())
-            }
+            Mutant::None
+            | Mutant::BelieveUnprovenTerm
+            | Mutant::LeakToNonReaders
+            | Mutant::AgentForgetsState => routes.add_service(authority_api.into_service()),
         };
         builder
             .add_routes(routes)
@@ -500,8 +544,13 @@ fn simulate(
         Arc::new((0..nodes).map(|i| raft_id_of(&node_name(i))).collect());
     let jitter = Arc::new(Mutex::new(rng.fork("election-jitter")));
     let disks: Vec<SimDisk> = (0..nodes).map(|_| SimDisk::new()).collect();
+    let pki = match scenario.shards {
+        Some(_) => Some(Pki::create(nodes).map_err(|e| (e, Duration::ZERO))?),
+        None => None,
+    };
     for (index, dir) in dirs.iter().enumerate() {
         let host = NodeHost {
+            shard_identity: pki.as_ref().map(|pki| pki.storage(index)),
             disk: disks[index].clone(),
             echo: scenario.echo,
             echo_rng: rng.fork(&format!("echo-{index}")),
@@ -521,11 +570,55 @@ fn simulate(
     }
 
     let started: Arc<Mutex<Option<Duration>>> = Arc::new(Mutex::new(None));
+    let client_rng = rng.fork("client");
+    let board = SharedBoard::default();
+    let mut agent_dirs = Vec::new();
+    if let (Some(shard_plan), Some(pki)) = (scenario.shards, &pki) {
+        let genesis = workload::genesis(
+            &client_rng,
+            &ClusterId::new(CLUSTER_ID).map_err(|e| (e.to_string(), Duration::ZERO))?,
+        )
+        .map_err(|e| (e, Duration::ZERO))?;
+        for (index, agent) in AGENTS.iter().enumerate() {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("rap-sim-{agent}-"))
+                .tempdir_in(scratch_root())
+                .map_err(|e| (format!("create a state directory: {e}"), Duration::ZERO))?;
+            let run = AgentRun {
+                index,
+                nodes,
+                plan: shard_plan,
+                files: pki.agent(index),
+                state_dir: dir.path().to_path_buf(),
+                genesis: genesis.clone(),
+                rng: rng.fork(agent),
+                log: log.clone(),
+                board: board.clone(),
+                forget: scenario.mutant == Mutant::AgentForgetsState,
+            };
+            sim.client(*agent, crate::shards::agent(run));
+            agent_dirs.push(dir);
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("rap-sim-{CACHE}-"))
+            .tempdir_in(scratch_root())
+            .map_err(|e| (format!("create a data directory: {e}"), Duration::ZERO))?;
+        let run = CacheRun {
+            nodes,
+            identity: pki.cache(),
+            data_dir: dir.path().to_path_buf(),
+            genesis,
+            keepalive: spec.keepalive,
+        };
+        sim.host(CACHE, move || crate::shards::cache(run.clone()));
+        agent_dirs.push(dir);
+    }
     let plan = ClientPlan {
+        shards: scenario.shards.map(|plan| (plan, board.clone())),
         nodes,
         cluster: spec,
         workload: scenario.workload.clone(),
-        rng: rng.fork("client"),
+        rng: client_rng,
         log: log.clone(),
         started: started.clone(),
         promotion: scenario.promotion.clone(),
@@ -547,6 +640,10 @@ fn simulate(
     let mut bystanders = vec![CLIENT];
     if !scenario.forger.at.is_empty() {
         bystanders.push(FORGER);
+    }
+    if scenario.shards.is_some() {
+        bystanders.extend(AGENTS);
+        bystanders.push(CACHE);
     }
     let mut faults_rng = rng.fork("faults");
     let mut power_rng = rng.fork("power-loss");
@@ -598,6 +695,8 @@ fn simulate(
     // directories go.
     drop(sim);
     drop(dirs);
+    drop(agent_dirs);
+    drop(pki);
     outcome
 }
 

@@ -11,6 +11,8 @@
 //! * [`net`]: tonic over turmoil TCP (client connector, server incoming).
 //! * [`faults`]: what can go wrong, and the link model the checkers use.
 //! * [`forger`]: a non-member host forging higher-term Raft RPCs.
+//! * [`shards`]: publication, the storage nodes' `ShardService` under
+//!   mutual TLS, and node agents reading with the real agent reader.
 //! * [`mutants`]: rules broken on purpose, which the oracle must catch.
 //! * [`workload`]: the client's script (bootstrap, workers, convergence).
 //! * [`events`]: the event log.
@@ -36,6 +38,7 @@ pub mod net;
 pub mod operator;
 pub mod scenarios;
 pub mod seed;
+pub mod shards;
 pub mod workload;
 
 pub use checkers::{CheckConfig, Violation};

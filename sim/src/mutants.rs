@@ -1,14 +1,20 @@
 //! Rules broken on purpose, to show that the oracle catches them (the
 //! "teeth" of the simulation). A [`Mutant`] wraps a storage node's real
 //! service, so the broken behaviour reaches the wire exactly as a bug in
-//! that rule would; the product code itself has no switch. A sweep with a
-//! mutant must fail within a few seeds (`tests/it/teeth.rs`).
+//! that rule would, or (an agent's) takes away what the rule rests on
+//! (its state directory); the product code itself has no switch. A sweep
+//! with a mutant must fail within a few seeds (`tests/it/teeth.rs`).
 
-use rap_authority::limits::RAFT_RPC_BYTES_MAX;
+use rap_authority::limits::{
+    RAFT_RPC_BYTES_MAX, SHARD_REQUEST_BYTES_MAX, SHARD_RESPONSE_BYTES_MAX,
+};
+use rap_authority::shard::ShardApi;
+use rap_authority::slot::NodeSlot;
 use rap_core::codes::{self, error_detail};
 use rap_proto::pb;
 use rap_proto::pb::authority_service_server::{AuthorityService, AuthorityServiceServer};
 use rap_proto::pb::raft_service_server::RaftService;
+use rap_proto::pb::shard_service_server::{ShardService, ShardServiceServer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::{Request, Response, Status};
@@ -28,14 +34,23 @@ pub enum Mutant {
     /// A node that knows it is fenced by a higher term grants a fence of
     /// its old term anyway instead of refusing `FENCED`.
     GrantWhenFenced,
+    /// A storage node skips the readers check: a `GetShard` its
+    /// `ShardService` refused with `NOT_A_READER` is served anyway.
+    LeakToNonReaders,
+    /// A node agent keeps nothing across a restart (its high-water marks
+    /// and kept shards are gone), so it no longer refuses a rollback to a
+    /// version older than one it accepted before.
+    AgentForgetsState,
 }
 
 impl Mutant {
     /// Every mutant, for sweeps and the command line.
-    pub const ALL: [Mutant; 3] = [
+    pub const ALL: [Mutant; 5] = [
         Mutant::GrantWithoutQuorum,
         Mutant::BelieveUnprovenTerm,
         Mutant::GrantWhenFenced,
+        Mutant::LeakToNonReaders,
+        Mutant::AgentForgetsState,
     ];
 
     /// Its command-line name.
@@ -45,6 +60,8 @@ impl Mutant {
             Mutant::GrantWithoutQuorum => "grant-without-quorum",
             Mutant::BelieveUnprovenTerm => "believe-unproven-term",
             Mutant::GrantWhenFenced => "grant-when-fenced",
+            Mutant::LeakToNonReaders => "leak-to-non-readers",
+            Mutant::AgentForgetsState => "agent-forgets-state",
         }
     }
 
@@ -212,5 +229,60 @@ impl<S: RaftService> RaftService for BelieveUnprovenTerm<S> {
         request: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftResponse>, Status> {
         believed(self.inner.install_snapshot(request).await)
+    }
+}
+
+/// `ShardService` with [`Mutant::LeakToNonReaders`]: a `NOT_A_READER`
+/// refusal of `GetShard` becomes the envelope the node holds.
+pub struct LeakyReaders {
+    inner: ShardApi,
+    slot: Arc<NodeSlot>,
+}
+
+impl LeakyReaders {
+    /// Wraps `inner`, which serves `slot`, with the real service's limits.
+    pub fn service(inner: ShardApi, slot: Arc<NodeSlot>) -> ShardServiceServer<Self> {
+        ShardServiceServer::new(LeakyReaders { inner, slot })
+            .max_decoding_message_size(SHARD_REQUEST_BYTES_MAX)
+            .max_encoding_message_size(SHARD_RESPONSE_BYTES_MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl ShardService for LeakyReaders {
+    async fn get_shard(
+        &self,
+        request: Request<pb::GetShardRequest>,
+    ) -> Result<Response<pb::GetShardResponse>, Status> {
+        let scope = request.get_ref().scope.clone();
+        match self.inner.get_shard(request).await {
+            Err(status) if error_detail(&status).is_some_and(|d| d.code == codes::NOT_A_READER) => {
+                let node = self.slot.get();
+                let record = node.state().shard(&scope).ok_or(status)?;
+                Ok(Response::new(pb::GetShardResponse {
+                    envelope: record.envelope.into_vec(),
+                    served_by_node_id: node.options().node_id.to_string(),
+                    staleness: None,
+                    load: None,
+                }))
+            }
+            other => other,
+        }
+    }
+
+    type WatchShardsStream = <ShardApi as ShardService>::WatchShardsStream;
+
+    async fn watch_shards(
+        &self,
+        request: Request<pb::WatchShardsRequest>,
+    ) -> Result<Response<Self::WatchShardsStream>, Status> {
+        self.inner.watch_shards(request).await
+    }
+
+    async fn list_own_scopes(
+        &self,
+        request: Request<pb::ListOwnScopesRequest>,
+    ) -> Result<Response<pb::ListOwnScopesResponse>, Status> {
+        self.inner.list_own_scopes(request).await
     }
 }

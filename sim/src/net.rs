@@ -2,6 +2,11 @@
 //! channel dials through, and the server side's [`incoming`] stream of
 //! accepted connections for `serve_with_incoming`.
 //!
+//! Shard reads go under mutual TLS, as in production: [`tls_incoming`]
+//! does the server's handshakes over accepted turmoil connections, and
+//! [`TurmoilTls`] the client's, with the product's own pinned connector
+//! ([`PinnedConnector::handshake`]).
+//!
 //! Nothing here knows about the authority group: it is the seam where the
 //! real tonic stack meets the simulated network, the same stack production
 //! runs over `tokio::net`.
@@ -9,6 +14,8 @@
 use futures::Stream;
 use hyper_util::rt::TokioIo;
 use rap_authority::network::Connector;
+use rap_core::tls::TLS_HANDSHAKE_TIMEOUT;
+use rap_core::tls::pin::{PinnedConnector, TlsDialer};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -111,5 +118,72 @@ pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<Accepted
             .await
             .map(|(stream, _peer)| Accepted(stream));
         Some((accepted, listener))
+    })
+}
+
+/// Handshakes in progress or accepted and not yet taken, per listener.
+pub const TLS_ACCEPTED_QUEUE_MAX: usize = 64;
+
+/// The TLS connections `listener` accepts, each handshake in a task of its
+/// own (bounded by [`TLS_HANDSHAKE_TIMEOUT`]) so a peer that stalls holds
+/// up nobody; a failed handshake is dropped, as in production.
+pub fn tls_incoming(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> impl Stream<Item = io::Result<tokio_rustls::server::TlsStream<Accepted>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(TLS_ACCEPTED_QUEUE_MAX);
+    tokio::spawn(async move {
+        while let Ok((stream, _peer)) = listener.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let handshake = acceptor.accept(Accepted(stream));
+                if let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                    let _ = tx.send(Ok(tls)).await;
+                }
+            });
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|stream| (stream, rx))
+    })
+}
+
+/// tonic's connector for a TLS channel over turmoil: dials the `Uri`'s
+/// `host:port` through turmoil, then hands the stream to the product's
+/// pinned connector for the handshake (which checks the server's
+/// certificate as in production).
+#[derive(Clone, Debug)]
+pub struct TurmoilTls(pub PinnedConnector);
+
+type TlsConnectFuture = Pin<
+    Box<
+        dyn Future<Output = io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>> + Send,
+    >,
+>;
+
+impl Service<Uri> for TurmoilTls {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = io::Error;
+    type Future = TlsConnectFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connector = self.0.clone();
+        let dial = TurmoilConnector.call(uri.clone());
+        Box::pin(async move {
+            let stream = dial.await?.into_inner();
+            let host = uri.host().unwrap_or_default();
+            Ok(TokioIo::new(connector.handshake(host, stream).await?))
+        })
+    }
+}
+
+/// The product's TLS dialer hook, dialling through turmoil.
+pub fn tls_dialer() -> TlsDialer {
+    Arc::new(|endpoint: Endpoint, connector: PinnedConnector| {
+        endpoint.connect_with_connector_lazy(TurmoilTls(connector))
     })
 }

@@ -18,6 +18,7 @@ use crate::harness::{ClusterSpec, Scenario};
 use crate::mutants::Mutant;
 use crate::operator::PromotionPlan;
 use crate::seed::SimRng;
+use crate::shards::ShardPlan;
 use crate::workload::Workload;
 use std::time::Duration;
 
@@ -55,6 +56,7 @@ fn scenario(
         mutant: Mutant::None,
         promotion: None,
         echo: None,
+        shards: None,
     }
 }
 
@@ -296,6 +298,18 @@ pub fn echoes(seed: u64, voters: usize) -> Scenario {
     scenario
 }
 
+/// Shards under faults: `base` with the publisher and two agents
+/// ([`crate::shards`]): the control plane publishes signed versions of
+/// three scopes with fences, agents read, verify and keep them from
+/// whichever storage node ranks best, restarting every few seconds, and
+/// ask for a scope they may not read. After heal every agent must hold
+/// the newest version of its scopes.
+pub fn with_shards(mut scenario: Scenario) -> Scenario {
+    scenario.name = format!("{} with shards", scenario.name);
+    scenario.shards = Some(ShardPlan::default());
+    scenario
+}
+
 /// Fisher–Yates with the seed's generator.
 fn shuffle(rng: &mut SimRng, items: &mut [NodeIndex]) {
     for i in (1..items.len()).rev() {
@@ -367,6 +381,9 @@ pub const NAMES: &[&str] = &[
     "promotion-5",
     "echoes-3",
     "echoes-5",
+    "shards-crash-3",
+    "shards-partition-3",
+    "shards-swizzle-5",
 ];
 
 /// The scenario called `name` (one of [`NAMES`]) for `seed`.
@@ -391,6 +408,9 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "promotion-5" => promotion(seed, 5),
         "echoes-3" => echoes(seed, 3),
         "echoes-5" => echoes(seed, 5),
+        "shards-crash-3" => with_shards(crash_restart(seed, 3)),
+        "shards-partition-3" => with_shards(symmetric_partition(seed, 3)),
+        "shards-swizzle-5" => with_shards(swizzle(seed, 5)),
         _ => return None,
     })
 }

@@ -16,6 +16,7 @@ use crate::harness::{CLUSTER_ID, ClusterSpec, GRPC_PORT, now};
 use crate::net;
 use crate::operator::{self, PromotionPlan};
 use crate::seed::SimRng;
+use crate::shards::{self, PublisherRun, ShardPlan, SharedBoard};
 use rap_authority::client::authority_client_via;
 use rap_authority::network::NetworkConfig;
 use rap_authority::partition::PartitionView;
@@ -95,6 +96,9 @@ pub(crate) struct ClientPlan {
     pub(crate) started: Arc<Mutex<Option<Duration>>>,
     /// The operator's promotion, if the scenario has one.
     pub(crate) promotion: Option<PromotionPlan>,
+    /// The publisher's plan and the board it shares with the agents, if
+    /// the scenario has shards.
+    pub(crate) shards: Option<(ShardPlan, SharedBoard)>,
 }
 
 /// The authority term each worker's calls expect. Workers of the
@@ -196,7 +200,7 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
         if due > now() {
             tokio::time::sleep(due - now()).await;
         }
-        let signer = genesis_signer(&plan);
+        let signer = genesis_signer(&plan.rng);
         let mut rng = plan.rng.fork("operator");
         let promoted = operator::promote(promotion, &signer, &clients, &mut rng, log).await;
         match promoted {
@@ -207,7 +211,41 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
             None => Err("the operator could not promote the survivors (see the log)".to_string()),
         }
     };
-    let (_, promoted) = futures::future::join(futures::future::join_all(workers), operator).await;
+    let publisher_worker = plan.workload.workers;
+    let fence = async |node: NodeIndex| {
+        let mut client = clients[node].clone();
+        match call_and_log(&plan, publisher_worker, node, terms.of(node), &mut client).await {
+            Outcome::Granted {
+                authority_term,
+                seq,
+                log_index,
+            } => Some(pb::FencingToken {
+                cluster_id: CLUSTER_ID.into(),
+                authority_term,
+                seq,
+                log_index,
+            }),
+            _ => None,
+        }
+    };
+    let publisher = async {
+        if let Some((shard_plan, board)) = &plan.shards {
+            let run = PublisherRun {
+                plan: *shard_plan,
+                nodes: plan.nodes,
+                clients: &clients,
+                signer: genesis_signer(&plan.rng),
+                call_timeout: plan.workload.call_timeout,
+                log,
+                board,
+                rng: plan.rng.fork("publisher"),
+                fence: &fence,
+            };
+            shards::publisher(run, end).await;
+        }
+    };
+    let (_, promoted, ()) =
+        futures::future::join3(futures::future::join_all(workers), operator, publisher).await;
     log.push(Event::Phase {
         at: now(),
         phase: Phase::WorkloadEnded,
@@ -240,6 +278,21 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
         }
     }
     converge(&plan, &clients, &group, true).await?;
+    if let Some((shard_plan, board)) = &plan.shards {
+        let run = PublisherRun {
+            plan: *shard_plan,
+            nodes: plan.nodes,
+            clients: &clients,
+            signer: genesis_signer(&plan.rng),
+            call_timeout: plan.workload.call_timeout,
+            log,
+            board,
+            rng: plan.rng.fork("settle"),
+            fence: &fence,
+        };
+        shards::settle(run, plan.workload.converge_timeout).await?;
+        agents_catch_up(&plan, board).await?;
+    }
     for node in old_side {
         wait_fenced(&plan, &clients[node], node).await?;
         // A stale client asks the fenced node once more for the old term.
@@ -301,8 +354,8 @@ async fn wait_fenced(plan: &ClientPlan, client: &Client, node: NodeIndex) -> Res
 /// The genesis key: derived from the seed, so the trust root's bytes
 /// (and everything downstream) are the same on every replay. It signs the
 /// trust root and the operator's orders.
-fn genesis_signer(plan: &ClientPlan) -> SnapshotSigner {
-    let mut rng = plan.rng.fork("trust-root");
+fn genesis_signer(client_rng: &SimRng) -> SnapshotSigner {
+    let mut rng = client_rng.fork("trust-root");
     let mut secret = [0u8; 32];
     for chunk in secret.chunks_mut(8) {
         chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
@@ -310,9 +363,10 @@ fn genesis_signer(plan: &ClientPlan) -> SnapshotSigner {
     SnapshotSigner::from_secret_bytes(&secret)
 }
 
-/// The genesis trust root, signed by [`genesis_signer`].
-fn genesis(plan: &ClientPlan, cluster_id: &ClusterId) -> Result<Vec<u8>, String> {
-    let signer = genesis_signer(plan);
+/// The genesis trust root, signed by [`genesis_signer`] (the client
+/// host's generator `client_rng` draws its key).
+pub(crate) fn genesis(client_rng: &SimRng, cluster_id: &ClusterId) -> Result<Vec<u8>, String> {
+    let signer = genesis_signer(client_rng);
     let root = TrustRoot::genesis(cluster_id, &[&signer], GENESIS_ISSUED_AT)
         .map_err(|e| format!("make the genesis trust root: {e}"))?;
     Ok(root.bytes().to_vec())
@@ -337,7 +391,7 @@ async fn bootstrap(
     let request = pb::BootstrapGroupRequest {
         cluster_id: cluster_id.to_string(),
         voters,
-        trust_root: genesis(plan, cluster_id)?,
+        trust_root: genesis(&plan.rng, cluster_id)?,
         allow_single_voter: false,
     };
     let mut last_error = String::new();
@@ -390,25 +444,51 @@ async fn acquire(plan: &ClientPlan, client: &mut Client, expected_term: u64) -> 
     }
 }
 
-/// Calls and logs; returns whether a fence was granted.
+/// Calls and logs; returns the outcome.
 async fn call_and_log(
     plan: &ClientPlan,
     worker: usize,
     node: NodeIndex,
     expected_term: u64,
     client: &mut Client,
-) -> bool {
+) -> Outcome {
     let started = now();
     let outcome = acquire(plan, client, expected_term).await;
-    let granted = matches!(outcome, Outcome::Granted { .. });
     plan.log.push(Event::Fence(FenceCall {
         worker,
         node,
         started,
         ended: now(),
-        outcome,
+        outcome: outcome.clone(),
     }));
-    granted
+    outcome
+}
+
+/// Waits until every agent holds the newest version of every scope it
+/// reads, then tells them to stop.
+async fn agents_catch_up(plan: &ClientPlan, board: &SharedBoard) -> Result<(), String> {
+    let deadline = now() + plan.workload.converge_timeout;
+    loop {
+        let caught_up = board
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .caught_up();
+        match caught_up {
+            Ok(()) => break,
+            Err(missing) if now() >= deadline => {
+                return Err(format!(
+                    "agents did not catch up within {:?} after the workload: {missing}",
+                    plan.workload.converge_timeout
+                ));
+            }
+            Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
+        }
+    }
+    board
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .finish();
+    Ok(())
 }
 
 async fn fence_until_granted(
@@ -420,7 +500,8 @@ async fn fence_until_granted(
 ) -> bool {
     let deadline = now() + within;
     while now() < deadline {
-        if call_and_log(plan, CLIENT_WORKER, node, expected_term, &mut client).await {
+        let outcome = call_and_log(plan, CLIENT_WORKER, node, expected_term, &mut client).await;
+        if matches!(outcome, Outcome::Granted { .. }) {
             return true;
         }
         tokio::time::sleep(RETRY_PAUSE).await;

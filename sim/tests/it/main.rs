@@ -19,6 +19,7 @@ mod partition;
 mod promotion;
 mod regressions;
 mod replay;
+mod shards;
 mod teeth;
 
 use rap_sim::Scenario;

@@ -15,8 +15,18 @@ fn first_caught(
     invariant: &str,
     make: impl Fn(u64) -> Scenario,
 ) -> (Option<u64>, Vec<(u64, Vec<&'static str>)>) {
+    first_caught_within(TEETH_SEEDS, mutant, invariant, make)
+}
+
+/// [`first_caught`] over seeds 1..=`seeds`.
+fn first_caught_within(
+    seeds: u64,
+    mutant: Mutant,
+    invariant: &str,
+    make: impl Fn(u64) -> Scenario,
+) -> (Option<u64>, Vec<(u64, Vec<&'static str>)>) {
     let mut seen = Vec::new();
-    for seed in 1..=TEETH_SEEDS {
+    for seed in 1..=seeds {
         let mut scenario = make(seed);
         scenario.mutant = mutant;
         let report = run(seed, &scenario);
@@ -82,17 +92,56 @@ fn granting_when_fenced_is_caught() {
     );
 }
 
+// Goal: a storage node that serves a shard to an agent its readers do not
+// admit is caught. Method: the crash-restart scenario with shards (each
+// agent asks, with its own certificate, for a scope it may not read) with
+// `LeakToNonReaders`; some seed of the first three must break
+// `readers-only`.
+#[test]
+fn serving_non_readers_is_caught() {
+    let (caught, seen) = first_caught(Mutant::LeakToNonReaders, "readers-only", |seed| {
+        scenarios::with_shards(scenarios::crash_restart(seed, 3))
+    });
+    assert!(
+        caught.is_some(),
+        "not caught in {TEETH_SEEDS} seeds: {seen:?}"
+    );
+}
+
+// Goal: an agent that keeps no state across a restart accepts a rollback
+// and is caught. Method: the partition scenario with shards and
+// `AgentForgetsState`. A rollback needs a stale server: the cache replica
+// fills itself from node-1 first, so when node-1 is the cut-off minority
+// the cache serves old versions, and an agent that restarted with nothing
+// takes them. The minority is drawn per seed: some seed of the first six
+// must break `agent-no-rollback`.
+#[test]
+fn an_agent_without_its_marks_is_caught() {
+    let (caught, seen) =
+        first_caught_within(6, Mutant::AgentForgetsState, "agent-no-rollback", |seed| {
+            scenarios::with_shards(scenarios::symmetric_partition(seed, 3))
+        });
+    assert!(caught.is_some(), "not caught in 6 seeds: {seen:?}");
+}
+
 // Goal: the real system passes the same runs, so the failures above come
-// from the mutants. Method: the first seed of each scenario, no mutant.
+// from the mutants. Method: the first seed of each scenario, no mutant
+// (and, for the agent's rollback, the seeds that catch the mutant).
 #[test]
 fn the_real_system_passes_the_same_runs() {
     for scenario in [
         scenarios::isolated_leader(1),
         scenarios::forged_terms(1),
         scenarios::promotion(1, 3),
+        scenarios::with_shards(scenarios::crash_restart(1, 3)),
     ] {
         assert_eq!(scenario.mutant, Mutant::None);
         let report = run(1, &scenario);
+        assert!(report.passed(), "{}", report.failure_report());
+    }
+    for seed in 4..=6 {
+        let scenario = scenarios::with_shards(scenarios::symmetric_partition(seed, 3));
+        let report = run(seed, &scenario);
         assert!(report.passed(), "{}", report.failure_report());
     }
 }
