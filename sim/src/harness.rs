@@ -316,6 +316,19 @@ fn scratch_root() -> PathBuf {
     }
 }
 
+/// A scratch directory for host `name`'s files, removed when dropped.
+fn scratch_dir(name: &str) -> Result<tempfile::TempDir, (String, Duration)> {
+    tempfile::Builder::new()
+        .prefix(&format!("rap-sim-{name}-"))
+        .tempdir_in(scratch_root())
+        .map_err(|e| {
+            (
+                format!("create a directory for {name}: {e}"),
+                Duration::ZERO,
+            )
+        })
+}
+
 /// Everything a storage-node host needs to (re)start.
 #[derive(Clone)]
 struct NodeHost {
@@ -534,11 +547,7 @@ fn simulate(
     // Data directories live as long as this function: across restarts.
     let mut dirs = Vec::with_capacity(nodes);
     for index in 0..nodes {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("rap-sim-{}-", node_name(index)))
-            .tempdir_in(scratch_root())
-            .map_err(|e| (format!("create a data directory: {e}"), Duration::ZERO))?;
-        dirs.push(dir);
+        dirs.push(scratch_dir(&node_name(index))?);
     }
     let raft_ids: Arc<Vec<RaftNodeId>> =
         Arc::new((0..nodes).map(|i| raft_id_of(&node_name(i))).collect());
@@ -580,10 +589,7 @@ fn simulate(
         )
         .map_err(|e| (e, Duration::ZERO))?;
         for (index, agent) in AGENTS.iter().enumerate() {
-            let dir = tempfile::Builder::new()
-                .prefix(&format!("rap-sim-{agent}-"))
-                .tempdir_in(scratch_root())
-                .map_err(|e| (format!("create a state directory: {e}"), Duration::ZERO))?;
+            let dir = scratch_dir(agent)?;
             let run = AgentRun {
                 index,
                 nodes,
@@ -599,10 +605,7 @@ fn simulate(
             sim.client(*agent, crate::shards::agent(run));
             agent_dirs.push(dir);
         }
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("rap-sim-{CACHE}-"))
-            .tempdir_in(scratch_root())
-            .map_err(|e| (format!("create a data directory: {e}"), Duration::ZERO))?;
+        let dir = scratch_dir(CACHE)?;
         let run = CacheRun {
             nodes,
             identity: pki.cache(),

@@ -394,18 +394,37 @@ struct Published {
     sealed: u64,
 }
 
-/// Everything the publisher needs; `F` takes a fence through a node
-/// (logging the call), `None` if refused.
-pub(crate) struct PublisherRun<'a, F> {
-    pub(crate) plan: ShardPlan,
+/// How the publisher reaches the group and tells what it learns.
+pub(crate) struct Group<'a> {
     pub(crate) nodes: usize,
     pub(crate) clients: &'a [AuthorityServiceClient<Channel>],
-    pub(crate) signer: SnapshotSigner,
     pub(crate) call_timeout: Duration,
     pub(crate) log: &'a EventLog,
     pub(crate) board: &'a SharedBoard,
+}
+
+/// Everything the publisher needs; `F` takes a fence through a node
+/// (logging the call), `None` if refused.
+pub(crate) struct PublisherRun<'a, F> {
+    pub(crate) group: &'a Group<'a>,
+    pub(crate) plan: ShardPlan,
+    pub(crate) signer: SnapshotSigner,
     pub(crate) rng: SimRng,
     pub(crate) fence: F,
+}
+
+/// Every published scope, nothing known of it yet.
+fn unknown_scopes() -> Vec<Published> {
+    published_scopes()
+        .into_iter()
+        .filter_map(|scope| scope.parse().ok())
+        .map(|scope| Published {
+            scope,
+            head: None,
+            pending: None,
+            sealed: 0,
+        })
+        .collect()
 }
 
 /// Publishes until simulated time `end`: each round takes a fence through
@@ -419,19 +438,11 @@ where
         Ok(cluster) => cluster,
         Err(_) => return,
     };
-    let mut scopes: Vec<Published> = published_scopes()
-        .into_iter()
-        .filter_map(|scope| scope.parse().ok())
-        .map(|scope| Published {
-            scope,
-            head: None,
-            pending: None,
-            sealed: 0,
-        })
-        .collect();
+    let group = run.group;
+    let mut scopes = unknown_scopes();
     let mut round = 0usize;
     while now() < end && round < PUBLICATIONS_MAX {
-        let node = run.rng.index(run.nodes);
+        let node = run.rng.index(group.nodes);
         let chosen: Vec<usize> = if round == 0 {
             (0..scopes.len()).collect()
         } else {
@@ -459,9 +470,9 @@ where
                 fence: Some(fence),
                 envelopes,
             };
-            let mut client = run.clients[node].clone();
+            let mut client = group.clients[node].clone();
             let answer =
-                tokio::time::timeout(run.call_timeout, client.publish_shards(request)).await;
+                tokio::time::timeout(group.call_timeout, client.publish_shards(request)).await;
             match answer {
                 Ok(Ok(answer)) => {
                     for shard in answer.into_inner().published {
@@ -469,17 +480,17 @@ where
                             .iter_mut()
                             .find(|e| e.scope.to_string() == shard.scope)
                         {
-                            acknowledged(entry, shard.version, false, run.log, run.board);
+                            acknowledged(entry, shard.version, false, group.log, group.board);
                         }
                     }
                 }
                 Ok(Err(status)) => {
                     let code = error_detail(&status).map(|d| d.code).unwrap_or_default();
                     tracing::debug!(node = node_name(node), code, "publish refused");
-                    refresh_heads(&mut run, node, &mut scopes).await;
+                    refresh_heads(group, node, &mut scopes).await;
                 }
                 Err(_) => {
-                    refresh_heads(&mut run, node, &mut scopes).await;
+                    refresh_heads(group, node, &mut scopes).await;
                 }
             }
         }
@@ -490,24 +501,12 @@ where
 
 /// After the workload: learns the group's heads (through any node that
 /// answers) so the board names what the agents must reach.
-pub(crate) async fn settle<F>(
-    mut run: PublisherRun<'_, F>,
-    within: Duration,
-) -> Result<(), String> {
-    let mut scopes: Vec<Published> = published_scopes()
-        .into_iter()
-        .filter_map(|scope| scope.parse().ok())
-        .map(|scope| Published {
-            scope,
-            head: None,
-            pending: None,
-            sealed: 0,
-        })
-        .collect();
+pub(crate) async fn settle(group: &Group<'_>, within: Duration) -> Result<(), String> {
+    let mut scopes = unknown_scopes();
     let deadline = now() + within;
     while now() < deadline {
-        for node in 0..run.nodes {
-            if refresh_heads(&mut run, node, &mut scopes).await {
+        for node in 0..group.nodes {
+            if refresh_heads(group, node, &mut scopes).await {
                 return Ok(());
             }
         }
@@ -638,18 +637,15 @@ fn acknowledged(
 /// Asks `node` for the group's heads and follows them: a pending
 /// publication the heads show with our body is acknowledged, one they
 /// show another body for (or pass) is dropped. True if `node` answered.
-async fn refresh_heads<F>(
-    run: &mut PublisherRun<'_, F>,
-    node: NodeIndex,
-    scopes: &mut [Published],
-) -> bool {
+async fn refresh_heads(group: &Group<'_>, node: NodeIndex, scopes: &mut [Published]) -> bool {
     let request = pb::ShardHeadsRequest {
         cluster_id: CLUSTER_ID.into(),
         scopes: scopes.iter().map(|e| e.scope.to_string()).collect(),
         include_envelopes: false,
     };
-    let mut client = run.clients[node].clone();
-    let Ok(Ok(answer)) = tokio::time::timeout(run.call_timeout, client.shard_heads(request)).await
+    let mut client = group.clients[node].clone();
+    let Ok(Ok(answer)) =
+        tokio::time::timeout(group.call_timeout, client.shard_heads(request)).await
     else {
         return false;
     };
@@ -675,7 +671,7 @@ async fn refresh_heads<F>(
         match &entry.pending {
             Some(sealed) if sealed.header.version.0 == head.version => {
                 if sealed.header.content_hash == content_hash {
-                    acknowledged(entry, head.version, true, run.log, run.board);
+                    acknowledged(entry, head.version, true, group.log, group.board);
                     continue;
                 }
                 entry.pending = None;
@@ -684,7 +680,7 @@ async fn refresh_heads<F>(
             _ => {}
         }
         entry.head = Some((head.version, header_hash));
-        let mut board = board(run.board);
+        let mut board = board(group.board);
         let newest = board.published.entry(head.scope.clone()).or_insert(0);
         *newest = (*newest).max(head.version);
     }

@@ -228,16 +228,20 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
             _ => None,
         }
     };
+    // The control plane's side of the shards, if the scenario has them.
+    let shard_group = plan.shards.as_ref().map(|(_, board)| shards::Group {
+        nodes: plan.nodes,
+        clients: &clients,
+        call_timeout: plan.workload.call_timeout,
+        log,
+        board,
+    });
     let publisher = async {
-        if let Some((shard_plan, board)) = &plan.shards {
+        if let (Some((shard_plan, _)), Some(group)) = (&plan.shards, &shard_group) {
             let run = PublisherRun {
+                group,
                 plan: *shard_plan,
-                nodes: plan.nodes,
-                clients: &clients,
                 signer: genesis_signer(&plan.rng),
-                call_timeout: plan.workload.call_timeout,
-                log,
-                board,
                 rng: plan.rng.fork("publisher"),
                 fence: &fence,
             };
@@ -278,20 +282,9 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
         }
     }
     converge(&plan, &clients, &group, true).await?;
-    if let Some((shard_plan, board)) = &plan.shards {
-        let run = PublisherRun {
-            plan: *shard_plan,
-            nodes: plan.nodes,
-            clients: &clients,
-            signer: genesis_signer(&plan.rng),
-            call_timeout: plan.workload.call_timeout,
-            log,
-            board,
-            rng: plan.rng.fork("settle"),
-            fence: &fence,
-        };
-        shards::settle(run, plan.workload.converge_timeout).await?;
-        agents_catch_up(&plan, board).await?;
+    if let Some(group) = &shard_group {
+        shards::settle(group, plan.workload.converge_timeout).await?;
+        agents_catch_up(&plan, group.board).await?;
     }
     for node in old_side {
         wait_fenced(&plan, &clients[node], node).await?;
