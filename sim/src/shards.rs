@@ -3,11 +3,17 @@
 //! they may read.
 //!
 //! * **Certificates:** each run makes a cluster CA ([`Pki`]) and issues
-//!   every storage node and every agent a certificate, as `rapctl` does.
+//!   every storage node, the cache replica and every agent a certificate,
+//!   as `rapctl` does.
 //! * **Storage side:** next to its plaintext Raft and authority port, each
 //!   storage host serves the real `ShardApi` of its node slot on
 //!   [`SHARD_PORT`], behind the real access layer, under mutual TLS
-//!   ([`crate::net::tls_incoming`]).
+//!   ([`crate::net::tls_incoming`]; clients dial through
+//!   [`crate::net::tls_dialer`], the product's TLS with turmoil under it).
+//! * **Cache replica:** the [`CACHE`] host runs the real `CacheReplica`,
+//!   filling itself from the voters with the product's `follow` (as a
+//!   storage caller, under mutual TLS) per its signed assignment
+//!   `cache/cache-1`, and serves the agents like a voter ([`cache`]).
 //! * **Publisher:** beside the fence workers, the client host plays the
 //!   control plane: it takes a fence, seals the next version of a scope
 //!   with the genesis key and publishes it ([`publisher`]). A publication
@@ -148,7 +154,7 @@ pub fn published_scopes() -> Vec<String> {
 }
 
 /// The run's certificates: a cluster CA in a scratch directory, a storage
-/// identity per node and a node identity per agent.
+/// identity per node and for the cache replica, a node identity per agent.
 pub struct Pki {
     _dir: tempfile::TempDir,
     storage: Vec<Arc<LiveIdentity>>,
@@ -166,20 +172,17 @@ impl Pki {
         let cluster = ClusterId::new(CLUSTER_ID).map_err(|e| e.to_string())?;
         let ca = ClusterCa::create(&dir.path().join("ca"), &cluster)
             .map_err(|e| format!("cluster CA: {e}"))?;
-        let mut storage = Vec::with_capacity(nodes);
-        for index in 0..nodes {
-            let name = node_name(index);
-            let id = NodeId::new(name.as_str()).map_err(|e| e.to_string())?;
+        let storage_identity = |name: &str| -> Result<Arc<LiveIdentity>, String> {
+            let id = NodeId::new(name).map_err(|e| e.to_string())?;
             let files = ca
-                .issue_storage(&dir.path().join(&name), &id, std::slice::from_ref(&name))
+                .issue_storage(&dir.path().join(name), &id, &[name.to_string()])
                 .map_err(|e| format!("certificate of {name}: {e}"))?;
-            storage.push(LiveIdentity::load(files).map_err(|e| format!("{name}: {e}"))?);
-        }
-        let cache_id = NodeId::new(CACHE).map_err(|e| e.to_string())?;
-        let files = ca
-            .issue_storage(&dir.path().join(CACHE), &cache_id, &[CACHE.to_string()])
-            .map_err(|e| format!("certificate of {CACHE}: {e}"))?;
-        let cache = LiveIdentity::load(files).map_err(|e| format!("{CACHE}: {e}"))?;
+            LiveIdentity::load(files).map_err(|e| format!("{name}: {e}"))
+        };
+        let storage = (0..nodes)
+            .map(|index| storage_identity(&node_name(index)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cache = storage_identity(CACHE)?;
         let mut agents = Vec::with_capacity(AGENTS.len());
         for agent in AGENTS {
             let identity = PeerIdentity::node(
