@@ -2,13 +2,16 @@
 //!.
 //!
 //! The real authority code (`rap-authority`: openraft, redb storage, the
-//! tonic transport and `AuthorityService`) runs on simulated hosts under
-//! partitions, crashes, loss and delay; every run writes an event log, and
+//! tonic transport and `AuthorityService`; in the shard scenarios also
+//! `ShardService` under mutual TLS, a cache replica and the node agent's
+//! reader) runs on simulated hosts under partitions, crashes, loss and
+//! delay; every run writes an event log, and
 //! the checkers judge it against the split-brain invariants. A run is a
 //! function of its seed: every run prints it, `RAP_SIM_SEED=N` replays it.
 //!
 //! * [`harness`]: the turmoil simulation of one cluster and [`harness::run`].
-//! * [`net`]: tonic over turmoil TCP (client connector, server incoming).
+//! * [`net`]: tonic over turmoil TCP (client connector, server incoming),
+//!   and the product's TLS over it.
 //! * [`faults`]: what can go wrong, and the link model the checkers use.
 //! * [`forger`]: a non-member host forging higher-term Raft RPCs.
 //! * [`shards`]: publication, the storage nodes' `ShardService` under
