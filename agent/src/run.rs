@@ -516,6 +516,12 @@ async fn watch(
                 Err(_) => beats_open = false,
             },
             item = stream.message() => match item {
+                Ok(Some(answer)) if crate::reads::deposed(&answer) => {
+                    // A promotion superseded its group: the next round
+                    // reads (and watches) elsewhere.
+                    reader.endpoints.failed(at, rap_core::codes::FENCED);
+                    return;
+                }
                 Ok(Some(answer)) => match reader.keep_watched(at, answer) {
                     Ok((scope, Outcome::Updated(_))) => {
                         let degraded = degraded_reason(None, tasks);

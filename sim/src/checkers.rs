@@ -20,8 +20,11 @@
 //!   deadline (writes never hang).
 //! * [`acknowledged_fences_survive`]: after heal every node has applied
 //!   every acknowledged fence, and all report the same state.
-//! * [`one_body_per_version`]: no two bodies for one (scope, version),
-//!   over what the group acknowledged and what agents accepted.
+//! * [`one_body_per_version`]: no two bodies for one (scope, version) of
+//!   one authority term, over what the group acknowledged and what agents
+//!   accepted; no agent accepts two bodies for one (scope, version).
+//! * [`agents_never_accept_a_stale_term`]: no agent accepts an envelope
+//!   of a lower authority term than one it accepted before.
 //! * [`agents_never_roll_back`]: an agent never accepts a version of a
 //!   scope lower than one it accepted before, across its restarts.
 //! * [`readers_only`]: no storage node serves an agent a scope whose
@@ -105,6 +108,7 @@ pub fn check_all(events: &[Event], config: &CheckConfig) -> Vec<Violation> {
     violations.extend(old_side_fenced(events));
     violations.extend(one_body_per_version(events));
     violations.extend(agents_never_roll_back(events));
+    violations.extend(agents_never_accept_a_stale_term(events));
     violations.extend(readers_only(events));
     violations
 }
@@ -117,40 +121,97 @@ fn shard_events(events: &[Event]) -> impl Iterator<Item = (Duration, &ShardEvent
     })
 }
 
-/// No two bodies for one (scope, version): what the group acknowledged
-/// (or showed in its heads) and what every agent accepted agree.
+/// No two bodies for one (scope, version) of one authority term: what the
+/// group acknowledged (or showed in its heads) and what every agent
+/// accepted agree; and no agent accepts two bodies for one (scope,
+/// version) whatever their terms. (After a promotion the old side may
+/// have published a version that the new group publishes again with
+/// another body: two terms, and no agent may take both.)
 pub fn one_body_per_version(events: &[Event]) -> Vec<Violation> {
-    let mut first: BTreeMap<(&str, u64), (&str, String)> = BTreeMap::new();
+    let mut in_term: BTreeMap<(&str, u64, u64), (&str, String)> = BTreeMap::new();
+    let mut at_agent: BTreeMap<(&str, &str, u64), &str> = BTreeMap::new();
     let mut violations = Vec::new();
     for (at, what) in shard_events(events) {
-        let (scope, version, body, who) = match what {
+        let (scope, version, term, body, who) = match what {
             ShardEvent::Published {
                 scope,
                 version,
+                term,
                 body,
                 ..
-            } => (scope, *version, body, "the group".to_string()),
+            } => (scope, *version, *term, body, "the group".to_string()),
             ShardEvent::Accepted {
                 agent,
                 scope,
                 version,
+                term,
                 body,
                 ..
-            } => (scope, *version, body, agent.clone()),
+            } => {
+                match at_agent.get(&(agent.as_str(), scope.as_str(), *version)) {
+                    Some(seen) if *seen != body.as_str() => violations.push(Violation {
+                        invariant: "one-body-per-version",
+                        at,
+                        detail: format!(
+                            "{agent} accepted {scope} v{version} twice: body {seen}, then {body}"
+                        ),
+                    }),
+                    Some(_) => {}
+                    None => {
+                        at_agent.insert((agent, scope, *version), body);
+                    }
+                }
+                (scope, *version, *term, body, agent.clone())
+            }
             ShardEvent::Served { .. } => continue,
         };
-        match first.get(&(scope.as_str(), version)) {
+        match in_term.get(&(scope.as_str(), version, term)) {
             None => {
-                first.insert((scope, version), (body, who));
+                in_term.insert((scope, version, term), (body, who));
             }
             Some((seen, by)) if *seen != body.as_str() => violations.push(Violation {
                 invariant: "one-body-per-version",
                 at,
                 detail: format!(
-                    "{scope} v{version}: body {body} at {who}, body {seen} at {by} before"
+                    "{scope} v{version} term {term}: body {body} at {who}, body {seen} at {by} before"
                 ),
             }),
             Some(_) => {}
+        }
+    }
+    violations
+}
+
+/// No agent accepts an envelope of a lower authority term than one it
+/// accepted before (any scope, any incarnation): once it has seen the
+/// term a promotion made, the old side's envelopes are refused.
+pub fn agents_never_accept_a_stale_term(events: &[Event]) -> Vec<Violation> {
+    let mut highest: BTreeMap<&str, (u64, String)> = BTreeMap::new();
+    let mut violations = Vec::new();
+    for (at, what) in shard_events(events) {
+        let ShardEvent::Accepted {
+            agent,
+            incarnation,
+            scope,
+            version,
+            term,
+            ..
+        } = what
+        else {
+            continue;
+        };
+        match highest.get(agent.as_str()) {
+            Some((seen, from)) if term < seen => violations.push(Violation {
+                invariant: "agent-no-stale-term",
+                at,
+                detail: format!(
+                    "{agent}#{incarnation} accepted {scope} v{version} of term {term} after {from} of term {seen}"
+                ),
+            }),
+            Some((seen, _)) if term == seen => {}
+            _ => {
+                highest.insert(agent, (*term, format!("{scope} v{version}")));
+            }
         }
     }
     violations

@@ -413,6 +413,8 @@ pub enum ShardEvent {
         scope: String,
         /// The version.
         version: u64,
+        /// The authority term it was sealed in.
+        term: u64,
         /// The body's content hash (first 8 bytes, hex).
         body: String,
         /// Learnt from the heads rather than from the answer.
@@ -428,6 +430,8 @@ pub enum ShardEvent {
         scope: String,
         /// The version.
         version: u64,
+        /// The authority term it was sealed in.
+        term: u64,
         /// The body's content hash (first 8 bytes, hex).
         body: String,
         /// The storage node that served it.
@@ -453,11 +457,12 @@ impl fmt::Display for ShardEvent {
             ShardEvent::Published {
                 scope,
                 version,
+                term,
                 body,
                 found,
             } => write!(
                 f,
-                "published {scope} v{version} body={body}{}",
+                "published {scope} v{version} term={term} body={body}{}",
                 if *found { " (found in the heads)" } else { "" }
             ),
             ShardEvent::Accepted {
@@ -465,11 +470,12 @@ impl fmt::Display for ShardEvent {
                 incarnation,
                 scope,
                 version,
+                term,
                 body,
                 served_by,
             } => write!(
                 f,
-                "{agent}#{incarnation} accepted {scope} v{version} body={body} from {served_by}"
+                "{agent}#{incarnation} accepted {scope} v{version} term={term} body={body} from {served_by}"
             ),
             ShardEvent::Served {
                 agent,

@@ -384,6 +384,7 @@ pub const NAMES: &[&str] = &[
     "shards-crash-3",
     "shards-partition-3",
     "shards-swizzle-5",
+    "shards-promotion-3",
 ];
 
 /// The scenario called `name` (one of [`NAMES`]) for `seed`.
@@ -411,6 +412,7 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "shards-crash-3" => with_shards(crash_restart(seed, 3)),
         "shards-partition-3" => with_shards(symmetric_partition(seed, 3)),
         "shards-swizzle-5" => with_shards(swizzle(seed, 5)),
+        "shards-promotion-3" => with_shards(promotion(seed, 3)),
         _ => return None,
     })
 }

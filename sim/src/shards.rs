@@ -456,6 +456,16 @@ where
             let mut envelopes = Vec::new();
             for at in &chosen {
                 let entry = &mut scopes[*at];
+                // A publication of another authority term (the answer
+                // was lost before a promotion) can never be taken now:
+                // the next version is sealed again under this fence.
+                if entry
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.header.authority_term.0 != fence.authority_term)
+                {
+                    entry.pending = None;
+                }
                 if entry.pending.is_none() {
                     match seal_next(&cluster, entry, &run.signer, fence.authority_term) {
                         Ok(sealed) => entry.pending = Some(sealed),
@@ -502,20 +512,49 @@ where
     }
 }
 
-/// After the workload: learns the group's heads (through any node that
-/// answers) so the board names what the agents must reach.
-pub(crate) async fn settle(group: &Group<'_>, within: Duration) -> Result<(), String> {
-    let mut scopes = unknown_scopes();
+/// After the workload: learns the heads of the group `members` (all
+/// nodes, or the survivors of a promotion: the fenced old side still
+/// answers with what it held) through the first member that answers; the
+/// board then names exactly those versions for the agents to reach.
+pub(crate) async fn settle(
+    group: &Group<'_>,
+    members: &[NodeIndex],
+    within: Duration,
+) -> Result<(), String> {
+    let scopes = unknown_scopes();
     let deadline = now() + within;
     while now() < deadline {
-        for node in 0..group.nodes {
-            if refresh_heads(group, node, &mut scopes).await {
+        for node in members {
+            if let Some(heads) = heads(group, *node, &scopes).await {
+                let mut board = board(group.board);
+                board.published = heads
+                    .into_iter()
+                    .map(|head| (head.scope, head.version))
+                    .collect();
                 return Ok(());
             }
         }
         tokio::time::sleep(crate::workload::RETRY_PAUSE).await;
     }
-    Err(format!("no node told the shard heads within {within:?}"))
+    Err(format!("no member told the shard heads within {within:?}"))
+}
+
+/// `node`'s heads of `scopes`, if it answers in time.
+async fn heads(
+    group: &Group<'_>,
+    node: NodeIndex,
+    scopes: &[Published],
+) -> Option<Vec<pb::ShardHead>> {
+    let request = pb::ShardHeadsRequest {
+        cluster_id: CLUSTER_ID.into(),
+        scopes: scopes.iter().map(|e| e.scope.to_string()).collect(),
+        include_envelopes: false,
+    };
+    let mut client = group.clients[node].clone();
+    match tokio::time::timeout(group.call_timeout, client.shard_heads(request)).await {
+        Ok(Ok(answer)) => Some(answer.into_inner().heads),
+        _ => None,
+    }
 }
 
 /// Seals the next version of `entry` under `authority_term`.
@@ -628,6 +667,7 @@ fn acknowledged(
         what: ShardEvent::Published {
             scope: scope.clone(),
             version,
+            term: sealed.header.authority_term.0,
             body: body_id(&sealed.header.content_hash),
             found,
         },
@@ -641,18 +681,10 @@ fn acknowledged(
 /// publication the heads show with our body is acknowledged, one they
 /// show another body for (or pass) is dropped. True if `node` answered.
 async fn refresh_heads(group: &Group<'_>, node: NodeIndex, scopes: &mut [Published]) -> bool {
-    let request = pb::ShardHeadsRequest {
-        cluster_id: CLUSTER_ID.into(),
-        scopes: scopes.iter().map(|e| e.scope.to_string()).collect(),
-        include_envelopes: false,
-    };
-    let mut client = group.clients[node].clone();
-    let Ok(Ok(answer)) =
-        tokio::time::timeout(group.call_timeout, client.shard_heads(request)).await
-    else {
+    let Some(heads) = heads(group, node, scopes).await else {
         return false;
     };
-    for head in answer.into_inner().heads {
+    for head in heads {
         let Some(entry) = scopes
             .iter_mut()
             .find(|e| e.scope.to_string() == head.scope)
@@ -782,6 +814,7 @@ fn accepted(run: &AgentRun, reader: &Reader, incarnation: u32, scope: &str, vers
             incarnation,
             scope: scope.to_string(),
             version,
+            term: held.authority_term,
             body,
             served_by: held.served_by.clone(),
         },

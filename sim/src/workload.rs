@@ -282,9 +282,9 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
         }
     }
     converge(&plan, &clients, &group, true).await?;
-    if let Some(group) = &shard_group {
-        shards::settle(group, plan.workload.converge_timeout).await?;
-        agents_catch_up(&plan, group.board).await?;
+    if let Some(shard_group) = &shard_group {
+        shards::settle(shard_group, &group, plan.workload.converge_timeout).await?;
+        agents_catch_up(&plan, shard_group.board).await?;
     }
     for node in old_side {
         wait_fenced(&plan, &clients[node], node).await?;

@@ -24,6 +24,7 @@ pub mod endpoints;
 use crate::state::{ClusterState, StateError};
 use crate::store::{ClusterStore, HealthRecord, StoreError};
 use endpoints::{Endpoint, Endpoints, Tier, load_fraction};
+use rap_core::codes;
 use rap_core::marks::FileHighWaterStore;
 use rap_core::tls::pin::{ExpectedPeer, PeerTls, TlsDialer, dial};
 use rap_proto::envelope::{
@@ -530,6 +531,13 @@ impl Reader {
                     continue;
                 }
             };
+            if deposed(&answer) {
+                // Its group was superseded by a promotion: whatever it
+                // holds is the old side's. Read from another.
+                self.endpoints.failed(at, codes::FENCED);
+                reasons.push(format!("{}: {}", endpoint.node_id, codes::FENCED));
+                continue;
+            }
             let load = answer.load.as_ref().map(load_fraction);
             match self.keep(scope, &endpoint, answer) {
                 Ok(outcome) => {
@@ -705,6 +713,10 @@ impl Reader {
                 continue;
             };
             match answer {
+                Ok(Ok(answer)) if deposed(answer.get_ref()) => {
+                    self.endpoints
+                        .failed(at, &format!("probe: {}", codes::FENCED));
+                }
                 Ok(Ok(answer)) => {
                     let answer = answer.into_inner();
                     let load = answer.load.as_ref().map(load_fraction);
@@ -750,6 +762,16 @@ impl Reader {
             }
         }
     }
+}
+
+/// Whether `answer` comes from a storage node whose group a promotion
+/// superseded (it reports `fenced`): the agent reads elsewhere and scores
+/// it down, as it does an unreachable one.
+pub fn deposed(answer: &pb::GetShardResponse) -> bool {
+    answer
+        .staleness
+        .as_ref()
+        .is_some_and(|s| s.partition_view == pb::PartitionView::Fenced as i32)
 }
 
 /// The name of a partition view.

@@ -17,8 +17,9 @@
 //!    ([`CacheReplica::confirm`]).
 //!
 //! Any error (the voter unreachable, a refusal, an envelope that does not
-//! verify: the voter served something bad) leaves that voter for the next
-//! one after [`RETRY_PAUSE`]; the refusal is logged with its code.
+//! verify: the voter served something bad, a voter that reports `fenced`:
+//! a promotion superseded its group) leaves that voter for the next one
+//! after [`RETRY_PAUSE`]; the refusal is logged with its code.
 
 use super::CacheReplica;
 use crate::cache::ACCEPT_BATCH_MAX;
@@ -209,6 +210,7 @@ async fn follow_one(
                     }
                 }
                 if let Some(staleness) = batch.last().and_then(|a| a.staleness.as_ref()) {
+                    deposed(source, staleness)?;
                     replica.confirm(staleness);
                 }
                 if let Some(error) = refused.or(after) {
@@ -247,6 +249,9 @@ async fn fetch_assignment(
         })?
         .map_err(|status| refused_by(source, status))?
         .into_inner();
+    if let Some(staleness) = &answer.staleness {
+        deposed(source, staleness)?;
+    }
     let decoded = rap_proto::envelope::decode(&answer.envelope)?;
     let offered = decoded.header.version.0;
     let held = replica.version(own);
@@ -285,6 +290,22 @@ fn warn(replica: &CacheReplica, source: &Source, error: &Error, what: &str) {
         code = error.code(),
         "{what}: {error}"
     );
+}
+
+/// Refuses a voter that reports `fenced`: a promotion superseded its
+/// group, so what it holds is the old side's and will not move again; the
+/// cache fills from the next voter.
+fn deposed(source: &Source, staleness: &pb::Staleness) -> Result<()> {
+    if staleness.partition_view == pb::PartitionView::Fenced as i32 {
+        return Err(Error::Refused {
+            code: rap_core::codes::FENCED.to_string(),
+            message: format!(
+                "voter {} is fenced (a promotion superseded its group); filling from the next voter",
+                source.node_id
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A watch the voter ended.

@@ -70,6 +70,17 @@ const PINNED: &[Pinned] = &[
                 view the client saw (10,000-run sweep of 2026-12-05)",
         open_bug: None,
     },
+    Pinned {
+        scenario: "shards-promotion-3",
+        seed: 1,
+        found: "after a promotion the agents never caught up with the new group: the cache \
+                replica kept following an old-side voter that reported fenced, and agents \
+                kept reading its old versions from the cache (and from fenced voters); \
+                fixed: a cache replica leaves a voter that reports fenced \
+                (replica/follow.rs), an agent scores a fenced answer as a failure and \
+                reads elsewhere (agent reads/mod.rs, run.rs)",
+        open_bug: None,
+    },
 ];
 
 // Why the two-leaders seeds failed, and what fixed them: openraft 0.9

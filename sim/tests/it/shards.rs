@@ -11,12 +11,19 @@ use rap_sim::scenarios;
 // shard rules: one body per (scope, version), no agent ever accepts a
 // lower version than before (across its restarts), no storage node
 // serves a scope to an agent its readers do not admit; and after heal
-// every agent holds the newest version of each of its scopes. Method:
-// `shards-crash-3`, `shards-partition-3` and `shards-swizzle-5` over four
-// seeds each, judged by every checker.
+// every agent holds the newest version of each of its scopes; after a
+// promotion, no agent accepts the old side's term once it has seen the
+// new one, and every agent reaches the new group's versions. Method:
+// `shards-crash-3`, `shards-partition-3`, `shards-swizzle-5` and
+// `shards-promotion-3` over four seeds each, judged by every checker.
 #[test]
 fn shard_rules_hold_under_crashes_partitions_and_swizzle() {
-    for name in ["shards-crash-3", "shards-partition-3", "shards-swizzle-5"] {
+    for name in [
+        "shards-crash-3",
+        "shards-partition-3",
+        "shards-swizzle-5",
+        "shards-promotion-3",
+    ] {
         sweep(
             &format!("shards::shard_rules_hold_under_crashes_partitions_and_swizzle ({name})"),
             &[1, 2, 3, 4],

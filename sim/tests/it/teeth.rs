@@ -124,6 +124,23 @@ fn an_agent_without_its_marks_is_caught() {
     assert!(caught.is_some(), "not caught in 6 seeds: {seen:?}");
 }
 
+// Goal: an agent that keeps no state across a restart takes the old
+// side's term after a promotion and is caught. Method: the promotion
+// scenario with shards and `AgentForgetsState`: an agent that saw the new
+// term, restarts with nothing and reads a fenced node's (or a stale
+// cache's) older envelope; some seed of the first six must break
+// `agent-no-stale-term`.
+#[test]
+fn an_agent_taking_a_stale_term_is_caught() {
+    let (caught, seen) = first_caught_within(
+        6,
+        Mutant::AgentForgetsState,
+        "agent-no-stale-term",
+        |seed| scenarios::with_shards(scenarios::promotion(seed, 3)),
+    );
+    assert!(caught.is_some(), "not caught in 6 seeds: {seen:?}");
+}
+
 // Goal: the real system passes the same runs, so the failures above come
 // from the mutants. Method: the first seed of each scenario, no mutant
 // (and, for the agent's rollback, the seeds that catch the mutant).
@@ -139,8 +156,21 @@ fn the_real_system_passes_the_same_runs() {
         let report = run(1, &scenario);
         assert!(report.passed(), "{}", report.failure_report());
     }
-    for seed in 4..=6 {
-        let scenario = scenarios::with_shards(scenarios::symmetric_partition(seed, 3));
+    for (seed, scenario) in [
+        (
+            4,
+            scenarios::with_shards(scenarios::symmetric_partition(4, 3)),
+        ),
+        (
+            5,
+            scenarios::with_shards(scenarios::symmetric_partition(5, 3)),
+        ),
+        (
+            6,
+            scenarios::with_shards(scenarios::symmetric_partition(6, 3)),
+        ),
+        (5, scenarios::with_shards(scenarios::promotion(5, 3))),
+    ] {
         let report = run(seed, &scenario);
         assert!(report.passed(), "{}", report.failure_report());
     }
