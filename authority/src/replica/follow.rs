@@ -194,6 +194,10 @@ async fn follow_one(
                         None => break,
                     }
                 }
+                // Nothing from a voter that says it is fenced is kept.
+                for staleness in batch.iter().filter_map(|a| a.staleness.as_ref()) {
+                    deposed(source, staleness)?;
+                }
                 let envelopes: Vec<&[u8]> = batch.iter().map(|a| a.envelope.as_slice()).collect();
                 let mut refused = None;
                 let mut reassigned = false;
@@ -210,7 +214,6 @@ async fn follow_one(
                     }
                 }
                 if let Some(staleness) = batch.last().and_then(|a| a.staleness.as_ref()) {
-                    deposed(source, staleness)?;
                     replica.confirm(staleness);
                 }
                 if let Some(error) = refused.or(after) {
