@@ -186,65 +186,64 @@ pub fn one_body_per_version(events: &[Event]) -> Vec<Violation> {
 /// accepted before (any scope, any incarnation): once it has seen the
 /// term a promotion made, the old side's envelopes are refused.
 pub fn agents_never_accept_a_stale_term(events: &[Event]) -> Vec<Violation> {
-    let mut highest: BTreeMap<&str, (u64, String)> = BTreeMap::new();
-    let mut violations = Vec::new();
-    for (at, what) in shard_events(events) {
-        let ShardEvent::Accepted {
+    never_lower(events, "agent-no-stale-term", |agent, _, _, term| {
+        (agent, term)
+    })
+}
+
+/// An agent never accepts a version of a scope lower than one it accepted
+/// before, whichever incarnation accepted it.
+pub fn agents_never_roll_back(events: &[Event]) -> Vec<Violation> {
+    never_lower(events, "agent-no-rollback", |agent, scope, version, _| {
+        ((agent, scope), version)
+    })
+}
+
+/// What an agent accepted, as the checkers name it.
+fn acceptance(what: &ShardEvent) -> Option<(&str, &str, u64, u64, String)> {
+    match what {
+        ShardEvent::Accepted {
             agent,
             incarnation,
             scope,
             version,
             term,
             ..
-        } = what
-        else {
-            continue;
-        };
-        match highest.get(agent.as_str()) {
-            Some((seen, from)) if term < seen => violations.push(Violation {
-                invariant: "agent-no-stale-term",
-                at,
-                detail: format!(
-                    "{agent}#{incarnation} accepted {scope} v{version} of term {term} after {from} of term {seen}"
-                ),
-            }),
-            Some((seen, _)) if term == seen => {}
-            _ => {
-                highest.insert(agent, (*term, format!("{scope} v{version}")));
-            }
-        }
+        } => Some((
+            agent,
+            scope,
+            *version,
+            *term,
+            format!("{agent}#{incarnation} accepted {scope} v{version} of term {term}"),
+        )),
+        _ => None,
     }
-    violations
 }
 
-/// An agent never accepts a version of a scope lower than one it accepted
-/// before, whichever incarnation accepted it.
-pub fn agents_never_roll_back(events: &[Event]) -> Vec<Violation> {
-    let mut highest: BTreeMap<(&str, &str), (u64, u32)> = BTreeMap::new();
+/// Per key that `key` draws from an acceptance (agent, scope, version,
+/// term), the value it draws never goes down from one acceptance to a
+/// later one.
+fn never_lower<'a, K: Ord>(
+    events: &'a [Event],
+    invariant: &'static str,
+    key: impl Fn(&'a str, &'a str, u64, u64) -> (K, u64),
+) -> Vec<Violation> {
+    let mut highest: BTreeMap<K, (u64, String)> = BTreeMap::new();
     let mut violations = Vec::new();
     for (at, what) in shard_events(events) {
-        let ShardEvent::Accepted {
-            agent,
-            incarnation,
-            scope,
-            version,
-            ..
-        } = what
-        else {
+        let Some((agent, scope, version, term, said)) = acceptance(what) else {
             continue;
         };
-        let key = (agent.as_str(), scope.as_str());
-        match highest.get(&key) {
-            Some((before, by)) if version < before => violations.push(Violation {
-                invariant: "agent-no-rollback",
+        let (k, value) = key(agent, scope, version, term);
+        match highest.get(&k) {
+            Some((before, then)) if value < *before => violations.push(Violation {
+                invariant,
                 at,
-                detail: format!(
-                    "{agent}#{incarnation} accepted {scope} v{version} after #{by} had accepted v{before}"
-                ),
+                detail: format!("{said}, after {then}"),
             }),
-            Some((before, _)) if version == before => {}
+            Some((before, _)) if value == *before => {}
             _ => {
-                highest.insert(key, (*version, *incarnation));
+                highest.insert(k, (value, said));
             }
         }
     }
