@@ -81,6 +81,30 @@ const PINNED: &[Pinned] = &[
                 reads elsewhere (agent reads/mod.rs, run.rs)",
         open_bug: None,
     },
+    Pinned {
+        scenario: "shards-promotion-3",
+        seed: 40_003,
+        found: "after a promotion the cache never follows the new group: the old side \
+                published cache/cache-1 v7 at term 1 while the new group was at v6 of \
+                term 2, so the cache refuses the new group's assignment as a ROLLBACK and \
+                serves the old state; agent-1 takes the cache's v1 of node/agent-1 as \
+                current (Unchanged) and never asks node-3, which holds v2 of term 2 \
+                (chaos sweep of 2026-12-06, 7 of 27 promotion seeds)",
+        open_bug: Some(
+            "versions are ordered per scope by number alone across authority terms \
+             (proto/src/envelope/verifier.rs check_version, authority/src/replica/follow.rs \
+             fetch_assignment); an agent content with a cache that cannot confirm \
+             (agent/src/reads/mod.rs read)",
+        ),
+    },
+    Pinned {
+        scenario: "shards-promotion-3",
+        seed: 40_010,
+        found: "the same: the old side's cache/cache-1 v4 (term 1) is above the new \
+                group's v3 (term 2); agent-1 keeps node/agent-1 v3 of term 1 from the \
+                stale cache while the new group holds v4 of term 2",
+        open_bug: Some("as seed 40003"),
+    },
 ];
 
 // Why the two-leaders seeds failed, and what fixed them: openraft 0.9
