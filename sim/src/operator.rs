@@ -19,6 +19,7 @@ use rap_proto::envelope::SnapshotSigner;
 use rap_proto::pb;
 use rap_proto::pb::authority_service_client::AuthorityServiceClient;
 use rap_proto::time::UnixMillis;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -77,7 +78,9 @@ async fn survivors_in_minority(
     None
 }
 
-/// Carries out `plan`; returns the new authority term once every survivor
+/// Carries out `plan` (recording the new term in `recorded`, the source
+/// of truth's current term, when it signs the order); returns the new
+/// authority term once every survivor
 /// has been promoted, `None` when the operator could not (each step is in
 /// the log).
 pub(crate) async fn promote(
@@ -86,6 +89,7 @@ pub(crate) async fn promote(
     clients: &[AuthorityServiceClient<Channel>],
     rng: &mut SimRng,
     log: &EventLog,
+    recorded: &AtomicU64,
 ) -> Option<u64> {
     let survivors = survivors_in_minority(plan, clients).await?;
     // The highest applied index seeds; the first such survivor on a tie.
@@ -114,6 +118,10 @@ pub(crate) async fn promote(
         seed_applied_index: seed.applied_index,
     };
     let request = rap_proto::orders::sign_promotion(&order, signer);
+    // The source of truth learns the new term as the order is issued (as
+    // `rapctl authority promote` records it in PostgreSQL): from now on no
+    // publication under an older fence is taken.
+    recorded.fetch_max(new_term, Ordering::SeqCst);
     log.push(Event::Promotion {
         at: now(),
         term: new_term,

@@ -64,6 +64,7 @@ use rap_proto::time::UnixMillis;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -410,6 +411,11 @@ pub(crate) struct Group<'a> {
 /// (logging the call), `None` if refused.
 pub(crate) struct PublisherRun<'a, F> {
     pub(crate) group: &'a Group<'a>,
+    /// The source of truth's current authority term (PostgreSQL's
+    /// `cluster_authority_terms` in production): a fence of an older term
+    /// publishes nothing, as the control plane's fenced transaction
+    /// refuses it.
+    pub(crate) current_term: &'a AtomicU64,
     pub(crate) plan: ShardPlan,
     pub(crate) signer: SnapshotSigner,
     pub(crate) rng: SimRng,
@@ -452,7 +458,10 @@ where
             vec![run.rng.index(scopes.len())]
         };
         round += 1;
-        if let Some(fence) = (run.fence)(node).await {
+        let fence = (run.fence)(node)
+            .await
+            .filter(|f| f.authority_term >= run.current_term.load(Ordering::SeqCst));
+        if let Some(fence) = fence {
             let mut envelopes = Vec::new();
             for at in &chosen {
                 let entry = &mut scopes[*at];

@@ -109,6 +109,10 @@ pub(crate) struct ClientPlan {
 struct ExpectedTerms {
     survivors: Vec<NodeIndex>,
     promoted: Arc<AtomicU64>,
+    /// The current authority term as the source of truth records it (the
+    /// control plane's `cluster_authority_terms`): set when the operator
+    /// issues a promotion order.
+    recorded: Arc<AtomicU64>,
 }
 
 impl ExpectedTerms {
@@ -120,6 +124,7 @@ impl ExpectedTerms {
                 .map(|p| p.survivors.clone())
                 .unwrap_or_default(),
             promoted: Arc::new(AtomicU64::new(INITIAL_TERM)),
+            recorded: Arc::new(AtomicU64::new(INITIAL_TERM)),
         }
     }
 
@@ -202,7 +207,8 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
         }
         let signer = genesis_signer(&plan.rng);
         let mut rng = plan.rng.fork("operator");
-        let promoted = operator::promote(promotion, &signer, &clients, &mut rng, log).await;
+        let promoted =
+            operator::promote(promotion, &signer, &clients, &mut rng, log, &terms.recorded).await;
         match promoted {
             Some(term) => {
                 terms.promoted.store(term, Ordering::SeqCst);
@@ -240,6 +246,7 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
         if let (Some((shard_plan, _)), Some(group)) = (&plan.shards, &shard_group) {
             let run = PublisherRun {
                 group,
+                current_term: &terms.recorded,
                 plan: *shard_plan,
                 signer: genesis_signer(&plan.rng),
                 rng: plan.rng.fork("publisher"),

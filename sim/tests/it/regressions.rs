@@ -83,27 +83,29 @@ const PINNED: &[Pinned] = &[
     },
     Pinned {
         scenario: "shards-promotion-3",
-        seed: 40_003,
-        found: "after a promotion the cache never follows the new group: the old side \
-                published cache/cache-1 v7 at term 1 while the new group was at v6 of \
-                term 2, so the cache refuses the new group's assignment as a ROLLBACK and \
-                serves the old state; agent-1 takes the cache's v1 of node/agent-1 as \
-                current (Unchanged) and never asks node-3, which holds v2 of term 2 \
-                (chaos sweep of 2026-12-06, 7 of 27 promotion seeds)",
+        seed: 40_036,
+        found: "after a promotion the cache never follows the new group: during the split \
+                the old side (still the authority then) took cache/cache-1 v2, the new \
+                group started from the survivor's v1 and nothing republished that scope \
+                under term 2, so the cache refuses the survivor's v1 as a rollback and \
+                serves the old state; agent-1 takes the cache's node/agent-1 v4 as current \
+                (Unchanged) and never asks node-1, which holds v5 and v6 of term 2 (chaos \
+                sweep of 2026-12-06: 7 of 27 promotion seeds before the simulated source of \
+                truth refused old-term publications, 3 of 9 of those after)",
         open_bug: Some(
-            "versions are ordered per scope by number alone across authority terms \
-             (proto/src/envelope/verifier.rs check_version, authority/src/replica/follow.rs \
-             fetch_assignment); an agent content with a cache that cannot confirm \
-             (agent/src/reads/mod.rs read)",
+            "the control plane does not republish after a promotion (every scope under \
+             the new term, numbered above the versions PostgreSQL recorded: \
+             controlplane/src/authority_ops.rs, snapshots/publish.rs); an agent is content \
+             with a cache that cannot reach a current voter (agent/src/reads/mod.rs read)",
         ),
     },
     Pinned {
         scenario: "shards-promotion-3",
-        seed: 40_010,
-        found: "the same: the old side's cache/cache-1 v4 (term 1) is above the new \
-                group's v3 (term 2); agent-1 keeps node/agent-1 v3 of term 1 from the \
-                stale cache while the new group holds v4 of term 2",
-        open_bug: Some("as seed 40003"),
+        seed: 40_026,
+        found: "the same: the old side took cache/cache-1 v5 during the split, the new group \
+                holds an older one and no republish follows, so the cache stays on the old \
+                side's state and both agents keep v1 of scopes the new group has at v4",
+        open_bug: Some("as seed 40036"),
     },
 ];
 
