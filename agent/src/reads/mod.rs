@@ -492,10 +492,15 @@ impl Reader {
     }
 
     /// Reads `scope` from the best endpoint that serves a verified
-    /// envelope of it at least as new as the one held.
+    /// envelope of it at least as new as the one held. An answer from a
+    /// node in a minority (a voter cut off from its quorum, a cache
+    /// replica that could not confirm with a voter lately) may be behind:
+    /// the newest such answer is kept aside while the other endpoints are
+    /// asked, and taken only when none of them answers in the majority.
     pub async fn read(&mut self, scope: &str) -> Result<Outcome, ReadError> {
         let held = self.held.get(scope).map_or(0, |h| h.version);
         let mut reasons = Vec::new();
+        let mut aside: Option<(usize, Endpoint, pb::GetShardResponse, Duration)> = None;
         for at in self.endpoints.ranked() {
             let endpoint = self.endpoints.list[at].endpoint.clone();
             let mut client = match self.client(&endpoint) {
@@ -538,33 +543,66 @@ impl Reader {
                 reasons.push(format!("{}: {}", endpoint.node_id, codes::FENCED));
                 continue;
             }
-            let load = answer.load.as_ref().map(load_fraction);
-            match self.keep(scope, &endpoint, answer) {
-                Ok(outcome) => {
-                    self.endpoints.succeeded(at, started.elapsed(), load);
-                    self.endpoints.use_endpoint(at);
-                    self.save_endpoints();
-                    return Ok(outcome);
+            let rtt = started.elapsed();
+            if in_minority(&answer) {
+                let newer = aside
+                    .as_ref()
+                    .is_none_or(|(_, _, kept, _)| version_of(&answer) > version_of(kept));
+                if newer {
+                    aside = Some((at, endpoint, answer, rtt));
                 }
-                Err(error) => {
-                    tracing::warn!(
-                        cluster_id = %self.cluster_id,
-                        node_id = %self.node_id,
-                        storage = %endpoint.node_id,
-                        scope,
-                        code = error.code(),
-                        "refused an envelope: {error}"
-                    );
-                    self.endpoints.bad_envelope(at, error.code());
-                    reasons.push(format!("{}: refused ({})", endpoint.node_id, error.code()));
-                }
+                continue;
             }
+            if let Some(outcome) = self.take(scope, at, &endpoint, answer, rtt, &mut reasons) {
+                return Ok(outcome);
+            }
+        }
+        if let Some((at, endpoint, answer, rtt)) = aside
+            && let Some(outcome) = self.take(scope, at, &endpoint, answer, rtt, &mut reasons)
+        {
+            return Ok(outcome);
         }
         self.save_endpoints();
         Err(ReadError::NoEndpoint {
             scope: scope.to_string(),
             reasons: reasons.join("; "),
         })
+    }
+
+    /// Keeps what endpoint `at` answered for `scope` in `rtt`: on success
+    /// the endpoint is scored up and is the one in use; an envelope that
+    /// does not verify scores it down (the reason goes to `reasons`).
+    fn take(
+        &mut self,
+        scope: &str,
+        at: usize,
+        endpoint: &Endpoint,
+        answer: pb::GetShardResponse,
+        rtt: Duration,
+        reasons: &mut Vec<String>,
+    ) -> Option<Outcome> {
+        let load = answer.load.as_ref().map(load_fraction);
+        match self.keep(scope, endpoint, answer) {
+            Ok(outcome) => {
+                self.endpoints.succeeded(at, rtt, load);
+                self.endpoints.use_endpoint(at);
+                self.save_endpoints();
+                Some(outcome)
+            }
+            Err(error) => {
+                tracing::warn!(
+                    cluster_id = %self.cluster_id,
+                    node_id = %self.node_id,
+                    storage = %endpoint.node_id,
+                    scope,
+                    code = error.code(),
+                    "refused an envelope: {error}"
+                );
+                self.endpoints.bad_envelope(at, error.code());
+                reasons.push(format!("{}: refused ({})", endpoint.node_id, error.code()));
+                None
+            }
+        }
     }
 
     /// Verifies what `endpoint` served for `scope` and keeps it: the
@@ -772,6 +810,22 @@ pub fn deposed(answer: &pb::GetShardResponse) -> bool {
         .staleness
         .as_ref()
         .is_some_and(|s| s.partition_view == pb::PartitionView::Fenced as i32)
+}
+
+/// Whether `answer` comes from a node in a minority: a voter cut off
+/// from its quorum, or a cache replica that could not confirm with a
+/// voter lately. What it serves may be behind.
+fn in_minority(answer: &pb::GetShardResponse) -> bool {
+    answer
+        .staleness
+        .as_ref()
+        .is_some_and(|s| s.partition_view == pb::PartitionView::Minority as i32)
+}
+
+/// The version of the envelope in `answer` (0 when it does not decode;
+/// the verifier refuses it later).
+fn version_of(answer: &pb::GetShardResponse) -> u64 {
+    decode(&answer.envelope).map_or(0, |e| e.header.version.0)
 }
 
 /// The name of a partition view.

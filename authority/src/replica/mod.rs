@@ -32,8 +32,9 @@ use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// After this long without a voter confirming its assignment, a cache
 /// replica reports `MINORITY`: it serves what it holds, but cannot say it
@@ -43,6 +44,8 @@ pub const CONFIRM_STALE_AFTER: Duration = Duration::from_secs(15);
 /// The upstream voter a cache replica last confirmed with.
 #[derive(Clone, Debug)]
 struct Confirmed {
+    /// On tokio's clock: the real one in production, the simulated one
+    /// under the simulator.
     at: Instant,
     view: i32,
     authority_term: u64,
