@@ -106,6 +106,22 @@ const PINNED: &[Pinned] = &[
                 the new group has at v4, read from the stuck cache; fixed as seed 40036",
         open_bug: None,
     },
+    Pinned {
+        scenario: "loss-and-delay",
+        seed: 50_010,
+        found: "no leader after the heal: from 4200 ms on all three voters campaign in \
+                lockstep every 750 ms (terms 5, 6, 7, ... 39), each votes for itself and no \
+                election is won, although their election timeouts differ (633, 645 and \
+                670 ms); the run ends non-recoverable (chaos sweep of 2026-12-06 over every \
+                scenario, 460 runs; it fails the same on the commit before this stop's \
+                work, so it is older)",
+        open_bug: Some(
+            "authority failover: what makes the voters campaign on one shared beat instead \
+             of their own timeouts is not pinned down yet; the early-campaign paths added \
+             for failover (a lost leader's lease ended, a shorter-log candidate refused) \
+             are the suspects",
+        ),
+    },
 ];
 
 // Why the two-leaders seeds failed, and what fixed them: openraft 0.9
