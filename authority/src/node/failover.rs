@@ -31,6 +31,19 @@
 //! its first campaign would be in the candidate's own term, where the
 //! candidate already voted for itself: it campaigns again (at most
 //! [`ELECT_STEPS_MAX`] times) until its term is above the candidate's.
+//!
+//! A split vote: openraft 0.9 draws its election timeout once per process
+//! and checks it only on a tick of 1.5 heartbeats, so every timeout in
+//! one tick's span fires on the same tick. Voters whose ticks line up
+//! (they started together, or their phases differ by less than a vote's
+//! round trip) then campaign in the same instant every round, each votes
+//! for itself, and no one ever wins: the simulator found three voters
+//! doing so for good after a lossy period. So a candidate that has not
+//! won (nor heard of a leader) campaigns again on its own timer, after a
+//! delay drawn afresh for every term from `[lease / 2, lease)`
+//! ([`retry_delay`]), as etcd draws a new randomized timeout each round.
+//! The draw is a hash of the cluster, the node and the term: it differs
+//! between voters and between rounds, and a replay gives the same.
 
 use super::AuthorityNode;
 use openraft::ServerState;
@@ -57,11 +70,25 @@ pub(super) async fn campaign_when_lease_ends(node: Weak<AuthorityNode>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut campaigned_after: Option<Instant> = None;
     let mut answered_refusal: Option<Instant> = None;
+    let mut split = SplitVote::default();
     loop {
         ticker.tick().await;
         let Some(node) = node.upgrade() else {
             return;
         };
+        if split.due(&node) {
+            let term = node.raft_metrics().current_term;
+            tracing::info!(
+                cluster_id = %node.options.cluster_id,
+                node_id = %node.options.node_id,
+                term,
+                "no leader came of this node's campaign: campaigning again"
+            );
+            if let Err(error) = node.raft.trigger().elect().await {
+                tracing::warn!(cluster_id = %node.options.cluster_id, node_id = %node.options.node_id, %error, "could not start a campaign");
+            }
+            continue;
+        }
         let Some(contact) = node.reach.last_leader_contact() else {
             // Never had a leader: openraft's own timers.
             continue;
@@ -126,6 +153,65 @@ pub(super) async fn campaign_when_lease_ends(node: Weak<AuthorityNode>) {
     }
 }
 
+/// The split-vote retry of one node (see the module docs).
+#[derive(Default)]
+struct SplitVote {
+    /// The term last seen, and since when.
+    term: Option<(u64, Instant)>,
+    /// The last term this node campaigned out of.
+    retried: Option<u64>,
+}
+
+impl SplitVote {
+    /// Whether this node, a candidate without a leader, has waited its
+    /// retry delay in its current term; marks the term as retried.
+    fn due(&mut self, node: &AuthorityNode) -> bool {
+        let metrics = node.raft_metrics();
+        let now = node.reach.now();
+        let term = metrics.current_term;
+        let since = match self.term {
+            Some((seen, since)) if seen == term => since,
+            _ => {
+                self.term = Some((term, now));
+                now
+            }
+        };
+        if metrics.state != ServerState::Candidate
+            || metrics.current_leader.is_some()
+            || self.retried == Some(term)
+        {
+            return false;
+        }
+        let delay = retry_delay(
+            node.options.timing.vote_lease(),
+            node.options.cluster_id.as_str(),
+            node.options.node_id.as_str(),
+            term,
+        );
+        if now.saturating_duration_since(since) < delay {
+            return false;
+        }
+        self.retried = Some(term);
+        true
+    }
+}
+
+/// How long a candidate waits in `term` before it campaigns again: in
+/// `[lease / 2, lease)`, drawn from a hash of the cluster, the node and
+/// the term.
+fn retry_delay(lease: Duration, cluster: &str, node: &str, term: u64) -> Duration {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(cluster.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(node.as_bytes());
+    hasher.update(&term.to_le_bytes());
+    let mut draw = [0u8; 8];
+    draw.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+    let half = lease / 2;
+    let span = u64::try_from(half.as_micros()).unwrap_or(u64::MAX).max(1);
+    lease - half + Duration::from_micros(u64::from_le_bytes(draw) % span)
+}
+
 /// Waits (at most `within`) until this node's term is above `before`;
 /// returns its term then.
 async fn wait_for_term_above(node: &AuthorityNode, before: u64, within: Duration) -> u64 {
@@ -139,4 +225,46 @@ async fn wait_for_term_above(node: &AuthorityNode, before: u64, within: Duration
     })
     .await;
     node.raft_metrics().current_term
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_delay;
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    // Goal: the split-vote retry delay stays in [lease / 2, lease) and
+    // differs between voters and between terms (or the voters would stay
+    // in step). Method: draw it for 3 nodes over 50 terms; check the
+    // bounds, that the same inputs give the same delay, and that the
+    // draws spread out.
+    #[test]
+    fn retry_delays_stay_in_range_and_differ() {
+        let lease = Duration::from_millis(500);
+        let mut seen = BTreeSet::new();
+        for term in 1..=50 {
+            let delays: Vec<_> = ["node-1", "node-2", "node-3"]
+                .iter()
+                .map(|node| retry_delay(lease, "cluster-a", node, term))
+                .collect();
+            for delay in &delays {
+                assert!(*delay >= lease / 2 && *delay < lease, "{delay:?}");
+                seen.insert(*delay);
+            }
+            assert_eq!(delays[0], retry_delay(lease, "cluster-a", "node-1", term));
+            assert!(
+                delays[0] != delays[1] || delays[1] != delays[2],
+                "all three voters drew {:?} in term {term}",
+                delays[0]
+            );
+        }
+        assert!(
+            seen.len() > 140,
+            "only {} distinct delays of 150",
+            seen.len()
+        );
+        let spread = seen.iter().max().copied().unwrap_or_default()
+            - seen.iter().min().copied().unwrap_or_default();
+        assert!(spread > lease / 4, "delays spread over only {spread:?}");
+    }
 }

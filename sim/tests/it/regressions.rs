@@ -113,14 +113,13 @@ const PINNED: &[Pinned] = &[
                 lockstep every 750 ms (terms 5, 6, 7, ... 39), each votes for itself and no \
                 election is won, although their election timeouts differ (633, 645 and \
                 670 ms); the run ends non-recoverable (chaos sweep of 2026-12-06 over every \
-                scenario, 460 runs; it fails the same on the commit before this stop's \
-                work, so it is older)",
-        open_bug: Some(
-            "authority failover: what makes the voters campaign on one shared beat instead \
-             of their own timeouts is not pinned down yet; the early-campaign paths added \
-             for failover (a lost leader's lease ended, a shorter-log candidate refused) \
-             are the suspects",
-        ),
+                scenario, 460 runs; older than the work that found it). Cause: openraft \
+                0.9 draws its election timeout once per process and checks it only on a \
+                tick of 1.5 heartbeats (150 ms), so 633, 645 and 670 ms all fire on the \
+                fifth tick, and the voters' ticks line up because they started together. \
+                Fixed in authority node/failover.rs: a candidate without a leader campaigns \
+                again after a delay drawn afresh per term from [lease / 2, lease)",
+        open_bug: None,
     },
 ];
 
