@@ -31,7 +31,7 @@
 //!   readers do not admit it, and no agent accepts one.
 
 use crate::events::{Event, FenceCall, NodeIndex, Outcome, Role, ShardEvent, node_name};
-use crate::faults::Timeline;
+use crate::faults::{Sides, Timeline};
 use crate::harness::ClusterSpec;
 use crate::shards::may_read;
 use rap_authority::partition::PartitionView;
@@ -110,6 +110,46 @@ pub fn check_all(events: &[Event], config: &CheckConfig) -> Vec<Violation> {
     violations.extend(agents_never_roll_back(events));
     violations.extend(agents_never_accept_a_stale_term(events));
     violations.extend(readers_only(events));
+    violations.extend(readers_keep_to_their_side(events));
+    violations
+}
+
+/// The harness's own check of [`Sides`]: no agent accepts an envelope
+/// served by a storage node or cache it is cut off from (their homes are
+/// on two sides of a partition), or the scenarios that put readers on
+/// both sides would test nothing.
+pub fn readers_keep_to_their_side(events: &[Event]) -> Vec<Violation> {
+    let mut sides = Sides::default();
+    let mut violations = Vec::new();
+    for event in events {
+        match event {
+            Event::Shard {
+                what: ShardEvent::Home { host, node },
+                ..
+            } => sides.add_home(host.clone(), *node),
+            Event::Fault { fault, .. } => {
+                sides.apply(fault);
+            }
+            Event::Shard {
+                at,
+                what:
+                    ShardEvent::Accepted {
+                        agent,
+                        scope,
+                        version,
+                        served_by,
+                        ..
+                    },
+            } if sides.is_cut(agent, served_by) => violations.push(Violation {
+                invariant: "readers-keep-to-their-side",
+                at: *at,
+                detail: format!(
+                    "{agent} accepted {scope} v{version} from {served_by}, which it is cut off from"
+                ),
+            }),
+            _ => {}
+        }
+    }
     violations
 }
 
@@ -163,7 +203,7 @@ pub fn one_body_per_version(events: &[Event]) -> Vec<Violation> {
                 }
                 (scope, *version, *term, body, agent.clone())
             }
-            ShardEvent::Served { .. } => continue,
+            ShardEvent::Served { .. } | ShardEvent::Home { .. } => continue,
         };
         match in_term.get(&(scope.as_str(), version, term)) {
             None => {
@@ -985,5 +1025,61 @@ mod tests {
             role: Role::Leader,
         });
         assert!(one_leader_per_raft_term(&regrouped).is_empty());
+    }
+
+    // Goal: the sides check sees a reader served across a partition and
+    // nothing else. Method: agent-1 stands with node-1 and the cache with
+    // node-3; node-1 is cut off from node-2 and node-3; acceptances from
+    // node-2 and from the cache then are flagged, one from node-1 is not,
+    // and after the heal none is.
+    #[test]
+    fn a_reader_served_across_a_partition_is_flagged() {
+        let home = Event::Shard {
+            at: ms(0),
+            what: ShardEvent::Home {
+                host: "agent-1".into(),
+                node: 0,
+            },
+        };
+        let fault = |at, fault| Event::Fault { at: ms(at), fault };
+        let accepted = |at, version, from: &str| Event::Shard {
+            at: ms(at),
+            what: ShardEvent::Accepted {
+                agent: "agent-1".into(),
+                incarnation: 0,
+                scope: "node/agent-1".into(),
+                version,
+                term: 1,
+                body: "b".into(),
+                served_by: from.into(),
+            },
+        };
+        let cache_home = Event::Shard {
+            at: ms(0),
+            what: ShardEvent::Home {
+                host: "cache-1".into(),
+                node: 2,
+            },
+        };
+        let events = vec![
+            home,
+            cache_home,
+            fault(
+                10,
+                Applied::Partition {
+                    a: vec![0],
+                    b: vec![1, 2],
+                },
+            ),
+            accepted(20, 1, "node-1"),
+            accepted(30, 2, "node-2"),
+            accepted(35, 3, "cache-1"),
+            fault(40, Applied::HealNetwork),
+            accepted(50, 4, "node-2"),
+            accepted(55, 5, "cache-1"),
+        ];
+        let found = readers_keep_to_their_side(&events);
+        let at: Vec<_> = found.iter().map(|v| v.at).collect();
+        assert_eq!(at, [ms(30), ms(35)], "{found:?}");
     }
 }

@@ -437,6 +437,14 @@ pub enum ShardEvent {
         /// The storage node that served it.
         served_by: String,
     },
+    /// A cache replica or an agent stands on `node`'s side of every
+    /// partition of the storage nodes ([`crate::shards::ShardPlan::sides`]).
+    Home {
+        /// The cache replica or agent.
+        host: String,
+        /// The storage node it stands with.
+        node: NodeIndex,
+    },
     /// A storage node served an agent a scope whose readers do not admit
     /// it (asked for with the agent's own certificate).
     Served {
@@ -477,6 +485,9 @@ impl fmt::Display for ShardEvent {
                 f,
                 "{agent}#{incarnation} accepted {scope} v{version} term={term} body={body} from {served_by}"
             ),
+            ShardEvent::Home { host, node } => {
+                write!(f, "{host} stands with {} in partitions", node_name(*node))
+            }
             ShardEvent::Served {
                 agent,
                 scope,

@@ -8,6 +8,7 @@
 //! node's answer, never the client's own isolation.
 
 use crate::events::{Event, NodeIndex, node_name};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -131,6 +132,96 @@ pub enum Applied {
     Crash(NodeIndex),
     /// Start a crashed node's host again on its data directory.
     Restart(NodeIndex),
+}
+
+/// Two hosts by name, in order.
+pub type HostPair = (String, String);
+
+/// Where the cache replica and the agents stand when the storage nodes
+/// are partitioned (`ShardPlan::sides` in [`crate::shards`]): each host
+/// with its home node, cut off from the nodes on the other side of a
+/// `Partition`, and from the sided hosts whose homes are there, until that
+/// is repaired or the network heals. Held links (the swizzle) and one-way
+/// cuts leave them alone. The harness applies what [`Sides::apply`]
+/// returns to the simulated network; the checkers replay it from the log.
+#[derive(Clone, Debug, Default)]
+pub struct Sides {
+    /// Each sided host and its home node.
+    homes: Vec<(String, NodeIndex)>,
+    /// The links cut now, by host names (each pair once, in order).
+    cut: BTreeSet<HostPair>,
+}
+
+impl Sides {
+    /// `host` stands with `node` from now on.
+    pub fn add_home(&mut self, host: String, node: NodeIndex) {
+        self.homes.push((host, node));
+    }
+
+    /// Whether hosts `x` and `y` (storage nodes by [`node_name`]) are cut
+    /// off from each other now.
+    pub fn is_cut(&self, x: &str, y: &str) -> bool {
+        self.cut.contains(&ordered(x, y))
+    }
+
+    /// Follows `fault`: the links (by host names) it cuts, and those it
+    /// mends.
+    pub fn apply(&mut self, fault: &Applied) -> (Vec<HostPair>, Vec<HostPair>) {
+        let (a, b, up) = match fault {
+            Applied::Partition { a, b } => (a, b, false),
+            Applied::Repair { a, b } => (a, b, true),
+            Applied::HealNetwork => {
+                return (
+                    Vec::new(),
+                    std::mem::take(&mut self.cut).into_iter().collect(),
+                );
+            }
+            _ => return (Vec::new(), Vec::new()),
+        };
+        let across = |x: NodeIndex, y: NodeIndex| {
+            (a.contains(&x) && b.contains(&y)) || (b.contains(&x) && a.contains(&y))
+        };
+        // Every sided host against every storage node of the fault and
+        // every other sided host, each by its home.
+        let mut pairs = Vec::new();
+        for (i, (host, home)) in self.homes.iter().enumerate() {
+            for node in a.iter().chain(b) {
+                if across(*home, *node) {
+                    pairs.push(ordered(host, &node_name(*node)));
+                }
+            }
+            for (other, other_home) in &self.homes[i + 1..] {
+                if across(*home, *other_home) {
+                    pairs.push(ordered(host, other));
+                }
+            }
+        }
+        let mut changed = Vec::new();
+        for pair in pairs {
+            let done = if up {
+                self.cut.remove(&pair)
+            } else {
+                self.cut.insert(pair.clone())
+            };
+            if done {
+                changed.push(pair);
+            }
+        }
+        if up {
+            (Vec::new(), changed)
+        } else {
+            (changed, Vec::new())
+        }
+    }
+}
+
+/// `(x, y)` in order.
+fn ordered(x: &str, y: &str) -> HostPair {
+    if x <= y {
+        (x.to_string(), y.to_string())
+    } else {
+        (y.to_string(), x.to_string())
+    }
 }
 
 fn names(nodes: &[NodeIndex]) -> String {

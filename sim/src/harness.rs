@@ -35,7 +35,7 @@ use crate::checkers::{self, CheckConfig, Violation};
 use crate::disk::SimDisk;
 use crate::echo::{Echo, EchoPlan};
 use crate::events::{Event, EventLog, NodeIndex, Role, ShardEvent, node_name};
-use crate::faults::{Applied, Fault, Links};
+use crate::faults::{Applied, Fault, Links, Sides};
 use crate::forger::{FORGER, ForgerPlan, ForgerRun};
 use crate::mutants::{BelieveUnprovenTerm, GrantOnRefusal, Mutant};
 use crate::net;
@@ -648,6 +648,21 @@ fn simulate(
         bystanders.extend(AGENTS);
         bystanders.push(CACHE);
     }
+    let mut sides = Sides::default();
+    if scenario.shards.is_some_and(|plan| plan.sides) {
+        let mut sides_rng = rng.fork("sides");
+        for host in [CACHE].into_iter().chain(AGENTS) {
+            let node = sides_rng.index(nodes);
+            sides.add_home(host.to_string(), node);
+            log.push(Event::Shard {
+                at: sim.elapsed(),
+                what: ShardEvent::Home {
+                    host: host.to_string(),
+                    node,
+                },
+            });
+        }
+    }
     let mut faults_rng = rng.fork("faults");
     let mut power_rng = rng.fork("power-loss");
     let mut pending = scenario.schedule.iter().peekable();
@@ -671,7 +686,14 @@ fn simulate(
                         }
                         _ => None,
                     };
-                    apply(&mut sim, &spec, &links, &bystanders, &applied);
+                    apply(&mut sim, &spec, &links, &bystanders, &sides, &applied);
+                    let (cut, mended) = sides.apply(&applied);
+                    for (x, y) in cut {
+                        sim.partition(x, y);
+                    }
+                    for (x, y) in mended {
+                        sim.repair(x, y);
+                    }
                     links.apply(&applied);
                     log.push(Event::Fault {
                         at: sim.elapsed(),
@@ -723,12 +745,23 @@ fn leader_now(log: &EventLog, links: &Links) -> Option<NodeIndex> {
 /// cut one way for the moment of the crash, and mended after. (Under
 /// random loss a message on a broken link mends it and draws; no scenario
 /// crashes a host under loss.)
-fn crash_silently(sim: &mut turmoil::Sim<'_>, links: &Links, bystanders: &[&str], node: NodeIndex) {
+fn crash_silently(
+    sim: &mut turmoil::Sim<'_>,
+    links: &Links,
+    bystanders: &[&str],
+    sides: &Sides,
+    node: NodeIndex,
+) {
     let name = node_name(node);
     let cut: Vec<String> = (0..links.nodes())
         .filter(|other| *other != node && links.is_up(node, *other))
         .map(node_name)
-        .chain(bystanders.iter().map(ToString::to_string))
+        .chain(
+            bystanders
+                .iter()
+                .filter(|host| !sides.is_cut(host, &name))
+                .map(ToString::to_string),
+        )
         .collect();
     for to in &cut {
         sim.partition_oneway(name.clone(), to.clone());
@@ -751,13 +784,15 @@ fn pairs(a: &[NodeIndex], b: &[NodeIndex]) -> Vec<(String, String)> {
     out
 }
 
-/// Does `fault` to the simulation; `links` is the state before it, and
-/// `bystanders` the hosts that are not storage nodes (client, forger).
+/// Does `fault` to the simulation; `links` is the state before it,
+/// `bystanders` the hosts that are not storage nodes (client, forger,
+/// agents, cache), and `sides` which of them are cut off from which node.
 fn apply(
     sim: &mut turmoil::Sim<'_>,
     spec: &ClusterSpec,
     links: &Links,
     bystanders: &[&str],
+    sides: &Sides,
     fault: &Applied,
 ) {
     let all: Vec<NodeIndex> = (0..spec.voters).collect();
@@ -805,7 +840,7 @@ fn apply(
                 sim.set_link_max_message_latency(x, y, spec.latency_max);
             }
         }
-        Applied::Crash(node) => crash_silently(sim, links, bystanders, *node),
+        Applied::Crash(node) => crash_silently(sim, links, bystanders, sides, *node),
         Applied::Restart(node) => sim.bounce(node_name(*node)),
     }
 }

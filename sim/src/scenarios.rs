@@ -310,6 +310,21 @@ pub fn with_shards(mut scenario: Scenario) -> Scenario {
     scenario
 }
 
+/// Shards with sides: as [`with_shards`], and the cache replica and each
+/// agent stand with a storage node drawn from the seed, so a partition
+/// cuts them off from the other side ([`ShardPlan::sides`]): a reader
+/// in the minority reads what the minority holds, and after a promotion
+/// one may be left with the fenced old side until the heal.
+pub fn with_shards_on_sides(scenario: Scenario) -> Scenario {
+    let mut scenario = with_shards(scenario);
+    scenario.name = format!("{}, readers on both sides", scenario.name);
+    scenario.shards = Some(ShardPlan {
+        sides: true,
+        ..ShardPlan::default()
+    });
+    scenario
+}
+
 /// Fisher–Yates with the seed's generator.
 fn shuffle(rng: &mut SimRng, items: &mut [NodeIndex]) {
     for i in (1..items.len()).rev() {
@@ -385,6 +400,8 @@ pub const NAMES: &[&str] = &[
     "shards-partition-3",
     "shards-swizzle-5",
     "shards-promotion-3",
+    "shards-sides-3",
+    "shards-sides-promotion-3",
 ];
 
 /// The scenario called `name` (one of [`NAMES`]) for `seed`.
@@ -413,6 +430,8 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "shards-partition-3" => with_shards(symmetric_partition(seed, 3)),
         "shards-swizzle-5" => with_shards(swizzle(seed, 5)),
         "shards-promotion-3" => with_shards(promotion(seed, 3)),
+        "shards-sides-3" => with_shards_on_sides(symmetric_partition(seed, 3)),
+        "shards-sides-promotion-3" => with_shards_on_sides(promotion(seed, 3)),
         _ => return None,
     })
 }

@@ -108,6 +108,11 @@ pub struct ShardPlan {
     pub lifetime_min: Duration,
     /// See `lifetime_min`.
     pub lifetime_max: Duration,
+    /// Whether the cache replica and the agents take sides: each stands
+    /// with a storage node drawn from the seed and is cut off, in every
+    /// partition of the storage nodes, from the other side (else they
+    /// reach every storage node throughout).
+    pub sides: bool,
 }
 
 impl Default for ShardPlan {
@@ -120,6 +125,7 @@ impl Default for ShardPlan {
             read_pause: Duration::from_millis(250),
             lifetime_min: Duration::from_secs(3),
             lifetime_max: Duration::from_secs(8),
+            sides: false,
         }
     }
 }

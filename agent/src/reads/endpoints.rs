@@ -3,8 +3,11 @@
 //! The list is the bootstrap list written at enrollment, then the one
 //! the node's own verified `node/<id>` shard carries (the voters and the
 //! node's cache replicas). Each endpoint is ranked by, in order: no recent
-//! failure (a failure or a refused envelope counts for
-//! [`FAILURE_MEMORY`]), not overloaded (the load it reported last is
+//! failure (a failure counts for [`FAILURE_MEMORY`], doubled for each
+//! further failure in a row up to [`FAILURE_MEMORY_MAX`], so a node cut
+//! off by a silent partition, which costs a whole [`super::READ_TIMEOUT`]
+//! to find out, is not asked first again every few seconds), not
+//! overloaded (the load it reported last is
 //! below [`OVERLOADED`]), same zone, same region, a cache replica before a
 //! voter (the caches are placed for this node), and the measured round
 //! trip (an exponential moving average) weighted by the reported load. A
@@ -27,8 +30,12 @@ use std::time::Duration;
 // simulator (round trips and failure memory in simulated time).
 use tokio::time::Instant;
 
-/// How long a failure keeps an endpoint behind the healthy ones.
+/// How long one failure keeps an endpoint behind the healthy ones; each
+/// further failure in a row doubles it ([`failure_memory`]).
 pub const FAILURE_MEMORY: Duration = Duration::from_secs(5);
+/// The longest failures in a row keep an endpoint behind the healthy
+/// ones: the cold probe's interval, so a probe can earn it its place back.
+pub const FAILURE_MEMORY_MAX: Duration = COLD_PROBE_INTERVAL;
 /// How many failures a refused (bad) envelope counts as.
 pub const BAD_ENVELOPE_WEIGHT: u32 = 10;
 /// Most endpoints an agent keeps.
@@ -189,9 +196,7 @@ impl Endpoints {
         let now = Instant::now();
         // Everything but the round trip; false sorts first.
         let class = |s: &Scored| {
-            let failing = s.failures > 0
-                && s.last_failure
-                    .is_some_and(|at| now.duration_since(at) < FAILURE_MEMORY);
+            let failing = s.failing(now);
             (
                 failing,
                 if failing { s.failures } else { 0 },
@@ -273,10 +278,7 @@ impl Endpoints {
             .into_iter()
             .enumerate()
             .map(|(rank, at)| {
-                let s = &self.list[at];
-                let failing = s.failures > 0
-                    && s.last_failure
-                        .is_some_and(|t| now.duration_since(t) < FAILURE_MEMORY);
+                let failing = self.list[at].failing(now);
                 let tier = if rank == 0 {
                     Tier::Active
                 } else if warm < WARM_MAX && !failing {
@@ -336,6 +338,27 @@ impl Endpoints {
     }
 }
 
+/// How long `failures` in a row keep an endpoint behind the healthy
+/// ones: [`FAILURE_MEMORY`], doubled for each failure after the first, at
+/// most [`FAILURE_MEMORY_MAX`].
+pub fn failure_memory(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    FAILURE_MEMORY
+        .saturating_mul(1 << doublings)
+        .min(FAILURE_MEMORY_MAX)
+}
+
+impl Scored {
+    /// Whether a failure still keeps this endpoint behind the healthy
+    /// ones at `now`.
+    fn failing(&self, now: Instant) -> bool {
+        self.failures > 0
+            && self
+                .last_failure
+                .is_some_and(|at| now.duration_since(at) < failure_memory(self.failures))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +412,38 @@ mod tests {
             .find(|s| s.endpoint.node_id == "s2")
             .unwrap();
         assert_eq!(s2.bad_envelopes, 1, "scores survive a new list");
+    }
+
+    // Goal: failures in a row keep an endpoint back longer: 5 s after
+    // one, doubled for each further one, at most the cold probe's
+    // interval; a success starts over. Method: the memory for 1 to 40
+    // failures, and the ranking of an endpoint whose last failure was 7 s
+    // and 11 s ago after one and after two failures.
+    #[test]
+    fn failures_in_a_row_are_remembered_longer() {
+        let secs = Duration::from_secs;
+        let memory: Vec<_> = [1, 2, 3, 4, 5, 40].map(failure_memory).to_vec();
+        assert_eq!(
+            memory,
+            [secs(5), secs(10), secs(20), secs(40), secs(60), secs(60)]
+        );
+        assert_eq!(failure_memory(BAD_ENVELOPE_WEIGHT), FAILURE_MEMORY_MAX);
+        let mut eps = Endpoints::new(vec![e("a", "z1", "voter"), e("b", "z1", "voter")]);
+        let a = eps.ranked()[0];
+        let ago = |d: Duration| Instant::now().checked_sub(d);
+        eps.failed(a, "stalled");
+        eps.list[a].last_failure = ago(secs(7));
+        assert_eq!(names(&eps), ["a", "b"], "one failure 7 s ago is forgotten");
+        eps.failed(a, "stalled");
+        eps.list[a].last_failure = ago(secs(7));
+        assert_eq!(names(&eps), ["b", "a"], "two in a row are not, after 7 s");
+        eps.list[a].last_failure = ago(secs(11));
+        assert_eq!(names(&eps), ["a", "b"], "nor after 11 s");
+        eps.failed(a, "stalled");
+        eps.succeeded(a, Duration::from_millis(1), None);
+        eps.failed(a, "stalled");
+        eps.list[a].last_failure = ago(secs(7));
+        assert_eq!(names(&eps), ["a", "b"], "a success starts the count over");
     }
 
     // Goal: reported load counts: between equal neighbours the busier one

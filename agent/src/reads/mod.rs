@@ -47,6 +47,10 @@ use tonic::transport::Channel;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a probe of a warm or cold endpoint may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long, in all, a read that holds a minority node's answer goes on
+/// asking the other endpoints before it takes that answer: behind a
+/// silent partition each of them would cost a whole [`READ_TIMEOUT`].
+pub const ASIDE_WAIT_MAX: Duration = Duration::from_secs(1);
 /// TCP connect timeout towards a storage node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 keepalive towards a storage node (a dead connection under an
@@ -496,12 +500,21 @@ impl Reader {
     /// node in a minority (a voter cut off from its quorum, a cache
     /// replica that could not confirm with a voter lately) may be behind:
     /// the newest such answer is kept aside while the other endpoints are
-    /// asked, and taken only when none of them answers in the majority.
+    /// asked (for [`ASIDE_WAIT_MAX`] in all), and taken only when none of
+    /// them answers in the majority.
     pub async fn read(&mut self, scope: &str) -> Result<Outcome, ReadError> {
         let held = self.held.get(scope).map_or(0, |h| h.version);
         let mut reasons = Vec::new();
         let mut aside: Option<(usize, Endpoint, pb::GetShardResponse, Duration)> = None;
+        let mut aside_since: Option<Instant> = None;
         for at in self.endpoints.ranked() {
+            let timeout = match aside_since {
+                None => READ_TIMEOUT,
+                Some(since) => match ASIDE_WAIT_MAX.checked_sub(since.elapsed()) {
+                    Some(left) if !left.is_zero() => left.min(READ_TIMEOUT),
+                    _ => break,
+                },
+            };
             let endpoint = self.endpoints.list[at].endpoint.clone();
             let mut client = match self.client(&endpoint) {
                 Ok(client) => client,
@@ -517,7 +530,7 @@ impl Reader {
                 min_version: held,
             };
             let started = Instant::now();
-            let answer = match tokio::time::timeout(READ_TIMEOUT, client.get_shard(request)).await {
+            let answer = match tokio::time::timeout(timeout, client.get_shard(request)).await {
                 Ok(Ok(answer)) => answer.into_inner(),
                 Ok(Err(status)) => {
                     let code = rap_core::codes::error_detail(&status)
@@ -529,10 +542,7 @@ impl Reader {
                 }
                 Err(_) => {
                     self.endpoints.failed(at, "stalled");
-                    reasons.push(format!(
-                        "{}: no answer in {READ_TIMEOUT:?}",
-                        endpoint.node_id
-                    ));
+                    reasons.push(format!("{}: no answer in {timeout:?}", endpoint.node_id));
                     continue;
                 }
             };
@@ -551,6 +561,7 @@ impl Reader {
                 if newer {
                     aside = Some((at, endpoint, answer, rtt));
                 }
+                aside_since.get_or_insert_with(Instant::now);
                 continue;
             }
             if let Some(outcome) = self.take(scope, at, &endpoint, answer, rtt, &mut reasons) {
