@@ -4,7 +4,11 @@
 //!
 //! A run that broke an invariant is a *violation*; a run that could not
 //! finish (the client gave up, a host failed, the simulated clock ran out)
-//! is *non-recoverable* and reported apart: neither counts as a pass.
+//! although its faults left a quorum that could form is *non-recoverable*
+//! and reported apart: neither counts as a pass. A run that could not
+//! finish because its faults left no quorum (a majority crashed for good)
+//! had *recovery impossible* by construction: it is counted apart again
+//! and is no failure unless it broke an invariant.
 
 use crate::harness::RunReport;
 use crate::mutants::Mutant;
@@ -74,6 +78,9 @@ pub struct ChaosSummary {
     pub failures: Vec<ChaosFailure>,
     /// Whether the wall budget stopped the sweep early.
     pub stopped_early: bool,
+    /// Runs whose recovery was impossible by construction and that broke
+    /// no invariant (not failures).
+    pub recovery_impossible: u64,
 }
 
 impl ChaosSummary {
@@ -115,9 +122,10 @@ impl fmt::Display for ChaosSummary {
         )?;
         writeln!(
             f,
-            "runs that broke an invariant: {}; non-recoverable runs: {}",
+            "runs that broke an invariant: {}; non-recoverable runs: {}; runs where recovery was impossible by construction: {}",
             self.violating(),
-            self.non_recoverable()
+            self.non_recoverable(),
+            self.recovery_impossible
         )?;
         for (invariant, count) in &self.violations {
             writeln!(f, "  violations of {invariant}: {count}")?;
@@ -247,6 +255,10 @@ impl ChaosSummary {
         if report.passed() {
             return;
         }
+        if report.acceptable() {
+            self.recovery_impossible += 1;
+            return;
+        }
         let trace = (self.failures.len() < TRACES_MAX)
             .then(|| write_trace(trace_dir, scenario, mutant, report))
             .flatten();
@@ -293,14 +305,17 @@ mod tests {
             aborted: aborted.map(String::from),
             violations,
             sim_time: Duration::from_secs(10),
+            recovery_impossible: false,
         }
     }
 
     // Goal: a sweep's summary counts runs, simulated time and violations
     // by invariant, tells a broken invariant from a run that could not
     // finish, and writes each failed run's trace with its replay command.
-    // Method: record three synthetic reports (passed, violating, aborted)
-    // into a temporary trace directory.
+    // A run whose recovery was impossible by construction is counted
+    // apart and is no failure. Method: record four synthetic reports
+    // (passed, violating, aborted, aborted with recovery impossible) into
+    // a temporary trace directory.
     #[test]
     fn the_summary_counts_and_keeps_traces() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -328,10 +343,15 @@ mod tests {
             &report(3, Vec::new(), Some("the client gave up")),
             dir.path(),
         );
-        assert_eq!(summary.runs, 3);
-        assert_eq!(summary.simulated, Duration::from_secs(30));
+        let mut impossible = report(4, Vec::new(), Some("nodes did not converge"));
+        impossible.recovery_impossible = true;
+        summary.record("crash-storm-5", Mutant::None, &impossible, dir.path());
+        assert_eq!(summary.runs, 4);
+        assert_eq!(summary.simulated, Duration::from_secs(40));
         assert_eq!(summary.violations.get("one leader per term"), Some(&2));
         assert_eq!((summary.violating(), summary.non_recoverable()), (1, 1));
+        assert_eq!(summary.recovery_impossible, 1);
+        assert_eq!(summary.failures.len(), 2, "{:?}", summary.failures);
         let trace = summary.failures[0].trace.clone().expect("trace written");
         let text = std::fs::read_to_string(trace).expect("trace");
         assert!(text.contains("RAP_SIM_SCENARIO=isolated-leader RAP_SIM_SEED=2"));
@@ -339,6 +359,10 @@ mod tests {
         let shown = summary.to_string();
         assert!(
             shown.contains("isolated-leader seed=3 NON-RECOVERABLE"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("recovery was impossible by construction: 1"),
             "{shown}"
         );
     }

@@ -828,14 +828,20 @@ pub fn no_call_hangs(events: &[Event]) -> Vec<Violation> {
 }
 
 /// After heal, every node has applied every acknowledged fence, and all
-/// report the same leader, applied index and last fence.
+/// report the same leader, applied index and last fence (each node's last
+/// final status counts).
 pub fn acknowledged_fences_survive(events: &[Event]) -> Vec<Violation> {
-    let finals: Vec<(Duration, NodeIndex, &crate::events::FinalStatus)> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Final { at, node, status } => Some((*at, *node, status)),
-            _ => None,
-        })
+    // Each node's last word: a rejoin after a promotion converges the
+    // whole cluster again, after the survivors did.
+    let mut last: BTreeMap<NodeIndex, (Duration, &crate::events::FinalStatus)> = BTreeMap::new();
+    for event in events {
+        if let Event::Final { at, node, status } = event {
+            last.insert(*node, (*at, status));
+        }
+    }
+    let finals: Vec<(Duration, NodeIndex, &crate::events::FinalStatus)> = last
+        .into_iter()
+        .map(|(node, (at, status))| (at, node, status))
         .collect();
     let Some(highest) = calls(events).filter_map(FenceCall::granted).max() else {
         return Vec::new();

@@ -239,6 +239,16 @@ pub enum Event {
         /// `promoted term=N`, or the refusal code and message.
         outcome: String,
     },
+    /// The operator brought an old member back into the new group after
+    /// the heal (`rapctl authority rejoin`).
+    Rejoin {
+        /// Simulated time of the answer.
+        at: Duration,
+        /// The old member.
+        node: NodeIndex,
+        /// `rejoined term=N`, or the refusal.
+        outcome: String,
+    },
     /// Shard publication and reads ([`crate::shards`]).
     Shard {
         /// Simulated time.
@@ -270,6 +280,7 @@ impl Event {
             | Event::PowerLoss { at, .. }
             | Event::Promotion { at, .. }
             | Event::Promote { at, .. }
+            | Event::Rejoin { at, .. }
             | Event::Shard { at, .. }
             | Event::Final { at, .. } => *at,
             Event::Fence(call) => call.ended,
@@ -341,6 +352,9 @@ impl fmt::Display for Event {
             ),
             Event::Promote { node, outcome, .. } => {
                 write!(f, "promote {}: {outcome}", node_name(*node))
+            }
+            Event::Rejoin { node, outcome, .. } => {
+                write!(f, "rejoin {}: {outcome}", node_name(*node))
             }
             Event::View { node, view, .. } => {
                 write!(f, "view {} {}", node_name(*node), view.as_str())

@@ -368,6 +368,15 @@ impl Links {
     }
 }
 
+impl Links {
+    /// Whether some quorum can form under these links: a host that is up
+    /// exchanges messages both ways with a majority of the voters (itself
+    /// among them). Without one no group can recover, whatever the code.
+    pub fn has_quorum_core(&self) -> bool {
+        (0..self.nodes()).any(|node| self.can_grant_via(node))
+    }
+}
+
 /// The links over a whole run: the state after each applied fault.
 #[derive(Clone, Debug)]
 pub struct Timeline {
@@ -418,6 +427,12 @@ impl Timeline {
                 let overlaps = *start <= to && end.is_none_or(|end| end >= from);
                 overlaps.then_some(links)
             })
+    }
+
+    /// The links after the last fault (`None` only for a timeline with
+    /// no state, which `from_events` never builds).
+    pub fn last(&self) -> Option<&Links> {
+        self.states.last().map(|(_, links)| links)
     }
 
     /// The time of the last fault applied at or before `at`.

@@ -13,9 +13,12 @@
 use crate::events::{Event, EventLog, NodeIndex, node_name};
 use crate::harness::{CLUSTER_ID, now};
 use crate::seed::SimRng;
-use crate::workload::status_of;
+use crate::workload::{status_of, voter_spec};
+use rap_authority::client::orders;
+use rap_authority::network::NetworkConfig;
 use rap_core::codes::error_detail;
 use rap_proto::envelope::SnapshotSigner;
+use rap_proto::ids::{AuthorityTerm, ClusterId};
 use rap_proto::pb;
 use rap_proto::pb::authority_service_client::AuthorityServiceClient;
 use rap_proto::time::UnixMillis;
@@ -42,6 +45,9 @@ pub struct PromotionPlan {
     pub at: Duration,
     /// The surviving voters, a minority.
     pub survivors: Vec<NodeIndex>,
+    /// Whether the operator brings the old side back after the heal, once
+    /// each old member reports `fenced` ([`rejoin`]).
+    pub rejoin: bool,
 }
 
 /// What one survivor says about itself.
@@ -164,4 +170,55 @@ pub(crate) async fn promote(
         });
     }
     all_promoted.then_some(new_term)
+}
+
+/// The deadline of one rejoin (the old member restarts empty, the group
+/// adds it as a learner and promotes it once it has caught up).
+pub const REJOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Brings the old member `node` back into the group of `term` whose
+/// members are `group`, with the product's `rejoin_member` (a rejoin order
+/// signed with the genesis key, `PrepareJoin`, `AddVoter` through the
+/// group), as `rapctl authority rejoin` has the control plane do; logs the
+/// answer. Whether it rejoined.
+pub(crate) async fn rejoin(
+    network: &NetworkConfig,
+    group: &[NodeIndex],
+    node: NodeIndex,
+    term: u64,
+    signer: &SnapshotSigner,
+    log: &EventLog,
+) -> bool {
+    let cluster = match ClusterId::new(CLUSTER_ID) {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            log.push(Event::Rejoin {
+                at: now(),
+                node,
+                outcome: format!("refused: {e}"),
+            });
+            return false;
+        }
+    };
+    let specs: Vec<pb::VoterSpec> = group.iter().map(|n| voter_spec(*n)).collect();
+    let member = voter_spec(node);
+    let asked = orders::rejoin_member(
+        network,
+        &cluster,
+        &specs,
+        &member,
+        signer,
+        Some(AuthorityTerm(term)),
+    );
+    let (rejoined, outcome) = match tokio::time::timeout(REJOIN_TIMEOUT, asked).await {
+        Ok(Ok(report)) => (true, format!("rejoined term={}", report.authority_term.0)),
+        Ok(Err(e)) => (false, format!("refused {}: {e}", e.code())),
+        Err(_) => (false, "timed out".into()),
+    };
+    log.push(Event::Rejoin {
+        at: now(),
+        node,
+        outcome,
+    });
+    rejoined
 }

@@ -208,6 +208,43 @@ pub fn crash_restart(seed: u64, voters: usize) -> Scenario {
     )
 }
 
+/// A storm of crashes, with seeds whose faults make recovery impossible
+/// (as VOPR has): 1 to all but one of the voters crash one after another,
+/// 200–800 ms apart, each losing its unsynced writes; each comes back
+/// 1–3 s later with a chance of 2 in 3, or stays down for good. When a
+/// majority stays down no group can form again: such a run is judged for
+/// safety only and reported as "recovery impossible"
+/// ([`crate::harness::RunReport::recovery_impossible`]); every other run
+/// must converge as usual.
+pub fn crash_storm(seed: u64, voters: usize) -> Scenario {
+    let mut rng = SimRng::new(seed).fork("crash-storm");
+    let count = 1 + rng.index(voters - 1);
+    let mut at = rng.millis(ms(500), ms(1_500));
+    let mut schedule = Vec::new();
+    let mut down_for_good = Vec::new();
+    for node in rng.subset(voters, count) {
+        schedule.push((at, Fault::Apply(Applied::Crash(node))));
+        if rng.chance(2.0 / 3.0) {
+            let back = at + rng.millis(s(1), s(3));
+            schedule.push((back, Fault::Apply(Applied::Restart(node))));
+        } else {
+            down_for_good.push(node);
+        }
+        at += rng.millis(ms(200), ms(800));
+    }
+    schedule.sort_by_key(|(offset, _)| *offset);
+    let end = schedule.last().map_or(at, |(offset, _)| *offset);
+    let mut scenario = scenario(
+        &format!("crash storm ({voters} voters)"),
+        voters,
+        schedule,
+        end,
+    );
+    down_for_good.sort_unstable();
+    scenario.workload.down_for_good = down_for_good;
+    scenario
+}
+
 /// Swizzle (after FoundationDB's swizzle-clogging): the nodes are cut
 /// off one by one, every 200–600 ms, each from every node still
 /// connected, until all are alone (the majority is lost on the way); then
@@ -279,7 +316,21 @@ pub fn promotion(seed: u64, voters: usize) -> Scenario {
     scenario.promotion = Some(PromotionPlan {
         at: promote,
         survivors,
+        rejoin: false,
     });
+    scenario
+}
+
+/// [`promotion`], and after the heal the operator brings the old side
+/// back: once each old member reports `fenced`, a signed rejoin order
+/// (`rapctl authority rejoin`) makes it retire its storage and join the
+/// new group empty; then every node must agree on the new term, grant
+/// fences of it, and (with shards) serve the new group's versions.
+pub fn with_rejoin(mut scenario: Scenario) -> Scenario {
+    if let Some(promotion) = &mut scenario.promotion {
+        promotion.rejoin = true;
+        scenario.name = format!("{} and rejoin", scenario.name);
+    }
     scenario
 }
 
@@ -402,6 +453,8 @@ pub const NAMES: &[&str] = &[
     "shards-promotion-3",
     "shards-sides-3",
     "shards-sides-promotion-3",
+    "promotion-rejoin-5",
+    "crash-storm-5",
 ];
 
 /// The scenario called `name` (one of [`NAMES`]) for `seed`.
@@ -431,7 +484,9 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "shards-swizzle-5" => with_shards(swizzle(seed, 5)),
         "shards-promotion-3" => with_shards(promotion(seed, 3)),
         "shards-sides-3" => with_shards_on_sides(symmetric_partition(seed, 3)),
-        "shards-sides-promotion-3" => with_shards_on_sides(promotion(seed, 3)),
+        "shards-sides-promotion-3" => with_rejoin(with_shards_on_sides(promotion(seed, 3))),
+        "promotion-rejoin-5" => with_rejoin(promotion(seed, 5)),
+        "crash-storm-5" => crash_storm(seed, 5),
         _ => return None,
     })
 }

@@ -67,6 +67,9 @@ pub struct Workload {
     /// How long the client waits, once the workers stop, for the nodes to
     /// agree (liveness after heal).
     pub converge_timeout: Duration,
+    /// Nodes the scenario crashes for good: left out of the nodes that
+    /// must agree after the heal.
+    pub down_for_good: Vec<NodeIndex>,
 }
 
 impl Default for Workload {
@@ -80,6 +83,7 @@ impl Default for Workload {
             duration: Duration::from_secs(10),
             call_timeout: Duration::from_secs(5),
             converge_timeout: Duration::from_secs(20),
+            down_for_good: Vec::new(),
         }
     }
 }
@@ -157,6 +161,7 @@ fn client_of(network: &NetworkConfig, node: NodeIndex) -> Result<Client, String>
 pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
     let network = NetworkConfig {
         keepalive_interval: plan.cluster.keepalive,
+        plain_connector: Some(net::connector()),
         ..NetworkConfig::default()
     };
     let clients = (0..plan.nodes)
@@ -263,8 +268,18 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
     });
     // After a promotion the group is the survivors; the old side must
     // have learnt that it is fenced.
-    let group: Vec<NodeIndex> = promoted?.unwrap_or_else(|| (0..plan.nodes).collect());
-    let old_side: Vec<NodeIndex> = (0..plan.nodes).filter(|n| !group.contains(n)).collect();
+    let (group, old_side): (Vec<NodeIndex>, Vec<NodeIndex>) = match promoted? {
+        Some(survivors) => {
+            let old_side = (0..plan.nodes).filter(|n| !survivors.contains(n)).collect();
+            (survivors, old_side)
+        }
+        None => {
+            let up = (0..plan.nodes)
+                .filter(|n| !plan.workload.down_for_good.contains(n))
+                .collect();
+            (up, Vec::new())
+        }
+    };
 
     // Liveness after heal: the group agrees, every member can get a
     // fence, and then they agree again (the last fences applied
@@ -293,19 +308,71 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
         shards::settle(shard_group, &group, plan.workload.converge_timeout).await?;
         agents_catch_up(&plan, shard_group.board).await?;
     }
-    for node in old_side {
-        wait_fenced(&plan, &clients[node], node).await?;
+    for node in &old_side {
+        wait_fenced(&plan, &clients[*node], *node).await?;
         // A stale client asks the fenced node once more for the old term.
         call_and_log(
             &plan,
             CLIENT_WORKER,
-            node,
+            *node,
             INITIAL_TERM,
-            &mut clients[node].clone(),
+            &mut clients[*node].clone(),
         )
         .await;
     }
+    if plan.promotion.as_ref().is_some_and(|p| p.rejoin) && !old_side.is_empty() {
+        rejoin_old_side(&plan, &network, &clients, &group, &old_side, &terms).await?;
+        if let Some(shard_group) = &shard_group {
+            let everyone: Vec<NodeIndex> = (0..plan.nodes).collect();
+            shards::settle(shard_group, &everyone, plan.workload.converge_timeout).await?;
+            agents_catch_up(&plan, shard_group.board).await?;
+        }
+    }
     Ok(())
+}
+
+/// The operator brings the fenced old side back into the new group, one
+/// member at a time; then the whole cluster must agree again and grant
+/// fences of the new term through every node.
+async fn rejoin_old_side(
+    plan: &ClientPlan,
+    network: &NetworkConfig,
+    clients: &[Client],
+    group: &[NodeIndex],
+    old_side: &[NodeIndex],
+    terms: &ExpectedTerms,
+) -> Result<(), String> {
+    let term = terms.promoted.load(Ordering::SeqCst);
+    let signer = genesis_signer(&plan.rng);
+    let mut members = group.to_vec();
+    for node in old_side {
+        if !operator::rejoin(network, &members, *node, term, &signer, &plan.log).await {
+            return Err(format!(
+                "the operator could not bring {} back (see the log)",
+                node_name(*node)
+            ));
+        }
+        members.push(*node);
+    }
+    members.sort_unstable();
+    converge(plan, clients, &members, false).await?;
+    for node in old_side {
+        if !fence_until_granted(
+            plan,
+            clients[*node].clone(),
+            *node,
+            term,
+            plan.workload.converge_timeout,
+        )
+        .await
+        {
+            return Err(format!(
+                "no fence granted through {} after its rejoin",
+                node_name(*node)
+            ));
+        }
+    }
+    converge(plan, clients, &members, true).await
 }
 
 /// `node`'s `Status`, or `None` when it does not answer within `timeout`.
@@ -372,22 +439,26 @@ pub(crate) fn genesis(client_rng: &SimRng, cluster_id: &ClusterId) -> Result<Vec
     Ok(root.bytes().to_vec())
 }
 
+/// `node` as a group member: its name, address and failure domain (a
+/// zone of its own).
+pub(crate) fn voter_spec(node: NodeIndex) -> pb::VoterSpec {
+    pb::VoterSpec {
+        node_id: node_name(node),
+        address: address(node),
+        domain: Some(pb::FailureDomain {
+            region: "region-1".into(),
+            zone: format!("zone-{}", node + 1),
+            host: node_name(node),
+        }),
+    }
+}
+
 async fn bootstrap(
     plan: &ClientPlan,
     clients: &[Client],
     cluster_id: &ClusterId,
 ) -> Result<(), String> {
-    let voters = (0..plan.nodes)
-        .map(|node| pb::VoterSpec {
-            node_id: node_name(node),
-            address: address(node),
-            domain: Some(pb::FailureDomain {
-                region: "region-1".into(),
-                zone: format!("zone-{}", node + 1),
-                host: node_name(node),
-            }),
-        })
-        .collect();
+    let voters = (0..plan.nodes).map(voter_spec).collect();
     let request = pb::BootstrapGroupRequest {
         cluster_id: cluster_id.to_string(),
         voters,

@@ -59,6 +59,9 @@ pub struct NetworkConfig {
     /// Under mTLS, the transport under TLS when it is not TCP (the
     /// simulator's network); `None` in production.
     pub tls_dialer: Option<TlsDialer>,
+    /// Without mTLS, how a channel is dialled when no connector is given
+    /// for it (the simulator's network); `None` dials TCP.
+    pub plain_connector: Option<Connector>,
 }
 
 impl Default for NetworkConfig {
@@ -70,6 +73,7 @@ impl Default for NetworkConfig {
             unreachable_backoff: UNREACHABLE_BACKOFF_DEFAULT,
             tls: None,
             tls_dialer: None,
+            plain_connector: None,
         }
     }
 }
@@ -83,6 +87,7 @@ impl fmt::Debug for NetworkConfig {
             .field("unreachable_backoff", &self.unreachable_backoff)
             .field("tls", &self.tls.is_some())
             .field("tls_dialer", &self.tls_dialer.is_some())
+            .field("plain_connector", &self.plain_connector.is_some())
             .finish()
     }
 }
@@ -135,15 +140,17 @@ pub fn channel(
     connector: Option<&Connector>,
 ) -> Result<Channel> {
     let endpoint = endpoint(config, address)?;
-    Ok(match (&config.tls, connector) {
-        (Some(tls), _) => dial(
-            endpoint,
-            tls.connector(expected)?,
-            config.tls_dialer.as_ref(),
-        ),
-        (None, Some(connector)) => connector(&endpoint),
-        (None, None) => endpoint.connect_lazy(),
-    })
+    Ok(
+        match (&config.tls, connector.or(config.plain_connector.as_ref())) {
+            (Some(tls), _) => dial(
+                endpoint,
+                tls.connector(expected)?,
+                config.tls_dialer.as_ref(),
+            ),
+            (None, Some(connector)) => connector(&endpoint),
+            (None, None) => endpoint.connect_lazy(),
+        },
+    )
 }
 
 /// openraft's network factory for this node: hands out a [`Connection`]

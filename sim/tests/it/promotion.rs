@@ -25,3 +25,22 @@ fn promotion_3_and_5_voters() {
         );
     }
 }
+
+// Goal: after a promotion and the heal, the operator brings the old side
+// back with signed rejoin orders (the product's `rejoin_member`, as
+// `rapctl authority rejoin` uses it): each old member retires its storage,
+// joins the new group empty, and then the whole cluster agrees on the new
+// term, grants fences of it through every node and keeps every
+// acknowledged fence; no two leaders in one (authority term, Raft term),
+// including a rejoined node's view of the group before it has applied
+// anything. Method: `promotion-rejoin-5` (3 old members rejoin) over
+// three seeds, judged by every checker; the run fails if a rejoin is
+// refused or the cluster does not converge.
+#[test]
+fn the_old_side_rejoins_after_a_promotion() {
+    sweep(
+        "promotion::the_old_side_rejoins_after_a_promotion",
+        &[1, 2, 3],
+        |seed| scenarios::by_name("promotion-rejoin-5", seed).expect("a named scenario"),
+    );
+}

@@ -37,11 +37,12 @@ fn shard_rules_hold_under_crashes_partitions_and_swizzle() {
 // from the other side of every partition, so an agent in the minority
 // reads only what the minority holds, and after a promotion an agent or
 // the cache may be left with the fenced old side until the heal; after
-// the heal every agent still reaches the newest versions. Method:
-// `shards-sides-3` and `shards-sides-promotion-3` over four seeds each
-// (the homes are drawn from the seed and logged), judged by every
-// checker; seed 1 of each must put at least one reader away from the
-// survivors' or the majority's side, or the seeds test nothing new.
+// the heal every agent still reaches the newest versions, and again
+// after the old side has rejoined the new group. Method:
+// `shards-sides-3` and `shards-sides-promotion-3` (with the rejoin) over
+// four seeds each (the homes are drawn from the seed and logged), judged
+// by every checker, `readers-keep-to-their-side` among them (no agent is
+// served across a cut).
 #[test]
 fn shard_rules_hold_with_readers_on_both_sides() {
     for name in ["shards-sides-3", "shards-sides-promotion-3"] {
