@@ -462,7 +462,8 @@ impl NodeHost {
             Mutant::None
             | Mutant::BelieveUnprovenTerm
             | Mutant::LeakToNonReaders
-            | Mutant::AgentForgetsState => routes.add_service(authority_api.into_service()),
+            | Mutant::AgentForgetsState
+            | Mutant::AgentForgetsTerm => routes.add_service(authority_api.into_service()),
         };
         builder
             .add_routes(routes)
@@ -624,6 +625,7 @@ fn simulate(
                 log: log.clone(),
                 board: board.clone(),
                 forget: scenario.mutant == Mutant::AgentForgetsState,
+                forget_term: scenario.mutant == Mutant::AgentForgetsTerm,
             };
             sim.client(*agent, crate::shards::agent(run));
             agent_dirs.push(dir);

@@ -41,16 +41,21 @@ pub enum Mutant {
     /// and kept shards are gone), so it no longer refuses a rollback to a
     /// version older than one it accepted before.
     AgentForgetsState,
+    /// A node agent loses its authority-term mark on every restart (its
+    /// version marks and kept shards stay), so it no longer refuses an
+    /// envelope of an older term than one it accepted before.
+    AgentForgetsTerm,
 }
 
 impl Mutant {
     /// Every mutant, for sweeps and the command line.
-    pub const ALL: [Mutant; 5] = [
+    pub const ALL: [Mutant; 6] = [
         Mutant::GrantWithoutQuorum,
         Mutant::BelieveUnprovenTerm,
         Mutant::GrantWhenFenced,
         Mutant::LeakToNonReaders,
         Mutant::AgentForgetsState,
+        Mutant::AgentForgetsTerm,
     ];
 
     /// Its command-line name.
@@ -62,6 +67,7 @@ impl Mutant {
             Mutant::GrantWhenFenced => "grant-when-fenced",
             Mutant::LeakToNonReaders => "leak-to-non-readers",
             Mutant::AgentForgetsState => "agent-forgets-state",
+            Mutant::AgentForgetsTerm => "agent-forgets-term",
         }
     }
 

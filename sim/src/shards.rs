@@ -755,6 +755,38 @@ pub(crate) struct AgentRun {
     /// [`crate::mutants::Mutant::AgentForgetsState`]: every restart
     /// starts from an empty state directory.
     pub(crate) forget: bool,
+    /// [`crate::mutants::Mutant::AgentForgetsTerm`]: every restart
+    /// starts without the authority-term mark.
+    pub(crate) forget_term: bool,
+}
+
+/// [`crate::mutants::Mutant::AgentForgetsTerm`]: clears the authority-term
+/// mark of every cluster in the agent's marks file (`<state-dir>/<cluster>/
+/// marks/high-water.json`), keeping its version marks.
+fn forget_term_marks(state_dir: &std::path::Path) -> Result<(), String> {
+    let path = state_dir
+        .join(CLUSTER_ID)
+        .join("marks")
+        .join("high-water.json");
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("read {}: {e}", path.display())),
+    };
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("parse {}: {e}", path.display()))?;
+    if let Some(clusters) = state
+        .get_mut("clusters")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for cluster in clusters.values_mut() {
+            if let Some(cluster) = cluster.as_object_mut() {
+                cluster.insert("term".into(), serde_json::Value::Null);
+            }
+        }
+    }
+    let text = serde_json::to_vec(&state).map_err(|e| format!("encode the marks: {e}"))?;
+    std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 /// The agent host's future: incarnations of the real reader until the run
@@ -785,6 +817,9 @@ pub(crate) async fn agent(mut run: AgentRun) -> turmoil::Result {
         if run.forget && incarnation > 1 {
             std::fs::remove_dir_all(&run.state_dir)?;
             std::fs::create_dir_all(&run.state_dir)?;
+        }
+        if run.forget_term && incarnation > 1 {
+            forget_term_marks(&run.state_dir)?;
         }
         let state = ClusterState::open(&run.state_dir, &cluster)?;
         let store = ClusterStore::open(&run.state_dir, &state, &cluster)?;

@@ -64,6 +64,12 @@ pub const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
 pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long one `Rejoin` call may take (stop, retire storage, restart).
 pub const REJOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a rejoin waits for the group to show a quorum before it
+/// refuses `NO_QUORUM` (a member added a moment ago counts as reachable
+/// once the answering node has probed it).
+pub const REJOIN_QUORUM_WAIT: Duration = Duration::from_secs(3);
+/// Pause between two looks at the group's view while a rejoin waits.
+pub const REJOIN_QUORUM_POLL: Duration = Duration::from_millis(200);
 /// How long the `AddVoter` of a rejoin may take (the member catches up as
 /// a learner first).
 pub const ADD_VOTER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -588,27 +594,16 @@ pub async fn add_voter(
     .await
 }
 
-/// Brings the old member `member` back into the cluster's current term:
-/// asks the group (the first of `group`, current members (an empty node id
-/// accepts any storage node at that address), that answers with group
-/// state) for its term, sends the member a signed rejoin order (it retires
-/// its Raft storage and restarts empty), tells it the group's members
-/// (`PrepareJoin`: only they may replicate to it) and adds it as a voter
-/// through that node. Refused before anything changes when the group has
-/// no quorum or is not at `expected_term` (when given).
-pub async fn rejoin_member(
+/// The first of `group` (other than `member`'s address) that answers
+/// with the state of a current group: its address, the peer expected
+/// there, and its status.
+async fn current_group_status(
     network: &crate::network::NetworkConfig,
     cluster_id: &ClusterId,
     group: &[pb::VoterSpec],
     member: &pb::VoterSpec,
-    signer: &SnapshotSigner,
-    expected_term: Option<AuthorityTerm>,
-) -> Result<RejoinReport> {
-    member_of(member)?;
-    let node_id = member.node_id.as_str();
-    let member_peer = ExpectedPeer::storage_named(node_id);
+) -> Result<(String, ExpectedPeer, pb::AuthorityStatusResponse)> {
     let mut last_error = Error::InvalidRequest("no member of the current group given".into());
-    let mut answer = None;
     for spec in group.iter().filter(|s| s.address != member.address) {
         let address = spec.address.as_str();
         let expected = ExpectedPeer::storage_named(&spec.node_id);
@@ -621,7 +616,7 @@ pub async fn rejoin_member(
         )
         .await
         {
-            Ok(status) if status.authority_term == 0 || status.node_id == node_id => {
+            Ok(status) if status.authority_term == 0 || status.node_id == member.node_id => {
                 last_error = refused(
                     WRONG_NODE,
                     format!(
@@ -630,36 +625,69 @@ pub async fn rejoin_member(
                     ),
                 );
             }
-            Ok(status) => {
-                answer = Some((address, expected, status));
-                break;
-            }
+            Ok(status) => return Ok((address.to_string(), expected, status)),
             Err(e) => last_error = e,
         }
     }
-    let Some((endpoint, endpoint_peer, group_status)) = answer else {
-        return Err(last_error);
+    Err(last_error)
+}
+
+/// Brings the old member `member` back into the cluster's current term:
+/// asks the group (the first of `group`, current members (an empty node id
+/// accepts any storage node at that address), that answers with group
+/// state) for its term, sends the member a signed rejoin order (it retires
+/// its Raft storage and restarts empty), tells it the group's members
+/// (`PrepareJoin`: only they may replicate to it) and adds it as a voter
+/// through that node. Refused before anything changes when the group is
+/// not at `expected_term` (when given), or has no quorum after
+/// [`REJOIN_QUORUM_WAIT`].
+pub async fn rejoin_member(
+    network: &crate::network::NetworkConfig,
+    cluster_id: &ClusterId,
+    group: &[pb::VoterSpec],
+    member: &pb::VoterSpec,
+    signer: &SnapshotSigner,
+    expected_term: Option<AuthorityTerm>,
+) -> Result<RejoinReport> {
+    member_of(member)?;
+    let node_id = member.node_id.as_str();
+    let member_peer = ExpectedPeer::storage_named(node_id);
+    // A member added a moment ago (the previous rejoin) counts as
+    // reachable only once the answering node has probed it: wait a little
+    // for the group to show its quorum before refusing.
+    let quorum_deadline = tokio::time::Instant::now() + REJOIN_QUORUM_WAIT;
+    let (endpoint, endpoint_peer, group_status) = loop {
+        let (endpoint, peer, status) =
+            current_group_status(network, cluster_id, group, member).await?;
+        if let Some(expected) = expected_term
+            && expected.0 != status.authority_term
+        {
+            return Err(refused(
+                UNEXPECTED_TERM,
+                format!(
+                    "the group is at authority term {}, not the expected {expected}",
+                    status.authority_term
+                ),
+            ));
+        }
+        match view_of(&status) {
+            pb::PartitionView::Healthy | pb::PartitionView::Degraded => {
+                break (endpoint, peer, status);
+            }
+            _ if tokio::time::Instant::now() < quorum_deadline => {
+                tokio::time::sleep(REJOIN_QUORUM_POLL).await;
+            }
+            _ => {
+                // Nothing is retired while the group could not add the member.
+                let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                return Err(Error::NoQuorum {
+                    reachable_voters: count(status.voters.iter().filter(|v| v.reachable).count()),
+                    total_voters: count(status.voters.len()),
+                });
+            }
+        }
     };
     let term = AuthorityTerm(group_status.authority_term);
-    if let Some(expected) = expected_term
-        && expected != term
-    {
-        return Err(refused(
-            UNEXPECTED_TERM,
-            format!("the group is at authority term {term}, not the expected {expected}"),
-        ));
-    }
-    match view_of(&group_status) {
-        pb::PartitionView::Healthy | pb::PartitionView::Degraded => {}
-        _ => {
-            // Nothing is retired while the group could not add the member.
-            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-            return Err(Error::NoQuorum {
-                reachable_voters: count(group_status.voters.iter().filter(|v| v.reachable).count()),
-                total_voters: count(group_status.voters.len()),
-            });
-        }
-    }
     let member_status = status_of(
         network,
         cluster_id,
@@ -715,7 +743,7 @@ pub async fn rejoin_member(
     let status = add_voter(
         network,
         cluster_id,
-        (endpoint, &endpoint_peer),
+        (&endpoint, &endpoint_peer),
         &group_status,
         member,
         format!(

@@ -28,7 +28,7 @@ use rap_core::tls::pin::{ExpectedPeer, PeerTls, TlsDialer, dial};
 use rap_proto::pb::RaftRequest;
 use rap_proto::pb::raft_service_client::RaftServiceClient;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,7 +162,7 @@ pub struct NetworkFactory {
     connector: Option<Connector>,
     /// Per peer: the address dialled and its channel. At most
     /// [`PEERS_MAX`] entries.
-    channels: HashMap<RaftNodeId, (String, Channel)>,
+    channels: BTreeMap<RaftNodeId, (String, Channel)>,
 }
 
 impl fmt::Debug for NetworkFactory {
@@ -189,7 +189,7 @@ impl NetworkFactory {
             guard,
             reachability,
             connector: None,
-            channels: HashMap::new(),
+            channels: BTreeMap::new(),
         })
     }
 

@@ -10,7 +10,7 @@
 
 use super::PEERS_MAX;
 use crate::typ::RaftNodeId;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -123,7 +123,7 @@ impl PeerContact {
 #[derive(Debug)]
 pub struct Reachability {
     clock: Arc<dyn Clock>,
-    peers: Mutex<HashMap<RaftNodeId, PeerContact>>,
+    peers: Mutex<BTreeMap<RaftNodeId, PeerContact>>,
     last_leader_contact: Mutex<Option<Instant>>,
     refused_shorter_log: Mutex<Option<(Instant, u64)>>,
 }
@@ -144,7 +144,7 @@ impl Reachability {
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         Reachability {
             clock,
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
             last_leader_contact: Mutex::new(None),
             refused_shorter_log: Mutex::new(None),
         }
@@ -281,7 +281,7 @@ impl Reachability {
             .map(|at| now.saturating_duration_since(at))
     }
 
-    fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<RaftNodeId, PeerContact>> {
+    fn lock_peers(&self) -> std::sync::MutexGuard<'_, BTreeMap<RaftNodeId, PeerContact>> {
         self.peers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -82,7 +82,14 @@ fn main() -> ExitCode {
     let mut done = 0u64;
     let summary = plan.run(|report| {
         done += 1;
-        if !report.passed() {
+        if report.recovery_impossible && report.acceptable() {
+            println!(
+                "{} seed={} recovery impossible by construction (no quorum left): {}",
+                report.scenario,
+                report.seed,
+                report.aborted.clone().unwrap_or_default()
+            );
+        } else if !report.passed() {
             println!(
                 "{} seed={} failed: {}",
                 report.scenario,

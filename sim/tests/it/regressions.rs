@@ -121,6 +121,17 @@ const PINNED: &[Pinned] = &[
                 again after a delay drawn afresh per term from [lease / 2, lease)",
         open_bug: None,
     },
+    Pinned {
+        scenario: "promotion-rejoin-5",
+        seed: 80_062,
+        found: "the operator could not bring node-4 back: 18 ms after node-3 rejoined, the \
+                group's status (asked of a survivor that had not probed the two members just \
+                added) said 2 of 4 voters reachable, and rejoin_member refused NO_QUORUM \
+                (chaos sweep of 2026-12-06, 400 runs); fixed in authority \
+                client/orders.rs: a rejoin waits up to REJOIN_QUORUM_WAIT for the group to \
+                show its quorum before it refuses",
+        open_bug: None,
+    },
 ];
 
 // Why the two-leaders seeds failed, and what fixed them: openraft 0.9
