@@ -330,8 +330,12 @@ async fn record_promotion(
     )
     .await?;
     let retired = db::storage_nodes::retire_all_but(tx, cluster_id, &survivors).await?;
-    // Every node shard lists the storage endpoints.
+    // Every node shard lists the storage endpoints; and the new group
+    // starts from the survivors' state, which may lack what the old side
+    // published before the order: every published scope is compared with
+    // the new group's heads again and published where they differ.
     db::snapshots::mark_all_node_scopes_dirty(tx, cluster_id).await?;
+    db::snapshots::mark_all_published_dirty(tx, cluster_id).await?;
     audit::record_ok(
         tx,
         action,

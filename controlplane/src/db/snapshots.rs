@@ -7,6 +7,7 @@
 
 use crate::error::Result;
 use sqlx::PgConnection;
+use std::collections::BTreeMap;
 
 /// The newest publication of a scope.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -60,6 +61,35 @@ pub async fn latest(
     .bind(scope)
     .fetch_optional(conn)
     .await?)
+}
+
+/// The newest recorded publication of each of `scopes` in the cluster
+/// (scopes never published are absent).
+pub async fn latest_of(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    scopes: &[String],
+) -> Result<BTreeMap<String, Latest>> {
+    let rows: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT DISTINCT ON (scope) scope, version, header_hash FROM snapshot_publications
+          WHERE cluster_id = $1 AND scope = ANY($2) ORDER BY scope, version DESC",
+    )
+    .bind(cluster_id)
+    .bind(scopes)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(scope, version, header_hash)| {
+            (
+                scope,
+                Latest {
+                    version,
+                    header_hash,
+                },
+            )
+        })
+        .collect())
 }
 
 /// Records the shards of one publication, a thousand rows per statement.
@@ -187,6 +217,22 @@ pub async fn mark_all_node_scopes_dirty(conn: &mut PgConnection, cluster_id: &st
             AND NOT EXISTS (SELECT 1 FROM node_identities i
                              WHERE i.cluster_id = m.cluster_id AND i.node_id = m.node_id
                                AND i.kind = 'storage')
+         ON CONFLICT (cluster_id, scope) DO UPDATE SET marked_at = clock_timestamp()",
+    )
+    .bind(cluster_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks every scope ever published in the cluster dirty: after a
+/// promotion the new group starts from the survivors' state, and each
+/// scope is published again where that state lacks what PostgreSQL holds
+/// (numbered above the record; see `snapshots::publish`).
+pub async fn mark_all_published_dirty(conn: &mut PgConnection, cluster_id: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO snapshot_dirty (cluster_id, scope)
+         SELECT DISTINCT cluster_id, scope FROM snapshot_publications WHERE cluster_id = $1
          ON CONFLICT (cluster_id, scope) DO UPDATE SET marked_at = clock_timestamp()",
     )
     .bind(cluster_id)

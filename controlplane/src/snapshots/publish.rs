@@ -1,17 +1,25 @@
 //! Publishing compiled shards inside a fenced transaction.
 //!
-//! **Versions come from the group.** The next version of a scope chains
-//! onto the group's own newest envelope of it (`ShardHeads`, read
-//! linearizably on the leader after the fence was granted), not onto what
-//! PostgreSQL recorded. A publish that the group accepted but whose
-//! transaction then failed to commit therefore leaves no trap: the next
-//! publish of that scope reads the orphaned head, takes the version after
-//! it and chains to it, and — because the dirty marks rolled back with the
-//! failed transaction and the content is compiled from PostgreSQL again —
-//! replaces the orphan's content with the committed state. Versions
-//! strictly increase per scope across restarts and across several control
-//! planes, because every publisher holds the cluster's authority row lock
-//! (the fenced transaction) while it reads heads and publishes.
+//! **Versions come from the group, or from the record when it is newer.**
+//! The next version of a scope chains onto the group's own newest envelope
+//! of it (`ShardHeads`, read linearizably on the leader after the fence was
+//! granted). A publish that the group accepted but whose transaction then
+//! failed to commit therefore leaves no trap: the next publish of that
+//! scope reads the orphaned head, takes the version after it and chains to
+//! it, and — because the dirty marks rolled back with the failed
+//! transaction and the content is compiled from PostgreSQL again —
+//! replaces the orphan's content with the committed state. After a
+//! promotion the new group starts from the survivors' state, which may
+//! lack what the old side published (and PostgreSQL recorded) between the
+//! split and the order; agents and caches that took those versions would
+//! refuse the group's lower numbers as rollbacks, and the record's primary
+//! key would refuse them too. So when PostgreSQL recorded a newer version
+//! of a scope than the group holds, the next version chains onto the
+//! recorded one (its version and header hash) instead, and readers move
+//! forward from either. Versions strictly increase per scope across
+//! restarts, promotions and several control planes, because every
+//! publisher holds the cluster's authority row lock (the fenced
+//! transaction) while it reads heads and the record and publishes.
 //!
 //! **Unchanged is not published.** A compiled body whose blake3 equals the
 //! head's content hash is skipped, unless the head expires within
@@ -233,15 +241,20 @@ async fn publish_in(
             .collect()
     };
 
+    let names: Vec<String> = compiled.iter().map(|c| c.scope.to_string()).collect();
+    let recorded = db::snapshots::latest_of(tx, cluster_id, &names).await?;
+
     let now = UnixMillis::now();
     let refresh_before = now.plus_ms(millis(SHARD_REFRESH_BEFORE_EXPIRY));
     let mut sealed = Vec::new();
     for shard in compiled {
         let scope = shard.scope.to_string();
         let head = heads.get(&scope);
+        let base = chain_base(&scope, head, recorded.get(&scope))?;
         if let Some(head) = head {
             let same = head.content_hash == blake3::hash(&shard.body).as_bytes().as_slice()
-                && head.trust_generation == generation.0;
+                && head.trust_generation == generation.0
+                && base.is_some_and(|(version, _)| version == head.version);
             let keep = match mode {
                 Mode::Changed => same,
                 Mode::Refresh => same && head.expires_at_unix_ms > refresh_before.0,
@@ -252,12 +265,12 @@ async fn publish_in(
                 continue;
             }
         }
-        let (version, prev_hash) = match head {
-            Some(head) => (
-                head.version.checked_add(1).ok_or_else(|| {
+        let (version, prev_hash) = match base {
+            Some((version, header_hash)) => (
+                version.checked_add(1).ok_or_else(|| {
                     Error::Internal(format!("scope {scope} is at the last version"))
                 })?,
-                Some(Digest::from_slice("head header hash", &head.header_hash)?),
+                Some(header_hash),
             ),
             None => (1, None),
         };
@@ -366,4 +379,35 @@ fn dirty_scopes<'a>(
 
 fn millis(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What the next version of `scope` chains onto: the newer of the group's
+/// head and PostgreSQL's newest record (see the module docs), as
+/// (version, header hash); `None` when neither exists.
+fn chain_base(
+    scope: &str,
+    head: Option<&pb::ShardHead>,
+    recorded: Option<&db::snapshots::Latest>,
+) -> Result<Option<(u64, Digest)>> {
+    let head = match head {
+        Some(head) => Some((
+            head.version,
+            Digest::from_slice("head header hash", &head.header_hash)?,
+        )),
+        None => None,
+    };
+    let recorded = match recorded {
+        Some(latest) => Some((
+            u64::try_from(latest.version).map_err(|_| {
+                Error::Internal(format!("scope {scope} has a negative recorded version"))
+            })?,
+            Digest::from_slice("recorded header hash", &latest.header_hash)?,
+        )),
+        None => None,
+    };
+    Ok(match (head, recorded) {
+        (Some(head), Some(recorded)) if recorded.0 > head.0 => Some(recorded),
+        (Some(head), _) => Some(head),
+        (None, recorded) => recorded,
+    })
 }

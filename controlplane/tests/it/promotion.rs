@@ -2,7 +2,7 @@
 //! a quorum; afterwards PostgreSQL is at the new term and fenced mutations
 //! carry its fences.
 
-use rap_controlplane::{authority_ops, workloads};
+use rap_controlplane::{authority_ops, snapshots, workloads};
 use rap_proto::pb;
 use rap_testkit::platform::{Platform, wait_for_minority};
 use std::time::{Duration, Instant};
@@ -151,6 +151,13 @@ async fn promotion_moves_the_cluster_to_the_next_term() {
     }
     assert_eq!(terms(&p).await, healthy);
 
+    // Shards published at term 1 (the survivor holds them all).
+    let published = snapshots::publish_cluster(&p.ctx, &p.cluster, false)
+        .await
+        .unwrap()
+        .published;
+    assert!(!published.is_empty());
+
     // The majority is lost.
     p.stop_voters(2).await;
     wait_for_minority(&p, "s1").await;
@@ -203,6 +210,21 @@ async fn promotion_moves_the_cluster_to_the_next_term() {
     assert_eq!(details["survivors"], serde_json::json!(["s1"]));
     assert_eq!(details["retired"], serde_json::json!(["s2", "s3"]));
 
+    // Every published scope is to be compared with the new group again.
+    let dirty: Vec<String> =
+        sqlx::query_scalar("SELECT scope FROM snapshot_dirty WHERE cluster_id = $1 ORDER BY scope")
+            .bind(&p.cluster)
+            .fetch_all(&p.ctx.pool)
+            .await
+            .unwrap();
+    for scope in &published {
+        assert!(
+            dirty.contains(&scope.scope),
+            "{} not dirty: {dirty:?}",
+            scope.scope
+        );
+    }
+
     // Fenced mutations work again, with term-2 fences.
     let started = Instant::now();
     loop {
@@ -236,6 +258,29 @@ async fn promotion_moves_the_cluster_to_the_next_term() {
     .unwrap();
     assert_eq!(current.0, 2);
     assert!(current.1 >= 1, "the term-2 fence was recorded: {current:?}");
+
+    // The publisher compares every scope with the new group: the survivor
+    // holds what PostgreSQL recorded, so only what changed since (the
+    // node's desired state) gets a new version, above the record; nothing
+    // stays dirty.
+    let again = snapshots::publish_cluster(&p.ctx, &p.cluster, false)
+        .await
+        .unwrap()
+        .published;
+    for scope in &again {
+        let before = published.iter().find(|s| s.scope == scope.scope);
+        assert!(
+            before.is_none_or(|b| scope.version > b.version),
+            "{scope:?} after {before:?}"
+        );
+        assert_eq!(scope.authority_term, 2, "{scope:?}");
+    }
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM snapshot_dirty WHERE cluster_id = $1")
+        .bind(&p.cluster)
+        .fetch_one(&p.ctx.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
 
     // The old expected term is stale; the new one finds a healthy group.
     let after = terms(&p).await;

@@ -739,3 +739,76 @@ async fn placement_reports_what_losing_a_zone_leaves() {
         "both refusals audited"
     );
 }
+
+// Goal: after a promotion the new group starts from the survivors' state
+// and may lack versions PostgreSQL recorded (the old side published them
+// between the split and the order). The next publication of such a scope
+// numbers above the record and chains onto the recorded header, so a
+// reader holding the recorded version accepts it, and the record takes it
+// (the group's own next number would clash with the record's key and be a
+// rollback to that reader). Method: publish everything (v1); record v5 of
+// node/<relay> as an old side would have (a row of
+// snapshot_publications the group never saw, with its own header hash);
+// change the node's roles and publish: the group's head and the record
+// are then v6, whose prev_hash names the recorded v5; a scope without
+// such a record still goes on from the group's head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_numbers_above_what_postgres_recorded() {
+    let p = Platform::start().await;
+    let relay = p.enroll(CAPABILITIES).await;
+    let other = p.enroll(CAPABILITIES).await;
+    publish(&p, &[]).await.unwrap();
+    let scope = format!("node/{relay}");
+    let old_side_header = [9u8; 32];
+    let mut conn = p.ctx.pool.acquire().await.unwrap();
+    db::snapshots::insert_many(
+        &mut conn,
+        &p.cluster,
+        db::snapshots::PublishedUnder {
+            authority_term: 1,
+            fence_seq: 1,
+            published_by: "old-side",
+        },
+        &[db::snapshots::Published {
+            scope: &scope,
+            version: 5,
+            content_hash: &[7u8; 32],
+            header_hash: &old_side_header,
+            envelope: &[],
+        }],
+    )
+    .await
+    .unwrap();
+    drop(conn);
+
+    assign(&p, &relay, "relay-node", "").await;
+    assign(&p, &other, "relay-node", "").await;
+    let published: BTreeMap<String, u64> = snapshots::publish_cluster(&p.ctx, &p.cluster, false)
+        .await
+        .unwrap()
+        .published
+        .into_iter()
+        .map(|s| (s.scope, s.version))
+        .collect();
+    assert_eq!(published.get(&scope), Some(&6), "{published:?}");
+    assert_eq!(
+        published.get(&format!("node/{other}")),
+        Some(&2),
+        "no record above the group's head: {published:?}"
+    );
+    let shards = group_shards(&p).await;
+    let head = &shards[&scope];
+    assert_eq!(head.header.version.0, 6);
+    assert_eq!(
+        head.header.prev_hash.map(|h| h.0),
+        Some(old_side_header),
+        "chained onto the recorded v5"
+    );
+    let mut conn = p.ctx.pool.acquire().await.unwrap();
+    let latest = db::snapshots::latest(&mut conn, &p.cluster, &scope)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest.version, 6);
+    assert_eq!(latest.header_hash, head.header_hash().0.to_vec());
+}

@@ -94,8 +94,10 @@ const PINNED: &[Pinned] = &[
                 others are asked (agent reads/mod.rs), and a cache replica times its last \
                 confirmation on tokio's clock, so it reports MINORITY after \
                 CONFIRM_STALE_AFTER in the simulator too (it never aged there). The cache \
-                itself still keeps the old side's assignment until the control plane \
-                publishes past it (not fixed: no republish after a promotion)",
+                itself kept the old side's assignment until the control plane published \
+                past it; fixed since in the control plane too: a promotion marks every \
+                published scope dirty and a publication numbers above PostgreSQL's record \
+                (snapshots/publish.rs)",
         open_bug: None,
     },
     Pinned {
