@@ -111,6 +111,41 @@ pub fn check_all(events: &[Event], config: &CheckConfig) -> Vec<Violation> {
     violations.extend(agents_never_accept_a_stale_term(events));
     violations.extend(readers_only(events));
     violations.extend(readers_keep_to_their_side(events));
+    violations.extend(agents_keep_to_their_clocks(events));
+    violations
+}
+
+/// An agent whose wall clock is off by more than the verifier's tolerance
+/// behind, or by more than the envelopes' validity plus the tolerance
+/// ahead, accepts nothing: every envelope of the run is not yet valid, or
+/// has expired, by its clock ([`crate::shards::clock_in_range`]).
+pub fn agents_keep_to_their_clocks(events: &[Event]) -> Vec<Violation> {
+    let mut out_of_range = BTreeMap::new();
+    let mut violations = Vec::new();
+    for (at, what) in shard_events(events) {
+        match what {
+            ShardEvent::Clock { agent, skew_ms } if !crate::shards::clock_in_range(*skew_ms) => {
+                out_of_range.insert(agent.as_str(), *skew_ms);
+            }
+            ShardEvent::Accepted {
+                agent,
+                scope,
+                version,
+                ..
+            } => {
+                if let Some(skew) = out_of_range.get(agent.as_str()) {
+                    violations.push(Violation {
+                        invariant: "agent-clock-window",
+                        at,
+                        detail: format!(
+                            "{agent} accepted {scope} v{version} although its clock is {skew} ms off"
+                        ),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
     violations
 }
 
@@ -203,7 +238,9 @@ pub fn one_body_per_version(events: &[Event]) -> Vec<Violation> {
                 }
                 (scope, *version, *term, body, agent.clone())
             }
-            ShardEvent::Served { .. } | ShardEvent::Home { .. } => continue,
+            ShardEvent::Served { .. } | ShardEvent::Home { .. } | ShardEvent::Clock { .. } => {
+                continue;
+            }
         };
         match in_term.get(&(scope.as_str(), version, term)) {
             None => {
@@ -1087,5 +1124,47 @@ mod tests {
         let found = readers_keep_to_their_side(&events);
         let at: Vec<_> = found.iter().map(|v| v.at).collect();
         assert_eq!(at, [ms(30), ms(35)], "{found:?}");
+    }
+
+    // Goal: an agent whose clock is out of range (behind past the
+    // tolerance, or ahead past validity plus tolerance) accepts nothing;
+    // one in range may. Method: three agents' clock events and one
+    // acceptance each.
+    #[test]
+    fn an_agent_out_of_its_clock_window_accepts_nothing() {
+        let clock = |agent: &str, skew_ms| Event::Shard {
+            at: ms(0),
+            what: ShardEvent::Clock {
+                agent: agent.into(),
+                skew_ms,
+            },
+        };
+        let accepted = |agent: &str| Event::Shard {
+            at: ms(10),
+            what: ShardEvent::Accepted {
+                agent: agent.into(),
+                incarnation: 1,
+                scope: format!("node/{agent}"),
+                version: 1,
+                term: 1,
+                body: "b".into(),
+                served_by: "node-1".into(),
+            },
+        };
+        let events = vec![
+            clock("in-range", 20 * 60 * 1000),
+            clock("behind", -5 * 60 * 1000),
+            clock("ahead", 70 * 60 * 1000),
+            accepted("in-range"),
+            accepted("behind"),
+            accepted("ahead"),
+        ];
+        let found: Vec<String> = agents_keep_to_their_clocks(&events)
+            .into_iter()
+            .map(|v| v.detail)
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("behind "), "{found:?}");
+        assert!(found[1].starts_with("ahead "), "{found:?}");
     }
 }

@@ -459,6 +459,14 @@ pub enum ShardEvent {
         /// The storage node it stands with.
         node: NodeIndex,
     },
+    /// An agent's wall clock is `skew_ms` off the publisher's
+    /// ([`crate::shards::ShardPlan::skews`]).
+    Clock {
+        /// The agent.
+        agent: String,
+        /// How far its clock is ahead (negative: behind), milliseconds.
+        skew_ms: i64,
+    },
     /// A storage node served an agent a scope whose readers do not admit
     /// it (asked for with the agent's own certificate).
     Served {
@@ -499,6 +507,9 @@ impl fmt::Display for ShardEvent {
                 f,
                 "{agent}#{incarnation} accepted {scope} v{version} term={term} body={body} from {served_by}"
             ),
+            ShardEvent::Clock { agent, skew_ms } => {
+                write!(f, "{agent}'s clock is {skew_ms} ms off")
+            }
             ShardEvent::Home { host, node } => {
                 write!(f, "{host} stands with {} in partitions", node_name(*node))
             }

@@ -612,8 +612,28 @@ fn simulate(
             &ClusterId::new(CLUSTER_ID).map_err(|e| (e.to_string(), Duration::ZERO))?,
         )
         .map_err(|e| (e, Duration::ZERO))?;
+        let mut skews_rng = rng.fork("clock-skews");
         for (index, agent) in AGENTS.iter().enumerate() {
             let dir = scratch_dir(agent)?;
+            let skew_ms = if shard_plan.skews {
+                let skew_ms = crate::shards::clock_skew(&mut skews_rng);
+                log.push(Event::Shard {
+                    at: sim.elapsed(),
+                    what: ShardEvent::Clock {
+                        agent: agent.to_string(),
+                        skew_ms,
+                    },
+                });
+                if !crate::shards::clock_in_range(skew_ms) {
+                    board
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .excuse(agent);
+                }
+                skew_ms
+            } else {
+                0
+            };
             let run = AgentRun {
                 index,
                 nodes,
@@ -626,6 +646,7 @@ fn simulate(
                 board: board.clone(),
                 forget: scenario.mutant == Mutant::AgentForgetsState,
                 forget_term: scenario.mutant == Mutant::AgentForgetsTerm,
+                skew_ms,
             };
             sim.client(*agent, crate::shards::agent(run));
             agent_dirs.push(dir);

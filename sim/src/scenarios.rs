@@ -376,6 +376,23 @@ pub fn with_shards_on_sides(scenario: Scenario) -> Scenario {
     scenario
 }
 
+/// Shards with skewed clocks: as [`with_shards`], and each agent's wall
+/// clock is off by an amount drawn from the seed
+/// ([`crate::shards::clock_skew`]): within the verifier's tolerance, ahead
+/// inside the envelopes' validity, or so far behind or ahead that every
+/// envelope is not yet valid or has expired to it. Agents in range must
+/// catch up as usual; the others must accept nothing
+/// (`agent-clock-window`).
+pub fn with_skewed_clocks(scenario: Scenario) -> Scenario {
+    let mut scenario = with_shards(scenario);
+    scenario.name = format!("{}, skewed clocks", scenario.name);
+    scenario.shards = Some(ShardPlan {
+        skews: true,
+        ..ShardPlan::default()
+    });
+    scenario
+}
+
 /// Fisher–Yates with the seed's generator.
 fn shuffle(rng: &mut SimRng, items: &mut [NodeIndex]) {
     for i in (1..items.len()).rev() {
@@ -455,6 +472,7 @@ pub const NAMES: &[&str] = &[
     "shards-sides-promotion-3",
     "promotion-rejoin-5",
     "crash-storm-5",
+    "shards-skew-3",
 ];
 
 /// The scenario called `name` (one of [`NAMES`]) for `seed`.
@@ -487,6 +505,7 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "shards-sides-promotion-3" => with_rejoin(with_shards_on_sides(promotion(seed, 3))),
         "promotion-rejoin-5" => with_rejoin(promotion(seed, 5)),
         "crash-storm-5" => crash_storm(seed, 5),
+        "shards-skew-3" => with_skewed_clocks(crash_restart(seed, 3)),
         _ => return None,
     })
 }

@@ -61,7 +61,7 @@ use rap_proto::pb::authority_service_client::AuthorityServiceClient;
 use rap_proto::pb::shard_service_client::ShardServiceClient;
 use rap_proto::shards::{SHARD_FORMAT, encode, readers_of};
 use rap_proto::time::UnixMillis;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,6 +113,37 @@ pub struct ShardPlan {
     /// partition of the storage nodes, from the other side (else they
     /// reach every storage node throughout).
     pub sides: bool,
+    /// Whether the agents' wall clocks are skewed ([`clock_skew`]): each
+    /// agent's clock runs ahead of or behind the publisher's by an amount
+    /// drawn from the seed, within the verifier's tolerance or past it.
+    pub skews: bool,
+}
+
+/// How far an agent's clock may be off before it refuses envelopes: the
+/// verifier's default tolerance (both ways).
+pub const CLOCK_TOLERANCE_MS: i64 = rap_proto::limits::CLOCK_SKEW_MS_DEFAULT as i64;
+
+/// One agent's clock skew in milliseconds, drawn from `rng`: one of four
+/// kinds, each as likely: within the tolerance (up to 90 s either way);
+/// ahead by 10–40 min (inside the envelopes' validity); behind by 5–30
+/// min (every fresh envelope is not yet valid to it); ahead by 70–120 min
+/// (every envelope has expired to it).
+pub fn clock_skew(rng: &mut SimRng) -> i64 {
+    let minutes = |m: u64| Duration::from_secs(m * 60);
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    match rng.below(4) {
+        0 => ms(rng.millis(Duration::ZERO, Duration::from_secs(180))) - 90_000,
+        1 => ms(rng.millis(minutes(10), minutes(40))),
+        2 => -ms(rng.millis(minutes(5), minutes(30))),
+        _ => ms(rng.millis(minutes(70), minutes(120))),
+    }
+}
+
+/// Whether an agent whose clock is `skew_ms` off may accept a fresh
+/// envelope at all: issued within the run, valid for
+/// [`ENVELOPE_VALIDITY_MS`], checked with [`CLOCK_TOLERANCE_MS`].
+pub fn clock_in_range(skew_ms: i64) -> bool {
+    (-CLOCK_TOLERANCE_MS..ENVELOPE_VALIDITY_MS + CLOCK_TOLERANCE_MS).contains(&skew_ms)
 }
 
 impl Default for ShardPlan {
@@ -126,6 +157,7 @@ impl Default for ShardPlan {
             lifetime_min: Duration::from_secs(3),
             lifetime_max: Duration::from_secs(8),
             sides: false,
+            skews: false,
         }
     }
 }
@@ -242,6 +274,9 @@ pub struct Board {
     held: BTreeMap<(String, String), u64>,
     /// Set when the run is over: the agents stop.
     finished: bool,
+    /// Agents whose clocks are too far off to accept anything: not
+    /// expected to catch up.
+    excused: BTreeSet<String>,
 }
 
 /// The board, shared.
@@ -256,7 +291,7 @@ impl Board {
     /// scope it reads; otherwise what is missing.
     pub fn caught_up(&self) -> Result<(), String> {
         let mut missing = Vec::new();
-        for agent in AGENTS {
+        for agent in AGENTS.iter().filter(|a| !self.excused.contains(**a)) {
             for scope in scopes_of(agent) {
                 let want = self.published.get(&scope).copied().unwrap_or(0);
                 let held = self
@@ -274,6 +309,11 @@ impl Board {
         } else {
             Err(missing.join("; "))
         }
+    }
+
+    /// `agent`'s clock is too far off for it to accept anything.
+    pub fn excuse(&mut self, agent: &str) {
+        self.excused.insert(agent.to_string());
     }
 
     /// Tells the agents to stop.
@@ -758,6 +798,8 @@ pub(crate) struct AgentRun {
     /// [`crate::mutants::Mutant::AgentForgetsTerm`]: every restart
     /// starts without the authority-term mark.
     pub(crate) forget_term: bool,
+    /// How far the agent's wall clock is off, in milliseconds.
+    pub(crate) skew_ms: i64,
 }
 
 /// [`crate::mutants::Mutant::AgentForgetsTerm`]: clears the authority-term
@@ -833,6 +875,10 @@ pub(crate) async fn agent(mut run: AgentRun) -> turmoil::Result {
             endpoints.clone(),
         )?
         .dial_with(net::tls_dialer());
+        if run.skew_ms != 0 {
+            let skew = run.skew_ms;
+            reader = reader.clock_with(Arc::new(move || UnixMillis::now().plus_ms(skew)));
+        }
         let lifetime = run.rng.millis(run.plan.lifetime_min, run.plan.lifetime_max);
         let until = now() + lifetime;
         while now() < until && !board(&run.board).finished {

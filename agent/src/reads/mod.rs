@@ -43,6 +43,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+/// A wall clock: what the agent checks envelopes' validity against.
+pub type WallClock = Arc<dyn Fn() -> UnixMillis + Send + Sync>;
+
 /// How long one read may take before the endpoint counts as stalled.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a probe of a warm or cold endpoint may take.
@@ -195,6 +198,9 @@ pub struct Reader {
     /// How a channel is made from an endpoint and its TLS connector
     /// (`None`: TCP through the connector, as in production).
     dialer: Option<TlsDialer>,
+    /// The wall clock envelopes are checked against (`None`: the
+    /// system's, as in production; the simulator skews it per agent).
+    clock: Option<WallClock>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -281,6 +287,7 @@ impl Reader {
             last_answer: None,
             last_cold_probe: None,
             dialer: None,
+            clock: None,
         };
         reader.load_kept();
         Ok(reader)
@@ -292,6 +299,20 @@ impl Reader {
         self.dialer = Some(dialer);
         self.clients.clear();
         self
+    }
+
+    /// Reads the time from `clock` instead of the system's wall clock
+    /// (the simulator's skewed clocks).
+    pub fn clock_with(mut self, clock: WallClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The time on this agent's wall clock.
+    fn now(&self) -> UnixMillis {
+        self.clock
+            .as_ref()
+            .map_or_else(UnixMillis::now, |clock| clock())
     }
 
     /// The node's own scope.
@@ -348,7 +369,7 @@ impl Reader {
         let record = HealthRecord {
             health: now.0.clone(),
             degraded_reason: now.1.clone(),
-            at_unix_ms: UnixMillis::now().0,
+            at_unix_ms: self.now().0,
         };
         match self.store.put_health(&record) {
             Ok(()) => *saved = Some(now),
@@ -630,7 +651,7 @@ impl Reader {
             partition_view: view_name(staleness.partition_view).to_string(),
             from_cache_replica: staleness.from_cache_replica,
             authority_term: staleness.authority_term,
-            at_unix_ms: UnixMillis::now().0,
+            at_unix_ms: self.now().0,
         });
         let envelope = answer.envelope;
         let decoded = decode(&envelope)?;
@@ -647,7 +668,7 @@ impl Reader {
             return Ok(Outcome::Unchanged(held.version));
         }
         rap_proto::shards::follow_trust_roots(&mut self.verifier, &self.cluster_id, &envelope)?;
-        let now = UnixMillis::now();
+        let now = self.now();
         let (version, authority_term) =
             match self
                 .verifier
@@ -684,7 +705,7 @@ impl Reader {
             Held {
                 version,
                 authority_term,
-                accepted_at_unix_ms: UnixMillis::now().0,
+                accepted_at_unix_ms: self.now().0,
                 served_by: endpoint.node_id.clone(),
                 from_cache_replica: staleness.from_cache_replica,
                 partition_view: view_name(staleness.partition_view).to_string(),

@@ -53,3 +53,21 @@ fn shard_rules_hold_with_readers_on_both_sides() {
         );
     }
 }
+
+// Goal: agents whose wall clocks are off keep the validity rules: one
+// within the verifier's tolerance, or ahead but inside the envelopes'
+// validity, reads and catches up as usual; one behind past the tolerance
+// (every fresh envelope is not yet valid to it) or ahead past the
+// validity (every envelope has expired) accepts nothing
+// (`agent-clock-window`), and is not expected to catch up. Method:
+// `shards-skew-3` (crash and restart with shards; each agent's skew drawn
+// from the seed among the four kinds and logged) over four seeds, judged
+// by every checker.
+#[test]
+fn agents_with_skewed_clocks_keep_the_validity_window() {
+    sweep(
+        "shards::agents_with_skewed_clocks_keep_the_validity_window",
+        &[1, 2, 3, 4],
+        |seed| scenarios::by_name("shards-skew-3", seed).expect("a named scenario"),
+    );
+}
