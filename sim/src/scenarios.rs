@@ -355,9 +355,19 @@ pub fn echoes(seed: u64, voters: usize) -> Scenario {
 /// whichever storage node ranks best, restarting every few seconds, and
 /// ask for a scope they may not read. After heal every agent must hold
 /// the newest version of its scopes.
-pub fn with_shards(mut scenario: Scenario) -> Scenario {
-    scenario.name = format!("{} with shards", scenario.name);
-    scenario.shards = Some(ShardPlan::default());
+pub fn with_shards(scenario: Scenario) -> Scenario {
+    with_shard_plan(scenario, "", ShardPlan::default())
+}
+
+/// `scenario` with the shard part `plan`, named with `what` after "with
+/// shards" when not empty.
+fn with_shard_plan(mut scenario: Scenario, what: &str, plan: ShardPlan) -> Scenario {
+    scenario.name = if what.is_empty() {
+        format!("{} with shards", scenario.name)
+    } else {
+        format!("{} with shards, {what}", scenario.name)
+    };
+    scenario.shards = Some(plan);
     scenario
 }
 
@@ -367,13 +377,11 @@ pub fn with_shards(mut scenario: Scenario) -> Scenario {
 /// in the minority reads what the minority holds, and after a promotion
 /// one may be left with the fenced old side until the heal.
 pub fn with_shards_on_sides(scenario: Scenario) -> Scenario {
-    let mut scenario = with_shards(scenario);
-    scenario.name = format!("{}, readers on both sides", scenario.name);
-    scenario.shards = Some(ShardPlan {
+    let plan = ShardPlan {
         sides: true,
         ..ShardPlan::default()
-    });
-    scenario
+    };
+    with_shard_plan(scenario, "readers on both sides", plan)
 }
 
 /// Shards with skewed clocks: as [`with_shards`], and each agent's wall
@@ -384,13 +392,11 @@ pub fn with_shards_on_sides(scenario: Scenario) -> Scenario {
 /// catch up as usual; the others must accept nothing
 /// (`agent-clock-window`).
 pub fn with_skewed_clocks(scenario: Scenario) -> Scenario {
-    let mut scenario = with_shards(scenario);
-    scenario.name = format!("{}, skewed clocks", scenario.name);
-    scenario.shards = Some(ShardPlan {
+    let plan = ShardPlan {
         skews: true,
         ..ShardPlan::default()
-    });
-    scenario
+    };
+    with_shard_plan(scenario, "skewed clocks", plan)
 }
 
 /// Fisher–Yates with the seed's generator.

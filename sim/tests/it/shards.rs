@@ -4,6 +4,15 @@
 use crate::sweep;
 use rap_sim::scenarios;
 
+/// Sweeps each named scenario of `names` over seeds 1–4 (as `test`).
+fn sweep_named(test: &str, names: &[&str]) {
+    for name in names {
+        sweep(&format!("{test} ({name})"), &[1, 2, 3, 4], |seed| {
+            scenarios::by_name(name, seed).unwrap_or_else(|| panic!("unknown {name}"))
+        });
+    }
+}
+
 // Goal: while storage nodes crash (losing unsynced writes) and restart, a
 // minority is cut off (the cache replica may follow it and fall behind),
 // or nodes are cut off one by one and reconnected (swizzle), the control
@@ -18,18 +27,15 @@ use rap_sim::scenarios;
 // `shards-promotion-3` over four seeds each, judged by every checker.
 #[test]
 fn shard_rules_hold_under_crashes_partitions_and_swizzle() {
-    for name in [
-        "shards-crash-3",
-        "shards-partition-3",
-        "shards-swizzle-5",
-        "shards-promotion-3",
-    ] {
-        sweep(
-            &format!("shards::shard_rules_hold_under_crashes_partitions_and_swizzle ({name})"),
-            &[1, 2, 3, 4],
-            |seed| scenarios::by_name(name, seed).unwrap_or_else(|| panic!("unknown {name}")),
-        );
-    }
+    sweep_named(
+        "shards::shard_rules_hold_under_crashes_partitions_and_swizzle",
+        &[
+            "shards-crash-3",
+            "shards-partition-3",
+            "shards-swizzle-5",
+            "shards-promotion-3",
+        ],
+    );
 }
 
 // Goal: the same rules hold when the readers take sides: the cache
@@ -45,13 +51,10 @@ fn shard_rules_hold_under_crashes_partitions_and_swizzle() {
 // served across a cut).
 #[test]
 fn shard_rules_hold_with_readers_on_both_sides() {
-    for name in ["shards-sides-3", "shards-sides-promotion-3"] {
-        sweep(
-            &format!("shards::shard_rules_hold_with_readers_on_both_sides ({name})"),
-            &[1, 2, 3, 4],
-            |seed| scenarios::by_name(name, seed).unwrap_or_else(|| panic!("unknown {name}")),
-        );
-    }
+    sweep_named(
+        "shards::shard_rules_hold_with_readers_on_both_sides",
+        &["shards-sides-3", "shards-sides-promotion-3"],
+    );
 }
 
 // Goal: agents whose wall clocks are off keep the validity rules: one
@@ -65,9 +68,8 @@ fn shard_rules_hold_with_readers_on_both_sides() {
 // by every checker.
 #[test]
 fn agents_with_skewed_clocks_keep_the_validity_window() {
-    sweep(
+    sweep_named(
         "shards::agents_with_skewed_clocks_keep_the_validity_window",
-        &[1, 2, 3, 4],
-        |seed| scenarios::by_name("shards-skew-3", seed).expect("a named scenario"),
+        &["shards-skew-3"],
     );
 }
