@@ -25,8 +25,13 @@
 //! The designated voter may be behind (it restarted, and the last entries
 //! were committed without it): the others then refuse it their vote.
 //! A voter that refused a candidate for a shorter log, and has itself not
-//! heard from a leader for the lease, campaigns at once too, instead of
-//! waiting for its own timer; it does so at most once per such refusal.
+//! heard from a leader for the lease (or, since it started, has heard
+//! from none), campaigns at once too, instead of waiting for its own
+//! timer; it does so at most once per such refusal. Without that, a
+//! restarted old leader whose log is the longest could never win: the
+//! others, whose shorter logs it refuses, retry faster than its own timer
+//! and keep its every campaign a term behind (a crash-storm sweep found
+//! three voters of five up and no leader for good).
 //! openraft leaves a voter's term alone when it refuses a shorter log, so
 //! its first campaign would be in the candidate's own term, where the
 //! candidate already voted for itself: it campaigns again (at most
@@ -71,6 +76,9 @@ pub(super) async fn campaign_when_lease_ends(node: Weak<AuthorityNode>) {
     let mut campaigned_after: Option<Instant> = None;
     let mut answered_refusal: Option<Instant> = None;
     let mut split = SplitVote::default();
+    let Some(started) = node.upgrade().map(|n| n.reach.now()) else {
+        return;
+    };
     loop {
         ticker.tick().await;
         let Some(node) = node.upgrade() else {
@@ -89,19 +97,22 @@ pub(super) async fn campaign_when_lease_ends(node: Weak<AuthorityNode>) {
             }
             continue;
         }
-        let Some(contact) = node.reach.last_leader_contact() else {
-            // Never had a leader: openraft's own timers.
-            continue;
-        };
-        let silent = node.reach.now().saturating_duration_since(contact);
+        // Silent since the last leader contact, or since this process
+        // started when it has had none (a restarted voter whose log may
+        // be the longest: the others cannot win without its vote).
+        let contact = node.reach.last_leader_contact();
+        let since = contact.unwrap_or(started);
+        let silent = node.reach.now().saturating_duration_since(since);
         // A candidate behind us asked for our vote after the leader went
         // silent, and the lease has ended here too.
         let refusal = node
             .reach
             .last_refused_shorter_log()
-            .filter(|(at, _)| *at > contact && answered_refusal != Some(*at));
+            .filter(|(at, _)| *at > since && answered_refusal != Some(*at));
         let out_of_lease = silent >= node.options.timing.vote_lease();
-        let early = campaigned_after != Some(contact) && silent >= wait;
+        // The designated voter's early campaign follows a lost leader
+        // only; without one, openraft's own timers.
+        let early = contact.is_some() && campaigned_after != contact && silent >= wait;
         if !(early || (out_of_lease && refusal.is_some())) {
             continue;
         }
@@ -121,7 +132,7 @@ pub(super) async fn campaign_when_lease_ends(node: Weak<AuthorityNode>) {
             above_term = Some(candidate_term);
             "no leader within the lease and a candidate behind us asked: campaigning now"
         } else if early && designated == Some(node.raft_id) {
-            campaigned_after = Some(contact);
+            campaigned_after = contact;
             "no leader within the lease: campaigning now (the designated voter)"
         } else {
             continue;

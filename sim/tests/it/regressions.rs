@@ -134,6 +134,18 @@ const PINNED: &[Pinned] = &[
                 show its quorum before it refuses",
         open_bug: None,
     },
+    Pinned {
+        scenario: "crash-storm-5",
+        seed: 100_033,
+        found: "three of five voters up and no leader for good: node-1, the old leader, \
+                restarted with the longest log and refused node-2's shorter one, while node-2 \
+                retried every 300-600 ms and node-1's own timer fired every 1050 ms, so each \
+                of node-1's campaigns came a term behind (terms 2..55; chaos sweep of \
+                2026-12-06, about 3,300 runs). The early campaign after refusing a shorter \
+                log needed a leader contact, which a restarted node has none of; fixed in \
+                authority node/failover.rs: with none, silence counts from the start",
+        open_bug: None,
+    },
 ];
 
 // Why the two-leaders seeds failed, and what fixed them: openraft 0.9
