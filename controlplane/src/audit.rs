@@ -185,8 +185,10 @@ pub async fn audited<T>(pool: &PgPool, action: &Action, result: Result<T>) -> Re
 
 /// The precheck step of a mutation: `checked` (permissions, input, made
 /// before any transaction) passes through; a refusal is audited, then
-/// returned. Fenced and unfenced mutations go through it
-/// ([`crate::fencing::run`], [`crate::fencing::run_unfenced`]).
+/// returned. Unfenced mutations go through it
+/// ([`crate::fencing::run_unfenced`]); fenced ones audit through their
+/// source of truth ([`crate::truth::SourceOfTruth::record_refusal`], this
+/// module's [`record_refusal`] for PostgreSQL).
 pub async fn refuse_unless<C>(pool: &PgPool, action: &Action, checked: Result<C>) -> Result<C> {
     audited(pool, action, checked).await
 }

@@ -21,13 +21,14 @@
 use crate::audit::{self, Action};
 use crate::db;
 use crate::error::{Error, Result};
+use crate::truth::{SourceOfTruth, TruthTx};
 use rap_authority::network::NetworkConfig;
 use rap_core::Fence;
 use rap_core::tls::live::LiveIdentity;
 use rap_core::tls::pin::PeerTls;
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -43,6 +44,9 @@ pub enum StorageTransport {
     },
     /// Development only: plaintext.
     InsecurePlaintext,
+    /// Network settings made by the embedding program, the same for every
+    /// cluster (the simulator dials over its simulated network this way).
+    Given(NetworkConfig),
 }
 
 pub use rap_authority::client::StoragePeer;
@@ -77,6 +81,7 @@ impl AuthorityClients {
         }
         let network = match &self.transport {
             StorageTransport::InsecurePlaintext => NetworkConfig::default(),
+            StorageTransport::Given(network) => network.clone(),
             StorageTransport::MutualTls { keys_dir } => {
                 rap_core::tls::install_crypto_provider();
                 let cluster = ClusterId::new(cluster_id)?;
@@ -209,16 +214,18 @@ pub async fn storage_peers(
 }
 
 /// An open fenced transaction: the fence is checked, the authority row is
-/// updated; the caller adds its mutation, then commits.
-pub struct Fenced {
+/// updated; the caller adds its mutation, then commits. `T` is a
+/// transaction of the source of truth ([`crate::truth`]): PostgreSQL's in
+/// the product.
+pub struct Fenced<T = crate::truth::PgTx> {
     /// The transaction; put the mutation here.
-    pub tx: Transaction<'static, Postgres>,
+    pub tx: T,
     /// The fence this mutation carries.
     pub fence: Fence,
     action: Action,
 }
 
-impl std::fmt::Debug for Fenced {
+impl<T> std::fmt::Debug for Fenced<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fenced")
             .field("fence", &self.fence)
@@ -227,8 +234,9 @@ impl std::fmt::Debug for Fenced {
     }
 }
 
-impl Fenced {
-    /// Begins the fenced transaction for `action` (which names the cluster).
+impl<T: TruthTx> Fenced<T> {
+    /// Begins the fenced transaction for `action` (which names the cluster)
+    /// in `truth`.
     ///
     /// The network settings towards the cluster's group are loaded first,
     /// off the async threads and before `BEGIN`; a failure to load them is
@@ -242,32 +250,32 @@ impl Fenced {
             action = action.action,
         )
     )]
-    pub async fn begin(
-        pool: &PgPool,
+    pub async fn begin<S: SourceOfTruth<Tx = T>>(
+        truth: &S,
         clients: &AuthorityClients,
         action: &Action,
-    ) -> Result<Fenced> {
+    ) -> Result<Fenced<T>> {
         let cluster_id = action
             .cluster_id
             .clone()
             .ok_or_else(|| Error::Internal(format!("{} names no cluster", action.action)))?;
         let network = clients.load_network(&cluster_id).await;
-        let mut tx = pool.begin().await?;
-        let Some(current) = db::authority_terms::lock_current(&mut tx, &cluster_id).await? else {
-            return Err(if db::clusters::exists(&mut tx, &cluster_id).await? {
+        let mut tx = truth.begin().await?;
+        let Some(current) = tx.lock_current(&cluster_id).await? else {
+            return Err(if tx.cluster_exists(&cluster_id).await? {
                 Error::NotBootstrapped(cluster_id)
             } else {
                 Error::not_found("cluster", cluster_id)
             });
         };
-        let peers = storage_peers(&mut tx, &cluster_id).await?;
+        let peers = tx.storage_peers(&cluster_id).await?;
         if let Err(e) = network
             && !peers.is_empty()
         {
             return Err(e);
         }
         let fence = clients
-            .acquire_fence(&cluster_id, &peers, current.term()?, action.action)
+            .acquire_fence(&cluster_id, &peers, current.term, action.action)
             .await?;
         if fence.cluster_id != cluster_id {
             return Err(Error::Internal(format!(
@@ -276,7 +284,7 @@ impl Fenced {
             )));
         }
         let granted = Fence::from_pb(&fence)?;
-        db::authority_terms::record_fence(&mut tx, &cluster_id, fence.authority_term, fence.seq)
+        tx.record_fence(&cluster_id, fence.authority_term, fence.seq)
             .await?;
         tracing::debug!(cluster_id = %cluster_id, term = fence.authority_term, seq = fence.seq, action = action.action, "fence checked");
         Ok(Fenced {
@@ -288,7 +296,9 @@ impl Fenced {
 
     /// Writes the audit event (with the fence) and commits.
     pub async fn commit(mut self, details: serde_json::Value) -> Result<Fence> {
-        audit::record_ok(&mut self.tx, &self.action, Some(&self.fence), details).await?;
+        self.tx
+            .record_ok(&self.action, Some(&self.fence), details)
+            .await?;
         self.tx.commit().await?;
         Ok(self.fence)
     }
@@ -316,23 +326,36 @@ impl Fenced {
 /// })
 /// .await
 /// ```
-pub async fn run<C, T>(
-    pool: &PgPool,
+///
+/// `truth` is PostgreSQL in the product (the transaction derefs to the
+/// connection the `db` functions take); the simulator passes its
+/// in-memory source of truth.
+pub async fn run<S: SourceOfTruth, C, T>(
+    truth: &S,
     clients: &AuthorityClients,
     action: Action,
     checked: Result<C>,
-    apply: impl AsyncFnOnce(&mut PgConnection, Fence, C) -> Result<(T, serde_json::Value)>,
+    apply: impl AsyncFnOnce(&mut S::Tx, Fence, C) -> Result<(T, serde_json::Value)>,
 ) -> Result<T> {
-    let checked = audit::refuse_unless(pool, &action, checked).await?;
+    let checked = match checked {
+        Ok(checked) => checked,
+        Err(error) => {
+            truth.record_refusal(&action, &error).await;
+            return Err(error);
+        }
+    };
     let result = async {
-        let mut fenced = Fenced::begin(pool, clients, &action).await?;
+        let mut fenced = Fenced::begin(truth, clients, &action).await?;
         let fence = fenced.fence.clone();
         let (value, details) = apply(&mut fenced.tx, fence, checked).await?;
         fenced.commit(details).await?;
         Ok(value)
     }
     .await;
-    audit::audited(pool, &action, result).await
+    if let Err(error) = &result {
+        truth.record_refusal(&action, error).await;
+    }
+    result
 }
 
 /// Runs a mutation that needs no fence (say why in `unfenced_because`,

@@ -10,7 +10,9 @@
 //!   PostgreSQL), node certificate issuance.
 //! * [`tls`]: the control plane's TLS listener (per-cluster server
 //!   certificates by SNI, client certificates from any cluster CA).
-//! * [`audit`], [`fencing`]: audit events and fenced mutations.
+//! * [`audit`], [`fencing`]: audit events and fenced mutations;
+//!   [`truth`]: the source of truth they are checked against, as a trait
+//!   (PostgreSQL here; in memory only inside the simulator).
 //! * [`db::coordination`]: what several control plane processes on one
 //!   PostgreSQL agree on through it (promotion lock, identity change
 //!   notifications); nothing trust-related is held only in one process.
@@ -47,6 +49,7 @@ pub mod server;
 pub mod snapshots;
 pub mod tls;
 pub mod tokens;
+pub mod truth;
 pub mod workloads;
 
 pub use error::{Error, Result};

@@ -174,8 +174,9 @@ async fn insert(
 }
 
 /// Records that a mutation is applied with fence (`term`, `seq`): the
-/// current row must be of `term` with a lower `last_seq`; exactly that
-/// row is updated. Otherwise `STALE_FENCE`, saying why.
+/// current row must be of `term` with a lower `last_seq`
+/// ([`crate::truth::admit_fence`], applied atomically by the `WHERE`);
+/// exactly that row is updated. Otherwise `STALE_FENCE`, saying why.
 pub async fn record_fence(
     conn: &mut PgConnection,
     cluster_id: &str,
@@ -197,19 +198,18 @@ pub async fn record_fence(
     if updated == 1 {
         return Ok(());
     }
-    let current = current(conn, cluster_id).await?;
-    Err(Error::StaleFence(match current {
-        Some(row) if row.authority_term != fence_term => format!(
-            "fence of authority term {fence_term}, but term {} is current",
-            row.authority_term
-        ),
-        Some(row) if updated == 0 => format!(
-            "fence seq {seq} is not newer than {}, already used",
-            row.last_seq
-        ),
-        Some(_) => format!("fence seq {seq} updated {updated} authority rows, expected 1"),
-        None => "no current authority term".to_string(),
-    }))
+    // Why not, in the words of the one conditional check.
+    let current = match current(conn, cluster_id).await? {
+        Some(row) => Some(crate::truth::TermRow {
+            term: row.term()?,
+            last_seq: row.last_seq(),
+        }),
+        None => None,
+    };
+    crate::truth::admit_fence(current, term, u64::try_from(seq).unwrap_or(0))?;
+    Err(Error::StaleFence(format!(
+        "fence seq {seq} updated {updated} authority rows, expected 1"
+    )))
 }
 
 /// Every cluster with a current authority term (bootstrapped), by id.
