@@ -7,7 +7,10 @@ use crate::network::NetworkConfig;
 use rap_core::codes::{self, error_detail};
 use rap_core::tls::pin::ExpectedPeer;
 use rap_proto::pb;
+use rap_proto::pb::authority_service_client::AuthorityServiceClient;
+use std::future::Future;
 use std::time::Duration;
+use tonic::transport::Channel;
 
 /// Pause between two rounds over a cluster's storage nodes while no fence
 /// is granted (an election is running, or a lease is being renewed).
@@ -30,11 +33,20 @@ impl StoragePeer {
     }
 }
 
+/// How long each node after it in a round gets to grant, once a node has
+/// answered `NO_QUORUM` from a minority, before that refusal is final.
+pub const AFTER_MINORITY_WAIT: Duration = Duration::from_millis(1_000);
+
 /// Asks the storage nodes `peers`, in order, until one grants a fence,
 /// within `timeout` overall.
 ///
 /// * `NO_QUORUM` from a node that reaches fewer than a majority is final
-///   at once (a minority refuses fast).
+///   at the end of that round: the nodes after it are still asked, each
+///   for at most [`AFTER_MINORITY_WAIT`], since the caller may reach the
+///   majority that node is cut off from. If none grants and none showed a
+///   majority at work (`NOT_LEADER`, or `NO_QUORUM` from a node that
+///   reaches a majority), the minority's refusal stands at once: a
+///   minority refuses fast.
 /// * `NO_QUORUM` although a majority is reachable (a leader whose quorum
 ///   lease lapsed under load), `NOT_LEADER` (an election is running) and
 ///   transport failures move on to the next node; after a round without a
@@ -62,11 +74,16 @@ pub async fn acquire_fence(
     let mut best_no_quorum: Option<(u32, u32)> = None;
     let mut last_other = String::new();
     loop {
+        let mut minority: Option<(u32, u32)> = None;
+        let mut majority_at_work = false;
         for peer in peers {
             let address = &peer.address;
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
                 break;
+            }
+            if minority.is_some() {
+                remaining = remaining.min(AFTER_MINORITY_WAIT);
             }
             let mut client = match authority_client(network, address, &peer.expected()) {
                 Ok(client) => client,
@@ -96,17 +113,18 @@ pub async fn acquire_fence(
                 Some(detail) if detail.code == codes::NO_QUORUM => {
                     let seen = (detail.reachable_voters, detail.total_voters);
                     if seen.0 <= seen.1 / 2 {
-                        // A minority: refuse fast.
-                        return Err(Error::NoQuorum {
-                            reachable_voters: seen.0,
-                            total_voters: seen.1,
-                        });
+                        // A minority: final once the rest of this round
+                        // has had its chance.
+                        minority.get_or_insert(seen);
+                        continue;
                     }
+                    majority_at_work = true;
                     if best_no_quorum.is_none_or(|best| seen.0 > best.0) {
                         best_no_quorum = Some(seen);
                     }
                 }
                 Some(detail) if detail.code == codes::NOT_LEADER => {
+                    majority_at_work = true;
                     last_other = format!("{address}: {}", detail.message);
                 }
                 Some(detail) => {
@@ -117,6 +135,14 @@ pub async fn acquire_fence(
                 }
                 None => last_other = format!("{address}: {}", status.message()),
             }
+        }
+        if let Some((reachable_voters, total_voters)) = minority
+            && !majority_at_work
+        {
+            return Err(Error::NoQuorum {
+                reachable_voters,
+                total_voters,
+            });
         }
         if tokio::time::Instant::now() + FENCE_ROUND_PAUSE >= deadline {
             break;
@@ -133,10 +159,7 @@ pub async fn acquire_fence(
 }
 
 /// Publishes signed envelopes to the cluster's group under `fence` (all or
-/// nothing), asking the storage nodes `peers` in order, each within
-/// `timeout`: `NOT_LEADER` and transport failures move on, `NO_QUORUM` and
-/// any other refusal are final, and no answer at all is
-/// [`Error::Unreachable`].
+/// nothing), asking the storage nodes `peers` in order ([`first_answer`]).
 pub async fn publish(
     network: &NetworkConfig,
     peers: &[StoragePeer],
@@ -144,51 +167,73 @@ pub async fn publish(
     envelopes: Vec<Vec<u8>>,
     timeout: Duration,
 ) -> Result<pb::PublishShardsResponse> {
-    let mut last = String::from("no storage node recorded");
-    for peer in peers {
-        let address = &peer.address;
-        let mut client = authority_client(network, address, &peer.expected())?;
-        let call = client.publish_shards(pb::PublishShardsRequest {
-            fence: Some(fence.clone()),
-            envelopes: envelopes.clone(),
-        });
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(response)) => return Ok(response.into_inner()),
-            Ok(Err(status)) => match final_refusal(&status) {
-                Some(error) => return Err(error),
-                None => last = format!("{address}: {}", status.message()),
-            },
-            Err(_) => last = format!("{address}: no answer"),
-        }
-    }
-    Err(Error::Unreachable(last))
+    let request = pb::PublishShardsRequest {
+        fence: Some(fence),
+        envelopes,
+    };
+    first_answer(network, peers, timeout, |mut client| {
+        let request = request.clone();
+        async move { client.publish_shards(request).await }
+    })
+    .await
 }
 
 /// The group's newest shard of each of `request.scopes`, read
 /// linearizably on the leader (followers forward), asking the storage
-/// nodes `peers` in order, each within `timeout`: `NOT_LEADER` and
-/// transport failures move on, `NO_QUORUM` and any other refusal are
-/// final, and no answer at all is [`Error::Unreachable`].
+/// nodes `peers` in order ([`first_answer`]).
 pub async fn shard_heads(
     network: &NetworkConfig,
     peers: &[StoragePeer],
     request: pb::ShardHeadsRequest,
     timeout: Duration,
 ) -> Result<pb::ShardHeadsResponse> {
+    first_answer(network, peers, timeout, |mut client| {
+        let request = request.clone();
+        async move { client.shard_heads(request).await }
+    })
+    .await
+}
+
+/// Asks the storage nodes `peers` in order, each within `timeout`, until
+/// one answers: `NOT_LEADER` and transport failures move on; `NO_QUORUM`
+/// moves on too (the caller may reach the majority that node is cut off
+/// from), each node after it asked for at most [`AFTER_MINORITY_WAIT`],
+/// and is the answer if no node grants; any other refusal is final; no
+/// answer at all is [`Error::Unreachable`].
+async fn first_answer<T, F, Fut>(
+    network: &NetworkConfig,
+    peers: &[StoragePeer],
+    timeout: Duration,
+    mut call: F,
+) -> Result<T>
+where
+    F: FnMut(AuthorityServiceClient<Channel>) -> Fut,
+    Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+{
     let mut last = String::from("no storage node recorded");
+    let mut no_quorum = None;
     for peer in peers {
         let address = &peer.address;
-        let mut client = authority_client(network, address, &peer.expected())?;
-        match tokio::time::timeout(timeout, client.shard_heads(request.clone())).await {
+        let client = authority_client(network, address, &peer.expected())?;
+        let within = if no_quorum.is_some() {
+            timeout.min(AFTER_MINORITY_WAIT)
+        } else {
+            timeout
+        };
+        match tokio::time::timeout(within, call(client)).await {
             Ok(Ok(response)) => return Ok(response.into_inner()),
             Ok(Err(status)) => match final_refusal(&status) {
+                Some(error @ Error::NoQuorum { .. }) => {
+                    last = format!("{address}: {}", status.message());
+                    no_quorum.get_or_insert(error);
+                }
                 Some(error) => return Err(error),
                 None => last = format!("{address}: {}", status.message()),
             },
             Err(_) => last = format!("{address}: no answer"),
         }
     }
-    Err(Error::Unreachable(last))
+    Err(no_quorum.unwrap_or(Error::Unreachable(last)))
 }
 
 /// The error a refusal ends a round with, or `None` when the next storage
