@@ -58,8 +58,11 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
+// tokio's clock: the real one in production, the simulated one under the
+// simulator (what an answer's staleness reuses must not vary by wall time).
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 

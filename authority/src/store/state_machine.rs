@@ -26,8 +26,11 @@ use std::fmt;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
+// tokio's clock: the real one in production, the simulated one under the
+// simulator (the apply age storage nodes report must not vary by wall time).
+use tokio::time::Instant;
 
 /// The authority group's state machine, persisted in the shared redb file.
 ///
