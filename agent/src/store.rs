@@ -49,6 +49,13 @@ pub const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 pub const SHARD_BYTES_MAX: usize = rap_proto::limits::ENVELOPE_BYTES_MAX;
 /// Most envelopes one cluster keeps.
 pub const SHARDS_MAX: usize = 256;
+/// How long opening waits for a lock that this process itself may still
+/// hold: sled releases a dropped database's lock only when its background
+/// flusher stops, a little after the drop (an agent that reopens its
+/// store in one process, tests, the simulator).
+pub const LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// Pause between two attempts to take the lock within [`LOCK_WAIT_MAX`].
+pub const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 /// Largest scope name used in a key.
 pub const SCOPE_BYTES_MAX: usize = rap_proto::limits::SCOPE_BYTES_MAX;
 /// Largest JSON record (endpoints, health, identity, ...).
@@ -176,8 +183,21 @@ pub struct AgentStore {
 
 impl AgentStore {
     /// Opens (or creates) `<state_dir>/`[`STORE_DIR`]; refused with
-    /// [`StoreError::Locked`] while another process holds it.
+    /// [`StoreError::Locked`] while another process holds it (after
+    /// waiting up to [`LOCK_WAIT_MAX`] for the lock).
     pub fn open(state_dir: &Path) -> Result<AgentStore, StoreError> {
+        let started = std::time::Instant::now();
+        loop {
+            match Self::open_once(state_dir) {
+                Err(StoreError::Locked { .. }) if started.elapsed() < LOCK_WAIT_MAX => {
+                    std::thread::sleep(LOCK_RETRY_PAUSE);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(state_dir: &Path) -> Result<AgentStore, StoreError> {
         let path = state_dir.join(STORE_DIR);
         // Created owner-only, like the cluster directories.
         std::fs::DirBuilder::new()
