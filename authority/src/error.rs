@@ -100,6 +100,9 @@ pub enum Error {
     /// A promotion or rejoin order that is forged, stale or not for us.
     #[error("order refused: {0}")]
     OrderRefused(String),
+    /// A signed order issued outside this node's clock window.
+    #[error("order outside this node's clock window: {0}")]
+    OrderOutsideWindow(String),
     /// Durable storage failed or is corrupt.
     #[error("storage: {0}")]
     Storage(String),
@@ -149,6 +152,7 @@ impl Error {
             Error::InvalidRequest(_) => codes::INVALID_REQUEST,
             Error::Oversize { .. } => codes::OVERSIZE,
             Error::OrderRefused(_) => codes::ORDER_REFUSED,
+            Error::OrderOutsideWindow(_) => codes::ORDER_OUTSIDE_WINDOW,
             Error::Storage(_) => codes::STORAGE,
             Error::Raft(_) => codes::RAFT,
             Error::Unreachable(_) => codes::AUTHORITY_UNREACHABLE,
@@ -175,6 +179,7 @@ impl Error {
             | Error::InvalidRequest(_)
             | Error::Oversize { .. }
             | Error::OrderRefused(_)
+            | Error::OrderOutsideWindow(_)
             | Error::NotFound(_) => false,
             Error::Proto(e) => e.is_retryable(),
         }
@@ -193,6 +198,7 @@ impl Error {
             Error::WrongCluster { .. } | Error::InvalidRequest(_) => Code::InvalidArgument,
             Error::Oversize { .. } => Code::OutOfRange,
             Error::OrderRefused(_)
+            | Error::OrderOutsideWindow(_)
             | Error::UnprovenTerm { .. }
             | Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::Unauthenticated(_) => Code::Unauthenticated,

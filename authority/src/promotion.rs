@@ -71,10 +71,11 @@ fn trust_root_of(node: &AuthorityNode) -> Result<VerifiedTrustRoot> {
     )?)
 }
 
-fn check_age(issued_at: i64) -> Result<()> {
-    let now = UnixMillis::now().0;
+/// An order's age against this node's wall clock (`now`).
+fn check_age(now: UnixMillis, issued_at: i64) -> Result<()> {
+    let now = now.0;
     if issued_at < now.saturating_sub(ORDER_AGE_MS_MAX) || issued_at > now + ORDER_SKEW_MS_MAX {
-        return Err(refused(format!(
+        return Err(Error::OrderOutsideWindow(format!(
             "order issued at {issued_at} ms is outside [now - {ORDER_AGE_MS_MAX} ms, now + {ORDER_SKEW_MS_MAX} ms]"
         )));
     }
@@ -117,7 +118,7 @@ impl NodeSlot {
                 got: order.cluster_id.chars().take(80).collect(),
             });
         }
-        check_age(order.issued_at_unix_ms)?;
+        check_age(options.now(), order.issued_at_unix_ms)?;
         let current = node.state().authority_term();
         if order.current_term != current.0 || order.new_term != current.0 + 1 {
             return Err(refused(format!(
@@ -296,7 +297,7 @@ impl NodeSlot {
                 order.node_id, options.node_id
             )));
         }
-        check_age(order.issued_at_unix_ms)?;
+        check_age(options.now(), order.issued_at_unix_ms)?;
         let current = node.state().authority_term();
         if order.authority_term <= current.0 {
             return Err(refused(format!(
@@ -375,6 +376,27 @@ async fn add_with_retry(
                 )));
             }
             _ => tokio::time::sleep(timing.heartbeat * 2).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: an order is taken only inside the node's clock window, and one
+    // outside it is refused with its own code. Method: issue times around
+    // a fixed "now", at and past both edges.
+    #[test]
+    fn an_order_outside_the_clock_window_is_refused_with_its_code() {
+        let now = UnixMillis(1_000_000_000);
+        for inside in [now.0, now.0 - ORDER_AGE_MS_MAX, now.0 + ORDER_SKEW_MS_MAX] {
+            assert!(check_age(now, inside).is_ok(), "{inside}");
+        }
+        for outside in [now.0 - ORDER_AGE_MS_MAX - 1, now.0 + ORDER_SKEW_MS_MAX + 1] {
+            let code = check_age(now, outside).err().map(|e| e.code().to_string());
+            let expected = rap_core::codes::ORDER_OUTSIDE_WINDOW;
+            assert_eq!(code.as_deref(), Some(expected), "{outside}");
         }
     }
 }

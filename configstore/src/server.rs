@@ -81,6 +81,7 @@ pub fn node_options(config: &Config, identity: Option<&Arc<LiveIdentity>>) -> Re
         },
         connector: None,
         disk: None,
+        clock: None,
     })
 }
 

@@ -43,6 +43,9 @@ pub const ALREADY_INITIALIZED: &str = "ALREADY_INITIALIZED";
 pub const NOT_INITIALIZED: &str = "NOT_INITIALIZED";
 /// A promotion or rejoin order that is forged, stale or not for us.
 pub const ORDER_REFUSED: &str = "ORDER_REFUSED";
+/// A signed order issued outside this node's clock window: too old, or
+/// from its future (check the clocks of the operator and the node).
+pub const ORDER_OUTSIDE_WINDOW: &str = "ORDER_OUTSIDE_WINDOW";
 /// A learner that did not catch up, so it was not made a voter.
 pub const LEARNER_BEHIND: &str = "LEARNER_BEHIND";
 /// The caller's kind or membership does not admit this call.

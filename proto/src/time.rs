@@ -1,6 +1,12 @@
 //! Wall-clock instants on the wire: milliseconds since the Unix epoch.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A wall clock other than the system's, for a process that checks times
+/// against it (the simulator's skewed clocks); `None` where one is
+/// optional means the system's ([`UnixMillis::on`]).
+pub type WallClock = Arc<dyn Fn() -> UnixMillis + Send + Sync>;
 
 /// Milliseconds since the Unix epoch, as carried in `*_unix_ms` fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -14,6 +20,11 @@ impl UnixMillis {
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         UnixMillis(ms)
+    }
+
+    /// The time on `clock`, or on the system's wall clock without one.
+    pub fn on(clock: Option<&WallClock>) -> Self {
+        clock.map_or_else(UnixMillis::now, |clock| clock())
     }
 
     /// This instant plus `ms` milliseconds, saturating.

@@ -13,6 +13,7 @@
 
 use crate::faults::Applied;
 use rap_authority::partition::PartitionView;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -256,6 +257,24 @@ pub enum Event {
         /// What happened.
         what: ShardEvent,
     },
+    /// The control plane's source of truth ([`crate::truth`]) and its
+    /// fenced mutations.
+    Truth {
+        /// Simulated time.
+        at: Duration,
+        /// What happened.
+        what: TruthEvent,
+    },
+    /// A storage node's wall clock is off by `skew_ms` (drawn at the
+    /// start, or set right by the operator: [`crate::clocks`]).
+    Clock {
+        /// Simulated time.
+        at: Duration,
+        /// The node.
+        node: NodeIndex,
+        /// Milliseconds ahead (negative: behind) of the true time.
+        skew_ms: i64,
+    },
     /// A node's final status (after convergence).
     Final {
         /// Simulated time.
@@ -282,6 +301,8 @@ impl Event {
             | Event::Promote { at, .. }
             | Event::Rejoin { at, .. }
             | Event::Shard { at, .. }
+            | Event::Truth { at, .. }
+            | Event::Clock { at, .. }
             | Event::Final { at, .. } => *at,
             Event::Fence(call) => call.ended,
         }
@@ -398,6 +419,10 @@ impl fmt::Display for Event {
                 node_name(*node)
             ),
             Event::Shard { what, .. } => write!(f, "shard {what}"),
+            Event::Truth { what, .. } => write!(f, "truth {what}"),
+            Event::Clock { node, skew_ms, .. } => {
+                write!(f, "clock {} skew={skew_ms}ms", node_name(*node))
+            }
             Event::Final { node, status, .. } => write!(
                 f,
                 "final {} leader={} raft_term={} authority_term={} applied={} last_fence_seq={}",
@@ -411,6 +436,79 @@ impl fmt::Display for Event {
                 status.authority_term,
                 status.applied_index,
                 status.last_fence_seq
+            ),
+        }
+    }
+}
+
+/// What the control plane's source of truth did ([`Event::Truth`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TruthEvent {
+    /// The current authority term is now `term` (bootstrap, or a
+    /// promotion recorded before its order is sent).
+    TermRecorded {
+        /// The term.
+        term: u64,
+    },
+    /// A transaction committed (logged in commit order): its audit row's
+    /// target and, for a fenced mutation, its fence `(term, seq)`.
+    Committed {
+        /// The audit row's target.
+        target: String,
+        /// The fence the transaction was checked with.
+        fence: Option<(u64, u64)>,
+    },
+    /// A control-plane worker's fenced mutation of `target` was answered.
+    Mutation {
+        /// The worker (`usize::MAX` for the client's own after the heal).
+        worker: usize,
+        /// The mutation's target (unique per run).
+        target: String,
+        /// When it was asked.
+        started: Duration,
+        /// `Ok` with the fence, or the refusal code.
+        answer: Result<(u64, u64), String>,
+    },
+    /// What the truth holds at the end of the run.
+    Final {
+        /// The targets of the applied mutations.
+        keys: BTreeSet<String>,
+        /// Every audit row, in the order written.
+        audit: Vec<crate::truth::AuditRow>,
+    },
+}
+
+impl fmt::Display for TruthEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TruthEvent::TermRecorded { term } => write!(f, "term recorded {term}"),
+            TruthEvent::Committed { target, fence } => match fence {
+                Some((term, seq)) => write!(f, "commit {target} fence={term}/{seq}"),
+                None => write!(f, "commit {target} unfenced"),
+            },
+            TruthEvent::Mutation {
+                worker,
+                target,
+                started,
+                answer,
+            } => {
+                let worker = if *worker == usize::MAX {
+                    "client".to_string()
+                } else {
+                    format!("m{worker}")
+                };
+                write!(f, "mutation {worker} {target} sent={}ms ", millis(*started))?;
+                match answer {
+                    Ok((term, seq)) => write!(f, "applied fence={term}/{seq}"),
+                    Err(code) => write!(f, "refused {code}"),
+                }
+            }
+            TruthEvent::Final { keys, audit } => write!(
+                f,
+                "final applied={} audit_rows={} refused={}",
+                keys.len(),
+                audit.len(),
+                audit.iter().filter(|row| row.result != "ok").count()
             ),
         }
     }

@@ -32,6 +32,7 @@
 //! what ran before in the process (see [`crash_silently`]).
 
 use crate::checkers::{self, CheckConfig, Violation};
+use crate::clocks::NodeClocks;
 use crate::disk::SimDisk;
 use crate::echo::{Echo, EchoPlan};
 use crate::events::{Event, EventLog, NodeIndex, Role, ShardEvent, node_name};
@@ -162,6 +163,8 @@ pub struct Scenario {
     /// Shard publication, `ShardService` and node agents
     /// ([`crate::shards`]); `None`: the authority group alone.
     pub shards: Option<ShardPlan>,
+    /// The storage nodes' wall clocks are skewed ([`crate::clocks`]).
+    pub node_clocks: bool,
 }
 
 /// What one run produced.
@@ -370,6 +373,8 @@ struct NodeHost {
     echo_rng: SimRng,
     /// Its storage certificate, when it serves shards.
     shard_identity: Option<Arc<LiveIdentity>>,
+    /// Its skewed wall clock, if the scenario skews them.
+    clock: Option<rap_proto::time::WallClock>,
 }
 
 impl NodeHost {
@@ -398,6 +403,7 @@ impl NodeHost {
             tls: None,
             connector: Some(net::connector()),
             disk: Some(self.disk.opener()),
+            clock: self.clock.clone(),
         };
         let node = AuthorityNode::start(options)
             .await
@@ -463,7 +469,8 @@ impl NodeHost {
             | Mutant::BelieveUnprovenTerm
             | Mutant::LeakToNonReaders
             | Mutant::AgentForgetsState
-            | Mutant::AgentForgetsTerm => routes.add_service(authority_api.into_service()),
+            | Mutant::AgentForgetsTerm
+            | Mutant::ControlPlaneUnchecked => routes.add_service(authority_api.into_service()),
         };
         builder
             .add_routes(routes)
@@ -581,8 +588,21 @@ fn simulate(
         Some(_) => Some(Pki::create(nodes).map_err(|e| (e, Duration::ZERO))?),
         None => None,
     };
+    let clocks = scenario
+        .node_clocks
+        .then(|| NodeClocks::draw(&mut rng.fork("node-clocks"), nodes));
+    if let Some(clocks) = &clocks {
+        for node in 0..nodes {
+            log.push(Event::Clock {
+                at: sim.elapsed(),
+                node,
+                skew_ms: clocks.skew(node),
+            });
+        }
+    }
     for (index, dir) in dirs.iter().enumerate() {
         let host = NodeHost {
+            clock: clocks.as_ref().map(|clocks| clocks.clock_of(index)),
             shard_identity: pki.as_ref().map(|pki| pki.storage(index)),
             disk: disks[index].clone(),
             echo: scenario.echo,
@@ -671,6 +691,8 @@ fn simulate(
         log: log.clone(),
         started: started.clone(),
         promotion: scenario.promotion.clone(),
+        unchecked_truth: scenario.mutant == Mutant::ControlPlaneUnchecked,
+        clocks,
     };
     sim.client(CLIENT, workload::client(plan));
     if !scenario.forger.at.is_empty() {

@@ -13,11 +13,14 @@
 //! * [`net`]: tonic over turmoil TCP (client connector, server incoming),
 //!   and the product's TLS over it.
 //! * [`faults`]: what can go wrong, and the link model the checkers use.
+//! * [`clocks`]: the storage nodes' skewed wall clocks.
 //! * [`forger`]: a non-member host forging higher-term Raft RPCs.
 //! * [`shards`]: publication, the storage nodes' `ShardService` under
 //!   mutual TLS, and node agents reading with the real agent reader.
 //! * [`mutants`]: rules broken on purpose, which the oracle must catch.
 //! * [`workload`]: the client's script (bootstrap, workers, convergence).
+//! * [`truth`]: the control plane's fenced mutations, through the real
+//!   `rap_controlplane::fencing::run`, over an in-memory source of truth.
 //! * [`events`]: the event log.
 //! * [`checkers`]: the invariants, checked over the log.
 //! * [`scenarios`]: the seeded scenarios the tests sweep.
@@ -30,6 +33,7 @@
 
 pub mod chaos;
 pub mod checkers;
+pub mod clocks;
 pub mod disk;
 pub mod echo;
 pub mod events;
@@ -42,6 +46,7 @@ pub mod operator;
 pub mod scenarios;
 pub mod seed;
 pub mod shards;
+pub mod truth;
 pub mod workload;
 
 pub use checkers::{CheckConfig, Violation};

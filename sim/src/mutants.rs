@@ -45,17 +45,25 @@ pub enum Mutant {
     /// version marks and kept shards stay), so it no longer refuses an
     /// envelope of an older term than one it accepted before.
     AgentForgetsTerm,
+    /// The control plane neither holds the authority row while it asks
+    /// for a fence nor applies the conditional fence check: a mutation is
+    /// applied with whatever fence it got, however late it commits. (With
+    /// the row held, a correct group never hands it an out-of-order
+    /// fence, so the check alone could not be caught without a second
+    /// broken rule.)
+    ControlPlaneUnchecked,
 }
 
 impl Mutant {
     /// Every mutant, for sweeps and the command line.
-    pub const ALL: [Mutant; 6] = [
+    pub const ALL: [Mutant; 7] = [
         Mutant::GrantWithoutQuorum,
         Mutant::BelieveUnprovenTerm,
         Mutant::GrantWhenFenced,
         Mutant::LeakToNonReaders,
         Mutant::AgentForgetsState,
         Mutant::AgentForgetsTerm,
+        Mutant::ControlPlaneUnchecked,
     ];
 
     /// Its command-line name.
@@ -68,6 +76,7 @@ impl Mutant {
             Mutant::LeakToNonReaders => "leak-to-non-readers",
             Mutant::AgentForgetsState => "agent-forgets-state",
             Mutant::AgentForgetsTerm => "agent-forgets-term",
+            Mutant::ControlPlaneUnchecked => "control-plane-unchecked",
         }
     }
 

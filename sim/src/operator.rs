@@ -10,19 +10,24 @@
 //! (the seed forms the new group and adds the others). Nothing here knows
 //! what the nodes do with it: the checkers judge that.
 
+use crate::clocks::NodeClocks;
 use crate::events::{Event, EventLog, NodeIndex, node_name};
 use crate::harness::{CLUSTER_ID, now};
 use crate::seed::SimRng;
+use crate::truth::MemoryTruth;
 use crate::workload::{status_of, voter_spec};
 use rap_authority::client::orders;
 use rap_authority::network::NetworkConfig;
+use rap_controlplane::audit::Action;
+use rap_controlplane::db::authority_terms::TermReason;
+use rap_controlplane::truth::{SourceOfTruth, TruthTx};
+use rap_core::codes;
 use rap_core::codes::error_detail;
 use rap_proto::envelope::SnapshotSigner;
 use rap_proto::ids::{AuthorityTerm, ClusterId};
 use rap_proto::pb;
 use rap_proto::pb::authority_service_client::AuthorityServiceClient;
 use rap_proto::time::UnixMillis;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -84,8 +89,9 @@ async fn survivors_in_minority(
     None
 }
 
-/// Carries out `plan` (recording the new term in `recorded`, the source
-/// of truth's current term, when it signs the order); returns the new
+/// Carries out `plan` (recording the new term in the source of truth
+/// `truth` before it signs the order, as `rapctl authority promote` has
+/// the control plane do in PostgreSQL); returns the new
 /// authority term once every survivor
 /// has been promoted, `None` when the operator could not (each step is in
 /// the log).
@@ -95,7 +101,8 @@ pub(crate) async fn promote(
     clients: &[AuthorityServiceClient<Channel>],
     rng: &mut SimRng,
     log: &EventLog,
-    recorded: &AtomicU64,
+    truth: &MemoryTruth,
+    clocks: Option<&NodeClocks>,
 ) -> Option<u64> {
     let survivors = survivors_in_minority(plan, clients).await?;
     // The highest applied index seeds; the first such survivor on a tie.
@@ -107,27 +114,30 @@ pub(crate) async fn promote(
         })?;
     let current_term = seed.authority_term;
     let new_term = current_term + 1;
-    let mut replay_guard = vec![0u8; 16];
-    for byte in &mut replay_guard {
-        *byte = u8::try_from(rng.below(256)).unwrap_or(0);
-    }
-    let order = pb::PromotionOrder {
+    let mut order = pb::PromotionOrder {
         cluster_id: CLUSTER_ID.into(),
         current_term,
         new_term,
         survivors: plan.survivors.iter().map(|n| node_name(*n)).collect(),
-        seed: replay_guard,
+        seed: replay_guard(rng),
         // The nodes check an order's age against the wall clock, not the
         // simulated one; the time is in no event, so traces do not vary.
         issued_at_unix_ms: UnixMillis::now().0,
         seed_node_id: node_name(seed.node),
         seed_applied_index: seed.applied_index,
     };
-    let request = rap_proto::orders::sign_promotion(&order, signer);
-    // The source of truth learns the new term as the order is issued (as
-    // `rapctl authority promote` records it in PostgreSQL): from now on no
-    // publication under an older fence is taken.
-    recorded.fetch_max(new_term, Ordering::SeqCst);
+    let mut request = rap_proto::orders::sign_promotion(&order, signer);
+    // The source of truth records the new term before the order goes out:
+    // from now on no mutation or publication under an older fence is
+    // taken.
+    if let Err(e) = record_promotion(truth, &order.survivors, current_term, new_term).await {
+        log.push(Event::Promote {
+            at: now(),
+            node: seed.node,
+            outcome: format!("not recorded {}: {e}", e.code()),
+        });
+        return None;
+    }
     log.push(Event::Promotion {
         at: now(),
         term: new_term,
@@ -146,30 +156,90 @@ pub(crate) async fn promote(
     let mut all_promoted = true;
     for node in order_of_calls {
         let mut client = clients[node].clone();
-        let outcome =
-            match tokio::time::timeout(PROMOTE_TIMEOUT, client.promote(request.clone())).await {
-                Ok(Ok(answer)) => {
-                    format!("promoted term={}", answer.into_inner().authority_term)
-                }
+        let mut clock_set_right = false;
+        loop {
+            let (promoted, outcome) = match tokio::time::timeout(
+                PROMOTE_TIMEOUT,
+                client.promote(request.clone()),
+            )
+            .await
+            {
+                Ok(Ok(answer)) => (
+                    true,
+                    format!("promoted term={}", answer.into_inner().authority_term),
+                ),
                 Ok(Err(status)) => {
-                    all_promoted = false;
                     let code = error_detail(&status)
                         .map(|d| d.code)
                         .unwrap_or_else(|| format!("{:?}", status.code()));
-                    format!("refused {code}: {}", status.message())
+                    // The window's refusal names wall-clock times,
+                    // which no trace may hold.
+                    let message = if code == codes::ORDER_OUTSIDE_WINDOW {
+                        "issued outside this node's clock window"
+                    } else {
+                        status.message()
+                    };
+                    (false, format!("refused {code}: {message}"))
                 }
-                Err(_) => {
-                    all_promoted = false;
-                    "timed out".into()
-                }
+                Err(_) => (false, "timed out".into()),
             };
-        log.push(Event::Promote {
-            at: now(),
-            node,
-            outcome,
-        });
+            let outside = outcome.starts_with(&format!("refused {}", codes::ORDER_OUTSIDE_WINDOW));
+            log.push(Event::Promote {
+                at: now(),
+                node,
+                outcome,
+            });
+            // Told so, the operator sets the node's clock right once and
+            // sends a freshly signed order (as running `rapctl authority
+            // promote` again does); the nodes after it get that one too.
+            if let (true, false, Some(clocks)) = (outside, clock_set_right, clocks) {
+                clocks.set_right(node);
+                clock_set_right = true;
+                log.push(Event::Clock {
+                    at: now(),
+                    node,
+                    skew_ms: clocks.skew(node),
+                });
+                order.seed = replay_guard(rng);
+                order.issued_at_unix_ms = UnixMillis::now().0;
+                request = rap_proto::orders::sign_promotion(&order, signer);
+                continue;
+            }
+            all_promoted &= promoted;
+            break;
+        }
     }
     all_promoted.then_some(new_term)
+}
+
+/// A fresh replay guard for an order.
+fn replay_guard(rng: &mut SimRng) -> Vec<u8> {
+    (0..16)
+        .map(|_| u8::try_from(rng.below(256)).unwrap_or(0))
+        .collect()
+}
+
+/// The promotion's transaction in the source of truth: the authority row
+/// is held (waiting for a fenced mutation in flight, as PostgreSQL's row
+/// lock does), `from` ends and `to` begins with `survivors`.
+async fn record_promotion(
+    truth: &MemoryTruth,
+    survivors: &[String],
+    from: u64,
+    to: u64,
+) -> rap_controlplane::Result<()> {
+    let mut tx = truth.begin().await?;
+    tx.lock_current(CLUSTER_ID).await?;
+    tx.advance_term(CLUSTER_ID, from, to, TermReason::Promotion, survivors)
+        .await?;
+    let action = Action::new(
+        "sim-operator",
+        "authority.promote",
+        Some(CLUSTER_ID),
+        format!("term/{to}"),
+    );
+    tx.record_ok(&action, None, serde_json::json!({})).await?;
+    tx.commit().await
 }
 
 /// The deadline of one rejoin (the old member restarts empty, the group

@@ -57,6 +57,7 @@ fn scenario(
         promotion: None,
         echo: None,
         shards: None,
+        node_clocks: false,
     }
 }
 
@@ -371,6 +372,26 @@ fn with_shard_plan(mut scenario: Scenario, what: &str, plan: ShardPlan) -> Scena
     scenario
 }
 
+/// Control-plane workers beside the fence workers of `scenario`: fenced
+/// mutations through the control plane's real fenced path over the
+/// in-memory source of truth ([`crate::truth`]).
+pub fn with_control_plane(mut scenario: Scenario) -> Scenario {
+    scenario.name = format!("{}, control-plane mutations", scenario.name);
+    scenario.workload.mutators = CONTROL_PLANE_MUTATORS;
+    scenario
+}
+
+/// `scenario` with the storage nodes' wall clocks skewed, inside or
+/// outside the signed orders' window ([`crate::clocks`]).
+pub fn with_node_clocks(mut scenario: Scenario) -> Scenario {
+    scenario.name = format!("{}, skewed node clocks", scenario.name);
+    scenario.node_clocks = true;
+    scenario
+}
+
+/// Control-plane workers of [`with_control_plane`].
+pub const CONTROL_PLANE_MUTATORS: usize = 2;
+
 /// Shards with sides: as [`with_shards`], and the cache replica and each
 /// agent stand with a storage node drawn from the seed, so a partition
 /// cuts them off from the other side ([`ShardPlan::sides`]): a reader
@@ -479,6 +500,10 @@ pub const NAMES: &[&str] = &[
     "promotion-rejoin-5",
     "crash-storm-5",
     "shards-skew-3",
+    "control-plane-swizzle-5",
+    "control-plane-promotion-5",
+    "control-plane-crash-3",
+    "promotion-skew-5",
 ];
 
 /// The scenario called `name` (one of [`NAMES`]) for `seed`.
@@ -512,6 +537,10 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "promotion-rejoin-5" => with_rejoin(promotion(seed, 5)),
         "crash-storm-5" => crash_storm(seed, 5),
         "shards-skew-3" => with_skewed_clocks(crash_restart(seed, 3)),
+        "control-plane-swizzle-5" => with_control_plane(swizzle(seed, 5)),
+        "control-plane-promotion-5" => with_rejoin(with_control_plane(promotion(seed, 5))),
+        "control-plane-crash-3" => with_control_plane(crash_restart(seed, 3)),
+        "promotion-skew-5" => with_node_clocks(promotion(seed, 5)),
         _ => return None,
     })
 }

@@ -64,7 +64,6 @@ use rap_proto::time::UnixMillis;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -461,7 +460,7 @@ pub(crate) struct PublisherRun<'a, F> {
     /// `cluster_authority_terms` in production): a fence of an older term
     /// publishes nothing, as the control plane's fenced transaction
     /// refuses it.
-    pub(crate) current_term: &'a AtomicU64,
+    pub(crate) truth: &'a crate::truth::MemoryTruth,
     pub(crate) plan: ShardPlan,
     pub(crate) signer: SnapshotSigner,
     pub(crate) rng: SimRng,
@@ -506,7 +505,7 @@ where
         round += 1;
         let fence = (run.fence)(node)
             .await
-            .filter(|f| f.authority_term >= run.current_term.load(Ordering::SeqCst));
+            .filter(|f| f.authority_term >= run.truth.current_term());
         if let Some(fence) = fence {
             let mut envelopes = Vec::new();
             for at in &chosen {

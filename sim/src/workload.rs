@@ -10,16 +10,19 @@
 //! node, so followers forward to the leader exactly as in production.
 
 use crate::events::{
-    Event, EventLog, FenceCall, FinalStatus, NodeIndex, Outcome, Phase, node_name,
+    Event, EventLog, FenceCall, FinalStatus, NodeIndex, Outcome, Phase, TruthEvent, node_name,
 };
 use crate::harness::{CLUSTER_ID, ClusterSpec, GRPC_PORT, now};
 use crate::net;
 use crate::operator::{self, PromotionPlan};
 use crate::seed::SimRng;
 use crate::shards::{self, PublisherRun, ShardPlan, SharedBoard};
+use crate::truth::{self, MemoryTruth, MemoryTx};
 use rap_authority::client::authority_client_via;
 use rap_authority::network::NetworkConfig;
 use rap_authority::partition::PartitionView;
+use rap_controlplane::audit::Action;
+use rap_controlplane::fencing::{self, AuthorityClients, StorageTransport};
 use rap_core::codes::error_detail;
 use rap_core::tls::pin::ExpectedPeer;
 use rap_proto::envelope::{SnapshotSigner, TrustRoot};
@@ -70,6 +73,10 @@ pub struct Workload {
     /// Nodes the scenario crashes for good: left out of the nodes that
     /// must agree after the heal.
     pub down_for_good: Vec<NodeIndex>,
+    /// Control-plane workers making fenced mutations through the control
+    /// plane's real fenced path over the in-memory source of truth
+    /// ([`crate::truth`]), same think times as the workers.
+    pub mutators: usize,
 }
 
 impl Default for Workload {
@@ -84,6 +91,7 @@ impl Default for Workload {
             call_timeout: Duration::from_secs(5),
             converge_timeout: Duration::from_secs(20),
             down_for_good: Vec::new(),
+            mutators: 0,
         }
     }
 }
@@ -103,6 +111,10 @@ pub(crate) struct ClientPlan {
     /// The publisher's plan and the board it shares with the agents, if
     /// the scenario has shards.
     pub(crate) shards: Option<(ShardPlan, SharedBoard)>,
+    /// [`crate::mutants::Mutant::ControlPlaneUnchecked`].
+    pub(crate) unchecked_truth: bool,
+    /// The storage nodes' skewed clocks, if the scenario skews them.
+    pub(crate) clocks: Option<crate::clocks::NodeClocks>,
 }
 
 /// The authority term each worker's calls expect. Workers of the
@@ -113,10 +125,6 @@ pub(crate) struct ClientPlan {
 struct ExpectedTerms {
     survivors: Vec<NodeIndex>,
     promoted: Arc<AtomicU64>,
-    /// The current authority term as the source of truth records it (the
-    /// control plane's `cluster_authority_terms`): set when the operator
-    /// issues a promotion order.
-    recorded: Arc<AtomicU64>,
 }
 
 impl ExpectedTerms {
@@ -128,7 +136,6 @@ impl ExpectedTerms {
                 .map(|p| p.survivors.clone())
                 .unwrap_or_default(),
             promoted: Arc::new(AtomicU64::new(INITIAL_TERM)),
-            recorded: Arc::new(AtomicU64::new(INITIAL_TERM)),
         }
     }
 
@@ -175,6 +182,22 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
         at: now(),
         phase: Phase::Bootstrapped,
     });
+    // The control plane records the bootstrapped term and the storage
+    // nodes (as `rapctl authority bootstrap` does in PostgreSQL).
+    let nodes: Vec<NodeIndex> = (0..plan.nodes).collect();
+    let truth = MemoryTruth::bootstrapped(
+        CLUSTER_ID,
+        INITIAL_TERM,
+        &nodes,
+        address,
+        log.clone(),
+        plan.unchecked_truth,
+    );
+    let authority = AuthorityClients::new(StorageTransport::Given(network.clone()));
+    // Loaded now, so no fenced mutation loads it on a blocking thread.
+    authority
+        .network(CLUSTER_ID)
+        .map_err(|e| format!("the control plane's network: {e}"))?;
 
     // Readiness: the first fence, through node 0.
     let terms = ExpectedTerms::new(&plan);
@@ -212,8 +235,16 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
         }
         let signer = genesis_signer(&plan.rng);
         let mut rng = plan.rng.fork("operator");
-        let promoted =
-            operator::promote(promotion, &signer, &clients, &mut rng, log, &terms.recorded).await;
+        let promoted = operator::promote(
+            promotion,
+            &signer,
+            &clients,
+            &mut rng,
+            log,
+            &truth,
+            plan.clocks.as_ref(),
+        )
+        .await;
         match promoted {
             Some(term) => {
                 terms.promoted.store(term, Ordering::SeqCst);
@@ -251,7 +282,7 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
         if let (Some((shard_plan, _)), Some(group)) = (&plan.shards, &shard_group) {
             let run = PublisherRun {
                 group,
-                current_term: &terms.recorded,
+                truth: &truth,
                 plan: *shard_plan,
                 signer: genesis_signer(&plan.rng),
                 rng: plan.rng.fork("publisher"),
@@ -260,8 +291,17 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
             shards::publisher(run, end).await;
         }
     };
-    let (_, promoted, ()) =
-        futures::future::join3(futures::future::join_all(workers), operator, publisher).await;
+    let mutators = (0..plan.workload.mutators).map(|worker| {
+        let rng = plan.rng.fork(&format!("mutator-{worker}"));
+        run_mutator(&plan, &truth, &authority, worker, rng, end)
+    });
+    let (_, promoted, (), _) = futures::future::join4(
+        futures::future::join_all(workers),
+        operator,
+        publisher,
+        futures::future::join_all(mutators),
+    )
+    .await;
     log.push(Event::Phase {
         at: now(),
         phase: Phase::WorkloadEnded,
@@ -304,6 +344,9 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
         }
     }
     converge(&plan, &clients, &group, true).await?;
+    if plan.workload.mutators > 0 {
+        mutate_until_applied(&plan, &truth, &authority).await?;
+    }
     if let Some(shard_group) = &shard_group {
         shards::settle(shard_group, &group, plan.workload.converge_timeout).await?;
         agents_catch_up(&plan, shard_group.board).await?;
@@ -322,13 +365,123 @@ pub(crate) async fn client(plan: ClientPlan) -> turmoil::Result {
     }
     if plan.promotion.as_ref().is_some_and(|p| p.rejoin) && !old_side.is_empty() {
         rejoin_old_side(&plan, &network, &clients, &group, &old_side, &terms).await?;
+        for node in &old_side {
+            truth.add_peer(*node, address(*node)).await;
+        }
+        if plan.workload.mutators > 0 {
+            mutate_until_applied(&plan, &truth, &authority).await?;
+        }
         if let Some(shard_group) = &shard_group {
             let everyone: Vec<NodeIndex> = (0..plan.nodes).collect();
             shards::settle(shard_group, &everyone, plan.workload.converge_timeout).await?;
             agents_catch_up(&plan, shard_group.board).await?;
         }
     }
+    truth.log_final().await;
     Ok(())
+}
+
+/// The worker number of the client's own mutations after the heal.
+const CLIENT_MUTATOR: usize = usize::MAX;
+
+/// One fenced mutation through the control plane's real fenced path
+/// (`rap_controlplane::fencing::run`) over `truth`: a new `target`,
+/// applied after a write of `write` (a database's own latency); logged
+/// with its answer. Whether it was applied.
+async fn mutate(
+    plan: &ClientPlan,
+    truth: &MemoryTruth,
+    authority: &AuthorityClients,
+    worker: usize,
+    target: String,
+    write: Duration,
+) -> bool {
+    let started = now();
+    let action = Action::new(
+        "sim-operator",
+        truth::MUTATE,
+        Some(CLUSTER_ID),
+        target.clone(),
+    );
+    let applied = fencing::run(
+        truth,
+        authority,
+        action,
+        Ok(target.clone()),
+        async |tx: &mut MemoryTx, fence, target| {
+            tx.put(&target, &fence);
+            tokio::time::sleep(write).await;
+            Ok(((fence.authority_term.0, fence.seq.0), serde_json::json!({})))
+        },
+    )
+    .await;
+    let applied = applied.map_err(|e| e.code().to_string());
+    let ok = applied.is_ok();
+    plan.log.push(Event::Truth {
+        at: now(),
+        what: TruthEvent::Mutation {
+            worker,
+            target,
+            started,
+            answer: applied,
+        },
+    });
+    ok
+}
+
+/// How long one simulated database write takes, at least and at most.
+const WRITE_MIN: Duration = Duration::from_millis(1);
+/// See [`WRITE_MIN`].
+const WRITE_MAX: Duration = Duration::from_millis(20);
+
+/// A control-plane worker: fenced mutations of new targets until `end`.
+async fn run_mutator(
+    plan: &ClientPlan,
+    truth: &MemoryTruth,
+    authority: &AuthorityClients,
+    worker: usize,
+    mut rng: SimRng,
+    end: Duration,
+) {
+    let mut n = 0u64;
+    while now() < end {
+        let write = rng.millis(WRITE_MIN, WRITE_MAX);
+        mutate(
+            plan,
+            truth,
+            authority,
+            worker,
+            format!("m{worker}-{n}"),
+            write,
+        )
+        .await;
+        n += 1;
+        let think = rng.millis(plan.workload.think_min, plan.workload.think_max);
+        tokio::time::sleep(think).await;
+    }
+}
+
+/// Liveness of the control plane after heal: a fenced mutation is applied
+/// within the convergence timeout.
+async fn mutate_until_applied(
+    plan: &ClientPlan,
+    truth: &MemoryTruth,
+    authority: &AuthorityClients,
+) -> Result<(), String> {
+    let deadline = now() + plan.workload.converge_timeout;
+    let mut n = 0u64;
+    while now() < deadline {
+        let target = format!("after-heal-{}-{n}", truth.current_term());
+        if mutate(plan, truth, authority, CLIENT_MUTATOR, target, WRITE_MIN).await {
+            return Ok(());
+        }
+        n += 1;
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    Err(format!(
+        "no fenced mutation applied within {:?} after the heal",
+        plan.workload.converge_timeout
+    ))
 }
 
 /// The operator brings the fenced old side back into the new group, one

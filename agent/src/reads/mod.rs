@@ -43,8 +43,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-/// A wall clock: what the agent checks envelopes' validity against.
-pub type WallClock = Arc<dyn Fn() -> UnixMillis + Send + Sync>;
+pub use rap_proto::time::WallClock;
 
 /// How long one read may take before the endpoint counts as stalled.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
@@ -310,9 +309,7 @@ impl Reader {
 
     /// The time on this agent's wall clock.
     fn now(&self) -> UnixMillis {
-        self.clock
-            .as_ref()
-            .map_or_else(UnixMillis::now, |clock| clock())
+        UnixMillis::on(self.clock.as_ref())
     }
 
     /// The node's own scope.

@@ -172,6 +172,9 @@ pub struct NodeOptions {
     /// `<data_dir>/raft.redb`. The simulation gives a disk that loses
     /// unsynced writes in a crash.
     pub disk: Option<store::DiskOpener>,
+    /// The wall clock signed orders' ages are checked against; `None` is
+    /// the system's. The simulation skews it.
+    pub clock: Option<rap_proto::time::WallClock>,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -185,11 +188,17 @@ impl std::fmt::Debug for NodeOptions {
             .field("tls", &self.tls.is_some())
             .field("custom_connector", &self.connector.is_some())
             .field("custom_disk", &self.disk.is_some())
+            .field("custom_clock", &self.clock.is_some())
             .finish()
     }
 }
 
 impl NodeOptions {
+    /// The time on this node's wall clock.
+    pub fn now(&self) -> rap_proto::time::UnixMillis {
+        rap_proto::time::UnixMillis::on(self.clock.as_ref())
+    }
+
     /// This node as a group member.
     pub fn member(&self) -> Member {
         Member {

@@ -10,6 +10,7 @@
 //! failed goes into `regressions`.
 
 mod breadth;
+mod control_plane;
 mod crash;
 mod determinism;
 mod echoes;
@@ -22,7 +23,7 @@ mod replay;
 mod shards;
 mod teeth;
 
-use rap_sim::Scenario;
+use rap_sim::{Scenario, scenarios};
 
 /// Runs `make(seed)` for every seed of the sweep and judges each run.
 /// `test` is the test's path in this binary (for the replay command).
@@ -30,4 +31,13 @@ pub fn sweep(test: &str, defaults: &[u64], make: impl Fn(u64) -> Scenario) {
     rap_sim::sweep(test, defaults, |seed| {
         rap_sim::run(seed, &make(seed)).into_result()
     });
+}
+
+/// Sweeps each named scenario of `names` over seeds 1–4 (as `test`).
+pub fn sweep_named(test: &str, names: &[&str]) {
+    for name in names {
+        sweep(&format!("{test} ({name})"), &[1, 2, 3, 4], |seed| {
+            scenarios::by_name(name, seed).unwrap_or_else(|| panic!("unknown {name}"))
+        });
+    }
 }

@@ -44,3 +44,35 @@ fn the_old_side_rejoins_after_a_promotion() {
         |seed| scenarios::by_name("promotion-rejoin-5", seed).expect("a named scenario"),
     );
 }
+
+// Goal: storage nodes check a signed order's age against their own wall
+// clock: a node whose clock puts a fresh order outside its window (more
+// than 2 min behind, or more than 10 min ahead) takes no order and says
+// `ORDER_OUTSIDE_WINDOW`; a node inside it never refuses so; once the
+// operator sets the clock right, a freshly signed order promotes it, and
+// the run converges as any promotion does. Method: `promotion-skew-5`
+// (every node's skew drawn from the seed, inside or outside the window)
+// over seeds 1–4, judged by every checker (`order-clock-window` among
+// them); at least one of them must see the refusal.
+#[test]
+fn promotion_orders_keep_to_the_nodes_clocks() {
+    let mut refused = 0;
+    rap_sim::sweep(
+        "promotion::promotion_orders_keep_to_the_nodes_clocks",
+        &[1, 2, 3, 4],
+        |seed| {
+            let scenario = scenarios::by_name("promotion-skew-5", seed).expect("a named scenario");
+            let report = rap_sim::run(seed, &scenario);
+            refused += report
+                .events
+                .iter()
+                .filter(|e| {
+                    matches!(e, rap_sim::Event::Promote { outcome, .. }
+                        if outcome.starts_with("refused ORDER_OUTSIDE_WINDOW"))
+                })
+                .count();
+            report.into_result()
+        },
+    );
+    assert!(refused > 0, "no seed drew a clock outside the window");
+}

@@ -1,17 +1,7 @@
 //! Shards under faults: publication with fences, `ShardService` under
 //! mutual TLS, and node agents reading with the real agent reader.
 
-use crate::sweep;
-use rap_sim::scenarios;
-
-/// Sweeps each named scenario of `names` over seeds 1–4 (as `test`).
-fn sweep_named(test: &str, names: &[&str]) {
-    for name in names {
-        sweep(&format!("{test} ({name})"), &[1, 2, 3, 4], |seed| {
-            scenarios::by_name(name, seed).unwrap_or_else(|| panic!("unknown {name}"))
-        });
-    }
-}
+use crate::sweep_named;
 
 // Goal: while storage nodes crash (losing unsynced writes) and restart, a
 // minority is cut off (the cache replica may follow it and fall behind),

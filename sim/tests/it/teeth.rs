@@ -183,3 +183,25 @@ fn the_real_system_passes_the_same_runs() {
         assert!(report.passed(), "{}", report.failure_report());
     }
 }
+
+// Goal: a control plane that applies a mutation with whatever fence it got
+// (no authority row held, no conditional check) is caught, both ways: a
+// fence older than one already applied, and an old-term fence after the
+// promotion is recorded. Method: `control-plane-crash-3` must break
+// `truth-fences-increase`, and `control-plane-promotion-5` must break
+// `truth-current-term`, within the first three seeds.
+#[test]
+fn an_unchecked_control_plane_is_caught() {
+    for (name, invariant) in [
+        ("control-plane-crash-3", "truth-fences-increase"),
+        ("control-plane-promotion-5", "truth-current-term"),
+    ] {
+        let (caught, seen) = first_caught(Mutant::ControlPlaneUnchecked, invariant, |seed| {
+            scenarios::by_name(name, seed).unwrap_or_else(|| unreachable!("a named scenario"))
+        });
+        assert!(
+            caught.is_some(),
+            "{name}: not caught in {TEETH_SEEDS} seeds: {seen:?}"
+        );
+    }
+}
