@@ -40,6 +40,12 @@ pub const AUDIT_REASON_BYTES_MAX: usize = 1024;
 /// Longest audit target stored.
 pub const AUDIT_TARGET_BYTES_MAX: usize = 256;
 
+/// Longest action filter (the schema's longest action name).
+pub const AUDIT_ACTION_FILTER_BYTES_MAX: usize = 64;
+
+/// The results an event may have, as stored.
+pub const AUDIT_RESULTS: [&str; 3] = ["ok", "refused", "failed"];
+
 /// Actor of a caller that presented no usable credential.
 pub const ANONYMOUS: &str = "anonymous";
 /// Actor prefixes of callers that are not authenticated principals: the
@@ -193,8 +199,70 @@ pub async fn refuse_unless<C>(pool: &PgPool, action: &Action, checked: Result<C>
     audited(pool, action, checked).await
 }
 
+/// The filter and start of a listing, checked: `Err(InvalidArgument)`
+/// names the field that is wrong.
+fn listing<'a>(
+    request: &'a rap_proto::pb::ListAuditEventsRequest,
+    page: &crate::page::Page,
+) -> Result<(crate::db::audit::Filter<'a>, crate::db::audit::Start)> {
+    use crate::db::audit::{Filter, Start};
+    for (field, value) in [("actor", &request.actor), ("target", &request.target)] {
+        if value.len() > AUDIT_TARGET_BYTES_MAX {
+            return Err(Error::invalid(format!(
+                "the {field} filter is longer than {AUDIT_TARGET_BYTES_MAX} bytes"
+            )));
+        }
+    }
+    let action = request.action.as_str();
+    if action.len() > AUDIT_ACTION_FILTER_BYTES_MAX
+        || !action
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_".contains(&b))
+    {
+        return Err(Error::invalid(format!(
+            "the action filter must be an action name or a prefix ending in a dot \
+             ([a-z0-9._-], at most {AUDIT_ACTION_FILTER_BYTES_MAX} bytes), not {action:?}"
+        )));
+    }
+    let result = request.result.as_str();
+    if !result.is_empty() && !AUDIT_RESULTS.contains(&result) {
+        return Err(Error::invalid(format!(
+            "the result filter must be one of {}, not {result:?}",
+            AUDIT_RESULTS.join(", ")
+        )));
+    }
+    let token = if page.after.is_empty() {
+        None
+    } else {
+        let id = page
+            .after
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| Error::invalid("the page token is not one this call gave"))?;
+        Some(id)
+    };
+    let after = i64::try_from(request.after_event_id).unwrap_or(i64::MAX);
+    let start = match (after, token) {
+        (0, None) => Start::Before(i64::MAX),
+        (0, Some(id)) => Start::Before(id),
+        (after, token) => Start::After(token.unwrap_or(after).max(after)),
+    };
+    let filter = Filter {
+        cluster_id: &request.cluster_id,
+        actor: &request.actor,
+        action,
+        action_prefix: action.ends_with('.'),
+        target: &request.target,
+        result,
+    };
+    Ok((filter, start))
+}
+
 /// Lists audit events: the newest page, or (with `after_event_id`) the
-/// events after that id in order (for `tail`).
+/// events after that id in order (for `tail`), as the request's filters
+/// keep them; a page is in ascending id order, and its token continues
+/// the listing (to older events, or after the page).
 pub async fn list(
     pool: &PgPool,
     principal: &crate::auth::Principal,
@@ -202,10 +270,11 @@ pub async fn list(
 ) -> Result<rap_proto::pb::ListAuditEventsResponse> {
     principal.require_platform()?;
     let page = crate::page::Page::from_pb(request.page.as_ref());
-    let after = i64::try_from(request.after_event_id).unwrap_or(i64::MAX);
+    let (filter, start) = listing(request, &page)?;
     let mut conn = pool.acquire().await?;
-    let mut rows = crate::db::audit::list(&mut conn, &request.cluster_id, after, page.size).await?;
-    if after == 0 {
+    let mut rows = crate::db::audit::list(&mut conn, &filter, start, page.limit()).await?;
+    let next_page_token = page.finish(&mut rows, |row| row.event_id.to_string());
+    if matches!(start, crate::db::audit::Start::Before(_)) {
         rows.reverse();
     }
     let events = rows
@@ -232,7 +301,7 @@ pub async fn list(
         .collect();
     Ok(rap_proto::pb::ListAuditEventsResponse {
         events,
-        next_page_token: String::new(),
+        next_page_token,
     })
 }
 

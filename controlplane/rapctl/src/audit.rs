@@ -1,8 +1,10 @@
 //! `rapctl audit list|tail`: the audit log.
 //!
 //! The API's paging is by event id: with `after_event_id = 0` it returns
-//! the newest `page_size` events, otherwise the oldest ones after that id;
-//! either way in ascending id order.
+//! the newest `page_size` events (its page token pages back to older
+//! ones), otherwise the oldest ones after that id; either way in
+//! ascending id order. Filters (actor, action or action prefix, target,
+//! result) narrow both.
 
 use crate::client::{self, Conn, PAGE_SIZE, Session};
 use crate::errors::clean;
@@ -31,30 +33,69 @@ pub struct AuditArgs {
     command: AuditCommand,
 }
 
+/// Which events to show (all given must hold).
+#[derive(clap::Args, Debug, Default)]
+struct Filters {
+    /// Only this cluster's events.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Only events by this actor (`owner`, `principal:<id>`, ...).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only this action (`join-request.approve`), or every action under a
+    /// prefix ending in a dot (`join-request.`).
+    #[arg(long)]
+    action: Option<String>,
+    /// Only events on this target (a node, request or token id, ...).
+    #[arg(long)]
+    target: Option<String>,
+    /// Only events with this result.
+    #[arg(long, value_parser = ["ok", "refused", "failed"])]
+    result: Option<String>,
+}
+
+impl Filters {
+    /// A request for the events these filters keep (no paging yet).
+    fn request(&self) -> pb::ListAuditEventsRequest {
+        let text = |value: &Option<String>| value.clone().unwrap_or_default();
+        pb::ListAuditEventsRequest {
+            cluster_id: text(&self.cluster),
+            actor: text(&self.actor),
+            action: text(&self.action),
+            target: text(&self.target),
+            result: text(&self.result),
+            ..Default::default()
+        }
+    }
+}
+
 /// Audit commands.
 #[derive(clap::Subcommand, Debug)]
 enum AuditCommand {
     /// List the newest audit events (or, with --after, the oldest ones
-    /// after an event id), in ascending id order.
+    /// after an event id), in ascending id order; when older events are
+    /// left, says how to see them (--before).
     List {
-        /// Only this cluster's events.
-        #[arg(long)]
-        cluster: Option<String>,
+        #[command(flatten)]
+        filters: Filters,
         /// At most this many events.
         #[arg(long, default_value_t = LIST_LIMIT_DEFAULT,
               value_parser = clap::value_parser!(u32).range(1..=i64::from(LIST_LIMIT_MAX)))]
         limit: u32,
         /// List the events after this id, oldest first (for paging: pass
         /// the last id shown).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, conflicts_with = "before")]
         after: u64,
+        /// List the newest events older than this id (for paging back:
+        /// pass the first id shown).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        before: Option<u64>,
     },
     /// Show the last 20 events; with --follow, keep printing new ones every
     /// second until Ctrl-C. With `-o json`, one JSON object per line.
     Tail {
-        /// Only this cluster's events.
-        #[arg(long)]
-        cluster: Option<String>,
+        #[command(flatten)]
+        filters: Filters,
         /// Keep printing new events until Ctrl-C.
         #[arg(long, short = 'f')]
         follow: bool,
@@ -107,42 +148,56 @@ fn event_line(e: &pb::AuditEvent) -> String {
     ))
 }
 
+/// One page of the events `filters` keep: after `after`, or (with
+/// `after` 0) the newest ones below `before`; sorted by id, with the
+/// page token that continues the listing ("" at its end).
+async fn page(
+    s: &Session,
+    filters: &Filters,
+    after: u64,
+    before: Option<u64>,
+    page_size: u32,
+) -> Result<(Vec<pb::AuditEvent>, String), tonic::Status> {
+    let request = pb::ListAuditEventsRequest {
+        after_event_id: after,
+        page: Some(pb::PageRequest {
+            page_size,
+            page_token: before.map(|id| id.to_string()).unwrap_or_default(),
+        }),
+        ..filters.request()
+    };
+    let answer = s
+        .client
+        .clone()
+        .list_audit_events(request)
+        .await?
+        .into_inner();
+    let mut events = answer.events;
+    events.retain(|e| e.event_id > after && before.is_none_or(|before| e.event_id < before));
+    events.sort_by_key(|e| e.event_id);
+    Ok((events, answer.next_page_token))
+}
+
 /// One page of events after `after`, sorted by id.
 async fn page_after(
     s: &Session,
-    cluster_id: &str,
+    filters: &Filters,
     after: u64,
     page_size: u32,
 ) -> Result<Vec<pb::AuditEvent>, tonic::Status> {
-    let mut events = s
-        .client
-        .clone()
-        .list_audit_events(pb::ListAuditEventsRequest {
-            cluster_id: cluster_id.to_string(),
-            after_event_id: after,
-            page: Some(pb::PageRequest {
-                page_size,
-                page_token: String::new(),
-            }),
-        })
-        .await?
-        .into_inner()
-        .events;
-    events.retain(|e| e.event_id > after);
-    events.sort_by_key(|e| e.event_id);
-    Ok(events)
+    Ok(page(s, filters, after, None, page_size).await?.0)
 }
 
 /// Every event after `after` (paging by event id), handing each page to
 /// `each`; returns the highest id seen (or `after`).
 async fn drain_after(
     s: &Session,
-    cluster_id: &str,
+    filters: &Filters,
     mut after: u64,
     mut each: impl FnMut(Vec<pb::AuditEvent>),
 ) -> Result<u64, tonic::Status> {
     loop {
-        let events = page_after(s, cluster_id, after, PAGE_SIZE).await?;
+        let events = page_after(s, filters, after, PAGE_SIZE).await?;
         let Some(last) = events.last().map(|e| e.event_id) else {
             return Ok(after);
         };
@@ -156,11 +211,12 @@ pub async fn run_audit(args: AuditArgs, format: Format) -> Result<()> {
     let s = client::connect(&args.conn, "audit").await?;
     match args.command {
         AuditCommand::List {
-            cluster,
+            filters,
             limit,
             after,
+            before,
         } => {
-            let events = page_after(&s, &cluster.unwrap_or_default(), after, limit)
+            let (events, next) = page(&s, &filters, after, before, limit)
                 .await
                 .map_err(|e| s.fail(e))?;
             let mut table = Table::new(&[
@@ -179,16 +235,23 @@ pub async fn run_audit(args: AuditArgs, format: Format) -> Result<()> {
                     or_dash(&e.reason),
                 ]);
             }
-            let json = json!({"events": events.iter().map(event_json).collect::<Vec<_>>()});
+            let json = json!({
+                "events": events.iter().map(event_json).collect::<Vec<_>>(),
+                "next_page_token": next,
+            });
             print_list(format, &table, &json);
+            // Newest first: the token is the oldest id shown, and older
+            // events are left.
+            if after == 0 && !next.is_empty() && format == Format::Table {
+                eprintln!("older events: add --before {next}");
+            }
         }
-        AuditCommand::Tail { cluster, follow } => {
-            let cluster_id = cluster.unwrap_or_default();
+        AuditCommand::Tail { filters, follow } => {
             let print = |e: &pb::AuditEvent| match format {
                 Format::Json => crate::outln!("{}", event_json(e)),
                 Format::Table => crate::outln!("{}", event_line(e)),
             };
-            let last = page_after(&s, &cluster_id, 0, TAIL_EVENTS)
+            let last = page_after(&s, &filters, 0, TAIL_EVENTS)
                 .await
                 .map_err(|e| s.fail(e))?;
             last.iter().for_each(print);
@@ -204,7 +267,7 @@ pub async fn run_audit(args: AuditArgs, format: Format) -> Result<()> {
                     _ = &mut ctrl_c => return Ok(()),
                     _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
                 }
-                let poll = drain_after(&s, &cluster_id, cursor, |page| page.iter().for_each(print));
+                let poll = drain_after(&s, &filters, cursor, |page| page.iter().for_each(print));
                 let result = tokio::select! {
                     _ = &mut ctrl_c => return Ok(()),
                     result = poll => result,

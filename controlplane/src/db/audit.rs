@@ -75,26 +75,78 @@ pub async fn insert(
     .await?)
 }
 
-/// Events of a cluster (all when `cluster_id` is empty): with `after` 0,
-/// the newest `limit`, newest first; else the `limit` after event `after`,
-/// oldest first.
+/// Which events a listing keeps; an empty field matches every event.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Filter<'a> {
+    /// Only this cluster's events.
+    pub cluster_id: &'a str,
+    /// Only this actor's.
+    pub actor: &'a str,
+    /// Only this action, or every action under it when `action_prefix`.
+    pub action: &'a str,
+    /// `action` is a prefix (it ends in a dot).
+    pub action_prefix: bool,
+    /// Only events on this target.
+    pub target: &'a str,
+    /// Only this result (`ok`, `refused`, `failed`).
+    pub result: &'a str,
+}
+
+/// Where a listing starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The newest events below this id (`i64::MAX`: the newest of all),
+    /// newest first.
+    Before(i64),
+    /// The events after this id, oldest first.
+    After(i64),
+}
+
+/// The columns of [`Event`] and the filter clause of [`list`] (`$1`..`$6`).
+const LIST_FROM: &str =
+    "SELECT event_id, cluster_id, actor, action, target, result, reason, fence_term, fence_seq,
+            (extract(epoch FROM at) * 1000)::bigint AS at_unix_ms
+       FROM cluster_audit_events
+      WHERE ($1 = '' OR cluster_id = $1)
+        AND ($2 = '' OR actor = $2)
+        AND ($3 = '' OR action = $3)
+        AND ($4 = '' OR action LIKE $4)
+        AND ($5 = '' OR target = $5)
+        AND ($6 = '' OR result = $6)";
+
+/// Up to `limit` events that `filter` keeps, from `start` on (newest
+/// first for [`Start::Before`], oldest first for [`Start::After`]).
 pub async fn list(
     conn: &mut PgConnection,
-    cluster_id: &str,
-    after: i64,
+    filter: &Filter<'_>,
+    start: Start,
     limit: i64,
 ) -> Result<Vec<Event>> {
-    Ok(sqlx::query_as(
-        "SELECT event_id, cluster_id, actor, action, target, result, reason, fence_term, fence_seq,
-                (extract(epoch FROM at) * 1000)::bigint AS at_unix_ms
-           FROM cluster_audit_events
-          WHERE ($1 = '' OR cluster_id = $1) AND event_id > $2
-          ORDER BY CASE WHEN $2 = 0 THEN -event_id ELSE event_id END
-          LIMIT $3",
-    )
-    .bind(cluster_id)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?)
+    let (sql, from) = match start {
+        Start::Before(id) => (
+            format!("{LIST_FROM} AND event_id < $7 ORDER BY event_id DESC LIMIT $8"),
+            id,
+        ),
+        Start::After(id) => (
+            format!("{LIST_FROM} AND event_id > $7 ORDER BY event_id LIMIT $8"),
+            id,
+        ),
+    };
+    // Actions are `[a-z0-9._-]`: `_` is the one LIKE wildcard among them.
+    let (exact, like) = if filter.action_prefix {
+        ("", format!("{}%", filter.action.replace('_', "\\_")))
+    } else {
+        (filter.action, String::new())
+    };
+    Ok(sqlx::query_as(&sql)
+        .bind(filter.cluster_id)
+        .bind(filter.actor)
+        .bind(exact)
+        .bind(like)
+        .bind(filter.target)
+        .bind(filter.result)
+        .bind(from)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?)
 }

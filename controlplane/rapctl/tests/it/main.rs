@@ -2,6 +2,7 @@
 //! real control-plane server on the test platform (`rap_testkit`).
 #![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
+mod audit;
 mod caches;
 mod cli;
 mod principals;
