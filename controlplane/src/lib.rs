@@ -29,6 +29,7 @@ pub mod audit;
 pub mod auth;
 pub mod authority_ops;
 pub mod caches;
+pub mod certificates;
 pub mod clusters;
 pub mod context;
 pub mod db;

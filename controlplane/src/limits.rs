@@ -88,6 +88,12 @@ pub const PAGE_SIZE_MAX: u32 = 500;
 /// Page size when the caller gives none.
 pub const PAGE_SIZE_DEFAULT: u32 = 100;
 
+/// The certificate expiry report's window when the caller gives none.
+pub const CERT_EXPIRY_WINDOW_DEFAULT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The widest window the certificate expiry report takes (longer than
+/// any certificate the platform issues, so "everything" fits in it).
+pub const CERT_EXPIRY_WINDOW_MAX: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
+
 /// Database connections of one control plane process.
 pub const DB_POOL_CONNECTIONS: u32 = 16;
 /// How long a fenced mutation waits for its fence before refusing.
@@ -125,6 +131,9 @@ pub const HEARTBEAT_LOG_CHANGES_MAX: u32 = 10;
 const _: () = assert!(JOIN_TOKEN_SECRET_BYTES * 8 >= 128);
 const _: () = assert!(PROOF_NONCE_BYTES_MIN <= PROOF_NONCE_BYTES_MAX);
 const _: () = assert!(PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX);
+const _: () = assert!(CERT_EXPIRY_WINDOW_DEFAULT.as_secs() <= CERT_EXPIRY_WINDOW_MAX.as_secs());
+const _: () =
+    assert!(rap_core::tls::CLUSTER_CA_VALIDITY.as_secs() <= CERT_EXPIRY_WINDOW_MAX.as_secs());
 const _: () = assert!(HEARTBEAT_BATCH_MAX <= HEARTBEAT_QUEUE_MAX);
 const _: () = assert!(HEARTBEAT_NODE_BURST >= 1 && HEARTBEAT_LOG_CHANGES_MAX >= 1);
 const _: () = assert!((HEARTBEAT_NODE_BURST as usize) < HEARTBEAT_QUEUE_MAX);

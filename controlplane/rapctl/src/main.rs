@@ -9,6 +9,7 @@
 
 mod audit;
 mod authority;
+mod certs;
 mod client;
 mod cluster;
 mod demo;
@@ -72,6 +73,8 @@ enum Command {
     Service(nodes::ServiceArgs),
     /// List and tail the audit log.
     Audit(audit::AuditArgs),
+    /// Certificates: which expire soon.
+    Certs(certs::CertsArgs),
     /// Organizations (tenants) and their logical endpoints.
     Org(orgs::OrgArgs),
     /// Create principals (people or automation) and their API tokens.
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
         Command::Group(args) => block_on(nodes::run_group(args, format)),
         Command::Service(args) => block_on(nodes::run_service(args, format)),
         Command::Audit(args) => block_on(audit::run_audit(args, format)),
+        Command::Certs(args) => block_on(certs::run_certs(args, format)),
         Command::Org(args) => block_on(orgs::run_org(args, format)),
         Command::Principal(args) => block_on(orgs::run_principal(args, format)),
         Command::Whoami(args) => block_on(orgs::run_whoami(args, format)),

@@ -356,6 +356,18 @@ impl AdminService for AdminApi {
         )
     }
 
+    async fn list_expiring_certificates(
+        &self,
+        request: Request<pb::ListExpiringCertificatesRequest>,
+    ) -> std::result::Result<Response<pb::ListExpiringCertificatesResponse>, Status> {
+        let (p, r) = authed!(self, request, "certificate.expiry");
+        let result = crate::certificates::expiring(&self.ctx, &p, &r).await;
+        reply(
+            self.refused_read(&p, "certificate.expiry", &r.cluster_id, result)
+                .await,
+        )
+    }
+
     async fn get_authority_status(
         &self,
         request: Request<pb::GetAuthorityStatusRequest>,

@@ -429,6 +429,52 @@ pub struct ActiveCertificate {
     pub not_after_unix_ms: i64,
 }
 
+/// An active identity's certificate, for the expiry report.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct IdentityExpiry {
+    /// Its row (the report's tie-break).
+    pub identity_id: i64,
+    /// Its cluster.
+    pub cluster_id: String,
+    /// Its node.
+    pub node_id: String,
+    /// `node` or `storage`.
+    pub kind: String,
+    /// The certificate's serial (hex).
+    pub certificate_serial: String,
+    /// Not after, Unix ms.
+    pub not_after_unix_ms: i64,
+}
+
+/// Active identities of `cluster_id` (every cluster when empty) whose
+/// certificates end before `until_unix_ms`, soonest first, after
+/// `after` (not after, identity id), at most `limit`.
+pub async fn expiring_identities(
+    conn: &mut PgConnection,
+    cluster_id: &str,
+    until_unix_ms: i64,
+    after: (i64, i64),
+    limit: i64,
+) -> Result<Vec<IdentityExpiry>> {
+    Ok(sqlx::query_as(
+        "SELECT identity_id, cluster_id, node_id, kind, certificate_serial, not_after_unix_ms
+           FROM (SELECT *, (extract(epoch FROM certificate_not_after) * 1000)::bigint
+                               AS not_after_unix_ms
+                   FROM node_identities
+                  WHERE identity_status = 'active' AND ($1 = '' OR cluster_id = $1)) AS i
+          WHERE not_after_unix_ms < $2 AND (not_after_unix_ms, identity_id) > ($3, $4)
+          ORDER BY not_after_unix_ms, identity_id
+          LIMIT $5",
+    )
+    .bind(cluster_id)
+    .bind(until_unix_ms)
+    .bind(after.0)
+    .bind(after.1)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// The node's active certificate in the cluster for key `fingerprint`.
 pub async fn active_certificate(
     conn: &mut PgConnection,

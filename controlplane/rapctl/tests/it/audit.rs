@@ -181,26 +181,7 @@ async fn audit_list_filters_and_pages_back() {
 
     // The wrong caller: an org admin may not read the core's audit, and
     // the refusal is itself audited.
-    let (code, _, err) = server.rapctl(&p, &["org", "create", "acme"]).await;
-    assert_eq!(code, 0, "{err}");
-    let (code, out, err) = server
-        .rapctl(
-            &p,
-            &[
-                "principal",
-                "create",
-                "acme-admin",
-                "--kind",
-                "org-admin",
-                "--org",
-                "acme",
-                "-o",
-                "json",
-            ],
-        )
-        .await;
-    assert_eq!(code, 0, "{err}");
-    let org_token = json(&out)["raw_token"].as_str().unwrap().to_string();
+    let org_token = crate::org_admin_token(&server, &p, "acme").await;
     let refusals_before = p.audit_events("audit.list").await;
     let (code, out, err) = server
         .rapctl_as(&p, &org_token, &["audit", "list", "--actor", "alice"])

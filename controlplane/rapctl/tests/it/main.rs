@@ -4,6 +4,7 @@
 
 mod audit;
 mod caches;
+mod certs;
 mod cli;
 mod principals;
 mod promotion;
@@ -29,4 +30,32 @@ impl Rapctl for ControlPlane {
         let rapctl = Path::new(env!("CARGO_BIN_EXE_rapctl"));
         self.run_rapctl(rapctl, p, token, args).await
     }
+}
+
+/// Creates organization `org` and an org admin in it through rapctl as
+/// the owner; returns the admin's API token.
+async fn org_admin_token(server: &ControlPlane, p: &Platform, org: &str) -> String {
+    let (code, _, err) = server.rapctl(p, &["org", "create", org]).await;
+    assert_eq!(code, 0, "{err}");
+    let admin = format!("{org}-admin");
+    let (code, out, err) = server
+        .rapctl(
+            p,
+            &[
+                "principal",
+                "create",
+                &admin,
+                "--kind",
+                "org-admin",
+                "--org",
+                org,
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    created["raw_token"].as_str().unwrap().to_string()
 }
