@@ -21,10 +21,10 @@ use rap_proto::ids::{ClusterId, NodeId};
 use rap_proto::pb;
 use rap_proto::revocations::REVOCATIONS_SCOPE;
 
-fn node_pb(cluster_id: &str, row: db::nodes::NodeOverview) -> pb::Node {
+fn node_pb(row: db::nodes::NodeOverview) -> pb::Node {
     pb::Node {
         node_id: row.node_id,
-        cluster_id: cluster_id.to_string(),
+        cluster_id: row.cluster_id,
         membership_status: row.membership_status,
         identity_status: row.identity_status,
         certificate_serial: row.certificate_serial,
@@ -39,22 +39,30 @@ fn node_pb(cluster_id: &str, row: db::nodes::NodeOverview) -> pb::Node {
     }
 }
 
-/// Lists a cluster's nodes (platform principals).
+/// Lists a cluster's nodes, or every cluster's when none is named, by
+/// cluster then node id (platform principals). The page token is
+/// `<cluster>/<node>` of the last node of the page.
 pub async fn list(
     ctx: &Context,
     principal: &Principal,
     request: &pb::ListNodesRequest,
 ) -> Result<(Vec<pb::Node>, String)> {
     principal.require_platform()?;
-    ClusterId::new(request.cluster_id.as_str())?;
+    if !request.cluster_id.is_empty() {
+        ClusterId::new(request.cluster_id.as_str())?;
+    }
     let page = Page::from_pb(request.page.as_ref());
+    let after = if page.after.is_empty() {
+        ("", "")
+    } else {
+        page.after
+            .split_once('/')
+            .ok_or_else(|| Error::invalid("the page token is not one this call gave"))?
+    };
     let mut conn = ctx.pool.acquire().await?;
-    let rows = db::nodes::list(&mut conn, &request.cluster_id, &page.after, page.limit()).await?;
-    let mut nodes: Vec<pb::Node> = rows
-        .into_iter()
-        .map(|r| node_pb(&request.cluster_id, r))
-        .collect();
-    let next = page.finish(&mut nodes, |n| n.node_id.clone());
+    let rows = db::nodes::list(&mut conn, &request.cluster_id, after, page.limit()).await?;
+    let mut nodes: Vec<pb::Node> = rows.into_iter().map(node_pb).collect();
+    let next = page.finish(&mut nodes, |n| format!("{}/{}", n.cluster_id, n.node_id));
     Ok((nodes, next))
 }
 
@@ -70,7 +78,7 @@ pub async fn get(
 
 async fn get_unchecked(pool: &sqlx::PgPool, cluster_id: &str, node_id: &str) -> Result<pb::Node> {
     let row = db::nodes::get(&mut *pool.acquire().await?, cluster_id, node_id).await?;
-    row.map(|r| node_pb(cluster_id, r))
+    row.map(node_pb)
         .ok_or_else(|| Error::not_found("node", format!("{cluster_id}/{node_id}")))
 }
 

@@ -22,11 +22,12 @@ pub struct NodeArgs {
 /// Node commands.
 #[derive(clap::Subcommand, Debug)]
 enum NodeCommand {
-    /// List a cluster's nodes with membership, health and roles.
+    /// List a cluster's nodes (or, without --cluster, every cluster's)
+    /// with membership, health and roles.
     List {
-        /// The cluster.
+        /// The cluster (default: every cluster).
         #[arg(long)]
-        cluster: String,
+        cluster: Option<String>,
     },
     /// Show one node: identity, certificate, capabilities, roles, group.
     Show {
@@ -262,7 +263,7 @@ pub async fn run_node(args: NodeArgs, format: Format) -> Result<()> {
                     .client
                     .clone()
                     .list_nodes(pb::ListNodesRequest {
-                        cluster_id: cluster.clone(),
+                        cluster_id: cluster.clone().unwrap_or_default(),
                         page: page(&token),
                     })
                     .await
@@ -272,6 +273,7 @@ pub async fn run_node(args: NodeArgs, format: Format) -> Result<()> {
             })
             .await?;
             let mut table = Table::new(&[
+                "CLUSTER",
                 "NODE",
                 "MEMBERSHIP",
                 "IDENTITY",
@@ -283,6 +285,7 @@ pub async fn run_node(args: NodeArgs, format: Format) -> Result<()> {
             ]);
             for n in &nodes {
                 table.row(vec![
+                    n.cluster_id.clone(),
                     n.node_id.clone(),
                     or_dash(&n.membership_status),
                     or_dash(&n.identity_status),

@@ -12,6 +12,8 @@ use sqlx::PgConnection;
 /// active roles.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct NodeOverview {
+    /// The cluster.
+    pub cluster_id: String,
     /// The node id.
     pub node_id: String,
     /// `active`, `disabled` or `revoked`.
@@ -39,7 +41,7 @@ pub struct NodeOverview {
 }
 
 const NODE_QUERY: &str = "
-    SELECT m.node_id, m.membership_status,
+    SELECT m.cluster_id, m.node_id, m.membership_status,
            coalesce(i.identity_status, 'none') AS identity_status,
            coalesce(i.certificate_serial, '') AS certificate_serial,
            coalesce((extract(epoch FROM i.certificate_not_after) * 1000)::bigint, 0)
@@ -60,22 +62,24 @@ const NODE_QUERY: &str = "
                           WHERE i.cluster_id = m.cluster_id AND i.node_id = m.node_id
                           ORDER BY (i.identity_status = 'active') DESC, i.identity_id DESC LIMIT 1) i ON true
       LEFT JOIN node_heartbeat_latest h ON h.cluster_id = m.cluster_id AND h.node_id = m.node_id
-     WHERE m.cluster_id = $1
-       AND m.membership_id = (SELECT max(m2.membership_id) FROM cluster_memberships m2
+     WHERE m.membership_id = (SELECT max(m2.membership_id) FROM cluster_memberships m2
                                WHERE m2.cluster_id = m.cluster_id AND m2.node_id = m.node_id)";
 
-/// A page of a cluster's nodes, by node id after `after`.
+/// A page of the nodes of `cluster_id` (of every cluster when empty), by
+/// (cluster id, node id) after `after`.
 pub async fn list(
     conn: &mut PgConnection,
     cluster_id: &str,
-    after: &str,
+    after: (&str, &str),
     limit: i64,
 ) -> Result<Vec<NodeOverview>> {
     Ok(sqlx::query_as(&format!(
-        "{NODE_QUERY} AND m.node_id > $2 ORDER BY m.node_id LIMIT $3"
+        "{NODE_QUERY} AND ($1 = '' OR m.cluster_id = $1) AND (m.cluster_id, m.node_id) > ($2, $3)
+          ORDER BY m.cluster_id, m.node_id LIMIT $4"
     ))
     .bind(cluster_id)
-    .bind(after)
+    .bind(after.0)
+    .bind(after.1)
     .bind(limit)
     .fetch_all(conn)
     .await?)
@@ -87,11 +91,13 @@ pub async fn get(
     cluster_id: &str,
     node_id: &str,
 ) -> Result<Option<NodeOverview>> {
-    Ok(sqlx::query_as(&format!("{NODE_QUERY} AND m.node_id = $2"))
-        .bind(cluster_id)
-        .bind(node_id)
-        .fetch_optional(conn)
-        .await?)
+    Ok(sqlx::query_as(&format!(
+        "{NODE_QUERY} AND m.cluster_id = $1 AND m.node_id = $2"
+    ))
+    .bind(cluster_id)
+    .bind(node_id)
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// Revokes the node's active and rotated identities in the cluster;

@@ -294,3 +294,99 @@ async fn rapctl_publishes_fetches_rotates_and_reports_placement() {
     assert_eq!(code, 1, "an unknown label is refused: {err}");
     assert!(err.contains("INVALID_ARGUMENT"), "{err}");
 }
+
+// Goal: `rapctl node list` without --cluster is the platform-wide list:
+// every cluster's nodes, by cluster then node id, each naming its
+// cluster; the API's pages put together give each node once; a page
+// token it did not give is refused; an org admin is refused. Method: two
+// clusters without authority groups, storage nodes enrolled into each as
+// `rap-configstore join` does; the real rapctl, then the API a node at a
+// time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_list_across_clusters() {
+    let p = Platform::without_storage("c1", std::time::Duration::from_secs(3600)).await;
+    let server = p.serve().await;
+    let (code, _, err) = server.rapctl(&p, &["cluster", "create", "c2"]).await;
+    assert_eq!(code, 0, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    for (cluster, node) in [("c2", "t1"), ("c1", "s2"), ("c1", "s1")] {
+        rap_testkit::platform::enrol_storage(
+            &p.ctx,
+            &p.owner,
+            cluster,
+            node,
+            &dir.path().join(node),
+        )
+        .await;
+    }
+    let listed = |out: &str| -> Vec<(String, String)> {
+        json(out)["nodes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no nodes in {out}"))
+            .iter()
+            .map(|n| {
+                (
+                    n["cluster_id"].as_str().unwrap().to_string(),
+                    n["node_id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let all =
+        [("c1", "s1"), ("c1", "s2"), ("c2", "t1")].map(|(c, n)| (c.to_string(), n.to_string()));
+    let (code, out, err) = server.rapctl(&p, &["node", "list", "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(listed(&out), all, "{out}");
+    let (code, out, err) = server
+        .rapctl(&p, &["node", "list", "--cluster", "c2", "-o", "json"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(listed(&out), all[2..], "{out}");
+    let (code, out, err) = server.rapctl(&p, &["node", "list"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("CLUSTER") && out.contains("c2"), "{out}");
+
+    let mut token = String::new();
+    let mut paged = Vec::new();
+    for _ in 0..10 {
+        let (nodes, next) = rap_controlplane::nodes::list(
+            &p.ctx,
+            &p.owner,
+            &rap_proto::pb::ListNodesRequest {
+                cluster_id: String::new(),
+                page: Some(rap_proto::pb::PageRequest {
+                    page_size: 1,
+                    page_token: token.clone(),
+                }),
+            },
+        )
+        .await
+        .unwrap();
+        paged.extend(nodes.into_iter().map(|n| (n.cluster_id, n.node_id)));
+        token = next;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(paged, all);
+    let refused = rap_controlplane::nodes::list(
+        &p.ctx,
+        &p.owner,
+        &rap_proto::pb::ListNodesRequest {
+            cluster_id: String::new(),
+            page: Some(rap_proto::pb::PageRequest {
+                page_size: 1,
+                page_token: "no-slash".into(),
+            }),
+        },
+    )
+    .await
+    .expect_err("a token the call did not give");
+    assert_eq!(refused.code(), "INVALID_ARGUMENT", "{refused}");
+
+    let org_token = crate::org_admin_token(&server, &p, "acme").await;
+    let (code, out, err) = server.rapctl_as(&p, &org_token, &["node", "list"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("PERMISSION_DENIED"), "{err}");
+    assert!(!out.contains("t1"), "{out}");
+}
