@@ -42,6 +42,7 @@ pub mod keys;
 pub mod limits;
 pub mod nodes;
 pub mod orgs;
+pub mod overview;
 pub mod page;
 pub mod principals;
 pub mod roles;

@@ -19,6 +19,7 @@ mod migrate;
 mod nodes;
 mod orgs;
 mod output;
+mod overview;
 mod placement;
 mod published;
 mod snapshot;
@@ -54,6 +55,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The platform at a glance: every cluster's state and the risks.
+    Overview(overview::OverviewArgs),
     /// Create, list, show and bootstrap clusters.
     Cluster(cluster::ClusterArgs),
     /// A cluster's authority group: status, promotion after loss of
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Snapshot(command) => snapshot::run(command, format),
         Command::Demo(args) => demo::run(args, format),
+        Command::Overview(args) => block_on(overview::run_overview(args, format)),
         Command::Cluster(args) => block_on(cluster::run_cluster(args, format)),
         Command::Authority(args) => block_on(authority::run_authority(args, format)),
         Command::Token(args) => block_on(cluster::run_token(args, format)),

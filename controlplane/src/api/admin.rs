@@ -128,6 +128,15 @@ impl AdminService for AdminApi {
         )
     }
 
+    async fn get_overview(
+        &self,
+        request: Request<pb::GetOverviewRequest>,
+    ) -> std::result::Result<Response<pb::Overview>, Status> {
+        let (p, r) = authed!(self, request, "overview.get");
+        let result = crate::overview::overview(&self.ctx, &p, &r).await;
+        reply(self.refused_read(&p, "overview.get", "", result).await)
+    }
+
     async fn get_cluster(
         &self,
         request: Request<pb::GetClusterRequest>,

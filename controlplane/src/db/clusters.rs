@@ -90,26 +90,38 @@ pub async fn all_ids(conn: &mut PgConnection) -> Result<Vec<String>> {
     )
 }
 
+/// The columns of [`ClusterOverview`], for a `WHERE` to follow.
+const OVERVIEW_QUERY: &str = "
+    SELECT c.cluster_id, c.name, c.ca_fingerprint, c.signing_key_id,
+           (extract(epoch FROM c.created_at) * 1000)::bigint AS created_at_unix_ms,
+           t.authority_term, t.last_seq,
+           (SELECT count(*) FROM cluster_memberships m
+             WHERE m.cluster_id = c.cluster_id AND m.membership_status = 'active')
+             AS active_nodes
+      FROM clusters c
+      LEFT JOIN cluster_authority_terms t
+             ON t.cluster_id = c.cluster_id AND t.ended_at IS NULL";
+
 /// One cluster's overview.
 pub async fn overview(
     conn: &mut PgConnection,
     cluster_id: &str,
 ) -> Result<Option<ClusterOverview>> {
-    Ok(sqlx::query_as(
-        "SELECT c.cluster_id, c.name, c.ca_fingerprint, c.signing_key_id,
-                (extract(epoch FROM c.created_at) * 1000)::bigint AS created_at_unix_ms,
-                t.authority_term, t.last_seq,
-                (SELECT count(*) FROM cluster_memberships m
-                  WHERE m.cluster_id = c.cluster_id AND m.membership_status = 'active')
-                  AS active_nodes
-           FROM clusters c
-           LEFT JOIN cluster_authority_terms t
-                  ON t.cluster_id = c.cluster_id AND t.ended_at IS NULL
-          WHERE c.cluster_id = $1",
+    Ok(
+        sqlx::query_as(&format!("{OVERVIEW_QUERY} WHERE c.cluster_id = $1"))
+            .bind(cluster_id)
+            .fetch_optional(conn)
+            .await?,
     )
-    .bind(cluster_id)
-    .fetch_optional(conn)
-    .await?)
+}
+
+/// Every cluster's overview, by cluster id.
+pub async fn overviews(conn: &mut PgConnection) -> Result<Vec<ClusterOverview>> {
+    Ok(
+        sqlx::query_as(&format!("{OVERVIEW_QUERY} ORDER BY c.cluster_id"))
+            .fetch_all(conn)
+            .await?,
+    )
 }
 
 /// The cluster's signed genesis trust root (`RowNotFound` for an unknown

@@ -296,3 +296,11 @@ pub async fn prune_chunk(
     .await?
     .rows_affected())
 }
+
+/// The state an overview counts for a node whose latest heartbeat row is
+/// `h` (all NULL when it never sent one): `never_seen`, `stale` (older
+/// than `$1` seconds, a float), else the health it reported. Queries that
+/// use it bind the stale window as `$1`.
+pub const HEALTH_STATE_SQL: &str = "CASE WHEN h.received_at IS NULL THEN 'never_seen'
+          WHEN h.received_at <= now() - make_interval(secs => $1) THEN 'stale'
+          ELSE h.health END";

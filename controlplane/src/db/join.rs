@@ -509,3 +509,32 @@ pub async fn insert_override(
         Err(e) => Err(e.into()),
     }
 }
+
+/// Pending join requests of one cluster.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct PendingCounts {
+    /// The cluster.
+    pub cluster_id: String,
+    /// Pending.
+    pub pending: i64,
+    /// Of those, waiting longer than the window asked for.
+    pub waiting: i64,
+}
+
+/// [`PendingCounts`] of every cluster with a pending request; a request
+/// older than `waiting` counts as waiting.
+pub async fn pending_counts(
+    conn: &mut PgConnection,
+    waiting: Duration,
+) -> Result<Vec<PendingCounts>> {
+    Ok(sqlx::query_as(
+        "SELECT cluster_id, count(*) AS pending,
+                count(*) FILTER (WHERE created_at <= now() - make_interval(secs => $1)) AS waiting
+           FROM node_join_requests
+          WHERE status = 'pending'
+          GROUP BY cluster_id ORDER BY cluster_id",
+    )
+    .bind(waiting.as_secs_f64())
+    .fetch_all(conn)
+    .await?)
+}

@@ -628,3 +628,87 @@ pub async fn set_location(
     .rows_affected()
         == 1)
 }
+
+/// Active agent nodes of one cluster by health state
+/// ([`crate::db::heartbeats::HEALTH_STATE_SQL`]); storage nodes are not
+/// counted.
+#[derive(Clone, Debug, Default, sqlx::FromRow)]
+pub struct HealthCounts {
+    /// The cluster.
+    pub cluster_id: String,
+    /// Active agent nodes.
+    pub active: i64,
+    /// Healthy, with a fresh heartbeat.
+    pub healthy: i64,
+    /// Degraded.
+    pub degraded: i64,
+    /// Unhealthy.
+    pub unhealthy: i64,
+    /// Heartbeating, saying "unknown".
+    pub unknown: i64,
+    /// Last heartbeat older than the stale window.
+    pub stale: i64,
+    /// Never sent a heartbeat.
+    pub never_seen: i64,
+}
+
+/// [`HealthCounts`] of every cluster with an active agent node, a
+/// heartbeat older than `stale_after` counting as stale.
+pub async fn health_counts(
+    conn: &mut PgConnection,
+    stale_after: std::time::Duration,
+) -> Result<Vec<HealthCounts>> {
+    let state = crate::db::heartbeats::HEALTH_STATE_SQL;
+    Ok(sqlx::query_as(&format!(
+        "SELECT cluster_id, count(*) AS active,
+                count(*) FILTER (WHERE state = 'healthy') AS healthy,
+                count(*) FILTER (WHERE state = 'degraded') AS degraded,
+                count(*) FILTER (WHERE state = 'unhealthy') AS unhealthy,
+                count(*) FILTER (WHERE state = 'unknown') AS unknown,
+                count(*) FILTER (WHERE state = 'stale') AS stale,
+                count(*) FILTER (WHERE state = 'never_seen') AS never_seen
+           FROM (SELECT m.cluster_id, {state} AS state
+                   FROM cluster_memberships m
+                   LEFT JOIN node_heartbeat_latest h
+                          ON h.cluster_id = m.cluster_id AND h.node_id = m.node_id
+                  WHERE m.membership_status = 'active'
+                    AND NOT EXISTS (SELECT 1 FROM node_identities i
+                                     WHERE i.cluster_id = m.cluster_id AND i.node_id = m.node_id
+                                       AND i.kind = 'storage')) AS s
+          GROUP BY cluster_id ORDER BY cluster_id"
+    ))
+    .bind(stale_after.as_secs_f64())
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Active certificates of one cluster that have ended or end soon.
+#[derive(Clone, Debug, Default, sqlx::FromRow)]
+pub struct CertificateCounts {
+    /// The cluster.
+    pub cluster_id: String,
+    /// Ended.
+    pub expired: i64,
+    /// Ending within the window asked for.
+    pub expiring: i64,
+}
+
+/// [`CertificateCounts`] of every cluster with an active identity ending
+/// within `soon`.
+pub async fn certificate_counts(
+    conn: &mut PgConnection,
+    soon: std::time::Duration,
+) -> Result<Vec<CertificateCounts>> {
+    Ok(sqlx::query_as(
+        "SELECT cluster_id,
+                count(*) FILTER (WHERE certificate_not_after <= now()) AS expired,
+                count(*) FILTER (WHERE certificate_not_after > now()) AS expiring
+           FROM node_identities
+          WHERE identity_status = 'active'
+            AND certificate_not_after < now() + make_interval(secs => $1)
+          GROUP BY cluster_id ORDER BY cluster_id",
+    )
+    .bind(soon.as_secs_f64())
+    .fetch_all(conn)
+    .await?)
+}

@@ -39,3 +39,35 @@ pub async fn insert(
     .await?;
     Ok(())
 }
+
+/// A voter's newest recorded partition view.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct VoterView {
+    /// The cluster.
+    pub cluster_id: String,
+    /// The voter.
+    pub node_id: String,
+    /// Its view.
+    pub view: String,
+    /// When recorded, Unix ms.
+    pub observed_at_unix_ms: i64,
+}
+
+/// The newest view of every current voter (`storage_nodes.role =
+/// 'voter'`) recorded within `fresh`, by cluster and node.
+pub async fn voter_views(
+    conn: &mut PgConnection,
+    fresh: std::time::Duration,
+) -> Result<Vec<VoterView>> {
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT ON (p.cluster_id, p.node_id) p.cluster_id, p.node_id, p.view,
+                (extract(epoch FROM p.observed_at) * 1000)::bigint AS observed_at_unix_ms
+           FROM cluster_partitions p
+           JOIN storage_nodes s ON s.cluster_id = p.cluster_id AND s.node_id = p.node_id
+          WHERE s.role = 'voter' AND p.observed_at > now() - make_interval(secs => $1)
+          ORDER BY p.cluster_id, p.node_id, p.observed_at DESC",
+    )
+    .bind(fresh.as_secs_f64())
+    .fetch_all(conn)
+    .await?)
+}

@@ -242,3 +242,37 @@ pub async fn holders_of(
     .fetch_all(conn)
     .await?)
 }
+
+/// How one role of one cluster is covered.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Coverage {
+    /// The cluster.
+    pub cluster_id: String,
+    /// The role.
+    pub role: String,
+    /// Nodes holding it (active assignments).
+    pub holders: i64,
+    /// Of those, healthy with a heartbeat fresher than the stale window.
+    pub healthy_holders: i64,
+}
+
+/// [`Coverage`] of every role with an active assignment, by cluster and
+/// role; a heartbeat older than `stale_after` is not healthy.
+pub async fn coverage(
+    conn: &mut PgConnection,
+    stale_after: std::time::Duration,
+) -> Result<Vec<Coverage>> {
+    let state = crate::db::heartbeats::HEALTH_STATE_SQL;
+    Ok(sqlx::query_as(&format!(
+        "SELECT r.cluster_id, r.role, count(DISTINCT r.node_id) AS holders,
+                count(DISTINCT r.node_id) FILTER (WHERE {state} = 'healthy') AS healthy_holders
+           FROM node_role_assignments r
+           LEFT JOIN node_heartbeat_latest h
+                  ON h.cluster_id = r.cluster_id AND h.node_id = r.node_id
+          WHERE r.status = 'active'
+          GROUP BY r.cluster_id, r.role ORDER BY r.cluster_id, r.role"
+    ))
+    .bind(stale_after.as_secs_f64())
+    .fetch_all(conn)
+    .await?)
+}

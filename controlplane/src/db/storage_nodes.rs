@@ -234,3 +234,13 @@ pub async fn cache_ids(conn: &mut PgConnection, cluster_id: &str) -> Result<Vec<
     .fetch_all(conn)
     .await?)
 }
+
+/// How many voters each cluster with any has, by cluster id.
+pub async fn voter_counts(conn: &mut PgConnection) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT cluster_id, count(*) FROM storage_nodes WHERE role = 'voter'
+          GROUP BY cluster_id ORDER BY cluster_id",
+    )
+    .fetch_all(conn)
+    .await?)
+}

@@ -247,6 +247,8 @@ fn help_lists_control_plane_commands() {
         "group",
         "service",
         "audit",
+        "certs",
+        "overview",
         "org",
         "principal",
         "whoami",
