@@ -106,6 +106,18 @@ pub async fn record_ok(
     insert(conn, action, "ok", "", fence, details).await
 }
 
+/// Writes an observed change (the watcher's: a partition detected, a
+/// node's health) inside `conn`'s transaction, `reason` saying what
+/// changed ("healthy -> minority").
+pub async fn record_change(
+    conn: &mut PgConnection,
+    action: &Action,
+    reason: &str,
+    details: serde_json::Value,
+) -> Result<i64> {
+    insert(conn, action, "ok", reason, None, details).await
+}
+
 /// Counts `error` in metrics, then writes it as a refusal (`refused`) or
 /// failure (`failed`) in its own transaction, unless it is an anonymous
 /// refusal over its source's budget (see the module docs). A failure to

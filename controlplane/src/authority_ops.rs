@@ -443,6 +443,14 @@ pub async fn status(
     cluster_id: &str,
 ) -> Result<pb::AuthorityStatus> {
     principal.require_platform()?;
+    record_status(ctx, cluster_id).await
+}
+
+/// Asks every storage node of `cluster_id` how it sees the group and
+/// records each answer (or silence) in `cluster_partitions`: the work of
+/// [`status`], also done by the watcher ([`crate::watch`]) without a
+/// caller.
+pub async fn record_status(ctx: &Context, cluster_id: &str) -> Result<pb::AuthorityStatus> {
     let mut conn = ctx.pool.acquire().await?;
     require_exists(&mut conn, cluster_id).await?;
     let (term, last_seq) = crate::clusters::current_term(&mut conn, cluster_id)

@@ -52,6 +52,7 @@ pub mod snapshots;
 pub mod tls;
 pub mod tokens;
 pub mod truth;
+pub mod watch;
 pub mod workloads;
 
 pub use error::{Error, Result};

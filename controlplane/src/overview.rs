@@ -66,7 +66,7 @@ fn add(total: &mut pb::NodeHealthCounts, n: &pb::NodeHealthCounts) {
 /// The group's state from its voters' recent views: a quorum seen by any
 /// voter is `healthy` when every voter saw all of them, else `degraded`;
 /// without one, `fenced` if a voter says so, else `minority`.
-fn authority_state(voters: usize, views: &[&db::partitions::VoterView]) -> &'static str {
+pub fn authority_state(voters: usize, views: &[&db::partitions::VoterView]) -> &'static str {
     let has = |view: &str| views.iter().any(|v| v.view == view);
     if views.is_empty() {
         AUTHORITY_UNKNOWN

@@ -305,6 +305,12 @@ pub async fn serve(
         crate::snapshots::run_publisher(ctx.clone(), stop_rx.clone())
             .instrument(tracing::info_span!("task", task = "snapshot_publisher")),
     );
+    // Partitions and node health are watched and announced in the audit
+    // trail (once across control planes).
+    tokio::spawn(
+        crate::watch::run_watcher(ctx.clone(), stop_rx.clone())
+            .instrument(tracing::info_span!("task", task = "watcher")),
+    );
     // Clusters created through another process are served here too.
     if let Some(tls) = &tls {
         tokio::spawn(

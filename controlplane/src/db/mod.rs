@@ -45,6 +45,7 @@
 //! Reads that join several tables live with the table they are about
 //! (the node overview in [`nodes`], an org's serving nodes in [`orgs`]).
 
+pub mod announced;
 pub mod audit;
 pub mod authority_terms;
 pub mod clusters;

@@ -652,13 +652,29 @@ pub struct HealthCounts {
     pub never_seen: i64,
 }
 
+/// Every active agent node (not storage nodes) with its health state
+/// ([`crate::db::heartbeats::HEALTH_STATE_SQL`]; binds the stale window
+/// as `$1`): columns `cluster_id`, `node_id`, `state`.
+fn agent_states_sql() -> String {
+    let state = crate::db::heartbeats::HEALTH_STATE_SQL;
+    format!(
+        "SELECT m.cluster_id, m.node_id, {state} AS state
+           FROM cluster_memberships m
+           LEFT JOIN node_heartbeat_latest h
+                  ON h.cluster_id = m.cluster_id AND h.node_id = m.node_id
+          WHERE m.membership_status = 'active'
+            AND NOT EXISTS (SELECT 1 FROM node_identities i
+                             WHERE i.cluster_id = m.cluster_id AND i.node_id = m.node_id
+                               AND i.kind = 'storage')"
+    )
+}
+
 /// [`HealthCounts`] of every cluster with an active agent node, a
 /// heartbeat older than `stale_after` counting as stale.
 pub async fn health_counts(
     conn: &mut PgConnection,
     stale_after: std::time::Duration,
 ) -> Result<Vec<HealthCounts>> {
-    let state = crate::db::heartbeats::HEALTH_STATE_SQL;
     Ok(sqlx::query_as(&format!(
         "SELECT cluster_id, count(*) AS active,
                 count(*) FILTER (WHERE state = 'healthy') AS healthy,
@@ -667,15 +683,36 @@ pub async fn health_counts(
                 count(*) FILTER (WHERE state = 'unknown') AS unknown,
                 count(*) FILTER (WHERE state = 'stale') AS stale,
                 count(*) FILTER (WHERE state = 'never_seen') AS never_seen
-           FROM (SELECT m.cluster_id, {state} AS state
-                   FROM cluster_memberships m
-                   LEFT JOIN node_heartbeat_latest h
-                          ON h.cluster_id = m.cluster_id AND h.node_id = m.node_id
-                  WHERE m.membership_status = 'active'
-                    AND NOT EXISTS (SELECT 1 FROM node_identities i
-                                     WHERE i.cluster_id = m.cluster_id AND i.node_id = m.node_id
-                                       AND i.kind = 'storage')) AS s
-          GROUP BY cluster_id ORDER BY cluster_id"
+           FROM ({}) AS s
+          GROUP BY cluster_id ORDER BY cluster_id",
+        agent_states_sql()
+    ))
+    .bind(stale_after.as_secs_f64())
+    .fetch_all(conn)
+    .await?)
+}
+
+/// An active agent node's health state.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct AgentState {
+    /// The cluster.
+    pub cluster_id: String,
+    /// The node.
+    pub node_id: String,
+    /// `healthy`, `degraded`, `unhealthy`, `unknown`, `stale` or
+    /// `never_seen`.
+    pub state: String,
+}
+
+/// Every active agent node's [`AgentState`], by cluster and node; a
+/// heartbeat older than `stale_after` is stale.
+pub async fn agent_states(
+    conn: &mut PgConnection,
+    stale_after: std::time::Duration,
+) -> Result<Vec<AgentState>> {
+    Ok(sqlx::query_as(&format!(
+        "{} ORDER BY m.cluster_id, m.node_id",
+        agent_states_sql()
     ))
     .bind(stale_after.as_secs_f64())
     .fetch_all(conn)

@@ -1,5 +1,6 @@
 //! `cluster_partitions`: partition observations of storage nodes, one row
-//! per answer (or silence) seen by `rapctl authority status`.
+//! per answer (or silence) seen by `rapctl authority status` and by the
+//! watcher's rounds ([`crate::watch`]), pruned after a retention.
 
 use crate::error::Result;
 use sqlx::PgConnection;
@@ -70,4 +71,24 @@ pub async fn voter_views(
     .bind(fresh.as_secs_f64())
     .fetch_all(conn)
     .await?)
+}
+
+/// Deletes up to `limit` observations older than `older_than`; returns
+/// how many.
+pub async fn prune(
+    conn: &mut PgConnection,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM cluster_partitions WHERE observation_id IN (
+             SELECT observation_id FROM cluster_partitions
+              WHERE observed_at < now() - make_interval(secs => $1)
+              ORDER BY observation_id LIMIT $2)",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .execute(conn)
+    .await?
+    .rows_affected())
 }

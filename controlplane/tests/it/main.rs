@@ -17,3 +17,4 @@ mod promotion;
 mod roles;
 mod schema;
 mod snapshots;
+mod watch;

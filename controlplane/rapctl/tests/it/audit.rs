@@ -37,7 +37,8 @@ async fn record(p: &Platform, actor: &str, action: &'static str, target: &str, o
         &Error::PermissionDenied("test".into()),
     )
     .await;
-    sqlx::query_scalar::<_, i64>("SELECT max(event_id) FROM cluster_audit_events")
+    sqlx::query_scalar::<_, i64>("SELECT max(event_id) FROM cluster_audit_events WHERE actor = $1")
+        .bind(actor)
         .fetch_one(&p.ctx.pool)
         .await
         .map(|id| u64::try_from(id).unwrap())
