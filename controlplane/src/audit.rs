@@ -77,9 +77,19 @@ pub struct Action {
     pub cluster_id: Option<String>,
     /// The object acted on.
     pub target: String,
+    /// The principal acted within a TOTP step-up: the event's details say
+    /// `"step_up": true`.
+    pub step_up: bool,
 }
 
 impl Action {
+    /// Marks the action as done within a step-up when `principal` has
+    /// TOTP and its token stepped up ([`crate::auth::STEP_UP_ACTIONS`]).
+    pub fn with_step_up(mut self, principal: &crate::auth::Principal) -> Self {
+        self.step_up = principal.totp_enrolled && principal.stepped_up;
+        self
+    }
+
     /// An action on `target` in `cluster_id`.
     pub fn new(
         actor: impl Into<String>,
@@ -92,6 +102,7 @@ impl Action {
             action,
             cluster_id: cluster_id.map(str::to_string),
             target: target.into(),
+            step_up: false,
         }
     }
 }
@@ -338,6 +349,17 @@ async fn insert(
                 i64::try_from(f.seq.0).unwrap_or(i64::MAX),
             )
         }),
+    };
+    let details = if action.step_up {
+        match details {
+            serde_json::Value::Object(mut fields) => {
+                fields.insert("step_up".into(), serde_json::Value::Bool(true));
+                serde_json::Value::Object(fields)
+            }
+            other => serde_json::json!({"step_up": true, "details": other}),
+        }
+    } else {
+        details
     };
     crate::db::audit::insert(conn, event, details).await
 }

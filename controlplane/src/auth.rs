@@ -81,9 +81,55 @@ pub struct Principal {
     pub kind: Kind,
     /// Display name.
     pub name: String,
+    /// The API token it called with (empty for principals made in
+    /// process, which never step up).
+    pub token_id: String,
+    /// It has a confirmed TOTP: high-risk actions need a step-up.
+    pub totp_enrolled: bool,
+    /// Its token stepped up within the step-up window.
+    pub stepped_up: bool,
 }
 
+/// The high-risk admin actions: a principal with TOTP needs a step-up
+/// within [`crate::limits::STEP_UP_WINDOW`] for them
+/// ([`Principal::require_step_up`], checked for every call in the admin
+/// API before the action runs).
+pub const STEP_UP_ACTIONS: [&str; 9] = [
+    "join-request.approve",
+    "role.assign",
+    "node.revoke",
+    "join-token.create",
+    "authority.promote",
+    "authority.rejoin",
+    "cluster.rotate-signing-key",
+    "principal.create",
+    "principal.totp-enroll",
+];
+
 impl Principal {
+    /// A principal as stored, not a caller: no token, no step-up.
+    pub fn stored(id: &str, kind: Kind, name: String) -> Principal {
+        Principal {
+            id: id.to_string(),
+            kind,
+            name,
+            token_id: String::new(),
+            totp_enrolled: false,
+            stepped_up: false,
+        }
+    }
+
+    /// Refuses `action` when it is high-risk ([`STEP_UP_ACTIONS`]) and
+    /// the principal has TOTP but did not step up within the window. A
+    /// principal without TOTP is not asked (it has nothing to step up
+    /// with; enrolling is its own choice for now).
+    pub fn require_step_up(&self, action: &str) -> Result<()> {
+        if self.totp_enrolled && !self.stepped_up && STEP_UP_ACTIONS.contains(&action) {
+            return Err(Error::StepUpRequired(action.to_string()));
+        }
+        Ok(())
+    }
+
     /// How the principal appears in audit events.
     pub fn actor(&self) -> String {
         self.id.clone()
@@ -167,6 +213,8 @@ pub async fn authenticate(pool: &PgPool, authorization: Option<&str>) -> Result<
         expired,
         disabled,
         touch,
+        totp_enrolled,
+        stepped_up,
     }) = row
     else {
         return Err(Error::Unauthenticated("unknown API token".into()));
@@ -196,6 +244,9 @@ pub async fn authenticate(pool: &PgPool, authorization: Option<&str>) -> Result<
         id: principal_id,
         kind: Kind::parse(&kind, org.as_deref())?,
         name,
+        token_id: id,
+        totp_enrolled,
+        stepped_up,
     })
 }
 
@@ -334,11 +385,7 @@ pub async fn set_principal_status(
     }
     Ok((
         PrincipalRow {
-            principal: Principal {
-                id: principal_id.to_string(),
-                kind: Kind::parse(&kind, org.as_deref())?,
-                name,
-            },
+            principal: Principal::stored(principal_id, Kind::parse(&kind, org.as_deref())?, name),
             status: wanted.to_string(),
         },
         changed,

@@ -121,7 +121,8 @@ pub async fn promote(
             ACTION_PROMOTE,
             Some(&request.cluster_id),
             request.survivors.join(","),
-        );
+        )
+        .with_step_up(&principal);
         let result = promote_now(&ctx, &principal, &request, &action).await;
         audit::audited(&ctx.pool, &action, result).await
     })
@@ -539,7 +540,8 @@ pub async fn rejoin(
             ACTION_REJOIN,
             Some(&request.cluster_id),
             request.node_id.as_str(),
-        );
+        )
+        .with_step_up(&principal);
         let result = rejoin_now(&ctx, &principal, &request, &action).await;
         audit::audited(&ctx.pool, &action, result).await
     })

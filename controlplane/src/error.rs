@@ -170,6 +170,17 @@ pub enum Error {
     /// The caller may not do this.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A high-risk action (the action name) by a principal with TOTP,
+    /// without a step-up within the last minutes.
+    #[error("{0} needs a fresh step-up: run `rapctl step-up` with a code from your authenticator")]
+    StepUpRequired(String),
+    /// A TOTP code that is wrong, outside the clock window or already
+    /// used (never the code itself).
+    #[error("TOTP code refused: {0}")]
+    TotpInvalid(String),
+    /// No TOTP to check a code against.
+    #[error("no TOTP enrolled: {0}")]
+    TotpNotEnrolled(String),
     /// The caller's node identity was revoked: nothing it asks of the
     /// agent API is done any more (join again to come back).
     #[error("certificate revoked: {0}")]
@@ -271,6 +282,9 @@ impl Error {
             Error::ApiTokenRevoked(_) => codes::API_TOKEN_REVOKED,
             Error::PrincipalDisabled(_) => codes::PRINCIPAL_DISABLED,
             Error::PermissionDenied(_) => codes::PERMISSION_DENIED,
+            Error::StepUpRequired(_) => codes::STEP_UP_REQUIRED,
+            Error::TotpInvalid(_) => codes::TOTP_INVALID,
+            Error::TotpNotEnrolled(_) => codes::TOTP_NOT_ENROLLED,
             Error::CertificateRevoked(_) => codes::CERTIFICATE_REVOKED,
             Error::NoQuorum { .. } => codes::NO_QUORUM,
             Error::StaleFence(_) => codes::STALE_FENCE,
@@ -315,7 +329,11 @@ impl Error {
             | Error::ApiTokenExpired(_)
             | Error::ApiTokenRevoked(_)
             | Error::PrincipalDisabled(_) => Code::Unauthenticated,
-            Error::PermissionDenied(_) | Error::CertificateRevoked(_) => Code::PermissionDenied,
+            Error::PermissionDenied(_)
+            | Error::CertificateRevoked(_)
+            | Error::StepUpRequired(_)
+            | Error::TotpInvalid(_) => Code::PermissionDenied,
+            Error::TotpNotEnrolled(_) => Code::FailedPrecondition,
             Error::NoQuorum { .. } | Error::AuthorityUnreachable(_) | Error::Database(_) => {
                 Code::Unavailable
             }
@@ -355,6 +373,9 @@ impl Error {
             | Error::ApiTokenRevoked(_)
             | Error::PrincipalDisabled(_)
             | Error::PermissionDenied(_)
+            | Error::StepUpRequired(_)
+            | Error::TotpInvalid(_)
+            | Error::TotpNotEnrolled(_)
             | Error::CertificateRevoked(_)
             | Error::StaleFence(_)
             | Error::NotBootstrapped(_)

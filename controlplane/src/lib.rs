@@ -51,6 +51,7 @@ pub mod server;
 pub mod snapshots;
 pub mod tls;
 pub mod tokens;
+pub mod totp;
 pub mod truth;
 pub mod watch;
 pub mod workloads;

@@ -59,6 +59,16 @@ pub const API_TOKEN_SECRET_BYTES: usize = 32;
 /// token from `init`): a leaked token stops working by itself within a
 /// quarter, and operators renew on a schedule they can keep.
 pub const API_TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(90 * 24 * 3600);
+/// How long a step-up (a TOTP code given to `StepUp`) lets a token do
+/// high-risk actions without another code.
+pub const STEP_UP_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// Refused TOTP codes of one principal (confirmations and step-ups)
+/// within [`TOTP_FAILURES_WINDOW`] after which further codes are refused
+/// unread (6 digits: an attacker with a stolen token gets 5 guesses per
+/// window, not a million).
+pub const TOTP_FAILURES_MAX: i64 = 5;
+/// See [`TOTP_FAILURES_MAX`].
+pub const TOTP_FAILURES_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// Longest API token TTL an owner may ask for: no token lives longer than
 /// a year without someone deciding again.
 pub const API_TOKEN_TTL_MAX: Duration = Duration::from_secs(365 * 24 * 3600);

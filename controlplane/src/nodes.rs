@@ -104,7 +104,8 @@ pub async fn revoke(
         "node.revoke",
         cluster_ok.as_deref(),
         request.node_id.as_str(),
-    );
+    )
+    .with_step_up(principal);
     let precheck = principal.require_platform().and_then(|()| {
         ClusterId::new(request.cluster_id.as_str())?;
         NodeId::new(request.node_id.as_str())?;

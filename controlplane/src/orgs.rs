@@ -252,7 +252,8 @@ pub async fn create_principal(
         ACTION_CREATE_PRINCIPAL,
         None,
         request.principal_id.as_str(),
-    );
+    )
+    .with_step_up(principal);
     let result = async {
         principal.require_owner()?;
         let kind = Kind::parse(&request.kind, Some(request.org_id.as_str()))?;
@@ -277,11 +278,7 @@ pub async fn create_principal(
         )
         .await?;
         tx.commit().await?;
-        let created = Principal {
-            id: request.principal_id.clone(),
-            kind,
-            name: request.name.clone(),
-        };
+        let created = Principal::stored(&request.principal_id, kind, request.name.clone());
         Ok(pb::CreatePrincipalResponse {
             principal: Some(principal_pb(&created)),
             raw_token,

@@ -19,9 +19,10 @@ use crate::auth::{self, ApiTokenRow, Kind, Principal};
 use crate::context::Context;
 use crate::db;
 use crate::error::{Error, Result};
-use crate::limits::REASON_BYTES_MAX;
+use crate::limits::{REASON_BYTES_MAX, STEP_UP_WINDOW, TOTP_FAILURES_MAX, TOTP_FAILURES_WINDOW};
 use crate::orgs::principal_pb;
 use crate::page::Page;
+use crate::totp;
 use rap_proto::pb;
 
 /// Audit action of a (refused) token list.
@@ -245,4 +246,168 @@ pub async fn set_enabled(
     }
     .await;
     audit::audited(&ctx.pool, &action, result).await
+}
+
+/// Audit action of a TOTP enrolment (a new secret, unconfirmed).
+pub const ACTION_TOTP_ENROLL: &str = "principal.totp-enroll";
+/// Audit action of a TOTP enrolment's confirmation.
+pub const ACTION_TOTP_CONFIRM: &str = "principal.totp-confirm";
+/// Audit action of a step-up.
+pub const ACTION_STEP_UP: &str = "principal.step-up";
+
+/// The platform's TOTP sealing key, read on a blocking thread.
+async fn totp_key(ctx: &Context) -> Result<[u8; 32]> {
+    let keys_dir = ctx.keys_dir.clone();
+    tokio::task::spawn_blocking(move || crate::keys::totp_key(&keys_dir))
+        .await
+        .map_err(|e| Error::Internal(format!("loading the TOTP key: {e}")))?
+}
+
+/// A new TOTP secret for the calling principal, replacing any it had
+/// (re-enrolling when confirmed needs a step-up: the admin API checks
+/// [`crate::auth::STEP_UP_ACTIONS`]). It takes effect once confirmed
+/// ([`confirm_totp`]). Audited.
+pub async fn enroll_totp(ctx: &Context, principal: &Principal) -> Result<pb::EnrollTotpResponse> {
+    let action = Action::new(
+        principal.actor(),
+        ACTION_TOTP_ENROLL,
+        None,
+        principal.id.as_str(),
+    )
+    .with_step_up(principal);
+    let result = async {
+        let key = totp_key(ctx).await?;
+        let secret: [u8; totp::TOTP_SECRET_BYTES] = crate::secret::random_bytes()?;
+        let sealed = totp::seal(&key, &principal.id, &secret)?;
+        let mut tx = ctx.pool.begin().await?;
+        let Some(before) = db::principals::lock_totp(&mut tx, &principal.id).await? else {
+            return Err(Error::not_found("principal", &principal.id));
+        };
+        db::principals::set_pending_totp(&mut tx, &principal.id, &sealed).await?;
+        audit::record_ok(
+            &mut tx,
+            &action,
+            None,
+            serde_json::json!({"replaces_confirmed": before.confirmed}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(pb::EnrollTotpResponse {
+            secret_base32: totp::secret_base32(&secret),
+            otpauth_uri: totp::otpauth_uri(&principal.id, &secret),
+            digits: totp::TOTP_DIGITS,
+            period_seconds: u32::try_from(totp::TOTP_STEP_SECONDS).unwrap_or(u32::MAX),
+        })
+    }
+    .await;
+    audit::audited(&ctx.pool, &action, result).await
+}
+
+/// Checks `code` against the calling principal's TOTP (pending when
+/// `confirming`, else confirmed) and opens its token's step-up window;
+/// records the step so the code is not good again. Refusals: no such
+/// TOTP (`TOTP_NOT_ENROLLED`, or `FAILED_PRECONDITION` confirming one
+/// that is confirmed), a wrong, stale or reused code (`TOTP_INVALID`),
+/// too many refused codes lately (`RATE_LIMITED`). Nothing changes on a
+/// refusal; each is audited.
+async fn check_code(
+    ctx: &Context,
+    principal: &Principal,
+    code: &str,
+    confirming: bool,
+) -> Result<pb::TotpStatus> {
+    let name = if confirming {
+        ACTION_TOTP_CONFIRM
+    } else {
+        ACTION_STEP_UP
+    };
+    let action = Action::new(principal.actor(), name, None, principal.token_id.as_str());
+    let result = async {
+        if principal.token_id.is_empty() {
+            return Err(Error::FailedPrecondition(
+                "a step-up belongs to an API token; call with one".into(),
+            ));
+        }
+        let key = totp_key(ctx).await?;
+        let mut tx = ctx.pool.begin().await?;
+        let Some(stored) = db::principals::lock_totp(&mut tx, &principal.id).await? else {
+            return Err(Error::not_found("principal", &principal.id));
+        };
+        let refused = db::audit::count_recent(
+            &mut tx,
+            &principal.actor(),
+            name,
+            "refused",
+            TOTP_FAILURES_WINDOW,
+        )
+        .await?;
+        if refused >= TOTP_FAILURES_MAX {
+            return Err(Error::RateLimited {
+                what: format!("TOTP codes of principal {}", principal.id),
+                retry_after: TOTP_FAILURES_WINDOW,
+            });
+        }
+        let sealed = match (&stored.sealed, stored.confirmed, confirming) {
+            (None, _, _) | (Some(_), false, false) => {
+                return Err(Error::TotpNotEnrolled(format!(
+                    "principal {} has no confirmed TOTP",
+                    principal.id
+                )));
+            }
+            (Some(_), true, true) => {
+                return Err(Error::FailedPrecondition(
+                    "the TOTP is confirmed already: step up with `rapctl step-up`".into(),
+                ));
+            }
+            (Some(sealed), _, _) => sealed,
+        };
+        let secret = totp::open(&key, &principal.id, sealed)?;
+        let now = u64::try_from(rap_proto::time::UnixMillis::now().0 / 1000).unwrap_or(0);
+        let last = stored.last_step.and_then(|s| u64::try_from(s).ok());
+        let step = totp::verify(&secret, code, now, last).ok_or_else(|| {
+            Error::TotpInvalid("wrong, outside the clock window, or already used".into())
+        })?;
+        db::principals::use_totp_step(
+            &mut tx,
+            &principal.id,
+            i64::try_from(step).unwrap_or(i64::MAX),
+        )
+        .await?;
+        let until =
+            db::principals::step_up_token(&mut tx, &principal.token_id, STEP_UP_WINDOW).await?;
+        audit::record_ok(
+            &mut tx,
+            &action,
+            None,
+            serde_json::json!({"stepped_up_until_unix_ms": until}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(pb::TotpStatus {
+            enrolled: true,
+            stepped_up_until_unix_ms: until,
+        })
+    }
+    .await;
+    audit::audited(&ctx.pool, &action, result).await
+}
+
+/// Confirms the calling principal's pending TOTP with its first code (and
+/// steps its token up).
+pub async fn confirm_totp(
+    ctx: &Context,
+    principal: &Principal,
+    request: &pb::TotpCodeRequest,
+) -> Result<pb::TotpStatus> {
+    check_code(ctx, principal, &request.code, true).await
+}
+
+/// Steps the calling token up for [`STEP_UP_WINDOW`] with a fresh code of
+/// the principal's confirmed TOTP.
+pub async fn step_up(
+    ctx: &Context,
+    principal: &Principal,
+    request: &pb::TotpCodeRequest,
+) -> Result<pb::TotpStatus> {
+    check_code(ctx, principal, &request.code, false).await
 }

@@ -176,6 +176,7 @@ fn action(principal: &Principal, name: &'static str, cluster_id: &str, target: S
         cluster.as_ref().map(ClusterId::as_str),
         target,
     )
+    .with_step_up(principal)
 }
 
 fn fence_columns(fence: &Fence) -> Result<(i64, i64)> {

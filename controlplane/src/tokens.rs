@@ -66,7 +66,8 @@ pub async fn create(
     request: &pb::CreateJoinTokenRequest,
 ) -> Result<pb::CreateJoinTokenResponse> {
     let cluster_id = request.cluster_id.as_str();
-    let mut action = Action::new(principal.actor(), "join-token.create", Some(cluster_id), "");
+    let mut action = Action::new(principal.actor(), "join-token.create", Some(cluster_id), "")
+        .with_step_up(principal);
     let result = async {
         principal.require_platform()?;
         ClusterId::new(cluster_id)?;

@@ -99,6 +99,13 @@ pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
 pub const API_TOKEN_EXPIRED: &str = "API_TOKEN_EXPIRED";
 /// A revoked API token.
 pub const API_TOKEN_REVOKED: &str = "API_TOKEN_REVOKED";
+/// A high-risk action by a principal with TOTP, without a fresh step-up
+/// (`rapctl step-up`).
+pub const STEP_UP_REQUIRED: &str = "STEP_UP_REQUIRED";
+/// A TOTP code that is wrong, outside the clock window, or already used.
+pub const TOTP_INVALID: &str = "TOTP_INVALID";
+/// A step-up or confirmation by a principal without (pending) TOTP.
+pub const TOTP_NOT_ENROLLED: &str = "TOTP_NOT_ENROLLED";
 /// A disabled principal.
 pub const PRINCIPAL_DISABLED: &str = "PRINCIPAL_DISABLED";
 /// The caller sends faster than its limit (`retry_after_ms` says when).

@@ -100,6 +100,16 @@ pub fn hint_for(code: &str, ctx: &HintContext<'_>) -> Option<String> {
         codes::PRINCIPAL_DISABLED => "this principal is disabled: a platform owner may \
              `rapctl principal enable <principal-id>`"
             .to_string(),
+        codes::STEP_UP_REQUIRED => "this action needs a fresh second factor: run \
+             `rapctl step-up` with the code your authenticator shows, then run the command \
+             again (a step-up lasts 5 minutes; nothing was changed)"
+            .to_string(),
+        codes::TOTP_INVALID => "the code was wrong, already used, or your clock is off: wait \
+             for the next code (every 30 s) and try again"
+            .to_string(),
+        codes::TOTP_NOT_ENROLLED => "this principal has no authenticator yet: \
+             `rapctl principal totp enroll`, then `rapctl principal totp confirm <code>`"
+            .to_string(),
         codes::RATE_LIMITED => "this caller sends faster than its own limit; wait the time the \
              message says and retry"
             .to_string(),

@@ -24,6 +24,7 @@ mod placement;
 mod published;
 mod snapshot;
 mod table;
+mod totp;
 
 use clap::{Parser, Subcommand};
 use output::Format;
@@ -84,6 +85,8 @@ enum Command {
     Principal(orgs::PrincipalArgs),
     /// Show who the API token belongs to.
     Whoami(orgs::WhoamiArgs),
+    /// Step up with a TOTP code: high-risk commands work for 5 minutes.
+    StepUp(totp::StepUpArgs),
     /// Apply the control plane's database migrations (direct to PostgreSQL).
     Migrate(migrate::MigrateArgs),
     /// Create keys, sign, inspect and verify signed snapshot envelopes.
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
         Command::Org(args) => block_on(orgs::run_org(args, format)),
         Command::Principal(args) => block_on(orgs::run_principal(args, format)),
         Command::Whoami(args) => block_on(orgs::run_whoami(args, format)),
+        Command::StepUp(args) => block_on(totp::run_step_up(args, format)),
         Command::Migrate(args) => block_on(migrate::run_migrate(args, format)),
     };
     match result {

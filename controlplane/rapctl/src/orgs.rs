@@ -147,6 +147,12 @@ enum PrincipalCommand {
         /// The principal id.
         principal_id: String,
     },
+    /// Your TOTP second factor: enroll, confirm. With it, high-risk
+    /// commands need `rapctl step-up` first.
+    Totp {
+        #[command(subcommand)]
+        command: crate::totp::TotpCommand,
+    },
 }
 
 /// API token commands.
@@ -448,6 +454,10 @@ pub async fn run_principal(args: PrincipalArgs, format: Format) -> Result<()> {
                 .map_err(|e| s.fail(e))?
                 .into_inner();
             principal_state_output(format, state);
+        }
+        PrincipalCommand::Totp { command } => {
+            let s = client::connect(&args.conn, "principal").await?;
+            crate::totp::run_totp(&s, command, format).await?;
         }
     }
     Ok(())

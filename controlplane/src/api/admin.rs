@@ -1,5 +1,6 @@
 //! `AdminService`: the operator API behind `rapctl`. Every call
-//! authenticates its bearer token first; authorization is checked by the
+//! authenticates its bearer token first and, for a high-risk action, the
+//! principal's TOTP step-up (`authed!`); authorization is checked by the
 //! service functions (platform objects need a platform principal; org
 //! admins get only the org-safe projection).
 
@@ -69,6 +70,20 @@ impl AdminApi {
     }
 
     /// Audits a refused read (authorization failures of list/get calls).
+    /// [`Principal::require_step_up`] for `action`, the refusal audited.
+    async fn stepped_up(&self, principal: &Principal, action: &'static str) -> Result<()> {
+        let checked = principal.require_step_up(action);
+        if let Err(error) = &checked {
+            audit::record_refusal(
+                &self.ctx.pool,
+                &Action::new(principal.actor(), action, None, ""),
+                error,
+            )
+            .await;
+        }
+        checked
+    }
+
     async fn refused_read<T>(
         &self,
         principal: &Principal,
@@ -93,10 +108,17 @@ fn reply<T>(result: Result<T>) -> std::result::Result<Response<T>, Status> {
     result.map(Response::new).map_err(Status::from)
 }
 
+/// Authenticates the call's principal and, for a high-risk `action`,
+/// checks its step-up ([`Principal::require_step_up`]; a refusal is
+/// audited and nothing runs): every admin call goes through here.
 macro_rules! authed {
     ($self:ident, $request:ident, $action:literal) => {{
         let principal = $self
             .principal(&$request, $action)
+            .await
+            .map_err(Status::from)?;
+        $self
+            .stepped_up(&principal, $action)
             .await
             .map_err(Status::from)?;
         (principal, $request.into_inner())
@@ -568,5 +590,29 @@ impl AdminService for AdminApi {
     ) -> std::result::Result<Response<pb::PrincipalState>, Status> {
         let (p, r) = authed!(self, request, "principal.enable");
         reply(principals::set_enabled(&self.ctx, &p, &r.principal_id, true, "").await)
+    }
+
+    async fn enroll_totp(
+        &self,
+        request: Request<pb::EnrollTotpRequest>,
+    ) -> std::result::Result<Response<pb::EnrollTotpResponse>, Status> {
+        let (p, _) = authed!(self, request, "principal.totp-enroll");
+        reply(principals::enroll_totp(&self.ctx, &p).await)
+    }
+
+    async fn confirm_totp(
+        &self,
+        request: Request<pb::TotpCodeRequest>,
+    ) -> std::result::Result<Response<pb::TotpStatus>, Status> {
+        let (p, r) = authed!(self, request, "principal.totp-confirm");
+        reply(principals::confirm_totp(&self.ctx, &p, &r).await)
+    }
+
+    async fn step_up(
+        &self,
+        request: Request<pb::TotpCodeRequest>,
+    ) -> std::result::Result<Response<pb::TotpStatus>, Status> {
+        let (p, r) = authed!(self, request, "principal.step-up");
+        reply(principals::step_up(&self.ctx, &p, &r).await)
     }
 }

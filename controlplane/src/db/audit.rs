@@ -150,3 +150,25 @@ pub async fn list(
         .fetch_all(conn)
         .await?)
 }
+
+/// How many events of `actor` with `action` and `result` were written
+/// within `window` (a refusal budget, e.g. wrong TOTP codes).
+pub async fn count_recent(
+    conn: &mut PgConnection,
+    actor: &str,
+    action: &str,
+    result: &str,
+    window: std::time::Duration,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM cluster_audit_events
+          WHERE actor = $1 AND action = $2 AND result = $3
+            AND at > now() - make_interval(secs => $4)",
+    )
+    .bind(actor)
+    .bind(action)
+    .bind(result)
+    .bind(window.as_secs_f64())
+    .fetch_one(conn)
+    .await?)
+}

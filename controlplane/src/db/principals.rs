@@ -63,6 +63,11 @@ pub struct TokenLookup {
     pub disabled: bool,
     /// `last_used_at` is older than the granularity: write it.
     pub touch: bool,
+    /// The principal has a confirmed TOTP.
+    pub totp_enrolled: bool,
+    /// The token stepped up within its step-up window, which is still
+    /// open.
+    pub stepped_up: bool,
 }
 
 /// A principal's stored fields.
@@ -90,7 +95,9 @@ pub async fn lookup_token(
                 t.revoked_at IS NOT NULL AS revoked, t.expires_at <= now() AS expired,
                 p.status <> 'active' AS disabled,
                 (t.last_used_at IS NULL
-                 OR t.last_used_at <= now() - make_interval(secs => $2)) AS touch
+                 OR t.last_used_at <= now() - make_interval(secs => $2)) AS touch,
+                p.totp_confirmed_at IS NOT NULL AS totp_enrolled,
+                coalesce(t.stepped_up_until > now(), false) AS stepped_up
            FROM admin_api_tokens t JOIN admin_principals p USING (principal_id)
           WHERE t.token_id = $1",
     )
@@ -286,6 +293,83 @@ pub async fn owner_exists(conn: &mut PgConnection) -> Result<bool> {
     Ok(sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM admin_principals WHERE kind = 'platform-owner')",
     )
+    .fetch_one(conn)
+    .await?)
+}
+
+/// A principal's TOTP as stored, its row locked until the transaction
+/// ends.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Totp {
+    /// The sealed secret (none: not enrolled).
+    pub sealed: Option<Vec<u8>>,
+    /// The enrolment was confirmed with a first code.
+    pub confirmed: bool,
+    /// The newest step a code was accepted for.
+    pub last_step: Option<i64>,
+}
+
+/// Locks `principal_id`'s row and reads its TOTP (`None`: no such
+/// principal).
+pub async fn lock_totp(conn: &mut PgConnection, principal_id: &str) -> Result<Option<Totp>> {
+    Ok(sqlx::query_as(
+        "SELECT totp_sealed AS sealed, totp_confirmed_at IS NOT NULL AS confirmed,
+                totp_last_step AS last_step
+           FROM admin_principals WHERE principal_id = $1 FOR UPDATE",
+    )
+    .bind(principal_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Stores a new sealed secret, unconfirmed (an enrolment waiting for its
+/// first code); the previous one, if any, is gone.
+pub async fn set_pending_totp(
+    conn: &mut PgConnection,
+    principal_id: &str,
+    sealed: &[u8],
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE admin_principals
+            SET totp_sealed = $2, totp_confirmed_at = NULL, totp_last_step = NULL
+          WHERE principal_id = $1",
+    )
+    .bind(principal_id)
+    .bind(sealed)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that a code for `step` was accepted (confirming a pending
+/// enrolment).
+pub async fn use_totp_step(conn: &mut PgConnection, principal_id: &str, step: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE admin_principals
+            SET totp_last_step = $2, totp_confirmed_at = coalesce(totp_confirmed_at, now())
+          WHERE principal_id = $1",
+    )
+    .bind(principal_id)
+    .bind(step)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Opens token `token_id`'s step-up window for `window`; returns its end,
+/// Unix ms.
+pub async fn step_up_token(
+    conn: &mut PgConnection,
+    token_id: &str,
+    window: Duration,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "UPDATE admin_api_tokens SET stepped_up_until = now() + make_interval(secs => $2)
+          WHERE token_id = $1
+          RETURNING (extract(epoch FROM stepped_up_until) * 1000)::bigint",
+    )
+    .bind(token_id)
+    .bind(window.as_secs_f64())
     .fetch_one(conn)
     .await?)
 }

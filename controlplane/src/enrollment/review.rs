@@ -376,7 +376,8 @@ pub(super) async fn review_action(
         name,
         cluster.as_ref().ok().map(String::as_str),
         id,
-    );
+    )
+    .with_step_up(principal);
     let check = principal.require_platform().and(cluster.map(|_| ()));
     (action, check)
 }

@@ -63,7 +63,7 @@ pub(crate) use certs::load_certified_key;
 use certs::{CertCheck, ServerNames, cert_is_current, issue_server_cert, random_serial};
 pub use cluster::ClusterKeys;
 pub use generations::KEY_GENERATIONS_MAX;
-pub use platform::PlatformKeys;
+pub use platform::{PlatformKeys, TOTP_KEY_FILE, totp_key};
 
 /// Largest PEM file (certificate, chain or private key) read from the keys
 /// directory: a few certificates, as everywhere.

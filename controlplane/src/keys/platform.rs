@@ -130,3 +130,29 @@ fn create_platform_ca(dir: &Path) -> Result<()> {
     tracing::info!(dir = %dir.display(), "platform CA created");
     Ok(())
 }
+
+/// The file of the key that seals principals' TOTP secrets in PostgreSQL
+/// ([`crate::totp::seal`]), in the platform keys directory.
+pub const TOTP_KEY_FILE: &str = "totp.key";
+
+/// The platform's TOTP sealing key (32 bytes, mode 0600), made on first
+/// use. Back it up with the rest of the keys directory: without it no
+/// enrolled principal can step up (each would enrol again).
+pub fn totp_key(keys_dir: &Path) -> Result<[u8; 32]> {
+    let dir = keys_dir.join(PLATFORM_DIR);
+    create_private_dir_all(&dir)?;
+    let _lock = KeysDirLock::take(&dir)?;
+    let path = dir.join(TOTP_KEY_FILE);
+    if !path.exists() {
+        let key: [u8; 32] = crate::secret::random_bytes()?;
+        write_file(&path, &key, 0o600, Overwrite::Never).map_err(file_error)?;
+        return Ok(key);
+    }
+    let bytes = read_private_key(&path, 64).map_err(file_error)?;
+    bytes.try_into().map_err(|_| {
+        Error::Keys(format!(
+            "{} is not a 32-byte key; restore it from a backup",
+            path.display()
+        ))
+    })
+}

@@ -40,7 +40,8 @@ pub async fn rotate_signing_key(
         ACTION_ROTATE,
         Some(&request.cluster_id),
         "",
-    );
+    )
+    .with_step_up(principal);
     let checked = principal
         .require_platform()
         .and_then(|()| Ok(ClusterId::new(request.cluster_id.as_str())?));

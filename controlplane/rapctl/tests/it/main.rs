@@ -10,6 +10,7 @@ mod overview;
 mod principals;
 mod promotion;
 mod rapctl;
+mod totp;
 
 use rap_testkit::platform::{ControlPlane, Platform};
 use std::path::Path;

@@ -252,6 +252,7 @@ fn help_lists_control_plane_commands() {
         "org",
         "principal",
         "whoami",
+        "step-up",
         "migrate",
         "snapshot",
         "demo",
