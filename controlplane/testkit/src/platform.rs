@@ -1004,3 +1004,29 @@ pub async fn wait_for_minority(p: &Platform, node: &str) {
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// A heartbeat of `node` in `cluster` saying `health`, received `ago_ms`
+/// before now, written by the control plane's own heartbeat writer (as
+/// `AgentService.Heartbeat` hands it over).
+pub async fn heartbeat(
+    heartbeats: &rap_controlplane::heartbeats::Heartbeats,
+    cluster: &str,
+    node: &str,
+    health: pb::NodeHealth,
+    ago_ms: i64,
+) {
+    use rap_controlplane::heartbeats::{Heartbeat, now_unix_ms};
+    let received = now_unix_ms() - ago_ms;
+    let request = pb::HeartbeatRequest {
+        cluster_id: cluster.into(),
+        node_id: node.into(),
+        health: health as i32,
+        agent_version: "0.1.0".into(),
+        sent_at_unix_ms: received,
+        ..Default::default()
+    };
+    heartbeats
+        .submit_and_wait(Heartbeat::from_request(&request, received).unwrap())
+        .await
+        .unwrap();
+}

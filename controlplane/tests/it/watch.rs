@@ -2,30 +2,12 @@
 //! once per change, against the real authority group and PostgreSQL.
 
 use rap_controlplane::db;
-use rap_controlplane::heartbeats::{Heartbeat, Heartbeats, now_unix_ms};
+use rap_controlplane::heartbeats::Heartbeats;
 use rap_controlplane::overview::NODE_STALE_AFTER;
 use rap_controlplane::watch::{self, Round, WATCHER_ACTOR};
 use rap_proto::pb;
-use rap_testkit::platform::Platform;
+use rap_testkit::platform::{Platform, heartbeat};
 use std::time::Duration;
-
-/// A heartbeat of `node` saying `health`, received `ago_ms` before now,
-/// written by the control plane's own heartbeat writer.
-async fn heartbeat(heartbeats: &Heartbeats, node: &str, health: pb::NodeHealth, ago_ms: i64) {
-    let received = now_unix_ms() - ago_ms;
-    let request = pb::HeartbeatRequest {
-        cluster_id: "c1".into(),
-        node_id: node.into(),
-        health: health as i32,
-        agent_version: "0.1.0".into(),
-        sent_at_unix_ms: received,
-        ..Default::default()
-    };
-    heartbeats
-        .submit_and_wait(Heartbeat::from_request(&request, received).unwrap())
-        .await
-        .unwrap();
-}
 
 /// (action, target, reason) of what a round announced.
 fn said(round: &Round) -> Vec<(String, String, String)> {
@@ -97,8 +79,8 @@ async fn the_watcher_announces_each_change_once() {
 
     // A first heartbeat, and one that is already stale.
     let stale_ms = i64::try_from(NODE_STALE_AFTER.as_millis()).unwrap() + 30_000;
-    heartbeat(&heartbeats, &a, pb::NodeHealth::Healthy, 0).await;
-    heartbeat(&heartbeats, &b, pb::NodeHealth::Healthy, stale_ms).await;
+    heartbeat(&heartbeats, "c1", &a, pb::NodeHealth::Healthy, 0).await;
+    heartbeat(&heartbeats, "c1", &b, pb::NodeHealth::Healthy, stale_ms).await;
     let round = watch::round(&p.ctx).await.unwrap();
     let mut first_heartbeats = vec![
         event("node.health-changed", &a, "never_seen -> healthy"),
@@ -112,7 +94,7 @@ async fn the_watcher_announces_each_change_once() {
     assert!(round.announced.is_empty(), "{round:?}");
 
     // Two control planes at once: one event.
-    heartbeat(&heartbeats, &a, pb::NodeHealth::Unhealthy, 0).await;
+    heartbeat(&heartbeats, "c1", &a, pb::NodeHealth::Unhealthy, 0).await;
     let (one, two) = tokio::join!(watch::round(&p.ctx), watch::round(&p.ctx));
     let (one, two) = (one.unwrap(), two.unwrap());
     let mut both = said(&one);

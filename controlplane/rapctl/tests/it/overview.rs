@@ -2,31 +2,13 @@
 //! group.
 
 use crate::Rapctl;
-use rap_controlplane::heartbeats::{Heartbeat, Heartbeats, now_unix_ms};
+use rap_controlplane::heartbeats::Heartbeats;
 use rap_controlplane::overview::NODE_STALE_AFTER;
 use rap_proto::pb;
-use rap_testkit::platform::Platform;
+use rap_testkit::platform::{Platform, heartbeat};
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-/// A heartbeat of `node` saying healthy, received `ago_ms` before now,
-/// written by the control plane's own heartbeat writer.
-async fn heartbeat(heartbeats: &Heartbeats, node: &str, ago_ms: i64) {
-    let received = now_unix_ms() - ago_ms;
-    let request = pb::HeartbeatRequest {
-        cluster_id: "c1".into(),
-        node_id: node.into(),
-        health: pb::NodeHealth::Healthy as i32,
-        agent_version: "0.1.0".into(),
-        sent_at_unix_ms: received,
-        ..Default::default()
-    };
-    heartbeats
-        .submit_and_wait(Heartbeat::from_request(&request, received).unwrap())
-        .await
-        .unwrap();
 }
 
 /// Moves the end of `node`'s active certificate to now + `offset`.
@@ -86,9 +68,9 @@ async fn overview_names_the_risks() {
     p.assign_role(&fresh, "vnc-worker").await;
     p.assign_role(&stale, "rdp-worker").await;
     let heartbeats = Heartbeats::start(p.ctx.pool.clone());
-    heartbeat(&heartbeats, &fresh, 0).await;
+    heartbeat(&heartbeats, "c1", &fresh, pb::NodeHealth::Healthy, 0).await;
     let stale_ms = i64::try_from(NODE_STALE_AFTER.as_millis()).unwrap() + 30_000;
-    heartbeat(&heartbeats, &stale, stale_ms).await;
+    heartbeat(&heartbeats, "c1", &stale, pb::NodeHealth::Healthy, stale_ms).await;
     set_not_after(&p, "", "30 days").await;
     set_not_after(&p, &silent, "-1 hour").await;
     set_not_after(&p, &fresh, "2 days").await;
