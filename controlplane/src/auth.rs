@@ -93,8 +93,11 @@ pub struct Principal {
 /// The high-risk admin actions: a principal with TOTP needs a step-up
 /// within [`crate::limits::STEP_UP_WINDOW`] for them
 /// ([`Principal::require_step_up`], checked for every call in the admin
-/// API before the action runs).
-pub const STEP_UP_ACTIONS: [&str; 9] = [
+/// API before the action runs). Besides the actions that change trust,
+/// minting an API token and enabling a principal are here: with a stolen
+/// token of an enrolled principal, either would give a token that needs
+/// no step-up.
+pub const STEP_UP_ACTIONS: [&str; 11] = [
     "join-request.approve",
     "role.assign",
     "node.revoke",
@@ -104,6 +107,8 @@ pub const STEP_UP_ACTIONS: [&str; 9] = [
     "cluster.rotate-signing-key",
     "principal.create",
     "principal.totp-enroll",
+    "api-token.create",
+    "principal.enable",
 ];
 
 impl Principal {
@@ -514,4 +519,40 @@ pub fn foreign_key_to_not_found(error: sqlx::Error, kind: &'static str, id: &str
         return Error::not_found(kind, id);
     }
     Error::Database(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: only a principal with TOTP that has not stepped up is refused,
+    // and only for the high-risk actions. Method: every combination over
+    // the listed actions and a read.
+    #[test]
+    fn step_up_is_asked_of_enrolled_principals_for_high_risk_actions() {
+        let caller = |totp_enrolled, stepped_up| Principal {
+            totp_enrolled,
+            stepped_up,
+            token_id: "t1".into(),
+            ..Principal::stored("owner", Kind::PlatformOwner, String::new())
+        };
+        for action in STEP_UP_ACTIONS {
+            let refused = caller(true, false).require_step_up(action).unwrap_err();
+            assert_eq!(refused.code(), "STEP_UP_REQUIRED", "{action}");
+            assert!(
+                caller(true, true).require_step_up(action).is_ok(),
+                "{action}"
+            );
+            assert!(
+                caller(false, false).require_step_up(action).is_ok(),
+                "{action}"
+            );
+        }
+        assert!(caller(true, false).require_step_up("node.list").is_ok());
+        assert!(
+            caller(true, false)
+                .require_step_up("principal.step-up")
+                .is_ok()
+        );
+    }
 }
