@@ -125,12 +125,25 @@ impl Principal {
     }
 
     /// Refuses `action` when it is high-risk ([`STEP_UP_ACTIONS`]) and
-    /// the principal has TOTP but did not step up within the window. A
-    /// principal without TOTP is not asked (it has nothing to step up
-    /// with; enrolling is its own choice for now).
-    pub fn require_step_up(&self, action: &str) -> Result<()> {
-        if self.totp_enrolled && !self.stepped_up && STEP_UP_ACTIONS.contains(&action) {
-            return Err(Error::StepUpRequired(action.to_string()));
+    /// the principal has TOTP but did not step up within the window
+    /// (`STEP_UP_REQUIRED`). A principal without TOTP is refused only when
+    /// the control plane `required` a step-up from everyone
+    /// (`TOTP_NOT_ENROLLED`), and may still enrol.
+    pub fn require_step_up(&self, action: &str, required: bool) -> Result<()> {
+        if !STEP_UP_ACTIONS.contains(&action) {
+            return Ok(());
+        }
+        if self.totp_enrolled {
+            return match self.stepped_up {
+                true => Ok(()),
+                false => Err(Error::StepUpRequired(action.to_string())),
+            };
+        }
+        if required && action != "principal.totp-enroll" {
+            return Err(Error::TotpNotEnrolled(format!(
+                "this control plane requires a TOTP step-up for {action}: \
+                 enrol with `rapctl principal totp enroll` first"
+            )));
         }
         Ok(())
     }
@@ -536,23 +549,32 @@ mod tests {
             token_id: "t1".into(),
             ..Principal::stored("owner", Kind::PlatformOwner, String::new())
         };
-        for action in STEP_UP_ACTIONS {
-            let refused = caller(true, false).require_step_up(action).unwrap_err();
-            assert_eq!(refused.code(), "STEP_UP_REQUIRED", "{action}");
-            assert!(
-                caller(true, true).require_step_up(action).is_ok(),
-                "{action}"
-            );
-            assert!(
-                caller(false, false).require_step_up(action).is_ok(),
-                "{action}"
-            );
+        for required in [false, true] {
+            for action in STEP_UP_ACTIONS {
+                let refused = caller(true, false)
+                    .require_step_up(action, required)
+                    .unwrap_err();
+                assert_eq!(refused.code(), "STEP_UP_REQUIRED", "{action}");
+                assert!(caller(true, true).require_step_up(action, required).is_ok());
+                let unenrolled = caller(false, false).require_step_up(action, required);
+                if required && action != "principal.totp-enroll" {
+                    assert_eq!(unenrolled.unwrap_err().code(), "TOTP_NOT_ENROLLED");
+                } else {
+                    assert!(unenrolled.is_ok(), "{action}");
+                }
+            }
+            for action in ["node.list", "principal.step-up", "principal.totp-confirm"] {
+                assert!(
+                    caller(true, false)
+                        .require_step_up(action, required)
+                        .is_ok()
+                );
+                assert!(
+                    caller(false, false)
+                        .require_step_up(action, required)
+                        .is_ok()
+                );
+            }
         }
-        assert!(caller(true, false).require_step_up("node.list").is_ok());
-        assert!(
-            caller(true, false)
-                .require_step_up("principal.step-up")
-                .is_ok()
-        );
     }
 }

@@ -32,6 +32,10 @@ pub struct Context {
     /// (`node-cert-validity-s`; default 24 h). Nodes renew at about two
     /// thirds of it.
     pub node_cert_validity: std::time::Duration,
+    /// High-risk admin calls need a TOTP step-up from every principal:
+    /// one without TOTP may only enrol (`require-step-up`; default off:
+    /// only principals with TOTP are asked).
+    pub require_step_up: bool,
 }
 
 impl Context {

@@ -75,6 +75,10 @@ pub struct Config {
     pub node_cert_validity_s: u64,
     /// Log format.
     pub log_format: LogFormat,
+    /// High-risk admin calls need a TOTP step-up from every principal,
+    /// not only from those that enrolled one (a principal without TOTP
+    /// may only enrol).
+    pub require_step_up: bool,
 }
 
 impl Default for Config {
@@ -95,6 +99,7 @@ impl Default for Config {
             storage_insecure_plaintext: false,
             node_cert_validity_s: rap_core::tls::NODE_CERT_VALIDITY_DEFAULT.as_secs(),
             log_format: LogFormat::Text,
+            require_step_up: false,
         }
     }
 }
@@ -273,6 +278,7 @@ pub async fn serve(
         tls: tls.clone(),
         identities: Some(Arc::new(agent.clone())),
         node_cert_validity: std::time::Duration::from_secs(config.node_cert_validity_s),
+        require_step_up: config.require_step_up,
     };
     // One budget of anonymous audit rows per source for the whole process.
     let refusals = Arc::new(crate::audit::RefusalSampler::default());

@@ -96,6 +96,10 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "RAP_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormatArg>,
+    /// Every principal needs a TOTP step-up for high-risk calls (without
+    /// it, only principals that enrolled TOTP are asked).
+    #[arg(long, env = "RAP_REQUIRE_STEP_UP")]
+    require_step_up: bool,
 }
 
 /// `--log-format`: the library's [`LogFormat`] as a command-line value.
@@ -243,6 +247,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if args.storage_insecure_plaintext {
         config.storage_insecure_plaintext = true;
+    }
+    if args.require_step_up {
+        config.require_step_up = true;
     }
     if let Some(v) = args.log_format {
         config.log_format = v.into();

@@ -72,7 +72,7 @@ impl AdminApi {
     /// Audits a refused read (authorization failures of list/get calls).
     /// [`Principal::require_step_up`] for `action`, the refusal audited.
     async fn stepped_up(&self, principal: &Principal, action: &'static str) -> Result<()> {
-        let checked = principal.require_step_up(action);
+        let checked = principal.require_step_up(action, self.ctx.require_step_up);
         if let Err(error) = &checked {
             audit::record_refusal(
                 &self.ctx.pool,

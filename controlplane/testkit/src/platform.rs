@@ -442,6 +442,7 @@ impl Platform {
             tls: None,
             identities: None,
             node_cert_validity,
+            require_step_up: false,
         };
         let owner_token = auth::create_first_owner(&pool).await.unwrap().unwrap();
         let owner = auth::authenticate(&pool, Some(&format!("Bearer {owner_token}")))
@@ -926,6 +927,7 @@ impl Platform {
             http_listen: http_addr,
             keys_dir: self.ctx.keys_dir.clone(),
             node_cert_validity_s: self.ctx.node_cert_validity.as_secs(),
+            require_step_up: self.ctx.require_step_up,
             ..rap_controlplane::server::Config::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

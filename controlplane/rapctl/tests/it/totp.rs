@@ -195,3 +195,52 @@ async fn totp_enrolment_and_step_up() {
     assert_eq!(code, 1);
     assert!(err.contains("TOTP_NOT_ENROLLED"), "{err}");
 }
+
+// Goal: with `require-step-up` every principal needs TOTP for high-risk
+// calls: one without it is refused with TOTP_NOT_ENROLLED (nothing
+// created, refusal audited) but may enrol, and after confirming (which
+// steps its token up) the call works. Method: a platform without storage
+// (a join token needs none) served with require_step_up; the real rapctl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_step_up_asks_every_principal() {
+    let mut p = Platform::without_storage("c1", std::time::Duration::from_secs(3600)).await;
+    p.ctx.require_step_up = true;
+    let server = p.serve().await;
+    let create_token = ["token", "create", "--cluster", "c1", "--ttl", "10m"];
+
+    let before = join_tokens(&p).await;
+    let (code, _, err) = server.rapctl(&p, &create_token).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("TOTP_NOT_ENROLLED") && err.contains("totp enroll"),
+        "{err}"
+    );
+    assert_eq!(join_tokens(&p).await, before);
+    assert_eq!(
+        p.audit_events("join-token.create").await.last().unwrap().0,
+        "refused"
+    );
+
+    let (code, out, err) = server
+        .rapctl(&p, &["principal", "totp", "enroll", "-o", "json"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let secret = data_encoding::BASE32_NOPAD
+        .decode(json(&out)["secret_base32"].as_str().unwrap().as_bytes())
+        .unwrap();
+    let (code, _, err) = server
+        .rapctl(
+            &p,
+            &[
+                "principal",
+                "totp",
+                "confirm",
+                &code_at(&secret, now_step()),
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = server.rapctl(&p, &create_token).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(join_tokens(&p).await, before + 1);
+}
