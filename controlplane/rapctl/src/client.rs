@@ -35,6 +35,16 @@ pub const TOKEN_FILE_BYTES_MAX: u64 = 4 * 1024;
 /// Largest CA file read.
 pub const CA_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
+/// The settings of the last session opened: a call refused for want of a
+/// step-up is answered by stepping up through the same control plane
+/// with the same token ([`last_conn`]).
+static LAST_CONN: std::sync::Mutex<Option<Conn>> = std::sync::Mutex::new(None);
+
+/// The settings [`connect`] was last called with, if any.
+pub fn last_conn() -> Option<Conn> {
+    LAST_CONN.lock().ok().and_then(|last| last.clone())
+}
+
 /// How to reach and authenticate to the control plane. Flattened into
 /// every control-plane command.
 #[derive(clap::Args, Debug, Clone)]
@@ -198,6 +208,9 @@ fn is_loopback(host: &str) -> bool {
 /// Connects to the control plane named by `conn`, for a command on `noun`
 /// (named in error hints).
 pub async fn connect(conn: &Conn, noun: &'static str) -> Result<Session> {
+    if let Ok(mut last) = LAST_CONN.lock() {
+        *last = Some(conn.clone());
+    }
     let token_file = token_path(conn)?;
     let token = read_token(&token_file)?;
     let mut header: MetadataValue<Ascii> = format!("Bearer {token}")

@@ -120,10 +120,10 @@ fn report(error: &anyhow::Error) {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Runs one parsed command line.
+fn run(cli: Cli) -> anyhow::Result<()> {
     let format = cli.output;
-    let result = match cli.command {
+    match cli.command {
         Command::Snapshot(command) => snapshot::run(command, format),
         Command::Demo(args) => demo::run(args, format),
         Command::Overview(args) => block_on(overview::run_overview(args, format)),
@@ -142,7 +142,30 @@ fn main() -> ExitCode {
         Command::Whoami(args) => block_on(orgs::run_whoami(args, format)),
         Command::StepUp(args) => block_on(totp::run_step_up(args, format)),
         Command::Migrate(args) => block_on(migrate::run_migrate(args, format)),
-    };
+    }
+}
+
+/// Whether `result` is a refusal for want of a step-up.
+fn needs_step_up(result: &anyhow::Result<()>) -> bool {
+    result
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<errors::CliError>())
+        .is_some_and(|e| e.code == rap_core::codes::STEP_UP_REQUIRED)
+}
+
+fn main() -> ExitCode {
+    use std::io::IsTerminal as _;
+    let mut result = run(Cli::parse());
+    // At a terminal, a refusal for want of a step-up asks for the code and
+    // runs the command again (the refusal changed nothing).
+    if needs_step_up(&result)
+        && std::io::stdin().is_terminal()
+        && std::io::stderr().is_terminal()
+        && let Some(conn) = client::last_conn()
+    {
+        result = block_on(totp::prompt_step_up(conn)).and_then(|()| run(Cli::parse()));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -97,29 +97,49 @@ pub async fn run_totp(s: &Session, command: TotpCommand, format: Format) -> Resu
     Ok(())
 }
 
-/// Runs `rapctl step-up`.
-pub async fn run_step_up(args: StepUpArgs, format: Format) -> Result<()> {
-    let code = match args.code {
-        Some(code) => code,
-        None => {
-            eprint!("TOTP code: ");
-            let mut line = String::new();
-            std::io::stdin()
-                .lock()
-                .take(CODE_LINE_BYTES_MAX)
-                .read_line(&mut line)
-                .context("reading the code from standard input")?;
-            line.trim().to_string()
-        }
-    };
-    let s = client::connect(&args.conn, "step-up").await?;
-    let status = s
-        .client
+/// Asks for a code on standard input (the prompt on standard error).
+fn read_code() -> Result<String> {
+    eprint!("TOTP code: ");
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .take(CODE_LINE_BYTES_MAX)
+        .read_line(&mut line)
+        .context("reading the code from standard input")?;
+    Ok(line.trim().to_string())
+}
+
+/// Steps the token of `conn` up with `code`.
+async fn step_up(conn: &Conn, code: String) -> Result<pb::TotpStatus> {
+    let s = client::connect(conn, "step-up").await?;
+    Ok(s.client
         .clone()
         .step_up(pb::TotpCodeRequest { code })
         .await
         .map_err(|e| s.fail(e))?
-        .into_inner();
+        .into_inner())
+}
+
+/// Runs `rapctl step-up`.
+pub async fn run_step_up(args: StepUpArgs, format: Format) -> Result<()> {
+    let code = match args.code {
+        Some(code) => code,
+        None => read_code()?,
+    };
+    let status = step_up(&args.conn, code).await?;
     status_output(format, &status);
+    Ok(())
+}
+
+/// After a command was refused with `STEP_UP_REQUIRED` at a terminal:
+/// asks for a code and steps up through the connection it used. The
+/// caller runs the command again (the refusal changed nothing).
+pub async fn prompt_step_up(conn: Conn) -> Result<()> {
+    eprintln!("This needs a fresh second factor (STEP_UP_REQUIRED).");
+    let status = step_up(&conn, read_code()?).await?;
+    eprintln!(
+        "Stepped up until {}; running the command again.",
+        time(status.stepped_up_until_unix_ms)
+    );
     Ok(())
 }

@@ -4,7 +4,7 @@
 use crate::Rapctl;
 use rap_controlplane::limits::TOTP_FAILURES_MAX;
 use rap_controlplane::totp::{TOTP_STEP_SECONDS, code_at, step_of};
-use rap_testkit::platform::Platform;
+use rap_testkit::platform::{ControlPlane, Platform};
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -26,6 +26,53 @@ fn wrong_code(secret: &[u8]) -> String {
         .map(|n| format!("{:06}", 123_450 + n))
         .find(|code| !near.contains(code))
         .unwrap()
+}
+
+/// Runs rapctl with `token` at a terminal (`script` gives it one) typing
+/// `input`: (exit code, everything the terminal showed).
+async fn rapctl_at_terminal(
+    server: &ControlPlane,
+    p: &Platform,
+    token: &str,
+    args: &[&str],
+    input: &str,
+) -> (i32, String) {
+    let token_file = p.dir.path().join("terminal-token");
+    std::fs::write(&token_file, token).unwrap();
+    let ca = p.ctx.keys_dir.join("platform/ca.pem");
+    let endpoint = format!("https://{}", server.addr);
+    let mut words: Vec<String> = vec![env!("CARGO_BIN_EXE_rapctl").to_string()];
+    words.extend(args.iter().map(|a| a.to_string()));
+    words.extend([
+        "--endpoint".into(),
+        endpoint,
+        "--ca".into(),
+        ca.display().to_string(),
+        "--token-file".into(),
+        token_file.display().to_string(),
+    ]);
+    let line = words
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = tokio::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("RAP_SERVER_NAME")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (bsdutils) runs");
+    use tokio::io::AsyncWriteExt as _;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().await.unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
 }
 
 async fn join_tokens(p: &Platform) -> i64 {
@@ -133,17 +180,27 @@ async fn totp_enrolment_and_step_up() {
         .await;
     assert_eq!(code, 1);
     assert!(err.contains("TOTP_INVALID"), "{err}");
+    // At a terminal rapctl asks for the code itself, steps up and runs
+    // the command again.
     let next = code_at(&secret, step + 1);
-    let (code, out, err) = server
-        .rapctl_as(&p, &second, &["step-up", &next, "-o", "json"])
-        .await;
-    assert_eq!(code, 0, "{err}");
-    let until = json(&out)["stepped_up_until_unix_ms"].as_i64().unwrap();
-    let now_ms = i64::try_from(now_step() * TOTP_STEP_SECONDS * 1000).unwrap();
-    assert!(until > now_ms + 4 * 60_000, "{out}");
-    let (code, _, err) = server.rapctl_as(&p, &second, &create_token).await;
-    assert_eq!(code, 0, "{err}");
+    let (code, shown) =
+        rapctl_at_terminal(&server, &p, &second, &create_token, &format!("{next}\n")).await;
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains("TOTP code:") && shown.contains("running the command again"),
+        "{shown}"
+    );
     assert_eq!(join_tokens(&p).await, before + 1);
+    let until: i64 = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM stepped_up_until) * 1000)::bigint
+           FROM admin_api_tokens WHERE stepped_up_until IS NOT NULL
+          ORDER BY stepped_up_until DESC LIMIT 1",
+    )
+    .fetch_one(&p.ctx.pool)
+    .await
+    .unwrap();
+    let now_ms = i64::try_from(now_step() * TOTP_STEP_SECONDS * 1000).unwrap();
+    assert!(until > now_ms + 4 * 60_000, "{until}");
     let step_up_used: Option<bool> = sqlx::query_scalar(
         "SELECT (details->>'step_up')::boolean FROM cluster_audit_events
           WHERE action = 'join-token.create' AND result = 'ok'
