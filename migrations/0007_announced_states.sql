@@ -18,3 +18,7 @@ CREATE TABLE node_health_announced (
     changed_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (cluster_id, node_id)
 );
+
+-- The watcher records every storage node's view every 15 s and deletes
+-- what is older than its retention, oldest first.
+CREATE INDEX cluster_partitions_observed ON cluster_partitions (observed_at);

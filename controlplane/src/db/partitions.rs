@@ -84,7 +84,7 @@ pub async fn prune(
         "DELETE FROM cluster_partitions WHERE observation_id IN (
              SELECT observation_id FROM cluster_partitions
               WHERE observed_at < now() - make_interval(secs => $1)
-              ORDER BY observation_id LIMIT $2)",
+              ORDER BY observed_at LIMIT $2)",
     )
     .bind(older_than.as_secs_f64())
     .bind(limit)

@@ -28,7 +28,8 @@ fn event(action: &str, target: &str, reason: &str) -> (String, String, String) {
 // heartbeat and its health changing (node.health-changed), an agent that
 // went silent (node.heartbeat-stale); nodes first seen and unchanged
 // states write nothing, and two control planes running a round at once
-// write one event per change. Method: the real platform (three in-process
+// write one event per change; observations past the retention are
+// deleted. Method: the real platform (three in-process
 // voters, two agents enrolled as in production), heartbeats through the
 // control plane's writer, rounds run directly (the serving loop runs the
 // same function every 15 s), a voter stopped; the events read back
@@ -53,11 +54,29 @@ async fn the_watcher_announces_each_change_once() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // An observation older than the retention.
+    sqlx::query(
+        "INSERT INTO cluster_partitions (cluster_id, node_id, view, observed_at)
+         VALUES ('c1', 's1', 'minority', now() - interval '8 days')",
+    )
+    .execute(&p.ctx.pool)
+    .await
+    .unwrap();
+
     // Nothing wrong and nothing announced yet: the views are recorded,
-    // no event.
+    // no event; the old observation is gone.
     let first = watch::round(&p.ctx).await.unwrap();
     assert_eq!(first.probed, 1);
     assert!(first.announced.is_empty(), "{first:?}");
+    assert_eq!(first.pruned, 1);
+    assert_eq!(
+        p.count(
+            "SELECT count(*) FROM cluster_partitions
+              WHERE observed_at < now() - interval '7 days'"
+        )
+        .await,
+        0
+    );
     assert!(
         p.count("SELECT count(*) FROM cluster_partitions WHERE cluster_id = 'c1'")
             .await
