@@ -320,6 +320,7 @@ pub async fn list(
                 _ => None,
             },
             at_unix_ms: row.at_unix_ms,
+            details_json: row.details.to_string(),
         })
         .collect();
     Ok(rap_proto::pb::ListAuditEventsResponse {

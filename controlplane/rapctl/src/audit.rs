@@ -118,6 +118,7 @@ fn event_json(e: &pb::AuditEvent) -> Value {
             "log_index": f.log_index,
         })),
         "at_unix_ms": e.at_unix_ms,
+        "details": serde_json::from_str::<Value>(&e.details_json).unwrap_or(Value::Null),
     })
 }
 
@@ -313,6 +314,7 @@ mod tests {
             reason: "unknown\u{1b}[2Jhost".into(),
             fence: None,
             at_unix_ms: 1_000,
+            details_json: "{}".into(),
         };
         assert_eq!(
             event_line(&event),

@@ -48,6 +48,8 @@ pub struct Event {
     pub fence_seq: Option<i64>,
     /// When, Unix ms.
     pub at_unix_ms: i64,
+    /// The details (a JSON object).
+    pub details: serde_json::Value,
 }
 
 /// Writes an event; returns its id.
@@ -105,7 +107,7 @@ pub enum Start {
 /// The columns of [`Event`] and the filter clause of [`list`] (`$1`..`$6`).
 const LIST_FROM: &str =
     "SELECT event_id, cluster_id, actor, action, target, result, reason, fence_term, fence_seq,
-            (extract(epoch FROM at) * 1000)::bigint AS at_unix_ms
+            (extract(epoch FROM at) * 1000)::bigint AS at_unix_ms, details
        FROM cluster_audit_events
       WHERE ($1 = '' OR cluster_id = $1)
         AND ($2 = '' OR actor = $2)

@@ -210,6 +210,25 @@ async fn totp_enrolment_and_step_up() {
     .await
     .unwrap();
     assert_eq!(step_up_used, Some(true));
+    let (code, out, err) = server
+        .rapctl(
+            &p,
+            &[
+                "audit",
+                "list",
+                "--action",
+                "join-token.create",
+                "--result",
+                "ok",
+                "--limit",
+                "1",
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["events"][0]["details"]["step_up"], true, "{out}");
     // Replayed: refused.
     let (code, _, err) = server.rapctl_as(&p, &second, &["step-up", &next]).await;
     assert_eq!(code, 1);
