@@ -58,10 +58,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-/// Share of a certificate's life after which it is renewed (2/3).
-pub const RENEW_AFTER_NUMERATOR: u32 = 2;
-/// See [`RENEW_AFTER_NUMERATOR`].
-pub const RENEW_AFTER_DENOMINATOR: u32 = 3;
+pub use rap_core::tls::{RENEW_AFTER_DENOMINATOR, RENEW_AFTER_NUMERATOR};
 /// Checks per certificate lifetime: the renewal point is met within one
 /// thirtieth of the life.
 pub const CHECKS_PER_LIFETIME: u32 = 30;

@@ -14,10 +14,7 @@ use rap_core::tls::live::LiveIdentity;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Share of a certificate's life after which it is renewed (2/3).
-pub const RENEW_AFTER_NUMERATOR: u32 = 2;
-/// See [`RENEW_AFTER_NUMERATOR`].
-pub const RENEW_AFTER_DENOMINATOR: u32 = 3;
+pub use rap_core::tls::{RENEW_AFTER_DENOMINATOR, RENEW_AFTER_NUMERATOR};
 
 /// Longest pause between two checks of the certificate.
 pub const CHECK_INTERVAL_MAX: Duration = Duration::from_secs(30);

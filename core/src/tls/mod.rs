@@ -51,6 +51,11 @@ use std::time::{Duration, SystemTime};
 /// Default lifetime of a node certificate: short, renewed before expiry
 ///.
 pub const NODE_CERT_VALIDITY_DEFAULT: Duration = Duration::from_secs(24 * 3600);
+/// Share of a node certificate's life after which its holder renews it
+/// (2/3): agents and storage nodes alike.
+pub const RENEW_AFTER_NUMERATOR: u32 = 2;
+/// See [`RENEW_AFTER_NUMERATOR`].
+pub const RENEW_AFTER_DENOMINATOR: u32 = 3;
 
 /// Longest node certificate lifetime issued: node certificates are
 /// short-lived by design.
