@@ -13,6 +13,22 @@ use std::io::{BufRead as _, Read as _};
 /// Longest line read as a code from standard input.
 const CODE_LINE_BYTES_MAX: u64 = 64;
 
+/// `uri` as a QR code of Unicode half blocks (two modules a character),
+/// light modules drawn, dark ones left to a dark terminal background, as
+/// authenticator apps scan them from a screen; `None` if it does not fit
+/// a QR code.
+fn qr_text(uri: &str) -> Option<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(uri.as_bytes()).ok()?;
+    Some(
+        code.render::<Dense1x2>()
+            .dark_color(Dense1x2::Light)
+            .light_color(Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
 /// TOTP commands.
 #[derive(clap::Subcommand, Debug)]
 pub enum TotpCommand {
@@ -82,6 +98,11 @@ pub async fn run_totp(s: &Session, command: TotpCommand, format: Format) -> Resu
                     "period_seconds": enrolled.period_seconds,
                 }),
             );
+            if format == Format::Table
+                && let Some(qr) = qr_text(&enrolled.otpauth_uri)
+            {
+                crate::outln!("\nScan with your authenticator app:\n{qr}");
+            }
         }
         TotpCommand::Confirm { code } => {
             let status = s
@@ -142,4 +163,48 @@ pub async fn prompt_step_up(conn: Conn) -> Result<()> {
         time(status.stepped_up_until_unix_ms)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: the QR code printed is the URI's, modules in place, light
+    // ones drawn (for a dark terminal), with its quiet zone. Method: read
+    // the half blocks back into modules and compare with the encoder's.
+    #[test]
+    fn the_qr_code_shows_the_uri() {
+        let uri = "otpauth://totp/rap:owner?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=rap";
+        let text = qr_text(uri).unwrap();
+        let code = qrcode::QrCode::new(uri.as_bytes()).unwrap();
+        let width = code.width();
+        let colors = code.to_colors();
+        const QUIET: usize = 4;
+        let side = width + 2 * QUIET;
+        // Drawn = light module; each character holds a module row pair.
+        let mut drawn = vec![vec![false; side]; side + 1];
+        for (row, line) in text.lines().enumerate() {
+            assert_eq!(line.chars().count(), side, "row {row}");
+            for (x, c) in line.chars().enumerate() {
+                let (top, bottom) = match c {
+                    ' ' => (false, false),
+                    '\u{2580}' => (true, false),
+                    '\u{2584}' => (false, true),
+                    '\u{2588}' => (true, true),
+                    other => panic!("unexpected {other:?}"),
+                };
+                drawn[2 * row][x] = top;
+                drawn[2 * row + 1][x] = bottom;
+            }
+        }
+        for y in 0..side {
+            for x in 0..side {
+                let inside =
+                    (QUIET..QUIET + width).contains(&x) && (QUIET..QUIET + width).contains(&y);
+                let light =
+                    !inside || colors[(y - QUIET) * width + (x - QUIET)] == qrcode::Color::Light;
+                assert_eq!(drawn[y][x], light, "module ({x}, {y})");
+            }
+        }
+    }
 }

@@ -297,12 +297,18 @@ async fn required_step_up_asks_every_principal() {
         "refused"
     );
 
-    let (code, out, err) = server
-        .rapctl(&p, &["principal", "totp", "enroll", "-o", "json"])
-        .await;
+    // The table form, as a person sees it: the secret and a QR code.
+    let (code, out, err) = server.rapctl(&p, &["principal", "totp", "enroll"]).await;
     assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Scan with your authenticator app"), "{out}");
+    assert!(out.contains('\u{2588}'), "{out}");
+    let base32 = out
+        .lines()
+        .find_map(|line| line.strip_prefix("SECRET"))
+        .unwrap_or_else(|| panic!("no SECRET row in {out}"))
+        .trim();
     let secret = data_encoding::BASE32_NOPAD
-        .decode(json(&out)["secret_base32"].as_str().unwrap().as_bytes())
+        .decode(base32.as_bytes())
         .unwrap();
     let (code, _, err) = server
         .rapctl(
