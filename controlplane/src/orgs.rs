@@ -68,6 +68,8 @@ pub fn principal_pb(principal: &Principal) -> pb::Principal {
             _ => String::new(),
         },
         name: principal.name.clone(),
+        totp_enrolled: principal.totp_enrolled,
+        stepped_up: principal.stepped_up,
     }
 }
 

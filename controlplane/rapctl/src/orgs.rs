@@ -234,6 +234,8 @@ fn principal_json(p: &pb::Principal) -> Value {
         "kind": p.kind,
         "org_id": p.org_id,
         "name": p.name,
+        "totp_enrolled": p.totp_enrolled,
+        "stepped_up": p.stepped_up,
     })
 }
 
@@ -243,6 +245,11 @@ fn principal_rows(p: &pb::Principal) -> Vec<(&'static str, String)> {
         ("kind", or_dash(&p.kind)),
         ("org", or_dash(&p.org_id)),
         ("name", or_dash(&p.name)),
+        (
+            "totp",
+            if p.totp_enrolled { "enrolled" } else { "-" }.into(),
+        ),
+        ("stepped up", if p.stepped_up { "yes" } else { "no" }.into()),
     ]
 }
 

@@ -149,6 +149,10 @@ async fn totp_enrolment_and_step_up() {
         .await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["enrolled"], true, "{out}");
+    let (code, out, err) = server.rapctl(&p, &["whoami", "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["totp_enrolled"], true, "{out}");
+    assert_eq!(json(&out)["stepped_up"], true, "{out}");
 
     // A second token of the owner has not stepped up: refused, audited,
     // nothing created.
