@@ -248,6 +248,40 @@ pub async fn set_enabled(
     audit::audited(&ctx.pool, &action, result).await
 }
 
+/// Audit action of a (refused) principal listing.
+pub const ACTION_LIST: &str = "principal.list";
+
+/// Lists principals with their status and TOTP enrolment (platform-owner
+/// only; a refusal is audited).
+pub async fn list(
+    ctx: &Context,
+    principal: &Principal,
+    request: &pb::ListPrincipalsRequest,
+) -> Result<pb::ListPrincipalsResponse> {
+    let action = Action::new(principal.actor(), ACTION_LIST, None, "");
+    audit::refuse_unless(&ctx.pool, &action, principal.require_owner()).await?;
+    let page = Page::from_pb(request.page.as_ref());
+    let mut rows =
+        db::principals::list(&mut *ctx.pool.acquire().await?, &page.after, page.limit()).await?;
+    let next_page_token = page.finish(&mut rows, |row| row.principal_id.clone());
+    let principals = rows
+        .into_iter()
+        .map(|row| {
+            let kind = Kind::parse(&row.kind, row.org_id.as_deref())?;
+            let mut principal = principal_pb(&Principal::stored(&row.principal_id, kind, row.name));
+            principal.totp_enrolled = row.totp_enrolled;
+            Ok(pb::PrincipalState {
+                principal: Some(principal),
+                status: row.status,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(pb::ListPrincipalsResponse {
+        principals,
+        next_page_token,
+    })
+}
+
 /// Audit action of a TOTP enrolment (a new secret, unconfirmed).
 pub const ACTION_TOTP_ENROLL: &str = "principal.totp-enroll";
 /// Audit action of a TOTP enrolment's confirmation.

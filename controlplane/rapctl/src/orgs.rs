@@ -147,6 +147,9 @@ enum PrincipalCommand {
         /// The principal id.
         principal_id: String,
     },
+    /// List principals with their status and TOTP enrolment (platform
+    /// owner only).
+    List,
     /// Your TOTP second factor: enroll, confirm. With it, high-risk
     /// commands need `rapctl step-up` first.
     Totp {
@@ -461,6 +464,41 @@ pub async fn run_principal(args: PrincipalArgs, format: Format) -> Result<()> {
                 .map_err(|e| s.fail(e))?
                 .into_inner();
             principal_state_output(format, state);
+        }
+        PrincipalCommand::List => {
+            let s = client::connect(&args.conn, "principal").await?;
+            let listed = all_pages(async |token| {
+                let response = s
+                    .client
+                    .clone()
+                    .list_principals(pb::ListPrincipalsRequest { page: page(&token) })
+                    .await
+                    .map_err(|e| s.fail(e))?
+                    .into_inner();
+                Ok((response.principals, response.next_page_token))
+            })
+            .await?;
+            let mut table = Table::new(&["PRINCIPAL", "KIND", "ORG", "NAME", "STATUS", "TOTP"]);
+            let mut rows = Vec::new();
+            for state in &listed {
+                let p = state.principal.clone().unwrap_or_default();
+                table.row(vec![
+                    p.principal_id.clone(),
+                    or_dash(&p.kind),
+                    or_dash(&p.org_id),
+                    or_dash(&p.name),
+                    or_dash(&state.status),
+                    if p.totp_enrolled { "enrolled" } else { "-" }.into(),
+                ]);
+                let mut row = principal_json(&p);
+                if let Some(fields) = row.as_object_mut() {
+                    // A listing says nothing of anyone's token.
+                    fields.remove("stepped_up");
+                    fields.insert("status".into(), json!(state.status));
+                }
+                rows.push(row);
+            }
+            print_list(format, &table, &json!({"principals": rows}));
         }
         PrincipalCommand::Totp { command } => {
             let s = client::connect(&args.conn, "principal").await?;

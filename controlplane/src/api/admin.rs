@@ -592,6 +592,14 @@ impl AdminService for AdminApi {
         reply(principals::set_enabled(&self.ctx, &p, &r.principal_id, true, "").await)
     }
 
+    async fn list_principals(
+        &self,
+        request: Request<pb::ListPrincipalsRequest>,
+    ) -> std::result::Result<Response<pb::ListPrincipalsResponse>, Status> {
+        let (p, r) = authed!(self, request, "principal.list");
+        reply(principals::list(&self.ctx, &p, &r).await)
+    }
+
     async fn enroll_totp(
         &self,
         request: Request<pb::EnrollTotpRequest>,

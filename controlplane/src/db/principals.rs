@@ -373,3 +373,33 @@ pub async fn step_up_token(
     .fetch_one(conn)
     .await?)
 }
+
+/// A principal as listed.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Listed {
+    /// Its id.
+    pub principal_id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its organization (org-admins).
+    pub org_id: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// `active` or `disabled`.
+    pub status: String,
+    /// It has a confirmed TOTP.
+    pub totp_enrolled: bool,
+}
+
+/// Principals by id after `after`, at most `limit`.
+pub async fn list(conn: &mut PgConnection, after: &str, limit: i64) -> Result<Vec<Listed>> {
+    Ok(sqlx::query_as(
+        "SELECT principal_id, kind, org_id, name, status,
+                totp_confirmed_at IS NOT NULL AS totp_enrolled
+           FROM admin_principals WHERE principal_id > $1 ORDER BY principal_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}

@@ -329,4 +329,34 @@ async fn required_step_up_asks_every_principal() {
     let (code, _, err) = server.rapctl(&p, &create_token).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(join_tokens(&p).await, before + 1);
+
+    // Who has enrolled: the owner now, a new org admin not; the org admin
+    // may not list.
+    let org_token = crate::org_admin_token(&server, &p, "acme").await;
+    let (code, out, err) = server
+        .rapctl(&p, &["principal", "list", "-o", "json"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<(String, bool)> = json(&out)["principals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap().to_string(),
+                p["totp_enrolled"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(listed.contains(&("platform-owner".into(), true)), "{out}");
+    assert!(listed.contains(&("org-admin".into(), false)), "{out}");
+    let (code, _, err) = server
+        .rapctl_as(&p, &org_token, &["principal", "list"])
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("PERMISSION_DENIED"), "{err}");
+    assert_eq!(
+        p.audit_events("principal.list").await.last().unwrap().0,
+        "refused"
+    );
 }
