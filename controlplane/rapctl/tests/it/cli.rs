@@ -346,22 +346,25 @@ async fn node_list_across_clusters() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("CLUSTER") && out.contains("c2"), "{out}");
 
-    let mut token = String::new();
-    let mut paged = Vec::new();
-    for _ in 0..10 {
-        let (nodes, next) = rap_controlplane::nodes::list(
+    // Every cluster's nodes, one a page.
+    let one_page = async |page_token: String| {
+        rap_controlplane::nodes::list(
             &p.ctx,
             &p.owner,
             &rap_proto::pb::ListNodesRequest {
                 cluster_id: String::new(),
                 page: Some(rap_proto::pb::PageRequest {
                     page_size: 1,
-                    page_token: token.clone(),
+                    page_token,
                 }),
             },
         )
         .await
-        .unwrap();
+    };
+    let mut token = String::new();
+    let mut paged = Vec::new();
+    for _ in 0..10 {
+        let (nodes, next) = one_page(token).await.unwrap();
         paged.extend(nodes.into_iter().map(|n| (n.cluster_id, n.node_id)));
         token = next;
         if token.is_empty() {
@@ -369,19 +372,9 @@ async fn node_list_across_clusters() {
         }
     }
     assert_eq!(paged, all);
-    let refused = rap_controlplane::nodes::list(
-        &p.ctx,
-        &p.owner,
-        &rap_proto::pb::ListNodesRequest {
-            cluster_id: String::new(),
-            page: Some(rap_proto::pb::PageRequest {
-                page_size: 1,
-                page_token: "no-slash".into(),
-            }),
-        },
-    )
-    .await
-    .expect_err("a token the call did not give");
+    let refused = one_page("no-slash".into())
+        .await
+        .expect_err("a token the call did not give");
     assert_eq!(refused.code(), "INVALID_ARGUMENT", "{refused}");
 
     let org_token = crate::org_admin_token(&server, &p, "acme").await;
