@@ -297,10 +297,10 @@ async fn totp_key(ctx: &Context) -> Result<[u8; 32]> {
         .map_err(|e| Error::Internal(format!("loading the TOTP key: {e}")))?
 }
 
-/// A new TOTP secret for the calling principal, replacing any it had
-/// (re-enrolling when confirmed needs a step-up: the admin API checks
-/// [`crate::auth::STEP_UP_ACTIONS`]). It takes effect once confirmed
-/// ([`confirm_totp`]). Audited.
+/// A new TOTP secret for the calling principal, waiting for its first
+/// code ([`confirm_totp`]); a secret in force stays in force until then
+/// (re-enrolling needs a step-up: the admin API checks
+/// [`crate::auth::STEP_UP_ACTIONS`]). Audited.
 pub async fn enroll_totp(ctx: &Context, principal: &Principal) -> Result<pb::EnrollTotpResponse> {
     let action = Action::new(
         principal.actor(),
@@ -322,7 +322,7 @@ pub async fn enroll_totp(ctx: &Context, principal: &Principal) -> Result<pb::Enr
             &mut tx,
             &action,
             None,
-            serde_json::json!({"replaces_confirmed": before.confirmed}),
+            serde_json::json!({"replaces_confirmed": before.sealed.is_some()}),
         )
         .await?;
         tx.commit().await?;
@@ -337,13 +337,13 @@ pub async fn enroll_totp(ctx: &Context, principal: &Principal) -> Result<pb::Enr
     audit::audited(&ctx.pool, &action, result).await
 }
 
-/// Checks `code` against the calling principal's TOTP (pending when
-/// `confirming`, else confirmed) and opens its token's step-up window;
+/// Checks `code` against the calling principal's TOTP (the secret
+/// waiting for its first code when `confirming`, which then comes into
+/// force; else the one in force) and opens its token's step-up window;
 /// records the step so the code is not good again. Refusals: no such
-/// TOTP (`TOTP_NOT_ENROLLED`, or `FAILED_PRECONDITION` confirming one
-/// that is confirmed), a wrong, stale or reused code (`TOTP_INVALID`),
-/// too many refused codes lately (`RATE_LIMITED`). Nothing changes on a
-/// refusal; each is audited.
+/// secret (`TOTP_NOT_ENROLLED`), a wrong, stale or reused code
+/// (`TOTP_INVALID`), too many refused codes lately (`RATE_LIMITED`).
+/// Nothing changes on a refusal; each is audited.
 async fn check_code(
     ctx: &Context,
     principal: &Principal,
@@ -381,32 +381,34 @@ async fn check_code(
                 retry_after: TOTP_FAILURES_WINDOW,
             });
         }
-        let sealed = match (&stored.sealed, stored.confirmed, confirming) {
-            (None, _, _) | (Some(_), false, false) => {
+        let (sealed, last) = match (confirming, &stored.pending, &stored.sealed) {
+            (true, Some(pending), _) => (pending, None),
+            (true, None, _) => {
+                return Err(Error::TotpNotEnrolled(format!(
+                    "principal {} has no enrolment waiting for its first code",
+                    principal.id
+                )));
+            }
+            (false, _, Some(sealed)) => (sealed, stored.last_step),
+            (false, _, None) => {
                 return Err(Error::TotpNotEnrolled(format!(
                     "principal {} has no confirmed TOTP",
                     principal.id
                 )));
             }
-            (Some(_), true, true) => {
-                return Err(Error::FailedPrecondition(
-                    "the TOTP is confirmed already: step up with `rapctl step-up`".into(),
-                ));
-            }
-            (Some(sealed), _, _) => sealed,
         };
         let secret = totp::open(&key, &principal.id, sealed)?;
         let now = u64::try_from(rap_proto::time::UnixMillis::now().0 / 1000).unwrap_or(0);
-        let last = stored.last_step.and_then(|s| u64::try_from(s).ok());
+        let last = last.and_then(|s| u64::try_from(s).ok());
         let step = totp::verify(&secret, code, now, last).ok_or_else(|| {
             Error::TotpInvalid("wrong, outside the clock window, or already used".into())
         })?;
-        db::principals::use_totp_step(
-            &mut tx,
-            &principal.id,
-            i64::try_from(step).unwrap_or(i64::MAX),
-        )
-        .await?;
+        let step = i64::try_from(step).unwrap_or(i64::MAX);
+        if confirming {
+            db::principals::confirm_totp(&mut tx, &principal.id, step).await?;
+        } else {
+            db::principals::use_totp_step(&mut tx, &principal.id, step).await?;
+        }
         let until =
             db::principals::step_up_token(&mut tx, &principal.token_id, STEP_UP_WINDOW).await?;
         audit::record_ok(

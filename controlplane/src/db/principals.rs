@@ -301,20 +301,19 @@ pub async fn owner_exists(conn: &mut PgConnection) -> Result<bool> {
 /// ends.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Totp {
-    /// The sealed secret (none: not enrolled).
+    /// The sealed secret in force (none: not enrolled).
     pub sealed: Option<Vec<u8>>,
-    /// The enrolment was confirmed with a first code.
-    pub confirmed: bool,
-    /// The newest step a code was accepted for.
+    /// The newest step a code of it was accepted for.
     pub last_step: Option<i64>,
+    /// A sealed new secret waiting for its first code.
+    pub pending: Option<Vec<u8>>,
 }
 
 /// Locks `principal_id`'s row and reads its TOTP (`None`: no such
 /// principal).
 pub async fn lock_totp(conn: &mut PgConnection, principal_id: &str) -> Result<Option<Totp>> {
     Ok(sqlx::query_as(
-        "SELECT totp_sealed AS sealed, totp_confirmed_at IS NOT NULL AS confirmed,
-                totp_last_step AS last_step
+        "SELECT totp_sealed AS sealed, totp_last_step AS last_step, totp_pending_sealed AS pending
            FROM admin_principals WHERE principal_id = $1 FOR UPDATE",
     )
     .bind(principal_id)
@@ -322,37 +321,43 @@ pub async fn lock_totp(conn: &mut PgConnection, principal_id: &str) -> Result<Op
     .await?)
 }
 
-/// Stores a new sealed secret, unconfirmed (an enrolment waiting for its
-/// first code); the previous one, if any, is gone.
+/// Stores a new sealed secret waiting for its first code (replacing any
+/// other waiting one); the secret in force stays in force.
 pub async fn set_pending_totp(
     conn: &mut PgConnection,
     principal_id: &str,
     sealed: &[u8],
 ) -> Result<()> {
-    sqlx::query(
-        "UPDATE admin_principals
-            SET totp_sealed = $2, totp_confirmed_at = NULL, totp_last_step = NULL
-          WHERE principal_id = $1",
-    )
-    .bind(principal_id)
-    .bind(sealed)
-    .execute(conn)
-    .await?;
+    sqlx::query("UPDATE admin_principals SET totp_pending_sealed = $2 WHERE principal_id = $1")
+        .bind(principal_id)
+        .bind(sealed)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
-/// Records that a code for `step` was accepted (confirming a pending
-/// enrolment).
-pub async fn use_totp_step(conn: &mut PgConnection, principal_id: &str, step: i64) -> Result<()> {
+/// Puts the waiting secret in force, a code for `step` accepted.
+pub async fn confirm_totp(conn: &mut PgConnection, principal_id: &str, step: i64) -> Result<()> {
     sqlx::query(
         "UPDATE admin_principals
-            SET totp_last_step = $2, totp_confirmed_at = coalesce(totp_confirmed_at, now())
-          WHERE principal_id = $1",
+            SET totp_sealed = totp_pending_sealed, totp_pending_sealed = NULL,
+                totp_confirmed_at = now(), totp_last_step = $2
+          WHERE principal_id = $1 AND totp_pending_sealed IS NOT NULL",
     )
     .bind(principal_id)
     .bind(step)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Records that a code of the secret in force was accepted for `step`.
+pub async fn use_totp_step(conn: &mut PgConnection, principal_id: &str, step: i64) -> Result<()> {
+    sqlx::query("UPDATE admin_principals SET totp_last_step = $2 WHERE principal_id = $1")
+        .bind(principal_id)
+        .bind(step)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

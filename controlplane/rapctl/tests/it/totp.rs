@@ -245,6 +245,20 @@ async fn totp_enrolment_and_step_up() {
         .await;
     assert_eq!(code, 1);
     assert!(err.contains("STEP_UP_REQUIRED"), "{err}");
+    // Stepped up, it may; the secret in force stays in force until the
+    // new one is confirmed.
+    let (code, _, err) = server
+        .rapctl_as(&p, &second, &["principal", "totp", "enroll"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = server
+        .rapctl_as(&p, &third, &["whoami", "-o", "json"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["totp_enrolled"], true, "{out}");
+    let (code, _, err) = server.rapctl_as(&p, &third, &create_token).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("STEP_UP_REQUIRED"), "{err}");
 
     // Guessing: after the budget of refused codes, even a right one is
     // refused until the window passes.
