@@ -282,6 +282,36 @@ pub async fn list(
     })
 }
 
+/// Audit action of removing a principal's TOTP on the control plane host.
+pub const ACTION_TOTP_RESET: &str = "principal.totp-reset";
+/// The actor of [`reset_totp`].
+pub const RESET_TOTP_ACTOR: &str = "rap-controlplane-reset-totp";
+
+/// Break glass (`rap-controlplane reset-totp`, run with direct database
+/// access like `owner-token`): removes `principal_id`'s TOTP, for a
+/// principal that lost its authenticator (it can no longer step up, nor
+/// enrol again, which needs a step-up); it enrols again afterwards.
+/// Returns whether it had one. Audited as [`RESET_TOTP_ACTOR`].
+pub async fn reset_totp(pool: &sqlx::PgPool, principal_id: &str) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    if db::principals::lock_totp(&mut tx, principal_id)
+        .await?
+        .is_none()
+    {
+        return Err(Error::not_found("principal", principal_id));
+    }
+    let had = db::principals::clear_totp(&mut tx, principal_id).await?;
+    audit::record_ok(
+        &mut tx,
+        &Action::new(RESET_TOTP_ACTOR, ACTION_TOTP_RESET, None, principal_id),
+        None,
+        serde_json::json!({"had_totp": had}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(had)
+}
+
 /// Audit action of a TOTP enrolment (a new secret, unconfirmed).
 pub const ACTION_TOTP_ENROLL: &str = "principal.totp-enroll";
 /// Audit action of a TOTP enrolment's confirmation.

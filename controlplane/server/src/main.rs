@@ -37,6 +37,19 @@ enum Command {
     /// token has expired or was revoked; otherwise use
     /// `rapctl principal token create`.
     OwnerToken(OwnerTokenArgs),
+    /// Break glass: remove a principal's TOTP second factor (direct
+    /// database access; audited). For a principal that lost its
+    /// authenticator; it enrols again with `rapctl principal totp enroll`.
+    ResetTotp(ResetTotpArgs),
+}
+
+#[derive(Args, Debug)]
+struct ResetTotpArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The principal.
+    #[arg(long)]
+    principal: String,
 }
 
 #[derive(Args, Debug)]
@@ -130,6 +143,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::OwnerToken(args) => owner_token(args).await,
+        Command::ResetTotp(args) => reset_totp(args).await,
     }
 }
 
@@ -213,6 +227,24 @@ async fn owner_token(args: OwnerTokenArgs) -> Result<()> {
         args.principal, args.ttl_days
     ));
     out(&format!("  {token}"));
+    Ok(())
+}
+
+async fn reset_totp(args: ResetTotpArgs) -> Result<()> {
+    init_logging(LogFormat::Text);
+    let config = load_config(&args.common)?;
+    config.validate()?;
+    let pool = rap_controlplane::db::connect(&config.database_url, 2).await?;
+    rap_controlplane::db::migrate(&pool).await?;
+    let had = rap_controlplane::principals::reset_totp(&pool, &args.principal).await?;
+    out(&if had {
+        format!(
+            "TOTP of principal {} removed; it enrols again with `rapctl principal totp enroll`",
+            args.principal
+        )
+    } else {
+        format!("principal {} had no TOTP; nothing changed", args.principal)
+    });
     Ok(())
 }
 

@@ -408,3 +408,20 @@ pub async fn list(conn: &mut PgConnection, after: &str, limit: i64) -> Result<Ve
     .fetch_all(conn)
     .await?)
 }
+
+/// Removes `principal_id`'s TOTP (in force and waiting); returns whether
+/// it had any.
+pub async fn clear_totp(conn: &mut PgConnection, principal_id: &str) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE admin_principals
+            SET totp_sealed = NULL, totp_confirmed_at = NULL, totp_last_step = NULL,
+                totp_pending_sealed = NULL
+          WHERE principal_id = $1
+            AND (totp_sealed IS NOT NULL OR totp_pending_sealed IS NOT NULL)",
+    )
+    .bind(principal_id)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        > 0)
+}

@@ -23,7 +23,8 @@ fn controlplane(
 }
 
 // Goal: `init` prints the first platform-owner token exactly once and the
-// token works; `migrate` is idempotent. Method: the real binary on a fresh
+// token works; `owner-token` and `reset-totp` break glass (audited);
+// `migrate` is idempotent. Method: the real binary on a fresh
 // database, twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_prints_the_owner_token_once_and_migrate_is_idempotent() {
@@ -118,6 +119,58 @@ async fn init_prints_the_owner_token_once_and_migrate_is_idempotent() {
         err.contains("NOT_FOUND") || err.contains("not found"),
         "{err}"
     );
+    // Break glass: an owner that lost its authenticator gets its TOTP
+    // removed on the host (audited), and may enrol again.
+    sqlx::query(
+        "UPDATE admin_principals SET totp_sealed = decode(repeat('ab', 40), 'hex'),
+                totp_confirmed_at = now(), totp_last_step = 1
+          WHERE principal_id = 'owner'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (code, out, err) = controlplane(
+        &["reset-totp", "--principal", "owner"],
+        &db.url,
+        keys.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("removed"), "{out}");
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM admin_principals
+          WHERE totp_sealed IS NOT NULL OR totp_confirmed_at IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+    let reset: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM cluster_audit_events
+          WHERE action = 'principal.totp-reset' AND actor = 'rap-controlplane-reset-totp'
+            AND target = 'owner'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(reset, 1);
+    let (code, out, err) = controlplane(
+        &["reset-totp", "--principal", "owner"],
+        &db.url,
+        keys.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("had no TOTP"), "{out}");
+    let (code, _, err) = controlplane(
+        &["reset-totp", "--principal", "nobody"],
+        &db.url,
+        keys.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("NOT_FOUND") || err.contains("not found"),
+        "{err}"
+    );
+
     let (code, out, err) = controlplane(&["migrate"], &db.url, keys.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("applied 0 migration"), "{out}");
