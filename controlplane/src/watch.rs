@@ -14,10 +14,10 @@
 //!   change of its state (`healthy`, `degraded`, `unhealthy`, `unknown`,
 //!   `never_seen`). A node first seen is recorded without an event.
 //!
-//! Each event's reason says `from -> to`. The announcement runs in one
-//! transaction under an advisory lock ([`db::announced::lock_round`]),
-//! with the announced states updated in it, so several control planes
-//! announce each change once. At most [`WATCH_EVENTS_PER_ROUND_MAX`]
+//! Each event's reason says `from -> to`. A round runs in one transaction
+//! under an advisory lock ([`db::announced::lock_round`]), with the
+//! announced states updated in it, so several control planes probe once
+//! per round between them and announce each change once. At most [`WATCH_EVENTS_PER_ROUND_MAX`]
 //! node events are written per round; the rest wait for the next one.
 //! Observations older than [`PARTITION_RETENTION`] are deleted as it goes.
 
@@ -66,16 +66,19 @@ pub struct Round {
     pub pruned: u64,
 }
 
-/// One round: probe, record, announce, prune.
+/// One round: probe, record, announce, prune. Only one control plane
+/// runs a round at a time; the others skip it whole (no probes either).
 pub async fn round(ctx: &Context) -> Result<Round> {
     let mut done = Round::default();
-    let voters: BTreeMap<String, i64> = {
-        let mut conn = ctx.pool.acquire().await?;
-        db::storage_nodes::voter_counts(&mut conn)
-            .await?
-            .into_iter()
-            .collect()
-    };
+    let mut tx = ctx.pool.begin().await?;
+    if !db::announced::lock_round(&mut tx).await? {
+        done.skipped = true;
+        return Ok(done);
+    }
+    let voters: BTreeMap<String, i64> = db::storage_nodes::voter_counts(&mut tx)
+        .await?
+        .into_iter()
+        .collect();
     for cluster_id in voters.keys() {
         match crate::authority_ops::record_status(ctx, cluster_id).await {
             Ok(_) => done.probed += 1,
@@ -85,11 +88,6 @@ pub async fn round(ctx: &Context) -> Result<Round> {
         }
     }
 
-    let mut tx = ctx.pool.begin().await?;
-    if !db::announced::lock_round(&mut tx).await? {
-        done.skipped = true;
-        return Ok(done);
-    }
     let mut views: BTreeMap<String, Vec<db::partitions::VoterView>> = BTreeMap::new();
     for view in db::partitions::voter_views(&mut tx, VIEW_FRESH).await? {
         views.entry(view.cluster_id.clone()).or_default().push(view);
