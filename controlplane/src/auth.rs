@@ -219,6 +219,21 @@ pub async fn authenticate(pool: &PgPool, authorization: Option<&str>) -> Result<
         .ok_or_else(|| Error::Unauthenticated("authorization is not a Bearer token".into()))?;
     let (id, hash) = secret::parse(API_TOKEN_PREFIX, raw)
         .ok_or_else(|| Error::Unauthenticated("malformed API token".into()))?;
+    admit_token(pool, &id, Some(&hash)).await
+}
+
+/// The principal of the console session that signed in with API token
+/// `token_id`: the session stands for the secret, which was checked at
+/// sign-in; revocation, expiry and disabling are checked as for every
+/// call ([`authenticate`]).
+pub async fn authenticate_token_id(pool: &PgPool, token_id: &str) -> Result<Principal> {
+    admit_token(pool, token_id, None).await
+}
+
+/// Looks up token `id` and admits its principal: the secret's `hash`
+/// must match when given; then revoked, expired and disabled refuse.
+async fn admit_token(pool: &PgPool, id: &str, hash: Option<&blake3::Hash>) -> Result<Principal> {
+    let id = id.to_string();
     let mut conn = pool.acquire().await?;
     let row = db::principals::lookup_token(&mut conn, &id, API_TOKEN_LAST_USED_GRANULARITY).await?;
     let Some(db::principals::TokenLookup {
@@ -237,7 +252,7 @@ pub async fn authenticate(pool: &PgPool, authorization: Option<&str>) -> Result<
     else {
         return Err(Error::Unauthenticated("unknown API token".into()));
     };
-    if !secret::hash_matches(&hash, &stored) {
+    if hash.is_some_and(|hash| !secret::hash_matches(hash, &stored)) {
         return Err(Error::Unauthenticated("unknown API token".into()));
     }
     if revoked {
@@ -266,6 +281,26 @@ pub async fn authenticate(pool: &PgPool, authorization: Option<&str>) -> Result<
         totp_enrolled,
         stepped_up,
     })
+}
+
+/// [`Principal::require_step_up`] for `action` under this control
+/// plane's `require-step-up`, the refusal audited: the one check of the
+/// admin API and the console before a high-risk action runs.
+pub async fn require_step_up(
+    ctx: &crate::context::Context,
+    principal: &Principal,
+    action: &'static str,
+) -> Result<()> {
+    let checked = principal.require_step_up(action, ctx.require_step_up);
+    if let Err(error) = &checked {
+        crate::audit::record_refusal(
+            &ctx.pool,
+            &crate::audit::Action::new(principal.actor(), action, None, ""),
+            error,
+        )
+        .await;
+    }
+    checked
 }
 
 /// The audit actor of a refused authentication: `api-token:<id>` when the

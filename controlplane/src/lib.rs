@@ -31,6 +31,7 @@ pub mod authority_ops;
 pub mod caches;
 pub mod certificates;
 pub mod clusters;
+pub mod console;
 pub mod context;
 pub mod db;
 pub mod enrollment;

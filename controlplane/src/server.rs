@@ -52,6 +52,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// HTTP listen address (`/metrics`, `/healthz`, `/readyz`).
     pub http_listen: SocketAddr,
+    /// HTTPS listen address of the web console ([`crate::console`]); off
+    /// when unset. Its certificate is `platform/console.pem` in the keys
+    /// directory, made on first start for `server-names`.
+    pub console_listen: Option<SocketAddr>,
     /// Directory of the platform CA, cluster CAs and signing keys.
     pub keys_dir: PathBuf,
     /// `host:port` agents dial (written into join commands; default:
@@ -91,6 +95,7 @@ impl Default for Config {
             http_listen: HTTP_LISTEN_DEFAULT
                 .parse()
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7480))),
+            console_listen: None,
             keys_dir: PathBuf::from("rap-keys"),
             public_endpoint: None,
             server_names: vec!["localhost".into()],
@@ -123,6 +128,16 @@ impl Config {
             return Err(Error::Config {
                 key: "http-listen",
                 message: format!("listen and http-listen must differ (both {})", self.listen),
+            });
+        }
+        if let Some(console) = self.console_listen
+            && (console == self.listen || console == self.http_listen)
+        {
+            return Err(Error::Config {
+                key: "console-listen",
+                message: format!(
+                    "console-listen must differ from listen and http-listen ({console})"
+                ),
             });
         }
         if self.insecure_plaintext
@@ -329,6 +344,19 @@ pub async fn serve(
             .instrument(tracing::info_span!("task", task = "refresh_clusters")),
         );
     }
+    let console = match config.console_listen {
+        Some(addr) => Some(
+            start_console(
+                &config,
+                addr,
+                ctx.clone(),
+                Arc::clone(&refusals),
+                stop_rx.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let grpc_listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::invalid(format!("listen on {} (gRPC): {e}", config.listen)))?;
@@ -364,12 +392,52 @@ pub async fn serve(
         let _ = http_stop.wait_for(|stop| *stop).await;
     });
     let (grpc_result, http_result) = tokio::join!(grpc, http);
+    if let Some(console) = console {
+        match console.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "console stopped"),
+            Err(e) => tracing::error!(error = %e, "console task failed"),
+        }
+    }
     heartbeats.shutdown().await;
     let _ = identity_listener.await;
     grpc_result?;
     http_result.map_err(|e| Error::Internal(format!("HTTP server: {e}")))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the console's listener (failing the start when it cannot),
+/// loads or makes its certificate and serves it until `stop`.
+async fn start_console(
+    config: &Config,
+    addr: SocketAddr,
+    ctx: Context,
+    refusals: Arc<crate::audit::RefusalSampler>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    let (keys_dir, names) = (config.keys_dir.clone(), config.server_names.clone());
+    let cert =
+        tokio::task::spawn_blocking(move || crate::keys::console::console_cert(&keys_dir, &names))
+            .await
+            .map_err(|e| Error::Internal(format!("loading the console certificate: {e}")))??;
+    let tls = crate::console::tls_config(&cert)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::invalid(format!("listen on {addr} (console): {e}")))?;
+    let console = crate::console::Console::new(ctx, refusals)?;
+    tracing::info!(
+        url = %format!("https://{addr}/"),
+        certificate = %cert.files.cert.display(),
+        sha256 = %cert.fingerprint,
+        "web console"
+    );
+    Ok(tokio::spawn(
+        crate::console::serve(console, listener, tls, async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .instrument(tracing::info_span!("task", task = "console")),
+    ))
 }
 
 /// The answer of `/readyz` when the database does not answer: fixed and

@@ -92,6 +92,9 @@ struct ServeArgs {
     /// HTTP listen address for /metrics, /healthz, /readyz.
     #[arg(long, env = "RAP_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// HTTPS listen address of the web console (off unless set).
+    #[arg(long, env = "RAP_CONSOLE_LISTEN")]
+    console_listen: Option<SocketAddr>,
     /// host:port agents dial (written into join commands).
     #[arg(long, env = "RAP_PUBLIC_ENDPOINT")]
     public_endpoint: Option<String>,
@@ -267,6 +270,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(v) = args.http_listen {
         config.http_listen = v;
+    }
+    if let Some(v) = args.console_listen {
+        config.console_listen = Some(v);
     }
     if let Some(v) = &args.public_endpoint {
         config.public_endpoint = Some(v.clone());

@@ -69,21 +69,12 @@ impl AdminApi {
         }
     }
 
-    /// Audits a refused read (authorization failures of list/get calls).
-    /// [`Principal::require_step_up`] for `action`, the refusal audited.
+    /// [`auth::require_step_up`] for `action`, the refusal audited.
     async fn stepped_up(&self, principal: &Principal, action: &'static str) -> Result<()> {
-        let checked = principal.require_step_up(action, self.ctx.require_step_up);
-        if let Err(error) = &checked {
-            audit::record_refusal(
-                &self.ctx.pool,
-                &Action::new(principal.actor(), action, None, ""),
-                error,
-            )
-            .await;
-        }
-        checked
+        auth::require_step_up(&self.ctx, principal, action).await
     }
 
+    /// Audits a refused read (authorization failures of list/get calls).
     async fn refused_read<T>(
         &self,
         principal: &Principal,

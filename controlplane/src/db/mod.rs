@@ -34,6 +34,7 @@
 //! | `node_heartbeat_latest`    | [`heartbeats`]       | a node's latest heartbeat; the heartbeat writer                             |
 //! | `admin_principals`         | [`principals`]       | an operator of the admin API; init, `rapctl principal`                      |
 //! | `admin_api_tokens`         | [`principals`]       | an API token (hash only), expiry, last use, revocation; `rapctl token`      |
+//! | `console_sessions`         | [`console`]          | a web console sign-in (cookie hash, API token, CSRF token, idle/absolute expiry); [`crate::console`] |
 //! | `cluster_audit_events`     | [`audit`]            | one audited mutation or refusal (append-only, kept forever); [`crate::audit`] |
 //!
 //! No table, but shared state all the same ([`coordination`]): a
@@ -49,6 +50,7 @@ pub mod announced;
 pub mod audit;
 pub mod authority_terms;
 pub mod clusters;
+pub mod console;
 pub mod coordination;
 pub mod groups;
 pub mod heartbeats;

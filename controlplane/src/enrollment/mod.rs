@@ -30,7 +30,7 @@ mod review;
 
 pub use renewal::{PeerCertificate, renew};
 pub(crate) use review::check_reserved;
-pub use review::{approve, expire_stale, get, list, reject};
+pub use review::{approve, expire_stale, get, list, reject, status_filter};
 use review::{approve_locked, issue_identity};
 /// Prefix of node ids derived from a key fingerprint.
 pub const DERIVED_NODE_ID_PREFIX: &str = "n-";

@@ -5,7 +5,7 @@
 use super::*;
 
 /// The status filter of a list call as stored text (`None` = all).
-pub(super) fn status_filter(status: i32) -> Option<&'static str> {
+pub fn status_filter(status: i32) -> Option<&'static str> {
     match pb::JoinRequestStatus::try_from(status).unwrap_or(pb::JoinRequestStatus::Unspecified) {
         pb::JoinRequestStatus::Unspecified => None,
         pb::JoinRequestStatus::Pending => Some("pending"),

@@ -53,6 +53,7 @@ use std::time::{Duration, SystemTime};
 
 mod certs;
 mod cluster;
+pub mod console;
 pub mod expiry;
 mod generations;
 mod platform;

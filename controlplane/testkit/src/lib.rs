@@ -12,6 +12,8 @@
 //! * [`cluster`]: an authority group of real `rap-configstore` processes
 //!   on 127.0.0.1 ([`cluster::Cluster`]), with [`cluster::eventually`],
 //!   [`cluster::metric_value`] and the [`cluster::HANG_GUARD`].
+//! * [`browser`]: headless Chromium driven over the DevTools protocol
+//!   (pipe transport), for the web console's browser tests.
 //! * [`shards`]: a node agent's certificate and `ShardService` client
 //!   towards one storage node.
 //!
@@ -34,6 +36,7 @@
 //! that call it.
 #![allow(clippy::unwrap_used)]
 
+pub mod browser;
 pub mod cluster;
 pub mod platform;
 pub mod shards;

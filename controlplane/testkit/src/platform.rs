@@ -844,6 +844,8 @@ pub struct ControlPlane {
     pub addr: SocketAddr,
     /// Its HTTP address (`/metrics`, `/healthz`, `/readyz`).
     pub http_addr: SocketAddr,
+    /// The web console's HTTPS address, when it serves one.
+    pub console_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -915,6 +917,21 @@ impl Platform {
     /// [`Platform::serve`] on the given addresses (to start it again where
     /// its clients know it); waits until the old listener is gone.
     pub async fn serve_at(&self, addr: SocketAddr, http_addr: SocketAddr) -> ControlPlane {
+        self.serve_with(addr, http_addr, None).await
+    }
+
+    /// [`Platform::serve`] with the web console on a free port too.
+    pub async fn serve_console(&self) -> ControlPlane {
+        self.serve_with(free_addr(), free_addr(), Some(free_addr()))
+            .await
+    }
+
+    async fn serve_with(
+        &self,
+        addr: SocketAddr,
+        http_addr: SocketAddr,
+        console_addr: Option<SocketAddr>,
+    ) -> ControlPlane {
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(addr).await.is_err() {
                 break;
@@ -925,6 +942,7 @@ impl Platform {
             database_url: self.db.url.clone(),
             listen: addr,
             http_listen: http_addr,
+            console_listen: console_addr,
             keys_dir: self.ctx.keys_dir.clone(),
             node_cert_validity_s: self.ctx.node_cert_validity.as_secs(),
             require_step_up: self.ctx.require_step_up,
@@ -945,9 +963,18 @@ impl Platform {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if let Some(console) = console_addr {
+            for _ in 0..200 {
+                if tokio::net::TcpStream::connect(console).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         ControlPlane {
             addr,
             http_addr,
+            console_addr,
             stop: Some(stop),
         }
     }

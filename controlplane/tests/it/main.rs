@@ -6,6 +6,7 @@
 mod audit;
 mod authority_terms;
 mod caches;
+mod console;
 mod enrollment;
 mod groups;
 mod grpc;
