@@ -5,7 +5,9 @@
 #   scripts/test.sh
 #
 # 1. installs what is missing: PostgreSQL server binaries (the tests start
-#    their own private server; nothing needs to be running), rustfmt/clippy;
+#    their own private server; nothing needs to be running), Chromium (the
+#    web console's browser tests drive it headless; screenshots of every
+#    page land in <target>/tmp/console-screenshots/), rustfmt/clippy;
 # 2. cargo fmt --check;
 # 3. cargo clippy --workspace --all-targets -- -D warnings;
 # 4. cargo test --workspace, then one closing line that totals cargo's
@@ -18,6 +20,8 @@ say() { printf '==> %s\n' "$*" >&2; }
 
 # shellcheck source=scripts/ensure-postgres.sh
 source "$root/scripts/ensure-postgres.sh"
+# shellcheck source=scripts/ensure-chromium.sh
+source "$root/scripts/ensure-chromium.sh"
 
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then

@@ -143,3 +143,37 @@ fn issue(files: &ServerCertFiles, names: &ServerNames) -> Result<()> {
     )
     .map_err(file_error)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: the console certificate is ECDSA P-256 (browsers take it),
+    // names the server names, is kept across starts, and is made again
+    // when a name is added or its files are damaged. Method: a temporary
+    // keys directory, three loads, the files read back.
+    #[test]
+    fn console_certificate_is_made_once_and_again_when_names_change() {
+        let dir = tempfile::tempdir().expect("dir");
+        let first = console_cert(dir.path(), &["console.example".into()]).expect("make");
+        let pem = std::fs::read_to_string(&first.files.cert).expect("read");
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem");
+        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).expect("x509");
+        assert_eq!(
+            parsed.public_key().algorithm.algorithm,
+            x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+        );
+        assert_eq!(first.fingerprint, sha256_fingerprint(der.as_ref()));
+        assert!(usable(&first.files, &["console.example".into(), "localhost".into()]).expect("check"));
+
+        let again = console_cert(dir.path(), &["console.example".into()]).expect("load");
+        assert_eq!(again.fingerprint, first.fingerprint, "kept across starts");
+
+        let renamed = console_cert(dir.path(), &["other.example".into()]).expect("remake");
+        assert_ne!(renamed.fingerprint, first.fingerprint, "a new name makes a new one");
+
+        std::fs::write(&renamed.files.cert, b"garbage").expect("damage");
+        let repaired = console_cert(dir.path(), &["other.example".into()]).expect("repair");
+        assert_ne!(repaired.fingerprint, renamed.fingerprint);
+    }
+}
