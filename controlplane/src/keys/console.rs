@@ -164,13 +164,22 @@ mod tests {
             x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
         );
         assert_eq!(first.fingerprint, sha256_fingerprint(der.as_ref()));
-        assert!(usable(&first.files, &["console.example".into(), "localhost".into()]).expect("check"));
+        assert!(
+            usable(
+                &first.files,
+                &["console.example".into(), "localhost".into()]
+            )
+            .expect("check")
+        );
 
         let again = console_cert(dir.path(), &["console.example".into()]).expect("load");
         assert_eq!(again.fingerprint, first.fingerprint, "kept across starts");
 
         let renamed = console_cert(dir.path(), &["other.example".into()]).expect("remake");
-        assert_ne!(renamed.fingerprint, first.fingerprint, "a new name makes a new one");
+        assert_ne!(
+            renamed.fingerprint, first.fingerprint,
+            "a new name makes a new one"
+        );
 
         std::fs::write(&renamed.files.cert, b"garbage").expect("damage");
         let repaired = console_cert(dir.path(), &["other.example".into()]).expect("repair");

@@ -899,6 +899,41 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(String, String)> 
     Some((head.lines().next()?.to_string(), body.to_string()))
 }
 
+/// GET `path` on the web console at `addr` over HTTPS/1.1, trusting only
+/// the console certificate in `cert_pem` (self-signed); returns (status
+/// line, header lines, body).
+pub async fn https_get(
+    addr: SocketAddr,
+    path: &str,
+    cert_pem: &std::path::Path,
+) -> Option<(String, String, String)> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    rap_core::tls::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    let der = CertificateDer::from_pem_file(cert_pem).ok()?;
+    roots.add(der).ok()?;
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+    let mut tls = connector.connect(name, tcp).await.ok()?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    Some((status.to_string(), headers.to_string(), body.to_string()))
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -170,14 +170,18 @@ async fn init_prints_the_owner_token_once_and_migrate_is_idempotent() {
 }
 
 // Goal: the real `rap-controlplane serve` process starts on a database,
-// answers health, readiness and metrics, and stops cleanly on SIGTERM.
-// Method: spawn the binary, poll /readyz, read /metrics, send SIGTERM.
+// answers health, readiness and metrics, serves the web console over
+// HTTPS when RAP_CONSOLE_LISTEN is set (its own ECDSA certificate, the
+// security headers, sign-in for a caller without a session), and stops
+// cleanly on SIGTERM. Method: spawn the binary, poll /readyz, read
+// /metrics, GET the console pinned to its certificate, send SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_health_and_stops_on_sigterm() {
     let db = rap_testkit::pg::fresh_database().await.unwrap();
     let keys = tempfile::tempdir().unwrap();
     let grpc = rap_testkit::platform::free_addr();
     let http = rap_testkit::platform::free_addr();
+    let console = rap_testkit::platform::free_addr();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rap-controlplane"))
         .args([
             "serve",
@@ -188,6 +192,7 @@ async fn serve_answers_health_and_stops_on_sigterm() {
         ])
         .env("RAP_DATABASE_URL", &db.url)
         .env("RAP_KEYS_DIR", keys.path())
+        .env("RAP_CONSOLE_LISTEN", console.to_string())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -210,6 +215,37 @@ async fn serve_answers_health_and_stops_on_sigterm() {
     );
     // serve migrated the database and made the platform CA.
     assert!(keys.path().join("platform/ca.pem").exists());
+
+    // The console: HTTPS with its own certificate; a page without a
+    // session goes to sign-in; the sign-in page with the strict headers.
+    let cert = keys.path().join("platform/console.pem");
+    let (status, headers, _) = rap_testkit::platform::https_get(console, "/nodes", &cert)
+        .await
+        .expect("the console answers over HTTPS with its certificate");
+    assert!(status.contains("303"), "{status}");
+    assert!(
+        headers
+            .to_lowercase()
+            .contains("location: /signin?next=%2fnodes"),
+        "{headers}"
+    );
+    let (status, headers, body) = rap_testkit::platform::https_get(console, "/signin", &cert)
+        .await
+        .unwrap();
+    assert!(status.contains("200"), "{status}");
+    let headers = headers.to_lowercase();
+    for expected in [
+        "content-security-policy: default-src 'none'; style-src 'sha256-",
+        "frame-ancestors 'none'",
+        "x-frame-options: deny",
+        "strict-transport-security:",
+        "set-cookie: __host-rap-signin=",
+        "httponly",
+        "samesite=strict",
+    ] {
+        assert!(headers.contains(expected), "{expected} in {headers}");
+    }
+    assert!(body.contains("name=\"csrf\""), "{body}");
 
     let pid = child.id().unwrap().to_string();
     let killed = tokio::process::Command::new("kill")
