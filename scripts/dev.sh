@@ -11,6 +11,9 @@
 #      running synthetic-echo once its role allows, a refused mutation
 #      without quorum, the audit trail, the agent degraded but serving with
 #      the control plane gone.
+# Then it leaves a local platform running: `rapctl dev up` (PostgreSQL, the
+# control plane, three storage voters, two agents; state in .rap-dev of the
+# repository). `rapctl dev down` stops it, `--purge` deletes it.
 #
 #   scripts/dev.sh
 #
@@ -34,4 +37,6 @@ bin="$(cargo_target_dir)/debug"
 echo
 "$root/scripts/authority-tour.sh" "$bin"
 echo
-exec "$root/scripts/controlplane-tour.sh" "$bin"
+"$root/scripts/controlplane-tour.sh" "$bin"
+echo
+exec "$bin/rapctl" dev up

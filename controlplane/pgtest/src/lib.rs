@@ -39,6 +39,7 @@ mod watchdog;
 pub use binaries::{BINDIR_ENV, BinarySearch, DEBIAN_VERSIONS_ROOT, PgBinaries, find_binaries};
 pub use database::TestDatabase;
 pub use error::{Error, INSTALL_COMMAND, Result};
+pub use runas::RunAs;
 pub use server::PgServer;
 pub use shared::{fresh_database, shared_server};
 pub use url::{SUPERUSER, socket_url};

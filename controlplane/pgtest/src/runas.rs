@@ -2,7 +2,8 @@
 //!
 //! `initdb` and `postgres` refuse to run as root, and CI runs as root; then
 //! they run as the `postgres` system user through `runuser`, and the private
-//! directory is handed to that user.
+//! directory is handed to that user. Public so that `rapctl dev up` runs its
+//! long-lived development server the same way.
 
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
@@ -17,7 +18,7 @@ const SERVER_USER: &str = "postgres";
 
 /// Whom the server programs run as.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum RunAs {
+pub enum RunAs {
     /// This process's own user (not root).
     CurrentUser,
     /// The `postgres` system user, through `runuser`, because this process
@@ -34,7 +35,7 @@ pub(crate) enum RunAs {
 
 impl RunAs {
     /// Decides from this process's effective user id.
-    pub(crate) fn detect() -> Result<RunAs> {
+    pub fn detect() -> Result<RunAs> {
         // /proc/<pid> is owned by the effective uid of the process.
         let euid = std::fs::metadata("/proc/self")
             .map_err(Error::io("read effective user id from /proc/self"))?
@@ -53,7 +54,7 @@ impl RunAs {
 
     /// Gives `dir` (the private directory) to the server user, so `initdb`
     /// can create the data directory and `postgres` its socket in it.
-    pub(crate) fn hand_over(&self, dir: &Path) -> Result<()> {
+    pub fn hand_over(&self, dir: &Path) -> Result<()> {
         match *self {
             RunAs::CurrentUser => Ok(()),
             RunAs::ServerUser { uid, gid, .. } => {
@@ -65,7 +66,7 @@ impl RunAs {
 
     /// The argument vector that runs `program` as the right user (without
     /// its own arguments); the watchdog script runs it too.
-    pub(crate) fn argv(&self, program: &Path) -> Vec<OsString> {
+    pub fn argv(&self, program: &Path) -> Vec<OsString> {
         match self {
             RunAs::CurrentUser => vec![program.as_os_str().to_owned()],
             RunAs::ServerUser { runuser, .. } => vec![
@@ -81,7 +82,7 @@ impl RunAs {
     /// A command that runs `program` as the right user, with no stdin and
     /// `dir` as working directory (the caller's may be unreadable for the
     /// server user).
-    pub(crate) fn command(&self, program: &Path, dir: &Path) -> Command {
+    pub fn command(&self, program: &Path, dir: &Path) -> Command {
         let argv = self.argv(program);
         let mut command = Command::new(&argv[0]);
         command

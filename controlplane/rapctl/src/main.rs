@@ -3,7 +3,8 @@
 //! Human tables by default, `-o json` for scripts. Exit codes: 0 ok,
 //! 1 error (including a refused envelope or a refused call), 2 usage.
 //!
-//! `snapshot` and `demo` work offline; the other commands call the control
+//! `snapshot` and `demo` work offline; `dev` starts and stops a local
+//! platform (processes in the background); the other commands call the control
 //! plane's `AdminService` (see [`client`]) from a current-thread tokio
 //! runtime built here, and `migrate` talks to PostgreSQL directly.
 
@@ -13,6 +14,7 @@ mod certs;
 mod client;
 mod cluster;
 mod demo;
+mod dev;
 mod errors;
 mod join_requests;
 mod migrate;
@@ -36,7 +38,7 @@ use std::process::ExitCode;
 /// role, group, service, audit, org, principal, whoami) call
 /// `rap-controlplane serve` at --endpoint with the API token in
 /// --token-file. `snapshot` and `demo` work offline on signed snapshot
-/// envelopes.
+/// envelopes. `dev up` / `dev down` run a local platform for development.
 #[derive(Parser, Debug)]
 #[command(name = "rapctl", version, about, long_about)]
 struct Cli {
@@ -95,6 +97,10 @@ enum Command {
     /// A scripted tour of the signed-snapshot rules; exits 0 when every
     /// step behaved as the design says.
     Demo(demo::DemoArgs),
+    /// A complete local platform in the background: `dev up` starts (or
+    /// resumes) PostgreSQL, the control plane, storage voters and agents;
+    /// `dev down` stops them.
+    Dev(dev::DevArgs),
 }
 
 /// Runs `future` to completion on a current-thread runtime.
@@ -126,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Snapshot(command) => snapshot::run(command, format),
         Command::Demo(args) => demo::run(args, format),
+        Command::Dev(args) => dev::run(args, format),
         Command::Overview(args) => block_on(overview::run_overview(args, format)),
         Command::Cluster(args) => block_on(cluster::run_cluster(args, format)),
         Command::Authority(args) => block_on(authority::run_authority(args, format)),
