@@ -24,8 +24,18 @@ use std::time::Duration;
 /// (three missed heartbeats).
 pub const NODE_STALE_AFTER: Duration =
     Duration::from_secs(3 * HEARTBEAT_INTERVAL_DEFAULT.as_secs());
-/// Certificates ending within this count as expiring.
+/// Certificates ending within this count as expiring, once their holder
+/// is late renewing them ([`CERT_RENEWAL_OVERDUE_PERCENT`]).
 pub const CERTIFICATES_SOON: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A node renews its certificate at two thirds of its lifetime
+/// (`rap_core::tls::RENEW_AFTER_*`); one past this share of its lifetime
+/// is late, and only then a risk: short-lived certificates that renew
+/// themselves on time are not.
+pub const CERT_RENEWAL_OVERDUE_PERCENT: u32 = 75;
+const _: () = assert!(
+    CERT_RENEWAL_OVERDUE_PERCENT * rap_core::tls::RENEW_AFTER_DENOMINATOR
+        > 100 * rap_core::tls::RENEW_AFTER_NUMERATOR
+);
 /// A join request pending longer than this is a risk (someone should
 /// review it).
 pub const JOIN_REQUEST_WAITING: Duration = Duration::from_secs(24 * 3600);
@@ -217,7 +227,7 @@ fn risks_of(c: &pb::ClusterOverview, waiting: i64) -> Vec<pb::Risk> {
         risk(
             "CERTIFICATES_EXPIRING",
             format!(
-                "{} certificate(s) end within {} days",
+                "{} certificate(s) end within {} days and were not renewed in time",
                 c.certificates_expiring,
                 CERTIFICATES_SOON.as_secs() / 86_400
             ),
@@ -269,11 +279,15 @@ pub async fn overview(
             .map(|row| (row.cluster_id.clone(), row))
             .collect(),
         roles,
-        certificates: db::nodes::certificate_counts(&mut conn, CERTIFICATES_SOON)
-            .await?
-            .into_iter()
-            .map(|row| (row.cluster_id.clone(), row))
-            .collect(),
+        certificates: db::nodes::certificate_counts(
+            &mut conn,
+            CERTIFICATES_SOON,
+            CERT_RENEWAL_OVERDUE_PERCENT,
+        )
+        .await?
+        .into_iter()
+        .map(|row| (row.cluster_id.clone(), row))
+        .collect(),
         views,
         voters: db::storage_nodes::voter_counts(&mut conn)
             .await?

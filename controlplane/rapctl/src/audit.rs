@@ -46,7 +46,8 @@ struct Filters {
     /// prefix ending in a dot (`join-request.`).
     #[arg(long)]
     action: Option<String>,
-    /// Only events on this target (a node, request or token id, ...).
+    /// Only events on this target (a node, request or token id, ...) or
+    /// under it (`agent-1` also finds `agent-1/rdp-worker`).
     #[arg(long)]
     target: Option<String>,
     /// Only events with this result.

@@ -85,8 +85,6 @@ const PACKAGES: [(&str, &str); 3] = [
     (CONFIGSTORE, "rap-configstore"),
     (NODE_AGENT, "rap-node-agent"),
 ];
-/// The environment variable the control plane's web console listens on.
-const CONSOLE_LISTEN_ENV: &str = "RAP_CONSOLE_LISTEN";
 /// Name of the PostgreSQL entry in [`State::processes`].
 const POSTGRES: &str = "postgres";
 /// Name of the control plane's entry in [`State::processes`].
@@ -539,10 +537,10 @@ impl State {
                         &format!("127.0.0.1:{}", self.ports.controlplane_http),
                     ])
                     .args(["--public-endpoint", &self.public_endpoint])
-                    .env(
-                        CONSOLE_LISTEN_ENV,
-                        format!("127.0.0.1:{}", self.ports.console),
-                    );
+                    .args([
+                        "--console-listen",
+                        &format!("127.0.0.1:{}", self.ports.console),
+                    ]);
                 command
             }
             Kind::Storage(n) => {
@@ -1761,20 +1759,34 @@ fn print_summary(state: &State, elapsed: Duration, resumed: bool) {
     crate::outln!("(logs are under {dir})\n");
     crate::outln!("Web console: {}", state.console_url);
     if !port_open(state.ports.console) {
-        crate::outln!(
-            "  (nothing listens there yet: this rap-controlplane has no console; it reads \
-             {CONSOLE_LISTEN_ENV})"
-        );
+        let log = state
+            .processes
+            .iter()
+            .find(|p| p.name == CONTROLPLANE_NAME)
+            .map(|p| p.log.display().to_string())
+            .unwrap_or_default();
+        crate::outln!("  (nothing listens there: see {log} for why)");
     }
     crate::outln!(
-        "  sign in with the platform-owner token in {}",
+        "  sign in: paste the platform-owner token from {} into the sign-in page",
         state.token_file.display()
     );
-    crate::outln!(
-        "  its certificate is issued by the platform CA {} (trust it, or accept the \
-         browser's warning)\n",
-        state.ca.display()
-    );
+    let console_cert = state
+        .ca
+        .parent()
+        .map(|dir| dir.join(rap_controlplane::keys::console::CONSOLE_CERT_FILE));
+    let fingerprint = console_cert
+        .as_deref()
+        .and_then(|path| rap_controlplane::keys::console::file_fingerprint(path).ok());
+    if let (Some(path), Some(fingerprint)) = (&console_cert, &fingerprint) {
+        crate::outln!(
+            "  its certificate is self-signed ({}): the browser warns once; check that it shows \
+             SHA-256 {fingerprint}\n",
+            path.display()
+        );
+    } else {
+        crate::outln!();
+    }
     crate::outln!("Use rapctl against it:");
     crate::outln!("  export RAP_ENDPOINT={}", state.endpoint);
     crate::outln!("  export RAP_CA={}", state.ca.display());

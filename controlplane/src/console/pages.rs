@@ -73,6 +73,14 @@ fn node_href(cluster: &str, node: &str) -> String {
     )
 }
 
+/// `region / zone`, or `-` when neither is set.
+fn location(region: &str, zone: &str) -> String {
+    match (region, zone) {
+        ("", "") => "-".into(),
+        (region, zone) => format!("{region} / {zone}"),
+    }
+}
+
 fn health_counts(counts: Option<&pb::NodeHealthCounts>) -> String {
     let Some(c) = counts else {
         return "-".into();
@@ -296,7 +304,7 @@ pub async fn nodes(c: &Console, s: &Signed, params: &Params) -> Result<Reply> {
             Cell::when(n.last_heartbeat_unix_ms, now),
             Cell::state(&n.membership_status),
             Cell::text(&n.roles.join(", ")),
-            Cell::text(&format!("{} / {}", n.region, n.zone)),
+            Cell::text(&location(&n.region, &n.zone)),
             Cell::when(n.certificate_not_after_unix_ms, now),
         ]);
     }
@@ -454,7 +462,7 @@ pub async fn node(c: &Console, s: &Signed, params: &Params) -> Result<Reply> {
          <dt>Node</dt><dd class=\"mono\">{}</dd><dt>Cluster</dt><dd class=\"mono\">{}</dd>\
          <dt>Health</dt><dd>{}</dd><dt>Last heartbeat</dt><dd>{}</dd>\
          <dt>Membership</dt><dd>{}</dd><dt>Group</dt><dd>{}</dd>\
-         <dt>Location</dt><dd>{} / {}</dd>\
+         <dt>Location</dt><dd>{}</dd>\
          <dt>Identity</dt><dd>{}</dd><dt>Certificate serial</dt><dd class=\"mono\">{}</dd>\
          <dt>Certificate ends</dt><dd>{} ({})</dd></dl>",
         esc(&n.node_id),
@@ -463,8 +471,7 @@ pub async fn node(c: &Console, s: &Signed, params: &Params) -> Result<Reply> {
         esc(&html::ago(n.last_heartbeat_unix_ms, now)),
         badge(&n.membership_status),
         esc(&n.group_id),
-        esc(&n.region),
-        esc(&n.zone),
+        esc(&location(&n.region, &n.zone)),
         badge(&n.identity_status),
         esc(&n.certificate_serial),
         html::time(n.certificate_not_after_unix_ms),

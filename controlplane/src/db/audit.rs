@@ -88,7 +88,8 @@ pub struct Filter<'a> {
     pub action: &'a str,
     /// `action` is a prefix (it ends in a dot).
     pub action_prefix: bool,
-    /// Only events on this target.
+    /// Only events on this target or under it (`agent-1` also finds
+    /// `agent-1/rdp-worker`).
     pub target: &'a str,
     /// Only this result (`ok`, `refused`, `failed`).
     pub result: &'a str,
@@ -113,7 +114,7 @@ const LIST_FROM: &str =
         AND ($2 = '' OR actor = $2)
         AND ($3 = '' OR action = $3)
         AND ($4 = '' OR action LIKE $4)
-        AND ($5 = '' OR target = $5)
+        AND ($5 = '' OR target = $5 OR starts_with(target, $5 || '/'))
         AND ($6 = '' OR result = $6)";
 
 /// Up to `limit` events that `filter` keeps, from `start` on (newest

@@ -731,10 +731,12 @@ pub struct CertificateCounts {
 }
 
 /// [`CertificateCounts`] of every cluster with an active identity ending
-/// within `soon`.
+/// within `soon` that has run more than `overdue_percent` of its lifetime
+/// (its holder is late renewing it), or has ended.
 pub async fn certificate_counts(
     conn: &mut PgConnection,
     soon: std::time::Duration,
+    overdue_percent: u32,
 ) -> Result<Vec<CertificateCounts>> {
     Ok(sqlx::query_as(
         "SELECT cluster_id,
@@ -743,9 +745,12 @@ pub async fn certificate_counts(
            FROM node_identities
           WHERE identity_status = 'active'
             AND certificate_not_after < now() + make_interval(secs => $1)
+            AND now() >= certificate_not_before
+                         + (certificate_not_after - certificate_not_before) * ($2::float8 / 100)
           GROUP BY cluster_id ORDER BY cluster_id",
     )
     .bind(soon.as_secs_f64())
+    .bind(f64::from(overdue_percent))
     .fetch_all(conn)
     .await?)
 }

@@ -51,6 +51,15 @@ pub fn console_cert(keys_dir: &Path, server_names: &[String]) -> Result<ConsoleC
     })
 }
 
+/// The SHA-256 fingerprint ([`sha256_fingerprint`]) of the first
+/// certificate in the PEM file at `path`.
+pub fn file_fingerprint(path: &Path) -> Result<String> {
+    let pem = read_bounded(path, PEM_FILE_BYTES_MAX).map_err(file_error)?;
+    let der = CertificateDer::from_pem_slice(&pem)
+        .map_err(|e| Error::Keys(format!("{}: {e}", path.display())))?;
+    Ok(sha256_fingerprint(der.as_ref()))
+}
+
 /// SHA-256 of `der` as colon-separated upper-case hex.
 pub fn sha256_fingerprint(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);

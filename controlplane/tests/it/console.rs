@@ -258,6 +258,10 @@ async fn the_console_in_a_browser() {
         "{audit}"
     );
     b.screenshot("23-audit-of-the-role").await;
+    // The node's own timeline holds its role too (targets under the node).
+    b.goto(&format!("{base}/node?cluster=c1&node=rdp-1")).await;
+    let timeline = b.text().await;
+    assert!(timeline.contains("rdp-1/rdp-worker"), "{timeline}");
 
     // A form without its CSRF token: refused, audited, nothing changed.
     let roles_before = p
