@@ -6,6 +6,7 @@ mod audit;
 mod caches;
 mod certs;
 mod cli;
+mod dev;
 mod overview;
 mod principals;
 mod promotion;
