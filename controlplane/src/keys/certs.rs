@@ -118,29 +118,17 @@ pub(super) fn cert_is_current(
         return Ok(false);
     }
     check_private_mode(key).map_err(file_error)?;
-    let provider = rustls::crypto::ring::default_provider();
     let files = ServerCertFiles {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
     };
-    let certified = match load_certified_key(&files, &provider) {
-        Ok(certified) => certified,
-        Err(e) => {
-            tracing::warn!(cert = %cert.display(), error = %e, "certificate unusable; replacing it");
-            return Ok(false);
-        }
+    let Some(certified) = current_pair(&files, renew_before)? else {
+        return Ok(false);
     };
     let Some(end_entity) = certified.cert.first() else {
         return Ok(false);
     };
-    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(end_entity.as_ref()) else {
-        return Ok(false);
-    };
-    let not_after = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
-    let now = now_since_epoch()?;
-    if Duration::from_secs(not_after) <= now + renew_before {
-        return Ok(false);
-    }
+    let provider = rustls::crypto::ring::default_provider();
     let mut roots = rustls::RootCertStore::empty();
     if roots.add(CertificateDer::from(ca_der.to_vec())).is_err() {
         return Err(Error::Keys(
@@ -172,6 +160,34 @@ pub(super) fn cert_is_current(
                 && named.as_ref() == Some(*identity))
         }
     }
+}
+
+/// The pair in `files` when it loads, matches and stays valid for longer
+/// than `renew_before`; `None` (an unusable pair logged) when it must be
+/// made again.
+pub(super) fn current_pair(
+    files: &ServerCertFiles,
+    renew_before: Duration,
+) -> Result<Option<Arc<CertifiedKey>>> {
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = match load_certified_key(files, &provider) {
+        Ok(certified) => certified,
+        Err(e) => {
+            tracing::warn!(cert = %files.cert.display(), error = %e, "certificate unusable; replacing it");
+            return Ok(None);
+        }
+    };
+    let Some(end_entity) = certified.cert.first() else {
+        return Ok(None);
+    };
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(end_entity.as_ref()) else {
+        return Ok(None);
+    };
+    let not_after = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
+    if Duration::from_secs(not_after) <= now_since_epoch()? + renew_before {
+        return Ok(None);
+    }
+    Ok(Some(certified))
 }
 
 /// Loads a certificate chain and its private key (refusing a key file

@@ -77,13 +77,8 @@ fn usable(files: &ServerCertFiles, names: &[String]) -> Result<bool> {
     if !files.cert.exists() || !files.key.exists() {
         return Ok(false);
     }
-    let provider = rustls::crypto::ring::default_provider();
-    let certified = match load_certified_key(files, &provider) {
-        Ok(certified) => certified,
-        Err(e) => {
-            tracing::warn!(cert = %files.cert.display(), error = %e, "console certificate unusable; replacing it");
-            return Ok(false);
-        }
+    let Some(certified) = current_pair(files, SERVER_CERT_RENEW_BEFORE)? else {
+        return Ok(false);
     };
     let Some(der) = certified.cert.first() else {
         return Ok(false);
@@ -91,13 +86,6 @@ fn usable(files: &ServerCertFiles, names: &[String]) -> Result<bool> {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
         return Ok(false);
     };
-    let not_after = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    if Duration::from_secs(not_after) <= now + SERVER_CERT_RENEW_BEFORE {
-        return Ok(false);
-    }
     let mut sans: Vec<String> = Vec::new();
     if let Ok(Some(ext)) = parsed.subject_alternative_name() {
         for name in &ext.value.general_names {

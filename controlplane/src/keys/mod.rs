@@ -61,7 +61,9 @@ mod platform;
 mod tests;
 
 pub(crate) use certs::load_certified_key;
-use certs::{CertCheck, ServerNames, cert_is_current, issue_server_cert, random_serial};
+use certs::{
+    CertCheck, ServerNames, cert_is_current, current_pair, issue_server_cert, random_serial,
+};
 pub use cluster::ClusterKeys;
 pub use generations::KEY_GENERATIONS_MAX;
 pub use platform::{PlatformKeys, TOTP_KEY_FILE, totp_key};
