@@ -10,8 +10,11 @@
 #    page land in <target>/tmp/console-screenshots/), rustfmt/clippy;
 # 2. cargo fmt --check;
 # 3. cargo clippy --workspace --all-targets -- -D warnings;
-# 4. cargo test --workspace, then one closing line that totals cargo's
-#    per-binary "test result:" lines ("summary: N passed, N failed, N skipped").
+# 4. cargo test --workspace;
+# 5. scripts/nemesis.sh --minutes 2 --seed 1 (chaos on real processes:
+#    partitions, pauses, kills, slow links; the history checked);
+# then one closing line that totals cargo's per-binary "test result:"
+# lines ("summary: N passed, N failed, N skipped").
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -46,6 +49,11 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+
+# Chaos on real processes with a fixed seed (2 minutes of faults); its
+# summary, history, timeline and logs land in <target>/nemesis/seed1/.
+say "scripts/nemesis.sh --minutes 2 --seed 1"
+"$root/scripts/nemesis.sh" --minutes 2 --seed 1 || status=$?
 # cargo ends with the doc-tests of the last crate, often "0 passed"; total
 # every binary's result line so the run closes with the whole count.
 awk '/^test result:/ {

@@ -8,6 +8,15 @@
 //! (restarting does not help: join again), 130 interrupted (likewise
 //! resumable).
 
+/// `println!` that ignores a closed stdout (`rap-node-agent status | head`
+/// must not panic on the broken pipe).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 use crate::enroll::{
     self, Enrolled, Event, JoinOptions, JoinOutcome, POLL_INTERVAL_DEFAULT, parse_duration,
 };
@@ -207,7 +216,7 @@ fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
         );
     };
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
     }
     let now = rap_proto::time::UnixMillis::now().0;
@@ -218,8 +227,8 @@ fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
             format!("{:.1}s", (now - at).max(0) as f64 / 1000.0)
         }
     };
-    println!("node {} in cluster {}", status.node_id, status.cluster_id);
-    println!(
+    outln!("node {} in cluster {}", status.node_id, status.cluster_id);
+    outln!(
         "health: {}{} (written {} ago)",
         status.health,
         if status.degraded_reason.is_empty() {
@@ -230,7 +239,7 @@ fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
         age(status.updated_at_unix_ms)
     );
     let cp = &status.control_plane;
-    println!(
+    outln!(
         "control plane: {} ({} heartbeats, {} failed, last at {} ago){}",
         if cp.reachable {
             "reachable"
@@ -247,7 +256,7 @@ fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
         }
     );
     let cert = &status.certificate;
-    println!(
+    outln!(
         "certificate: {} renewals by this run{}{}",
         cert.renewals,
         if cert.serial.is_empty() {
@@ -264,9 +273,9 @@ fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
             format!("; last error: {}", cert.last_error)
         }
     );
-    println!("scopes:");
+    outln!("scopes:");
     for (scope, held) in &status.scopes {
-        println!(
+        outln!(
             "  {scope:<32} v{:<6} term {:<3} age {:<8} from {}{} ({})",
             held.version,
             held.authority_term,
@@ -289,18 +298,22 @@ fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
         );
     }
     if !status.workloads.is_empty() {
-        println!("workloads:");
+        outln!("workloads:");
         for w in &status.workloads {
-            println!(
+            outln!(
                 "  {:<20} desired {:<9} observed {:<9} v{} {}",
-                w.service, w.desired, w.observed, w.version, w.detail
+                w.service,
+                w.desired,
+                w.observed,
+                w.version,
+                w.detail
             );
         }
     }
     if !status.peers.is_empty() {
-        println!("mesh peers (peer cache):");
+        outln!("mesh peers (peer cache):");
         for peer in &status.peers {
-            println!(
+            outln!(
                 "  {:<20} {:<6} {}",
                 peer.node_id,
                 peer.tier,
@@ -308,10 +321,10 @@ fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    println!("storage endpoints, best first:");
+    outln!("storage endpoints, best first:");
     for shown in &status.endpoints {
         let scored = &shown.scored;
-        println!(
+        outln!(
             "  {:<6} {:<16} {:<22} {:<9} zone {:<10} rtt {:<9} load {:<5} failures {:<3} bad envelopes {}{}",
             shown.tier.name(),
             scored.endpoint.node_id,
@@ -345,7 +358,7 @@ fn status(args: ClusterArgs, output: Output) -> anyhow::Result<ExitCode> {
 /// Prints progress: stdout for text output, stderr when stdout is JSON.
 fn progress(output: Output, line: &str) {
     match output {
-        Output::Text => println!("{line}"),
+        Output::Text => outln!("{line}"),
         Output::Json => eprintln!("{line}"),
     }
 }
@@ -510,8 +523,8 @@ fn report(outcome: &JoinOutcome, output: Output) -> ExitCode {
         ),
     };
     match output {
-        Output::Json => println!("{json}"),
-        Output::Text if code == ExitCode::SUCCESS => println!("{text}"),
+        Output::Json => outln!("{json}"),
+        Output::Text if code == ExitCode::SUCCESS => outln!("{text}"),
         Output::Text => eprintln!("{text}"),
     }
     code

@@ -74,6 +74,10 @@ pub struct Config {
     /// Run as a cache replica of the cluster (no Raft): hold and serve the
     /// shards placement assigns this node, filled from the voters.
     pub cache: Option<Cache>,
+    /// Fault-injection tests only: dial peer `<node-id>` at `<host:port>`
+    /// instead of its member address (a proxy of that one link); the
+    /// connection is still pinned to the peer's certificate.
+    pub dial_via: Vec<String>,
 }
 
 /// A cache replica's settings.
@@ -212,6 +216,7 @@ impl Default for Config {
             insecure_plaintext_allow_non_loopback: false,
             log_format: LogFormat::Text,
             cache: None,
+            dial_via: Vec::new(),
         }
     }
 }
@@ -235,6 +240,33 @@ impl Config {
             .unwrap_or_else(|| self.listen.to_string())
     }
 
+    /// [`Config::dial_via`], parsed: at most one address per peer, at
+    /// most [`rap_authority::network::PEERS_MAX`] peers.
+    pub fn dial_via(&self) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+        let mut map = std::collections::BTreeMap::new();
+        if self.dial_via.len() > rap_authority::network::PEERS_MAX {
+            return Err(ConfigError(format!(
+                "dial-via: at most {} peers, got {}",
+                rap_authority::network::PEERS_MAX,
+                self.dial_via.len()
+            )));
+        }
+        for entry in &self.dial_via {
+            let (id, address) = entry
+                .split_once('=')
+                .ok_or_else(|| ConfigError(format!("dial-via {entry:?}: <node-id>=<host:port>")))?;
+            rap_proto::ids::NodeId::new(id)
+                .map_err(|e| ConfigError(format!("dial-via {entry:?}: {e}")))?;
+            address
+                .parse::<SocketAddr>()
+                .map_err(|e| ConfigError(format!("dial-via {entry:?}: {e}")))?;
+            if map.insert(id.to_string(), address.to_string()).is_some() {
+                return Err(ConfigError(format!("dial-via: {id} is given twice")));
+            }
+        }
+        Ok(map)
+    }
+
     /// Refuses combinations that cannot work, saying what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         rap_proto::ids::NodeId::new(self.node_id.as_str())
@@ -244,6 +276,7 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError("data-dir is required".into()));
         }
+        self.dial_via()?;
         let t = &self.timing;
         if t.heartbeat_ms == 0 {
             return Err(ConfigError("timing.heartbeat-ms must be > 0".into()));
@@ -302,6 +335,28 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Goal: `dial-via` takes one `<node-id>=<host:port>` per peer and
+    // refuses anything else at start, naming the entry. Method: parse
+    // good and bad lists.
+    #[test]
+    fn dial_via_is_checked() {
+        let mut config = Config::from_toml(base()).expect("base");
+        config.dial_via = vec!["s2=127.0.0.1:4000".into(), "s3=127.0.0.1:4001".into()];
+        let parsed = config.dial_via().expect("good");
+        assert_eq!(parsed["s2"], "127.0.0.1:4000");
+        config.validate().expect("valid");
+        for bad in [
+            vec!["s2".to_string()],
+            vec!["s2=nowhere".to_string()],
+            vec!["BAD ID=127.0.0.1:1".to_string()],
+            vec!["s2=127.0.0.1:1".to_string(), "s2=127.0.0.1:2".to_string()],
+        ] {
+            config.dial_via = bad.clone();
+            let error = config.validate().expect_err("refused");
+            assert!(error.0.contains("dial-via"), "{bad:?}: {}", error.0);
+        }
+    }
 
     fn base() -> &'static str {
         "node-id = \"s1\"\ncluster-id = \"c1\"\ndata-dir = \"/tmp/s1\"\ninsecure-plaintext = true\n"

@@ -82,6 +82,7 @@ pub fn node_options(config: &Config, identity: Option<&Arc<LiveIdentity>>) -> Re
         connector: None,
         disk: None,
         clock: None,
+        dial_via: config.dial_via()?,
     })
 }
 

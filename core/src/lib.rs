@@ -24,6 +24,7 @@ pub mod identity;
 pub mod limits;
 pub mod marks;
 pub mod process;
+pub mod rng;
 pub mod tls;
 
 pub use error::{Error, Result};

@@ -404,6 +404,7 @@ impl NodeHost {
             connector: Some(net::connector()),
             disk: Some(self.disk.opener()),
             clock: self.clock.clone(),
+            dial_via: Default::default(),
         };
         let node = AuthorityNode::start(options)
             .await

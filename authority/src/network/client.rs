@@ -62,6 +62,11 @@ pub struct NetworkConfig {
     /// Without mTLS, how a channel is dialled when no connector is given
     /// for it (the simulator's network); `None` dials TCP.
     pub plain_connector: Option<Connector>,
+    /// Per storage node id, the address to dial instead of its member
+    /// address (the connection is still pinned to that node's
+    /// certificate). Fault-injection tests put a proxy of each link here
+    /// (`rap-configstore serve --dial-via`); empty in production.
+    pub dial_via: BTreeMap<String, String>,
 }
 
 impl Default for NetworkConfig {
@@ -74,6 +79,7 @@ impl Default for NetworkConfig {
             tls: None,
             tls_dialer: None,
             plain_connector: None,
+            dial_via: BTreeMap::new(),
         }
     }
 }
@@ -88,6 +94,7 @@ impl fmt::Debug for NetworkConfig {
             .field("tls", &self.tls.is_some())
             .field("tls_dialer", &self.tls_dialer.is_some())
             .field("plain_connector", &self.plain_connector.is_some())
+            .field("dial_via", &self.dial_via)
             .finish()
     }
 }
@@ -139,6 +146,11 @@ pub fn channel(
     expected: &ExpectedPeer,
     connector: Option<&Connector>,
 ) -> Result<Channel> {
+    let address = expected
+        .node_id
+        .as_ref()
+        .and_then(|id| config.dial_via.get(id.as_str()))
+        .map_or(address, String::as_str);
     let endpoint = endpoint(config, address)?;
     Ok(
         match (&config.tls, connector.or(config.plain_connector.as_ref())) {

@@ -175,6 +175,9 @@ pub struct NodeOptions {
     /// The wall clock signed orders' ages are checked against; `None` is
     /// the system's. The simulation skews it.
     pub clock: Option<rap_proto::time::WallClock>,
+    /// Addresses to dial peers at instead of their member addresses
+    /// ([`NetworkConfig::dial_via`]); empty in production.
+    pub dial_via: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -348,6 +351,7 @@ impl AuthorityNode {
             // dead peer is known as gone within two heartbeats.
             unreachable_backoff: options.timing.heartbeat,
             tls: options.tls.clone(),
+            dial_via: options.dial_via.clone(),
             ..NetworkConfig::default()
         };
         let mut factory = NetworkFactory::new(network.clone(), guard.clone(), reach.clone())?;

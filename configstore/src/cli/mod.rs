@@ -177,6 +177,10 @@ struct ServeArgs {
     /// A cache replica's copy of the cluster's genesis trust root.
     #[arg(long, env = "RAP_CACHE_TRUST_ROOT")]
     cache_trust_root: Option<PathBuf>,
+    /// Fault-injection tests only: dial peer <node-id> at <host:port>
+    /// (a proxy of that link) instead of its member address (repeatable).
+    #[arg(long = "dial-via", value_name = "NODE=HOST:PORT")]
+    dial_via: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -394,6 +398,9 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     }
     if let Some(v) = args.log_format {
         config.log_format = v;
+    }
+    if !args.dial_via.is_empty() {
+        config.dial_via = args.dial_via.clone();
     }
     if !args.cache_voters.is_empty() || args.cache_trust_root.is_some() {
         let cache = config.cache.get_or_insert_with(Default::default);

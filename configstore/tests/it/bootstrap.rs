@@ -220,6 +220,37 @@ fn add_voter_prepares_the_new_node_and_adds_it() {
     });
 }
 
+// Goal: a single voter bootstraps when told this is development
+// (`allow_single_voter`) and then grants fences: its bootstrap must not
+// take the moment between `initialize` and the membership showing in the
+// metrics for "not part of a group" (it did: NOT_INITIALIZED every time).
+// Method: one real rap-configstore process; Bootstrap over gRPC with
+// itself as the only voter; a fence.
+#[test]
+fn a_single_voter_bootstraps_when_allowed() {
+    run(async {
+        let mut cluster = Cluster::new(bin(), 1);
+        cluster.start_all().await;
+        let request = pb::BootstrapGroupRequest {
+            cluster_id: cluster.cluster_id.to_string(),
+            voters: cluster.voter_specs(),
+            trust_root: cluster.trust_root.clone(),
+            allow_single_voter: true,
+        };
+        let mut client = cluster.client(0);
+        let answer = tokio::time::timeout(HANG_GUARD, client.bootstrap(request))
+            .await
+            .expect("hang guard: bootstrap did not answer")
+            .expect("a single voter bootstraps when allowed")
+            .into_inner();
+        assert_eq!(answer.authority_term, 1, "{answer:?}");
+        let fence = acquire(&mut client, cluster.cluster_id.as_str(), 1, "single voter")
+            .await
+            .expect("a fence from the single voter");
+        assert_eq!((fence.authority_term, fence.seq), (1, 1));
+    });
+}
+
 fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }

@@ -163,6 +163,9 @@ pub struct NodeProc {
     pub log: PathBuf,
     /// Its failure domain `i`: labels `r<i>`/`z<i>`/`h<i>`.
     pub domain: usize,
+    /// More `serve` flags for every start (e.g. `--dial-via` of a
+    /// fault-injection harness).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
     starts: u32,
 }
@@ -330,6 +333,7 @@ impl Cluster {
                 domain: index,
                 child: None,
                 starts: 0,
+                extra_args: Vec::new(),
             });
         }
         let admin_tls_dir = root.join("ca").join("admin");
@@ -429,7 +433,8 @@ impl Cluster {
     }
 
     fn spawn(&mut self, index: usize) {
-        let child = self.spawn_proc(&self.nodes[index], &[]);
+        let extra = self.nodes[index].extra_args.clone();
+        let child = self.spawn_proc(&self.nodes[index], &extra);
         self.nodes[index].starts += 1;
         self.nodes[index].child = Some(child);
     }
@@ -509,6 +514,7 @@ impl Cluster {
             domain,
             child: None,
             starts: 0,
+            extra_args: Vec::new(),
         });
         self.caches.len() - 1
     }
