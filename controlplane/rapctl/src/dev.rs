@@ -50,10 +50,9 @@ const REGION: &str = "r1";
 const DATABASE: &str = "postgres";
 /// Storage voters unless `--voters` says otherwise.
 const VOTERS_DEFAULT: u32 = 3;
-/// Fewest storage voters. A single voter (`--allow-single-voter`) is
-/// refused by the storage node's bootstrap today (NOT_INITIALIZED), so the
-/// platform starts with a real quorum.
-const VOTERS_MIN: u32 = 3;
+/// Fewest storage voters: one is bootstrapped with
+/// `--allow-single-voter` (development: no failure tolerance).
+const VOTERS_MIN: u32 = 1;
 /// Most storage voters: what `rapctl cluster bootstrap` accepts.
 const VOTERS_MAX: u32 = 7;
 const _: () = assert!(VOTERS_MAX as usize <= rap_controlplane::clusters::BOOTSTRAP_VOTERS_MAX);
@@ -1110,6 +1109,31 @@ struct Started {
     daemons: Vec<String>,
 }
 
+/// Where the platform lives when run as root and the default directory
+/// is not reachable by the `postgres` user (e.g. a checkout under
+/// `/root`).
+pub const DIR_FALLBACK_AS_ROOT: &str = "/var/tmp/rap-dev";
+
+/// The platform's directory: `dir`, absolute; but when `dir` is the
+/// default, rapctl runs as root (PostgreSQL then runs as `postgres`) and
+/// a parent directory is not searchable by others,
+/// [`DIR_FALLBACK_AS_ROOT`], so `dev up` works from any checkout.
+fn platform_dir(dir: &Path) -> Result<PathBuf> {
+    let absolute = absolute_dir(dir)?;
+    if dir != Path::new(DIR_DEFAULT) || !matches!(RunAs::detect()?, RunAs::ServerUser { .. }) {
+        return Ok(absolute);
+    }
+    let searchable = absolute
+        .ancestors()
+        .skip(1)
+        .filter_map(|a| std::fs::metadata(a).ok())
+        .all(|m| m.permissions().mode() & 0o001 != 0);
+    Ok(match searchable {
+        true => absolute,
+        false => PathBuf::from(DIR_FALLBACK_AS_ROOT),
+    })
+}
+
 /// The directory of the platform, absolute (children run elsewhere).
 fn absolute_dir(dir: &Path) -> Result<PathBuf> {
     std::path::absolute(dir).with_context(|| format!("resolve {}", dir.display()))
@@ -1174,7 +1198,7 @@ fn create_dir(dir: &Path) -> Result<()> {
 /// `rapctl dev up`.
 fn up(args: UpArgs, format: Format) -> Result<()> {
     let started_at = Instant::now();
-    let dir = absolute_dir(&args.dir)?;
+    let dir = platform_dir(&args.dir)?;
     let bin_dir = bin_dir(args.bin_dir.as_deref())?;
     let progress = Progress::new(format);
     let (mut state, resumed) = match State::load(&dir)? {
@@ -1388,6 +1412,9 @@ fn bring_up(state: &mut State, progress: &Progress, started: &mut Started) -> Re
                         storage_id(n),
                         ports.grpc
                     ));
+                }
+                if state.voters == 1 {
+                    args.push("--allow-single-voter".to_owned());
                 }
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 run_setup(state.rapctl(&args)?, &log, Stdout::Log)?;
@@ -1808,7 +1835,7 @@ fn print_summary(state: &State, elapsed: Duration, resumed: bool) {
 
 /// `rapctl dev down`.
 fn down(args: DownArgs, format: Format) -> Result<()> {
-    let dir = absolute_dir(&args.dir)?;
+    let dir = platform_dir(&args.dir)?;
     let Some(mut state) = State::load(&dir)? else {
         bail!(
             "no local platform in {} (no {STATE_FILE}); nothing stopped",
