@@ -8,16 +8,28 @@
 #
 #   scripts/nemesis.sh [--minutes M] [--seed S] [--faults partition,one-way,pause,kill,delay]
 #                      [--voters 3|5] [--clients N] [--out DIR]
+#                      [--mutant minority-grants --expect-violation fence-unique]
 #
 # Output (default target/nemesis/seed<S>): summary.txt (operations by
 # outcome, faults injected, the longest window without a grant per fault
 # kind, violations by rule), history.jsonl, faults.json, timeline.svg and
 # logs/ of every node. Exits 1 on a violation. scripts/test.sh runs a
-# 2-minute run with seed 1.
+# 2-minute run with seed 1, then the teeth: a build whose leader keeps
+# granting fences without its quorum must be caught.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-cargo build --locked -q -p rap-nemesis --bin nemesis -p rap-configstore --bin rap-configstore
+# The same selection as `cargo test --workspace`, so after the tests this
+# only links what is missing (a narrower one would rebuild dependencies
+# with other features).
+cargo build --locked -q --workspace --all-targets
+for arg in "$@"; do
+  if [ "$arg" = "--mutant" ]; then
+    # The teeth: the same storage node with a rule broken on purpose
+    # (rebuilds rap-authority and what depends on it, apart).
+    cargo build --locked -q -p rap-configstore --all-targets --features mutant-minority-grants
+  fi
+done
 # shellcheck source=scripts/target-dir.sh
 source "$root/scripts/target-dir.sh"
 target="$(cargo_target_dir)"
@@ -32,6 +44,9 @@ if [ -z "$out" ]; then
     if [ "${args[$i]}" = "--seed" ] && [ $((i + 1)) -lt ${#args[@]} ]; then seed="${args[$((i + 1))]}"; fi
   done
   out="$target/nemesis/seed$seed"
+  for arg in "${args[@]}"; do
+    if [ "$arg" = "--mutant" ]; then out="$target/nemesis/mutant-seed$seed"; fi
+  done
   rm -rf "$out"
   args+=(--out "$out")
 fi

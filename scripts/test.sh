@@ -12,7 +12,8 @@
 # 3. cargo clippy --workspace --all-targets -- -D warnings;
 # 4. cargo test --workspace;
 # 5. scripts/nemesis.sh --minutes 2 --seed 1 (chaos on real processes:
-#    partitions, pauses, kills, slow links; the history checked);
+#    partitions, pauses, kills, slow links; the history checked), then its
+#    teeth (a storage node built with a broken rule must be caught);
 # then one closing line that totals cargo's per-binary "test result:"
 # lines ("summary: N passed, N failed, N skipped").
 set -euo pipefail
@@ -54,6 +55,12 @@ cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 # summary, history, timeline and logs land in <target>/nemesis/seed1/.
 say "scripts/nemesis.sh --minutes 2 --seed 1"
 "$root/scripts/nemesis.sh" --minutes 2 --seed 1 || status=$?
+# Its teeth: a build whose leader keeps granting fences without its
+# quorum must be caught (the run succeeds only when the checker reports
+# duplicate fences).
+say "scripts/nemesis.sh --mutant minority-grants (the checker must catch it)"
+"$root/scripts/nemesis.sh" --mutant minority-grants --expect-violation fence-unique \
+  --minutes 1 --seed 1 --faults partition || status=$?
 # cargo ends with the doc-tests of the last crate, often "0 passed"; total
 # every binary's result line so the run closes with the whole count.
 awk '/^test result:/ {

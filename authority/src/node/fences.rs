@@ -107,6 +107,8 @@ impl AuthorityNode {
                         let result = match answer {
                             Response::Fence(fence) => {
                                 self.metrics.fence_granted();
+                                #[cfg(feature = "mutant-minority-grants")]
+                                mutant::saw(&fence);
                                 Ok(fence)
                             }
                             other => Err(unexpected(other)),
@@ -117,6 +119,14 @@ impl AuthorityNode {
                 Ok(other) => {
                     for waiter in batch {
                         let _ = waiter.answer.send(Err(unexpected(other.clone())));
+                    }
+                }
+                #[cfg(feature = "mutant-minority-grants")]
+                Err(Error::NoQuorum { .. }) => {
+                    // BROKEN ON PURPOSE (teeth of the nemesis): a leader
+                    // that lost its quorum keeps granting from its own count.
+                    for waiter in batch {
+                        let _ = waiter.answer.send(Ok(mutant::grant(&self)));
                     }
                 }
                 Err(error) => {
@@ -152,5 +162,45 @@ fn shared(error: &Error) -> Error {
         },
         Error::Overloaded(message) => Error::Overloaded(message.clone()),
         other => Error::Raft(other.to_string()),
+    }
+}
+
+/// The broken rule of the `mutant-minority-grants` build: the last fence
+/// this node answered, counted on locally when the quorum is gone.
+#[cfg(feature = "mutant-minority-grants")]
+mod mutant {
+    use super::AuthorityNode;
+    use rap_core::fence::Fence;
+    use std::sync::Mutex;
+
+    static LAST: Mutex<Option<Fence>> = Mutex::new(None);
+
+    pub(super) fn saw(fence: &Fence) {
+        let mut last = LAST
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.as_ref().is_none_or(|l| fence.seq > l.seq) {
+            *last = Some(fence.clone());
+        }
+    }
+
+    pub(super) fn grant(node: &AuthorityNode) -> Fence {
+        let mut last = LAST
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = match last.as_ref() {
+            Some(l) => Fence {
+                seq: rap_proto::ids::FenceSeq(l.seq.0 + 1),
+                ..l.clone()
+            },
+            None => Fence {
+                cluster_id: node.options.cluster_id.clone(),
+                authority_term: rap_proto::ids::AuthorityTerm(1),
+                seq: rap_proto::ids::FenceSeq(1),
+                log_index: rap_proto::ids::LogIndex(0),
+            },
+        };
+        *last = Some(next.clone());
+        next
     }
 }

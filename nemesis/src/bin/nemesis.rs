@@ -67,6 +67,15 @@ struct Args {
     /// Output folder (history, faults, timeline, logs, summary).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Run the storage nodes built with a rule broken on purpose
+    /// (`minority-grants`: `rap-configstore-mutant`, a leader that keeps
+    /// granting fences without its quorum).
+    #[arg(long)]
+    mutant: Option<String>,
+    /// Teeth: succeed only when the checker finds this rule broken (with
+    /// --mutant: the checker must catch the broken build).
+    #[arg(long)]
+    expect_violation: Option<String>,
 }
 
 /// Milliseconds since the run began.
@@ -99,11 +108,19 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let expected = args.expect_violation.clone();
     let violations = runtime.block_on(run(args))?;
-    if violations.is_empty() {
-        Ok(())
-    } else {
-        std::process::exit(1)
+    match expected {
+        Some(rule) if violations.contains_key(rule.as_str()) => {
+            println!("teeth: the checker caught {rule}, as it must");
+            Ok(())
+        }
+        Some(rule) => {
+            println!("TEETH FAILED: the checker did not report {rule}");
+            std::process::exit(1)
+        }
+        None if violations.is_empty() => Ok(()),
+        None => std::process::exit(1),
     }
 }
 
@@ -115,12 +132,17 @@ async fn run(args: Args) -> Result<Violations> {
             .context("the binary's directory")?
             .to_path_buf(),
     };
-    let bin = bin_dir.join("rap-configstore");
+    let (program, build) = match args.mutant.as_deref() {
+        None => ("rap-configstore", "cargo build -p rap-configstore"),
+        Some("minority-grants") => (
+            "rap-configstore-mutant",
+            "cargo build -p rap-configstore --features mutant-minority-grants --bin rap-configstore-mutant",
+        ),
+        Some(other) => bail!("unknown mutant {other:?}: minority-grants"),
+    };
+    let bin = bin_dir.join(program);
     if !bin.is_file() {
-        bail!(
-            "{} is missing: cargo build -p rap-configstore (or --bin-dir)",
-            bin.display()
-        );
+        bail!("{} is missing: {build} (or --bin-dir)", bin.display());
     }
     let out = match &args.out {
         Some(out) => out.clone(),
@@ -156,7 +178,11 @@ async fn run(args: Args) -> Result<Violations> {
         .await
         .map_err(|s| anyhow::anyhow!("bootstrap: {s}"))?;
     println!(
-        "nemesis: seed {}, {} voters, {} clients, faults {}, {:.1} min; output in {}",
+        "nemesis: {}seed {}, {} voters, {} clients, faults {}, {:.1} min; output in {}",
+        args.mutant
+            .as_deref()
+            .map(|m| format!("MUTANT {m}, "))
+            .unwrap_or_default(),
         args.seed,
         args.voters,
         args.clients,
@@ -209,8 +235,15 @@ async fn run(args: Args) -> Result<Violations> {
         let start_ms = clock.ms();
         let detail = match kind {
             "partition" => {
+                // The leader is on the minority side half the time.
                 let minority = 1 + schedule.index(ids.len() / 2);
-                let side = schedule.subset(ids.len(), minority);
+                let mut side = schedule.subset(ids.len(), minority);
+                if schedule.chance(0.5) {
+                    let leader = leader_of(&cluster).await;
+                    if let Some(leader) = leader.filter(|l| !side.contains(l)) {
+                        side[0] = leader;
+                    }
+                }
                 for ((from, to), link) in &links {
                     if side.contains(from) != side.contains(to) {
                         link.set(LinkMode::Cut);
@@ -237,8 +270,9 @@ async fn run(args: Args) -> Result<Violations> {
             }
             "pause" => {
                 let node = pick_node(&cluster, &mut schedule).await;
+                let what = format!("SIGSTOP {} ({})", ids[node], role(&cluster, node).await);
                 signal(&cluster, node, "-STOP").await;
-                format!("SIGSTOP {} ({})", ids[node], role(&cluster, node).await)
+                what
             }
             _ => {
                 let node = pick_node(&cluster, &mut schedule).await;
@@ -357,18 +391,25 @@ async fn fence(client: &mut Client, cluster: &str, process: &str, node: &str, cl
     }
 }
 
+/// The leader's index, as the first running node that names one says.
+async fn leader_of(cluster: &Cluster) -> Option<usize> {
+    for i in cluster.running() {
+        if let Ok(status) = cluster.status(i).await
+            && let Some(found) = cluster.nodes.iter().position(|n| n.id == status.leader_id)
+        {
+            return Some(found);
+        }
+    }
+    None
+}
+
 /// The leader half the time (when one is known), else any running node.
 async fn pick_node(cluster: &Cluster, rng: &mut SeededRng) -> usize {
     let running = cluster.running();
-    if rng.chance(0.5) {
-        for &i in &running {
-            if let Ok(status) = cluster.status(i).await {
-                let leader = status.leader_id;
-                if let Some(found) = cluster.nodes.iter().position(|n| n.id == leader) {
-                    return found;
-                }
-            }
-        }
+    if rng.chance(0.5)
+        && let Some(leader) = leader_of(cluster).await
+    {
+        return leader;
     }
     running
         .get(rng.index(running.len()))
