@@ -6,9 +6,13 @@
 # complete times, and a checker of the whole history. Everything it starts
 # it stops.
 #
-#   scripts/nemesis.sh [--minutes M] [--seed S] [--faults partition,one-way,pause,kill,delay]
+#   scripts/nemesis.sh [--minutes M] [--seed S] [--faults partition,one-way,bridge,pause,kill,delay,reset]
 #                      [--voters 3|5] [--clients N] [--out DIR]
 #                      [--mutant minority-grants --expect-violation fence-unique]
+#
+# --mutant runs the debug build's storage nodes with a rule broken on
+# purpose (`serve --nemesis-mutant`, absent from release builds): the
+# teeth of the checker.
 #
 # Output (default target/nemesis/seed<S>): summary.txt (operations by
 # outcome, faults injected, the longest window without a grant per fault
@@ -23,13 +27,6 @@ cd "$root"
 # only links what is missing (a narrower one would rebuild dependencies
 # with other features).
 cargo build --locked -q --workspace --all-targets
-for arg in "$@"; do
-  if [ "$arg" = "--mutant" ]; then
-    # The teeth: the same storage node with a rule broken on purpose
-    # (rebuilds rap-authority and what depends on it, apart).
-    cargo build --locked -q -p rap-configstore --all-targets --features mutant-minority-grants
-  fi
-done
 # shellcheck source=scripts/target-dir.sh
 source "$root/scripts/target-dir.sh"
 target="$(cargo_target_dir)"

@@ -107,7 +107,7 @@ impl AuthorityNode {
                         let result = match answer {
                             Response::Fence(fence) => {
                                 self.metrics.fence_granted();
-                                #[cfg(feature = "mutant-minority-grants")]
+                                #[cfg(debug_assertions)]
                                 mutant::saw(&fence);
                                 Ok(fence)
                             }
@@ -121,8 +121,8 @@ impl AuthorityNode {
                         let _ = waiter.answer.send(Err(unexpected(other.clone())));
                     }
                 }
-                #[cfg(feature = "mutant-minority-grants")]
-                Err(Error::NoQuorum { .. }) => {
+                #[cfg(debug_assertions)]
+                Err(Error::NoQuorum { .. }) if mutant::enabled() => {
                     // BROKEN ON PURPOSE (teeth of the nemesis): a leader
                     // that lost its quorum keeps granting from its own count.
                     for waiter in batch {
@@ -165,15 +165,28 @@ fn shared(error: &Error) -> Error {
     }
 }
 
-/// The broken rule of the `mutant-minority-grants` build: the last fence
-/// this node answered, counted on locally when the quorum is gone.
-#[cfg(feature = "mutant-minority-grants")]
-mod mutant {
+/// Teeth of the fault-injection harness, in debug builds only (a release
+/// build has none of it): once [`enable_minority_grants_mutant`] was
+/// called (`rap-configstore serve --nemesis-mutant minority-grants`), a
+/// leader that lost its quorum keeps granting fences from its own count.
+#[cfg(debug_assertions)]
+pub mod mutant {
     use super::AuthorityNode;
     use rap_core::fence::Fence;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
+    static ENABLED: AtomicBool = AtomicBool::new(false);
     static LAST: Mutex<Option<Fence>> = Mutex::new(None);
+
+    /// Breaks the rule for the rest of this process (debug builds only).
+    pub fn enable_minority_grants_mutant() {
+        ENABLED.store(true, Ordering::SeqCst);
+    }
+
+    pub(super) fn enabled() -> bool {
+        ENABLED.load(Ordering::SeqCst)
+    }
 
     pub(super) fn saw(fence: &Fence) {
         let mut last = LAST

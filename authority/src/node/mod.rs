@@ -32,6 +32,8 @@ use tracing::Instrument;
 
 mod failover;
 mod fences;
+#[cfg(debug_assertions)]
+pub use fences::mutant;
 mod heads;
 mod membership;
 mod quorum;

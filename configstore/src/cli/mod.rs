@@ -47,7 +47,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the node (Raft + AuthorityService on gRPC, metrics/health on HTTP).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Enrol this storage node through the control plane: its key is made
     /// here and never leaves it; the certificate it gets is renewed by
     /// `serve` before it expires.
@@ -181,6 +181,12 @@ struct ServeArgs {
     /// (a proxy of that link) instead of its member address (repeatable).
     #[arg(long = "dial-via", value_name = "NODE=HOST:PORT")]
     dial_via: Vec<String>,
+    /// Debug builds only, the teeth of scripts/nemesis.sh: break a rule
+    /// on purpose (`minority-grants`: a leader that lost its quorum keeps
+    /// granting fences). Release builds have no such flag.
+    #[cfg(debug_assertions)]
+    #[arg(long, hide = true)]
+    nemesis_mutant: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -325,7 +331,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Join(args) => join(args).await,
         Command::DevCa(args) => dev_ca(args),
         Command::Bootstrap(args) => admin::bootstrap(args).await,
@@ -432,6 +438,19 @@ fn init_logging(format: LogFormat) {
 async fn serve(args: ServeArgs) -> Result<()> {
     let config = load_config(&args)?;
     init_logging(config.log_format);
+    #[cfg(debug_assertions)]
+    match args.nemesis_mutant.as_deref() {
+        None => {}
+        Some("minority-grants") => {
+            tracing::warn!(
+                node_id = %config.node_id,
+                cluster_id = %config.cluster_id,
+                "MUTANT minority-grants: this node grants fences without its quorum (fault-injection teeth; never in production)"
+            );
+            rap_authority::node::mutant::enable_minority_grants_mutant();
+        }
+        Some(other) => anyhow::bail!("--nemesis-mutant {other:?}: minority-grants"),
+    }
     crate::server::serve(config, rap_core::process::shutdown_signal()).await
 }
 

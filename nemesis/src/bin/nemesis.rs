@@ -35,7 +35,15 @@ const CONVERGE_MAX: Duration = Duration::from_secs(30);
 /// Most operations kept in one history (a bound on memory).
 const HISTORY_MAX: usize = 2_000_000;
 /// The fault kinds.
-const FAULTS: [&str; 5] = ["partition", "one-way", "pause", "kill", "delay"];
+const FAULTS: [&str; 7] = [
+    "partition",
+    "one-way",
+    "bridge",
+    "pause",
+    "kill",
+    "delay",
+    "reset",
+];
 
 /// Chaos on real processes: partitions, pauses, kills and slow links
 /// against rap-configstore storage nodes, with a workload of fences, and
@@ -48,11 +56,12 @@ struct Args {
     /// The seed of the fault schedule and of the workload's choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Fault kinds, comma-separated: partition, one-way, pause, kill, delay.
+    /// Fault kinds, comma-separated: partition, one-way, bridge, pause,
+    /// kill, delay, reset.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "partition,one-way,pause,kill,delay"
+        default_value = "partition,one-way,bridge,pause,kill,delay,reset"
     )]
     faults: Vec<String>,
     /// Storage voters (3 or 5).
@@ -67,9 +76,9 @@ struct Args {
     /// Output folder (history, faults, timeline, logs, summary).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Run the storage nodes built with a rule broken on purpose
-    /// (`minority-grants`: `rap-configstore-mutant`, a leader that keeps
-    /// granting fences without its quorum).
+    /// Run the storage nodes with a rule broken on purpose (debug builds
+    /// only; `minority-grants`: a leader that keeps granting fences
+    /// without its quorum).
     #[arg(long)]
     mutant: Option<String>,
     /// Teeth: succeed only when the checker finds this rule broken (with
@@ -109,7 +118,14 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let expected = args.expect_violation.clone();
-    let violations = runtime.block_on(run(args))?;
+    // Interrupted: the run's future is dropped, and with it the cluster
+    // (every process it started is killed) and the proxies.
+    let violations = runtime.block_on(async {
+        tokio::select! {
+            result = run(args) => result,
+            () = rap_core::process::shutdown_signal() => bail!("interrupted; every process it started is stopped"),
+        }
+    })?;
     match expected {
         Some(rule) if violations.contains_key(rule.as_str()) => {
             println!("teeth: the checker caught {rule}, as it must");
@@ -132,17 +148,17 @@ async fn run(args: Args) -> Result<Violations> {
             .context("the binary's directory")?
             .to_path_buf(),
     };
-    let (program, build) = match args.mutant.as_deref() {
-        None => ("rap-configstore", "cargo build -p rap-configstore"),
-        Some("minority-grants") => (
-            "rap-configstore-mutant",
-            "cargo build -p rap-configstore --features mutant-minority-grants --bin rap-configstore-mutant",
-        ),
+    let mutant_args: Vec<String> = match args.mutant.as_deref() {
+        None => Vec::new(),
+        Some("minority-grants") => vec!["--nemesis-mutant".into(), "minority-grants".into()],
         Some(other) => bail!("unknown mutant {other:?}: minority-grants"),
     };
-    let bin = bin_dir.join(program);
+    let bin = bin_dir.join("rap-configstore");
     if !bin.is_file() {
-        bail!("{} is missing: {build} (or --bin-dir)", bin.display());
+        bail!(
+            "{} is missing: cargo build -p rap-configstore (or --bin-dir)",
+            bin.display()
+        );
     }
     let out = match &args.out {
         Some(out) => out.clone(),
@@ -165,7 +181,7 @@ async fn run(args: Args) -> Result<Violations> {
         }
     }
     for from in 0..ids.len() {
-        let mut extra = Vec::new();
+        let mut extra = mutant_args.clone();
         for to in (0..ids.len()).filter(|to| *to != from) {
             extra.push("--dial-via".to_string());
             extra.push(format!("{}={}", ids[to], links[&(from, to)].listen));
@@ -258,6 +274,39 @@ async fn run(args: Args) -> Result<Violations> {
                 let (from, to) = keys[schedule.index(keys.len())];
                 links[&(from, to)].set(LinkMode::Cut);
                 format!("{} -/-> {}", ids[from], ids[to])
+            }
+            "bridge" => {
+                // Two halves that reach each other only through one node.
+                let mut shuffled: Vec<usize> = (0..ids.len()).collect();
+                for i in (1..shuffled.len()).rev() {
+                    shuffled.swap(i, schedule.index(i + 1));
+                }
+                let bridge = shuffled[0];
+                let half: Vec<usize> = shuffled[1..].iter().copied().step_by(2).collect();
+                for ((from, to), link) in &links {
+                    let crossing = half.contains(from) != half.contains(to);
+                    if crossing && *from != bridge && *to != bridge {
+                        link.set(LinkMode::Cut);
+                    }
+                }
+                let other: Vec<usize> = (0..ids.len())
+                    .filter(|i| *i != bridge && !half.contains(i))
+                    .collect();
+                format!(
+                    "{} | {} bridged by {}",
+                    names(&ids, &half),
+                    names(&ids, &other),
+                    ids[bridge]
+                )
+            }
+            "reset" => {
+                let node = schedule.index(ids.len());
+                for ((from, to), link) in &links {
+                    if *from == node || *to == node {
+                        link.reset();
+                    }
+                }
+                format!("every connection of {} reset", ids[node])
             }
             "delay" => {
                 let delay = schedule.millis(Duration::from_millis(50), Duration::from_millis(400));
