@@ -93,6 +93,14 @@ impl AuthorityNode {
                     }
                     tokio::time::sleep(self.options.timing.heartbeat).await;
                 }
+                // `initialize` returned before the membership it wrote
+                // shows in the metrics (a single voter can get here that
+                // soon): not "no group", only not yet.
+                Err(Error::Refused { code, .. })
+                    if code == "NOT_INITIALIZED" && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(self.options.timing.heartbeat).await;
+                }
                 Err(e) => return Err(e),
             }
         }
