@@ -147,16 +147,23 @@ pub async fn reject(c: &Console, s: &Signed, params: &Params) -> Result<Reply> {
     Ok(done(params, "/join-requests", "join-request.reject", id))
 }
 
+/// (cluster, node, role, org) of a role form.
+fn role_fields(params: &Params) -> (String, String, String, String) {
+    let get = |name| field(params, name).to_string();
+    (get("cluster"), get("node"), get("role"), get("org"))
+}
+
 /// POST `/roles/assign` (fenced; step-up checked before).
 pub async fn assign_role(c: &Console, s: &Signed, params: &Params) -> Result<Reply> {
+    let (cluster_id, node_id, role, org_id) = role_fields(params);
     let assigned = crate::roles::assign(
         &c.ctx,
         &s.principal,
         &pb::AssignRoleRequest {
-            cluster_id: field(params, "cluster").to_string(),
-            node_id: field(params, "node").to_string(),
-            role: field(params, "role").to_string(),
-            org_id: field(params, "org").to_string(),
+            cluster_id,
+            node_id,
+            role,
+            org_id,
         },
     )
     .await?;
@@ -170,14 +177,15 @@ pub async fn assign_role(c: &Console, s: &Signed, params: &Params) -> Result<Rep
 
 /// POST `/roles/remove` (fenced).
 pub async fn remove_role(c: &Console, s: &Signed, params: &Params) -> Result<Reply> {
+    let (cluster_id, node_id, role, org_id) = role_fields(params);
     let removed = crate::roles::remove(
         &c.ctx,
         &s.principal,
         &pb::RemoveRoleRequest {
-            cluster_id: field(params, "cluster").to_string(),
-            node_id: field(params, "node").to_string(),
-            role: field(params, "role").to_string(),
-            org_id: field(params, "org").to_string(),
+            cluster_id,
+            node_id,
+            role,
+            org_id,
         },
     )
     .await?;

@@ -17,6 +17,20 @@ pub(super) fn issue_server_cert(
 ) -> Result<()> {
     let key =
         KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(rcgen_error("generate server key"))?;
+    let cert = server_cert_params(common_name, sans, validity)?
+        .signed_by(&key, &ca.issuer)
+        .map_err(rcgen_error("sign server certificate"))?;
+    let chain = format!("{}{}", cert.pem(), ca.cert_pem);
+    write_pair(files, &key.serialize_pem(), &chain)
+}
+
+/// The parameters of a server certificate (TLS server auth only) for
+/// `sans`, valid for `validity` from now, with a fresh serial.
+pub(super) fn server_cert_params(
+    common_name: &str,
+    sans: &[SanType],
+    validity: Duration,
+) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
     params.distinguished_name = distinguished_name(common_name);
     params.subject_alt_names = sans.to_vec();
@@ -26,18 +40,14 @@ pub(super) fn issue_server_cert(
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
     set_validity(&mut params, validity).map_err(cert_error)?;
-    let cert = params
-        .signed_by(&key, &ca.issuer)
-        .map_err(rcgen_error("sign server certificate"))?;
-    write_file(
-        &files.key,
-        key.serialize_pem().as_bytes(),
-        0o600,
-        Overwrite::Replace,
-    )
-    .map_err(file_error)?;
-    let chain = format!("{}{}", cert.pem(), ca.cert_pem);
-    write_file(&files.cert, chain.as_bytes(), 0o644, Overwrite::Replace).map_err(file_error)
+    Ok(params)
+}
+
+/// Writes the key (0600) then the certificate (chain) of a pair, each
+/// replacing the old file atomically.
+pub(super) fn write_pair(files: &ServerCertFiles, key_pem: &str, cert_pem: &str) -> Result<()> {
+    write_file(&files.key, key_pem.as_bytes(), 0o600, Overwrite::Replace).map_err(file_error)?;
+    write_file(&files.cert, cert_pem.as_bytes(), 0o644, Overwrite::Replace).map_err(file_error)
 }
 
 /// Checked server names: as given (lowercased), as SANs and as names to

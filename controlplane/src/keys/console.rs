@@ -114,31 +114,10 @@ fn usable(files: &ServerCertFiles, names: &[String]) -> Result<bool> {
 fn issue(files: &ServerCertFiles, names: &ServerNames) -> Result<()> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(rcgen_error("generate console key"))?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = distinguished_name("rap console");
-    params.subject_alt_names = names.sans()?;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
-    set_validity(&mut params, SERVER_CERT_VALIDITY).map_err(cert_error)?;
-    let cert = params
+    let cert = server_cert_params("rap console", &names.sans()?, SERVER_CERT_VALIDITY)?
         .self_signed(&key)
         .map_err(rcgen_error("self-sign console certificate"))?;
-    write_file(
-        &files.key,
-        key.serialize_pem().as_bytes(),
-        0o600,
-        Overwrite::Replace,
-    )
-    .map_err(file_error)?;
-    write_file(
-        &files.cert,
-        cert.pem().as_bytes(),
-        0o644,
-        Overwrite::Replace,
-    )
-    .map_err(file_error)
+    write_pair(files, &key.serialize_pem(), &cert.pem())
 }
 
 #[cfg(test)]

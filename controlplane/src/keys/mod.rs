@@ -63,6 +63,7 @@ mod tests;
 pub(crate) use certs::load_certified_key;
 use certs::{
     CertCheck, ServerNames, cert_is_current, current_pair, issue_server_cert, random_serial,
+    server_cert_params, write_pair,
 };
 pub use cluster::ClusterKeys;
 pub use generations::KEY_GENERATIONS_MAX;
