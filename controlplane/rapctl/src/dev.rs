@@ -161,6 +161,23 @@ struct UpArgs {
     bin_dir: Option<PathBuf>,
 }
 
+/// How to call this rapctl: `rapctl` when that name on PATH is this
+/// program, else its full path (e.g. cargo's target directory).
+fn rapctl_command() -> String {
+    let Ok(me) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return "rapctl".to_owned();
+    };
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("rapctl"))
+            .find(|candidate| candidate.is_file())
+    });
+    match on_path.and_then(|p| std::fs::canonicalize(p).ok()) {
+        Some(found) if found == me => "rapctl".to_owned(),
+        _ => me.display().to_string(),
+    }
+}
+
 /// `rapctl dev down`.
 #[derive(clap::Args, Debug)]
 struct DownArgs {
@@ -1820,17 +1837,20 @@ fn print_summary(state: &State, elapsed: Duration, resumed: bool) {
     crate::outln!("  export RAP_TOKEN_FILE={}\n", state.token_file.display());
     crate::outln!("Then try:");
     let cluster = &state.cluster;
+    let rapctl = rapctl_command();
     for command in [
-        "rapctl overview".to_owned(),
-        format!("rapctl node list --cluster {cluster}"),
-        format!("rapctl authority status {cluster}"),
-        format!("rapctl join-request list --cluster {cluster} --status all"),
-        format!("rapctl audit list --cluster {cluster} --limit 20"),
-        format!("rapctl role list --cluster {cluster}"),
+        "overview".to_owned(),
+        format!("node list --cluster {cluster}"),
+        format!("authority status {cluster}"),
+        format!("join-request list --cluster {cluster} --status all"),
+        format!("audit list --cluster {cluster} --limit 20"),
+        format!("role list --cluster {cluster}"),
     ] {
-        crate::outln!("  {command}");
+        crate::outln!("  {rapctl} {command}");
     }
-    crate::outln!("\nStop it: rapctl dev down --dir {dir}   (--purge also deletes the directory)");
+    crate::outln!(
+        "\nStop it: {rapctl} dev down --dir {dir}   (--purge also deletes the directory)"
+    );
 }
 
 /// `rapctl dev down`.
