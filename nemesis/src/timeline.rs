@@ -1,8 +1,9 @@
 //! The timeline picture of a run (SVG): one row per client process,
 //! operations by outcome over time (green ok, amber refused, red
-//! unknown), the nemesis's fault windows shaded and labelled. Each row is
-//! drawn per pixel column (the worst outcome in it), so a long run stays
-//! a small file.
+//! unknown), the nemesis's fault windows shaded (labelled where there is
+//! room; every window has its kind and detail as a tooltip). Each row is
+//! drawn per pixel column in the colour of most of its operations (the
+//! worse outcome on a tie), so a long run stays readable and small.
 
 use crate::history::{Fault, Op};
 use std::collections::BTreeMap;
@@ -13,6 +14,10 @@ pub const WIDTH_PX: u64 = 1200;
 const LEFT: u64 = 90;
 const ROW: u64 = 22;
 const TOP: u64 = 30;
+/// Narrowest fault window that gets a label, in pixels.
+const LABEL_MIN_PX: u64 = 40;
+/// Most time-axis ticks.
+const TICKS_MAX: u64 = 12;
 
 fn colour(rank: u8) -> &'static str {
     match rank {
@@ -26,19 +31,38 @@ fn colour(rank: u8) -> &'static str {
 pub fn svg(history: &[Op], faults: &[Fault], duration_ms: u64) -> String {
     let duration = duration_ms.max(1);
     let x = |ms: u64| LEFT + ms.min(duration) * WIDTH_PX / duration;
-    let mut rows: BTreeMap<&str, BTreeMap<u64, u8>> = BTreeMap::new();
+    // Per row and pixel column: operations ok, refused, unknown.
+    let mut counts: BTreeMap<&str, BTreeMap<u64, [u64; 3]>> = BTreeMap::new();
     for op in history {
-        let rank = match op.outcome.kind() {
-            "ok" => 1,
-            "refused" => 2,
-            _ => 3,
+        let slot = match op.outcome.kind() {
+            "ok" => 0,
+            "refused" => 1,
+            _ => 2,
         };
-        let row = rows.entry(op.process.as_str()).or_default();
+        let row = counts.entry(op.process.as_str()).or_default();
         for px in x(op.invoke_ms)..=x(op.complete_ms) {
-            let cell = row.entry(px).or_insert(0);
-            *cell = (*cell).max(rank);
+            row.entry(px).or_default()[slot] += 1;
         }
     }
+    let rows: BTreeMap<&str, BTreeMap<u64, u8>> = counts
+        .into_iter()
+        .map(|(process, cells)| {
+            let ranked = cells
+                .into_iter()
+                .map(|(px, [ok, refused, unknown])| {
+                    let rank = if unknown >= refused && unknown >= ok {
+                        3
+                    } else if refused >= ok {
+                        2
+                    } else {
+                        1
+                    };
+                    (px, rank)
+                })
+                .collect();
+            (process, ranked)
+        })
+        .collect();
     let fault_rows = 1;
     let height = TOP + (rows.len() as u64 + fault_rows) * ROW + 40;
     let width = LEFT + WIDTH_PX + 20;
@@ -59,15 +83,20 @@ pub fn svg(history: &[Op], faults: &[Fault], duration_ms: u64) -> String {
         let _ = write!(
             out,
             "<rect x=\"{a}\" y=\"{TOP}\" width=\"{}\" height=\"{}\" fill=\"#5b6b8c\" \
-             fill-opacity=\"0.15\"><title>{}: {}</title></rect>\
-             <text x=\"{a}\" y=\"{}\" fill=\"#3b4a6b\">{}</text>",
+             fill-opacity=\"0.15\"><title>{}: {}</title></rect>",
             b - a,
             bottom - TOP,
             escape(&fault.kind),
             escape(&fault.detail),
-            TOP + ROW - 8 + (i as u64 % 2) * 10,
-            escape(&fault.kind)
         );
+        if b - a >= LABEL_MIN_PX {
+            let _ = write!(
+                out,
+                "<text x=\"{a}\" y=\"{}\" fill=\"#3b4a6b\">{}</text>",
+                TOP + ROW - 8 + (i as u64 % 2) * 10,
+                escape(&fault.kind)
+            );
+        }
     }
     for (i, (process, cells)) in rows.iter().enumerate() {
         let y = TOP + (i as u64 + fault_rows) * ROW;
@@ -101,7 +130,12 @@ pub fn svg(history: &[Op], faults: &[Fault], duration_ms: u64) -> String {
         }
         flush(&mut out, run);
     }
-    for second in (0..=duration / 1000).step_by(10) {
+    let seconds = duration / 1000;
+    let step = [10u64, 30, 60, 120, 300, 600, 1800, 3600]
+        .into_iter()
+        .find(|step| seconds / step <= TICKS_MAX)
+        .unwrap_or(3600);
+    for second in (0..=seconds).step_by(step as usize) {
         let px = x(second * 1000);
         let _ = write!(
             out,

@@ -85,6 +85,10 @@ struct Args {
     /// --mutant: the checker must catch the broken build).
     #[arg(long)]
     expect_violation: Option<String>,
+    /// Start nothing: draw DIR/timeline.svg again from the DIR/history.jsonl
+    /// and DIR/faults.json of an earlier run.
+    #[arg(long, value_name = "DIR")]
+    replot: Option<PathBuf>,
 }
 
 /// Milliseconds since the run began.
@@ -99,6 +103,9 @@ impl Clock {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.replot {
+        return replot(dir);
+    }
     if !(args.minutes > 0.0 && args.minutes <= MINUTES_MAX) {
         bail!("--minutes must be in (0, {MINUTES_MAX}]");
     }
@@ -377,6 +384,35 @@ async fn run(args: Args) -> Result<Violations> {
     std::fs::write(out.join("summary.txt"), &summary)?;
     print!("{summary}");
     Ok(violations)
+}
+
+/// Draws `dir/timeline.svg` again from the run's history and faults.
+fn replot(dir: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(dir.join("history.jsonl"))
+        .with_context(|| format!("read {}/history.jsonl", dir.display()))?;
+    let history = text
+        .lines()
+        .take(HISTORY_MAX)
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<Vec<Op>, _>>()
+        .context("history.jsonl")?;
+    let faults: Vec<Fault> = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("faults.json"))
+            .with_context(|| format!("read {}/faults.json", dir.display()))?,
+    )
+    .context("faults.json")?;
+    let end_ms = history
+        .iter()
+        .map(|op| op.complete_ms)
+        .chain(faults.iter().map(|f| f.end_ms))
+        .max()
+        .unwrap_or(0);
+    std::fs::write(
+        dir.join("timeline.svg"),
+        rap_nemesis::timeline::svg(&history, &faults, end_ms),
+    )?;
+    println!("wrote {}", dir.join("timeline.svg").display());
+    Ok(())
 }
 
 fn names(ids: &[String], of: &[usize]) -> String {
