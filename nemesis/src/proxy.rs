@@ -88,11 +88,6 @@ impl LinkProxy {
     pub fn reset(&self) {
         self.state.send_modify(|s| s.generation += 1);
     }
-
-    /// The link's mode.
-    pub fn mode(&self) -> LinkMode {
-        self.state.borrow().mode
-    }
 }
 
 impl Drop for LinkProxy {

@@ -244,16 +244,6 @@ impl Table {
         self.rows.push(cells);
     }
 
-    /// How many rows.
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    /// No rows.
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
     /// The table sorted as `params` ask (`sort` = column index, `dir` =
     /// `asc`/`desc`; headers link to the other order), `empty` when it
     /// has no rows. `path` and the other `params` make the header links.

@@ -253,7 +253,9 @@ pub async fn current(
     headers: &HeaderMap,
     route: &Route,
 ) -> std::result::Result<Signed, Response> {
-    let found = match cookie(headers, SESSION_COOKIE) {
+    let presented = cookie(headers, SESSION_COOKIE);
+    let had_cookie = presented.is_some();
+    let found = match presented {
         None => Ok(None),
         Some(secret) => {
             let hash = session_hash(secret);
@@ -265,7 +267,6 @@ pub async fn current(
             }
         }
     };
-    let had_cookie = cookie(headers, SESSION_COOKIE).is_some();
     let (session, hash) = match found {
         Ok(Some(found)) => found,
         Ok(None) => {
