@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Chaos on real processes: rap-configstore storage nodes whose node-to-node
-# links each run through a fault-injecting TCP proxy, a seeded nemesis
-# (partitions majority/minority and one-way, SIGSTOP/SIGCONT, kill -9 and
-# restart, slow links), a workload of fences logged with invoke and
-# complete times, and a checker of the whole history. Everything it starts
-# it stops.
+# Chaos on real processes: PostgreSQL and a control plane, rap-configstore
+# voters and a cache replica whose every link runs through a
+# fault-injecting TCP proxy, and agents; a seeded nemesis (partitions
+# majority/minority, one-way and bridged, SIGSTOP/SIGCONT, kill -9 and
+# restart, slow links, connection resets, promotion of a cut-off minority
+# and rejoin of the old side); a workload of fences, fenced control-plane
+# mutations, publications and agent reads and watches, each operation
+# logged with invoke and complete times; and a checker of the whole
+# history. Everything it starts it stops.
 #
-#   scripts/nemesis.sh [--minutes M] [--seed S] [--faults partition,one-way,bridge,pause,kill,delay,reset]
-#                      [--voters 3|5] [--clients N] [--out DIR]
+#   scripts/nemesis.sh [--minutes M] [--seed S]
+#                      [--faults partition,one-way,bridge,pause,kill,delay,reset,promote]
+#                      [--voters 3|5] [--clients N] [--agents N] [--out DIR]
 #                      [--mutant minority-grants --expect-violation fence-unique]
 #
 # --mutant runs the debug build's storage nodes with a rule broken on
@@ -15,11 +19,12 @@
 # teeth of the checker.
 #
 # Output (default target/nemesis/seed<S>): summary.txt (operations by
-# outcome, faults injected, the longest window without a grant per fault
-# kind, violations by rule), history.jsonl, faults.json, timeline.svg and
-# logs/ of every node. Exits 1 on a violation. scripts/test.sh runs a
-# 2-minute run with seed 1, then the teeth: a build whose leader keeps
-# granting fences without its quorum must be caught.
+# kind and outcome, faults injected, the longest window without a grant
+# per fault kind, violations by rule), history.jsonl, faults.json,
+# timeline.svg and logs/ of every node and the control plane. Exits 1 on
+# a violation. scripts/test.sh runs a 2-minute run with seed 1, then the
+# teeth: a build whose leader keeps granting fences without its quorum
+# must be caught.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

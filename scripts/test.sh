@@ -12,8 +12,10 @@
 # 3. cargo clippy --workspace --all-targets -- -D warnings;
 # 4. cargo test --workspace;
 # 5. scripts/nemesis.sh --minutes 2 --seed 1 (chaos on real processes:
-#    partitions, pauses, kills, slow links; the history checked), then its
-#    teeth (a storage node built with a broken rule must be caught);
+#    PostgreSQL, a control plane, storage nodes and agents; partitions,
+#    pauses, kills, slow links, promotion and rejoin; the history
+#    checked), then its teeth (a storage node built with a broken rule
+#    must be caught);
 # then one closing line that totals cargo's per-binary "test result:"
 # lines ("summary: N passed, N failed, N skipped").
 set -euo pipefail

@@ -9,6 +9,8 @@
 //! `nemesis` runs it all.
 
 pub mod checker;
+pub mod fabric;
 pub mod history;
 pub mod proxy;
 pub mod timeline;
+pub mod workload;

@@ -181,6 +181,7 @@ mod tests {
                 } else {
                     Outcome::Ok { term: 1, seq: i }
                 },
+                detail: crate::history::Detail::None,
             });
         }
         let faults = vec![Fault {

@@ -166,6 +166,9 @@ pub struct NodeProc {
     /// More `serve` flags for every start (e.g. `--dial-via` of a
     /// fault-injection harness).
     pub extra_args: Vec<String>,
+    /// The address others are told to dial it by, when not its listener
+    /// (a proxy in front of it); `None`: [`NodeProc::grpc`].
+    pub advertise: Option<SocketAddr>,
     child: Option<Child>,
     starts: u32,
 }
@@ -186,10 +189,16 @@ impl NodeProc {
         self.grpc.to_string()
     }
 
+    /// `host:port` others are told to dial it by: [`NodeProc::advertise`]
+    /// when set, else its listener.
+    pub fn advertised(&self) -> String {
+        self.advertise.unwrap_or(self.grpc).to_string()
+    }
+
     fn voter_spec(&self, index: usize) -> pb::VoterSpec {
         pb::VoterSpec {
             node_id: self.id.clone(),
-            address: self.address(),
+            address: self.advertised(),
             domain: Some(pb::FailureDomain {
                 region: format!("r{index}"),
                 zone: format!("z{index}"),
@@ -204,6 +213,8 @@ pub struct Cluster {
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
     bin: PathBuf,
+    /// The cluster CA's directory (certificates of cache replicas).
+    ca_dir: PathBuf,
     /// The cluster id (`c1`).
     pub cluster_id: ClusterId,
     /// The nodes, in order `s1`, `s2`, ...
@@ -223,6 +234,19 @@ pub struct Cluster {
     /// A file every spawned pid is appended to (the benchmark script's
     /// cleanup trap reads it), if any.
     pub pid_file: Option<PathBuf>,
+}
+
+/// What a cluster is made from: its id, the directory of its CA
+/// (`ClusterCa`), its genesis snapshot-signing key and trust root.
+pub struct KeyMaterial {
+    /// The cluster id.
+    pub cluster_id: ClusterId,
+    /// The CA's directory.
+    pub ca_dir: PathBuf,
+    /// The genesis snapshot-signing key.
+    pub signer: SnapshotSigner,
+    /// The encoded genesis trust root (naming `signer`).
+    pub trust_root: Vec<u8>,
 }
 
 /// Raft timing of the nodes, in milliseconds.
@@ -310,13 +334,53 @@ impl Cluster {
             None => tempfile::Builder::new().prefix("rap-cluster-").tempdir(),
         }
         .expect("create the cluster directory");
-        let root = dir.path().to_path_buf();
         let cluster_id = ClusterId::new("c1").expect("valid cluster id");
-        let ca = ClusterCa::create(&root.join("ca"), &cluster_id).expect("create the dev CA");
+        let ca_dir = dir.path().join("ca");
+        ClusterCa::create(&ca_dir, &cluster_id).expect("create the dev CA");
+        let signer = SnapshotSigner::generate().expect("generate the signing key");
+        let trust_root = TrustRoot::genesis(&cluster_id, &[&signer], UnixMillis::now())
+            .expect("genesis trust root")
+            .bytes()
+            .to_vec();
+        Self::assemble(
+            bin,
+            count,
+            dir,
+            KeyMaterial {
+                cluster_id,
+                ca_dir,
+                signer,
+                trust_root,
+            },
+        )
+    }
+
+    /// Like [`Cluster::new`], with a cluster, CA, genesis signing key and
+    /// trust root made elsewhere (a control plane's keys directory): the
+    /// nodes' and the admin client's certificates are issued by that CA.
+    pub fn with_keys(bin: &Path, count: usize, keys: KeyMaterial) -> Cluster {
+        rap_core::tls::install_crypto_provider();
+        let dir = tempfile::Builder::new()
+            .prefix("rap-cluster-")
+            .tempdir()
+            .expect("create the cluster directory");
+        Self::assemble(bin, count, dir, keys)
+    }
+
+    fn assemble(bin: &Path, count: usize, dir: tempfile::TempDir, keys: KeyMaterial) -> Cluster {
+        let root = dir.path().to_path_buf();
+        let KeyMaterial {
+            cluster_id,
+            ca_dir,
+            signer,
+            trust_root,
+        } = keys;
+        let ca = ClusterCa::load(&ca_dir).expect("the cluster CA");
+        let certs = root.join("certs");
         let mut nodes = Vec::with_capacity(count);
         for index in 1..=count {
             let id = format!("s{index}");
-            let tls_dir = root.join("ca").join(&id);
+            let tls_dir = certs.join(&id);
             ca.issue_storage(
                 &tls_dir,
                 &NodeId::new(id.as_str()).expect("valid node id"),
@@ -334,9 +398,10 @@ impl Cluster {
                 child: None,
                 starts: 0,
                 extra_args: Vec::new(),
+                advertise: None,
             });
         }
-        let admin_tls_dir = root.join("ca").join("admin");
+        let admin_tls_dir = certs.join("admin");
         ca.issue_operator(
             &admin_tls_dir,
             &NodeId::new("admin").expect("valid node id"),
@@ -352,15 +417,11 @@ impl Cluster {
             ),
             ..NetworkConfig::default()
         };
-        let signer = SnapshotSigner::generate().expect("generate the signing key");
-        let trust_root = TrustRoot::genesis(&cluster_id, &[&signer], UnixMillis::now())
-            .expect("genesis trust root")
-            .bytes()
-            .to_vec();
         Cluster {
             dir: Some(dir),
             root,
             bin: bin.to_path_buf(),
+            ca_dir,
             cluster_id,
             nodes,
             caches: Vec::new(),
@@ -500,8 +561,8 @@ impl Cluster {
     /// certificate from the cluster CA, its ports and directories); starts
     /// nothing. Returns its index in [`Cluster::caches`].
     pub fn add_cache(&mut self, id: &str, domain: usize) -> usize {
-        let ca = ClusterCa::load(&self.root.join("ca")).expect("the cluster CA");
-        let tls_dir = self.root.join("ca").join(id);
+        let ca = ClusterCa::load(&self.ca_dir).expect("the cluster CA");
+        let tls_dir = self.root.join("certs").join(id);
         ca.issue_storage(&tls_dir, &NodeId::new(id).expect("valid node id"), &[])
             .expect("issue a cache certificate");
         self.caches.push(NodeProc {
@@ -515,6 +576,7 @@ impl Cluster {
             child: None,
             starts: 0,
             extra_args: Vec::new(),
+            advertise: None,
         });
         self.caches.len() - 1
     }
@@ -530,7 +592,7 @@ impl Cluster {
         ];
         for node in &self.nodes {
             extra.push("--cache-voter".into());
-            extra.push(format!("{}={}", node.id, node.address()));
+            extra.push(format!("{}={}", node.id, node.advertised()));
         }
         let child = self.spawn_proc(&self.caches[index], &extra);
         let cache = &mut self.caches[index];

@@ -6,24 +6,23 @@
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rap_core::rng::SeededRng;
-use rap_nemesis::checker::{self, Violations};
-use rap_nemesis::history::{Fault, Op, Outcome};
-use rap_nemesis::proxy::{LinkMode, LinkProxy};
+use rap_nemesis::checker::{self, Final, Violations};
+use rap_nemesis::fabric::{CACHE_ID, Fabric};
+use rap_nemesis::history::{Detail, Fault, Op, Outcome};
+use rap_nemesis::proxy::LinkMode;
+use rap_nemesis::workload::{self, Clock, HISTORY_MAX, Shared};
 use rap_proto::pb;
 use rap_testkit::cluster::{Client, Cluster};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Longest run asked for.
 const MINUTES_MAX: f64 = 24.0 * 60.0;
-/// Most client processes.
+/// Most fence clients.
 const CLIENTS_MAX: usize = 32;
-/// How long one operation may take before it counts as unknown.
-const OP_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause of a client between two operations.
-const THINK_TIME: Duration = Duration::from_millis(20);
 /// How long a fault lasts, at least and at most.
 const FAULT_MIN: Duration = Duration::from_secs(2);
 const FAULT_MAX: Duration = Duration::from_secs(8);
@@ -32,10 +31,8 @@ const QUIET_MIN: Duration = Duration::from_secs(2);
 const QUIET_MAX: Duration = Duration::from_secs(5);
 /// How long the group may take to agree again after the final heal.
 const CONVERGE_MAX: Duration = Duration::from_secs(30);
-/// Most operations kept in one history (a bound on memory).
-const HISTORY_MAX: usize = 2_000_000;
 /// The fault kinds.
-const FAULTS: [&str; 7] = [
+const FAULTS: [&str; 8] = [
     "partition",
     "one-way",
     "bridge",
@@ -43,6 +40,7 @@ const FAULTS: [&str; 7] = [
     "kill",
     "delay",
     "reset",
+    "promote",
 ];
 
 /// Chaos on real processes: partitions, pauses, kills and slow links
@@ -57,19 +55,23 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Fault kinds, comma-separated: partition, one-way, bridge, pause,
-    /// kill, delay, reset.
+    /// kill, delay, reset, promote.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "partition,one-way,bridge,pause,kill,delay,reset"
+        default_value = "partition,one-way,bridge,pause,kill,delay,reset,promote"
     )]
     faults: Vec<String>,
     /// Storage voters (3 or 5).
     #[arg(long, default_value_t = 3)]
     voters: usize,
-    /// Client processes of the workload.
+    /// Fence clients of the workload (each asks random voters).
     #[arg(long, default_value_t = 4)]
     clients: usize,
+    /// Agents (each reads and watches its own scope, and has a mutator
+    /// that toggles a role on it through the control plane).
+    #[arg(long, default_value_t = 2)]
+    agents: usize,
     /// Directory holding rap-configstore (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -91,16 +93,6 @@ struct Args {
     replot: Option<PathBuf>,
 }
 
-/// Milliseconds since the run began.
-#[derive(Clone, Copy)]
-struct Clock(Instant);
-
-impl Clock {
-    fn ms(&self) -> u64 {
-        self.0.elapsed().as_millis() as u64
-    }
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(dir) = &args.replot {
@@ -114,6 +106,12 @@ fn main() -> Result<()> {
     }
     if args.clients == 0 || args.clients > CLIENTS_MAX {
         bail!("--clients must be in 1..={CLIENTS_MAX}");
+    }
+    if args.agents > rap_nemesis::fabric::AGENTS_MAX {
+        bail!(
+            "--agents must be in 0..={}",
+            rap_nemesis::fabric::AGENTS_MAX
+        );
     }
     for fault in &args.faults {
         if !FAULTS.contains(&fault.as_str()) {
@@ -171,37 +169,15 @@ async fn run(args: Args) -> Result<Violations> {
         Some(out) => out.clone(),
         None => PathBuf::from(format!("nemesis-seed{}", args.seed)),
     };
-    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+    std::fs::create_dir_all(out.join("logs"))
+        .with_context(|| format!("create {}/logs", out.display()))?;
+    log_control_plane(&out.join("logs").join("controlplane.log"))?;
     let rng = SeededRng::new(args.seed);
-    let mut cluster = Cluster::new(&bin, args.voters);
-    let cluster_id = cluster.cluster_id.to_string();
-    let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
-
-    // One proxy per directed link; each node dials its peers through them.
-    let mut links: BTreeMap<(usize, usize), LinkProxy> = BTreeMap::new();
-    for from in 0..ids.len() {
-        for to in 0..ids.len() {
-            if from != to {
-                let proxy = LinkProxy::start(&ids[from], &ids[to], cluster.nodes[to].grpc).await?;
-                links.insert((from, to), proxy);
-            }
-        }
-    }
-    for from in 0..ids.len() {
-        let mut extra = mutant_args.clone();
-        for to in (0..ids.len()).filter(|to| *to != from) {
-            extra.push("--dial-via".to_string());
-            extra.push(format!("{}={}", ids[to], links[&(from, to)].listen));
-        }
-        cluster.nodes[from].extra_args = extra;
-    }
-    cluster.start_all().await;
-    cluster
-        .bootstrap()
-        .await
-        .map_err(|s| anyhow::anyhow!("bootstrap: {s}"))?;
+    let setup = Instant::now();
+    let mut fabric = Fabric::start(&bin, args.voters, args.agents, &mutant_args).await?;
     println!(
-        "nemesis: {}seed {}, {} voters, {} clients, faults {}, {:.1} min; output in {}",
+        "nemesis: {}seed {}, {} voters + cache replica {CACHE_ID}, {} fence clients, {} agents \
+         (each with a mutator), faults {}, {:.1} min; set up in {:.1} s; output in {}",
         args.mutant
             .as_deref()
             .map(|m| format!("MUTANT {m}, "))
@@ -209,41 +185,66 @@ async fn run(args: Args) -> Result<Violations> {
         args.seed,
         args.voters,
         args.clients,
+        fabric.agents.len(),
         args.faults.join(","),
         args.minutes,
+        setup.elapsed().as_secs_f64(),
         out.display()
     );
 
-    let clock = Clock(Instant::now());
-    let history: Arc<Mutex<Vec<Op>>> = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shared = Shared::new();
+    let ids = fabric.ids.clone();
     let mut workers = Vec::new();
     for c in 0..args.clients {
-        let clients: Vec<Client> = (0..ids.len()).map(|i| cluster.client(i)).collect();
+        let mut clients: Vec<Client> = (0..ids.len()).map(|i| fabric.cluster.client(i)).collect();
         let mut pick = rng.fork(&format!("client-{c}"));
-        let (ids, cluster_id, history, stop) = (
-            ids.clone(),
-            cluster_id.clone(),
-            Arc::clone(&history),
-            Arc::clone(&stop),
-        );
+        let (ids, shared) = (ids.clone(), shared.clone());
         workers.push(tokio::spawn(async move {
             let process = format!("client-{}", c + 1);
-            let mut clients = clients;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !shared.stopped() {
                 let node = pick.index(ids.len());
-                let op = fence(&mut clients[node], &cluster_id, &process, &ids[node], clock).await;
-                if let Ok(mut h) = history.lock()
-                    && h.len() < HISTORY_MAX
-                {
-                    h.push(op);
-                }
-                tokio::time::sleep(THINK_TIME).await;
+                let term = shared.term.load(Ordering::SeqCst);
+                let op =
+                    workload::fence(&mut clients[node], &process, &ids[node], term, shared.clock)
+                        .await;
+                shared.record(op);
+                tokio::time::sleep(workload::THINK_TIME).await;
             }
         }));
     }
+    let (ctx, owner) = (fabric.platform.ctx.clone(), fabric.platform.owner.clone());
+    for (a, agent) in fabric.agents.iter().enumerate() {
+        let process = format!("mutator-{}", a + 1);
+        workers.push(tokio::spawn(workload::mutator(
+            ctx.clone(),
+            owner.clone(),
+            agent.id.clone(),
+            process,
+            shared.clone(),
+        )));
+        let (agent, endpoints, genesis, shared) = (
+            agent.clone(),
+            fabric.agent_endpoints(),
+            fabric.genesis.clone(),
+            shared.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let process = format!("agent-{}", a + 1);
+            if let Err(e) =
+                workload::agent(&agent, endpoints, genesis, process.clone(), shared).await
+            {
+                println!("  {process} ({}) stopped: {e:#}", agent.id);
+            }
+        }));
+    }
+    let publications = tokio::spawn(workload::publications(
+        ctx.clone(),
+        owner.clone(),
+        shared.clone(),
+    ));
 
     // The nemesis.
+    let clock = shared.clock;
     let deadline = Duration::from_secs_f64(args.minutes * 60.0);
     let mut faults: Vec<Fault> = Vec::new();
     let mut schedule = rng.fork("nemesis");
@@ -256,90 +257,18 @@ async fn run(args: Args) -> Result<Violations> {
         let kind = args.faults[schedule.index(args.faults.len())].as_str();
         let hold = schedule.millis(FAULT_MIN, FAULT_MAX);
         let start_ms = clock.ms();
-        let detail = match kind {
-            "partition" => {
-                // The leader is on the minority side half the time.
-                let minority = 1 + schedule.index(ids.len() / 2);
-                let mut side = schedule.subset(ids.len(), minority);
-                if schedule.chance(0.5) {
-                    let leader = leader_of(&cluster).await;
-                    if let Some(leader) = leader.filter(|l| !side.contains(l)) {
-                        side[0] = leader;
-                    }
-                }
-                for ((from, to), link) in &links {
-                    if side.contains(from) != side.contains(to) {
-                        link.set(LinkMode::Cut);
-                    }
-                }
-                let (a, b): (Vec<usize>, Vec<usize>) =
-                    (0..ids.len()).partition(|i| side.contains(i));
-                format!("{} | {}", names(&ids, &a), names(&ids, &b))
-            }
-            "one-way" => {
-                let keys: Vec<(usize, usize)> = links.keys().copied().collect();
-                let (from, to) = keys[schedule.index(keys.len())];
-                links[&(from, to)].set(LinkMode::Cut);
-                format!("{} -/-> {}", ids[from], ids[to])
-            }
-            "bridge" => {
-                // Two halves that reach each other only through one node.
-                let mut shuffled: Vec<usize> = (0..ids.len()).collect();
-                for i in (1..shuffled.len()).rev() {
-                    shuffled.swap(i, schedule.index(i + 1));
-                }
-                let bridge = shuffled[0];
-                let half: Vec<usize> = shuffled[1..].iter().copied().step_by(2).collect();
-                for ((from, to), link) in &links {
-                    let crossing = half.contains(from) != half.contains(to);
-                    if crossing && *from != bridge && *to != bridge {
-                        link.set(LinkMode::Cut);
-                    }
-                }
-                let other: Vec<usize> = (0..ids.len())
-                    .filter(|i| *i != bridge && !half.contains(i))
-                    .collect();
-                format!(
-                    "{} | {} bridged by {}",
-                    names(&ids, &half),
-                    names(&ids, &other),
-                    ids[bridge]
-                )
-            }
-            "reset" => {
-                let node = schedule.index(ids.len());
-                for ((from, to), link) in &links {
-                    if *from == node || *to == node {
-                        link.reset();
-                    }
-                }
-                format!("every connection of {} reset", ids[node])
-            }
-            "delay" => {
-                let delay = schedule.millis(Duration::from_millis(50), Duration::from_millis(400));
-                for link in links.values() {
-                    if schedule.chance(0.5) {
-                        link.set(LinkMode::Delay(delay));
-                    }
-                }
-                format!("{} ms on about half the links", delay.as_millis())
-            }
-            "pause" => {
-                let node = pick_node(&cluster, &mut schedule).await;
-                let what = format!("SIGSTOP {} ({})", ids[node], role(&cluster, node).await);
-                signal(&cluster, node, "-STOP").await;
-                what
-            }
-            _ => {
-                let node = pick_node(&cluster, &mut schedule).await;
-                let what = format!("kill -9 {} ({})", ids[node], role(&cluster, node).await);
-                cluster.kill(node);
-                killed.push(node);
-                what
-            }
-        };
+        let mut cut_off: Vec<usize> = Vec::new();
+        let detail = inject(
+            &mut fabric,
+            kind,
+            &mut schedule,
+            &mut killed,
+            &mut cut_off,
+            &shared,
+        )
+        .await;
         tokio::time::sleep(hold).await;
-        heal(&mut cluster, &links, &mut killed).await;
+        heal(&mut fabric, &mut killed).await;
         faults.push(Fault {
             kind: kind.to_string(),
             detail,
@@ -352,27 +281,49 @@ async fn run(args: Args) -> Result<Violations> {
             kind,
             faults.last().map(|f| f.detail.as_str()).unwrap_or_default()
         );
+        // After a promotion the old side is rejoined, one node after another.
+        for node in cut_off {
+            let op = workload::rejoin(&ctx, &owner, &ids[node], &shared).await;
+            println!(
+                "  {:>7.1}s {:<9} {}: {}",
+                op.invoke_ms as f64 / 1000.0,
+                "rejoin",
+                ids[node],
+                match &op.outcome {
+                    Outcome::Refused { code } => format!("refused {code}"),
+                    other => other.kind().to_string(),
+                }
+            );
+            shared.record(op);
+        }
     }
-    heal(&mut cluster, &links, &mut killed).await;
+    heal(&mut fabric, &mut killed).await;
     let healed_ms = clock.ms();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    shared.stop.store(true, Ordering::SeqCst);
     for worker in workers {
         let _ = worker.await;
     }
+    let scopes = publications.await.unwrap_or_default();
 
-    // After the heal: one leader and term everywhere, then a last fence.
-    let converged = converge(&cluster).await;
-    let final_fence = final_fence(&cluster, &cluster_id).await;
+    // After the heal: one leader and term everywhere, a last fence, the
+    // group's head of every published scope, and what PostgreSQL accepted.
+    let converged = converge(&fabric.cluster).await;
+    let term = shared.term.load(Ordering::SeqCst);
+    let fence = final_fence(&fabric.cluster, term).await;
+    for op in workload::heads(&ctx, &owner, &scopes, clock).await {
+        shared.record(op);
+    }
+    let truth = workload::accepted_fences(&ctx, &owner).await?;
     let end_ms = clock.ms();
-    let history = history.lock().map(|h| h.clone()).unwrap_or_default();
-    let mut violations = checker::check(&history, final_fence);
+    let history = shared.snapshot();
+    let mut violations = checker::check(&history, &Final { fence, truth });
     if let Err(why) = &converged {
         violations.entry("converged-after-heal").or_default().count += 1;
         if let Some(broken) = violations.get_mut("converged-after-heal") {
             broken.examples.push(why.clone());
         }
     }
-    write_outputs(&out, &history, &faults, end_ms, &cluster)?;
+    write_outputs(&out, &history, &faults, end_ms, &fabric)?;
     let summary = summary(
         &history,
         &faults,
@@ -384,6 +335,156 @@ async fn run(args: Args) -> Result<Violations> {
     std::fs::write(out.join("summary.txt"), &summary)?;
     print!("{summary}");
     Ok(violations)
+}
+
+/// Sends the control plane's logs (it runs in this process) to `path`.
+fn log_control_plane(path: &Path) -> Result<()> {
+    let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("logging: {e}"))
+}
+
+/// Injects one fault of `kind`; returns what it did in words. A node it
+/// kills goes to `killed`; a promotion's old side, to be rejoined after
+/// the heal, to `cut_off`.
+async fn inject(
+    fabric: &mut Fabric,
+    kind: &str,
+    schedule: &mut SeededRng,
+    killed: &mut Vec<usize>,
+    cut_off: &mut Vec<usize>,
+    shared: &Shared,
+) -> String {
+    let ids = fabric.ids.clone();
+    match kind {
+        "partition" => {
+            // The leader is on the minority side half the time.
+            let minority = 1 + schedule.index(ids.len() / 2);
+            let mut side = schedule.subset(ids.len(), minority);
+            if schedule.chance(0.5) {
+                let leader = leader_of(&fabric.cluster).await;
+                if let Some(leader) = leader.filter(|l| !side.contains(l)) {
+                    side[0] = leader;
+                }
+            }
+            cut_between(fabric, &side);
+            let (a, b): (Vec<usize>, Vec<usize>) = (0..ids.len()).partition(|i| side.contains(i));
+            format!("{} | {}", names(&ids, &a), names(&ids, &b))
+        }
+        "promote" => {
+            // The majority is cut off from the survivors and from
+            // everything outside the group; the operator promotes the
+            // survivors, then (after the heal) rejoins the old side.
+            let survivors = schedule.subset(ids.len(), (ids.len() - 1) / 2);
+            cut_between(fabric, &survivors);
+            let old: Vec<usize> = (0..ids.len()).filter(|i| !survivors.contains(i)).collect();
+            for node in &old {
+                fabric.ingress[*node].set(LinkMode::Cut);
+            }
+            let (ctx, owner) = (&fabric.platform.ctx, &fabric.platform.owner);
+            let names_of: Vec<String> = survivors.iter().map(|i| ids[*i].clone()).collect();
+            let op = workload::promote(ctx, owner, names_of, shared).await;
+            let done = op.outcome == Outcome::Done;
+            let what = format!(
+                "{} cut off; promote {}: {}",
+                names(&ids, &old),
+                names(&ids, &survivors),
+                match (&op.outcome, &op.detail) {
+                    (Outcome::Done, Detail::Operator { term, .. }) => format!("term {term}"),
+                    (Outcome::Refused { code }, _) => format!("refused {code}"),
+                    (other, _) => other.kind().to_string(),
+                }
+            );
+            shared.record(op);
+            if done {
+                cut_off.extend(old);
+            }
+            what
+        }
+        "one-way" => {
+            let keys: Vec<(usize, usize)> = fabric.links.keys().copied().collect();
+            let (from, to) = keys[schedule.index(keys.len())];
+            fabric.links[&(from, to)].set(LinkMode::Cut);
+            format!("{} -/-> {}", ids[from], ids[to])
+        }
+        "bridge" => {
+            // Two halves that reach each other only through one node.
+            let mut shuffled: Vec<usize> = (0..ids.len()).collect();
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, schedule.index(i + 1));
+            }
+            let bridge = shuffled[0];
+            let half: Vec<usize> = shuffled[1..].iter().copied().step_by(2).collect();
+            for ((from, to), link) in &fabric.links {
+                let crossing = half.contains(from) != half.contains(to);
+                if crossing && *from != bridge && *to != bridge {
+                    link.set(LinkMode::Cut);
+                }
+            }
+            let other: Vec<usize> = (0..ids.len())
+                .filter(|i| *i != bridge && !half.contains(i))
+                .collect();
+            format!(
+                "{} | {} bridged by {}",
+                names(&ids, &half),
+                names(&ids, &other),
+                ids[bridge]
+            )
+        }
+        "reset" => {
+            let node = schedule.index(ids.len());
+            for ((from, to), link) in &fabric.links {
+                if *from == node || *to == node {
+                    link.reset();
+                }
+            }
+            fabric.ingress[node].reset();
+            format!("every connection of {} reset", ids[node])
+        }
+        "delay" => {
+            let delay = schedule.millis(Duration::from_millis(50), Duration::from_millis(400));
+            for link in fabric.links.values().chain(&fabric.ingress) {
+                if schedule.chance(0.5) {
+                    link.set(LinkMode::Delay(delay));
+                }
+            }
+            format!("{} ms on about half the links", delay.as_millis())
+        }
+        "pause" => {
+            let node = pick_node(&fabric.cluster, schedule).await;
+            let what = format!(
+                "SIGSTOP {} ({})",
+                ids[node],
+                role(&fabric.cluster, node).await
+            );
+            signal(&fabric.cluster, node, "-STOP").await;
+            what
+        }
+        _ => {
+            let node = pick_node(&fabric.cluster, schedule).await;
+            let what = format!(
+                "kill -9 {} ({})",
+                ids[node],
+                role(&fabric.cluster, node).await
+            );
+            fabric.cluster.kill(node);
+            killed.push(node);
+            what
+        }
+    }
+}
+
+/// Cuts every voter-to-voter link between `side` and the others.
+fn cut_between(fabric: &Fabric, side: &[usize]) {
+    for ((from, to), link) in &fabric.links {
+        if side.contains(from) != side.contains(to) {
+            link.set(LinkMode::Cut);
+        }
+    }
 }
 
 /// Draws `dir/timeline.svg` again from the run's history and faults.
@@ -423,57 +524,6 @@ fn names(ids: &[String], of: &[usize]) -> String {
             .collect::<Vec<_>>()
             .join(",")
     )
-}
-
-/// One `AcquireFence` through `client`, logged as an operation.
-async fn fence(client: &mut Client, cluster: &str, process: &str, node: &str, clock: Clock) -> Op {
-    let invoke_ms = clock.ms();
-    let request = pb::AcquireFenceRequest {
-        cluster_id: cluster.to_string(),
-        purpose: format!("nemesis {process}"),
-        expected_term: 1,
-    };
-    let outcome = match tokio::time::timeout(OP_TIMEOUT, client.acquire_fence(request)).await {
-        Err(_) => Outcome::Unknown {
-            reason: "timeout".into(),
-        },
-        Ok(Ok(response)) => match response.into_inner().fence {
-            Some(token) => Outcome::Ok {
-                term: token.authority_term,
-                seq: token.seq,
-            },
-            None => Outcome::Unknown {
-                reason: "an answer without a token".into(),
-            },
-        },
-        Ok(Err(status)) => {
-            let code = rap_testkit::cluster::code_of(&status);
-            match status.code() {
-                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
-                    if code.is_empty() || code == "UNKNOWN" =>
-                {
-                    Outcome::Unknown {
-                        reason: format!("{:?}: {}", status.code(), status.message()),
-                    }
-                }
-                _ => Outcome::Refused {
-                    code: if code.is_empty() {
-                        format!("{:?}", status.code())
-                    } else {
-                        code
-                    },
-                },
-            }
-        }
-    };
-    Op {
-        process: process.to_string(),
-        kind: "fence".into(),
-        node: node.to_string(),
-        invoke_ms,
-        complete_ms: clock.ms(),
-        outcome,
-    }
 }
 
 /// The leader's index, as the first running node that names one says.
@@ -520,20 +570,15 @@ async fn signal(cluster: &Cluster, node: usize, flag: &str) {
     }
 }
 
-/// Every link passes again, every paused node runs, killed ones restart.
-async fn heal(
-    cluster: &mut Cluster,
-    links: &BTreeMap<(usize, usize), LinkProxy>,
-    killed: &mut Vec<usize>,
-) {
-    for link in links.values() {
-        link.set(LinkMode::Pass);
-    }
-    for node in 0..cluster.nodes.len() {
-        signal(cluster, node, "-CONT").await;
+/// Every link and ingress passes again, every paused node runs, killed
+/// ones restart.
+async fn heal(fabric: &mut Fabric, killed: &mut Vec<usize>) {
+    fabric.pass_all();
+    for node in 0..fabric.cluster.nodes.len() {
+        signal(&fabric.cluster, node, "-CONT").await;
     }
     for node in killed.drain(..) {
-        cluster.start(node).await;
+        fabric.cluster.start(node).await;
     }
 }
 
@@ -574,20 +619,14 @@ async fn converge(cluster: &Cluster) -> std::result::Result<Duration, String> {
     ))
 }
 
-/// A fence after the final heal (tried on every node for a while).
-async fn final_fence(cluster: &Cluster, cluster_id: &str) -> Option<(u64, u64)> {
+/// A fence of authority term `term` after the final heal (tried on every
+/// node for a while).
+async fn final_fence(cluster: &Cluster, term: u64) -> Option<(u64, u64)> {
     let clock = Clock(Instant::now());
     for _ in 0..50 {
         for i in 0..cluster.nodes.len() {
             let mut client = cluster.client(i);
-            let op = fence(
-                &mut client,
-                cluster_id,
-                "final",
-                &cluster.nodes[i].id,
-                clock,
-            )
-            .await;
+            let op = workload::fence(&mut client, "final", &cluster.nodes[i].id, term, clock).await;
             if let Some(fence) = op.fence() {
                 return Some(fence);
             }
@@ -602,7 +641,7 @@ fn write_outputs(
     history: &[Op],
     faults: &[Fault],
     end_ms: u64,
-    cluster: &Cluster,
+    fabric: &Fabric,
 ) -> Result<()> {
     let mut lines = String::new();
     for op in history {
@@ -620,8 +659,8 @@ fn write_outputs(
     )?;
     let logs = out.join("logs");
     std::fs::create_dir_all(&logs)?;
-    for node in &cluster.nodes {
-        let _ = std::fs::copy(&node.log, logs.join(format!("{}.log", node.id)));
+    for (name, log) in fabric.logs() {
+        let _ = std::fs::copy(&log, logs.join(name));
     }
     Ok(())
 }
@@ -667,10 +706,16 @@ fn summary(
 ) -> String {
     let mut by_outcome: BTreeMap<String, u64> = BTreeMap::new();
     let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_kind: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
     for op in history {
         *by_outcome.entry(op.outcome.kind().to_string()).or_default() += 1;
+        *by_kind
+            .entry(op.kind.as_str())
+            .or_default()
+            .entry(op.outcome.kind())
+            .or_default() += 1;
         if let Outcome::Refused { code } = &op.outcome {
-            *codes.entry(code.clone()).or_default() += 1;
+            *codes.entry(format!("{} {code}", op.kind)).or_default() += 1;
         }
     }
     let mut by_fault: BTreeMap<&str, u64> = BTreeMap::new();
@@ -686,8 +731,18 @@ fn summary(
         history.len() as f64 / seconds,
         counts(&by_outcome)
     ));
+    for (kind, outcomes) in &by_kind {
+        out.push_str(&format!(
+            "    {kind}: {} ({})\n",
+            outcomes.values().sum::<u64>(),
+            counts(outcomes)
+        ));
+    }
     if !codes.is_empty() {
-        out.push_str(&format!("  refusals by code: {}\n", counts(&codes)));
+        out.push_str(&format!(
+            "  refusals by kind and code: {}\n",
+            counts(&codes)
+        ));
     }
     out.push_str(&format!(
         "  faults injected: {} ({})\n",
