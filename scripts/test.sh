@@ -16,6 +16,8 @@
 #    pauses, kills, slow links, promotion and rejoin; the history
 #    checked), then its teeth (a storage node built with a broken rule
 #    must be caught);
+# 6. scripts/package-check.sh (the Debian packages installed into a
+#    scratch root, the installed storage node started);
 # then one closing line that totals cargo's per-binary "test result:"
 # lines ("summary: N passed, N failed, N skipped").
 set -euo pipefail
@@ -63,6 +65,11 @@ say "scripts/nemesis.sh --minutes 2 --seed 1"
 say "scripts/nemesis.sh --mutant minority-grants (the checker must catch it)"
 "$root/scripts/nemesis.sh" --mutant minority-grants --expect-violation fence-unique \
   --minutes 0.5 --seed 1 --faults partition || status=$?
+# The Debian packages: built from the test build's binaries, installed
+# into a scratch root, their units verified, the installed storage node
+# started with a generated configuration.
+say "scripts/package-check.sh"
+"$root/scripts/package-check.sh" || status=$?
 # cargo ends with the doc-tests of the last crate, often "0 passed"; total
 # every binary's result line so the run closes with the whole count.
 awk '/^test result:/ {

@@ -23,6 +23,7 @@ use crate::enroll::{
 use crate::state::IdentityRecord;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rap_core::logging::LogFormat;
 use rap_core::tls::ca_pin::CaFingerprint;
 use rap_proto::ids::ClusterId;
 use rap_proto::pb;
@@ -57,6 +58,11 @@ struct Cli {
     )]
     output: Output,
 
+    /// Log format (stderr): text, or json (one object per line, with the
+    /// cluster and, once enrolled, the node id).
+    #[arg(long, global = true, env = "RAP_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +91,11 @@ enum Command {
     /// the storage endpoints with their scores, health and why it is
     /// degraded.
     Status(ClusterArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    Completions(rap_core::cli_docs::CompletionsArgs),
+    /// Print the manual page, or write one page per command into --dir.
+    Man(rap_core::cli_docs::ManArgs),
 }
 
 #[derive(Args, Debug)]
@@ -152,22 +163,72 @@ struct JoinArgs {
     wait: Duration,
 }
 
+/// The agent's default log filter (`RUST_LOG` overrides it).
+const LOG_FILTER_DEFAULT: &str = "warn";
+
+/// This host's node id in `cluster`, when it is enrolled there (for the
+/// logs; any failure to tell is `None`, and the command itself reports it).
+fn enrolled_node_id(state_dir: &std::path::Path, cluster: &str) -> Option<String> {
+    let cluster = ClusterId::new(cluster).ok()?;
+    // Reads `identity.json` only, and only where the cluster's state is:
+    // nothing is created, and no lock `run` holds is waited for.
+    if !state_dir.join(cluster.as_str()).is_dir() {
+        return None;
+    }
+    let state = crate::state::ClusterState::open(state_dir, &cluster).ok()?;
+    state.identity().ok()?.map(|record| record.node_id)
+}
+
+/// Runs `completions` or `man` (`write` writes to stdout and returns the
+/// files it wrote), and says which files.
+fn docs(
+    write: impl FnOnce(&mut dyn std::io::Write) -> Result<Vec<PathBuf>, rap_core::cli_docs::DocsError>,
+) -> ExitCode {
+    match write(&mut std::io::stdout()) {
+        Ok(written) => {
+            for path in written {
+                outln!("{}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Parses the command line, runs the command, and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let (cluster, state_dir) = match &cli.command {
+        Command::Join(args) => (args.cluster.as_str(), None),
+        Command::Run(args) => (args.cluster.cluster.as_str(), Some(&args.cluster.state_dir)),
+        Command::Status(args) => (args.cluster.as_str(), Some(&args.state_dir)),
+        Command::Completions(_) | Command::Man(_) => ("", None),
+    };
+    let node = state_dir
+        .and_then(|dir| enrolled_node_id(dir, cluster))
+        .unwrap_or_default();
+    rap_core::logging::init(
+        cli.log_format,
+        LOG_FILTER_DEFAULT,
+        &[("cluster_id", cluster), ("node_id", node.as_str())],
+    );
     let output = cli.output;
     rap_core::process::run_main(async move {
         match cli.command {
             Command::Join(args) => join(*args, output).await,
             Command::Run(args) => run(args).await,
             Command::Status(args) => status(args, output),
+            Command::Completions(args) => Ok(docs(|out| {
+                use clap::CommandFactory as _;
+                rap_core::cli_docs::completions(Cli::command(), &args, out).map(|()| Vec::new())
+            })),
+            Command::Man(args) => Ok(docs(|out| {
+                use clap::CommandFactory as _;
+                rap_core::cli_docs::man(Cli::command(), &args, out)
+            })),
         }
     })
 }

@@ -189,16 +189,8 @@ pub struct Tls {
     pub key: PathBuf,
 }
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// Log output format (one owner: `rap_core::logging`).
+pub use rap_core::logging::LogFormat;
 
 impl Default for Config {
     fn default() -> Self {

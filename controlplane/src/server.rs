@@ -30,16 +30,8 @@ pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:7480";
 /// HTTP/2 keepalive of the gRPC server.
 pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// Log output format (one owner: `rap_core::logging`).
+pub use rap_core::logging::LogFormat;
 
 /// The control plane's configuration (TOML; flags and `RAP_*` variables
 /// override it).

@@ -8,20 +8,26 @@
 //!   atomic write and the one private-key mode check; [`marks`]: a durable
 //!   file store of the envelope verifier's high-water marks.
 //! * [`fence`]: the fencing token, as every crate handles it.
+//! * [`cli_docs`]: every binary's `completions` and `man`, generated
+//!   from its clap definition.
 //! * [`codes`]: the registry of stable error codes matched across crates.
 //! * [`limits`]: limits more than one crate enforces.
-//! * [`process`]: runtime and shutdown of the server binaries.
+//! * [`process`]: runtime and shutdown of the server binaries;
+//!   [`logging`]: their log output (text, or JSON lines with the
+//!   process's cluster and node ids).
 //! * [`error`]: this crate's error type.
 //!
 //! Nothing here links Raft or a database: the agent depends on this crate
 //! and `rap-proto` only.
 
+pub mod cli_docs;
 pub mod codes;
 pub mod error;
 pub mod fence;
 pub mod files;
 pub mod identity;
 pub mod limits;
+pub mod logging;
 pub mod marks;
 pub mod process;
 pub mod rng;

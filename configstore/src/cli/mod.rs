@@ -73,6 +73,11 @@ enum Command {
     /// Bring an old (fenced) member back: wipe its Raft state and add it to
     /// the current group as a learner, then a voter.
     Rejoin(RejoinArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    Completions(rap_core::cli_docs::CompletionsArgs),
+    /// Print the manual page, or write one page per command into --dir.
+    Man(rap_core::cli_docs::ManArgs),
 }
 
 #[derive(Args, Debug)]
@@ -167,8 +172,9 @@ struct ServeArgs {
     /// Maximum election timeout in milliseconds.
     #[arg(long, env = "RAP_ELECTION_TIMEOUT_MAX_MS")]
     election_timeout_max_ms: Option<u64>,
-    /// Log format.
-    #[arg(long, env = "RAP_LOG_FORMAT", value_enum)]
+    /// Log format: text, or json (one object per line, with the
+    /// cluster and node ids).
+    #[arg(long, env = "RAP_LOG_FORMAT")]
     log_format: Option<LogFormat>,
     /// Run as a cache replica (no Raft) filled from this voter:
     /// <node-id>=<host:port> (repeatable; with --cache-trust-root).
@@ -342,6 +348,22 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Place(args) => admin::place(args),
         Command::Promote(args) => admin::promote(args).await,
         Command::Rejoin(args) => admin::rejoin(args).await,
+        Command::Completions(args) => {
+            use clap::CommandFactory as _;
+            Ok(rap_core::cli_docs::completions(
+                Cli::command(),
+                &args,
+                &mut std::io::stdout(),
+            )?)
+        }
+        Command::Man(args) => {
+            use clap::CommandFactory as _;
+            let written = rap_core::cli_docs::man(Cli::command(), &args, &mut std::io::stdout())?;
+            for path in written {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -421,23 +443,19 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     Ok(config)
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(
-            "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off",
-        ));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
+/// The storage node's default log filter (`RUST_LOG` overrides it).
+const LOG_FILTER_DEFAULT: &str = "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off";
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let config = load_config(&args)?;
-    init_logging(config.log_format);
+    rap_core::logging::init(
+        config.log_format,
+        LOG_FILTER_DEFAULT,
+        &[
+            ("cluster_id", config.cluster_id.as_str()),
+            ("node_id", config.node_id.as_str()),
+        ],
+    );
     #[cfg(debug_assertions)]
     match args.nemesis_mutant.as_deref() {
         None => {}

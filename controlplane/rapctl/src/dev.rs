@@ -18,6 +18,7 @@
 
 use crate::output::Format;
 use anyhow::{Context, Result, anyhow, bail};
+use rap_core::logging::LogFormat;
 use rap_pgtest::{BinarySearch, PgBinaries, RunAs, find_binaries, socket_url};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsStr;
@@ -159,6 +160,10 @@ struct UpArgs {
     /// [default: the directory of this rapctl].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// The daemons' log format: text, or json (one object per line)
+    /// [default: text; a platform that exists keeps its own].
+    #[arg(long)]
+    log_format: Option<LogFormat>,
 }
 
 /// How to call this rapctl: `rapctl` when that name on PATH is this
@@ -230,6 +235,10 @@ struct State {
     done: Done,
     /// Every process of the platform, started or not.
     processes: Vec<Process>,
+    /// The daemons' log format (`--log-format` of the last `dev up` that
+    /// gave one).
+    #[serde(default)]
+    log_format: LogFormat,
 }
 
 /// The ports of the platform, all on 127.0.0.1.
@@ -409,6 +418,7 @@ impl State {
             },
             done: Done::default(),
             processes,
+            log_format: LogFormat::default(),
         })
     }
 
@@ -556,7 +566,8 @@ impl State {
                     .args([
                         "--console-listen",
                         &format!("127.0.0.1:{}", self.ports.console),
-                    ]);
+                    ])
+                    .args(["--log-format", &self.log_format.to_string()]);
                 command
             }
             Kind::Storage(n) => {
@@ -572,7 +583,8 @@ impl State {
                     .arg("--tls-dir")
                     .arg(self.storage_dir(n).join("tls"))
                     .args(["--region", REGION])
-                    .args(["--zone", &format!("z{n}"), "--host", &format!("h{n}")]);
+                    .args(["--zone", &format!("z{n}"), "--host", &format!("h{n}")])
+                    .args(["--log-format", &self.log_format.to_string()]);
                 command
             }
             Kind::Agent(n) => {
@@ -580,7 +592,8 @@ impl State {
                 command
                     .args(["run", "--cluster", &self.cluster])
                     .arg("--state-dir")
-                    .arg(self.agent_dir(n));
+                    .arg(self.agent_dir(n))
+                    .args(["--log-format", &self.log_format.to_string()]);
                 command
             }
         };
@@ -1247,6 +1260,9 @@ fn up(args: UpArgs, format: Format) -> Result<()> {
             (state, false)
         }
     };
+    if let Some(format) = args.log_format {
+        state.log_format = format;
+    }
     state.save()?;
     progress.line(&format!(
         "{} the local platform in {} (programs from {})",

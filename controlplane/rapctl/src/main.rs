@@ -101,6 +101,12 @@ enum Command {
     /// resumes) PostgreSQL, the control plane, storage voters and agents;
     /// `dev down` stops them.
     Dev(dev::DevArgs),
+    /// Print a shell completion script for rapctl (bash, zsh, fish,
+    /// elvish, powershell).
+    Completions(rap_core::cli_docs::CompletionsArgs),
+    /// Print rapctl's manual page, or write one page per command into
+    /// --dir.
+    Man(rap_core::cli_docs::ManArgs),
 }
 
 /// Runs `future` to completion on a current-thread runtime.
@@ -133,6 +139,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshot(command) => snapshot::run(command, format),
         Command::Demo(args) => demo::run(args, format),
         Command::Dev(args) => dev::run(args, format),
+        Command::Completions(args) => {
+            use clap::CommandFactory as _;
+            Ok(rap_core::cli_docs::completions(
+                Cli::command(),
+                &args,
+                &mut std::io::stdout(),
+            )?)
+        }
+        Command::Man(args) => {
+            use clap::CommandFactory as _;
+            let written = rap_core::cli_docs::man(Cli::command(), &args, &mut std::io::stdout())?;
+            for path in written {
+                crate::outln!("{}", path.display());
+            }
+            Ok(())
+        }
         Command::Overview(args) => block_on(overview::run_overview(args, format)),
         Command::Cluster(args) => block_on(cluster::run_cluster(args, format)),
         Command::Authority(args) => block_on(authority::run_authority(args, format)),

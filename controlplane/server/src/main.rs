@@ -41,6 +41,11 @@ enum Command {
     /// database access; audited). For a principal that lost its
     /// authenticator; it enrols again with `rapctl principal totp enroll`.
     ResetTotp(ResetTotpArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    Completions(rap_core::cli_docs::CompletionsArgs),
+    /// Print the manual page, or write one page per command into --dir.
+    Man(rap_core::cli_docs::ManArgs),
 }
 
 #[derive(Args, Debug)]
@@ -109,31 +114,13 @@ struct ServeArgs {
     /// Development only: dial storage nodes without TLS.
     #[arg(long, env = "RAP_STORAGE_INSECURE_PLAINTEXT")]
     storage_insecure_plaintext: bool,
-    /// Log format.
-    #[arg(long, env = "RAP_LOG_FORMAT", value_enum)]
-    log_format: Option<LogFormatArg>,
+    /// Log format: text, or json (one object per line).
+    #[arg(long, env = "RAP_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     /// Every principal needs a TOTP step-up for high-risk calls (without
     /// it, only principals that enrolled TOTP are asked).
     #[arg(long, env = "RAP_REQUIRE_STEP_UP")]
     require_step_up: bool,
-}
-
-/// `--log-format`: the library's [`LogFormat`] as a command-line value.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LogFormatArg {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl From<LogFormatArg> for LogFormat {
-    fn from(arg: LogFormatArg) -> LogFormat {
-        match arg {
-            LogFormatArg::Text => LogFormat::Text,
-            LogFormatArg::Json => LogFormat::Json,
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -147,6 +134,22 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Migrate(args) => migrate(args).await,
         Command::OwnerToken(args) => owner_token(args).await,
         Command::ResetTotp(args) => reset_totp(args).await,
+        Command::Completions(args) => {
+            use clap::CommandFactory as _;
+            Ok(rap_core::cli_docs::completions(
+                Cli::command(),
+                &args,
+                &mut std::io::stdout(),
+            )?)
+        }
+        Command::Man(args) => {
+            use clap::CommandFactory as _;
+            let written = rap_core::cli_docs::man(Cli::command(), &args, &mut std::io::stdout())?;
+            for path in written {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -251,16 +254,13 @@ async fn reset_totp(args: ResetTotpArgs) -> Result<()> {
     Ok(())
 }
 
+/// The control plane's default log filter (`RUST_LOG` overrides it).
+const LOG_FILTER_DEFAULT: &str = "info,sqlx=warn";
+
+/// Installs the logs. The control plane serves many clusters: a line
+/// about one carries its `cluster_id` from the event or its span.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    rap_core::logging::init(format, LOG_FILTER_DEFAULT, &[]);
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
@@ -290,7 +290,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         config.require_step_up = true;
     }
     if let Some(v) = args.log_format {
-        config.log_format = v.into();
+        config.log_format = v;
     }
     init_logging(config.log_format);
     rap_controlplane::server::serve(config, rap_core::process::shutdown_signal()).await?;

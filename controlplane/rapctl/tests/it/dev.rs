@@ -2,28 +2,8 @@
 //! PostgreSQL, the control plane with its console, three storage voters
 //! and an agent, all left running, then stopped.
 
-use std::path::{Path, PathBuf};
-
-/// The four binaries next to the test's rapctl, or `None` when only part
-/// of the workspace was built (`cargo test -p rapctl`): the test then
-/// says so and skips; `cargo test --workspace` (scripts/test.sh) builds
-/// them all, and under CI a missing one fails.
-fn bin_dir() -> Option<PathBuf> {
-    let rapctl = Path::new(env!("CARGO_BIN_EXE_rapctl"));
-    let dir = rapctl.parent()?.to_path_buf();
-    let missing: Vec<&str> = ["rap-controlplane", "rap-configstore", "rap-node-agent"]
-        .into_iter()
-        .filter(|b| !dir.join(b).is_file())
-        .collect();
-    match (missing.is_empty(), std::env::var_os("CI").is_some()) {
-        (true, _) => Some(dir),
-        (false, true) => panic!("missing binaries {missing:?}: run cargo test --workspace"),
-        (false, false) => {
-            eprintln!("SKIPPED: {missing:?} not built (cargo build --workspace first)");
-            None
-        }
-    }
-}
+use crate::bin_dir;
+use std::path::Path;
 
 fn rapctl(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rapctl"))
@@ -92,6 +72,8 @@ fn dev_up_resume_and_down_leave_nothing_behind() {
         "1",
         "--bin-dir",
         bin_arg,
+        "--log-format",
+        "json",
     ]);
     let cleanup = || {
         let _ = rapctl(&["dev", "down", "--dir", platform_arg]);
@@ -161,4 +143,96 @@ fn dev_up_resume_and_down_leave_nothing_behind() {
         left = processes_under(&platform);
     }
     assert!(left.is_empty(), "left behind: {left:?}\n{down}");
+
+    logs_are_json_without_secrets(&platform);
+}
+
+/// Whether `text` holds a token of `prefix` (`rapat.`, `rapjt.`): the
+/// prefix, an id, a dot and a secret of 16 or more token characters.
+fn holds_token(text: &str, prefix: &str) -> bool {
+    let token_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    text.match_indices(prefix).any(|(at, _)| {
+        let rest = &text[at + prefix.len()..];
+        let id_len = rest.chars().take_while(|c| token_char(*c)).count();
+        rest[id_len..]
+            .strip_prefix('.')
+            .is_some_and(|secret| secret.chars().take_while(|c| token_char(*c)).count() >= 16)
+    })
+}
+
+/// Every private key file under `dir` (PEM bodies), for the log check.
+fn private_key_lines(dir: &Path, found: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            private_key_lines(&path, found);
+        } else if path.extension().is_some_and(|e| e == "key") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            found.extend(
+                text.lines()
+                    .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                    .map(str::to_string),
+            );
+        }
+    }
+}
+
+/// The daemons of a platform started with `--log-format json` wrote one
+/// JSON object per line, each storage node's and agent's line with the
+/// cluster and node ids; no log of the platform holds an API or join
+/// token, the owner's token, or a line of a private key.
+fn logs_are_json_without_secrets(platform: &Path) {
+    let logs = platform.join("logs");
+    let owner_token = std::fs::read_to_string(platform.join("owner.token")).unwrap();
+    let owner_token = owner_token.trim();
+    let mut keys = Vec::new();
+    private_key_lines(platform, &mut keys);
+    assert!(!keys.is_empty(), "the platform has private keys");
+    let mut daemons = 0;
+    for entry in std::fs::read_dir(&logs).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        assert!(
+            !text.contains(owner_token),
+            "{name} holds the owner's token"
+        );
+        assert!(!holds_token(&text, "rapat."), "{name} holds an API token");
+        assert!(!holds_token(&text, "rapjt."), "{name} holds a join token");
+        assert!(!text.contains("PRIVATE KEY"), "{name} holds a private key");
+        for line in &keys {
+            assert!(
+                !text.contains(line.as_str()),
+                "{name} holds a line of a private key"
+            );
+        }
+        // The daemons' logs: controlplane.log, s<N>.log, agent-<N>.log
+        // (setup and join logs hold the tools' own output).
+        let stem = name.strip_suffix(".log").unwrap_or_default();
+        let numbered = |prefix: &str| {
+            stem.strip_prefix(prefix)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let ids = match stem {
+            "controlplane" => false,
+            _ if numbered("s") || numbered("agent-") => true,
+            _ => continue,
+        };
+        daemons += 1;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let object: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{name}: not a JSON line ({e}): {line}"));
+            assert!(object["level"].is_string(), "{name}: {line}");
+            if ids {
+                assert_eq!(object["cluster_id"], "dev", "{name}: {line}");
+                assert!(
+                    object["node_id"].as_str().is_some_and(|id| !id.is_empty()),
+                    "{name}: {line}"
+                );
+            }
+        }
+    }
+    assert!(
+        daemons >= 5,
+        "the control plane, 3 voters and the agent logged"
+    );
 }

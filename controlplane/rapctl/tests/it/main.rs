@@ -7,6 +7,7 @@ mod caches;
 mod certs;
 mod cli;
 mod dev;
+mod docs;
 mod overview;
 mod principals;
 mod promotion;
@@ -14,7 +15,28 @@ mod rapctl;
 mod totp;
 
 use rap_testkit::platform::{ControlPlane, Platform};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The four binaries next to the test's rapctl, or `None` when only part
+/// of the workspace was built (`cargo test -p rapctl`): the test then
+/// says so and skips; `cargo test --workspace` (scripts/test.sh) builds
+/// them all, and under CI a missing one fails.
+pub fn bin_dir() -> Option<PathBuf> {
+    let rapctl = Path::new(env!("CARGO_BIN_EXE_rapctl"));
+    let dir = rapctl.parent()?.to_path_buf();
+    let missing: Vec<&str> = ["rap-controlplane", "rap-configstore", "rap-node-agent"]
+        .into_iter()
+        .filter(|b| !dir.join(b).is_file())
+        .collect();
+    match (missing.is_empty(), std::env::var_os("CI").is_some()) {
+        (true, _) => Some(dir),
+        (false, true) => panic!("missing binaries {missing:?}: run cargo test --workspace"),
+        (false, false) => {
+            eprintln!("SKIPPED: {missing:?} not built (cargo build --workspace first)");
+            None
+        }
+    }
+}
 
 /// The real rapctl against a running [`ControlPlane`].
 trait Rapctl {
