@@ -45,7 +45,7 @@ const EXIT_INTERRUPTED: u8 = 130;
 
 /// The RAP node agent.
 #[derive(Parser, Debug)]
-#[command(name = "rap-node-agent", version, about, long_about)]
+#[command(name = "rap-node-agent", version = rap_core::VERSION, about, long_about)]
 struct Cli {
     /// Output format: `text` for people, `json` for scripts (progress then
     /// goes to stderr).

@@ -34,4 +34,14 @@ pub mod rng;
 pub mod tls;
 
 pub use error::{Error, Result};
+
+/// What every binary's `--version` prints: the workspace version and the
+/// git revision it was built from (`unknown` outside a git checkout
+/// unless `RAP_GIT_REVISION` was set for the build).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("RAP_GIT_REVISION"),
+    ")"
+);
 pub use fence::Fence;

@@ -38,7 +38,7 @@ macro_rules! println {
 
 /// RAP storage/config node: hosts its cluster's authority group.
 #[derive(Parser, Debug)]
-#[command(name = "rap-configstore", version, about)]
+#[command(name = "rap-configstore", version = rap_core::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -40,7 +40,7 @@ use std::process::ExitCode;
 /// --token-file. `snapshot` and `demo` work offline on signed snapshot
 /// envelopes. `dev up` / `dev down` run a local platform for development.
 #[derive(Parser, Debug)]
-#[command(name = "rapctl", version, about, long_about)]
+#[command(name = "rapctl", version = rap_core::VERSION, about, long_about)]
 struct Cli {
     /// Output format: `table` for people, `json` for scripts.
     #[arg(

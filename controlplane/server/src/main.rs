@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 /// RAP control plane: PostgreSQL-backed enrollment, trust and policy.
 #[derive(Parser, Debug)]
-#[command(name = "rap-controlplane", version, about)]
+#[command(name = "rap-controlplane", version = rap_core::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -16,11 +16,24 @@ fn run(program: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-// Goal: every binary prints completion scripts for bash, zsh and fish
-// that know its commands, its manual page on stdout, and one page per
-// command into a directory; a shell it does not know is refused.
-// Method: the four real binaries; one command of each looked for in the
-// scripts and among the pages.
+/// `git rev-parse --short=12 HEAD` of the checkout the tests run in.
+fn git_revision() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+// Goal: every binary's --version names the git revision it was built
+// from; it prints completion scripts for bash, zsh and fish that know
+// its commands, its manual page on stdout, and one page per command into
+// a directory; a shell it does not know is refused.
+// Method: the four real binaries; the revision compared with the
+// checkout's HEAD; one command of each looked for in the scripts and
+// among the pages.
 #[test]
 fn every_binary_has_completions_and_manual_pages() {
     let Some(bin) = bin_dir() else {
@@ -33,6 +46,15 @@ fn every_binary_has_completions_and_manual_pages() {
         ("rap-node-agent", "join"),
     ] {
         let path = bin.join(program);
+        let (code, version, _) = run(&path, &["--version"]);
+        assert_eq!(code, 0, "{program} --version");
+        match git_revision() {
+            Some(revision) => assert!(
+                version.contains(&format!("(git {revision})")),
+                "{program} --version: {version} (HEAD is {revision})"
+            ),
+            None => assert!(version.contains("(git "), "{program} --version: {version}"),
+        }
         for shell in ["bash", "zsh", "fish"] {
             let (code, script, err) = run(&path, &["completions", shell]);
             assert_eq!(code, 0, "{program} completions {shell}: {err}");
