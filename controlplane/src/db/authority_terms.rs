@@ -78,14 +78,30 @@ pub async fn lock_current(
     conn: &mut PgConnection,
     cluster_id: &str,
 ) -> Result<Option<CurrentTerm>> {
-    Ok(sqlx::query_as(
-        "SELECT authority_term, last_seq, reason, survivors FROM cluster_authority_terms
-          WHERE cluster_id = $1 AND ended_at IS NULL FOR UPDATE",
-    )
-    .bind(cluster_id)
-    .fetch_optional(conn)
-    .await?)
+    // A promotion that commits while this waits for the current row's
+    // lock ends that row and inserts the next term's: the waiting
+    // statement then re-checks only the row it waited for, finds it ended
+    // and cannot see the new one (READ COMMITTED), so it finds none. A
+    // second statement sees the new row; a cluster with no term finds
+    // none both times.
+    for _ in 0..LOCK_CURRENT_TRIES {
+        let current = sqlx::query_as(
+            "SELECT authority_term, last_seq, reason, survivors FROM cluster_authority_terms
+              WHERE cluster_id = $1 AND ended_at IS NULL FOR UPDATE",
+        )
+        .bind(cluster_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if current.is_some() {
+            return Ok(current);
+        }
+    }
+    Ok(None)
 }
+
+/// How many times [`lock_current`] reads before it answers "no term": a
+/// promotion ends one row between two reads, never two.
+const LOCK_CURRENT_TRIES: usize = 2;
 
 /// Writes term 1 of a freshly bootstrapped cluster. `term` must be 1 and the
 /// cluster must have no term yet.

@@ -152,3 +152,60 @@ async fn fences_are_recorded_once_for_the_current_term() {
         .expect_err("no such cluster");
     assert_eq!(e.code(), "STALE_FENCE", "{e}");
 }
+
+// Goal: a fenced mutation that waits for the current term's lock while a
+// promotion commits finds the new term, not "no term" (the chaos harness
+// saw NOT_BOOTSTRAPPED refusals next to promotions). Method: transaction
+// A holds the current row of term 1 and advances it to term 2; B asks for
+// the locked current term meanwhile and waits; A commits; B must get term
+// 2. The cluster without any term still finds none.
+#[tokio::test]
+async fn a_lock_taken_across_a_promotion_finds_the_new_term() {
+    let (_db, pool) = database_with_cluster().await;
+    let voters = vec!["s1".to_string(), "s2".to_string(), "s3".to_string()];
+    {
+        let mut conn = pool.acquire().await.unwrap();
+        assert!(
+            authority_terms::lock_current(&mut conn, "c1")
+                .await
+                .unwrap()
+                .is_none(),
+            "no term yet"
+        );
+        authority_terms::insert_first(&mut conn, "c1", 1, &voters)
+            .await
+            .unwrap();
+    }
+    let mut promotion = pool.begin().await.unwrap();
+    let current = authority_terms::lock_current(&mut promotion, "c1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.term().unwrap(), 1);
+
+    let waiter_pool = pool.clone();
+    let waiter = tokio::spawn(async move {
+        let mut tx = waiter_pool.begin().await.unwrap();
+        let found = authority_terms::lock_current(&mut tx, "c1").await.unwrap();
+        found.map(|row| row.term().unwrap())
+    });
+    // The waiter is blocked on the row lock until the promotion commits.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the waiter waits for the lock");
+    authority_terms::advance(
+        &mut promotion,
+        "c1",
+        1,
+        2,
+        authority_terms::TermReason::Promotion,
+        &voters[..1],
+    )
+    .await
+    .unwrap();
+    promotion.commit().await.unwrap();
+    let found = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter is released")
+        .unwrap();
+    assert_eq!(found, Some(2), "the new term, not none");
+}
