@@ -216,4 +216,91 @@ mod tests {
         assert!(reflection(&[]).is_ok());
         assert!(reflection_v1alpha(&[]).is_ok());
     }
+
+    // Goal: health follows the readiness function (NOT_SERVING at first,
+    // then what it says), and a stopping server reports NOT_SERVING and
+    // ends open Watch streams, so its graceful shutdown does not wait for
+    // them. Method: a tonic server with the health service on 127.0.0.1,
+    // readiness flipped through a flag, a Watch open across the stop; the
+    // server must return within a hang guard.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_follows_readiness_and_ends_watches_at_stop() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus as Wire;
+        use tonic_health::pb::health_client::HealthClient;
+        const GUARD: Duration = Duration::from_secs(10);
+
+        let (health, service) = Health::new(&["rap.v1.ShardService"]).await;
+        let ready = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let flag = ready.clone();
+        let follow = tokio::spawn(health.follow(
+            move || {
+                let ready = flag.load(Ordering::SeqCst);
+                std::future::ready(if ready {
+                    Ok("ready".into())
+                } else {
+                    Err("not yet".into())
+                })
+            },
+            stop_rx.clone(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut server_stop = stop_rx.clone();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async move {
+                        let _ = server_stop.wait_for(|stop| *stop).await;
+                    },
+                ),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = HealthClient::new(channel);
+        let request = |service: &str| HealthCheckRequest {
+            service: service.into(),
+        };
+        let mut watch = client.watch(request("")).await.expect("watch").into_inner();
+        let next = |item: Option<tonic_health::pb::HealthCheckResponse>| item.map(|r| r.status());
+        let first = tokio::time::timeout(GUARD, watch.message())
+            .await
+            .expect("guard");
+        assert_eq!(next(first.expect("item")), Some(Wire::NotServing));
+        ready.store(true, Ordering::SeqCst);
+        let second = tokio::time::timeout(GUARD, watch.message())
+            .await
+            .expect("guard");
+        assert_eq!(next(second.expect("item")), Some(Wire::Serving));
+        let named = client
+            .check(request("rap.v1.ShardService"))
+            .await
+            .expect("check");
+        assert_eq!(named.into_inner().status(), Wire::Serving);
+
+        stop_tx.send(true).expect("stop");
+        let last = tokio::time::timeout(GUARD, watch.message())
+            .await
+            .expect("guard");
+        assert_eq!(next(last.expect("item")), Some(Wire::NotServing));
+        let end = tokio::time::timeout(GUARD, watch.message())
+            .await
+            .expect("guard");
+        assert!(matches!(end, Ok(None)), "the watch ends: {end:?}");
+        tokio::time::timeout(GUARD, server)
+            .await
+            .expect("the server stops with a watch open")
+            .expect("server task")
+            .expect("server");
+        follow.await.expect("follow");
+    }
 }
