@@ -1,10 +1,16 @@
 //! Compiles `proto/rap/v1/*.proto` with protox (a pure-Rust protobuf
 //! compiler, so no system `protoc` is needed) and generates prost messages
-//! and tonic clients/servers.
+//! and tonic clients/servers. The encoded `FileDescriptorSet` (with the
+//! files' comments) goes to `OUT_DIR/rap_v1_descriptor_set.bin`, for the
+//! servers' gRPC reflection (`rap_proto::pb::FILE_DESCRIPTOR_SET`).
 
-use std::path::Path;
+use prost::Message;
+use std::path::{Path, PathBuf};
 
 const PROTO_ROOT: &str = "proto";
+/// The descriptor set's file in `OUT_DIR` (`tonic::include_file_descriptor_set!`
+/// adds the `.bin`).
+const DESCRIPTOR_SET: &str = "rap_v1_descriptor_set";
 const PROTO_FILES: &[&str] = &[
     "rap/v1/common.proto",
     "rap/v1/shards.proto",
@@ -24,6 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let descriptors = protox::compile(PROTO_FILES, [PROTO_ROOT])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join(format!("{DESCRIPTOR_SET}.bin")),
+        descriptors.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -7,6 +7,11 @@
 //!
 //! * [`grants`] is the table: for every [`Rpc`] the caller kinds admitted
 //!   and under which [`Condition`]. An RPC not in the table is refused.
+//!   The two standard services every rap gRPC server runs, health and
+//!   reflection ([`crate::probes`]), are rows too: health admits every
+//!   certificate kind (a probe presents whichever certificate it has), and
+//!   reflection the kinds that may call another RPC of the receiving
+//!   server ([`Condition::UsesThisServer`], from [`GroupView::serves`]).
 //! * [`decide`] applies it to a [`Caller`] against a [`GroupView`] (the
 //!   receiving storage node's membership, revocations and cluster).
 //! * [`AccessLayer`] runs [`decide`] on every request of a gRPC server
@@ -15,8 +20,9 @@
 //!   storage node of this cluster that is not a member is refused only
 //!   after the term check, so an old member still hears `STALE_TERM` (with
 //!   the order proving the new term) and knows it is fenced. Storage nodes serve every
-//!   service behind it; the control plane calls [`decide`] for the
-//!   certificate-authenticated RPCs it serves.
+//!   service behind it; the control plane calls [`decide_at_control_plane`]
+//!   for the certificate-authenticated RPCs and the health and reflection
+//!   services it serves.
 //!
 //! **Invariant:** no request reaches a handler of a storage node unless
 //! its caller's kind is admitted for that RPC, its certificate is of this
@@ -38,7 +44,8 @@ use tracing::Instrument;
 /// follower forwarding a write); a relayed request is never relayed again.
 pub const FORWARDED_HEADER: &str = "x-rap-forwarded";
 
-/// Every RPC a rap server serves (package `rap.v1`), by full gRPC path.
+/// Every RPC a rap server serves (package `rap.v1`, and the standard
+/// health and reflection services), by full gRPC path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Rpc {
     /// `RaftService/AppendEntries`.
@@ -81,11 +88,20 @@ pub enum Rpc {
     WatchShards,
     /// `ShardService/ListOwnScopes`.
     ListOwnScopes,
+    /// `grpc.health.v1.Health/Check`.
+    HealthCheck,
+    /// `grpc.health.v1.Health/Watch`.
+    HealthWatch,
+    /// `grpc.reflection.v1.ServerReflection/ServerReflectionInfo`.
+    Reflection,
+    /// `grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo`
+    /// (what grpcurl asks first).
+    ReflectionV1Alpha,
 }
 
 impl Rpc {
     /// Every RPC, in table order.
-    pub const ALL: [Rpc; 20] = [
+    pub const ALL: [Rpc; 24] = [
         Rpc::RaftAppendEntries,
         Rpc::RaftVote,
         Rpc::RaftInstallSnapshot,
@@ -106,9 +122,49 @@ impl Rpc {
         Rpc::GetShard,
         Rpc::WatchShards,
         Rpc::ListOwnScopes,
+        Rpc::HealthCheck,
+        Rpc::HealthWatch,
+        Rpc::Reflection,
+        Rpc::ReflectionV1Alpha,
     ];
 
-    /// The gRPC path, `/rap.v1.<Service>/<Method>`.
+    /// What a voter serves besides health and reflection (see
+    /// [`GroupView::serves`]).
+    pub const VOTER: [Rpc; 16] = [
+        Rpc::RaftAppendEntries,
+        Rpc::RaftVote,
+        Rpc::RaftInstallSnapshot,
+        Rpc::AcquireFence,
+        Rpc::PublishShards,
+        Rpc::ShardHeads,
+        Rpc::AuthorityStatus,
+        Rpc::Promote,
+        Rpc::Rejoin,
+        Rpc::Bootstrap,
+        Rpc::AddVoter,
+        Rpc::RemoveVoter,
+        Rpc::PrepareJoin,
+        Rpc::GetShard,
+        Rpc::WatchShards,
+        Rpc::ListOwnScopes,
+    ];
+
+    /// What a cache replica serves besides health and reflection.
+    pub const CACHE: [Rpc; 3] = [Rpc::GetShard, Rpc::WatchShards, Rpc::ListOwnScopes];
+
+    /// What the control plane serves under this table besides health and
+    /// reflection. (`AdminService` authenticates its callers by bearer
+    /// token: at the TLS layer they are anonymous, as the join requests
+    /// here are.)
+    pub const CONTROL_PLANE: [Rpc; 4] = [
+        Rpc::SubmitJoinRequest,
+        Rpc::GetJoinStatus,
+        Rpc::RenewCertificate,
+        Rpc::Heartbeat,
+    ];
+
+    /// The gRPC path, `/rap.v1.<Service>/<Method>` (`/<package>.<Service>/<Method>`
+    /// for the standard services).
     pub fn path(self) -> &'static str {
         match self {
             Rpc::RaftAppendEntries => "/rap.v1.RaftService/AppendEntries",
@@ -131,6 +187,12 @@ impl Rpc {
             Rpc::GetShard => "/rap.v1.ShardService/GetShard",
             Rpc::WatchShards => "/rap.v1.ShardService/WatchShards",
             Rpc::ListOwnScopes => "/rap.v1.ShardService/ListOwnScopes",
+            Rpc::HealthCheck => "/grpc.health.v1.Health/Check",
+            Rpc::HealthWatch => "/grpc.health.v1.Health/Watch",
+            Rpc::Reflection => "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            Rpc::ReflectionV1Alpha => {
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+            }
         }
     }
 
@@ -139,9 +201,31 @@ impl Rpc {
         Rpc::ALL.into_iter().find(|rpc| rpc.path() == path)
     }
 
-    /// `Service/Method`, for logs, errors and docs.
+    /// The RPC at `path`, or the refusal of a path outside the table
+    /// (`CALLER_NOT_ADMITTED`: nobody may call it).
+    pub fn of_path(path: &str) -> Result<Rpc, Error> {
+        Rpc::from_path(path).ok_or_else(|| Error::PermissionDenied {
+            code: CALLER_NOT_ADMITTED,
+            message: format!("{} is not an RPC of this server", shorten(path)),
+        })
+    }
+
+    /// `Service/Method` for ours (`package.Service/Method` for the
+    /// standard services), for logs, errors and docs.
     pub fn name(self) -> &'static str {
-        self.path().trim_start_matches("/rap.v1.")
+        let path = self.path();
+        path.strip_prefix("/rap.v1.")
+            .or_else(|| path.strip_prefix('/'))
+            .unwrap_or(path)
+    }
+
+    /// Whether this is an RPC of the standard health or reflection
+    /// services ([`crate::probes`]).
+    pub fn is_probe(self) -> bool {
+        matches!(
+            self,
+            Rpc::HealthCheck | Rpc::HealthWatch | Rpc::Reflection | Rpc::ReflectionV1Alpha
+        )
     }
 }
 
@@ -166,6 +250,10 @@ pub enum Condition {
     /// ([`FORWARDED_HEADER`]): a follower forwarding a write it admitted
     /// to its leader.
     Relaying,
+    /// The caller's kind may call another RPC the receiver serves
+    /// ([`GroupView::serves`]): the generic services (reflection) answer
+    /// exactly the callers of that server.
+    UsesThisServer,
 }
 
 /// One admitted caller kind of an RPC. `kind: None` is a caller without a
@@ -209,6 +297,26 @@ const NODES_AND_STORAGE: [Grant; 2] = [
     grant(IdentityKind::Storage, Condition::Always),
 ];
 const NODES: [Grant; 1] = [grant(IdentityKind::Node, Condition::Always)];
+const EVERY_CERTIFICATE_OR_USERS: [Grant; 5] = [
+    Grant {
+        kind: None,
+        condition: Condition::UsesThisServer,
+    },
+    grant(IdentityKind::Storage, Condition::Always),
+    grant(IdentityKind::Node, Condition::Always),
+    grant(IdentityKind::ControlPlane, Condition::Always),
+    grant(IdentityKind::Operator, Condition::Always),
+];
+const USERS_OF_THIS_SERVER: [Grant; 5] = [
+    Grant {
+        kind: None,
+        condition: Condition::UsesThisServer,
+    },
+    grant(IdentityKind::Storage, Condition::UsesThisServer),
+    grant(IdentityKind::Node, Condition::UsesThisServer),
+    grant(IdentityKind::ControlPlane, Condition::UsesThisServer),
+    grant(IdentityKind::Operator, Condition::UsesThisServer),
+];
 
 /// The table: who may call `rpc`. Exhaustive: a new RPC does not compile
 /// until it has a row.
@@ -236,6 +344,17 @@ pub fn grants(rpc: Rpc) -> &'static [Grant] {
         // (`crate::shard`).
         Rpc::GetShard | Rpc::WatchShards => &NODES_AND_STORAGE,
         Rpc::ListOwnScopes => &NODES,
+        // Health says SERVING or NOT_SERVING and nothing else: every
+        // certificate of the cluster may ask (a probe presents whichever
+        // it has: the node's own, an operator's, the control plane's), and
+        // callers without one where the server has anonymous callers (the
+        // control plane's join requests and bearer-token admin calls; a
+        // storage node has none, its TLS asks every caller for a
+        // certificate).
+        Rpc::HealthCheck | Rpc::HealthWatch => &EVERY_CERTIFICATE_OR_USERS,
+        // Reflection shows the schema of the services (no data, no
+        // secrets) to the callers of that server only.
+        Rpc::Reflection | Rpc::ReflectionV1Alpha => &USERS_OF_THIS_SERVER,
     }
 }
 
@@ -259,6 +378,16 @@ impl Caller {
                 leaf.as_ref(),
             )?)),
         }
+    }
+
+    /// The caller of `request`, from the client certificate of the TLS
+    /// connection it came on (anonymous without TLS or without one).
+    pub fn of_request<B>(request: &http::Request<B>) -> Result<Caller, Error> {
+        let certs = request
+            .extensions()
+            .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+            .and_then(|info| info.peer_certs());
+        Caller::from_certs(certs.as_deref().map(Vec::as_slice))
     }
 
     /// The certificate's facts, when there is one.
@@ -298,6 +427,11 @@ pub trait GroupView: Send + Sync {
     fn node_id(&self) -> Option<NodeId> {
         None
     }
+    /// The RPCs the receiver serves besides health and reflection
+    /// ([`Rpc::VOTER`], [`Rpc::CACHE`], [`Rpc::CONTROL_PLANE`]): a kind
+    /// that may call one of them is admitted where the table says
+    /// [`Condition::UsesThisServer`].
+    fn serves(&self) -> &'static [Rpc];
 }
 
 /// A receiver without a group (the control plane): nobody is a member,
@@ -316,6 +450,57 @@ impl GroupView for NoGroup {
     fn is_revoked(&self, _serial_hex: &str) -> bool {
         false
     }
+    fn serves(&self) -> &'static [Rpc] {
+        &Rpc::CONTROL_PLANE
+    }
+}
+
+/// Whether a caller of `kind` (`None`: without a certificate) may call
+/// one of `served` (its conditions aside): the test of
+/// [`Condition::UsesThisServer`].
+fn uses_server(kind: Option<IdentityKind>, served: &[Rpc]) -> bool {
+    served.iter().any(|rpc| {
+        grants(*rpc)
+            .iter()
+            .any(|g| g.kind == kind && g.condition != Condition::UsesThisServer)
+    })
+}
+
+/// The check of a caller without a certificate: admitted where a grant
+/// without a kind holds, else `UNAUTHENTICATED`.
+fn decide_anonymous(rpc: Rpc, served: &[Rpc]) -> Result<(), Error> {
+    let admitted = grants(rpc).iter().any(|g| {
+        g.kind.is_none()
+            && match g.condition {
+                Condition::Always => true,
+                Condition::UsesThisServer => uses_server(None, served),
+                // Nobody without a certificate is a member.
+                Condition::Member | Condition::Relaying => false,
+            }
+    });
+    if admitted {
+        return Ok(());
+    }
+    Err(Error::Unauthenticated(format!(
+        "{rpc} needs a client certificate"
+    )))
+}
+
+/// [`decide`] for the control plane, which holds no group and serves
+/// every cluster: a certificate is checked against its own cluster (the
+/// handlers check that it is the cluster the request is about, and
+/// revocation against PostgreSQL, see [`NoGroup`]); a caller without one
+/// against [`Rpc::CONTROL_PLANE`].
+pub fn decide_at_control_plane(rpc: Rpc, caller: &Caller) -> Result<(), Error> {
+    match caller.certificate() {
+        Some(facts) => decide(
+            rpc,
+            caller,
+            false,
+            &NoGroup(facts.identity.cluster_id.clone()),
+        ),
+        None => decide_anonymous(rpc, &Rpc::CONTROL_PLANE),
+    }
 }
 
 /// Decides whether `caller` may call `rpc` on a receiver that sees
@@ -331,12 +516,7 @@ pub fn decide(
 ) -> Result<(), Error> {
     let table = grants(rpc);
     let Some(facts) = caller.certificate() else {
-        if table.iter().any(|g| g.kind.is_none()) {
-            return Ok(());
-        }
-        return Err(Error::Unauthenticated(format!(
-            "{rpc} needs a client certificate"
-        )));
+        return decide_anonymous(rpc, group.serves());
     };
     let identity = &facts.identity;
     if identity.cluster_id != *group.cluster_id() {
@@ -368,21 +548,36 @@ pub fn decide(
     for g in admitted {
         match g.condition {
             Condition::Always => return Ok(()),
+            Condition::UsesThisServer if uses_server(caller.kind(), group.serves()) => {
+                return Ok(());
+            }
+            Condition::UsesThisServer => {
+                refusal = Some((
+                    CALLER_NOT_ADMITTED,
+                    format!(
+                        "{rpc} admits the callers of this server's other services, and they do not admit {} callers ({identity})",
+                        identity.kind
+                    ),
+                ));
+            }
             Condition::Member | Condition::Relaying if !group.is_member(&identity.node_id) => {
-                refusal = Some(format!("{identity} is not a member of this node's group"));
+                refusal = Some((
+                    NOT_A_MEMBER,
+                    format!("{identity} is not a member of this node's group"),
+                ));
             }
             Condition::Relaying if !relayed => {
-                refusal = Some(format!(
-                    "{rpc} admits a member only when it relays a request to its leader"
+                refusal = Some((
+                    NOT_A_MEMBER,
+                    format!("{rpc} admits a member only when it relays a request to its leader"),
                 ));
             }
             Condition::Member | Condition::Relaying => return Ok(()),
         }
     }
-    Err(Error::PermissionDenied {
-        code: NOT_A_MEMBER,
-        message: refusal.unwrap_or_else(|| format!("{identity} may not call {rpc}")),
-    })
+    let (code, message) =
+        refusal.unwrap_or_else(|| (NOT_A_MEMBER, format!("{identity} may not call {rpc}")));
+    Err(Error::PermissionDenied { code, message })
 }
 
 // Refusal codes (owned by the registry in `rap_core::codes`): the
@@ -477,11 +672,7 @@ impl Rpc {
 
 impl Gate {
     fn admit<B>(&self, request: &http::Request<B>) -> Result<Admitted, Error> {
-        let path = request.uri().path();
-        let rpc = Rpc::from_path(path).ok_or_else(|| Error::PermissionDenied {
-            code: CALLER_NOT_ADMITTED,
-            message: format!("{} is not an RPC of this server", shorten(path)),
-        })?;
+        let rpc = Rpc::of_path(request.uri().path())?;
         if !self.tls {
             return Ok(Admitted {
                 rpc,
@@ -489,11 +680,7 @@ impl Gate {
                 refusal_after_term_check: None,
             });
         }
-        let certs = request
-            .extensions()
-            .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
-            .and_then(|info| info.peer_certs());
-        let caller = Caller::from_certs(certs.as_deref().map(Vec::as_slice))?;
+        let caller = Caller::of_request(request)?;
         // TLS checked the validity at the handshake; a node agent's
         // connection outlives its short-lived certificate, so every call
         // checks it again (the agent reconnects with the renewed one).
@@ -641,6 +828,7 @@ pub fn table_markdown() -> String {
                     Condition::Always => "yes",
                     Condition::Member => "member",
                     Condition::Relaying => "member, relaying",
+                    Condition::UsesThisServer => "if it uses the server",
                 })
                 .unwrap_or("no")
         };
@@ -664,6 +852,7 @@ mod tests {
         cluster: ClusterId,
         members: BTreeSet<String>,
         revoked: BTreeSet<String>,
+        serves: &'static [Rpc],
     }
 
     impl GroupView for Group {
@@ -675,6 +864,9 @@ mod tests {
         }
         fn is_revoked(&self, serial_hex: &str) -> bool {
             self.revoked.contains(serial_hex)
+        }
+        fn serves(&self) -> &'static [Rpc] {
+            self.serves
         }
     }
 
@@ -700,6 +892,7 @@ mod tests {
             cluster: cluster("c1"),
             members: ["s1", "s2"].into_iter().map(String::from).collect(),
             revoked: ["bad"].into_iter().map(String::from).collect(),
+            serves: &Rpc::VOTER,
         }
     }
 
@@ -742,6 +935,10 @@ mod tests {
                                 | Rpc::GetShard
                                 | Rpc::WatchShards
                                 | Rpc::ListOwnScopes
+                                | Rpc::HealthCheck
+                                | Rpc::HealthWatch
+                                | Rpc::Reflection
+                                | Rpc::ReflectionV1Alpha
                         ),
                     "{rpc} agent"
                 );
@@ -752,8 +949,11 @@ mod tests {
                 });
                 assert_eq!(member_ok, expect_member, "{rpc} member relayed={relayed}");
                 let stranger_ok = decide(rpc, &stranger, relayed, &g).is_ok();
+                // A voter's callers include storage nodes that are not
+                // members (cache replicas reading their placement).
                 let expect_stranger = grants(rpc).iter().any(|x| {
-                    x.kind == Some(IdentityKind::Storage) && x.condition == Condition::Always
+                    x.kind == Some(IdentityKind::Storage)
+                        && matches!(x.condition, Condition::Always | Condition::UsesThisServer)
                 });
                 assert_eq!(stranger_ok, expect_stranger, "{rpc} non-member");
                 for operator in [&cp, &op] {
@@ -769,6 +969,112 @@ mod tests {
             }
         }
         assert_eq!(Rpc::from_path("/rap.v1.AuthorityService/Nope"), None);
+        assert_eq!(Rpc::from_path("/grpc.health.v1.Health/List"), None);
+        assert_eq!(Rpc::HealthCheck.name(), "grpc.health.v1.Health/Check");
+        assert_eq!(Rpc::AcquireFence.name(), "AuthorityService/AcquireFence");
+    }
+
+    // Goal: health admits every certificate kind on every server and
+    // callers without one only where the server has such callers (the
+    // control plane); reflection admits exactly the kinds that may call
+    // another RPC of that server: everyone with a certificate on a voter,
+    // node agents and storage nodes on a cache replica and on the control
+    // plane (plus callers without a certificate there); the others are
+    // CALLER_NOT_ADMITTED, no certificate UNAUTHENTICATED, and a revoked
+    // certificate stays CERTIFICATE_REVOKED. The control plane's own
+    // RPCs are decided as before. Method: each caller kind × probe RPC ×
+    // server (voter, cache replica, control plane).
+    #[test]
+    fn probes_admit_the_callers_of_each_server() {
+        let voter = group();
+        let cache = Group {
+            serves: &Rpc::CACHE,
+            ..group()
+        };
+        let storage = caller(
+            PeerIdentity::storage(cluster("c1"), node("s9")).expect("id"),
+            "03",
+        );
+        let agent = caller(
+            PeerIdentity::node(cluster("c1"), node("n-1")).expect("id"),
+            "01",
+        );
+        let cp = caller(PeerIdentity::control_plane(cluster("c1")), "04");
+        let op = caller(
+            PeerIdentity::operator(cluster("c1"), node("admin")).expect("id"),
+            "05",
+        );
+        let code = |result: Result<(), Error>| match result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e.code().to_string(),
+        };
+        for rpc in Rpc::ALL.into_iter().filter(|rpc| rpc.is_probe()) {
+            let health = matches!(rpc, Rpc::HealthCheck | Rpc::HealthWatch);
+            // (caller, voter, cache replica, control plane)
+            let expected = [
+                (&storage, "ok", "ok", "ok"),
+                (&agent, "ok", "ok", "ok"),
+                (
+                    &cp,
+                    "ok",
+                    if health { "ok" } else { CALLER_NOT_ADMITTED },
+                    if health { "ok" } else { CALLER_NOT_ADMITTED },
+                ),
+                (
+                    &op,
+                    "ok",
+                    if health { "ok" } else { CALLER_NOT_ADMITTED },
+                    if health { "ok" } else { CALLER_NOT_ADMITTED },
+                ),
+                (
+                    &Caller::Anonymous,
+                    "UNAUTHENTICATED",
+                    "UNAUTHENTICATED",
+                    "ok",
+                ),
+            ];
+            for (who, at_voter, at_cache, at_control_plane) in expected {
+                assert_eq!(
+                    code(decide(rpc, who, false, &voter)),
+                    at_voter,
+                    "{rpc} {who} voter"
+                );
+                assert_eq!(
+                    code(decide(rpc, who, false, &cache)),
+                    at_cache,
+                    "{rpc} {who} cache"
+                );
+                assert_eq!(
+                    code(decide_at_control_plane(rpc, who)),
+                    at_control_plane,
+                    "{rpc} {who} control plane"
+                );
+            }
+            let revoked = caller(
+                PeerIdentity::operator(cluster("c1"), node("admin")).expect("id"),
+                "bad",
+            );
+            assert_eq!(
+                code(decide(rpc, &revoked, false, &voter)),
+                CERTIFICATE_REVOKED
+            );
+        }
+        assert_eq!(code(decide_at_control_plane(Rpc::Heartbeat, &agent)), "ok");
+        assert_eq!(
+            code(decide_at_control_plane(Rpc::Heartbeat, &storage)),
+            CALLER_NOT_ADMITTED
+        );
+        assert_eq!(
+            code(decide_at_control_plane(Rpc::Heartbeat, &Caller::Anonymous)),
+            "UNAUTHENTICATED"
+        );
+        assert_eq!(
+            code(decide_at_control_plane(
+                Rpc::SubmitJoinRequest,
+                &Caller::Anonymous
+            )),
+            "ok"
+        );
     }
 
     // Goal: docs/threat-model.md shows the table the code applies. Method:

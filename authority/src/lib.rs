@@ -16,6 +16,9 @@
 //!   applies it to every storage-node request; [`admission`]: whom this
 //!   node admits (its group's members, the peers it was told to expect)
 //!   and the revoked certificates it refuses.
+//! * [`probes`]: the standard gRPC health and reflection services every
+//!   rap server runs (storage nodes, cache replicas, the control plane),
+//!   health following the server's own readiness.
 //! * Identities, certificates, TLS, files and the fence type come from
 //!   `rap-core`, shared with the control plane and the agent.
 //! * [`shard`]: `ShardService`, the node agents' reads of the shards the
@@ -34,6 +37,7 @@ pub mod network;
 pub mod node;
 pub mod partition;
 pub mod placement;
+pub mod probes;
 pub mod promotion;
 pub mod replica;
 pub mod request;

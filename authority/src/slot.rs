@@ -87,4 +87,8 @@ impl crate::access::GroupView for NodeSlot {
     fn node_id(&self) -> Option<NodeId> {
         Some(self.get().options().node_id.clone())
     }
+
+    fn serves(&self) -> &'static [crate::access::Rpc] {
+        &crate::access::Rpc::VOTER
+    }
 }

@@ -4,8 +4,10 @@
 //!
 //! It serves `ShardService` only (behind the same access layer as a
 //! voter: node agents of this cluster with a certificate that is not
-//! revoked) and HTTP `/metrics`, `/healthz`, `/readyz` (ready once a voter
-//! confirmed its assignment recently).
+//! revoked), the gRPC health and reflection services, and HTTP
+//! `/metrics`, `/healthz`, `/readyz` (ready once a voter confirmed its
+//! assignment recently; gRPC health follows the same
+//! `CacheReplica::readiness`).
 
 use crate::config::{Cache, Config};
 use anyhow::{Context, Result};
@@ -94,8 +96,19 @@ pub async fn serve(
         .into_service();
     let (grpc_listener, http_listener) = crate::server::bind(&config).await?;
     tracing::info!(grpc = %config.listen, http = %config.http_listen, tls = identity.is_some(), "serving as a cache replica");
+    let routes = {
+        let replica = replica.clone();
+        crate::server::with_probes(
+            tonic::service::Routes::new(shard_service),
+            &CACHE_SERVICES,
+            move || replica.readiness(),
+            stop_rx.clone(),
+        )
+        .instrument(span.clone())
+        .await?
+    };
     let grpc = crate::server::serve_grpc(
-        tonic::service::Routes::new(shard_service),
+        routes,
         access,
         keepalive,
         grpc_listener,
@@ -118,6 +131,9 @@ pub async fn serve(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// The services a cache replica runs besides health and reflection.
+pub const CACHE_SERVICES: [&str; 1] = [rap_proto::pb::shard_service_server::SERVICE_NAME];
 
 /// The HTTP routes of a cache replica.
 fn router(replica: Arc<CacheReplica>) -> Router {

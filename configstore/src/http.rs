@@ -1,6 +1,7 @@
 //! `/metrics` (Prometheus text), `/healthz` (the process is up) and
 //! `/readyz` (this node belongs to a group with a quorum and is not
-//! fenced: 200, otherwise 503 with the reason).
+//! fenced: 200, otherwise 503 with the reason; [`readiness`], which the
+//! gRPC health service follows too).
 
 use axum::Router;
 use axum::extract::State;
@@ -24,32 +25,32 @@ async fn metrics(State(slot): State<Arc<NodeSlot>>) -> String {
 }
 
 async fn ready(State(slot): State<Arc<NodeSlot>>) -> (StatusCode, String) {
+    match readiness(&slot) {
+        Ok(line) => (StatusCode::OK, format!("{line}\n")),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
+}
+
+/// Whether the voter is ready (`/readyz` and the gRPC health service,
+/// [`rap_authority::probes`]): bootstrapped, and its group has a quorum and
+/// is not fenced. `Ok` says what it sees, `Err` why it is not ready.
+pub fn readiness(slot: &NodeSlot) -> Result<String, String> {
     let node = slot.get();
     if !node.is_initialized() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: not bootstrapped (rap-configstore bootstrap ...)\n".into(),
-        );
+        return Err("not bootstrapped (rap-configstore bootstrap ...)".into());
     }
     let status = node.status();
+    let seen = format!(
+        "{} ({}/{} voters reachable)",
+        status.view.as_str(),
+        status.reachable_voters,
+        status.voters.len()
+    );
     match status.view {
-        PartitionView::Healthy | PartitionView::Degraded => (
-            StatusCode::OK,
-            format!(
-                "ready: {} ({}/{} voters reachable)\n",
-                status.view.as_str(),
-                status.reachable_voters,
-                status.voters.len()
-            ),
-        ),
-        view => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: {} ({}/{} voters reachable)\n",
-                view.as_str(),
-                status.reachable_voters,
-                status.voters.len()
-            ),
-        ),
+        PartitionView::Healthy | PartitionView::Degraded => Ok(format!("ready: {seen}")),
+        _ => Err(seen),
     }
 }

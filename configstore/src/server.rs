@@ -7,7 +7,9 @@
 //! Every request passes the [`AccessLayer`] first: the caller-kind table of
 //! [`rap_authority::access`], group membership and revocations. The node
 //! serves `RaftService`, `AuthorityService` and `ShardService` (node
-//! agents' shard reads, [`rap_authority::shard`]).
+//! agents' shard reads, [`rap_authority::shard`]), and the standard gRPC
+//! health (following `/readyz`) and reflection services
+//! ([`with_probes`], behind the same layer).
 
 use crate::config::Config;
 use anyhow::{Context, Result, bail};
@@ -164,6 +166,17 @@ pub async fn serve(
     let routes = tonic::service::Routes::new(raft_service)
         .add_service(authority_service)
         .add_service(shard_service);
+    let routes = {
+        let slot = slot.clone();
+        with_probes(
+            routes,
+            &VOTER_SERVICES,
+            move || crate::http::readiness(&slot),
+            stop_rx.clone(),
+        )
+        .instrument(span.clone())
+        .await?
+    };
     let grpc = serve_grpc(
         routes,
         access,
@@ -183,6 +196,36 @@ pub async fn serve(
     slot.get().shutdown().await.context("stop raft")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The services a voter runs besides health and reflection (their
+/// health is reported by name).
+pub const VOTER_SERVICES: [&str; 3] = [
+    rap_proto::pb::raft_service_server::SERVICE_NAME,
+    rap_proto::pb::authority_service_server::SERVICE_NAME,
+    rap_proto::pb::shard_service_server::SERVICE_NAME,
+];
+
+/// `routes` of a server running `services`, with the gRPC health service
+/// (following `readiness`, the function behind `/readyz`, until `stop`
+/// turns true) and reflection ([`rap_authority::probes`]). They are served
+/// behind the same [`AccessLayer`] as the rest.
+pub async fn with_probes(
+    routes: tonic::service::Routes,
+    services: &[&'static str],
+    readiness: impl Fn() -> Result<String, String> + Send + 'static,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tonic::service::Routes> {
+    let (health, health_service) = rap_authority::probes::Health::new(services).await;
+    tokio::spawn(
+        health
+            .follow(move || std::future::ready(readiness()), stop)
+            .in_current_span(),
+    );
+    Ok(routes
+        .add_service(health_service)
+        .add_service(rap_authority::probes::reflection(services)?)
+        .add_service(rap_authority::probes::reflection_v1alpha(services)?))
 }
 
 /// The gRPC and HTTP listeners of `config`.

@@ -22,7 +22,9 @@
 //!   [`roles`], [`groups`], [`workloads`], [`heartbeats`], [`orgs`],
 //!   [`caches`] (cache replicas, the cache policy, node locations).
 //! * [`api`]: the gRPC services (`AdminService`, `EnrollmentService`,
-//!   `AgentService`); [`server`]: the `rap-controlplane serve` process.
+//!   `AgentService`, and the standard health and reflection behind the
+//!   access table, [`api::probes`]); [`server`]: the `rap-controlplane
+//!   serve` process.
 
 pub mod api;
 pub mod audit;

@@ -1,5 +1,6 @@
 //! The `rap-controlplane serve` process: configuration, the gRPC listener
-//! (`AdminService`, `EnrollmentService`, `AgentService`; TLS with
+//! (`AdminService`, `EnrollmentService`, `AgentService`, and the standard
+//! health and reflection services, [`crate::api::probes`]; TLS with
 //! per-cluster server certificates by SNI and optional client
 //! certificates from any cluster CA), and `/metrics`, `/healthz`,
 //! `/readyz` on HTTP.
@@ -7,6 +8,7 @@
 use crate::api::admin::AdminApi;
 use crate::api::agent::AgentApi;
 use crate::api::enrollment::EnrollmentApi;
+use crate::api::probes::ProbeGate;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::fencing::{AuthorityClients, StorageTransport};
@@ -289,6 +291,18 @@ pub async fn serve(
     };
     // One budget of anonymous audit rows per source for the whole process.
     let refusals = Arc::new(crate::audit::RefusalSampler::default());
+    // gRPC health follows /readyz; health and reflection answer the
+    // callers the access table admits.
+    let services = &crate::api::probes::CONTROL_PLANE_SERVICES;
+    let (health, health_service) = rap_authority::probes::Health::new(services).await;
+    let probe_refusals = crate::api::probes::Refusals {
+        pool: pool.clone(),
+        sampler: Arc::clone(&refusals),
+    };
+    let reflection =
+        rap_authority::probes::reflection(services).map_err(|e| Error::Internal(e.to_string()))?;
+    let reflection_v1alpha = rap_authority::probes::reflection_v1alpha(services)
+        .map_err(|e| Error::Internal(e.to_string()))?;
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE * 2))
@@ -303,13 +317,28 @@ pub async fn serve(
                 .with_refusal_sampler(Arc::clone(&refusals))
                 .into_service(),
         )
-        .add_service(agent.clone().into_service());
+        .add_service(agent.clone().into_service())
+        .add_service(ProbeGate::new(health_service, probe_refusals.clone()))
+        .add_service(ProbeGate::new(reflection, probe_refusals.clone()))
+        .add_service(ProbeGate::new(reflection_v1alpha, probe_refusals));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let ready_pool = pool.clone();
+    tokio::spawn(
+        health
+            .follow(
+                move || {
+                    let pool = ready_pool.clone();
+                    async move { ready(&pool).await.map(|()| "ready".to_string()) }
+                },
+                stop_rx.clone(),
+            )
+            .instrument(tracing::info_span!("task", task = "grpc_health")),
+    );
     // Other control plane processes revoke too: their changes reach this
     // process's identity cache through PostgreSQL.
     let identity_listener = agent.start_identity_listener(stop_rx.clone());
@@ -439,21 +468,28 @@ pub const READYZ_DATABASE_UNAVAILABLE: &str = "database unavailable\n";
 /// How long `/readyz` waits for the database.
 pub const READYZ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// `/readyz`: 200 when the database answers within [`READYZ_TIMEOUT`],
-/// else 503 with [`READYZ_DATABASE_UNAVAILABLE`].
+/// Whether the control plane is ready (`/readyz` and the gRPC health
+/// service): the database answers within [`READYZ_TIMEOUT`]. The error is
+/// the detail, for the log only (never served).
+pub async fn ready(pool: &sqlx::PgPool) -> std::result::Result<(), String> {
+    match tokio::time::timeout(READYZ_TIMEOUT, crate::db::ping(pool)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("the database refused the readiness check: {e}")),
+        Err(_) => Err(format!(
+            "the database did not answer the readiness check within {} ms",
+            READYZ_TIMEOUT.as_millis()
+        )),
+    }
+}
+
+/// `/readyz`: 200 when [`ready`], else 503 with
+/// [`READYZ_DATABASE_UNAVAILABLE`] (the detail goes to the log at WARN).
 async fn readiness(pool: &sqlx::PgPool) -> (axum::http::StatusCode, &'static str) {
     use axum::http::StatusCode;
-    match tokio::time::timeout(READYZ_TIMEOUT, crate::db::ping(pool)).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n"),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "not ready: the database refused the readiness check");
-            (StatusCode::SERVICE_UNAVAILABLE, READYZ_DATABASE_UNAVAILABLE)
-        }
-        Err(_) => {
-            tracing::warn!(
-                timeout_ms = READYZ_TIMEOUT.as_millis() as u64,
-                "not ready: the database did not answer the readiness check in time"
-            );
+    match ready(pool).await {
+        Ok(()) => (StatusCode::OK, "ready\n"),
+        Err(reason) => {
+            tracing::warn!(%reason, "not ready");
             (StatusCode::SERVICE_UNAVAILABLE, READYZ_DATABASE_UNAVAILABLE)
         }
     }

@@ -35,4 +35,10 @@ pub use error::{Error, Result};
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("rap.v1");
+
+    /// The encoded `FileDescriptorSet` of every `.proto` file of package
+    /// `rap.v1` (with their comments): what the servers' gRPC reflection
+    /// serves. The schema only, never data.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("rap_v1_descriptor_set");
 }

@@ -357,6 +357,9 @@ impl crate::access::GroupView for CacheReplica {
     fn node_id(&self) -> Option<NodeId> {
         Some(self.node_id.clone())
     }
+    fn serves(&self) -> &'static [crate::access::Rpc] {
+        &crate::access::Rpc::CACHE
+    }
 }
 
 /// The record of a kept envelope (it was verified when kept).

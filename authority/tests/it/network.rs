@@ -155,6 +155,9 @@ impl GroupView for Group {
     fn is_revoked(&self, _serial_hex: &str) -> bool {
         false
     }
+    fn serves(&self) -> &'static [rap_authority::access::Rpc] {
+        &rap_authority::access::Rpc::VOTER
+    }
 }
 
 struct Running {

@@ -13,6 +13,8 @@
 //!   exactly their placement, and outlive a lost domain and lost voters.
 //! * [`shards`]: `ShardService` reads by node agents: the readers check,
 //!   caller kinds, revocation, watches across restarts and leader changes.
+//! * [`probes`]: the standard gRPC health (following `/readyz`) and
+//!   reflection services, with generic clients, behind the access table.
 //! * [`trust_boundary`]: nodes enrolled through the real control plane:
 //!   wrong callers refused, no impersonation, revocation followed,
 //!   certificates renewed without a restart.
@@ -26,6 +28,7 @@ mod bootstrap;
 mod caches;
 mod fences;
 mod minority;
+mod probes;
 mod promotion;
 mod shards;
 mod trust_boundary;

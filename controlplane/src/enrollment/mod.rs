@@ -41,7 +41,7 @@ pub const DERIVED_NODE_ID_HEX: usize = 12;
 /// certificate-authenticated call of the control plane: agents heartbeat,
 /// agents and storage nodes renew their own certificates, nobody else.
 pub fn admit_caller(rpc: rap_authority::access::Rpc, identity: &PeerIdentity) -> Result<()> {
-    use rap_authority::access::{Caller, NoGroup, decide};
+    use rap_authority::access::{Caller, decide_at_control_plane};
     use rap_core::identity::CertificateFacts;
     let caller = Caller::Certified(CertificateFacts {
         identity: identity.clone(),
@@ -49,8 +49,7 @@ pub fn admit_caller(rpc: rap_authority::access::Rpc, identity: &PeerIdentity) ->
         not_before: std::time::UNIX_EPOCH,
         not_after: std::time::UNIX_EPOCH,
     });
-    decide(rpc, &caller, false, &NoGroup(identity.cluster_id.clone()))
-        .map_err(|e| Error::PermissionDenied(e.to_string()))
+    decide_at_control_plane(rpc, &caller).map_err(|e| Error::PermissionDenied(e.to_string()))
 }
 
 /// Checks a proof of possession: key shape, nonce length, timestamp

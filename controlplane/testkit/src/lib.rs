@@ -15,7 +15,10 @@
 //! * [`browser`]: headless Chromium driven over the DevTools protocol
 //!   (pipe transport), for the web console's browser tests.
 //! * [`shards`]: a node agent's certificate and `ShardService` client
-//!   towards one storage node.
+//!   towards one storage node, and the pinned channel under it
+//!   ([`shards::storage_channel`]).
+//! * [`probes`]: generic clients of the standard gRPC health and
+//!   reflection services.
 //!
 //! # Finding the binaries
 //!
@@ -39,6 +42,7 @@
 pub mod browser;
 pub mod cluster;
 pub mod platform;
+pub mod probes;
 pub mod shards;
 
 pub use rap_pgtest as pg;

@@ -30,13 +30,19 @@ pub fn node_cert(ca: &ClusterCa, dir: &Path, id: &str) -> TlsFiles {
 /// `address`, presenting `files` and accepting only that node's storage
 /// certificate from the cluster CA. Its own channel, connected lazily.
 pub fn shard_client(files: &TlsFiles, address: &str, node_id: &str) -> ShardServiceClient<Channel> {
+    ShardServiceClient::new(storage_channel(files, address, node_id))
+}
+
+/// A channel to the storage node `node_id` listening on `address`,
+/// presenting `files` and accepting only that node's storage certificate
+/// from the cluster CA; connected lazily.
+pub fn storage_channel(files: &TlsFiles, address: &str, node_id: &str) -> Channel {
     let tls = PeerTls::new(LiveIdentity::load(files.clone()).expect("identity")).expect("tls");
-    let channel = Endpoint::from_shared(format!("http://{address}"))
+    Endpoint::from_shared(format!("http://{address}"))
         .expect("endpoint")
         .connect_timeout(SHARD_CONNECT_TIMEOUT)
         .connect_with_connector_lazy(
             tls.connector(&ExpectedPeer::storage_named(node_id))
                 .expect("connector"),
-        );
-    ShardServiceClient::new(channel)
+        )
 }

@@ -13,7 +13,8 @@ use rap_proto::pb::enrollment_service_client::EnrollmentServiceClient;
 use rap_testkit::platform::{AgentKey, Platform};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-async fn channel(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Channel {
+/// A connected channel to `addr` over `tls`.
+pub(crate) async fn channel(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Channel {
     Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(tls)

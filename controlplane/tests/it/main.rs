@@ -14,6 +14,7 @@ mod heartbeats;
 mod identities;
 mod orgs;
 mod principals;
+mod probes;
 mod promotion;
 mod roles;
 mod schema;
