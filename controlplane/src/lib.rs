@@ -22,7 +22,8 @@
 //!   [`roles`], [`groups`], [`workloads`], [`heartbeats`], [`orgs`],
 //!   [`caches`] (cache replicas, the cache policy, node locations).
 //! * [`api`]: the gRPC services (`AdminService`, `EnrollmentService`,
-//!   `AgentService`); [`server`]: the `rap-controlplane serve` process.
+//!   `AgentService`); [`server`]: the `rap-controlplane serve` process;
+//!   [`metrics`]: its Prometheus registry.
 
 pub mod api;
 pub mod audit;
@@ -41,6 +42,7 @@ pub mod groups;
 pub mod heartbeats;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod nodes;
 pub mod orgs;
 pub mod overview;
