@@ -124,6 +124,40 @@ async fn wait_for_sample(addr: SocketAddr, name: &str) -> String {
     }
 }
 
+/// `/metrics` of `addr` as a Prometheus server asks for it (OpenMetrics
+/// preferred): (head, body).
+async fn scrape_openmetrics(addr: SocketAddr) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /metrics HTTP/1.0\r\nHost: localhost\r\nAccept: \
+              application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+/// A Prometheus server's scrape of `addr` gets OpenMetrics with the same
+/// samples as `classic`.
+async fn assert_openmetrics(who: &str, addr: SocketAddr, classic: &str) {
+    let (head, body) = scrape_openmetrics(addr).await;
+    assert!(
+        head.contains("content-type: application/openmetrics-text"),
+        "{who}: {head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{who}: {body}");
+    let names = sample_names(&body);
+    assert!(
+        names.is_superset(&sample_names(classic)),
+        "{who}: OpenMetrics lacks samples of the classic text:\n{body}"
+    );
+}
+
 /// `promtool check metrics` finds nothing in `text` (from `who`).
 fn assert_lint_clean(who: &str, text: &str) {
     let (code, output) = run_promtool(&["check", "metrics"], text);
@@ -139,8 +173,9 @@ fn assert_lint_clean(who: &str, text: &str) {
 // real control plane server and a cache replica; traffic: fences and
 // publications (the server's publisher), a refused fence on the voters,
 // an anonymous admin call refused by the control plane; then promtool
-// check metrics on each /metrics (exit 0, no lint), and every rap_ name
-// of the dashboard and the rules among the samples seen.
+// check metrics on each /metrics (exit 0, no lint), a scrape that asks
+// for OpenMetrics gets it with the same samples, and every rap_ name of
+// the dashboard and the rules is among the samples seen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metrics_endpoint_passes_promtool_and_feeds_the_dashboards() {
     promtool();
@@ -182,11 +217,13 @@ async fn every_metrics_endpoint_passes_promtool_and_feeds_the_dashboards() {
         wait_for_sample(server.http_addr, "rap_cp_refusals_total").await
     };
     assert_lint_clean("the control plane", &control_plane);
+    assert_openmetrics("the control plane", server.http_addr, &control_plane).await;
     exposed.extend(sample_names(&control_plane));
 
     for (node, http) in p.voter_http() {
         let text = wait_for_sample(http, "rap_raft_append_duration_seconds_bucket").await;
         assert_lint_clean(&format!("voter {node}"), &text);
+        assert_openmetrics(&format!("voter {node}"), http, &text).await;
         exposed.extend(sample_names(&text));
     }
     assert!(
@@ -195,6 +232,7 @@ async fn every_metrics_endpoint_passes_promtool_and_feeds_the_dashboards() {
     );
     let cache = wait_for_sample(cache_http, "rap_cache_shards").await;
     assert_lint_clean("cache replica k1", &cache);
+    assert_openmetrics("cache replica k1", cache_http, &cache).await;
     exposed.extend(sample_names(&cache));
 
     let dashboard_text = std::fs::read_to_string(dashboard_path()).unwrap();
