@@ -7,7 +7,9 @@
 # 1. installs what is missing: PostgreSQL server binaries (the tests start
 #    their own private server; nothing needs to be running), Chromium (the
 #    web console's browser tests drive it headless; screenshots of every
-#    page land in <target>/tmp/console-screenshots/), rustfmt/clippy;
+#    page land in <target>/tmp/console-screenshots/), promtool (the
+#    metrics tests lint every /metrics and the alert rules with it),
+#    rustfmt/clippy;
 # 2. cargo fmt --check;
 # 3. cargo clippy --workspace --all-targets -- -D warnings;
 # 4. cargo test --workspace;
@@ -30,6 +32,8 @@ say() { printf '==> %s\n' "$*" >&2; }
 source "$root/scripts/ensure-postgres.sh"
 # shellcheck source=scripts/ensure-chromium.sh
 source "$root/scripts/ensure-chromium.sh"
+# shellcheck source=scripts/ensure-promtool.sh
+source "$root/scripts/ensure-promtool.sh"
 
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then

@@ -234,6 +234,15 @@ impl Changes {
         }
     }
 
+    /// When the change just seen became visible: its apply (a voter), or
+    /// now (a cache replica, which announces no time).
+    fn visible_since(&mut self) -> Instant {
+        match self {
+            Changes::Group(r) => r.borrow().at,
+            Changes::Cache(_) => Instant::now(),
+        }
+    }
+
     /// Waits for a change; false when the sender is gone.
     async fn changed(&mut self) -> bool {
         match self {
@@ -814,6 +823,9 @@ struct Watch {
     /// Scope → the newest version the caller has.
     known: BTreeMap<String, u64>,
     queue: VecDeque<std::result::Result<pb::GetShardResponse, Status>>,
+    /// When the change that woke the watch became visible (`None`: the
+    /// answers queued are the first ones or a re-check's).
+    woken_by: Option<Instant>,
     finished: bool,
     _permit: Counted,
 }
@@ -824,6 +836,13 @@ impl Watch {
     async fn next(&mut self) -> Option<std::result::Result<pb::GetShardResponse, Status>> {
         loop {
             if let Some(item) = self.queue.pop_front() {
+                if let (Some(since), Ok(_)) = (self.woken_by, &item) {
+                    self.api
+                        .source
+                        .now()
+                        .metrics()
+                        .observe_watch_delivery(since.elapsed());
+                }
                 return Some(item);
             }
             if self.finished {
@@ -857,9 +876,12 @@ impl Watch {
                     None => std::future::pending::<()>().await,
                 }
             };
+            self.woken_by = None;
             tokio::select! {
                 changed = changes.changed() => {
-                    if !changed {
+                    if changed {
+                        self.woken_by = Some(changes.visible_since());
+                    } else {
                         // That node is gone (replaced): look again soon.
                         tokio::time::sleep(WATCH_RECHECK_INTERVAL).await;
                     }
@@ -988,6 +1010,7 @@ impl ShardService for ShardApi {
             caller,
             known,
             queue: VecDeque::new(),
+            woken_by: None,
             finished: false,
             _permit: permit,
         };

@@ -116,8 +116,8 @@ pub async fn serve(
         stop_rx.clone(),
     );
     let mut http_stop = stop_rx.clone();
-    let http =
-        axum::serve(http_listener, router(replica.clone())).with_graceful_shutdown(async move {
+    let http = axum::serve(http_listener, router(replica.clone(), identity.clone()))
+        .with_graceful_shutdown(async move {
             let _ = http_stop.wait_for(|stop| *stop).await;
         });
     let (grpc_result, http_result) = tokio::join!(grpc, http);
@@ -135,12 +135,22 @@ pub async fn serve(
 /// The services a cache replica runs besides health and reflection.
 pub const CACHE_SERVICES: [&str; 1] = [rap_proto::pb::shard_service_server::SERVICE_NAME];
 
-/// The HTTP routes of a cache replica.
-fn router(replica: Arc<CacheReplica>) -> Router {
+/// The HTTP routes of a cache replica; its metrics report when
+/// `identity`'s certificate ends.
+fn router(replica: Arc<CacheReplica>, identity: Option<Arc<LiveIdentity>>) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(|State(r): State<Arc<CacheReplica>>| async move { r.render_metrics() }),
+            get(
+                move |State(r): State<Arc<CacheReplica>>, headers: axum::http::HeaderMap| {
+                    let not_after = identity.as_ref().map(|i| i.facts().not_after);
+                    async move {
+                        crate::http::metrics_answer(&headers, |format| {
+                            r.render_metrics(not_after, format)
+                        })
+                    }
+                },
+            ),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))

@@ -1,12 +1,15 @@
-//! `/metrics` (Prometheus text), `/healthz` (the process is up) and
+//! `/metrics` (OpenMetrics for a Prometheus server, the classic text
+//! format otherwise: [`rap_authority::metrics::Format`]), `/healthz` (the process is up) and
 //! `/readyz` (this node belongs to a group with a quorum and is not
 //! fenced: 200, otherwise 503 with the reason; [`readiness`], which the
 //! gRPC health service follows too).
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use rap_authority::metrics::Format;
 use rap_authority::partition::PartitionView;
 use rap_authority::slot::NodeSlot;
 use std::sync::Arc;
@@ -20,8 +23,23 @@ pub fn router(slot: Arc<NodeSlot>) -> Router {
         .with_state(slot)
 }
 
-async fn metrics(State(slot): State<Arc<NodeSlot>>) -> String {
-    slot.get().render_metrics()
+async fn metrics(State(slot): State<Arc<NodeSlot>>, headers: HeaderMap) -> Response {
+    metrics_answer(&headers, |format| slot.get().render_metrics(format))
+}
+
+/// The answer to a scrape: `render` in the format its `Accept` header
+/// asks for, with that format's content type.
+pub fn metrics_answer(headers: &HeaderMap, render: impl FnOnce(Format) -> String) -> Response {
+    let format = Format::from_accept(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok()),
+    );
+    (
+        [(header::CONTENT_TYPE, format.content_type())],
+        render(format),
+    )
+        .into_response()
 }
 
 async fn ready(State(slot): State<Arc<NodeSlot>>) -> (StatusCode, String) {

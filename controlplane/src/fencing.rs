@@ -61,7 +61,20 @@ pub const NETWORK_CACHE_TTL: std::time::Duration = std::time::Duration::from_sec
 pub struct AuthorityClients {
     transport: StorageTransport,
     networks: Arc<Mutex<HashMap<String, (std::time::Instant, NetworkConfig)>>>,
+    /// How long the fenced mutations through these clients took, by
+    /// outcome ([`MUTATION_OUTCOMES`]).
+    mutations: MutationDurations,
 }
+
+/// The outcomes a fenced mutation's duration is recorded under.
+pub const MUTATION_OUTCOMES: [&str; 2] = ["committed", "refused"];
+
+/// Fenced mutations' durations by outcome.
+pub type MutationDurations = prometheus_client::metrics::family::Family<
+    [(&'static str, &'static str); 1],
+    prometheus_client::metrics::histogram::Histogram,
+    fn() -> prometheus_client::metrics::histogram::Histogram,
+>;
 
 impl AuthorityClients {
     /// Clients using `transport`.
@@ -69,7 +82,24 @@ impl AuthorityClients {
         AuthorityClients {
             transport,
             networks: Arc::new(Mutex::new(HashMap::new())),
+            mutations: MutationDurations::new_with_constructor(
+                crate::metrics::database_histogram
+                    as fn() -> prometheus_client::metrics::histogram::Histogram,
+            ),
         }
+    }
+
+    /// The durations of the fenced mutations run through these clients
+    /// (shared: what is observed later shows in it).
+    pub fn mutation_durations(&self) -> MutationDurations {
+        self.mutations.clone()
+    }
+
+    fn observe_mutation(&self, committed: bool, elapsed: std::time::Duration) {
+        let outcome = MUTATION_OUTCOMES[usize::from(!committed)];
+        self.mutations
+            .get_or_create(&[("outcome", outcome)])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// The network settings towards `cluster_id`'s storage nodes, from the
@@ -344,6 +374,7 @@ pub async fn run<S: SourceOfTruth, C, T>(
             return Err(error);
         }
     };
+    let started = std::time::Instant::now();
     let result = async {
         let mut fenced = Fenced::begin(truth, clients, &action).await?;
         let fence = fenced.fence.clone();
@@ -352,6 +383,7 @@ pub async fn run<S: SourceOfTruth, C, T>(
         Ok(value)
     }
     .await;
+    clients.observe_mutation(result.is_ok(), started.elapsed());
     if let Err(error) = &result {
         truth.record_refusal(&action, error).await;
     }

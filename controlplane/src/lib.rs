@@ -24,7 +24,7 @@
 //! * [`api`]: the gRPC services (`AdminService`, `EnrollmentService`,
 //!   `AgentService`, and the standard health and reflection behind the
 //!   access table, [`api::probes`]); [`server`]: the `rap-controlplane
-//!   serve` process.
+//!   serve` process; [`metrics`]: its Prometheus registry.
 
 pub mod api;
 pub mod audit;
@@ -43,6 +43,7 @@ pub mod groups;
 pub mod heartbeats;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod nodes;
 pub mod orgs;
 pub mod overview;

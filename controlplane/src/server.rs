@@ -289,6 +289,17 @@ pub async fn serve(
         node_cert_validity: std::time::Duration::from_secs(config.node_cert_validity_s),
         require_step_up: config.require_step_up,
     };
+    // One metrics registry for the whole process.
+    let metrics = Arc::new(crate::metrics::ControlPlaneMetrics::new(
+        crate::metrics::Sources {
+            heartbeats: heartbeats.clone(),
+            pool: pool.clone(),
+            agents: Some(agent.clone()),
+            tls: tls.clone(),
+            keys_dir: config.keys_dir.clone(),
+        },
+        &ctx.authority,
+    ));
     // One budget of anonymous audit rows per source for the whole process.
     let refusals = Arc::new(crate::audit::RefusalSampler::default());
     // gRPC health follows /readyz; health and reflection answer the
@@ -404,14 +415,10 @@ pub async fn serve(
         }
     };
     let mut http_stop = stop_rx.clone();
-    let identity_cache = Some(agent.clone());
-    let http = axum::serve(
-        http_listener,
-        http_router(pool.clone(), heartbeats.clone(), identity_cache),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = http_stop.wait_for(|stop| *stop).await;
-    });
+    let http = axum::serve(http_listener, http_router(pool.clone(), metrics))
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|stop| *stop).await;
+        });
     let (grpc_result, http_result) = tokio::join!(grpc, http);
     if let Some(console) = console {
         match console.await {
@@ -497,9 +504,10 @@ async fn readiness(pool: &sqlx::PgPool) -> (axum::http::StatusCode, &'static str
 
 fn http_router(
     pool: sqlx::PgPool,
-    heartbeats: Heartbeats,
-    agents: Option<AgentApi>,
+    metrics: Arc<crate::metrics::ControlPlaneMetrics>,
 ) -> axum::Router {
+    use axum::http::{HeaderMap, header};
+    use axum::response::IntoResponse;
     use axum::routing::get;
     let ready_pool = pool.clone();
     axum::Router::new()
@@ -513,110 +521,27 @@ fn http_router(
         )
         .route(
             "/metrics",
-            get(move || {
-                let stats = heartbeats.stats();
-                let pool = pool.clone();
-                let cache_in_use = agents.as_ref().is_some_and(AgentApi::identity_cache_in_use);
-                async move { metrics_text(&stats, pool.size(), pool.num_idle(), cache_in_use) }
+            get(move |headers: HeaderMap| {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    let format = rap_authority::metrics::Format::from_accept(
+                        headers
+                            .get(header::ACCEPT)
+                            .and_then(|value| value.to_str().ok()),
+                    );
+                    // The certificates' expiry is read from their files.
+                    match tokio::task::spawn_blocking(move || metrics.render(format)).await {
+                        Ok(body) => {
+                            ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "metrics: rendering failed");
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                        }
+                    }
+                }
             }),
         )
-}
-
-fn metrics_text(
-    stats: &crate::heartbeats::HeartbeatStats,
-    pool_size: u32,
-    pool_idle: usize,
-    identity_cache_in_use: bool,
-) -> String {
-    let mut out = String::new();
-    let mut line = |name: &str, help: &str, kind: &str, value: String| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
-    };
-    line(
-        "rap_cp_heartbeats_written_total",
-        "Heartbeats committed to PostgreSQL.",
-        "counter",
-        stats.rows.to_string(),
-    );
-    line(
-        "rap_cp_heartbeat_batches_total",
-        "Heartbeat batches committed.",
-        "counter",
-        stats.batches.to_string(),
-    );
-    line(
-        "rap_cp_heartbeats_failed_total",
-        "Heartbeats whose batch failed to commit.",
-        "counter",
-        stats.failed_rows.to_string(),
-    );
-    line(
-        "rap_cp_heartbeats_refused_total",
-        "Heartbeats refused because the queue was full.",
-        "counter",
-        stats.refused_queue_full.to_string(),
-    );
-    line(
-        "rap_cp_heartbeats_rate_limited_total",
-        "Heartbeats refused because their node exceeded its own rate (RATE_LIMITED).",
-        "counter",
-        stats.rate_limited.to_string(),
-    );
-    line(
-        "rap_cp_heartbeat_log_changes_suppressed_total",
-        "Heartbeat changes not logged because their node exceeded its change budget.",
-        "counter",
-        stats.log_changes_suppressed.to_string(),
-    );
-    line(
-        "rap_cp_heartbeat_limiter_nodes",
-        "Nodes tracked by the per-node heartbeat limiter.",
-        "gauge",
-        stats.limiter_nodes.to_string(),
-    );
-    line(
-        "rap_cp_heartbeat_queue_depth",
-        "Heartbeats waiting for their batch.",
-        "gauge",
-        stats.queue_depth.to_string(),
-    );
-    line(
-        "rap_cp_db_pool_connections",
-        "Open PostgreSQL connections.",
-        "gauge",
-        pool_size.to_string(),
-    );
-    line(
-        "rap_cp_db_pool_idle",
-        "Idle PostgreSQL connections.",
-        "gauge",
-        pool_idle.to_string(),
-    );
-    line(
-        "rap_cp_identity_cache_in_use",
-        "1 while this process's identity listener hears every identity change (cached agent identity answers are used); 0 while every heartbeat's identity is read from PostgreSQL.",
-        "gauge",
-        u8::from(identity_cache_in_use).to_string(),
-    );
-    line(
-        "rap_cp_audit_refusals_suppressed_total",
-        "Anonymous refusals counted but not written to the audit log (over their source's budget).",
-        "counter",
-        crate::audit::suppressed_total().to_string(),
-    );
-    out.push_str(
-        "# HELP rap_cp_refusals_total Refused calls by audit action and error code (every refusal, audited or not).\n\
-         # TYPE rap_cp_refusals_total counter\n",
-    );
-    for refusal in crate::audit::refusal_counts() {
-        out.push_str(&format!(
-            "rap_cp_refusals_total{{action=\"{}\",code=\"{}\"}} {}\n",
-            refusal.action, refusal.code, refusal.count
-        ));
-    }
-    out
 }
 
 #[cfg(test)]

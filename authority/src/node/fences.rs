@@ -52,6 +52,7 @@ impl AuthorityNode {
         expected_term: AuthorityTerm,
     ) -> Result<Fence> {
         self.guard.ensure_not_fenced()?;
+        let asked = std::time::Instant::now();
         let (answer, answered) = oneshot::channel();
         let start = {
             let mut queue = self
@@ -77,11 +78,15 @@ impl AuthorityNode {
             let node = self.clone();
             tokio::spawn(async move { node.drain_fences().await });
         }
-        answered.await.unwrap_or_else(|_| {
+        let answer = answered.await.unwrap_or_else(|_| {
             Err(Error::Raft(
                 "the fence batch ended without an answer (the node is stopping)".into(),
             ))
-        })
+        });
+        if answer.is_ok() {
+            self.metrics.observe_fence_grant(asked.elapsed());
+        }
+        answer
     }
 
     /// Proposes the queued asks, a batch per entry, until none is left.

@@ -11,7 +11,7 @@
 
 use crate::admission::{ExpectedPeers, Revocations};
 use crate::error::{Error, Result};
-use crate::metrics::{AuthorityMetrics, Gauges};
+use crate::metrics::{AuthorityMetrics, Format, Gauges, NodeKind};
 use crate::network::{Connector, NetworkConfig, NetworkFactory, Reachability, TermGuard};
 use crate::partition::{self, PartitionView};
 use crate::placement::{Candidate, Tolerance, failure_tolerance};
@@ -343,7 +343,11 @@ impl AuthorityNode {
                     view.authority_term(),
                 )),
                 reach: Arc::new(Reachability::new()),
-                metrics: Arc::new(AuthorityMetrics::default()),
+                metrics: Arc::new(AuthorityMetrics::new(
+                    options.cluster_id.as_str(),
+                    options.node_id.as_str(),
+                    NodeKind::Voter,
+                )),
                 expected: Arc::new(ExpectedPeers::load(&options.data_dir)?),
             },
         };
@@ -373,6 +377,9 @@ impl AuthorityNode {
         .validate()
         .map_err(|e| Error::InvalidRequest(format!("raft config: {e}")))?;
         let raft_id = raft_id_of(options.node_id.as_str());
+        // The stores time their appends and applies into the metrics.
+        let log = log.timed(metrics.raft_append());
+        let state_machine = state_machine.timed(metrics.raft_apply());
         let raft = Raft::new(raft_id, Arc::new(config), factory, log, state_machine)
             .await
             .map_err(|e| Error::Raft(format!("start raft: {e}")))?;
@@ -744,8 +751,8 @@ impl AuthorityNode {
         }
     }
 
-    /// The metrics exposition of this node.
-    pub fn render_metrics(&self) -> String {
+    /// The metrics exposition of this node in `format`.
+    pub fn render_metrics(&self, format: Format) -> String {
         let status = self.status();
         let gauges = Gauges {
             raft_term: status.raft_term,
@@ -757,12 +764,16 @@ impl AuthorityNode {
             reachable_voters: status.reachable_voters as u64,
             total_voters: status.voters.len() as u64,
             partition_view: status.view.as_str(),
+            last_apply_age: self.view.last_apply_age(),
+            certificate_not_after: self
+                .options
+                .tls
+                .as_ref()
+                .map(|tls| tls.identity().facts().not_after),
+            shards_held: u64::try_from(self.view.read(|state| state.shards.len()))
+                .unwrap_or(u64::MAX),
         };
-        self.metrics.render(
-            self.options.cluster_id.as_str(),
-            self.options.node_id.as_str(),
-            &gauges,
-        )
+        self.metrics.render(&gauges, format)
     }
 
     /// Stops Raft. Storage is consistent at every commit, so this is only

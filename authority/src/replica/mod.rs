@@ -21,7 +21,7 @@ pub mod follow;
 
 use crate::cache::CacheStore;
 use crate::error::{Error, Result};
-use crate::metrics::AuthorityMetrics;
+use crate::metrics::{AuthorityMetrics, Format, NodeKind};
 use crate::state::ShardRecord;
 use rap_proto::envelope::{Scope, decode};
 use rap_proto::ids::{ClusterId, LogIndex, NodeId};
@@ -86,6 +86,11 @@ impl CacheReplica {
             .unwrap_or_default();
         let held_term = held.values().map(|r| r.authority_term.0).max().unwrap_or(0);
         let (changes, _) = watch::channel(0);
+        let metrics = Arc::new(AuthorityMetrics::new(
+            cluster_id.as_str(),
+            node_id.as_str(),
+            NodeKind::Cache,
+        ));
         Ok(CacheReplica {
             store,
             cluster_id,
@@ -95,7 +100,7 @@ impl CacheReplica {
             held_term: AtomicU64::new(held_term),
             changes,
             confirmed: Mutex::new(None),
-            metrics: Arc::new(AuthorityMetrics::default()),
+            metrics,
             started: Instant::now(),
         })
     }
@@ -281,10 +286,16 @@ impl CacheReplica {
 }
 
 impl CacheReplica {
-    /// The Prometheus text of this cache replica: the shared counters
-    /// (refusals, latencies), its authority term and partition view as
-    /// it reports them, what it holds and when a voter last confirmed it.
-    pub fn render_metrics(&self) -> String {
+    /// The metrics exposition of this cache replica in `format`: the
+    /// shared counters (refusals, latencies), its authority term and
+    /// partition view as it reports them, what it holds, when a voter last
+    /// confirmed it and when its certificate (`certificate_not_after`)
+    /// ends.
+    pub fn render_metrics(
+        &self,
+        certificate_not_after: Option<std::time::SystemTime>,
+        format: Format,
+    ) -> String {
         let staleness = self.staleness();
         let view = pb::PartitionView::try_from(staleness.partition_view)
             .map(|v| match v {
@@ -297,24 +308,12 @@ impl CacheReplica {
         let gauges = crate::metrics::Gauges {
             authority_term: staleness.authority_term,
             partition_view: view,
+            last_apply_age: Duration::from_millis(staleness.last_apply_age_ms),
+            certificate_not_after,
+            shards_held: u64::try_from(self.read(BTreeMap::len)).unwrap_or(u64::MAX),
             ..Default::default()
         };
-        let labels = format!(
-            "cluster_id=\"{}\",node_id=\"{}\"",
-            self.cluster_id, self.node_id
-        );
-        let mut out = self
-            .metrics
-            .render(self.cluster_id.as_str(), self.node_id.as_str(), &gauges);
-        out.push_str(&format!(
-            "# HELP rap_cache_shards Shards this cache replica holds.\n# TYPE rap_cache_shards gauge\nrap_cache_shards{{{labels}}} {}\n",
-            self.read(BTreeMap::len)
-        ));
-        out.push_str(&format!(
-            "# HELP rap_cache_confirm_age_seconds Seconds since a voter last confirmed this cache's assignment.\n# TYPE rap_cache_confirm_age_seconds gauge\nrap_cache_confirm_age_seconds{{{labels}}} {:.3}\n",
-            staleness.last_apply_age_ms as f64 / 1000.0
-        ));
-        out
+        self.metrics.render(&gauges, format)
     }
 
     /// Whether it serves current state: `Ok` with a line when it holds an

@@ -33,6 +33,8 @@ pub struct LogStore {
     last_purged: Option<LogId>,
     /// Id of the last entry present; `None` when the log is empty.
     last_entry: Option<LogId>,
+    /// Times each append's durable commit (the node's metrics).
+    append_timing: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// A read-only handle on the log, cheap to clone, for openraft's
@@ -74,7 +76,14 @@ impl LogStore {
             path,
             last_purged,
             last_entry,
+            append_timing: None,
         })
+    }
+
+    /// Times every append (its durable commit) into `histogram`.
+    pub fn timed(mut self, histogram: prometheus_client::metrics::histogram::Histogram) -> Self {
+        self.append_timing = Some(histogram);
+        self
     }
 
     /// Path of the redb file.
@@ -346,9 +355,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
+        let started = std::time::Instant::now();
         if let Err(e) = self.do_append(&entries) {
             tracing::error!(path = %self.path.display(), error = %e, "append to the raft log");
             return Err(StorageIOError::write_logs(&e).into());
+        }
+        if let Some(timing) = &self.append_timing {
+            timing.observe(started.elapsed().as_secs_f64());
         }
         self.last_entry = Some(last);
         // Durable: the transaction above committed with fsync.

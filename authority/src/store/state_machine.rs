@@ -47,6 +47,8 @@ pub struct StateMachineStore {
     /// Set when a failed apply could not even be rolled back by reloading
     /// the file: every later call fails (openraft stops the node anyway).
     failed: Option<String>,
+    /// Times each applied batch, persisted (the node's metrics).
+    apply_timing: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// A read handle on the applied state, for the service layer: cheap to
@@ -123,7 +125,14 @@ impl StateMachineStore {
             machine: Arc::new(RwLock::new(machine)),
             applied,
             failed: None,
+            apply_timing: None,
         })
+    }
+
+    /// Times every applied batch (until it is durable) into `histogram`.
+    pub fn timed(mut self, histogram: prometheus_client::metrics::histogram::Histogram) -> Self {
+        self.apply_timing = Some(histogram);
+        self
     }
 
     /// A shared read handle on the applied state (see [`StateView`]).
@@ -255,6 +264,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some(last) = entries.last().map(|entry| entry.log_id) else {
             return Ok(Vec::new());
         };
+        let started = std::time::Instant::now();
         // Held until the batch is durable: readers never see unpersisted state.
         let mut machine = write(&self.machine);
 
@@ -298,6 +308,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Ok(()) => {
                 drop(machine);
                 self.announce(last.index);
+                if let Some(timing) = &self.apply_timing {
+                    timing.observe(started.elapsed().as_secs_f64());
+                }
                 Ok(responses)
             }
             Err(error) => {

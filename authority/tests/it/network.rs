@@ -180,7 +180,11 @@ async fn serve(stub: Stub, term: u64, keys: &Keys, tls: Option<&TlsFiles>) -> Ru
     } else {
         PeerAuth::Plaintext
     };
-    let metrics = Arc::new(rap_authority::metrics::AuthorityMetrics::default());
+    let metrics = Arc::new(rap_authority::metrics::AuthorityMetrics::new(
+        CLUSTER,
+        SERVER_NODE,
+        rap_authority::metrics::NodeKind::Voter,
+    ));
     let server = RaftServer::new(stub, guard.clone(), reachability.clone(), peer_auth)
         .with_metrics(metrics.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -425,7 +429,9 @@ async fn wrong_cluster_refused_over_the_wire() {
     let detail = error_detail(&status).expect("detail");
     assert_eq!(detail.code, "WRONG_CLUSTER");
     assert_eq!(stub.calls(), 0, "Raft must not be touched");
-    let text = running.metrics.render("c1", "s1", &Default::default());
+    let text = running
+        .metrics
+        .render(&Default::default(), rap_authority::metrics::Format::Text);
     assert!(
         text.contains("reason=\"WRONG_CLUSTER\"} 1"),
         "the refusal is counted: {text}"
@@ -789,7 +795,9 @@ async fn wrong_callers_are_refused_before_raft() {
     }
     assert_eq!(stub.calls(), 0, "Raft must not be touched");
     assert!(!running.guard.is_fenced());
-    let text = running.metrics.render("c1", "s1", &Default::default());
+    let text = running
+        .metrics
+        .render(&Default::default(), rap_authority::metrics::Format::Text);
     assert!(
         text.contains("reason=\"CALLER_NOT_ADMITTED\"} 6"),
         "the refusals are counted: {text}"
@@ -821,7 +829,9 @@ async fn higher_term_needs_its_signed_order() {
     }
     assert!(!running.guard.is_fenced(), "an unproven term fences nobody");
     assert_eq!(running.guard.unproven_refused(), 3);
-    let text = running.metrics.render("c1", "s1", &Default::default());
+    let text = running
+        .metrics
+        .render(&Default::default(), rap_authority::metrics::Format::Text);
     assert!(text.contains("reason=\"UNPROVEN_TERM\"} 3"), "{text}");
     // The same member, same term, at its own term is served.
     client

@@ -504,6 +504,8 @@ pub struct HeartbeatStats {
     pub last_batch_rows: u64,
     /// How long the last committed batch took to write, in microseconds.
     pub last_batch_micros: u64,
+    /// Heartbeats the queue holds before [`Heartbeats::submit`] refuses.
+    pub queue_capacity: u64,
 }
 
 #[derive(Debug, Default)]
@@ -520,6 +522,18 @@ struct Counters {
     last_batch_micros: AtomicU64,
     /// Set while the queue is full, so that an overload is logged once.
     overloaded: AtomicBool,
+    /// How long each committed batch took to write.
+    batch_seconds: BatchDurations,
+}
+
+/// The histogram of committed batches' write times.
+#[derive(Debug, Clone)]
+struct BatchDurations(prometheus_client::metrics::histogram::Histogram);
+
+impl Default for BatchDurations {
+    fn default() -> Self {
+        BatchDurations(crate::metrics::database_histogram())
+    }
 }
 
 type Done = oneshot::Sender<Result<()>>;
@@ -718,7 +732,14 @@ impl Heartbeats {
             queue_depth: u64::try_from(queued).unwrap_or(u64::MAX),
             last_batch_rows: c.last_batch_rows.load(Ordering::Relaxed),
             last_batch_micros: c.last_batch_micros.load(Ordering::Relaxed),
+            queue_capacity: u64::try_from(self.sender.max_capacity()).unwrap_or(u64::MAX),
         }
+    }
+
+    /// The histogram of committed batches' write times (shared: what is
+    /// observed later shows in it).
+    pub fn batch_durations(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.shared.counters.batch_seconds.0.clone()
     }
 
     /// Deletes log entries received more than `older_than` ago, in chunks

@@ -165,7 +165,9 @@ pub(super) async fn flush(pool: &PgPool, counters: &Counters, batch: Vec<Queued>
 
 pub(super) fn committed(counters: &Counters, rows: usize, started: Instant) {
     let rows = rows as u64;
-    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let elapsed = started.elapsed();
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    counters.batch_seconds.0.observe(elapsed.as_secs_f64());
     counters.batches.fetch_add(1, Ordering::Relaxed);
     counters.rows.fetch_add(rows, Ordering::Relaxed);
     counters.last_batch_rows.store(rows, Ordering::Relaxed);

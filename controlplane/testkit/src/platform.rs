@@ -57,6 +57,8 @@ pub enum StorageMode {
 
 struct StorageNode {
     id: String,
+    /// Its HTTP address (`/metrics`, `/healthz`, `/readyz`).
+    http: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     process: Option<std::process::Child>,
@@ -82,6 +84,7 @@ impl StorageNode {
         dir: &std::path::Path,
     ) -> StorageNode {
         let id = config.node_id.clone();
+        let http = config.http_listen;
         let file = dir.join(format!("{id}.toml"));
         std::fs::write(&file, config.to_toml().unwrap()).unwrap();
         let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
@@ -97,6 +100,7 @@ impl StorageNode {
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         StorageNode {
             id,
+            http,
             stop: None,
             task: None,
             process: Some(child),
@@ -121,6 +125,7 @@ impl StorageNode {
     fn spawn(config: rap_configstore::config::Config) -> StorageNode {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let id = config.node_id.clone();
+        let http = config.http_listen;
         let label = id.clone();
         let task = tokio::spawn(async move {
             let result = rap_configstore::server::serve(config, async move {
@@ -133,6 +138,7 @@ impl StorageNode {
         });
         StorageNode {
             id,
+            http,
             stop: Some(stop),
             task: Some(task),
             process: None,
@@ -606,6 +612,17 @@ impl Platform {
         if let Some(task) = task {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
+    }
+
+    /// The HTTP addresses (`/metrics`, `/healthz`, `/readyz`) of the
+    /// voters, by node id.
+    pub fn voter_http(&self) -> Vec<(String, SocketAddr)> {
+        self.nodes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|node| (node.id.clone(), node.http))
+            .collect()
     }
 
     /// A join token for the platform's cluster.

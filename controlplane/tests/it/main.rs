@@ -12,6 +12,7 @@ mod groups;
 mod grpc;
 mod heartbeats;
 mod identities;
+mod metrics;
 mod orgs;
 mod principals;
 mod probes;
