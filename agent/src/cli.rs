@@ -179,25 +179,6 @@ fn enrolled_node_id(state_dir: &std::path::Path, cluster: &str) -> Option<String
     state.identity().ok()?.map(|record| record.node_id)
 }
 
-/// Runs `completions` or `man` (`write` writes to stdout and returns the
-/// files it wrote), and says which files.
-fn docs(
-    write: impl FnOnce(&mut dyn std::io::Write) -> Result<Vec<PathBuf>, rap_core::cli_docs::DocsError>,
-) -> ExitCode {
-    match write(&mut std::io::stdout()) {
-        Ok(written) => {
-            for path in written {
-                outln!("{}", path.display());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 /// Parses the command line, runs the command, and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -221,14 +202,16 @@ pub fn main() -> ExitCode {
             Command::Join(args) => join(*args, output).await,
             Command::Run(args) => run(args).await,
             Command::Status(args) => status(args, output),
-            Command::Completions(args) => Ok(docs(|out| {
+            Command::Completions(args) => {
                 use clap::CommandFactory as _;
-                rap_core::cli_docs::completions(Cli::command(), &args, out).map(|()| Vec::new())
-            })),
-            Command::Man(args) => Ok(docs(|out| {
+                rap_core::cli_docs::print_completions(Cli::command(), &args)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man(args) => {
                 use clap::CommandFactory as _;
-                rap_core::cli_docs::man(Cli::command(), &args, out)
-            })),
+                rap_core::cli_docs::print_man(Cli::command(), &args)?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     })
 }

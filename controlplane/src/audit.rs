@@ -649,24 +649,9 @@ mod tests {
     // capture the log line of `log_refusal` with a test subscriber.
     #[test]
     fn log_line_cuts_target_and_reason() {
-        #[derive(Clone, Default)]
-        struct Buffer(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buffer {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
+        let capture = rap_core::logging::Capture::default();
         let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
+            .with_writer(capture.writer())
             .with_ansi(false)
             .finish();
         let huge = "x".repeat(10 * 1024);
@@ -674,7 +659,7 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             log_refusal(&action, "NOT_FOUND", &huge, Some("127.0.0.1"));
         });
-        let line = String::from_utf8(buffer.0.lock().expect("buffer").clone()).expect("utf-8");
+        let line = capture.text();
         assert!(line.contains("refused"), "{line}");
         assert!(!line.contains(&huge), "the whole 10 KiB went into the log");
         assert!(

@@ -86,6 +86,24 @@ pub fn man(
     }
 }
 
+/// `completions <SHELL>` of a binary: the script on stdout.
+pub fn print_completions(command: clap::Command, args: &CompletionsArgs) -> Result<(), DocsError> {
+    completions(command, args, &mut std::io::stdout())
+}
+
+/// `man [--dir DIR]` of a binary: the main page on stdout, or the pages
+/// into DIR and each file written named on stdout.
+pub fn print_man(command: clap::Command, args: &ManArgs) -> Result<(), DocsError> {
+    let mut out = std::io::stdout();
+    for path in man(command, args, &mut out)? {
+        writeln!(out, "{}", path.display()).map_err(|source| DocsError::Write {
+            what: "the list of pages".into(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// The page of `command` as `name`, then those of its subcommands.
 fn pages(
     command: &clap::Command,

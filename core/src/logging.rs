@@ -70,6 +70,43 @@ pub fn init(format: LogFormat, default_filter: &str, fields: &[(&str, &str)]) {
     };
 }
 
+/// What a subscriber wrote, kept in memory: for tests of what is logged
+/// (`tracing_subscriber::fmt().with_writer(capture.writer())`).
+#[derive(Clone, Default)]
+pub struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Capture {
+    /// A writer for `with_writer`: every write lands in this capture.
+    pub fn writer(&self) -> impl Fn() -> Capture + Send + Sync + 'static {
+        let capture = self.clone();
+        move || capture.clone()
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        let bytes = self
+            .0
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The JSON event format with the process's fields added to each line.
 struct JsonLine {
     inner: format::Format<format::Json>,
@@ -137,22 +174,7 @@ mod tests {
     // wins. Method: a subscriber writing into a buffer, two events.
     #[test]
     fn a_json_line_carries_the_process_fields() {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Buffer(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buffer {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                if let Ok(mut b) = self.0.lock() {
-                    b.extend_from_slice(bytes);
-                }
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
+        let capture = Capture::default();
         let subscriber = tracing_subscriber::fmt()
             .json()
             .event_format(JsonLine::new(&[
@@ -160,14 +182,13 @@ mod tests {
                 ("node_id", "s1"),
                 ("empty", ""),
             ]))
-            .with_writer(move || writer.clone())
+            .with_writer(capture.writer())
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(term = 3, "hello");
             tracing::info!(cluster_id = "c2", "other cluster");
         });
-        let text = String::from_utf8(buffer.0.lock().map(|b| b.clone()).unwrap_or_default())
-            .unwrap_or_default();
+        let text = capture.text();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_default())

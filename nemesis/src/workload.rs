@@ -595,6 +595,32 @@ pub async fn recorded_term(ctx: &Context) -> Option<u64> {
         .map(|(term, _)| term)
 }
 
+/// Tries `attempt` until it is done or [`OPERATOR_WITHIN`] passes,
+/// [`OPERATOR_RETRY`] apart: done with the authority term it reports, or
+/// the last refusal (term 0).
+async fn until_done<F, Fut>(mut attempt: F) -> (Outcome, u64)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = rap_controlplane::Result<pb::AuthorityStatus>>,
+{
+    let started = Instant::now();
+    let mut outcome = Outcome::Unknown {
+        reason: "not tried".into(),
+    };
+    while started.elapsed() < OPERATOR_WITHIN {
+        match attempt().await {
+            Ok(status) => return (Outcome::Done, status.authority_term),
+            Err(e) => {
+                outcome = Outcome::Refused {
+                    code: e.code().to_string(),
+                };
+                tokio::time::sleep(OPERATOR_RETRY).await;
+            }
+        }
+    }
+    (outcome, 0)
+}
+
 /// The operator promotes `survivors` (`rapctl authority promote`), tried
 /// again until it is done or [`OPERATOR_WITHIN`] passes: a survivor may
 /// still see its quorum for a moment, and a try that recorded the new
@@ -612,37 +638,23 @@ pub async fn promote(
     let invoke_ms = shared.clock.ms();
     let old = recorded_term(ctx).await.unwrap_or(0);
     shared.term.store(old + 1, Ordering::SeqCst);
-    let started = Instant::now();
-    let mut outcome = Outcome::Unknown {
-        reason: "not tried".into(),
-    };
-    let mut term = old;
-    while started.elapsed() < OPERATOR_WITHIN {
-        let expected = recorded_term(ctx).await.unwrap_or(old);
-        let answer = rap_controlplane::authority_ops::promote(
-            ctx,
-            owner,
-            &pb::PromotePartitionRequest {
-                cluster_id: CLUSTER.to_string(),
-                survivors: survivors.clone(),
-                expected_term: expected,
-            },
-        )
-        .await;
-        match answer {
-            Ok(status) => {
-                term = status.authority_term;
-                outcome = Outcome::Done;
-                break;
-            }
-            Err(e) => {
-                outcome = Outcome::Refused {
-                    code: e.code().to_string(),
-                };
-                tokio::time::sleep(OPERATOR_RETRY).await;
-            }
+    let (outcome, mut term) = until_done(|| {
+        let survivors = survivors.clone();
+        async move {
+            let expected = recorded_term(ctx).await.unwrap_or(old);
+            rap_controlplane::authority_ops::promote(
+                ctx,
+                owner,
+                &pb::PromotePartitionRequest {
+                    cluster_id: CLUSTER.to_string(),
+                    survivors,
+                    expected_term: expected,
+                },
+            )
+            .await
         }
-    }
+    })
+    .await;
     if outcome != Outcome::Done {
         term = recorded_term(ctx).await.unwrap_or(old);
         shared.term.store(term, Ordering::SeqCst);
@@ -666,35 +678,12 @@ pub async fn promote(
 /// operation of kind `rejoin`.
 pub async fn rejoin(ctx: &Context, owner: &Principal, node: &str, shared: &Shared) -> Op {
     let invoke_ms = shared.clock.ms();
-    let started = Instant::now();
-    let mut outcome = Outcome::Unknown {
-        reason: "not tried".into(),
+    let request = pb::RejoinNodeRequest {
+        cluster_id: CLUSTER.to_string(),
+        node_id: node.to_string(),
     };
-    let mut term = 0;
-    while started.elapsed() < OPERATOR_WITHIN {
-        let answer = rap_controlplane::authority_ops::rejoin(
-            ctx,
-            owner,
-            &pb::RejoinNodeRequest {
-                cluster_id: CLUSTER.to_string(),
-                node_id: node.to_string(),
-            },
-        )
-        .await;
-        match answer {
-            Ok(status) => {
-                term = status.authority_term;
-                outcome = Outcome::Done;
-                break;
-            }
-            Err(e) => {
-                outcome = Outcome::Refused {
-                    code: e.code().to_string(),
-                };
-                tokio::time::sleep(OPERATOR_RETRY).await;
-            }
-        }
-    }
+    let (outcome, term) =
+        until_done(|| rap_controlplane::authority_ops::rejoin(ctx, owner, &request)).await;
     Op {
         process: "operator".into(),
         kind: "rejoin".into(),

@@ -350,19 +350,14 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Rejoin(args) => admin::rejoin(args).await,
         Command::Completions(args) => {
             use clap::CommandFactory as _;
-            Ok(rap_core::cli_docs::completions(
+            Ok(rap_core::cli_docs::print_completions(
                 Cli::command(),
                 &args,
-                &mut std::io::stdout(),
             )?)
         }
         Command::Man(args) => {
             use clap::CommandFactory as _;
-            let written = rap_core::cli_docs::man(Cli::command(), &args, &mut std::io::stdout())?;
-            for path in written {
-                println!("{}", path.display());
-            }
-            Ok(())
+            Ok(rap_core::cli_docs::print_man(Cli::command(), &args)?)
         }
     }
 }

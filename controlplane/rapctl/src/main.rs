@@ -141,19 +141,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args, format),
         Command::Completions(args) => {
             use clap::CommandFactory as _;
-            Ok(rap_core::cli_docs::completions(
+            Ok(rap_core::cli_docs::print_completions(
                 Cli::command(),
                 &args,
-                &mut std::io::stdout(),
             )?)
         }
         Command::Man(args) => {
             use clap::CommandFactory as _;
-            let written = rap_core::cli_docs::man(Cli::command(), &args, &mut std::io::stdout())?;
-            for path in written {
-                crate::outln!("{}", path.display());
-            }
-            Ok(())
+            Ok(rap_core::cli_docs::print_man(Cli::command(), &args)?)
         }
         Command::Overview(args) => block_on(overview::run_overview(args, format)),
         Command::Cluster(args) => block_on(cluster::run_cluster(args, format)),
