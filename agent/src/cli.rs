@@ -91,11 +91,8 @@ enum Command {
     /// the storage endpoints with their scores, health and why it is
     /// degraded.
     Status(ClusterArgs),
-    /// Print a shell completion script (bash, zsh, fish, elvish,
-    /// powershell).
-    Completions(rap_core::cli_docs::CompletionsArgs),
-    /// Print the manual page, or write one page per command into --dir.
-    Man(rap_core::cli_docs::ManArgs),
+    #[command(flatten)]
+    Docs(rap_core::cli_docs::DocsCommand),
 }
 
 #[derive(Args, Debug)]
@@ -186,7 +183,7 @@ pub fn main() -> ExitCode {
         Command::Join(args) => (args.cluster.as_str(), None),
         Command::Run(args) => (args.cluster.cluster.as_str(), Some(&args.cluster.state_dir)),
         Command::Status(args) => (args.cluster.as_str(), Some(&args.state_dir)),
-        Command::Completions(_) | Command::Man(_) => ("", None),
+        Command::Docs(_) => ("", None),
     };
     let node = state_dir
         .and_then(|dir| enrolled_node_id(dir, cluster))
@@ -202,14 +199,8 @@ pub fn main() -> ExitCode {
             Command::Join(args) => join(*args, output).await,
             Command::Run(args) => run(args).await,
             Command::Status(args) => status(args, output),
-            Command::Completions(args) => {
-                use clap::CommandFactory as _;
-                rap_core::cli_docs::print_completions(Cli::command(), &args)?;
-                Ok(ExitCode::SUCCESS)
-            }
-            Command::Man(args) => {
-                use clap::CommandFactory as _;
-                rap_core::cli_docs::print_man(Cli::command(), &args)?;
+            Command::Docs(docs) => {
+                docs.run(<Cli as clap::CommandFactory>::command())?;
                 Ok(ExitCode::SUCCESS)
             }
         }

@@ -86,6 +86,29 @@ pub fn man(
     }
 }
 
+/// The two commands every binary has: flattened into its own command
+/// enum (`#[command(flatten)] Docs(DocsCommand)`), run with
+/// [`DocsCommand::run`].
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum DocsCommand {
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    Completions(CompletionsArgs),
+    /// Print the manual page, or write one page per command into --dir.
+    Man(ManArgs),
+}
+
+impl DocsCommand {
+    /// Runs it for the binary whose command line is `command` (its
+    /// `CommandFactory::command()`), writing to stdout.
+    pub fn run(&self, command: clap::Command) -> Result<(), DocsError> {
+        match self {
+            DocsCommand::Completions(args) => print_completions(command, args),
+            DocsCommand::Man(args) => print_man(command, args),
+        }
+    }
+}
+
 /// `completions <SHELL>` of a binary: the script on stdout.
 pub fn print_completions(command: clap::Command, args: &CompletionsArgs) -> Result<(), DocsError> {
     completions(command, args, &mut std::io::stdout())

@@ -73,11 +73,8 @@ enum Command {
     /// Bring an old (fenced) member back: wipe its Raft state and add it to
     /// the current group as a learner, then a voter.
     Rejoin(RejoinArgs),
-    /// Print a shell completion script (bash, zsh, fish, elvish,
-    /// powershell).
-    Completions(rap_core::cli_docs::CompletionsArgs),
-    /// Print the manual page, or write one page per command into --dir.
-    Man(rap_core::cli_docs::ManArgs),
+    #[command(flatten)]
+    Docs(rap_core::cli_docs::DocsCommand),
 }
 
 #[derive(Args, Debug)]
@@ -348,17 +345,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Place(args) => admin::place(args),
         Command::Promote(args) => admin::promote(args).await,
         Command::Rejoin(args) => admin::rejoin(args).await,
-        Command::Completions(args) => {
-            use clap::CommandFactory as _;
-            Ok(rap_core::cli_docs::print_completions(
-                Cli::command(),
-                &args,
-            )?)
-        }
-        Command::Man(args) => {
-            use clap::CommandFactory as _;
-            Ok(rap_core::cli_docs::print_man(Cli::command(), &args)?)
-        }
+        Command::Docs(docs) => Ok(docs.run(<Cli as clap::CommandFactory>::command())?),
     }
 }
 

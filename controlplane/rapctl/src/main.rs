@@ -101,12 +101,8 @@ enum Command {
     /// resumes) PostgreSQL, the control plane, storage voters and agents;
     /// `dev down` stops them.
     Dev(dev::DevArgs),
-    /// Print a shell completion script for rapctl (bash, zsh, fish,
-    /// elvish, powershell).
-    Completions(rap_core::cli_docs::CompletionsArgs),
-    /// Print rapctl's manual page, or write one page per command into
-    /// --dir.
-    Man(rap_core::cli_docs::ManArgs),
+    #[command(flatten)]
+    Docs(rap_core::cli_docs::DocsCommand),
 }
 
 /// Runs `future` to completion on a current-thread runtime.
@@ -139,17 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshot(command) => snapshot::run(command, format),
         Command::Demo(args) => demo::run(args, format),
         Command::Dev(args) => dev::run(args, format),
-        Command::Completions(args) => {
-            use clap::CommandFactory as _;
-            Ok(rap_core::cli_docs::print_completions(
-                Cli::command(),
-                &args,
-            )?)
-        }
-        Command::Man(args) => {
-            use clap::CommandFactory as _;
-            Ok(rap_core::cli_docs::print_man(Cli::command(), &args)?)
-        }
+        Command::Docs(docs) => Ok(docs.run(<Cli as clap::CommandFactory>::command())?),
         Command::Overview(args) => block_on(overview::run_overview(args, format)),
         Command::Cluster(args) => block_on(cluster::run_cluster(args, format)),
         Command::Authority(args) => block_on(authority::run_authority(args, format)),

@@ -41,11 +41,8 @@ enum Command {
     /// database access; audited). For a principal that lost its
     /// authenticator; it enrols again with `rapctl principal totp enroll`.
     ResetTotp(ResetTotpArgs),
-    /// Print a shell completion script (bash, zsh, fish, elvish,
-    /// powershell).
-    Completions(rap_core::cli_docs::CompletionsArgs),
-    /// Print the manual page, or write one page per command into --dir.
-    Man(rap_core::cli_docs::ManArgs),
+    #[command(flatten)]
+    Docs(rap_core::cli_docs::DocsCommand),
 }
 
 #[derive(Args, Debug)]
@@ -134,17 +131,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Migrate(args) => migrate(args).await,
         Command::OwnerToken(args) => owner_token(args).await,
         Command::ResetTotp(args) => reset_totp(args).await,
-        Command::Completions(args) => {
-            use clap::CommandFactory as _;
-            Ok(rap_core::cli_docs::print_completions(
-                Cli::command(),
-                &args,
-            )?)
-        }
-        Command::Man(args) => {
-            use clap::CommandFactory as _;
-            Ok(rap_core::cli_docs::print_man(Cli::command(), &args)?)
-        }
+        Command::Docs(docs) => Ok(docs.run(<Cli as clap::CommandFactory>::command())?),
     }
 }
 
